@@ -1,0 +1,106 @@
+//! A slide's bag of patch features, as every reader returns it.
+
+use crate::error::{DataError, ErrorKind, Result};
+use std::path::Path;
+
+/// Largest bag a reader will allocate unless the caller raises it: 16 GiB of f32 is far above any
+/// real slide (150,000 patches × 1024 × 4 B = 0.6 GiB) and far below an OOM kill on a workstation.
+pub const DEFAULT_MAX_BAG_BYTES: u64 = 16 << 30;
+
+/// Patch features of one slide, row-major `[n, d]`, with the level-0 top-left corner of each patch
+/// when the file stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bag {
+    pub n: usize,
+    pub d: usize,
+    pub features: Vec<f32>,
+    pub coords: Option<Vec<[i64; 2]>>,
+}
+
+impl Bag {
+    /// Builds a bag after checking that it is non-empty, rectangular, finite and that the
+    /// coordinates (if any) have one row per patch. `path` is only used in error messages.
+    pub fn from_parts(
+        path: &Path,
+        n: usize,
+        d: usize,
+        features: Vec<f32>,
+        coords: Option<Vec<[i64; 2]>>,
+    ) -> Result<Self> {
+        if n == 0 {
+            return Err(DataError::new(
+                ErrorKind::Empty,
+                path,
+                "the bag has no patches (0 feature rows)",
+            ));
+        }
+        if d == 0 {
+            return Err(DataError::new(ErrorKind::Shape, path, "feature width is 0"));
+        }
+        if features.len() != n * d {
+            return Err(DataError::new(
+                ErrorKind::Shape,
+                path,
+                format!(
+                    "expected {n} × {d} = {} values, found {}",
+                    n * d,
+                    features.len()
+                ),
+            ));
+        }
+        check_finite(path, &features, d)?;
+        if let Some(c) = &coords {
+            if c.len() != n {
+                return Err(DataError::new(
+                    ErrorKind::Mismatch,
+                    path,
+                    format!("'coords' has {} rows but 'features' has {n}", c.len()),
+                ));
+            }
+        }
+        Ok(Self {
+            n,
+            d,
+            features,
+            coords,
+        })
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.features[i * self.d..(i + 1) * self.d]
+    }
+}
+
+/// Rejects NaN and infinities, naming the first bad row and column.
+pub fn check_finite(path: &Path, values: &[f32], width: usize) -> Result<()> {
+    if let Some(pos) = values.iter().position(|v| !v.is_finite()) {
+        let (row, col) = if width == 0 {
+            (pos, 0)
+        } else {
+            (pos / width, pos % width)
+        };
+        return Err(DataError::new(
+            ErrorKind::NonFinite,
+            path,
+            format!("value {} is not a finite number", values[pos]),
+        )
+        .at(format!("row {row}, column {col}")));
+    }
+    Ok(())
+}
+
+/// Refuses to allocate a bag larger than `max_bytes`, computed from the header before reading.
+pub fn check_size(path: &Path, n: u64, d: u64, elem: u64, max_bytes: u64) -> Result<()> {
+    let bytes = n.checked_mul(d).and_then(|v| v.checked_mul(elem));
+    match bytes {
+        Some(b) if b <= max_bytes => Ok(()),
+        _ => Err(DataError::new(
+            ErrorKind::TooLarge,
+            path,
+            format!(
+                "a [{n}, {d}] bag needs more than the {} MiB limit; raise the limit if this is intended",
+                max_bytes >> 20
+            ),
+        )),
+    }
+}

@@ -1,0 +1,324 @@
+//! CLAM / TRIDENT HDF5 files, through the pure-Rust `hdf5-pure` crate (no libhdf5 needed).
+//!
+//! * features: `features` f32 `[N, D]` + `coords` int32/int64 `[N, 2]`, no attributes (CLAM
+//!   `extract_features_fp.py`);
+//! * patches: `coords` `[N, 2]` with the patching parameters as attributes **on the dataset**
+//!   (CLAM `create_patches_fp.py`; TRIDENT adds `patch_size_level0` and magnifications).
+
+use crate::atomic::write_bytes_atomic;
+use crate::bag::{check_size, Bag};
+use crate::error::{DataError, ErrorKind, Result};
+use hdf5_pure::{AttrValue, DType, File, FileBuilder, MaxExtent};
+use std::collections::HashMap;
+use std::path::Path;
+
+fn h5_err(path: &Path, what: &str, err: hdf5_pure::Error) -> DataError {
+    DataError::malformed(path, format!("{what}: {err}"))
+}
+
+fn open(path: &Path) -> Result<File> {
+    if !path.exists() {
+        return Err(DataError::new(ErrorKind::Io, path, "file does not exist"));
+    }
+    File::open_streaming(path).map_err(|e| h5_err(path, "not a readable HDF5 file", e))
+}
+
+fn dataset(file: &File, path: &Path, name: &str) -> Result<hdf5_pure::Dataset> {
+    file.dataset(name).map_err(|_| {
+        let have = file.root().datasets().unwrap_or_default().join(", ");
+        DataError::new(
+            ErrorKind::Missing,
+            path,
+            format!("no dataset '{name}' (the file has: [{have}])"),
+        )
+    })
+}
+
+fn shape2(ds: &hdf5_pure::Dataset, path: &Path, name: &str) -> Result<(u64, u64)> {
+    let shape = ds
+        .shape()
+        .map_err(|e| h5_err(path, &format!("dataset '{name}' shape"), e))?;
+    match shape.as_slice() {
+        [n, d] => Ok((*n, *d)),
+        other => Err(DataError::new(
+            ErrorKind::Shape,
+            path,
+            format!("expected a 2-D array, found shape {other:?}"),
+        )
+        .at(format!("dataset '{name}'"))),
+    }
+}
+
+/// Reads the shape `[N, D]` of the `features` dataset without reading the data.
+pub fn feature_shape(path: &Path) -> Result<(usize, usize)> {
+    let file = open(path)?;
+    let ds = dataset(&file, path, "features")?;
+    let (n, d) = shape2(&ds, path, "features")?;
+    Ok((n as usize, d as usize))
+}
+
+fn read_coords(file: &File, path: &Path, expected_rows: Option<u64>) -> Result<Vec<[i64; 2]>> {
+    let ds = dataset(file, path, "coords")?;
+    let (n, w) = shape2(&ds, path, "coords")?;
+    if w != 2 {
+        return Err(DataError::new(
+            ErrorKind::Shape,
+            path,
+            format!("expected [N, 2] (x, y), found [{n}, {w}]"),
+        )
+        .at("dataset 'coords'"));
+    }
+    if let Some(rows) = expected_rows {
+        if rows != n {
+            return Err(DataError::new(
+                ErrorKind::Mismatch,
+                path,
+                format!("'coords' has {n} rows but 'features' has {rows}"),
+            ));
+        }
+    }
+    let dtype = ds
+        .dtype()
+        .map_err(|e| h5_err(path, "dataset 'coords' type", e))?;
+    let flat: Vec<i64> = match dtype {
+        DType::I32 | DType::I16 | DType::I8 | DType::U8 | DType::U16 | DType::U32 => ds
+            .read_i64()
+            .map_err(|e| h5_err(path, "dataset 'coords'", e))?,
+        DType::I64 => ds
+            .read_i64()
+            .map_err(|e| h5_err(path, "dataset 'coords'", e))?,
+        other => {
+            return Err(DataError::new(
+                ErrorKind::Unsupported,
+                path,
+                format!("coordinates must be integers, found {other}"),
+            )
+            .at("dataset 'coords'"))
+        }
+    };
+    if flat.len() as u64 != n * 2 {
+        return Err(DataError::malformed(path, "dataset 'coords' is truncated"));
+    }
+    Ok(flat.chunks_exact(2).map(|c| [c[0], c[1]]).collect())
+}
+
+/// Reads a CLAM feature file: `features` (f32, or f64/f16-free integer types converted) and, when
+/// present, `coords`.
+pub fn read_features(path: &Path, max_bytes: u64) -> Result<Bag> {
+    let file = open(path)?;
+    let ds = dataset(&file, path, "features")?;
+    let (n, d) = shape2(&ds, path, "features")?;
+    check_size(path, n, d, 4, max_bytes)?;
+    let dtype = ds
+        .dtype()
+        .map_err(|e| h5_err(path, "dataset 'features' type", e))?;
+    let features = match dtype {
+        DType::F32 => ds.read_f32(),
+        DType::F64 => ds.read_f64().map(|v| v.into_iter().map(|x| x as f32).collect()),
+        other => {
+            return Err(DataError::new(
+                ErrorKind::Unsupported,
+                path,
+                format!("features must be float32 or float64, found {other}"),
+            )
+            .at("dataset 'features'"))
+        }
+    }
+    .map_err(|e| h5_err(path, "dataset 'features' could not be read (truncated?)", e))?;
+    let has_coords = file.dataset("coords").is_ok();
+    let coords = if has_coords {
+        Some(read_coords(&file, path, Some(n))?)
+    } else {
+        None
+    };
+    Bag::from_parts(path, n as usize, d as usize, features, coords)
+}
+
+/// How rows are chunked when writing. CLAM writes one row per chunk (it appends batch by batch to
+/// a resizable dataset); `Clam` reproduces that byte layout, `Rows(k)` is the faster choice for
+/// files only this tool reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunking {
+    Clam,
+    Rows(u64),
+}
+
+/// Writes a CLAM feature file (`features` f32 [N, D], `coords` int32 [N, 2], resizable along N).
+pub fn write_features(path: &Path, bag: &Bag, chunking: Chunking) -> Result<()> {
+    let n = bag.n as u64;
+    let d = bag.d as u64;
+    let rows = match chunking {
+        Chunking::Clam => 1,
+        Chunking::Rows(k) => k.clamp(1, n.max(1)),
+    };
+    let mut b = FileBuilder::new();
+    b.create_dataset("features")
+        .with_f32_data(&bag.features)
+        .with_shape(&[n, d])
+        .with_maxshape(&[MaxExtent::Unlimited, MaxExtent::Fixed(d)])
+        .with_chunks(&[rows, d]);
+    if let Some(coords) = &bag.coords {
+        let mut flat = Vec::with_capacity(coords.len() * 2);
+        for c in coords {
+            for v in c {
+                flat.push(i32::try_from(*v).map_err(|_| {
+                    DataError::new(
+                        ErrorKind::Value,
+                        path,
+                        format!("coordinate {v} does not fit CLAM's int32 'coords'"),
+                    )
+                })?);
+            }
+        }
+        b.create_dataset("coords")
+            .with_i32_data(&flat)
+            .with_shape(&[n, 2])
+            .with_maxshape(&[MaxExtent::Unlimited, MaxExtent::Fixed(2)])
+            .with_chunks(&[rows, 2]);
+    }
+    let bytes = b
+        .finish()
+        .map_err(|e| h5_err(path, "could not encode HDF5", e))?;
+    write_bytes_atomic(path, &bytes)
+}
+
+/// Patching parameters stored as attributes of `coords` in CLAM and TRIDENT patch files.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PatchAttrs {
+    /// Patch side in pixels at `patch_level` (CLAM) or at the target magnification (TRIDENT).
+    pub patch_size: Option<i64>,
+    pub patch_level: Option<i64>,
+    pub downsample: Option<[f64; 2]>,
+    pub level_dim: Option<[i64; 2]>,
+    /// TRIDENT: patch side in level-0 pixels.
+    pub patch_size_level0: Option<i64>,
+    pub level0_magnification: Option<f64>,
+    pub target_magnification: Option<f64>,
+    pub overlap: Option<i64>,
+    pub name: Option<String>,
+}
+
+impl PatchAttrs {
+    /// Side of a patch in level-0 pixels: TRIDENT's attribute, else CLAM's
+    /// `patch_size × downsample`.
+    pub fn level0_patch_size(&self) -> Option<f64> {
+        if let Some(s) = self.patch_size_level0 {
+            return Some(s as f64);
+        }
+        match (self.patch_size, self.downsample) {
+            (Some(s), Some([dx, _])) => Some(s as f64 * dx),
+            (Some(s), None) if self.patch_level == Some(0) => Some(s as f64),
+            _ => None,
+        }
+    }
+}
+
+/// A patch-coordinate file: level-0 top-left corners and how they were made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatchFile {
+    pub coords: Vec<[i64; 2]>,
+    pub attrs: PatchAttrs,
+}
+
+fn attr_i64(attrs: &HashMap<String, AttrValue>, key: &str) -> Option<i64> {
+    let v = attrs.get(key)?;
+    v.as_i64()
+        .or_else(|| v.to_i64s().and_then(|a| a.first().copied()))
+        .or_else(|| v.as_f64().map(|f| f as i64))
+}
+
+fn attr_f64(attrs: &HashMap<String, AttrValue>, key: &str) -> Option<f64> {
+    let v = attrs.get(key)?;
+    v.as_f64()
+        .or_else(|| v.to_f64s().and_then(|a| a.first().copied()))
+        .or_else(|| v.as_i64().map(|i| i as f64))
+}
+
+fn attr_pair_f64(attrs: &HashMap<String, AttrValue>, key: &str) -> Option<[f64; 2]> {
+    let v = attrs.get(key)?.to_f64s()?;
+    (v.len() == 2).then(|| [v[0], v[1]])
+}
+
+fn attr_pair_i64(attrs: &HashMap<String, AttrValue>, key: &str) -> Option<[i64; 2]> {
+    let v = attrs.get(key)?.to_i64s()?;
+    (v.len() == 2).then(|| [v[0], v[1]])
+}
+
+/// Reads a CLAM or TRIDENT patch file.
+pub fn read_patches(path: &Path) -> Result<PatchFile> {
+    let file = open(path)?;
+    let coords = read_coords(&file, path, None)?;
+    let ds = dataset(&file, path, "coords")?;
+    let attrs = ds
+        .attrs()
+        .map_err(|e| h5_err(path, "attributes of 'coords'", e))?;
+    let attrs = PatchAttrs {
+        patch_size: attr_i64(&attrs, "patch_size"),
+        patch_level: attr_i64(&attrs, "patch_level"),
+        downsample: attr_pair_f64(&attrs, "downsample"),
+        level_dim: attr_pair_i64(&attrs, "level_dim")
+            .or_else(|| attr_pair_i64(&attrs, "downsampled_level_dim")),
+        patch_size_level0: attr_i64(&attrs, "patch_size_level0"),
+        level0_magnification: attr_f64(&attrs, "level0_magnification"),
+        target_magnification: attr_f64(&attrs, "target_magnification"),
+        overlap: attr_i64(&attrs, "overlap"),
+        name: attrs
+            .get("name")
+            .and_then(|v| v.as_str().map(str::to_string)),
+    };
+    if attrs.patch_size.is_none() && attrs.patch_size_level0.is_none() {
+        return Err(DataError::new(
+            ErrorKind::Missing,
+            path,
+            "attributes of 'coords' name no patch size ('patch_size' or 'patch_size_level0')",
+        )
+        .at("dataset 'coords'"));
+    }
+    Ok(PatchFile { coords, attrs })
+}
+
+/// Writes a patch file with CLAM's attributes (and TRIDENT's, when set), readable by both tools.
+pub fn write_patches(path: &Path, patches: &PatchFile) -> Result<()> {
+    let n = patches.coords.len() as u64;
+    let flat: Vec<i64> = patches.coords.iter().flat_map(|c| [c[0], c[1]]).collect();
+    let a = &patches.attrs;
+    let mut b = FileBuilder::new();
+    let ds = b
+        .create_dataset("coords")
+        .with_i64_data(&flat)
+        .with_shape(&[n, 2])
+        .with_maxshape(&[MaxExtent::Unlimited, MaxExtent::Fixed(2)])
+        .with_chunks(&[1, 2]);
+    if let Some(v) = a.patch_size {
+        ds.set_attr("patch_size", AttrValue::I64(v));
+    }
+    if let Some(v) = a.patch_level {
+        ds.set_attr("patch_level", AttrValue::I64(v));
+    }
+    if let Some(v) = a.downsample {
+        ds.set_attr("downsample", AttrValue::F64Array(v.to_vec()));
+    }
+    if let Some(v) = a.level_dim {
+        ds.set_attr("downsampled_level_dim", AttrValue::I64Array(v.to_vec()));
+        ds.set_attr("level_dim", AttrValue::I64Array(v.to_vec()));
+    }
+    if let Some(v) = a.patch_size_level0 {
+        ds.set_attr("patch_size_level0", AttrValue::I64(v));
+    }
+    if let Some(v) = a.level0_magnification {
+        ds.set_attr("level0_magnification", AttrValue::F64(v));
+    }
+    if let Some(v) = a.target_magnification {
+        ds.set_attr("target_magnification", AttrValue::F64(v));
+    }
+    if let Some(v) = a.overlap {
+        ds.set_attr("overlap", AttrValue::I64(v));
+    }
+    if let Some(v) = &a.name {
+        ds.set_attr("name", AttrValue::String(v.clone()));
+    }
+    let bytes = b
+        .finish()
+        .map_err(|e| h5_err(path, "could not encode HDF5", e))?;
+    write_bytes_atomic(path, &bytes)
+}

@@ -1,0 +1,22 @@
+//! Readers and writers for the files users of CLAM, TransMIL, MCAT and PORPOISE already have.
+//!
+//! Every reader returns a [`DataError`] that names the file and the line, row or field at fault;
+//! none panics on bad input, and every writer goes through [`atomic`] so no output is ever left
+//! half-written.
+
+pub mod atomic;
+pub mod bag;
+pub mod dataset;
+pub mod error;
+pub mod expression;
+pub mod feature_file;
+pub mod h5;
+pub mod npy;
+pub mod pt;
+pub mod safetensors_io;
+pub mod splits;
+pub mod text;
+
+pub use bag::{Bag, DEFAULT_MAX_BAG_BYTES};
+pub use error::{DataError, ErrorKind, Result};
+pub use feature_file::FeatureFormat;
