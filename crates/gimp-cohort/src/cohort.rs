@@ -1,0 +1,525 @@
+//! Joining a cohort's files by patient (`case_id`), with every problem collected rather than the
+//! first one thrown, so `gimp-rs cohort check` can list them all at once.
+
+use crate::config::{CohortFile, Imputation};
+use gimp_io::dataset::{self, DatasetTable, LabelMap};
+use gimp_io::expression::{self, strip_version, ExpressionMatrix};
+use gimp_io::splits::{self, Part, SplitFormat};
+use gimp_io::{feature_file, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+/// One slide of a patient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slide {
+    pub slide_id: String,
+    /// The feature file, if one was found.
+    pub path: Option<PathBuf>,
+    /// `[N, D]` from the file header, when read.
+    pub shape: Option<(usize, usize)>,
+}
+
+/// One patient: the unit of labels, splits and prediction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Patient {
+    pub case_id: String,
+    pub label: usize,
+    pub slides: Vec<Slide>,
+    /// Row of [`Cohort::expression`], if the patient has expression.
+    pub expression_row: Option<usize>,
+}
+
+impl Patient {
+    pub fn has_slides(&self) -> bool {
+        self.slides.iter().any(|s| s.path.is_some())
+    }
+
+    pub fn has_expression(&self) -> bool {
+        self.expression_row.is_some()
+    }
+
+    /// Total patches over the patient's slides (bags are concatenated in slide order).
+    pub fn n_patches(&self) -> usize {
+        self.slides.iter().filter_map(|s| s.shape).map(|s| s.0).sum()
+    }
+}
+
+/// One split (a fold) resolved to patients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fold {
+    pub file: PathBuf,
+    pub format: SplitFormat,
+    /// Part of every patient listed (by index into [`Cohort::patients`]).
+    pub part: BTreeMap<usize, Part>,
+}
+
+impl Fold {
+    pub fn patients(&self, part: Part) -> Vec<usize> {
+        self.part
+            .iter()
+            .filter(|(_, p)| **p == part)
+            .map(|(i, _)| *i)
+            .collect()
+    }
+}
+
+/// What `cohort check` reports besides the data: errors make the cohort unusable, warnings are
+/// worth reading.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Diagnostics {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Where the expression rows came from.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ExpressionInfo {
+    pub sources: Vec<String>,
+    pub imputed_values: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cohort {
+    pub file: CohortFile,
+    pub table: DatasetTable,
+    pub label_map: LabelMap,
+    pub patients: Vec<Patient>,
+    /// Samples × genes, rows referenced by [`Patient::expression_row`].
+    pub expression: Option<ExpressionMatrix>,
+    pub expression_info: ExpressionInfo,
+    pub folds: Vec<Fold>,
+    /// Feature width shared by every slide, when slides exist and agree.
+    pub feature_dim: Option<usize>,
+    pub diagnostics: Diagnostics,
+}
+
+/// How much to read when assembling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Read each feature file's header for `[N, D]`.
+    pub read_shapes: bool,
+    /// Read every bag completely (finds NaN values and truncated data; slow on big cohorts).
+    pub deep: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            read_shapes: true,
+            deep: false,
+        }
+    }
+}
+
+const LIST_MAX: usize = 10;
+
+fn list_some(items: &[String]) -> String {
+    let mut s = items.iter().take(LIST_MAX).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > LIST_MAX {
+        s.push_str(&format!(", … ({} in all)", items.len()));
+    }
+    s
+}
+
+impl Cohort {
+    /// Loads and joins a cohort. Returns `Err` only when nothing can be joined (unreadable cohort
+    /// file or dataset CSV); every other problem goes into [`Cohort::diagnostics`].
+    pub fn load(file: CohortFile, opts: LoadOptions) -> Result<Self> {
+        let csv_path = file.resolve(&file.config.labels.csv);
+        let table = dataset::read_dataset_csv(&csv_path)?;
+        let label_map = match &file.config.labels.label_map {
+            Some(m) => LabelMap::explicit(&file.path, m)?,
+            None => LabelMap::derive(table.rows.iter().map(|r| r.label.as_str())),
+        };
+        dataset::check_labels(&csv_path, &table, &label_map)?;
+        let mut diag = Diagnostics::default();
+
+        // Patients in order of first appearance in the CSV.
+        let mut patients: Vec<Patient> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut slide_owner: HashMap<String, usize> = HashMap::new();
+        for r in &table.rows {
+            let i = *index.entry(r.case_id.clone()).or_insert_with(|| {
+                patients.push(Patient {
+                    case_id: r.case_id.clone(),
+                    label: label_map.index(&r.label).unwrap_or(0),
+                    slides: Vec::new(),
+                    expression_row: None,
+                });
+                patients.len() - 1
+            });
+            if let Some(s) = &r.slide_id {
+                slide_owner.insert(s.clone(), i);
+                patients[i].slides.push(Slide {
+                    slide_id: s.clone(),
+                    path: None,
+                    shape: None,
+                });
+            }
+        }
+
+        let feature_dim = Self::attach_features(&file, &mut patients, opts, &mut diag);
+        let (expression, expression_info) = Self::attach_expression(&file, &mut patients, &index, &mut diag);
+        let folds = Self::attach_splits(&file, &patients, &index, &slide_owner, &mut diag);
+
+        let neither: Vec<String> = patients
+            .iter()
+            .filter(|p| !p.has_slides() && !p.has_expression())
+            .map(|p| p.case_id.clone())
+            .collect();
+        if !neither.is_empty() {
+            diag.errors.push(format!(
+                "{} patient(s) have neither slide features nor expression: {}",
+                neither.len(),
+                list_some(&neither)
+            ));
+        }
+        Ok(Self {
+            file,
+            table,
+            label_map,
+            patients,
+            expression,
+            expression_info,
+            folds,
+            feature_dim,
+            diagnostics: diag,
+        })
+    }
+
+    fn attach_features(
+        file: &CohortFile,
+        patients: &mut [Patient],
+        opts: LoadOptions,
+        diag: &mut Diagnostics,
+    ) -> Option<usize> {
+        let fc = file.config.features.as_ref()?;
+        let dir = file.resolve(&fc.dir);
+        if !dir.is_dir() {
+            diag.errors.push(format!("features folder {} does not exist", dir.display()));
+            return None;
+        }
+        let mut missing = Vec::new();
+        let mut dims: BTreeMap<usize, Vec<PathBuf>> = BTreeMap::new();
+        for p in patients.iter_mut() {
+            for s in p.slides.iter_mut() {
+                let Some(path) = feature_file::locate(&dir, &s.slide_id, &fc.formats) else {
+                    missing.push(format!("{} (case {})", s.slide_id, p.case_id));
+                    continue;
+                };
+                if opts.deep {
+                    match feature_file::read_bag(&path, gimp_io::DEFAULT_MAX_BAG_BYTES) {
+                        Ok(b) => s.shape = Some((b.n, b.d)),
+                        Err(e) => {
+                            diag.errors.push(e.to_string());
+                            continue;
+                        }
+                    }
+                } else if opts.read_shapes {
+                    match feature_file::bag_shape(&path) {
+                        Ok((0, _)) => {
+                            diag.errors.push(format!("{}: the bag has no patches (0 feature rows)", path.display()));
+                            continue;
+                        }
+                        Ok(shape) => s.shape = Some(shape),
+                        Err(e) => {
+                            diag.errors.push(e.to_string());
+                            continue;
+                        }
+                    }
+                }
+                if let Some((_, d)) = s.shape {
+                    dims.entry(d).or_default().push(path.clone());
+                }
+                s.path = Some(path);
+            }
+        }
+        if !missing.is_empty() {
+            diag.warnings.push(format!(
+                "{} slide(s) have no feature file in {}: {}",
+                missing.len(),
+                dir.display(),
+                list_some(&missing)
+            ));
+        }
+        let majority = dims.iter().max_by_key(|(_, v)| v.len()).map(|(d, _)| *d);
+        if dims.len() > 1 {
+            for (d, files) in &dims {
+                if Some(*d) != majority {
+                    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                    diag.errors.push(format!(
+                        "feature width {d} in {} file(s), but {} in most: {}",
+                        files.len(),
+                        majority.unwrap_or(0),
+                        list_some(&names)
+                    ));
+                }
+            }
+        }
+        majority
+    }
+
+    fn attach_expression(
+        file: &CohortFile,
+        patients: &mut [Patient],
+        index: &HashMap<String, usize>,
+        diag: &mut Diagnostics,
+    ) -> (Option<ExpressionMatrix>, ExpressionInfo) {
+        let mut info = ExpressionInfo::default();
+        let Some(ec) = &file.config.expression else {
+            return (None, info);
+        };
+        let mut sources: Vec<(String, ExpressionMatrix)> = Vec::new();
+        fn load(
+            sources: &mut Vec<(String, ExpressionMatrix)>,
+            diag: &mut Diagnostics,
+            label: String,
+            r: Result<ExpressionMatrix>,
+        ) {
+            match r {
+                Ok(m) => sources.push((label, m)),
+                Err(e) => diag.errors.push(e.to_string()),
+            }
+        }
+        if let Some(m) = &ec.matrix {
+            let p = file.resolve(m);
+            load(&mut sources, diag, p.display().to_string(), expression::read_matrix(&p, ec.orientation));
+        }
+        match (&ec.gdc_dir, &ec.sample_sheet) {
+            (Some(d), Some(s)) => {
+                let (d, s) = (file.resolve(d), file.resolve(s));
+                match expression::read_gdc_folder(&d, &s, &ec.star_column) {
+                    Ok((m, notes)) => {
+                        diag.warnings.extend(notes);
+                        sources.push((d.display().to_string(), m));
+                    }
+                    Err(e) => diag.errors.push(e.to_string()),
+                }
+            }
+            (None, None) => {}
+            _ => diag.errors.push(format!(
+                "{}: [expression] needs both gdc_dir and sample_sheet to read GDC files",
+                file.path.display()
+            )),
+        }
+        if let Some(t) = &ec.mcat_table {
+            let p = file.resolve(t);
+            load(&mut sources, diag, p.display().to_string(), expression::read_mcat_table(&p, &ec.mcat_types));
+        }
+        if sources.is_empty() {
+            return (None, info);
+        }
+        // Merge: genes compared without version suffixes; the first source fixes the gene order.
+        let genes: Vec<String> = sources[0].1.genes.iter().map(|g| strip_version(g).to_string()).collect();
+        let mut merged = ExpressionMatrix {
+            samples: Vec::new(),
+            genes: genes.clone(),
+            values: Vec::new(),
+        };
+        let mut unknown = Vec::new();
+        for (label, m) in &sources {
+            let pos: HashMap<&str, usize> =
+                m.genes.iter().enumerate().map(|(i, g)| (strip_version(g), i)).collect();
+            let map: Vec<Option<usize>> = genes.iter().map(|g| pos.get(g.as_str()).copied()).collect();
+            let absent = map.iter().filter(|m| m.is_none()).count();
+            if absent > 0 {
+                diag.errors.push(format!(
+                    "{label}: {absent} of the {} genes of {} are missing (first: '{}')",
+                    genes.len(),
+                    sources[0].0,
+                    genes[map.iter().position(|m| m.is_none()).unwrap_or(0)]
+                ));
+                continue;
+            }
+            for (i, s) in m.samples.iter().enumerate() {
+                let Some(&pi) = index.get(s) else {
+                    unknown.push(s.clone());
+                    continue;
+                };
+                if patients[pi].expression_row.is_some() {
+                    diag.warnings.push(format!("case {s}: expression found in several sources, keeping the first"));
+                    continue;
+                }
+                let row = m.row(i);
+                merged.values.extend(map.iter().map(|j| row[j.unwrap_or(0)]));
+                patients[pi].expression_row = Some(merged.samples.len());
+                merged.samples.push(s.clone());
+            }
+            info.sources.push(label.clone());
+        }
+        if !unknown.is_empty() {
+            diag.warnings.push(format!(
+                "{} expression sample(s) are not in the dataset CSV and are ignored: {}",
+                unknown.len(),
+                list_some(&unknown)
+            ));
+        }
+        match ec.impute {
+            Imputation::None => {
+                if let Err(e) = merged.require_complete(&file.path) {
+                    diag.errors.push(e.message);
+                }
+            }
+            Imputation::Mean => {
+                info.imputed_values = merged.impute_missing();
+                if info.imputed_values > 0 {
+                    diag.warnings.push(format!("{} missing expression value(s) imputed by the gene mean", info.imputed_values));
+                }
+            }
+        }
+        if merged.samples.is_empty() {
+            diag.warnings.push("no expression sample matches a case_id of the dataset".to_string());
+            return (None, info);
+        }
+        (Some(merged), info)
+    }
+
+    fn attach_splits(
+        file: &CohortFile,
+        patients: &[Patient],
+        index: &HashMap<String, usize>,
+        slide_owner: &HashMap<String, usize>,
+        diag: &mut Diagnostics,
+    ) -> Vec<Fold> {
+        let files = match file.split_files() {
+            Ok(f) => f,
+            Err(e) => {
+                diag.errors.push(e.to_string());
+                return Vec::new();
+            }
+        };
+        let mut folds = Vec::new();
+        for path in files {
+            match resolve_split(&path, patients, index, slide_owner) {
+                Ok((fold, problems)) => {
+                    diag.errors.extend(problems);
+                    let unassigned = patients.len() - fold.part.len();
+                    if unassigned > 0 {
+                        diag.warnings.push(format!(
+                            "{}: {unassigned} patient(s) of the cohort are in no part of this split",
+                            path.display()
+                        ));
+                    }
+                    folds.push(fold);
+                }
+                Err(e) => diag.errors.push(e.to_string()),
+            }
+        }
+        if folds.len() > 1 {
+            let overlap = test_overlap(&folds);
+            if overlap > 0 {
+                diag.warnings.push(format!(
+                    "{overlap} patient(s) are in the test part of more than one split: these are repeated random sub-samples (as CLAM makes them), not k folds with disjoint test sets"
+                ));
+            }
+        }
+        folds
+    }
+
+    pub fn patient_index(&self) -> HashMap<&str, usize> {
+        self.patients.iter().enumerate().map(|(i, p)| (p.case_id.as_str(), i)).collect()
+    }
+
+    /// Expression vector of a patient, if any.
+    pub fn expression_of(&self, p: &Patient) -> Option<&[f32]> {
+        Some(self.expression.as_ref()?.row(p.expression_row?))
+    }
+}
+
+/// Number of patients in more than one fold's test part.
+pub fn test_overlap(folds: &[Fold]) -> usize {
+    let mut count: HashMap<usize, usize> = HashMap::new();
+    for f in folds {
+        for i in f.patients(Part::Test) {
+            *count.entry(i).or_default() += 1;
+        }
+    }
+    count.values().filter(|c| **c > 1).count()
+}
+
+/// Resolves a split file's ids (slide ids or case ids) to patients. Returns the fold and the
+/// problems found: unknown ids, and patients in more than one part (directly, or through two of
+/// their slides — the leak that inflates MIL results).
+pub fn resolve_split(
+    path: &std::path::Path,
+    patients: &[Patient],
+    index: &HashMap<String, usize>,
+    slide_owner: &HashMap<String, usize>,
+) -> Result<(Fold, Vec<String>)> {
+    let (format, file) = splits::read_split(path)?;
+    let mut problems = Vec::new();
+    let mut part: BTreeMap<usize, (Part, String, u64)> = BTreeMap::new();
+    let mut unknown = Vec::new();
+    for (p, ids) in &file.parts {
+        for (id, line) in ids {
+            let who = slide_owner.get(id).or_else(|| index.get(id)).copied();
+            let Some(pi) = who else {
+                unknown.push(format!("'{id}' (line {line})"));
+                continue;
+            };
+            match part.get(&pi) {
+                Some((q, other, l)) if q != p => problems.push(format!(
+                    "{}: line {line}: patient '{}' is in {} through '{id}' and in {} through '{other}' (line {l})",
+                    path.display(),
+                    patients[pi].case_id,
+                    p.name(),
+                    q.name()
+                )),
+                Some(_) => {}
+                None => {
+                    part.insert(pi, (*p, id.clone(), *line));
+                }
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        problems.push(format!(
+            "{}: {} id(s) are neither a slide_id nor a case_id of the dataset: {}",
+            path.display(),
+            unknown.len(),
+            list_some(&unknown)
+        ));
+    }
+    Ok((
+        Fold {
+            file: path.to_path_buf(),
+            format,
+            part: part.into_iter().map(|(k, (p, _, _))| (k, p)).collect(),
+        },
+        problems,
+    ))
+}
+
+/// Checks one split file without a cohort: an id listed in two parts.
+pub fn check_split_standalone(path: &std::path::Path) -> Result<(SplitFormat, Vec<String>)> {
+    let (format, file) = splits::read_split(path)?;
+    let mut seen: HashMap<&str, (Part, u64)> = HashMap::new();
+    let mut problems = Vec::new();
+    for (p, ids) in &file.parts {
+        for (id, line) in ids {
+            if let Some((q, l)) = seen.get(id.as_str()) {
+                problems.push(format!(
+                    "{}: line {line}: '{id}' is in {} and also in {} (line {l})",
+                    path.display(),
+                    p.name(),
+                    q.name()
+                ));
+            } else {
+                seen.insert(id, (*p, *line));
+            }
+        }
+    }
+    Ok((format, problems))
+}
+
+/// Class names per patient index, for summaries.
+pub fn class_counts(patients: &[Patient], members: impl Iterator<Item = usize>, n_classes: usize) -> Vec<usize> {
+    let mut c = vec![0; n_classes];
+    for i in members {
+        if let Some(slot) = c.get_mut(patients[i].label) {
+            *slot += 1;
+        }
+    }
+    c
+}
+

@@ -1,0 +1,236 @@
+//! Classification metrics, defined as scikit-learn defines them (the crates tried disagree with
+//! it on ties and multi-class averaging), with the intervals `gimp.md` §6 asks for.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+/// A point estimate with a 95% interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Estimate {
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// Wilson score interval for a proportion `k / n` at 95%.
+pub fn wilson(k: usize, n: usize) -> Estimate {
+    if n == 0 {
+        return Estimate { value: f64::NAN, low: f64::NAN, high: f64::NAN };
+    }
+    let z = 1.959_963_984_540_054_f64;
+    let nf = n as f64;
+    let p = k as f64 / nf;
+    let denom = 1.0 + z * z / nf;
+    let centre = (p + z * z / (2.0 * nf)) / denom;
+    let half = z * (p * (1.0 - p) / nf + z * z / (4.0 * nf * nf)).sqrt() / denom;
+    Estimate { value: p, low: (centre - half).max(0.0), high: (centre + half).min(1.0) }
+}
+
+/// `confusion[true][predicted]`.
+pub fn confusion(y_true: &[usize], y_pred: &[usize], n_classes: usize) -> Vec<Vec<usize>> {
+    let mut m = vec![vec![0; n_classes]; n_classes];
+    for (&t, &p) in y_true.iter().zip(y_pred) {
+        if t < n_classes && p < n_classes {
+            m[t][p] += 1;
+        }
+    }
+    m
+}
+
+pub fn accuracy(y_true: &[usize], y_pred: &[usize]) -> f64 {
+    let k = y_true.iter().zip(y_pred).filter(|(a, b)| a == b).count();
+    k as f64 / y_true.len().max(1) as f64
+}
+
+/// Mean recall over the classes present in `y_true` (scikit-learn's `balanced_accuracy_score`).
+pub fn balanced_accuracy(y_true: &[usize], y_pred: &[usize], n_classes: usize) -> f64 {
+    let m = confusion(y_true, y_pred, n_classes);
+    let recalls: Vec<f64> = (0..n_classes)
+        .filter(|&c| m[c].iter().sum::<usize>() > 0)
+        .map(|c| m[c][c] as f64 / m[c].iter().sum::<usize>() as f64)
+        .collect();
+    recalls.iter().sum::<f64>() / recalls.len().max(1) as f64
+}
+
+/// Macro F1 over the classes that appear in `y_true` or `y_pred` (scikit-learn's labels set);
+/// a class with no predicted and no true member is left out, one with F1 undefined counts 0.
+pub fn macro_f1(y_true: &[usize], y_pred: &[usize], n_classes: usize) -> f64 {
+    let m = confusion(y_true, y_pred, n_classes);
+    let mut f1s = Vec::new();
+    for c in 0..n_classes {
+        let tp = m[c][c] as f64;
+        let actual: usize = m[c].iter().sum();
+        let predicted: usize = (0..n_classes).map(|r| m[r][c]).sum();
+        if actual == 0 && predicted == 0 {
+            continue;
+        }
+        let denom = actual as f64 + predicted as f64;
+        f1s.push(if denom > 0.0 { 2.0 * tp / denom } else { 0.0 });
+    }
+    f1s.iter().sum::<f64>() / f1s.len().max(1) as f64
+}
+
+/// Binary ROC-AUC by the Mann–Whitney statistic with average ranks for ties (equal to
+/// scikit-learn's trapezoidal `roc_auc_score`). `None` when one class is absent.
+pub fn roc_auc_binary(positive: &[bool], score: &[f64]) -> Option<f64> {
+    let n_pos = positive.iter().filter(|p| **p).count();
+    let n_neg = positive.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return None;
+    }
+    let mut idx: Vec<usize> = (0..score.len()).collect();
+    idx.sort_by(|&a, &b| score[a].total_cmp(&score[b]));
+    let mut rank_sum_pos = 0.0;
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && score[idx[j + 1]] == score[idx[i]] {
+            j += 1;
+        }
+        let avg_rank = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &idx[i..=j] {
+            if positive[k] {
+                rank_sum_pos += avg_rank;
+            }
+        }
+        i = j + 1;
+    }
+    let u = rank_sum_pos - (n_pos * (n_pos + 1)) as f64 / 2.0;
+    Some(u / (n_pos as f64 * n_neg as f64))
+}
+
+/// ROC-AUC from class probabilities `probs[i][c]`: binary → probability of class 1; multi-class →
+/// unweighted mean of one-vs-rest AUCs (scikit-learn `multi_class="ovr"`, `average="macro"`).
+pub fn roc_auc(y_true: &[usize], probs: &[Vec<f64>], n_classes: usize) -> Option<f64> {
+    if n_classes == 2 {
+        let pos: Vec<bool> = y_true.iter().map(|&y| y == 1).collect();
+        let s: Vec<f64> = probs.iter().map(|p| p[1]).collect();
+        return roc_auc_binary(&pos, &s);
+    }
+    let mut aucs = Vec::new();
+    for c in 0..n_classes {
+        let pos: Vec<bool> = y_true.iter().map(|&y| y == c).collect();
+        let s: Vec<f64> = probs.iter().map(|p| p[c]).collect();
+        aucs.push(roc_auc_binary(&pos, &s)?);
+    }
+    Some(aucs.iter().sum::<f64>() / aucs.len() as f64)
+}
+
+/// Percentile bootstrap 95% interval of the ROC-AUC over patients (resamples where one class is
+/// absent are redrawn). Deterministic for a seed.
+pub fn roc_auc_bootstrap(y_true: &[usize], probs: &[Vec<f64>], n_classes: usize, resamples: usize, seed: u64) -> Option<Estimate> {
+    let value = roc_auc(y_true, probs, n_classes)?;
+    let n = y_true.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut stats = Vec::with_capacity(resamples);
+    let mut attempts = 0;
+    while stats.len() < resamples && attempts < resamples * 20 {
+        attempts += 1;
+        let idx: Vec<usize> = (0..n).map(|_| rng.gen_range(0..n)).collect();
+        let yt: Vec<usize> = idx.iter().map(|&i| y_true[i]).collect();
+        let pr: Vec<Vec<f64>> = idx.iter().map(|&i| probs[i].clone()).collect();
+        if let Some(a) = roc_auc(&yt, &pr, n_classes) {
+            stats.push(a);
+        }
+    }
+    if stats.is_empty() {
+        return Some(Estimate { value, low: f64::NAN, high: f64::NAN });
+    }
+    stats.sort_by(f64::total_cmp);
+    let q = |p: f64| stats[((stats.len() - 1) as f64 * p).round() as usize];
+    Some(Estimate { value, low: q(0.025), high: q(0.975) })
+}
+
+/// Every metric of `gimp.md` §6 for one evaluated set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub n: usize,
+    pub accuracy: Estimate,
+    pub balanced_accuracy: f64,
+    pub roc_auc: Option<Estimate>,
+    pub macro_f1: f64,
+    pub confusion: Vec<Vec<usize>>,
+}
+
+impl Report {
+    pub fn new(y_true: &[usize], probs: &[Vec<f64>], n_classes: usize, seed: u64) -> Self {
+        let y_pred: Vec<usize> = probs
+            .iter()
+            .map(|p| p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0))
+            .collect();
+        let k = y_true.iter().zip(&y_pred).filter(|(a, b)| a == b).count();
+        Self {
+            n: y_true.len(),
+            accuracy: wilson(k, y_true.len()),
+            balanced_accuracy: balanced_accuracy(y_true, &y_pred, n_classes),
+            roc_auc: roc_auc_bootstrap(y_true, probs, n_classes, 1000, seed),
+            macro_f1: macro_f1(y_true, &y_pred, n_classes),
+            confusion: confusion(y_true, &y_pred, n_classes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wilson_matches_statsmodels() {
+        // statsmodels proportion_confint(180, 190, method="wilson") = (0.90584, 0.97116)
+        let e = wilson(180, 190);
+        assert!((e.low - 0.90584).abs() < 1e-5 && (e.high - 0.97116).abs() < 1e-5, "{e:?}");
+        let e = wilson(0, 10);
+        assert_eq!(e.low, 0.0);
+        assert!((e.high - 0.2775).abs() < 1e-4);
+    }
+
+    #[test]
+    fn auc_with_ties_matches_sklearn() {
+        // sklearn roc_auc_score([0,0,1,1,1,0], [0.1,0.4,0.35,0.8,0.4,0.4]) = 0.6666667
+        let pos = [false, false, true, true, true, false];
+        let s = [0.1, 0.4, 0.35, 0.8, 0.4, 0.4];
+        assert!((roc_auc_binary(&pos, &s).unwrap() - 2.0 / 3.0).abs() < 1e-12);
+        assert!(roc_auc_binary(&[true, true], &[0.1, 0.2]).is_none());
+    }
+
+    #[test]
+    fn multiclass_ovr_macro_auc() {
+        // sklearn roc_auc_score(y, p, multi_class="ovr") = 0.75 for this case
+        let y = [0, 1, 2, 2];
+        let p = vec![
+            vec![0.1, 0.5, 0.4],
+            vec![0.3, 0.1, 0.6],
+            vec![0.2, 0.6, 0.2],
+            vec![0.4, 0.2, 0.4],
+        ];
+        // class 0: pos idx0 score .1 vs .3,.2,.4 → 0/3; class 1: pos idx1 .1 vs .5,.6,.2 → 0/3;
+        // class 2: pos {2,3} {.2,.4} vs {.4,.6}: pairs (.2<.4,.2<.6,.4=.4 → .5,.4<.6) → .5/4
+        let expected = (0.0 + 0.0 + 0.125) / 3.0;
+        assert!((roc_auc(&y, &p, 3).unwrap() - expected).abs() < 1e-12);
+    }
+
+    #[test]
+    fn f1_balanced_confusion() {
+        let t = [0, 0, 1, 1, 2];
+        let p = [0, 1, 1, 1, 0];
+        // per-class F1: c0 2*1/(2+2)=0.5, c1 2*2/(2+3)=0.8, c2 0 → macro 0.4333
+        assert!((macro_f1(&t, &p, 3) - 1.3 / 3.0).abs() < 1e-12);
+        // recalls 0.5, 1.0, 0.0 → 0.5
+        assert!((balanced_accuracy(&t, &p, 3) - 0.5).abs() < 1e-12);
+        assert_eq!(confusion(&t, &p, 3), vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]);
+    }
+
+    #[test]
+    fn bootstrap_is_deterministic_and_brackets_value() {
+        let y: Vec<usize> = (0..40).map(|i| i % 2).collect();
+        let p: Vec<Vec<f64>> = (0..40).map(|i| {
+            let s = if i % 2 == 1 { 0.6 } else { 0.4 } + ((i * 7) % 10) as f64 * 0.03 - 0.15;
+            vec![1.0 - s, s]
+        }).collect();
+        let a = roc_auc_bootstrap(&y, &p, 2, 200, 1).unwrap();
+        let b = roc_auc_bootstrap(&y, &p, 2, 200, 1).unwrap();
+        assert_eq!(a, b);
+        assert!(a.low <= a.value && a.value <= a.high);
+    }
+}

@@ -1,0 +1,158 @@
+//! Generator parameters: a difficulty preset (how separable the classes are) and a size preset
+//! (how many patients, patches and genes), each field overridable.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Difficulty {
+    Easy,
+    Paper,
+    Hard,
+}
+
+impl Difficulty {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "easy" => Some(Self::Easy),
+            "paper" => Some(Self::Paper),
+            "hard" => Some(Self::Hard),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Size {
+    /// A few hundred to a couple of thousand patches per slide, 256-d features, 2,000 genes:
+    /// the whole pipeline runs in minutes on a laptop.
+    Demo,
+    /// The paper's cohort: 946 patients, 485–148,569 patches, 1024-d, 60,480 genes (≈ 100 GB).
+    Paper,
+}
+
+impl Size {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "demo" => Some(Self::Demo),
+            "paper" => Some(Self::Paper),
+            _ => None,
+        }
+    }
+}
+
+/// Every parameter of a synthetic cohort. Recorded in the cohort's `cohort.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SynthConfig {
+    pub seed: u64,
+    pub difficulty: Difficulty,
+    pub size: Size,
+    pub classes: Vec<String>,
+    pub n_patients: usize,
+    /// Fraction of patients whose recorded label is wrong.
+    pub label_noise: f64,
+    /// Patches per slide, log-uniform in `[min, max]`.
+    pub patches_min: usize,
+    pub patches_max: usize,
+    /// Feature width (ResNet50-trunc: 1024).
+    pub d_in: usize,
+    pub n_genes: usize,
+    /// Tumour purity ~ Beta(a, b): sets both the slide's tumour fraction and the strength of the
+    /// subtype expression programme.
+    pub purity_beta: (f64, f64),
+    /// Fraction of tumour regions drawn with another subtype's morphology.
+    pub confuser_rate: f64,
+    /// Distance between the subtypes' tumour prototypes (image signal).
+    pub image_separation: f64,
+    /// Patch-level noise, standard deviation.
+    pub patch_noise: f64,
+    /// Log2 shift of subtype-programme genes at purity 1 (expression signal).
+    pub expression_signal: f64,
+    /// Genes in each subtype programme.
+    pub programme_genes: usize,
+    /// Expression noise, standard deviation on the log2 scale.
+    pub expression_noise: f64,
+    /// Fraction of patients with a second slide.
+    pub second_slide_rate: f64,
+    /// Fraction of patients whose expression is written as GDC STAR files (with a sample sheet)
+    /// rather than as a row of the matrix.
+    pub gdc_fraction: f64,
+    /// Fraction of patients without expression / without a slide.
+    pub missing_expression: f64,
+    pub missing_slide: f64,
+    /// Also write `features/pt_files/*.pt`.
+    pub write_pt: bool,
+}
+
+impl SynthConfig {
+    pub fn new(difficulty: Difficulty, size: Size, seed: u64) -> Self {
+        let (n_patients, patches_min, patches_max, d_in, n_genes) = match size {
+            Size::Demo => (160, 120, 1500, 256, 2000),
+            Size::Paper => (946, 485, 148_569, 1024, 60_480),
+        };
+        // Expression and image signal per difficulty; the paper preset is calibrated so that a
+        // regularised logistic regression on the expression reaches 0.93–0.97 test accuracy.
+        let (expression_signal, image_separation, confuser_rate, patch_noise) = match difficulty {
+            Difficulty::Easy => (3.0, 1.2, 0.02, 0.25),
+            Difficulty::Paper => (1.45, 0.6, 0.08, 0.35),
+            Difficulty::Hard => (0.55, 0.35, 0.15, 0.45),
+        };
+        Self {
+            seed,
+            difficulty,
+            size,
+            classes: vec!["LUAD".into(), "LUSC".into()],
+            n_patients,
+            label_noise: 0.01,
+            patches_min,
+            patches_max,
+            d_in,
+            n_genes,
+            purity_beta: (2.0, 5.0),
+            confuser_rate,
+            image_separation,
+            patch_noise,
+            expression_signal,
+            programme_genes: (n_genes / 100).max(10),
+            expression_noise: 0.6,
+            second_slide_rate: 0.1,
+            gdc_fraction: 0.1,
+            missing_expression: 0.0,
+            missing_slide: 0.0,
+            write_pt: false,
+        }
+    }
+
+    /// Checks the parameters before anything is generated.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.classes.len() < 2 {
+            return Err("need at least two classes".into());
+        }
+        if self.n_patients < 2 * self.classes.len() {
+            return Err(format!("need at least {} patients", 2 * self.classes.len()));
+        }
+        if self.patches_min == 0 || self.patches_max < self.patches_min {
+            return Err("patch range must satisfy 0 < min <= max".into());
+        }
+        if self.d_in == 0 || self.n_genes < 2 * self.programme_genes.max(1) {
+            return Err("need d_in > 0 and at least two programmes' worth of genes".into());
+        }
+        for (name, v) in [
+            ("label_noise", self.label_noise),
+            ("confuser_rate", self.confuser_rate),
+            ("gdc_fraction", self.gdc_fraction),
+            ("missing_expression", self.missing_expression),
+            ("missing_slide", self.missing_slide),
+            ("second_slide_rate", self.second_slide_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{name} must be in [0, 1], got {v}"));
+            }
+        }
+        if self.missing_expression + self.missing_slide > 1.0 {
+            return Err("missing_expression + missing_slide must not exceed 1".into());
+        }
+        Ok(())
+    }
+}
