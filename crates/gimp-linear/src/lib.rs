@@ -300,3 +300,19 @@ mod tests {
         assert_eq!(s.apply(&[3.0, 7.0]), vec![1.0, 0.0]);
     }
 }
+
+/// The gene-only baseline on one split: standardise on `train`, fit, and return class
+/// probabilities for every row of `eval`.
+pub fn fit_predict(
+    train: &[&[f32]],
+    train_labels: &[usize],
+    eval: &[&[f32]],
+    n_classes: usize,
+    cfg: LogisticConfig,
+) -> (Standardiser, LogisticRegression, Vec<Vec<f64>>) {
+    let scaler = Standardiser::fit(train);
+    let xs: Vec<Vec<f32>> = train.iter().map(|r| scaler.apply(r)).collect();
+    let model = LogisticRegression::fit(&xs, train_labels, n_classes, cfg);
+    let probs = eval.iter().map(|r| model.predict_proba(&scaler.apply(r))).collect();
+    (scaler, model, probs)
+}

@@ -11,7 +11,6 @@ fn main() {
         for seed in 0..seeds {
             let mut cfg = SynthConfig::new(d, Size::Paper, seed);
             cfg.n_genes = genes;
-            cfg.programme_genes = (genes / 100).max(10);
             if let Some(s) = signal {
                 cfg.expression_signal = s;
             }

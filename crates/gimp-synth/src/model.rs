@@ -147,7 +147,7 @@ impl GeneModel {
             })
             .collect();
         expressed.shuffle(&mut rng);
-        let per = cfg.programme_genes.min(expressed.len() / cfg.classes.len().max(1));
+        let per = cfg.programme_genes().min(expressed.len() / cfg.classes.len().max(1));
         let subtype = (0..cfg.classes.len())
             .map(|k| {
                 expressed[k * per..(k + 1) * per]

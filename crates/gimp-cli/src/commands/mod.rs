@@ -1,0 +1,5 @@
+pub mod baseline;
+pub mod cohort;
+pub mod demo;
+pub mod split;
+pub mod synth;

@@ -1,0 +1,67 @@
+//! `gimp-rs`: argument parsing and wiring only; the work is in the library crates.
+
+mod commands;
+mod progress;
+mod table;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Multimodal (slide + gene expression) cancer classification: GiMP and the systems it is
+/// compared with, from the files CLAM, TransMIL, MCAT and the GDC give you.
+#[derive(Parser)]
+#[command(name = "gimp-rs", version, about, long_about = None)]
+struct Cli {
+    /// Worker threads (default: all cores). Results are reproducible for a given seed and
+    /// thread count.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate the built-in synthetic cohort, check it, and run the gene-only baseline on it.
+    Demo(commands::demo::Args),
+    /// Write a synthetic image-omic cohort in CLAM/GDC layout, with per-patch ground truth.
+    Synth(commands::synth::Args),
+    /// Inspect a cohort (labels + features + expression + splits, joined by patient).
+    #[command(subcommand)]
+    Cohort(commands::cohort::Command),
+    /// Write patient-level stratified splits, or check split files for leaks (`split check`).
+    Split(commands::split::Args),
+    /// Baselines that need no deep learning.
+    #[command(subcommand)]
+    Baseline(commands::baseline::Command),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global() {
+            eprintln!("error: cannot set the thread count: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let result = match cli.command {
+        Command::Demo(a) => commands::demo::run(a),
+        Command::Synth(a) => commands::synth::run(a),
+        Command::Cohort(c) => commands::cohort::run(c),
+        Command::Split(a) => commands::split::run(a),
+        Command::Baseline(c) => commands::baseline::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
