@@ -21,7 +21,11 @@ pub fn report(title: &str, r: &Report, classes: &[String]) -> String {
     let _ = writeln!(s, "  balanced accuracy  {}%", pct(r.balanced_accuracy));
     match &r.roc_auc {
         Some(a) => {
-            let _ = writeln!(s, "  ROC-AUC            {:.3}  [95% CI {:.3}–{:.3}, bootstrap]", a.value, a.low, a.high);
+            let _ = writeln!(
+                s,
+                "  ROC-AUC            {:.3}  [95% CI {:.3}–{:.3}, bootstrap]",
+                a.value, a.low, a.high
+            );
         }
         None => {
             let _ = writeln!(s, "  ROC-AUC            n/a (one class absent)");
@@ -29,7 +33,11 @@ pub fn report(title: &str, r: &Report, classes: &[String]) -> String {
     }
     let _ = writeln!(s, "  macro F1           {:.3}", r.macro_f1);
     let w = classes.iter().map(|c| c.len()).max().unwrap_or(4).max(6);
-    let _ = write!(s, "  confusion (rows = true, columns = predicted)\n  {:w$}", "");
+    let _ = write!(
+        s,
+        "  confusion (rows = true, columns = predicted)\n  {:w$}",
+        ""
+    );
     for c in classes {
         let _ = write!(s, " {c:>w$}");
     }

@@ -88,7 +88,11 @@ impl FeatureCache {
         if mmap.len() < HEADER || &mmap[..8] != MAGIC {
             return Ok(None);
         }
-        let (n, d, flags) = (read_u64(&mmap, 8) as usize, read_u64(&mmap, 16) as usize, read_u64(&mmap, 24));
+        let (n, d, flags) = (
+            read_u64(&mmap, 8) as usize,
+            read_u64(&mmap, 16) as usize,
+            read_u64(&mmap, 24),
+        );
         let (len, mtime) = stamp(source)?;
         if read_u64(&mmap, 32) != len || read_u64(&mmap, 40) != mtime {
             return Ok(None);
@@ -101,7 +105,12 @@ impl FeatureCache {
         if expect != Some(mmap.len()) {
             return Ok(None);
         }
-        Ok(Some(CachedBag { mmap, n, d, has_coords }))
+        Ok(Some(CachedBag {
+            mmap,
+            n,
+            d,
+            has_coords,
+        }))
     }
 
     /// Converts `source` into the cache (atomically) and returns the mapped bag.
@@ -126,7 +135,11 @@ impl FeatureCache {
             Ok(())
         })?;
         self.open(source, slide_id)?.ok_or_else(|| {
-            DataError::new(ErrorKind::Io, &target, "cache entry written but not readable back")
+            DataError::new(
+                ErrorKind::Io,
+                &target,
+                "cache entry written but not readable back",
+            )
         })
     }
 

@@ -40,7 +40,11 @@ impl Patient {
 
     /// Total patches over the patient's slides (bags are concatenated in slide order).
     pub fn n_patches(&self) -> usize {
-        self.slides.iter().filter_map(|s| s.shape).map(|s| s.0).sum()
+        self.slides
+            .iter()
+            .filter_map(|s| s.shape)
+            .map(|s| s.0)
+            .sum()
     }
 }
 
@@ -114,7 +118,12 @@ impl Default for LoadOptions {
 const LIST_MAX: usize = 10;
 
 fn list_some(items: &[String]) -> String {
-    let mut s = items.iter().take(LIST_MAX).cloned().collect::<Vec<_>>().join(", ");
+    let mut s = items
+        .iter()
+        .take(LIST_MAX)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if items.len() > LIST_MAX {
         s.push_str(&format!(", … ({} in all)", items.len()));
     }
@@ -159,7 +168,8 @@ impl Cohort {
         }
 
         let feature_dim = Self::attach_features(&file, &mut patients, opts, &mut diag);
-        let (expression, expression_info) = Self::attach_expression(&file, &mut patients, &index, &mut diag);
+        let (expression, expression_info) =
+            Self::attach_expression(&file, &mut patients, &index, &mut diag);
         let folds = Self::attach_splits(&file, &patients, &index, &slide_owner, &mut diag);
 
         let neither: Vec<String> = patients
@@ -196,7 +206,8 @@ impl Cohort {
         let fc = file.config.features.as_ref()?;
         let dir = file.resolve(&fc.dir);
         if !dir.is_dir() {
-            diag.errors.push(format!("features folder {} does not exist", dir.display()));
+            diag.errors
+                .push(format!("features folder {} does not exist", dir.display()));
             return None;
         }
         let mut missing = Vec::new();
@@ -218,7 +229,10 @@ impl Cohort {
                 } else if opts.read_shapes {
                     match feature_file::bag_shape(&path) {
                         Ok((0, _)) => {
-                            diag.errors.push(format!("{}: the bag has no patches (0 feature rows)", path.display()));
+                            diag.errors.push(format!(
+                                "{}: the bag has no patches (0 feature rows)",
+                                path.display()
+                            ));
                             continue;
                         }
                         Ok(shape) => s.shape = Some(shape),
@@ -246,7 +260,8 @@ impl Cohort {
         if dims.len() > 1 {
             for (d, files) in &dims {
                 if Some(*d) != majority {
-                    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                    let names: Vec<String> =
+                        files.iter().map(|f| f.display().to_string()).collect();
                     diag.errors.push(format!(
                         "feature width {d} in {} file(s), but {} in most: {}",
                         files.len(),
@@ -283,7 +298,12 @@ impl Cohort {
         }
         if let Some(m) = &ec.matrix {
             let p = file.resolve(m);
-            load(&mut sources, diag, p.display().to_string(), expression::read_matrix(&p, ec.orientation));
+            load(
+                &mut sources,
+                diag,
+                p.display().to_string(),
+                expression::read_matrix(&p, ec.orientation),
+            );
         }
         match (&ec.gdc_dir, &ec.sample_sheet) {
             (Some(d), Some(s)) => {
@@ -304,13 +324,23 @@ impl Cohort {
         }
         if let Some(t) = &ec.mcat_table {
             let p = file.resolve(t);
-            load(&mut sources, diag, p.display().to_string(), expression::read_mcat_table(&p, &ec.mcat_types));
+            load(
+                &mut sources,
+                diag,
+                p.display().to_string(),
+                expression::read_mcat_table(&p, &ec.mcat_types),
+            );
         }
         if sources.is_empty() {
             return (None, info);
         }
         // Merge: genes compared without version suffixes; the first source fixes the gene order.
-        let genes: Vec<String> = sources[0].1.genes.iter().map(|g| strip_version(g).to_string()).collect();
+        let genes: Vec<String> = sources[0]
+            .1
+            .genes
+            .iter()
+            .map(|g| strip_version(g).to_string())
+            .collect();
         let mut merged = ExpressionMatrix {
             samples: Vec::new(),
             genes: genes.clone(),
@@ -318,9 +348,14 @@ impl Cohort {
         };
         let mut unknown = Vec::new();
         for (label, m) in &sources {
-            let pos: HashMap<&str, usize> =
-                m.genes.iter().enumerate().map(|(i, g)| (strip_version(g), i)).collect();
-            let map: Vec<Option<usize>> = genes.iter().map(|g| pos.get(g.as_str()).copied()).collect();
+            let pos: HashMap<&str, usize> = m
+                .genes
+                .iter()
+                .enumerate()
+                .map(|(i, g)| (strip_version(g), i))
+                .collect();
+            let map: Vec<Option<usize>> =
+                genes.iter().map(|g| pos.get(g.as_str()).copied()).collect();
             let absent = map.iter().filter(|m| m.is_none()).count();
             if absent > 0 {
                 diag.errors.push(format!(
@@ -337,11 +372,15 @@ impl Cohort {
                     continue;
                 };
                 if patients[pi].expression_row.is_some() {
-                    diag.warnings.push(format!("case {s}: expression found in several sources, keeping the first"));
+                    diag.warnings.push(format!(
+                        "case {s}: expression found in several sources, keeping the first"
+                    ));
                     continue;
                 }
                 let row = m.row(i);
-                merged.values.extend(map.iter().map(|j| row[j.unwrap_or(0)]));
+                merged
+                    .values
+                    .extend(map.iter().map(|j| row[j.unwrap_or(0)]));
                 patients[pi].expression_row = Some(merged.samples.len());
                 merged.samples.push(s.clone());
             }
@@ -363,12 +402,16 @@ impl Cohort {
             Imputation::Mean => {
                 info.imputed_values = merged.impute_missing();
                 if info.imputed_values > 0 {
-                    diag.warnings.push(format!("{} missing expression value(s) imputed by the gene mean", info.imputed_values));
+                    diag.warnings.push(format!(
+                        "{} missing expression value(s) imputed by the gene mean",
+                        info.imputed_values
+                    ));
                 }
             }
         }
         if merged.samples.is_empty() {
-            diag.warnings.push("no expression sample matches a case_id of the dataset".to_string());
+            diag.warnings
+                .push("no expression sample matches a case_id of the dataset".to_string());
             return (None, info);
         }
         (Some(merged), info)
@@ -417,7 +460,11 @@ impl Cohort {
     }
 
     pub fn patient_index(&self) -> HashMap<&str, usize> {
-        self.patients.iter().enumerate().map(|(i, p)| (p.case_id.as_str(), i)).collect()
+        self.patients
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.case_id.as_str(), i))
+            .collect()
     }
 
     /// Expression vector of a patient, if any.
@@ -513,7 +560,11 @@ pub fn check_split_standalone(path: &std::path::Path) -> Result<(SplitFormat, Ve
 }
 
 /// Class names per patient index, for summaries.
-pub fn class_counts(patients: &[Patient], members: impl Iterator<Item = usize>, n_classes: usize) -> Vec<usize> {
+pub fn class_counts(
+    patients: &[Patient],
+    members: impl Iterator<Item = usize>,
+    n_classes: usize,
+) -> Vec<usize> {
     let mut c = vec![0; n_classes];
     for i in members {
         if let Some(slot) = c.get_mut(patients[i].label) {
@@ -522,4 +573,3 @@ pub fn class_counts(patients: &[Patient], members: impl Iterator<Item = usize>, 
     }
     c
 }
-

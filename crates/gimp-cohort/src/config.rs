@@ -61,7 +61,12 @@ pub struct FeaturesConfig {
 }
 
 fn default_formats() -> Vec<FeatureFormat> {
-    vec![FeatureFormat::H5, FeatureFormat::Pt, FeatureFormat::Safetensors, FeatureFormat::Npy]
+    vec![
+        FeatureFormat::H5,
+        FeatureFormat::Pt,
+        FeatureFormat::Safetensors,
+        FeatureFormat::Npy,
+    ]
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -130,7 +135,9 @@ impl CohortFile {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
         let config: CohortConfig = toml::from_str(&text).map_err(|e| {
-            let loc = e.span().map(|s| format!("line {}", text[..s.start].lines().count().max(1)));
+            let loc = e
+                .span()
+                .map(|s| format!("line {}", text[..s.start].matches('\n').count() + 1));
             let mut err = DataError::malformed(path, e.message().to_string());
             err.location = loc;
             err

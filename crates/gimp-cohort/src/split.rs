@@ -18,7 +18,10 @@ pub enum Scheme {
 
 impl Scheme {
     /// The paper's protocol (`gimp.md` §7): one stratified 60/20/20 split.
-    pub const PAPER: Scheme = Scheme::Holdout { val: 0.2, test: 0.2 };
+    pub const PAPER: Scheme = Scheme::Holdout {
+        val: 0.2,
+        test: 0.2,
+    };
 }
 
 /// Part of every patient, per split. `labels[i]` is patient i's class.
@@ -68,7 +71,11 @@ pub fn make_splits(labels: &[usize], scheme: Scheme, seed: u64) -> Vec<BTreeMap<
                 .map(|f| {
                     let mut out = BTreeMap::new();
                     for members in &by_class {
-                        let rest: Vec<usize> = members.iter().copied().filter(|&i| fold_of[i] != f).collect();
+                        let rest: Vec<usize> = members
+                            .iter()
+                            .copied()
+                            .filter(|&i| fold_of[i] != f)
+                            .collect();
                         let n_val = (rest.len() as f64 * val).round() as usize;
                         for &i in members.iter().filter(|&&i| fold_of[i] == f) {
                             out.insert(i, Part::Test);

@@ -81,11 +81,19 @@ impl Summary {
             .map(|(k, name)| ClassCount {
                 name: name.clone(),
                 patients: c.patients.iter().filter(|p| p.label == k).count(),
-                slides: c.patients.iter().filter(|p| p.label == k).map(|p| p.slides.len()).sum(),
+                slides: c
+                    .patients
+                    .iter()
+                    .filter(|p| p.label == k)
+                    .map(|p| p.slides.len())
+                    .sum(),
             })
             .collect();
         let count = |f: &dyn Fn(bool, bool) -> bool| {
-            c.patients.iter().filter(|p| f(p.has_slides(), p.has_expression())).count()
+            c.patients
+                .iter()
+                .filter(|p| f(p.has_slides(), p.has_expression()))
+                .count()
         };
         let modalities = Modalities {
             slides_and_expression: count(&|s, e| s && e),
@@ -166,7 +174,13 @@ impl Summary {
         }
         match &self.expression {
             Some(e) => {
-                let _ = writeln!(s, "expression  {} samples × {} genes from {}", e.samples, e.genes, e.sources.join(", "));
+                let _ = writeln!(
+                    s,
+                    "expression  {} samples × {} genes from {}",
+                    e.samples,
+                    e.genes,
+                    e.sources.join(", ")
+                );
             }
             None => {
                 let _ = writeln!(s, "expression  none");
@@ -174,9 +188,17 @@ impl Summary {
         }
         for sp in &self.splits {
             let _ = writeln!(s, "\nsplit {} ({})", sp.file, sp.format);
-            let _ = writeln!(s, "  {:<20}{:>8}{:>8}{:>8}", "class", "train", "val", "test");
+            let _ = writeln!(
+                s,
+                "  {:<20}{:>8}{:>8}{:>8}",
+                "class", "train", "val", "test"
+            );
             for (k, c) in self.classes.iter().enumerate() {
-                let _ = writeln!(s, "  {:<20}{:>8}{:>8}{:>8}", c.name, sp.train[k], sp.val[k], sp.test[k]);
+                let _ = writeln!(
+                    s,
+                    "  {:<20}{:>8}{:>8}{:>8}",
+                    c.name, sp.train[k], sp.val[k], sp.test[k]
+                );
             }
             if sp.unassigned > 0 {
                 let _ = writeln!(s, "  {} patient(s) in no part", sp.unassigned);

@@ -74,10 +74,9 @@ impl Bag {
 /// Rejects NaN and infinities, naming the first bad row and column.
 pub fn check_finite(path: &Path, values: &[f32], width: usize) -> Result<()> {
     if let Some(pos) = values.iter().position(|v| !v.is_finite()) {
-        let (row, col) = if width == 0 {
-            (pos, 0)
-        } else {
-            (pos / width, pos % width)
+        let (row, col) = match (pos.checked_div(width), pos.checked_rem(width)) {
+            (Some(r), Some(c)) => (r, c),
+            _ => (pos, 0),
         };
         return Err(DataError::new(
             ErrorKind::NonFinite,

@@ -74,7 +74,10 @@ pub fn read_dataset_csv(path: &Path) -> Result<DatasetTable> {
         DataError::new(
             ErrorKind::Missing,
             path,
-            format!("no 'case_id' column (header: {})", headers.iter().collect::<Vec<_>>().join(",")),
+            format!(
+                "no 'case_id' column (header: {})",
+                headers.iter().collect::<Vec<_>>().join(",")
+            ),
         )
         .at("line 1")
     })?;
@@ -103,8 +106,12 @@ pub fn read_dataset_csv(path: &Path) -> Result<DatasetTable> {
             return Err(DataError::new(ErrorKind::Value, path, "empty case_id").at(csv_line(&rec)));
         }
         if label.is_empty() {
-            return Err(DataError::new(ErrorKind::Value, path, format!("empty label for case '{case_id}'"))
-                .at(csv_line(&rec)));
+            return Err(DataError::new(
+                ErrorKind::Value,
+                path,
+                format!("empty label for case '{case_id}'"),
+            )
+            .at(csv_line(&rec)));
         }
         let slide_id = slide_col
             .map(get)
@@ -147,7 +154,11 @@ pub fn read_dataset_csv(path: &Path) -> Result<DatasetTable> {
         });
     }
     if rows.is_empty() {
-        return Err(DataError::new(ErrorKind::Empty, path, "the dataset has no rows"));
+        return Err(DataError::new(
+            ErrorKind::Empty,
+            path,
+            "the dataset has no rows",
+        ));
     }
     Ok(DatasetTable {
         rows,
@@ -197,7 +208,12 @@ impl LabelMap {
     pub fn explicit(path: &Path, map: &BTreeMap<String, i64>) -> Result<Self> {
         let c = map.len();
         if c < 2 {
-            return Err(DataError::new(ErrorKind::Value, path, "a label map needs at least two classes").at("label_map"));
+            return Err(DataError::new(
+                ErrorKind::Value,
+                path,
+                "a label map needs at least two classes",
+            )
+            .at("label_map"));
         }
         let mut names = vec![String::new(); c];
         for (name, &idx) in map {
@@ -205,7 +221,10 @@ impl LabelMap {
                 return Err(DataError::new(
                     ErrorKind::Value,
                     path,
-                    format!("label '{name}' has index {idx}; indices must be 0..{} each used once", c - 1),
+                    format!(
+                        "label '{name}' has index {idx}; indices must be 0..{} each used once",
+                        c - 1
+                    ),
                 )
                 .at("label_map"));
             }
@@ -234,7 +253,10 @@ pub fn check_labels(path: &Path, table: &DatasetTable, map: &LabelMap) -> Result
             return Err(DataError::new(
                 ErrorKind::Unknown,
                 path,
-                format!("label '{}' is not in the label map {:?}", r.label, map.names),
+                format!(
+                    "label '{}' is not in the label map {:?}",
+                    r.label, map.names
+                ),
             )
             .at(format!("line {}", r.line)));
         }

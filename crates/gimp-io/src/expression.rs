@@ -30,7 +30,11 @@ impl ExpressionMatrix {
     }
 
     pub fn sample_index(&self) -> HashMap<&str, usize> {
-        self.samples.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect()
+        self.samples
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.as_str(), i))
+            .collect()
     }
 
     /// Errors on the first missing value, naming sample and gene (`gimp.md` §1: a gene missing
@@ -42,7 +46,7 @@ impl ExpressionMatrix {
                 ErrorKind::Missing,
                 path,
                 format!(
-                    "gene '{}' has no value for sample '{}' (use imputation = \"mean\" to fill missing values)",
+                    "gene '{}' has no value for sample '{}' (set impute = \"mean\" under [expression] to fill missing values)",
                     self.genes[pos % g],
                     self.samples[pos / g]
                 ),
@@ -66,7 +70,11 @@ impl ExpressionMatrix {
                     cnt += 1;
                 }
             }
-            let mean = if cnt > 0 { (sum / cnt as f64) as f32 } else { 0.0 };
+            let mean = if cnt > 0 {
+                (sum / cnt as f64) as f32
+            } else {
+                0.0
+            };
             for i in 0..n {
                 let v = &mut self.values[i * g + j];
                 if v.is_nan() {
@@ -101,8 +109,10 @@ fn parse_cell(path: &Path, s: &str, line: u64, column: &str) -> Result<f32> {
             .at(format!("line {line}, column '{column}'"))
     })?;
     if !v.is_finite() {
-        return Err(DataError::new(ErrorKind::NonFinite, path, format!("'{t}' is not finite"))
-            .at(format!("line {line}, column '{column}'")));
+        return Err(
+            DataError::new(ErrorKind::NonFinite, path, format!("'{t}' is not finite"))
+                .at(format!("line {line}, column '{column}'")),
+        );
     }
     Ok(v)
 }
@@ -135,7 +145,12 @@ pub fn read_matrix(path: &Path, orientation: Orientation) -> Result<ExpressionMa
     let mut dup = HashSet::new();
     for c in &cols {
         if !dup.insert(c) {
-            return Err(DataError::new(ErrorKind::Duplicate, path, format!("column '{c}' appears twice")).at("line 1"));
+            return Err(DataError::new(
+                ErrorKind::Duplicate,
+                path,
+                format!("column '{c}' appears twice"),
+            )
+            .at("line 1"));
         }
     }
     let mut rows = Vec::new();
@@ -146,11 +161,17 @@ pub fn read_matrix(path: &Path, orientation: Orientation) -> Result<ExpressionMa
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
         let id = rec.get(0).unwrap_or("").trim().to_string();
         if id.is_empty() {
-            return Err(DataError::new(ErrorKind::Value, path, "empty row id").at(format!("line {line}")));
+            return Err(
+                DataError::new(ErrorKind::Value, path, "empty row id").at(format!("line {line}"))
+            );
         }
         if let Some(prev) = seen.insert(id.clone(), line) {
-            return Err(DataError::new(ErrorKind::Duplicate, path, format!("row id '{id}' already on line {prev}"))
-                .at(format!("line {line}")));
+            return Err(DataError::new(
+                ErrorKind::Duplicate,
+                path,
+                format!("row id '{id}' already on line {prev}"),
+            )
+            .at(format!("line {line}")));
         }
         for (j, c) in cols.iter().enumerate() {
             values.push(parse_cell(path, rec.get(j + 1).unwrap_or(""), line, c)?);
@@ -158,7 +179,11 @@ pub fn read_matrix(path: &Path, orientation: Orientation) -> Result<ExpressionMa
         rows.push(id);
     }
     if rows.is_empty() {
-        return Err(DataError::new(ErrorKind::Empty, path, "the matrix has no data rows"));
+        return Err(DataError::new(
+            ErrorKind::Empty,
+            path,
+            "the matrix has no data rows",
+        ));
     }
     let genes_in_rows = match orientation {
         Orientation::SamplesByGenes => false,
@@ -183,9 +208,17 @@ pub fn read_matrix(path: &Path, orientation: Orientation) -> Result<ExpressionMa
                 t[j * g + i] = values[i * s + j];
             }
         }
-        Ok(ExpressionMatrix { samples: cols, genes: rows, values: t })
+        Ok(ExpressionMatrix {
+            samples: cols,
+            genes: rows,
+            values: t,
+        })
     } else {
-        Ok(ExpressionMatrix { samples: rows, genes: cols, values })
+        Ok(ExpressionMatrix {
+            samples: rows,
+            genes: cols,
+            values,
+        })
     }
 }
 
@@ -195,7 +228,11 @@ pub fn write_matrix(path: &Path, m: &ExpressionMatrix, id_header: &str) -> Resul
     crate::atomic::write_atomic(path, |w| {
         let mut out: Box<dyn std::io::Write + '_> = if gz {
             // mtime 0 and no file name keep the bytes a function of the content alone.
-            Box::new(flate2::GzBuilder::new().mtime(0).write(w, flate2::Compression::new(6)))
+            Box::new(
+                flate2::GzBuilder::new()
+                    .mtime(0)
+                    .write(w, flate2::Compression::new(6)),
+            )
         } else {
             Box::new(w)
         };
@@ -254,7 +291,10 @@ pub struct GeneValue {
 /// rows (skipped), then one row per gene. `column` is one of [`STAR_COLUMNS`].
 pub fn read_gdc_star(path: &Path, column: &str) -> Result<Vec<GeneValue>> {
     let text = crate::text::read_text(path)?;
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.starts_with('#'));
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.starts_with('#'));
     let (hline, header) = lines
         .next()
         .ok_or_else(|| DataError::new(ErrorKind::Empty, path, "file has no header"))?;
@@ -262,7 +302,10 @@ pub fn read_gdc_star(path: &Path, column: &str) -> Result<Vec<GeneValue>> {
     if cols.first() != Some(&"gene_id") {
         return Err(DataError::malformed(
             path,
-            format!("expected a STAR header starting with 'gene_id', found '{}'", cols.join("\t")),
+            format!(
+                "expected a STAR header starting with 'gene_id', found '{}'",
+                cols.join("\t")
+            ),
         )
         .at(format!("line {}", hline + 1)));
     }
@@ -296,7 +339,9 @@ pub fn read_gdc_star(path: &Path, column: &str) -> Result<Vec<GeneValue>> {
         let value = parse_cell(path, f[vcol], i as u64 + 1, column)?;
         out.push(GeneValue {
             gene_id: id.to_string(),
-            gene_name: name_col.map(|c| f[c].trim().to_string()).filter(|s| !s.is_empty()),
+            gene_name: name_col
+                .map(|c| f[c].trim().to_string())
+                .filter(|s| !s.is_empty()),
             value,
         });
     }
@@ -317,8 +362,12 @@ pub fn read_gdc_legacy(path: &Path) -> Result<Vec<GeneValue>> {
         }
         let mut f = line.split('\t');
         let (Some(id), Some(v), None) = (f.next(), f.next(), f.next()) else {
-            return Err(DataError::new(ErrorKind::Shape, path, "expected two tab-separated columns (gene id, value)")
-                .at(format!("line {}", i + 1)));
+            return Err(DataError::new(
+                ErrorKind::Shape,
+                path,
+                "expected two tab-separated columns (gene id, value)",
+            )
+            .at(format!("line {}", i + 1)));
         };
         out.push(GeneValue {
             gene_id: id.trim().to_string(),
@@ -371,7 +420,12 @@ pub fn read_sample_sheet(path: &Path) -> Result<Vec<SampleSheetRow>> {
         .collect();
     let col = |name: &str| {
         header.iter().position(|h| h == name).ok_or_else(|| {
-            DataError::new(ErrorKind::Missing, path, format!("no '{name}' column in the sample sheet")).at("line 1")
+            DataError::new(
+                ErrorKind::Missing,
+                path,
+                format!("no '{name}' column in the sample sheet"),
+            )
+            .at("line 1")
         })
     };
     let (fid, fname, case, sample, stype) = (
@@ -385,7 +439,15 @@ pub fn read_sample_sheet(path: &Path) -> Result<Vec<SampleSheetRow>> {
     for rec in rdr.records() {
         let rec = rec.map_err(|e| csv_error(path, e))?;
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
-        let first = |i: usize| rec.get(i).unwrap_or("").split(',').next().unwrap_or("").trim().to_string();
+        let first = |i: usize| {
+            rec.get(i)
+                .unwrap_or("")
+                .split(',')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
         let row = SampleSheetRow {
             file_id: first(fid),
             file_name: first(fname),
@@ -395,12 +457,19 @@ pub fn read_sample_sheet(path: &Path) -> Result<Vec<SampleSheetRow>> {
             line,
         };
         if row.file_name.is_empty() || row.case_id.is_empty() {
-            return Err(DataError::new(ErrorKind::Value, path, "empty 'File Name' or 'Case ID'").at(format!("line {line}")));
+            return Err(
+                DataError::new(ErrorKind::Value, path, "empty 'File Name' or 'Case ID'")
+                    .at(format!("line {line}")),
+            );
         }
         out.push(row);
     }
     if out.is_empty() {
-        return Err(DataError::new(ErrorKind::Empty, path, "the sample sheet has no rows"));
+        return Err(DataError::new(
+            ErrorKind::Empty,
+            path,
+            "the sample sheet has no rows",
+        ));
     }
     Ok(out)
 }
@@ -436,7 +505,10 @@ pub fn read_gdc_folder(
         };
         if better {
             if let Some(prev) = chosen.get(&row.case_id) {
-                notes.push(format!("case {}: using {} ({}) rather than {}", row.case_id, row.file_name, row.sample_type, prev.file_name));
+                notes.push(format!(
+                    "case {}: using {} ({}) rather than {}",
+                    row.case_id, row.file_name, row.sample_type, prev.file_name
+                ));
             }
             chosen.insert(row.case_id.clone(), row);
         }
@@ -452,16 +524,28 @@ pub fn read_gdc_folder(
         } else if b.is_file() {
             b
         } else {
-            notes.push(format!("case {case}: file {} listed on line {} of the sample sheet is not in {}", row.file_name, row.line, dir.display()));
+            notes.push(format!(
+                "case {case}: file {} listed on line {} of the sample sheet is not in {}",
+                row.file_name,
+                row.line,
+                dir.display()
+            ));
             continue;
         };
         let gv = read_gdc_file(&file, star_column)?;
-        let ids: Vec<String> = gv.iter().map(|g| strip_version(&g.gene_id).to_string()).collect();
+        let ids: Vec<String> = gv
+            .iter()
+            .map(|g| strip_version(&g.gene_id).to_string())
+            .collect();
         match &genes {
             None => genes = Some(ids),
             Some(g) => {
                 if *g != ids {
-                    let pos = g.iter().zip(&ids).position(|(a, b)| a != b).unwrap_or(g.len().min(ids.len()));
+                    let pos = g
+                        .iter()
+                        .zip(&ids)
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(g.len().min(ids.len()));
                     return Err(DataError::new(
                         ErrorKind::Mismatch,
                         &file,
@@ -481,9 +565,20 @@ pub fn read_gdc_folder(
         samples.push(case.clone());
     }
     let genes = genes.ok_or_else(|| {
-        DataError::new(ErrorKind::Empty, sheet_path, format!("none of the listed files is in {}", dir.display()))
+        DataError::new(
+            ErrorKind::Empty,
+            sheet_path,
+            format!("none of the listed files is in {}", dir.display()),
+        )
     })?;
-    Ok((ExpressionMatrix { samples, genes, values }, notes))
+    Ok((
+        ExpressionMatrix {
+            samples,
+            genes,
+            values,
+        },
+        notes,
+    ))
 }
 
 /// `ENSG00000000003.15` → `ENSG00000000003` (PAR_Y copies keep their suffix).
@@ -518,17 +613,32 @@ impl OmicType {
 
 /// PORPOISE's explicit metadata list (MCAT's index arithmetic drops the last gene; we do not).
 const MCAT_METADATA: [&str; 12] = [
-    "disc_label", "Unnamed: 0", "", "case_id", "label", "slide_id", "age", "site", "survival_months",
-    "censorship", "is_female", "oncotree_code",
+    "disc_label",
+    "Unnamed: 0",
+    "",
+    "case_id",
+    "label",
+    "slide_id",
+    "age",
+    "site",
+    "survival_months",
+    "censorship",
+    "is_female",
+    "oncotree_code",
 ];
 
 /// Reads an MCAT/PORPOISE `tcga_*_all_clean.csv(.zip)` table: one row per slide, genomic columns
 /// typed by suffix. Returns one row per case (the first, as MCAT does) with the columns of the
 /// requested types, keeping their suffixes as gene names.
 pub fn read_mcat_table(path: &Path, types: &[OmicType]) -> Result<ExpressionMatrix> {
-    let text = if path.to_string_lossy().to_ascii_lowercase().ends_with(".zip") {
+    let text = if path
+        .to_string_lossy()
+        .to_ascii_lowercase()
+        .ends_with(".zip")
+    {
         let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-        let mut zip = zip::ZipArchive::new(file).map_err(|e| DataError::malformed(path, format!("not a zip archive: {e}")))?;
+        let mut zip = zip::ZipArchive::new(file)
+            .map_err(|e| DataError::malformed(path, format!("not a zip archive: {e}")))?;
         let name = zip
             .file_names()
             .find(|n| n.ends_with(".csv") && !n.starts_with("__MACOSX"))
@@ -544,7 +654,12 @@ pub fn read_mcat_table(path: &Path, types: &[OmicType]) -> Result<ExpressionMatr
         crate::text::read_text(path)?
     };
     let mut rdr = crate::text::csv_reader(&text, b',', false);
-    let header: Vec<String> = rdr.headers().map_err(|e| csv_error(path, e))?.iter().map(str::to_string).collect();
+    let header: Vec<String> = rdr
+        .headers()
+        .map_err(|e| csv_error(path, e))?
+        .iter()
+        .map(str::to_string)
+        .collect();
     let case_col = header.iter().position(|h| h == "case_id").ok_or_else(|| {
         DataError::new(ErrorKind::Missing, path, "no 'case_id' column").at("line 1")
     })?;
@@ -559,7 +674,10 @@ pub fn read_mcat_table(path: &Path, types: &[OmicType]) -> Result<ExpressionMatr
         return Err(DataError::new(
             ErrorKind::Missing,
             path,
-            format!("no column ends in {:?}", types.iter().map(|t| t.suffix()).collect::<Vec<_>>()),
+            format!(
+                "no column ends in {:?}",
+                types.iter().map(|t| t.suffix()).collect::<Vec<_>>()
+            ),
         )
         .at("line 1"));
     }
@@ -580,22 +698,40 @@ pub fn read_mcat_table(path: &Path, types: &[OmicType]) -> Result<ExpressionMatr
         samples.push(case);
     }
     if samples.is_empty() {
-        return Err(DataError::new(ErrorKind::Empty, path, "the table has no rows"));
+        return Err(DataError::new(
+            ErrorKind::Empty,
+            path,
+            "the table has no rows",
+        ));
     }
-    Ok(ExpressionMatrix { samples, genes, values })
+    Ok(ExpressionMatrix {
+        samples,
+        genes,
+        values,
+    })
 }
 
 /// Reads MCAT's `signatures.csv`: one column per gene group, HUGO symbols, padded with blanks.
 pub fn read_signatures(path: &Path) -> Result<Vec<(String, Vec<String>)>> {
     let text = crate::text::read_text(path)?;
     let mut rdr = crate::text::csv_reader(&text, b',', true);
-    let header: Vec<String> = rdr.headers().map_err(|e| csv_error(path, e))?.iter().map(|s| s.trim().to_string()).collect();
-    let mut groups: Vec<(String, Vec<String>)> = header.iter().map(|h| (h.clone(), Vec::new())).collect();
+    let header: Vec<String> = rdr
+        .headers()
+        .map_err(|e| csv_error(path, e))?
+        .iter()
+        .map(|s| s.trim().to_string())
+        .collect();
+    let mut groups: Vec<(String, Vec<String>)> =
+        header.iter().map(|h| (h.clone(), Vec::new())).collect();
     for rec in rdr.records() {
         let rec = rec.map_err(|e| csv_error(path, e))?;
         if rec.len() > header.len() {
-            return Err(DataError::new(ErrorKind::Shape, path, format!("row has {} cells, header has {}", rec.len(), header.len()))
-                .at(crate::error::csv_line(&rec)));
+            return Err(DataError::new(
+                ErrorKind::Shape,
+                path,
+                format!("row has {} cells, header has {}", rec.len(), header.len()),
+            )
+            .at(crate::error::csv_line(&rec)));
         }
         for (j, cell) in rec.iter().enumerate() {
             let c = cell.trim();

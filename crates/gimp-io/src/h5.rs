@@ -114,7 +114,9 @@ pub fn read_features(path: &Path, max_bytes: u64) -> Result<Bag> {
         .map_err(|e| h5_err(path, "dataset 'features' type", e))?;
     let features = match dtype {
         DType::F32 => ds.read_f32(),
-        DType::F64 => ds.read_f64().map(|v| v.into_iter().map(|x| x as f32).collect()),
+        DType::F64 => ds
+            .read_f64()
+            .map(|v| v.into_iter().map(|x| x as f32).collect()),
         other => {
             return Err(DataError::new(
                 ErrorKind::Unsupported,

@@ -24,9 +24,11 @@ pub fn read_bag(path: &Path, max_bytes: u64) -> Result<Bag> {
     check_size(path, n, d, 4, max_bytes)?;
     let fortran = npy.order() == npyz::Order::Fortran;
     let values: Vec<f32> = match npy.dtype() {
-        DType::Plain(ts) if ts.type_char() == TypeChar::Float && ts.size_field() == 4 => npy
-            .into_vec::<f32>()
-            .map_err(|e| DataError::malformed(path, format!("data unreadable (truncated?): {e}")))?,
+        DType::Plain(ts) if ts.type_char() == TypeChar::Float && ts.size_field() == 4 => {
+            npy.into_vec::<f32>().map_err(|e| {
+                DataError::malformed(path, format!("data unreadable (truncated?): {e}"))
+            })?
+        }
         DType::Plain(ts) if ts.type_char() == TypeChar::Float && ts.size_field() == 8 => npy
             .into_vec::<f64>()
             .map_err(|e| DataError::malformed(path, format!("data unreadable (truncated?): {e}")))?
@@ -37,7 +39,10 @@ pub fn read_bag(path: &Path, max_bytes: u64) -> Result<Bag> {
             return Err(DataError::new(
                 ErrorKind::Unsupported,
                 path,
-                format!("features must be float32 or float64, found dtype {}", other.descr()),
+                format!(
+                    "features must be float32 or float64, found dtype {}",
+                    other.descr()
+                ),
             ))
         }
     };

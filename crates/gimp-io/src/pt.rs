@@ -40,8 +40,12 @@ fn unpickle(path: &Path, bytes: &[u8]) -> Result<Object> {
     });
     match run {
         Ok(Ok(obj)) => Ok(obj),
-        Ok(Err(msg)) => Err(DataError::malformed(path, format!("bad pickle: {msg}")).at("data.pkl")),
-        Err(_) => Err(DataError::malformed(path, "bad pickle: inconsistent object structure").at("data.pkl")),
+        Ok(Err(msg)) => {
+            Err(DataError::malformed(path, format!("bad pickle: {msg}")).at("data.pkl"))
+        }
+        Err(_) => Err(
+            DataError::malformed(path, "bad pickle: inconsistent object structure").at("data.pkl"),
+        ),
     }
 }
 
@@ -56,7 +60,11 @@ fn describe(obj: &Object) -> String {
                     other => format!("{other:?}").chars().take(20).collect(),
                 })
                 .collect();
-            format!("a dict with {} entries (keys: {})", items.len(), keys.join(", "))
+            format!(
+                "a dict with {} entries (keys: {})",
+                items.len(),
+                keys.join(", ")
+            )
         }
         Object::List(items) => format!("a list of {} items", items.len()),
         Object::Build { .. } => "a pickled Python object (a model or module?)".to_string(),
@@ -83,7 +91,9 @@ fn describe_tensor(path: &Path) -> Result<(Archive, candle_core::pickle::TensorI
         .file_names()
         .find(|n| n.ends_with("data.pkl") && n.matches('/').count() == 1)
         .map(str::to_string)
-        .ok_or_else(|| DataError::new(ErrorKind::Missing, path, "the archive has no '*/data.pkl'"))?;
+        .ok_or_else(|| {
+            DataError::new(ErrorKind::Missing, path, "the archive has no '*/data.pkl'")
+        })?;
     let dir = pkl_name.trim_end_matches(".pkl").to_string();
     let mut pkl = Vec::new();
     zip.by_name(&pkl_name)
@@ -111,7 +121,11 @@ fn describe_tensor(path: &Path) -> Result<(Archive, candle_core::pickle::TensorI
                 format!("tensor description not understood: {e}"),
             ))
         }
-        Err(_) => return Err(DataError::malformed(path, "tensor description is inconsistent").at("data.pkl")),
+        Err(_) => {
+            return Err(
+                DataError::malformed(path, "tensor description is inconsistent").at("data.pkl"),
+            )
+        }
     };
     Ok((zip, info))
 }
@@ -132,16 +146,30 @@ pub fn read_tensor(path: &Path, max_bytes: u64) -> Result<PtTensor> {
     let mut raw = Vec::new();
     zip.by_name(&info.path)
         .map_err(|_| {
-            DataError::new(ErrorKind::Missing, path, format!("storage '{}' is missing from the archive", info.path))
+            DataError::new(
+                ErrorKind::Missing,
+                path,
+                format!("storage '{}' is missing from the archive", info.path),
+            )
         })?
         .read_to_end(&mut raw)
-        .map_err(|e| DataError::malformed(path, format!("storage '{}' unreadable (truncated?): {e}", info.path)))?;
+        .map_err(|e| {
+            DataError::malformed(
+                path,
+                format!("storage '{}' unreadable (truncated?): {e}", info.path),
+            )
+        })?;
     let start = info.layout.start_offset() / elem;
     // Highest element index any view position touches, to bound-check before gathering.
     let last = if numel == 0 {
         start
     } else {
-        start + shape.iter().zip(&stride).map(|(s, st)| (s - 1) * st).sum::<usize>()
+        start
+            + shape
+                .iter()
+                .zip(&stride)
+                .map(|(s, st)| (s - 1) * st)
+                .sum::<usize>()
     };
     if numel > 0 && (last + 1) * elem > raw.len() {
         return Err(DataError::malformed(
@@ -171,7 +199,11 @@ pub fn read_tensor(path: &Path, max_bytes: u64) -> Result<PtTensor> {
     for _ in 0..numel {
         let off = start + index.iter().zip(&stride).map(|(i, s)| i * s).sum::<usize>();
         data.push(read(off).ok_or_else(|| {
-            DataError::new(ErrorKind::Unsupported, path, format!("tensor dtype {:?} is not supported", info.dtype))
+            DataError::new(
+                ErrorKind::Unsupported,
+                path,
+                format!("tensor dtype {:?} is not supported", info.dtype),
+            )
         })?);
         for axis in (0..shape.len()).rev() {
             index[axis] += 1;
@@ -263,7 +295,13 @@ pub fn write_tensor(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
         .unwrap_or_else(|| "archive".to_string());
     let stem: String = stem
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let mut buf = Cursor::new(Vec::new());
     {
@@ -273,17 +311,21 @@ pub fn write_tensor(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
         let aligned = stored.with_alignment(64);
         let enc = |e: zip::result::ZipError| DataError::new(ErrorKind::Io, path, e.to_string());
         let io = |e: std::io::Error| DataError::io(path, e);
-        zw.start_file(format!("{stem}/data.pkl"), aligned).map_err(enc)?;
+        zw.start_file(format!("{stem}/data.pkl"), aligned)
+            .map_err(enc)?;
         zw.write_all(&tensor_pickle(shape)).map_err(io)?;
-        zw.start_file(format!("{stem}/byteorder"), aligned).map_err(enc)?;
+        zw.start_file(format!("{stem}/byteorder"), aligned)
+            .map_err(enc)?;
         zw.write_all(b"little").map_err(io)?;
-        zw.start_file(format!("{stem}/data/0"), aligned).map_err(enc)?;
+        zw.start_file(format!("{stem}/data/0"), aligned)
+            .map_err(enc)?;
         let mut bytes = Vec::with_capacity(data.len() * 4);
         for v in data {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
         zw.write_all(&bytes).map_err(io)?;
-        zw.start_file(format!("{stem}/version"), aligned).map_err(enc)?;
+        zw.start_file(format!("{stem}/version"), aligned)
+            .map_err(enc)?;
         zw.write_all(b"3\n").map_err(io)?;
         zw.finish().map_err(enc)?;
     }

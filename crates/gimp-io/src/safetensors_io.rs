@@ -17,18 +17,30 @@ pub struct NamedTensor {
 fn to_f32(path: &Path, name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>> {
     let b = view.data();
     let out = match view.dtype() {
-        Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         Dtype::F64 => b
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
             .collect(),
-        Dtype::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F16 => b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => b
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
         Dtype::I64 => b
             .chunks_exact(8)
             .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
             .collect(),
-        Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect(),
+        Dtype::I32 => b
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+            .collect(),
         other => {
             return Err(DataError::new(
                 ErrorKind::Unsupported,
@@ -57,7 +69,13 @@ pub fn read_all(path: &Path) -> Result<HashMap<String, NamedTensor>> {
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         let data = to_f32(path, &name, &view)?;
-        out.insert(name, NamedTensor { shape: view.shape().to_vec(), data });
+        out.insert(
+            name,
+            NamedTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
     }
     Ok(out)
 }
@@ -106,7 +124,11 @@ pub fn read_bag(path: &Path, max_bytes: u64) -> Result<Bag> {
                 .at("tensor 'coords'"));
             }
             let v = to_f32(path, "coords", &c)?;
-            Some(v.chunks_exact(2).map(|p| [p[0] as i64, p[1] as i64]).collect())
+            Some(
+                v.chunks_exact(2)
+                    .map(|p| [p[0] as i64, p[1] as i64])
+                    .collect(),
+            )
         }
         Err(_) => None,
     };
@@ -134,7 +156,10 @@ pub fn write_f32(
         .map(|(n, b, s)| {
             safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
                 .map(|v| (n.clone(), v))
-                .map_err(|e| DataError::new(ErrorKind::Shape, path, e.to_string()).at(format!("tensor '{n}'")))
+                .map_err(|e| {
+                    DataError::new(ErrorKind::Shape, path, e.to_string())
+                        .at(format!("tensor '{n}'"))
+                })
         })
         .collect::<Result<_>>()?;
     let out = safetensors::serialize(views, &metadata)

@@ -61,7 +61,11 @@ impl SplitFile {
 /// Detects the layout from the header.
 pub fn detect_format(path: &Path, header: &[String]) -> Result<SplitFormat> {
     let h: Vec<&str> = header.iter().map(|s| s.trim()).collect();
-    let tail = if h.first() == Some(&"") { &h[1..] } else { &h[..] };
+    let tail = if h.first() == Some(&"") {
+        &h[1..]
+    } else {
+        &h[..]
+    };
     match tail {
         ["train", "val", "test"] => {
             // Both CLAM files share this header; the bool file's cells are True/False.
@@ -82,7 +86,10 @@ pub fn detect_format(path: &Path, header: &[String]) -> Result<SplitFormat> {
 }
 
 fn is_bool_cell(s: &str) -> bool {
-    matches!(s.trim(), "True" | "False" | "true" | "false" | "1" | "0" | "1.0" | "0.0")
+    matches!(
+        s.trim(),
+        "True" | "False" | "true" | "false" | "1" | "0" | "1.0" | "0.0"
+    )
 }
 
 /// Reads any supported split file.
@@ -105,7 +112,9 @@ pub fn read_split(path: &Path) -> Result<(SplitFormat, SplitFile)> {
     let lead = usize::from(header.first().map(|s| s.trim().is_empty()).unwrap_or(false));
     if format == SplitFormat::Clam {
         let all_bool = !records.is_empty()
-            && records.iter().all(|r| (lead..lead + 3).all(|i| is_bool_cell(r.get(i).unwrap_or(""))));
+            && records
+                .iter()
+                .all(|r| (lead..lead + 3).all(|i| is_bool_cell(r.get(i).unwrap_or(""))));
         if all_bool && lead == 1 {
             format = SplitFormat::ClamBool;
         }
@@ -115,9 +124,17 @@ pub fn read_split(path: &Path) -> Result<(SplitFormat, SplitFile)> {
         split.parts.insert(p, Vec::new());
     }
     let columns: Vec<(Part, usize)> = match format {
-        SplitFormat::Clam => vec![(Part::Train, lead), (Part::Val, lead + 1), (Part::Test, lead + 2)],
+        SplitFormat::Clam => vec![
+            (Part::Train, lead),
+            (Part::Val, lead + 1),
+            (Part::Test, lead + 2),
+        ],
         SplitFormat::Mcat => vec![(Part::Train, lead), (Part::Val, lead + 1)],
-        SplitFormat::Transmil => vec![(Part::Train, lead), (Part::Val, lead + 2), (Part::Test, lead + 4)],
+        SplitFormat::Transmil => vec![
+            (Part::Train, lead),
+            (Part::Val, lead + 2),
+            (Part::Test, lead + 4),
+        ],
         SplitFormat::ClamBool => vec![],
     };
     for rec in &records {
@@ -125,10 +142,16 @@ pub fn read_split(path: &Path) -> Result<(SplitFormat, SplitFile)> {
         if format == SplitFormat::ClamBool {
             let id = rec.get(0).unwrap_or("").trim();
             if id.is_empty() {
-                return Err(DataError::new(ErrorKind::Value, path, "empty slide id").at(format!("line {line}")));
+                return Err(DataError::new(ErrorKind::Value, path, "empty slide id")
+                    .at(format!("line {line}")));
             }
             let flags: Vec<bool> = (1..4)
-                .map(|i| matches!(rec.get(i).unwrap_or("").trim(), "True" | "true" | "1" | "1.0"))
+                .map(|i| {
+                    matches!(
+                        rec.get(i).unwrap_or("").trim(),
+                        "True" | "true" | "1" | "1.0"
+                    )
+                })
                 .collect();
             let n_true = flags.iter().filter(|f| **f).count();
             if n_true != 1 {
@@ -140,7 +163,11 @@ pub fn read_split(path: &Path) -> Result<(SplitFormat, SplitFile)> {
                 .at(format!("line {line}")));
             }
             let part = Part::ALL[flags.iter().position(|f| *f).unwrap_or(0)];
-            split.parts.entry(part).or_default().push((id.to_string(), line));
+            split
+                .parts
+                .entry(part)
+                .or_default()
+                .push((id.to_string(), line));
             continue;
         }
         for (part, col) in &columns {
@@ -152,7 +179,11 @@ pub fn read_split(path: &Path) -> Result<(SplitFormat, SplitFile)> {
         }
     }
     if split.parts.values().all(Vec::is_empty) {
-        return Err(DataError::new(ErrorKind::Empty, path, "the split lists no ids"));
+        return Err(DataError::new(
+            ErrorKind::Empty,
+            path,
+            "the split lists no ids",
+        ));
     }
     Ok((format, split))
 }
@@ -183,10 +214,19 @@ pub fn write_clam_split(
     write_atomic(&dir.join(format!("splits_{k}_bool.csv")), |w| {
         let mut wr = csv::Writer::from_writer(w);
         wr.write_record(["", "train", "val", "test"])?;
-        for (part, ids) in [(Part::Train, &train), (Part::Val, &val), (Part::Test, &test)] {
+        for (part, ids) in [
+            (Part::Train, &train),
+            (Part::Val, &val),
+            (Part::Test, &test),
+        ] {
             for id in ids {
                 let flag = |p: Part| if p == part { "True" } else { "False" };
-                wr.write_record([id.as_str(), flag(Part::Train), flag(Part::Val), flag(Part::Test)])?;
+                wr.write_record([
+                    id.as_str(),
+                    flag(Part::Train),
+                    flag(Part::Val),
+                    flag(Part::Test),
+                ])?;
             }
         }
         wr.flush()
@@ -206,4 +246,3 @@ pub fn write_clam_split(
         wr.flush()
     })
 }
-

@@ -5,7 +5,9 @@ use gimp_io::{feature_file, h5, pt, Bag, ErrorKind, DEFAULT_MAX_BAG_BYTES};
 use std::path::{Path, PathBuf};
 
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/reference").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/reference")
+        .join(name)
 }
 
 fn expected() -> Vec<f32> {
@@ -33,7 +35,11 @@ fn clam_feature_h5_int32_and_int64_coords() {
     for name in ["clam_features.h5", "clam_features_int64.h5"] {
         let bag = feature_file::read_bag(&data(name), DEFAULT_MAX_BAG_BYTES).unwrap();
         assert_features(&bag);
-        assert_eq!(bag.coords.as_deref(), Some(expected_coords().as_slice()), "{name}");
+        assert_eq!(
+            bag.coords.as_deref(),
+            Some(expected_coords().as_slice()),
+            "{name}"
+        );
         assert_eq!(feature_file::bag_shape(&data(name)).unwrap(), (7, 16));
     }
 }
@@ -65,7 +71,10 @@ fn torch_save_bare_tensor() {
     let bag = feature_file::read_bag(&data("features.pt"), DEFAULT_MAX_BAG_BYTES).unwrap();
     assert_features(&bag);
     assert!(bag.coords.is_none());
-    assert_eq!(feature_file::bag_shape(&data("features.pt")).unwrap(), (7, 16));
+    assert_eq!(
+        feature_file::bag_shape(&data("features.pt")).unwrap(),
+        (7, 16)
+    );
 }
 
 #[test]
@@ -80,7 +89,10 @@ fn torch_save_strided_view_and_f64() {
 fn torch_dict_and_legacy_give_clear_errors() {
     let e = feature_file::read_bag(&data("dict.pt"), DEFAULT_MAX_BAG_BYTES).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unsupported);
-    assert!(e.to_string().contains("dict.pt") && e.to_string().contains("'features'"), "{e}");
+    assert!(
+        e.to_string().contains("dict.pt") && e.to_string().contains("'features'"),
+        "{e}"
+    );
     let e = feature_file::read_bag(&data("legacy.pt"), DEFAULT_MAX_BAG_BYTES).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Malformed);
     assert!(e.to_string().contains("legacy"), "{e}");
@@ -107,14 +119,22 @@ fn writers_round_trip_every_format() {
     let bag = feature_file::read_bag(&data("clam_features.h5"), DEFAULT_MAX_BAG_BYTES).unwrap();
     let h5p = dir.path().join("a.h5");
     h5::write_features(&h5p, &bag, h5::Chunking::Clam).unwrap();
-    assert_eq!(feature_file::read_bag(&h5p, DEFAULT_MAX_BAG_BYTES).unwrap(), bag);
+    assert_eq!(
+        feature_file::read_bag(&h5p, DEFAULT_MAX_BAG_BYTES).unwrap(),
+        bag
+    );
     let ptp = dir.path().join("a.pt");
     pt::write_bag(&ptp, &bag).unwrap();
     let back = feature_file::read_bag(&ptp, DEFAULT_MAX_BAG_BYTES).unwrap();
     assert_eq!(back.features, bag.features);
     let npyp = dir.path().join("a.npy");
     gimp_io::npy::write_bag(&npyp, &bag).unwrap();
-    assert_eq!(feature_file::read_bag(&npyp, DEFAULT_MAX_BAG_BYTES).unwrap().features, bag.features);
+    assert_eq!(
+        feature_file::read_bag(&npyp, DEFAULT_MAX_BAG_BYTES)
+            .unwrap()
+            .features,
+        bag.features
+    );
     let patches = h5::read_patches(&data("trident_patches.h5")).unwrap();
     let pp = dir.path().join("p.h5");
     h5::write_patches(&pp, &patches).unwrap();

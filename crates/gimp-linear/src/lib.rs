@@ -61,7 +61,11 @@ pub struct LogisticConfig {
 
 impl Default for LogisticConfig {
     fn default() -> Self {
-        Self { c: 0.1, max_iter: 500, tol: 1e-4 }
+        Self {
+            c: 0.1,
+            max_iter: 500,
+            tol: 1e-4,
+        }
     }
 }
 
@@ -121,7 +125,9 @@ impl Problem<'_> {
             .par_iter()
             .zip(self.y.par_iter())
             .map(|(xi, &yi)| {
-                let mut s: Vec<f64> = (0..k).map(|c| dot(&w[c * p..(c + 1) * p], xi) + b[c]).collect();
+                let mut s: Vec<f64> = (0..k)
+                    .map(|c| dot(&w[c * p..(c + 1) * p], xi) + b[c])
+                    .collect();
                 let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let lse = m + s.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
                 let loss = lse - s[yi];
@@ -240,12 +246,23 @@ impl LogisticRegression {
         }
         let weights = (0..k).map(|c| theta[c * p..(c + 1) * p].to_vec()).collect();
         let bias = theta[k * p..].to_vec();
-        Self { n_classes: k, weights, bias, iterations, converged }
+        Self {
+            n_classes: k,
+            weights,
+            bias,
+            iterations,
+            converged,
+        }
     }
 
     /// Class probabilities of one standardised row.
     pub fn predict_proba(&self, x: &[f32]) -> Vec<f64> {
-        let mut s: Vec<f64> = self.weights.iter().zip(&self.bias).map(|(w, b)| dot(w, x) + b).collect();
+        let mut s: Vec<f64> = self
+            .weights
+            .iter()
+            .zip(&self.bias)
+            .map(|(w, b)| dot(w, x) + b)
+            .collect();
         softmax_in_place(&mut s);
         s
     }
@@ -261,46 +278,6 @@ fn axpy(a: f64, x: &[f64], y: &mut [f64]) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn separable_two_class_problem_is_learned() {
-        let x: Vec<Vec<f32>> = (0..40).map(|i| vec![if i % 2 == 0 { -1.0 } else { 1.0 } + (i as f32 * 0.01), 0.5]).collect();
-        let y: Vec<usize> = (0..40).map(|i| i % 2).collect();
-        let m = LogisticRegression::fit(&x, &y, 2, LogisticConfig { c: 1.0, ..Default::default() });
-        assert!(m.converged);
-        for (xi, yi) in x.iter().zip(&y) {
-            let p = m.predict_proba(xi);
-            assert!(p[*yi] > 0.5);
-        }
-    }
-
-    #[test]
-    fn matches_scikit_learn_coefficients() {
-        // sklearn LogisticRegression(C=0.5, tol=1e-10).fit(X, y): coef_ [[0.83479, 0.00486]],
-        // intercept_ [-1.25761]; our binary margin W₁ − W₀ must equal them.
-        let x = vec![vec![0.0f32, 1.0], vec![1.0, 0.0], vec![2.0, 1.0], vec![3.0, 2.0], vec![0.5, 2.5], vec![2.5, 0.5]];
-        let y = vec![0, 0, 1, 1, 0, 1];
-        let m = LogisticRegression::fit(&x, &y, 2, LogisticConfig { c: 0.5, max_iter: 1000, tol: 1e-10 });
-        let margin: Vec<f64> = (0..2).map(|j| m.weights[1][j] - m.weights[0][j]).collect();
-        let expected = [0.834_792, 0.004_856];
-        for (a, e) in margin.iter().zip(expected) {
-            assert!((a - e).abs() < 1e-4, "{margin:?}");
-        }
-        assert!((m.bias[1] - m.bias[0] + 1.257_608).abs() < 1e-4, "{:?}", m.bias);
-    }
-
-    #[test]
-    fn standardiser_zeroes_constant_genes() {
-        let rows = [vec![1.0f32, 5.0], vec![3.0, 5.0]];
-        let refs: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
-        let s = Standardiser::fit(&refs);
-        assert_eq!(s.apply(&[3.0, 7.0]), vec![1.0, 0.0]);
-    }
-}
-
 /// The gene-only baseline on one split: standardise on `train`, fit, and return class
 /// probabilities for every row of `eval`.
 pub fn fit_predict(
@@ -313,6 +290,79 @@ pub fn fit_predict(
     let scaler = Standardiser::fit(train);
     let xs: Vec<Vec<f32>> = train.iter().map(|r| scaler.apply(r)).collect();
     let model = LogisticRegression::fit(&xs, train_labels, n_classes, cfg);
-    let probs = eval.iter().map(|r| model.predict_proba(&scaler.apply(r))).collect();
+    let probs = eval
+        .iter()
+        .map(|r| model.predict_proba(&scaler.apply(r)))
+        .collect();
     (scaler, model, probs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separable_two_class_problem_is_learned() {
+        let x: Vec<Vec<f32>> = (0..40)
+            .map(|i| vec![if i % 2 == 0 { -1.0 } else { 1.0 } + (i as f32 * 0.01), 0.5])
+            .collect();
+        let y: Vec<usize> = (0..40).map(|i| i % 2).collect();
+        let m = LogisticRegression::fit(
+            &x,
+            &y,
+            2,
+            LogisticConfig {
+                c: 1.0,
+                ..Default::default()
+            },
+        );
+        assert!(m.converged);
+        for (xi, yi) in x.iter().zip(&y) {
+            let p = m.predict_proba(xi);
+            assert!(p[*yi] > 0.5);
+        }
+    }
+
+    #[test]
+    fn matches_scikit_learn_coefficients() {
+        // sklearn LogisticRegression(C=0.5, tol=1e-10).fit(X, y): coef_ [[0.83479, 0.00486]],
+        // intercept_ [-1.25761]; our binary margin W₁ − W₀ must equal them.
+        let x = vec![
+            vec![0.0f32, 1.0],
+            vec![1.0, 0.0],
+            vec![2.0, 1.0],
+            vec![3.0, 2.0],
+            vec![0.5, 2.5],
+            vec![2.5, 0.5],
+        ];
+        let y = vec![0, 0, 1, 1, 0, 1];
+        let m = LogisticRegression::fit(
+            &x,
+            &y,
+            2,
+            LogisticConfig {
+                c: 0.5,
+                max_iter: 1000,
+                tol: 1e-10,
+            },
+        );
+        let margin: Vec<f64> = (0..2).map(|j| m.weights[1][j] - m.weights[0][j]).collect();
+        let expected = [0.834_792, 0.004_856];
+        for (a, e) in margin.iter().zip(expected) {
+            assert!((a - e).abs() < 1e-4, "{margin:?}");
+        }
+        assert!(
+            (m.bias[1] - m.bias[0] + 1.257_608).abs() < 1e-4,
+            "{:?}",
+            m.bias
+        );
+    }
+
+    #[test]
+    fn standardiser_zeroes_constant_genes() {
+        let rows = [vec![1.0f32, 5.0], vec![3.0, 5.0]];
+        let refs: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
+        let s = Standardiser::fit(&refs);
+        assert_eq!(s.apply(&[3.0, 7.0]), vec![1.0, 0.0]);
+    }
 }

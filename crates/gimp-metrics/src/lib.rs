@@ -16,7 +16,11 @@ pub struct Estimate {
 /// Wilson score interval for a proportion `k / n` at 95%.
 pub fn wilson(k: usize, n: usize) -> Estimate {
     if n == 0 {
-        return Estimate { value: f64::NAN, low: f64::NAN, high: f64::NAN };
+        return Estimate {
+            value: f64::NAN,
+            low: f64::NAN,
+            high: f64::NAN,
+        };
     }
     let z = 1.959_963_984_540_054_f64;
     let nf = n as f64;
@@ -24,7 +28,11 @@ pub fn wilson(k: usize, n: usize) -> Estimate {
     let denom = 1.0 + z * z / nf;
     let centre = (p + z * z / (2.0 * nf)) / denom;
     let half = z * (p * (1.0 - p) / nf + z * z / (4.0 * nf * nf)).sqrt() / denom;
-    Estimate { value: p, low: (centre - half).max(0.0), high: (centre + half).min(1.0) }
+    Estimate {
+        value: p,
+        low: (centre - half).max(0.0),
+        high: (centre + half).min(1.0),
+    }
 }
 
 /// `confusion[true][predicted]`.
@@ -58,9 +66,9 @@ pub fn balanced_accuracy(y_true: &[usize], y_pred: &[usize], n_classes: usize) -
 pub fn macro_f1(y_true: &[usize], y_pred: &[usize], n_classes: usize) -> f64 {
     let m = confusion(y_true, y_pred, n_classes);
     let mut f1s = Vec::new();
-    for c in 0..n_classes {
-        let tp = m[c][c] as f64;
-        let actual: usize = m[c].iter().sum();
+    for (c, row) in m.iter().enumerate() {
+        let tp = row[c] as f64;
+        let actual: usize = row.iter().sum();
         let predicted: usize = (0..n_classes).map(|r| m[r][c]).sum();
         if actual == 0 && predicted == 0 {
             continue;
@@ -119,7 +127,13 @@ pub fn roc_auc(y_true: &[usize], probs: &[Vec<f64>], n_classes: usize) -> Option
 
 /// Percentile bootstrap 95% interval of the ROC-AUC over patients (resamples where one class is
 /// absent are redrawn). Deterministic for a seed.
-pub fn roc_auc_bootstrap(y_true: &[usize], probs: &[Vec<f64>], n_classes: usize, resamples: usize, seed: u64) -> Option<Estimate> {
+pub fn roc_auc_bootstrap(
+    y_true: &[usize],
+    probs: &[Vec<f64>],
+    n_classes: usize,
+    resamples: usize,
+    seed: u64,
+) -> Option<Estimate> {
     let value = roc_auc(y_true, probs, n_classes)?;
     let n = y_true.len();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -135,11 +149,19 @@ pub fn roc_auc_bootstrap(y_true: &[usize], probs: &[Vec<f64>], n_classes: usize,
         }
     }
     if stats.is_empty() {
-        return Some(Estimate { value, low: f64::NAN, high: f64::NAN });
+        return Some(Estimate {
+            value,
+            low: f64::NAN,
+            high: f64::NAN,
+        });
     }
     stats.sort_by(f64::total_cmp);
     let q = |p: f64| stats[((stats.len() - 1) as f64 * p).round() as usize];
-    Some(Estimate { value, low: q(0.025), high: q(0.975) })
+    Some(Estimate {
+        value,
+        low: q(0.025),
+        high: q(0.975),
+    })
 }
 
 /// Every metric of `gimp.md` §6 for one evaluated set.
@@ -157,7 +179,13 @@ impl Report {
     pub fn new(y_true: &[usize], probs: &[Vec<f64>], n_classes: usize, seed: u64) -> Self {
         let y_pred: Vec<usize> = probs
             .iter()
-            .map(|p| p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0))
+            .map(|p| {
+                p.iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i)
+                    .unwrap_or(0)
+            })
             .collect();
         let k = y_true.iter().zip(&y_pred).filter(|(a, b)| a == b).count();
         Self {
@@ -179,7 +207,10 @@ mod tests {
     fn wilson_matches_statsmodels() {
         // statsmodels proportion_confint(180, 190, method="wilson") = (0.90584, 0.97116)
         let e = wilson(180, 190);
-        assert!((e.low - 0.90584).abs() < 1e-5 && (e.high - 0.97116).abs() < 1e-5, "{e:?}");
+        assert!(
+            (e.low - 0.90584).abs() < 1e-5 && (e.high - 0.97116).abs() < 1e-5,
+            "{e:?}"
+        );
         let e = wilson(0, 10);
         assert_eq!(e.low, 0.0);
         assert!((e.high - 0.2775).abs() < 1e-4);
@@ -218,16 +249,21 @@ mod tests {
         assert!((macro_f1(&t, &p, 3) - 1.3 / 3.0).abs() < 1e-12);
         // recalls 0.5, 1.0, 0.0 → 0.5
         assert!((balanced_accuracy(&t, &p, 3) - 0.5).abs() < 1e-12);
-        assert_eq!(confusion(&t, &p, 3), vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]);
+        assert_eq!(
+            confusion(&t, &p, 3),
+            vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]
+        );
     }
 
     #[test]
     fn bootstrap_is_deterministic_and_brackets_value() {
         let y: Vec<usize> = (0..40).map(|i| i % 2).collect();
-        let p: Vec<Vec<f64>> = (0..40).map(|i| {
-            let s = if i % 2 == 1 { 0.6 } else { 0.4 } + ((i * 7) % 10) as f64 * 0.03 - 0.15;
-            vec![1.0 - s, s]
-        }).collect();
+        let p: Vec<Vec<f64>> = (0..40)
+            .map(|i| {
+                let s = if i % 2 == 1 { 0.6 } else { 0.4 } + ((i * 7) % 10) as f64 * 0.03 - 0.15;
+                vec![1.0 - s, s]
+            })
+            .collect();
         let a = roc_auc_bootstrap(&y, &p, 2, 200, 1).unwrap();
         let b = roc_auc_bootstrap(&y, &p, 2, 200, 1).unwrap();
         assert_eq!(a, b);

@@ -11,7 +11,13 @@ use gimp_linear::{LogisticConfig, LogisticRegression, Standardiser};
 pub fn expression_accuracy(cfg: &SynthConfig) -> f64 {
     let (x, y) = crate::expression_in_memory(cfg);
     let split = &make_splits(&y, Scheme::PAPER, cfg.seed)[0];
-    let idx = |part: Part| -> Vec<usize> { split.iter().filter(|(_, p)| **p == part).map(|(i, _)| *i).collect() };
+    let idx = |part: Part| -> Vec<usize> {
+        split
+            .iter()
+            .filter(|(_, p)| **p == part)
+            .map(|(i, _)| *i)
+            .collect()
+    };
     let (train, test) = (idx(Part::Train), idx(Part::Test));
     let train_rows: Vec<&[f32]> = train.iter().map(|&i| x[i].as_slice()).collect();
     let scaler = Standardiser::fit(&train_rows);
@@ -22,7 +28,11 @@ pub fn expression_accuracy(cfg: &SynthConfig) -> f64 {
         .iter()
         .filter(|&&i| {
             let p = model.predict_proba(&scaler.apply(&x[i]));
-            let pred = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(c, _)| c);
+            let pred = p
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(c, _)| c);
             pred == Some(y[i])
         })
         .count();

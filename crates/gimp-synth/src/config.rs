@@ -142,7 +142,10 @@ impl SynthConfig {
             return Err("patch range must satisfy 0 < min <= max".into());
         }
         if !(0.0..=0.5).contains(&self.programme_fraction) {
-            return Err(format!("programme_fraction must be in [0, 0.5], got {}", self.programme_fraction));
+            return Err(format!(
+                "programme_fraction must be in [0, 0.5], got {}",
+                self.programme_fraction
+            ));
         }
         if self.d_in == 0 || self.n_genes < 2 * self.programme_genes() {
             return Err("need d_in > 0 and at least two programmes' worth of genes".into());

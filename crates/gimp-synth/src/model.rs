@@ -64,7 +64,8 @@ pub fn patients(cfg: &SynthConfig) -> Vec<PatientLatent> {
     let n = cfg.n_patients;
     let mut classes: Vec<usize> = (0..n).map(|i| i % c).collect();
     classes.shuffle(&mut rng);
-    let beta = Beta::new(cfg.purity_beta.0, cfg.purity_beta.1).unwrap_or_else(|_| Beta::new(2.0, 5.0).expect("valid"));
+    let beta = Beta::new(cfg.purity_beta.0, cfg.purity_beta.1)
+        .unwrap_or_else(|_| Beta::new(2.0, 5.0).expect("valid"));
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rng);
     let n_no_expr = (cfg.missing_expression * n as f64).round() as usize;
@@ -86,7 +87,11 @@ pub fn patients(cfg: &SynthConfig) -> Vec<PatientLatent> {
                 true_class
             };
             let purity = beta.sample(&mut rng);
-            let n_slides = if rng.gen::<f64>() < cfg.second_slide_rate { 2 } else { 1 };
+            let n_slides = if rng.gen::<f64>() < cfg.second_slide_rate {
+                2
+            } else {
+                1
+            };
             let gdc = rng.gen::<f64>() < cfg.gdc_fraction;
             PatientLatent {
                 index: i,
@@ -120,7 +125,9 @@ impl GeneModel {
     pub fn new(cfg: &SynthConfig) -> Self {
         let mut rng = stream(cfg.seed, STREAM_GENES);
         let g = cfg.n_genes;
-        let ids = (0..g).map(|i| format!("ENSG{:011}", 1000 + 7 * i)).collect();
+        let ids = (0..g)
+            .map(|i| format!("ENSG{:011}", 1000 + 7 * i))
+            .collect();
         let names = (0..g).map(|i| format!("SYNG{}", i + 1)).collect();
         let lengths_kb = (0..g).map(|_| rng.gen_range(0.3f32..8.0)).collect();
         let mut baseline = vec![0f32; g];
@@ -142,12 +149,19 @@ impl GeneModel {
         let programmes = (0..N_PROGRAMMES)
             .map(|_| {
                 (0..prog_size)
-                    .map(|_| (rng.gen_range(0..g), rng.sample::<f32, _>(StandardNormal) * 0.5))
+                    .map(|_| {
+                        (
+                            rng.gen_range(0..g),
+                            rng.sample::<f32, _>(StandardNormal) * 0.5,
+                        )
+                    })
                     .collect()
             })
             .collect();
         expressed.shuffle(&mut rng);
-        let per = cfg.programme_genes().min(expressed.len() / cfg.classes.len().max(1));
+        let per = cfg
+            .programme_genes()
+            .min(expressed.len() / cfg.classes.len().max(1));
         let subtype = (0..cfg.classes.len())
             .map(|k| {
                 expressed[k * per..(k + 1) * per]
@@ -169,7 +183,13 @@ impl GeneModel {
 
     /// log2(FPKM + 1) of one sample. `purity` scales the subtype programme (a normal-tissue
     /// sample passes 0).
-    pub fn sample(&self, cfg: &SynthConfig, rng: &mut ChaCha8Rng, class: usize, purity: f64) -> Vec<f32> {
+    pub fn sample(
+        &self,
+        cfg: &SynthConfig,
+        rng: &mut ChaCha8Rng,
+        class: usize,
+        purity: f64,
+    ) -> Vec<f32> {
         let mut x = self.baseline.clone();
         for prog in &self.programmes {
             let f: f32 = rng.sample(StandardNormal);
@@ -181,7 +201,8 @@ impl GeneModel {
         for &(gi, w) in &self.subtype[class] {
             x[gi] += s * w;
         }
-        let noise = Normal::new(0.0f32, cfg.expression_noise as f32).unwrap_or_else(|_| Normal::new(0.0, 0.5).expect("valid"));
+        let noise = Normal::new(0.0f32, cfg.expression_noise as f32)
+            .unwrap_or_else(|_| Normal::new(0.0, 0.5).expect("valid"));
         for (i, v) in x.iter_mut().enumerate() {
             *v += noise.sample(rng);
             if rng.gen::<f32>() < self.dropout[i] {
@@ -222,7 +243,13 @@ impl ImageModel {
         // ResNet-like scale and sparsity: about half the channels active, exponential magnitudes.
         let proto = |rng: &mut ChaCha8Rng| -> Vec<f32> {
             (0..d)
-                .map(|_| if rng.gen::<f32>() < 0.5 { -rng.gen::<f32>().ln() * 0.6 } else { -0.2 })
+                .map(|_| {
+                    if rng.gen::<f32>() < 0.5 {
+                        -rng.gen::<f32>().ln() * 0.6
+                    } else {
+                        -0.2
+                    }
+                })
                 .collect()
         };
         let tumour_base = proto(&mut rng);
@@ -230,7 +257,13 @@ impl ImageModel {
         let mut tissue_names = Vec::new();
         for name in &cfg.classes {
             let delta: Vec<f32> = (0..d)
-                .map(|_| if rng.gen::<f32>() < 0.3 { rng.sample::<f32, _>(StandardNormal) } else { 0.0 })
+                .map(|_| {
+                    if rng.gen::<f32>() < 0.3 {
+                        rng.sample::<f32, _>(StandardNormal)
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
             prototypes.push(
                 tumour_base
@@ -266,7 +299,12 @@ pub struct SlideData {
 pub const PATCH: i64 = 256;
 
 /// Lays out tissue blobs on the 256-px grid and fills them with regions and patch features.
-pub fn slide(cfg: &SynthConfig, model: &ImageModel, p: &PatientLatent, rng: &mut ChaCha8Rng) -> SlideData {
+pub fn slide(
+    cfg: &SynthConfig,
+    model: &ImageModel,
+    p: &PatientLatent,
+    rng: &mut ChaCha8Rng,
+) -> SlideData {
     let d = cfg.d_in;
     let (lo, hi) = ((cfg.patches_min as f64).ln(), (cfg.patches_max as f64).ln());
     let target = rng.gen_range(lo..=hi).exp().round().max(1.0) as usize;
@@ -311,10 +349,15 @@ pub fn slide(cfg: &SynthConfig, model: &ImageModel, p: &PatientLatent, rng: &mut
         let k = (members.len() / 120).max(2);
         for _ in 0..k {
             let c = members[rng.gen_range(0..members.len())];
-            seeds.push((c.0 as f64 + rng.gen::<f64>(), c.1 as f64 + rng.gen::<f64>(), b));
+            seeds.push((
+                c.0 as f64 + rng.gen::<f64>(),
+                c.1 as f64 + rng.gen::<f64>(),
+                b,
+            ));
             let t = if rng.gen::<f64>() < p.purity {
                 if rng.gen::<f64>() < cfg.confuser_rate {
-                    ((p.true_class + 1 + rng.gen_range(0..n_types_tumour - 1)) % n_types_tumour) as u8
+                    ((p.true_class + 1 + rng.gen_range(0..n_types_tumour - 1)) % n_types_tumour)
+                        as u8
                 } else {
                     p.true_class as u8
                 }
@@ -333,9 +376,15 @@ pub fn slide(cfg: &SynthConfig, model: &ImageModel, p: &PatientLatent, rng: &mut
             seed_type.push(t);
         }
     }
-    let stain: Vec<f32> = (0..d).map(|_| rng.sample::<f32, _>(StandardNormal) * 0.12).collect();
+    let stain: Vec<f32> = (0..d)
+        .map(|_| rng.sample::<f32, _>(StandardNormal) * 0.12)
+        .collect();
     let region_var: Vec<Vec<f32>> = (0..seeds.len())
-        .map(|_| (0..d).map(|_| rng.sample::<f32, _>(StandardNormal) * 0.15).collect())
+        .map(|_| {
+            (0..d)
+                .map(|_| rng.sample::<f32, _>(StandardNormal) * 0.15)
+                .collect()
+        })
         .collect();
     let noise = cfg.patch_noise as f32;
     let n = cells.len();

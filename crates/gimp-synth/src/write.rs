@@ -2,7 +2,9 @@
 
 use crate::config::SynthConfig;
 use crate::model::{self, GeneModel, ImageModel, PatientLatent, PATCH};
-use gimp_cohort::config::{CohortConfig, ExpressionConfig, FeaturesConfig, LabelsConfig, SplitsConfig};
+use gimp_cohort::config::{
+    CohortConfig, ExpressionConfig, FeaturesConfig, LabelsConfig, SplitsConfig,
+};
 use gimp_cohort::split::{make_splits, Scheme};
 use gimp_io::dataset::{DatasetRow, DatasetTable};
 use gimp_io::expression::ExpressionMatrix;
@@ -30,13 +32,29 @@ pub struct SynthReport {
 fn uuid(rng: &mut impl Rng) -> String {
     let b: [u8; 16] = rng.gen();
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Generates the cohort into `out`. `progress` is called with (slides done, slides in all).
-pub fn generate(cfg: &SynthConfig, out: &Path, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<SynthReport> {
-    cfg.validate()
-        .map_err(|m| DataError::new(ErrorKind::Value, out, format!("invalid generator settings: {m}")))?;
+pub fn generate(
+    cfg: &SynthConfig,
+    out: &Path,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<SynthReport> {
+    cfg.validate().map_err(|m| {
+        DataError::new(
+            ErrorKind::Value,
+            out,
+            format!("invalid generator settings: {m}"),
+        )
+    })?;
     std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
     let patients = model::patients(cfg);
     let image = ImageModel::new(cfg);
@@ -83,7 +101,13 @@ pub fn generate(cfg: &SynthConfig, out: &Path, progress: &(dyn Fn(usize, usize) 
             });
         }
     }
-    gimp_io::dataset::write_dataset_csv(&out.join("dataset.csv"), &DatasetTable { rows, extra_columns: vec![] })?;
+    gimp_io::dataset::write_dataset_csv(
+        &out.join("dataset.csv"),
+        &DatasetTable {
+            rows,
+            extra_columns: vec![],
+        },
+    )?;
 
     // Expression: most patients as matrix rows, some as GDC STAR files with a sample sheet.
     let samples: Vec<(&PatientLatent, Vec<f32>)> = patients
@@ -94,17 +118,26 @@ pub fn generate(cfg: &SynthConfig, out: &Path, progress: &(dyn Fn(usize, usize) 
             (p, genes.sample(cfg, &mut rng, p.true_class, p.purity))
         })
         .collect();
-    let matrix_rows: Vec<&(&PatientLatent, Vec<f32>)> = samples.iter().filter(|(p, _)| !p.expression_in_gdc).collect();
+    let matrix_rows: Vec<&(&PatientLatent, Vec<f32>)> = samples
+        .iter()
+        .filter(|(p, _)| !p.expression_in_gdc)
+        .collect();
     let matrix = ExpressionMatrix {
         samples: matrix_rows.iter().map(|(p, _)| p.case_id.clone()).collect(),
         genes: genes.ids.clone(),
-        values: matrix_rows.iter().flat_map(|(_, x)| x.iter().map(|v| model::to_fpkm(*v))).collect(),
+        values: matrix_rows
+            .iter()
+            .flat_map(|(_, x)| x.iter().map(|v| model::to_fpkm(*v)))
+            .collect(),
     };
     let expr_dir = out.join("expression");
     if !matrix.samples.is_empty() {
         gimp_io::expression::write_matrix(&expr_dir.join("matrix.tsv.gz"), &matrix, "case_id")?;
     }
-    let gdc: Vec<&(&PatientLatent, Vec<f32>)> = samples.iter().filter(|(p, _)| p.expression_in_gdc).collect();
+    let gdc: Vec<&(&PatientLatent, Vec<f32>)> = samples
+        .iter()
+        .filter(|(p, _)| p.expression_in_gdc)
+        .collect();
     if !gdc.is_empty() {
         write_gdc(cfg, &genes, &gdc, &expr_dir.join("gdc"))?;
     }
@@ -117,7 +150,9 @@ pub fn generate(cfg: &SynthConfig, out: &Path, progress: &(dyn Fn(usize, usize) 
     for (i, part) in split {
         let p = &patients[*i];
         let ids: Vec<String> = if p.has_slide {
-            (0..p.n_slides).map(|k| model::slide_id(&p.case_id, k)).collect()
+            (0..p.n_slides)
+                .map(|k| model::slide_id(&p.case_id, k))
+                .collect()
         } else {
             vec![p.case_id.clone()]
         };
@@ -126,10 +161,14 @@ pub fn generate(cfg: &SynthConfig, out: &Path, progress: &(dyn Fn(usize, usize) 
             parts.entry(*part).or_default().push(id);
         }
     }
-    gimp_io::splits::write_clam_split(&out.join("splits"), 0, &parts, &cfg.classes, &|s| label_of.get(s).cloned())?;
+    gimp_io::splits::write_clam_split(&out.join("splits"), 0, &parts, &cfg.classes, &|s| {
+        label_of.get(s).cloned()
+    })?;
 
     // Patient-level ground truth.
-    let mut truth = String::from("case_id\ttrue_label\trecorded_label\tpurity\tslides\thas_expression\texpression_source\n");
+    let mut truth = String::from(
+        "case_id\ttrue_label\trecorded_label\tpurity\tslides\thas_expression\texpression_source\n",
+    );
     for p in &patients {
         let _ = writeln!(
             truth,
@@ -140,7 +179,13 @@ pub fn generate(cfg: &SynthConfig, out: &Path, progress: &(dyn Fn(usize, usize) 
             p.purity,
             if p.has_slide { p.n_slides } else { 0 },
             p.has_expression,
-            if !p.has_expression { "none" } else if p.expression_in_gdc { "gdc" } else { "matrix" }
+            if !p.has_expression {
+                "none"
+            } else if p.expression_in_gdc {
+                "gdc"
+            } else {
+                "matrix"
+            }
         );
     }
     gimp_io::atomic::write_bytes_atomic(&out.join("truth").join("patients.tsv"), truth.as_bytes())?;
@@ -150,11 +195,25 @@ pub fn generate(cfg: &SynthConfig, out: &Path, progress: &(dyn Fn(usize, usize) 
     for (i, c) in cfg.classes.iter().enumerate() {
         label_map.insert(c.clone(), i as i64);
     }
-    let provenance = toml::Table::try_from(cfg)
-        .map_err(|e| DataError::new(ErrorKind::Value, out, format!("cannot record settings: {e}")))?;
+    let provenance = toml::Table::try_from(cfg).map_err(|e| {
+        DataError::new(
+            ErrorKind::Value,
+            out,
+            format!("cannot record settings: {e}"),
+        )
+    })?;
     let cohort = CohortConfig {
-        name: Some(format!("synthetic-{:?}-{:?}-seed{}", cfg.difficulty, cfg.size, cfg.seed).to_lowercase()),
-        labels: LabelsConfig { csv: "dataset.csv".into(), label_map: Some(label_map) },
+        name: Some(
+            format!(
+                "synthetic-{:?}-{:?}-seed{}",
+                cfg.difficulty, cfg.size, cfg.seed
+            )
+            .to_lowercase(),
+        ),
+        labels: LabelsConfig {
+            csv: "dataset.csv".into(),
+            label_map: Some(label_map),
+        },
         features: Some(FeaturesConfig {
             dir: "features".into(),
             formats: vec![gimp_io::FeatureFormat::H5, gimp_io::FeatureFormat::Pt],
@@ -167,13 +226,24 @@ pub fn generate(cfg: &SynthConfig, out: &Path, progress: &(dyn Fn(usize, usize) 
             star_column: "fpkm_unstranded".into(),
             ..Default::default()
         }),
-        splits: Some(SplitsConfig { files: vec!["splits/splits_0.csv".into()], dir: None }),
+        splits: Some(SplitsConfig {
+            files: vec!["splits/splits_0.csv".into()],
+            dir: None,
+        }),
         provenance: Some(provenance),
     };
-    let text = toml::to_string_pretty(&cohort)
-        .map_err(|e| DataError::new(ErrorKind::Value, out, format!("cannot write cohort.toml: {e}")))?;
+    let text = toml::to_string_pretty(&cohort).map_err(|e| {
+        DataError::new(
+            ErrorKind::Value,
+            out,
+            format!("cannot write cohort.toml: {e}"),
+        )
+    })?;
     let header = "# Synthetic cohort written by `gimp-rs synth`; [provenance] regenerates it byte for byte.\n";
-    gimp_io::atomic::write_bytes_atomic(&out.join("cohort.toml"), format!("{header}{text}").as_bytes())?;
+    gimp_io::atomic::write_bytes_atomic(
+        &out.join("cohort.toml"),
+        format!("{header}{text}").as_bytes(),
+    )?;
 
     Ok(SynthReport {
         out: out.to_path_buf(),
@@ -185,17 +255,31 @@ pub fn generate(cfg: &SynthConfig, out: &Path, progress: &(dyn Fn(usize, usize) 
     })
 }
 
-fn write_slide(cfg: &SynthConfig, image: &ImageModel, p: &PatientLatent, k: usize, out: &Path) -> Result<usize> {
+fn write_slide(
+    cfg: &SynthConfig,
+    image: &ImageModel,
+    p: &PatientLatent,
+    k: usize,
+    out: &Path,
+) -> Result<usize> {
     let sid = model::slide_id(&p.case_id, k);
     let mut rng = model::slide_rng(cfg, p, k);
     let s = model::slide(cfg, image, p, &mut rng);
     let n = s.coords.len();
-    let h5 = out.join("features").join("h5_files").join(format!("{sid}.h5"));
+    let h5 = out
+        .join("features")
+        .join("h5_files")
+        .join(format!("{sid}.h5"));
     let bag = Bag::from_parts(&h5, n, cfg.d_in, s.features, Some(s.coords.clone()))?;
     // CLAM's own chunk layout (one row per chunk) so readers meet what users have.
     gimp_io::h5::write_features(&h5, &bag, Chunking::Clam)?;
     if cfg.write_pt {
-        gimp_io::pt::write_bag(&out.join("features").join("pt_files").join(format!("{sid}.pt")), &bag)?;
+        gimp_io::pt::write_bag(
+            &out.join("features")
+                .join("pt_files")
+                .join(format!("{sid}.pt")),
+            &bag,
+        )?;
     }
     let patches = PatchFile {
         coords: s.coords.clone(),
@@ -223,21 +307,33 @@ fn write_slide(cfg: &SynthConfig, image: &ImageModel, p: &PatientLatent, k: usiz
             u8::from(tissue == p.true_class)
         );
     }
-    gimp_io::atomic::write_bytes_atomic(&out.join("truth").join(format!("{sid}.tsv")), t.as_bytes())?;
+    gimp_io::atomic::write_bytes_atomic(
+        &out.join("truth").join(format!("{sid}.tsv")),
+        t.as_bytes(),
+    )?;
     Ok(n)
 }
 
 /// GDC STAR "augmented counts" files in gdc-client's layout (`{file uuid}/{name}`), plus the
 /// sample sheet; one in four of these patients also gets a solid-tissue-normal aliquot, which
 /// readers must pass over in favour of the primary tumour.
-fn write_gdc(cfg: &SynthConfig, genes: &GeneModel, samples: &[&(&PatientLatent, Vec<f32>)], dir: &Path) -> Result<()> {
+fn write_gdc(
+    cfg: &SynthConfig,
+    genes: &GeneModel,
+    samples: &[&(&PatientLatent, Vec<f32>)],
+    dir: &Path,
+) -> Result<()> {
     let mut rng = model::stream(cfg.seed ^ 0x6DC, 0);
     let mut sheet = String::from("File ID\tFile Name\tData Category\tData Type\tProject ID\tCase ID\tSample ID\tSample Type\n");
     for (p, logx) in samples {
         let mut aliquots = vec![("Primary Tumor", "01A", logx.clone())];
         if rng.gen::<f64>() < 0.25 {
             let mut nrng = model::stream(cfg.seed ^ 0x4E0, p.index as u64);
-            aliquots.push(("Solid Tissue Normal", "11A", genes.sample(cfg, &mut nrng, p.true_class, 0.0)));
+            aliquots.push((
+                "Solid Tissue Normal",
+                "11A",
+                genes.sample(cfg, &mut nrng, p.true_class, 0.0),
+            ));
         }
         for (stype, code, x) in aliquots {
             let file_id = uuid(&mut rng);
@@ -247,7 +343,12 @@ fn write_gdc(cfg: &SynthConfig, genes: &GeneModel, samples: &[&(&PatientLatent, 
             let mut t = String::with_capacity(genes.ids.len() * 80);
             t.push_str("# gene-model: GENCODE v36\n");
             t.push_str("gene_id\tgene_name\tgene_type\tunstranded\tstranded_first\tstranded_second\ttpm_unstranded\tfpkm_unstranded\tfpkm_uq_unstranded\n");
-            for (label, v) in [("N_unmapped", 8120268), ("N_multimapping", 4402480), ("N_noFeature", 1446120), ("N_ambiguous", 5551010)] {
+            for (label, v) in [
+                ("N_unmapped", 8120268),
+                ("N_multimapping", 4402480),
+                ("N_noFeature", 1446120),
+                ("N_ambiguous", 5551010),
+            ] {
                 let _ = writeln!(t, "{label}\t\t\t{v}\t{v}\t{v}\t\t\t");
             }
             for (g, f) in fpkm.iter().enumerate() {

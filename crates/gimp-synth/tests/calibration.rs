@@ -11,7 +11,10 @@ fn paper_preset_expression_logistic_regression_lands_in_band() {
         .map(|seed| expression_accuracy(&SynthConfig::new(Difficulty::Paper, Size::Paper, seed)))
         .collect();
     let mean = accs.iter().sum::<f64>() / accs.len() as f64;
-    assert!((0.93..=0.97).contains(&mean), "mean accuracy {mean:.4} over seeds: {accs:?}");
+    assert!(
+        (0.93..=0.97).contains(&mean),
+        "mean accuracy {mean:.4} over seeds: {accs:?}"
+    );
     for a in &accs {
         assert!((0.90..=0.99).contains(a), "one seed far off: {accs:?}");
     }

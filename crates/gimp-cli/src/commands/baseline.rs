@@ -55,8 +55,16 @@ pub struct LogregResult {
 }
 
 /// Runs the baseline on every fold of `folds` (patient index → part).
-pub fn logreg(c: &Cohort, folds: &[BTreeMap<usize, Part>], cfg: LogisticConfig, log2p1: bool, seed: u64) -> Result<LogregResult> {
-    let Some(expr) = &c.expression else { bail!("the cohort has no expression") };
+pub fn logreg(
+    c: &Cohort,
+    folds: &[BTreeMap<usize, Part>],
+    cfg: LogisticConfig,
+    log2p1: bool,
+    seed: u64,
+) -> Result<LogregResult> {
+    let Some(expr) = &c.expression else {
+        bail!("the cohort has no expression")
+    };
     let rows: Vec<Option<Vec<f32>>> = c
         .patients
         .iter()
@@ -74,18 +82,28 @@ pub fn logreg(c: &Cohort, folds: &[BTreeMap<usize, Part>], cfg: LogisticConfig, 
     let mut out = Vec::new();
     for (k, fold) in folds.iter().enumerate() {
         let members = |part: Part| -> Vec<usize> {
-            fold.iter().filter(|(i, p)| **p == part && rows[**i].is_some()).map(|(i, _)| *i).collect()
+            fold.iter()
+                .filter(|(i, p)| **p == part && rows[**i].is_some())
+                .map(|(i, _)| *i)
+                .collect()
         };
-        let (train, val, test) = (members(Part::Train), members(Part::Val), members(Part::Test));
+        let (train, val, test) = (
+            members(Part::Train),
+            members(Part::Val),
+            members(Part::Test),
+        );
         if train.is_empty() || test.is_empty() {
             bail!("split {k} has no training or no test patients with expression");
         }
-        let get = |ids: &[usize]| -> Vec<&[f32]> { ids.iter().filter_map(|&i| rows[i].as_deref()).collect() };
+        let get = |ids: &[usize]| -> Vec<&[f32]> {
+            ids.iter().filter_map(|&i| rows[i].as_deref()).collect()
+        };
         let eval: Vec<usize> = val.iter().chain(&test).copied().collect();
         let ytr: Vec<usize> = train.iter().map(|&i| c.patients[i].label).collect();
         let (_, model, probs) = fit_predict(&get(&train), &ytr, &get(&eval), nc, cfg);
         let (pv, pt) = probs.split_at(val.len());
-        let label = |ids: &[usize]| -> Vec<usize> { ids.iter().map(|&i| c.patients[i].label).collect() };
+        let label =
+            |ids: &[usize]| -> Vec<usize> { ids.iter().map(|&i| c.patients[i].label).collect() };
         out.push(FoldResult {
             fold: k,
             train: train.len(),
@@ -102,19 +120,37 @@ pub fn logreg(c: &Cohort, folds: &[BTreeMap<usize, Part>], cfg: LogisticConfig, 
     } else {
         0.0
     };
-    Ok(LogregResult { classes: c.label_map.names.clone(), genes: expr.n_genes(), folds: out, test_accuracy_mean: mean, test_accuracy_std: std })
+    Ok(LogregResult {
+        classes: c.label_map.names.clone(),
+        genes: expr.n_genes(),
+        folds: out,
+        test_accuracy_mean: mean,
+        test_accuracy_std: std,
+    })
 }
 
 pub fn print(r: &LogregResult) {
     for f in &r.folds {
-        println!("split {}: {} training patients, {} genes, L-BFGS {} iterations{}", f.fold, f.train, r.genes, f.iterations, if f.converged { "" } else { " (not converged)" });
+        println!(
+            "split {}: {} training patients, {} genes, L-BFGS {} iterations{}",
+            f.fold,
+            f.train,
+            r.genes,
+            f.iterations,
+            if f.converged { "" } else { " (not converged)" }
+        );
         if let Some(v) = &f.val {
             print!("{}", crate::table::report("  validation", v, &r.classes));
         }
         print!("{}", crate::table::report("  test", &f.test, &r.classes));
     }
     if r.folds.len() > 1 {
-        println!("test accuracy over {} splits: {}% ± {} (mean ± std)", r.folds.len(), crate::table::pct(r.test_accuracy_mean), crate::table::pct(r.test_accuracy_std));
+        println!(
+            "test accuracy over {} splits: {}% ± {} (mean ± std)",
+            r.folds.len(),
+            crate::table::pct(r.test_accuracy_mean),
+            crate::table::pct(r.test_accuracy_std)
+        );
     }
 }
 
@@ -125,15 +161,36 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
         "none" => false,
         other => bail!("--transform must be log2p1 or none, not '{other}'"),
     };
-    let c = super::cohort::load(&a.cohort, LoadOptions { read_shapes: false, deep: false })?;
-    let expression_errors: Vec<&String> = c.diagnostics.errors.iter().filter(|e| !e.contains("neither slide")).collect();
+    let c = super::cohort::load(
+        &a.cohort,
+        LoadOptions {
+            read_shapes: false,
+            deep: false,
+        },
+    )?;
+    let expression_errors: Vec<&String> = c
+        .diagnostics
+        .errors
+        .iter()
+        .filter(|e| !e.contains("neither slide"))
+        .collect();
     if !expression_errors.is_empty() {
-        bail!("the cohort has errors (see `gimp-rs cohort check`):\n  - {}", c.diagnostics.errors.join("\n  - "));
+        bail!(
+            "the cohort has errors (see `gimp-rs cohort check`):\n  - {}",
+            c.diagnostics.errors.join("\n  - ")
+        );
     }
     let folds: Vec<BTreeMap<usize, Part>> = match a.kfold {
         Some(k) => {
             let labels: Vec<usize> = c.patients.iter().map(|p| p.label).collect();
-            make_splits(&labels, Scheme::KFold { k: k.max(2), val: 0.0 }, a.seed)
+            make_splits(
+                &labels,
+                Scheme::KFold {
+                    k: k.max(2),
+                    val: 0.0,
+                },
+                a.seed,
+            )
         }
         None => {
             if c.folds.is_empty() {
@@ -142,7 +199,16 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             c.folds.iter().map(|f| f.part.clone()).collect()
         }
     };
-    let r = logreg(&c, &folds, LogisticConfig { c: a.c, ..Default::default() }, log2p1, a.seed)?;
+    let r = logreg(
+        &c,
+        &folds,
+        LogisticConfig {
+            c: a.c,
+            ..Default::default()
+        },
+        log2p1,
+        a.seed,
+    )?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

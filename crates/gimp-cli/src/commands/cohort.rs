@@ -36,7 +36,8 @@ pub fn cache_dir(c: &Cohort) -> Option<PathBuf> {
 }
 
 pub fn build_cache(c: &Cohort) -> Result<(usize, PathBuf)> {
-    let dir = cache_dir(c).ok_or_else(|| anyhow::anyhow!("the cohort has no [features] section"))?;
+    let dir =
+        cache_dir(c).ok_or_else(|| anyhow::anyhow!("the cohort has no [features] section"))?;
     let cache = FeatureCache::new(&dir);
     let slides: Vec<(String, PathBuf)> = c
         .patients
@@ -57,14 +58,24 @@ pub fn build_cache(c: &Cohort) -> Result<(usize, PathBuf)> {
 pub fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Check { cohort, json, deep } => {
-            let c = load(&cohort, LoadOptions { read_shapes: true, deep })?;
+            let c = load(
+                &cohort,
+                LoadOptions {
+                    read_shapes: true,
+                    deep,
+                },
+            )?;
             let s = Summary::of(&c);
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 print!("{}", s.render());
             }
-            Ok(if s.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if s.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Cache { cohort } => {
             let c = load(&cohort, LoadOptions::default())?;

@@ -19,9 +19,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let t0 = Instant::now();
     let cohort_dir = a.out.join("cohort");
     let cfg = SynthConfig::new(Difficulty::Paper, Size::Demo, a.seed);
-    println!("1/4 generating the demo cohort (difficulty paper, {} patients, seed {}) in {}", cfg.n_patients, a.seed, cohort_dir.display());
+    println!(
+        "1/4 generating the demo cohort (difficulty paper, {} patients, seed {}) in {}",
+        cfg.n_patients,
+        a.seed,
+        cohort_dir.display()
+    );
     let r = super::synth::generate(&cfg, &cohort_dir, true)?;
-    println!("    {} slides, {} patches, {}-d features, {} genes", r.slides, r.patches, cfg.d_in, cfg.n_genes);
+    println!(
+        "    {} slides, {} patches, {}-d features, {} genes",
+        r.slides, r.patches, cfg.d_in, cfg.n_genes
+    );
 
     let cohort_file = cohort_dir.join("cohort.toml");
     println!("2/4 checking the cohort ({})", cohort_file.display());
@@ -42,6 +50,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let folds: Vec<_> = c.folds.iter().map(|f| f.part.clone()).collect();
     let res = super::baseline::logreg(&c, &folds, LogisticConfig::default(), true, a.seed)?;
     super::baseline::print(&res);
-    println!("done in {:.1} s; the cohort stays in {} for the other commands.", t0.elapsed().as_secs_f64(), cohort_dir.display());
+    println!(
+        "done in {:.1} s; the cohort stays in {} for the other commands.",
+        t0.elapsed().as_secs_f64(),
+        cohort_dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -51,14 +51,21 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(Sub::Check { path, cohort, json }) = a.check {
         return check(path, cohort, json);
     }
-    let Some(cohort) = a.cohort else { bail!("give a cohort file: gimp-rs split COHORT.toml --out DIR") };
-    let Some(out) = a.out else { bail!("give an output folder with --out") };
+    let Some(cohort) = a.cohort else {
+        bail!("give a cohort file: gimp-rs split COHORT.toml --out DIR")
+    };
+    let Some(out) = a.out else {
+        bail!("give an output folder with --out")
+    };
     let scheme = match a.scheme.as_str() {
         "holdout" | "paper" => {
             if !(0.0..1.0).contains(&(a.val + a.test)) || a.val < 0.0 || a.test <= 0.0 {
                 bail!("--val and --test must be non-negative and sum to less than 1");
             }
-            Scheme::Holdout { val: a.val, test: a.test }
+            Scheme::Holdout {
+                val: a.val,
+                test: a.test,
+            }
         }
         "kfold" => {
             if a.k < 2 {
@@ -68,7 +75,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         other => bail!("--scheme must be holdout or kfold, not '{other}'"),
     };
-    let c = super::cohort::load(&cohort, LoadOptions { read_shapes: false, deep: false })?;
+    let c = super::cohort::load(
+        &cohort,
+        LoadOptions {
+            read_shapes: false,
+            deep: false,
+        },
+    )?;
     let labels: Vec<usize> = c.patients.iter().map(|p| p.label).collect();
     let splits = make_splits(&labels, scheme, a.seed);
     let mut label_of: HashMap<String, String> = HashMap::new();
@@ -91,7 +104,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 parts.entry(*part).or_default().push(s.slide_id.clone());
             }
         }
-        gimp_io::splits::write_clam_split(&out, k, &parts, &c.label_map.names, &|s| label_of.get(s).cloned())?;
+        gimp_io::splits::write_clam_split(&out, k, &parts, &c.label_map.names, &|s| {
+            label_of.get(s).cloned()
+        })?;
         let count = |part| split.values().filter(|p| **p == part).count();
         println!(
             "split {k}: train {} / val {} / test {} patients -> {}",
@@ -105,13 +120,28 @@ pub fn run(a: Args) -> Result<ExitCode> {
 }
 
 fn check(path: PathBuf, cohort: Option<PathBuf>, json: bool) -> Result<ExitCode> {
-    let files = if path.is_dir() { gimp_cohort::config::split_files_in(&path)? } else { vec![path.clone()] };
+    let files = if path.is_dir() {
+        gimp_cohort::config::split_files_in(&path)?
+    } else {
+        vec![path.clone()]
+    };
     let mut problems: Vec<String> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
     match cohort {
         Some(cp) => {
-            let c = super::cohort::load(&cp, LoadOptions { read_shapes: false, deep: false })?;
-            let index: HashMap<String, usize> = c.patients.iter().enumerate().map(|(i, p)| (p.case_id.clone(), i)).collect();
+            let c = super::cohort::load(
+                &cp,
+                LoadOptions {
+                    read_shapes: false,
+                    deep: false,
+                },
+            )?;
+            let index: HashMap<String, usize> = c
+                .patients
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.case_id.clone(), i))
+                .collect();
             let owner: HashMap<String, usize> = c
                 .patients
                 .iter()
@@ -139,7 +169,10 @@ fn check(path: PathBuf, cohort: Option<PathBuf>, json: bool) -> Result<ExitCode>
         }
     }
     if json {
-        println!("{}", serde_json::json!({ "files": files, "leaks": problems, "warnings": warnings }));
+        println!(
+            "{}",
+            serde_json::json!({ "files": files, "leaks": problems, "warnings": warnings })
+        );
     } else {
         for w in &warnings {
             println!("warning: {w}");
@@ -152,5 +185,9 @@ fn check(path: PathBuf, cohort: Option<PathBuf>, json: bool) -> Result<ExitCode>
             }
         }
     }
-    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

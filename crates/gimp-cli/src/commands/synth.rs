@@ -55,16 +55,27 @@ pub struct Args {
 
 fn parse_range(s: &str) -> Result<(usize, usize), String> {
     let (a, b) = s.split_once(',').ok_or("expected MIN,MAX")?;
-    let a = a.trim().parse().map_err(|_| format!("'{a}' is not a number"))?;
-    let b = b.trim().parse().map_err(|_| format!("'{b}' is not a number"))?;
+    let a = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{a}' is not a number"))?;
+    let b = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{b}' is not a number"))?;
     Ok((a, b))
 }
 
 pub fn config(a: &Args) -> Result<SynthConfig> {
     let Some(d) = Difficulty::parse(&a.difficulty) else {
-        bail!("--difficulty must be easy, paper or hard, not '{}'", a.difficulty)
+        bail!(
+            "--difficulty must be easy, paper or hard, not '{}'",
+            a.difficulty
+        )
     };
-    let Some(s) = Size::parse(&a.size) else { bail!("--size must be demo or paper, not '{}'", a.size) };
+    let Some(s) = Size::parse(&a.size) else {
+        bail!("--size must be demo or paper, not '{}'", a.size)
+    };
     let mut cfg = SynthConfig::new(d, s, a.seed);
     if let Some(v) = a.patients {
         cfg.n_patients = v;
@@ -95,13 +106,26 @@ pub fn config(a: &Args) -> Result<SynthConfig> {
         cfg.label_noise = v;
     }
     cfg.write_pt = a.pt;
-    cfg.validate().map_err(|m| anyhow::anyhow!("invalid settings: {m}"))?;
+    cfg.validate()
+        .map_err(|m| anyhow::anyhow!("invalid settings: {m}"))?;
     Ok(cfg)
 }
 
-pub fn generate(cfg: &SynthConfig, out: &std::path::Path, force: bool) -> Result<gimp_synth::SynthReport> {
-    if out.exists() && !force && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false) {
-        bail!("{} is not empty (use --force to write into it)", out.display());
+pub fn generate(
+    cfg: &SynthConfig,
+    out: &std::path::Path,
+    force: bool,
+) -> Result<gimp_synth::SynthReport> {
+    if out.exists()
+        && !force
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    {
+        bail!(
+            "{} is not empty (use --force to write into it)",
+            out.display()
+        );
     }
     let pb = bar(0, "slides");
     let report = gimp_synth::generate(cfg, out, &|done, total| {
