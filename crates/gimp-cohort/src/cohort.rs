@@ -135,13 +135,19 @@ impl Cohort {
     /// file or dataset CSV); every other problem goes into [`Cohort::diagnostics`].
     pub fn load(file: CohortFile, opts: LoadOptions) -> Result<Self> {
         let csv_path = file.resolve(&file.config.labels.csv);
-        let table = dataset::read_dataset_csv(&csv_path)?;
+        let (table, dropped) = dataset::read_dataset_csv_with(&csv_path, &file.config.labels.columns())?;
         let label_map = match &file.config.labels.label_map {
             Some(m) => LabelMap::explicit(&file.path, m)?,
             None => LabelMap::derive(table.rows.iter().map(|r| r.label.as_str())),
         };
         dataset::check_labels(&csv_path, &table, &label_map)?;
         let mut diag = Diagnostics::default();
+        if dropped > 0 {
+            diag.warnings.push(format!(
+                "{dropped} row(s) of {} have a label outside `keep` and are left out",
+                csv_path.display()
+            ));
+        }
 
         // Patients in order of first appearance in the CSV.
         let mut patients: Vec<Patient> = Vec::new();

@@ -4,6 +4,7 @@
 //! name = "nsclc"
 //! [labels]
 //! csv = "dataset.csv"                 # case_id,slide_id,label (+ extra columns)
+//! # case_column / slide_column / label_column rename them; keep = ["A", "B"] filters labels
 //! label_map = { LUAD = 0, LUSC = 1 }  # optional; default: sorted distinct labels
 //! [features]
 //! dir = "features"                    # h5_files/, pt_files/ or a flat folder
@@ -45,6 +46,16 @@ pub struct CohortConfig {
 #[serde(deny_unknown_fields)]
 pub struct LabelsConfig {
     pub csv: PathBuf,
+    /// Column names, for label tables that are not CLAM's `case_id,slide_id,label`.
+    #[serde(default = "default_case_column")]
+    pub case_column: String,
+    #[serde(default = "default_slide_column")]
+    pub slide_column: String,
+    #[serde(default = "default_label_column")]
+    pub label_column: String,
+    /// Keep only patients with these labels (e.g. two subtypes of a larger table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_map: Option<BTreeMap<String, i64>>,
 }
@@ -58,6 +69,41 @@ pub struct FeaturesConfig {
     /// Folder of the memory-mapped feature cache (default: `{dir}/.gimp-cache`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
+}
+
+fn default_case_column() -> String {
+    "case_id".into()
+}
+
+fn default_slide_column() -> String {
+    "slide_id".into()
+}
+
+fn default_label_column() -> String {
+    "label".into()
+}
+
+impl LabelsConfig {
+    /// CLAM's columns, all labels kept.
+    pub fn clam(csv: impl Into<PathBuf>, label_map: Option<BTreeMap<String, i64>>) -> Self {
+        Self {
+            csv: csv.into(),
+            case_column: default_case_column(),
+            slide_column: default_slide_column(),
+            label_column: default_label_column(),
+            keep: None,
+            label_map,
+        }
+    }
+
+    pub fn columns(&self) -> gimp_io::dataset::Columns {
+        gimp_io::dataset::Columns {
+            case: self.case_column.clone(),
+            slide: self.slide_column.clone(),
+            label: self.label_column.clone(),
+            keep: self.keep.clone(),
+        }
+    }
 }
 
 fn default_formats() -> Vec<FeatureFormat> {

@@ -61,30 +61,57 @@ impl DatasetTable {
     }
 }
 
-/// Reads a dataset CSV. Checks: the three columns exist; no empty case id or label; no slide id
-/// twice; one label per case.
+/// Which columns of a label table hold what, and which labels to keep. The defaults read CLAM's
+/// `case_id,slide_id,label`; other tables (a clinical sheet with `sample` and `subtype`) name
+/// their own columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Columns {
+    pub case: String,
+    pub slide: String,
+    pub label: String,
+    /// Keep only rows with these labels (others are dropped and counted); `None` keeps all.
+    pub keep: Option<Vec<String>>,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Self {
+            case: "case_id".into(),
+            slide: "slide_id".into(),
+            label: "label".into(),
+            keep: None,
+        }
+    }
+}
+
+/// Reads a dataset CSV with CLAM's column names.
 pub fn read_dataset_csv(path: &Path) -> Result<DatasetTable> {
+    read_dataset_csv_with(path, &Columns::default()).map(|(t, _)| t)
+}
+
+/// Reads a label table. Checks: the case and label columns exist; no empty case id or label; no
+/// slide id twice; one label per case. Returns the table and the number of rows dropped by
+/// `columns.keep`.
+pub fn read_dataset_csv_with(path: &Path, columns: &Columns) -> Result<(DatasetTable, usize)> {
     let text = crate::text::read_text(path)?;
     let first = text.lines().next().unwrap_or("");
     let delim = crate::text::sniff_delimiter(path, first);
     let mut rdr = crate::text::csv_reader(&text, delim, false);
     let headers = rdr.headers().map_err(|e| csv_error(path, e))?.clone();
     let col = |name: &str| headers.iter().position(|h| h.trim() == name);
-    let case_col = col("case_id").ok_or_else(|| {
+    let header_list = headers.iter().collect::<Vec<_>>().join(",");
+    let missing = |name: &str| {
         DataError::new(
             ErrorKind::Missing,
             path,
-            format!(
-                "no 'case_id' column (header: {})",
-                headers.iter().collect::<Vec<_>>().join(",")
-            ),
+            format!("no '{name}' column (header: {header_list})"),
         )
         .at("line 1")
-    })?;
-    let label_col = col("label").ok_or_else(|| {
-        DataError::new(ErrorKind::Missing, path, "no 'label' column").at("line 1")
-    })?;
-    let slide_col = col("slide_id");
+    };
+    let case_col = col(&columns.case).ok_or_else(|| missing(&columns.case))?;
+    let label_col = col(&columns.label).ok_or_else(|| missing(&columns.label))?;
+    let slide_col = col(&columns.slide);
+    let mut dropped = 0usize;
     let extra_columns: Vec<(usize, String)> = headers
         .iter()
         .enumerate()
@@ -102,6 +129,12 @@ pub fn read_dataset_csv(path: &Path) -> Result<DatasetTable> {
         let get = |i: usize| rec.get(i).unwrap_or("").trim().to_string();
         let case_id = get(case_col);
         let label = get(label_col);
+        if let Some(keep) = &columns.keep {
+            if !keep.contains(&label) {
+                dropped += 1;
+                continue;
+            }
+        }
         if case_id.is_empty() {
             return Err(DataError::new(ErrorKind::Value, path, "empty case_id").at(csv_line(&rec)));
         }
@@ -160,10 +193,14 @@ pub fn read_dataset_csv(path: &Path) -> Result<DatasetTable> {
             "the dataset has no rows",
         ));
     }
-    Ok(DatasetTable {
-        rows,
-        extra_columns: extra_columns.into_iter().map(|(_, h)| h).collect(),
-    })
+    let extra_columns = extra_columns.into_iter().map(|(_, h)| h).collect();
+    Ok((
+        DatasetTable {
+            rows,
+            extra_columns,
+        },
+        dropped,
+    ))
 }
 
 /// Writes a dataset CSV in CLAM's column order.

@@ -69,7 +69,7 @@ const CASES: &[(&str, Reader, ErrorKind, &str)] = &[
     ("npy_1d.npy", bag, ErrorKind::Shape, "[6]"),
     ("bad.safetensors", bag, ErrorKind::Malformed, "not a safetensors file"),
     ("dataset_ragged.csv", dataset_csv, ErrorKind::Shape, "line 3"),
-    ("dataset_no_label.csv", dataset_csv, ErrorKind::Missing, "line 1"),
+    ("dataset_no_label.csv", dataset_csv, ErrorKind::Missing, "line 1: no 'label' column"),
     ("dataset_dup_slide.csv", dataset_csv, ErrorKind::Duplicate, "line 3"),
     ("dataset_conflicting_labels.csv", dataset_csv, ErrorKind::Mismatch, "line 3"),
     ("dataset_empty_case.csv", dataset_csv, ErrorKind::Value, "line 3"),

@@ -210,10 +210,7 @@ pub fn generate(
             )
             .to_lowercase(),
         ),
-        labels: LabelsConfig {
-            csv: "dataset.csv".into(),
-            label_map: Some(label_map),
-        },
+        labels: LabelsConfig::clam("dataset.csv", Some(label_map)),
         features: Some(FeaturesConfig {
             dir: "features".into(),
             formats: vec![gimp_io::FeatureFormat::H5, gimp_io::FeatureFormat::Pt],

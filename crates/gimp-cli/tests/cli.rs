@@ -1,0 +1,158 @@
+//! The `gimp-rs` binary as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn gimp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gimp-rs")).args(args).output().expect("run gimp-rs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn synth_small(out: &Path, seed: &str) -> Output {
+    gimp(&[
+        "synth", "--out", out.to_str().unwrap(), "--seed", seed, "--patients", "30", "--patches", "20,80", "--dim", "16",
+        "--genes", "200", "--gdc-fraction", "0.2", "--pt",
+    ])
+}
+
+/// `../shared`, required in CI (GIMP_REQUIRE_SHARED=1), skipped with a message elsewhere.
+fn shared() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
+    if p.join("data").is_dir() {
+        return Some(p);
+    }
+    if std::env::var("GIMP_REQUIRE_SHARED").as_deref() == Ok("1") {
+        panic!("../shared is required (GIMP_REQUIRE_SHARED=1) but {} is missing", p.display());
+    }
+    eprintln!("skipping: {} not found", p.display());
+    None
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for cmd in [
+        vec!["--help"],
+        vec!["demo", "--help"],
+        vec!["synth", "--help"],
+        vec!["cohort", "--help"],
+        vec!["cohort", "check", "--help"],
+        vec!["cohort", "cache", "--help"],
+        vec!["split", "--help"],
+        vec!["split", "check", "--help"],
+        vec!["baseline", "--help"],
+        vec!["baseline", "logreg", "--help"],
+    ] {
+        let o = gimp(&cmd);
+        assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
+        assert!(stdout(&o).contains("Usage"), "{cmd:?}");
+    }
+}
+
+#[test]
+fn synth_is_byte_identical_for_a_seed_and_checks_clean() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    assert!(synth_small(&a, "4").status.success());
+    assert!(synth_small(&b, "4").status.success());
+    let diff = Command::new("diff").args(["-r", a.to_str().unwrap(), b.to_str().unwrap()]).output().unwrap();
+    assert!(diff.status.success(), "{}", stdout(&diff));
+    // Refuses to overwrite without --force.
+    let again = synth_small(&a, "4");
+    assert!(!again.status.success() && stderr(&again).contains("not empty"));
+
+    let toml = a.join("cohort.toml");
+    let o = gimp(&["cohort", "check", toml.to_str().unwrap(), "--json", "--deep"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["patients"], 30);
+    assert_eq!(v["feature_dim"], 16);
+    assert_eq!(v["expression"]["genes"], 200);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 0);
+    let o = gimp(&["cohort", "cache", toml.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(a.join("features/.gimp-cache").is_dir());
+}
+
+#[test]
+fn cohort_check_reports_errors_with_exit_code_1() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("c");
+    assert!(synth_small(&a, "1").status.success());
+    // Corrupt one feature file and name an unknown patient in the split.
+    let h5s: Vec<PathBuf> = std::fs::read_dir(a.join("features/h5_files")).unwrap().flatten().map(|e| e.path()).collect();
+    std::fs::write(&h5s[0], b"not hdf5").unwrap();
+    let split = a.join("splits/splits_0.csv");
+    let mut text = std::fs::read_to_string(&split).unwrap();
+    text.push_str("99,,,NOBODY-01Z\n");
+    std::fs::write(&split, text).unwrap();
+    let o = gimp(&["cohort", "check", a.join("cohort.toml").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let out = stdout(&o);
+    assert!(out.contains(h5s[0].file_name().unwrap().to_str().unwrap()) && out.contains("not a readable HDF5 file"), "{out}");
+    assert!(out.contains("'NOBODY-01Z' (line"), "{out}");
+    let o = gimp(&["cohort", "check", "/nonexistent/cohort.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/nonexistent/cohort.toml"));
+}
+
+#[test]
+fn split_writes_clam_layout_and_check_finds_leaks() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("c");
+    assert!(synth_small(&a, "2").status.success());
+    let toml = a.join("cohort.toml");
+    let out = d.path().join("folds");
+    let o = gimp(&["split", toml.to_str().unwrap(), "--out", out.to_str().unwrap(), "--scheme", "kfold", "--k", "3", "--seed", "7"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for k in 0..3 {
+        for suffix in ["", "_bool", "_descriptor"] {
+            assert!(out.join(format!("splits_{k}{suffix}.csv")).is_file());
+        }
+    }
+    let o = gimp(&["split", "check", out.to_str().unwrap(), "--cohort", toml.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(stdout(&o).contains("no leaks in 3 file(s)"));
+    // The synthetic cohort's own split, with one slide moved to test while its patient trains.
+    let f = a.join("splits/splits_0.csv");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let first_train = text.lines().nth(1).unwrap().split(',').nth(1).unwrap().to_string();
+    let leaked = format!("{text}999,,,{first_train}\n");
+    let bad = d.path().join("leaky.csv");
+    std::fs::write(&bad, leaked).unwrap();
+    let o = gimp(&["split", "check", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains(&format!("'{first_train}' is in test and also in train")), "{}", stdout(&o));
+}
+
+#[test]
+fn gene_only_logistic_regression_on_real_leukemia_expression() {
+    let Some(shared) = shared() else { return };
+    let data = shared.join("data/all-leukemia");
+    let d = tempfile::tempdir().unwrap();
+    // Reference figures (data/README.md): scikit-learn, C = 0.1, standardised, 5-fold:
+    // lineage B vs T 1.000; BCR/ABL vs NEG 0.828.
+    for (column, keep, low, high) in [("lineage", "", 0.98, 1.0), ("mol.biol", "keep = [\"BCR/ABL\", \"NEG\"]\n", 0.74, 0.92)] {
+        let toml = d.path().join(format!("{column}.toml"));
+        std::fs::write(
+            &toml,
+            format!(
+                "[labels]\ncsv = \"{}\"\ncase_column = \"sample\"\nlabel_column = \"{column}\"\n{keep}[expression]\nmatrix = \"{}\"\n",
+                data.join("labels.csv").display(),
+                data.join("expression.csv.gz").display()
+            ),
+        )
+        .unwrap();
+        let o = gimp(&["baseline", "logreg", toml.to_str().unwrap(), "--kfold", "5", "--transform", "none", "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let acc = v["test_accuracy_mean"].as_f64().unwrap();
+        assert!((low..=high).contains(&acc), "{column}: 5-fold accuracy {acc}");
+    }
+}
