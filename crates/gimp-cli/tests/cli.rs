@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn gimp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gimp-rs")).args(args).output().expect("run gimp-rs")
+    Command::new(env!("CARGO_BIN_EXE_gimp-rs"))
+        .args(args)
+        .output()
+        .expect("run gimp-rs")
 }
 
 fn stdout(o: &Output) -> String {
@@ -17,8 +20,22 @@ fn stderr(o: &Output) -> String {
 
 fn synth_small(out: &Path, seed: &str) -> Output {
     gimp(&[
-        "synth", "--out", out.to_str().unwrap(), "--seed", seed, "--patients", "30", "--patches", "20,80", "--dim", "16",
-        "--genes", "200", "--gdc-fraction", "0.2", "--pt",
+        "synth",
+        "--out",
+        out.to_str().unwrap(),
+        "--seed",
+        seed,
+        "--patients",
+        "30",
+        "--patches",
+        "20,80",
+        "--dim",
+        "16",
+        "--genes",
+        "200",
+        "--gdc-fraction",
+        "0.2",
+        "--pt",
     ])
 }
 
@@ -29,7 +46,10 @@ fn shared() -> Option<PathBuf> {
         return Some(p);
     }
     if std::env::var("GIMP_REQUIRE_SHARED").as_deref() == Ok("1") {
-        panic!("../shared is required (GIMP_REQUIRE_SHARED=1) but {} is missing", p.display());
+        panic!(
+            "../shared is required (GIMP_REQUIRE_SHARED=1) but {} is missing",
+            p.display()
+        );
     }
     eprintln!("skipping: {} not found", p.display());
     None
@@ -61,14 +81,23 @@ fn synth_is_byte_identical_for_a_seed_and_checks_clean() {
     let (a, b) = (d.path().join("a"), d.path().join("b"));
     assert!(synth_small(&a, "4").status.success());
     assert!(synth_small(&b, "4").status.success());
-    let diff = Command::new("diff").args(["-r", a.to_str().unwrap(), b.to_str().unwrap()]).output().unwrap();
+    let diff = Command::new("diff")
+        .args(["-r", a.to_str().unwrap(), b.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(diff.status.success(), "{}", stdout(&diff));
     // Refuses to overwrite without --force.
     let again = synth_small(&a, "4");
     assert!(!again.status.success() && stderr(&again).contains("not empty"));
 
     let toml = a.join("cohort.toml");
-    let o = gimp(&["cohort", "check", toml.to_str().unwrap(), "--json", "--deep"]);
+    let o = gimp(&[
+        "cohort",
+        "check",
+        toml.to_str().unwrap(),
+        "--json",
+        "--deep",
+    ]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["patients"], 30);
@@ -86,7 +115,11 @@ fn cohort_check_reports_errors_with_exit_code_1() {
     let a = d.path().join("c");
     assert!(synth_small(&a, "1").status.success());
     // Corrupt one feature file and name an unknown patient in the split.
-    let h5s: Vec<PathBuf> = std::fs::read_dir(a.join("features/h5_files")).unwrap().flatten().map(|e| e.path()).collect();
+    let h5s: Vec<PathBuf> = std::fs::read_dir(a.join("features/h5_files"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     std::fs::write(&h5s[0], b"not hdf5").unwrap();
     let split = a.join("splits/splits_0.csv");
     let mut text = std::fs::read_to_string(&split).unwrap();
@@ -95,7 +128,11 @@ fn cohort_check_reports_errors_with_exit_code_1() {
     let o = gimp(&["cohort", "check", a.join("cohort.toml").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     let out = stdout(&o);
-    assert!(out.contains(h5s[0].file_name().unwrap().to_str().unwrap()) && out.contains("not a readable HDF5 file"), "{out}");
+    assert!(
+        out.contains(h5s[0].file_name().unwrap().to_str().unwrap())
+            && out.contains("not a readable HDF5 file"),
+        "{out}"
+    );
     assert!(out.contains("'NOBODY-01Z' (line"), "{out}");
     let o = gimp(&["cohort", "check", "/nonexistent/cohort.toml"]);
     assert_eq!(o.status.code(), Some(2));
@@ -109,26 +146,54 @@ fn split_writes_clam_layout_and_check_finds_leaks() {
     assert!(synth_small(&a, "2").status.success());
     let toml = a.join("cohort.toml");
     let out = d.path().join("folds");
-    let o = gimp(&["split", toml.to_str().unwrap(), "--out", out.to_str().unwrap(), "--scheme", "kfold", "--k", "3", "--seed", "7"]);
+    let o = gimp(&[
+        "split",
+        toml.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--scheme",
+        "kfold",
+        "--k",
+        "3",
+        "--seed",
+        "7",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     for k in 0..3 {
         for suffix in ["", "_bool", "_descriptor"] {
             assert!(out.join(format!("splits_{k}{suffix}.csv")).is_file());
         }
     }
-    let o = gimp(&["split", "check", out.to_str().unwrap(), "--cohort", toml.to_str().unwrap()]);
+    let o = gimp(&[
+        "split",
+        "check",
+        out.to_str().unwrap(),
+        "--cohort",
+        toml.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stdout(&o));
     assert!(stdout(&o).contains("no leaks in 3 file(s)"));
     // The synthetic cohort's own split, with one slide moved to test while its patient trains.
     let f = a.join("splits/splits_0.csv");
     let text = std::fs::read_to_string(&f).unwrap();
-    let first_train = text.lines().nth(1).unwrap().split(',').nth(1).unwrap().to_string();
+    let first_train = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .nth(1)
+        .unwrap()
+        .to_string();
     let leaked = format!("{text}999,,,{first_train}\n");
     let bad = d.path().join("leaky.csv");
     std::fs::write(&bad, leaked).unwrap();
     let o = gimp(&["split", "check", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stdout(&o).contains(&format!("'{first_train}' is in test and also in train")), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(&format!("'{first_train}' is in test and also in train")),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -138,7 +203,10 @@ fn gene_only_logistic_regression_on_real_leukemia_expression() {
     let d = tempfile::tempdir().unwrap();
     // Reference figures (data/README.md): scikit-learn, C = 0.1, standardised, 5-fold:
     // lineage B vs T 1.000; BCR/ABL vs NEG 0.828.
-    for (column, keep, low, high) in [("lineage", "", 0.98, 1.0), ("mol.biol", "keep = [\"BCR/ABL\", \"NEG\"]\n", 0.74, 0.92)] {
+    for (column, keep, low, high) in [
+        ("lineage", "", 0.98, 1.0),
+        ("mol.biol", "keep = [\"BCR/ABL\", \"NEG\"]\n", 0.74, 0.92),
+    ] {
         let toml = d.path().join(format!("{column}.toml"));
         std::fs::write(
             &toml,
@@ -149,10 +217,22 @@ fn gene_only_logistic_regression_on_real_leukemia_expression() {
             ),
         )
         .unwrap();
-        let o = gimp(&["baseline", "logreg", toml.to_str().unwrap(), "--kfold", "5", "--transform", "none", "--json"]);
+        let o = gimp(&[
+            "baseline",
+            "logreg",
+            toml.to_str().unwrap(),
+            "--kfold",
+            "5",
+            "--transform",
+            "none",
+            "--json",
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
         let acc = v["test_accuracy_mean"].as_f64().unwrap();
-        assert!((low..=high).contains(&acc), "{column}: 5-fold accuracy {acc}");
+        assert!(
+            (low..=high).contains(&acc),
+            "{column}: 5-fold accuracy {acc}"
+        );
     }
 }

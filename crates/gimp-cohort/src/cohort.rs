@@ -135,7 +135,8 @@ impl Cohort {
     /// file or dataset CSV); every other problem goes into [`Cohort::diagnostics`].
     pub fn load(file: CohortFile, opts: LoadOptions) -> Result<Self> {
         let csv_path = file.resolve(&file.config.labels.csv);
-        let (table, dropped) = dataset::read_dataset_csv_with(&csv_path, &file.config.labels.columns())?;
+        let (table, dropped) =
+            dataset::read_dataset_csv_with(&csv_path, &file.config.labels.columns())?;
         let label_map = match &file.config.labels.label_map {
             Some(m) => LabelMap::explicit(&file.path, m)?,
             None => LabelMap::derive(table.rows.iter().map(|r| r.label.as_str())),

@@ -32,7 +32,11 @@ fn base(dir: &Path) {
     bag(dir, "s2", 4, 8);
     bag(dir, "s3", 6, 8);
     bag(dir, "s4", 2, 8);
-    write(dir, "expr.tsv", "case_id\tENSG01.3\tENSG02.1\np1\t1.0\t2.0\np2\t3.0\t4.0\np3\t5.0\t6.0\nstranger\t1\t1\n");
+    write(
+        dir,
+        "expr.tsv",
+        "case_id\tENSG01.3\tENSG02.1\np1\t1.0\t2.0\np2\t3.0\t4.0\np3\t5.0\t6.0\nstranger\t1\t1\n",
+    );
 }
 
 fn toml(dir: &Path, extra: &str) -> CohortFile {
@@ -52,12 +56,26 @@ fn load(dir: &Path, extra: &str) -> Cohort {
 fn joins_by_patient_and_summarises() {
     let d = tempfile::tempdir().unwrap();
     base(d.path());
-    write(d.path(), "splits/splits_0.csv", ",train,val,test\n0,s1a,s2,s4\n1,s1b,,\n2,s3,,\n");
+    write(
+        d.path(),
+        "splits/splits_0.csv",
+        ",train,val,test\n0,s1a,s2,s4\n1,s1b,,\n2,s3,,\n",
+    );
     let c = load(d.path(), "[splits]\nfiles = [\"splits/splits_0.csv\"]\n");
-    assert!(c.diagnostics.errors.is_empty(), "{:?}", c.diagnostics.errors);
+    assert!(
+        c.diagnostics.errors.is_empty(),
+        "{:?}",
+        c.diagnostics.errors
+    );
     let s = Summary::of(&c);
     assert_eq!((s.patients, s.slides, s.feature_dim), (4, 5, Some(8)));
-    assert_eq!(s.classes.iter().map(|c| (c.name.as_str(), c.patients, c.slides)).collect::<Vec<_>>(), vec![("LUAD", 2, 3), ("LUSC", 2, 2)]);
+    assert_eq!(
+        s.classes
+            .iter()
+            .map(|c| (c.name.as_str(), c.patients, c.slides))
+            .collect::<Vec<_>>(),
+        vec![("LUAD", 2, 3), ("LUSC", 2, 2)]
+    );
     assert_eq!(s.modalities.slides_and_expression, 3);
     assert_eq!(s.modalities.slides_only, 1);
     let b = s.bag_sizes.as_ref().unwrap();
@@ -65,8 +83,15 @@ fn joins_by_patient_and_summarises() {
     assert_eq!(s.splits[0].train, vec![2, 0]);
     assert_eq!(s.splits[0].val, vec![0, 1]);
     assert_eq!(s.splits[0].test, vec![0, 1]);
-    assert!(s.warnings.iter().any(|w| w.contains("stranger")), "{:?}", s.warnings);
-    assert_eq!(c.expression.as_ref().unwrap().genes, vec!["ENSG01", "ENSG02"]);
+    assert!(
+        s.warnings.iter().any(|w| w.contains("stranger")),
+        "{:?}",
+        s.warnings
+    );
+    assert_eq!(
+        c.expression.as_ref().unwrap().genes,
+        vec!["ENSG01", "ENSG02"]
+    );
     assert_eq!(c.expression_of(&c.patients[1]).unwrap(), &[3.0, 4.0]);
     // JSON output round-trips through serde_json.
     let json = serde_json::to_value(&s).unwrap();
@@ -79,13 +104,23 @@ fn finds_leaks_unknown_ids_and_width_mismatch() {
     let d = tempfile::tempdir().unwrap();
     base(d.path());
     bag(d.path(), "s4", 2, 9); // wrong width
-    // p1 in train through s1a and in test through s1b; 'ghost' is nobody.
-    write(d.path(), "splits/splits_0.csv", ",train,val,test\n0,s1a,s2,s1b\n1,s3,,ghost\n");
+                               // p1 in train through s1a and in test through s1b; 'ghost' is nobody.
+    write(
+        d.path(),
+        "splits/splits_0.csv",
+        ",train,val,test\n0,s1a,s2,s1b\n1,s3,,ghost\n",
+    );
     let c = load(d.path(), "[splits]\nfiles = [\"splits/splits_0.csv\"]\n");
     let e = c.diagnostics.errors.join("\n");
-    assert!(e.contains("patient 'p1' is in test through 's1b' and in train through 's1a'"), "{e}");
+    assert!(
+        e.contains("patient 'p1' is in test through 's1b' and in train through 's1a'"),
+        "{e}"
+    );
     assert!(e.contains("'ghost' (line 3)"), "{e}");
-    assert!(e.contains("feature width 9 in 1 file(s), but 8 in most") && e.contains("s4.h5"), "{e}");
+    assert!(
+        e.contains("feature width 9 in 1 file(s), but 8 in most") && e.contains("s4.h5"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -94,18 +129,31 @@ fn label_outside_map_is_an_error_naming_the_line() {
     base(d.path());
     let f = toml(d.path(), "");
     let mut f2 = f.clone();
-    f2.config.labels.label_map = Some(BTreeMap::from([("LUAD".to_string(), 0), ("NORMAL".to_string(), 1)]));
+    f2.config.labels.label_map = Some(BTreeMap::from([
+        ("LUAD".to_string(), 0),
+        ("NORMAL".to_string(), 1),
+    ]));
     let e = Cohort::load(f2, LoadOptions::default()).unwrap_err();
     assert_eq!(e.kind, gimp_io::ErrorKind::Unknown);
-    assert!(e.to_string().contains("dataset.csv: line 4: label 'LUSC'"), "{e}");
+    assert!(
+        e.to_string().contains("dataset.csv: line 4: label 'LUSC'"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_cohort_keys_and_bad_toml_are_reported_with_lines() {
     let d = tempfile::tempdir().unwrap();
-    write(d.path(), "c.toml", "[labels]\ncsv = \"x.csv\"\nlabel_mapp = {}\n");
+    write(
+        d.path(),
+        "c.toml",
+        "[labels]\ncsv = \"x.csv\"\nlabel_mapp = {}\n",
+    );
     let e = CohortFile::load(&d.path().join("c.toml")).unwrap_err();
-    assert!(e.to_string().contains("line 3") && e.to_string().contains("label_mapp"), "{e}");
+    assert!(
+        e.to_string().contains("line 3") && e.to_string().contains("label_mapp"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -121,16 +169,36 @@ fn reads_gdc_folders_mcat_tables_and_other_split_layouts() {
         "gdc/sheet.tsv",
         "File ID\tFile Name\tData Category\tData Type\tProject ID\tCase ID\tSample ID\tSample Type\nu2\tn.tsv\tT\tG\tP\tp4\tp4-11A\tSolid Tissue Normal\nu1\ta.tsv\tT\tG\tP\tp4\tp4-01A\tPrimary Tumor\n",
     );
-    write(d.path(), "expr.tsv", "case_id\tENSG01\tENSG02\np1\t1.0\t2.0\np3\t5.0\t6.0\n");
-    write(d.path(), "mcat_splits/splits_0.csv", ",train,val\n0,p1,p2\n1,p3,p4\n");
-    write(d.path(), "fold0.csv", ",train,train_label,val,val_label,test,test_label\n0,s1a,0,s2,1.0,s3,0\n1,s1b,0.0,,,s4,1\n");
+    write(
+        d.path(),
+        "expr.tsv",
+        "case_id\tENSG01\tENSG02\np1\t1.0\t2.0\np3\t5.0\t6.0\n",
+    );
+    write(
+        d.path(),
+        "mcat_splits/splits_0.csv",
+        ",train,val\n0,p1,p2\n1,p3,p4\n",
+    );
+    write(
+        d.path(),
+        "fold0.csv",
+        ",train,train_label,val,val_label,test,test_label\n0,s1a,0,s2,1.0,s3,0\n1,s1b,0.0,,,s4,1\n",
+    );
     let c = load(
         d.path(),
         "gdc_dir = \"gdc\"\nsample_sheet = \"gdc/sheet.tsv\"\n[splits]\nfiles = [\"mcat_splits/splits_0.csv\", \"fold0.csv\"]\n",
     );
-    assert!(c.diagnostics.errors.is_empty(), "{:?}", c.diagnostics.errors);
+    assert!(
+        c.diagnostics.errors.is_empty(),
+        "{:?}",
+        c.diagnostics.errors
+    );
     let p4 = &c.patients[3];
-    assert_eq!(c.expression_of(p4).unwrap(), &[7.5, 8.5], "primary tumour aliquot chosen");
+    assert_eq!(
+        c.expression_of(p4).unwrap(),
+        &[7.5, 8.5],
+        "primary tumour aliquot chosen"
+    );
     assert!(!c.patients[1].has_expression());
     assert_eq!(c.folds[0].format, gimp_io::splits::SplitFormat::Mcat);
     assert_eq!(c.folds[0].patients(Part::Val), vec![1, 3]);
@@ -138,13 +206,20 @@ fn reads_gdc_folders_mcat_tables_and_other_split_layouts() {
     assert_eq!(c.folds[1].patients(Part::Test), vec![2, 3]);
 
     // A GDC file with a different gene list is an error naming that file.
-    write(d.path(), "gdc/u1/a.tsv", &star.replace("ENSG02.1", "ENSG99.1"));
+    write(
+        d.path(),
+        "gdc/u1/a.tsv",
+        &star.replace("ENSG02.1", "ENSG99.1"),
+    );
     write(
         d.path(),
         "gdc/sheet.tsv",
         "File ID\tFile Name\tData Category\tData Type\tProject ID\tCase ID\tSample ID\tSample Type\nu2\tn.tsv\tT\tG\tP\tp2\tp2-01A\tPrimary Tumor\nu1\ta.tsv\tT\tG\tP\tp4\tp4-01A\tPrimary Tumor\n",
     );
-    let c = load(d.path(), "gdc_dir = \"gdc\"\nsample_sheet = \"gdc/sheet.tsv\"\n");
+    let c = load(
+        d.path(),
+        "gdc_dir = \"gdc\"\nsample_sheet = \"gdc/sheet.tsv\"\n",
+    );
     let e = c.diagnostics.errors.join("\n");
     assert!(e.contains("a.tsv") && e.contains("ENSG99"), "{e}");
 }
@@ -156,10 +231,18 @@ fn mcat_wide_table_in_a_zip() {
     let csv = ",case_id,slide_id,site,is_female,oncotree_code,age,survival_months,censorship,train,TP53_mut,TP53_cnv,TP53_rnaseq,ZXDC_rnaseq\n0,p1,s1a.svs,A,0,LUAD,60,10,1,1.0,1,0,0.5,-0.2\n1,p1,s1b.svs,A,0,LUAD,60,10,1,1.0,1,0,0.5,-0.2\n2,p2,s2.svs,B,1,LUSC,70,5,0,1.0,0,1,-1.5,0.9\n";
     let f = std::fs::File::create(d.path().join("tcga_x_all_clean.csv.zip")).unwrap();
     let mut z = zip::ZipWriter::new(f);
-    z.start_file("tcga_x_all_clean.csv", zip::write::SimpleFileOptions::default()).unwrap();
+    z.start_file(
+        "tcga_x_all_clean.csv",
+        zip::write::SimpleFileOptions::default(),
+    )
+    .unwrap();
     std::io::Write::write_all(&mut z, csv.as_bytes()).unwrap();
     z.finish().unwrap();
-    let m = gimp_io::expression::read_mcat_table(&d.path().join("tcga_x_all_clean.csv.zip"), &[gimp_io::expression::OmicType::Rnaseq]).unwrap();
+    let m = gimp_io::expression::read_mcat_table(
+        &d.path().join("tcga_x_all_clean.csv.zip"),
+        &[gimp_io::expression::OmicType::Rnaseq],
+    )
+    .unwrap();
     // The last gene column (ZXDC_rnaseq) is kept, unlike MCAT's loader; metadata is not a gene.
     assert_eq!(m.genes, vec!["TP53_rnaseq", "ZXDC_rnaseq"]);
     assert_eq!(m.samples, vec!["p1", "p2"]);
@@ -170,9 +253,20 @@ fn mcat_wide_table_in_a_zip() {
 fn missing_values_error_unless_imputed() {
     let d = tempfile::tempdir().unwrap();
     base(d.path());
-    write(d.path(), "expr.tsv", "case_id\tG1\tG2\np1\t1.0\t2.0\np2\tNA\t4.0\np3\t3.0\t6.0\n");
+    write(
+        d.path(),
+        "expr.tsv",
+        "case_id\tG1\tG2\np1\t1.0\t2.0\np2\tNA\t4.0\np3\t3.0\t6.0\n",
+    );
     let c = load(d.path(), "");
-    assert!(c.diagnostics.errors.iter().any(|e| e.contains("gene 'G1' has no value for sample 'p2'")), "{:?}", c.diagnostics.errors);
+    assert!(
+        c.diagnostics
+            .errors
+            .iter()
+            .any(|e| e.contains("gene 'G1' has no value for sample 'p2'")),
+        "{:?}",
+        c.diagnostics.errors
+    );
     let c = load(d.path(), "impute = \"mean\"\n");
     assert!(c.diagnostics.errors.is_empty());
     assert_eq!(c.expression_info.imputed_values, 1);
@@ -185,7 +279,11 @@ fn holdout_split_is_stratified_and_deterministic() {
     let a = make_splits(&labels, Scheme::PAPER, 3);
     assert_eq!(a, make_splits(&labels, Scheme::PAPER, 3));
     assert_ne!(a, make_splits(&labels, Scheme::PAPER, 4));
-    let count = |p: Part, class: usize| a[0].iter().filter(|(i, q)| **q == p && labels[**i] == class).count();
+    let count = |p: Part, class: usize| {
+        a[0].iter()
+            .filter(|(i, q)| **q == p && labels[**i] == class)
+            .count()
+    };
     assert_eq!((count(Part::Test, 0), count(Part::Test, 1)), (95, 95));
     assert_eq!((count(Part::Val, 0), count(Part::Val, 1)), (95, 95));
     assert_eq!(a[0].len(), 946);

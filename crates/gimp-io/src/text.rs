@@ -23,15 +23,20 @@ pub fn open_text(path: &Path) -> Result<Box<dyn BufRead>> {
 /// Reads a whole (possibly gzipped) text file into a string, with a UTF-8 check.
 pub fn read_text(path: &Path) -> Result<String> {
     let mut s = String::new();
-    open_text(path)?.read_to_string(&mut s).map_err(|e| match e.kind() {
-        std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
-            DataError::malformed(path, format!("not valid UTF-8 text, or a corrupt gzip stream ({e})"))
-        }
-        std::io::ErrorKind::UnexpectedEof => {
-            DataError::malformed(path, "the gzip stream ends early (truncated download?)")
-        }
-        _ => DataError::io(path, e),
-    })?;
+    open_text(path)?
+        .read_to_string(&mut s)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                DataError::malformed(
+                    path,
+                    format!("not valid UTF-8 text, or a corrupt gzip stream ({e})"),
+                )
+            }
+            std::io::ErrorKind::UnexpectedEof => {
+                DataError::malformed(path, "the gzip stream ends early (truncated download?)")
+            }
+            _ => DataError::io(path, e),
+        })?;
     Ok(s)
 }
 
