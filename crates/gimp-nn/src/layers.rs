@@ -1,0 +1,69 @@
+//! Linear and LayerNorm with PyTorch's parameter names, shapes and initialisation.
+
+use crate::init::Init;
+use crate::ops;
+use crate::params::Scope;
+use candle_core::{Result, Tensor};
+
+/// `y = x Wᵀ + b`, weight `[out, in]` named `weight`, bias `bias`.
+#[derive(Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// PyTorch's default initialisation.
+    pub fn new(s: &Scope, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let init = Init::torch_default(in_dim);
+        Self::with_init(s, in_dim, out_dim, bias, init, init)
+    }
+
+    /// xavier_normal weights and zero bias (CLAM and PORPOISE `initialize_weights`).
+    pub fn xavier(s: &Scope, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Self::with_init(
+            s,
+            in_dim,
+            out_dim,
+            true,
+            Init::XavierNormal { fan_in: in_dim, fan_out: out_dim },
+            Init::Constant(0.0),
+        )
+    }
+
+    pub fn with_init(s: &Scope, in_dim: usize, out_dim: usize, bias: bool, w: Init, b: Init) -> Result<Self> {
+        let weight = s.get("weight", &[out_dim, in_dim], w)?;
+        let bias = if bias { Some(s.get("bias", &[out_dim], b)?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.broadcast_matmul(&self.weight.t()?)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// LayerNorm over the last dimension, `weight` 1 and `bias` 0 at init, eps 1e-5.
+#[derive(Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(s: &Scope, dim: usize) -> Result<Self> {
+        Ok(Self {
+            weight: s.get("weight", &[dim], Init::Constant(1.0))?,
+            bias: s.get("bias", &[dim], Init::Constant(0.0))?,
+            eps: 1e-5,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}

@@ -1,0 +1,13 @@
+//! Building blocks on candle shared by every model of gimp-rs.
+
+pub mod init;
+pub mod layers;
+pub mod nystrom;
+pub mod ops;
+pub mod params;
+
+pub use candle_core::{Device, Result, Tensor};
+pub use init::Init;
+pub use layers::{LayerNorm, Linear};
+pub use ops::Mode;
+pub use params::{ParamStore, Scope};

@@ -1,0 +1,197 @@
+//! Nyström attention exactly as lucidrains' `nystrom-attention` 0.0.14 computes it
+//! (`spec/baselines.md` §1): front zero-padding to a multiple of the landmark count,
+//! segment-mean landmarks, a Moore–Penrose pseudo-inverse by 6 Newton–Schulz-style iterations
+//! from a global-scalar initialisation, a depthwise residual convolution (kernel 33) on V, and
+//! un-padding that keeps the **last** `n` rows. `legacy_front_slice` keeps the first `n` rows
+//! instead, reproducing 0.0.9 (the version TransMIL pins) bug for bug.
+//!
+//! Nothing `n × n` is ever formed: the largest intermediates are `n × m`.
+
+use crate::init::Init;
+use crate::layers::Linear;
+use crate::ops::{self, Mode};
+use crate::params::Scope;
+use candle_core::{DType, Result, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NystromConfig {
+    pub dim: usize,
+    pub heads: usize,
+    pub dim_head: usize,
+    pub landmarks: usize,
+    pub pinv_iterations: usize,
+    /// Depthwise convolution of V added to the output (kernel `residual_kernel`), or none.
+    pub residual: bool,
+    pub residual_kernel: usize,
+    /// Dropout on the output projection.
+    pub dropout: f64,
+    /// Keep the first `n` rows after padding (nystrom-attention ≤ 0.0.9) instead of the last.
+    pub legacy_front_slice: bool,
+}
+
+impl NystromConfig {
+    /// The aggregator's layers in GiMP and TransMIL: 8 heads × 64 = 512, 256 landmarks.
+    pub fn transmil(dim: usize) -> Self {
+        Self {
+            dim,
+            heads: 8,
+            dim_head: dim / 8,
+            landmarks: dim / 2,
+            pinv_iterations: 6,
+            residual: true,
+            residual_kernel: 33,
+            dropout: 0.1,
+            legacy_front_slice: false,
+        }
+    }
+}
+
+/// Parameters by the reference's names: `to_qkv.weight`, `to_out.0.weight`, `to_out.0.bias`,
+/// `res_conv.weight` (`[heads, 1, kernel, 1]`).
+pub struct NystromAttention {
+    pub cfg: NystromConfig,
+    to_qkv: Linear,
+    to_out: Linear,
+    res_conv: Option<Tensor>,
+}
+
+/// Intermediate results a heatmap needs: per head, the landmark-side factors.
+pub struct AttentionParts {
+    /// Rows of front padding added.
+    pub pad: usize,
+    /// `softmax(Q K̃ᵀ) · Z`, `[b, h, n', m]`.
+    pub left: Tensor,
+    /// `softmax(Q̃ Kᵀ)`, `[b, h, m, n']`.
+    pub right: Tensor,
+}
+
+/// Moore–Penrose pseudo-inverse of each `[m, m]` matrix of `a` (`[b, h, m, m]`), as the reference
+/// computes it: `Z₀ = Aᵀ / (max row-abs-sum · max column-abs-sum)` with both maxima over the
+/// whole tensor, then `Z ← ¼ Z (13I − AZ(15I − AZ(7I − AZ)))`.
+pub fn pinv_iterative(a: &Tensor, iterations: usize) -> Result<Tensor> {
+    let m = a.dim(D::Minus1)?;
+    let abs = a.abs()?;
+    let row_max = abs.sum(D::Minus1)?.max_all()?;
+    let col_max = abs.sum(D::Minus2)?.max_all()?;
+    let mut z = a.transpose(D::Minus1, D::Minus2)?.contiguous()?.broadcast_div(&(row_max * col_max)?)?;
+    let eye = Tensor::eye(m, DType::F32, a.device())?;
+    for _ in 0..iterations {
+        let az = a.matmul(&z)?;
+        let t = az.matmul(&eye.affine(7.0, 0.0)?.broadcast_sub(&az)?)?;
+        let t = az.matmul(&eye.affine(15.0, 0.0)?.broadcast_sub(&t)?)?;
+        z = z.matmul(&eye.affine(13.0, 0.0)?.broadcast_sub(&t)?)?.affine(0.25, 0.0)?;
+    }
+    Ok(z)
+}
+
+impl NystromAttention {
+    pub fn new(s: &Scope, cfg: NystromConfig) -> Result<Self> {
+        let inner = cfg.heads * cfg.dim_head;
+        let to_qkv = Linear::new(&s.pp("to_qkv"), cfg.dim, 3 * inner, false)?;
+        let to_out = Linear::new(&s.pp("to_out.0"), inner, cfg.dim, true)?;
+        let res_conv = if cfg.residual {
+            Some(s.get(
+                "res_conv.weight",
+                &[cfg.heads, 1, cfg.residual_kernel, 1],
+                Init::torch_default(cfg.residual_kernel),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg,
+            to_qkv,
+            to_out,
+            res_conv,
+        })
+    }
+
+    fn split_heads(&self, t: &Tensor) -> Result<Tensor> {
+        let (b, n, _) = t.dims3()?;
+        t.reshape((b, n, self.cfg.heads, self.cfg.dim_head))?.transpose(1, 2)?.contiguous()
+    }
+
+    /// Q (scaled), K, V per head for the front-padded input, and the padding.
+    fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor, usize)> {
+        let (_, n, _) = x.dims3()?;
+        let m = self.cfg.landmarks;
+        let pad = if n % m == 0 { 0 } else { m - n % m };
+        let xp = if pad > 0 { x.pad_with_zeros(1, pad, 0)? } else { x.clone() };
+        let qkv = self.to_qkv.forward(&xp)?;
+        let inner = self.cfg.heads * self.cfg.dim_head;
+        let q = self.split_heads(&qkv.narrow(D::Minus1, 0, inner)?)?;
+        let k = self.split_heads(&qkv.narrow(D::Minus1, inner, inner)?)?;
+        let v = self.split_heads(&qkv.narrow(D::Minus1, 2 * inner, inner)?)?;
+        let q = q.affine(1.0 / (self.cfg.dim_head as f64).sqrt(), 0.0)?;
+        Ok((q, k, v, pad))
+    }
+
+    /// Landmarks: means of `l = ceil(n/m)` consecutive rows (divisor `l` even over padding).
+    fn landmarks(&self, t: &Tensor, l: usize) -> Result<Tensor> {
+        let (b, h, np, d) = t.dims4()?;
+        t.reshape((b, h, np / l, l, d))?.sum(3)?.affine(1.0 / l as f64, 0.0)
+    }
+
+    fn parts(&self, q: &Tensor, k: &Tensor, n: usize, pad: usize) -> Result<AttentionParts> {
+        let l = n.div_ceil(self.cfg.landmarks);
+        let ql = self.landmarks(q, l)?;
+        let kl = self.landmarks(k, l)?;
+        let klt = kl.transpose(D::Minus1, D::Minus2)?.contiguous()?;
+        let f1 = ops::softmax_last(&q.matmul(&klt)?)?;
+        let a = ops::softmax_last(&ql.matmul(&klt)?)?;
+        let f3 = ops::softmax_last(&ql.matmul(&k.transpose(D::Minus1, D::Minus2)?.contiguous()?)?)?;
+        let z = pinv_iterative(&a, self.cfg.pinv_iterations)?;
+        Ok(AttentionParts {
+            pad,
+            left: f1.matmul(&z)?,
+            right: f3,
+        })
+    }
+
+    /// Depthwise cross-correlation of V along the sequence, zero outside, as a sum of shifts.
+    fn residual(&self, v: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let (_, h, np, _) = v.dims4()?;
+        let k = self.cfg.residual_kernel;
+        let half = k / 2;
+        let padded = v.pad_with_zeros(2, half, half)?;
+        let w = w.reshape((h, k))?;
+        let mut acc: Option<Tensor> = None;
+        for t in 0..k {
+            let wt = w.narrow(1, t, 1)?.reshape((1, h, 1, 1))?;
+            let term = padded.narrow(2, t, np)?.broadcast_mul(&wt)?;
+            acc = Some(match acc {
+                Some(a) => (a + term)?,
+                None => term,
+            });
+        }
+        acc.ok_or_else(|| candle_core::Error::Msg("residual kernel of size 0".into()))
+    }
+
+    /// `x`: `[b, n, dim]` → `[b, n, dim]`.
+    pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        let (q, k, v, pad) = self.project(x)?;
+        let p = self.parts(&q, &k, n, pad)?;
+        // (F1 Z)(F3 V): the m × d product first, never n' × n'.
+        let mut out = p.left.matmul(&p.right.matmul(&v)?)?;
+        if let Some(w) = &self.res_conv {
+            out = (out + self.residual(&v, w)?)?;
+        }
+        let np = n + pad;
+        let out = out.transpose(1, 2)?.reshape((b, np, self.cfg.heads * self.cfg.dim_head))?;
+        let out = ops::dropout(&self.to_out.forward(&out)?, self.cfg.dropout, mode)?;
+        let start = if self.cfg.legacy_front_slice { 0 } else { pad };
+        out.narrow(1, start, n)
+    }
+
+    /// Attention of the query at original position `row` over the original tokens,
+    /// `[b, h, n]` (`F1 Z F3` restricted to that row, front padding removed).
+    pub fn attention_row(&self, x: &Tensor, row: usize) -> Result<Tensor> {
+        let (_, n, _) = x.dims3()?;
+        let (q, k, _, pad) = self.project(x)?;
+        let p = self.parts(&q, &k, n, pad)?;
+        let left = p.left.narrow(2, pad + row, 1)?;
+        left.matmul(&p.right)?.squeeze(2)?.narrow(2, pad, n)
+    }
+}

@@ -1,0 +1,110 @@
+//! Differentiable versions of the operations candle ships only as fused forward kernels
+//! (candle-nn's `softmax_last_dim` and `LayerNorm` have no backward), plus seeded dropout.
+
+use candle_core::{DType, Result, Tensor, D};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::cell::RefCell;
+
+/// Softmax over the last dimension. The max is subtracted for stability from a detached copy:
+/// softmax is invariant to it, so no gradient needs to flow through it.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let m = x.detach().max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&m)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// log-softmax over the last dimension.
+pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+    let m = x.detach().max_keepdim(D::Minus1)?;
+    let s = x.broadcast_sub(&m)?;
+    s.broadcast_sub(&s.exp()?.sum_keepdim(D::Minus1)?.log()?)
+}
+
+/// LayerNorm over the last dimension (biased variance, as PyTorch).
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    xn.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    (x.neg()?.exp()? + 1.0)?.recip()
+}
+
+/// GELU with the exact erf form (PyTorch's `nn.GELU()` default).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
+}
+
+/// Training or evaluation, and the stream dropout masks are drawn from.
+pub struct Mode {
+    pub train: bool,
+    rng: RefCell<ChaCha8Rng>,
+}
+
+impl Mode {
+    pub fn eval() -> Self {
+        Self {
+            train: false,
+            rng: RefCell::new(rand::SeedableRng::seed_from_u64(0)),
+        }
+    }
+
+    pub fn train(rng: ChaCha8Rng) -> Self {
+        Self {
+            train: true,
+            rng: RefCell::new(rng),
+        }
+    }
+
+    /// The RNG state, to checkpoint and resume.
+    pub fn rng_state(&self) -> ChaCha8Rng {
+        self.rng.borrow().clone()
+    }
+
+    /// A Bernoulli(keep) mask of this shape, as f32 0/1.
+    pub fn keep_mask(&self, shape: &[usize], keep: f64, device: &candle_core::Device) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let mut rng = self.rng.borrow_mut();
+        let data: Vec<f32> = (0..n).map(|_| if rng.gen::<f64>() < keep { 1.0 } else { 0.0 }).collect();
+        Tensor::from_vec(data, shape, device)
+    }
+
+    /// Uniform integers in `0..n`, for sampling inside models (masking, mining).
+    pub fn with_rng<T>(&self, f: impl FnOnce(&mut ChaCha8Rng) -> T) -> T {
+        f(&mut self.rng.borrow_mut())
+    }
+}
+
+/// Inverted dropout: zero with probability `p`, scale the rest by 1/(1−p). Identity in eval.
+pub fn dropout(x: &Tensor, p: f64, mode: &Mode) -> Result<Tensor> {
+    if !mode.train || p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let mask = mode.keep_mask(x.dims(), 1.0 - p, x.device())?.to_dtype(x.dtype())?;
+    x.mul(&mask)?.affine(1.0 / (1.0 - p), 0.0)
+}
+
+/// SELU's constants (Klambauer et al. 2017).
+const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
+const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
+
+/// AlphaDropout (PyTorch `nn.AlphaDropout`): dropped units are set to SELU's negative
+/// saturation −λα, then an affine map a·x + b keeps mean 0 and variance 1.
+pub fn alpha_dropout(x: &Tensor, p: f64, mode: &Mode) -> Result<Tensor> {
+    if !mode.train || p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let alpha_p = -SELU_ALPHA * SELU_SCALE;
+    let keep = 1.0 - p;
+    let a = 1.0 / (keep * (1.0 + p * alpha_p * alpha_p)).sqrt();
+    let b = -a * alpha_p * p;
+    let mask = mode.keep_mask(x.dims(), keep, x.device())?.to_dtype(DType::F32)?;
+    // x·mask + α'·(1 − mask), then a·(·) + b.
+    let kept = x.mul(&mask)?;
+    let dropped = mask.affine(-alpha_p, alpha_p)?;
+    (kept + dropped)?.affine(a, b)
+}
