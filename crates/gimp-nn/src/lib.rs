@@ -2,8 +2,10 @@
 
 pub mod init;
 pub mod layers;
+pub mod loss;
 pub mod nystrom;
 pub mod ops;
+pub mod optim;
 pub mod params;
 
 pub use candle_core::{Device, Result, Tensor};

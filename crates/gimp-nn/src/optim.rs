@@ -1,0 +1,212 @@
+//! Optimisers with PyTorch's exact semantics, parameter groups (no weight decay on biases and
+//! norms), learning-rate schedules, gradient clipping and accumulation.
+
+use crate::params::ParamStore;
+use candle_core::backprop::GradStore;
+use candle_core::{Result, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Which update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Decoupled weight decay (Loshchilov & Hutter; `torch.optim.AdamW`).
+    AdamW,
+    /// L2 penalty added to the gradient (`torch.optim.Adam(weight_decay=…)`).
+    AdamL2,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdamConfig {
+    pub kind: Kind,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl AdamConfig {
+    /// `gimp.md` §6: AdamW, lr 1e-4, weight decay 1e-4.
+    pub fn gimp() -> Self {
+        Self { kind: Kind::AdamW, lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 }
+    }
+}
+
+/// Whether a parameter is decayed: not 1-D tensors (biases, LayerNorm, tokens of one row are
+/// 2-D+), not names ending in `.bias` — TransMIL's `add_weight_decay` rule.
+pub fn decays(name: &str, shape: &[usize]) -> bool {
+    shape.len() > 1 && !name.ends_with(".bias")
+}
+
+struct State {
+    m: Tensor,
+    v: Tensor,
+}
+
+/// Adam / AdamW over the trainable parameters of a store.
+pub struct Adam {
+    pub cfg: AdamConfig,
+    params: Vec<(String, Var, bool)>,
+    state: BTreeMap<String, State>,
+    pub step: u64,
+}
+
+impl Adam {
+    pub fn new(store: &ParamStore, cfg: AdamConfig) -> Self {
+        let params = store
+            .params()
+            .into_iter()
+            .filter(|(_, p)| p.trainable)
+            .map(|(n, p)| {
+                let d = decays(&n, p.var.dims());
+                (n, p.var, d)
+            })
+            .collect();
+        Self { cfg, params, state: BTreeMap::new(), step: 0 }
+    }
+
+    pub fn param_names(&self) -> Vec<String> {
+        self.params.iter().map(|(n, _, _)| n.clone()).collect()
+    }
+
+    /// One update at learning rate `lr` with these gradients (parameters without a gradient are
+    /// left alone, as PyTorch skips `grad is None`).
+    pub fn step_with(&mut self, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2 = 1.0 - b2.powi(t);
+        for (name, var, decay) in &self.params {
+            let Some(g) = grads.get(name) else { continue };
+            let wd = if *decay { self.cfg.weight_decay } else { 0.0 };
+            let p = var.as_tensor();
+            let mut g = g.clone();
+            let mut p_new = p.clone();
+            match self.cfg.kind {
+                Kind::AdamW => {
+                    if wd != 0.0 {
+                        p_new = p_new.affine(1.0 - lr * wd, 0.0)?;
+                    }
+                }
+                Kind::AdamL2 => {
+                    if wd != 0.0 {
+                        g = (g + p.affine(wd, 0.0)?)?;
+                    }
+                }
+            }
+            let st = match self.state.remove(name) {
+                Some(s) => s,
+                None => State { m: g.zeros_like()?, v: g.zeros_like()? },
+            };
+            let m = (st.m.affine(b1, 0.0)? + g.affine(1.0 - b1, 0.0)?)?;
+            let v = (st.v.affine(b2, 0.0)? + g.sqr()?.affine(1.0 - b2, 0.0)?)?;
+            let denom = (v.sqrt()?.affine(1.0 / bc2.sqrt(), 0.0)? + self.cfg.eps)?;
+            let update = m.div(&denom)?.affine(lr / bc1, 0.0)?;
+            var.set(&(p_new - update)?)?;
+            self.state.insert(name.clone(), State { m, v });
+        }
+        Ok(())
+    }
+
+    /// Gradients of the trainable parameters from a backward pass, by name.
+    pub fn collect(&self, grads: &GradStore) -> BTreeMap<String, Tensor> {
+        self.params
+            .iter()
+            .filter_map(|(n, v, _)| grads.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
+            .collect()
+    }
+
+    /// Moment estimates by name (`{name}.exp_avg`, `{name}.exp_avg_sq`), to checkpoint.
+    pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
+        let mut out = BTreeMap::new();
+        for (n, s) in &self.state {
+            out.insert(format!("{n}.exp_avg"), s.m.clone());
+            out.insert(format!("{n}.exp_avg_sq"), s.v.clone());
+        }
+        out
+    }
+
+    /// Restores moments saved by [`Self::state_tensors`] and the step count.
+    pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, step: u64) -> Result<()> {
+        self.state.clear();
+        for (n, _, _) in &self.params {
+            if let (Some(m), Some(v)) = (tensors.get(&format!("{n}.exp_avg")), tensors.get(&format!("{n}.exp_avg_sq"))) {
+                self.state.insert(n.clone(), State { m: m.clone(), v: v.clone() });
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// Scales gradients so their global L2 norm is at most `max_norm`
+/// (`torch.nn.utils.clip_grad_norm_`, coefficient `max_norm / (norm + 1e-6)`). Returns the norm.
+pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64> {
+    let mut total = 0f64;
+    for g in grads.values() {
+        total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    }
+    let norm = total.sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for g in grads.values_mut() {
+            *g = g.affine(coef, 0.0)?;
+        }
+    }
+    Ok(norm)
+}
+
+/// Sums gradients over several backward passes before one optimiser step.
+#[derive(Default)]
+pub struct GradAccumulator {
+    pub grads: BTreeMap<String, Tensor>,
+    pub count: usize,
+}
+
+impl GradAccumulator {
+    pub fn add(&mut self, grads: BTreeMap<String, Tensor>) -> Result<()> {
+        for (n, g) in grads {
+            let e = match self.grads.remove(&n) {
+                Some(prev) => (prev + g)?,
+                None => g,
+            };
+            self.grads.insert(n, e);
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// The accumulated gradients, averaged over the passes, and a reset accumulator.
+    pub fn take_mean(&mut self) -> Result<BTreeMap<String, Tensor>> {
+        let k = self.count.max(1) as f64;
+        let out = std::mem::take(&mut self.grads)
+            .into_iter()
+            .map(|(n, g)| Ok((n, g.affine(1.0 / k, 0.0)?)))
+            .collect::<Result<_>>()?;
+        self.count = 0;
+        Ok(out)
+    }
+}
+
+/// Linear warm-up over `warmup` steps, then cosine decay towards 0 at step `total`
+/// (`CosineAnnealingLR(T_max = total)` when there is no warm-up).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Cosine {
+    pub base: f64,
+    pub warmup: usize,
+    pub total: usize,
+}
+
+impl Cosine {
+    pub fn lr(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            return self.base * (step + 1) as f64 / self.warmup as f64;
+        }
+        let span = self.total.saturating_sub(self.warmup).max(1) as f64;
+        let progress = ((step - self.warmup) as f64 / span).min(1.0);
+        self.base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
