@@ -13,7 +13,10 @@ pub enum Init {
     /// N(0, σ²).
     Normal(f64),
     /// xavier_normal: N(0, 2/(fan_in + fan_out)).
-    XavierNormal { fan_in: usize, fan_out: usize },
+    XavierNormal {
+        fan_in: usize,
+        fan_out: usize,
+    },
     Constant(f64),
 }
 
@@ -27,10 +30,14 @@ impl Init {
         let n: usize = shape.iter().product();
         let data: Vec<f32> = match self {
             Init::Uniform(b) => (0..n).map(|_| rng.gen_range(-b..=b) as f32).collect(),
-            Init::Normal(s) => (0..n).map(|_| (s * rng.sample::<f64, _>(StandardNormal)) as f32).collect(),
+            Init::Normal(s) => (0..n)
+                .map(|_| (s * rng.sample::<f64, _>(StandardNormal)) as f32)
+                .collect(),
             Init::XavierNormal { fan_in, fan_out } => {
                 let s = (2.0 / (fan_in + fan_out) as f64).sqrt();
-                (0..n).map(|_| (s * rng.sample::<f64, _>(StandardNormal)) as f32).collect()
+                (0..n)
+                    .map(|_| (s * rng.sample::<f64, _>(StandardNormal)) as f32)
+                    .collect()
             }
             Init::Constant(c) => vec![c as f32; n],
         };

@@ -26,14 +26,28 @@ impl Linear {
             in_dim,
             out_dim,
             true,
-            Init::XavierNormal { fan_in: in_dim, fan_out: out_dim },
+            Init::XavierNormal {
+                fan_in: in_dim,
+                fan_out: out_dim,
+            },
             Init::Constant(0.0),
         )
     }
 
-    pub fn with_init(s: &Scope, in_dim: usize, out_dim: usize, bias: bool, w: Init, b: Init) -> Result<Self> {
+    pub fn with_init(
+        s: &Scope,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        w: Init,
+        b: Init,
+    ) -> Result<Self> {
         let weight = s.get("weight", &[out_dim, in_dim], w)?;
-        let bias = if bias { Some(s.get("bias", &[out_dim], b)?) } else { None };
+        let bias = if bias {
+            Some(s.get("bias", &[out_dim], b)?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias })
     }
 

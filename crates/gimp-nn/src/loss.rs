@@ -5,14 +5,21 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use rand::Rng;
 
 fn index_tensor(idx: &[usize], device: &Device) -> Result<Tensor> {
-    Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), device)
+    Tensor::from_vec(
+        idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+        idx.len(),
+        device,
+    )
 }
 
 /// Mean cross-entropy of `logits` `[B, C]` against class indices.
 pub fn cross_entropy(logits: &Tensor, targets: &[usize]) -> Result<Tensor> {
     let (b, c) = logits.dims2()?;
     if targets.len() != b || targets.iter().any(|&t| t >= c) {
-        candle_core::bail!("cross_entropy: {} targets for {b} rows of {c} classes", targets.len());
+        candle_core::bail!(
+            "cross_entropy: {} targets for {b} rows of {c} classes",
+            targets.len()
+        );
     }
     let lsm = log_softmax_last(logits)?;
     let idx = index_tensor(targets, logits.device())?.reshape((b, 1))?;
@@ -51,7 +58,13 @@ pub enum Mining {
 
 /// Triplet loss `mean_a max(‖x_a − x_p‖² + δ − ‖x_a − x_n‖², 0)` over anchors that have both a
 /// positive (same label, other sample) and a negative. Returns `None` when no anchor does.
-pub fn triplet(emb: &Tensor, labels: &[usize], margin: f64, mining: Mining, mode: &Mode) -> Result<Option<Tensor>> {
+pub fn triplet(
+    emb: &Tensor,
+    labels: &[usize],
+    margin: f64,
+    mining: Mining,
+    mode: &Mode,
+) -> Result<Option<Tensor>> {
     let b = labels.len();
     // Squared distances ‖x_i‖² + ‖x_j‖² − 2 x_i·x_j, [B, B].
     let sq = emb.sqr()?.sum_keepdim(1)?;
@@ -59,16 +72,26 @@ pub fn triplet(emb: &Tensor, labels: &[usize], margin: f64, mining: Mining, mode
     let dvals: Vec<Vec<f32>> = dist.detach().to_vec2()?;
     let (mut anchors, mut pos, mut neg) = (Vec::new(), Vec::new(), Vec::new());
     for a in 0..b {
-        let ps: Vec<usize> = (0..b).filter(|&j| j != a && labels[j] == labels[a]).collect();
+        let ps: Vec<usize> = (0..b)
+            .filter(|&j| j != a && labels[j] == labels[a])
+            .collect();
         let ns: Vec<usize> = (0..b).filter(|&j| labels[j] != labels[a]).collect();
         if ps.is_empty() || ns.is_empty() {
             continue;
         }
         let (p, n) = match mining {
-            Mining::Random => mode.with_rng(|r| (ps[r.gen_range(0..ps.len())], ns[r.gen_range(0..ns.len())])),
+            Mining::Random => {
+                mode.with_rng(|r| (ps[r.gen_range(0..ps.len())], ns[r.gen_range(0..ns.len())]))
+            }
             Mining::BatchHard => {
-                let p = *ps.iter().max_by(|&&x, &&y| dvals[a][x].total_cmp(&dvals[a][y])).unwrap_or(&ps[0]);
-                let n = *ns.iter().min_by(|&&x, &&y| dvals[a][x].total_cmp(&dvals[a][y])).unwrap_or(&ns[0]);
+                let p = *ps
+                    .iter()
+                    .max_by(|&&x, &&y| dvals[a][x].total_cmp(&dvals[a][y]))
+                    .unwrap_or(&ps[0]);
+                let n = *ns
+                    .iter()
+                    .min_by(|&&x, &&y| dvals[a][x].total_cmp(&dvals[a][y]))
+                    .unwrap_or(&ns[0]);
                 (p, n)
             }
         };
@@ -108,7 +131,11 @@ pub fn smooth_top1_svm(scores: &Tensor, labels: &[usize], alpha: f64, tau: f64) 
     for (i, row) in vals.iter().enumerate() {
         let mut sorted = row.clone();
         sorted.sort_by(|a, b| b.total_cmp(a));
-        let gap = if c > 1 { (sorted[0] - sorted[1]) as f64 } else { f64::INFINITY };
+        let gap = if c > 1 {
+            (sorted[0] - sorted[1]) as f64
+        } else {
+            f64::INFINITY
+        };
         let r = aug.narrow(0, i, 1)?;
         let l = if gap >= thresh {
             r.max_keepdim(1)?
@@ -125,7 +152,9 @@ pub fn smooth_top1_svm(scores: &Tensor, labels: &[usize], alpha: f64, tau: f64) 
 /// InfoNCE between two views `[B, D]` (rows i of `a` and `b` are the positive pair): cross-entropy
 /// of the cosine-similarity matrix divided by `temperature`, averaged over both directions.
 pub fn info_nce(a: &Tensor, b: &Tensor, temperature: f64) -> Result<Tensor> {
-    let norm = |t: &Tensor| -> Result<Tensor> { t.broadcast_div(&(t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-12)?) };
+    let norm = |t: &Tensor| -> Result<Tensor> {
+        t.broadcast_div(&(t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-12)?)
+    };
     let (an, bn) = (norm(a)?, norm(b)?);
     let logits = an.matmul(&bn.t()?)?.affine(1.0 / temperature, 0.0)?;
     let n = logits.dim(0)?;

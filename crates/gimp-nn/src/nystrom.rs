@@ -74,13 +74,18 @@ pub fn pinv_iterative(a: &Tensor, iterations: usize) -> Result<Tensor> {
     let abs = a.abs()?;
     let row_max = abs.sum(D::Minus1)?.max_all()?;
     let col_max = abs.sum(D::Minus2)?.max_all()?;
-    let mut z = a.transpose(D::Minus1, D::Minus2)?.contiguous()?.broadcast_div(&(row_max * col_max)?)?;
+    let mut z = a
+        .transpose(D::Minus1, D::Minus2)?
+        .contiguous()?
+        .broadcast_div(&(row_max * col_max)?)?;
     let eye = Tensor::eye(m, DType::F32, a.device())?;
     for _ in 0..iterations {
         let az = a.matmul(&z)?;
         let t = az.matmul(&eye.affine(7.0, 0.0)?.broadcast_sub(&az)?)?;
         let t = az.matmul(&eye.affine(15.0, 0.0)?.broadcast_sub(&t)?)?;
-        z = z.matmul(&eye.affine(13.0, 0.0)?.broadcast_sub(&t)?)?.affine(0.25, 0.0)?;
+        z = z
+            .matmul(&eye.affine(13.0, 0.0)?.broadcast_sub(&t)?)?
+            .affine(0.25, 0.0)?;
     }
     Ok(z)
 }
@@ -109,7 +114,9 @@ impl NystromAttention {
 
     fn split_heads(&self, t: &Tensor) -> Result<Tensor> {
         let (b, n, _) = t.dims3()?;
-        t.reshape((b, n, self.cfg.heads, self.cfg.dim_head))?.transpose(1, 2)?.contiguous()
+        t.reshape((b, n, self.cfg.heads, self.cfg.dim_head))?
+            .transpose(1, 2)?
+            .contiguous()
     }
 
     /// Q (scaled), K, V per head for the front-padded input, and the padding.
@@ -117,7 +124,11 @@ impl NystromAttention {
         let (_, n, _) = x.dims3()?;
         let m = self.cfg.landmarks;
         let pad = if n % m == 0 { 0 } else { m - n % m };
-        let xp = if pad > 0 { x.pad_with_zeros(1, pad, 0)? } else { x.clone() };
+        let xp = if pad > 0 {
+            x.pad_with_zeros(1, pad, 0)?
+        } else {
+            x.clone()
+        };
         let qkv = self.to_qkv.forward(&xp)?;
         let inner = self.cfg.heads * self.cfg.dim_head;
         let q = self.split_heads(&qkv.narrow(D::Minus1, 0, inner)?)?;
@@ -130,7 +141,9 @@ impl NystromAttention {
     /// Landmarks: means of `l = ceil(n/m)` consecutive rows (divisor `l` even over padding).
     fn landmarks(&self, t: &Tensor, l: usize) -> Result<Tensor> {
         let (b, h, np, d) = t.dims4()?;
-        t.reshape((b, h, np / l, l, d))?.sum(3)?.affine(1.0 / l as f64, 0.0)
+        t.reshape((b, h, np / l, l, d))?
+            .sum(3)?
+            .affine(1.0 / l as f64, 0.0)
     }
 
     fn parts(&self, q: &Tensor, k: &Tensor, n: usize, pad: usize) -> Result<AttentionParts> {
@@ -179,7 +192,9 @@ impl NystromAttention {
             out = (out + self.residual(&v, w)?)?;
         }
         let np = n + pad;
-        let out = out.transpose(1, 2)?.reshape((b, np, self.cfg.heads * self.cfg.dim_head))?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, np, self.cfg.heads * self.cfg.dim_head))?;
         let out = ops::dropout(&self.to_out.forward(&out)?, self.cfg.dropout, mode)?;
         let start = if self.cfg.legacy_front_slice { 0 } else { pad };
         out.narrow(1, start, n)

@@ -66,10 +66,17 @@ impl Mode {
     }
 
     /// A Bernoulli(keep) mask of this shape, as f32 0/1.
-    pub fn keep_mask(&self, shape: &[usize], keep: f64, device: &candle_core::Device) -> Result<Tensor> {
+    pub fn keep_mask(
+        &self,
+        shape: &[usize],
+        keep: f64,
+        device: &candle_core::Device,
+    ) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         let mut rng = self.rng.borrow_mut();
-        let data: Vec<f32> = (0..n).map(|_| if rng.gen::<f64>() < keep { 1.0 } else { 0.0 }).collect();
+        let data: Vec<f32> = (0..n)
+            .map(|_| if rng.gen::<f64>() < keep { 1.0 } else { 0.0 })
+            .collect();
         Tensor::from_vec(data, shape, device)
     }
 
@@ -84,7 +91,9 @@ pub fn dropout(x: &Tensor, p: f64, mode: &Mode) -> Result<Tensor> {
     if !mode.train || p <= 0.0 {
         return Ok(x.clone());
     }
-    let mask = mode.keep_mask(x.dims(), 1.0 - p, x.device())?.to_dtype(x.dtype())?;
+    let mask = mode
+        .keep_mask(x.dims(), 1.0 - p, x.device())?
+        .to_dtype(x.dtype())?;
     x.mul(&mask)?.affine(1.0 / (1.0 - p), 0.0)
 }
 
@@ -102,7 +111,9 @@ pub fn alpha_dropout(x: &Tensor, p: f64, mode: &Mode) -> Result<Tensor> {
     let keep = 1.0 - p;
     let a = 1.0 / (keep * (1.0 + p * alpha_p * alpha_p)).sqrt();
     let b = -a * alpha_p * p;
-    let mask = mode.keep_mask(x.dims(), keep, x.device())?.to_dtype(DType::F32)?;
+    let mask = mode
+        .keep_mask(x.dims(), keep, x.device())?
+        .to_dtype(DType::F32)?;
     // x·mask + α'·(1 − mask), then a·(·) + b.
     let kept = x.mul(&mask)?;
     let dropped = mask.affine(-alpha_p, alpha_p)?;

@@ -30,7 +30,14 @@ pub struct AdamConfig {
 impl AdamConfig {
     /// `gimp.md` §6: AdamW, lr 1e-4, weight decay 1e-4.
     pub fn gimp() -> Self {
-        Self { kind: Kind::AdamW, lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 }
+        Self {
+            kind: Kind::AdamW,
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 1e-4,
+        }
     }
 }
 
@@ -64,7 +71,12 @@ impl Adam {
                 (n, p.var, d)
             })
             .collect();
-        Self { cfg, params, state: BTreeMap::new(), step: 0 }
+        Self {
+            cfg,
+            params,
+            state: BTreeMap::new(),
+            step: 0,
+        }
     }
 
     pub fn param_names(&self) -> Vec<String> {
@@ -99,7 +111,10 @@ impl Adam {
             }
             let st = match self.state.remove(name) {
                 Some(s) => s,
-                None => State { m: g.zeros_like()?, v: g.zeros_like()? },
+                None => State {
+                    m: g.zeros_like()?,
+                    v: g.zeros_like()?,
+                },
             };
             let m = (st.m.affine(b1, 0.0)? + g.affine(1.0 - b1, 0.0)?)?;
             let v = (st.v.affine(b2, 0.0)? + g.sqr()?.affine(1.0 - b2, 0.0)?)?;
@@ -133,8 +148,17 @@ impl Adam {
     pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, step: u64) -> Result<()> {
         self.state.clear();
         for (n, _, _) in &self.params {
-            if let (Some(m), Some(v)) = (tensors.get(&format!("{n}.exp_avg")), tensors.get(&format!("{n}.exp_avg_sq"))) {
-                self.state.insert(n.clone(), State { m: m.clone(), v: v.clone() });
+            if let (Some(m), Some(v)) = (
+                tensors.get(&format!("{n}.exp_avg")),
+                tensors.get(&format!("{n}.exp_avg_sq")),
+            ) {
+                self.state.insert(
+                    n.clone(),
+                    State {
+                        m: m.clone(),
+                        v: v.clone(),
+                    },
+                );
             }
         }
         self.step = step;
@@ -147,7 +171,11 @@ impl Adam {
 pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64> {
     let mut total = 0f64;
     for g in grads.values() {
-        total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        total += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
     }
     let norm = total.sqrt();
     let coef = max_norm / (norm + 1e-6);

@@ -24,6 +24,8 @@ struct Inner {
     rng: ChaCha8Rng,
     /// Tensors to load instead of initialising (e.g. reference weights).
     preset: BTreeMap<String, Tensor>,
+    /// Names created by initialisation rather than taken from `preset`.
+    fresh: Vec<String>,
 }
 
 /// Every parameter of a model, created on first use in a deterministic order.
@@ -41,6 +43,7 @@ impl ParamStore {
                 params: BTreeMap::new(),
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 preset: BTreeMap::new(),
+                fresh: Vec::new(),
             })),
             device: Device::Cpu,
         }
@@ -67,7 +70,10 @@ impl ParamStore {
         let mut inner = self.inner.borrow_mut();
         if let Some(p) = inner.params.get(name) {
             if p.var.dims() != shape {
-                candle_core::bail!("parameter '{name}' requested with shape {shape:?} but has {:?}", p.var.dims());
+                candle_core::bail!(
+                    "parameter '{name}' requested with shape {shape:?} but has {:?}",
+                    p.var.dims()
+                );
             }
             return Ok(p.var.clone());
         }
@@ -78,7 +84,10 @@ impl ParamStore {
                 }
                 t.to_dtype(DType::F32)?
             }
-            None => init.sample(shape, &mut inner.rng, &self.device)?,
+            None => {
+                inner.fresh.push(name.to_string());
+                init.sample(shape, &mut inner.rng, &self.device)?
+            }
         };
         let var = Var::from_tensor(&tensor)?;
         inner.params.insert(
@@ -94,6 +103,11 @@ impl ParamStore {
     /// Preset tensors no layer asked for (a weights file for another architecture, or a typo).
     pub fn unused(&self) -> Vec<String> {
         self.inner.borrow().preset.keys().cloned().collect()
+    }
+
+    /// Parameters that were initialised because the preset (a weights file) lacked them.
+    pub fn fresh(&self) -> Vec<String> {
+        self.inner.borrow().fresh.clone()
     }
 
     /// All parameters by name.
@@ -122,7 +136,12 @@ impl ParamStore {
 
     /// Number of scalar parameters.
     pub fn count(&self) -> usize {
-        self.inner.borrow().params.values().map(|p| p.var.elem_count()).sum()
+        self.inner
+            .borrow()
+            .params
+            .values()
+            .map(|p| p.var.elem_count())
+            .sum()
     }
 }
 
@@ -156,7 +175,11 @@ impl Scope {
     }
 
     pub fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
-        Ok(self.store.get(&self.path(name), shape, init)?.as_tensor().clone())
+        Ok(self
+            .store
+            .get(&self.path(name), shape, init)?
+            .as_tensor()
+            .clone())
     }
 
     pub fn device(&self) -> &Device {

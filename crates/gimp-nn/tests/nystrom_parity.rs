@@ -10,13 +10,29 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 fn fixture(name: &str) -> HashMap<String, Tensor> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     candle_core::safetensors::load(&p, &Device::Cpu).unwrap()
 }
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-12);
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .max(1e-12);
     diff / scale
 }
 
@@ -42,7 +58,11 @@ fn check(name: &str, dim: usize, heads: usize, dim_head: usize) {
         .collect();
     let store = ParamStore::with_preset(0, preset);
     let attn = NystromAttention::new(&store.root(), config(dim, heads, dim_head)).unwrap();
-    assert!(store.unused().is_empty(), "{name}: unused weights {:?}", store.unused());
+    assert!(
+        store.unused().is_empty(),
+        "{name}: unused weights {:?}",
+        store.unused()
+    );
     let x = Var::from_tensor(&t["input"]).unwrap();
     let out = attn.forward(x.as_tensor(), &Mode::eval()).unwrap();
     let e = rel_err(&out, &t["output"]);
@@ -82,12 +102,19 @@ fn n301_padded_two_rows_per_landmark() {
 #[test]
 fn legacy_front_slice_returns_padded_positions() {
     let t = fixture("nystrom_n50_padded.safetensors");
-    let preset: BTreeMap<String, Tensor> =
-        t.iter().filter_map(|(k, v)| k.strip_prefix("param.").map(|n| (n.to_string(), v.clone()))).collect();
+    let preset: BTreeMap<String, Tensor> = t
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("param.").map(|n| (n.to_string(), v.clone())))
+        .collect();
     let mut cfg = config(64, 4, 16);
     cfg.legacy_front_slice = true;
-    let legacy = NystromAttention::new(&ParamStore::with_preset(0, preset.clone()).root(), cfg).unwrap();
-    let fixed = NystromAttention::new(&ParamStore::with_preset(0, preset).root(), config(64, 4, 16)).unwrap();
+    let legacy =
+        NystromAttention::new(&ParamStore::with_preset(0, preset.clone()).root(), cfg).unwrap();
+    let fixed = NystromAttention::new(
+        &ParamStore::with_preset(0, preset).root(),
+        config(64, 4, 16),
+    )
+    .unwrap();
     let x = &t["input"];
     let a = legacy.forward(x, &Mode::eval()).unwrap();
     let b = fixed.forward(x, &Mode::eval()).unwrap();
@@ -99,19 +126,52 @@ fn legacy_front_slice_returns_padded_positions() {
 
 #[test]
 fn gradients_match_finite_differences() {
-    let cfg = NystromConfig { dim: 8, heads: 2, dim_head: 4, landmarks: 4, pinv_iterations: 6, residual: true, residual_kernel: 5, dropout: 0.0, legacy_front_slice: false };
+    let cfg = NystromConfig {
+        dim: 8,
+        heads: 2,
+        dim_head: 4,
+        landmarks: 4,
+        pinv_iterations: 6,
+        residual: true,
+        residual_kernel: 5,
+        dropout: 0.0,
+        legacy_front_slice: false,
+    };
     let store = ParamStore::new(3);
     let attn = NystromAttention::new(&store.root(), cfg).unwrap();
-    let data: Vec<f32> = (0..6 * 8).map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0).collect();
-    let x = Var::from_tensor(&Tensor::from_vec(data.clone(), (1, 6, 8), &Device::Cpu).unwrap()).unwrap();
-    let weights: Vec<f32> = (0..6 * 8).map(|i| ((i * 11 % 7) as f32 - 3.0) / 3.0).collect();
+    let data: Vec<f32> = (0..6 * 8)
+        .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
+        .collect();
+    let x = Var::from_tensor(&Tensor::from_vec(data.clone(), (1, 6, 8), &Device::Cpu).unwrap())
+        .unwrap();
+    let weights: Vec<f32> = (0..6 * 8)
+        .map(|i| ((i * 11 % 7) as f32 - 3.0) / 3.0)
+        .collect();
     let w = Tensor::from_vec(weights, (1, 6, 8), &Device::Cpu).unwrap();
     let loss_of = |x: &Tensor| -> f64 {
         let o = attn.forward(x, &Mode::eval()).unwrap();
-        (o * &w).unwrap().sum_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_scalar::<f64>().unwrap()
+        (o * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
     };
-    let loss = (attn.forward(x.as_tensor(), &Mode::eval()).unwrap() * &w).unwrap().sum_all().unwrap();
-    let g: Vec<f32> = loss.backward().unwrap().get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let loss = (attn.forward(x.as_tensor(), &Mode::eval()).unwrap() * &w)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let g: Vec<f32> = loss
+        .backward()
+        .unwrap()
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let h = 1e-2f32;
     for i in [0usize, 5, 17, 30, 47] {
         let mut up = data.clone();
@@ -121,6 +181,10 @@ fn gradients_match_finite_differences() {
         let tu = Tensor::from_vec(up, (1, 6, 8), &Device::Cpu).unwrap();
         let td = Tensor::from_vec(down, (1, 6, 8), &Device::Cpu).unwrap();
         let fd = (loss_of(&tu) - loss_of(&td)) / (2.0 * h as f64);
-        assert!((fd - g[i] as f64).abs() < 2e-2 * fd.abs().max(0.1), "input {i}: finite difference {fd}, backward {}", g[i]);
+        assert!(
+            (fd - g[i] as f64).abs() < 2e-2 * fd.abs().max(0.1),
+            "input {i}: finite difference {fd}, backward {}",
+            g[i]
+        );
     }
 }

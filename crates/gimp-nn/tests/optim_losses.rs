@@ -15,7 +15,14 @@ fn fixture() -> HashMap<String, Tensor> {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn scalar(t: &Tensor) -> f32 {
@@ -24,15 +31,33 @@ fn scalar(t: &Tensor) -> f32 {
 
 fn run(kind: Kind) {
     let f = fixture();
-    let preset = BTreeMap::from([("layer.weight".to_string(), f["w0"].clone()), ("layer.bias".to_string(), f["b0"].clone())]);
+    let preset = BTreeMap::from([
+        ("layer.weight".to_string(), f["w0"].clone()),
+        ("layer.bias".to_string(), f["b0"].clone()),
+    ]);
     let store = ParamStore::with_preset(0, preset);
     let root = store.root().pp("layer");
     root.get("weight", &[3, 4], Init::Constant(0.0)).unwrap();
     root.get("bias", &[4], Init::Constant(0.0)).unwrap();
-    let cfg = AdamConfig { kind, lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
+    let cfg = AdamConfig {
+        kind,
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
     let mut opt = Adam::new(&store, cfg);
-    let sched = Cosine { base: 0.01, warmup: 2, total: 5 };
-    let name = if kind == Kind::AdamW { "adamw" } else { "adam_l2" };
+    let sched = Cosine {
+        base: 0.01,
+        warmup: 2,
+        total: 5,
+    };
+    let name = if kind == Kind::AdamW {
+        "adamw"
+    } else {
+        "adam_l2"
+    };
     for t in 0..5 {
         let mut grads = BTreeMap::from([
             ("layer.weight".to_string(), f["grad_w"].get(t).unwrap()),
@@ -48,7 +73,10 @@ fn run(kind: Kind) {
         let p = store.tensors();
         let dw = max_abs_diff(&p["layer.weight"], &f[&format!("{name}.w.{t}")]);
         let db = max_abs_diff(&p["layer.bias"], &f[&format!("{name}.b.{t}")]);
-        assert!(dw < 1e-6 && db < 1e-6, "{name} step {t}: |Δw| {dw}, |Δb| {db}");
+        assert!(
+            dw < 1e-6 && db < 1e-6,
+            "{name} step {t}: |Δw| {dw}, |Δb| {db}"
+        );
     }
 }
 
@@ -64,7 +92,10 @@ fn adam_with_l2_matches_pytorch() {
 
 #[test]
 fn biases_and_norms_are_not_decayed() {
-    assert!(gimp_nn::optim::decays("layer1.attn.to_qkv.weight", &[96, 32]));
+    assert!(gimp_nn::optim::decays(
+        "layer1.attn.to_qkv.weight",
+        &[96, 32]
+    ));
     assert!(!gimp_nn::optim::decays("layer1.attn.to_out.0.bias", &[32]));
     assert!(!gimp_nn::optim::decays("norm.weight", &[512]));
 }
@@ -73,8 +104,10 @@ fn biases_and_norms_are_not_decayed() {
 fn accumulation_averages_passes() {
     let mut acc = GradAccumulator::default();
     let t = |v: f32| Tensor::new(&[v, 2.0 * v], &Device::Cpu).unwrap();
-    acc.add(BTreeMap::from([("a".to_string(), t(1.0))])).unwrap();
-    acc.add(BTreeMap::from([("a".to_string(), t(3.0))])).unwrap();
+    acc.add(BTreeMap::from([("a".to_string(), t(1.0))]))
+        .unwrap();
+    acc.add(BTreeMap::from([("a".to_string(), t(3.0))]))
+        .unwrap();
     let m = acc.take_mean().unwrap();
     assert_eq!(m["a"].to_vec1::<f32>().unwrap(), vec![2.0, 4.0]);
     assert_eq!(acc.count, 0);
@@ -107,13 +140,21 @@ fn triplet_hard_and_random_by_hand() {
     let e = Tensor::new(&[[0.0f32], [1.0], [3.0], [7.0]], &Device::Cpu).unwrap();
     let labels = [0, 0, 1, 1];
     // Batch-hard, δ = 0.8: a0: p 1, n 9 → 0; a1: p 1, n 4 → 0; a2: p 16, n 4 → 12.8; a3: p 16, n 36 → 0
-    let l = loss::triplet(&e, &labels, 0.8, Mining::BatchHard, &Mode::eval()).unwrap().unwrap();
+    let l = loss::triplet(&e, &labels, 0.8, Mining::BatchHard, &Mode::eval())
+        .unwrap()
+        .unwrap();
     assert!((scalar(&l) - 3.2).abs() < 1e-5, "{}", scalar(&l));
     // With one positive per anchor, random mining differs only in the negative; bounds hold.
     let mode = Mode::train(rand::SeedableRng::seed_from_u64(1));
-    let r = scalar(&loss::triplet(&e, &labels, 0.8, Mining::Random, &mode).unwrap().unwrap());
+    let r = scalar(
+        &loss::triplet(&e, &labels, 0.8, Mining::Random, &mode)
+            .unwrap()
+            .unwrap(),
+    );
     assert!((0.0..=3.2).contains(&r));
-    assert!(loss::triplet(&e, &[0, 1, 2, 3], 0.8, Mining::Random, &mode).unwrap().is_none());
+    assert!(loss::triplet(&e, &[0, 1, 2, 3], 0.8, Mining::Random, &mode)
+        .unwrap()
+        .is_none());
 }
 
 #[test]

@@ -1,0 +1,97 @@
+//! ABMIL as pathology MIL papers use it (`spec/baselines.md` §3b): gated attention over 1024-d
+//! features (Ilse et al. 2018, with CLAM's layer sizes). Parameter names follow PORPOISE's
+//! `PorpoiseAMIL` (`attention_net.0`, `attention_net.3.attention_{a,b,c}`, `classifier`), so its
+//! state dicts load as they are.
+
+use crate::model::{bag, Input, Model, Output};
+use candle_core::{Result, Tensor};
+use gimp_nn::{ops, Linear, Mode, Scope};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AbmilConfig {
+    pub d_in: usize,
+    pub hidden: usize,
+    pub attention_dim: usize,
+    pub n_classes: usize,
+    pub dropout: f64,
+}
+
+impl AbmilConfig {
+    pub fn small(d_in: usize, n_classes: usize) -> Self {
+        Self {
+            d_in,
+            hidden: 512,
+            attention_dim: 256,
+            n_classes,
+            dropout: 0.25,
+        }
+    }
+}
+
+/// Gated attention `w·(tanh(V h) ⊙ σ(U h))` (CLAM's `Attn_Net_Gated`), `K` scores per patch.
+pub struct GatedAttention {
+    a: Linear,
+    b: Linear,
+    c: Linear,
+    dropout: f64,
+}
+
+impl GatedAttention {
+    pub fn new(s: &Scope, l: usize, d: usize, k: usize, dropout: f64) -> Result<Self> {
+        Ok(Self {
+            a: Linear::xavier(&s.pp("attention_a.0"), l, d)?,
+            b: Linear::xavier(&s.pp("attention_b.0"), l, d)?,
+            c: Linear::xavier(&s.pp("attention_c"), d, k)?,
+            dropout,
+        })
+    }
+
+    /// Raw (pre-softmax) scores `[N, K]`.
+    pub fn forward(&self, h: &Tensor, mode: &Mode) -> Result<Tensor> {
+        let a = ops::dropout(&self.a.forward(h)?.tanh()?, self.dropout, mode)?;
+        let b = ops::dropout(&ops::sigmoid(&self.b.forward(h)?)?, self.dropout, mode)?;
+        self.c.forward(&a.mul(&b)?)
+    }
+}
+
+pub struct Abmil {
+    pub cfg: AbmilConfig,
+    fc: Linear,
+    attention: GatedAttention,
+    classifier: Linear,
+}
+
+impl Abmil {
+    pub fn new(s: &Scope, cfg: AbmilConfig) -> Result<Self> {
+        let net = s.pp("attention_net");
+        Ok(Self {
+            fc: Linear::xavier(&net.pp("0"), cfg.d_in, cfg.hidden)?,
+            attention: GatedAttention::new(
+                &net.pp("3"),
+                cfg.hidden,
+                cfg.attention_dim,
+                1,
+                cfg.dropout,
+            )?,
+            classifier: Linear::xavier(&s.pp("classifier"), cfg.hidden, cfg.n_classes)?,
+            cfg,
+        })
+    }
+}
+
+impl Model for Abmil {
+    fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
+        let x = bag(input)?;
+        let h = ops::dropout(&self.fc.forward(x)?.relu()?, self.cfg.dropout, mode)?;
+        let raw = self.attention.forward(&h, mode)?.t()?; // [1, N]
+        let a = ops::softmax_last(&raw)?;
+        let m = a.matmul(&h)?; // [1, hidden]
+        let logits = self.classifier.forward(&m)?.squeeze(0)?;
+        Ok(Output {
+            logits,
+            embedding: m.squeeze(0)?,
+            attention: Some(raw.squeeze(0)?),
+        })
+    }
+}

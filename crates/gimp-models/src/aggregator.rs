@@ -1,0 +1,205 @@
+//! The patch aggregator of GiMP (`spec/gimp.md` §3) and TransMIL (`spec/baselines.md` §2):
+//! `Linear(D_in → d) + ReLU`, a learnable CLS token, two pre-norm Nyström-attention layers
+//! (no feed-forward block), optional PPEG between them, a final LayerNorm. Parameter names are
+//! TransMIL's (`_fc1.0`, `cls_token`, `layer{1,2}.{norm,attn}`, `pos_layer.proj{,1,2}`, `norm`),
+//! so a TransMIL state dict loads into it.
+//!
+//! Memory is linear in the bag: Nyström attention never forms an `N × N` matrix.
+
+use candle_core::{Result, Tensor};
+use gimp_nn::nystrom::{NystromAttention, NystromConfig};
+use gimp_nn::{Init, LayerNorm, Linear, Mode, Scope};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AggregatorConfig {
+    pub d_in: usize,
+    pub dim: usize,
+    pub layers: usize,
+    pub attention: NystromConfig,
+    /// PPEG (depthwise 7/5/3 convolutions on the token grid) after the first layer.
+    pub ppeg: bool,
+    /// Pad the patch tokens to a square by repeating the first ones (TransMIL); needed by PPEG.
+    pub square_pad: bool,
+}
+
+impl AggregatorConfig {
+    /// GiMP's aggregator: d 512, 8 heads × 64, 256 landmarks, no PPEG.
+    pub fn gimp(d_in: usize) -> Self {
+        Self {
+            d_in,
+            dim: 512,
+            layers: 2,
+            attention: NystromConfig::transmil(512),
+            ppeg: false,
+            square_pad: false,
+        }
+    }
+
+    /// TransMIL's: the same layers with square padding and PPEG.
+    pub fn transmil(d_in: usize) -> Self {
+        Self {
+            ppeg: true,
+            square_pad: true,
+            ..Self::gimp(d_in)
+        }
+    }
+}
+
+/// `x + DW7(x) + DW5(x) + DW3(x)` on the `s × s` grid of patch tokens (CLS untouched).
+pub struct Ppeg {
+    convs: Vec<(usize, Tensor, Tensor)>,
+}
+
+impl Ppeg {
+    pub fn new(s: &Scope, dim: usize) -> Result<Self> {
+        let convs = [("proj", 7usize), ("proj1", 5), ("proj2", 3)]
+            .into_iter()
+            .map(|(name, k)| {
+                let init = Init::torch_default(k * k);
+                let w = s.pp(name).get("weight", &[dim, 1, k, k], init)?;
+                let b = s.pp(name).get("bias", &[dim], init)?;
+                Ok((k, w, b))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { convs })
+    }
+
+    /// `tokens`: `[1, 1 + s², dim]`.
+    pub fn forward(&self, tokens: &Tensor, side: usize) -> Result<Tensor> {
+        let (_, t, c) = tokens.dims3()?;
+        let cls = tokens.narrow(1, 0, 1)?;
+        let grid = tokens.narrow(1, 1, t - 1)?.reshape((side, side, c))?;
+        let mut out = grid.clone();
+        for (k, w, b) in &self.convs {
+            let r = k / 2;
+            let padded = grid.pad_with_zeros(0, r, r)?.pad_with_zeros(1, r, r)?;
+            let w = w.reshape((c, k * k))?.t()?.contiguous()?; // [k², C]
+            let mut acc = b
+                .reshape((1, 1, c))?
+                .broadcast_as((side, side, c))?
+                .contiguous()?;
+            for di in 0..*k {
+                for dj in 0..*k {
+                    let tap = w.get(di * k + dj)?.reshape((1, 1, c))?;
+                    let shifted = padded.narrow(0, di, side)?.narrow(1, dj, side)?;
+                    acc = (acc + shifted.broadcast_mul(&tap)?)?;
+                }
+            }
+            out = (out + acc)?;
+        }
+        Tensor::cat(&[cls, out.reshape((1, side * side, c))?], 1)
+    }
+}
+
+struct TransLayer {
+    norm: LayerNorm,
+    attn: NystromAttention,
+}
+
+impl TransLayer {
+    fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
+        x + self.attn.forward(&self.norm.forward(x)?, mode)?
+    }
+}
+
+/// Output of the aggregator for one bag.
+pub struct Encoded {
+    /// All tokens after the final LayerNorm, `[1, T, dim]`; token 0 is CLS.
+    pub tokens: Tensor,
+    /// CLS attention of the last layer over the original patches, `[N]` (mean over heads,
+    /// square-padding duplicates folded back onto the patches they copy), when requested.
+    pub attention: Option<Tensor>,
+}
+
+pub struct PatchAggregator {
+    pub cfg: AggregatorConfig,
+    fc1: Linear,
+    cls: Tensor,
+    layers: Vec<TransLayer>,
+    ppeg: Option<Ppeg>,
+    norm: LayerNorm,
+}
+
+impl PatchAggregator {
+    pub fn new(s: &Scope, cfg: AggregatorConfig) -> Result<Self> {
+        let fc1 = Linear::new(&s.pp("_fc1.0"), cfg.d_in, cfg.dim, true)?;
+        let cls = s.get("cls_token", &[1, 1, cfg.dim], Init::Normal(1.0))?;
+        let mut att = cfg.attention.clone();
+        att.dim = cfg.dim;
+        let layers = (1..=cfg.layers)
+            .map(|i| {
+                let l = s.pp(format!("layer{i}"));
+                Ok(TransLayer {
+                    norm: LayerNorm::new(&l.pp("norm"), cfg.dim)?,
+                    attn: NystromAttention::new(&l.pp("attn"), att.clone())?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let ppeg = if cfg.ppeg {
+            Some(Ppeg::new(&s.pp("pos_layer"), cfg.dim)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            fc1,
+            cls,
+            layers,
+            ppeg,
+            norm: LayerNorm::new(&s.pp("norm"), cfg.dim)?,
+            cfg,
+        })
+    }
+
+    /// `Linear + ReLU` on every patch: `[N, D_in]` → `[1, N, dim]`. Masked patch modelling
+    /// replaces rows of this before [`Self::encode`].
+    pub fn embed(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc1.forward(x)?.relu()?.unsqueeze(0)
+    }
+
+    /// Square padding, CLS, the layers (with PPEG), the final norm.
+    pub fn encode(&self, h: &Tensor, mode: &Mode, with_attention: bool) -> Result<Encoded> {
+        let (_, n, _) = h.dims3()?;
+        let side = (n as f64).sqrt().ceil() as usize;
+        let add = if self.cfg.square_pad || self.cfg.ppeg {
+            side * side - n
+        } else {
+            0
+        };
+        let h = if add > 0 {
+            Tensor::cat(&[h.clone(), h.narrow(1, 0, add)?], 1)?
+        } else {
+            h.clone()
+        };
+        let mut x = Tensor::cat(&[self.cls.clone(), h], 1)?;
+        let mut attention = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if with_attention && i + 1 == self.layers.len() {
+                let a = layer.attn.attention_row(&layer.norm.forward(&x)?, 0)?; // [1, h, T]
+                let a = a.mean(1)?.squeeze(0)?; // [T]
+                let mut patches = a.narrow(0, 1, n)?;
+                if add > 0 {
+                    let dup = a.narrow(0, 1 + n, add)?.pad_with_zeros(0, 0, n - add)?;
+                    patches = (patches + dup)?;
+                }
+                attention = Some(patches);
+            }
+            x = layer.forward(&x, mode)?;
+            if i == 0 {
+                if let Some(p) = &self.ppeg {
+                    x = p.forward(&x, side)?;
+                }
+            }
+        }
+        Ok(Encoded {
+            tokens: self.norm.forward(&x)?,
+            attention,
+        })
+    }
+
+    /// `CLS_img` `[dim]` of a bag `[N, D_in]`.
+    pub fn cls(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
+        let e = self.encode(&self.embed(x)?, mode, false)?;
+        e.tokens.get(0)?.get(0)
+    }
+}

@@ -1,0 +1,239 @@
+//! CLAM-SB and CLAM-MB (Lu et al. 2021; `spec/baselines.md` §4): gated attention MIL with
+//! instance-level clustering. Parameter names are CLAM's (`attention_net.0`,
+//! `attention_net.{2|3}.attention_{a,b,c}`, `classifiers`, `instance_classifiers.{c}`): index 3
+//! when the fc block has a Dropout (CLAM 2024+, or 2021 with `--drop_out`), 2 otherwise.
+
+use crate::abmil::GatedAttention;
+use crate::model::{bag, Input, Model, Output};
+use candle_core::{Result, Tensor, D};
+use gimp_nn::loss;
+use gimp_nn::{ops, Linear, Mode, Scope};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Branches {
+    /// One attention branch and one bag classifier (CLAM-SB).
+    Single,
+    /// One attention branch and one scalar head per class (CLAM-MB).
+    Multi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceLoss {
+    CrossEntropy,
+    /// Smooth top-1 SVM, as CLAM's README commands use (`--inst_loss svm`).
+    Svm,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClamConfig {
+    pub branches: Branches,
+    pub d_in: usize,
+    pub hidden: usize,
+    pub attention_dim: usize,
+    pub n_classes: usize,
+    pub dropout: f64,
+    /// Patches per side for instance clustering (`--B`).
+    pub k_sample: usize,
+    pub subtyping: bool,
+    pub bag_weight: f64,
+    pub instance_loss: InstanceLoss,
+    /// Position of the attention block inside `attention_net` (3, or 2 for 2021 CLAM without
+    /// dropout).
+    pub attention_net_index: usize,
+}
+
+impl ClamConfig {
+    pub fn small(branches: Branches, d_in: usize, n_classes: usize) -> Self {
+        Self {
+            branches,
+            d_in,
+            hidden: 512,
+            attention_dim: 256,
+            n_classes,
+            dropout: 0.25,
+            k_sample: 8,
+            subtyping: true,
+            bag_weight: 0.7,
+            instance_loss: InstanceLoss::Svm,
+            attention_net_index: 3,
+        }
+    }
+}
+
+pub struct Clam {
+    pub cfg: ClamConfig,
+    fc: Linear,
+    attention: GatedAttention,
+    /// SB: one Linear(hidden → C); MB: C Linear(hidden → 1).
+    classifiers: Vec<Linear>,
+    instance_classifiers: Vec<Linear>,
+}
+
+impl Clam {
+    pub fn new(s: &Scope, cfg: ClamConfig) -> Result<Self> {
+        let net = s.pp("attention_net");
+        let k = match cfg.branches {
+            Branches::Single => 1,
+            Branches::Multi => cfg.n_classes,
+        };
+        let classifiers = match cfg.branches {
+            Branches::Single => vec![Linear::xavier(
+                &s.pp("classifiers"),
+                cfg.hidden,
+                cfg.n_classes,
+            )?],
+            Branches::Multi => (0..cfg.n_classes)
+                .map(|c| Linear::xavier(&s.pp(format!("classifiers.{c}")), cfg.hidden, 1))
+                .collect::<Result<_>>()?,
+        };
+        let instance_classifiers = (0..cfg.n_classes)
+            .map(|c| Linear::xavier(&s.pp(format!("instance_classifiers.{c}")), cfg.hidden, 2))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            fc: Linear::xavier(&net.pp("0"), cfg.d_in, cfg.hidden)?,
+            attention: GatedAttention::new(
+                &net.pp(cfg.attention_net_index.to_string()),
+                cfg.hidden,
+                cfg.attention_dim,
+                k,
+                cfg.dropout,
+            )?,
+            classifiers,
+            instance_classifiers,
+            cfg,
+        })
+    }
+
+    /// Patch embeddings `[N, hidden]` and raw attention `[K, N]`.
+    fn encode(&self, x: &Tensor, mode: &Mode) -> Result<(Tensor, Tensor)> {
+        let h = ops::dropout(&self.fc.forward(x)?.relu()?, self.cfg.dropout, mode)?;
+        let raw = self.attention.forward(&h, mode)?.t()?.contiguous()?;
+        Ok((h, raw))
+    }
+
+    /// CLAM's instance-level clustering loss for a bag of class `label`: for the label's own
+    /// classifier the `k` most attended patches are positives and the `k` least attended
+    /// negatives; when subtyping, every other classifier sees its `k` most attended patches as
+    /// negatives. Summed, divided by C when subtyping. `None` for bags with fewer than `k` patches.
+    fn instance_loss(&self, h: &Tensor, a: &Tensor, label: usize) -> Result<Option<Tensor>> {
+        let n = h.dim(0)?;
+        let k = self.cfg.k_sample;
+        if n < k {
+            return Ok(None);
+        }
+        let row = |c: usize| -> Result<Vec<f32>> {
+            let r = if self.cfg.branches == Branches::Single {
+                0
+            } else {
+                c
+            };
+            a.get(r)?.detach().to_vec1::<f32>()
+        };
+        let order = |v: &[f32]| -> Vec<usize> {
+            let mut idx: Vec<usize> = (0..v.len()).collect();
+            idx.sort_by(|&i, &j| v[j].total_cmp(&v[i]));
+            idx
+        };
+        let inst_loss = |logits: &Tensor, targets: &[usize]| -> Result<Tensor> {
+            match self.cfg.instance_loss {
+                InstanceLoss::CrossEntropy => loss::cross_entropy(logits, targets),
+                InstanceLoss::Svm => loss::smooth_top1_svm(logits, targets, 1.0, 1.0),
+            }
+        };
+        let pick = |idx: &[usize]| -> Result<Tensor> {
+            let t = Tensor::from_vec(
+                idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                idx.len(),
+                h.device(),
+            )?;
+            h.index_select(&t, 0)
+        };
+        let mut total: Option<Tensor> = None;
+        for c in 0..self.cfg.n_classes {
+            let o = order(&row(c)?);
+            let l = if c == label {
+                let mut idx: Vec<usize> = o[..k].to_vec();
+                idx.extend_from_slice(&o[n - k..]);
+                let targets: Vec<usize> = (0..2 * k).map(|i| usize::from(i < k)).collect();
+                inst_loss(
+                    &self.instance_classifiers[c].forward(&pick(&idx)?)?,
+                    &targets,
+                )?
+            } else if self.cfg.subtyping {
+                inst_loss(
+                    &self.instance_classifiers[c].forward(&pick(&o[..k])?)?,
+                    &vec![0; k],
+                )?
+            } else {
+                continue;
+            };
+            total = Some(match total {
+                Some(t) => (t + l)?,
+                None => l,
+            });
+        }
+        match total {
+            Some(t) if self.cfg.subtyping => {
+                Ok(Some(t.affine(1.0 / self.cfg.n_classes as f64, 0.0)?))
+            }
+            other => Ok(other),
+        }
+    }
+}
+
+impl Clam {
+    /// The training forward pass: the output and, from the same attention, the instance loss.
+    pub fn forward_train(
+        &self,
+        x: &Tensor,
+        label: usize,
+        mode: &Mode,
+    ) -> Result<(Output, Option<Tensor>)> {
+        let (h, raw) = self.encode(x, mode)?;
+        let a = ops::softmax_last(&raw)?;
+        let inst = self.instance_loss(&h, &a, label)?;
+        Ok((self.head(&h, &raw, &a)?, inst))
+    }
+
+    fn head(&self, h: &Tensor, raw: &Tensor, a: &Tensor) -> Result<Output> {
+        let m = a.matmul(h)?; // [K, hidden]
+        let logits = match self.cfg.branches {
+            Branches::Single => self.classifiers[0].forward(&m)?.squeeze(0)?,
+            Branches::Multi => {
+                let per: Vec<Tensor> = self
+                    .classifiers
+                    .iter()
+                    .enumerate()
+                    .map(|(c, lin)| lin.forward(&m.narrow(0, c, 1)?)?.reshape(1))
+                    .collect::<Result<_>>()?;
+                Tensor::cat(&per, 0)?
+            }
+        };
+        let embedding = m.flatten_all()?;
+        let raw = raw.clone();
+        // Heatmap score per patch: the single branch, or the predicted class's branch.
+        let attention = match self.cfg.branches {
+            Branches::Single => raw.squeeze(0)?,
+            Branches::Multi => {
+                let c = logits.argmax(D::Minus1)?.to_scalar::<u32>()? as usize;
+                raw.get(c)?
+            }
+        };
+        Ok(Output {
+            logits,
+            embedding,
+            attention: Some(attention),
+        })
+    }
+}
+
+impl Model for Clam {
+    fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
+        let (h, raw) = self.encode(bag(input)?, mode)?;
+        let a = ops::softmax_last(&raw)?;
+        self.head(&h, &raw, &a)
+    }
+}

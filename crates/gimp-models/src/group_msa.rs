@@ -1,0 +1,202 @@
+//! GroupMSA, GiMP's gene encoder (`spec/gimp.md` §2): the standardised expression vector is cut
+//! into fragments of `f` genes (zero-padded at the end to a multiple of the group count), each
+//! fragment tokenised by one shared `Linear(f → d)` plus a fragment position embedding; the
+//! fragments form `N_gr` contiguous groups, each prefixed by its own group token and passed
+//! through one shared pre-norm transformer block (run as one batch of groups); the group tokens,
+//! prefixed by `CLS_ge`, pass through a second block; a LayerNorm; `CLS_ge` is token 0.
+
+use crate::model::{expression, Input, Model, Output};
+use candle_core::{Result, Tensor, D};
+use gimp_nn::{ops, Init, LayerNorm, Linear, Mode, Scope};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupMsaConfig {
+    pub n_genes: usize,
+    /// Genes per fragment, `f` *(ours: 252)*.
+    pub fragment: usize,
+    pub dim: usize,
+    /// Groups `N_gr` *(ours: 16)*.
+    pub groups: usize,
+    pub heads: usize,
+    pub mlp_ratio: usize,
+    pub dropout: f64,
+    pub n_classes: usize,
+}
+
+impl GroupMsaConfig {
+    pub fn gimp(n_genes: usize, n_classes: usize) -> Self {
+        Self {
+            n_genes,
+            fragment: 252,
+            dim: 512,
+            groups: 16,
+            heads: 8,
+            mlp_ratio: 4,
+            dropout: 0.1,
+            n_classes,
+        }
+    }
+
+    /// Fragments after padding: `ceil(G / f)` rounded up to a multiple of the group count.
+    pub fn n_fragments(&self) -> usize {
+        let raw = self.n_genes.div_ceil(self.fragment).max(1);
+        raw.div_ceil(self.groups) * self.groups
+    }
+}
+
+/// Multi-head softmax self-attention with a fused `qkv` projection (ViT naming).
+struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let hd = d / self.heads;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, t, 3, self.heads, hd))?
+            .permute((2, 0, 3, 1, 4))?;
+        let (q, k, v) = (
+            qkv.get(0)?.contiguous()?,
+            qkv.get(1)?.contiguous()?,
+            qkv.get(2)?.contiguous()?,
+        );
+        let att = ops::softmax_last(
+            &q.matmul(&k.transpose(D::Minus1, D::Minus2)?.contiguous()?)?
+                .affine(1.0 / (hd as f64).sqrt(), 0.0)?,
+        )?;
+        let o = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        self.proj.forward(&o)
+    }
+}
+
+/// `x + MSA(LN x)`, `x + FFN(LN x)` with GELU and dropout.
+struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    dropout: f64,
+}
+
+impl Block {
+    fn new(s: &Scope, dim: usize, heads: usize, mlp_ratio: usize, dropout: f64) -> Result<Self> {
+        Ok(Self {
+            norm1: LayerNorm::new(&s.pp("norm1"), dim)?,
+            attn: Attention {
+                qkv: Linear::new(&s.pp("attn.qkv"), dim, 3 * dim, true)?,
+                proj: Linear::new(&s.pp("attn.proj"), dim, dim, true)?,
+                heads,
+            },
+            norm2: LayerNorm::new(&s.pp("norm2"), dim)?,
+            fc1: Linear::new(&s.pp("mlp.fc1"), dim, mlp_ratio * dim, true)?,
+            fc2: Linear::new(&s.pp("mlp.fc2"), mlp_ratio * dim, dim, true)?,
+            dropout,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
+        let x = (x + ops::dropout(
+            &self.attn.forward(&self.norm1.forward(x)?)?,
+            self.dropout,
+            mode,
+        )?)?;
+        let h = ops::gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
+        let h = self.fc2.forward(&ops::dropout(&h, self.dropout, mode)?)?;
+        x + ops::dropout(&h, self.dropout, mode)?
+    }
+}
+
+pub struct GroupMsa {
+    pub cfg: GroupMsaConfig,
+    tokenizer: Linear,
+    pos: Tensor,
+    group_tokens: Tensor,
+    cls: Tensor,
+    intra: Block,
+    inter: Block,
+    norm: LayerNorm,
+    head: Linear,
+}
+
+impl GroupMsa {
+    pub fn new(s: &Scope, cfg: GroupMsaConfig) -> Result<Self> {
+        let nf = cfg.n_fragments();
+        let tok = Init::Normal(0.02);
+        Ok(Self {
+            tokenizer: Linear::new(&s.pp("tokenizer"), cfg.fragment, cfg.dim, true)?,
+            pos: s.get("pos_embed", &[nf, cfg.dim], tok)?,
+            group_tokens: s.get("group_tokens", &[cfg.groups, cfg.dim], tok)?,
+            cls: s.get("cls_token", &[1, cfg.dim], tok)?,
+            intra: Block::new(
+                &s.pp("intra"),
+                cfg.dim,
+                cfg.heads,
+                cfg.mlp_ratio,
+                cfg.dropout,
+            )?,
+            inter: Block::new(
+                &s.pp("inter"),
+                cfg.dim,
+                cfg.heads,
+                cfg.mlp_ratio,
+                cfg.dropout,
+            )?,
+            norm: LayerNorm::new(&s.pp("norm"), cfg.dim)?,
+            head: Linear::new(&s.pp("head"), cfg.dim, cfg.n_classes, true)?,
+            cfg,
+        })
+    }
+
+    /// `CLS_ge` `[B, dim]` of standardised expression `[B, G]`.
+    pub fn encode(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
+        let (b, g) = x.dims2()?;
+        if g != self.cfg.n_genes {
+            candle_core::bail!("GroupMSA expects {} genes, got {g}", self.cfg.n_genes);
+        }
+        let (nf, f, d, ng) = (
+            self.cfg.n_fragments(),
+            self.cfg.fragment,
+            self.cfg.dim,
+            self.cfg.groups,
+        );
+        let s = nf / ng;
+        let x = x.pad_with_zeros(1, 0, nf * f - g)?.reshape((b, nf, f))?;
+        let t = self.tokenizer.forward(&x)?.broadcast_add(&self.pos)?; // [B, nf, d]
+        let t = t.reshape((b * ng, s, d))?;
+        let gt = self
+            .group_tokens
+            .unsqueeze(0)?
+            .broadcast_as((b, ng, d))?
+            .reshape((b * ng, 1, d))?;
+        let seq = Tensor::cat(&[gt, t], 1)?; // [B·ng, s+1, d]
+        let groups = self
+            .intra
+            .forward(&seq, mode)?
+            .narrow(1, 0, 1)?
+            .reshape((b, ng, d))?;
+        let cls = self.cls.unsqueeze(0)?.broadcast_as((b, 1, d))?;
+        let seq = Tensor::cat(&[cls.contiguous()?, groups], 1)?;
+        let out = self.norm.forward(&self.inter.forward(&seq, mode)?)?;
+        out.narrow(1, 0, 1)?.squeeze(1)
+    }
+}
+
+impl Model for GroupMsa {
+    fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
+        let x = expression(input)?.unsqueeze(0)?;
+        let cls = self.encode(&x, mode)?;
+        let logits = self.head.forward(&cls)?.squeeze(0)?;
+        Ok(Output {
+            logits,
+            embedding: cls.squeeze(0)?,
+            attention: None,
+        })
+    }
+}

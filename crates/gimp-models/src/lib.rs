@@ -1,0 +1,13 @@
+//! Every model of gimp-rs — one file each, with its config — and the [`registry`] that names them.
+
+pub mod abmil;
+pub mod aggregator;
+pub mod clam;
+pub mod group_msa;
+pub mod model;
+pub mod registry;
+pub mod snn;
+pub mod transmil;
+
+pub use model::{Input, Model, Output};
+pub use registry::{ArchInfo, InputKind, REGISTRY};

@@ -1,0 +1,43 @@
+//! The one interface every model implements, so heads, heatmaps, embeddings and the trainer are
+//! written once (MIL-Lab's pattern).
+
+use candle_core::{Result, Tensor};
+use gimp_nn::Mode;
+
+/// What a patient gives a model.
+pub enum Input<'a> {
+    /// Patch features `[N, D]` (a patient's slides concatenated).
+    Bag(&'a Tensor),
+    /// Standardised expression `[G]`.
+    Expression(&'a Tensor),
+}
+
+/// What a model returns for one patient.
+pub struct Output {
+    /// Class scores `[C]`.
+    pub logits: Tensor,
+    /// The representation the head reads (`[d]`), for t-SNE and triplets.
+    pub embedding: Tensor,
+    /// One score per input patch, aligned with the bag's rows (MIL models).
+    pub attention: Option<Tensor>,
+}
+
+pub trait Model {
+    fn forward(&self, input: &Input, mode: &Mode) -> Result<Output>;
+}
+
+pub(crate) fn bag<'a>(input: &'a Input) -> Result<&'a Tensor> {
+    match input {
+        Input::Bag(t) => Ok(t),
+        Input::Expression(_) => {
+            candle_core::bail!("this model reads slide features, not expression")
+        }
+    }
+}
+
+pub(crate) fn expression<'a>(input: &'a Input) -> Result<&'a Tensor> {
+    match input {
+        Input::Expression(t) => Ok(t),
+        Input::Bag(_) => candle_core::bail!("this model reads expression, not slide features"),
+    }
+}

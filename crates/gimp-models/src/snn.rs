@@ -1,0 +1,77 @@
+//! SNN gene encoder as MCAT/PORPOISE implement it (`spec/baselines.md` §6): blocks of
+//! `Linear → ELU(α = 1) → AlphaDropout(0.25)` (ELU, not SELU, as the reference code really does),
+//! LeCun-normal weights and zero biases, then `Linear(→ C)`. Names follow PORPOISE's `SNN`
+//! (`fc_omic.{i}.0`, `classifier`).
+
+use crate::model::{expression, Input, Model, Output};
+use candle_core::Result;
+use gimp_nn::{ops, Init, Linear, Mode, Scope};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnnConfig {
+    pub n_genes: usize,
+    /// Hidden widths: "small" [256; 4], "big" [1024, 1024, 1024, 256].
+    pub hidden: Vec<usize>,
+    pub n_classes: usize,
+    pub dropout: f64,
+}
+
+impl SnnConfig {
+    pub fn small(n_genes: usize, n_classes: usize) -> Self {
+        Self {
+            n_genes,
+            hidden: vec![256; 4],
+            n_classes,
+            dropout: 0.25,
+        }
+    }
+}
+
+pub struct Snn {
+    pub cfg: SnnConfig,
+    blocks: Vec<Linear>,
+    classifier: Linear,
+}
+
+fn lecun(s: &Scope, i: usize, o: usize) -> Result<Linear> {
+    Linear::with_init(
+        s,
+        i,
+        o,
+        true,
+        Init::Normal(1.0 / (i as f64).sqrt()),
+        Init::Constant(0.0),
+    )
+}
+
+impl Snn {
+    pub fn new(s: &Scope, cfg: SnnConfig) -> Result<Self> {
+        let mut blocks = Vec::new();
+        let mut prev = cfg.n_genes;
+        for (i, &h) in cfg.hidden.iter().enumerate() {
+            blocks.push(lecun(&s.pp(format!("fc_omic.{i}.0")), prev, h)?);
+            prev = h;
+        }
+        Ok(Self {
+            classifier: lecun(&s.pp("classifier"), prev, cfg.n_classes)?,
+            blocks,
+            cfg,
+        })
+    }
+}
+
+impl Model for Snn {
+    fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
+        let mut h = expression(input)?.unsqueeze(0)?;
+        for b in &self.blocks {
+            h = ops::alpha_dropout(&b.forward(&h)?.elu(1.0)?, self.cfg.dropout, mode)?;
+        }
+        let logits = self.classifier.forward(&h)?.squeeze(0)?;
+        Ok(Output {
+            logits,
+            embedding: h.squeeze(0)?,
+            attention: None,
+        })
+    }
+}

@@ -1,0 +1,56 @@
+//! TransMIL (Shao et al., NeurIPS 2021; `spec/baselines.md` §2): the patch aggregator with
+//! square padding and PPEG, and `_fc2` on CLS. Names are the original's, so a TransMIL
+//! `state_dict` saved as safetensors runs as it is.
+
+use crate::aggregator::{AggregatorConfig, PatchAggregator};
+use crate::model::{bag, Input, Model, Output};
+use candle_core::Result;
+use gimp_nn::{Linear, Mode, Scope};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransmilConfig {
+    pub aggregator: AggregatorConfig,
+    pub n_classes: usize,
+}
+
+impl TransmilConfig {
+    pub fn new(d_in: usize, n_classes: usize) -> Self {
+        Self {
+            aggregator: AggregatorConfig::transmil(d_in),
+            n_classes,
+        }
+    }
+}
+
+pub struct Transmil {
+    pub cfg: TransmilConfig,
+    pub aggregator: PatchAggregator,
+    fc2: Linear,
+}
+
+impl Transmil {
+    pub fn new(s: &Scope, cfg: TransmilConfig) -> Result<Self> {
+        Ok(Self {
+            aggregator: PatchAggregator::new(s, cfg.aggregator.clone())?,
+            fc2: Linear::new(&s.pp("_fc2"), cfg.aggregator.dim, cfg.n_classes, true)?,
+            cfg,
+        })
+    }
+}
+
+impl Model for Transmil {
+    fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
+        let x = bag(input)?;
+        let enc = self
+            .aggregator
+            .encode(&self.aggregator.embed(x)?, mode, !mode.train)?;
+        let cls = enc.tokens.get(0)?.get(0)?;
+        let logits = self.fc2.forward(&cls.unsqueeze(0)?)?.squeeze(0)?;
+        Ok(Output {
+            logits,
+            embedding: cls,
+            attention: enc.attention,
+        })
+    }
+}
