@@ -34,6 +34,9 @@ enum Command {
     /// Baselines that need no deep learning.
     #[command(subcommand)]
     Baseline(commands::baseline::Command),
+    /// Model architectures, checkpoints, and running a model on one input.
+    #[command(subcommand)]
+    Model(commands::model::Command),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Cohort(c) => commands::cohort::run(c),
         Command::Split(a) => commands::split::run(a),
         Command::Baseline(c) => commands::baseline::run(c),
+        Command::Model(c) => commands::model::run(c),
     };
     match result {
         Ok(code) => code,

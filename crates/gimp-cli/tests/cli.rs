@@ -236,3 +236,78 @@ fn gene_only_logistic_regression_on_real_leukemia_expression() {
         );
     }
 }
+
+#[test]
+fn model_run_reproduces_the_reference_code_on_its_state_dicts() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gimp-models/tests/fixtures");
+    for arch in ["transmil", "clam_sb", "clam_mb", "abmil"] {
+        let w = fixtures.join(format!("{arch}_weights.safetensors"));
+        let bag = fixtures.join(format!("{arch}_bag.h5"));
+        let o = gimp(&[
+            "model",
+            "run",
+            "--arch",
+            arch,
+            "--weights",
+            w.to_str().unwrap(),
+            "--features",
+            bag.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{arch}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let got: Vec<f64> = v["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let io = candle_core::safetensors::load(
+            fixtures.join(format!("{arch}_io.safetensors")),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let want: Vec<f32> = io["logits"].to_vec1().unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - *w as f64).abs() < 1e-4 * (w.abs() as f64).max(1.0),
+                "{arch}: {got:?} vs {want:?}"
+            );
+        }
+        let p: f64 = v["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .sum();
+        assert!((p - 1.0).abs() < 1e-5);
+        assert_eq!(v["top_patches"].as_array().unwrap().len(), 10);
+    }
+    // Wrong architecture for the weights: a clear error, exit 2.
+    let w = fixtures.join("abmil_weights.safetensors");
+    let bag = fixtures.join("abmil_bag.h5");
+    let o = gimp(&[
+        "model",
+        "run",
+        "--arch",
+        "transmil",
+        "--weights",
+        w.to_str().unwrap(),
+        "--features",
+        bag.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("_fc1.0.weight"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_model_docs_are_the_registry() {
+    let o = gimp(&["model", "list", "--markdown"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/MODELS.md"))
+            .unwrap();
+    assert!(
+        docs.contains(&stdout(&o)),
+        "docs/MODELS.md is out of date: regenerate its table with `gimp-rs model list --markdown`"
+    );
+}

@@ -178,7 +178,7 @@ pub fn load(
         None => (arch.config_from_weights)(&weights)?,
     };
     let store = ParamStore::with_preset(0, weights);
-    let model = (arch.build)(&store.root(), &config)?;
+    let model = (arch.build)(&store.root_inference(), &config)?;
     let (fresh, unused) = (store.fresh(), store.unused());
     if !fresh.is_empty() || !unused.is_empty() {
         candle_core::bail!(

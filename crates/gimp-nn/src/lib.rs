@@ -1,6 +1,8 @@
 //! Building blocks on candle shared by every model of gimp-rs.
 
+pub mod checkpoint;
 pub mod init;
+pub mod kernels;
 pub mod layers;
 pub mod loss;
 pub mod nystrom;

@@ -57,10 +57,22 @@ impl ParamStore {
         s
     }
 
+    /// The root scope; its tensors record operations for backpropagation.
     pub fn root(&self) -> Scope {
         Scope {
             store: self.clone(),
             prefix: String::new(),
+            track: true,
+        }
+    }
+
+    /// A root scope for inference: its tensors are detached, so a forward pass keeps no
+    /// intermediate results alive for a backward pass that will never come.
+    pub fn root_inference(&self) -> Scope {
+        Scope {
+            store: self.clone(),
+            prefix: String::new(),
+            track: false,
         }
     }
 
@@ -150,6 +162,7 @@ impl ParamStore {
 pub struct Scope {
     pub store: ParamStore,
     prefix: String,
+    track: bool,
 }
 
 impl Scope {
@@ -163,6 +176,7 @@ impl Scope {
             } else {
                 format!("{}.{}", self.prefix, name)
             },
+            track: self.track,
         }
     }
 

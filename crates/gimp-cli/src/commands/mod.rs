@@ -1,5 +1,6 @@
 pub mod baseline;
 pub mod cohort;
 pub mod demo;
+pub mod model;
 pub mod split;
 pub mod synth;

@@ -1,0 +1,260 @@
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use gimp_models::registry::{self, InputKind, REGISTRY};
+use gimp_models::Input;
+use gimp_nn::checkpoint::Checkpoint;
+use gimp_nn::{ops, Mode};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// The architectures this build knows (the registry the trainer and docs read).
+    List {
+        #[arg(long)]
+        json: bool,
+        /// Print the table docs/MODELS.md embeds.
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
+    },
+    /// Print a gimp-rs checkpoint's architecture, config, classes and preprocessing.
+    Info { checkpoint: PathBuf },
+    /// Run a model on one input and print logits and probabilities as JSON.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// A gimp-rs checkpoint (weights + config + preprocessing).
+    #[arg(long, conflicts_with_all = ["arch", "weights"])]
+    pub checkpoint: Option<PathBuf>,
+    /// Architecture of --weights (see `gimp-rs model list`).
+    #[arg(long, requires = "weights")]
+    pub arch: Option<String>,
+    /// A state dict saved as safetensors, by the reference code's parameter names (e.g. a
+    /// TransMIL or CLAM checkpoint converted with `safetensors.torch.save_file(model.state_dict())`).
+    #[arg(long, requires = "arch")]
+    pub weights: Option<PathBuf>,
+    /// Slide features: CLAM .h5, .pt, .npy or .safetensors.
+    #[arg(long)]
+    pub features: Option<PathBuf>,
+    /// Expression matrix (for expression models); with --sample.
+    #[arg(long, requires = "sample")]
+    pub expression: Option<PathBuf>,
+    /// Row of --expression to run.
+    #[arg(long)]
+    pub sample: Option<String>,
+    /// How many of the most attended patches to list.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+}
+
+#[derive(Serialize)]
+struct Patch {
+    row: usize,
+    x: Option<i64>,
+    y: Option<i64>,
+    score: f32,
+}
+
+#[derive(Serialize)]
+struct RunOutput {
+    arch: String,
+    input: String,
+    logits: Vec<f32>,
+    probabilities: Vec<f32>,
+    predicted: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    predicted_class: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    top_patches: Vec<Patch>,
+}
+
+fn read_weights(path: &PathBuf) -> Result<BTreeMap<String, Tensor>> {
+    let t = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
+    Ok(t.into_iter().collect())
+}
+
+pub fn run(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::List { json, markdown } => {
+            if markdown {
+                println!("| name | input | model | parameter names from |");
+                println!("|---|---|---|---|");
+                for a in REGISTRY {
+                    println!(
+                        "| `{}` | {} | {} | {} |",
+                        a.name,
+                        format!("{:?}", a.input).to_lowercase(),
+                        a.summary,
+                        a.reference
+                    );
+                }
+            } else if json {
+                let v: Vec<_> = REGISTRY
+                    .iter()
+                    .map(|a| serde_json::json!({"name": a.name, "input": a.input, "summary": a.summary, "reference": a.reference}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for a in REGISTRY {
+                    println!(
+                        "{:<10} {:<11} {}",
+                        a.name,
+                        format!("{:?}", a.input).to_lowercase(),
+                        a.summary
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Info { checkpoint } => {
+            let c = Checkpoint::load(&checkpoint)?;
+            let params: usize = c.weights.values().map(|t| t.elem_count()).sum();
+            println!("architecture  {}", c.arch);
+            println!("classes       {}", c.classes.join(", "));
+            println!("parameters    {params}");
+            if let Some(p) = &c.preprocessing {
+                println!(
+                    "expression    {} genes, transform {}",
+                    p.genes.len(),
+                    p.transform
+                );
+            }
+            for (k, v) in &c.info {
+                println!("{k:<13} {v}");
+            }
+            println!("config\n{}", serde_json::to_string_pretty(&c.config)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(a) => run_model(a),
+    }
+}
+
+fn run_model(a: RunArgs) -> Result<ExitCode> {
+    let (arch_name, model, classes, preprocessing) = match (&a.checkpoint, &a.arch, &a.weights) {
+        (Some(ckpt), _, _) => {
+            let c = Checkpoint::load(ckpt)?;
+            let info = registry::find(&c.arch).with_context(|| {
+                format!("{}: unknown architecture '{}'", ckpt.display(), c.arch)
+            })?;
+            let (m, _) = registry::load(info, c.weights, Some(c.config))?;
+            (c.arch, m, Some(c.classes), c.preprocessing)
+        }
+        (None, Some(arch), Some(w)) => {
+            let info = registry::find(arch).with_context(|| {
+                format!(
+                    "unknown --arch '{arch}'; known: {}",
+                    registry::names().join(", ")
+                )
+            })?;
+            let (m, _) = registry::load(info, read_weights(w)?, None)
+                .with_context(|| format!("loading {}", w.display()))?;
+            (arch.clone(), m, None, None)
+        }
+        _ => bail!("give --checkpoint, or --arch with --weights"),
+    };
+    let info = registry::find(&arch_name).context("architecture not in the registry")?;
+    let mut coords = None;
+    let (input_desc, x) = match info.input {
+        InputKind::Slide => {
+            let Some(f) = &a.features else {
+                bail!("{arch_name} reads slide features: give --features FILE")
+            };
+            let bag = gimp_io::feature_file::read_bag(f, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
+            coords = bag.coords.clone();
+            (
+                f.display().to_string(),
+                Tensor::from_vec(bag.features, (bag.n, bag.d), &Device::Cpu)?,
+            )
+        }
+        InputKind::Expression => {
+            let (Some(m), Some(sample)) = (&a.expression, &a.sample) else {
+                bail!("{arch_name} reads expression: give --expression MATRIX --sample ID")
+            };
+            let Some(p) = &preprocessing else {
+                bail!(
+                    "expression models need the preprocessing statistics of a gimp-rs --checkpoint"
+                )
+            };
+            let mat = gimp_io::expression::read_matrix(m, gimp_io::expression::Orientation::Auto)?;
+            let row = mat
+                .sample_index()
+                .get(sample.as_str())
+                .copied()
+                .with_context(|| format!("{}: no sample '{sample}'", m.display()))?;
+            let pos: std::collections::HashMap<&str, usize> = mat
+                .genes
+                .iter()
+                .enumerate()
+                .map(|(i, g)| (gimp_io::expression::strip_version(g), i))
+                .collect();
+            let values = mat.row(row);
+            let mut v = Vec::with_capacity(p.genes.len());
+            for (j, g) in p.genes.iter().enumerate() {
+                let Some(&i) = pos.get(g.as_str()) else {
+                    bail!("{}: gene '{g}' of the checkpoint is missing", m.display())
+                };
+                let raw = values[i];
+                let t = if p.transform == "log2p1" {
+                    (raw.max(0.0) + 1.0).log2()
+                } else {
+                    raw
+                };
+                v.push(if p.std[j] < 1e-6 {
+                    0.0
+                } else {
+                    (t - p.mean[j]) / p.std[j]
+                });
+            }
+            (
+                format!("{}#{sample}", m.display()),
+                Tensor::from_vec(v, p.genes.len(), &Device::Cpu)?,
+            )
+        }
+    };
+    let input = match info.input {
+        InputKind::Slide => Input::Bag(&x),
+        InputKind::Expression => Input::Expression(&x),
+    };
+    let out = model.forward(&input, &Mode::eval())?;
+    let logits: Vec<f32> = out.logits.to_vec1()?;
+    let probabilities: Vec<f32> = ops::softmax_last(&out.logits)?.to_vec1()?;
+    let predicted = probabilities
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    let mut top_patches = Vec::new();
+    if let Some(att) = &out.attention {
+        let s: Vec<f32> = att.to_vec1()?;
+        let mut idx: Vec<usize> = (0..s.len()).collect();
+        idx.sort_by(|&i, &j| s[j].total_cmp(&s[i]));
+        for &i in idx.iter().take(a.top) {
+            let c = coords
+                .as_ref()
+                .and_then(|c: &Vec<[i64; 2]>| c.get(i).copied());
+            top_patches.push(Patch {
+                row: i,
+                x: c.map(|c| c[0]),
+                y: c.map(|c| c[1]),
+                score: s[i],
+            });
+        }
+    }
+    let r = RunOutput {
+        arch: arch_name,
+        input: input_desc,
+        logits,
+        probabilities,
+        predicted,
+        predicted_class: classes.and_then(|c| c.get(predicted).cloned()),
+        top_patches,
+    };
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,207 @@
+//! Shapes, gradient flow and the documented behaviours of each model.
+
+use candle_core::{DType, Device, Tensor, Var};
+use gimp_models::aggregator::{AggregatorConfig, PatchAggregator};
+use gimp_models::group_msa::{GroupMsa, GroupMsaConfig};
+use gimp_models::registry::REGISTRY;
+use gimp_models::snn::{Snn, SnnConfig};
+use gimp_models::{Input, InputKind, Model};
+use gimp_nn::checkpoint::{Checkpoint, Preprocessing};
+use gimp_nn::{loss, Mode, ParamStore};
+use rand::SeedableRng;
+
+fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn group_msa_fragments_and_trains() {
+    assert_eq!(GroupMsaConfig::gimp(60_480, 2).n_fragments(), 240);
+    assert_eq!(GroupMsaConfig::gimp(2_000, 2).n_fragments(), 16);
+    let mut cfg = GroupMsaConfig::gimp(500, 3);
+    cfg.dim = 32;
+    cfg.heads = 4;
+    cfg.fragment = 20;
+    cfg.groups = 4; // 25 fragments → 28
+    assert_eq!(cfg.n_fragments(), 28);
+    let store = ParamStore::new(1);
+    let m = GroupMsa::new(&store.root(), cfg).unwrap();
+    let x = rand_tensor(&[3, 500], 2);
+    let mode = Mode::train(rand_chacha::ChaCha8Rng::seed_from_u64(0));
+    let cls = m.encode(&x, &mode).unwrap();
+    assert_eq!(cls.dims(), &[3, 32]);
+    let out = m
+        .forward(&Input::Expression(&x.get(0).unwrap()), &mode)
+        .unwrap();
+    assert_eq!(out.logits.dims(), &[3]);
+    let l = loss::cross_entropy(&out.logits.unsqueeze(0).unwrap(), &[1]).unwrap();
+    let grads = l.backward().unwrap();
+    // Every parameter receives a gradient (no fused op without backward on the path).
+    for (name, p) in store.params() {
+        assert!(
+            grads.get(p.var.as_tensor()).is_some(),
+            "no gradient for {name}"
+        );
+    }
+    assert!(m.encode(&rand_tensor(&[1, 499], 3), &mode).is_err());
+}
+
+#[test]
+fn snn_forward_backward_and_alpha_dropout_keeps_moments() {
+    let store = ParamStore::new(4);
+    let m = Snn::new(&store.root(), SnnConfig::small(100, 2)).unwrap();
+    let x = rand_tensor(&[100], 5);
+    let mode = Mode::train(rand_chacha::ChaCha8Rng::seed_from_u64(1));
+    let out = m.forward(&Input::Expression(&x), &mode).unwrap();
+    let l = loss::cross_entropy(&out.logits.unsqueeze(0).unwrap(), &[0]).unwrap();
+    let g = l.backward().unwrap();
+    assert_eq!(
+        store
+            .params()
+            .values()
+            .filter(|p| g.get(p.var.as_tensor()).is_some())
+            .count(),
+        store.params().len()
+    );
+    // AlphaDropout keeps zero mean and unit variance of standard-normal input.
+    let n = 200_000;
+    let z: Vec<f32> = {
+        use rand_distr::{Distribution, StandardNormal};
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        (0..n).map(|_| StandardNormal.sample(&mut r)).collect()
+    };
+    let t = Tensor::from_vec(z, n, &Device::Cpu).unwrap();
+    let d = gimp_nn::ops::alpha_dropout(&t, 0.25, &mode).unwrap();
+    let mean = d.mean_all().unwrap().to_scalar::<f32>().unwrap();
+    let var = d
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        - mean * mean;
+    assert!(
+        mean.abs() < 0.01 && (var - 1.0).abs() < 0.02,
+        "mean {mean}, var {var}"
+    );
+}
+
+#[test]
+fn aggregator_pads_to_a_square_and_folds_attention_back() {
+    let mut cfg = AggregatorConfig::transmil(16);
+    cfg.dim = 32;
+    cfg.attention = gimp_nn::nystrom::NystromConfig::transmil(32);
+    let store = ParamStore::new(7);
+    let agg = PatchAggregator::new(&store.root(), cfg).unwrap();
+    let x = rand_tensor(&[23, 16], 8); // 23 → 5² = 25: two duplicates
+    let enc = agg
+        .encode(&agg.embed(&x).unwrap(), &Mode::eval(), true)
+        .unwrap();
+    assert_eq!(enc.tokens.dims(), &[1, 26, 32]);
+    let a = enc.attention.unwrap();
+    assert_eq!(a.dims(), &[23]);
+    let total = a.sum_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(total > 0.0 && total < 1.0 + 1e-4, "{total}");
+    // Training mode backpropagates through PPEG and both layers.
+    let xv = Var::from_tensor(&x).unwrap();
+    let mode = Mode::train(rand_chacha::ChaCha8Rng::seed_from_u64(2));
+    let cls = agg.cls(xv.as_tensor(), &mode).unwrap();
+    let g = cls.sum_all().unwrap().backward().unwrap();
+    assert!(g.get(xv.as_tensor()).is_some());
+    for (name, p) in store.params() {
+        assert!(g.get(p.var.as_tensor()).is_some(), "no gradient for {name}");
+    }
+}
+
+#[test]
+fn every_registered_architecture_builds_and_runs() {
+    for arch in REGISTRY {
+        let (input_dim, n_classes) = (64, 3);
+        let mut cfg = (arch.default_config)(input_dim, n_classes);
+        if arch.name == "group_msa" {
+            cfg["dim"] = 32.into();
+            cfg["fragment"] = 8.into();
+            cfg["groups"] = 4.into();
+        }
+        let store = ParamStore::new(1);
+        let m = (arch.build)(&store.root(), &cfg).unwrap();
+        let x = match arch.input {
+            InputKind::Slide => rand_tensor(&[40, input_dim], 3),
+            InputKind::Expression => rand_tensor(&[input_dim], 3),
+        };
+        let input = match arch.input {
+            InputKind::Slide => Input::Bag(&x),
+            InputKind::Expression => Input::Expression(&x),
+        };
+        let out = m.forward(&input, &Mode::eval()).unwrap();
+        assert_eq!(out.logits.dims(), &[n_classes], "{}", arch.name);
+        assert_eq!(
+            out.attention.is_some(),
+            arch.input == InputKind::Slide,
+            "{}",
+            arch.name
+        );
+    }
+}
+
+#[test]
+fn checkpoint_round_trip_keeps_outputs_and_preprocessing() {
+    let arch = gimp_models::registry::find("abmil").unwrap();
+    let cfg = (arch.default_config)(16, 2);
+    let store = ParamStore::new(5);
+    let m = (arch.build)(&store.root(), &cfg).unwrap();
+    let x = rand_tensor(&[12, 16], 1);
+    let before = m.forward(&Input::Bag(&x), &Mode::eval()).unwrap().logits;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    let ck = Checkpoint {
+        arch: "abmil".into(),
+        config: cfg,
+        classes: vec!["LUAD".into(), "LUSC".into()],
+        weights: store.tensors(),
+        preprocessing: Some(Preprocessing {
+            transform: "log2p1".into(),
+            genes: vec!["G1".into(), "G2".into()],
+            mean: vec![1.0, 2.0],
+            std: vec![0.5, 0.0],
+        }),
+        info: [("seed".to_string(), "5".to_string())]
+            .into_iter()
+            .collect(),
+    };
+    ck.save(&path).unwrap();
+    let back = Checkpoint::load(&path).unwrap();
+    assert_eq!(back.classes, ck.classes);
+    assert_eq!(back.preprocessing, ck.preprocessing);
+    assert_eq!(back.info["seed"], "5");
+    let (m2, _) = gimp_models::registry::load(arch, back.weights, Some(back.config)).unwrap();
+    let after = m2.forward(&Input::Bag(&x), &Mode::eval()).unwrap().logits;
+    let d = (before - after)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(d, 0.0);
+    // A reference state dict is not a checkpoint: the error says what to do instead.
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/abmil_weights.safetensors");
+    let e = Checkpoint::load(&fixture).unwrap_err();
+    assert!(e.to_string().contains("model run --arch"), "{e}");
+    let _ = DType::F32;
+}
