@@ -19,7 +19,7 @@ fn main() -> candle_core::Result<()> {
     let agg = PatchAggregator::new(&store.root_inference(), cfg)?;
     let x = Tensor::rand(0f32, 1f32, (n, 1024), &Device::Cpu)?;
     let t = std::time::Instant::now();
-    let cls = agg.cls(&x, &Mode::eval())?;
+    let cls = agg.cls(&x, &Mode::inference())?;
     let v: f32 = cls.sum_all()?.to_scalar()?;
     println!(
         "{n} patches: forward {:.2} s (checksum {v:.4})",

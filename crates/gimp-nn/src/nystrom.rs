@@ -47,6 +47,9 @@ impl NystromConfig {
     }
 }
 
+/// Rows per chunk on the streaming path.
+pub const STREAM_CHUNK: usize = 4096;
+
 /// Parameters by the reference's names: `to_qkv.weight`, `to_out.0.weight`, `to_out.0.bias`,
 /// `res_conv.weight` (`[heads, 1, kernel, 1]`).
 pub struct NystromAttention {
@@ -158,8 +161,15 @@ impl NystromAttention {
         Ok(AttentionParts { f1, z, f3 })
     }
 
-    /// `x`: `[b, n, dim]` → `[b, n, dim]`.
+    /// `x`: `[b, n, dim]` → `[b, n, dim]`. Without gradients (`Mode::inference`) the streaming
+    /// path runs: the same result in memory proportional to the bag, not to `n × m`.
     pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
+        if mode.no_grad && !mode.train {
+            let items: Vec<Tensor> = (0..x.dim(0)?)
+                .map(|i| self.forward_streaming(&x.narrow(0, i, 1)?.detach(), STREAM_CHUNK))
+                .collect::<Result<_>>()?;
+            return Tensor::cat(&items, 0);
+        }
         let (b, n, _) = x.dims3()?;
         let (q, k, v, pad) = self.project(x)?;
         let p = self.parts(&q, &k, n)?;
@@ -187,5 +197,126 @@ impl NystromAttention {
         let p = self.parts(&q, &k, n)?;
         let left = p.f1.narrow(2, pad + row, 1)?.matmul(&p.z)?;
         left.matmul(&p.f3)?.squeeze(2)?.narrow(2, pad, n)
+    }
+
+    /// Q (scaled), K or V per head for padded rows `[r0, r1)` of one bag `x` `[1, n, dim]`
+    /// (rows before `pad` are the zero padding), as `[1, h, r1 − r0, d_h]`. `which`: 0 Q, 1 K, 2 V.
+    fn rows(&self, x: &Tensor, pad: usize, r0: usize, r1: usize, which: usize) -> Result<Tensor> {
+        let inner = self.cfg.heads * self.cfg.dim_head;
+        let w = self.to_qkv.weight.narrow(0, which * inner, inner)?;
+        let (z0, z1) = (r0.min(pad), r1.min(pad));
+        let mut parts = Vec::new();
+        if z1 > z0 {
+            parts.push(Tensor::zeros((1, z1 - z0, inner), x.dtype(), x.device())?);
+        }
+        let (x0, x1) = (r0.max(pad) - pad, r1.max(pad) - pad);
+        if x1 > x0 {
+            parts.push(x.narrow(1, x0, x1 - x0)?.broadcast_matmul(&w.t()?)?);
+        }
+        let t = self.split_heads(&Tensor::cat(&parts, 1)?)?;
+        if which == 0 {
+            t.affine(1.0 / (self.cfg.dim_head as f64).sqrt(), 0.0)
+        } else {
+            Ok(t)
+        }
+    }
+
+    /// The inference path: K and V are projected chunk by chunk; `F3 V` is accumulated over
+    /// column chunks with a running (online) softmax; output rows are produced chunk by chunk from
+    /// `F1 (Z F3 V)`. Nothing of size `n × m` is held, only K, V and the output.
+    pub fn forward_streaming(&self, x: &Tensor, chunk: usize) -> Result<Tensor> {
+        let (_, n, _) = x.dims3()?;
+        let m = self.cfg.landmarks;
+        let pad = if n % m == 0 { 0 } else { m - n % m };
+        let np = n + pad;
+        let l = n.div_ceil(m);
+        let chunk = chunk.max(l);
+        let mut ks = Vec::new();
+        let mut vs = Vec::new();
+        let mut q_sum: Option<Tensor> = None;
+        // Chunk boundaries on landmark segments, so each chunk's Q rows sum into whole landmarks.
+        let step = chunk / l * l;
+        let mut r0 = 0;
+        while r0 < np {
+            let r1 = (r0 + step).min(np);
+            ks.push(self.rows(x, pad, r0, r1, 1)?);
+            vs.push(self.rows(x, pad, r0, r1, 2)?);
+            let q = self.rows(x, pad, r0, r1, 0)?;
+            let (_, h, c, d) = q.dims4()?;
+            let sums = q.reshape((1, h, c / l, l, d))?.sum(3)?;
+            q_sum = Some(match q_sum {
+                Some(prev) => Tensor::cat(&[prev, sums], 2)?,
+                None => sums,
+            });
+            r0 = r1;
+        }
+        let k = Tensor::cat(&ks, 2)?;
+        let v = Tensor::cat(&vs, 2)?;
+        drop((ks, vs));
+        let ql = q_sum
+            .ok_or_else(|| candle_core::Error::Msg("empty bag".into()))?
+            .affine(1.0 / l as f64, 0.0)?;
+        let kl = self.landmarks(&k, l)?;
+        let klt = kl.transpose(D::Minus1, D::Minus2)?.contiguous()?;
+        let z = pinv_iterative(
+            &ops::softmax_last(&ql.matmul(&klt)?)?,
+            self.cfg.pinv_iterations,
+        )?;
+        // F3 V with an online softmax over key chunks (exact).
+        let (mut run_max, mut run_sum, mut acc): (Option<Tensor>, Option<Tensor>, Option<Tensor>) =
+            (None, None, None);
+        let mut c0 = 0;
+        while c0 < np {
+            let c = chunk.min(np - c0);
+            let kc = k.narrow(2, c0, c)?;
+            let s = ql.matmul(&kc.transpose(D::Minus1, D::Minus2)?.contiguous()?)?; // [1,h,m,c]
+            let cmax = s.max_keepdim(D::Minus1)?;
+            let new_max = match &run_max {
+                Some(mx) => mx.maximum(&cmax)?,
+                None => cmax,
+            };
+            let e = s.broadcast_sub(&new_max)?.exp()?;
+            let part = e.matmul(&v.narrow(2, c0, c)?)?;
+            let esum = e.sum_keepdim(D::Minus1)?;
+            (run_sum, acc) = match (&run_max, run_sum, acc) {
+                (Some(mx), Some(rs), Some(a)) => {
+                    let scale = (mx - &new_max)?.exp()?;
+                    (
+                        Some((rs.mul(&scale)? + esum)?),
+                        Some((a.broadcast_mul(&scale)? + part)?),
+                    )
+                }
+                _ => (Some(esum), Some(part)),
+            };
+            run_max = Some(new_max);
+            c0 += c;
+        }
+        let (Some(rs), Some(a)) = (run_sum, acc) else {
+            candle_core::bail!("empty bag")
+        };
+        let zf3v = z.matmul(&a.broadcast_div(&rs)?)?; // [1,h,m,d]
+        let start = if self.cfg.legacy_front_slice { 0 } else { pad };
+        let half = self.cfg.residual_kernel / 2;
+        let (h, dh) = (self.cfg.heads, self.cfg.dim_head);
+        let mut outs = Vec::new();
+        let mut r0 = start;
+        while r0 < start + n {
+            let r1 = (r0 + chunk).min(start + n);
+            let q = self.rows(x, pad, r0, r1, 0)?;
+            let f1 = ops::softmax_last(&q.matmul(&klt)?)?;
+            let mut o = f1.matmul(&zf3v)?;
+            if let Some(w) = &self.res_conv {
+                let (a0, a1) = (r0.saturating_sub(half), (r1 + half).min(np));
+                let conv = crate::kernels::depthwise_seq_conv(
+                    &v.narrow(2, a0, a1 - a0)?,
+                    &w.reshape((h, self.cfg.residual_kernel))?,
+                )?;
+                o = (o + conv.narrow(2, r0 - a0, r1 - r0)?)?;
+            }
+            let o = o.transpose(1, 2)?.reshape((1, r1 - r0, h * dh))?;
+            outs.push(self.to_out.forward(&o)?);
+            r0 = r1;
+        }
+        Tensor::cat(&outs, 1)
     }
 }

@@ -42,20 +42,34 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// Training or evaluation, and the stream dropout masks are drawn from.
 pub struct Mode {
     pub train: bool,
+    /// No gradient will be asked for: layers may take memory-saving paths that record nothing
+    /// for backpropagation (chunked, streaming attention).
+    pub no_grad: bool,
     rng: RefCell<ChaCha8Rng>,
 }
 
 impl Mode {
+    /// Evaluation behaviour (no dropout), gradients still available.
     pub fn eval() -> Self {
         Self {
             train: false,
+            no_grad: false,
             rng: RefCell::new(rand::SeedableRng::seed_from_u64(0)),
+        }
+    }
+
+    /// Evaluation without gradients: prediction, validation, heatmaps.
+    pub fn inference() -> Self {
+        Self {
+            no_grad: true,
+            ..Self::eval()
         }
     }
 
     pub fn train(rng: ChaCha8Rng) -> Self {
         Self {
             train: true,
+            no_grad: false,
             rng: RefCell::new(rng),
         }
     }

@@ -189,11 +189,12 @@ impl Scope {
     }
 
     pub fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
-        Ok(self
+        let t = self
             .store
             .get(&self.path(name), shape, init)?
             .as_tensor()
-            .clone())
+            .clone();
+        Ok(if self.track { t } else { t.detach() })
     }
 
     pub fn device(&self) -> &Device {

@@ -188,3 +188,50 @@ fn gradients_match_finite_differences() {
         );
     }
 }
+
+#[test]
+fn streaming_inference_matches_the_fixtures_and_the_graph_path() {
+    for (name, dim, heads) in [
+        ("nystrom_n10_short.safetensors", 64, 4),
+        ("nystrom_n50_padded.safetensors", 64, 4),
+        ("nystrom_n301_padded.safetensors", 32, 2),
+    ] {
+        let t = fixture(name);
+        let preset: BTreeMap<String, Tensor> = t
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("param.").map(|n| (n.to_string(), v.clone())))
+            .collect();
+        let attn = NystromAttention::new(
+            &ParamStore::with_preset(0, preset).root_inference(),
+            config(dim, heads, 16),
+        )
+        .unwrap();
+        for chunk in [1, 7, 64, 4096] {
+            let out = attn.forward_streaming(&t["input"], chunk).unwrap();
+            let e = rel_err(&out, &t["output"]);
+            assert!(e < 1e-4, "{name}, chunk {chunk}: relative error {e}");
+        }
+        assert!(
+            rel_err(
+                &attn.forward(&t["input"], &Mode::inference()).unwrap(),
+                &t["output"]
+            ) < 1e-4
+        );
+    }
+    // A bigger bag at the real landmark count, chunked, against the autograd path; both
+    // un-padding conventions.
+    for legacy in [false, true] {
+        let mut cfg = NystromConfig::transmil(64);
+        cfg.dropout = 0.0;
+        cfg.legacy_front_slice = legacy;
+        let attn = NystromAttention::new(&ParamStore::new(9).root(), cfg).unwrap();
+        let x = Tensor::rand(0f32, 1f32, (1, 3001, 64), &Device::Cpu).unwrap();
+        let a = attn.forward(&x, &Mode::eval()).unwrap();
+        let b = attn.forward_streaming(&x, 500).unwrap();
+        assert!(
+            rel_err(&b, &a) < 1e-4,
+            "legacy {legacy}: {}",
+            rel_err(&b, &a)
+        );
+    }
+}

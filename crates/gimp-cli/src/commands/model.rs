@@ -220,7 +220,7 @@ fn run_model(a: RunArgs) -> Result<ExitCode> {
         InputKind::Slide => Input::Bag(&x),
         InputKind::Expression => Input::Expression(&x),
     };
-    let out = model.forward(&input, &Mode::eval())?;
+    let out = model.forward(&input, &Mode::inference())?;
     let logits: Vec<f32> = out.logits.to_vec1()?;
     let probabilities: Vec<f32> = ops::softmax_last(&out.logits)?.to_vec1()?;
     let predicted = probabilities
