@@ -311,3 +311,34 @@ fn the_model_docs_are_the_registry() {
         "docs/MODELS.md is out of date: regenerate its table with `gimp-rs model list --markdown`"
     );
 }
+
+#[test]
+fn model_run_reads_torch_state_dicts_and_lightning_checkpoints() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gimp-models/tests/fixtures");
+    for (arch, weights, reference) in [
+        (
+            "clam_sb",
+            "clam_sb_state_dict.pt",
+            "clam_sb_weights.safetensors",
+        ),
+        ("abmil", "abmil_lightning.ckpt", "abmil_weights.safetensors"),
+    ] {
+        let bag = fixtures.join(format!("{arch}_bag.h5"));
+        let run = |w: &str| {
+            let o = gimp(&[
+                "model",
+                "run",
+                "--arch",
+                arch,
+                "--weights",
+                fixtures.join(w).to_str().unwrap(),
+                "--features",
+                bag.to_str().unwrap(),
+            ]);
+            assert!(o.status.success(), "{w}: {}", stderr(&o));
+            let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+            v["logits"].clone()
+        };
+        assert_eq!(run(weights), run(reference), "{weights}");
+    }
+}

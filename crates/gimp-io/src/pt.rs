@@ -336,3 +336,39 @@ pub fn write_tensor(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
 pub fn write_bag(path: &Path, bag: &Bag) -> Result<()> {
     write_tensor(path, &[bag.n, bag.d], &bag.features)
 }
+
+/// Reads a PyTorch state dict saved with `torch.save`: a plain `state_dict()` (CLAM's
+/// `s_{fold}_checkpoint.pt`), or a training checkpoint that holds it under `state_dict`
+/// (PyTorch Lightning, TransMIL's trainer). A prefix shared by every name (`model.`, `module.`
+/// from `DataParallel`) is removed, so the names are the model's own.
+pub fn read_state_dict(
+    path: &Path,
+) -> Result<std::collections::BTreeMap<String, candle_core::Tensor>> {
+    if !path.is_file() {
+        return Err(DataError::new(ErrorKind::Io, path, "file does not exist"));
+    }
+    let attempt = |key: Option<&str>| {
+        std::panic::catch_unwind(|| candle_core::pickle::read_all_with_key(path, key))
+            .ok()
+            .and_then(|r| r.ok())
+            .filter(|v| !v.is_empty())
+    };
+    let tensors = attempt(Some("state_dict")).or_else(|| attempt(None)).ok_or_else(|| {
+        DataError::new(
+            ErrorKind::Unsupported,
+            path,
+            "no tensors found: expected a torch.save'd state_dict (or a checkpoint with a 'state_dict' entry) in the zip format of PyTorch >= 1.6",
+        )
+    })?;
+    let mut map: std::collections::BTreeMap<String, candle_core::Tensor> =
+        tensors.into_iter().collect();
+    for prefix in ["model.", "module."] {
+        if map.keys().all(|k| k.starts_with(prefix)) {
+            map = map
+                .into_iter()
+                .map(|(k, v)| (k[prefix.len()..].to_string(), v))
+                .collect();
+        }
+    }
+    Ok(map)
+}

@@ -33,8 +33,8 @@ pub struct RunArgs {
     /// Architecture of --weights (see `gimp-rs model list`).
     #[arg(long, requires = "weights")]
     pub arch: Option<String>,
-    /// A state dict saved as safetensors, by the reference code's parameter names (e.g. a
-    /// TransMIL or CLAM checkpoint converted with `safetensors.torch.save_file(model.state_dict())`).
+    /// The reference code's weights by their parameter names: safetensors, a `torch.save`d
+    /// state dict (.pt/.pth, e.g. CLAM's s_0_checkpoint.pt) or a Lightning checkpoint (.ckpt).
     #[arg(long, requires = "arch")]
     pub weights: Option<PathBuf>,
     /// Slide features: CLAM .h5, .pt, .npy or .safetensors.
@@ -72,7 +72,15 @@ struct RunOutput {
     top_patches: Vec<Patch>,
 }
 
+/// Weights by parameter name: safetensors, or a `torch.save`d state dict / training checkpoint.
 fn read_weights(path: &PathBuf) -> Result<BTreeMap<String, Tensor>> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if matches!(ext.as_str(), "pt" | "pth" | "ckpt" | "bin") {
+        return Ok(gimp_io::pt::read_state_dict(path)?);
+    }
     let t = candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
     Ok(t.into_iter().collect())
