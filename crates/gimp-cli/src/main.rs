@@ -34,6 +34,12 @@ enum Command {
     /// Baselines that need no deep learning.
     #[command(subcommand)]
     Baseline(commands::baseline::Command),
+    /// Stage 1: supervised gene-encoder (GroupMSA) pre-training on expression alone.
+    PretrainGenes(commands::train::Common),
+    /// Stage 2: GiMP pre-training (masked patch modelling + gene-induced triplets).
+    Pretrain(commands::train::PretrainArgs),
+    /// Stage 3: fine-tuning on CLS_pat with validation every epoch; reports the test split.
+    Finetune(commands::train::FinetuneArgs),
     /// Model architectures, checkpoints, and running a model on one input.
     #[command(subcommand)]
     Model(commands::model::Command),
@@ -63,6 +69,9 @@ fn main() -> ExitCode {
         Command::Split(a) => commands::split::run(a),
         Command::Baseline(c) => commands::baseline::run(c),
         Command::Model(c) => commands::model::run(c),
+        Command::PretrainGenes(c) => commands::train::genes(c),
+        Command::Pretrain(a) => commands::train::pretrain(a),
+        Command::Finetune(a) => commands::train::finetune(a),
     };
     match result {
         Ok(code) => code,

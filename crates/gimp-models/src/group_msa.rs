@@ -188,6 +188,15 @@ impl GroupMsa {
     }
 }
 
+impl GroupMsa {
+    /// `CLS_ge` `[B, dim]` and head logits `[B, C]`.
+    pub fn encode_with_logits(&self, x: &Tensor, mode: &Mode) -> Result<(Tensor, Tensor)> {
+        let cls = self.encode(x, mode)?;
+        let logits = self.head.forward(&cls)?;
+        Ok((cls, logits))
+    }
+}
+
 impl Model for GroupMsa {
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
         let x = expression(input)?.unsqueeze(0)?;

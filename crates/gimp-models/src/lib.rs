@@ -3,6 +3,7 @@
 pub mod abmil;
 pub mod aggregator;
 pub mod clam;
+pub mod gimp;
 pub mod group_msa;
 pub mod model;
 pub mod registry;

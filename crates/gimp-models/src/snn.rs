@@ -61,6 +61,22 @@ impl Snn {
     }
 }
 
+impl Snn {
+    /// Last hidden layer `[B, h]` and logits `[B, C]` of standardised expression `[B, G]`.
+    pub fn encode_with_logits(
+        &self,
+        x: &candle_core::Tensor,
+        mode: &Mode,
+    ) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
+        let mut h = x.clone();
+        for b in &self.blocks {
+            h = ops::alpha_dropout(&b.forward(&h)?.elu(1.0)?, self.cfg.dropout, mode)?;
+        }
+        let logits = self.classifier.forward(&h)?;
+        Ok((h, logits))
+    }
+}
+
 impl Model for Snn {
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
         let mut h = expression(input)?.unsqueeze(0)?;

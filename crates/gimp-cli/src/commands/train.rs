@@ -1,0 +1,204 @@
+use crate::progress::bar;
+use anyhow::{Context, Result};
+use gimp_cohort::LoadOptions;
+use gimp_train::stages::{self, Progress, StageResult};
+use gimp_train::{Prepared, RunConfig};
+use indicatif::ProgressBar;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// What every training stage reads.
+#[derive(clap::Args, Clone)]
+pub struct Common {
+    /// The cohort file.
+    pub cohort: PathBuf,
+    /// Run directory: the stage writes `{out}/{stage}/model.safetensors`, `log.jsonl`,
+    /// `metrics.json`; `{out}/config.toml` records the full configuration.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Named preset: paper (the paper's hyper-parameters) or demo (minutes on a laptop).
+    #[arg(long, default_value = "paper", conflicts_with = "config")]
+    pub preset: String,
+    /// A run file (TOML): `preset = "…"` plus any field to override.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Which split file of the cohort.
+    #[arg(long)]
+    pub fold: Option<usize>,
+}
+
+impl Common {
+    pub fn run_config(&self) -> Result<RunConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                RunConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            }
+            None => RunConfig::preset(&self.preset)
+                .with_context(|| format!("unknown preset '{}' (paper, demo)", self.preset))?,
+        };
+        if let Some(s) = self.seed {
+            cfg.seed = s;
+        }
+        if let Some(f) = self.fold {
+            cfg.fold = f;
+        }
+        Ok(cfg)
+    }
+}
+
+pub fn prepare(c: &Common) -> Result<(RunConfig, Prepared)> {
+    let cfg = c.run_config()?;
+    let cohort = super::cohort::load(&c.cohort, LoadOptions::default())?;
+    let data = Prepared::new(&cohort, cfg.fold, &cfg.model.transform)?;
+    std::fs::create_dir_all(&c.out).with_context(|| format!("creating {}", c.out.display()))?;
+    let record = toml::to_string_pretty(&cfg)?;
+    gimp_io::atomic::write_bytes_atomic(&c.out.join("config.toml"), record.as_bytes())?;
+    let run = serde_json::json!({
+        "cohort": c.cohort.canonicalize().unwrap_or(c.cohort.clone()),
+        "fold": cfg.fold,
+        "seed": cfg.seed,
+        "gimp_rs_version": env!("CARGO_PKG_VERSION"),
+        "train": data.train.len(), "val": data.val.len(), "test": data.test.len(),
+    });
+    gimp_io::atomic::write_bytes_atomic(
+        &c.out.join("run.json"),
+        serde_json::to_string_pretty(&run)?.as_bytes(),
+    )?;
+    Ok((cfg, data))
+}
+
+/// A progress bar fed by a stage's progress callback.
+pub struct Bars(RefCell<Option<(ProgressBar, usize)>>);
+
+impl Bars {
+    pub fn new() -> Self {
+        Self(RefCell::new(None))
+    }
+
+    pub fn update(&self, p: &Progress) {
+        let mut cur = self.0.borrow_mut();
+        let fresh = !matches!(&*cur, Some((_, e)) if *e == p.epoch);
+        if fresh {
+            if let Some((b, _)) = cur.take() {
+                b.finish_and_clear();
+            }
+            let b = bar(
+                p.steps as u64,
+                &format!("{} {}/{}", p.stage, p.epoch + 1, p.epochs),
+            );
+            *cur = Some((b, p.epoch));
+        }
+        if let Some((b, _)) = &*cur {
+            b.set_position(p.step as u64);
+            b.set_message(format!(
+                "{} {}/{} loss {:.4}",
+                p.stage,
+                p.epoch + 1,
+                p.epochs,
+                p.loss
+            ));
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some((b, _)) = self.0.borrow_mut().take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+pub fn report(name: &str, r: &StageResult, classes: &[String], dir: &Path) -> Result<()> {
+    gimp_io::atomic::write_bytes_atomic(
+        &dir.join("metrics.json"),
+        serde_json::to_string_pretty(r)?.as_bytes(),
+    )?;
+    println!(
+        "{name}: best epoch {}, checkpoint {}",
+        r.best_epoch + 1,
+        r.checkpoint.display()
+    );
+    if let Some(v) = &r.val {
+        print!("{}", crate::table::report("  validation", v, classes));
+    }
+    if let Some(t) = &r.test {
+        print!("{}", crate::table::report("  test", t, classes));
+    }
+    Ok(())
+}
+
+pub fn genes(c: Common) -> Result<ExitCode> {
+    let (cfg, data) = prepare(&c)?;
+    let dir = c.out.join("genes");
+    let bars = Bars::new();
+    let r = stages::pretrain_genes(&data, &cfg, &dir, &|p| bars.update(p))?;
+    bars.finish();
+    report("gene pre-training", &r, &data.classes, &dir)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn existing(p: PathBuf) -> Option<PathBuf> {
+    p.is_file().then_some(p)
+}
+
+#[derive(clap::Args)]
+pub struct PretrainArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Gene pre-training checkpoint (default: OUT/genes/model.safetensors when present).
+    #[arg(long)]
+    pub genes: Option<PathBuf>,
+}
+
+pub fn pretrain(a: PretrainArgs) -> Result<ExitCode> {
+    let (cfg, data) = prepare(&a.common)?;
+    let genes = a
+        .genes
+        .or_else(|| existing(a.common.out.join("genes/model.safetensors")));
+    if genes.is_none() && cfg.pretrain.triplet == gimp_train::config::Triplet::GeneInduced {
+        eprintln!("warning: no gene pre-training checkpoint: CLS_ge comes from an untrained gene encoder (run `gimp-rs pretrain-genes` first)");
+    }
+    let dir = a.common.out.join("pretrain");
+    let bars = Bars::new();
+    let r = stages::pretrain(&data, &cfg, genes.as_deref(), &dir, &|p| bars.update(p))?;
+    bars.finish();
+    report("GiMP pre-training", &r, &data.classes, &dir)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Pre-trained GiMP checkpoint (default: OUT/pretrain/model.safetensors when present).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Gene pre-training checkpoint, used when there is no pre-trained GiMP checkpoint.
+    #[arg(long)]
+    pub genes: Option<PathBuf>,
+    /// Output sub-folder (default: finetune).
+    #[arg(long, default_value = "finetune")]
+    pub name: String,
+}
+
+pub fn finetune(a: FinetuneArgs) -> Result<ExitCode> {
+    let (cfg, data) = prepare(&a.common)?;
+    let init = a
+        .init
+        .or_else(|| existing(a.common.out.join("pretrain/model.safetensors")));
+    let genes = a
+        .genes
+        .or_else(|| existing(a.common.out.join("genes/model.safetensors")));
+    let dir = a.common.out.join(&a.name);
+    let bars = Bars::new();
+    let r = stages::finetune(&data, &cfg, init.as_deref(), genes.as_deref(), &dir, &|p| {
+        bars.update(p)
+    })?;
+    bars.finish();
+    report("fine-tuning", &r, &data.classes, &dir)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,173 @@
+//! GiMP (Jin et al., MICCAI 2023; `spec/gimp.md`): the patch aggregator, a gene encoder
+//! (GroupMSA, or SNN for the ablation), masked patch modelling (a learnable mask token after the
+//! input projection, a `LN + Linear(d → D_in)` decoder on the patch tokens), and the fine-tuning
+//! head `Linear(d_pat → d) + ReLU + Dropout + Linear(d → C)` on `CLS_pat = [CLS_img, CLS_ge]`.
+//! A patient without a slide or without expression gets a learned "missing" embedding for that
+//! half of `CLS_pat` *(ours)*.
+
+use crate::aggregator::{AggregatorConfig, PatchAggregator};
+use crate::group_msa::{GroupMsa, GroupMsaConfig};
+use crate::snn::{Snn, SnnConfig};
+use candle_core::{Result, Tensor};
+use gimp_nn::{ops, Init, LayerNorm, Linear, Mode, Scope};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GeneEncoderConfig {
+    GroupMsa(GroupMsaConfig),
+    Snn(SnnConfig),
+}
+
+impl GeneEncoderConfig {
+    pub fn dim(&self) -> usize {
+        match self {
+            Self::GroupMsa(c) => c.dim,
+            Self::Snn(c) => *c.hidden.last().unwrap_or(&256),
+        }
+    }
+}
+
+/// A gene encoder with its supervised head (the gene pre-training model).
+pub enum GeneEncoder {
+    GroupMsa(GroupMsa),
+    Snn(Snn),
+}
+
+impl GeneEncoder {
+    pub fn new(s: &Scope, cfg: &GeneEncoderConfig) -> Result<Self> {
+        Ok(match cfg {
+            GeneEncoderConfig::GroupMsa(c) => Self::GroupMsa(GroupMsa::new(s, c.clone())?),
+            GeneEncoderConfig::Snn(c) => Self::Snn(Snn::new(s, c.clone())?),
+        })
+    }
+
+    /// `(embedding [B, d_ge], logits [B, C])` of standardised expression `[B, G]`.
+    pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<(Tensor, Tensor)> {
+        match self {
+            Self::GroupMsa(m) => m.encode_with_logits(x, mode),
+            Self::Snn(m) => m.encode_with_logits(x, mode),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GimpConfig {
+    pub aggregator: AggregatorConfig,
+    pub genes: GeneEncoderConfig,
+    pub n_classes: usize,
+    pub head_dropout: f64,
+}
+
+impl GimpConfig {
+    pub fn pat_dim(&self) -> usize {
+        self.aggregator.dim + self.genes.dim()
+    }
+}
+
+/// Parameter scopes: `aggregator.*`, `genes.*`, `mpm.*`, `missing.*`, `head.*`.
+pub struct Gimp {
+    pub cfg: GimpConfig,
+    pub aggregator: PatchAggregator,
+    pub genes: GeneEncoder,
+    mask_token: Tensor,
+    decoder_norm: LayerNorm,
+    decoder: Linear,
+    missing_img: Tensor,
+    missing_ge: Tensor,
+    head1: Linear,
+    head2: Linear,
+}
+
+/// Masked patch modelling on one window.
+pub struct Masked {
+    pub cls_img: Tensor,
+    /// Mean absolute error over the masked rows and every feature.
+    pub reconstruction: Tensor,
+}
+
+impl Gimp {
+    pub fn new(s: &Scope, cfg: GimpConfig) -> Result<Self> {
+        let d = cfg.aggregator.dim;
+        let dge = cfg.genes.dim();
+        Ok(Self {
+            aggregator: PatchAggregator::new(&s.pp("aggregator"), cfg.aggregator.clone())?,
+            genes: GeneEncoder::new(&s.pp("genes"), &cfg.genes)?,
+            mask_token: s.get("mpm.mask_token", &[1, 1, d], Init::Normal(0.02))?,
+            decoder_norm: LayerNorm::new(&s.pp("mpm.decoder_norm"), d)?,
+            decoder: Linear::new(&s.pp("mpm.decoder"), d, cfg.aggregator.d_in, true)?,
+            missing_img: s.get("missing.img", &[d], Init::Normal(0.02))?,
+            missing_ge: s.get("missing.genes", &[dge], Init::Normal(0.02))?,
+            head1: Linear::new(&s.pp("head.0"), d + dge, d, true)?,
+            head2: Linear::new(&s.pp("head.3"), d, cfg.n_classes, true)?,
+            cfg,
+        })
+    }
+
+    /// MPM on a window `[L, D_in]`: rows in `masked` are replaced by the mask token after the
+    /// input projection; the decoder reconstructs every patch token; L1 on the masked rows.
+    pub fn masked_patch_modelling(
+        &self,
+        window: &Tensor,
+        masked: &[usize],
+        mode: &Mode,
+    ) -> Result<Masked> {
+        let (l, _) = window.dims2()?;
+        let h = self.aggregator.embed(window)?; // [1, L, d]
+        let mut m = vec![0f32; l];
+        for &i in masked {
+            m[i] = 1.0;
+        }
+        let mask = Tensor::from_vec(m, (1, l, 1), window.device())?;
+        let keep = mask.affine(-1.0, 1.0)?;
+        let h = (h.broadcast_mul(&keep)? + mask.broadcast_mul(&self.mask_token)?)?;
+        let enc = self.aggregator.encode(&h, mode, false)?;
+        let tokens = enc.tokens.squeeze(0)?; // [1 + L, d]
+        let cls_img = tokens.get(0)?;
+        let patches = tokens.narrow(0, 1, l)?;
+        let recon = self
+            .decoder
+            .forward(&self.decoder_norm.forward(&patches)?)?;
+        let reconstruction = gimp_nn::loss::masked_l1(&recon, window, masked)?;
+        Ok(Masked {
+            cls_img,
+            reconstruction,
+        })
+    }
+
+    /// `CLS_img` of a whole bag, or the learned missing-slide embedding.
+    pub fn cls_img(&self, bag: Option<&Tensor>, mode: &Mode) -> Result<Tensor> {
+        match bag {
+            Some(x) => self.aggregator.cls(x, mode),
+            None => Ok(self.missing_img.clone()),
+        }
+    }
+
+    /// `CLS_ge` of standardised expression `[G]` from the (frozen unless `train_genes`) gene
+    /// encoder, or the learned missing-expression embedding.
+    pub fn cls_ge(&self, expr: Option<&Tensor>, train_genes: bool, mode: &Mode) -> Result<Tensor> {
+        match expr {
+            Some(x) => {
+                if train_genes {
+                    self.genes.forward(&x.unsqueeze(0)?, mode)?.0.squeeze(0)
+                } else {
+                    // Frozen: evaluation behaviour and no gradient (`gimp.md` §2).
+                    Ok(self
+                        .genes
+                        .forward(&x.unsqueeze(0)?, &Mode::eval())?
+                        .0
+                        .squeeze(0)?
+                        .detach())
+                }
+            }
+            None => Ok(self.missing_ge.clone()),
+        }
+    }
+
+    /// The classification head on `CLS_pat` `[d_pat]` → logits `[C]`.
+    pub fn head(&self, cls_pat: &Tensor, mode: &Mode) -> Result<Tensor> {
+        let h = self.head1.forward(&cls_pat.unsqueeze(0)?)?.relu()?;
+        let h = ops::dropout(&h, self.cfg.head_dropout, mode)?;
+        self.head2.forward(&h)?.squeeze(0)
+    }
+}

@@ -1,0 +1,197 @@
+//! The run configuration: one TOML file, named presets, every field overridable. The `paper`
+//! preset is the paper's protocol exactly (`spec/gimp.md` §2–§6); `demo` is small enough to run
+//! the whole pipeline in minutes on two cores.
+
+use gimp_nn::loss::Mining;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub preset: String,
+    pub seed: u64,
+    /// Which split of the cohort (index into its split files).
+    pub fold: usize,
+    pub model: ModelConfig,
+    pub genes: GeneStage,
+    pub pretrain: PretrainStage,
+    pub finetune: FinetuneStage,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Hidden size `d` of the aggregator and GroupMSA.
+    pub dim: usize,
+    pub heads: usize,
+    pub landmarks: usize,
+    /// `group_msa` (GiMP) or `snn` (the Table 2 ablation).
+    pub gene_encoder: String,
+    pub fragment: usize,
+    pub groups: usize,
+    pub head_dropout: f64,
+    /// Expression transform before z-scoring: `log2p1` (FPKM) or `none`.
+    pub transform: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneStage {
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Triplet {
+    /// On `CLS_pat = [CLS_img, CLS_ge]` (GiMP).
+    GeneInduced,
+    /// On `CLS_img` alone ("Aggregator + Triplet").
+    ImageOnly,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainStage {
+    /// 0 skips pre-training (fine-tune from scratch).
+    pub epochs: usize,
+    /// Patients per batch (class-balanced, at least two per class).
+    pub batch: usize,
+    /// Window length `L`.
+    pub window: usize,
+    pub mask_ratio: f64,
+    /// Masked patch modelling on (else the window is encoded unmasked).
+    pub mpm: bool,
+    pub triplet: Triplet,
+    pub mining: Mining,
+    /// Triplet margin δ.
+    pub margin: f64,
+    pub triplet_weight: f64,
+    pub reconstruction_weight: f64,
+    pub lr: f64,
+    pub weight_decay: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneStage {
+    pub epochs: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Train the gene encoder too (default: frozen, `gimp.md` §2).
+    pub train_genes: bool,
+    /// Random cap on patches per training bag (evaluation always uses the whole bag).
+    pub max_patches: Option<usize>,
+    /// `both`, `image` (expression treated as missing: the image-only part) or `genes`.
+    pub modalities: String,
+}
+
+impl RunConfig {
+    /// The paper's hyper-parameters (`gimp.md`): d 512, L 6000, mask 0.5, δ 0.8, AdamW 1e-4
+    /// cosine, 100 pre-training epochs, ≤ 70 fine-tuning epochs.
+    pub fn paper() -> Self {
+        Self {
+            preset: "paper".into(),
+            seed: 0,
+            fold: 0,
+            model: ModelConfig {
+                dim: 512,
+                heads: 8,
+                landmarks: 256,
+                gene_encoder: "group_msa".into(),
+                fragment: 252,
+                groups: 16,
+                head_dropout: 0.25,
+                transform: "log2p1".into(),
+            },
+            genes: GeneStage {
+                epochs: 50,
+                batch: 16,
+                lr: 1e-4,
+                weight_decay: 1e-4,
+            },
+            pretrain: PretrainStage {
+                epochs: 100,
+                batch: 8,
+                window: 6000,
+                mask_ratio: 0.5,
+                mpm: true,
+                triplet: Triplet::GeneInduced,
+                mining: Mining::Random,
+                margin: 0.8,
+                triplet_weight: 1.0,
+                reconstruction_weight: 1.0,
+                lr: 1e-4,
+                weight_decay: 1e-4,
+            },
+            finetune: FinetuneStage {
+                epochs: 70,
+                lr: 1e-4,
+                weight_decay: 1e-4,
+                train_genes: false,
+                max_patches: None,
+                modalities: "both".into(),
+            },
+        }
+    }
+
+    /// Small and fast: the whole pipeline in minutes on a laptop CPU.
+    pub fn demo() -> Self {
+        let mut c = Self::paper();
+        c.preset = "demo".into();
+        c.model.dim = 64;
+        c.model.heads = 4;
+        c.model.landmarks = 32;
+        c.model.fragment = 25;
+        c.model.groups = 8;
+        c.genes = GeneStage {
+            epochs: 20,
+            batch: 16,
+            lr: 1e-3,
+            weight_decay: 1e-4,
+        };
+        c.pretrain.epochs = 6;
+        c.pretrain.window = 256;
+        c.pretrain.lr = 5e-4;
+        c.finetune.epochs = 8;
+        c.finetune.lr = 3e-4;
+        c.finetune.max_patches = Some(512);
+        c
+    }
+
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "paper" => Some(Self::paper()),
+            "demo" => Some(Self::demo()),
+            _ => None,
+        }
+    }
+
+    /// Reads a run file: `preset = "…"` selects the base, any other field overrides it.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let overrides: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let base_name = overrides
+            .get("preset")
+            .and_then(|v| v.as_str())
+            .unwrap_or("paper");
+        let base = Self::preset(base_name)
+            .ok_or_else(|| format!("unknown preset '{base_name}' (paper, demo)"))?;
+        let mut table = toml::Table::try_from(&base).map_err(|e| e.to_string())?;
+        merge(&mut table, overrides);
+        table.try_into().map_err(|e: toml::de::Error| e.to_string())
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}

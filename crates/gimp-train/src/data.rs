@@ -1,0 +1,182 @@
+//! A cohort's split prepared for training: labels, the slide features of each patient (read from
+//! the memory-mapped cache on demand, so a 100 GB cohort never has to fit in memory), and the
+//! expression standardised with training-split statistics only (`gimp.md` §1).
+
+use candle_core::{Device, Tensor};
+use gimp_cohort::cache::FeatureCache;
+use gimp_cohort::Cohort;
+use gimp_io::splits::Part;
+use gimp_nn::checkpoint::Preprocessing;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataErr {
+    #[error("{0}")]
+    Io(#[from] gimp_io::DataError),
+    #[error("{0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error("{0}")]
+    Msg(String),
+}
+
+pub type Result<T> = std::result::Result<T, DataErr>;
+
+pub struct PatientData {
+    pub case_id: String,
+    pub label: usize,
+    /// (slide id, feature file) in slide order.
+    pub slides: Vec<(String, PathBuf)>,
+    /// Standardised expression.
+    pub expression: Option<Vec<f32>>,
+}
+
+pub struct Prepared {
+    pub classes: Vec<String>,
+    pub patients: Vec<PatientData>,
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+    pub test: Vec<usize>,
+    pub d_in: Option<usize>,
+    pub preprocessing: Option<Preprocessing>,
+    cache: FeatureCache,
+}
+
+impl Prepared {
+    /// Prepares split `fold` of `cohort`. `transform` is `log2p1` or `none`.
+    pub fn new(cohort: &Cohort, fold: usize, transform: &str) -> Result<Self> {
+        if !cohort.diagnostics.errors.is_empty() {
+            return Err(DataErr::Msg(format!(
+                "the cohort has errors (see `gimp-rs cohort check`):\n  - {}",
+                cohort.diagnostics.errors.join("\n  - ")
+            )));
+        }
+        let f = cohort.folds.get(fold).ok_or_else(|| {
+            DataErr::Msg(format!(
+                "the cohort has {} split file(s); there is no split {fold}",
+                cohort.folds.len()
+            ))
+        })?;
+        let part = |p: Part| f.patients(p);
+        let (train, val, test) = (part(Part::Train), part(Part::Val), part(Part::Test));
+        if train.is_empty() || test.is_empty() {
+            return Err(DataErr::Msg(format!(
+                "split {fold} has no training or no test patients"
+            )));
+        }
+        let log2p1 = match transform {
+            "log2p1" => true,
+            "none" => false,
+            other => {
+                return Err(DataErr::Msg(format!(
+                    "transform must be log2p1 or none, not '{other}'"
+                )))
+            }
+        };
+        let raw = |i: usize| -> Option<Vec<f32>> {
+            cohort.expression_of(&cohort.patients[i]).map(|r| {
+                if log2p1 {
+                    r.iter().map(|v| (v.max(0.0) + 1.0).log2()).collect()
+                } else {
+                    r.to_vec()
+                }
+            })
+        };
+        let rows: Vec<Option<Vec<f32>>> = (0..cohort.patients.len()).map(raw).collect();
+        let preprocessing = cohort.expression.as_ref().map(|m| {
+            let train_rows: Vec<&[f32]> =
+                train.iter().filter_map(|&i| rows[i].as_deref()).collect();
+            let g = m.n_genes();
+            let n = train_rows.len().max(1) as f64;
+            let mut mean = vec![0f64; g];
+            for r in &train_rows {
+                for (a, v) in mean.iter_mut().zip(r.iter()) {
+                    *a += *v as f64;
+                }
+            }
+            mean.iter_mut().for_each(|a| *a /= n);
+            let mut var = vec![0f64; g];
+            for r in &train_rows {
+                for ((a, v), m) in var.iter_mut().zip(r.iter()).zip(&mean) {
+                    *a += (*v as f64 - m).powi(2);
+                }
+            }
+            Preprocessing {
+                transform: transform.to_string(),
+                genes: m.genes.clone(),
+                mean: mean.iter().map(|v| *v as f32).collect(),
+                std: var.iter().map(|v| (v / n).sqrt() as f32).collect(),
+            }
+        });
+        let patients = cohort
+            .patients
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PatientData {
+                case_id: p.case_id.clone(),
+                label: p.label,
+                slides: p
+                    .slides
+                    .iter()
+                    .filter_map(|s| s.path.clone().map(|path| (s.slide_id.clone(), path)))
+                    .collect(),
+                expression: match (&rows[i], &preprocessing) {
+                    (Some(r), Some(pp)) => Some(standardise(r, pp)),
+                    _ => None,
+                },
+            })
+            .collect();
+        let cache_dir = cohort
+            .file
+            .config
+            .features
+            .as_ref()
+            .map(|f| match &f.cache_dir {
+                Some(d) => cohort.file.resolve(d),
+                None => cohort.file.resolve(&f.dir).join(".gimp-cache"),
+            })
+            .unwrap_or_else(|| cohort.file.resolve(std::path::Path::new(".gimp-cache")));
+        Ok(Self {
+            classes: cohort.label_map.names.clone(),
+            patients,
+            train,
+            val,
+            test,
+            d_in: cohort.feature_dim,
+            preprocessing,
+            cache: FeatureCache::new(cache_dir),
+        })
+    }
+
+    pub fn n_genes(&self) -> usize {
+        self.preprocessing.as_ref().map_or(0, |p| p.genes.len())
+    }
+
+    /// The patient's bag `[N, D]` (slides concatenated in order), via the feature cache.
+    pub fn bag(&self, i: usize) -> Result<Option<Tensor>> {
+        let p = &self.patients[i];
+        if p.slides.is_empty() {
+            return Ok(None);
+        }
+        let mut parts = Vec::new();
+        for (id, path) in &p.slides {
+            let b = self.cache.get(path, id, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
+            parts.push(Tensor::from_slice(b.features(), (b.n, b.d), &Device::Cpu)?);
+        }
+        Ok(Some(Tensor::cat(&parts, 0)?))
+    }
+
+    pub fn expression(&self, i: usize) -> Result<Option<Tensor>> {
+        Ok(match &self.patients[i].expression {
+            Some(v) => Some(Tensor::from_slice(v, v.len(), &Device::Cpu)?),
+            None => None,
+        })
+    }
+}
+
+/// z-score with the given statistics; a gene with std < 1e-6 is 0.
+pub fn standardise(raw: &[f32], p: &Preprocessing) -> Vec<f32> {
+    raw.iter()
+        .zip(p.mean.iter().zip(&p.std))
+        .map(|(v, (m, s))| if *s < 1e-6 { 0.0 } else { (v - m) / s })
+        .collect()
+}

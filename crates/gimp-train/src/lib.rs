@@ -1,0 +1,9 @@
+//! GiMP's training pipeline on a cohort: gene pre-training, GiMP pre-training (masked patch
+//! modelling + gene-induced triplets), fine-tuning, evaluation.
+
+pub mod config;
+pub mod data;
+pub mod stages;
+
+pub use config::RunConfig;
+pub use data::Prepared;

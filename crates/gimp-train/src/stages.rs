@@ -1,0 +1,676 @@
+//! The three training stages of GiMP and the evaluation of a trained model.
+
+use crate::config::{RunConfig, Triplet};
+use crate::data::{DataErr, Prepared, Result};
+use candle_core::{Device, Tensor};
+use gimp_metrics::Report;
+use gimp_models::aggregator::AggregatorConfig;
+use gimp_models::gimp::{GeneEncoder, GeneEncoderConfig, Gimp, GimpConfig};
+use gimp_models::group_msa::GroupMsaConfig;
+use gimp_models::snn::SnnConfig;
+use gimp_nn::checkpoint::Checkpoint;
+use gimp_nn::nystrom::NystromConfig;
+use gimp_nn::optim::{Adam, AdamConfig, Cosine, Kind};
+use gimp_nn::{loss, ops, Mode, ParamStore};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+/// What a stage reports while it runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub stage: &'static str,
+    pub epoch: usize,
+    pub epochs: usize,
+    pub step: usize,
+    pub steps: usize,
+    pub loss: f64,
+}
+
+pub type OnProgress<'a> = &'a dyn Fn(&Progress);
+
+/// One line per epoch in `{dir}/log.jsonl`.
+struct Log(std::fs::File);
+
+impl Log {
+    fn create(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| gimp_io::DataError::io(dir, e))?;
+        let p = dir.join("log.jsonl");
+        Ok(Self(
+            std::fs::File::create(&p).map_err(|e| gimp_io::DataError::io(&p, e))?,
+        ))
+    }
+
+    fn write(&mut self, v: serde_json::Value) {
+        let _ = writeln!(self.0, "{v}");
+        let _ = self.0.flush();
+    }
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// Deep copies of every parameter (a `Var` is updated in place, so plain clones would follow it).
+fn snapshot(store: &ParamStore) -> Result<BTreeMap<String, Tensor>> {
+    store
+        .tensors()
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.copy()?)))
+        .collect()
+}
+
+fn restore(store: &ParamStore, snap: &BTreeMap<String, Tensor>) -> Result<()> {
+    for (name, p) in store.params() {
+        if let Some(t) = snap.get(&name) {
+            p.var.set(t)?;
+        }
+    }
+    Ok(())
+}
+
+fn adamw(lr: f64, wd: f64) -> AdamConfig {
+    AdamConfig {
+        kind: Kind::AdamW,
+        lr,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: wd,
+    }
+}
+
+fn probs_of(logits: &Tensor) -> Result<Vec<f64>> {
+    Ok(ops::softmax_last(logits)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec1()?)
+}
+
+/// Highest validation accuracy, ties broken by the lower validation loss (`gimp.md` §6).
+fn better(acc: f64, loss: f64, best: Option<(f64, f64)>) -> bool {
+    match best {
+        None => true,
+        Some((ba, bl)) => acc > ba || (acc == ba && loss < bl),
+    }
+}
+
+pub fn gene_config(cfg: &RunConfig, n_genes: usize, n_classes: usize) -> Result<GeneEncoderConfig> {
+    Ok(match cfg.model.gene_encoder.as_str() {
+        "group_msa" => GeneEncoderConfig::GroupMsa(GroupMsaConfig {
+            n_genes,
+            fragment: cfg.model.fragment,
+            dim: cfg.model.dim,
+            groups: cfg.model.groups,
+            heads: cfg.model.heads,
+            mlp_ratio: 4,
+            dropout: 0.1,
+            n_classes,
+        }),
+        "snn" => GeneEncoderConfig::Snn(SnnConfig::small(n_genes, n_classes)),
+        other => {
+            return Err(DataErr::Msg(format!(
+                "gene_encoder must be group_msa or snn, not '{other}'"
+            )))
+        }
+    })
+}
+
+pub fn gimp_config(
+    cfg: &RunConfig,
+    d_in: usize,
+    n_genes: usize,
+    n_classes: usize,
+) -> Result<GimpConfig> {
+    let mut agg = AggregatorConfig::gimp(d_in);
+    agg.dim = cfg.model.dim;
+    agg.attention = NystromConfig {
+        dim: cfg.model.dim,
+        heads: cfg.model.heads,
+        dim_head: cfg.model.dim / cfg.model.heads.max(1),
+        landmarks: cfg.model.landmarks,
+        ..NystromConfig::transmil(cfg.model.dim)
+    };
+    Ok(GimpConfig {
+        aggregator: agg,
+        genes: gene_config(cfg, n_genes.max(1), n_classes)?,
+        n_classes,
+        head_dropout: cfg.model.head_dropout,
+    })
+}
+
+/// Outcome of a stage: where its checkpoint is and its validation/test metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageResult {
+    pub checkpoint: std::path::PathBuf,
+    pub best_epoch: usize,
+    pub val: Option<Report>,
+    pub test: Option<Report>,
+}
+
+fn with_expression(data: &Prepared, idx: &[usize]) -> Vec<usize> {
+    idx.iter()
+        .copied()
+        .filter(|&i| data.patients[i].expression.is_some())
+        .collect()
+}
+
+fn stack_expression(data: &Prepared, idx: &[usize]) -> Result<Tensor> {
+    let rows: Vec<Tensor> = idx
+        .iter()
+        .map(|&i| data.expression(i).map(|t| t.expect("filtered")))
+        .collect::<Result<_>>()?;
+    Ok(Tensor::stack(&rows, 0)?)
+}
+
+/// Evaluates the gene encoder's head on `idx` (patients with expression): labels, probabilities
+/// and the mean loss.
+fn eval_genes(
+    enc: &GeneEncoder,
+    data: &Prepared,
+    idx: &[usize],
+) -> Result<(Vec<usize>, Vec<Vec<f64>>, f64)> {
+    let idx = with_expression(data, idx);
+    if idx.is_empty() {
+        return Ok((vec![], vec![], f64::NAN));
+    }
+    let mode = Mode::inference();
+    let (_, logits) = enc.forward(&stack_expression(data, &idx)?, &mode)?;
+    let labels: Vec<usize> = idx.iter().map(|&i| data.patients[i].label).collect();
+    let l = scalar(&loss::cross_entropy(&logits, &labels)?)?;
+    let probs = (0..idx.len())
+        .map(|r| probs_of(&logits.get(r)?))
+        .collect::<Result<_>>()?;
+    Ok((labels, probs, l))
+}
+
+/// Stage 1 (`gimp.md` §2): supervised GroupMSA (or SNN) on expression alone; the best epoch on
+/// validation is kept and saved as a checkpoint `model run` can use.
+pub fn pretrain_genes(
+    data: &Prepared,
+    cfg: &RunConfig,
+    dir: &Path,
+    on: OnProgress,
+) -> Result<StageResult> {
+    let nc = data.classes.len();
+    let gcfg = gene_config(cfg, data.n_genes(), nc)?;
+    let train = with_expression(data, &data.train);
+    if train.is_empty() {
+        return Err(DataErr::Msg("no training patient has expression".into()));
+    }
+    let store = ParamStore::new(cfg.seed);
+    let enc = GeneEncoder::new(&store.root(), &gcfg)?;
+    let mut opt = Adam::new(&store, adamw(cfg.genes.lr, cfg.genes.weight_decay));
+    let batch = cfg.genes.batch.max(1);
+    let per_epoch = train.len().div_ceil(batch);
+    let sched = Cosine {
+        base: cfg.genes.lr,
+        warmup: 0,
+        total: per_epoch * cfg.genes.epochs.max(1),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6E6E);
+    let mut log = Log::create(dir)?;
+    let mut best: Option<(f64, f64)> = None;
+    let mut best_epoch = 0;
+    let mut best_snap = snapshot(&store)?;
+    let mut step = 0;
+    for epoch in 0..cfg.genes.epochs {
+        let mut order = train.clone();
+        order.shuffle(&mut rng);
+        let mode = Mode::train(ChaCha8Rng::seed_from_u64(rng.gen()));
+        let mut total = 0.0;
+        for (b, idx) in order.chunks(batch).enumerate() {
+            let (_, logits) = enc.forward(&stack_expression(data, idx)?, &mode)?;
+            let labels: Vec<usize> = idx.iter().map(|&i| data.patients[i].label).collect();
+            let l = loss::cross_entropy(&logits, &labels)?;
+            let grads = opt.collect(&l.backward()?);
+            opt.step_with(&grads, sched.lr(step))?;
+            step += 1;
+            let lv = scalar(&l)?;
+            total += lv;
+            on(&Progress {
+                stage: "genes",
+                epoch,
+                epochs: cfg.genes.epochs,
+                step: b + 1,
+                steps: per_epoch,
+                loss: lv,
+            });
+        }
+        let (yv, pv, lossv) = eval_genes(&enc, data, &data.val)?;
+        let acc = if yv.is_empty() {
+            f64::NAN
+        } else {
+            gimp_metrics::accuracy(&yv, &argmax(&pv))
+        };
+        log.write(serde_json::json!({"epoch": epoch, "train_loss": total / per_epoch as f64, "val_loss": lossv, "val_accuracy": acc}));
+        if yv.is_empty() || better(acc, lossv, best) {
+            best = Some((acc, lossv));
+            best_epoch = epoch;
+            best_snap = snapshot(&store)?;
+        }
+    }
+    restore(&store, &best_snap)?;
+    let (yv, pv, _) = eval_genes(&enc, data, &data.val)?;
+    let (yt, pt, _) = eval_genes(&enc, data, &data.test)?;
+    let (arch, config) = match &gcfg {
+        GeneEncoderConfig::GroupMsa(c) => {
+            ("group_msa", serde_json::to_value(c).unwrap_or_default())
+        }
+        GeneEncoderConfig::Snn(c) => ("snn", serde_json::to_value(c).unwrap_or_default()),
+    };
+    let path = dir.join("model.safetensors");
+    Checkpoint {
+        arch: arch.into(),
+        config,
+        classes: data.classes.clone(),
+        weights: store.tensors(),
+        preprocessing: data.preprocessing.clone(),
+        info: provenance(cfg, "pretrain-genes", best_epoch),
+    }
+    .save(&path)?;
+    Ok(StageResult {
+        checkpoint: path,
+        best_epoch,
+        val: (!yv.is_empty()).then(|| Report::new(&yv, &pv, nc, cfg.seed)),
+        test: (!yt.is_empty()).then(|| Report::new(&yt, &pt, nc, cfg.seed)),
+    })
+}
+
+fn provenance(cfg: &RunConfig, stage: &str, epoch: usize) -> BTreeMap<String, String> {
+    [
+        ("stage", stage.to_string()),
+        ("best_epoch", epoch.to_string()),
+        ("seed", cfg.seed.to_string()),
+        ("fold", cfg.fold.to_string()),
+        ("preset", cfg.preset.clone()),
+        ("gimp_rs_version", env!("CARGO_PKG_VERSION").to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+pub fn argmax(probs: &[Vec<f64>]) -> Vec<usize> {
+    probs
+        .iter()
+        .map(|p| {
+            p.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Class-balanced batches (`gimp.md` §5): every batch takes `⌈B/C⌉` (at least 2) patients of
+/// each class, cycling a class's shuffled list when it runs out; `⌈n/B⌉` batches an epoch.
+pub fn balanced_batches(
+    idx: &[usize],
+    labels: &[usize],
+    batch: usize,
+    n_classes: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Vec<usize>> {
+    let mut queues: Vec<Vec<usize>> = vec![Vec::new(); n_classes];
+    for &i in idx {
+        queues[labels[i]].push(i);
+    }
+    queues.retain(|q| !q.is_empty());
+    for q in queues.iter_mut() {
+        q.shuffle(rng);
+    }
+    let per = batch.div_ceil(queues.len().max(1)).max(2);
+    let mut pos = vec![0usize; queues.len()];
+    (0..idx.len().div_ceil(batch.max(1)))
+        .map(|_| {
+            let mut b = Vec::new();
+            for (q, p) in queues.iter_mut().zip(pos.iter_mut()) {
+                for _ in 0..per.min(q.len()) {
+                    if *p == q.len() {
+                        q.shuffle(rng);
+                        *p = 0;
+                    }
+                    b.push(q[*p]);
+                    *p += 1;
+                }
+            }
+            b
+        })
+        .collect()
+}
+
+/// Rows of a window of `l` patches (`gimp.md` §4): a shorter bag is repeated end to end, then a
+/// uniform start is drawn.
+pub fn window_rows(n: usize, l: usize, rng: &mut ChaCha8Rng) -> Vec<u32> {
+    let reps = l.div_ceil(n.max(1));
+    let len = reps * n;
+    let start = rng.gen_range(0..=len - l);
+    (start..start + l).map(|i| (i % n) as u32).collect()
+}
+
+fn build_gimp(
+    data: &Prepared,
+    cfg: &RunConfig,
+    preset: BTreeMap<String, Tensor>,
+) -> Result<(ParamStore, Gimp)> {
+    let d_in = data
+        .d_in
+        .ok_or_else(|| DataErr::Msg("the cohort has no slide features".into()))?;
+    let gcfg = gimp_config(cfg, d_in, data.n_genes(), data.classes.len())?;
+    let store = ParamStore::with_preset(cfg.seed ^ 0xA66, preset);
+    let model = Gimp::new(&store.root(), gcfg)?;
+    Ok((store, model))
+}
+
+fn gene_preset(gene_ckpt: Option<&Path>) -> Result<BTreeMap<String, Tensor>> {
+    Ok(match gene_ckpt {
+        Some(p) => Checkpoint::load(p)?
+            .weights
+            .into_iter()
+            .map(|(k, v)| (format!("genes.{k}"), v))
+            .collect(),
+        None => BTreeMap::new(),
+    })
+}
+
+/// Stage 2 (`gimp.md` §4–§5): masked patch modelling on windows of `L` patches and the
+/// gene-induced triplet loss on `CLS_pat`, with the gene encoder frozen and class-balanced
+/// batches. The options reproduce the paper's ablations (no MPM, image-only triplet, no triplet).
+pub fn pretrain(
+    data: &Prepared,
+    cfg: &RunConfig,
+    gene_ckpt: Option<&Path>,
+    dir: &Path,
+    on: OnProgress,
+) -> Result<StageResult> {
+    let pc = &cfg.pretrain;
+    let (store, model) = build_gimp(data, cfg, gene_preset(gene_ckpt)?)?;
+    store.set_trainable("genes.", false);
+    let mut opt = Adam::new(&store, adamw(pc.lr, pc.weight_decay));
+    let labels: Vec<usize> = data.patients.iter().map(|p| p.label).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x9E7);
+    let per_epoch = data.train.len().div_ceil(pc.batch.max(1));
+    let sched = Cosine {
+        base: pc.lr,
+        warmup: 0,
+        total: per_epoch * pc.epochs.max(1),
+    };
+    let mut log = Log::create(dir)?;
+    let mut step = 0;
+    for epoch in 0..pc.epochs {
+        let batches =
+            balanced_batches(&data.train, &labels, pc.batch, data.classes.len(), &mut rng);
+        let mode = Mode::train(ChaCha8Rng::seed_from_u64(rng.gen()));
+        let (mut tot_tri, mut tot_rec, mut n_b) = (0.0, 0.0, 0usize);
+        for (b, idx) in batches.iter().enumerate() {
+            let mut embs = Vec::new();
+            let mut recs = Vec::new();
+            for &i in idx {
+                let cls_img = match data.bag(i)? {
+                    Some(bag) => {
+                        let n = bag.dim(0)?;
+                        let rows = window_rows(n, pc.window, &mut rng);
+                        let w =
+                            bag.index_select(&Tensor::from_vec(rows, pc.window, &Device::Cpu)?, 0)?;
+                        if pc.mpm {
+                            let k = ((pc.mask_ratio * pc.window as f64).floor() as usize)
+                                .min(pc.window);
+                            let masked =
+                                rand::seq::index::sample(&mut rng, pc.window, k).into_vec();
+                            let m = model.masked_patch_modelling(&w, &masked, &mode)?;
+                            recs.push(m.reconstruction);
+                            m.cls_img
+                        } else {
+                            model.aggregator.cls(&w, &mode)?
+                        }
+                    }
+                    None => model.cls_img(None, &mode)?,
+                };
+                let emb = match pc.triplet {
+                    Triplet::ImageOnly => cls_img,
+                    _ => Tensor::cat(
+                        &[
+                            cls_img,
+                            model.cls_ge(data.expression(i)?.as_ref(), false, &mode)?,
+                        ],
+                        0,
+                    )?,
+                };
+                embs.push(emb);
+            }
+            let blabels: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
+            let tri = match pc.triplet {
+                Triplet::Off => None,
+                _ => loss::triplet(
+                    &Tensor::stack(&embs, 0)?,
+                    &blabels,
+                    pc.margin,
+                    pc.mining,
+                    &mode,
+                )?,
+            };
+            let rec = if recs.is_empty() {
+                None
+            } else {
+                Some(Tensor::stack(&recs, 0)?.mean_all()?)
+            };
+            let total = match (&tri, &rec) {
+                (Some(t), Some(r)) => {
+                    (t.affine(pc.triplet_weight, 0.0)?
+                        + r.affine(pc.reconstruction_weight, 0.0)?)?
+                }
+                (Some(t), None) => t.affine(pc.triplet_weight, 0.0)?,
+                (None, Some(r)) => r.affine(pc.reconstruction_weight, 0.0)?,
+                (None, None) => continue,
+            };
+            let grads = opt.collect(&total.backward()?);
+            opt.step_with(&grads, sched.lr(step))?;
+            step += 1;
+            let (tv, rv) = (
+                tri.as_ref().map(scalar).transpose()?.unwrap_or(0.0),
+                rec.as_ref().map(scalar).transpose()?.unwrap_or(0.0),
+            );
+            tot_tri += tv;
+            tot_rec += rv;
+            n_b += 1;
+            on(&Progress {
+                stage: "pretrain",
+                epoch,
+                epochs: pc.epochs,
+                step: b + 1,
+                steps: batches.len(),
+                loss: tv + rv,
+            });
+        }
+        let nb = n_b.max(1) as f64;
+        log.write(serde_json::json!({"epoch": epoch, "triplet_loss": tot_tri / nb, "reconstruction_loss": tot_rec / nb}));
+    }
+    let path = dir.join("model.safetensors");
+    save_gimp(
+        &store,
+        &model,
+        data,
+        cfg,
+        "pretrain",
+        pc.epochs.saturating_sub(1),
+        &path,
+    )?;
+    Ok(StageResult {
+        checkpoint: path,
+        best_epoch: pc.epochs.saturating_sub(1),
+        val: None,
+        test: None,
+    })
+}
+
+fn save_gimp(
+    store: &ParamStore,
+    model: &Gimp,
+    data: &Prepared,
+    cfg: &RunConfig,
+    stage: &str,
+    epoch: usize,
+    path: &Path,
+) -> Result<()> {
+    Checkpoint {
+        arch: "gimp".into(),
+        config: serde_json::to_value(&model.cfg).unwrap_or_default(),
+        classes: data.classes.clone(),
+        weights: store.tensors(),
+        preprocessing: data.preprocessing.clone(),
+        info: provenance(cfg, stage, epoch),
+    }
+    .save(path)?;
+    Ok(())
+}
+
+/// Which inputs the fine-tuned model sees.
+fn inputs(data: &Prepared, i: usize, modalities: &str) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let bag = if modalities == "genes" {
+        None
+    } else {
+        data.bag(i)?
+    };
+    let expr = if modalities == "image" {
+        None
+    } else {
+        data.expression(i)?
+    };
+    Ok((bag, expr))
+}
+
+/// Labels, probabilities and mean loss of the fine-tuned model on `idx`.
+pub fn evaluate_gimp(
+    model: &Gimp,
+    data: &Prepared,
+    idx: &[usize],
+    modalities: &str,
+) -> Result<(Vec<usize>, Vec<Vec<f64>>, f64)> {
+    let mode = Mode::inference();
+    let (mut y, mut p, mut total) = (Vec::new(), Vec::new(), 0.0);
+    for &i in idx {
+        let (bag, expr) = inputs(data, i, modalities)?;
+        let cls = Tensor::cat(
+            &[
+                model.cls_img(bag.as_ref(), &mode)?,
+                model.cls_ge(expr.as_ref(), false, &mode)?,
+            ],
+            0,
+        )?;
+        let logits = model.head(&cls, &mode)?;
+        let label = data.patients[i].label;
+        total += scalar(&loss::cross_entropy(&logits.unsqueeze(0)?, &[label])?)?;
+        y.push(label);
+        p.push(probs_of(&logits)?);
+    }
+    Ok((y, p, total / idx.len().max(1) as f64))
+}
+
+/// Stage 3 (`gimp.md` §6): the pre-trained aggregator, the frozen gene encoder and an MLP head on
+/// `CLS_pat`; whole bags, batch 1; validation after every epoch; the best epoch is kept and the
+/// test split is reported at it.
+pub fn finetune(
+    data: &Prepared,
+    cfg: &RunConfig,
+    init: Option<&Path>,
+    gene_ckpt: Option<&Path>,
+    dir: &Path,
+    on: OnProgress,
+) -> Result<StageResult> {
+    let fc = &cfg.finetune;
+    if !matches!(fc.modalities.as_str(), "both" | "image" | "genes") {
+        return Err(DataErr::Msg(format!(
+            "finetune.modalities must be both, image or genes, not '{}'",
+            fc.modalities
+        )));
+    }
+    let preset = match init {
+        Some(p) => Checkpoint::load(p)?.weights,
+        None => gene_preset(gene_ckpt)?,
+    };
+    let (store, model) = build_gimp(data, cfg, preset)?;
+    if !fc.train_genes {
+        store.set_trainable("genes.", false);
+    }
+    store.set_trainable("mpm.", false);
+    let mut opt = Adam::new(&store, adamw(fc.lr, fc.weight_decay));
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xF17E);
+    let sched = Cosine {
+        base: fc.lr,
+        warmup: 0,
+        total: data.train.len() * fc.epochs.max(1),
+    };
+    let mut log = Log::create(dir)?;
+    let mut best: Option<(f64, f64)> = None;
+    let (mut best_epoch, mut best_snap) = (0, snapshot(&store)?);
+    let mut step = 0;
+    for epoch in 0..fc.epochs {
+        let mut order = data.train.clone();
+        order.shuffle(&mut rng);
+        let mode = Mode::train(ChaCha8Rng::seed_from_u64(rng.gen()));
+        let mut total = 0.0;
+        for (k, &i) in order.iter().enumerate() {
+            let (mut bag, expr) = inputs(data, i, &fc.modalities)?;
+            if let (Some(b), Some(cap)) = (&bag, fc.max_patches) {
+                let n = b.dim(0)?;
+                if n > cap {
+                    let mut rows = rand::seq::index::sample(&mut rng, n, cap).into_vec();
+                    rows.sort_unstable();
+                    let rows: Vec<u32> = rows.into_iter().map(|r| r as u32).collect();
+                    bag = Some(b.index_select(&Tensor::from_vec(rows, cap, &Device::Cpu)?, 0)?);
+                }
+            }
+            let cls = Tensor::cat(
+                &[
+                    model.cls_img(bag.as_ref(), &mode)?,
+                    model.cls_ge(expr.as_ref(), fc.train_genes, &mode)?,
+                ],
+                0,
+            )?;
+            let logits = model.head(&cls, &mode)?;
+            let l = loss::cross_entropy(&logits.unsqueeze(0)?, &[data.patients[i].label])?;
+            let grads = opt.collect(&l.backward()?);
+            opt.step_with(&grads, sched.lr(step))?;
+            step += 1;
+            let lv = scalar(&l)?;
+            total += lv;
+            on(&Progress {
+                stage: "finetune",
+                epoch,
+                epochs: fc.epochs,
+                step: k + 1,
+                steps: order.len(),
+                loss: lv,
+            });
+        }
+        let (yv, pv, lv) = evaluate_gimp(&model, data, &data.val, &fc.modalities)?;
+        let acc = if yv.is_empty() {
+            f64::NAN
+        } else {
+            gimp_metrics::accuracy(&yv, &argmax(&pv))
+        };
+        log.write(serde_json::json!({"epoch": epoch, "train_loss": total / order.len().max(1) as f64, "val_loss": lv, "val_accuracy": acc}));
+        if yv.is_empty() || better(acc, lv, best) {
+            best = Some((acc, lv));
+            best_epoch = epoch;
+            best_snap = snapshot(&store)?;
+        }
+    }
+    restore(&store, &best_snap)?;
+    let nc = data.classes.len();
+    let (yv, pv, _) = evaluate_gimp(&model, data, &data.val, &fc.modalities)?;
+    let (yt, pt, _) = evaluate_gimp(&model, data, &data.test, &fc.modalities)?;
+    let path = dir.join("model.safetensors");
+    save_gimp(&store, &model, data, cfg, "finetune", best_epoch, &path)?;
+    Ok(StageResult {
+        checkpoint: path,
+        best_epoch,
+        val: (!yv.is_empty()).then(|| Report::new(&yv, &pv, nc, cfg.seed)),
+        test: Some(Report::new(&yt, &pt, nc, cfg.seed)),
+    })
+}
