@@ -30,15 +30,15 @@ impl GeneEncoderConfig {
 
 /// A gene encoder with its supervised head (the gene pre-training model).
 pub enum GeneEncoder {
-    GroupMsa(GroupMsa),
-    Snn(Snn),
+    GroupMsa(Box<GroupMsa>),
+    Snn(Box<Snn>),
 }
 
 impl GeneEncoder {
     pub fn new(s: &Scope, cfg: &GeneEncoderConfig) -> Result<Self> {
         Ok(match cfg {
-            GeneEncoderConfig::GroupMsa(c) => Self::GroupMsa(GroupMsa::new(s, c.clone())?),
-            GeneEncoderConfig::Snn(c) => Self::Snn(Snn::new(s, c.clone())?),
+            GeneEncoderConfig::GroupMsa(c) => Self::GroupMsa(Box::new(GroupMsa::new(s, c.clone())?)),
+            GeneEncoderConfig::Snn(c) => Self::Snn(Box::new(Snn::new(s, c.clone())?)),
         })
     }
 
