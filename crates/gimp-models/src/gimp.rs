@@ -37,7 +37,9 @@ pub enum GeneEncoder {
 impl GeneEncoder {
     pub fn new(s: &Scope, cfg: &GeneEncoderConfig) -> Result<Self> {
         Ok(match cfg {
-            GeneEncoderConfig::GroupMsa(c) => Self::GroupMsa(Box::new(GroupMsa::new(s, c.clone())?)),
+            GeneEncoderConfig::GroupMsa(c) => {
+                Self::GroupMsa(Box::new(GroupMsa::new(s, c.clone())?))
+            }
             GeneEncoderConfig::Snn(c) => Self::Snn(Box::new(Snn::new(s, c.clone())?)),
         })
     }

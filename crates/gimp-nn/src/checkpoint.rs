@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 pub const FORMAT: &str = "gimp-rs checkpoint 1";
+const META_KEY: &str = "gimp";
 
 /// Expression preprocessing fitted on the training split (`gimp.md` §1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,20 +48,19 @@ impl Checkpoint {
                 .map_err(|e| err(path, ErrorKind::Value, format!("tensor '{name}': {e}")))?;
             data.push((name.clone(), t.dims().to_vec(), v));
         }
-        let mut meta = HashMap::new();
-        meta.insert("gimp.format".to_string(), FORMAT.to_string());
-        meta.insert("gimp.arch".to_string(), self.arch.clone());
-        meta.insert(
-            "gimp.config".to_string(),
-            serde_json::to_string_pretty(&self.config).unwrap_or_default(),
+        // One metadata entry holding an ordered JSON object: safetensors keeps metadata in a
+        // HashMap, whose order would make two saves of the same model differ byte for byte.
+        let mut header = serde_json::Map::new();
+        header.insert("format".into(), FORMAT.into());
+        header.insert("arch".into(), self.arch.clone().into());
+        header.insert("config".into(), self.config.clone());
+        header.insert(
+            "classes".into(),
+            serde_json::to_value(&self.classes).unwrap_or_default(),
         );
-        meta.insert(
-            "gimp.classes".to_string(),
-            serde_json::to_string(&self.classes).unwrap_or_default(),
-        );
-        meta.insert(
-            "gimp.info".to_string(),
-            serde_json::to_string_pretty(&self.info).unwrap_or_default(),
+        header.insert(
+            "info".into(),
+            serde_json::to_value(&self.info).unwrap_or_default(),
         );
         if let Some(p) = &self.preprocessing {
             if p.genes.len() != p.mean.len() || p.mean.len() != p.std.len() {
@@ -76,9 +76,16 @@ impl Checkpoint {
                 p.mean.clone(),
             ));
             data.push(("preprocessing.std".into(), vec![p.std.len()], p.std.clone()));
-            meta.insert("gimp.transform".into(), p.transform.clone());
-            meta.insert("gimp.genes".into(), p.genes.join("\n"));
+            header.insert("transform".into(), p.transform.clone().into());
+            header.insert(
+                "genes".into(),
+                serde_json::to_value(&p.genes).unwrap_or_default(),
+            );
         }
+        let meta = HashMap::from([(
+            META_KEY.to_string(),
+            serde_json::Value::Object(header).to_string(),
+        )]);
         let refs: Vec<(&str, Vec<usize>, &[f32])> = data
             .iter()
             .map(|(n, s, v)| (n.as_str(), s.clone(), v.as_slice()))
@@ -91,37 +98,51 @@ impl Checkpoint {
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| DataError::malformed(path, format!("not a safetensors file: {e}")))?;
         let meta: HashMap<String, String> = meta.metadata().clone().unwrap_or_default();
-        if meta.get("gimp.format").map(String::as_str) != Some(FORMAT) {
+        let header: serde_json::Value = match meta.get(META_KEY).map(|s| serde_json::from_str(s)) {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                return Err(err(
+                    path,
+                    ErrorKind::Malformed,
+                    format!("metadata '{META_KEY}': {e}"),
+                ))
+            }
+            None => serde_json::Value::Null,
+        };
+        if header.get("format").and_then(|v| v.as_str()) != Some(FORMAT) {
             return Err(err(
                 path,
                 ErrorKind::Unsupported,
-                "not a gimp-rs checkpoint (no 'gimp.format' metadata); to run reference weights use `gimp-rs model run --arch NAME --weights FILE`",
+                "not a gimp-rs checkpoint (no 'gimp' metadata); to run reference weights use `gimp-rs model run --arch NAME --weights FILE`",
             ));
         }
-        let get = |k: &str| {
-            meta.get(k)
-                .cloned()
-                .ok_or_else(|| err(path, ErrorKind::Missing, format!("metadata '{k}' missing")))
-        };
-        let config: serde_json::Value =
-            serde_json::from_str(&get("gimp.config")?).map_err(|e| {
+        let field = |k: &str| {
+            header.get(k).cloned().ok_or_else(|| {
                 err(
                     path,
-                    ErrorKind::Malformed,
-                    format!("metadata 'gimp.config': {e}"),
+                    ErrorKind::Missing,
+                    format!("metadata field '{k}' missing"),
                 )
-            })?;
-        let classes: Vec<String> = serde_json::from_str(&get("gimp.classes")?).map_err(|e| {
+            })
+        };
+        let parse = |k: &str, v: serde_json::Value| {
             err(
                 path,
                 ErrorKind::Malformed,
-                format!("metadata 'gimp.classes': {e}"),
+                format!("metadata field '{k}': {v}"),
             )
-        })?;
-        let info: BTreeMap<String, String> = meta
-            .get("gimp.info")
-            .and_then(|s| serde_json::from_str(s).ok())
+        };
+        let config = field("config")?;
+        let classes: Vec<String> = serde_json::from_value(field("classes")?)
+            .map_err(|e| parse("classes", e.to_string().into()))?;
+        let info: BTreeMap<String, String> = header
+            .get("info")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
             .unwrap_or_default();
+        let arch = field("arch")?
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| parse("arch", "not a string".into()))?;
         let mut tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
             .map_err(|e| DataError::malformed(path, format!("tensors unreadable: {e}")))?;
         let preprocessing = match (
@@ -133,10 +154,10 @@ impl Checkpoint {
                     t.to_vec1::<f32>()
                         .map_err(|e| err(path, ErrorKind::Malformed, format!("{name}: {e}")))
                 };
-                let genes: Vec<String> =
-                    get("gimp.genes")?.split('\n').map(str::to_string).collect();
+                let genes: Vec<String> = serde_json::from_value(field("genes")?)
+                    .map_err(|e| parse("genes", e.to_string().into()))?;
                 let p = Preprocessing {
-                    transform: get("gimp.transform")?,
+                    transform: field("transform")?.as_str().unwrap_or("none").to_string(),
                     genes,
                     mean: v(m, "preprocessing.mean")?,
                     std: v(s, "preprocessing.std")?,
@@ -157,7 +178,7 @@ impl Checkpoint {
             _ => None,
         };
         Ok(Self {
-            arch: get("gimp.arch")?,
+            arch,
             config,
             classes,
             weights: tensors.into_iter().collect(),

@@ -1,0 +1,174 @@
+//! The three stages on a tiny synthetic cohort: they run, write their checkpoints and logs, keep
+//! patients with a missing modality, and are deterministic for a seed.
+
+use gimp_cohort::{Cohort, CohortFile, LoadOptions};
+use gimp_synth::{Difficulty, Size, SynthConfig};
+use gimp_train::stages::{self, balanced_batches, window_rows};
+use gimp_train::{Prepared, RunConfig};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::path::Path;
+
+fn tiny_cohort(dir: &Path, missing: f64) -> Cohort {
+    let mut s = SynthConfig::new(Difficulty::Easy, Size::Demo, 3);
+    s.n_patients = 24;
+    s.patches_min = 20;
+    s.patches_max = 60;
+    s.d_in = 16;
+    s.n_genes = 100;
+    s.missing_expression = missing;
+    s.missing_slide = missing;
+    gimp_synth::generate(&s, dir, &|_, _| {}).unwrap();
+    Cohort::load(
+        CohortFile::load(&dir.join("cohort.toml")).unwrap(),
+        LoadOptions::default(),
+    )
+    .unwrap()
+}
+
+fn tiny_config() -> RunConfig {
+    let mut c = RunConfig::demo();
+    c.model.dim = 16;
+    c.model.heads = 2;
+    c.model.landmarks = 8;
+    c.model.fragment = 10;
+    c.model.groups = 2;
+    c.genes.epochs = 2;
+    c.pretrain.epochs = 2;
+    c.pretrain.window = 32;
+    c.pretrain.batch = 4;
+    c.finetune.epochs = 2;
+    c.finetune.max_patches = Some(40);
+    c
+}
+
+#[test]
+fn balanced_batches_have_two_of_each_class() {
+    let labels: Vec<usize> = (0..30).map(|i| usize::from(i % 3 == 0)).collect();
+    let idx: Vec<usize> = (0..30).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let b = balanced_batches(&idx, &labels, 8, 2, &mut rng);
+    assert_eq!(b.len(), 4);
+    for batch in &b {
+        for c in 0..2 {
+            assert!(batch.iter().filter(|&&i| labels[i] == c).count() >= 2);
+        }
+    }
+}
+
+#[test]
+fn windows_repeat_short_bags() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let w = window_rows(5, 12, &mut rng);
+    assert_eq!(w.len(), 12);
+    assert!(w.iter().all(|&r| r < 5));
+    // Consecutive rows stay consecutive modulo the bag (the bag repeated end to end).
+    assert!(w.windows(2).all(|p| p[1] == (p[0] + 1) % 5));
+    let w = window_rows(100, 10, &mut rng);
+    assert!(w.windows(2).all(|p| p[1] == p[0] + 1));
+}
+
+#[test]
+fn three_stages_run_and_are_deterministic() {
+    let d = tempfile::tempdir().unwrap();
+    let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
+    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    let cfg = tiny_config();
+    let run = d.path().join("run");
+    let g = stages::pretrain_genes(&data, &cfg, &run.join("genes"), &|_| {}).unwrap();
+    assert!(g.test.is_some() && g.checkpoint.is_file());
+    let p = stages::pretrain(
+        &data,
+        &cfg,
+        Some(&g.checkpoint),
+        &run.join("pretrain"),
+        &|_| {},
+    )
+    .unwrap();
+    let log = std::fs::read_to_string(run.join("pretrain/log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2);
+    assert!(log.contains("reconstruction_loss") && log.contains("triplet_loss"));
+    let f1 = stages::finetune(
+        &data,
+        &cfg,
+        Some(&p.checkpoint),
+        None,
+        &run.join("ft1"),
+        &|_| {},
+    )
+    .unwrap();
+    let f2 = stages::finetune(
+        &data,
+        &cfg,
+        Some(&p.checkpoint),
+        None,
+        &run.join("ft2"),
+        &|_| {},
+    )
+    .unwrap();
+    let t = f1.test.as_ref().unwrap();
+    assert_eq!(t.n, data.test.len());
+    let same = std::fs::read(&f1.checkpoint).unwrap() == std::fs::read(&f2.checkpoint).unwrap();
+    assert!(same, "two fine-tuning runs with one seed differ");
+    // The fine-tuned checkpoint carries the expression preprocessing and the classes.
+    let ck = gimp_nn::checkpoint::Checkpoint::load(&f1.checkpoint).unwrap();
+    assert_eq!(ck.arch, "gimp");
+    assert_eq!(ck.preprocessing.unwrap().genes.len(), 100);
+    assert_eq!(ck.classes, vec!["LUAD", "LUSC"]);
+}
+
+#[test]
+fn patients_with_a_missing_modality_are_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let cohort = tiny_cohort(&d.path().join("cohort"), 0.2);
+    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    assert!(data.patients.iter().any(|p| p.expression.is_none()));
+    assert!(data.patients.iter().any(|p| p.slides.is_empty()));
+    let mut cfg = tiny_config();
+    cfg.genes.epochs = 1;
+    cfg.pretrain.epochs = 1;
+    cfg.finetune.epochs = 1;
+    let run = d.path().join("run");
+    let p = stages::pretrain(&data, &cfg, None, &run.join("pretrain"), &|_| {}).unwrap();
+    let f = stages::finetune(
+        &data,
+        &cfg,
+        Some(&p.checkpoint),
+        None,
+        &run.join("ft"),
+        &|_| {},
+    )
+    .unwrap();
+    // Every test patient is evaluated, whichever modalities they have.
+    assert_eq!(f.test.unwrap().n, data.test.len());
+}
+
+#[test]
+fn run_files_override_presets() {
+    let c = RunConfig::from_toml(
+        "preset = \"demo\"\nseed = 7\n[pretrain]\nmpm = false\ntriplet = \"image_only\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.seed, 7);
+    assert!(!c.pretrain.mpm);
+    assert_eq!(c.pretrain.triplet, gimp_train::config::Triplet::ImageOnly);
+    assert_eq!(c.model.dim, RunConfig::demo().model.dim);
+    assert!(RunConfig::from_toml("preset = \"nope\"").is_err());
+    assert!(RunConfig::from_toml("[pretrain]\nwindoww = 3\n")
+        .unwrap_err()
+        .contains("windoww"));
+    let p = RunConfig::paper();
+    assert_eq!(
+        (
+            p.model.dim,
+            p.pretrain.window,
+            p.pretrain.mask_ratio,
+            p.pretrain.margin
+        ),
+        (512, 6000, 0.5, 0.8)
+    );
+    assert_eq!(
+        (p.pretrain.epochs, p.finetune.epochs, p.finetune.lr),
+        (100, 70, 1e-4)
+    );
+}
