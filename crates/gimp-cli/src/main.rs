@@ -40,6 +40,14 @@ enum Command {
     Pretrain(commands::train::PretrainArgs),
     /// Stage 3: fine-tuning on CLS_pat with validation every epoch; reports the test split.
     Finetune(commands::train::FinetuneArgs),
+    /// Metrics of a checkpoint on a split (accuracy with a Wilson interval, balanced accuracy,
+    /// ROC-AUC with a bootstrap interval, macro F1, confusion), overall and by modality.
+    Evaluate(commands::train::EvalArgs),
+    /// One new patient (slide features and/or expression) → class probabilities and the most
+    /// attended patches, as JSON (the same as `model run --checkpoint`).
+    Predict(commands::model::RunArgs),
+    /// The embedding (CLS_pat for GiMP) of every patient of a cohort, as TSV.
+    Embed(commands::train::EmbedArgs),
     /// Model architectures, checkpoints, and running a model on one input.
     #[command(subcommand)]
     Model(commands::model::Command),
@@ -70,6 +78,9 @@ fn main() -> ExitCode {
         Command::Baseline(c) => commands::baseline::run(c),
         Command::Model(c) => commands::model::run(c),
         Command::PretrainGenes(c) => commands::train::genes(c),
+        Command::Evaluate(a) => commands::train::evaluate(a),
+        Command::Predict(a) => commands::model::run(commands::model::Command::Run(a)),
+        Command::Embed(a) => commands::train::embed(a),
         Command::Pretrain(a) => commands::train::pretrain(a),
         Command::Finetune(a) => commands::train::finetune(a),
     };

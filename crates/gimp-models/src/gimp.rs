@@ -7,6 +7,7 @@
 
 use crate::aggregator::{AggregatorConfig, PatchAggregator};
 use crate::group_msa::{GroupMsa, GroupMsaConfig};
+use crate::model::{Input, Model, Output};
 use crate::snn::{Snn, SnnConfig};
 use candle_core::{Result, Tensor};
 use gimp_nn::{ops, Init, LayerNorm, Linear, Mode, Scope};
@@ -171,5 +172,42 @@ impl Gimp {
         let h = self.head1.forward(&cls_pat.unsqueeze(0)?)?.relu()?;
         let h = ops::dropout(&h, self.cfg.head_dropout, mode)?;
         self.head2.forward(&h)?.squeeze(0)
+    }
+}
+
+impl Gimp {
+    /// `CLS_pat`, the logits and (with a slide) the last layer's CLS attention over the patches.
+    pub fn predict(
+        &self,
+        bag: Option<&Tensor>,
+        expr: Option<&Tensor>,
+        mode: &Mode,
+    ) -> Result<Output> {
+        let (cls_img, attention) = match bag {
+            Some(x) => {
+                let enc = self
+                    .aggregator
+                    .encode(&self.aggregator.embed(x)?, mode, !mode.train)?;
+                (enc.tokens.get(0)?.get(0)?, enc.attention)
+            }
+            None => (self.missing_img.clone(), None),
+        };
+        let cls_pat = Tensor::cat(&[cls_img, self.cls_ge(expr, false, mode)?], 0)?;
+        let logits = self.head(&cls_pat, mode)?;
+        Ok(Output {
+            logits,
+            embedding: cls_pat,
+            attention,
+        })
+    }
+}
+
+impl Model for Gimp {
+    fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
+        match input {
+            Input::Bag(b) => self.predict(Some(b), None, mode),
+            Input::Expression(e) => self.predict(None, Some(e), mode),
+            Input::Patient { bag, expression } => self.predict(*bag, *expression, mode),
+        }
     }
 }

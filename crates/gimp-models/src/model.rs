@@ -10,6 +10,11 @@ pub enum Input<'a> {
     Bag(&'a Tensor),
     /// Standardised expression `[G]`.
     Expression(&'a Tensor),
+    /// Both modalities of one patient, either possibly absent (multimodal models).
+    Patient {
+        bag: Option<&'a Tensor>,
+        expression: Option<&'a Tensor>,
+    },
 }
 
 /// What a model returns for one patient.
@@ -29,15 +34,18 @@ pub trait Model {
 pub(crate) fn bag<'a>(input: &'a Input) -> Result<&'a Tensor> {
     match input {
         Input::Bag(t) => Ok(t),
-        Input::Expression(_) => {
-            candle_core::bail!("this model reads slide features, not expression")
-        }
+        Input::Patient { bag: Some(t), .. } => Ok(t),
+        _ => candle_core::bail!("this model reads slide features, not expression"),
     }
 }
 
 pub(crate) fn expression<'a>(input: &'a Input) -> Result<&'a Tensor> {
     match input {
         Input::Expression(t) => Ok(t),
-        Input::Bag(_) => candle_core::bail!("this model reads expression, not slide features"),
+        Input::Patient {
+            expression: Some(t),
+            ..
+        } => Ok(t),
+        _ => candle_core::bail!("this model reads expression, not slide features"),
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::abmil::{Abmil, AbmilConfig};
 use crate::clam::{Branches, Clam, ClamConfig};
+use crate::gimp::{Gimp, GimpConfig};
 use crate::group_msa::{GroupMsa, GroupMsaConfig};
 use crate::model::Model;
 use crate::snn::{Snn, SnnConfig};
@@ -19,6 +20,8 @@ pub enum InputKind {
     Slide,
     /// An expression vector.
     Expression,
+    /// Slide features and/or expression of one patient.
+    Multimodal,
 }
 
 /// One architecture: how to build it from a config, its defaults, and how to read a reference
@@ -153,6 +156,24 @@ pub const REGISTRY: &[ArchInfo] = &[
             Err(candle_core::Error::Msg(
                 "GroupMSA's gene count cannot be read from its weights: use a gimp-rs checkpoint, which stores its config".into(),
             ))
+        },
+    },
+    ArchInfo {
+        name: "gimp",
+        summary: "GiMP: patch aggregator + GroupMSA, MPM and gene-induced triplet pre-training, MLP head on CLS_pat",
+        reference: "gimp-rs (spec/gimp.md; the paper published no code)",
+        input: InputKind::Multimodal,
+        default_config: |d, c| {
+            to_value(&GimpConfig {
+                aggregator: crate::aggregator::AggregatorConfig::gimp(d),
+                genes: crate::gimp::GeneEncoderConfig::GroupMsa(GroupMsaConfig::gimp(2000, c)),
+                n_classes: c,
+                head_dropout: 0.25,
+            })
+        },
+        build: |s, v| Ok(Box::new(Gimp::new(s, cfg(v)?)?)),
+        config_from_weights: |_| {
+            Err(candle_core::Error::Msg("a GiMP model is read from a gimp-rs checkpoint, which stores its config".into()))
         },
     },
 ];

@@ -31,6 +31,9 @@ pub struct PatientData {
 }
 
 pub struct Prepared {
+    /// Transformed (log2p1 or not) but not standardised expression, kept so a checkpoint's own
+    /// statistics can be applied (`with_preprocessing`).
+    raw: Vec<Option<Vec<f32>>>,
     pub classes: Vec<String>,
     pub patients: Vec<PatientData>,
     pub train: Vec<usize>,
@@ -136,6 +139,7 @@ impl Prepared {
             })
             .unwrap_or_else(|| cohort.file.resolve(std::path::Path::new(".gimp-cache")));
         Ok(Self {
+            raw: rows,
             classes: cohort.label_map.names.clone(),
             patients,
             train,
@@ -145,6 +149,48 @@ impl Prepared {
             preprocessing,
             cache: FeatureCache::new(cache_dir),
         })
+    }
+
+    /// Applies a trained model's preprocessing (its gene order, transform and training-split
+    /// statistics) instead of statistics recomputed from this cohort.
+    pub fn with_preprocessing(mut self, p: &Preprocessing) -> Result<Self> {
+        let Some(own) = &self.preprocessing else {
+            return Err(DataErr::Msg(
+                "the cohort has no expression; the model needs it".into(),
+            ));
+        };
+        if own.transform != p.transform {
+            return Err(DataErr::Msg(format!(
+                "the model expects transform '{}', the run uses '{}'",
+                p.transform, own.transform
+            )));
+        }
+        let strip = |g: &String| gimp_io::expression::strip_version(g).to_string();
+        let pos: std::collections::HashMap<String, usize> = own
+            .genes
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (strip(g), i))
+            .collect();
+        let map: Vec<usize> = p
+            .genes
+            .iter()
+            .map(|g| {
+                pos.get(&strip(g)).copied().ok_or_else(|| {
+                    DataErr::Msg(format!(
+                        "gene '{g}' of the model is not in the cohort's expression"
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?;
+        for (pd, raw) in self.patients.iter_mut().zip(&self.raw) {
+            pd.expression = raw.as_ref().map(|r| {
+                let ordered: Vec<f32> = map.iter().map(|&i| r[i]).collect();
+                standardise(&ordered, p)
+            });
+        }
+        self.preprocessing = Some(p.clone());
+        Ok(self)
     }
 
     pub fn n_genes(&self) -> usize {

@@ -72,6 +72,46 @@ struct RunOutput {
     top_patches: Vec<Patch>,
 }
 
+/// One sample of an expression matrix, in the checkpoint's gene order, transformed and
+/// standardised with the checkpoint's training statistics.
+fn expression_row(
+    m: &std::path::Path,
+    sample: &str,
+    p: &gimp_nn::checkpoint::Preprocessing,
+) -> Result<Tensor> {
+    let mat = gimp_io::expression::read_matrix(m, gimp_io::expression::Orientation::Auto)?;
+    let row = mat
+        .sample_index()
+        .get(sample)
+        .copied()
+        .with_context(|| format!("{}: no sample '{sample}'", m.display()))?;
+    let pos: std::collections::HashMap<&str, usize> = mat
+        .genes
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (gimp_io::expression::strip_version(g), i))
+        .collect();
+    let values = mat.row(row);
+    let mut v = Vec::with_capacity(p.genes.len());
+    for (j, g) in p.genes.iter().enumerate() {
+        let Some(&i) = pos.get(gimp_io::expression::strip_version(g)) else {
+            bail!("{}: gene '{g}' of the checkpoint is missing", m.display())
+        };
+        let raw = values[i];
+        let t = if p.transform == "log2p1" {
+            (raw.max(0.0) + 1.0).log2()
+        } else {
+            raw
+        };
+        v.push(if p.std[j] < 1e-6 {
+            0.0
+        } else {
+            (t - p.mean[j]) / p.std[j]
+        });
+    }
+    Ok(Tensor::from_vec(v, p.genes.len(), &Device::Cpu)?)
+}
+
 /// Weights by parameter name: safetensors, or a `torch.save`d state dict / training checkpoint.
 fn read_weights(path: &PathBuf) -> Result<BTreeMap<String, Tensor>> {
     let ext = path
@@ -167,66 +207,51 @@ fn run_model(a: RunArgs) -> Result<ExitCode> {
     };
     let info = registry::find(&arch_name).context("architecture not in the registry")?;
     let mut coords = None;
-    let (input_desc, x) = match info.input {
-        InputKind::Slide => {
-            let Some(f) = &a.features else {
-                bail!("{arch_name} reads slide features: give --features FILE")
-            };
+    let wants_bag = matches!(info.input, InputKind::Slide | InputKind::Multimodal);
+    let wants_expr = matches!(info.input, InputKind::Expression | InputKind::Multimodal);
+    let mut desc = Vec::new();
+    let bag = match (&a.features, wants_bag) {
+        (Some(f), true) => {
             let bag = gimp_io::feature_file::read_bag(f, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
             coords = bag.coords.clone();
-            (
-                f.display().to_string(),
-                Tensor::from_vec(bag.features, (bag.n, bag.d), &Device::Cpu)?,
-            )
+            desc.push(f.display().to_string());
+            Some(Tensor::from_vec(
+                bag.features,
+                (bag.n, bag.d),
+                &Device::Cpu,
+            )?)
         }
-        InputKind::Expression => {
-            let (Some(m), Some(sample)) = (&a.expression, &a.sample) else {
-                bail!("{arch_name} reads expression: give --expression MATRIX --sample ID")
-            };
+        (Some(_), false) => bail!("{arch_name} reads expression, not --features"),
+        (None, _) => None,
+    };
+    let expr = match (&a.expression, &a.sample, wants_expr) {
+        (Some(m), Some(sample), true) => {
             let Some(p) = &preprocessing else {
                 bail!(
-                    "expression models need the preprocessing statistics of a gimp-rs --checkpoint"
+                    "expression input needs the preprocessing statistics of a gimp-rs --checkpoint"
                 )
             };
-            let mat = gimp_io::expression::read_matrix(m, gimp_io::expression::Orientation::Auto)?;
-            let row = mat
-                .sample_index()
-                .get(sample.as_str())
-                .copied()
-                .with_context(|| format!("{}: no sample '{sample}'", m.display()))?;
-            let pos: std::collections::HashMap<&str, usize> = mat
-                .genes
-                .iter()
-                .enumerate()
-                .map(|(i, g)| (gimp_io::expression::strip_version(g), i))
-                .collect();
-            let values = mat.row(row);
-            let mut v = Vec::with_capacity(p.genes.len());
-            for (j, g) in p.genes.iter().enumerate() {
-                let Some(&i) = pos.get(g.as_str()) else {
-                    bail!("{}: gene '{g}' of the checkpoint is missing", m.display())
-                };
-                let raw = values[i];
-                let t = if p.transform == "log2p1" {
-                    (raw.max(0.0) + 1.0).log2()
-                } else {
-                    raw
-                };
-                v.push(if p.std[j] < 1e-6 {
-                    0.0
-                } else {
-                    (t - p.mean[j]) / p.std[j]
-                });
-            }
-            (
-                format!("{}#{sample}", m.display()),
-                Tensor::from_vec(v, p.genes.len(), &Device::Cpu)?,
-            )
+            desc.push(format!("{}#{sample}", m.display()));
+            Some(expression_row(m, sample, p)?)
         }
+        (Some(_), _, false) => bail!("{arch_name} reads slide features, not --expression"),
+        _ => None,
     };
-    let input = match info.input {
-        InputKind::Slide => Input::Bag(&x),
-        InputKind::Expression => Input::Expression(&x),
+    let input_desc = desc.join(" + ");
+    let input = match (info.input, &bag, &expr) {
+        (InputKind::Slide, Some(b), _) => Input::Bag(b),
+        (InputKind::Expression, _, Some(e)) => Input::Expression(e),
+        (InputKind::Multimodal, b, e) if b.is_some() || e.is_some() => Input::Patient {
+            bag: b.as_ref(),
+            expression: e.as_ref(),
+        },
+        (InputKind::Slide, _, _) => bail!("{arch_name} reads slide features: give --features FILE"),
+        (InputKind::Expression, _, _) => {
+            bail!("{arch_name} reads expression: give --expression MATRIX --sample ID")
+        }
+        (InputKind::Multimodal, _, _) => {
+            bail!("{arch_name} needs --features FILE and/or --expression MATRIX --sample ID")
+        }
     };
     let out = model.forward(&input, &Mode::inference())?;
     let logits: Vec<f32> = out.logits.to_vec1()?;

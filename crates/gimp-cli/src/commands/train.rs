@@ -202,3 +202,108 @@ pub fn finetune(a: FinetuneArgs) -> Result<ExitCode> {
     report("fine-tuning", &r, &data.classes, &dir)?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    pub cohort: PathBuf,
+    /// A gimp-rs checkpoint (any architecture).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Which part of the split: test, val or train.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Which split file (default: the one the checkpoint was trained on).
+    #[arg(long)]
+    pub fold: Option<usize>,
+    /// Seed of the bootstrap intervals.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn load_for(
+    cohort: &Path,
+    ckpt: &gimp_nn::checkpoint::Checkpoint,
+    fold: Option<usize>,
+) -> Result<Prepared> {
+    let fold = fold
+        .or_else(|| ckpt.info.get("fold").and_then(|f| f.parse().ok()))
+        .unwrap_or(0);
+    let c = super::cohort::load(cohort, LoadOptions::default())?;
+    let transform = ckpt
+        .preprocessing
+        .as_ref()
+        .map_or("none", |p| p.transform.as_str());
+    let data = Prepared::new(&c, fold, transform)?;
+    Ok(match &ckpt.preprocessing {
+        Some(p) => data.with_preprocessing(p)?,
+        None => data,
+    })
+}
+
+pub fn evaluate(a: EvalArgs) -> Result<ExitCode> {
+    use gimp_io::splits::Part;
+    let part = match a.split.as_str() {
+        "test" => Part::Test,
+        "val" => Part::Val,
+        "train" => Part::Train,
+        other => anyhow::bail!("--split must be test, val or train, not '{other}'"),
+    };
+    let ckpt = gimp_nn::checkpoint::Checkpoint::load(&a.checkpoint)?;
+    let data = load_for(&a.cohort, &ckpt, a.fold)?;
+    let m = gimp_train::evaluate::load(&ckpt)?;
+    let e = gimp_train::evaluate::evaluate(&m, &data, part, a.seed)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        print!(
+            "{}",
+            crate::table::report(
+                &format!(
+                    "{} ({}, {} split)",
+                    a.checkpoint.display(),
+                    ckpt.arch,
+                    e.split
+                ),
+                &e.overall,
+                &data.classes
+            )
+        );
+        if e.by_modality.len() > 1 {
+            for (k, r) in &e.by_modality {
+                print!(
+                    "{}",
+                    crate::table::report(&format!("  patients with {k}"), r, &data.classes)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct EmbedArgs {
+    pub cohort: PathBuf,
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Output TSV: case_id, label, split, modalities, then the embedding (CLS_pat for GiMP).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub fold: Option<usize>,
+}
+
+pub fn embed(a: EmbedArgs) -> Result<ExitCode> {
+    let ckpt = gimp_nn::checkpoint::Checkpoint::load(&a.checkpoint)?;
+    let data = load_for(&a.cohort, &ckpt, a.fold)?;
+    let m = gimp_train::evaluate::load(&ckpt)?;
+    let tsv = gimp_train::evaluate::embeddings_tsv(&m, &data)?;
+    gimp_io::atomic::write_bytes_atomic(&a.out, tsv.as_bytes())?;
+    println!(
+        "{} embeddings written to {}",
+        tsv.lines().count().saturating_sub(1),
+        a.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

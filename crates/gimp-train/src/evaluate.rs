@@ -1,0 +1,149 @@
+//! Evaluating any checkpoint on a split of a cohort, overall and by which modalities each patient
+//! has; and the patient embeddings (`CLS_pat`) for plots and analysis.
+
+use crate::data::{DataErr, Prepared, Result};
+use gimp_io::splits::Part;
+use gimp_metrics::Report;
+use gimp_models::registry::{self, InputKind};
+use gimp_models::{Input, Model};
+use gimp_nn::checkpoint::Checkpoint;
+use gimp_nn::{ops, Mode};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub split: String,
+    pub overall: Report,
+    /// `slides+expression`, `slides only`, `expression only`.
+    pub by_modality: BTreeMap<String, Report>,
+}
+
+/// A model built from a checkpoint, with what it reads.
+pub struct Loaded {
+    pub model: Box<dyn Model>,
+    pub input: InputKind,
+}
+
+pub fn load(ckpt: &Checkpoint) -> Result<Loaded> {
+    let info = registry::find(&ckpt.arch)
+        .ok_or_else(|| DataErr::Msg(format!("unknown architecture '{}'", ckpt.arch)))?;
+    let (model, _) = registry::load(info, ckpt.weights.clone(), Some(ckpt.config.clone()))?;
+    Ok(Loaded {
+        model,
+        input: info.input,
+    })
+}
+
+fn modality(data: &Prepared, i: usize) -> &'static str {
+    match (
+        data.patients[i].slides.is_empty(),
+        data.patients[i].expression.is_none(),
+    ) {
+        (false, false) => "slides+expression",
+        (false, true) => "slides only",
+        (true, false) => "expression only",
+        (true, true) => "neither",
+    }
+}
+
+/// Runs the model on patient `i`; `None` when the patient lacks what the model reads.
+pub fn run_patient(m: &Loaded, data: &Prepared, i: usize) -> Result<Option<gimp_models::Output>> {
+    let bag = data.bag(i)?;
+    let expr = data.expression(i)?;
+    let input = match (m.input, &bag, &expr) {
+        (InputKind::Slide, Some(b), _) => Input::Bag(b),
+        (InputKind::Expression, _, Some(e)) => Input::Expression(e),
+        (InputKind::Multimodal, b, e) if b.is_some() || e.is_some() => Input::Patient {
+            bag: b.as_ref(),
+            expression: e.as_ref(),
+        },
+        _ => return Ok(None),
+    };
+    Ok(Some(m.model.forward(&input, &Mode::inference())?))
+}
+
+pub fn split_indices(data: &Prepared, part: Part) -> &[usize] {
+    match part {
+        Part::Train => &data.train,
+        Part::Val => &data.val,
+        Part::Test => &data.test,
+    }
+}
+
+pub fn evaluate(m: &Loaded, data: &Prepared, part: Part, seed: u64) -> Result<Evaluation> {
+    let nc = data.classes.len();
+    let mut all: (Vec<usize>, Vec<Vec<f64>>) = (Vec::new(), Vec::new());
+    let mut groups: BTreeMap<String, (Vec<usize>, Vec<Vec<f64>>)> = BTreeMap::new();
+    for &i in split_indices(data, part) {
+        let Some(out) = run_patient(m, data, i)? else {
+            continue;
+        };
+        let p: Vec<f64> = ops::softmax_last(&out.logits)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec1()?;
+        let y = data.patients[i].label;
+        all.0.push(y);
+        all.1.push(p.clone());
+        let g = groups.entry(modality(data, i).to_string()).or_default();
+        g.0.push(y);
+        g.1.push(p);
+    }
+    if all.0.is_empty() {
+        return Err(DataErr::Msg(format!(
+            "no patient of the {} split has the input this model reads",
+            part.name()
+        )));
+    }
+    Ok(Evaluation {
+        split: part.name().to_string(),
+        overall: Report::new(&all.0, &all.1, nc, seed),
+        by_modality: groups
+            .into_iter()
+            .map(|(k, (y, p))| (k, Report::new(&y, &p, nc, seed)))
+            .collect(),
+    })
+}
+
+/// Tab-separated embeddings: `case_id, label, split, modalities, e0 … e{d−1}`.
+pub fn embeddings_tsv(m: &Loaded, data: &Prepared) -> Result<String> {
+    let mut part_of = vec![""; data.patients.len()];
+    for (part, idx) in [
+        ("train", &data.train),
+        ("val", &data.val),
+        ("test", &data.test),
+    ] {
+        for &i in idx {
+            part_of[i] = part;
+        }
+    }
+    let mut out = String::new();
+    let mut header = false;
+    for (i, part) in part_of.iter().enumerate() {
+        let Some(o) = run_patient(m, data, i)? else {
+            continue;
+        };
+        let e: Vec<f32> = o.embedding.to_vec1()?;
+        if !header {
+            out.push_str("case_id\tlabel\tsplit\tmodalities");
+            for k in 0..e.len() {
+                out.push_str(&format!("\te{k}"));
+            }
+            out.push('\n');
+            header = true;
+        }
+        let p = &data.patients[i];
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{}",
+            p.case_id,
+            data.classes[p.label],
+            part,
+            modality(data, i)
+        ));
+        for v in e {
+            out.push_str(&format!("\t{v}"));
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
