@@ -17,6 +17,9 @@ pub enum DataErr {
     Tensor(#[from] candle_core::Error),
     #[error("{0}")]
     Msg(String),
+    /// A stage stopped on request after this many epochs (its state is saved for `--resume`).
+    #[error("stopped after epoch {0}")]
+    Stopped(usize),
 }
 
 pub type Result<T> = std::result::Result<T, DataErr>;

@@ -2,6 +2,7 @@
 
 use crate::config::{RunConfig, Triplet};
 use crate::data::{DataErr, Prepared, Result};
+use crate::resume::{self, LoopState};
 use candle_core::{Device, Tensor};
 use gimp_metrics::Report;
 use gimp_models::aggregator::AggregatorConfig;
@@ -33,16 +34,29 @@ pub struct Progress {
 
 pub type OnProgress<'a> = &'a dyn Fn(&Progress);
 
-/// One line per epoch in `{dir}/log.jsonl`.
+/// How a stage runs beyond its configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Control {
+    /// Continue from `{dir}/state.safetensors` when present.
+    pub resume: bool,
+    /// Stop (with [`DataErr::Stopped`]) after this many epochs, as an interruption would.
+    pub stop_after: Option<usize>,
+}
+
+/// One line per epoch in `{dir}/log.jsonl` (appended to when a run resumes).
 struct Log(std::fs::File);
 
 impl Log {
-    fn create(dir: &Path) -> Result<Self> {
+    fn open(dir: &Path, append: bool) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| gimp_io::DataError::io(dir, e))?;
         let p = dir.join("log.jsonl");
-        Ok(Self(
-            std::fs::File::create(&p).map_err(|e| gimp_io::DataError::io(&p, e))?,
-        ))
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&p);
+        Ok(Self(f.map_err(|e| gimp_io::DataError::io(&p, e))?))
     }
 
     fn write(&mut self, v: serde_json::Value) {
@@ -69,6 +83,49 @@ fn restore(store: &ParamStore, snap: &BTreeMap<String, Tensor>) -> Result<()> {
         if let Some(t) = snap.get(&name) {
             p.var.set(t)?;
         }
+    }
+    Ok(())
+}
+
+/// The loop state to start from: the saved one when resuming, else a fresh one.
+fn start(
+    dir: &Path,
+    store: &ParamStore,
+    opt: &mut Adam,
+    ctl: Control,
+    seed: u64,
+) -> Result<LoopState> {
+    let saved = if ctl.resume {
+        resume::load(&dir.join("state.safetensors"), store, opt)?
+    } else {
+        None
+    };
+    Ok(match saved {
+        Some(s) => s,
+        None => LoopState {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            epochs_done: 0,
+            step: 0,
+            best: None,
+            best_epoch: 0,
+            best_snap: snapshot(store)?,
+        },
+    })
+}
+
+/// Saves the loop at the end of an epoch and honours `stop_after`.
+fn end_epoch(
+    dir: &Path,
+    store: &ParamStore,
+    opt: &Adam,
+    st: &mut LoopState,
+    epoch: usize,
+    ctl: Control,
+) -> Result<()> {
+    st.epochs_done = epoch + 1;
+    resume::save(&dir.join("state.safetensors"), store, opt, st)?;
+    if ctl.stop_after == Some(st.epochs_done) {
+        return Err(DataErr::Stopped(st.epochs_done));
     }
     Ok(())
 }
@@ -193,6 +250,7 @@ pub fn pretrain_genes(
     data: &Prepared,
     cfg: &RunConfig,
     dir: &Path,
+    ctl: Control,
     on: OnProgress,
 ) -> Result<StageResult> {
     let nc = data.classes.len();
@@ -211,24 +269,20 @@ pub fn pretrain_genes(
         warmup: 0,
         total: per_epoch * cfg.genes.epochs.max(1),
     };
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6E6E);
-    let mut log = Log::create(dir)?;
-    let mut best: Option<(f64, f64)> = None;
-    let mut best_epoch = 0;
-    let mut best_snap = snapshot(&store)?;
-    let mut step = 0;
-    for epoch in 0..cfg.genes.epochs {
+    let mut st = start(dir, &store, &mut opt, ctl, cfg.seed ^ 0x6E6E)?;
+    let mut log = Log::open(dir, st.epochs_done > 0)?;
+    for epoch in st.epochs_done..cfg.genes.epochs {
         let mut order = train.clone();
-        order.shuffle(&mut rng);
-        let mode = Mode::train(ChaCha8Rng::seed_from_u64(rng.gen()));
+        order.shuffle(&mut st.rng);
+        let mode = Mode::train(ChaCha8Rng::seed_from_u64(st.rng.gen()));
         let mut total = 0.0;
         for (b, idx) in order.chunks(batch).enumerate() {
             let (_, logits) = enc.forward(&stack_expression(data, idx)?, &mode)?;
             let labels: Vec<usize> = idx.iter().map(|&i| data.patients[i].label).collect();
             let l = loss::cross_entropy(&logits, &labels)?;
             let grads = opt.collect(&l.backward()?);
-            opt.step_with(&grads, sched.lr(step))?;
-            step += 1;
+            opt.step_with(&grads, sched.lr(st.step))?;
+            st.step += 1;
             let lv = scalar(&l)?;
             total += lv;
             on(&Progress {
@@ -247,13 +301,15 @@ pub fn pretrain_genes(
             gimp_metrics::accuracy(&yv, &argmax(&pv))
         };
         log.write(serde_json::json!({"epoch": epoch, "train_loss": total / per_epoch as f64, "val_loss": lossv, "val_accuracy": acc}));
-        if yv.is_empty() || better(acc, lossv, best) {
-            best = Some((acc, lossv));
-            best_epoch = epoch;
-            best_snap = snapshot(&store)?;
+        if yv.is_empty() || better(acc, lossv, st.best) {
+            st.best = Some((acc, lossv));
+            st.best_epoch = epoch;
+            st.best_snap = snapshot(&store)?;
         }
+        end_epoch(dir, &store, &opt, &mut st, epoch, ctl)?;
     }
-    restore(&store, &best_snap)?;
+    let best_epoch = st.best_epoch;
+    restore(&store, &st.best_snap)?;
     let (yv, pv, _) = eval_genes(&enc, data, &data.val)?;
     let (yt, pt, _) = eval_genes(&enc, data, &data.test)?;
     let (arch, config) = match &gcfg {
@@ -386,6 +442,7 @@ pub fn pretrain(
     cfg: &RunConfig,
     gene_ckpt: Option<&Path>,
     dir: &Path,
+    ctl: Control,
     on: OnProgress,
 ) -> Result<StageResult> {
     let pc = &cfg.pretrain;
@@ -393,18 +450,17 @@ pub fn pretrain(
     store.set_trainable("genes.", false);
     let mut opt = Adam::new(&store, adamw(pc.lr, pc.weight_decay));
     let labels: Vec<usize> = data.patients.iter().map(|p| p.label).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x9E7);
     let per_epoch = data.train.len().div_ceil(pc.batch.max(1));
     let sched = Cosine {
         base: pc.lr,
         warmup: 0,
         total: per_epoch * pc.epochs.max(1),
     };
-    let mut log = Log::create(dir)?;
-    let mut step = 0;
-    for epoch in 0..pc.epochs {
-        let batches =
-            balanced_batches(&data.train, &labels, pc.batch, data.classes.len(), &mut rng);
+    let mut st = start(dir, &store, &mut opt, ctl, cfg.seed ^ 0x9E7)?;
+    let mut log = Log::open(dir, st.epochs_done > 0)?;
+    for epoch in st.epochs_done..pc.epochs {
+        let rng = &mut st.rng;
+        let batches = balanced_batches(&data.train, &labels, pc.batch, data.classes.len(), rng);
         let mode = Mode::train(ChaCha8Rng::seed_from_u64(rng.gen()));
         let (mut tot_tri, mut tot_rec, mut n_b) = (0.0, 0.0, 0usize);
         for (b, idx) in batches.iter().enumerate() {
@@ -414,14 +470,13 @@ pub fn pretrain(
                 let cls_img = match data.bag(i)? {
                     Some(bag) => {
                         let n = bag.dim(0)?;
-                        let rows = window_rows(n, pc.window, &mut rng);
+                        let rows = window_rows(n, pc.window, rng);
                         let w =
                             bag.index_select(&Tensor::from_vec(rows, pc.window, &Device::Cpu)?, 0)?;
                         if pc.mpm {
                             let k = ((pc.mask_ratio * pc.window as f64).floor() as usize)
                                 .min(pc.window);
-                            let masked =
-                                rand::seq::index::sample(&mut rng, pc.window, k).into_vec();
+                            let masked = rand::seq::index::sample(rng, pc.window, k).into_vec();
                             let m = model.masked_patch_modelling(&w, &masked, &mode)?;
                             recs.push(m.reconstruction);
                             m.cls_img
@@ -469,8 +524,8 @@ pub fn pretrain(
                 (None, None) => continue,
             };
             let grads = opt.collect(&total.backward()?);
-            opt.step_with(&grads, sched.lr(step))?;
-            step += 1;
+            opt.step_with(&grads, sched.lr(st.step))?;
+            st.step += 1;
             let (tv, rv) = (
                 tri.as_ref().map(scalar).transpose()?.unwrap_or(0.0),
                 rec.as_ref().map(scalar).transpose()?.unwrap_or(0.0),
@@ -489,6 +544,7 @@ pub fn pretrain(
         }
         let nb = n_b.max(1) as f64;
         log.write(serde_json::json!({"epoch": epoch, "triplet_loss": tot_tri / nb, "reconstruction_loss": tot_rec / nb}));
+        end_epoch(dir, &store, &opt, &mut st, epoch, ctl)?;
     }
     let path = dir.join("model.safetensors");
     save_gimp(
@@ -580,6 +636,7 @@ pub fn finetune(
     init: Option<&Path>,
     gene_ckpt: Option<&Path>,
     dir: &Path,
+    ctl: Control,
     on: OnProgress,
 ) -> Result<StageResult> {
     let fc = &cfg.finetune;
@@ -599,19 +656,17 @@ pub fn finetune(
     }
     store.set_trainable("mpm.", false);
     let mut opt = Adam::new(&store, adamw(fc.lr, fc.weight_decay));
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xF17E);
     let sched = Cosine {
         base: fc.lr,
         warmup: 0,
         total: data.train.len() * fc.epochs.max(1),
     };
-    let mut log = Log::create(dir)?;
-    let mut best: Option<(f64, f64)> = None;
-    let (mut best_epoch, mut best_snap) = (0, snapshot(&store)?);
-    let mut step = 0;
-    for epoch in 0..fc.epochs {
+    let mut st = start(dir, &store, &mut opt, ctl, cfg.seed ^ 0xF17E)?;
+    let mut log = Log::open(dir, st.epochs_done > 0)?;
+    for epoch in st.epochs_done..fc.epochs {
+        let rng = &mut st.rng;
         let mut order = data.train.clone();
-        order.shuffle(&mut rng);
+        order.shuffle(rng);
         let mode = Mode::train(ChaCha8Rng::seed_from_u64(rng.gen()));
         let mut total = 0.0;
         for (k, &i) in order.iter().enumerate() {
@@ -619,7 +674,7 @@ pub fn finetune(
             if let (Some(b), Some(cap)) = (&bag, fc.max_patches) {
                 let n = b.dim(0)?;
                 if n > cap {
-                    let mut rows = rand::seq::index::sample(&mut rng, n, cap).into_vec();
+                    let mut rows = rand::seq::index::sample(rng, n, cap).into_vec();
                     rows.sort_unstable();
                     let rows: Vec<u32> = rows.into_iter().map(|r| r as u32).collect();
                     bag = Some(b.index_select(&Tensor::from_vec(rows, cap, &Device::Cpu)?, 0)?);
@@ -635,8 +690,8 @@ pub fn finetune(
             let logits = model.head(&cls, &mode)?;
             let l = loss::cross_entropy(&logits.unsqueeze(0)?, &[data.patients[i].label])?;
             let grads = opt.collect(&l.backward()?);
-            opt.step_with(&grads, sched.lr(step))?;
-            step += 1;
+            opt.step_with(&grads, sched.lr(st.step))?;
+            st.step += 1;
             let lv = scalar(&l)?;
             total += lv;
             on(&Progress {
@@ -655,13 +710,15 @@ pub fn finetune(
             gimp_metrics::accuracy(&yv, &argmax(&pv))
         };
         log.write(serde_json::json!({"epoch": epoch, "train_loss": total / order.len().max(1) as f64, "val_loss": lv, "val_accuracy": acc}));
-        if yv.is_empty() || better(acc, lv, best) {
-            best = Some((acc, lv));
-            best_epoch = epoch;
-            best_snap = snapshot(&store)?;
+        if yv.is_empty() || better(acc, lv, st.best) {
+            st.best = Some((acc, lv));
+            st.best_epoch = epoch;
+            st.best_snap = snapshot(&store)?;
         }
+        end_epoch(dir, &store, &opt, &mut st, epoch, ctl)?;
     }
-    restore(&store, &best_snap)?;
+    let best_epoch = st.best_epoch;
+    restore(&store, &st.best_snap)?;
     let nc = data.classes.len();
     let (yv, pv, _) = evaluate_gimp(&model, data, &data.val, &fc.modalities)?;
     let (yt, pt, _) = evaluate_gimp(&model, data, &data.test, &fc.modalities)?;

@@ -3,7 +3,7 @@
 
 use gimp_cohort::{Cohort, CohortFile, LoadOptions};
 use gimp_synth::{Difficulty, Size, SynthConfig};
-use gimp_train::stages::{self, balanced_batches, window_rows};
+use gimp_train::stages::{self, balanced_batches, window_rows, Control};
 use gimp_train::{Prepared, RunConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -75,13 +75,15 @@ fn three_stages_run_and_are_deterministic() {
     let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
     let cfg = tiny_config();
     let run = d.path().join("run");
-    let g = stages::pretrain_genes(&data, &cfg, &run.join("genes"), &|_| {}).unwrap();
+    let g = stages::pretrain_genes(&data, &cfg, &run.join("genes"), Control::default(), &|_| {})
+        .unwrap();
     assert!(g.test.is_some() && g.checkpoint.is_file());
     let p = stages::pretrain(
         &data,
         &cfg,
         Some(&g.checkpoint),
         &run.join("pretrain"),
+        Control::default(),
         &|_| {},
     )
     .unwrap();
@@ -94,6 +96,7 @@ fn three_stages_run_and_are_deterministic() {
         Some(&p.checkpoint),
         None,
         &run.join("ft1"),
+        Control::default(),
         &|_| {},
     )
     .unwrap();
@@ -103,6 +106,7 @@ fn three_stages_run_and_are_deterministic() {
         Some(&p.checkpoint),
         None,
         &run.join("ft2"),
+        Control::default(),
         &|_| {},
     )
     .unwrap();
@@ -129,13 +133,22 @@ fn patients_with_a_missing_modality_are_kept() {
     cfg.pretrain.epochs = 1;
     cfg.finetune.epochs = 1;
     let run = d.path().join("run");
-    let p = stages::pretrain(&data, &cfg, None, &run.join("pretrain"), &|_| {}).unwrap();
+    let p = stages::pretrain(
+        &data,
+        &cfg,
+        None,
+        &run.join("pretrain"),
+        Control::default(),
+        &|_| {},
+    )
+    .unwrap();
     let f = stages::finetune(
         &data,
         &cfg,
         Some(&p.checkpoint),
         None,
         &run.join("ft"),
+        Control::default(),
         &|_| {},
     )
     .unwrap();
@@ -170,5 +183,80 @@ fn run_files_override_presets() {
     assert_eq!(
         (p.pretrain.epochs, p.finetune.epochs, p.finetune.lr),
         (100, 70, 1e-4)
+    );
+}
+
+#[test]
+fn an_interrupted_and_resumed_run_ends_with_the_same_weights() {
+    let d = tempfile::tempdir().unwrap();
+    let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
+    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    let mut cfg = tiny_config();
+    cfg.finetune.epochs = 3;
+    cfg.pretrain.epochs = 3;
+    let run = d.path().join("run");
+    // Uninterrupted.
+    let p = stages::pretrain(
+        &data,
+        &cfg,
+        None,
+        &run.join("pre_a"),
+        Control::default(),
+        &|_| {},
+    )
+    .unwrap();
+    let a = stages::finetune(
+        &data,
+        &cfg,
+        Some(&p.checkpoint),
+        None,
+        &run.join("a"),
+        Control::default(),
+        &|_| {},
+    )
+    .unwrap();
+    // Stopped after one epoch (pre-training) and two epochs (fine-tuning), then resumed.
+    let stop = |n| Control {
+        resume: false,
+        stop_after: Some(n),
+    };
+    let resume = Control {
+        resume: true,
+        stop_after: None,
+    };
+    let e = stages::pretrain(&data, &cfg, None, &run.join("pre_b"), stop(1), &|_| {}).unwrap_err();
+    assert!(matches!(e, gimp_train::data::DataErr::Stopped(1)));
+    let pb = stages::pretrain(&data, &cfg, None, &run.join("pre_b"), resume, &|_| {}).unwrap();
+    let same = std::fs::read(&p.checkpoint).unwrap() == std::fs::read(&pb.checkpoint).unwrap();
+    assert!(same, "resumed pre-training differs");
+    assert!(stages::finetune(
+        &data,
+        &cfg,
+        Some(&pb.checkpoint),
+        None,
+        &run.join("b"),
+        stop(2),
+        &|_| {}
+    )
+    .is_err());
+    let b = stages::finetune(
+        &data,
+        &cfg,
+        Some(&pb.checkpoint),
+        None,
+        &run.join("b"),
+        resume,
+        &|_| {},
+    )
+    .unwrap();
+    let same = std::fs::read(&a.checkpoint).unwrap() == std::fs::read(&b.checkpoint).unwrap();
+    assert!(same, "resumed fine-tuning differs");
+    assert_eq!(a.best_epoch, b.best_epoch);
+    assert_eq!(
+        std::fs::read_to_string(run.join("b/log.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
     );
 }

@@ -98,7 +98,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "5/{steps} GiMP stage 1: GroupMSA gene pre-training ({} epochs)",
         run.genes.epochs
     );
-    let genes = stages::pretrain_genes(&data, &run, &runs.join("gimp/genes"), &on)?;
+    let genes = stages::pretrain_genes(
+        &data,
+        &run,
+        &runs.join("gimp/genes"),
+        Default::default(),
+        &on,
+    )?;
     bars.finish();
     println!("6/{steps} GiMP stage 2: masked patch modelling + gene-induced triplets ({} epochs, windows of {})", run.pretrain.epochs, run.pretrain.window);
     let pre = stages::pretrain(
@@ -106,6 +112,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         &run,
         Some(&genes.checkpoint),
         &runs.join("gimp/pretrain"),
+        Default::default(),
         &on,
     )?;
     bars.finish();
@@ -119,6 +126,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Some(&pre.checkpoint),
         Some(&genes.checkpoint),
         &runs.join("gimp/finetune"),
+        Default::default(),
         &on,
     )?;
     bars.finish();
@@ -130,6 +138,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         None,
         None,
         &runs.join("image-only/finetune"),
+        Default::default(),
         &on,
     )?;
     bars.finish();

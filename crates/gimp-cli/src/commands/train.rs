@@ -28,6 +28,10 @@ pub struct Common {
     /// Which split file of the cohort.
     #[arg(long)]
     pub fold: Option<usize>,
+    /// Continue an interrupted stage from its last completed epoch (OUT/STAGE/state.safetensors);
+    /// the final weights are those of an uninterrupted run.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 impl Common {
@@ -48,6 +52,13 @@ impl Common {
             cfg.fold = f;
         }
         Ok(cfg)
+    }
+}
+
+fn control(c: &Common) -> stages::Control {
+    stages::Control {
+        resume: c.resume,
+        stop_after: None,
     }
 }
 
@@ -135,7 +146,7 @@ pub fn genes(c: Common) -> Result<ExitCode> {
     let (cfg, data) = prepare(&c)?;
     let dir = c.out.join("genes");
     let bars = Bars::new();
-    let r = stages::pretrain_genes(&data, &cfg, &dir, &|p| bars.update(p))?;
+    let r = stages::pretrain_genes(&data, &cfg, &dir, control(&c), &|p| bars.update(p))?;
     bars.finish();
     report("gene pre-training", &r, &data.classes, &dir)?;
     Ok(ExitCode::SUCCESS)
@@ -164,7 +175,14 @@ pub fn pretrain(a: PretrainArgs) -> Result<ExitCode> {
     }
     let dir = a.common.out.join("pretrain");
     let bars = Bars::new();
-    let r = stages::pretrain(&data, &cfg, genes.as_deref(), &dir, &|p| bars.update(p))?;
+    let r = stages::pretrain(
+        &data,
+        &cfg,
+        genes.as_deref(),
+        &dir,
+        control(&a.common),
+        &|p| bars.update(p),
+    )?;
     bars.finish();
     report("GiMP pre-training", &r, &data.classes, &dir)?;
     Ok(ExitCode::SUCCESS)
@@ -195,9 +213,15 @@ pub fn finetune(a: FinetuneArgs) -> Result<ExitCode> {
         .or_else(|| existing(a.common.out.join("genes/model.safetensors")));
     let dir = a.common.out.join(&a.name);
     let bars = Bars::new();
-    let r = stages::finetune(&data, &cfg, init.as_deref(), genes.as_deref(), &dir, &|p| {
-        bars.update(p)
-    })?;
+    let r = stages::finetune(
+        &data,
+        &cfg,
+        init.as_deref(),
+        genes.as_deref(),
+        &dir,
+        control(&a.common),
+        &|p| bars.update(p),
+    )?;
     bars.finish();
     report("fine-tuning", &r, &data.classes, &dir)?;
     Ok(ExitCode::SUCCESS)
