@@ -143,6 +143,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
     )?;
     bars.finish();
 
+    for (name, r) in [
+        ("gene pre-training", &genes),
+        ("GiMP pre-training", &pre),
+        ("GiMP fine-tuning", &gimp),
+        ("image-only fine-tuning", &image),
+    ] {
+        if let Some(dir) = r.checkpoint.parent() {
+            super::train::report_quiet(name, r, dir)?;
+        }
+    }
     println!("\nTest split ({} patients): accuracy [95% Wilson], ROC-AUC [95% bootstrap], balanced accuracy, macro F1", data.test.len());
     let pick = |r: &stages::StageResult| r.test.clone();
     let rows = [

@@ -331,3 +331,19 @@ pub fn embed(a: EmbedArgs) -> Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// [`report`] without printing: metrics.json and learning_curves.png only.
+pub fn report_quiet(name: &str, r: &StageResult, dir: &Path) -> Result<()> {
+    gimp_io::atomic::write_bytes_atomic(
+        &dir.join("metrics.json"),
+        serde_json::to_string_pretty(r)?.as_bytes(),
+    )?;
+    if let Err(e) = gimp_report::learning_curves(
+        &dir.join("log.jsonl"),
+        &dir.join("learning_curves.png"),
+        name,
+    ) {
+        eprintln!("warning: no learning-curve figure: {e}");
+    }
+    Ok(())
+}
