@@ -18,10 +18,13 @@ fn register_font() {
     });
 }
 
+/// A named series of (epoch, value) points.
+pub type Series = (String, Vec<(f64, f64)>);
+
 /// One numeric series per key of the log, in epoch order.
-pub fn read_log(path: &Path) -> Result<Vec<(String, Vec<(f64, f64)>)>, DataError> {
+pub fn read_log(path: &Path) -> Result<Vec<Series>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let mut series: Vec<Series> = Vec::new();
     for (i, line) in text
         .lines()
         .enumerate()
@@ -75,7 +78,7 @@ pub fn learning_curves(log: &Path, out: &Path, title: &str) -> Result<(), DataEr
         let panels = root.split_evenly((1, 2));
         let groups = [("loss", false), ("accuracy", true)];
         for (panel, (name, is_acc)) in panels.iter().zip(groups) {
-            let chosen: Vec<&(String, Vec<(f64, f64)>)> = series
+            let chosen: Vec<&Series> = series
                 .iter()
                 .filter(|(k, _)| k.contains("accuracy") == is_acc)
                 .collect();
