@@ -127,12 +127,7 @@ pub fn read_matrix(path: &Path, orientation: Orientation) -> Result<ExpressionMa
     let first = text.lines().next().unwrap_or("");
     let delim = crate::text::sniff_delimiter(path, first);
     let mut rdr = crate::text::csv_reader(&text, delim, false);
-    let header: Vec<String> = rdr
-        .headers()
-        .map_err(|e| csv_error(path, e))?
-        .iter()
-        .map(|s| s.trim().to_string())
-        .collect();
+    let header: Vec<String> = crate::text::trimmed_headers(&mut rdr, path)?;
     if header.len() < 2 {
         return Err(DataError::new(
             ErrorKind::Shape,
@@ -412,12 +407,7 @@ pub struct SampleSheetRow {
 pub fn read_sample_sheet(path: &Path) -> Result<Vec<SampleSheetRow>> {
     let text = crate::text::read_text(path)?;
     let mut rdr = crate::text::csv_reader(&text, b'\t', false);
-    let header: Vec<String> = rdr
-        .headers()
-        .map_err(|e| csv_error(path, e))?
-        .iter()
-        .map(|s| s.trim().to_string())
-        .collect();
+    let header: Vec<String> = crate::text::trimmed_headers(&mut rdr, path)?;
     let col = |name: &str| {
         header.iter().position(|h| h == name).ok_or_else(|| {
             DataError::new(
@@ -715,12 +705,7 @@ pub fn read_mcat_table(path: &Path, types: &[OmicType]) -> Result<ExpressionMatr
 pub fn read_signatures(path: &Path) -> Result<Vec<(String, Vec<String>)>> {
     let text = crate::text::read_text(path)?;
     let mut rdr = crate::text::csv_reader(&text, b',', true);
-    let header: Vec<String> = rdr
-        .headers()
-        .map_err(|e| csv_error(path, e))?
-        .iter()
-        .map(|s| s.trim().to_string())
-        .collect();
+    let header: Vec<String> = crate::text::trimmed_headers(&mut rdr, path)?;
     let mut groups: Vec<(String, Vec<String>)> =
         header.iter().map(|h| (h.clone(), Vec::new())).collect();
     for rec in rdr.records() {

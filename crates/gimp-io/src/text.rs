@@ -69,3 +69,16 @@ pub fn csv_reader(text: &str, delimiter: u8, flexible: bool) -> csv::Reader<&[u8
         .has_headers(true)
         .from_reader(text.as_bytes())
 }
+
+/// The header row of a CSV reader, cells trimmed; errors name the file.
+pub fn trimmed_headers(
+    rdr: &mut csv::Reader<&[u8]>,
+    path: &Path,
+) -> crate::error::Result<Vec<String>> {
+    Ok(rdr
+        .headers()
+        .map_err(|e| crate::error::csv_error(path, e))?
+        .iter()
+        .map(|s| s.trim().to_string())
+        .collect())
+}

@@ -130,6 +130,34 @@ fn end_epoch(
     Ok(())
 }
 
+/// End-of-epoch validation bookkeeping shared by the supervised stages: log the epoch, keep the
+/// best weights (highest validation accuracy, ties → lower loss; every epoch when there is no
+/// validation set).
+#[allow(clippy::too_many_arguments)]
+fn record_validation(
+    log: &mut Log,
+    st: &mut LoopState,
+    store: &ParamStore,
+    epoch: usize,
+    train_loss: f64,
+    labels: &[usize],
+    probs: &[Vec<f64>],
+    val_loss: f64,
+) -> Result<()> {
+    let acc = if labels.is_empty() {
+        f64::NAN
+    } else {
+        gimp_metrics::accuracy(labels, &argmax(probs))
+    };
+    log.write(serde_json::json!({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": acc}));
+    if labels.is_empty() || better(acc, val_loss, st.best) {
+        st.best = Some((acc, val_loss));
+        st.best_epoch = epoch;
+        st.best_snap = snapshot(store)?;
+    }
+    Ok(())
+}
+
 fn adamw(lr: f64, wd: f64) -> AdamConfig {
     AdamConfig {
         kind: Kind::AdamW,
@@ -295,17 +323,16 @@ pub fn pretrain_genes(
             });
         }
         let (yv, pv, lossv) = eval_genes(&enc, data, &data.val)?;
-        let acc = if yv.is_empty() {
-            f64::NAN
-        } else {
-            gimp_metrics::accuracy(&yv, &argmax(&pv))
-        };
-        log.write(serde_json::json!({"epoch": epoch, "train_loss": total / per_epoch as f64, "val_loss": lossv, "val_accuracy": acc}));
-        if yv.is_empty() || better(acc, lossv, st.best) {
-            st.best = Some((acc, lossv));
-            st.best_epoch = epoch;
-            st.best_snap = snapshot(&store)?;
-        }
+        record_validation(
+            &mut log,
+            &mut st,
+            &store,
+            epoch,
+            total / per_epoch as f64,
+            &yv,
+            &pv,
+            lossv,
+        )?;
         end_epoch(dir, &store, &opt, &mut st, epoch, ctl)?;
     }
     let best_epoch = st.best_epoch;
@@ -704,17 +731,16 @@ pub fn finetune(
             });
         }
         let (yv, pv, lv) = evaluate_gimp(&model, data, &data.val, &fc.modalities)?;
-        let acc = if yv.is_empty() {
-            f64::NAN
-        } else {
-            gimp_metrics::accuracy(&yv, &argmax(&pv))
-        };
-        log.write(serde_json::json!({"epoch": epoch, "train_loss": total / order.len().max(1) as f64, "val_loss": lv, "val_accuracy": acc}));
-        if yv.is_empty() || better(acc, lv, st.best) {
-            st.best = Some((acc, lv));
-            st.best_epoch = epoch;
-            st.best_snap = snapshot(&store)?;
-        }
+        record_validation(
+            &mut log,
+            &mut st,
+            &store,
+            epoch,
+            total / order.len().max(1) as f64,
+            &yv,
+            &pv,
+            lv,
+        )?;
         end_epoch(dir, &store, &opt, &mut st, epoch, ctl)?;
     }
     let best_epoch = st.best_epoch;

@@ -92,23 +92,19 @@ fn expression_row(
         .map(|(i, g)| (gimp_io::expression::strip_version(g), i))
         .collect();
     let values = mat.row(row);
-    let mut v = Vec::with_capacity(p.genes.len());
-    for (j, g) in p.genes.iter().enumerate() {
+    let mut ordered = Vec::with_capacity(p.genes.len());
+    for g in &p.genes {
         let Some(&i) = pos.get(gimp_io::expression::strip_version(g)) else {
             bail!("{}: gene '{g}' of the checkpoint is missing", m.display())
         };
         let raw = values[i];
-        let t = if p.transform == "log2p1" {
+        ordered.push(if p.transform == "log2p1" {
             (raw.max(0.0) + 1.0).log2()
         } else {
             raw
-        };
-        v.push(if p.std[j] < 1e-6 {
-            0.0
-        } else {
-            (t - p.mean[j]) / p.std[j]
         });
     }
+    let v = gimp_train::data::standardise(&ordered, p);
     Ok(Tensor::from_vec(v, p.genes.len(), &Device::Cpu)?)
 }
 
