@@ -29,6 +29,9 @@ pub struct ModelConfig {
     pub gene_encoder: String,
     pub fragment: usize,
     pub groups: usize,
+    /// Dropout inside GroupMSA's blocks *(ours: 0.1)*.
+    #[serde(default = "default_gene_dropout")]
+    pub gene_dropout: f64,
     pub head_dropout: f64,
     /// Expression transform before z-scoring: `log2p1` (FPKM) or `none`.
     pub transform: String,
@@ -89,6 +92,10 @@ pub struct FinetuneStage {
     pub modalities: String,
 }
 
+fn default_gene_dropout() -> f64 {
+    0.1
+}
+
 impl RunConfig {
     /// The paper's hyper-parameters (`gimp.md`): d 512, L 6000, mask 0.5, δ 0.8, AdamW 1e-4
     /// cosine, 100 pre-training epochs, ≤ 70 fine-tuning epochs.
@@ -104,6 +111,7 @@ impl RunConfig {
                 gene_encoder: "group_msa".into(),
                 fragment: 252,
                 groups: 16,
+                gene_dropout: 0.1,
                 head_dropout: 0.25,
                 transform: "log2p1".into(),
             },

@@ -192,7 +192,7 @@ pub fn gene_config(cfg: &RunConfig, n_genes: usize, n_classes: usize) -> Result<
             groups: cfg.model.groups,
             heads: cfg.model.heads,
             mlp_ratio: 4,
-            dropout: 0.1,
+            dropout: cfg.model.gene_dropout,
             n_classes,
         }),
         "snn" => GeneEncoderConfig::Snn(SnnConfig::small(n_genes, n_classes)),
