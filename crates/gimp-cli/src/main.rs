@@ -34,6 +34,9 @@ enum Command {
     /// Baselines that need no deep learning.
     #[command(subcommand)]
     Baseline(commands::baseline::Command),
+    /// Train one of the compared single-modality models (ABMIL, CLAM-SB/MB, TransMIL, SNN,
+    /// GroupMSA) with the same splits, validation rule, checkpoints and metrics as GiMP.
+    Train(commands::train::TrainArgs),
     /// Stage 1: supervised gene-encoder (GroupMSA) pre-training on expression alone.
     PretrainGenes(commands::train::Common),
     /// Stage 2: GiMP pre-training (masked patch modelling + gene-induced triplets).
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Baseline(c) => commands::baseline::run(c),
         Command::Model(c) => commands::model::run(c),
         Command::PretrainGenes(c) => commands::train::genes(c),
+        Command::Train(a) => commands::train::train(a),
         Command::Evaluate(a) => commands::train::evaluate(a),
         Command::Predict(a) => commands::model::run(commands::model::Command::Run(a)),
         Command::Embed(a) => commands::train::embed(a),

@@ -236,4 +236,22 @@ impl Model for Clam {
         let a = ops::softmax_last(&raw)?;
         self.head(&h, &raw, &a)
     }
+
+    /// `(1 − bag_weight) · L_inst` as the auxiliary loss (`spec/baselines.md` §4).
+    fn training_forward(
+        &self,
+        input: &Input,
+        label: usize,
+        mode: &Mode,
+    ) -> Result<(Output, Option<Tensor>)> {
+        let (out, inst) = self.forward_train(bag(input)?, label, mode)?;
+        let inst = inst
+            .map(|l| l.affine(1.0 - self.cfg.bag_weight, 0.0))
+            .transpose()?;
+        Ok((out, inst))
+    }
+
+    fn bag_weight(&self) -> f64 {
+        self.cfg.bag_weight
+    }
 }

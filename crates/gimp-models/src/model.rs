@@ -29,6 +29,23 @@ pub struct Output {
 
 pub trait Model {
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output>;
+
+    /// The training pass for a patient of class `label`: the output and the model's own
+    /// auxiliary loss, already weighted, to add to the classification loss (CLAM's instance
+    /// clustering); `None` for models without one.
+    fn training_forward(
+        &self,
+        input: &Input,
+        _label: usize,
+        mode: &Mode,
+    ) -> Result<(Output, Option<Tensor>)> {
+        Ok((self.forward(input, mode)?, None))
+    }
+
+    /// Weight of the classification loss when an auxiliary loss is present (CLAM: 0.7).
+    fn bag_weight(&self) -> f64 {
+        1.0
+    }
 }
 
 pub(crate) fn bag<'a>(input: &'a Input) -> Result<&'a Tensor> {

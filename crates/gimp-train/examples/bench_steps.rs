@@ -34,7 +34,12 @@ fn time(repeat: usize, mut f: impl FnMut() -> candle_core::Result<()>) -> candle
 
 fn main() -> candle_core::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let repeat = args.iter().position(|a| a == "--repeat").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(3);
+    let repeat = args
+        .iter()
+        .position(|a| a == "--repeat")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let skip_150k = args.iter().any(|a| a == "--skip-150k");
     let dev = Device::Cpu;
     let cfg = GimpConfig {
@@ -56,7 +61,10 @@ fn main() -> candle_core::Result<()> {
         opt.step_with(&grads, 1e-4)
     })?;
     let infer = ParamStore::new(0);
-    let agg = gimp_models::aggregator::PatchAggregator::new(&infer.root_inference(), AggregatorConfig::gimp(1024))?;
+    let agg = gimp_models::aggregator::PatchAggregator::new(
+        &infer.root_inference(),
+        AggregatorConfig::gimp(1024),
+    )?;
     let forward_6000 = time(repeat, || agg.cls(&window, &Mode::inference()).map(drop))?;
     let forward_150000 = if skip_150k {
         None
@@ -65,7 +73,10 @@ fn main() -> candle_core::Result<()> {
         Some(time(1, || agg.cls(&big, &Mode::inference()).map(drop))?)
     };
     let gstore = ParamStore::new(1);
-    let enc = GeneEncoder::new(&gstore.root(), &GeneEncoderConfig::GroupMsa(GroupMsaConfig::gimp(60_480, 2)))?;
+    let enc = GeneEncoder::new(
+        &gstore.root(),
+        &GeneEncoderConfig::GroupMsa(GroupMsaConfig::gimp(60_480, 2)),
+    )?;
     let mut gopt = Adam::new(&gstore, AdamConfig::gimp());
     let genes = Tensor::rand(0f32, 1f32, (8, 60_480), &dev)?;
     let groupmsa_step = time(repeat, || {

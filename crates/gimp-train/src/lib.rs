@@ -6,6 +6,7 @@ pub mod data;
 pub mod evaluate;
 pub mod resume;
 pub mod stages;
+pub mod supervised;
 
 pub use config::RunConfig;
 pub use data::Prepared;

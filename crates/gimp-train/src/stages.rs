@@ -44,10 +44,10 @@ pub struct Control {
 }
 
 /// One line per epoch in `{dir}/log.jsonl` (appended to when a run resumes).
-struct Log(std::fs::File);
+pub(crate) struct Log(std::fs::File);
 
 impl Log {
-    fn open(dir: &Path, append: bool) -> Result<Self> {
+    pub(crate) fn open(dir: &Path, append: bool) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| gimp_io::DataError::io(dir, e))?;
         let p = dir.join("log.jsonl");
         let f = std::fs::OpenOptions::new()
@@ -70,7 +70,7 @@ fn scalar(t: &Tensor) -> Result<f64> {
 }
 
 /// Deep copies of every parameter (a `Var` is updated in place, so plain clones would follow it).
-fn snapshot(store: &ParamStore) -> Result<BTreeMap<String, Tensor>> {
+pub(crate) fn snapshot(store: &ParamStore) -> Result<BTreeMap<String, Tensor>> {
     store
         .tensors()
         .into_iter()
@@ -78,7 +78,7 @@ fn snapshot(store: &ParamStore) -> Result<BTreeMap<String, Tensor>> {
         .collect()
 }
 
-fn restore(store: &ParamStore, snap: &BTreeMap<String, Tensor>) -> Result<()> {
+pub(crate) fn restore(store: &ParamStore, snap: &BTreeMap<String, Tensor>) -> Result<()> {
     for (name, p) in store.params() {
         if let Some(t) = snap.get(&name) {
             p.var.set(t)?;
@@ -114,7 +114,7 @@ fn start(
 }
 
 /// Saves the loop at the end of an epoch and honours `stop_after`.
-fn end_epoch(
+pub(crate) fn end_epoch(
     dir: &Path,
     store: &ParamStore,
     opt: &Adam,
@@ -134,7 +134,7 @@ fn end_epoch(
 /// best weights (highest validation accuracy, ties → lower loss; every epoch when there is no
 /// validation set).
 #[allow(clippy::too_many_arguments)]
-fn record_validation(
+pub(crate) fn record_validation(
     log: &mut Log,
     st: &mut LoopState,
     store: &ParamStore,

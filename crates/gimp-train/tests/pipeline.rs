@@ -260,3 +260,35 @@ fn an_interrupted_and_resumed_run_ends_with_the_same_weights() {
         3
     );
 }
+
+#[test]
+fn every_single_modality_baseline_trains_with_the_same_trainer() {
+    use gimp_train::supervised::{train, SupervisedConfig};
+    let d = tempfile::tempdir().unwrap();
+    let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
+    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    for arch in ["abmil", "clam_sb", "clam_mb", "transmil", "snn"] {
+        let mut cfg = SupervisedConfig::defaults(arch);
+        cfg.epochs = 1;
+        let r = train(
+            &data,
+            &cfg,
+            &d.path().join(arch),
+            Control::default(),
+            &|_| {},
+        )
+        .unwrap();
+        assert_eq!(r.test.unwrap().n, data.test.len(), "{arch}");
+        let ck = gimp_nn::checkpoint::Checkpoint::load(&r.checkpoint).unwrap();
+        assert_eq!(ck.arch, arch);
+    }
+    let cfg = SupervisedConfig::defaults("gimp");
+    assert!(train(
+        &data,
+        &cfg,
+        &d.path().join("g"),
+        Control::default(),
+        &|_| {}
+    )
+    .is_err());
+}

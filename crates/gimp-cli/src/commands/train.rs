@@ -347,3 +347,81 @@ pub fn report_quiet(name: &str, r: &StageResult, dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    pub cohort: PathBuf,
+    /// Architecture (`gimp-rs model list`): abmil, clam_sb, clam_mb, transmil, snn, group_msa.
+    #[arg(long)]
+    pub arch: String,
+    /// Run folder: OUT/model.safetensors, log.jsonl, metrics.json, learning_curves.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Defaults: the reference code's (see docs/TRAINING.md).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// adam_l2 (Adam with L2, as CLAM/PORPOISE) or adamw.
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// Cosine decay of the learning rate (default: constant, as the reference code).
+    #[arg(long)]
+    pub cosine: bool,
+    /// Random cap on patches per training bag.
+    #[arg(long)]
+    pub max_patches: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 0)]
+    pub fold: usize,
+    /// Expression transform before z-scoring: log2p1 or none.
+    #[arg(long, default_value = "log2p1")]
+    pub transform: String,
+    #[arg(long)]
+    pub resume: bool,
+}
+
+pub fn train(a: TrainArgs) -> Result<ExitCode> {
+    use gimp_train::supervised::{self, SupervisedConfig};
+    let mut cfg = SupervisedConfig::defaults(&a.arch);
+    cfg.seed = a.seed;
+    cfg.fold = a.fold;
+    if let Some(v) = a.epochs {
+        cfg.epochs = v;
+    }
+    if let Some(v) = a.lr {
+        cfg.lr = v;
+    }
+    if let Some(v) = a.weight_decay {
+        cfg.weight_decay = v;
+    }
+    if let Some(o) = &a.optimizer {
+        cfg.optimizer = match o.as_str() {
+            "adamw" => gimp_nn::optim::Kind::AdamW,
+            "adam_l2" => gimp_nn::optim::Kind::AdamL2,
+            other => anyhow::bail!("--optimizer must be adamw or adam_l2, not '{other}'"),
+        };
+    }
+    cfg.cosine = a.cosine;
+    cfg.max_patches = a.max_patches;
+    let c = super::cohort::load(&a.cohort, LoadOptions::default())?;
+    let data = Prepared::new(&c, a.fold, &a.transform)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let bars = Bars::new();
+    let r = supervised::train(
+        &data,
+        &cfg,
+        &a.out,
+        stages::Control {
+            resume: a.resume,
+            stop_after: None,
+        },
+        &|p| bars.update(p),
+    )?;
+    bars.finish();
+    report(&format!("{} training", a.arch), &r, &data.classes, &a.out)?;
+    Ok(ExitCode::SUCCESS)
+}
