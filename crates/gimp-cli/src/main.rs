@@ -37,6 +37,9 @@ enum Command {
     /// Train one of the compared single-modality models (ABMIL, CLAM-SB/MB, TransMIL, SNN,
     /// GroupMSA) with the same splits, validation rule, checkpoints and metrics as GiMP.
     Train(commands::train::TrainArgs),
+    /// The paper's experiments (table1: compared systems; table2: GiMP ablations) on identical
+    /// splits and seeds; finished runs are skipped; Markdown + CSV with mean ± std.
+    Experiment(commands::experiment::Args),
     /// Stage 1: supervised gene-encoder (GroupMSA) pre-training on expression alone.
     PretrainGenes(commands::train::Common),
     /// Stage 2: GiMP pre-training (masked patch modelling + gene-induced triplets).
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::Model(c) => commands::model::run(c),
         Command::PretrainGenes(c) => commands::train::genes(c),
         Command::Train(a) => commands::train::train(a),
+        Command::Experiment(a) => commands::experiment::run(a),
         Command::Evaluate(a) => commands::train::evaluate(a),
         Command::Predict(a) => commands::model::run(commands::model::Command::Run(a)),
         Command::Embed(a) => commands::train::embed(a),

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod data;
 pub mod evaluate;
+pub mod experiment;
 pub mod resume;
 pub mod stages;
 pub mod supervised;

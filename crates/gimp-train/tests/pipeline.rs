@@ -292,3 +292,41 @@ fn every_single_modality_baseline_trains_with_the_same_trainer() {
     )
     .is_err());
 }
+
+#[test]
+fn experiment_rows_plan_run_skip_and_summarise() {
+    use gimp_train::experiment::{execute, markdown, plan, rows, summarise};
+    let d = tempfile::tempdir().unwrap();
+    let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
+    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    assert!(rows("table3", &[]).is_err());
+    assert!(rows("table2", &["nope".into()]).is_err());
+    let chosen = rows("table1", &["abmil".into(), "gimp".into()]).unwrap();
+    let out = d.path().join("exp");
+    let runs = plan(&out, &chosen, 1, 2);
+    assert_eq!(runs.len(), 4);
+    assert!(runs.iter().all(|r| !r.done));
+    let mut cfg = tiny_config();
+    cfg.genes.epochs = 1;
+    cfg.pretrain.epochs = 1;
+    cfg.finetune.epochs = 1;
+    for run in &runs {
+        let row = chosen.iter().find(|r| r.key == run.row).unwrap();
+        execute(row, &data, &cfg, Some(1), run, &|_| {}).unwrap();
+    }
+    let again = plan(&out, &chosen, 1, 2);
+    assert!(
+        again.iter().all(|r| r.done),
+        "finished runs are recognised and skipped"
+    );
+    let s = summarise(&chosen, &again).unwrap();
+    assert_eq!(s.len(), 2);
+    assert!(s.iter().all(|r| r.runs == 2 && r.accuracy.0.is_finite()));
+    let total: usize = s[0].confusion.iter().flatten().sum();
+    assert_eq!(
+        total,
+        2 * data.test.len(),
+        "pooled confusion over both seeds"
+    );
+    assert!(markdown(&s, &data.classes).contains("| ABMIL | 2 |"));
+}

@@ -1,0 +1,118 @@
+use anyhow::{bail, Result};
+use gimp_cohort::LoadOptions;
+use gimp_train::experiment::{self, Recipe};
+use gimp_train::{Prepared, RunConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// table1 (the compared systems and GiMP) or table2 (GiMP's ablations).
+    pub table: String,
+    pub cohort: PathBuf,
+    /// Experiment folder: OUT/{row}/fold{k}/seed{s}/…, OUT/{table}.md and .csv.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Split files 0..K of the cohort (make k folds with `gimp-rs split --scheme kfold`).
+    #[arg(long, default_value_t = 1)]
+    pub folds: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seeds: usize,
+    /// Only these rows (comma-separated keys; `--dry-run` lists them).
+    #[arg(long, value_delimiter = ',')]
+    pub rows: Vec<String>,
+    /// GiMP rows' preset: paper or demo.
+    #[arg(long, default_value = "paper")]
+    pub preset: String,
+    /// Epochs of the single-modality baselines (default: their reference defaults).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// List the runs, which are done, and their cost, without running anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let rows = experiment::rows(&a.table, &a.rows)?;
+    let base = RunConfig::preset(&a.preset)
+        .ok_or_else(|| anyhow::anyhow!("unknown preset '{}'", a.preset))?;
+    let cohort = super::cohort::load(&a.cohort, LoadOptions::default())?;
+    if cohort.folds.len() < a.folds {
+        bail!(
+            "the cohort lists {} split file(s) but --folds {} was asked: write k folds with `gimp-rs split {} --scheme kfold --k {} --out DIR` and list them under [splits]",
+            cohort.folds.len(),
+            a.folds,
+            a.cohort.display(),
+            a.folds
+        );
+    }
+    let runs = experiment::plan(&a.out, &rows, a.folds, a.seeds);
+    if a.dry_run {
+        let n_train = cohort
+            .folds
+            .first()
+            .map(|f| f.patients(gimp_io::splits::Part::Train).len())
+            .unwrap_or(0);
+        let mut total = 0usize;
+        for run in &runs {
+            let row = rows.iter().find(|r| r.key == run.row).expect("planned row");
+            let epochs = match &row.recipe {
+                Recipe::Single(arch) => a
+                    .epochs
+                    .unwrap_or(gimp_train::supervised::SupervisedConfig::defaults(arch).epochs),
+                Recipe::Gimp(change) => {
+                    let mut c = base.clone();
+                    change(&mut c);
+                    c.genes.epochs + c.pretrain.epochs + c.finetune.epochs
+                }
+            };
+            let cost = epochs * n_train;
+            if !run.done {
+                total += cost;
+            }
+            println!(
+                "{:<24} fold {} seed {}  {:<5} {:>4} epochs ≈ {:>7} patient-passes  {}",
+                run.row,
+                run.fold,
+                run.seed,
+                if run.done { "done" } else { "to do" },
+                epochs,
+                cost,
+                run.dir.display()
+            );
+        }
+        println!("{} run(s), {} to do, ≈ {total} patient-passes (one bag or expression vector through the model, forward and backward)", runs.len(), runs.iter().filter(|r| !r.done).count());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bars = super::train::Bars::new();
+    for fold in 0..a.folds {
+        let todo: Vec<&experiment::Run> =
+            runs.iter().filter(|r| r.fold == fold && !r.done).collect();
+        if todo.is_empty() {
+            continue;
+        }
+        let data = Prepared::new(&cohort, fold, &base.model.transform)?;
+        for run in todo {
+            let row = rows.iter().find(|r| r.key == run.row).expect("planned row");
+            println!("{} — fold {}, seed {}", row.name, run.fold, run.seed);
+            let r = experiment::execute(row, &data, &base, a.epochs, run, &|p| bars.update(p))?;
+            bars.finish();
+            if let Some(t) = &r.test {
+                println!("    test accuracy {}%", crate::table::pct(t.accuracy.value));
+            }
+        }
+    }
+    let runs = experiment::plan(&a.out, &rows, a.folds, a.seeds);
+    let summary = experiment::summarise(&rows, &runs)?;
+    let md = experiment::markdown(&summary, &cohort.label_map.names);
+    gimp_io::atomic::write_bytes_atomic(&a.out.join(format!("{}.md", a.table)), md.as_bytes())?;
+    gimp_io::atomic::write_bytes_atomic(
+        &a.out.join(format!("{}.csv", a.table)),
+        experiment::csv(&summary).as_bytes(),
+    )?;
+    println!(
+        "\n{md}\n(written to {} and .csv)",
+        a.out.join(format!("{}.md", a.table)).display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,397 @@
+//! The paper's experiments as runs of this pipeline: every row of Table 1 (the compared systems
+//! that exist in the registry, and GiMP) and Table 2 (GiMP's ablations) on the same split files
+//! and seeds; finished runs are skipped, so an interrupted experiment resumes; results as a
+//! Markdown table and CSV with mean ± std and the pooled confusion matrix.
+
+use crate::config::{RunConfig, Triplet};
+use crate::data::{DataErr, Prepared, Result};
+use crate::stages::{self, Control, OnProgress, StageResult};
+use crate::supervised::{self, SupervisedConfig};
+use gimp_metrics::Report;
+use serde::Serialize;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+/// How a row is trained.
+#[derive(Debug, Clone)]
+pub enum Recipe {
+    /// `gimp-rs train --arch …`.
+    Single(&'static str),
+    /// The GiMP pipeline with changes to the run configuration.
+    Gimp(fn(&mut RunConfig)),
+}
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub table: &'static str,
+    pub name: &'static str,
+    /// Folder name of its runs.
+    pub key: &'static str,
+    pub recipe: Recipe,
+}
+
+fn no_pretrain(c: &mut RunConfig) {
+    c.pretrain.epochs = 0;
+}
+fn mpm_only(c: &mut RunConfig) {
+    c.pretrain.triplet = Triplet::Off;
+}
+fn image_triplet(c: &mut RunConfig) {
+    c.pretrain.triplet = Triplet::ImageOnly;
+    c.pretrain.mpm = false;
+}
+fn gene_triplet(c: &mut RunConfig) {
+    c.pretrain.mpm = false;
+}
+fn full(_: &mut RunConfig) {}
+fn snn(c: &mut RunConfig) {
+    c.model.gene_encoder = "snn".into();
+}
+
+/// Every row the runner knows. Table 1's other systems (DSMIL, PORPOISE, Pathomic Fusion, MCAT,
+/// MGCA, BioViL, REFERS) are not in the registry yet.
+pub const ROWS: &[Row] = &[
+    Row {
+        table: "table1",
+        name: "ABMIL",
+        key: "abmil",
+        recipe: Recipe::Single("abmil"),
+    },
+    Row {
+        table: "table1",
+        name: "CLAM-SB",
+        key: "clam_sb",
+        recipe: Recipe::Single("clam_sb"),
+    },
+    Row {
+        table: "table1",
+        name: "CLAM-MB",
+        key: "clam_mb",
+        recipe: Recipe::Single("clam_mb"),
+    },
+    Row {
+        table: "table1",
+        name: "TransMIL",
+        key: "transmil",
+        recipe: Recipe::Single("transmil"),
+    },
+    Row {
+        table: "table1",
+        name: "SNN",
+        key: "snn",
+        recipe: Recipe::Single("snn"),
+    },
+    Row {
+        table: "table1",
+        name: "GroupMSA",
+        key: "group_msa",
+        recipe: Recipe::Single("group_msa"),
+    },
+    Row {
+        table: "table1",
+        name: "GiMP",
+        key: "gimp",
+        recipe: Recipe::Gimp(full),
+    },
+    Row {
+        table: "table2",
+        name: "Aggregator + GroupMSA (no pre-training)",
+        key: "agg_groupmsa",
+        recipe: Recipe::Gimp(no_pretrain),
+    },
+    Row {
+        table: "table2",
+        name: "Aggregator + MPM",
+        key: "agg_mpm",
+        recipe: Recipe::Gimp(mpm_only),
+    },
+    Row {
+        table: "table2",
+        name: "Aggregator + Triplet (image only)",
+        key: "agg_triplet",
+        recipe: Recipe::Gimp(image_triplet),
+    },
+    Row {
+        table: "table2",
+        name: "Aggregator + GroupMSA + Triplet",
+        key: "agg_groupmsa_triplet",
+        recipe: Recipe::Gimp(gene_triplet),
+    },
+    Row {
+        table: "table2",
+        name: "Aggregator + SNN + Triplet + MPM",
+        key: "agg_snn_full",
+        recipe: Recipe::Gimp(snn),
+    },
+    Row {
+        table: "table2",
+        name: "GiMP (Aggregator + GroupMSA + Triplet + MPM)",
+        key: "gimp",
+        recipe: Recipe::Gimp(full),
+    },
+];
+
+pub fn rows(table: &str, only: &[String]) -> Result<Vec<&'static Row>> {
+    let all: Vec<&Row> = ROWS.iter().filter(|r| r.table == table).collect();
+    if all.is_empty() {
+        return Err(DataErr::Msg(format!(
+            "unknown table '{table}' (table1, table2)"
+        )));
+    }
+    if only.is_empty() {
+        return Ok(all);
+    }
+    only.iter()
+        .map(|k| {
+            all.iter().copied().find(|r| r.key == k).ok_or_else(|| {
+                DataErr::Msg(format!(
+                    "no row '{k}' in {table}; rows: {}",
+                    all.iter().map(|r| r.key).collect::<Vec<_>>().join(", ")
+                ))
+            })
+        })
+        .collect()
+}
+
+/// One run: a row on one split with one seed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub row: String,
+    pub fold: usize,
+    pub seed: u64,
+    pub dir: PathBuf,
+    pub done: bool,
+}
+
+pub fn plan(out: &Path, rows: &[&Row], folds: usize, seeds: usize) -> Vec<Run> {
+    let mut v = Vec::new();
+    for r in rows {
+        for fold in 0..folds {
+            for seed in 0..seeds as u64 {
+                let dir = out
+                    .join(r.key)
+                    .join(format!("fold{fold}"))
+                    .join(format!("seed{seed}"));
+                let done = dir.join("metrics.json").is_file();
+                v.push(Run {
+                    row: r.key.to_string(),
+                    fold,
+                    seed,
+                    dir,
+                    done,
+                });
+            }
+        }
+    }
+    v
+}
+
+/// Runs one row on one prepared split.
+pub fn execute(
+    row: &Row,
+    data: &Prepared,
+    base: &RunConfig,
+    epochs: Option<usize>,
+    run: &Run,
+    on: OnProgress,
+) -> Result<StageResult> {
+    let ctl = Control {
+        resume: true,
+        stop_after: None,
+    };
+    let r = match &row.recipe {
+        Recipe::Single(arch) => {
+            let mut c = SupervisedConfig::defaults(arch);
+            c.seed = run.seed;
+            c.fold = run.fold;
+            if let Some(e) = epochs {
+                c.epochs = e;
+            }
+            if base.preset == "demo" {
+                c.max_patches = base.finetune.max_patches;
+            }
+            supervised::train(data, &c, &run.dir, ctl, on)?
+        }
+        Recipe::Gimp(change) => {
+            let mut c = base.clone();
+            c.seed = run.seed;
+            c.fold = run.fold;
+            change(&mut c);
+            let genes = stages::pretrain_genes(data, &c, &run.dir.join("genes"), ctl, on)?;
+            let pre = if c.pretrain.epochs > 0 {
+                Some(
+                    stages::pretrain(
+                        data,
+                        &c,
+                        Some(&genes.checkpoint),
+                        &run.dir.join("pretrain"),
+                        ctl,
+                        on,
+                    )?
+                    .checkpoint,
+                )
+            } else {
+                None
+            };
+            stages::finetune(
+                data,
+                &c,
+                pre.as_deref(),
+                Some(&genes.checkpoint),
+                &run.dir.join("finetune"),
+                ctl,
+                on,
+            )?
+        }
+    };
+    gimp_io::atomic::write_bytes_atomic(
+        &run.dir.join("metrics.json"),
+        serde_json::to_string_pretty(&r)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    Ok(r)
+}
+
+/// Mean ± standard deviation of a row's test metrics over its runs, and the pooled confusion.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowSummary {
+    pub row: String,
+    pub name: String,
+    pub runs: usize,
+    pub accuracy: (f64, f64),
+    pub roc_auc: (f64, f64),
+    pub macro_f1: (f64, f64),
+    pub confusion: Vec<Vec<usize>>,
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let s = if v.len() > 1 {
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (m, s)
+}
+
+/// Reads the finished runs' `metrics.json` and summarises each row.
+pub fn summarise(rows: &[&Row], runs: &[Run]) -> Result<Vec<RowSummary>> {
+    let mut out = Vec::new();
+    for r in rows {
+        let mut reports: Vec<Report> = Vec::new();
+        for run in runs.iter().filter(|x| x.row == r.key) {
+            let p = run.dir.join("metrics.json");
+            let Ok(text) = std::fs::read_to_string(&p) else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| DataErr::Msg(format!("{}: {e}", p.display())))?;
+            if let Some(t) = v.get("test").filter(|t| !t.is_null()) {
+                let acc = t["accuracy"]["value"].as_f64().unwrap_or(f64::NAN);
+                let auc = t["roc_auc"]["value"].as_f64().unwrap_or(f64::NAN);
+                let f1 = t["macro_f1"].as_f64().unwrap_or(f64::NAN);
+                let conf: Vec<Vec<usize>> =
+                    serde_json::from_value(t["confusion"].clone()).unwrap_or_default();
+                reports.push(Report {
+                    n: t["n"].as_u64().unwrap_or(0) as usize,
+                    accuracy: gimp_metrics::Estimate {
+                        value: acc,
+                        low: f64::NAN,
+                        high: f64::NAN,
+                    },
+                    balanced_accuracy: t["balanced_accuracy"].as_f64().unwrap_or(f64::NAN),
+                    roc_auc: Some(gimp_metrics::Estimate {
+                        value: auc,
+                        low: f64::NAN,
+                        high: f64::NAN,
+                    }),
+                    macro_f1: f1,
+                    confusion: conf,
+                });
+            }
+        }
+        let mut confusion: Vec<Vec<usize>> = Vec::new();
+        for rep in &reports {
+            if confusion.is_empty() {
+                confusion = rep.confusion.clone();
+            } else {
+                for (a, b) in confusion.iter_mut().zip(&rep.confusion) {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        *x += y;
+                    }
+                }
+            }
+        }
+        let col = |f: &dyn Fn(&Report) -> f64| mean_std(&reports.iter().map(f).collect::<Vec<_>>());
+        out.push(RowSummary {
+            row: r.key.to_string(),
+            name: r.name.to_string(),
+            runs: reports.len(),
+            accuracy: col(&|x| x.accuracy.value),
+            roc_auc: col(&|x| x.roc_auc.map_or(f64::NAN, |a| a.value)),
+            macro_f1: col(&|x| x.macro_f1),
+            confusion,
+        });
+    }
+    Ok(out)
+}
+
+pub fn markdown(s: &[RowSummary], classes: &[String]) -> String {
+    let mut t = String::from(
+        "| method | runs | accuracy | ROC-AUC | macro F1 | pooled confusion (rows true: ",
+    );
+    t.push_str(&classes.join(", "));
+    t.push_str(") |\n|---|---|---|---|---|---|\n");
+    for r in s {
+        let pm = |(m, sd): (f64, f64)| {
+            if r.runs == 0 {
+                "–".to_string()
+            } else {
+                format!("{m:.3} ± {sd:.3}")
+            }
+        };
+        let conf: Vec<String> = r
+            .confusion
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.name,
+            r.runs,
+            pm(r.accuracy),
+            pm(r.roc_auc),
+            pm(r.macro_f1),
+            conf.join(" / ")
+        );
+    }
+    t
+}
+
+pub fn csv(s: &[RowSummary]) -> String {
+    let mut t = String::from("row,method,runs,accuracy_mean,accuracy_std,roc_auc_mean,roc_auc_std,macro_f1_mean,macro_f1_std\n");
+    for r in s {
+        let _ = writeln!(
+            t,
+            "{},\"{}\",{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
+            r.row,
+            r.name,
+            r.runs,
+            r.accuracy.0,
+            r.accuracy.1,
+            r.roc_auc.0,
+            r.roc_auc.1,
+            r.macro_f1.0,
+            r.macro_f1.1
+        );
+    }
+    t
+}
