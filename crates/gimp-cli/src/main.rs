@@ -54,6 +54,9 @@ enum Command {
     Predict(commands::model::RunArgs),
     /// The embedding (CLS_pat for GiMP) of every patient of a cohort, as TSV.
     Embed(commands::train::EmbedArgs),
+    /// Fig. 2: t-SNE (after PCA to 50 dimensions) of every patient's embedding, coloured by
+    /// class, for one or more checkpoints; PNG and SVG, deterministic for a seed.
+    Tsne(commands::train::TsneArgs),
     /// Model architectures, checkpoints, and running a model on one input.
     #[command(subcommand)]
     Model(commands::model::Command),
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Evaluate(a) => commands::train::evaluate(a),
         Command::Predict(a) => commands::model::run(commands::model::Command::Run(a)),
         Command::Embed(a) => commands::train::embed(a),
+        Command::Tsne(a) => commands::train::tsne(a),
         Command::Pretrain(a) => commands::train::pretrain(a),
         Command::Finetune(a) => commands::train::finetune(a),
     };

@@ -8,10 +8,12 @@ use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
 
+pub mod tsne;
+
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
-fn register_font() {
+pub(crate) fn register_font() {
     REGISTER.call_once(|| {
         // A failure here only means text is not drawn; the curves still are.
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);

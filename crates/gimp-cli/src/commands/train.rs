@@ -425,3 +425,68 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
     report(&format!("{} training", a.arch), &r, &data.classes, &a.out)?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(clap::Args)]
+pub struct TsneArgs {
+    pub cohort: PathBuf,
+    /// One or more checkpoints; one figure each (Fig. 2 compares several models).
+    #[arg(long, required = true)]
+    pub checkpoint: Vec<PathBuf>,
+    /// Output folder: {name}.png and {name}.svg per checkpoint.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 30.0)]
+    pub perplexity: f32,
+    #[arg(long, default_value_t = 1000)]
+    pub epochs: usize,
+    #[arg(long)]
+    pub fold: Option<usize>,
+}
+
+pub fn tsne(a: TsneArgs) -> Result<ExitCode> {
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    for ck_path in &a.checkpoint {
+        let ckpt = gimp_nn::checkpoint::Checkpoint::load(ck_path)?;
+        let data = load_for(&a.cohort, &ckpt, a.fold)?;
+        let m = gimp_train::evaluate::load(&ckpt)?;
+        let (mut rows, mut labels) = (Vec::new(), Vec::new());
+        for i in 0..data.patients.len() {
+            if let Some(o) = gimp_train::evaluate::run_patient(&m, &data, i)? {
+                rows.push(o.embedding.to_vec1::<f32>()?);
+                labels.push(data.patients[i].label);
+            }
+        }
+        if rows.len() < 5 {
+            anyhow::bail!(
+                "{}: only {} patient(s) have this model's input; t-SNE needs more",
+                ck_path.display(),
+                rows.len()
+            );
+        }
+        let points = gimp_report::tsne::tsne(&rows, a.perplexity, a.epochs, a.seed);
+        let name = ck_path
+            .parent()
+            .and_then(|p| p.parent())
+            .and_then(|p| p.file_name())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| ckpt.arch.clone());
+        let stem = a.out.join(format!(
+            "tsne_{name}_{}",
+            ck_path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        gimp_report::tsne::plot(
+            &points,
+            &labels,
+            &data.classes,
+            &format!("{} ({}, {} patients)", ckpt.arch, name, rows.len()),
+            &stem,
+        )?;
+        println!("{}.png and .svg", stem.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
