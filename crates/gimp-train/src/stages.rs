@@ -47,15 +47,29 @@ pub struct Control {
 pub(crate) struct Log(std::fs::File);
 
 impl Log {
-    pub(crate) fn open(dir: &Path, append: bool) -> Result<Self> {
+    /// Opens the log for a run that has completed `epochs_done` epochs: lines of later epochs (an
+    /// epoch a kill interrupted after it was logged but before its state was saved) and a
+    /// half-written last line are dropped, so the resumed log has each epoch once.
+    pub(crate) fn open(dir: &Path, epochs_done: usize) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| gimp_io::DataError::io(dir, e))?;
         let p = dir.join("log.jsonl");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(append)
-            .truncate(!append)
-            .open(&p);
+        let kept: String = if epochs_done > 0 {
+            std::fs::read_to_string(&p)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| {
+                    v.get("epoch")
+                        .and_then(|e| e.as_u64())
+                        .is_some_and(|e| (e as usize) < epochs_done)
+                })
+                .map(|v| format!("{v}\n"))
+                .collect()
+        } else {
+            String::new()
+        };
+        gimp_io::atomic::write_bytes_atomic(&p, kept.as_bytes())?;
+        let f = std::fs::OpenOptions::new().append(true).open(&p);
         Ok(Self(f.map_err(|e| gimp_io::DataError::io(&p, e))?))
     }
 
@@ -298,7 +312,7 @@ pub fn pretrain_genes(
         total: per_epoch * cfg.genes.epochs.max(1),
     };
     let mut st = start(dir, &store, &mut opt, ctl, cfg.seed ^ 0x6E6E)?;
-    let mut log = Log::open(dir, st.epochs_done > 0)?;
+    let mut log = Log::open(dir, st.epochs_done)?;
     for epoch in st.epochs_done..cfg.genes.epochs {
         let mut order = train.clone();
         order.shuffle(&mut st.rng);
@@ -484,7 +498,7 @@ pub fn pretrain(
         total: per_epoch * pc.epochs.max(1),
     };
     let mut st = start(dir, &store, &mut opt, ctl, cfg.seed ^ 0x9E7)?;
-    let mut log = Log::open(dir, st.epochs_done > 0)?;
+    let mut log = Log::open(dir, st.epochs_done)?;
     for epoch in st.epochs_done..pc.epochs {
         let rng = &mut st.rng;
         let batches = balanced_batches(&data.train, &labels, pc.batch, data.classes.len(), rng);
@@ -689,7 +703,7 @@ pub fn finetune(
         total: data.train.len() * fc.epochs.max(1),
     };
     let mut st = start(dir, &store, &mut opt, ctl, cfg.seed ^ 0xF17E)?;
-    let mut log = Log::open(dir, st.epochs_done > 0)?;
+    let mut log = Log::open(dir, st.epochs_done)?;
     for epoch in st.epochs_done..fc.epochs {
         let rng = &mut st.rng;
         let mut order = data.train.clone();

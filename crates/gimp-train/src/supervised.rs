@@ -153,7 +153,7 @@ pub fn train(
         },
     };
     std::fs::create_dir_all(dir).map_err(|e| gimp_io::DataError::io(dir, e))?;
-    let mut log = crate::stages::Log::open(dir, st.epochs_done > 0)?;
+    let mut log = crate::stages::Log::open(dir, st.epochs_done)?;
     let evaluate = |idx: &[usize]| -> Result<(Vec<usize>, Vec<Vec<f64>>, f64)> {
         let mode = Mode::inference();
         let (mut y, mut p, mut total) = (Vec::new(), Vec::new(), 0.0);
