@@ -22,6 +22,18 @@ pub struct GroupMsaConfig {
     pub mlp_ratio: usize,
     pub dropout: f64,
     pub n_classes: usize,
+    /// One `Linear(f → d)` shared by every fragment (`gimp.md` §2, ViT-style) or one per
+    /// fragment, which keeps each gene's identity in its token *(option)*.
+    #[serde(default)]
+    pub tokenizer: Tokenizer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tokenizer {
+    #[default]
+    Shared,
+    PerFragment,
 }
 
 impl GroupMsaConfig {
@@ -35,6 +47,7 @@ impl GroupMsaConfig {
             mlp_ratio: 4,
             dropout: 0.1,
             n_classes,
+            tokenizer: Tokenizer::Shared,
         }
     }
 
@@ -115,7 +128,9 @@ impl Block {
 
 pub struct GroupMsa {
     pub cfg: GroupMsaConfig,
-    tokenizer: Linear,
+    tokenizer: Option<Linear>,
+    /// Per-fragment weights `[N_f, f, d]` and biases `[N_f, d]` (`Tokenizer::PerFragment`).
+    fragment_weights: Option<(Tensor, Tensor)>,
     pos: Tensor,
     group_tokens: Tensor,
     cls: Tensor,
@@ -130,7 +145,29 @@ impl GroupMsa {
         let nf = cfg.n_fragments();
         let tok = Init::Normal(0.02);
         Ok(Self {
-            tokenizer: Linear::new(&s.pp("tokenizer"), cfg.fragment, cfg.dim, true)?,
+            tokenizer: match cfg.tokenizer {
+                Tokenizer::Shared => Some(Linear::new(
+                    &s.pp("tokenizer"),
+                    cfg.fragment,
+                    cfg.dim,
+                    true,
+                )?),
+                Tokenizer::PerFragment => None,
+            },
+            fragment_weights: match cfg.tokenizer {
+                Tokenizer::Shared => None,
+                Tokenizer::PerFragment => {
+                    let init = Init::torch_default(cfg.fragment);
+                    Some((
+                        s.get(
+                            "fragment_tokenizer.weight",
+                            &[nf, cfg.fragment, cfg.dim],
+                            init,
+                        )?,
+                        s.get("fragment_tokenizer.bias", &[nf, cfg.dim], init)?,
+                    ))
+                }
+            },
             pos: s.get("pos_embed", &[nf, cfg.dim], tok)?,
             group_tokens: s.get("group_tokens", &[cfg.groups, cfg.dim], tok)?,
             cls: s.get("cls_token", &[1, cfg.dim], tok)?,
@@ -168,7 +205,18 @@ impl GroupMsa {
         );
         let s = nf / ng;
         let x = x.pad_with_zeros(1, 0, nf * f - g)?.reshape((b, nf, f))?;
-        let t = self.tokenizer.forward(&x)?.broadcast_add(&self.pos)?; // [B, nf, d]
+        let t = match (&self.tokenizer, &self.fragment_weights) {
+            (Some(lin), _) => lin.forward(&x)?,
+            // [nf, B, f] · [nf, f, d] → [nf, B, d] → [B, nf, d]
+            (None, Some((w, b))) => x
+                .transpose(0, 1)?
+                .contiguous()?
+                .matmul(w)?
+                .transpose(0, 1)?
+                .broadcast_add(b)?,
+            (None, None) => candle_core::bail!("GroupMSA has no tokenizer"),
+        };
+        let t = t.broadcast_add(&self.pos)?; // [B, nf, d]
         let t = t.reshape((b * ng, s, d))?;
         let gt = self
             .group_tokens

@@ -12,6 +12,13 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+/// FNV-1a hash of a parameter name: its random stream.
+fn name_stream(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// One parameter and whether the optimiser updates it.
 #[derive(Clone)]
 pub struct Param {
@@ -21,7 +28,7 @@ pub struct Param {
 
 struct Inner {
     params: BTreeMap<String, Param>,
-    rng: ChaCha8Rng,
+    seed: u64,
     /// Tensors to load instead of initialising (e.g. reference weights).
     preset: BTreeMap<String, Tensor>,
     /// Names created by initialisation rather than taken from `preset`.
@@ -41,7 +48,7 @@ impl ParamStore {
         Self {
             inner: Rc::new(RefCell::new(Inner {
                 params: BTreeMap::new(),
-                rng: ChaCha8Rng::seed_from_u64(seed),
+                seed,
                 preset: BTreeMap::new(),
                 fresh: Vec::new(),
             })),
@@ -98,7 +105,12 @@ impl ParamStore {
             }
             None => {
                 inner.fresh.push(name.to_string());
-                init.sample(shape, &mut inner.rng, &self.device)?
+                // Each parameter draws from its own stream, keyed by its name, so adding or
+                // changing one part of a model leaves every other parameter's initial value as it
+                // was (a fair comparison between a model and its ablations).
+                let mut rng = ChaCha8Rng::seed_from_u64(inner.seed);
+                rng.set_stream(name_stream(name));
+                init.sample(shape, &mut rng, &self.device)?
             }
         };
         let var = Var::from_tensor(&tensor)?;

@@ -208,6 +208,15 @@ pub fn gene_config(cfg: &RunConfig, n_genes: usize, n_classes: usize) -> Result<
             mlp_ratio: 4,
             dropout: cfg.model.gene_dropout,
             n_classes,
+            tokenizer: match cfg.model.gene_tokenizer.as_str() {
+                "shared" => gimp_models::group_msa::Tokenizer::Shared,
+                "per_fragment" => gimp_models::group_msa::Tokenizer::PerFragment,
+                other => {
+                    return Err(DataErr::Msg(format!(
+                        "model.gene_tokenizer must be shared or per_fragment, not '{other}'"
+                    )))
+                }
+            },
         }),
         "snn" => GeneEncoderConfig::Snn(SnnConfig::small(n_genes, n_classes)),
         other => {
