@@ -172,6 +172,36 @@ pub(crate) fn record_validation(
     Ok(())
 }
 
+/// One optimiser step on `loss` at the schedule's rate; returns the loss value.
+pub(crate) fn optimise(opt: &mut Adam, loss: &Tensor, lr: f64, step: &mut usize) -> Result<f64> {
+    let grads = opt.collect(&loss.backward()?);
+    opt.step_with(&grads, lr)?;
+    *step += 1;
+    scalar(loss)
+}
+
+/// A random subset of `cap` rows of a bag, kept in slide order (the optional training cap).
+pub(crate) fn cap_bag(
+    bag: Option<Tensor>,
+    cap: Option<usize>,
+    rng: &mut ChaCha8Rng,
+) -> Result<Option<Tensor>> {
+    let (Some(b), Some(cap)) = (&bag, cap) else {
+        return Ok(bag);
+    };
+    let n = b.dim(0)?;
+    if n <= cap {
+        return Ok(bag);
+    }
+    let mut rows = rand::seq::index::sample(rng, n, cap).into_vec();
+    rows.sort_unstable();
+    let rows: Vec<u32> = rows.into_iter().map(|r| r as u32).collect();
+    Ok(Some(b.index_select(
+        &Tensor::from_vec(rows, cap, &Device::Cpu)?,
+        0,
+    )?))
+}
+
 fn adamw(lr: f64, wd: f64) -> AdamConfig {
     AdamConfig {
         kind: Kind::AdamW,
@@ -331,10 +361,7 @@ pub fn pretrain_genes(
             let (_, logits) = enc.forward(&stack_expression(data, idx)?, &mode)?;
             let labels: Vec<usize> = idx.iter().map(|&i| data.patients[i].label).collect();
             let l = loss::cross_entropy(&logits, &labels)?;
-            let grads = opt.collect(&l.backward()?);
-            opt.step_with(&grads, sched.lr(st.step))?;
-            st.step += 1;
-            let lv = scalar(&l)?;
+            let lv = optimise(&mut opt, &l, sched.lr(st.step), &mut st.step)?;
             total += lv;
             on(&Progress {
                 stage: "genes",
@@ -573,9 +600,7 @@ pub fn pretrain(
                 (None, Some(r)) => r.affine(pc.reconstruction_weight, 0.0)?,
                 (None, None) => continue,
             };
-            let grads = opt.collect(&total.backward()?);
-            opt.step_with(&grads, sched.lr(st.step))?;
-            st.step += 1;
+            optimise(&mut opt, &total, sched.lr(st.step), &mut st.step)?;
             let (tv, rv) = (
                 tri.as_ref().map(scalar).transpose()?.unwrap_or(0.0),
                 rec.as_ref().map(scalar).transpose()?.unwrap_or(0.0),
@@ -720,16 +745,8 @@ pub fn finetune(
         let mode = Mode::train(ChaCha8Rng::seed_from_u64(rng.gen()));
         let mut total = 0.0;
         for (k, &i) in order.iter().enumerate() {
-            let (mut bag, expr) = inputs(data, i, &fc.modalities)?;
-            if let (Some(b), Some(cap)) = (&bag, fc.max_patches) {
-                let n = b.dim(0)?;
-                if n > cap {
-                    let mut rows = rand::seq::index::sample(rng, n, cap).into_vec();
-                    rows.sort_unstable();
-                    let rows: Vec<u32> = rows.into_iter().map(|r| r as u32).collect();
-                    bag = Some(b.index_select(&Tensor::from_vec(rows, cap, &Device::Cpu)?, 0)?);
-                }
-            }
+            let (bag, expr) = inputs(data, i, &fc.modalities)?;
+            let bag = cap_bag(bag, fc.max_patches, rng)?;
             let cls = Tensor::cat(
                 &[
                     model.cls_img(bag.as_ref(), &mode)?,
@@ -739,10 +756,7 @@ pub fn finetune(
             )?;
             let logits = model.head(&cls, &mode)?;
             let l = loss::cross_entropy(&logits.unsqueeze(0)?, &[data.patients[i].label])?;
-            let grads = opt.collect(&l.backward()?);
-            opt.step_with(&grads, sched.lr(st.step))?;
-            st.step += 1;
-            let lv = scalar(&l)?;
+            let lv = optimise(&mut opt, &l, sched.lr(st.step), &mut st.step)?;
             total += lv;
             on(&Progress {
                 stage: "finetune",

@@ -6,7 +6,7 @@
 use crate::data::{DataErr, Prepared, Result};
 use crate::resume;
 use crate::stages::{Control, OnProgress, Progress, StageResult};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use gimp_metrics::Report;
 use gimp_models::registry::{self, InputKind};
 use gimp_models::Input;
@@ -182,16 +182,7 @@ pub fn train(
         let mode = Mode::train(ChaCha8Rng::seed_from_u64(rng.gen()));
         let mut total = 0.0;
         for (k, &i) in order.iter().enumerate() {
-            let mut bag = data.bag(i)?;
-            if let (Some(b), Some(cap)) = (&bag, cfg.max_patches) {
-                let n = b.dim(0)?;
-                if n > cap {
-                    let mut rows = rand::seq::index::sample(rng, n, cap).into_vec();
-                    rows.sort_unstable();
-                    let rows: Vec<u32> = rows.into_iter().map(|r| r as u32).collect();
-                    bag = Some(b.index_select(&Tensor::from_vec(rows, cap, &Device::Cpu)?, 0)?);
-                }
-            }
+            let bag = crate::stages::cap_bag(data.bag(i)?, cfg.max_patches, rng)?;
             let expr = data.expression(i)?;
             let Some(input) = input_for(info.input, &bag, &expr) else {
                 continue;
@@ -203,15 +194,12 @@ pub fn train(
                 Some(a) => (ce.affine(model.bag_weight(), 0.0)? + a)?,
                 None => ce,
             };
-            let grads = opt.collect(&l.backward()?);
             let lr = if cfg.cosine {
                 sched.lr(st.step)
             } else {
                 cfg.lr
             };
-            opt.step_with(&grads, lr)?;
-            st.step += 1;
-            let lv = l.to_scalar::<f32>()? as f64;
+            let lv = crate::stages::optimise(&mut opt, &l, lr, &mut st.step)?;
             total += lv;
             on(&Progress {
                 stage: "train",
