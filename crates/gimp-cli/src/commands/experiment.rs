@@ -27,6 +27,10 @@ pub struct Args {
     /// Epochs of the single-modality baselines (default: their reference defaults).
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Expression transform before z-scoring: log2p1 (FPKM, the default of the presets) or none
+    /// (data already on a log scale, such as microarray RMA values).
+    #[arg(long)]
+    pub transform: Option<String>,
     /// List the runs, which are done, and their cost, without running anything.
     #[arg(long)]
     pub dry_run: bool,
