@@ -38,8 +38,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let rows = experiment::rows(&a.table, &a.rows)?;
-    let base = RunConfig::preset(&a.preset)
+    let mut base = RunConfig::preset(&a.preset)
         .ok_or_else(|| anyhow::anyhow!("unknown preset '{}'", a.preset))?;
+    if let Some(t) = &a.transform {
+        base.model.transform = t.clone();
+    }
     let cohort = super::cohort::load(&a.cohort, LoadOptions::default())?;
     if cohort.folds.len() < a.folds {
         bail!(
