@@ -94,7 +94,8 @@ impl Adam {
         for (name, var, decay) in &self.params {
             let Some(g) = grads.get(name) else { continue };
             let wd = if *decay { self.cfg.weight_decay } else { 0.0 };
-            let p = var.as_tensor();
+            let p = &var.as_tensor().detach();
+            let g = g.detach();
             let mut g = g.clone();
             let mut p_new = p.clone();
             match self.cfg.kind {
@@ -130,7 +131,9 @@ impl Adam {
     pub fn collect(&self, grads: &GradStore) -> BTreeMap<String, Tensor> {
         self.params
             .iter()
-            .filter_map(|(n, v, _)| grads.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
+            // Detached: a gradient computed through tracked weights carries its own graph, which
+            // the moment estimates would otherwise keep alive from one step to the next.
+            .filter_map(|(n, v, _)| grads.get(v.as_tensor()).map(|g| (n.clone(), g.detach())))
             .collect()
     }
 

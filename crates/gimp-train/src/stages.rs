@@ -88,7 +88,7 @@ pub(crate) fn snapshot(store: &ParamStore) -> Result<BTreeMap<String, Tensor>> {
     store
         .tensors()
         .into_iter()
-        .map(|(k, t)| Ok((k, t.copy()?)))
+        .map(|(k, t)| Ok((k, t.detach().copy()?)))
         .collect()
 }
 
