@@ -1,0 +1,142 @@
+//! The shared Aperio slide region (`../shared/data/slides/cmu_small_region.svs`, CC0) through the
+//! pure-Rust reader, segmentation and patching. Pixels are compared with OpenSlide's decoding of
+//! the same patches (the `patches_rgb_u8` of the ResNet fixture, read with OpenSlide at level-0
+//! (1024, 256), (1024, 512), (1280, 512), (1024, 768)). CI sets GIMP_REQUIRE_SHARED=1, so missing
+//! files fail instead of skipping.
+
+use gimp_slide::patching::{self, PatchParams};
+use gimp_slide::segment::{segment, SegmentParams};
+use std::path::{Path, PathBuf};
+
+fn shared(rel: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared")
+        .join(rel);
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("GIMP_REQUIRE_SHARED").as_deref() != Ok("1"),
+        "{} is required",
+        p.display()
+    );
+    eprintln!("skipping: {} not found", p.display());
+    None
+}
+
+/// Where the fixture's four patches lie on the slide (found by exhaustive search, exact match).
+const FIXTURE_COORDS: [[i64; 2]; 4] = [[1024, 256], [1024, 512], [1280, 512], [1024, 768]];
+
+#[test]
+fn reads_the_aperio_slide_like_openslide() {
+    let Some(path) = shared("data/slides/cmu_small_region.svs") else {
+        return;
+    };
+    let Some(fix) = shared("fixtures/resnet50_trunc_real_patches.safetensors") else {
+        return;
+    };
+    let s = gimp_slide::open(&path).unwrap();
+    assert_eq!(s.levels().len(), 1);
+    assert_eq!((s.levels()[0].width, s.levels()[0].height), (2220, 2967));
+    let p = s.properties();
+    assert_eq!(p.vendor, "aperio");
+    assert_eq!(p.objective_power, Some(20.0));
+    assert_eq!(p.mpp, Some([0.499, 0.499]));
+    let mut names = s.associated_names();
+    names.sort();
+    assert_eq!(names, ["label", "macro", "thumbnail"]);
+    let thumb = s.read_associated("thumbnail").unwrap();
+    assert_eq!((thumb.width(), thumb.height()), (574, 768));
+    let label = s.read_associated("label").unwrap();
+    assert_eq!((label.width(), label.height()), (387, 463));
+
+    let bytes = std::fs::read(fix).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let expected = st.tensor("patches_rgb_u8").unwrap();
+    assert_eq!(expected.shape(), &[4, 3, 256, 256]);
+    let expected = expected.data();
+    let (mut max_diff, mut sum_diff) = (0i32, 0f64);
+    for (k, c) in FIXTURE_COORDS.iter().enumerate() {
+        let img = s.read_region(c[0], c[1], 0, 256, 256).unwrap();
+        for y in 0..256 {
+            for x in 0..256 {
+                let px = img.get_pixel(x, y).0;
+                for ch in 0..3 {
+                    let e = expected[((k * 3 + ch) * 256 + y as usize) * 256 + x as usize];
+                    let d = (px[ch] as i32 - e as i32).abs();
+                    max_diff = max_diff.max(d);
+                    sum_diff += d as f64;
+                }
+            }
+        }
+    }
+    let mean = sum_diff / (4.0 * 3.0 * 256.0 * 256.0);
+    eprintln!("pixels vs OpenSlide: max |diff| {max_diff}, mean {mean:.4}");
+    assert!(max_diff <= 2 && mean < 0.1, "max {max_diff}, mean {mean}");
+
+    // Outside the slide reads black, as OpenSlide's transparent pixels after convert("RGB").
+    let edge = s.read_region(2100, 2900, 0, 256, 256).unwrap();
+    assert_eq!(edge.get_pixel(255, 255).0, [0, 0, 0]);
+    assert!(s.read_region(0, 0, 3, 16, 16).is_err());
+}
+
+#[test]
+fn segments_and_patches_the_aperio_slide() {
+    let Some(path) = shared("data/slides/cmu_small_region.svs") else {
+        return;
+    };
+    let s = gimp_slide::open(&path).unwrap();
+    let mut sp = SegmentParams::preset("bwh_biopsy").unwrap();
+    sp.downsample = 4.0;
+    let (overview, ds) = s.overview(sp.downsample, 1 << 26).unwrap();
+    let mask = segment(&overview, ds, &sp);
+    let frac = mask.tissue_fraction();
+    eprintln!(
+        "tissue fraction {frac:.3}, {} regions kept",
+        mask.kept_regions().count()
+    );
+    assert!(frac > 0.1 && frac < 0.95, "tissue fraction {frac}");
+    let params = PatchParams::default();
+    let plan = patching::plan(s.as_ref(), &params).unwrap();
+    assert_eq!(
+        (plan.level, plan.size_at_level, plan.size_level0),
+        (0, 256, 256)
+    );
+    let coords = patching::coords(&mask, &plan, params.contour_fn);
+    eprintln!("{} patches", coords.len());
+    assert!(coords.len() > 20);
+    // The fixture's patches are tissue: the grid must contain those that lie on it.
+    for c in FIXTURE_COORDS {
+        let on_grid = coords
+            .iter()
+            .any(|k| (k[0] - c[0]).abs() < 256 && (k[1] - c[1]).abs() < 256);
+        assert!(on_grid, "no patch near {c:?}");
+    }
+}
+
+/// With `--features openslide`: both readers give the same levels, properties and pixels.
+#[cfg(feature = "openslide")]
+#[test]
+fn openslide_and_the_pure_rust_reader_agree() {
+    use gimp_slide::SlideReader;
+    let Some(path) = shared("data/slides/cmu_small_region.svs") else {
+        return;
+    };
+    let ours = gimp_slide::tiff_slide::TiffSlide::open(&path).unwrap();
+    let os = gimp_slide::openslide::OpenSlide::open(&path).unwrap();
+    assert_eq!(ours.levels(), os.levels());
+    assert_eq!(ours.properties().mpp, os.properties().mpp);
+    assert_eq!(
+        ours.properties().objective_power,
+        os.properties().objective_power
+    );
+    let a = ours.read_region(1000, 900, 0, 300, 200).unwrap();
+    let b = os.read_region(1000, 900, 0, 300, 200).unwrap();
+    let max = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| (*x as i32 - *y as i32).abs())
+        .max();
+    assert!(max.unwrap() <= 2, "max diff {max:?}");
+}
