@@ -57,6 +57,19 @@ enum Command {
     /// Fig. 2: t-SNE (after PCA to 50 dimensions) of every patient's embedding, coloured by
     /// class, for one or more checkpoints; PNG and SVG, deterministic for a seed.
     Tsne(commands::train::TsneArgs),
+    /// Slide metadata and thumbnails (tiled TIFF / Aperio SVS; OpenSlide formats with the
+    /// `openslide` feature).
+    #[command(subcommand)]
+    Slide(commands::slide::SlideCommand),
+    /// Tissue segmentation and the patch grid at a target magnification, for slides or folders
+    /// of slides: CLAM/TRIDENT patch files plus QC pictures and a process list.
+    Patch(commands::slide::PatchArgs),
+    /// ResNet50-trunc features (CLAM's resnet50_trunc, 1024-d) of every patch, as CLAM feature
+    /// files; resumable, shardable across machines (--shard, Slurm arrays).
+    Extract(commands::slide::ExtractArgs),
+    /// Per-patch scores of a trained model (attention; CLS attention for TransMIL and GiMP),
+    /// aligned with coords, as CSV and h5, drawn over the slide as PNG.
+    Heatmap(commands::slide::HeatmapArgs),
     /// Model architectures, checkpoints, and running a model on one input.
     #[command(subcommand)]
     Model(commands::model::Command),
@@ -86,6 +99,10 @@ fn main() -> ExitCode {
         Command::Split(a) => commands::split::run(a),
         Command::Baseline(c) => commands::baseline::run(c),
         Command::Model(c) => commands::model::run(c),
+        Command::Slide(c) => commands::slide::run(c),
+        Command::Patch(a) => commands::slide::patch(a),
+        Command::Extract(a) => commands::slide::extract(a),
+        Command::Heatmap(a) => commands::slide::heatmap(a),
         Command::PretrainGenes(c) => commands::train::genes(c),
         Command::Train(a) => commands::train::train(a),
         Command::Experiment(a) => commands::experiment::run(a),

@@ -12,3 +12,12 @@ pub fn bar(total: u64, what: &str) -> ProgressBar {
     pb.set_message(what.to_string());
     pb
 }
+
+/// A line above the bar, or on stderr when the bar is hidden (not a terminal: logs, CI).
+pub fn line(pb: &ProgressBar, msg: impl AsRef<str>) {
+    if pb.is_hidden() {
+        eprintln!("{}", msg.as_ref());
+    } else {
+        pb.println(msg.as_ref());
+    }
+}

@@ -68,6 +68,11 @@ fn every_subcommand_has_help() {
         vec!["split", "check", "--help"],
         vec!["baseline", "--help"],
         vec!["baseline", "logreg", "--help"],
+        vec!["slide", "info", "--help"],
+        vec!["slide", "thumbnail", "--help"],
+        vec!["patch", "--help"],
+        vec!["extract", "--help"],
+        vec!["heatmap", "--help"],
     ] {
         let o = gimp(&cmd);
         assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
@@ -445,4 +450,170 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The real slide through the whole chain: segmentation and patches, features with the
+/// fixture's ResNet weights (equal to torchvision's on OpenSlide's pixels of the same patches),
+/// a resumed extraction that skips the finished slide, and a heatmap of CLAM-SB's attention.
+#[test]
+fn the_real_slide_goes_from_pixels_to_features_to_a_heatmap() {
+    let Some(shared) = shared() else { return };
+    let slide = shared.join("data/slides/cmu_small_region.svs");
+    let weights = shared.join("fixtures/resnet50_trunc_real_patches.safetensors");
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+
+    let o = gimp(&["slide", "info", &s(&slide), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let info: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(info["magnification"], 20.0);
+    assert_eq!(info["levels"][0]["width"], 2220);
+
+    // Segmentation + patching: the default preset finds no region as large as a_t = 16 reference
+    // patches on this small region and says so; bwh_biopsy's a_t = 1 does.
+    let o = gimp(&["patch", &s(&slide), "--out", &s(&out.join("p16"))]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("lower --a-t"), "{}", stderr(&o));
+    let o = gimp(&[
+        "patch",
+        &s(&slide),
+        "--out",
+        &s(out),
+        "--preset",
+        "bwh_biopsy",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pfile = out.join("patches/cmu_small_region.h5");
+    let patches = gimp_io::h5::read_patches(&pfile).unwrap();
+    assert!(patches.coords.len() > 20);
+    assert_eq!(patches.attrs.patch_size, Some(256));
+    assert_eq!(patches.attrs.patch_level, Some(0));
+    assert_eq!(patches.attrs.level0_patch_size(), Some(256.0));
+    assert!(out.join("masks/cmu_small_region.png").is_file());
+    assert!(std::fs::read_to_string(out.join("process_list.csv"))
+        .unwrap()
+        .contains("cmu_small_region,processed,"));
+
+    // Features of the fixture's four patches, read from the slide by our reader.
+    let fixdir = out.join("fixture_patches");
+    let fixture_coords = vec![[1024, 256], [1024, 512], [1280, 512], [1024, 768]];
+    let mut attrs = patches.attrs.clone();
+    attrs.name = Some("cmu_small_region".into());
+    gimp_io::h5::write_patches(
+        &fixdir.join("cmu_small_region.h5"),
+        &gimp_io::h5::PatchFile {
+            coords: fixture_coords.clone(),
+            attrs,
+        },
+    )
+    .unwrap();
+    let fout = out.join("fixture_features");
+    let o = gimp(&[
+        "extract",
+        &s(&slide),
+        "--patches",
+        &s(&fixdir),
+        "--weights",
+        &s(&weights),
+        "--out",
+        &s(&fout),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bag =
+        gimp_io::h5::read_features(&fout.join("h5_files/cmu_small_region.h5"), 1 << 30).unwrap();
+    assert_eq!((bag.n, bag.d), (4, 1024));
+    assert_eq!(bag.coords.as_deref(), Some(&fixture_coords[..]));
+    let bytes = std::fs::read(&weights).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let expected: Vec<f32> = st
+        .tensor("features")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = bag
+        .features
+        .iter()
+        .zip(&expected)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!(
+        "features from our pixels vs torchvision on OpenSlide's: rel err {:.2e}",
+        err / scale
+    );
+    assert!(err / scale < 1e-3, "relative error {}", err / scale);
+
+    // All tissue patches, with .pt; a second run skips the finished slide.
+    let o = gimp(&[
+        "extract",
+        &s(&slide),
+        "--patches",
+        &s(&out.join("patches")),
+        "--weights",
+        &s(&weights),
+        "--out",
+        &s(out),
+        "--pt",
+        "--batch",
+        "16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("patches/s"));
+    let feats = out.join("h5_files/cmu_small_region.h5");
+    let bag = gimp_io::h5::read_features(&feats, 1 << 30).unwrap();
+    assert_eq!(bag.n, patches.coords.len());
+    assert_eq!(bag.coords.as_deref(), Some(&patches.coords[..]));
+    let pt = gimp_io::pt::read_tensor(&out.join("pt_files/cmu_small_region.pt"), 1 << 30).unwrap();
+    assert_eq!(pt.shape, vec![bag.n, 1024]);
+    let o = gimp(&[
+        "extract",
+        &s(&slide),
+        "--patches",
+        &s(&out.join("patches")),
+        "--weights",
+        &s(&weights),
+        "--out",
+        &s(out),
+        "--pt",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("done already"), "{}", stderr(&o));
+
+    // Heatmap of CLAM-SB (reference weights) on these features, aligned with coords.
+    let clam = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../gimp-models/tests/fixtures/clam_sb_weights.safetensors");
+    let hout = out.join("heatmaps");
+    let o = gimp(&[
+        "heatmap",
+        "--arch",
+        "clam_sb",
+        "--weights",
+        &s(&clam),
+        "--features",
+        &s(&feats),
+        "--patches",
+        &s(&pfile),
+        "--slide",
+        &s(&slide),
+        "--out",
+        &s(&hout),
+        "--downsample",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(hout.join("cmu_small_region.scores.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), bag.n);
+    for (r, c) in rows.iter().zip(&patches.coords) {
+        let f: Vec<&str> = r.split(',').collect();
+        assert_eq!(
+            (f[1].parse::<i64>().unwrap(), f[2].parse::<i64>().unwrap()),
+            (c[0], c[1])
+        );
+    }
+    let png = std::fs::read(hout.join("cmu_small_region.heatmap.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    assert!(hout.join("cmu_small_region.scores.h5").is_file());
 }

@@ -1,5 +1,6 @@
-//! From image patches to feature vectors.
+//! Patch images → feature vectors: CLAM's `resnet50_trunc` on candle ([`resnet`]) and the
+//! per-slide loop that reads patches, resizes them and runs the network in batches
+//! ([`extract`]).
 
+pub mod extract;
 pub mod resnet;
-
-pub use resnet::ResNet50Trunc;

@@ -324,3 +324,28 @@ pub fn write_patches(path: &Path, patches: &PatchFile) -> Result<()> {
         .map_err(|e| h5_err(path, "could not encode HDF5", e))?;
     write_bytes_atomic(path, &bytes)
 }
+
+/// Writes per-patch scores as CLAM's heatmap step saves them: `attention_scores` f32 [N, 1]
+/// and `coords` int64 [N, 2] (level-0 top-left corners), rows aligned.
+pub fn write_scores(path: &Path, coords: &[[i64; 2]], scores: &[f32]) -> Result<()> {
+    if coords.len() != scores.len() {
+        return Err(DataError::new(
+            ErrorKind::Mismatch,
+            path,
+            format!("{} coordinates for {} scores", coords.len(), scores.len()),
+        ));
+    }
+    let n = scores.len() as u64;
+    let flat: Vec<i64> = coords.iter().flat_map(|c| [c[0], c[1]]).collect();
+    let mut b = FileBuilder::new();
+    b.create_dataset("attention_scores")
+        .with_f32_data(scores)
+        .with_shape(&[n, 1]);
+    b.create_dataset("coords")
+        .with_i64_data(&flat)
+        .with_shape(&[n, 2]);
+    let bytes = b
+        .finish()
+        .map_err(|e| h5_err(path, "could not encode HDF5", e))?;
+    write_bytes_atomic(path, &bytes)
+}

@@ -3,6 +3,7 @@ pub mod cohort;
 pub mod demo;
 pub mod experiment;
 pub mod model;
+pub mod slide;
 pub mod split;
 pub mod synth;
 pub mod train;

@@ -74,7 +74,7 @@ struct RunOutput {
 
 /// One sample of an expression matrix, in the checkpoint's gene order, transformed and
 /// standardised with the checkpoint's training statistics.
-fn expression_row(
+pub(crate) fn expression_row(
     m: &std::path::Path,
     sample: &str,
     p: &gimp_nn::checkpoint::Preprocessing,
@@ -109,7 +109,7 @@ fn expression_row(
 }
 
 /// Weights by parameter name: safetensors, or a `torch.save`d state dict / training checkpoint.
-fn read_weights(path: &PathBuf) -> Result<BTreeMap<String, Tensor>> {
+pub(crate) fn read_weights(path: &std::path::Path) -> Result<BTreeMap<String, Tensor>> {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
@@ -178,8 +178,21 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
     }
 }
 
-fn run_model(a: RunArgs) -> Result<ExitCode> {
-    let (arch_name, model, classes, preprocessing) = match (&a.checkpoint, &a.arch, &a.weights) {
+/// A model from a gimp-rs checkpoint, or from the reference code's weights and an architecture
+/// name: its name, the model, and (from a checkpoint) its classes and expression preprocessing.
+pub(crate) type Loaded = (
+    String,
+    Box<dyn gimp_models::Model>,
+    Option<Vec<String>>,
+    Option<gimp_nn::checkpoint::Preprocessing>,
+);
+
+pub(crate) fn load_model(
+    checkpoint: Option<&std::path::Path>,
+    arch: Option<&str>,
+    weights: Option<&std::path::Path>,
+) -> Result<Loaded> {
+    Ok(match (checkpoint, arch, weights) {
         (Some(ckpt), _, _) => {
             let c = Checkpoint::load(ckpt)?;
             let info = registry::find(&c.arch).with_context(|| {
@@ -197,10 +210,18 @@ fn run_model(a: RunArgs) -> Result<ExitCode> {
             })?;
             let (m, _) = registry::load(info, read_weights(w)?, None)
                 .with_context(|| format!("loading {}", w.display()))?;
-            (arch.clone(), m, None, None)
+            (arch.to_string(), m, None, None)
         }
         _ => bail!("give --checkpoint, or --arch with --weights"),
-    };
+    })
+}
+
+fn run_model(a: RunArgs) -> Result<ExitCode> {
+    let (arch_name, model, classes, preprocessing) = load_model(
+        a.checkpoint.as_deref(),
+        a.arch.as_deref(),
+        a.weights.as_deref(),
+    )?;
     let info = registry::find(&arch_name).context("architecture not in the registry")?;
     let mut coords = None;
     let wants_bag = matches!(info.input, InputKind::Slide | InputKind::Multimodal);

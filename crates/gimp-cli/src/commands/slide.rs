@@ -1,0 +1,618 @@
+//! From slides to features and back: `slide info`, `patch` (segmentation + patch grid),
+//! `extract` (ResNet50-trunc features) and `heatmap` (per-patch scores of a trained model).
+//! Batch commands take slide files or folders, skip finished slides, keep going past a bad slide
+//! (and exit 1 at the end), and split the list across machines with `--shard i/n` or a Slurm
+//! array.
+
+use crate::progress;
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use gimp_io::h5;
+use gimp_models::registry::{self, InputKind};
+use gimp_models::Input;
+use gimp_nn::Mode;
+use gimp_slide::overlay;
+use gimp_slide::patching::{self, ContourFn, PatchParams};
+use gimp_slide::segment::{self, SegmentParams, PRESETS};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// File extensions taken from a folder of slides.
+const SLIDE_EXTENSIONS: &[&str] = &[
+    "svs", "tif", "tiff", "ndpi", "mrxs", "scn", "vms", "vmu", "bif", "svslide",
+];
+
+#[derive(clap::Subcommand)]
+pub enum SlideCommand {
+    /// Levels, magnification, pixel size and associated images of a slide.
+    Info {
+        slide: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a downsampled picture of the whole slide (PNG).
+    Thumbnail {
+        slide: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Level-0 pixels per thumbnail pixel.
+        #[arg(long, default_value_t = 32.0)]
+        downsample: f64,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct Shard {
+    /// Process only slides k with k mod n = i (0-based, `--shard 0/4`). Without it, a Slurm
+    /// array job's SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT choose the share.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+}
+
+impl Shard {
+    fn resolve(&self) -> Result<Option<(usize, usize)>> {
+        let parse = |s: &str, what: &str| -> Result<(usize, usize)> {
+            let (i, n) = s
+                .split_once('/')
+                .with_context(|| format!("{what} '{s}': expected I/N, e.g. 0/4"))?;
+            let (i, n): (usize, usize) = (
+                i.trim().parse().with_context(|| format!("{what} '{s}'"))?,
+                n.trim().parse().with_context(|| format!("{what} '{s}'"))?,
+            );
+            if n == 0 || i >= n {
+                bail!("{what} '{s}': need 0 ≤ I < N");
+            }
+            Ok((i, n))
+        };
+        if let Some(s) = &self.shard {
+            return parse(s, "--shard").map(Some);
+        }
+        let env = |k: &str| std::env::var(k).ok();
+        match (env("SLURM_ARRAY_TASK_ID"), env("SLURM_ARRAY_TASK_COUNT")) {
+            (Some(id), Some(count)) => {
+                let min: usize = env("SLURM_ARRAY_TASK_MIN")
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(0);
+                let id: usize = id.parse().context("SLURM_ARRAY_TASK_ID")?;
+                parse(
+                    &format!("{}/{count}", id.saturating_sub(min)),
+                    "the Slurm array",
+                )
+                .map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Slide files from files and folders, sorted and de-duplicated, then this shard's share.
+fn slide_list(inputs: &[PathBuf], shard: &Shard) -> Result<Vec<PathBuf>> {
+    let mut all = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            for e in std::fs::read_dir(p).with_context(|| format!("{}", p.display()))? {
+                let path = e?.path();
+                let ext = path
+                    .extension()
+                    .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                    .unwrap_or_default();
+                if path.is_file() && SLIDE_EXTENSIONS.contains(&ext.as_str()) {
+                    all.push(path);
+                }
+            }
+        } else if p.is_file() {
+            all.push(p.clone());
+        } else {
+            bail!("{}: no such slide file or folder", p.display());
+        }
+    }
+    all.sort();
+    all.dedup();
+    if all.is_empty() {
+        bail!(
+            "no slides found (extensions read from folders: {})",
+            SLIDE_EXTENSIONS.join(", ")
+        );
+    }
+    Ok(match shard.resolve()? {
+        Some((i, n)) => all
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| k % n == i)
+            .map(|(_, p)| p)
+            .collect(),
+        None => all,
+    })
+}
+
+/// CLAM's slide id: the file name without its extension.
+fn slide_id(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default()
+}
+
+pub fn run(cmd: SlideCommand) -> Result<ExitCode> {
+    match cmd {
+        SlideCommand::Info { slide, json } => {
+            let s = gimp_slide::open(&slide)?;
+            let p = s.properties();
+            let mag = p.magnification();
+            if json {
+                let v = serde_json::json!({
+                    "path": slide,
+                    "vendor": p.vendor,
+                    "mpp": p.mpp,
+                    "objective_power": p.objective_power,
+                    "magnification": mag.map(|m| m.0),
+                    "magnification_from_mpp": mag.map(|m| m.1 == gimp_slide::slide::MagnificationSource::FromMpp),
+                    "levels": s.levels().iter().map(|l| serde_json::json!({"width": l.width, "height": l.height, "downsample": l.downsample})).collect::<Vec<_>>(),
+                    "associated": s.associated_names(),
+                    "properties": p.raw,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("slide          {}", slide.display());
+            println!("vendor         {}", p.vendor);
+            match mag {
+                Some((m, gimp_slide::slide::MagnificationSource::Objective)) => {
+                    println!("magnification  {m}× (objective power)")
+                }
+                Some((m, _)) => println!("magnification  {m:.1}× (estimated from the pixel size)"),
+                None => println!("magnification  unknown"),
+            }
+            match p.mpp {
+                Some([x, y]) => println!("µm per pixel   {x} × {y}"),
+                None => println!("µm per pixel   unknown"),
+            }
+            for (i, l) in s.levels().iter().enumerate() {
+                println!(
+                    "level {i}        {} × {} (downsample {:.3})",
+                    l.width, l.height, l.downsample
+                );
+            }
+            println!("associated     {}", s.associated_names().join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        SlideCommand::Thumbnail {
+            slide,
+            out,
+            downsample,
+        } => {
+            let s = gimp_slide::open(&slide)?;
+            let (img, _) = s.overview(downsample, 1 << 28)?;
+            overlay::save_png(&img, &out)?;
+            eprintln!("wrote {} ({}×{})", out.display(), img.width(), img.height());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct PatchArgs {
+    /// Slide files, or folders of them.
+    #[arg(required = true)]
+    slides: Vec<PathBuf>,
+    /// Output folder: patches/{slide_id}.h5, masks/{slide_id}.png, process_list.csv.
+    #[arg(long)]
+    out: PathBuf,
+    /// Segmentation preset (CLAM's): clam, tcga, bwh_biopsy, bwh_resection.
+    #[arg(long, default_value = "tcga")]
+    preset: String,
+    /// Saturation threshold (overrides the preset).
+    #[arg(long)]
+    sthresh: Option<u8>,
+    /// Median blur kernel, odd (overrides the preset).
+    #[arg(long)]
+    mthresh: Option<usize>,
+    /// Closing kernel (overrides the preset).
+    #[arg(long)]
+    close: Option<usize>,
+    /// Otsu's threshold instead of --sthresh.
+    #[arg(long)]
+    otsu: bool,
+    /// Minimum tissue area, in 512×512 level-0 reference patches (overrides the preset).
+    #[arg(long)]
+    a_t: Option<f64>,
+    /// Minimum hole area, in reference patches (overrides the preset).
+    #[arg(long)]
+    a_h: Option<f64>,
+    /// Most holes kept per tissue region (overrides the preset).
+    #[arg(long)]
+    max_n_holes: Option<usize>,
+    /// Downsample of the overview that is segmented.
+    #[arg(long, default_value_t = 64.0)]
+    seg_downsample: f64,
+    /// Patch magnification.
+    #[arg(long, default_value_t = 20.0)]
+    magnification: f64,
+    /// Patch side in pixels at --magnification.
+    #[arg(long, default_value_t = 256)]
+    patch_size: u32,
+    /// Grid step in pixels at --magnification (default: --patch-size, no overlap).
+    #[arg(long)]
+    step: Option<u32>,
+    /// Level-0 magnification, when the file lacks it or states it wrongly.
+    #[arg(long)]
+    level0_magnification: Option<f64>,
+    /// Patch test: four_pt (any of four points in tissue, CLAM's default) or center.
+    #[arg(long, default_value = "four_pt")]
+    contour_fn: String,
+    /// Redo slides that already have a patch file.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    shard: Shard,
+}
+
+impl PatchArgs {
+    fn segment_params(&self) -> Result<SegmentParams> {
+        let mut p = SegmentParams::preset(&self.preset).with_context(|| {
+            format!(
+                "unknown --preset '{}'; known: {}",
+                self.preset,
+                PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        p.sthresh = self.sthresh.unwrap_or(p.sthresh);
+        p.mthresh = self.mthresh.unwrap_or(p.mthresh);
+        p.close = self.close.unwrap_or(p.close);
+        p.use_otsu |= self.otsu;
+        p.a_t = self.a_t.unwrap_or(p.a_t);
+        p.a_h = self.a_h.unwrap_or(p.a_h);
+        p.max_n_holes = self.max_n_holes.unwrap_or(p.max_n_holes);
+        p.downsample = self.seg_downsample;
+        p.check().map_err(anyhow::Error::msg)?;
+        Ok(p)
+    }
+
+    fn patch_params(&self) -> Result<PatchParams> {
+        let contour_fn = match self.contour_fn.as_str() {
+            "four_pt" => ContourFn::FourPt,
+            "center" => ContourFn::Center,
+            other => bail!("unknown --contour-fn '{other}'; known: four_pt, center"),
+        };
+        Ok(PatchParams {
+            patch_size: self.patch_size,
+            step: self.step.unwrap_or(self.patch_size),
+            target_magnification: self.magnification,
+            level0_magnification: self.level0_magnification,
+            contour_fn,
+        })
+    }
+}
+
+/// Segments one slide and writes its patch file and QC picture; returns a process-list row.
+fn patch_one(
+    slide: &Path,
+    out: &Path,
+    sp: &SegmentParams,
+    pp: &PatchParams,
+) -> Result<(usize, String)> {
+    let id = slide_id(slide);
+    let s = gimp_slide::open(slide)?;
+    let plan = patching::plan(s.as_ref(), pp)?;
+    // Slides with one level (small regions, some scanners' exports) are segmented on an
+    // overview no coarser than 1/1024 of their side, so small regions keep enough pixels.
+    let l0 = s.levels()[0];
+    let seg_ds = sp
+        .downsample
+        .min((l0.width.max(l0.height) as f64 / 1024.0).max(1.0));
+    let (overview, ds) = s.overview(seg_ds, 1 << 27)?;
+    let mask = segment::segment(&overview, ds, sp);
+    let coords = patching::coords(&mask, &plan, pp.contour_fn);
+    let qc = overlay::segmentation_qc(&overview, &mask, Some((&coords, plan.size_level0 as f64)));
+    overlay::save_png(&qc, &out.join("masks").join(format!("{id}.png")))?;
+    let n = coords.len();
+    if n == 0 {
+        let largest = mask.regions.iter().map(|r| r.area).fold(0.0, f64::max);
+        bail!(
+            "no tissue patches: the largest tissue region is {largest:.2} reference patches \
+             (512² level-0 px), a_t is {}; lower --a-t (or use --preset bwh_biopsy), or check \
+             the QC picture masks/{id}.png",
+            sp.a_t
+        );
+    }
+    let file = patching::patch_file(s.as_ref(), &id, &plan, pp, coords);
+    h5::write_patches(&out.join("patches").join(format!("{id}.h5")), &file)?;
+    let row = format!(
+        "{id},processed,{n},{},{},{},{:.4},{},",
+        plan.level,
+        plan.size_at_level,
+        plan.level0_magnification,
+        mask.tissue_fraction(),
+        mask.kept_regions().count()
+    );
+    Ok((n, row))
+}
+
+pub fn patch(a: PatchArgs) -> Result<ExitCode> {
+    let sp = a.segment_params()?;
+    let pp = a.patch_params()?;
+    let slides = slide_list(&a.slides, &a.shard)?;
+    let mut list = String::from(
+        "slide_id,status,n_patches,patch_level,patch_size_at_level,level0_magnification,tissue_fraction,regions,error\n",
+    );
+    let mut failed = 0;
+    let pb = progress::bar(slides.len() as u64, "patching");
+    for slide in &slides {
+        let id = slide_id(slide);
+        let target = a.out.join("patches").join(format!("{id}.h5"));
+        if !a.overwrite && target.is_file() && h5::read_patches(&target).is_ok() {
+            let _ = writeln!(list, "{id},already_exist,,,,,,,");
+            pb.inc(1);
+            continue;
+        }
+        let t = Instant::now();
+        match patch_one(slide, &a.out, &sp, &pp) {
+            Ok((n, row)) => {
+                progress::line(
+                    &pb,
+                    format!("{id}: {n} patches in {:.1} s", t.elapsed().as_secs_f64()),
+                );
+                let _ = writeln!(list, "{row}");
+            }
+            Err(e) => {
+                failed += 1;
+                progress::line(&pb, format!("{id}: failed: {e:#}"));
+                let msg = format!("{e:#}").replace('"', "'");
+                let _ = writeln!(list, "{id},failed,,,,,,,\"{msg}\"");
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let name = match a.shard.resolve()? {
+        Some((i, n)) => format!("process_list_{i}of{n}.csv"),
+        None => "process_list.csv".to_string(),
+    };
+    gimp_io::atomic::write_bytes_atomic(&a.out.join(&name), list.as_bytes())?;
+    eprintln!(
+        "{} slides, {failed} failed; see {}",
+        slides.len(),
+        a.out.join(name).display()
+    );
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[derive(clap::Args)]
+pub struct ExtractArgs {
+    /// Slide files, or folders of them.
+    #[arg(required = true)]
+    slides: Vec<PathBuf>,
+    /// Folder of patch files ({slide_id}.h5, from `gimp-rs patch` or CLAM/TRIDENT).
+    #[arg(long)]
+    patches: PathBuf,
+    /// ResNet-50 weights by torchvision's names (safetensors, or a torch .pth state dict).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Output folder: h5_files/{slide_id}.h5 (CLAM's layout), pt_files/{slide_id}.pt with --pt.
+    #[arg(long)]
+    out: PathBuf,
+    /// Patches per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Resize patches to this side before the network (CLAM's --target_patch_size; 224 for
+    /// 2024+ CLAM feature sets). Default: the patch file's target size, else as read.
+    #[arg(long)]
+    target_patch_size: Option<u32>,
+    /// Also write pt_files/{slide_id}.pt (torch.save of the [N, 1024] tensor).
+    #[arg(long)]
+    pt: bool,
+    /// Redo slides that already have features.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    shard: Shard,
+}
+
+pub fn extract(a: ExtractArgs) -> Result<ExitCode> {
+    let slides = slide_list(&a.slides, &a.shard)?;
+    let weights = super::model::read_weights(&a.weights)?;
+    let net = gimp_extract::resnet::ResNet50Trunc::new(weights)
+        .with_context(|| format!("{}: not ResNet-50 weights", a.weights.display()))?;
+    let mut jobs = Vec::new();
+    let mut failed = 0;
+    for slide in &slides {
+        let id = slide_id(slide);
+        let pfile = a.patches.join(format!("{id}.h5"));
+        let target = a.out.join("h5_files").join(format!("{id}.h5"));
+        let patches = match h5::read_patches(&pfile) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{id}: failed: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        let done = !a.overwrite
+            && h5::feature_shape(&target).is_ok_and(|(n, _)| n == patches.coords.len())
+            && (!a.pt || a.out.join("pt_files").join(format!("{id}.pt")).is_file());
+        if done {
+            eprintln!("{id}: done already");
+            continue;
+        }
+        jobs.push((slide.clone(), id, pfile, patches));
+    }
+    let total: usize = jobs.iter().map(|j| j.3.coords.len()).sum();
+    let pb = progress::bar(total as u64, "patches");
+    let started = Instant::now();
+    for (slide, id, pfile, patches) in jobs {
+        let t = Instant::now();
+        let result = (|| -> Result<usize> {
+            let s = gimp_slide::open(&slide)?;
+            let g = gimp_extract::extract::geometry(&patches, &pfile, a.target_patch_size)?;
+            let bag = gimp_extract::extract::extract_slide(
+                s.as_ref(),
+                &patches,
+                &g,
+                &net,
+                a.batch,
+                |k| pb.inc(k as u64),
+            )?;
+            h5::write_features(
+                &a.out.join("h5_files").join(format!("{id}.h5")),
+                &bag,
+                h5::Chunking::Clam,
+            )?;
+            if a.pt {
+                gimp_io::pt::write_bag(&a.out.join("pt_files").join(format!("{id}.pt")), &bag)?;
+            }
+            Ok(bag.n)
+        })();
+        match result {
+            Ok(n) => progress::line(
+                &pb,
+                format!(
+                    "{id}: {n} patches in {:.1} s ({:.1} patches/s)",
+                    t.elapsed().as_secs_f64(),
+                    n as f64 / t.elapsed().as_secs_f64()
+                ),
+            ),
+            Err(e) => {
+                failed += 1;
+                progress::line(&pb, format!("{id}: failed: {e:#}"));
+            }
+        }
+    }
+    pb.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{total} patches in {secs:.1} s ({:.1} patches/s); {failed} slides failed",
+        total as f64 / secs.max(1e-9)
+    );
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[derive(clap::Args)]
+pub struct HeatmapArgs {
+    /// A gimp-rs checkpoint.
+    #[arg(long, conflicts_with_all = ["arch", "weights"])]
+    checkpoint: Option<PathBuf>,
+    /// Architecture of --weights (reference code's parameter names).
+    #[arg(long, requires = "weights")]
+    arch: Option<String>,
+    #[arg(long, requires = "arch")]
+    weights: Option<PathBuf>,
+    /// The slide's features (CLAM .h5 with coords).
+    #[arg(long)]
+    features: PathBuf,
+    /// The slide's patch file (patch size and coordinates); default: the feature file's coords
+    /// with --patch-size-level0.
+    #[arg(long)]
+    patches: Option<PathBuf>,
+    /// Patch side in level-0 pixels, when there is no patch file.
+    #[arg(long)]
+    patch_size_level0: Option<f64>,
+    /// The slide, for the picture (without it only the scores are written).
+    #[arg(long)]
+    slide: Option<PathBuf>,
+    /// Expression of this patient for multimodal models; with --sample.
+    #[arg(long, requires = "sample")]
+    expression: Option<PathBuf>,
+    #[arg(long)]
+    sample: Option<String>,
+    /// Output folder: {id}.scores.csv, {id}.scores.h5, {id}.heatmap.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// Level-0 pixels per pixel of the picture.
+    #[arg(long, default_value_t = 16.0)]
+    downsample: f64,
+    /// Opacity of the colours over the slide.
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f32,
+}
+
+pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
+    let (arch, model, _, preprocessing) = super::model::load_model(
+        a.checkpoint.as_deref(),
+        a.arch.as_deref(),
+        a.weights.as_deref(),
+    )?;
+    let info = registry::find(&arch).context("architecture not in the registry")?;
+    if info.input == InputKind::Expression {
+        bail!("{arch} reads expression only: it has no per-patch scores");
+    }
+    let bag = gimp_io::feature_file::read_bag(&a.features, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
+    let patch_file = a.patches.as_deref().map(h5::read_patches).transpose()?;
+    let coords = match (&patch_file, &bag.coords) {
+        (_, Some(c)) => c.clone(),
+        (Some(p), None) if p.coords.len() == bag.n => p.coords.clone(),
+        _ => bail!(
+            "{}: no coords; give the matching --patches file",
+            a.features.display()
+        ),
+    };
+    if let Some(p) = &patch_file {
+        if p.coords.len() != bag.n || p.coords != coords {
+            bail!(
+                "{} has {} patches but {} has {} (or in another order): they are not the same slide's",
+                a.patches.as_deref().unwrap_or(Path::new("")).display(),
+                p.coords.len(),
+                a.features.display(),
+                bag.n
+            );
+        }
+    }
+    let size0 = match (&patch_file, a.patch_size_level0) {
+        (_, Some(s)) => s,
+        (Some(p), None) => p.attrs.level0_patch_size().with_context(|| {
+            format!(
+                "{}: no patch size in the attributes; give --patch-size-level0",
+                a.patches.as_deref().unwrap_or(Path::new("")).display()
+            )
+        })?,
+        (None, None) => bail!("give --patches (the slide's patch file) or --patch-size-level0"),
+    };
+    let x = Tensor::from_vec(bag.features.clone(), (bag.n, bag.d), &Device::Cpu)?;
+    let expr = match (&a.expression, &a.sample, &preprocessing) {
+        (Some(m), Some(s), Some(p)) => Some(super::model::expression_row(m, s, p)?),
+        (Some(_), _, None) => bail!("--expression needs a gimp-rs --checkpoint"),
+        _ => None,
+    };
+    let input = match info.input {
+        InputKind::Multimodal => Input::Patient {
+            bag: Some(&x),
+            expression: expr.as_ref(),
+        },
+        _ => Input::Bag(&x),
+    };
+    let out = model.forward(&input, &Mode::inference())?;
+    let scores: Vec<f32> = out
+        .attention
+        .context("this model returned no per-patch scores")?
+        .to_vec1()?;
+    let id = slide_id(&a.features);
+    let pct = overlay::percentiles(&scores);
+    let mut csv = String::from("row,x,y,score,percentile\n");
+    for (i, (c, (s, p))) in coords.iter().zip(scores.iter().zip(&pct)).enumerate() {
+        let _ = writeln!(csv, "{i},{},{},{s},{p}", c[0], c[1]);
+    }
+    gimp_io::atomic::write_bytes_atomic(&a.out.join(format!("{id}.scores.csv")), csv.as_bytes())?;
+    h5::write_scores(&a.out.join(format!("{id}.scores.h5")), &coords, &scores)?;
+    eprintln!(
+        "wrote {} scores of {arch} to {}/{id}.scores.{{csv,h5}}",
+        scores.len(),
+        a.out.display()
+    );
+    if let Some(slide) = &a.slide {
+        let s = gimp_slide::open(slide)?;
+        let (img, ds) = s.overview(a.downsample, 1 << 28)?;
+        let pic = overlay::heatmap(&img, ds, &coords, size0, &scores, a.alpha);
+        let path = a.out.join(format!("{id}.heatmap.png"));
+        overlay::save_png(&pic, &path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
