@@ -27,6 +27,7 @@ def main():
     ap.add_argument("--a-h", type=float, default=4)
     ap.add_argument("--max-n-holes", type=int, default=8)
     ap.add_argument("--patch", type=int, default=256)
+    ap.add_argument("--write", help="also write CLAM's coordinates here (x<TAB>y per line)")
     a = ap.parse_args()
 
     s = openslide.OpenSlide(a.slide)
@@ -63,6 +64,9 @@ def main():
                 if any(cv2.pointPolygonTest(hh, (cx + size / 2 - size // 2, cy), False) > 0 for hh in holes):
                     continue
                 found.append((x, y))
+    if a.write:
+        with open(a.write, "w") as f:
+            f.write("".join(f"{x}\t{y}\n" for x, y in found))
     with h5py.File(a.ours) as f:
         ours = {tuple(map(int, c)) for c in f["coords"][:]}
     ref_set = set(found)

@@ -140,3 +140,37 @@ fn openslide_and_the_pure_rust_reader_agree() {
         .max();
     assert!(max.unwrap() <= 2, "max diff {max:?}");
 }
+
+/// CLAM's own procedure (OpenCV contours, `pointPolygonTest`), run at level 0 with the
+/// bwh_biopsy preset by `tools/clam_patching_reference.py`, chose exactly these 50 patches
+/// (`tests/fixtures/cmu_small_region_clam_coords.tsv`); ours must choose the same.
+#[test]
+fn patches_are_the_ones_clam_chooses() {
+    let Some(path) = shared("data/slides/cmu_small_region.svs") else {
+        return;
+    };
+    let s = gimp_slide::open(&path).unwrap();
+    let mut sp = SegmentParams::preset("bwh_biopsy").unwrap();
+    sp.downsample = 1.0;
+    let (overview, ds) = s.overview(1.0, 1 << 26).unwrap();
+    let mask = segment(&overview, ds, &sp);
+    let params = PatchParams::default();
+    let plan = patching::plan(s.as_ref(), &params).unwrap();
+    let mut ours = patching::coords(&mask, &plan, params.contour_fn);
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/cmu_small_region_clam_coords.tsv"),
+    )
+    .unwrap();
+    let mut clam: Vec<[i64; 2]> = text
+        .lines()
+        .map(|l| {
+            let (x, y) = l.split_once('\t').unwrap();
+            [x.parse().unwrap(), y.parse().unwrap()]
+        })
+        .collect();
+    assert_eq!(ours.len(), 50);
+    ours.sort();
+    clam.sort();
+    assert_eq!(ours, clam);
+}
