@@ -7,13 +7,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv-bench/bin/python}
 cargo build --release -q -p gimp-train --example bench_steps
+cargo build --release -q -p gimp-extract --example bench_extract
 rust=$(target/release/examples/bench_steps "$@")
+repeat=3
+[ "${1:-}" = "--repeat" ] && repeat=$2
+rust_extract=$(target/release/examples/bench_extract --repeat "$repeat")
+rust=$(python3 -c 'import json,sys; a=json.loads(sys.argv[1]); a.update(json.loads(sys.argv[2])); print(json.dumps(a))' "$rust" "$rust_extract")
 torch=$("$PYTHON" bench/pytorch_reference.py "$@")
 python3 - "$rust" "$torch" <<'PY'
 import json, sys
 r, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(f"{'computation':<18}{'gimp-rs (s)':>14}{'PyTorch (s)':>14}{'ratio':>9}")
-for k in ["pretrain_step", "forward_6000", "forward_150000", "groupmsa_step"]:
+for k in ["pretrain_step", "forward_6000", "forward_150000", "groupmsa_step", "extract_32"]:
     a, b = r.get(k), t.get(k)
     if a is None or b is None:
         continue

@@ -2,7 +2,7 @@
 nystrom-attention, for bench/compare.sh. Set-up (once):
 
     python3 -m venv .venv-bench
-    .venv-bench/bin/pip install torch nystrom-attention==0.0.14 einops
+    .venv-bench/bin/pip install torch torchvision nystrom-attention==0.0.14 einops
 
 Prints one JSON object of median seconds. Threads: torch.set_num_threads(--threads, default all).
 """
@@ -142,4 +142,18 @@ def gstep():
 
 g.train()
 res["groupmsa_step"] = timed(gstep, args.repeat)
+
+# Feature extraction: torchvision's ResNet-50 up to layer3 + average pooling (CLAM's
+# resnet50_trunc) on 32 patches of 256 × 256, when torchvision is installed.
+try:
+    import torchvision
+
+    r50 = torchvision.models.resnet50(weights=None)
+    trunk = nn.Sequential(r50.conv1, r50.bn1, r50.relu, r50.maxpool, r50.layer1, r50.layer2,
+                          r50.layer3, nn.AdaptiveAvgPool2d(1)).eval()
+    patches = torch.rand(32, 3, 256, 256)
+    with torch.no_grad():
+        res["extract_32"] = timed(lambda: trunk(patches), args.repeat)
+except ImportError:
+    res["extract_32"] = None
 print(json.dumps(res))

@@ -12,7 +12,6 @@ pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 struct ConvBn {
     weight: Tensor,
-    scale: Tensor,
     shift: Tensor,
     stride: usize,
     padding: usize,
@@ -25,13 +24,13 @@ impl ConvBn {
         let beta = w.get(&format!("{bn}.bias"))?;
         let mean = w.get(&format!("{bn}.running_mean"))?;
         let var = w.get(&format!("{bn}.running_var"))?;
-        // y = (x − μ)/√(σ² + ε)·γ + β = x·s + (β − μ·s)
+        // y = (x − μ)/√(σ² + ε)·γ + β = x·s + (β − μ·s); the scale is folded into the
+        // convolution's weights (conv(x, w)·s = conv(x, w·s)), leaving one bias add.
         let scale = gamma.div(&(var + 1e-5)?.sqrt()?)?;
         let shift = (beta - mean.mul(&scale)?)?;
         let c = scale.dim(0)?;
         Ok(Self {
-            weight,
-            scale: scale.reshape((1, c, 1, 1))?,
+            weight: weight.broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?,
             shift: shift.reshape((1, c, 1, 1))?,
             stride,
             padding,
@@ -40,7 +39,6 @@ impl ConvBn {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
-            .broadcast_mul(&self.scale)?
             .broadcast_add(&self.shift)
     }
 }
@@ -151,4 +149,57 @@ pub fn normalise(rgb: &[u8], b: usize, h: usize, w: usize, device: &Device) -> R
     let mean = Tensor::new(&MEAN, device)?.reshape((1, 3, 1, 1))?;
     let std = Tensor::new(&STD, device)?.reshape((1, 3, 1, 1))?;
     x.broadcast_sub(&mean)?.broadcast_div(&std)
+}
+
+/// Random weights with torchvision's names and shapes (He-normal convolutions, BatchNorm near
+/// identity), from a seed: for benchmarks and tests that need the network but not ImageNet.
+pub fn random_weights(seed: u64) -> Result<BTreeMap<String, Tensor>> {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut w = BTreeMap::new();
+    let dev = Device::Cpu;
+    let mut conv = |w: &mut BTreeMap<String, Tensor>, name: &str, o: usize, i: usize, k: usize| {
+        let std = (2.0 / (i * k * k) as f32).sqrt();
+        let n = Normal::new(0.0f32, std).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let v: Vec<f32> = (0..o * i * k * k).map(|_| n.sample(&mut rng)).collect();
+        w.insert(
+            format!("{name}.weight"),
+            Tensor::from_vec(v, (o, i, k, k), &dev)?,
+        );
+        Ok::<(), candle_core::Error>(())
+    };
+    let bn = |w: &mut BTreeMap<String, Tensor>, name: &str, c: usize| -> Result<()> {
+        w.insert(format!("{name}.weight"), Tensor::ones(c, DType::F32, &dev)?);
+        w.insert(format!("{name}.bias"), Tensor::zeros(c, DType::F32, &dev)?);
+        w.insert(
+            format!("{name}.running_mean"),
+            Tensor::zeros(c, DType::F32, &dev)?,
+        );
+        w.insert(
+            format!("{name}.running_var"),
+            Tensor::ones(c, DType::F32, &dev)?,
+        );
+        Ok(())
+    };
+    conv(&mut w, "conv1", 64, 3, 7)?;
+    bn(&mut w, "bn1", 64)?;
+    let mut c_in = 64;
+    for (layer, n, width) in [("layer1", 3, 64), ("layer2", 4, 128), ("layer3", 6, 256)] {
+        for b in 0..n {
+            let p = format!("{layer}.{b}");
+            conv(&mut w, &format!("{p}.conv1"), width, c_in, 1)?;
+            bn(&mut w, &format!("{p}.bn1"), width)?;
+            conv(&mut w, &format!("{p}.conv2"), width, width, 3)?;
+            bn(&mut w, &format!("{p}.bn2"), width)?;
+            conv(&mut w, &format!("{p}.conv3"), width * 4, width, 1)?;
+            bn(&mut w, &format!("{p}.bn3"), width * 4)?;
+            if b == 0 {
+                conv(&mut w, &format!("{p}.downsample.0"), width * 4, c_in, 1)?;
+                bn(&mut w, &format!("{p}.downsample.1"), width * 4)?;
+            }
+            c_in = width * 4;
+        }
+    }
+    Ok(w)
 }
