@@ -47,6 +47,16 @@ impl GatedAttention {
         })
     }
 
+    /// With PyTorch's default initialisation (PORPOISE MMF, MCAT: no init call).
+    pub fn torch_init(s: &Scope, l: usize, d: usize, k: usize, dropout: f64) -> Result<Self> {
+        Ok(Self {
+            a: Linear::new(&s.pp("attention_a.0"), l, d, true)?,
+            b: Linear::new(&s.pp("attention_b.0"), l, d, true)?,
+            c: Linear::new(&s.pp("attention_c"), d, k, true)?,
+            dropout,
+        })
+    }
+
     /// Raw (pre-softmax) scores `[N, K]`.
     pub fn forward(&self, h: &Tensor, mode: &Mode) -> Result<Tensor> {
         let a = ops::dropout(&self.a.forward(h)?.tanh()?, self.dropout, mode)?;

@@ -2,13 +2,18 @@
 
 pub mod abmil;
 pub mod aggregator;
+pub mod bilinear_fusion;
 pub mod clam;
+pub mod dsmil;
 pub mod gimp;
 pub mod group_msa;
+pub mod mcat;
 pub mod model;
+pub mod pathomic;
+pub mod porpoise;
 pub mod registry;
 pub mod snn;
 pub mod transmil;
 
 pub use model::{Input, Model, Output};
-pub use registry::{ArchInfo, InputKind, REGISTRY};
+pub use registry::{ArchInfo, Dims, InputKind, REGISTRY};

@@ -46,6 +46,12 @@ pub trait Model {
     fn bag_weight(&self) -> f64 {
         1.0
     }
+
+    /// The classification loss of one patient's logits `[C]`: cross-entropy, except for models
+    /// whose reference trains otherwise (DSMIL: BCE on the one-hot label).
+    fn classification_loss(&self, logits: &Tensor, label: usize) -> Result<Tensor> {
+        gimp_nn::loss::cross_entropy(&logits.unsqueeze(0)?, &[label])
+    }
 }
 
 pub(crate) fn bag<'a>(input: &'a Input) -> Result<&'a Tensor> {

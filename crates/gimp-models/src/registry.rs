@@ -3,9 +3,13 @@
 
 use crate::abmil::{Abmil, AbmilConfig};
 use crate::clam::{Branches, Clam, ClamConfig};
+use crate::dsmil::{Dsmil, DsmilConfig};
 use crate::gimp::{Gimp, GimpConfig};
 use crate::group_msa::{GroupMsa, GroupMsaConfig};
+use crate::mcat::{Mcat, McatConfig};
 use crate::model::Model;
+use crate::pathomic::{Pathomic, PathomicConfig};
+use crate::porpoise::{Porpoise, PorpoiseConfig};
 use crate::snn::{Snn, SnnConfig};
 use crate::transmil::{Transmil, TransmilConfig};
 use candle_core::{Result, Tensor};
@@ -20,8 +24,28 @@ pub enum InputKind {
     Slide,
     /// An expression vector.
     Expression,
-    /// Slide features and/or expression of one patient.
+    /// Slide features and/or expression of one patient (GiMP: either may be absent).
     Multimodal,
+    /// Slide features and expression, both required (the reference fusion models drop
+    /// patients without both).
+    Paired,
+}
+
+/// Input widths of a cohort: patch-feature width and gene count (0 where absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    pub features: usize,
+    pub genes: usize,
+}
+
+impl Dims {
+    /// The same width for both inputs (tests and single-input callers).
+    pub fn both(n: usize) -> Self {
+        Self {
+            features: n,
+            genes: n,
+        }
+    }
 }
 
 /// One architecture: how to build it from a config, its defaults, and how to read a reference
@@ -32,8 +56,8 @@ pub struct ArchInfo {
     /// Where the parameter names come from.
     pub reference: &'static str,
     pub input: InputKind,
-    /// Default config for `in_dim` inputs (feature width or gene count) and `n_classes`.
-    pub default_config: fn(usize, usize) -> Value,
+    /// Default config for inputs of these widths and `n_classes`.
+    pub default_config: fn(Dims, usize) -> Value,
     pub build: fn(&Scope, &Value) -> Result<Box<dyn Model>>,
     /// The config a weights file implies (layer widths and class count read from its shapes).
     pub config_from_weights: fn(&BTreeMap<String, Tensor>) -> Result<Value>,
@@ -85,7 +109,7 @@ pub const REGISTRY: &[ArchInfo] = &[
         summary: "Gated attention MIL on patch features (Ilse et al. 2018, pathology variant)",
         reference: "PORPOISE PorpoiseAMIL",
         input: InputKind::Slide,
-        default_config: |d, c| to_value(&AbmilConfig::small(d, c)),
+        default_config: |d, c| to_value(&AbmilConfig::small(d.features, c)),
         build: |s, v| Ok(Box::new(Abmil::new(s, cfg(v)?)?)),
         config_from_weights: |w| {
             let fc = shape(w, "attention_net.0.weight")?;
@@ -101,7 +125,7 @@ pub const REGISTRY: &[ArchInfo] = &[
         summary: "CLAM single-branch: gated attention MIL with instance-level clustering (Lu et al. 2021)",
         reference: "mahmoodlab/CLAM models/model_clam.py CLAM_SB",
         input: InputKind::Slide,
-        default_config: |d, c| to_value(&ClamConfig::small(Branches::Single, d, c)),
+        default_config: |d, c| to_value(&ClamConfig::small(Branches::Single, d.features, c)),
         build: |s, v| Ok(Box::new(Clam::new(s, cfg(v)?)?)),
         config_from_weights: |w| clam_from_weights(w, Branches::Single),
     },
@@ -110,7 +134,7 @@ pub const REGISTRY: &[ArchInfo] = &[
         summary: "CLAM multi-branch: one attention branch per class",
         reference: "mahmoodlab/CLAM models/model_clam.py CLAM_MB",
         input: InputKind::Slide,
-        default_config: |d, c| to_value(&ClamConfig::small(Branches::Multi, d, c)),
+        default_config: |d, c| to_value(&ClamConfig::small(Branches::Multi, d.features, c)),
         build: |s, v| Ok(Box::new(Clam::new(s, cfg(v)?)?)),
         config_from_weights: |w| clam_from_weights(w, Branches::Multi),
     },
@@ -119,7 +143,7 @@ pub const REGISTRY: &[ArchInfo] = &[
         summary: "TransMIL: Nyström-attention transformer with PPEG (Shao et al. 2021)",
         reference: "szc19990412/TransMIL models/TransMIL.py",
         input: InputKind::Slide,
-        default_config: |d, c| to_value(&TransmilConfig::new(d, c)),
+        default_config: |d, c| to_value(&TransmilConfig::new(d.features, c)),
         build: |s, v| Ok(Box::new(Transmil::new(s, cfg(v)?)?)),
         config_from_weights: |w| {
             let fc1 = shape(w, "_fc1.0.weight")?;
@@ -134,7 +158,7 @@ pub const REGISTRY: &[ArchInfo] = &[
         summary: "Self-normalising network on expression, as MCAT/PORPOISE implement it",
         reference: "mahmoodlab/PORPOISE models/model_genomic.py SNN",
         input: InputKind::Expression,
-        default_config: |g, c| to_value(&SnnConfig::small(g, c)),
+        default_config: |d, c| to_value(&SnnConfig::small(d.genes, c)),
         build: |s, v| Ok(Box::new(Snn::new(s, cfg(v)?)?)),
         config_from_weights: |w| {
             let n = count_indexed(w, "fc_omic.", ".0.weight");
@@ -150,12 +174,75 @@ pub const REGISTRY: &[ArchInfo] = &[
         summary: "GroupMSA gene encoder with a linear head (GiMP, Jin et al. 2023)",
         reference: "gimp-rs (the paper published no code)",
         input: InputKind::Expression,
-        default_config: |g, c| to_value(&GroupMsaConfig::gimp(g, c)),
+        default_config: |d, c| to_value(&GroupMsaConfig::gimp(d.genes, c)),
         build: |s, v| Ok(Box::new(GroupMsa::new(s, cfg(v)?)?)),
         config_from_weights: |_| {
             Err(candle_core::Error::Msg(
                 "GroupMSA's gene count cannot be read from its weights: use a gimp-rs checkpoint, which stores its config".into(),
             ))
+        },
+    },
+    ArchInfo {
+        name: "dsmil",
+        summary: "DSMIL: dual-stream MIL, max-pooled instance classifier + critical-instance attention (Li et al. 2021)",
+        reference: "binli123/dsmil-wsi dsmil.py MILNet",
+        input: InputKind::Slide,
+        default_config: |d, c| to_value(&DsmilConfig::new(d.features, c)),
+        build: |s, v| Ok(Box::new(Dsmil::new(s, cfg(v)?)?)),
+        config_from_weights: |w| {
+            let fc = shape(w, "i_classifier.fc.0.weight")?;
+            let mut c = DsmilConfig::new(fc[1], fc[0]);
+            c.q_dim = shape(w, "b_classifier.q.0.weight")?[0];
+            Ok(to_value(&c))
+        },
+    },
+    ArchInfo {
+        name: "porpoise",
+        summary: "PORPOISE MMF: gated ABMIL + SNN, gated bilinear (Kronecker) fusion with skip (Chen et al. 2022)",
+        reference: "mahmoodlab/PORPOISE models/model_porpoise.py PorpoiseMMF",
+        input: InputKind::Paired,
+        default_config: |d, c| to_value(&PorpoiseConfig::new(d.features, d.genes, c)),
+        build: |s, v| Ok(Box::new(Porpoise::new(s, cfg(v)?)?)),
+        config_from_weights: |w| {
+            let dropinput = w.contains_key("attention_net.1.weight");
+            let fc = shape(w, if dropinput { "attention_net.1.weight" } else { "attention_net.0.weight" })?;
+            let omic = shape(w, "fc_omic.0.0.weight")?;
+            let mut c = PorpoiseConfig::new(fc[1], omic[1], shape(w, "classifier_mm.weight")?[0]);
+            if !dropinput {
+                c.dropinput = 0.0;
+            }
+            Ok(to_value(&c))
+        },
+    },
+    ArchInfo {
+        name: "pathomic",
+        summary: "Pathomic Fusion, WSI adaptation: gated ABMIL + SNN, gated bilinear fusion (Chen et al. 2020; MCAT's MIL_Attention_FC_surv)",
+        reference: "MIL_Attention_FC_surv(fusion='bilinear'), models/model_set_mil.py of mahmoodlab/MCAT and PORPOISE",
+        input: InputKind::Paired,
+        default_config: |d, c| to_value(&PathomicConfig::new(d.features, d.genes, c)),
+        build: |s, v| Ok(Box::new(Pathomic::new(s, cfg(v)?)?)),
+        config_from_weights: |w| {
+            let fc = shape(w, "attention_net.0.weight")?;
+            let omic = shape(w, "fc_omic.0.0.weight")?;
+            Ok(to_value(&PathomicConfig::new(fc[1], omic[1], shape(w, "classifier.weight")?[0])))
+        },
+    },
+    ArchInfo {
+        name: "mcat",
+        summary: "MCAT: genomic-guided co-attention over patches, two transformers, concat fusion (Chen et al. 2021)",
+        reference: "MCAT_Surv, models/model_coattn.py of mahmoodlab/MCAT and PORPOISE",
+        input: InputKind::Paired,
+        default_config: |d, c| to_value(&McatConfig::new(d.features, d.genes, c)),
+        build: |s, v| Ok(Box::new(Mcat::new(s, cfg(v)?)?)),
+        config_from_weights: |w| {
+            let fc = shape(w, "wsi_net.0.weight")?;
+            let n = count_indexed(w, "sig_networks.", ".0.0.weight");
+            let sizes = (0..n).map(|i| shape(w, &format!("sig_networks.{i}.0.0.weight")).map(|s| s[1])).collect::<Result<Vec<_>>>()?;
+            let mut c = McatConfig::new(fc[1], sizes.iter().sum(), shape(w, "classifier.weight")?[0]);
+            // The reference takes one vector per group; read as consecutive slices of one vector.
+            let mut start = 0u32;
+            c.groups = sizes.iter().map(|&k| { let g = (start..start + k as u32).collect(); start += k as u32; g }).collect();
+            Ok(to_value(&c))
         },
     },
     ArchInfo {
@@ -165,8 +252,8 @@ pub const REGISTRY: &[ArchInfo] = &[
         input: InputKind::Multimodal,
         default_config: |d, c| {
             to_value(&GimpConfig {
-                aggregator: crate::aggregator::AggregatorConfig::gimp(d),
-                genes: crate::gimp::GeneEncoderConfig::GroupMsa(GroupMsaConfig::gimp(2000, c)),
+                aggregator: crate::aggregator::AggregatorConfig::gimp(d.features),
+                genes: crate::gimp::GeneEncoderConfig::GroupMsa(GroupMsaConfig::gimp(d.genes.max(1), c)),
                 n_classes: c,
                 head_dropout: 0.25,
             })

@@ -128,9 +128,12 @@ fn aggregator_pads_to_a_square_and_folds_attention_back() {
 
 #[test]
 fn every_registered_architecture_builds_and_runs() {
-    for arch in REGISTRY.iter().filter(|a| a.input != InputKind::Multimodal) {
+    for arch in REGISTRY
+        .iter()
+        .filter(|a| !matches!(a.input, InputKind::Multimodal | InputKind::Paired))
+    {
         let (input_dim, n_classes) = (64, 3);
-        let mut cfg = (arch.default_config)(input_dim, n_classes);
+        let mut cfg = (arch.default_config)(gimp_models::Dims::both(input_dim), n_classes);
         if arch.name == "group_msa" {
             cfg["dim"] = 32.into();
             cfg["fragment"] = 8.into();
@@ -160,7 +163,7 @@ fn every_registered_architecture_builds_and_runs() {
 #[test]
 fn checkpoint_round_trip_keeps_outputs_and_preprocessing() {
     let arch = gimp_models::registry::find("abmil").unwrap();
-    let cfg = (arch.default_config)(16, 2);
+    let cfg = (arch.default_config)(gimp_models::Dims::both(16), 2);
     let store = ParamStore::new(5);
     let m = (arch.build)(&store.root(), &cfg).unwrap();
     let x = rand_tensor(&[12, 16], 1);
@@ -248,5 +251,45 @@ fn gimp_runs_with_either_modality_missing() {
         assert_eq!(out.logits.dims(), &[2]);
         assert_eq!(out.embedding.dims(), &[64]);
         assert_eq!(out.attention.is_some(), b.is_some());
+    }
+}
+
+/// The fusion baselines take both modalities, refuse one alone, return per-patch scores, and
+/// every parameter gets a gradient (so the trainer updates all of them).
+#[test]
+fn paired_models_run_and_every_parameter_gets_a_gradient() {
+    for arch in REGISTRY.iter().filter(|a| a.input == InputKind::Paired) {
+        let dims = gimp_models::Dims {
+            features: 24,
+            genes: 30,
+        };
+        let cfg = (arch.default_config)(dims, 3);
+        let store = ParamStore::new(4);
+        let m = (arch.build)(&store.root(), &cfg).unwrap();
+        let x = rand_tensor(&[17, 24], 5);
+        let g = rand_tensor(&[30], 6);
+        let both = Input::Patient {
+            bag: Some(&x),
+            expression: Some(&g),
+        };
+        let out = m.forward(&both, &Mode::eval()).unwrap();
+        assert_eq!(out.logits.dims(), &[3], "{}", arch.name);
+        assert_eq!(out.attention.unwrap().dims(), &[17], "{}", arch.name);
+        assert!(
+            m.forward(&Input::Bag(&x), &Mode::eval()).is_err(),
+            "{}",
+            arch.name
+        );
+        let mode = Mode::train(rand_chacha::ChaCha8Rng::seed_from_u64(1));
+        let (out, _) = m.training_forward(&both, 1, &mode).unwrap();
+        let l = m.classification_loss(&out.logits, 1).unwrap();
+        let grads = l.backward().unwrap();
+        for (name, p) in store.params() {
+            assert!(
+                grads.get(p.var.as_tensor()).is_some(),
+                "{}: no gradient for {name}",
+                arch.name
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
-//! Models loaded from state dicts of the original code (TransMIL, CLAM-SB/MB, PORPOISE's ABMIL)
-//! with random weights give the original code's logits and attention (fixtures written by
-//! tools/make_model_fixtures.py).
+//! Models loaded from state dicts of the original code (TransMIL, CLAM-SB/MB, PORPOISE's ABMIL,
+//! PORPOISE MMF, Pathomic Fusion's WSI adaptation, MCAT, DSMIL) with random weights give the
+//! original code's logits and attention (fixtures written by tools/make_model_fixtures.py and
+//! tools/make_fusion_fixtures.py).
 
 use candle_core::{Device, Tensor};
 use gimp_models::registry::{self, find};
@@ -47,7 +48,14 @@ fn check(arch: &str) {
         gimp_io::feature_file::read_bag(&dir().join(format!("{arch}_bag.h5")), u64::MAX).unwrap();
     let x = Tensor::from_vec(bag.features, (bag.n, bag.d), &Device::Cpu).unwrap();
     let (model, _) = registry::load(find(arch).unwrap(), weights, None).unwrap();
-    let out = model.forward(&Input::Bag(&x), &Mode::eval()).unwrap();
+    let input = match io.get("expression") {
+        Some(e) => Input::Patient {
+            bag: Some(&x),
+            expression: Some(e),
+        },
+        None => Input::Bag(&x),
+    };
+    let out = model.forward(&input, &Mode::eval()).unwrap();
     let e = rel_err(&out.logits, &io["logits"]);
     assert!(
         e < 1e-4,
@@ -56,7 +64,7 @@ fn check(arch: &str) {
         io["logits"]
     );
     if let Some(expected) = io.get("attention_raw") {
-        let got = out.attention.expect("attention");
+        let got = out.attention.clone().expect("attention");
         // CLAM-MB returns every branch; our heatmap score is the predicted class's branch.
         let expected = if expected.dim(0).unwrap() > 1 {
             let c = out.logits.argmax(0).unwrap().to_scalar::<u32>().unwrap() as usize;
@@ -67,6 +75,41 @@ fn check(arch: &str) {
         let e = rel_err(&got, &expected);
         assert!(e < 1e-4, "{arch}: attention relative error {e}");
     }
+    if let Some(coattn) = io.get("coattn_raw") {
+        // MCAT: the per-patch score is the co-attention map averaged over the gene groups.
+        let e = rel_err(
+            &out.attention.clone().expect("attention"),
+            &coattn.mean(0).unwrap(),
+        );
+        assert!(e < 1e-4, "{arch}: co-attention relative error {e}");
+    }
+    if let Some(a) = io.get("attention") {
+        // DSMIL: attention to the predicted class's critical instance.
+        let c = out.logits.argmax(0).unwrap().to_scalar::<u32>().unwrap() as usize;
+        let expected = a.narrow(1, c, 1).unwrap().squeeze(1).unwrap();
+        let e = rel_err(&out.attention.clone().expect("attention"), &expected);
+        assert!(e < 1e-4, "{arch}: attention relative error {e}");
+    }
+}
+
+#[test]
+fn porpoise_matches_the_original_code() {
+    check("porpoise");
+}
+
+#[test]
+fn pathomic_fusion_matches_mcats_mil_attention_fc_surv() {
+    check("pathomic");
+}
+
+#[test]
+fn mcat_matches_the_original_code() {
+    check("mcat");
+}
+
+#[test]
+fn dsmil_matches_the_original_code() {
+    check("dsmil");
 }
 
 #[test]
@@ -92,7 +135,7 @@ fn abmil_matches_porpoise_amil() {
 #[test]
 fn weights_of_another_architecture_are_refused_with_names() {
     let weights: BTreeMap<String, Tensor> = load("abmil_weights.safetensors").into_iter().collect();
-    let cfg = (find("clam_sb").unwrap().default_config)(1024, 2);
+    let cfg = (find("clam_sb").unwrap().default_config)(gimp_models::Dims::both(1024), 2);
     let err = registry::load(find("clam_sb").unwrap(), weights, Some(cfg))
         .err()
         .unwrap()

@@ -54,6 +54,10 @@ pub fn run_patient(m: &Loaded, data: &Prepared, i: usize) -> Result<Option<gimp_
     let input = match (m.input, &bag, &expr) {
         (InputKind::Slide, Some(b), _) => Input::Bag(b),
         (InputKind::Expression, _, Some(e)) => Input::Expression(e),
+        (InputKind::Paired, Some(b), Some(e)) => Input::Patient {
+            bag: Some(b),
+            expression: Some(e),
+        },
         (InputKind::Multimodal, b, e) if b.is_some() || e.is_some() => Input::Patient {
             bag: b.as_ref(),
             expression: e.as_ref(),

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub enum Recipe {
     /// `gimp-rs train --arch …`.
-    Single(&'static str),
+    Supervised(&'static str),
     /// The GiMP pipeline with changes to the run configuration.
     Gimp(fn(&mut RunConfig)),
 }
@@ -48,44 +48,68 @@ fn snn(c: &mut RunConfig) {
     c.model.gene_encoder = "snn".into();
 }
 
-/// Every row the runner knows. Table 1's other systems (DSMIL, PORPOISE, Pathomic Fusion, MCAT,
-/// MGCA, BioViL, REFERS) are not in the registry yet.
+/// Every row the runner knows, in the paper's order. Table 1's image–omic pre-training
+/// adaptations (MGCA, BioViL, REFERS) are not in the registry yet.
 pub const ROWS: &[Row] = &[
     Row {
         table: "table1",
         name: "ABMIL",
         key: "abmil",
-        recipe: Recipe::Single("abmil"),
+        recipe: Recipe::Supervised("abmil"),
+    },
+    Row {
+        table: "table1",
+        name: "DSMIL",
+        key: "dsmil",
+        recipe: Recipe::Supervised("dsmil"),
     },
     Row {
         table: "table1",
         name: "CLAM-SB",
         key: "clam_sb",
-        recipe: Recipe::Single("clam_sb"),
+        recipe: Recipe::Supervised("clam_sb"),
     },
     Row {
         table: "table1",
         name: "CLAM-MB",
         key: "clam_mb",
-        recipe: Recipe::Single("clam_mb"),
+        recipe: Recipe::Supervised("clam_mb"),
     },
     Row {
         table: "table1",
         name: "TransMIL",
         key: "transmil",
-        recipe: Recipe::Single("transmil"),
+        recipe: Recipe::Supervised("transmil"),
     },
     Row {
         table: "table1",
         name: "SNN",
         key: "snn",
-        recipe: Recipe::Single("snn"),
+        recipe: Recipe::Supervised("snn"),
     },
     Row {
         table: "table1",
         name: "GroupMSA",
         key: "group_msa",
-        recipe: Recipe::Single("group_msa"),
+        recipe: Recipe::Supervised("group_msa"),
+    },
+    Row {
+        table: "table1",
+        name: "PORPOISE",
+        key: "porpoise",
+        recipe: Recipe::Supervised("porpoise"),
+    },
+    Row {
+        table: "table1",
+        name: "Pathomic Fusion",
+        key: "pathomic",
+        recipe: Recipe::Supervised("pathomic"),
+    },
+    Row {
+        table: "table1",
+        name: "MCAT",
+        key: "mcat",
+        recipe: Recipe::Supervised("mcat"),
     },
     Row {
         table: "table1",
@@ -200,7 +224,7 @@ pub fn execute(
         stop_after: None,
     };
     let r = match &row.recipe {
-        Recipe::Single(arch) => {
+        Recipe::Supervised(arch) => {
             let mut c = SupervisedConfig::defaults(arch);
             c.seed = run.seed;
             c.fold = run.fold;

@@ -1,5 +1,5 @@
-//! One supervised trainer for every registered single-modality model (ABMIL, CLAM-SB/MB,
-//! TransMIL, SNN, GroupMSA): the same data, splits, validation rule, checkpoints and metrics as
+//! One supervised trainer for every registered model but GiMP (ABMIL, DSMIL, CLAM-SB/MB,
+//! TransMIL, SNN, GroupMSA, PORPOISE, Pathomic Fusion, MCAT): the same data, splits, validation rule, checkpoints and metrics as
 //! GiMP, so their numbers are comparable. Defaults per architecture follow the reference code's
 //! training conventions (`spec/baselines.md`), as far as this trainer's optimisers reach.
 
@@ -12,7 +12,7 @@ use gimp_models::registry::{self, InputKind};
 use gimp_models::Input;
 use gimp_nn::checkpoint::Checkpoint;
 use gimp_nn::optim::{Adam, AdamConfig, Cosine, Kind};
-use gimp_nn::{loss, ops, Mode, ParamStore};
+use gimp_nn::{ops, Mode, ParamStore};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -33,6 +33,13 @@ pub struct SupervisedConfig {
     pub cosine: bool,
     /// Random cap on patches per training bag.
     pub max_patches: Option<usize>,
+    /// Adam's (β₁, β₂): (0.9, 0.999) except DSMIL's (0.5, 0.9).
+    #[serde(default = "default_betas")]
+    pub betas: (f64, f64),
+}
+
+fn default_betas() -> (f64, f64) {
+    (0.9, 0.999)
 }
 
 impl SupervisedConfig {
@@ -42,7 +49,8 @@ impl SupervisedConfig {
         let (epochs, lr, wd, optimizer) = match arch {
             "abmil" | "clam_sb" | "clam_mb" => (50, 2e-4, 1e-5, Kind::AdamL2),
             "transmil" => (50, 2e-4, 1e-5, Kind::AdamW),
-            "snn" => (20, 2e-4, 1e-5, Kind::AdamL2),
+            "snn" | "porpoise" | "pathomic" | "mcat" => (20, 2e-4, 1e-5, Kind::AdamL2),
+            "dsmil" => (50, 1e-4, 1e-3, Kind::AdamL2),
             _ => (50, 1e-4, 1e-4, Kind::AdamW),
         };
         Self {
@@ -53,8 +61,14 @@ impl SupervisedConfig {
             lr,
             weight_decay: wd,
             optimizer,
-            cosine: false,
+            // DSMIL anneals its rate with a cosine over the run.
+            cosine: arch == "dsmil",
             max_patches: None,
+            betas: if arch == "dsmil" {
+                (0.5, 0.9)
+            } else {
+                default_betas()
+            },
         }
     }
 }
@@ -67,6 +81,10 @@ fn input_for<'a>(
     match (kind, bag, expr) {
         (InputKind::Slide, Some(b), _) => Some(Input::Bag(b)),
         (InputKind::Expression, _, Some(e)) => Some(Input::Expression(e)),
+        (InputKind::Paired, Some(b), Some(e)) => Some(Input::Patient {
+            bag: Some(b),
+            expression: Some(e),
+        }),
         (InputKind::Multimodal, b, e) if b.is_some() || e.is_some() => Some(Input::Patient {
             bag: b.as_ref(),
             expression: e.as_ref(),
@@ -90,22 +108,32 @@ pub fn train(
             cfg.arch
         ))
     })?;
-    if info.input == InputKind::Multimodal {
-        return Err(DataErr::Msg(format!(
-            "{} is trained with pretrain-genes / pretrain / finetune",
-            cfg.arch
-        )));
+    if cfg.arch == "gimp" {
+        return Err(DataErr::Msg(
+            "gimp is trained with pretrain-genes / pretrain / finetune".into(),
+        ));
     }
     let nc = data.classes.len();
-    let in_dim = match info.input {
-        InputKind::Slide => data
-            .d_in
-            .ok_or_else(|| DataErr::Msg("the cohort has no slide features".into()))?,
-        _ => data.n_genes(),
+    let dims = gimp_models::Dims {
+        features: data.d_in.unwrap_or(0),
+        genes: data.n_genes(),
     };
-    let has = |i: &usize| match info.input {
-        InputKind::Slide => !data.patients[*i].slides.is_empty(),
-        _ => data.patients[*i].expression.is_some(),
+    if info.input != InputKind::Expression && dims.features == 0 {
+        return Err(DataErr::Msg("the cohort has no slide features".into()));
+    }
+    if info.input != InputKind::Slide && dims.genes == 0 {
+        return Err(DataErr::Msg("the cohort has no expression".into()));
+    }
+    // The multimodal baselines need both modalities, as their reference code does (it joins
+    // slides and omics and drops the rest); GiMP keeps patients with one.
+    let has = |i: &usize| {
+        let p = &data.patients[*i];
+        match info.input {
+            InputKind::Slide => !p.slides.is_empty(),
+            InputKind::Expression => p.expression.is_some(),
+            InputKind::Multimodal => !p.slides.is_empty() || p.expression.is_some(),
+            InputKind::Paired => !p.slides.is_empty() && p.expression.is_some(),
+        }
     };
     let train: Vec<usize> = data.train.iter().copied().filter(has).collect();
     let val: Vec<usize> = data.val.iter().copied().filter(has).collect();
@@ -116,7 +144,7 @@ pub fn train(
             cfg.arch
         )));
     }
-    let model_cfg = (info.default_config)(in_dim, nc);
+    let model_cfg = (info.default_config)(dims, nc);
     let store = ParamStore::new(cfg.seed);
     let model = (info.build)(&store.root(), &model_cfg)?;
     let mut opt = Adam::new(
@@ -124,8 +152,8 @@ pub fn train(
         AdamConfig {
             kind: cfg.optimizer,
             lr: cfg.lr,
-            beta1: 0.9,
-            beta2: 0.999,
+            beta1: cfg.betas.0,
+            beta2: cfg.betas.1,
             eps: 1e-8,
             weight_decay: cfg.weight_decay,
         },
@@ -164,8 +192,9 @@ pub fn train(
             };
             let out = model.forward(&input, &mode)?;
             let label = data.patients[i].label;
-            total += loss::cross_entropy(&out.logits.unsqueeze(0)?, &[label])?.to_scalar::<f32>()?
-                as f64;
+            total += model
+                .classification_loss(&out.logits, label)?
+                .to_scalar::<f32>()? as f64;
             y.push(label);
             p.push(
                 ops::softmax_last(&out.logits)?
@@ -189,7 +218,7 @@ pub fn train(
             };
             let label = data.patients[i].label;
             let (out, aux) = model.training_forward(&input, label, &mode)?;
-            let ce = loss::cross_entropy(&out.logits.unsqueeze(0)?, &[label])?;
+            let ce = model.classification_loss(&out.logits, label)?;
             let l = match aux {
                 Some(a) => (ce.affine(model.bag_weight(), 0.0)? + a)?,
                 None => ce,

@@ -262,12 +262,14 @@ fn an_interrupted_and_resumed_run_ends_with_the_same_weights() {
 }
 
 #[test]
-fn every_single_modality_baseline_trains_with_the_same_trainer() {
+fn every_baseline_trains_with_the_same_trainer() {
     use gimp_train::supervised::{train, SupervisedConfig};
     let d = tempfile::tempdir().unwrap();
     let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
     let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
-    for arch in ["abmil", "clam_sb", "clam_mb", "transmil", "snn"] {
+    for arch in [
+        "abmil", "dsmil", "clam_sb", "clam_mb", "transmil", "snn", "porpoise", "pathomic", "mcat",
+    ] {
         let mut cfg = SupervisedConfig::defaults(arch);
         cfg.epochs = 1;
         let r = train(

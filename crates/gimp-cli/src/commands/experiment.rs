@@ -64,7 +64,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         for run in &runs {
             let row = rows.iter().find(|r| r.key == run.row).expect("planned row");
             let epochs = match &row.recipe {
-                Recipe::Single(arch) => a
+                Recipe::Supervised(arch) => a
                     .epochs
                     .unwrap_or(gimp_train::supervised::SupervisedConfig::defaults(arch).epochs),
                 Recipe::Gimp(change) => {

@@ -224,8 +224,14 @@ fn run_model(a: RunArgs) -> Result<ExitCode> {
     )?;
     let info = registry::find(&arch_name).context("architecture not in the registry")?;
     let mut coords = None;
-    let wants_bag = matches!(info.input, InputKind::Slide | InputKind::Multimodal);
-    let wants_expr = matches!(info.input, InputKind::Expression | InputKind::Multimodal);
+    let wants_bag = matches!(
+        info.input,
+        InputKind::Slide | InputKind::Multimodal | InputKind::Paired
+    );
+    let wants_expr = matches!(
+        info.input,
+        InputKind::Expression | InputKind::Multimodal | InputKind::Paired
+    );
     let mut desc = Vec::new();
     let bag = match (&a.features, wants_bag) {
         (Some(f), true) => {
@@ -258,6 +264,13 @@ fn run_model(a: RunArgs) -> Result<ExitCode> {
     let input = match (info.input, &bag, &expr) {
         (InputKind::Slide, Some(b), _) => Input::Bag(b),
         (InputKind::Expression, _, Some(e)) => Input::Expression(e),
+        (InputKind::Paired, Some(b), Some(e)) => Input::Patient {
+            bag: Some(b),
+            expression: Some(e),
+        },
+        (InputKind::Paired, _, _) => {
+            bail!("{arch_name} needs both --features FILE and --expression MATRIX --sample ID")
+        }
         (InputKind::Multimodal, b, e) if b.is_some() || e.is_some() => Input::Patient {
             bag: b.as_ref(),
             expression: e.as_ref(),

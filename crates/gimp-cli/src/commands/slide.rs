@@ -582,7 +582,10 @@ pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
         _ => None,
     };
     let input = match info.input {
-        InputKind::Multimodal => Input::Patient {
+        InputKind::Paired if expr.is_none() => {
+            bail!("{arch} needs the patient's expression: give --expression MATRIX --sample ID")
+        }
+        InputKind::Multimodal | InputKind::Paired => Input::Patient {
             bag: Some(&x),
             expression: expr.as_ref(),
         },

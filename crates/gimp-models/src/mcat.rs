@@ -1,0 +1,266 @@
+//! MCAT, multimodal co-attention transformer (Chen et al. 2021; mahmoodlab/MCAT
+//! `model_coattn.py::MCAT_Surv`, `spec/baselines.md` §7), "small" sizes and concat fusion: the
+//! expression is cut into gene groups (the six signature groups when given, else equal
+//! contiguous chunks), each through its own two SNN blocks → six 256-d tokens; they attend to the
+//! patch embeddings (one-head co-attention), then each side has a two-layer post-norm
+//! transformer (8 heads, FFN 512), gated attention pooling and ρ; the two vectors are
+//! concatenated through two ReLU layers into the classifier. Names are the reference's.
+
+use crate::abmil::GatedAttention;
+use crate::model::{bag, expression, Input, Model, Output};
+use candle_core::{Result, Tensor};
+use gimp_nn::{ops, Init, LayerNorm, Linear, Mode, Scope};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McatConfig {
+    pub d_in: usize,
+    pub n_genes: usize,
+    pub n_classes: usize,
+    /// Genes of each group, as indices into the expression vector. Empty: six equal contiguous
+    /// chunks.
+    #[serde(default)]
+    pub groups: Vec<Vec<u32>>,
+    pub dropout: f64,
+}
+
+impl McatConfig {
+    pub fn new(d_in: usize, n_genes: usize, n_classes: usize) -> Self {
+        Self {
+            d_in,
+            n_genes,
+            n_classes,
+            groups: Vec::new(),
+            dropout: 0.25,
+        }
+    }
+
+    /// The gene indices of every group.
+    pub fn group_indices(&self) -> Vec<Vec<u32>> {
+        if !self.groups.is_empty() {
+            return self.groups.clone();
+        }
+        let (g, k) = (self.n_genes, 6usize);
+        (0..k)
+            .map(|i| ((i * g / k) as u32..((i + 1) * g / k) as u32).collect())
+            .collect()
+    }
+}
+
+/// PyTorch's `MultiheadAttention` parameters (`in_proj_weight` `[3d, d]`, `in_proj_bias`,
+/// `out_proj`), xavier-uniform in-projection and zero biases as it initialises them.
+struct Mha {
+    in_w: Tensor,
+    in_b: Tensor,
+    out: Linear,
+    heads: usize,
+}
+
+impl Mha {
+    fn new(s: &Scope, d: usize, heads: usize) -> Result<Self> {
+        let bound = (6.0 / (d + 3 * d) as f64).sqrt();
+        Ok(Self {
+            in_w: s.get("in_proj_weight", &[3 * d, d], Init::Uniform(bound))?,
+            in_b: s.get("in_proj_bias", &[3 * d], Init::Constant(0.0))?,
+            out: Linear::with_init(
+                &s.pp("out_proj"),
+                d,
+                d,
+                true,
+                Init::torch_default(d),
+                Init::Constant(0.0),
+            )?,
+            heads,
+        })
+    }
+
+    /// Queries `[Lq, d]` attend to keys = values `[Lk, d]`; returns `[Lq, d]` and the first
+    /// head's scaled pre-softmax scores `[Lq, Lk]` (MCAT's co-attention map; it has one head).
+    fn forward(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        dropout: f64,
+        mode: &Mode,
+    ) -> Result<(Tensor, Tensor)> {
+        let d = q.dim(1)?;
+        let proj = |x: &Tensor, i: usize| -> Result<Tensor> {
+            let w = self.in_w.narrow(0, i * d, d)?;
+            let b = self.in_b.narrow(0, i * d, d)?;
+            x.matmul(&w.t()?)?.broadcast_add(&b)
+        };
+        let (qp, kp, vp) = (proj(q, 0)?, proj(kv, 1)?, proj(kv, 2)?);
+        let hd = d / self.heads;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut outs = Vec::with_capacity(self.heads);
+        let mut raw0 = None;
+        for h in 0..self.heads {
+            let (qh, kh, vh) = (
+                qp.narrow(1, h * hd, hd)?,
+                kp.narrow(1, h * hd, hd)?,
+                vp.narrow(1, h * hd, hd)?,
+            );
+            let raw = (qh.matmul(&kh.t()?)? * scale)?;
+            let a = ops::dropout(&ops::softmax_last(&raw)?, dropout, mode)?;
+            outs.push(a.matmul(&vh)?);
+            if h == 0 {
+                raw0 = Some(raw);
+            }
+        }
+        let o = Tensor::cat(&outs, 1)?;
+        Ok((self.out.forward(&o)?, raw0.unwrap_or(o)))
+    }
+}
+
+/// `nn.TransformerEncoderLayer(d, 8, 512, dropout, relu)`, post-norm.
+struct EncoderLayer {
+    attn: Mha,
+    linear1: Linear,
+    linear2: Linear,
+    norm1: LayerNorm,
+    norm2: LayerNorm,
+}
+
+impl EncoderLayer {
+    fn new(s: &Scope, d: usize) -> Result<Self> {
+        Ok(Self {
+            attn: Mha::new(&s.pp("self_attn"), d, 8)?,
+            linear1: Linear::new(&s.pp("linear1"), d, 512, true)?,
+            linear2: Linear::new(&s.pp("linear2"), 512, d, true)?,
+            norm1: LayerNorm::new(&s.pp("norm1"), d)?,
+            norm2: LayerNorm::new(&s.pp("norm2"), d)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, p: f64, mode: &Mode) -> Result<Tensor> {
+        let (sa, _) = self.attn.forward(x, x, p, mode)?;
+        let x = self.norm1.forward(&(x + ops::dropout(&sa, p, mode)?)?)?;
+        let ff = self.linear1.forward(&x)?.relu()?;
+        let ff = self.linear2.forward(&ops::dropout(&ff, p, mode)?)?;
+        self.norm2.forward(&(x + ops::dropout(&ff, p, mode)?)?)
+    }
+}
+
+/// Transformer, gated attention pooling over the tokens, and ρ: one side of MCAT.
+struct Side {
+    layers: Vec<EncoderLayer>,
+    head: GatedAttention,
+    rho: Linear,
+}
+
+impl Side {
+    fn new(s: &Scope, name: &str, d: usize, dropout: f64) -> Result<Self> {
+        let t = s.pp(format!("{name}_transformer.layers"));
+        Ok(Self {
+            layers: vec![
+                EncoderLayer::new(&t.pp("0"), d)?,
+                EncoderLayer::new(&t.pp("1"), d)?,
+            ],
+            head: GatedAttention::torch_init(
+                &s.pp(format!("{name}_attention_head")),
+                d,
+                d,
+                1,
+                dropout,
+            )?,
+            rho: Linear::new(&s.pp(format!("{name}_rho.0")), d, d, true)?,
+        })
+    }
+
+    fn forward(&self, tokens: &Tensor, p: f64, mode: &Mode) -> Result<Tensor> {
+        let mut h = tokens.clone();
+        for l in &self.layers {
+            h = l.forward(&h, p, mode)?;
+        }
+        let a = ops::softmax_last(&self.head.forward(&h, mode)?.t()?)?; // [1, tokens]
+        ops::dropout(&self.rho.forward(&a.matmul(&h)?)?.relu()?, p, mode)
+    }
+}
+
+pub struct Mcat {
+    pub cfg: McatConfig,
+    groups: Vec<Tensor>,
+    wsi: Linear,
+    sig: Vec<[Linear; 2]>,
+    coattn: Mha,
+    path: Side,
+    omic: Side,
+    mm1: Linear,
+    mm2: Linear,
+    classifier: Linear,
+}
+
+impl Mcat {
+    pub fn new(s: &Scope, cfg: McatConfig) -> Result<Self> {
+        let d = 256;
+        let groups = cfg.group_indices();
+        if groups.iter().any(|g| g.is_empty())
+            || groups.iter().flatten().any(|&i| i as usize >= cfg.n_genes)
+        {
+            candle_core::bail!(
+                "MCAT: every gene group needs genes, and indices below {}",
+                cfg.n_genes
+            );
+        }
+        let sig = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let b = s.pp(format!("sig_networks.{i}"));
+                Ok([
+                    Linear::new(&b.pp("0.0"), g.len(), d, true)?,
+                    Linear::new(&b.pp("1.0"), d, d, true)?,
+                ])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let dev = s.device().clone();
+        Ok(Self {
+            groups: groups
+                .iter()
+                .map(|g| Tensor::new(g.as_slice(), &dev))
+                .collect::<Result<_>>()?,
+            wsi: Linear::new(&s.pp("wsi_net.0"), cfg.d_in, d, true)?,
+            sig,
+            coattn: Mha::new(&s.pp("coattn"), d, 1)?,
+            path: Side::new(s, "path", d, cfg.dropout)?,
+            omic: Side::new(s, "omic", d, cfg.dropout)?,
+            mm1: Linear::new(&s.pp("mm.0"), 2 * d, d, true)?,
+            mm2: Linear::new(&s.pp("mm.2"), d, d, true)?,
+            classifier: Linear::new(&s.pp("classifier"), d, cfg.n_classes, true)?,
+            cfg,
+        })
+    }
+}
+
+impl Model for Mcat {
+    fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
+        let p = self.cfg.dropout;
+        let h = ops::dropout(&self.wsi.forward(bag(input)?)?.relu()?, p, mode)?; // [N, 256]
+        let g = expression(input)?;
+        let tokens = self
+            .groups
+            .iter()
+            .zip(&self.sig)
+            .map(|(idx, [b1, b2])| {
+                let x = g.index_select(idx, 0)?.unsqueeze(0)?;
+                let x = ops::alpha_dropout(&b1.forward(&x)?.elu(1.0)?, 0.25, mode)?;
+                ops::alpha_dropout(&b2.forward(&x)?.elu(1.0)?, 0.25, mode)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let omic_tokens = Tensor::cat(&tokens, 0)?; // [6, 256]
+        let (coattended, raw) = self.coattn.forward(&omic_tokens, &h, 0.0, mode)?; // [6, 256], [6, N]
+        let h_path = self.path.forward(&coattended, p, mode)?;
+        let h_omic = self.omic.forward(&omic_tokens, p, mode)?;
+        let fused = Tensor::cat(&[&h_path, &h_omic], 1)?;
+        let fused = self
+            .mm2
+            .forward(&self.mm1.forward(&fused)?.relu()?)?
+            .relu()?;
+        Ok(Output {
+            logits: self.classifier.forward(&fused)?.squeeze(0)?,
+            embedding: fused.squeeze(0)?,
+            // Per patch: the co-attention scores averaged over the gene groups.
+            attention: Some(raw.mean(0)?),
+        })
+    }
+}

@@ -1,0 +1,77 @@
+//! Pathomic Fusion, in the WSI adaptation MIL benchmarks use (`spec/baselines.md` §9): MCAT's
+//! `MIL_Attention_FC_surv(fusion='bilinear')` — gated ABMIL path branch (1024 → 512 → gated
+//! attention → ρ 256), two SNN blocks on expression, `BilinearFusion(256, 256, scale 8, 8,
+//! mmhid 256)` in MCAT's copy (both gates, no skip, dropout after both encoders), then
+//! `classifier`. Compared with [`crate::porpoise`]: no input dropout, no skip, encoder dropout.
+
+use crate::bilinear_fusion::{BilinearFusion, BilinearFusionConfig};
+use crate::model::{bag, expression, Input, Model, Output};
+use crate::porpoise::{AttentionPath, OmicPath};
+use candle_core::Result;
+use gimp_nn::{Linear, Mode, Scope};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathomicConfig {
+    pub d_in: usize,
+    pub n_genes: usize,
+    pub n_classes: usize,
+    pub dropout: f64,
+    pub fusion: BilinearFusionConfig,
+}
+
+impl PathomicConfig {
+    pub fn new(d_in: usize, n_genes: usize, n_classes: usize) -> Self {
+        Self {
+            d_in,
+            n_genes,
+            n_classes,
+            dropout: 0.25,
+            fusion: BilinearFusionConfig {
+                dim1: 256,
+                dim2: 256,
+                scale1: 8,
+                scale2: 8,
+                gate1: true,
+                gate2: true,
+                skip: false,
+                mmhid: 256,
+                dropout: 0.25,
+                encoder_dropout: true,
+            },
+        }
+    }
+}
+
+pub struct Pathomic {
+    pub cfg: PathomicConfig,
+    path: AttentionPath,
+    omic: OmicPath,
+    mm: BilinearFusion,
+    classifier: Linear,
+}
+
+impl Pathomic {
+    pub fn new(s: &Scope, cfg: PathomicConfig) -> Result<Self> {
+        Ok(Self {
+            path: AttentionPath::new(s, cfg.d_in, cfg.dropout, 0.0)?,
+            omic: OmicPath::new(s, cfg.n_genes)?,
+            mm: BilinearFusion::new(&s.pp("mm"), cfg.fusion.clone())?,
+            classifier: Linear::new(&s.pp("classifier"), cfg.fusion.mmhid, cfg.n_classes, true)?,
+            cfg,
+        })
+    }
+}
+
+impl Model for Pathomic {
+    fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
+        let (v1, attention) = self.path.forward(bag(input)?, mode)?;
+        let v2 = self.omic.forward(expression(input)?, mode)?;
+        let h = self.mm.forward(&v1, &v2, mode)?;
+        Ok(Output {
+            logits: self.classifier.forward(&h)?.squeeze(0)?,
+            embedding: h.squeeze(0)?,
+            attention: Some(attention),
+        })
+    }
+}
