@@ -47,6 +47,13 @@ pub trait Model {
         1.0
     }
 
+    /// The self-supervised pre-training objective on a batch of patients that have both
+    /// modalities (`(bag, expression)` pairs), for the models that have one (the image–omic
+    /// adaptations of MGCA, BioViL and REFERS); `None` for the others.
+    fn pretrain_loss(&self, _batch: &[(Tensor, Tensor)], _mode: &Mode) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
     /// The classification loss of one patient's logits `[C]`: cross-entropy, except for models
     /// whose reference trains otherwise (DSMIL: BCE on the one-hot label).
     fn classification_loss(&self, logits: &Tensor, label: usize) -> Result<Tensor> {

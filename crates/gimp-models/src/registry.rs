@@ -2,14 +2,17 @@
 //! docs all read it; adding a model means adding a file and one entry here.
 
 use crate::abmil::{Abmil, AbmilConfig};
+use crate::biovil::{Biovil, BiovilConfig};
 use crate::clam::{Branches, Clam, ClamConfig};
 use crate::dsmil::{Dsmil, DsmilConfig};
 use crate::gimp::{Gimp, GimpConfig};
 use crate::group_msa::{GroupMsa, GroupMsaConfig};
 use crate::mcat::{Mcat, McatConfig};
+use crate::mgca::{Mgca, MgcaConfig};
 use crate::model::Model;
 use crate::pathomic::{Pathomic, PathomicConfig};
 use crate::porpoise::{Porpoise, PorpoiseConfig};
+use crate::refers::{Refers, RefersConfig};
 use crate::snn::{Snn, SnnConfig};
 use crate::transmil::{Transmil, TransmilConfig};
 use candle_core::{Result, Tensor};
@@ -59,6 +62,9 @@ pub struct ArchInfo {
     /// Default config for inputs of these widths and `n_classes`.
     pub default_config: fn(Dims, usize) -> Value,
     pub build: fn(&Scope, &Value) -> Result<Box<dyn Model>>,
+    /// Trained in two stages: its self-supervised image–omic objective
+    /// ([`Model::pretrain_loss`]), then fine-tuning.
+    pub pretraining: bool,
     /// The config a weights file implies (layer widths and class count read from its shapes).
     pub config_from_weights: fn(&BTreeMap<String, Tensor>) -> Result<Value>,
 }
@@ -103,6 +109,12 @@ fn clam_from_weights(w: &BTreeMap<String, Tensor>, branches: Branches) -> Result
     Ok(to_value(&c))
 }
 
+fn no_reference(name: &str) -> Result<Value> {
+    Err(candle_core::Error::Msg(format!(
+        "{name} has no reference weights to read (the adaptation is gimp-rs's): use a gimp-rs checkpoint, which stores its config"
+    )))
+}
+
 pub const REGISTRY: &[ArchInfo] = &[
     ArchInfo {
         name: "abmil",
@@ -111,6 +123,7 @@ pub const REGISTRY: &[ArchInfo] = &[
         input: InputKind::Slide,
         default_config: |d, c| to_value(&AbmilConfig::small(d.features, c)),
         build: |s, v| Ok(Box::new(Abmil::new(s, cfg(v)?)?)),
+        pretraining: false,
         config_from_weights: |w| {
             let fc = shape(w, "attention_net.0.weight")?;
             let att = shape(w, "attention_net.3.attention_a.0.weight")?;
@@ -127,6 +140,7 @@ pub const REGISTRY: &[ArchInfo] = &[
         input: InputKind::Slide,
         default_config: |d, c| to_value(&ClamConfig::small(Branches::Single, d.features, c)),
         build: |s, v| Ok(Box::new(Clam::new(s, cfg(v)?)?)),
+        pretraining: false,
         config_from_weights: |w| clam_from_weights(w, Branches::Single),
     },
     ArchInfo {
@@ -136,6 +150,7 @@ pub const REGISTRY: &[ArchInfo] = &[
         input: InputKind::Slide,
         default_config: |d, c| to_value(&ClamConfig::small(Branches::Multi, d.features, c)),
         build: |s, v| Ok(Box::new(Clam::new(s, cfg(v)?)?)),
+        pretraining: false,
         config_from_weights: |w| clam_from_weights(w, Branches::Multi),
     },
     ArchInfo {
@@ -145,6 +160,7 @@ pub const REGISTRY: &[ArchInfo] = &[
         input: InputKind::Slide,
         default_config: |d, c| to_value(&TransmilConfig::new(d.features, c)),
         build: |s, v| Ok(Box::new(Transmil::new(s, cfg(v)?)?)),
+        pretraining: false,
         config_from_weights: |w| {
             let fc1 = shape(w, "_fc1.0.weight")?;
             let mut c = TransmilConfig::new(fc1[1], shape(w, "_fc2.weight")?[0]);
@@ -160,6 +176,7 @@ pub const REGISTRY: &[ArchInfo] = &[
         input: InputKind::Expression,
         default_config: |d, c| to_value(&SnnConfig::small(d.genes, c)),
         build: |s, v| Ok(Box::new(Snn::new(s, cfg(v)?)?)),
+        pretraining: false,
         config_from_weights: |w| {
             let n = count_indexed(w, "fc_omic.", ".0.weight");
             let first = shape(w, "fc_omic.0.0.weight")?;
@@ -176,6 +193,7 @@ pub const REGISTRY: &[ArchInfo] = &[
         input: InputKind::Expression,
         default_config: |d, c| to_value(&GroupMsaConfig::gimp(d.genes, c)),
         build: |s, v| Ok(Box::new(GroupMsa::new(s, cfg(v)?)?)),
+        pretraining: false,
         config_from_weights: |_| {
             Err(candle_core::Error::Msg(
                 "GroupMSA's gene count cannot be read from its weights: use a gimp-rs checkpoint, which stores its config".into(),
@@ -189,6 +207,7 @@ pub const REGISTRY: &[ArchInfo] = &[
         input: InputKind::Slide,
         default_config: |d, c| to_value(&DsmilConfig::new(d.features, c)),
         build: |s, v| Ok(Box::new(Dsmil::new(s, cfg(v)?)?)),
+        pretraining: false,
         config_from_weights: |w| {
             let fc = shape(w, "i_classifier.fc.0.weight")?;
             let mut c = DsmilConfig::new(fc[1], fc[0]);
@@ -203,6 +222,7 @@ pub const REGISTRY: &[ArchInfo] = &[
         input: InputKind::Paired,
         default_config: |d, c| to_value(&PorpoiseConfig::new(d.features, d.genes, c)),
         build: |s, v| Ok(Box::new(Porpoise::new(s, cfg(v)?)?)),
+        pretraining: false,
         config_from_weights: |w| {
             let dropinput = w.contains_key("attention_net.1.weight");
             let fc = shape(w, if dropinput { "attention_net.1.weight" } else { "attention_net.0.weight" })?;
@@ -221,6 +241,7 @@ pub const REGISTRY: &[ArchInfo] = &[
         input: InputKind::Paired,
         default_config: |d, c| to_value(&PathomicConfig::new(d.features, d.genes, c)),
         build: |s, v| Ok(Box::new(Pathomic::new(s, cfg(v)?)?)),
+        pretraining: false,
         config_from_weights: |w| {
             let fc = shape(w, "attention_net.0.weight")?;
             let omic = shape(w, "fc_omic.0.0.weight")?;
@@ -234,6 +255,7 @@ pub const REGISTRY: &[ArchInfo] = &[
         input: InputKind::Paired,
         default_config: |d, c| to_value(&McatConfig::new(d.features, d.genes, c)),
         build: |s, v| Ok(Box::new(Mcat::new(s, cfg(v)?)?)),
+        pretraining: false,
         config_from_weights: |w| {
             let fc = shape(w, "wsi_net.0.weight")?;
             let n = count_indexed(w, "sig_networks.", ".0.0.weight");
@@ -244,6 +266,36 @@ pub const REGISTRY: &[ArchInfo] = &[
             c.groups = sizes.iter().map(|&k| { let g = (start..start + k as u32).collect(); start += k as u32; g }).collect();
             Ok(to_value(&c))
         },
+    },
+    ArchInfo {
+        name: "mgca",
+        summary: "MGCA image–omic adaptation: instance, token and prototype alignment of slide and expression, then fine-tuning (Wang et al. 2022)",
+        reference: "gimp-rs (spec/baselines.md §10; losses of HKU-MedAI/MGCA)",
+        input: InputKind::Paired,
+        default_config: |d, c| to_value(&MgcaConfig::new(d.features, d.genes, c)),
+        build: |s, v| Ok(Box::new(Mgca::new(s, cfg(v)?)?)),
+        pretraining: true,
+        config_from_weights: |_| no_reference("mgca"),
+    },
+    ArchInfo {
+        name: "biovil",
+        summary: "BioViL image–omic adaptation: global slide–expression InfoNCE + masked gene modelling, then fine-tuning (Boecking et al. 2022)",
+        reference: "gimp-rs (spec/baselines.md §11; projectors of microsoft/hi-ml-multimodal)",
+        input: InputKind::Paired,
+        default_config: |d, c| to_value(&BiovilConfig::new(d.features, d.genes, c)),
+        build: |s, v| Ok(Box::new(Biovil::new(s, cfg(v)?)?)),
+        pretraining: true,
+        config_from_weights: |_| no_reference("biovil"),
+    },
+    ArchInfo {
+        name: "refers",
+        summary: "REFERS image–omic adaptation: fused spatial views predict expression + ConVIRT contrast, then fine-tuning (Zhou et al. 2022)",
+        reference: "gimp-rs (spec/baselines.md §12; objectives of funnyzhou/REFERS)",
+        input: InputKind::Paired,
+        default_config: |d, c| to_value(&RefersConfig::new(d.features, d.genes, c)),
+        build: |s, v| Ok(Box::new(Refers::new(s, cfg(v)?)?)),
+        pretraining: true,
+        config_from_weights: |_| no_reference("refers"),
     },
     ArchInfo {
         name: "gimp",
@@ -259,6 +311,7 @@ pub const REGISTRY: &[ArchInfo] = &[
             })
         },
         build: |s, v| Ok(Box::new(Gimp::new(s, cfg(v)?)?)),
+        pretraining: false,
         config_from_weights: |_| {
             Err(candle_core::Error::Msg("a GiMP model is read from a gimp-rs checkpoint, which stores its config".into()))
         },

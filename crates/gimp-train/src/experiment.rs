@@ -48,8 +48,7 @@ fn snn(c: &mut RunConfig) {
     c.model.gene_encoder = "snn".into();
 }
 
-/// Every row the runner knows, in the paper's order. Table 1's image–omic pre-training
-/// adaptations (MGCA, BioViL, REFERS) are not in the registry yet.
+/// Every row the runner knows, in the paper's order.
 pub const ROWS: &[Row] = &[
     Row {
         table: "table1",
@@ -110,6 +109,24 @@ pub const ROWS: &[Row] = &[
         name: "MCAT",
         key: "mcat",
         recipe: Recipe::Supervised("mcat"),
+    },
+    Row {
+        table: "table1",
+        name: "MGCA",
+        key: "mgca",
+        recipe: Recipe::Supervised("mgca"),
+    },
+    Row {
+        table: "table1",
+        name: "BioViL",
+        key: "biovil",
+        recipe: Recipe::Supervised("biovil"),
+    },
+    Row {
+        table: "table1",
+        name: "REFERS",
+        key: "refers",
+        recipe: Recipe::Supervised("refers"),
     },
     Row {
         table: "table1",

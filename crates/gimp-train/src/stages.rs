@@ -73,7 +73,7 @@ impl Log {
         Ok(Self(f.map_err(|e| gimp_io::DataError::io(&p, e))?))
     }
 
-    fn write(&mut self, v: serde_json::Value) {
+    pub(crate) fn write(&mut self, v: serde_json::Value) {
         let _ = writeln!(self.0, "{v}");
         let _ = self.0.flush();
     }
@@ -747,6 +747,14 @@ pub fn finetune(
         for (k, &i) in order.iter().enumerate() {
             let (bag, expr) = inputs(data, i, &fc.modalities)?;
             let bag = cap_bag(bag, fc.max_patches, rng)?;
+            // Modality dropout: only patients with both halves lose their expression, so no
+            // step sees neither. No draw otherwise (off, or the image-only part), so those runs
+            // keep the random stream they have without it.
+            let hide = fc.modality_dropout > 0.0
+                && bag.is_some()
+                && expr.is_some()
+                && rng.gen::<f64>() < fc.modality_dropout;
+            let expr = if hide { None } else { expr };
             let cls = Tensor::cat(
                 &[
                     model.cls_img(bag.as_ref(), &mode)?,

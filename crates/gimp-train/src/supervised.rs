@@ -36,6 +36,32 @@ pub struct SupervisedConfig {
     /// Adam's (β₁, β₂): (0.9, 0.999) except DSMIL's (0.5, 0.9).
     #[serde(default = "default_betas")]
     pub betas: (f64, f64),
+    /// The image–omic adaptations' (MGCA, BioViL, REFERS) self-supervised stage before
+    /// fine-tuning; ignored by the other models.
+    #[serde(default)]
+    pub pretrain: PretrainStage,
+}
+
+/// Self-supervised pre-training of an image–omic adaptation (MGCA's optimiser: AdamW,
+/// lr 2e-5, weight decay 0.05, warm-up over the first 40% of steps then cosine).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PretrainStage {
+    pub epochs: usize,
+    /// Patients per batch (the contrastive losses need several).
+    pub batch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for PretrainStage {
+    fn default() -> Self {
+        Self {
+            epochs: 50,
+            batch: 16,
+            lr: 2e-5,
+            weight_decay: 0.05,
+        }
+    }
 }
 
 fn default_betas() -> (f64, f64) {
@@ -69,6 +95,7 @@ impl SupervisedConfig {
             } else {
                 default_betas()
             },
+            pretrain: PretrainStage::default(),
         }
     }
 }
@@ -163,6 +190,19 @@ pub fn train(
         warmup: 0,
         total: train.len() * cfg.epochs.max(1),
     };
+    if info.pretraining {
+        pretrain(
+            data,
+            cfg,
+            model.as_ref(),
+            &store,
+            &model_cfg,
+            &train,
+            dir,
+            ctl,
+            on,
+        )?;
+    }
     let state_path = dir.join("state.safetensors");
     let saved = if ctl.resume {
         resume::load(&state_path, &store, &mut opt)?
@@ -285,4 +325,104 @@ pub fn train(
         val: (!yv.is_empty()).then(|| Report::new(&yv, &pv, nc, cfg.seed)),
         test: Some(Report::new(&yt, &pt, nc, cfg.seed)),
     })
+}
+
+/// Stage 1 of the image–omic adaptations: the model's own objective on batches of training
+/// patients (both modalities, bags capped by the model's patch sampling), AdamW with warm-up
+/// and cosine decay; the weights go to `dir/pretrain/model.safetensors`, which a resumed run
+/// reuses instead of pre-training again.
+#[allow(clippy::too_many_arguments)]
+fn pretrain(
+    data: &Prepared,
+    cfg: &SupervisedConfig,
+    model: &dyn gimp_models::Model,
+    store: &ParamStore,
+    model_cfg: &serde_json::Value,
+    train: &[usize],
+    dir: &Path,
+    ctl: Control,
+    on: OnProgress,
+) -> Result<()> {
+    let pc = &cfg.pretrain;
+    let pdir = dir.join("pretrain");
+    let done = pdir.join("model.safetensors");
+    if ctl.resume && done.is_file() {
+        let c = Checkpoint::load(&done)?;
+        return crate::stages::restore(store, &c.weights);
+    }
+    let mut opt = Adam::new(
+        store,
+        AdamConfig {
+            kind: Kind::AdamW,
+            lr: pc.lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: pc.weight_decay,
+        },
+    );
+    let batch = pc.batch.max(2);
+    let steps_per_epoch = train.len().div_ceil(batch);
+    let total = steps_per_epoch * pc.epochs.max(1);
+    let sched = Cosine {
+        base: pc.lr,
+        warmup: total * 2 / 5,
+        total,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x9e7);
+    let mut log = crate::stages::Log::open(&pdir, 0)?;
+    let mut step = 0;
+    for epoch in 0..pc.epochs {
+        let mut order = train.to_vec();
+        order.shuffle(&mut rng);
+        let mode = Mode::train(ChaCha8Rng::seed_from_u64(rng.gen()));
+        let mut total_loss = 0.0;
+        let mut n = 0;
+        for (k, chunk) in order.chunks(batch).enumerate() {
+            // A contrastive batch needs two patients at least.
+            if chunk.len() < 2 {
+                continue;
+            }
+            let mut pairs = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                if let (Some(b), Some(e)) = (data.bag(i)?, data.expression(i)?) {
+                    pairs.push((b, e));
+                }
+            }
+            let Some(l) = model.pretrain_loss(&pairs, &mode)? else {
+                return Ok(());
+            };
+            let lv = crate::stages::optimise(&mut opt, &l, sched.lr(step), &mut step)?;
+            total_loss += lv;
+            n += 1;
+            on(&Progress {
+                stage: "pretrain",
+                epoch,
+                epochs: pc.epochs,
+                step: k + 1,
+                steps: steps_per_epoch,
+                loss: lv,
+            });
+        }
+        log.write(serde_json::json!({
+            "epoch": epoch,
+            "pretrain_loss": total_loss / n.max(1) as f64,
+        }));
+    }
+    let mut info = std::collections::BTreeMap::new();
+    info.insert("stage".to_string(), "pretrain".to_string());
+    info.insert(
+        "training".to_string(),
+        serde_json::to_string(cfg).unwrap_or_default(),
+    );
+    Checkpoint {
+        arch: cfg.arch.clone(),
+        config: model_cfg.clone(),
+        classes: data.classes.clone(),
+        weights: store.tensors(),
+        preprocessing: data.preprocessing.clone(),
+        info,
+    }
+    .save(&done)?;
+    Ok(())
 }

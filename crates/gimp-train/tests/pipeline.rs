@@ -269,9 +269,12 @@ fn every_baseline_trains_with_the_same_trainer() {
     let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
     for arch in [
         "abmil", "dsmil", "clam_sb", "clam_mb", "transmil", "snn", "porpoise", "pathomic", "mcat",
+        "mgca", "biovil", "refers",
     ] {
         let mut cfg = SupervisedConfig::defaults(arch);
         cfg.epochs = 1;
+        cfg.pretrain.epochs = 1;
+        cfg.pretrain.batch = 8;
         let r = train(
             &data,
             &cfg,
@@ -283,6 +286,14 @@ fn every_baseline_trains_with_the_same_trainer() {
         assert_eq!(r.test.unwrap().n, data.test.len(), "{arch}");
         let ck = gimp_nn::checkpoint::Checkpoint::load(&r.checkpoint).unwrap();
         assert_eq!(ck.arch, arch);
+        // The image–omic adaptations pre-train first and keep that stage's weights and log.
+        let pre = d.path().join(arch).join("pretrain");
+        let pretrains = gimp_models::registry::find(arch).unwrap().pretraining;
+        assert_eq!(pre.join("model.safetensors").is_file(), pretrains, "{arch}");
+        if pretrains {
+            let log = std::fs::read_to_string(pre.join("log.jsonl")).unwrap();
+            assert!(log.contains("pretrain_loss"), "{arch}");
+        }
     }
     let cfg = SupervisedConfig::defaults("gimp");
     assert!(train(

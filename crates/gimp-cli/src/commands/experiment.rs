@@ -64,9 +64,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         for run in &runs {
             let row = rows.iter().find(|r| r.key == run.row).expect("planned row");
             let epochs = match &row.recipe {
-                Recipe::Supervised(arch) => a
-                    .epochs
-                    .unwrap_or(gimp_train::supervised::SupervisedConfig::defaults(arch).epochs),
+                Recipe::Supervised(arch) => {
+                    let d = gimp_train::supervised::SupervisedConfig::defaults(arch);
+                    let pretrain = gimp_models::registry::find(arch)
+                        .filter(|i| i.pretraining)
+                        .map_or(0, |_| d.pretrain.epochs);
+                    a.epochs.unwrap_or(d.epochs) + pretrain
+                }
                 Recipe::Gimp(change) => {
                     let mut c = base.clone();
                     change(&mut c);

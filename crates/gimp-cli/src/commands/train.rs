@@ -351,7 +351,8 @@ pub fn report_quiet(name: &str, r: &StageResult, dir: &Path) -> Result<()> {
 #[derive(clap::Args)]
 pub struct TrainArgs {
     pub cohort: PathBuf,
-    /// Architecture (`gimp-rs model list`): abmil, clam_sb, clam_mb, transmil, snn, group_msa.
+    /// Architecture (`gimp-rs model list`): abmil, dsmil, clam_sb, clam_mb, transmil, snn,
+    /// group_msa, porpoise, pathomic, mcat, mgca, biovil, refers.
     #[arg(long)]
     pub arch: String,
     /// Run folder: OUT/model.safetensors, log.jsonl, metrics.json, learning_curves.png.
@@ -382,6 +383,15 @@ pub struct TrainArgs {
     pub transform: String,
     #[arg(long)]
     pub resume: bool,
+    /// MGCA, BioViL, REFERS: epochs of the self-supervised stage before fine-tuning (default 50).
+    #[arg(long)]
+    pub pretrain_epochs: Option<usize>,
+    /// MGCA, BioViL, REFERS: its learning rate (default MGCA's 2e-5).
+    #[arg(long)]
+    pub pretrain_lr: Option<f64>,
+    /// MGCA, BioViL, REFERS: patients per pre-training batch (default 16).
+    #[arg(long)]
+    pub pretrain_batch: Option<usize>,
 }
 
 pub fn train(a: TrainArgs) -> Result<ExitCode> {
@@ -389,6 +399,15 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
     let mut cfg = SupervisedConfig::defaults(&a.arch);
     cfg.seed = a.seed;
     cfg.fold = a.fold;
+    if let Some(v) = a.pretrain_epochs {
+        cfg.pretrain.epochs = v;
+    }
+    if let Some(v) = a.pretrain_lr {
+        cfg.pretrain.lr = v;
+    }
+    if let Some(v) = a.pretrain_batch {
+        cfg.pretrain.batch = v;
+    }
     if let Some(v) = a.epochs {
         cfg.epochs = v;
     }
