@@ -57,9 +57,72 @@ pub fn feature_shape(path: &Path) -> Result<(usize, usize)> {
     Ok((n as usize, d as usize))
 }
 
+/// Refuses a dataset whose chunks (from the layout message) or whole size would need more than
+/// `max_bytes` to read: the reader allocates a whole chunk at a time, and a damaged header can
+/// claim gigabyte chunks for a tiny array (found by fuzzing).
+fn check_storage(
+    ds: &hdf5_pure::Dataset,
+    path: &Path,
+    name: &str,
+    elem: u64,
+    max_bytes: u64,
+) -> Result<()> {
+    let shape = ds
+        .shape()
+        .map_err(|e| h5_err(path, &format!("dataset '{name}' shape"), e))?;
+    let total = shape
+        .iter()
+        .try_fold(elem, |acc, &d| acc.checked_mul(d))
+        .unwrap_or(u64::MAX);
+    let chunk = match ds.chunk_shape() {
+        Ok(Some(c)) => c
+            .iter()
+            .try_fold(elem.max(8), |acc, &d| acc.checked_mul(d.max(1)))
+            .unwrap_or(u64::MAX),
+        _ => 0,
+    };
+    // Every stored chunk must lie inside the file: the reader reads whole spans between chunk
+    // addresses, and a damaged index pointing past the end would make it allocate that span.
+    let file_len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+    if let Ok(chunks) = ds.chunks() {
+        if let Some(bad) = chunks.iter().find(|c| {
+            c.address
+                .checked_add(c.storage_size)
+                .is_none_or(|end| end > file_len)
+        }) {
+            return Err(DataError::malformed(
+                path,
+                format!(
+                    "a chunk of {} bytes at offset {} lies outside the {file_len}-byte HDF5 file \
+                     (truncated or damaged)",
+                    bad.storage_size, bad.address
+                ),
+            )
+            .at(format!("dataset '{name}'")));
+        }
+    }
+    let need = total.max(chunk);
+    if need > max_bytes {
+        return Err(DataError::new(
+            ErrorKind::TooLarge,
+            path,
+            format!(
+                "reading it would need {need} bytes (data {total}, one chunk {chunk}), over the \
+                 {max_bytes}-byte limit"
+            ),
+        )
+        .at(format!("dataset '{name}'")));
+    }
+    Ok(())
+}
+
+/// Coordinates are at most a few million rows; no real file needs more than this to read them.
+const MAX_COORD_BYTES: u64 = 1 << 30;
+
 fn read_coords(file: &File, path: &Path, expected_rows: Option<u64>) -> Result<Vec<[i64; 2]>> {
     let ds = dataset(file, path, "coords")?;
     let (n, w) = shape2(&ds, path, "coords")?;
+    check_storage(&ds, path, "coords", 8, MAX_COORD_BYTES)?;
     if w != 2 {
         return Err(DataError::new(
             ErrorKind::Shape,
@@ -109,6 +172,8 @@ pub fn read_features(path: &Path, max_bytes: u64) -> Result<Bag> {
     let ds = dataset(&file, path, "features")?;
     let (n, d) = shape2(&ds, path, "features")?;
     check_size(path, n, d, 4, max_bytes)?;
+    // f64 files are read as f64 first: twice the bytes of the f32 bag.
+    check_storage(&ds, path, "features", 8, max_bytes.saturating_mul(2))?;
     let dtype = ds
         .dtype()
         .map_err(|e| h5_err(path, "dataset 'features' type", e))?;

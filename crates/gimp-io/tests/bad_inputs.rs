@@ -117,6 +117,21 @@ const CASES: &[(&str, Reader, ErrorKind, &str)] = &[
     ("truncated.pt", bag, ErrorKind::Malformed, "zip"),
     ("pt_3d.pt", bag, ErrorKind::Shape, "[2, 3, 4]"),
     ("not_npy.npy", bag, ErrorKind::Malformed, "not a .npy file"),
+    // Found by `bash fuzz/run.sh`: a chunk index claiming 2.6 GB chunks in a 9 KB file (the HDF5
+    // reader allocated them), and a .npy header of nested brackets (its parser backtracked for
+    // minutes).
+    (
+        "fuzz_chunk_outside_file.h5",
+        bag,
+        ErrorKind::Malformed,
+        "dataset 'features'",
+    ),
+    (
+        "fuzz_nested_header.npy",
+        bag,
+        ErrorKind::Malformed,
+        "not a NumPy dict literal",
+    ),
     ("npy_int.npy", bag, ErrorKind::Unsupported, "dtype"),
     ("npy_1d.npy", bag, ErrorKind::Shape, "[6]"),
     (

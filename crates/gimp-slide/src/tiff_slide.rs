@@ -87,6 +87,23 @@ fn limits() -> Limits {
     l
 }
 
+/// A RATIONAL (or floating-point) tag as a number.
+fn rational(dec: &mut Decoder<BufReader<File>>, tag: Tag) -> Option<f64> {
+    use tiff::decoder::ifd::Value;
+    match dec.find_tag(tag).ok()?? {
+        Value::Rational(n, d) if d != 0 => Some(n as f64 / d as f64),
+        Value::RationalBig(n, d) if d != 0 => Some(n as f64 / d as f64),
+        Value::SRational(n, d) if d != 0 => Some(n as f64 / d as f64),
+        Value::Float(v) => Some(v as f64),
+        Value::Double(v) => Some(v),
+        Value::List(v) => match v.first()? {
+            Value::Rational(n, d) if *d != 0 => Some(*n as f64 / *d as f64),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// `key = value` fields of an Aperio `ImageDescription` (`…|AppMag = 20|MPP = 0.4990|…`).
 fn aperio_fields(description: &str) -> BTreeMap<String, String> {
     description
@@ -123,8 +140,8 @@ impl TiffSlide {
                 .get_tag_ascii_string(Tag::ImageDescription)
                 .unwrap_or_default();
             if ifd == 0 {
-                let x = dec.get_tag_f64(Tag::XResolution).ok();
-                let y = dec.get_tag_f64(Tag::YResolution).ok();
+                let x = rational(&mut dec, Tag::XResolution);
+                let y = rational(&mut dec, Tag::YResolution);
                 let unit = dec.get_tag_u32(Tag::ResolutionUnit).unwrap_or(2);
                 resolution = x.zip(y).map(|(x, y)| (x, y, unit));
             }
