@@ -227,12 +227,23 @@ pub fn plan(out: &Path, rows: &[&Row], folds: usize, seeds: usize) -> Vec<Run> {
     v
 }
 
+/// Changes to the compared systems' reference training defaults for a whole experiment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BaselineOverrides {
+    /// Training (fine-tuning) epochs.
+    pub epochs: Option<usize>,
+    /// Epochs of the self-supervised stage of MGCA, BioViL and REFERS.
+    pub pretrain_epochs: Option<usize>,
+    /// Its learning rate.
+    pub pretrain_lr: Option<f64>,
+}
+
 /// Runs one row on one prepared split.
 pub fn execute(
     row: &Row,
     data: &Prepared,
     base: &RunConfig,
-    epochs: Option<usize>,
+    overrides: BaselineOverrides,
     run: &Run,
     on: OnProgress,
 ) -> Result<StageResult> {
@@ -245,8 +256,14 @@ pub fn execute(
             let mut c = SupervisedConfig::defaults(arch);
             c.seed = run.seed;
             c.fold = run.fold;
-            if let Some(e) = epochs {
+            if let Some(e) = overrides.epochs {
                 c.epochs = e;
+            }
+            if let Some(e) = overrides.pretrain_epochs {
+                c.pretrain.epochs = e;
+            }
+            if let Some(lr) = overrides.pretrain_lr {
+                c.pretrain.lr = lr;
             }
             if base.preset == "demo" {
                 c.max_patches = base.finetune.max_patches;

@@ -325,7 +325,11 @@ fn experiment_rows_plan_run_skip_and_summarise() {
     cfg.finetune.epochs = 1;
     for run in &runs {
         let row = chosen.iter().find(|r| r.key == run.row).unwrap();
-        execute(row, &data, &cfg, Some(1), run, &|_| {}).unwrap();
+        let once = gimp_train::experiment::BaselineOverrides {
+            epochs: Some(1),
+            ..Default::default()
+        };
+        execute(row, &data, &cfg, once, run, &|_| {}).unwrap();
     }
     let again = plan(&out, &chosen, 1, 2);
     assert!(

@@ -24,9 +24,15 @@ pub struct Args {
     /// GiMP rows' preset: paper or demo.
     #[arg(long, default_value = "paper")]
     pub preset: String,
-    /// Epochs of the single-modality baselines (default: their reference defaults).
+    /// Epochs of the compared systems (default: their reference defaults).
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Epochs of MGCA's, BioViL's and REFERS' self-supervised stage (default 50).
+    #[arg(long)]
+    pub pretrain_epochs: Option<usize>,
+    /// Its learning rate (default MGCA's 2e-5).
+    #[arg(long)]
+    pub pretrain_lr: Option<f64>,
     /// Expression transform before z-scoring: log2p1 (FPKM, the default of the presets) or none
     /// (data already on a log scale, such as microarray RMA values).
     #[arg(long)]
@@ -68,7 +74,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                     let d = gimp_train::supervised::SupervisedConfig::defaults(arch);
                     let pretrain = gimp_models::registry::find(arch)
                         .filter(|i| i.pretraining)
-                        .map_or(0, |_| d.pretrain.epochs);
+                        .map_or(0, |_| a.pretrain_epochs.unwrap_or(d.pretrain.epochs));
                     a.epochs.unwrap_or(d.epochs) + pretrain
                 }
                 Recipe::Gimp(change) => {
@@ -106,7 +112,18 @@ pub fn run(a: Args) -> Result<ExitCode> {
         for run in todo {
             let row = rows.iter().find(|r| r.key == run.row).expect("planned row");
             println!("{} — fold {}, seed {}", row.name, run.fold, run.seed);
-            let r = experiment::execute(row, &data, &base, a.epochs, run, &|p| bars.update(p))?;
+            let r = experiment::execute(
+                row,
+                &data,
+                &base,
+                experiment::BaselineOverrides {
+                    epochs: a.epochs,
+                    pretrain_epochs: a.pretrain_epochs,
+                    pretrain_lr: a.pretrain_lr,
+                },
+                run,
+                &|p| bars.update(p),
+            )?;
             bars.finish();
             if let Some(t) = &r.test {
                 println!("    test accuracy {}%", crate::table::pct(t.accuracy.value));
