@@ -485,6 +485,24 @@ fn the_real_slide_goes_from_pixels_to_features_to_a_heatmap() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let pfile = out.join("patches/cmu_small_region.h5");
+    // Deterministic: a second, forced run writes the same bytes.
+    let first = std::fs::read(&pfile).unwrap();
+    let args = [
+        "patch",
+        &s(&slide),
+        "--out",
+        &s(out),
+        "--preset",
+        "bwh_biopsy",
+        "--overwrite",
+    ];
+    let o = gimp(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(&pfile).unwrap(),
+        first,
+        "patching is not deterministic"
+    );
     let patches = gimp_io::h5::read_patches(&pfile).unwrap();
     assert!(patches.coords.len() > 20);
     assert_eq!(patches.attrs.patch_size, Some(256));
@@ -520,6 +538,29 @@ fn the_real_slide_goes_from_pixels_to_features_to_a_heatmap() {
         &s(&fout),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // Deterministic, whatever the batch size: a forced re-run in batches of 3 writes the same bytes.
+    let ffile = fout.join("h5_files/cmu_small_region.h5");
+    let first = std::fs::read(&ffile).unwrap();
+    let args = [
+        "extract",
+        &s(&slide),
+        "--patches",
+        &s(&fixdir),
+        "--weights",
+        &s(&weights),
+        "--out",
+        &s(&fout),
+        "--overwrite",
+        "--batch",
+        "3",
+    ];
+    let o = gimp(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(&ffile).unwrap(),
+        first,
+        "extraction is not deterministic"
+    );
     let bag =
         gimp_io::h5::read_features(&fout.join("h5_files/cmu_small_region.h5"), 1 << 30).unwrap();
     assert_eq!((bag.n, bag.d), (4, 1024));
