@@ -4,11 +4,11 @@
 //! mmhid 256)` in MCAT's copy (both gates, no skip, dropout after both encoders), then
 //! `classifier`. Compared with [`crate::porpoise`]: no input dropout, no skip, encoder dropout.
 
-use crate::bilinear_fusion::{BilinearFusion, BilinearFusionConfig};
-use crate::model::{bag, expression, Input, Model, Output};
-use crate::porpoise::{AttentionPath, OmicPath};
+use crate::bilinear_fusion::BilinearFusionConfig;
+use crate::model::{Input, Model, Output};
+use crate::porpoise::FusionMil;
 use candle_core::Result;
-use gimp_nn::{Linear, Mode, Scope};
+use gimp_nn::{Mode, Scope};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,19 +45,23 @@ impl PathomicConfig {
 
 pub struct Pathomic {
     pub cfg: PathomicConfig,
-    path: AttentionPath,
-    omic: OmicPath,
-    mm: BilinearFusion,
-    classifier: Linear,
+    net: FusionMil,
 }
 
 impl Pathomic {
     pub fn new(s: &Scope, cfg: PathomicConfig) -> Result<Self> {
+        let c = &cfg;
         Ok(Self {
-            path: AttentionPath::new(s, cfg.d_in, cfg.dropout, 0.0)?,
-            omic: OmicPath::new(s, cfg.n_genes)?,
-            mm: BilinearFusion::new(&s.pp("mm"), cfg.fusion.clone())?,
-            classifier: Linear::new(&s.pp("classifier"), cfg.fusion.mmhid, cfg.n_classes, true)?,
+            net: FusionMil::new(
+                s,
+                c.d_in,
+                c.n_genes,
+                c.n_classes,
+                c.dropout,
+                0.0,
+                c.fusion.clone(),
+                "classifier",
+            )?,
             cfg,
         })
     }
@@ -65,13 +69,6 @@ impl Pathomic {
 
 impl Model for Pathomic {
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
-        let (v1, attention) = self.path.forward(bag(input)?, mode)?;
-        let v2 = self.omic.forward(expression(input)?, mode)?;
-        let h = self.mm.forward(&v1, &v2, mode)?;
-        Ok(Output {
-            logits: self.classifier.forward(&h)?.squeeze(0)?,
-            embedding: h.squeeze(0)?,
-            attention: Some(attention),
-        })
+        self.net.forward(input, mode)
     }
 }

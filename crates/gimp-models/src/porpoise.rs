@@ -111,33 +111,38 @@ impl OmicPath {
     }
 }
 
-pub struct Porpoise {
-    pub cfg: PorpoiseConfig,
+/// Path branch, omic branch, gated bilinear fusion and a classifier: the shape PORPOISE and
+/// Pathomic Fusion's WSI adaptation share (they differ in configuration and names).
+pub struct FusionMil {
     path: AttentionPath,
     omic: OmicPath,
     mm: BilinearFusion,
     classifier: Linear,
 }
 
-impl Porpoise {
-    pub fn new(s: &Scope, cfg: PorpoiseConfig) -> Result<Self> {
+impl FusionMil {
+    /// `classifier`: the classifier's name (`classifier_mm` in PORPOISE, `classifier` in MCAT's
+    /// `MIL_Attention_FC_surv`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        s: &Scope,
+        d_in: usize,
+        n_genes: usize,
+        n_classes: usize,
+        dropout: f64,
+        dropinput: f64,
+        fusion: BilinearFusionConfig,
+        classifier: &str,
+    ) -> Result<Self> {
         Ok(Self {
-            path: AttentionPath::new(s, cfg.d_in, cfg.dropout, cfg.dropinput)?,
-            omic: OmicPath::new(s, cfg.n_genes)?,
-            mm: BilinearFusion::new(&s.pp("mm"), cfg.fusion.clone())?,
-            classifier: Linear::new(
-                &s.pp("classifier_mm"),
-                cfg.fusion.mmhid,
-                cfg.n_classes,
-                true,
-            )?,
-            cfg,
+            path: AttentionPath::new(s, d_in, dropout, dropinput)?,
+            omic: OmicPath::new(s, n_genes)?,
+            classifier: Linear::new(&s.pp(classifier), fusion.mmhid, n_classes, true)?,
+            mm: BilinearFusion::new(&s.pp("mm"), fusion)?,
         })
     }
-}
 
-impl Model for Porpoise {
-    fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
+    pub fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
         let (v1, attention) = self.path.forward(bag(input)?, mode)?;
         let v2 = self.omic.forward(expression(input)?, mode)?;
         let h = self.mm.forward(&v1, &v2, mode)?;
@@ -146,5 +151,35 @@ impl Model for Porpoise {
             embedding: h.squeeze(0)?,
             attention: Some(attention),
         })
+    }
+}
+
+pub struct Porpoise {
+    pub cfg: PorpoiseConfig,
+    net: FusionMil,
+}
+
+impl Porpoise {
+    pub fn new(s: &Scope, cfg: PorpoiseConfig) -> Result<Self> {
+        let c = &cfg;
+        Ok(Self {
+            net: FusionMil::new(
+                s,
+                c.d_in,
+                c.n_genes,
+                c.n_classes,
+                c.dropout,
+                c.dropinput,
+                c.fusion.clone(),
+                "classifier_mm",
+            )?,
+            cfg,
+        })
+    }
+}
+
+impl Model for Porpoise {
+    fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
+        self.net.forward(input, mode)
     }
 }
