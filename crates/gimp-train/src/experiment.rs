@@ -229,13 +229,17 @@ pub fn plan(out: &Path, rows: &[&Row], folds: usize, seeds: usize) -> Vec<Run> {
 
 /// Changes to the compared systems' reference training defaults for a whole experiment.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct BaselineOverrides {
+pub struct BaselineOverrides<'a> {
     /// Training (fine-tuning) epochs.
     pub epochs: Option<usize>,
     /// Epochs of the self-supervised stage of MGCA, BioViL and REFERS.
     pub pretrain_epochs: Option<usize>,
     /// Its learning rate.
     pub pretrain_lr: Option<f64>,
+    /// Patients per optimiser step (gradient accumulation).
+    pub accumulate: Option<usize>,
+    /// MCAT's signatures.csv.
+    pub signatures: Option<&'a std::path::Path>,
 }
 
 /// Runs one row on one prepared split.
@@ -243,7 +247,7 @@ pub fn execute(
     row: &Row,
     data: &Prepared,
     base: &RunConfig,
-    overrides: BaselineOverrides,
+    overrides: BaselineOverrides<'_>,
     run: &Run,
     on: OnProgress,
 ) -> Result<StageResult> {
@@ -265,6 +269,10 @@ pub fn execute(
             if let Some(lr) = overrides.pretrain_lr {
                 c.pretrain.lr = lr;
             }
+            if let Some(k) = overrides.accumulate {
+                c.accumulate = k.max(1);
+            }
+            c.signatures = overrides.signatures.map(|p| p.to_path_buf());
             if base.preset == "demo" {
                 c.max_patches = base.finetune.max_patches;
             }

@@ -36,6 +36,14 @@ pub struct SupervisedConfig {
     /// Adam's (β₁, β₂): (0.9, 0.999) except DSMIL's (0.5, 0.9).
     #[serde(default = "default_betas")]
     pub betas: (f64, f64),
+    /// Patients whose gradients are averaged into one optimiser step (MCAT, PORPOISE and their
+    /// SNN: 32; TransMIL: 2; the rest: 1). A last, smaller group steps at the end of the epoch.
+    #[serde(default = "default_accumulate")]
+    pub accumulate: usize,
+    /// MCAT: its `signatures.csv` (one column of gene symbols per group); the groups are the
+    /// expression's genes found in each column. Without it, six equal contiguous chunks.
+    #[serde(default)]
+    pub signatures: Option<std::path::PathBuf>,
     /// The image–omic adaptations' (MGCA, BioViL, REFERS) self-supervised stage before
     /// fine-tuning; ignored by the other models.
     #[serde(default)]
@@ -62,6 +70,10 @@ impl Default for PretrainStage {
             weight_decay: 0.05,
         }
     }
+}
+
+fn default_accumulate() -> usize {
+    1
 }
 
 fn default_betas() -> (f64, f64) {
@@ -96,6 +108,12 @@ impl SupervisedConfig {
                 default_betas()
             },
             pretrain: PretrainStage::default(),
+            signatures: None,
+            accumulate: match arch {
+                "snn" | "porpoise" | "pathomic" | "mcat" => 32,
+                "transmil" => 2,
+                _ => 1,
+            },
         }
     }
 }
@@ -171,7 +189,11 @@ pub fn train(
             cfg.arch
         )));
     }
-    let model_cfg = (info.default_config)(dims, nc);
+    let mut model_cfg = (info.default_config)(dims, nc);
+    if let (Some(sig), "mcat") = (&cfg.signatures, cfg.arch.as_str()) {
+        model_cfg["groups"] = serde_json::to_value(signature_groups(sig, data)?)
+            .map_err(|e| DataErr::Msg(e.to_string()))?;
+    }
     let store = ParamStore::new(cfg.seed);
     let model = (info.build)(&store.root(), &model_cfg)?;
     let mut opt = Adam::new(
@@ -188,7 +210,7 @@ pub fn train(
     let sched = Cosine {
         base: cfg.lr,
         warmup: 0,
-        total: train.len() * cfg.epochs.max(1),
+        total: train.len().div_ceil(cfg.accumulate.max(1)) * cfg.epochs.max(1),
     };
     if info.pretraining {
         pretrain(
@@ -250,6 +272,7 @@ pub fn train(
         order.shuffle(rng);
         let mode = Mode::train(ChaCha8Rng::seed_from_u64(rng.gen()));
         let mut total = 0.0;
+        let mut acc = gimp_nn::optim::GradAccumulator::default();
         for (k, &i) in order.iter().enumerate() {
             let bag = crate::stages::cap_bag(data.bag(i)?, cfg.max_patches, rng)?;
             let expr = data.expression(i)?;
@@ -268,7 +291,18 @@ pub fn train(
             } else {
                 cfg.lr
             };
-            let lv = crate::stages::optimise(&mut opt, &l, lr, &mut st.step)?;
+            let lv = if cfg.accumulate <= 1 {
+                crate::stages::optimise(&mut opt, &l, lr, &mut st.step)?
+            } else {
+                // The reference divides each loss by the group size and steps every group:
+                // the mean of the group's gradients.
+                acc.add(opt.collect(&l.backward()?))?;
+                if acc.count == cfg.accumulate || k + 1 == order.len() {
+                    opt.step_with(&acc.take_mean()?, lr)?;
+                    st.step += 1;
+                }
+                l.to_scalar::<f32>()? as f64
+            };
             total += lv;
             on(&Progress {
                 stage: "train",
@@ -425,4 +459,41 @@ fn pretrain(
     }
     .save(&done)?;
     Ok(())
+}
+
+/// MCAT's gene groups from a `signatures.csv`: for each column, the positions of its symbols
+/// among the cohort's genes (version suffixes ignored); empty groups are dropped.
+fn signature_groups(path: &Path, data: &Prepared) -> Result<Vec<Vec<u32>>> {
+    let groups = gimp_io::expression::read_signatures(path)?;
+    let genes = data
+        .preprocessing
+        .as_ref()
+        .map(|p| p.genes.clone())
+        .unwrap_or_default();
+    let pos: std::collections::HashMap<&str, u32> = genes
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (gimp_io::expression::strip_version(g), i as u32))
+        .collect();
+    let found: Vec<Vec<u32>> = groups
+        .iter()
+        .map(|(_, symbols)| {
+            symbols
+                .iter()
+                .filter_map(|s| pos.get(s.as_str()).copied())
+                .collect::<Vec<u32>>()
+        })
+        .filter(|g| !g.is_empty())
+        .collect();
+    if found.is_empty() {
+        return Err(DataErr::Msg(format!(
+            "{}: none of its gene symbols is among the cohort's {} genes (e.g. '{}'); MCAT's \
+             signatures need expression named by HUGO symbol — leave --signatures out for six \
+             equal chunks",
+            path.display(),
+            genes.len(),
+            genes.first().map(String::as_str).unwrap_or("")
+        )));
+    }
+    Ok(found)
 }

@@ -371,3 +371,51 @@ fn the_common_trainer_is_deterministic_for_a_seed() {
         assert_eq!(run(1), run(2), "{arch}");
     }
 }
+
+/// MCAT's gene groups come from a signatures.csv when given (genes found by name), and a table
+/// naming none of the cohort's genes is a clear error.
+#[test]
+fn mcat_takes_its_gene_groups_from_signatures() {
+    use gimp_train::supervised::{train, SupervisedConfig};
+    let d = tempfile::tempdir().unwrap();
+    let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
+    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    let genes = data.preprocessing.as_ref().unwrap().genes.clone();
+    let sig = d.path().join("signatures.csv");
+    let strip = gimp_io::expression::strip_version;
+    std::fs::write(
+        &sig,
+        format!(
+            "Oncogenes,Cytokines\n{},{}\n{},NOT_A_GENE\n,{}\n",
+            strip(&genes[3]),
+            strip(&genes[10]),
+            strip(&genes[7]),
+            strip(&genes[42])
+        ),
+    )
+    .unwrap();
+    let mut cfg = SupervisedConfig::defaults("mcat");
+    cfg.epochs = 1;
+    cfg.signatures = Some(sig.clone());
+    let r = train(
+        &data,
+        &cfg,
+        &d.path().join("mcat"),
+        Control::default(),
+        &|_| {},
+    )
+    .unwrap();
+    let ck = gimp_nn::checkpoint::Checkpoint::load(&r.checkpoint).unwrap();
+    assert_eq!(ck.config["groups"], serde_json::json!([[3, 7], [10, 42]]));
+    std::fs::write(&sig, "Oncogenes\nNOT_A_GENE\n").unwrap();
+    let e = train(
+        &data,
+        &cfg,
+        &d.path().join("mcat2"),
+        Control::default(),
+        &|_| {},
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("none of its gene symbols"), "{e}");
+}

@@ -33,6 +33,13 @@ pub struct Args {
     /// Its learning rate (default MGCA's 2e-5).
     #[arg(long)]
     pub pretrain_lr: Option<f64>,
+    /// Patients per optimiser step for every compared system (default: the reference's — 32
+    /// for SNN, PORPOISE, Pathomic Fusion and MCAT, 2 for TransMIL, else 1).
+    #[arg(long)]
+    pub accumulate: Option<usize>,
+    /// MCAT's signatures.csv (gene groups by symbol); default: six equal chunks.
+    #[arg(long)]
+    pub signatures: Option<PathBuf>,
     /// Expression transform before z-scoring: log2p1 (FPKM, the default of the presets) or none
     /// (data already on a log scale, such as microarray RMA values).
     #[arg(long)]
@@ -120,6 +127,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
                     epochs: a.epochs,
                     pretrain_epochs: a.pretrain_epochs,
                     pretrain_lr: a.pretrain_lr,
+                    accumulate: a.accumulate,
+                    signatures: a.signatures.as_deref(),
                 },
                 run,
                 &|p| bars.update(p),

@@ -392,6 +392,14 @@ pub struct TrainArgs {
     /// MGCA, BioViL, REFERS: patients per pre-training batch (default 16).
     #[arg(long)]
     pub pretrain_batch: Option<usize>,
+    /// Patients per optimiser step (gradient accumulation; default: the reference's — 32 for
+    /// SNN, PORPOISE, Pathomic Fusion and MCAT, 2 for TransMIL, else 1).
+    #[arg(long)]
+    pub accumulate: Option<usize>,
+    /// MCAT: gene groups from MCAT's signatures.csv (expression named by gene symbol); default:
+    /// six equal chunks.
+    #[arg(long)]
+    pub signatures: Option<PathBuf>,
 }
 
 pub fn train(a: TrainArgs) -> Result<ExitCode> {
@@ -408,6 +416,10 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
     if let Some(v) = a.pretrain_batch {
         cfg.pretrain.batch = v;
     }
+    if let Some(v) = a.accumulate {
+        cfg.accumulate = v.max(1);
+    }
+    cfg.signatures = a.signatures.clone();
     if let Some(v) = a.epochs {
         cfg.epochs = v;
     }
