@@ -44,6 +44,9 @@ fn legacy(p: &Path) -> Result<(), DataError> {
 fn sheet(p: &Path) -> Result<(), DataError> {
     expression::read_sample_sheet(p).map(drop)
 }
+fn state_dict(p: &Path) -> Result<(), DataError> {
+    gimp_io::pt::read_state_dict(p).map(drop)
+}
 fn signatures(p: &Path) -> Result<(), DataError> {
     expression::read_signatures(p).map(drop)
 }
@@ -126,6 +129,8 @@ const CASES: &[(&str, Reader, ErrorKind, &str)] = &[
         ErrorKind::Malformed,
         "dataset 'features'",
     ),
+    // A pickle on which candle's reader panics (an index past a list): caught, an error.
+    ("fuzz_pickle_panic.pt", state_dict, ErrorKind::Unsupported, "state_dict"),
     (
         "fuzz_nested_header.npy",
         bag,
