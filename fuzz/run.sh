@@ -32,7 +32,7 @@ for t in "${targets[@]}"; do
   # -rss_limit_mb: a reader must refuse a huge allocation from the header, not attempt it.
   cargo fuzz run --sanitizer none -O "$t" "fuzz/corpus/$t" -- \
     -max_total_time="$secs" -rss_limit_mb=2048 -timeout=20 -max_len=1048576 -print_final_stats=1 \
-    2>&1 | grep -E "^(#[0-9]+ +DONE|Done|stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+== ERROR|SUMMARY|artifact_prefix|Test unit written)" || true
+    2>&1 | grep -a -E "^(#[0-9]+ +DONE|Done|stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+== ERROR|SUMMARY|artifact_prefix|Test unit written)" || true
   if [ -n "$(find fuzz/artifacts/"$t" -name "crash-*" -o -name "oom-*" -o -name "timeout-*" 2>/dev/null)" ]; then
     echo "$t: found a failing input in fuzz/artifacts/$t"
     failed+=("$t")
