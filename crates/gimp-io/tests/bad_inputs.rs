@@ -130,7 +130,12 @@ const CASES: &[(&str, Reader, ErrorKind, &str)] = &[
         "dataset 'features'",
     ),
     // A pickle on which candle's reader panics (an index past a list): caught, an error.
-    ("fuzz_pickle_panic.pt", state_dict, ErrorKind::Unsupported, "state_dict"),
+    (
+        "fuzz_pickle_panic.pt",
+        state_dict,
+        ErrorKind::Unsupported,
+        "state_dict",
+    ),
     (
         "fuzz_nested_header.npy",
         bag,
