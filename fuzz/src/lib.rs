@@ -18,10 +18,17 @@ pub fn scratch(data: &[u8], ext: &str) -> PathBuf {
 /// The largest bag any target may allocate: a reader must refuse larger ones from the header.
 pub const MAX_BYTES: u64 = 64 << 20;
 
-/// Lets a panic that the reader itself catches and turns into an error (gimp-io wraps candle's
-/// pickle machine, which has panicking paths, in `catch_unwind`) pass silently; a panic that
-/// escapes the reader still aborts the run, which is what the fuzzers look for.
+/// Lets a panic that the reader itself catches and turns into an error (gimp-io runs candle's
+/// pickle machine and the `tiff` crate under `gimp_io::guard::catch_quietly`) pass silently; a
+/// panic that escapes the reader still aborts the run, which is what the fuzzers look for.
 pub fn allow_caught_panics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| std::panic::set_hook(Box::new(|_| {})));
+    ONCE.call_once(|| {
+        let fuzzer_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !gimp_io::guard::is_catching() {
+                fuzzer_hook(info)
+            }
+        }))
+    });
 }

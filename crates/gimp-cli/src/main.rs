@@ -82,6 +82,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Panics inside third-party parsers are caught and reported as errors naming the file;
+    // their panic messages would only confuse.
+    gimp_io::guard::install_quiet_panic_hook();
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()

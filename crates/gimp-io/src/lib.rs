@@ -10,6 +10,7 @@ pub mod dataset;
 pub mod error;
 pub mod expression;
 pub mod feature_file;
+pub mod guard;
 pub mod h5;
 pub mod npy;
 pub mod pt;

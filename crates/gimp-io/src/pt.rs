@@ -32,7 +32,7 @@ fn zip_err(path: &Path, e: zip::result::ZipError) -> DataError {
 /// Runs candle's pickle machine, turning any panic inside it (it indexes tuples without checks)
 /// into an error so a hostile or truncated file cannot crash the program.
 fn unpickle(path: &Path, bytes: &[u8]) -> Result<Object> {
-    let run = std::panic::catch_unwind(|| -> std::result::Result<Object, String> {
+    let run = crate::guard::catch_quietly(|| -> std::result::Result<Object, String> {
         let mut stack = Stack::empty();
         let mut reader = std::io::BufReader::new(bytes);
         stack.read_loop(&mut reader).map_err(|e| e.to_string())?;
@@ -102,9 +102,9 @@ fn describe_tensor(path: &Path) -> Result<(Archive, candle_core::pickle::TensorI
         .map_err(|e| DataError::malformed(path, format!("cannot read data.pkl: {e}")))?;
     let obj = unpickle(path, &pkl)?;
     let what = describe(&obj);
-    let info = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let info = crate::guard::catch_quietly(|| {
         obj.into_tensor_info(Object::Unicode("tensor".into()), Path::new(&dir))
-    }));
+    });
     let info = match info {
         Ok(Ok(Some(info))) => info,
         Ok(Ok(None)) => {
@@ -348,7 +348,7 @@ pub fn read_state_dict(
         return Err(DataError::new(ErrorKind::Io, path, "file does not exist"));
     }
     let attempt = |key: Option<&str>| {
-        std::panic::catch_unwind(|| candle_core::pickle::read_all_with_key(path, key))
+        crate::guard::catch_quietly(|| candle_core::pickle::read_all_with_key(path, key))
             .ok()
             .and_then(|r| r.ok())
             .filter(|v| !v.is_empty())

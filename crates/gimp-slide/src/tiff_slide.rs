@@ -13,7 +13,6 @@ use image::RgbImage;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::BufReader;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tiff::decoder::{ChunkType, Decoder, DecodingResult, Limits};
@@ -69,7 +68,7 @@ fn tiff_err(path: &Path, what: &str, e: impl std::fmt::Display) -> DataError {
 /// Runs a `tiff` call, turning a panic inside the crate (it has a few `expect`s on malformed
 /// files) into an error naming the file.
 fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match gimp_io::guard::catch_quietly(f) {
         Ok(r) => r,
         Err(_) => Err(DataError::malformed(
             path,
