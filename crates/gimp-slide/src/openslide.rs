@@ -164,24 +164,7 @@ impl SlideReader for OpenSlide {
         &self.properties
     }
 
-    fn read_region(&self, x0: i64, y0: i64, level: usize, w: u32, h: u32) -> Result<RgbImage> {
-        if level >= self.levels.len() {
-            return Err(DataError::new(
-                ErrorKind::Value,
-                &self.path,
-                format!(
-                    "level {level} requested; the slide has {} levels",
-                    self.levels.len()
-                ),
-            ));
-        }
-        if (w as u64) * (h as u64) > 1 << 30 {
-            return Err(DataError::new(
-                ErrorKind::TooLarge,
-                &self.path,
-                format!("a {w}×{h} region is over the 1-gigapixel read limit"),
-            ));
-        }
+    fn read_checked(&self, x0: i64, y0: i64, level: usize, w: u32, h: u32) -> Result<RgbImage> {
         let mut buf = vec![0u32; w as usize * h as usize];
         unsafe {
             openslide_read_region(

@@ -10,6 +10,9 @@ use image::RgbImage;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The largest region one read may ask for (3 GB of RGB).
+pub const MAX_REGION_PIXELS: u64 = 1 << 30;
+
 /// One resolution of the pyramid.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Level {
@@ -58,8 +61,29 @@ pub trait SlideReader: Send + Sync {
     /// Level 0 first, then decreasing resolution.
     fn levels(&self) -> &[Level];
     fn properties(&self) -> &Properties;
+    /// `w × h` pixels of `level`, starting at level-0 pixel `(x0, y0)`, after the checks of
+    /// [`SlideReader::read_region`] (the level exists, the region is within the size limit).
+    fn read_checked(&self, x0: i64, y0: i64, level: usize, w: u32, h: u32) -> Result<RgbImage>;
+
     /// `w × h` pixels of `level`, starting at level-0 pixel `(x0, y0)`.
-    fn read_region(&self, x0: i64, y0: i64, level: usize, w: u32, h: u32) -> Result<RgbImage>;
+    fn read_region(&self, x0: i64, y0: i64, level: usize, w: u32, h: u32) -> Result<RgbImage> {
+        let n = self.levels().len();
+        if level >= n {
+            return Err(DataError::new(
+                ErrorKind::Value,
+                self.path(),
+                format!("level {level} requested; the slide has {n} levels"),
+            ));
+        }
+        if (w as u64) * (h as u64) > MAX_REGION_PIXELS {
+            return Err(DataError::new(
+                ErrorKind::TooLarge,
+                self.path(),
+                format!("a {w}×{h} region is over the 1-gigapixel read limit"),
+            ));
+        }
+        self.read_checked(x0, y0, level, w, h)
+    }
     /// Names of the associated images (`thumbnail`, `label`, `macro`).
     fn associated_names(&self) -> Vec<String>;
     fn read_associated(&self, name: &str) -> Result<RgbImage>;

@@ -384,24 +384,8 @@ impl SlideReader for TiffSlide {
         &self.properties
     }
 
-    fn read_region(&self, x0: i64, y0: i64, level: usize, w: u32, h: u32) -> Result<RgbImage> {
-        let Some(page) = self.level_pages.get(level) else {
-            return Err(DataError::new(
-                ErrorKind::Value,
-                &self.path,
-                format!(
-                    "level {level} requested; the slide has {} levels",
-                    self.levels.len()
-                ),
-            ));
-        };
-        if (w as u64) * (h as u64) > 1 << 30 {
-            return Err(DataError::new(
-                ErrorKind::TooLarge,
-                &self.path,
-                format!("a {w}×{h} region is over the 1-gigapixel read limit"),
-            ));
-        }
+    fn read_checked(&self, x0: i64, y0: i64, level: usize, w: u32, h: u32) -> Result<RgbImage> {
+        let page = &self.level_pages[level];
         let ds = self.levels[level].downsample;
         let x = (x0 as f64 / ds).floor() as i64;
         let y = (y0 as f64 / ds).floor() as i64;

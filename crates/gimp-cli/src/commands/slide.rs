@@ -544,10 +544,10 @@ pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
     if info.input == InputKind::Expression {
         bail!("{arch} reads expression only: it has no per-patch scores");
     }
-    let bag = gimp_io::feature_file::read_bag(&a.features, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
+    let mut bag = gimp_io::feature_file::read_bag(&a.features, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
     let patch_file = a.patches.as_deref().map(h5::read_patches).transpose()?;
-    let coords = match (&patch_file, &bag.coords) {
-        (_, Some(c)) => c.clone(),
+    let coords = match (&patch_file, bag.coords.take()) {
+        (_, Some(c)) => c,
         (Some(p), None) if p.coords.len() == bag.n => p.coords.clone(),
         _ => bail!(
             "{}: no coords; give the matching --patches file",
@@ -575,7 +575,7 @@ pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
         })?,
         (None, None) => bail!("give --patches (the slide's patch file) or --patch-size-level0"),
     };
-    let x = Tensor::from_vec(bag.features.clone(), (bag.n, bag.d), &Device::Cpu)?;
+    let x = Tensor::from_vec(bag.features, (bag.n, bag.d), &Device::Cpu)?;
     let expr = match (&a.expression, &a.sample, &preprocessing) {
         (Some(m), Some(s), Some(p)) => Some(super::model::expression_row(m, s, p)?),
         (Some(_), _, None) => bail!("--expression needs a gimp-rs --checkpoint"),
