@@ -96,9 +96,6 @@ mod tests {
         let target = d.path().join("state.safetensors");
         // PID 4194304 is above Linux's maximum: no such process.
         let dead = d.path().join(".state.safetensors.4194304.tmp");
-        let live = d
-            .path()
-            .join(format!(".state.safetensors.{}.tmp", std::process::id()));
         let other = d.path().join(".other.4194304.tmp");
         for p in [&dead, &other] {
             fs::write(p, b"half").unwrap();
