@@ -75,6 +75,10 @@ enum Command {
     Model(commands::model::Command),
 }
 
+/// Large freed tensors are reused instead of re-faulted from the kernel (see `gimp_nn::alloc`).
+#[global_allocator]
+static ALLOC: gimp_nn::alloc::CachingAlloc = gimp_nn::alloc::CachingAlloc::new();
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -1,11 +1,13 @@
 //! Building blocks on candle shared by every model of gimp-rs.
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod init;
 pub mod kernels;
 pub mod layers;
 pub mod loss;
 pub mod nystrom;
+pub mod nystrom_op;
 pub mod ops;
 pub mod optim;
 pub mod params;

@@ -9,6 +9,7 @@
 
 use crate::init::Init;
 use crate::layers::Linear;
+use crate::nystrom_op::{nystrom_core, CoreShape};
 use crate::ops::{self, Mode};
 use crate::params::Scope;
 use candle_core::{DType, Result, Tensor, D};
@@ -162,7 +163,9 @@ impl NystromAttention {
     }
 
     /// `x`: `[b, n, dim]` → `[b, n, dim]`. Without gradients (`Mode::inference`) the streaming
-    /// path runs: the same result in memory proportional to the bag, not to `n × m`.
+    /// path runs: the same result in memory proportional to the bag, not to `n × m`. Otherwise
+    /// everything between the two projections is one fused op with a hand-written backward pass
+    /// (`nystrom_op`).
     pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
         if mode.no_grad && !mode.train {
             let items: Vec<Tensor> = (0..x.dim(0)?)
@@ -170,6 +173,39 @@ impl NystromAttention {
                 .collect::<Result<_>>()?;
             return Tensor::cat(&items, 0);
         }
+        let (_, n, _) = x.dims3()?;
+        let m = self.cfg.landmarks;
+        let pad = if n % m == 0 { 0 } else { m - n % m };
+        let xp = if pad > 0 {
+            x.pad_with_zeros(1, pad, 0)?
+        } else {
+            x.clone()
+        };
+        let qkv = self.to_qkv.forward(&xp)?;
+        let shape = CoreShape {
+            heads: self.cfg.heads,
+            dim_head: self.cfg.dim_head,
+            landmarks: m,
+            pinv_iterations: self.cfg.pinv_iterations,
+            kernel: if self.res_conv.is_some() {
+                self.cfg.residual_kernel
+            } else {
+                0
+            },
+        };
+        let conv = match &self.res_conv {
+            Some(w) => w.reshape((self.cfg.heads, self.cfg.residual_kernel))?,
+            None => Tensor::zeros((self.cfg.heads, 1), DType::F32, x.device())?,
+        };
+        let out = nystrom_core(&qkv, &conv, shape)?;
+        let out = ops::dropout(&self.to_out.forward(&out)?, self.cfg.dropout, mode)?;
+        let start = if self.cfg.legacy_front_slice { 0 } else { pad };
+        out.narrow(1, start, n)
+    }
+
+    /// The same layer built from candle's ordinary ops (autograd through every step): the
+    /// straightforward formulation the fused op is checked against.
+    pub fn forward_graph(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
         let (q, k, v, pad) = self.project(x)?;
         let p = self.parts(&q, &k, n)?;

@@ -235,3 +235,140 @@ fn streaming_inference_matches_the_fixtures_and_the_graph_path() {
         );
     }
 }
+
+/// The fused layer op (`nystrom_op`) against the same layer built from candle's ordinary ops:
+/// forward and the gradients of the input and every parameter, batch 2, with and without the
+/// residual convolution, both un-padding conventions.
+#[test]
+fn fused_op_matches_the_graph_formulation() {
+    for (residual, legacy, n) in [(true, false, 301), (false, false, 64), (true, true, 77)] {
+        let cfg = NystromConfig {
+            residual,
+            legacy_front_slice: legacy,
+            ..config(32, 4, 8)
+        };
+        let store = ParamStore::new(5);
+        let attn = NystromAttention::new(&store.root(), cfg).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, (2, n, 32), &Device::Cpu).unwrap())
+            .unwrap();
+        let w = Tensor::randn(0f32, 1f32, (2, n, 32), &Device::Cpu).unwrap();
+        let run = |graph: bool| {
+            let o = if graph {
+                attn.forward_graph(x.as_tensor(), &Mode::eval())
+            } else {
+                attn.forward(x.as_tensor(), &Mode::eval())
+            }
+            .unwrap();
+            let g = (&o * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut grads = vec![("input".to_string(), g.get(x.as_tensor()).unwrap().clone())];
+            for (name, p) in store.params() {
+                grads.push((name, g.get(p.var.as_tensor()).unwrap().clone()));
+            }
+            (o, grads)
+        };
+        let (of, gf) = run(false);
+        let (og, gg) = run(true);
+        let case = format!("residual {residual}, legacy {legacy}, n {n}");
+        assert!(
+            rel_err(&of, &og) < 1e-5,
+            "{case}: forward {}",
+            rel_err(&of, &og)
+        );
+        for ((name, a), (_, b)) in gf.iter().zip(&gg) {
+            let e = rel_err(a, b);
+            assert!(e < 1e-4, "{case}: gradient of {name}: relative error {e}");
+        }
+    }
+}
+
+/// The op's own backward against central differences of its forward, on raw `qkv` and kernels
+/// (every input element of a small case), so the check does not depend on candle's autograd.
+#[test]
+fn fused_op_backward_matches_finite_differences() {
+    use gimp_nn::nystrom_op::{nystrom_core, CoreShape};
+    let shape = CoreShape {
+        heads: 2,
+        dim_head: 3,
+        landmarks: 4,
+        pinv_iterations: 6,
+        kernel: 3,
+    };
+    let (b, n) = (1, 8);
+    let qkv_data: Vec<f32> = (0..b * n * 18)
+        .map(|i| ((i * 29 % 23) as f32 - 11.0) / 9.0)
+        .collect();
+    let conv_data: Vec<f32> = (0..6).map(|i| (i as f32 - 2.5) / 4.0).collect();
+    let weights = Tensor::from_vec(
+        (0..b * n * 6)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 6.0)
+            .collect::<Vec<_>>(),
+        (b, n, 6),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let loss = |qkv: &[f32], conv: &[f32]| -> f64 {
+        let q = Tensor::from_vec(qkv.to_vec(), (b, n, 18), &Device::Cpu).unwrap();
+        let c = Tensor::from_vec(conv.to_vec(), (2, 3), &Device::Cpu).unwrap();
+        let o = nystrom_core(&q, &c, shape).unwrap();
+        let o: Vec<f32> = (o * &weights)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        o.iter().map(|&v| v as f64).sum()
+    };
+    let qv = Var::from_vec(qkv_data.clone(), (b, n, 18), &Device::Cpu).unwrap();
+    let cv = Var::from_vec(conv_data.clone(), (2, 3), &Device::Cpu).unwrap();
+    let o = nystrom_core(qv.as_tensor(), cv.as_tensor(), shape).unwrap();
+    let g = (o * &weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gq: Vec<f32> = g
+        .get(qv.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let gc: Vec<f32> = g
+        .get(cv.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let h = 1e-2f32;
+    let check = |analytic: f32, up: f64, down: f64, what: String| {
+        let fd = (up - down) / (2.0 * h as f64);
+        assert!(
+            (fd - analytic as f64).abs() < 3e-2 * fd.abs().max(0.05),
+            "{what}: finite difference {fd}, backward {analytic}"
+        );
+    };
+    for i in 0..qkv_data.len() {
+        let (mut up, mut down) = (qkv_data.clone(), qkv_data.clone());
+        up[i] += h;
+        down[i] -= h;
+        check(
+            gq[i],
+            loss(&up, &conv_data),
+            loss(&down, &conv_data),
+            format!("qkv[{i}]"),
+        );
+    }
+    for i in 0..conv_data.len() {
+        let (mut up, mut down) = (conv_data.clone(), conv_data.clone());
+        up[i] += h;
+        down[i] -= h;
+        check(
+            gc[i],
+            loss(&qkv_data, &up),
+            loss(&qkv_data, &down),
+            format!("conv[{i}]"),
+        );
+    }
+}

@@ -1,0 +1,823 @@
+//! The core of a Nyström-attention layer as one candle custom op with a hand-written backward
+//! pass (the llm.c way): from the projected `qkv` `[B, N', 3·H·d]` (front-padded, unscaled Q)
+//! and the residual-convolution kernels `[H, K]` to the merged-heads output `[B, N', H·d]`:
+//!
+//! ```text
+//! Q̃, K̃ = segment means of Q, K (m landmarks, l = N'/m rows each)
+//! F1 = softmax(s·Q K̃ᵀ)   A = softmax(s·Q̃ K̃ᵀ)   F3 = softmax(s·Q̃ Kᵀ)     s = 1/√d
+//! Z  = pinv(A)  (Newton–Schulz iterations, global scalar start, as `nystrom::pinv_iterative`)
+//! O  = F1 (Z (F3 V)) + conv_K(V)
+//! ```
+//!
+//! Built from candle's ordinary ops the layer allocates dozens of `N' × m` tensors per head
+//! (softmax alone is five, its autograd as many again); here each head's work is one task that
+//! keeps `F1`, `F3` and the small `m × m` iterates for the backward pass and nothing else. Matrix
+//! products call the `gemm` crate directly with strides, so Q, K, V and the gradient are read in
+//! place, transposes are free, and no head-split copies are made. Heads run in parallel.
+//!
+//! The backward pass follows the forward's operations exactly (including the gradient through the
+//! global maxima of the pseudo-inverse's starting scale, split evenly between ties as PyTorch
+//! does), so it reproduces the reference's autograd; `tests/nystrom_parity.rs` checks it against
+//! lucidrains' gradients, the candle-graph implementation and finite differences.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// A read-only strided matrix: element `(i, j)` is `d[off + i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    d: &'a [f32],
+    off: usize,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// A contiguous row-major `rows × cols` matrix.
+    fn dense(d: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(d.len(), rows * cols, "matrix buffer size");
+        Self {
+            d,
+            off: 0,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// `rows × cols` with rows `rs` apart starting at `off`, contiguous within a row.
+    fn rows_of(d: &'a [f32], off: usize, rows: usize, cols: usize, rs: usize) -> Self {
+        assert!(
+            rows == 0 || off + (rows - 1) * rs + cols <= d.len(),
+            "strided matrix outside its buffer"
+        );
+        Self {
+            d,
+            off,
+            rows,
+            cols,
+            rs,
+            cs: 1,
+        }
+    }
+
+    fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    fn row(&self, i: usize) -> &'a [f32] {
+        debug_assert_eq!(self.cs, 1);
+        &self.d[self.off + i * self.rs..self.off + i * self.rs + self.cols]
+    }
+}
+
+/// `dst` (contiguous row-major) `= [dst +] alpha · a · b`.
+fn mm(dst: &mut [f32], a: View, b: View, accumulate: bool, alpha: f32) {
+    assert_eq!(a.cols, b.rows, "inner dimensions");
+    assert_eq!(dst.len(), a.rows * b.cols, "output size");
+    if dst.is_empty() {
+        return;
+    }
+    if a.cols == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: the views were bounds-checked when built (every element they address lies in
+    // their slice), `dst` holds exactly `a.rows × b.cols` elements written with unit column
+    // stride, and `dst` is a unique borrow, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            a.rows,
+            b.cols,
+            a.cols,
+            dst.as_mut_ptr(),
+            1,
+            b.cols as isize,
+            accumulate,
+            a.d.as_ptr().add(a.off),
+            a.cs as isize,
+            a.rs as isize,
+            b.d.as_ptr().add(b.off),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+/// Row-wise softmax in place (max subtracted first).
+fn softmax_rows(x: &mut [f32], cols: usize) {
+    for row in x.chunks_exact_mut(cols) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// Softmax backward in place: `g ← f ⊙ (g − Σ_row g ⊙ f)`.
+fn softmax_backward_rows(f: &[f32], g: &mut [f32], cols: usize) {
+    for (fr, gr) in f.chunks_exact(cols).zip(g.chunks_exact_mut(cols)) {
+        let dot: f32 = fr.iter().zip(gr.iter()).map(|(a, b)| a * b).sum();
+        for (gv, fv) in gr.iter_mut().zip(fr) {
+            *gv = fv * (*gv - dot);
+        }
+    }
+}
+
+/// Means of `l` consecutive rows: `[rows / l, cols]`.
+fn segment_means(x: View, l: usize) -> Vec<f32> {
+    let m = x.rows / l;
+    let mut out = vec![0f32; m * x.cols];
+    for (i, o) in out.chunks_exact_mut(x.cols).enumerate() {
+        for r in i * l..(i + 1) * l {
+            o.iter_mut().zip(x.row(r)).for_each(|(a, v)| *a += v);
+        }
+        let inv = 1.0 / l as f32;
+        o.iter_mut().for_each(|a| *a *= inv);
+    }
+    out
+}
+
+/// `out[i] += Σ_t w[t] · x[i + t − K/2]` over rows (zero outside), `out` contiguous `[rows, cols]`.
+fn conv_rows(out: &mut [f32], x: View, w: &[f32]) {
+    let r = w.len() / 2;
+    let n = x.rows;
+    for (i, o) in out.chunks_exact_mut(x.cols).enumerate() {
+        let t0 = r.saturating_sub(i);
+        let t1 = w.len().min(n + r - i);
+        for (t, &wt) in w.iter().enumerate().take(t1).skip(t0) {
+            let src = x.row(i + t - r);
+            o.iter_mut().zip(src).for_each(|(a, v)| *a += wt * v);
+        }
+    }
+}
+
+/// `dw[t] = Σ_i ⟨g[i], x[i + t − K/2]⟩`.
+fn conv_weight_grad(g: View, x: View, k: usize) -> Vec<f32> {
+    let r = k / 2;
+    let n = x.rows;
+    (0..k)
+        .map(|t| {
+            let (i0, i1) = (r.saturating_sub(t), (n + r).saturating_sub(t).min(n));
+            (i0..i1)
+                .map(|i| {
+                    let (a, b) = (g.row(i), x.row(i + t - r));
+                    a.iter().zip(b).map(|(p, q)| p * q).sum::<f32>()
+                })
+                .sum()
+        })
+        .collect()
+}
+
+/// d|x|/dx as PyTorch takes it (0 at 0).
+fn sign(x: f32) -> f32 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+fn transpose(a: &[f32], n: usize) -> Vec<f32> {
+    let mut t = vec![0f32; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            t[j * n + i] = a[i * n + j];
+        }
+    }
+    t
+}
+
+/// The shape of one layer's computation.
+#[derive(Debug, Clone, Copy)]
+pub struct CoreShape {
+    pub heads: usize,
+    pub dim_head: usize,
+    pub landmarks: usize,
+    pub pinv_iterations: usize,
+    /// Kernel size of the residual convolution (odd), 0 without it.
+    pub kernel: usize,
+}
+
+/// One pseudo-inverse iteration's saved values: `Z_k`, `P = A Z_k`, `T1 = P(7I − P)`,
+/// `M = 13I − P(15I − T1)`; `Z_{k+1} = ¼ Z_k M`.
+struct PinvStep {
+    z: Vec<f32>,
+    p: Vec<f32>,
+    t1: Vec<f32>,
+    m: Vec<f32>,
+}
+
+/// What one head keeps for its backward pass.
+struct HeadSaved {
+    qm: Vec<f32>,
+    km: Vec<f32>,
+    a: Vec<f32>,
+    f1: Vec<f32>,
+    f3: Vec<f32>,
+    steps: Vec<PinvStep>,
+    z: Vec<f32>,
+    w: Vec<f32>,
+    u: Vec<f32>,
+}
+
+struct Saved {
+    heads: Vec<HeadSaved>,
+    /// The starting scale `c` = (max row abs-sum) · (max column abs-sum) over all heads.
+    row_max: f32,
+    col_max: f32,
+    /// (task, row) reaching `row_max`, (task, column) reaching `col_max`.
+    row_ties: Vec<(usize, usize)>,
+    col_ties: Vec<(usize, usize)>,
+}
+
+/// Dimensions of one call.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    n: usize,
+    h: usize,
+    d: usize,
+    m: usize,
+    l: usize,
+    scale: f32,
+}
+
+impl Dims {
+    fn inner(&self) -> usize {
+        self.h * self.d
+    }
+
+    /// Q, K or V (`which` 0, 1, 2) of task `bh` inside `qkv`.
+    fn qkv<'a>(&self, qkv: &'a [f32], bh: usize, which: usize) -> View<'a> {
+        let (bi, hi) = (bh / self.h, bh % self.h);
+        let row = 3 * self.inner();
+        View::rows_of(
+            qkv,
+            bi * self.n * row + which * self.inner() + hi * self.d,
+            self.n,
+            self.d,
+            row,
+        )
+    }
+
+    /// Task `bh`'s columns of a merged-heads `[B, N', H·d]` tensor.
+    fn merged<'a>(&self, x: &'a [f32], bh: usize) -> View<'a> {
+        let (bi, hi) = (bh / self.h, bh % self.h);
+        View::rows_of(
+            x,
+            bi * self.n * self.inner() + hi * self.d,
+            self.n,
+            self.d,
+            self.inner(),
+        )
+    }
+}
+
+/// One call's dimensions and input data.
+#[derive(Clone, Copy)]
+struct Inputs<'a> {
+    dm: Dims,
+    qkv: &'a [f32],
+    conv: &'a [f32],
+}
+
+pub struct NystromCore {
+    shape: CoreShape,
+    saved: Mutex<Option<Arc<Saved>>>,
+}
+
+impl NystromCore {
+    pub fn new(shape: CoreShape) -> Self {
+        Self {
+            shape,
+            saved: Mutex::new(None),
+        }
+    }
+
+    fn dims(&self, qkv: &Shape) -> Result<Dims> {
+        let (b, n, c) = qkv.dims3()?;
+        let s = self.shape;
+        let inner = s.heads * s.dim_head;
+        if c != 3 * inner {
+            candle_core::bail!("nystrom core: qkv has {c} columns, expected 3 × {inner}");
+        }
+        if s.landmarks == 0 || n % s.landmarks != 0 || n == 0 {
+            candle_core::bail!(
+                "nystrom core: {n} rows is not a positive multiple of {} landmarks",
+                s.landmarks
+            );
+        }
+        if s.kernel != 0 && s.kernel % 2 == 0 {
+            candle_core::bail!("nystrom core: residual kernel {} must be odd", s.kernel);
+        }
+        Ok(Dims {
+            b,
+            n,
+            h: s.heads,
+            d: s.dim_head,
+            m: s.landmarks,
+            l: n / s.landmarks,
+            scale: 1.0 / (s.dim_head as f32).sqrt(),
+        })
+    }
+
+    /// Phase 1 of one head: landmarks and `A`.
+    fn landmark_attention(
+        &self,
+        qkv: &[f32],
+        dm: Dims,
+        bh: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (q, k) = (dm.qkv(qkv, bh, 0), dm.qkv(qkv, bh, 1));
+        let qm = segment_means(q, dm.l);
+        let km = segment_means(k, dm.l);
+        let mut a = vec![0f32; dm.m * dm.m];
+        mm(
+            &mut a,
+            View::dense(&qm, dm.m, dm.d),
+            View::dense(&km, dm.m, dm.d).t(),
+            false,
+            dm.scale,
+        );
+        softmax_rows(&mut a, dm.m);
+        (qm, km, a)
+    }
+
+    /// Phase 2 of one head: the pseudo-inverse, `F1`, `F3` and the output `[N', d]`.
+    fn head_forward(
+        &self,
+        Inputs { dm, qkv, conv }: Inputs,
+        bh: usize,
+        (qm, km, a): (Vec<f32>, Vec<f32>, Vec<f32>),
+        c: f32,
+    ) -> (HeadSaved, Vec<f32>) {
+        let (m, n, d) = (dm.m, dm.n, dm.d);
+        let (q, k, v) = (dm.qkv(qkv, bh, 0), dm.qkv(qkv, bh, 1), dm.qkv(qkv, bh, 2));
+        let mut z: Vec<f32> = transpose(&a, m).into_iter().map(|x| x / c).collect();
+        let av = View::dense(&a, m, m);
+        let mut steps = Vec::with_capacity(self.shape.pinv_iterations);
+        for _ in 0..self.shape.pinv_iterations {
+            let mut p = vec![0f32; m * m];
+            mm(&mut p, av, View::dense(&z, m, m), false, 1.0);
+            // T1 = 7P − P·P
+            let mut t1 = p.iter().map(|x| 7.0 * x).collect::<Vec<_>>();
+            mm(
+                &mut t1,
+                View::dense(&p, m, m),
+                View::dense(&p, m, m),
+                true,
+                -1.0,
+            );
+            // M = 13I − (15P − P·T1)
+            let mut mt = p.iter().map(|x| -15.0 * x).collect::<Vec<_>>();
+            mm(
+                &mut mt,
+                View::dense(&p, m, m),
+                View::dense(&t1, m, m),
+                true,
+                1.0,
+            );
+            (0..m).for_each(|i| mt[i * m + i] += 13.0);
+            let mut next = vec![0f32; m * m];
+            mm(
+                &mut next,
+                View::dense(&z, m, m),
+                View::dense(&mt, m, m),
+                false,
+                0.25,
+            );
+            steps.push(PinvStep {
+                z: std::mem::replace(&mut z, next),
+                p,
+                t1,
+                m: mt,
+            });
+        }
+        let kmv = View::dense(&km, m, d);
+        let mut f1 = vec![0f32; n * m];
+        mm(&mut f1, q, kmv.t(), false, dm.scale);
+        softmax_rows(&mut f1, m);
+        let mut f3 = vec![0f32; m * n];
+        mm(&mut f3, View::dense(&qm, m, d), k.t(), false, dm.scale);
+        softmax_rows(&mut f3, n);
+        let mut w = vec![0f32; m * d];
+        mm(&mut w, View::dense(&f3, m, n), v, false, 1.0);
+        let mut u = vec![0f32; m * d];
+        mm(
+            &mut u,
+            View::dense(&z, m, m),
+            View::dense(&w, m, d),
+            false,
+            1.0,
+        );
+        let mut out = vec![0f32; n * d];
+        mm(
+            &mut out,
+            View::dense(&f1, n, m),
+            View::dense(&u, m, d),
+            false,
+            1.0,
+        );
+        if self.shape.kernel > 0 {
+            let hi = bh % dm.h;
+            let kk = self.shape.kernel;
+            conv_rows(&mut out, v, &conv[hi * kk..(hi + 1) * kk]);
+        }
+        (
+            HeadSaved {
+                qm,
+                km,
+                a,
+                f1,
+                f3,
+                steps,
+                z,
+                w,
+                u,
+            },
+            out,
+        )
+    }
+}
+
+/// Maximum of the values and every position reaching it.
+fn max_with_ties(
+    values: impl Iterator<Item = ((usize, usize), f32)>,
+) -> (f32, Vec<(usize, usize)>) {
+    let mut best = f32::NEG_INFINITY;
+    let mut at = Vec::new();
+    for (pos, v) in values {
+        if v > best {
+            best = v;
+            at.clear();
+            at.push(pos);
+        } else if v == best {
+            at.push(pos);
+        }
+    }
+    (best, at)
+}
+
+fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("nystrom core: {what} must be contiguous"),
+    }
+}
+
+/// Runs `f` on the f32 data of a contiguous CPU tensor.
+fn with_data<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => f(cpu_slice(s, layout, "tensor")?),
+        _ => candle_core::bail!("nystrom core: CPU tensors only"),
+    }
+}
+
+impl CustomOp2 for NystromCore {
+    fn name(&self) -> &'static str {
+        "nystrom-core"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dm = self.dims(l1.shape())?;
+        let qkv = cpu_slice(s1, l1, "qkv")?;
+        let conv = cpu_slice(s2, l2, "conv kernels")?;
+        if self.shape.kernel > 0 && conv.len() != dm.h * self.shape.kernel {
+            candle_core::bail!(
+                "nystrom core: {} conv weights, expected {} × {}",
+                conv.len(),
+                dm.h,
+                self.shape.kernel
+            );
+        }
+        let tasks = dm.b * dm.h;
+        let phase1: Vec<_> = (0..tasks)
+            .into_par_iter()
+            .map(|bh| self.landmark_attention(qkv, dm, bh))
+            .collect();
+        // The starting scale of the pseudo-inverse is global over batch and heads.
+        let m = dm.m;
+        let (row_max, row_ties) = max_with_ties(phase1.iter().enumerate().flat_map(|(t, p)| {
+            p.2.chunks_exact(m)
+                .enumerate()
+                .map(move |(i, r)| ((t, i), r.iter().map(|x| x.abs()).sum::<f32>()))
+        }));
+        let (col_max, col_ties) = max_with_ties(phase1.iter().enumerate().flat_map(|(t, p)| {
+            (0..m).map(move |j| ((t, j), (0..m).map(|i| p.2[i * m + j].abs()).sum::<f32>()))
+        }));
+        let c = row_max * col_max;
+        let results: Vec<(HeadSaved, Vec<f32>)> = phase1
+            .into_par_iter()
+            .enumerate()
+            .map(|(bh, p1)| self.head_forward(Inputs { dm, qkv, conv }, bh, p1, c))
+            .collect();
+        let inner = dm.inner();
+        let mut out = vec![0f32; dm.b * dm.n * inner];
+        let mut heads = Vec::with_capacity(tasks);
+        for (bh, (saved, o)) in results.into_iter().enumerate() {
+            let (bi, hi) = (bh / dm.h, bh % dm.h);
+            for (i, row) in o.chunks_exact(dm.d).enumerate() {
+                let at = (bi * dm.n + i) * inner + hi * dm.d;
+                out[at..at + dm.d].copy_from_slice(row);
+            }
+            heads.push(saved);
+        }
+        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Saved {
+            heads,
+            row_max,
+            col_max,
+            row_ties,
+            col_ties,
+        }));
+        Ok((CpuStorage::F32(out), Shape::from((dm.b, dm.n, inner))))
+    }
+
+    fn bwd(
+        &self,
+        qkv: &Tensor,
+        conv: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let saved = self
+            .saved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                candle_core::Error::Msg("nystrom core: backward before forward".into())
+            })?;
+        let dm = self.dims(qkv.shape())?;
+        let (dqkv, dconv) = with_data(qkv, |q| {
+            with_data(grad, |g| {
+                with_data(conv, |w| Ok(self.backward(&saved, dm, q, w, g)))
+            })
+        })?;
+        let dqkv = Tensor::from_vec(dqkv, qkv.shape(), qkv.device())?;
+        let dconv = Tensor::from_vec(dconv, conv.shape(), conv.device())?;
+        Ok((Some(dqkv), Some(dconv)))
+    }
+}
+
+/// Phase A of one head's backward: everything down to `dA`, plus its share of `dL/dc`.
+struct HeadGrads {
+    df1: Vec<f32>,
+    df3: Vec<f32>,
+    da: Vec<f32>,
+    dv: Vec<f32>,
+    dc: f32,
+    dconv: Vec<f32>,
+}
+
+impl NystromCore {
+    fn head_backward_a(
+        &self,
+        s: &HeadSaved,
+        inp: Inputs,
+        bh: usize,
+        grad: &[f32],
+        c: f32,
+    ) -> HeadGrads {
+        let Inputs { dm, qkv, conv } = inp;
+        let (m, n, d) = (dm.m, dm.n, dm.d);
+        let g = dm.merged(grad, bh);
+        let v = dm.qkv(qkv, bh, 2);
+        let mut du = vec![0f32; m * d];
+        mm(&mut du, View::dense(&s.f1, n, m).t(), g, false, 1.0);
+        let mut df1 = vec![0f32; n * m];
+        mm(&mut df1, g, View::dense(&s.u, m, d).t(), false, 1.0);
+        let mut dw = vec![0f32; m * d];
+        mm(
+            &mut dw,
+            View::dense(&s.z, m, m).t(),
+            View::dense(&du, m, d),
+            false,
+            1.0,
+        );
+        let mut gz = vec![0f32; m * m];
+        mm(
+            &mut gz,
+            View::dense(&du, m, d),
+            View::dense(&s.w, m, d).t(),
+            false,
+            1.0,
+        );
+        let mut dv = vec![0f32; n * d];
+        mm(
+            &mut dv,
+            View::dense(&s.f3, m, n).t(),
+            View::dense(&dw, m, d),
+            false,
+            1.0,
+        );
+        let mut df3 = vec![0f32; m * n];
+        mm(&mut df3, View::dense(&dw, m, d), v.t(), false, 1.0);
+        let kk = self.shape.kernel;
+        let dconv = if kk > 0 {
+            let hi = bh % dm.h;
+            let flipped: Vec<f32> = conv[hi * kk..(hi + 1) * kk].iter().rev().copied().collect();
+            conv_rows(&mut dv, g, &flipped);
+            conv_weight_grad(g, v, kk)
+        } else {
+            Vec::new()
+        };
+        // Back through the pseudo-inverse iterations.
+        let av = View::dense(&s.a, m, m);
+        let mut da = vec![0f32; m * m];
+        let mut dt2 = vec![0f32; m * m];
+        let mut dp = vec![0f32; m * m];
+        let mut dt1 = vec![0f32; m * m];
+        for st in s.steps.iter().rev() {
+            let (zv, pv, t1v, mv) = (
+                View::dense(&st.z, m, m),
+                View::dense(&st.p, m, m),
+                View::dense(&st.t1, m, m),
+                View::dense(&st.m, m, m),
+            );
+            let gzv = View::dense(&gz, m, m);
+            // Z' = ¼ Z M, M = 13I − T2: dM = ¼ Zᵀ G, dT2 = −dM.
+            mm(&mut dt2, zv.t(), gzv, false, -0.25);
+            let mut dz = vec![0f32; m * m];
+            mm(&mut dz, gzv, mv.t(), false, 0.25);
+            // T2 = 15P − P T1.
+            dp.iter_mut().zip(&dt2).for_each(|(a, b)| *a = 15.0 * b);
+            mm(&mut dp, View::dense(&dt2, m, m), t1v.t(), true, -1.0);
+            mm(&mut dt1, pv.t(), View::dense(&dt2, m, m), false, -1.0);
+            // T1 = 7P − P P.
+            dp.iter_mut().zip(&dt1).for_each(|(a, b)| *a += 7.0 * b);
+            mm(&mut dp, View::dense(&dt1, m, m), pv.t(), true, -1.0);
+            mm(&mut dp, pv.t(), View::dense(&dt1, m, m), true, -1.0);
+            // P = A Z.
+            mm(&mut da, View::dense(&dp, m, m), zv.t(), true, 1.0);
+            mm(&mut dz, av.t(), View::dense(&dp, m, m), true, 1.0);
+            gz = dz;
+        }
+        // Z₀ = Aᵀ / c.
+        let mut dc = 0f32;
+        for i in 0..m {
+            for j in 0..m {
+                da[j * m + i] += gz[i * m + j] / c;
+                dc -= gz[i * m + j] * s.a[j * m + i];
+            }
+        }
+        HeadGrads {
+            df1,
+            df3,
+            da,
+            dv,
+            dc: dc / (c * c),
+            dconv,
+        }
+    }
+
+    /// Phase B of one head: softmax backward and the products back to Q and K; returns
+    /// (dQ, dK) as `[N', d]`.
+    fn head_backward_b(
+        &self,
+        s: &HeadSaved,
+        dm: Dims,
+        bh: usize,
+        qkv: &[f32],
+        hg: &mut HeadGrads,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (m, n, d, l) = (dm.m, dm.n, dm.d, dm.l);
+        let (q, k) = (dm.qkv(qkv, bh, 0), dm.qkv(qkv, bh, 1));
+        softmax_backward_rows(&s.f1, &mut hg.df1, m);
+        softmax_backward_rows(&s.a, &mut hg.da, m);
+        softmax_backward_rows(&s.f3, &mut hg.df3, n);
+        let (ds1, ds2, ds3) = (
+            View::dense(&hg.df1, n, m),
+            View::dense(&hg.da, m, m),
+            View::dense(&hg.df3, m, n),
+        );
+        let (qmv, kmv) = (View::dense(&s.qm, m, d), View::dense(&s.km, m, d));
+        let sc = dm.scale;
+        let mut dq = vec![0f32; n * d];
+        mm(&mut dq, ds1, kmv, false, sc);
+        let mut dk = vec![0f32; n * d];
+        mm(&mut dk, ds3.t(), qmv, false, sc);
+        let mut dkm = vec![0f32; m * d];
+        mm(&mut dkm, ds1.t(), q, false, sc);
+        mm(&mut dkm, ds2.t(), qmv, true, sc);
+        let mut dqm = vec![0f32; m * d];
+        mm(&mut dqm, ds2, kmv, false, sc);
+        mm(&mut dqm, ds3, k, true, sc);
+        let inv = 1.0 / l as f32;
+        for r in 0..n {
+            let seg = r / l;
+            let (gq, gk) = (&dqm[seg * d..(seg + 1) * d], &dkm[seg * d..(seg + 1) * d]);
+            dq[r * d..(r + 1) * d]
+                .iter_mut()
+                .zip(gq)
+                .for_each(|(a, b)| *a += b * inv);
+            dk[r * d..(r + 1) * d]
+                .iter_mut()
+                .zip(gk)
+                .for_each(|(a, b)| *a += b * inv);
+        }
+        (dq, dk)
+    }
+
+    fn backward(
+        &self,
+        saved: &Saved,
+        dm: Dims,
+        qkv: &[f32],
+        conv: &[f32],
+        grad: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let c = saved.row_max * saved.col_max;
+        let tasks = dm.b * dm.h;
+        let mut phase_a: Vec<HeadGrads> = (0..tasks)
+            .into_par_iter()
+            .map(|bh| self.head_backward_a(&saved.heads[bh], Inputs { dm, qkv, conv }, bh, grad, c))
+            .collect();
+        // dL/dc reaches A through the two global maxima (ties share it evenly).
+        let dc: f32 = phase_a.iter().map(|g| g.dc).sum();
+        let m = dm.m;
+        let d_row = dc * saved.col_max / saved.row_ties.len() as f32;
+        for &(t, i) in &saved.row_ties {
+            let a = &saved.heads[t].a;
+            for j in 0..m {
+                phase_a[t].da[i * m + j] += d_row * sign(a[i * m + j]);
+            }
+        }
+        let d_col = dc * saved.row_max / saved.col_ties.len() as f32;
+        for &(t, j) in &saved.col_ties {
+            let a = &saved.heads[t].a;
+            for i in 0..m {
+                phase_a[t].da[i * m + j] += d_col * sign(a[i * m + j]);
+            }
+        }
+        let qk: Vec<(Vec<f32>, Vec<f32>)> = phase_a
+            .par_iter_mut()
+            .enumerate()
+            .map(|(bh, hg)| self.head_backward_b(&saved.heads[bh], dm, bh, qkv, hg))
+            .collect();
+        let inner = dm.inner();
+        let (n, d) = (dm.n, dm.d);
+        let mut dqkv = vec![0f32; dm.b * n * 3 * inner];
+        for (bh, ((dq, dk), hg)) in qk.iter().zip(&phase_a).enumerate() {
+            let (bi, hi) = (bh / dm.h, bh % dm.h);
+            for (which, src) in [dq, dk, &hg.dv].into_iter().enumerate() {
+                for (i, row) in src.chunks_exact(d).enumerate() {
+                    let at = (bi * n + i) * 3 * inner + which * inner + hi * d;
+                    dqkv[at..at + d].copy_from_slice(row);
+                }
+            }
+        }
+        let kk = self.shape.kernel;
+        let mut dconv = vec![0f32; if kk > 0 { dm.h * kk } else { conv.len() }];
+        if kk > 0 {
+            for (bh, hg) in phase_a.iter().enumerate() {
+                let hi = bh % dm.h;
+                dconv[hi * kk..(hi + 1) * kk]
+                    .iter_mut()
+                    .zip(&hg.dconv)
+                    .for_each(|(a, b)| *a += b);
+            }
+        }
+        (dqkv, dconv)
+    }
+}
+
+/// The layer core on `qkv` `[B, N', 3·H·d]` (N' a multiple of the landmarks) with residual
+/// kernels `conv` `[H, K]` (ignored when `shape.kernel` is 0) → `[B, N', H·d]`.
+pub fn nystrom_core(qkv: &Tensor, conv: &Tensor, shape: CoreShape) -> Result<Tensor> {
+    qkv.contiguous()?
+        .apply_op2(&conv.contiguous()?, NystromCore::new(shape))
+}
