@@ -8,6 +8,8 @@
 
 use candle_core::{Result, Tensor};
 use gimp_nn::nystrom::{NystromAttention, NystromConfig};
+use gimp_nn::nystrom_infer::{layer_norm_rows, linear_rows};
+use gimp_nn::nystrom_op::View;
 use gimp_nn::{Init, LayerNorm, Linear, Mode, Scope};
 use serde::{Deserialize, Serialize};
 
@@ -199,7 +201,54 @@ impl PatchAggregator {
 
     /// `CLS_img` `[dim]` of a bag `[N, D_in]`.
     pub fn cls(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
+        if self.in_place_inference(mode) {
+            return self.cls_in_place(x);
+        }
         let e = self.encode(&self.embed(x)?, mode, false)?;
         e.tokens.get(0)?.get(0)
+    }
+
+    /// Whether [`Self::cls`] runs on raw buffers: inference without PPEG or square padding.
+    fn in_place_inference(&self, mode: &Mode) -> bool {
+        mode.no_grad && !mode.train && !self.cfg.ppeg && !self.cfg.square_pad
+    }
+
+    /// Inference of `CLS_img` with every layer updating one token buffer in place
+    /// (`gimp_nn::nystrom_infer`): a 150,000-patch bag needs the tokens, K and V, nothing of
+    /// size `N × m` and no second copy of the tokens.
+    fn cls_in_place(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, d_in) = x.dims2()?;
+        let dim = self.cfg.dim;
+        let flat = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1() };
+        let w1 = flat(&self.fc1.weight)?;
+        let b1 = self.fc1.bias.as_ref().map(flat).transpose()?;
+        let mut tokens = vec![0f32; (n + 1) * dim];
+        tokens[..dim].copy_from_slice(&flat(&self.cls)?);
+        gimp_nn::nystrom_op::with_data(x, |xs| {
+            let w = View::dense(&w1, dim, d_in);
+            let rows = 4096;
+            for (src, dst) in xs
+                .chunks(rows * d_in)
+                .zip(tokens[dim..].chunks_mut(rows * dim))
+            {
+                linear_rows(src, w, b1.as_deref(), dst);
+                dst.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            Ok(())
+        })?;
+        for layer in &self.layers {
+            layer
+                .attn
+                .prenorm_residual_inplace(&layer.norm, &mut tokens)?;
+        }
+        let mut cls = vec![0f32; dim];
+        layer_norm_rows(
+            &tokens[..dim],
+            &mut cls,
+            &flat(&self.norm.weight)?,
+            &flat(&self.norm.bias)?,
+            self.norm.eps as f32,
+        );
+        Tensor::from_vec(cls, dim, x.device())
     }
 }

@@ -352,3 +352,27 @@ fn image_omic_adaptations_pretrain_and_classify() {
         assert_eq!(out.attention.unwrap().dims(), &[30], "{}", arch.name);
     }
 }
+
+/// GiMP's aggregator at inference (raw buffers updated in place) gives the CLS token of the
+/// evaluation-mode graph path, across padding cases and with a bag larger than one chunk.
+#[test]
+fn aggregator_in_place_inference_matches_the_graph_path() {
+    for (n, d_in) in [(1usize, 16usize), (255, 16), (700, 24), (5000, 8)] {
+        let cfg = AggregatorConfig::gimp(d_in);
+        let store = ParamStore::new(11);
+        let agg = PatchAggregator::new(&store.root(), cfg).unwrap();
+        let x = rand_tensor(&[n, d_in], 3);
+        let fast = agg.cls(&x, &Mode::inference()).unwrap();
+        let slow = agg.cls(&x, &Mode::eval()).unwrap();
+        let diff = (&fast - &slow)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(fast.dims(), &[512]);
+        assert!(diff < 1e-4, "{n} patches: max difference {diff}");
+    }
+}

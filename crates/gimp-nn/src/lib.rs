@@ -7,6 +7,7 @@ pub mod kernels;
 pub mod layers;
 pub mod loss;
 pub mod nystrom;
+pub mod nystrom_infer;
 pub mod nystrom_op;
 pub mod ops;
 pub mod optim;

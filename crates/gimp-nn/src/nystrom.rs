@@ -8,7 +8,8 @@
 //! Nothing `n × n` is ever formed: the largest intermediates are `n × m`.
 
 use crate::init::Init;
-use crate::layers::Linear;
+use crate::layers::{LayerNorm, Linear};
+use crate::nystrom_infer::{self, LayerWeights, Update};
 use crate::nystrom_op::{nystrom_core, CoreShape};
 use crate::ops::{self, Mode};
 use crate::params::Scope;
@@ -235,124 +236,75 @@ impl NystromAttention {
         left.matmul(&p.f3)?.squeeze(2)?.narrow(2, pad, n)
     }
 
-    /// Q (scaled), K or V per head for padded rows `[r0, r1)` of one bag `x` `[1, n, dim]`
-    /// (rows before `pad` are the zero padding), as `[1, h, r1 − r0, d_h]`. `which`: 0 Q, 1 K, 2 V.
-    fn rows(&self, x: &Tensor, pad: usize, r0: usize, r1: usize, which: usize) -> Result<Tensor> {
-        let inner = self.cfg.heads * self.cfg.dim_head;
-        let w = self.to_qkv.weight.narrow(0, which * inner, inner)?;
-        let (z0, z1) = (r0.min(pad), r1.min(pad));
-        let mut parts = Vec::new();
-        if z1 > z0 {
-            parts.push(Tensor::zeros((1, z1 - z0, inner), x.dtype(), x.device())?);
-        }
-        let (x0, x1) = (r0.max(pad) - pad, r1.max(pad) - pad);
-        if x1 > x0 {
-            parts.push(x.narrow(1, x0, x1 - x0)?.broadcast_matmul(&w.t()?)?);
-        }
-        let t = self.split_heads(&Tensor::cat(&parts, 1)?)?;
-        if which == 0 {
-            t.affine(1.0 / (self.cfg.dim_head as f64).sqrt(), 0.0)
-        } else {
-            Ok(t)
+    fn core_shape(&self) -> CoreShape {
+        CoreShape {
+            heads: self.cfg.heads,
+            dim_head: self.cfg.dim_head,
+            landmarks: self.cfg.landmarks,
+            pinv_iterations: self.cfg.pinv_iterations,
+            kernel: if self.res_conv.is_some() {
+                self.cfg.residual_kernel
+            } else {
+                0
+            },
         }
     }
 
-    /// The inference path: K and V are projected chunk by chunk; `F3 V` is accumulated over
-    /// column chunks with a running (online) softmax; output rows are produced chunk by chunk from
-    /// `F1 (Z F3 V)`. Nothing of size `n × m` is held, only K, V and the output.
-    pub fn forward_streaming(&self, x: &Tensor, chunk: usize) -> Result<Tensor> {
-        let (_, n, _) = x.dims3()?;
-        let m = self.cfg.landmarks;
-        let pad = if n % m == 0 { 0 } else { m - n % m };
-        let np = n + pad;
-        let l = n.div_ceil(m);
-        let chunk = chunk.max(l);
-        let mut ks = Vec::new();
-        let mut vs = Vec::new();
-        let mut q_sum: Option<Tensor> = None;
-        // Chunk boundaries on landmark segments, so each chunk's Q rows sum into whole landmarks.
-        let step = chunk / l * l;
-        let mut r0 = 0;
-        while r0 < np {
-            let r1 = (r0 + step).min(np);
-            ks.push(self.rows(x, pad, r0, r1, 1)?);
-            vs.push(self.rows(x, pad, r0, r1, 2)?);
-            let q = self.rows(x, pad, r0, r1, 0)?;
-            let (_, h, c, d) = q.dims4()?;
-            let sums = q.reshape((1, h, c / l, l, d))?.sum(3)?;
-            q_sum = Some(match q_sum {
-                Some(prev) => Tensor::cat(&[prev, sums], 2)?,
-                None => sums,
-            });
-            r0 = r1;
-        }
-        let k = Tensor::cat(&ks, 2)?;
-        let v = Tensor::cat(&vs, 2)?;
-        drop((ks, vs));
-        let ql = q_sum
-            .ok_or_else(|| candle_core::Error::Msg("empty bag".into()))?
-            .affine(1.0 / l as f64, 0.0)?;
-        let kl = self.landmarks(&k, l)?;
-        let klt = kl.transpose(D::Minus1, D::Minus2)?.contiguous()?;
-        let z = pinv_iterative(
-            &ops::softmax_last(&ql.matmul(&klt)?)?,
-            self.cfg.pinv_iterations,
-        )?;
-        // F3 V with an online softmax over key chunks (exact).
-        let (mut run_max, mut run_sum, mut acc): (Option<Tensor>, Option<Tensor>, Option<Tensor>) =
-            (None, None, None);
-        let mut c0 = 0;
-        while c0 < np {
-            let c = chunk.min(np - c0);
-            let kc = k.narrow(2, c0, c)?;
-            let s = ql.matmul(&kc.transpose(D::Minus1, D::Minus2)?.contiguous()?)?; // [1,h,m,c]
-            let cmax = s.max_keepdim(D::Minus1)?;
-            let new_max = match &run_max {
-                Some(mx) => mx.maximum(&cmax)?,
-                None => cmax,
-            };
-            let e = s.broadcast_sub(&new_max)?.exp()?;
-            let part = e.matmul(&v.narrow(2, c0, c)?)?;
-            let esum = e.sum_keepdim(D::Minus1)?;
-            (run_sum, acc) = match (&run_max, run_sum, acc) {
-                (Some(mx), Some(rs), Some(a)) => {
-                    let scale = (mx - &new_max)?.exp()?;
-                    (
-                        Some((rs.mul(&scale)? + esum)?),
-                        Some((a.broadcast_mul(&scale)? + part)?),
-                    )
-                }
-                _ => (Some(esum), Some(part)),
-            };
-            run_max = Some(new_max);
-            c0 += c;
-        }
-        let (Some(rs), Some(a)) = (run_sum, acc) else {
-            candle_core::bail!("empty bag")
+    /// Runs [`nystrom_infer::layer_inplace`] with this layer's parameters on `x` (`[n, dim]`).
+    fn infer_inplace(
+        &self,
+        norm: Option<&LayerNorm>,
+        x: &mut [f32],
+        chunk: usize,
+        update: Update,
+    ) -> Result<()> {
+        let flat = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1() };
+        let qkv = flat(&self.to_qkv.weight)?;
+        let out_weight = flat(&self.to_out.weight)?;
+        let out_bias = self.to_out.bias.as_ref().map(flat).transpose()?;
+        let conv = self
+            .res_conv
+            .as_ref()
+            .map(flat)
+            .transpose()?
+            .unwrap_or_default();
+        let norm = norm
+            .map(|n| Ok::<_, candle_core::Error>((flat(&n.weight)?, flat(&n.bias)?, n.eps as f32)))
+            .transpose()?;
+        let w = LayerWeights {
+            qkv: &qkv,
+            out_weight: &out_weight,
+            out_bias: out_bias.as_deref(),
+            conv: &conv,
+            norm: norm
+                .as_ref()
+                .map(|(g, b, e)| (g.as_slice(), b.as_slice(), *e)),
         };
-        let zf3v = z.matmul(&a.broadcast_div(&rs)?)?; // [1,h,m,d]
-        let start = if self.cfg.legacy_front_slice { 0 } else { pad };
-        let half = self.cfg.residual_kernel / 2;
-        let (h, dh) = (self.cfg.heads, self.cfg.dim_head);
-        let mut outs = Vec::new();
-        let mut r0 = start;
-        while r0 < start + n {
-            let r1 = (r0 + chunk).min(start + n);
-            let q = self.rows(x, pad, r0, r1, 0)?;
-            let f1 = ops::softmax_last(&q.matmul(&klt)?)?;
-            let mut o = f1.matmul(&zf3v)?;
-            if let Some(w) = &self.res_conv {
-                let (a0, a1) = (r0.saturating_sub(half), (r1 + half).min(np));
-                let conv = crate::kernels::depthwise_seq_conv(
-                    &v.narrow(2, a0, a1 - a0)?,
-                    &w.reshape((h, self.cfg.residual_kernel))?,
-                )?;
-                o = (o + conv.narrow(2, r0 - a0, r1 - r0)?)?;
-            }
-            let o = o.transpose(1, 2)?.reshape((1, r1 - r0, h * dh))?;
-            outs.push(self.to_out.forward(&o)?);
-            r0 = r1;
+        nystrom_infer::layer_inplace(
+            self.core_shape(),
+            self.cfg.legacy_front_slice,
+            &w,
+            x,
+            chunk,
+            update,
+        )
+    }
+
+    /// The inference path for one bag `x` `[1, n, dim]`: the same result as [`Self::forward`]
+    /// in memory linear in the bag, processed in chunks of `chunk` rows (`nystrom_infer`).
+    pub fn forward_streaming(&self, x: &Tensor, chunk: usize) -> Result<Tensor> {
+        let (b, n, dim) = x.dims3()?;
+        if b != 1 {
+            candle_core::bail!("streaming attention takes one bag at a time, got {b}");
         }
-        Tensor::cat(&outs, 1)
+        let mut data: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        self.infer_inplace(None, &mut data, chunk, Update::Replace)?;
+        Tensor::from_vec(data, (1, n, dim), x.device())
+    }
+
+    /// `x ← x + attention(norm(x))` on the tokens `x` (`[n, dim]`, row-major) in place, without
+    /// gradients: the aggregator's pre-norm residual layer at inference.
+    pub fn prenorm_residual_inplace(&self, norm: &LayerNorm, x: &mut [f32]) -> Result<()> {
+        self.infer_inplace(Some(norm), x, STREAM_CHUNK, Update::Residual)
     }
 }

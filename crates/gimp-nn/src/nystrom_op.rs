@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 /// A read-only strided matrix: element `(i, j)` is `d[off + i·rs + j·cs]`.
 #[derive(Clone, Copy)]
-struct View<'a> {
+pub struct View<'a> {
     d: &'a [f32],
     off: usize,
     rows: usize,
@@ -38,7 +38,7 @@ struct View<'a> {
 
 impl<'a> View<'a> {
     /// A contiguous row-major `rows × cols` matrix.
-    fn dense(d: &'a [f32], rows: usize, cols: usize) -> Self {
+    pub fn dense(d: &'a [f32], rows: usize, cols: usize) -> Self {
         assert_eq!(d.len(), rows * cols, "matrix buffer size");
         Self {
             d,
@@ -51,7 +51,7 @@ impl<'a> View<'a> {
     }
 
     /// `rows × cols` with rows `rs` apart starting at `off`, contiguous within a row.
-    fn rows_of(d: &'a [f32], off: usize, rows: usize, cols: usize, rs: usize) -> Self {
+    pub fn rows_of(d: &'a [f32], off: usize, rows: usize, cols: usize, rs: usize) -> Self {
         assert!(
             rows == 0 || off + (rows - 1) * rs + cols <= d.len(),
             "strided matrix outside its buffer"
@@ -66,7 +66,11 @@ impl<'a> View<'a> {
         }
     }
 
-    fn t(self) -> Self {
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn t(self) -> Self {
         Self {
             rows: self.cols,
             cols: self.rows,
@@ -76,14 +80,30 @@ impl<'a> View<'a> {
         }
     }
 
-    fn row(&self, i: usize) -> &'a [f32] {
+    pub(crate) fn row(&self, i: usize) -> &'a [f32] {
         debug_assert_eq!(self.cs, 1);
         &self.d[self.off + i * self.rs..self.off + i * self.rs + self.cols]
     }
 }
 
-/// `dst` (contiguous row-major) `= [dst +] alpha · a · b`.
-fn mm(dst: &mut [f32], a: View, b: View, accumulate: bool, alpha: f32) {
+/// `dst` (contiguous row-major) `= [dst +] alpha · a · b`, on the calling thread (callers run
+/// heads in parallel).
+pub(crate) fn mm(dst: &mut [f32], a: View, b: View, accumulate: bool, alpha: f32) {
+    gemm_into(dst, a, b, accumulate, alpha, Parallelism::None)
+}
+
+/// [`mm`] on all of rayon's threads, for one large product.
+pub(crate) fn mm_parallel(dst: &mut [f32], a: View, b: View, accumulate: bool, alpha: f32) {
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    gemm_into(dst, a, b, accumulate, alpha, par)
+}
+
+fn gemm_into(dst: &mut [f32], a: View, b: View, accumulate: bool, alpha: f32, par: Parallelism) {
     assert_eq!(a.cols, b.rows, "inner dimensions");
     assert_eq!(dst.len(), a.rows * b.cols, "output size");
     if dst.is_empty() {
@@ -118,13 +138,13 @@ fn mm(dst: &mut [f32], a: View, b: View, accumulate: bool, alpha: f32) {
             false,
             false,
             false,
-            Parallelism::None,
+            par,
         )
     }
 }
 
 /// Row-wise softmax in place (max subtracted first).
-fn softmax_rows(x: &mut [f32], cols: usize) {
+pub(crate) fn softmax_rows(x: &mut [f32], cols: usize) {
     for row in x.chunks_exact_mut(cols) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f32;
@@ -148,7 +168,7 @@ fn softmax_backward_rows(f: &[f32], g: &mut [f32], cols: usize) {
 }
 
 /// Means of `l` consecutive rows: `[rows / l, cols]`.
-fn segment_means(x: View, l: usize) -> Vec<f32> {
+pub(crate) fn segment_means(x: View, l: usize) -> Vec<f32> {
     let m = x.rows / l;
     let mut out = vec![0f32; m * x.cols];
     for (i, o) in out.chunks_exact_mut(x.cols).enumerate() {
@@ -162,7 +182,7 @@ fn segment_means(x: View, l: usize) -> Vec<f32> {
 }
 
 /// `out[i] += Σ_t w[t] · x[i + t − K/2]` over rows (zero outside), `out` contiguous `[rows, cols]`.
-fn conv_rows(out: &mut [f32], x: View, w: &[f32]) {
+pub(crate) fn conv_rows(out: &mut [f32], x: View, w: &[f32]) {
     let r = w.len() / 2;
     let n = x.rows;
     for (i, o) in out.chunks_exact_mut(x.cols).enumerate() {
@@ -213,6 +233,61 @@ fn transpose(a: &[f32], n: usize) -> Vec<f32> {
     t
 }
 
+/// The pseudo-inverse of the row-stochastic `a` (`m × m`) from the start `Z₀ = Aᵀ / c`, and
+/// each iteration's saved values when `keep` (for the backward pass).
+pub(crate) fn pinv_forward(
+    a: &[f32],
+    m: usize,
+    c: f32,
+    iterations: usize,
+    keep: bool,
+) -> (Vec<f32>, Vec<PinvStep>) {
+    let mut z: Vec<f32> = transpose(a, m).into_iter().map(|x| x / c).collect();
+    let av = View::dense(a, m, m);
+    let mut steps = Vec::with_capacity(if keep { iterations } else { 0 });
+    for _ in 0..iterations {
+        let mut p = vec![0f32; m * m];
+        mm(&mut p, av, View::dense(&z, m, m), false, 1.0);
+        // T1 = 7P − P·P
+        let mut t1 = p.iter().map(|x| 7.0 * x).collect::<Vec<_>>();
+        mm(
+            &mut t1,
+            View::dense(&p, m, m),
+            View::dense(&p, m, m),
+            true,
+            -1.0,
+        );
+        // M = 13I − (15P − P·T1)
+        let mut mt = p.iter().map(|x| -15.0 * x).collect::<Vec<_>>();
+        mm(
+            &mut mt,
+            View::dense(&p, m, m),
+            View::dense(&t1, m, m),
+            true,
+            1.0,
+        );
+        (0..m).for_each(|i| mt[i * m + i] += 13.0);
+        let mut next = vec![0f32; m * m];
+        mm(
+            &mut next,
+            View::dense(&z, m, m),
+            View::dense(&mt, m, m),
+            false,
+            0.25,
+        );
+        let prev = std::mem::replace(&mut z, next);
+        if keep {
+            steps.push(PinvStep {
+                z: prev,
+                p,
+                t1,
+                m: mt,
+            });
+        }
+    }
+    (z, steps)
+}
+
 /// The shape of one layer's computation.
 #[derive(Debug, Clone, Copy)]
 pub struct CoreShape {
@@ -226,7 +301,7 @@ pub struct CoreShape {
 
 /// One pseudo-inverse iteration's saved values: `Z_k`, `P = A Z_k`, `T1 = P(7I − P)`,
 /// `M = 13I − P(15I − T1)`; `Z_{k+1} = ¼ Z_k M`.
-struct PinvStep {
+pub(crate) struct PinvStep {
     z: Vec<f32>,
     p: Vec<f32>,
     t1: Vec<f32>,
@@ -379,46 +454,7 @@ impl NystromCore {
     ) -> (HeadSaved, Vec<f32>) {
         let (m, n, d) = (dm.m, dm.n, dm.d);
         let (q, k, v) = (dm.qkv(qkv, bh, 0), dm.qkv(qkv, bh, 1), dm.qkv(qkv, bh, 2));
-        let mut z: Vec<f32> = transpose(&a, m).into_iter().map(|x| x / c).collect();
-        let av = View::dense(&a, m, m);
-        let mut steps = Vec::with_capacity(self.shape.pinv_iterations);
-        for _ in 0..self.shape.pinv_iterations {
-            let mut p = vec![0f32; m * m];
-            mm(&mut p, av, View::dense(&z, m, m), false, 1.0);
-            // T1 = 7P − P·P
-            let mut t1 = p.iter().map(|x| 7.0 * x).collect::<Vec<_>>();
-            mm(
-                &mut t1,
-                View::dense(&p, m, m),
-                View::dense(&p, m, m),
-                true,
-                -1.0,
-            );
-            // M = 13I − (15P − P·T1)
-            let mut mt = p.iter().map(|x| -15.0 * x).collect::<Vec<_>>();
-            mm(
-                &mut mt,
-                View::dense(&p, m, m),
-                View::dense(&t1, m, m),
-                true,
-                1.0,
-            );
-            (0..m).for_each(|i| mt[i * m + i] += 13.0);
-            let mut next = vec![0f32; m * m];
-            mm(
-                &mut next,
-                View::dense(&z, m, m),
-                View::dense(&mt, m, m),
-                false,
-                0.25,
-            );
-            steps.push(PinvStep {
-                z: std::mem::replace(&mut z, next),
-                p,
-                t1,
-                m: mt,
-            });
-        }
+        let (z, steps) = pinv_forward(&a, m, c, self.shape.pinv_iterations, true);
         let kmv = View::dense(&km, m, d);
         let mut f1 = vec![0f32; n * m];
         mm(&mut f1, q, kmv.t(), false, dm.scale);
@@ -467,7 +503,7 @@ impl NystromCore {
 }
 
 /// Maximum of the values and every position reaching it.
-fn max_with_ties(
+pub(crate) fn max_with_ties(
     values: impl Iterator<Item = ((usize, usize), f32)>,
 ) -> (f32, Vec<(usize, usize)>) {
     let mut best = f32::NEG_INFINITY;
@@ -491,8 +527,8 @@ fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     }
 }
 
-/// Runs `f` on the f32 data of a contiguous CPU tensor.
-fn with_data<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+/// Runs `f` on the f32 data of a CPU tensor (made contiguous first if it is not).
+pub fn with_data<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {

@@ -1,0 +1,279 @@
+//! Inference (no gradients) of a Nyström-attention layer on raw buffers, updating the tokens in
+//! place, in memory linear in the bag: besides the tokens themselves only K and V (`N' × H·d`
+//! each) and chunk-sized scratch are held. This is what makes a 150,000-patch bag fit in a
+//! couple of gigabytes.
+//!
+//! Three passes over the tokens, in chunks:
+//! 1. normalise, project Q K V; keep K and V, sum Q into its landmark segments;
+//! 2. per head: `A`, its pseudo-inverse `Z`, and `F3 V` by an online (running-max) softmax over
+//!    key chunks, so `F3` is never held whole; `U = Z (F3 V)`;
+//! 3. chunks in reverse order: normalise and project Q again, `F1 U` plus the residual
+//!    convolution of the stored V, the output projection, and add to (or replace) the chunk's
+//!    tokens. Reverse order keeps the legacy un-padding (output row `i` reads token `i − pad`)
+//!    correct in place: rows a chunk reads are never ones already written.
+//!
+//! The arithmetic is the training op's (`nystrom_op`); `tests/nystrom_parity.rs` checks both
+//! against the reference fixtures.
+
+use crate::nystrom_op::{
+    max_with_ties, mm, mm_parallel, pinv_forward, segment_means, softmax_rows, CoreShape, View,
+};
+use candle_core::Result;
+use rayon::prelude::*;
+
+/// The parameters of one layer as row-major slices (PyTorch's layouts).
+pub struct LayerWeights<'a> {
+    /// `to_qkv.weight`, `[3·H·d, dim]`.
+    pub qkv: &'a [f32],
+    /// `to_out.0.weight`, `[dim, H·d]`.
+    pub out_weight: &'a [f32],
+    /// `to_out.0.bias`, `[dim]`.
+    pub out_bias: Option<&'a [f32]>,
+    /// `res_conv.weight` as `[H, K]` when `shape.kernel > 0`.
+    pub conv: &'a [f32],
+    /// A LayerNorm (weight, bias, eps) applied to the tokens before the attention (pre-norm).
+    pub norm: Option<(&'a [f32], &'a [f32], f32)>,
+}
+
+/// What the layer's output does to the tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    /// `x ← x + attention(norm(x))` (the aggregator's residual layers).
+    Residual,
+    /// `x ← attention(norm(x))`.
+    Replace,
+}
+
+/// LayerNorm of each row of `src` into `dst` (biased variance, as PyTorch).
+pub fn layer_norm_rows(src: &[f32], dst: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let dim = weight.len();
+    for (s, o) in src.chunks_exact(dim).zip(dst.chunks_exact_mut(dim)) {
+        let mean = s.iter().sum::<f32>() / dim as f32;
+        let var = s.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (((o, &v), &g), &b) in o.iter_mut().zip(s).zip(weight).zip(bias) {
+            *o = (v - mean) * inv * g + b;
+        }
+    }
+}
+
+/// `dst = src · Wᵀ (+ bias)` for `src` `[rows, in]`, `W` `[out, in]`, on all threads.
+pub fn linear_rows(src: &[f32], w: View, bias: Option<&[f32]>, dst: &mut [f32]) {
+    let rows = src.len() / w.cols();
+    mm_parallel(dst, View::dense(src, rows, w.cols()), w.t(), false, 1.0);
+    if let Some(b) = bias {
+        for row in dst.chunks_exact_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(a, v)| *a += v);
+        }
+    }
+}
+
+/// Applies one layer to the `n` tokens of `x` (`[n, dim]`, row-major) in place.
+pub fn layer_inplace(
+    shape: CoreShape,
+    legacy_front_slice: bool,
+    w: &LayerWeights,
+    x: &mut [f32],
+    chunk: usize,
+    update: Update,
+) -> Result<()> {
+    let (h, d, m) = (shape.heads, shape.dim_head, shape.landmarks);
+    let inner = h * d;
+    let dim = w.out_weight.len() / inner.max(1);
+    if inner == 0
+        || m == 0
+        || w.qkv.len() != 3 * inner * dim
+        || w.out_weight.len() != dim * inner
+        || x.len() % dim != 0
+        || (shape.kernel > 0 && w.conv.len() != h * shape.kernel)
+    {
+        candle_core::bail!("nystrom inference: parameter shapes do not match the layer");
+    }
+    let n = x.len() / dim;
+    if n == 0 {
+        candle_core::bail!("nystrom inference: empty bag");
+    }
+    let pad = (m - n % m) % m;
+    let np = n + pad;
+    let l = np / m;
+    let chunk = chunk.max(1);
+    let scale = 1.0 / (d as f32).sqrt();
+    let wqkv = View::dense(w.qkv, 3 * inner, dim);
+    let normalise = |src: &[f32]| -> Vec<f32> {
+        let mut out = vec![0f32; src.len()];
+        match w.norm {
+            Some((g, b, eps)) => layer_norm_rows(src, &mut out, g, b, eps),
+            None => out.copy_from_slice(src),
+        }
+        out
+    };
+
+    // Pass 1: K, V for every position (padding rows stay zero), Q summed per landmark segment.
+    let mut k_all = vec![0f32; np * inner];
+    let mut v_all = vec![0f32; np * inner];
+    let mut q_sum = vec![0f32; h * m * d];
+    for t0 in (0..n).step_by(chunk) {
+        let t1 = (t0 + chunk).min(n);
+        let normed = normalise(&x[t0 * dim..t1 * dim]);
+        let mut proj = vec![0f32; (t1 - t0) * 3 * inner];
+        linear_rows(&normed, wqkv, None, &mut proj);
+        for (i, row) in proj.chunks_exact(3 * inner).enumerate() {
+            let pos = pad + t0 + i;
+            k_all[pos * inner..(pos + 1) * inner].copy_from_slice(&row[inner..2 * inner]);
+            v_all[pos * inner..(pos + 1) * inner].copy_from_slice(&row[2 * inner..]);
+            let seg = pos / l;
+            for hd in 0..h {
+                let dst = &mut q_sum[(hd * m + seg) * d..(hd * m + seg + 1) * d];
+                dst.iter_mut()
+                    .zip(&row[hd * d..(hd + 1) * d])
+                    .for_each(|(a, v)| *a += v);
+            }
+        }
+    }
+    let inv_l = 1.0 / l as f32;
+    let q_land: Vec<f32> = q_sum.iter().map(|v| v * inv_l).collect();
+    let k_land: Vec<Vec<f32>> = (0..h)
+        .map(|hd| segment_means(View::rows_of(&k_all, hd * d, np, d, inner), l))
+        .collect();
+
+    // Pass 2: A, the global start scale, Z, and U = Z (F3 V) per head.
+    let a: Vec<Vec<f32>> = (0..h)
+        .map(|hd| {
+            let mut a = vec![0f32; m * m];
+            let qm = View::dense(&q_land[hd * m * d..(hd + 1) * m * d], m, d);
+            mm(&mut a, qm, View::dense(&k_land[hd], m, d).t(), false, scale);
+            softmax_rows(&mut a, m);
+            a
+        })
+        .collect();
+    let (row_max, _) = max_with_ties(a.iter().enumerate().flat_map(|(t, a)| {
+        a.chunks_exact(m)
+            .enumerate()
+            .map(move |(i, r)| ((t, i), r.iter().map(|v| v.abs()).sum::<f32>()))
+    }));
+    let (col_max, _) = max_with_ties(a.iter().enumerate().flat_map(|(t, a)| {
+        (0..m).map(move |j| ((t, j), (0..m).map(|i| a[i * m + j].abs()).sum::<f32>()))
+    }));
+    let c = row_max * col_max;
+    let u: Vec<Vec<f32>> = (0..h)
+        .into_par_iter()
+        .map(|hd| {
+            let (z, _) = pinv_forward(&a[hd], m, c, shape.pinv_iterations, false);
+            let qm = View::dense(&q_land[hd * m * d..(hd + 1) * m * d], m, d);
+            let mut run_max = vec![f32::NEG_INFINITY; m];
+            let mut run_sum = vec![0f32; m];
+            let mut acc = vec![0f32; m * d];
+            for c0 in (0..np).step_by(chunk) {
+                let cc = chunk.min(np - c0);
+                let mut s = vec![0f32; m * cc];
+                let kc = View::rows_of(&k_all, c0 * inner + hd * d, cc, d, inner);
+                mm(&mut s, qm, kc.t(), false, scale);
+                for i in 0..m {
+                    let row = &mut s[i * cc..(i + 1) * cc];
+                    let cmax = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let new_max = run_max[i].max(cmax);
+                    let factor = (run_max[i] - new_max).exp();
+                    run_sum[i] *= factor;
+                    acc[i * d..(i + 1) * d]
+                        .iter_mut()
+                        .for_each(|v| *v *= factor);
+                    let mut sum = 0f32;
+                    for v in row.iter_mut() {
+                        *v = (*v - new_max).exp();
+                        sum += *v;
+                    }
+                    run_sum[i] += sum;
+                    run_max[i] = new_max;
+                }
+                let vc = View::rows_of(&v_all, c0 * inner + hd * d, cc, d, inner);
+                mm(&mut acc, View::dense(&s, m, cc), vc, true, 1.0);
+            }
+            for (row, s) in acc.chunks_exact_mut(d).zip(&run_sum) {
+                row.iter_mut().for_each(|v| *v /= s);
+            }
+            let mut u = vec![0f32; m * d];
+            mm(
+                &mut u,
+                View::dense(&z, m, m),
+                View::dense(&acc, m, d),
+                false,
+                1.0,
+            );
+            u
+        })
+        .collect();
+    drop(k_all);
+
+    // Pass 3: outputs, chunks in reverse order (see the module comment).
+    let start = if legacy_front_slice { 0 } else { pad };
+    let wq = View::rows_of(w.qkv, 0, inner, dim, dim);
+    let wout = View::dense(w.out_weight, dim, inner);
+    let kk = shape.kernel;
+    let r = kk / 2;
+    let starts: Vec<usize> = (0..n).step_by(chunk).collect();
+    for &i0 in starts.iter().rev() {
+        let i1 = (i0 + chunk).min(n);
+        let c = i1 - i0;
+        // Positions start+i0 .. start+i1; those before `pad` are padding (Q = 0).
+        let (p0, p1) = (start + i0, start + i1);
+        let zero_rows = pad.saturating_sub(p0).min(c);
+        let mut q = vec![0f32; c * inner];
+        if zero_rows < c {
+            let (s0, s1) = (p0 + zero_rows - pad, p1 - pad);
+            let normed = normalise(&x[s0 * dim..s1 * dim]);
+            linear_rows(&normed, wq, None, &mut q[zero_rows * inner..]);
+        }
+        let per_head: Vec<Vec<f32>> = (0..h)
+            .into_par_iter()
+            .map(|hd| {
+                let mut f1 = vec![0f32; c * m];
+                let qv = View::rows_of(&q, hd * d, c, d, inner);
+                mm(
+                    &mut f1,
+                    qv,
+                    View::dense(&k_land[hd], m, d).t(),
+                    false,
+                    scale,
+                );
+                softmax_rows(&mut f1, m);
+                let mut o = vec![0f32; c * d];
+                mm(
+                    &mut o,
+                    View::dense(&f1, c, m),
+                    View::dense(&u[hd], m, d),
+                    false,
+                    1.0,
+                );
+                if kk > 0 {
+                    let wk = &w.conv[hd * kk..(hd + 1) * kk];
+                    for (i, orow) in o.chunks_exact_mut(d).enumerate() {
+                        let pos = p0 + i;
+                        for (t, &wt) in wk.iter().enumerate() {
+                            let Some(src) = (pos + t).checked_sub(r).filter(|&s| s < np) else {
+                                continue;
+                            };
+                            let v = &v_all[src * inner + hd * d..src * inner + (hd + 1) * d];
+                            orow.iter_mut().zip(v).for_each(|(a, b)| *a += wt * b);
+                        }
+                    }
+                }
+                o
+            })
+            .collect();
+        let mut merged = vec![0f32; c * inner];
+        for (hd, o) in per_head.iter().enumerate() {
+            for (i, row) in o.chunks_exact(d).enumerate() {
+                merged[i * inner + hd * d..i * inner + (hd + 1) * d].copy_from_slice(row);
+            }
+        }
+        drop(per_head);
+        let mut y = vec![0f32; c * dim];
+        linear_rows(&merged, wout, w.out_bias, &mut y);
+        let dst = &mut x[i0 * dim..i1 * dim];
+        match update {
+            Update::Residual => dst.iter_mut().zip(&y).for_each(|(a, b)| *a += b),
+            Update::Replace => dst.copy_from_slice(&y),
+        }
+    }
+    Ok(())
+}
