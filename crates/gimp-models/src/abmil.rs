@@ -5,7 +5,7 @@
 
 use crate::model::{bag, Input, Model, Output};
 use candle_core::{Result, Tensor};
-use gimp_nn::{ops, Linear, Mode, Scope};
+use gimp_nn::{ops, Activation, Linear, Mode, Scope};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,7 +93,11 @@ impl Abmil {
 impl Model for Abmil {
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
         let x = bag(input)?;
-        let h = ops::dropout(&self.fc.forward(x)?.relu()?, self.cfg.dropout, mode)?;
+        let h = ops::dropout(
+            &self.fc.forward_act(x, Activation::Relu)?,
+            self.cfg.dropout,
+            mode,
+        )?;
         let raw = self.attention.forward(&h, mode)?.t()?; // [1, N]
         let a = ops::softmax_last(&raw)?;
         let m = a.matmul(&h)?; // [1, hidden]

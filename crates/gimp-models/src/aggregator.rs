@@ -10,7 +10,7 @@ use candle_core::{Result, Tensor};
 use gimp_nn::nystrom::{NystromAttention, NystromConfig};
 use gimp_nn::nystrom_infer::{layer_norm_rows, linear_rows};
 use gimp_nn::nystrom_op::View;
-use gimp_nn::{Init, LayerNorm, Linear, Mode, Scope};
+use gimp_nn::{Activation, Init, LayerNorm, Linear, Mode, Scope};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,7 +156,7 @@ impl PatchAggregator {
     /// `Linear + ReLU` on every patch: `[N, D_in]` → `[1, N, dim]`. Masked patch modelling
     /// replaces rows of this before [`Self::encode`].
     pub fn embed(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc1.forward(x)?.relu()?.unsqueeze(0)
+        self.fc1.forward_act(x, Activation::Relu)?.unsqueeze(0)
     }
 
     /// Square padding, CLS, the layers (with PPEG), the final norm.

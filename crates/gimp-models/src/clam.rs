@@ -7,7 +7,7 @@ use crate::abmil::GatedAttention;
 use crate::model::{bag, Input, Model, Output};
 use candle_core::{Result, Tensor, D};
 use gimp_nn::loss;
-use gimp_nn::{ops, Linear, Mode, Scope};
+use gimp_nn::{ops, Activation, Linear, Mode, Scope};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,7 +109,11 @@ impl Clam {
 
     /// Patch embeddings `[N, hidden]` and raw attention `[K, N]`.
     fn encode(&self, x: &Tensor, mode: &Mode) -> Result<(Tensor, Tensor)> {
-        let h = ops::dropout(&self.fc.forward(x)?.relu()?, self.cfg.dropout, mode)?;
+        let h = ops::dropout(
+            &self.fc.forward_act(x, Activation::Relu)?,
+            self.cfg.dropout,
+            mode,
+        )?;
         let raw = self.attention.forward(&h, mode)?.t()?.contiguous()?;
         Ok((h, raw))
     }

@@ -127,11 +127,16 @@ impl Gimp {
         let enc = self.aggregator.encode(&h, mode, false)?;
         let tokens = enc.tokens.squeeze(0)?; // [1 + L, d]
         let cls_img = tokens.get(0)?;
-        let patches = tokens.narrow(0, 1, l)?;
-        let recon = self
-            .decoder
-            .forward(&self.decoder_norm.forward(&patches)?)?;
-        let reconstruction = gimp_nn::loss::masked_l1(&recon, window, masked)?;
+        // Only masked rows enter the loss, so only they are decoded (half the decoder's work
+        // at the default ratio; the decoder and its norm act row by row, so nothing changes).
+        let reconstruction = if masked.is_empty() {
+            Tensor::zeros((), candle_core::DType::F32, window.device())?
+        } else {
+            let idx = gimp_nn::loss::index_tensor(masked, window.device())?;
+            let rows = tokens.narrow(0, 1, l)?.index_select(&idx, 0)?;
+            let recon = self.decoder.forward(&self.decoder_norm.forward(&rows)?)?;
+            (recon - window.index_select(&idx, 0)?)?.abs()?.mean_all()?
+        };
         Ok(Masked {
             cls_img,
             reconstruction,

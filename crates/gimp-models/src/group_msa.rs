@@ -7,7 +7,7 @@
 
 use crate::model::{expression, Input, Model, Output};
 use candle_core::{Result, Tensor, D};
-use gimp_nn::{ops, Init, LayerNorm, Linear, Mode, Scope};
+use gimp_nn::{ops, Activation, Init, LayerNorm, Linear, Mode, Scope};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,7 +120,9 @@ impl Block {
             self.dropout,
             mode,
         )?)?;
-        let h = ops::gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
+        let h = self
+            .fc1
+            .forward_act(&self.norm2.forward(&x)?, Activation::Gelu)?;
         let h = self.fc2.forward(&ops::dropout(&h, self.dropout, mode)?)?;
         x + ops::dropout(&h, self.dropout, mode)?
     }

@@ -10,7 +10,7 @@ use crate::abmil::GatedAttention;
 use crate::model::{bag, expression, Input, Model, Output};
 use crate::transformer::{EncoderLayer, MultiheadAttention as Mha};
 use candle_core::{Result, Tensor};
-use gimp_nn::{ops, Linear, Mode, Scope};
+use gimp_nn::{ops, Activation, Linear, Mode, Scope};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,7 +142,11 @@ impl Mcat {
 impl Model for Mcat {
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
         let p = self.cfg.dropout;
-        let h = ops::dropout(&self.wsi.forward(bag(input)?)?.relu()?, p, mode)?; // [N, 256]
+        let h = ops::dropout(
+            &self.wsi.forward_act(bag(input)?, Activation::Relu)?,
+            p,
+            mode,
+        )?; // [N, 256]
         let g = expression(input)?;
         let tokens = self
             .groups

@@ -7,7 +7,7 @@ use crate::abmil::GatedAttention;
 use crate::bilinear_fusion::{BilinearFusion, BilinearFusionConfig};
 use crate::model::{bag, expression, Input, Model, Output};
 use candle_core::{Result, Tensor};
-use gimp_nn::{ops, Linear, Mode, Scope};
+use gimp_nn::{ops, Activation, Linear, Mode, Scope};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,7 +78,11 @@ impl AttentionPath {
     /// Bag `[N, D]` → (`[1, 256]`, raw attention `[N]`).
     pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<(Tensor, Tensor)> {
         let x = ops::dropout(x, self.dropinput, mode)?;
-        let h = ops::dropout(&self.fc.forward(&x)?.relu()?, self.dropout, mode)?;
+        let h = ops::dropout(
+            &self.fc.forward_act(&x, Activation::Relu)?,
+            self.dropout,
+            mode,
+        )?;
         let raw = self.attention.forward(&h, mode)?.t()?;
         let pooled = ops::softmax_last(&raw)?.matmul(&h)?;
         let v = ops::dropout(&self.rho.forward(&pooled)?.relu()?, self.dropout, mode)?;

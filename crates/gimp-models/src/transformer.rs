@@ -3,7 +3,7 @@
 //! `[T, d]`: MCAT's transformers and the gene-token encoders of the image–omic baselines.
 
 use candle_core::{Result, Tensor};
-use gimp_nn::{ops, Init, LayerNorm, Linear, Mode, Scope};
+use gimp_nn::{ops, Activation, Init, LayerNorm, Linear, Mode, Scope};
 
 /// PyTorch's `MultiheadAttention` parameters (`in_proj_weight` `[3d, d]`, `in_proj_bias`,
 /// `out_proj`), xavier-uniform in-projection and zero biases as it initialises them.
@@ -94,7 +94,7 @@ impl EncoderLayer {
     pub fn forward(&self, x: &Tensor, p: f64, mode: &Mode) -> Result<Tensor> {
         let (sa, _) = self.attn.forward(x, x, p, mode)?;
         let x = self.norm1.forward(&(x + ops::dropout(&sa, p, mode)?)?)?;
-        let ff = self.linear1.forward(&x)?.relu()?;
+        let ff = self.linear1.forward_act(&x, Activation::Relu)?;
         let ff = self.linear2.forward(&ops::dropout(&ff, p, mode)?)?;
         self.norm2.forward(&(x + ops::dropout(&ff, p, mode)?)?)
     }

@@ -142,3 +142,146 @@ pub fn depthwise_seq_conv(v: &Tensor, w: &Tensor) -> Result<Tensor> {
     v.contiguous()?
         .apply_op2(&w.contiguous()?, DepthwiseSeqConv)
 }
+
+/// Rows per parallel task in the row-wise kernels below.
+const ROWS_PER_TASK: usize = 64;
+
+/// Softmax over the last dimension as one op: candle-nn's fused softmax has no backward, and
+/// built from ordinary ops it is five tensors forward and as many again backward.
+pub struct SoftmaxLast;
+
+impl candle_core::CustomOp1 for SoftmaxLast {
+    fn name(&self) -> &'static str {
+        "softmax-last"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s, l, "softmax input")?;
+        let cols = l.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut out = x.to_vec();
+        out.par_chunks_mut(cols * ROWS_PER_TASK)
+            .for_each(|c| crate::nystrom_op::softmax_rows(c, cols));
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let cols = res.dims().last().copied().unwrap_or(1).max(1);
+        let dx = crate::nystrom_op::with_data(res, |y| {
+            crate::nystrom_op::with_data(grad, |g| {
+                let mut dx = g.to_vec();
+                dx.par_chunks_mut(cols * ROWS_PER_TASK)
+                    .zip(y.par_chunks(cols * ROWS_PER_TASK))
+                    .for_each(|(d, y)| crate::nystrom_op::softmax_backward_rows(y, d, cols));
+                Ok(dx)
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(dx, res.shape(), res.device())?))
+    }
+}
+
+/// LayerNorm over the last dimension as one op (biased variance, as PyTorch), inputs
+/// `(x, weight, bias)`; the backward pass recomputes each row's mean and deviation.
+pub struct LayerNormLast {
+    pub eps: f32,
+}
+
+/// Mean and 1/σ of one row.
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl candle_core::CustomOp3 for LayerNormLast {
+    fn name(&self) -> &'static str {
+        "layer-norm-last"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s1, l1, "LayerNorm input")?;
+        let w = contiguous(s2, l2, "LayerNorm weight")?;
+        let b = contiguous(s3, l3, "LayerNorm bias")?;
+        let dim = w.len();
+        if dim == 0 || b.len() != dim || l1.shape().dims().last() != Some(&dim) {
+            candle_core::bail!("LayerNorm: weight, bias and the last dimension differ");
+        }
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(dim * ROWS_PER_TASK)
+            .zip(x.par_chunks(dim * ROWS_PER_TASK))
+            .for_each(|(o, x)| {
+                crate::nystrom_infer::layer_norm_rows(x, o, w, b, self.eps);
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        use crate::nystrom_op::with_data;
+        let dim = w.elem_count();
+        let (dx, dw, db) = with_data(x, |xs| {
+            with_data(w, |ws| {
+                with_data(grad, |gs| {
+                    let mut dx = vec![0f32; xs.len()];
+                    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
+                        .par_chunks_mut(dim * ROWS_PER_TASK)
+                        .zip(xs.par_chunks(dim * ROWS_PER_TASK))
+                        .zip(gs.par_chunks(dim * ROWS_PER_TASK))
+                        .map(|((dx, x), g)| {
+                            let mut dw = vec![0f32; dim];
+                            let mut db = vec![0f32; dim];
+                            let mut xhat = vec![0f32; dim];
+                            for ((dxr, xr), gr) in dx
+                                .chunks_exact_mut(dim)
+                                .zip(x.chunks_exact(dim))
+                                .zip(g.chunks_exact(dim))
+                            {
+                                let (mean, rstd) = row_stats(xr, self.eps);
+                                let (mut s1, mut s2) = (0f32, 0f32);
+                                for j in 0..dim {
+                                    xhat[j] = (xr[j] - mean) * rstd;
+                                    dw[j] += gr[j] * xhat[j];
+                                    db[j] += gr[j];
+                                    let dxh = gr[j] * ws[j];
+                                    s1 += dxh;
+                                    s2 += dxh * xhat[j];
+                                }
+                                let (m1, m2) = (s1 / dim as f32, s2 / dim as f32);
+                                for j in 0..dim {
+                                    dxr[j] = rstd * (gr[j] * ws[j] - m1 - xhat[j] * m2);
+                                }
+                            }
+                            (dw, db)
+                        })
+                        .collect();
+                    let mut dw = vec![0f32; dim];
+                    let mut db = vec![0f32; dim];
+                    for (pw, pb) in &partial {
+                        dw.iter_mut().zip(pw).for_each(|(a, v)| *a += v);
+                        db.iter_mut().zip(pb).for_each(|(a, v)| *a += v);
+                    }
+                    Ok((dx, dw, db))
+                })
+            })
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+            Some(Tensor::from_vec(db, w.shape(), w.device())?),
+        ))
+    }
+}

@@ -1,9 +1,10 @@
 //! Linear and LayerNorm with PyTorch's parameter names, shapes and initialisation.
 
+use crate::fused_linear::{self, Activation};
 use crate::init::Init;
 use crate::ops;
 use crate::params::Scope;
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// `y = x Wᵀ + b`, weight `[out, in]` named `weight`, bias `bias`.
 #[derive(Clone)]
@@ -52,10 +53,23 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, Activation::Identity)
+    }
+
+    /// `act(x Wᵀ + b)`; on the CPU one fused op (`fused_linear`).
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        if x.dtype() == DType::F32 && x.device().is_cpu() {
+            return fused_linear::linear(x, &self.weight, self.bias.as_ref(), act);
+        }
         let y = x.broadcast_matmul(&self.weight.t()?)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        match act {
+            Activation::Identity => Ok(y),
+            Activation::Relu => y.relu(),
+            Activation::Gelu => y.gelu_erf(),
         }
     }
 }

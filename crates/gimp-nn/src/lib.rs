@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod checkpoint;
+pub mod fused_linear;
 pub mod init;
 pub mod kernels;
 pub mod layers;
@@ -14,6 +15,7 @@ pub mod optim;
 pub mod params;
 
 pub use candle_core::{Device, Result, Tensor};
+pub use fused_linear::Activation;
 pub use init::Init;
 pub use layers::{LayerNorm, Linear};
 pub use ops::Mode;

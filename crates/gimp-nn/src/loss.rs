@@ -4,7 +4,8 @@ use crate::ops::{log_softmax_last, Mode};
 use candle_core::{DType, Device, Result, Tensor, D};
 use rand::Rng;
 
-fn index_tensor(idx: &[usize], device: &Device) -> Result<Tensor> {
+/// Row indices as the `u32` tensor `index_select` takes.
+pub fn index_tensor(idx: &[usize], device: &Device) -> Result<Tensor> {
     Tensor::from_vec(
         idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
         idx.len(),

@@ -158,7 +158,7 @@ pub(crate) fn softmax_rows(x: &mut [f32], cols: usize) {
 }
 
 /// Softmax backward in place: `g ← f ⊙ (g − Σ_row g ⊙ f)`.
-fn softmax_backward_rows(f: &[f32], g: &mut [f32], cols: usize) {
+pub(crate) fn softmax_backward_rows(f: &[f32], g: &mut [f32], cols: usize) {
     for (fr, gr) in f.chunks_exact(cols).zip(g.chunks_exact_mut(cols)) {
         let dot: f32 = fr.iter().zip(gr.iter()).map(|(a, b)| a * b).sum();
         for (gv, fv) in gr.iter_mut().zip(fr) {

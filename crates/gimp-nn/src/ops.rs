@@ -6,9 +6,18 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
 
-/// Softmax over the last dimension. The max is subtracted for stability from a detached copy:
-/// softmax is invariant to it, so no gradient needs to flow through it.
+/// Softmax over the last dimension: one op with a hand-written backward (`kernels::SoftmaxLast`).
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() != DType::F32 || !x.device().is_cpu() {
+        return softmax_last_graph(x);
+    }
+    x.contiguous()?.apply_op1(crate::kernels::SoftmaxLast)
+}
+
+/// Softmax built from candle's ordinary ops (the formulation the fused op is checked against).
+/// The max is subtracted for stability from a detached copy: softmax is invariant to it, so no
+/// gradient needs to flow through it.
+pub fn softmax_last_graph(x: &Tensor) -> Result<Tensor> {
     let m = x.detach().max_keepdim(D::Minus1)?;
     let e = x.broadcast_sub(&m)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
@@ -21,8 +30,21 @@ pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
     s.broadcast_sub(&s.exp()?.sum_keepdim(D::Minus1)?.log()?)
 }
 
-/// LayerNorm over the last dimension (biased variance, as PyTorch).
+/// LayerNorm over the last dimension (biased variance, as PyTorch): one op with a hand-written
+/// backward (`kernels::LayerNormLast`).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.dtype() != DType::F32 || !x.device().is_cpu() {
+        return layer_norm_graph(x, weight, bias, eps);
+    }
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        crate::kernels::LayerNormLast { eps: eps as f32 },
+    )
+}
+
+/// LayerNorm built from candle's ordinary ops (the formulation the fused op is checked against).
+pub fn layer_norm_graph(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
@@ -104,6 +126,20 @@ impl Mode {
 pub fn dropout(x: &Tensor, p: f64, mode: &Mode) -> Result<Tensor> {
     if !mode.train || p <= 0.0 {
         return Ok(x.clone());
+    }
+    if x.dtype() == DType::F32 && x.device().is_cpu() {
+        // The same draws as below, with the scale folded into the mask: one op (`MaskOp`).
+        let keep = 1.0 - p;
+        let scale = (1.0 / keep) as f32;
+        let mask: Vec<f32> = {
+            let mut rng = mode.rng.borrow_mut();
+            (0..x.elem_count())
+                .map(|_| if rng.gen::<f64>() < keep { scale } else { 0.0 })
+                .collect()
+        };
+        return x
+            .contiguous()?
+            .apply_op1(crate::fused_linear::MaskOp { mask });
     }
     let mask = mode
         .keep_mask(x.dims(), 1.0 - p, x.device())?

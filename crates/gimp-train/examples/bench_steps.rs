@@ -6,7 +6,7 @@
 //! * `groupmsa_step`: one GroupMSA training step on 60,480 genes (batch 8).
 //!
 //! Prints one JSON object of median seconds over `--repeat` runs (after one warm-up).
-//! `cargo run --release -p gimp-train --example bench_steps -- [--repeat 3] [--skip-150k]`
+//! `cargo run --release -p gimp-train --example bench_steps -- [--repeat 3] [--skip-150k] [--only NAME]`
 use candle_core::{Device, Tensor};
 use gimp_models::aggregator::AggregatorConfig;
 use gimp_models::gimp::{GeneEncoder, GeneEncoderConfig, Gimp, GimpConfig};
@@ -36,6 +36,17 @@ fn time(repeat: usize, mut f: impl FnMut() -> candle_core::Result<()>) -> candle
 #[global_allocator]
 static ALLOC: gimp_nn::alloc::CachingAlloc = gimp_nn::alloc::CachingAlloc::new();
 
+fn optional(
+    run: bool,
+    f: impl FnOnce() -> candle_core::Result<f64>,
+) -> candle_core::Result<Option<f64>> {
+    if run {
+        f().map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 fn main() -> candle_core::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let repeat = args
@@ -45,6 +56,13 @@ fn main() -> candle_core::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let skip_150k = args.iter().any(|a| a == "--skip-150k");
+    // `--only NAME` runs one computation (for profiling); the others print null.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let dev = Device::Cpu;
     let cfg = GimpConfig {
         aggregator: AggregatorConfig::gimp(1024),
@@ -59,23 +77,25 @@ fn main() -> candle_core::Result<()> {
     let window = Tensor::rand(0f32, 1f32, (6000, 1024), &dev)?;
     let masked: Vec<usize> = (0..6000).step_by(2).collect();
     let mode = Mode::train(rand_chacha::ChaCha8Rng::seed_from_u64(0));
-    let pretrain_step = time(repeat, || {
-        let m = model.masked_patch_modelling(&window, &masked, &mode)?;
-        let grads = opt.collect(&m.reconstruction.backward()?);
-        opt.step_with(&grads, 1e-4)
+    let pretrain_step = optional(want("pretrain_step"), || {
+        time(repeat, || {
+            let m = model.masked_patch_modelling(&window, &masked, &mode)?;
+            let grads = opt.collect(&m.reconstruction.backward()?);
+            opt.step_with(&grads, 1e-4)
+        })
     })?;
     let infer = ParamStore::new(0);
     let agg = gimp_models::aggregator::PatchAggregator::new(
         &infer.root_inference(),
         AggregatorConfig::gimp(1024),
     )?;
-    let forward_6000 = time(repeat, || agg.cls(&window, &Mode::inference()).map(drop))?;
-    let forward_150000 = if skip_150k {
-        None
-    } else {
+    let forward_6000 = optional(want("forward_6000"), || {
+        time(repeat, || agg.cls(&window, &Mode::inference()).map(drop))
+    })?;
+    let forward_150000 = optional(!skip_150k && want("forward_150000"), || {
         let big = Tensor::rand(0f32, 1f32, (150_000, 1024), &dev)?;
-        Some(time(1, || agg.cls(&big, &Mode::inference()).map(drop))?)
-    };
+        time(1, || agg.cls(&big, &Mode::inference()).map(drop))
+    })?;
     let gstore = ParamStore::new(1);
     let enc = GeneEncoder::new(
         &gstore.root(),
@@ -83,11 +103,13 @@ fn main() -> candle_core::Result<()> {
     )?;
     let mut gopt = Adam::new(&gstore, AdamConfig::gimp());
     let genes = Tensor::rand(0f32, 1f32, (8, 60_480), &dev)?;
-    let groupmsa_step = time(repeat, || {
-        let (_, logits) = enc.forward(&genes, &mode)?;
-        let l = loss::cross_entropy(&logits, &[0, 1, 0, 1, 0, 1, 0, 1])?;
-        let g = gopt.collect(&l.backward()?);
-        gopt.step_with(&g, 1e-4)
+    let groupmsa_step = optional(want("groupmsa_step"), || {
+        time(repeat, || {
+            let (_, logits) = enc.forward(&genes, &mode)?;
+            let l = loss::cross_entropy(&logits, &[0, 1, 0, 1, 0, 1, 0, 1])?;
+            let g = gopt.collect(&l.backward()?);
+            gopt.step_with(&g, 1e-4)
+        })
     })?;
     println!(
         "{}",
