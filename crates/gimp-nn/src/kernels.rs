@@ -4,6 +4,7 @@
 //! 33 shifted multiply-adds whose intermediates all stay alive for backprop (≈ 66 copies of V);
 //! as one op it reads V once and keeps nothing.
 
+use crate::lanes;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -185,12 +186,37 @@ pub struct LayerNormLast {
     pub eps: f32,
 }
 
-/// Mean and 1/σ of one row.
-fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
-    let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    (mean, 1.0 / (var + eps).sqrt())
+crate::multiversion! {
+    /// LayerNorm backward for whole rows: writes `dx`, adds into `dw` and `db`. Each row's
+    /// mean and 1/σ are recomputed (cheaper than keeping them).
+    fn layer_norm_backward_rows(
+        dx: &mut [f32],
+        x: &[f32],
+        g: &[f32],
+        w: &[f32],
+        eps: f32,
+        dw: &mut [f32],
+        db: &mut [f32],
+    ) {
+        let dim = w.len();
+        let mut xhat = vec![0f32; dim];
+        let mut gw = vec![0f32; dim];
+        for ((dxr, xr), gr) in dx.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).zip(g.chunks_exact(dim)) {
+            let mean = lanes::sum(xr) / dim as f32;
+            let rstd = 1.0 / (lanes::sum_sq_dev(xr, mean) / dim as f32 + eps).sqrt();
+            for j in 0..dim {
+                xhat[j] = (xr[j] - mean) * rstd;
+                gw[j] = gr[j] * w[j];
+                dw[j] += gr[j] * xhat[j];
+                db[j] += gr[j];
+            }
+            let m1 = lanes::sum(&gw) / dim as f32;
+            let m2 = lanes::dot(&gw, &xhat) / dim as f32;
+            for j in 0..dim {
+                dxr[j] = rstd * (gw[j] - m1 - xhat[j] * m2);
+            }
+        }
+    }
 }
 
 impl candle_core::CustomOp3 for LayerNormLast {
@@ -244,27 +270,7 @@ impl candle_core::CustomOp3 for LayerNormLast {
                         .map(|((dx, x), g)| {
                             let mut dw = vec![0f32; dim];
                             let mut db = vec![0f32; dim];
-                            let mut xhat = vec![0f32; dim];
-                            for ((dxr, xr), gr) in dx
-                                .chunks_exact_mut(dim)
-                                .zip(x.chunks_exact(dim))
-                                .zip(g.chunks_exact(dim))
-                            {
-                                let (mean, rstd) = row_stats(xr, self.eps);
-                                let (mut s1, mut s2) = (0f32, 0f32);
-                                for j in 0..dim {
-                                    xhat[j] = (xr[j] - mean) * rstd;
-                                    dw[j] += gr[j] * xhat[j];
-                                    db[j] += gr[j];
-                                    let dxh = gr[j] * ws[j];
-                                    s1 += dxh;
-                                    s2 += dxh * xhat[j];
-                                }
-                                let (m1, m2) = (s1 / dim as f32, s2 / dim as f32);
-                                for j in 0..dim {
-                                    dxr[j] = rstd * (gr[j] * ws[j] - m1 - xhat[j] * m2);
-                                }
-                            }
+                            layer_norm_backward_rows(dx, x, g, ws, self.eps, &mut dw, &mut db);
                             (dw, db)
                         })
                         .collect();

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod fused_linear;
 pub mod init;
 pub mod kernels;
+pub mod lanes;
 pub mod layers;
 pub mod loss;
 pub mod nystrom;

@@ -15,6 +15,7 @@
 //! The arithmetic is the training op's (`nystrom_op`); `tests/nystrom_parity.rs` checks both
 //! against the reference fixtures.
 
+use crate::lanes;
 use crate::nystrom_op::{
     max_with_ties, mm, mm_parallel, pinv_forward, segment_means, softmax_rows, CoreShape, View,
 };
@@ -44,15 +45,17 @@ pub enum Update {
     Replace,
 }
 
-/// LayerNorm of each row of `src` into `dst` (biased variance, as PyTorch).
-pub fn layer_norm_rows(src: &[f32], dst: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-    let dim = weight.len();
-    for (s, o) in src.chunks_exact(dim).zip(dst.chunks_exact_mut(dim)) {
-        let mean = s.iter().sum::<f32>() / dim as f32;
-        let var = s.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
-        let inv = 1.0 / (var + eps).sqrt();
-        for (((o, &v), &g), &b) in o.iter_mut().zip(s).zip(weight).zip(bias) {
-            *o = (v - mean) * inv * g + b;
+crate::multiversion! {
+    /// LayerNorm of each row of `src` into `dst` (biased variance, as PyTorch).
+    pub fn layer_norm_rows(src: &[f32], dst: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+        let dim = weight.len();
+        for (s, o) in src.chunks_exact(dim).zip(dst.chunks_exact_mut(dim)) {
+            let mean = lanes::sum(s) / dim as f32;
+            let var = lanes::sum_sq_dev(s, mean) / dim as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for (((o, &v), &g), &b) in o.iter_mut().zip(s).zip(weight).zip(bias) {
+                *o = (v - mean) * inv * g + b;
+            }
         }
     }
 }

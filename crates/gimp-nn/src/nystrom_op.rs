@@ -20,6 +20,7 @@
 //! does), so it reproduces the reference's autograd; `tests/nystrom_parity.rs` checks it against
 //! lucidrains' gradients, the candle-graph implementation and finite differences.
 
+use crate::lanes;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -143,73 +144,136 @@ fn gemm_into(dst: &mut [f32], a: View, b: View, accumulate: bool, alpha: f32, pa
     }
 }
 
-/// Row-wise softmax in place (max subtracted first).
-pub(crate) fn softmax_rows(x: &mut [f32], cols: usize) {
-    for row in x.chunks_exact_mut(cols) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for v in row.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|v| *v *= inv);
-    }
-}
-
-/// Softmax backward in place: `g ← f ⊙ (g − Σ_row g ⊙ f)`.
-pub(crate) fn softmax_backward_rows(f: &[f32], g: &mut [f32], cols: usize) {
-    for (fr, gr) in f.chunks_exact(cols).zip(g.chunks_exact_mut(cols)) {
-        let dot: f32 = fr.iter().zip(gr.iter()).map(|(a, b)| a * b).sum();
-        for (gv, fv) in gr.iter_mut().zip(fr) {
-            *gv = fv * (*gv - dot);
+crate::multiversion! {
+    /// Row-wise softmax in place (max subtracted first).
+    pub(crate) fn softmax_rows(x: &mut [f32], cols: usize) {
+        for row in x.chunks_exact_mut(cols) {
+            let max = lanes::max(row);
+            for v in row.iter_mut() {
+                *v = lanes::exp(*v - max);
+            }
+            let inv = 1.0 / lanes::sum(row);
+            row.iter_mut().for_each(|v| *v *= inv);
         }
     }
 }
 
-/// Means of `l` consecutive rows: `[rows / l, cols]`.
-pub(crate) fn segment_means(x: View, l: usize) -> Vec<f32> {
-    let m = x.rows / l;
-    let mut out = vec![0f32; m * x.cols];
-    for (i, o) in out.chunks_exact_mut(x.cols).enumerate() {
-        for r in i * l..(i + 1) * l {
-            o.iter_mut().zip(x.row(r)).for_each(|(a, v)| *a += v);
+crate::multiversion! {
+    /// Softmax backward in place: `g ← f ⊙ (g − Σ_row g ⊙ f)`.
+    pub(crate) fn softmax_backward_rows(f: &[f32], g: &mut [f32], cols: usize) {
+        for (fr, gr) in f.chunks_exact(cols).zip(g.chunks_exact_mut(cols)) {
+            let dot = lanes::dot(fr, gr);
+            for (gv, fv) in gr.iter_mut().zip(fr) {
+                *gv = fv * (*gv - dot);
+            }
         }
-        let inv = 1.0 / l as f32;
-        o.iter_mut().for_each(|a| *a *= inv);
     }
-    out
 }
 
-/// `out[i] += Σ_t w[t] · x[i + t − K/2]` over rows (zero outside), `out` contiguous `[rows, cols]`.
-pub(crate) fn conv_rows(out: &mut [f32], x: View, w: &[f32]) {
+crate::multiversion! {
+    /// Means of `l` consecutive rows: `[rows / l, cols]`.
+    pub(crate) fn segment_means(x: View, l: usize) -> Vec<f32> {
+        let m = x.rows / l;
+        let mut out = vec![0f32; m * x.cols];
+        for (i, o) in out.chunks_exact_mut(x.cols).enumerate() {
+            for r in i * l..(i + 1) * l {
+                lanes::axpy(o, 1.0, x.row(r));
+            }
+            let inv = 1.0 / l as f32;
+            o.iter_mut().for_each(|a| *a *= inv);
+        }
+        out
+    }
+}
+
+/// One output row's columns `c0 .. c0 + 16·S` of [`conv_rows`], summed over taps `t0..t1` in
+/// `S` vector registers (independent chains, so the adds overlap).
+#[inline(always)]
+fn conv_strips<const S: usize>(
+    o: &mut [f32],
+    x: View,
+    w: &[f32],
+    i: usize,
+    taps: (usize, usize),
+    c0: usize,
+) {
     let r = w.len() / 2;
-    let n = x.rows;
-    for (i, o) in out.chunks_exact_mut(x.cols).enumerate() {
-        let t0 = r.saturating_sub(i);
-        let t1 = w.len().min(n + r - i);
-        for (t, &wt) in w.iter().enumerate().take(t1).skip(t0) {
-            let src = x.row(i + t - r);
-            o.iter_mut().zip(src).for_each(|(a, v)| *a += wt * v);
+    let mut acc = [[0f32; 16]; S];
+    for (t, &wt) in w.iter().enumerate().take(taps.1).skip(taps.0) {
+        let row = x.row(i + t - r);
+        for (s, a) in acc.iter_mut().enumerate() {
+            let src: &[f32; 16] = row[c0 + 16 * s..c0 + 16 * (s + 1)]
+                .try_into()
+                .expect("16 columns");
+            lanes::axpy16(a, wt, src);
+        }
+    }
+    for (s, a) in acc.iter().enumerate() {
+        lanes::axpy(&mut o[c0 + 16 * s..c0 + 16 * (s + 1)], 1.0, a);
+    }
+}
+
+crate::multiversion! {
+    /// `out[i] += Σ_t w[t] · x[i + t − K/2]` over rows (zero outside), `out` contiguous
+    /// `[rows, cols]`. Register-blocked: 16-column strips of an output row are summed over all
+    /// taps in vector registers and stored once.
+    pub(crate) fn conv_rows(out: &mut [f32], x: View, w: &[f32]) {
+        let (r, n, cols) = (w.len() / 2, x.rows, x.cols);
+        let strips = cols / 16;
+        for (i, o) in out.chunks_exact_mut(cols).enumerate() {
+            let taps = (r.saturating_sub(i), w.len().min(n + r - i));
+            let mut s = 0;
+            while s + 4 <= strips {
+                conv_strips::<4>(o, x, w, i, taps, 16 * s);
+                s += 4;
+            }
+            while s < strips {
+                conv_strips::<1>(o, x, w, i, taps, 16 * s);
+                s += 1;
+            }
+            for c in 16 * strips..cols {
+                for (t, &wt) in w.iter().enumerate().take(taps.1).skip(taps.0) {
+                    o[c] += wt * x.row(i + t - r)[c];
+                }
+            }
         }
     }
 }
 
-/// `dw[t] = Σ_i ⟨g[i], x[i + t − K/2]⟩`.
-fn conv_weight_grad(g: View, x: View, k: usize) -> Vec<f32> {
-    let r = k / 2;
-    let n = x.rows;
-    (0..k)
-        .map(|t| {
-            let (i0, i1) = (r.saturating_sub(t), (n + r).saturating_sub(t).min(n));
-            (i0..i1)
-                .map(|i| {
-                    let (a, b) = (g.row(i), x.row(i + t - r));
-                    a.iter().zip(b).map(|(p, q)| p * q).sum::<f32>()
-                })
-                .sum()
-        })
-        .collect()
+crate::multiversion! {
+    /// `dw[t] = Σ_i ⟨g[i], x[i + t − K/2]⟩`: one 16-lane accumulator per tap, reduced once at
+    /// the end (a horizontal sum per row pair would cost more than the products).
+    fn conv_weight_grad(g: View, x: View, k: usize) -> Vec<f32> {
+        let (r, n, cols) = (k / 2, x.rows, x.cols);
+        let mut acc = vec![[0f32; 16]; k];
+        let mut tail = vec![0f32; k];
+        for i in 0..n {
+            let gi = g.row(i);
+            let t0 = r.saturating_sub(i);
+            let t1 = k.min(n + r - i);
+            for t in t0..t1 {
+                let xs = x.row(i + t - r);
+                // A local copy of the accumulator stays in a register (through the slot in
+                // `acc` the compiler cannot rule out aliasing and does not vectorise).
+                let mut a = acc[t];
+                let mut c0 = 0;
+                while c0 + 16 <= cols {
+                    let gs: &[f32; 16] = gi[c0..c0 + 16].try_into().expect("16 columns");
+                    let vs: &[f32; 16] = xs[c0..c0 + 16].try_into().expect("16 columns");
+                    lanes::fma16(&mut a, gs, vs);
+                    c0 += 16;
+                }
+                acc[t] = a;
+                for c in c0..cols {
+                    tail[t] += gi[c] * xs[c];
+                }
+            }
+        }
+        acc.iter()
+            .zip(&tail)
+            .map(|(a, &t)| a.iter().fold(t, |s, v| s + v))
+            .collect()
+    }
 }
 
 /// d|x|/dx as PyTorch takes it (0 at 0).
@@ -502,6 +566,27 @@ impl NystromCore {
     }
 }
 
+/// Scatters per-task `[N', d]` blocks into a merged `[B, N', P·H·d]` tensor: part `p` of task
+/// `(b, h)` goes to columns `p·H·d + h·d ..`. Parallel over rows.
+fn merge_heads<const P: usize>(dst: &mut [f32], parts: &[[&[f32]; P]], dm: Dims) {
+    let (n, d, h) = (dm.n, dm.d, dm.h);
+    let row_len = P * h * d;
+    dst.par_chunks_mut(row_len * 256)
+        .enumerate()
+        .for_each(|(ci, block)| {
+            for (j, row) in block.chunks_exact_mut(row_len).enumerate() {
+                let global = ci * 256 + j;
+                let (bi, i) = (global / n, global % n);
+                for hi in 0..h {
+                    for (p, src) in parts[bi * h + hi].iter().enumerate() {
+                        let at = p * h * d + hi * d;
+                        row[at..at + d].copy_from_slice(&src[i * d..(i + 1) * d]);
+                    }
+                }
+            }
+        });
+}
+
 /// Maximum of the values and every position reaching it.
 pub(crate) fn max_with_ties(
     values: impl Iterator<Item = ((usize, usize), f32)>,
@@ -582,16 +667,10 @@ impl CustomOp2 for NystromCore {
             .map(|(bh, p1)| self.head_forward(Inputs { dm, qkv, conv }, bh, p1, c))
             .collect();
         let inner = dm.inner();
+        let (heads, per_head): (Vec<HeadSaved>, Vec<Vec<f32>>) = results.into_iter().unzip();
         let mut out = vec![0f32; dm.b * dm.n * inner];
-        let mut heads = Vec::with_capacity(tasks);
-        for (bh, (saved, o)) in results.into_iter().enumerate() {
-            let (bi, hi) = (bh / dm.h, bh % dm.h);
-            for (i, row) in o.chunks_exact(dm.d).enumerate() {
-                let at = (bi * dm.n + i) * inner + hi * dm.d;
-                out[at..at + dm.d].copy_from_slice(row);
-            }
-            heads.push(saved);
-        }
+        let parts: Vec<[&[f32]; 1]> = per_head.iter().map(|o| [o.as_slice()]).collect();
+        merge_heads(&mut out, &parts, dm);
         *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Saved {
             heads,
             row_max,
@@ -825,17 +904,14 @@ impl NystromCore {
             .map(|(bh, hg)| self.head_backward_b(&saved.heads[bh], dm, bh, qkv, hg))
             .collect();
         let inner = dm.inner();
-        let (n, d) = (dm.n, dm.d);
+        let n = dm.n;
         let mut dqkv = vec![0f32; dm.b * n * 3 * inner];
-        for (bh, ((dq, dk), hg)) in qk.iter().zip(&phase_a).enumerate() {
-            let (bi, hi) = (bh / dm.h, bh % dm.h);
-            for (which, src) in [dq, dk, &hg.dv].into_iter().enumerate() {
-                for (i, row) in src.chunks_exact(d).enumerate() {
-                    let at = (bi * n + i) * 3 * inner + which * inner + hi * d;
-                    dqkv[at..at + d].copy_from_slice(row);
-                }
-            }
-        }
+        let parts: Vec<[&[f32]; 3]> = qk
+            .iter()
+            .zip(&phase_a)
+            .map(|((dq, dk), hg)| [dq.as_slice(), dk.as_slice(), hg.dv.as_slice()])
+            .collect();
+        merge_heads(&mut dqkv, &parts, dm);
         let kk = self.shape.kernel;
         let mut dconv = vec![0f32; if kk > 0 { dm.h * kk } else { conv.len() }];
         if kk > 0 {
