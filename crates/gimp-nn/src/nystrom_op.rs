@@ -231,9 +231,9 @@ crate::multiversion! {
                 conv_strips::<1>(o, x, w, i, taps, 16 * s);
                 s += 1;
             }
-            for c in 16 * strips..cols {
+            for (c, oc) in o.iter_mut().enumerate().skip(16 * strips) {
                 for (t, &wt) in w.iter().enumerate().take(taps.1).skip(taps.0) {
-                    o[c] += wt * x.row(i + t - r)[c];
+                    *oc += wt * x.row(i + t - r)[c];
                 }
             }
         }
