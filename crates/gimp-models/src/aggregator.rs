@@ -101,7 +101,7 @@ struct TransLayer {
 
 impl TransLayer {
     fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
-        x + self.attn.forward(&self.norm.forward(x)?, mode)?
+        self.attn.forward_prenorm_residual(&self.norm, x, mode)
     }
 }
 

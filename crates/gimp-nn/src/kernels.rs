@@ -219,6 +219,36 @@ crate::multiversion! {
     }
 }
 
+/// LayerNorm backward over rows of `x` (last dimension `w.len()`), in parallel: writes `dx`,
+/// returns `(dweight, dbias)`.
+pub(crate) fn layer_norm_backward(
+    dx: &mut [f32],
+    x: &[f32],
+    g: &[f32],
+    w: &[f32],
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let dim = w.len();
+    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(dim * ROWS_PER_TASK)
+        .zip(x.par_chunks(dim * ROWS_PER_TASK))
+        .zip(g.par_chunks(dim * ROWS_PER_TASK))
+        .map(|((dx, x), g)| {
+            let mut dw = vec![0f32; dim];
+            let mut db = vec![0f32; dim];
+            layer_norm_backward_rows(dx, x, g, w, eps, &mut dw, &mut db);
+            (dw, db)
+        })
+        .collect();
+    let mut dw = vec![0f32; dim];
+    let mut db = vec![0f32; dim];
+    for (pw, pb) in &partial {
+        dw.iter_mut().zip(pw).for_each(|(a, v)| *a += v);
+        db.iter_mut().zip(pb).for_each(|(a, v)| *a += v);
+    }
+    (dw, db)
+}
+
 impl candle_core::CustomOp3 for LayerNormLast {
     fn name(&self) -> &'static str {
         "layer-norm-last"
@@ -258,28 +288,11 @@ impl candle_core::CustomOp3 for LayerNormLast {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         use crate::nystrom_op::with_data;
-        let dim = w.elem_count();
         let (dx, dw, db) = with_data(x, |xs| {
             with_data(w, |ws| {
                 with_data(grad, |gs| {
                     let mut dx = vec![0f32; xs.len()];
-                    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
-                        .par_chunks_mut(dim * ROWS_PER_TASK)
-                        .zip(xs.par_chunks(dim * ROWS_PER_TASK))
-                        .zip(gs.par_chunks(dim * ROWS_PER_TASK))
-                        .map(|((dx, x), g)| {
-                            let mut dw = vec![0f32; dim];
-                            let mut db = vec![0f32; dim];
-                            layer_norm_backward_rows(dx, x, g, ws, self.eps, &mut dw, &mut db);
-                            (dw, db)
-                        })
-                        .collect();
-                    let mut dw = vec![0f32; dim];
-                    let mut db = vec![0f32; dim];
-                    for (pw, pb) in &partial {
-                        dw.iter_mut().zip(pw).for_each(|(a, v)| *a += v);
-                        db.iter_mut().zip(pb).for_each(|(a, v)| *a += v);
-                    }
+                    let (dw, db) = layer_norm_backward(&mut dx, xs, gs, ws, self.eps);
                     Ok((dx, dw, db))
                 })
             })

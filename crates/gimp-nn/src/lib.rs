@@ -10,6 +10,7 @@ pub mod layers;
 pub mod loss;
 pub mod nystrom;
 pub mod nystrom_infer;
+pub mod nystrom_layer_op;
 pub mod nystrom_op;
 pub mod ops;
 pub mod optim;

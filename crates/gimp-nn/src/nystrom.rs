@@ -10,6 +10,7 @@
 use crate::init::Init;
 use crate::layers::{LayerNorm, Linear};
 use crate::nystrom_infer::{self, LayerWeights, Update};
+use crate::nystrom_layer_op::{LayerShape, NystromLayerOp};
 use crate::nystrom_op::{nystrom_core, CoreShape};
 use crate::ops::{self, Mode};
 use crate::params::Scope;
@@ -202,6 +203,46 @@ impl NystromAttention {
         let out = ops::dropout(&self.to_out.forward(&out)?, self.cfg.dropout, mode)?;
         let start = if self.cfg.legacy_front_slice { 0 } else { pad };
         out.narrow(1, start, n)
+    }
+
+    /// The aggregator's pre-norm residual layer, `x + forward(norm(x))`. With gradients on the
+    /// CPU the whole layer is one op with a hand-written backward pass
+    /// (`nystrom_layer_op`); at inference or elsewhere, the composition of the parts.
+    pub fn forward_prenorm_residual(
+        &self,
+        norm: &LayerNorm,
+        x: &Tensor,
+        mode: &Mode,
+    ) -> Result<Tensor> {
+        let inference = mode.no_grad && !mode.train;
+        if inference || x.dtype() != DType::F32 || !x.device().is_cpu() {
+            return x + self.forward(&norm.forward(x)?, mode)?;
+        }
+        let dim = self.cfg.dim;
+        let mut parts = vec![
+            norm.weight.flatten_all()?,
+            norm.bias.flatten_all()?,
+            self.to_qkv.weight.flatten_all()?,
+            self.to_out.weight.flatten_all()?,
+            match &self.to_out.bias {
+                Some(b) => b.flatten_all()?,
+                None => Tensor::zeros(dim, DType::F32, x.device())?,
+            },
+        ];
+        if let Some(w) = &self.res_conv {
+            parts.push(w.flatten_all()?);
+        }
+        let packed = Tensor::cat(&parts, 0)?;
+        let mask = (mode.train && self.cfg.dropout > 0.0)
+            .then(|| mode.scaled_keep_mask(x.elem_count(), self.cfg.dropout));
+        let shape = LayerShape {
+            core: self.core_shape(),
+            dim,
+            legacy_front_slice: self.cfg.legacy_front_slice,
+            eps: norm.eps as f32,
+        };
+        x.contiguous()?
+            .apply_op2(&packed, NystromLayerOp::new(shape, mask))
     }
 
     /// The same layer built from candle's ordinary ops (autograd through every step): the

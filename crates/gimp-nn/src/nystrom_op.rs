@@ -397,7 +397,7 @@ struct Saved {
 
 /// Dimensions of one call.
 #[derive(Clone, Copy)]
-struct Dims {
+pub(crate) struct Dims {
     b: usize,
     n: usize,
     h: usize,
@@ -408,7 +408,7 @@ struct Dims {
 }
 
 impl Dims {
-    fn inner(&self) -> usize {
+    pub(crate) fn inner(&self) -> usize {
         self.h * self.d
     }
 
@@ -459,7 +459,7 @@ impl NystromCore {
         }
     }
 
-    fn dims(&self, qkv: &Shape) -> Result<Dims> {
+    pub(crate) fn dims(&self, qkv: &Shape) -> Result<Dims> {
         let (b, n, c) = qkv.dims3()?;
         let s = self.shape;
         let inner = s.heads * s.dim_head;
@@ -637,6 +637,33 @@ impl CustomOp2 for NystromCore {
         let dm = self.dims(l1.shape())?;
         let qkv = cpu_slice(s1, l1, "qkv")?;
         let conv = cpu_slice(s2, l2, "conv kernels")?;
+        let out = self.forward_slices(qkv, conv, dm)?;
+        Ok((CpuStorage::F32(out), Shape::from((dm.b, dm.n, dm.inner()))))
+    }
+
+    fn bwd(
+        &self,
+        qkv: &Tensor,
+        conv: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dm = self.dims(qkv.shape())?;
+        let (dqkv, dconv) = with_data(qkv, |q| {
+            with_data(grad, |g| {
+                with_data(conv, |w| self.backward_slices(q, w, g, dm))
+            })
+        })?;
+        let dqkv = Tensor::from_vec(dqkv, qkv.shape(), qkv.device())?;
+        let dconv = Tensor::from_vec(dconv, conv.shape(), conv.device())?;
+        Ok((Some(dqkv), Some(dconv)))
+    }
+}
+
+impl NystromCore {
+    /// The forward pass on raw `qkv` `[B, N', 3·H·d]` (shape from `dims`), keeping what the
+    /// backward pass needs; returns `[B, N', H·d]`.
+    pub(crate) fn forward_slices(&self, qkv: &[f32], conv: &[f32], dm: Dims) -> Result<Vec<f32>> {
         if self.shape.kernel > 0 && conv.len() != dm.h * self.shape.kernel {
             candle_core::bail!(
                 "nystrom core: {} conv weights, expected {} × {}",
@@ -666,9 +693,8 @@ impl CustomOp2 for NystromCore {
             .enumerate()
             .map(|(bh, p1)| self.head_forward(Inputs { dm, qkv, conv }, bh, p1, c))
             .collect();
-        let inner = dm.inner();
         let (heads, per_head): (Vec<HeadSaved>, Vec<Vec<f32>>) = results.into_iter().unzip();
-        let mut out = vec![0f32; dm.b * dm.n * inner];
+        let mut out = vec![0f32; dm.b * dm.n * dm.inner()];
         let parts: Vec<[&[f32]; 1]> = per_head.iter().map(|o| [o.as_slice()]).collect();
         merge_heads(&mut out, &parts, dm);
         *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Saved {
@@ -678,16 +704,17 @@ impl CustomOp2 for NystromCore {
             row_ties,
             col_ties,
         }));
-        Ok((CpuStorage::F32(out), Shape::from((dm.b, dm.n, inner))))
+        Ok(out)
     }
 
-    fn bwd(
+    /// The backward pass on raw slices after [`Self::forward_slices`]: `(dqkv, dconv)`.
+    pub(crate) fn backward_slices(
         &self,
-        qkv: &Tensor,
-        conv: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        qkv: &[f32],
+        conv: &[f32],
+        grad: &[f32],
+        dm: Dims,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
         let saved = self
             .saved
             .lock()
@@ -696,15 +723,7 @@ impl CustomOp2 for NystromCore {
             .ok_or_else(|| {
                 candle_core::Error::Msg("nystrom core: backward before forward".into())
             })?;
-        let dm = self.dims(qkv.shape())?;
-        let (dqkv, dconv) = with_data(qkv, |q| {
-            with_data(grad, |g| {
-                with_data(conv, |w| Ok(self.backward(&saved, dm, q, w, g)))
-            })
-        })?;
-        let dqkv = Tensor::from_vec(dqkv, qkv.shape(), qkv.device())?;
-        let dconv = Tensor::from_vec(dconv, conv.shape(), conv.device())?;
-        Ok((Some(dqkv), Some(dconv)))
+        Ok(self.backward(&saved, dm, qkv, conv, grad))
     }
 }
 

@@ -116,6 +116,17 @@ impl Mode {
         Tensor::from_vec(data, shape, device)
     }
 
+    /// An inverted-dropout mask of `n` values: 0 with probability `p`, else `1/(1−p)` (the
+    /// same draws as [`Self::keep_mask`]).
+    pub fn scaled_keep_mask(&self, n: usize, p: f64) -> Vec<f32> {
+        let keep = 1.0 - p;
+        let scale = (1.0 / keep) as f32;
+        let mut rng = self.rng.borrow_mut();
+        (0..n)
+            .map(|_| if rng.gen::<f64>() < keep { scale } else { 0.0 })
+            .collect()
+    }
+
     /// Uniform integers in `0..n`, for sampling inside models (masking, mining).
     pub fn with_rng<T>(&self, f: impl FnOnce(&mut ChaCha8Rng) -> T) -> T {
         f(&mut self.rng.borrow_mut())
@@ -129,14 +140,7 @@ pub fn dropout(x: &Tensor, p: f64, mode: &Mode) -> Result<Tensor> {
     }
     if x.dtype() == DType::F32 && x.device().is_cpu() {
         // The same draws as below, with the scale folded into the mask: one op (`MaskOp`).
-        let keep = 1.0 - p;
-        let scale = (1.0 / keep) as f32;
-        let mask: Vec<f32> = {
-            let mut rng = mode.rng.borrow_mut();
-            (0..x.elem_count())
-                .map(|_| if rng.gen::<f64>() < keep { scale } else { 0.0 })
-                .collect()
-        };
+        let mask = mode.scaled_keep_mask(x.elem_count(), p);
         return x
             .contiguous()?
             .apply_op1(crate::fused_linear::MaskOp { mask });

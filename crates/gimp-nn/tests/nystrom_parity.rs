@@ -372,3 +372,63 @@ fn fused_op_backward_matches_finite_differences() {
         );
     }
 }
+
+/// The whole pre-norm residual layer as one op (`nystrom_layer_op`) against
+/// `x + attention(LayerNorm(x))` composed from candle's ordinary ops: forward and the gradients
+/// of the input, the LayerNorm and every attention parameter; batch 2, padding, both
+/// un-padding conventions, with and without the residual convolution.
+#[test]
+fn fused_layer_matches_the_composed_layer() {
+    use gimp_nn::LayerNorm;
+    for (residual, legacy, n) in [(true, false, 301), (false, false, 64), (true, true, 77)] {
+        let cfg = NystromConfig {
+            residual,
+            legacy_front_slice: legacy,
+            ..config(32, 4, 8)
+        };
+        let store = ParamStore::new(8);
+        let root = store.root();
+        let norm = LayerNorm::new(&root.pp("norm"), 32).unwrap();
+        let attn = NystromAttention::new(&root.pp("attn"), cfg).unwrap();
+        // Non-trivial LayerNorm parameters, so the forward uses them.
+        for (name, p) in store.params() {
+            if name.starts_with("norm.") {
+                let v = Tensor::randn(0.5f32, 0.3f32, 32, &Device::Cpu).unwrap();
+                p.var.set(&v).unwrap();
+            }
+        }
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, (2, n, 32), &Device::Cpu).unwrap())
+            .unwrap();
+        let w = Tensor::randn(0f32, 1f32, (2, n, 32), &Device::Cpu).unwrap();
+        let run = |fused: bool| {
+            let o = if fused {
+                attn.forward_prenorm_residual(&norm, x.as_tensor(), &Mode::eval())
+            } else {
+                let h =
+                    gimp_nn::ops::layer_norm_graph(x.as_tensor(), &norm.weight, &norm.bias, 1e-5)
+                        .unwrap();
+                x.as_tensor() + attn.forward_graph(&h, &Mode::eval()).unwrap()
+            }
+            .unwrap();
+            let g = (&o * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut grads = vec![("input".to_string(), g.get(x.as_tensor()).unwrap().clone())];
+            for (name, p) in store.params() {
+                grads.push((name, g.get(p.var.as_tensor()).unwrap().clone()));
+            }
+            (o, grads)
+        };
+        let (of, gf) = run(true);
+        let (og, gg) = run(false);
+        let case = format!("residual {residual}, legacy {legacy}, n {n}");
+        assert!(
+            rel_err(&of, &og) < 1e-5,
+            "{case}: forward {}",
+            rel_err(&of, &og)
+        );
+        assert_eq!(gf.len(), gg.len());
+        for ((name, a), (_, b)) in gf.iter().zip(&gg) {
+            let e = rel_err(a, b);
+            assert!(e < 1e-4, "{case}: gradient of {name}: relative error {e}");
+        }
+    }
+}

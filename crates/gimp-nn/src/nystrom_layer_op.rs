@@ -1,0 +1,314 @@
+//! A whole pre-norm residual Nyström layer, `x + dropout(to_out(core(to_qkv(pad(LN(x))))))`,
+//! as one candle op with a hand-written backward pass.
+//!
+//! Built from separate ops (LayerNorm, projection, padding copy, [`crate::nystrom_op`] core,
+//! projection, dropout, un-padding copy, residual add) every boundary is a tensor allocated
+//! forward and, backward, a zero tensor plus an addition for the gradient candle accumulates
+//! into it — about 150 MB of extra memory traffic per layer on a 6,000-patch window. Here the
+//! only tensors crossing the op are `x`, the packed parameters and the output; the padding is
+//! a zero prefix of the `qkv` buffer and the un-padding is reading the right output rows.
+//!
+//! Parameters travel packed in one tensor (LayerNorm weight and bias, `to_qkv.weight`,
+//! `to_out.0.weight`, `to_out.0.bias`, the residual kernels): `Tensor::cat` of the parameters is
+//! differentiable, so candle hands each parameter its slice of the packed gradient.
+
+use crate::nystrom_op::{mm_parallel, with_data, CoreShape, Dims, NystromCore, View};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// The layer's dimensions besides the core's.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerShape {
+    pub core: CoreShape,
+    pub dim: usize,
+    /// Keep the first `n` rows after padding (nystrom-attention ≤ 0.0.9) instead of the last.
+    pub legacy_front_slice: bool,
+    pub eps: f32,
+}
+
+impl LayerShape {
+    fn inner(&self) -> usize {
+        self.core.heads * self.core.dim_head
+    }
+
+    /// Offsets of the packed parameters, and the total length.
+    fn offsets(&self) -> [usize; 7] {
+        let (dim, inner) = (self.dim, self.inner());
+        let sizes = [
+            dim,
+            dim,
+            3 * inner * dim,
+            dim * inner,
+            dim,
+            self.core.heads * self.core.kernel,
+        ];
+        let mut o = [0; 7];
+        for (i, s) in sizes.iter().enumerate() {
+            o[i + 1] = o[i] + s;
+        }
+        o
+    }
+}
+
+struct Saved {
+    ln: Vec<f32>,
+    qkv: Vec<f32>,
+    o: Vec<f32>,
+}
+
+pub struct NystromLayerOp {
+    shape: LayerShape,
+    /// The dropout mask (already scaled by 1/(1−p)) on the projected output, `[B, n, dim]`.
+    mask: Option<Vec<f32>>,
+    core: NystromCore,
+    saved: Mutex<Option<Saved>>,
+}
+
+/// Slices of the packed parameters.
+struct Params<'a> {
+    ln_w: &'a [f32],
+    ln_b: &'a [f32],
+    w_qkv: &'a [f32],
+    w_out: &'a [f32],
+    b_out: &'a [f32],
+    conv: &'a [f32],
+}
+
+impl NystromLayerOp {
+    pub fn new(shape: LayerShape, mask: Option<Vec<f32>>) -> Self {
+        Self {
+            shape,
+            mask,
+            core: NystromCore::new(shape.core),
+            saved: Mutex::new(None),
+        }
+    }
+
+    fn params<'a>(&self, p: &'a [f32]) -> Result<Params<'a>> {
+        let o = self.shape.offsets();
+        if p.len() != o[6] {
+            candle_core::bail!(
+                "nystrom layer: {} packed parameters, expected {}",
+                p.len(),
+                o[6]
+            );
+        }
+        Ok(Params {
+            ln_w: &p[o[0]..o[1]],
+            ln_b: &p[o[1]..o[2]],
+            w_qkv: &p[o[2]..o[3]],
+            w_out: &p[o[3]..o[4]],
+            b_out: &p[o[4]..o[5]],
+            conv: &p[o[5]..o[6]],
+        })
+    }
+
+    /// Batch, tokens, padded rows, padding, first output row.
+    fn geometry(&self, x: &Shape) -> Result<(usize, usize, usize, usize, usize)> {
+        let (b, n, dim) = x.dims3()?;
+        let m = self.shape.core.landmarks;
+        if dim != self.shape.dim || n == 0 || m == 0 {
+            candle_core::bail!(
+                "nystrom layer: input {:?} for dim {}",
+                x.dims(),
+                self.shape.dim
+            );
+        }
+        let pad = (m - n % m) % m;
+        let start = if self.shape.legacy_front_slice {
+            0
+        } else {
+            pad
+        };
+        Ok((b, n, n + pad, pad, start))
+    }
+
+    fn core_dims(&self, b: usize, np: usize) -> Result<Dims> {
+        self.core
+            .dims(&Shape::from((b, np, 3 * self.shape.inner())))
+    }
+
+    fn forward(&self, x: &[f32], xs: &Shape, packed: &[f32]) -> Result<Vec<f32>> {
+        let (b, n, np, pad, start) = self.geometry(xs)?;
+        let p = self.params(packed)?;
+        let (dim, inner) = (self.shape.dim, self.shape.inner());
+        if let Some(mask) = &self.mask {
+            if mask.len() != x.len() {
+                candle_core::bail!(
+                    "nystrom layer: dropout mask of {} for {}",
+                    mask.len(),
+                    x.len()
+                );
+            }
+        }
+        let mut ln = vec![0f32; x.len()];
+        ln.par_chunks_mut(dim * 64)
+            .zip(x.par_chunks(dim * 64))
+            .for_each(|(o, x)| {
+                crate::nystrom_infer::layer_norm_rows(x, o, p.ln_w, p.ln_b, self.shape.eps)
+            });
+        // Padding rows of qkv stay zero: the reference pads before the bias-free projection.
+        let mut qkv = vec![0f32; b * np * 3 * inner];
+        let wqkv = View::dense(p.w_qkv, 3 * inner, dim);
+        for bi in 0..b {
+            let dst = &mut qkv[(bi * np + pad) * 3 * inner..(bi + 1) * np * 3 * inner];
+            let src = View::dense(&ln[bi * n * dim..(bi + 1) * n * dim], n, dim);
+            mm_parallel(dst, src, wqkv.t(), false, 1.0);
+        }
+        let dm = self.core_dims(b, np)?;
+        let o = self.core.forward_slices(&qkv, p.conv, dm)?;
+        let mut out = vec![0f32; x.len()];
+        let wout = View::dense(p.w_out, dim, inner);
+        for bi in 0..b {
+            let rows = View::rows_of(&o, (bi * np + start) * inner, n, inner, inner);
+            mm_parallel(
+                &mut out[bi * n * dim..(bi + 1) * n * dim],
+                rows,
+                wout.t(),
+                false,
+                1.0,
+            );
+        }
+        let mask = self.mask.as_deref();
+        out.par_chunks_mut(dim * 64)
+            .enumerate()
+            .for_each(|(ci, chunk)| {
+                let base = ci * dim * 64;
+                for (j, row) in chunk.chunks_exact_mut(dim).enumerate() {
+                    let at = base + j * dim;
+                    for (c, v) in row.iter_mut().enumerate() {
+                        let y = *v + p.b_out[c];
+                        let y = mask.map_or(y, |m| y * m[at + c]);
+                        *v = x[at + c] + y;
+                    }
+                }
+            });
+        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(Saved { ln, qkv, o });
+        Ok(out)
+    }
+
+    fn backward(
+        &self,
+        x: &[f32],
+        xs: &Shape,
+        packed: &[f32],
+        g: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (b, n, np, pad, start) = self.geometry(xs)?;
+        let p = self.params(packed)?;
+        let (dim, inner) = (self.shape.dim, self.shape.inner());
+        let guard = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(saved) = guard.as_ref() else {
+            candle_core::bail!("nystrom layer: backward before forward");
+        };
+        let offsets = self.shape.offsets();
+        let mut dpacked = vec![0f32; offsets[6]];
+        // dy = g ⊙ mask; the residual passes g to dx unchanged.
+        let dy: Vec<f32> = match &self.mask {
+            Some(m) => {
+                let mut d = g.to_vec();
+                d.par_chunks_mut(1 << 14)
+                    .zip(m.par_chunks(1 << 14))
+                    .for_each(|(d, m)| d.iter_mut().zip(m).for_each(|(a, b)| *a *= b));
+                d
+            }
+            None => g.to_vec(),
+        };
+        let mut d_o = vec![0f32; b * np * inner];
+        let wout = View::dense(p.w_out, dim, inner);
+        {
+            let (head, rest) = dpacked.split_at_mut(offsets[4]);
+            let dw_out = &mut head[offsets[3]..offsets[4]];
+            let db_out = &mut rest[..dim];
+            for bi in 0..b {
+                let dyb = View::dense(&dy[bi * n * dim..(bi + 1) * n * dim], n, dim);
+                let rows = View::rows_of(&saved.o, (bi * np + start) * inner, n, inner, inner);
+                mm_parallel(dw_out, dyb.t(), rows, bi > 0, 1.0);
+                let dst = &mut d_o[(bi * np + start) * inner..(bi * np + start + n) * inner];
+                mm_parallel(dst, dyb, wout, false, 1.0);
+            }
+            for row in dy.chunks_exact(dim) {
+                db_out.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+            }
+        }
+        drop(dy);
+        let dm = self.core_dims(b, np)?;
+        let (dqkv, dconv) = self.core.backward_slices(&saved.qkv, p.conv, &d_o, dm)?;
+        drop(d_o);
+        dpacked[offsets[5]..offsets[6]].copy_from_slice(&dconv[..offsets[6] - offsets[5]]);
+        let wqkv = View::dense(p.w_qkv, 3 * inner, dim);
+        let mut dln = vec![0f32; x.len()];
+        for bi in 0..b {
+            let dq = View::rows_of(&dqkv, (bi * np + pad) * 3 * inner, n, 3 * inner, 3 * inner);
+            let lnb = View::dense(&saved.ln[bi * n * dim..(bi + 1) * n * dim], n, dim);
+            mm_parallel(
+                &mut dpacked[offsets[2]..offsets[3]],
+                dq.t(),
+                lnb,
+                bi > 0,
+                1.0,
+            );
+            mm_parallel(
+                &mut dln[bi * n * dim..(bi + 1) * n * dim],
+                dq,
+                wqkv,
+                false,
+                1.0,
+            );
+        }
+        drop(dqkv);
+        let mut dx = vec![0f32; x.len()];
+        let (dw, db) =
+            crate::kernels::layer_norm_backward(&mut dx, x, &dln, p.ln_w, self.shape.eps);
+        dx.par_chunks_mut(1 << 14)
+            .zip(g.par_chunks(1 << 14))
+            .for_each(|(d, g)| d.iter_mut().zip(g).for_each(|(a, b)| *a += b));
+        dpacked[offsets[0]..offsets[1]].copy_from_slice(&dw);
+        dpacked[offsets[1]..offsets[2]].copy_from_slice(&db);
+        Ok((dx, dpacked))
+    }
+}
+
+impl CustomOp2 for NystromLayerOp {
+    fn name(&self) -> &'static str {
+        "nystrom-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = match l1.contiguous_offsets() {
+            Some((a, b)) => &s1.as_slice::<f32>()?[a..b],
+            None => candle_core::bail!("nystrom layer: input must be contiguous"),
+        };
+        let p = match l2.contiguous_offsets() {
+            Some((a, b)) => &s2.as_slice::<f32>()?[a..b],
+            None => candle_core::bail!("nystrom layer: parameters must be contiguous"),
+        };
+        let out = self.forward(x, l1.shape(), p)?;
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        packed: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dp) = with_data(x, |xs| {
+            with_data(packed, |ps| {
+                with_data(grad, |gs| self.backward(xs, x.shape(), ps, gs))
+            })
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dp, packed.shape(), packed.device())?),
+        ))
+    }
+}
