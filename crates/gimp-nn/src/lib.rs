@@ -15,6 +15,7 @@ pub mod nystrom_op;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod scratch;
 
 pub use candle_core::{Device, Result, Tensor};
 pub use fused_linear::Activation;

@@ -20,7 +20,7 @@
 //! does), so it reproduces the reference's autograd; `tests/nystrom_parity.rs` checks it against
 //! lucidrains' gradients, the candle-graph implementation and finite differences.
 
-use crate::lanes;
+use crate::{lanes, scratch};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -385,6 +385,13 @@ struct HeadSaved {
     u: Vec<f32>,
 }
 
+impl Drop for HeadSaved {
+    fn drop(&mut self) {
+        scratch::recycle(std::mem::take(&mut self.f1));
+        scratch::recycle(std::mem::take(&mut self.f3));
+    }
+}
+
 struct Saved {
     heads: Vec<HeadSaved>,
     /// The starting scale `c` = (max row abs-sum) · (max column abs-sum) over all heads.
@@ -520,10 +527,10 @@ impl NystromCore {
         let (q, k, v) = (dm.qkv(qkv, bh, 0), dm.qkv(qkv, bh, 1), dm.qkv(qkv, bh, 2));
         let (z, steps) = pinv_forward(&a, m, c, self.shape.pinv_iterations, true);
         let kmv = View::dense(&km, m, d);
-        let mut f1 = vec![0f32; n * m];
+        let mut f1 = scratch::buffer(n * m);
         mm(&mut f1, q, kmv.t(), false, dm.scale);
         softmax_rows(&mut f1, m);
-        let mut f3 = vec![0f32; m * n];
+        let mut f3 = scratch::buffer(m * n);
         mm(&mut f3, View::dense(&qm, m, d), k.t(), false, dm.scale);
         softmax_rows(&mut f3, n);
         let mut w = vec![0f32; m * d];
@@ -536,7 +543,7 @@ impl NystromCore {
             false,
             1.0,
         );
-        let mut out = vec![0f32; n * d];
+        let mut out = scratch::buffer(n * d);
         mm(
             &mut out,
             View::dense(&f1, n, m),
@@ -697,6 +704,8 @@ impl NystromCore {
         let mut out = vec![0f32; dm.b * dm.n * dm.inner()];
         let parts: Vec<[&[f32]; 1]> = per_head.iter().map(|o| [o.as_slice()]).collect();
         merge_heads(&mut out, &parts, dm);
+        drop(parts);
+        per_head.into_iter().for_each(scratch::recycle);
         *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Saved {
             heads,
             row_max,
@@ -737,6 +746,14 @@ struct HeadGrads {
     dconv: Vec<f32>,
 }
 
+impl Drop for HeadGrads {
+    fn drop(&mut self) {
+        scratch::recycle(std::mem::take(&mut self.df1));
+        scratch::recycle(std::mem::take(&mut self.df3));
+        scratch::recycle(std::mem::take(&mut self.dv));
+    }
+}
+
 impl NystromCore {
     fn head_backward_a(
         &self,
@@ -752,7 +769,7 @@ impl NystromCore {
         let v = dm.qkv(qkv, bh, 2);
         let mut du = vec![0f32; m * d];
         mm(&mut du, View::dense(&s.f1, n, m).t(), g, false, 1.0);
-        let mut df1 = vec![0f32; n * m];
+        let mut df1 = scratch::buffer(n * m);
         mm(&mut df1, g, View::dense(&s.u, m, d).t(), false, 1.0);
         let mut dw = vec![0f32; m * d];
         mm(
@@ -770,7 +787,7 @@ impl NystromCore {
             false,
             1.0,
         );
-        let mut dv = vec![0f32; n * d];
+        let mut dv = scratch::buffer(n * d);
         mm(
             &mut dv,
             View::dense(&s.f3, m, n).t(),
@@ -778,7 +795,7 @@ impl NystromCore {
             false,
             1.0,
         );
-        let mut df3 = vec![0f32; m * n];
+        let mut df3 = scratch::buffer(m * n);
         mm(&mut df3, View::dense(&dw, m, d), v.t(), false, 1.0);
         let kk = self.shape.kernel;
         let dconv = if kk > 0 {
@@ -860,9 +877,9 @@ impl NystromCore {
         );
         let (qmv, kmv) = (View::dense(&s.qm, m, d), View::dense(&s.km, m, d));
         let sc = dm.scale;
-        let mut dq = vec![0f32; n * d];
+        let mut dq = scratch::buffer(n * d);
         mm(&mut dq, ds1, kmv, false, sc);
-        let mut dk = vec![0f32; n * d];
+        let mut dk = scratch::buffer(n * d);
         mm(&mut dk, ds3.t(), qmv, false, sc);
         let mut dkm = vec![0f32; m * d];
         mm(&mut dkm, ds1.t(), q, false, sc);
@@ -931,6 +948,11 @@ impl NystromCore {
             .map(|((dq, dk), hg)| [dq.as_slice(), dk.as_slice(), hg.dv.as_slice()])
             .collect();
         merge_heads(&mut dqkv, &parts, dm);
+        drop(parts);
+        for (dq, dk) in qk {
+            scratch::recycle(dq);
+            scratch::recycle(dk);
+        }
         let kk = self.shape.kernel;
         let mut dconv = vec![0f32; if kk > 0 { dm.h * kk } else { conv.len() }];
         if kk > 0 {
