@@ -67,6 +67,16 @@ impl<'a> View<'a> {
         }
     }
 
+    /// Rows `r0 .. r0 + count` of a matrix.
+    pub fn rows(&self, r0: usize, count: usize) -> Self {
+        assert!(r0 + count <= self.rows, "rows outside the matrix");
+        Self {
+            off: self.off + r0 * self.rs,
+            rows: count,
+            ..*self
+        }
+    }
+
     pub fn cols(&self) -> usize {
         self.cols
     }
@@ -163,6 +173,20 @@ crate::multiversion! {
     pub(crate) fn softmax_backward_rows(f: &[f32], g: &mut [f32], cols: usize) {
         for (fr, gr) in f.chunks_exact(cols).zip(g.chunks_exact_mut(cols)) {
             let dot = lanes::dot(fr, gr);
+            for (gv, fv) in gr.iter_mut().zip(fr) {
+                *gv = fv * (*gv - dot);
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    /// Softmax backward for columns `c0 .. c0 + cb` of the row-softmax `f` (`[rows, n]`), with
+    /// each row's `Σ_j g ⊙ f` given: `g ← f ⊙ (g − rowdot)` on the block `g` (`[rows, cb]`).
+    fn softmax_backward_block(f: &[f32], n: usize, c0: usize, g: &mut [f32], cb: usize, rowdot: &[f32]) {
+        for (i, gr) in g.chunks_exact_mut(cb).enumerate() {
+            let fr = &f[i * n + c0..i * n + c0 + cb];
+            let dot = rowdot[i];
             for (gv, fv) in gr.iter_mut().zip(fr) {
                 *gv = fv * (*gv - dot);
             }
@@ -738,21 +762,31 @@ impl NystromCore {
 
 /// Phase A of one head's backward: everything down to `dA`, plus its share of `dL/dc`.
 struct HeadGrads {
-    df1: Vec<f32>,
-    df3: Vec<f32>,
-    da: Vec<f32>,
+    /// dL/dQ, dL/dK, dL/dV of this head, `[N', d]`; the landmark terms are added in phase B.
+    dq: Vec<f32>,
+    dk: Vec<f32>,
     dv: Vec<f32>,
+    /// dL/dQ̃, dL/dK̃ so far, `[m, d]`.
+    dqm: Vec<f32>,
+    dkm: Vec<f32>,
+    da: Vec<f32>,
     dc: f32,
     dconv: Vec<f32>,
 }
 
 impl Drop for HeadGrads {
     fn drop(&mut self) {
-        scratch::recycle(std::mem::take(&mut self.df1));
-        scratch::recycle(std::mem::take(&mut self.df3));
+        scratch::recycle(std::mem::take(&mut self.dq));
+        scratch::recycle(std::mem::take(&mut self.dk));
         scratch::recycle(std::mem::take(&mut self.dv));
     }
 }
+
+/// Rows of `F1` (columns of `F3`) per block of the backward pass: a block of the `N' × m`
+/// gradient (256 × 256 floats) stays in the core's L2 cache from its product through the
+/// softmax backward to the two products that consume it, instead of streaming whole
+/// `N' × m` matrices through memory three times.
+const BLOCK: usize = 256;
 
 impl NystromCore {
     fn head_backward_a(
@@ -765,12 +799,28 @@ impl NystromCore {
     ) -> HeadGrads {
         let Inputs { dm, qkv, conv } = inp;
         let (m, n, d) = (dm.m, dm.n, dm.d);
+        let sc = dm.scale;
         let g = dm.merged(grad, bh);
-        let v = dm.qkv(qkv, bh, 2);
+        let (q, k, v) = (dm.qkv(qkv, bh, 0), dm.qkv(qkv, bh, 1), dm.qkv(qkv, bh, 2));
+        let (qmv, kmv) = (View::dense(&s.qm, m, d), View::dense(&s.km, m, d));
+        let uv = View::dense(&s.u, m, d);
+        // F1 side, by row blocks: dU = F1ᵀ G, dS1 = softmax'(G Uᵀ), dQ = s·dS1 K̃, dK̃ = s·dS1ᵀ Q.
         let mut du = vec![0f32; m * d];
-        mm(&mut du, View::dense(&s.f1, n, m).t(), g, false, 1.0);
-        let mut df1 = scratch::buffer(n * m);
-        mm(&mut df1, g, View::dense(&s.u, m, d).t(), false, 1.0);
+        let mut dq = scratch::buffer(n * d);
+        let mut dkm = vec![0f32; m * d];
+        let mut block = vec![0f32; BLOCK * m.max(1)];
+        for (bi, r0) in (0..n).step_by(BLOCK).enumerate() {
+            let rb = BLOCK.min(n - r0);
+            let f1b = View::dense(&s.f1[r0 * m..(r0 + rb) * m], rb, m);
+            let gb = g.rows(r0, rb);
+            let ds = &mut block[..rb * m];
+            mm(&mut du, f1b.t(), gb, bi > 0, 1.0);
+            mm(ds, gb, uv.t(), false, 1.0);
+            softmax_backward_rows(&s.f1[r0 * m..(r0 + rb) * m], ds, m);
+            let dsv = View::dense(ds, rb, m);
+            mm(&mut dq[r0 * d..(r0 + rb) * d], dsv, kmv, false, sc);
+            mm(&mut dkm, dsv.t(), q.rows(r0, rb), bi > 0, sc);
+        }
         let mut dw = vec![0f32; m * d];
         mm(
             &mut dw,
@@ -787,16 +837,29 @@ impl NystromCore {
             false,
             1.0,
         );
+        // F3 side, by column blocks: dV = F3ᵀ dW, dS3 = softmax'(dW Vᵀ), dK = s·dS3ᵀ Q̃,
+        // dQ̃ = s·dS3 K. The softmax backward needs Σ_j dF3 ⊙ F3 over whole rows, which is
+        // Σ_f dW ⊙ W (as F3 V = W), so no block needs another.
+        let dwv = View::dense(&dw, m, d);
+        let rowdot: Vec<f32> = dw
+            .chunks_exact(d)
+            .zip(s.w.chunks_exact(d))
+            .map(|(a, b)| lanes::dot(a, b))
+            .collect();
         let mut dv = scratch::buffer(n * d);
-        mm(
-            &mut dv,
-            View::dense(&s.f3, m, n).t(),
-            View::dense(&dw, m, d),
-            false,
-            1.0,
-        );
-        let mut df3 = scratch::buffer(m * n);
-        mm(&mut df3, View::dense(&dw, m, d), v.t(), false, 1.0);
+        let mut dk = scratch::buffer(n * d);
+        let mut dqm = vec![0f32; m * d];
+        for (bi, c0) in (0..n).step_by(BLOCK).enumerate() {
+            let cb = BLOCK.min(n - c0);
+            let f3b = View::rows_of(&s.f3, c0, m, cb, n);
+            let ds = &mut block[..m * cb];
+            mm(&mut dv[c0 * d..(c0 + cb) * d], f3b.t(), dwv, false, 1.0);
+            mm(ds, dwv, v.rows(c0, cb).t(), false, 1.0);
+            softmax_backward_block(&s.f3, n, c0, ds, cb, &rowdot);
+            let dsv = View::dense(ds, m, cb);
+            mm(&mut dk[c0 * d..(c0 + cb) * d], dsv.t(), qmv, false, sc);
+            mm(&mut dqm, dsv, k.rows(c0, cb), bi > 0, sc);
+        }
         let kk = self.shape.kernel;
         let dconv = if kk > 0 {
             let hi = bh % dm.h;
@@ -846,61 +909,36 @@ impl NystromCore {
             }
         }
         HeadGrads {
-            df1,
-            df3,
-            da,
+            dq,
+            dk,
             dv,
+            dqm,
+            dkm,
+            da,
             dc: dc / (c * c),
             dconv,
         }
     }
 
-    /// Phase B of one head: softmax backward and the products back to Q and K; returns
-    /// (dQ, dK) as `[N', d]`.
-    fn head_backward_b(
-        &self,
-        s: &HeadSaved,
-        dm: Dims,
-        bh: usize,
-        qkv: &[f32],
-        hg: &mut HeadGrads,
-    ) -> (Vec<f32>, Vec<f32>) {
+    /// Phase B of one head (after the global `dc` reached `dA`): the landmark attention's
+    /// softmax backward, and the landmark gradients spread over their segments' rows.
+    fn head_backward_b(&self, s: &HeadSaved, dm: Dims, hg: &mut HeadGrads) {
         let (m, n, d, l) = (dm.m, dm.n, dm.d, dm.l);
-        let (q, k) = (dm.qkv(qkv, bh, 0), dm.qkv(qkv, bh, 1));
-        softmax_backward_rows(&s.f1, &mut hg.df1, m);
         softmax_backward_rows(&s.a, &mut hg.da, m);
-        softmax_backward_rows(&s.f3, &mut hg.df3, n);
-        let (ds1, ds2, ds3) = (
-            View::dense(&hg.df1, n, m),
-            View::dense(&hg.da, m, m),
-            View::dense(&hg.df3, m, n),
-        );
+        let ds2 = View::dense(&hg.da, m, m);
         let (qmv, kmv) = (View::dense(&s.qm, m, d), View::dense(&s.km, m, d));
-        let sc = dm.scale;
-        let mut dq = scratch::buffer(n * d);
-        mm(&mut dq, ds1, kmv, false, sc);
-        let mut dk = scratch::buffer(n * d);
-        mm(&mut dk, ds3.t(), qmv, false, sc);
-        let mut dkm = vec![0f32; m * d];
-        mm(&mut dkm, ds1.t(), q, false, sc);
-        mm(&mut dkm, ds2.t(), qmv, true, sc);
-        let mut dqm = vec![0f32; m * d];
-        mm(&mut dqm, ds2, kmv, false, sc);
-        mm(&mut dqm, ds3, k, true, sc);
+        mm(&mut hg.dkm, ds2.t(), qmv, true, dm.scale);
+        mm(&mut hg.dqm, ds2, kmv, true, dm.scale);
         let inv = 1.0 / l as f32;
         for r in 0..n {
             let seg = r / l;
-            let (gq, gk) = (&dqm[seg * d..(seg + 1) * d], &dkm[seg * d..(seg + 1) * d]);
-            dq[r * d..(r + 1) * d]
-                .iter_mut()
-                .zip(gq)
-                .for_each(|(a, b)| *a += b * inv);
-            dk[r * d..(r + 1) * d]
-                .iter_mut()
-                .zip(gk)
-                .for_each(|(a, b)| *a += b * inv);
+            let (gq, gk) = (
+                &hg.dqm[seg * d..(seg + 1) * d],
+                &hg.dkm[seg * d..(seg + 1) * d],
+            );
+            lanes::axpy(&mut hg.dq[r * d..(r + 1) * d], inv, gq);
+            lanes::axpy(&mut hg.dk[r * d..(r + 1) * d], inv, gk);
         }
-        (dq, dk)
     }
 
     fn backward(
@@ -934,25 +972,19 @@ impl NystromCore {
                 phase_a[t].da[i * m + j] += d_col * sign(a[i * m + j]);
             }
         }
-        let qk: Vec<(Vec<f32>, Vec<f32>)> = phase_a
+        phase_a
             .par_iter_mut()
             .enumerate()
-            .map(|(bh, hg)| self.head_backward_b(&saved.heads[bh], dm, bh, qkv, hg))
-            .collect();
+            .for_each(|(bh, hg)| self.head_backward_b(&saved.heads[bh], dm, hg));
         let inner = dm.inner();
         let n = dm.n;
         let mut dqkv = vec![0f32; dm.b * n * 3 * inner];
-        let parts: Vec<[&[f32]; 3]> = qk
+        let parts: Vec<[&[f32]; 3]> = phase_a
             .iter()
-            .zip(&phase_a)
-            .map(|((dq, dk), hg)| [dq.as_slice(), dk.as_slice(), hg.dv.as_slice()])
+            .map(|hg| [hg.dq.as_slice(), hg.dk.as_slice(), hg.dv.as_slice()])
             .collect();
         merge_heads(&mut dqkv, &parts, dm);
         drop(parts);
-        for (dq, dk) in qk {
-            scratch::recycle(dq);
-            scratch::recycle(dk);
-        }
         let kk = self.shape.kernel;
         let mut dconv = vec![0f32; if kk > 0 { dm.h * kk } else { conv.len() }];
         if kk > 0 {
