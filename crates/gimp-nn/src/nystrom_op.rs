@@ -77,6 +77,21 @@ impl<'a> View<'a> {
         }
     }
 
+    /// A contiguous row-major copy. The convolutions read 33 neighbouring rows at a time; rows
+    /// of Q K V sit 6 KB apart inside `qkv`, a stride that maps them onto a few L1 cache sets
+    /// and thrashes them, so they run on a packed copy instead.
+    pub fn to_dense(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for i in 0..self.rows {
+            if self.cs == 1 {
+                out.extend_from_slice(self.row(i));
+            } else {
+                out.extend((0..self.cols).map(|j| self.d[self.off + i * self.rs + j * self.cs]));
+            }
+        }
+        out
+    }
+
     pub fn cols(&self) -> usize {
         self.cols
     }
@@ -578,7 +593,8 @@ impl NystromCore {
         if self.shape.kernel > 0 {
             let hi = bh % dm.h;
             let kk = self.shape.kernel;
-            conv_rows(&mut out, v, &conv[hi * kk..(hi + 1) * kk]);
+            let vc = v.to_dense();
+            conv_rows(&mut out, View::dense(&vc, n, d), &conv[hi * kk..(hi + 1) * kk]);
         }
         (
             HeadSaved {
@@ -864,8 +880,10 @@ impl NystromCore {
         let dconv = if kk > 0 {
             let hi = bh % dm.h;
             let flipped: Vec<f32> = conv[hi * kk..(hi + 1) * kk].iter().rev().copied().collect();
-            conv_rows(&mut dv, g, &flipped);
-            conv_weight_grad(g, v, kk)
+            let (gc, vc) = (g.to_dense(), v.to_dense());
+            let (gc, vc) = (View::dense(&gc, n, d), View::dense(&vc, n, d));
+            conv_rows(&mut dv, gc, &flipped);
+            conv_weight_grad(gc, vc, kk)
         } else {
             Vec::new()
         };
