@@ -199,6 +199,26 @@ impl PatchAggregator {
         })
     }
 
+    /// The final tokens at `rows` only (token indices with CLS at 0, increasing), `[1, |rows|,
+    /// dim]`: what [`Self::encode`] gives at those rows. Without PPEG the last layer computes
+    /// just those rows (every token still serves as key and value there).
+    pub fn encode_selected(&self, h: &Tensor, mode: &Mode, rows: &[usize]) -> Result<Tensor> {
+        let idx = gimp_nn::loss::index_tensor(rows, h.device())?;
+        if self.cfg.ppeg || self.cfg.square_pad || self.layers.is_empty() {
+            return self.encode(h, mode, false)?.tokens.index_select(&idx, 1);
+        }
+        let mut x = Tensor::cat(&[self.cls.clone(), h.clone()], 1)?;
+        let last = self.layers.len() - 1;
+        for layer in &self.layers[..last] {
+            x = layer.forward(&x, mode)?;
+        }
+        let layer = &self.layers[last];
+        let x = layer
+            .attn
+            .forward_prenorm_residual_rows(&layer.norm, &x, mode, Some(rows))?;
+        self.norm.forward(&x)
+    }
+
     /// `CLS_img` `[dim]` of a bag `[N, D_in]`.
     pub fn cls(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
         if self.in_place_inference(mode) {

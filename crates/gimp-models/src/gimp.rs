@@ -108,7 +108,7 @@ impl Gimp {
     }
 
     /// MPM on a window `[L, D_in]`: rows in `masked` are replaced by the mask token after the
-    /// input projection; the decoder reconstructs every patch token; L1 on the masked rows.
+    /// input projection; the decoder reconstructs the masked patch tokens; L1 on those rows.
     pub fn masked_patch_modelling(
         &self,
         window: &Tensor,
@@ -124,17 +124,28 @@ impl Gimp {
         let mask = Tensor::from_vec(m, (1, l, 1), window.device())?;
         let keep = mask.affine(-1.0, 1.0)?;
         let h = (h.broadcast_mul(&keep)? + mask.broadcast_mul(&self.mask_token)?)?;
-        let enc = self.aggregator.encode(&h, mode, false)?;
-        let tokens = enc.tokens.squeeze(0)?; // [1 + L, d]
+        // Only CLS and the masked patches are read after the aggregator, so its last layer
+        // computes just those rows (`encode_selected`), and only they are decoded: the L1 loss
+        // reads nothing else (the decoder and its norm act row by row).
+        let mut masked_sorted = masked.to_vec();
+        masked_sorted.sort_unstable();
+        masked_sorted.dedup();
+        let rows: Vec<usize> = std::iter::once(0)
+            .chain(masked_sorted.iter().map(|&i| i + 1))
+            .collect();
+        let tokens = self
+            .aggregator
+            .encode_selected(&h, mode, &rows)?
+            .squeeze(0)?; // [1 + |masked|, d]
         let cls_img = tokens.get(0)?;
-        // Only masked rows enter the loss, so only they are decoded (half the decoder's work
-        // at the default ratio; the decoder and its norm act row by row, so nothing changes).
-        let reconstruction = if masked.is_empty() {
+        let reconstruction = if masked_sorted.is_empty() {
             Tensor::zeros((), candle_core::DType::F32, window.device())?
         } else {
-            let idx = gimp_nn::loss::index_tensor(masked, window.device())?;
-            let rows = tokens.narrow(0, 1, l)?.index_select(&idx, 0)?;
-            let recon = self.decoder.forward(&self.decoder_norm.forward(&rows)?)?;
+            let idx = gimp_nn::loss::index_tensor(&masked_sorted, window.device())?;
+            let patches = tokens.narrow(0, 1, masked_sorted.len())?;
+            let recon = self
+                .decoder
+                .forward(&self.decoder_norm.forward(&patches)?)?;
             (recon - window.index_select(&idx, 0)?)?.abs()?.mean_all()?
         };
         Ok(Masked {
@@ -214,5 +225,76 @@ impl Model for Gimp {
             Input::Expression(e) => self.predict(None, Some(e), mode),
             Input::Patient { bag, expression } => self.predict(*bag, *expression, mode),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use gimp_nn::ParamStore;
+
+    /// The reconstruction loss computed on the selected rows equals the whole computation:
+    /// every token through both layers and the decoder, then L1 on the masked rows.
+    #[test]
+    fn masked_patch_modelling_equals_the_whole_computation() {
+        let cfg = GimpConfig {
+            aggregator: AggregatorConfig::gimp(24),
+            genes: GeneEncoderConfig::GroupMsa(GroupMsaConfig {
+                dim: 32,
+                heads: 4,
+                fragment: 10,
+                groups: 5,
+                ..GroupMsaConfig::gimp(50, 2)
+            }),
+            n_classes: 2,
+            head_dropout: 0.0,
+        };
+        let store = ParamStore::new(5);
+        let model = Gimp::new(&store.root(), cfg).unwrap();
+        let window = Tensor::randn(0f32, 1f32, (300, 24), &Device::Cpu).unwrap();
+        let masked = vec![7usize, 0, 299, 150, 3, 8];
+        let mode = Mode::eval();
+        let fast = model
+            .masked_patch_modelling(&window, &masked, &mode)
+            .unwrap();
+        let h = model.aggregator.embed(&window).unwrap();
+        let mut m = vec![0f32; 300];
+        masked.iter().for_each(|&i| m[i] = 1.0);
+        let mask = Tensor::from_vec(m, (1, 300, 1), &Device::Cpu).unwrap();
+        let keep = mask.affine(-1.0, 1.0).unwrap();
+        let h = (h.broadcast_mul(&keep).unwrap() + mask.broadcast_mul(&model.mask_token).unwrap())
+            .unwrap();
+        let tokens = model
+            .aggregator
+            .encode(&h, &mode, false)
+            .unwrap()
+            .tokens
+            .squeeze(0)
+            .unwrap();
+        let recon = model
+            .decoder
+            .forward(
+                &model
+                    .decoder_norm
+                    .forward(&tokens.narrow(0, 1, 300).unwrap())
+                    .unwrap(),
+            )
+            .unwrap();
+        let slow = gimp_nn::loss::masked_l1(&recon, &window, &masked).unwrap();
+        let (a, b) = (
+            fast.reconstruction.to_scalar::<f32>().unwrap(),
+            slow.to_scalar::<f32>().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-5 * b.abs(), "{a} vs {b}");
+        let cls = (fast.cls_img - tokens.get(0).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(cls < 1e-5, "{cls}");
     }
 }

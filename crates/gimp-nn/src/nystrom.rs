@@ -214,10 +214,29 @@ impl NystromAttention {
         x: &Tensor,
         mode: &Mode,
     ) -> Result<Tensor> {
+        self.forward_prenorm_residual_rows(norm, x, mode, None)
+    }
+
+    /// [`Self::forward_prenorm_residual`] at the tokens `rows` only (increasing): `[b, |rows|,
+    /// dim]`. All tokens still serve as keys and values; the fused op skips the queries, the
+    /// output projection and the residual of the others (the last layer of masked patch
+    /// modelling needs half of them).
+    pub fn forward_prenorm_residual_rows(
+        &self,
+        norm: &LayerNorm,
+        x: &Tensor,
+        mode: &Mode,
+        rows: Option<&[usize]>,
+    ) -> Result<Tensor> {
         let inference = mode.no_grad && !mode.train;
         if inference || x.dtype() != DType::F32 || !x.device().is_cpu() {
-            return x + self.forward(&norm.forward(x)?, mode)?;
+            let out = (x + self.forward(&norm.forward(x)?, mode)?)?;
+            return match rows {
+                Some(r) => out.index_select(&crate::loss::index_tensor(r, x.device())?, 1),
+                None => Ok(out),
+            };
         }
+        let (b, n, _) = x.dims3()?;
         let dim = self.cfg.dim;
         let mut parts = vec![
             norm.weight.flatten_all()?,
@@ -233,16 +252,17 @@ impl NystromAttention {
             parts.push(w.flatten_all()?);
         }
         let packed = Tensor::cat(&parts, 0)?;
+        let out_rows = rows.map_or(n, |r| r.len());
         let mask = (mode.train && self.cfg.dropout > 0.0)
-            .then(|| mode.scaled_keep_mask(x.elem_count(), self.cfg.dropout));
+            .then(|| mode.scaled_keep_mask(b * out_rows * dim, self.cfg.dropout));
         let shape = LayerShape {
             core: self.core_shape(),
             dim,
             legacy_front_slice: self.cfg.legacy_front_slice,
             eps: norm.eps as f32,
         };
-        x.contiguous()?
-            .apply_op2(&packed, NystromLayerOp::new(shape, mask))
+        let op = NystromLayerOp::with_rows(shape, mask, rows.map(|r| r.to_vec()), n);
+        x.contiguous()?.apply_op2(&packed, op)
     }
 
     /// The same layer built from candle's ordinary ops (autograd through every step): the

@@ -59,8 +59,11 @@ struct Saved {
 
 pub struct NystromLayerOp {
     shape: LayerShape,
-    /// The dropout mask (already scaled by 1/(1−p)) on the projected output, `[B, n, dim]`.
+    /// The dropout mask (already scaled by 1/(1−p)) on the projected output, shaped as the
+    /// output.
     mask: Option<Vec<f32>>,
+    /// Tokens whose outputs are wanted (increasing), or all: the output is `[B, |rows|, dim]`.
+    rows: Option<Vec<usize>>,
     core: NystromCore,
     saved: Mutex<Option<Saved>>,
 }
@@ -77,12 +80,45 @@ struct Params<'a> {
 
 impl NystromLayerOp {
     pub fn new(shape: LayerShape, mask: Option<Vec<f32>>) -> Self {
+        Self::with_rows(shape, mask, None, 0)
+    }
+
+    /// The layer's output at the tokens `rows` only (increasing, below `n`, the bag's token
+    /// count). Every token still enters the keys, values and landmarks; the queries, the
+    /// output projection and the residual act row by row, so they run on the selected rows.
+    pub fn with_rows(
+        shape: LayerShape,
+        mask: Option<Vec<f32>>,
+        rows: Option<Vec<usize>>,
+        n: usize,
+    ) -> Self {
+        let m = shape.core.landmarks.max(1);
+        let pad = (m - n % m) % m;
+        let start = if shape.legacy_front_slice { 0 } else { pad };
+        let positions = rows
+            .as_ref()
+            .map(|r| r.iter().map(|&t| t + start).collect());
         Self {
             shape,
             mask,
-            core: NystromCore::new(shape.core),
+            rows,
+            core: NystromCore::with_positions(shape.core, positions),
             saved: Mutex::new(None),
         }
+    }
+
+    /// Output rows per batch item, rows of the core's output per batch item, and the first
+    /// of those that is read.
+    fn output_rows(&self, n: usize, np: usize, start: usize) -> (usize, usize, usize) {
+        match &self.rows {
+            Some(r) => (r.len(), r.len(), 0),
+            None => (n, np, start),
+        }
+    }
+
+    /// Token index of output row `j`.
+    fn token(&self, j: usize) -> usize {
+        self.rows.as_ref().map_or(j, |r| r[j])
     }
 
     fn params<'a>(&self, p: &'a [f32]) -> Result<Params<'a>> {
@@ -121,6 +157,11 @@ impl NystromLayerOp {
         } else {
             pad
         };
+        if let Some(r) = &self.rows {
+            if r.windows(2).any(|w| w[0] >= w[1]) || r.last().is_some_and(|&t| t >= n) {
+                candle_core::bail!("nystrom layer: selected rows must be increasing and below {n}");
+            }
+        }
         Ok((b, n, n + pad, pad, start))
     }
 
@@ -131,14 +172,15 @@ impl NystromLayerOp {
 
     fn forward(&self, x: &[f32], xs: &Shape, packed: &[f32]) -> Result<Vec<f32>> {
         let (b, n, np, pad, start) = self.geometry(xs)?;
+        let (t, ro, o_off) = self.output_rows(n, np, start);
         let p = self.params(packed)?;
         let (dim, inner) = (self.shape.dim, self.shape.inner());
         if let Some(mask) = &self.mask {
-            if mask.len() != x.len() {
+            if mask.len() != b * t * dim {
                 candle_core::bail!(
                     "nystrom layer: dropout mask of {} for {}",
                     mask.len(),
-                    x.len()
+                    b * t * dim
                 );
             }
         }
@@ -158,12 +200,12 @@ impl NystromLayerOp {
         }
         let dm = self.core_dims(b, np)?;
         let o = self.core.forward_slices(&qkv, p.conv, dm)?;
-        let mut out = vec![0f32; x.len()];
+        let mut out = vec![0f32; b * t * dim];
         let wout = View::dense(p.w_out, dim, inner);
         for bi in 0..b {
-            let rows = View::rows_of(&o, (bi * np + start) * inner, n, inner, inner);
+            let rows = View::rows_of(&o, (bi * ro + o_off) * inner, t, inner, inner);
             mm_parallel(
-                &mut out[bi * n * dim..(bi + 1) * n * dim],
+                &mut out[bi * t * dim..(bi + 1) * t * dim],
                 rows,
                 wout.t(),
                 false,
@@ -174,13 +216,15 @@ impl NystromLayerOp {
         out.par_chunks_mut(dim * 64)
             .enumerate()
             .for_each(|(ci, chunk)| {
-                let base = ci * dim * 64;
+                let base = ci * 64;
                 for (j, row) in chunk.chunks_exact_mut(dim).enumerate() {
-                    let at = base + j * dim;
+                    let (bi, jj) = ((base + j) / t, (base + j) % t);
+                    let at = (base + j) * dim;
+                    let src = (bi * n + self.token(jj)) * dim;
                     for (c, v) in row.iter_mut().enumerate() {
                         let y = *v + p.b_out[c];
                         let y = mask.map_or(y, |m| y * m[at + c]);
-                        *v = x[at + c] + y;
+                        *v = x[src + c] + y;
                     }
                 }
             });
@@ -196,6 +240,7 @@ impl NystromLayerOp {
         g: &[f32],
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let (b, n, np, pad, start) = self.geometry(xs)?;
+        let (t, ro, o_off) = self.output_rows(n, np, start);
         let p = self.params(packed)?;
         let (dim, inner) = (self.shape.dim, self.shape.inner());
         let guard = self.saved.lock().unwrap_or_else(|p| p.into_inner());
@@ -215,17 +260,17 @@ impl NystromLayerOp {
             }
             None => g.to_vec(),
         };
-        let mut d_o = vec![0f32; b * np * inner];
+        let mut d_o = vec![0f32; b * ro * inner];
         let wout = View::dense(p.w_out, dim, inner);
         {
             let (head, rest) = dpacked.split_at_mut(offsets[4]);
             let dw_out = &mut head[offsets[3]..offsets[4]];
             let db_out = &mut rest[..dim];
             for bi in 0..b {
-                let dyb = View::dense(&dy[bi * n * dim..(bi + 1) * n * dim], n, dim);
-                let rows = View::rows_of(&saved.o, (bi * np + start) * inner, n, inner, inner);
+                let dyb = View::dense(&dy[bi * t * dim..(bi + 1) * t * dim], t, dim);
+                let rows = View::rows_of(&saved.o, (bi * ro + o_off) * inner, t, inner, inner);
                 mm_parallel(dw_out, dyb.t(), rows, bi > 0, 1.0);
-                let dst = &mut d_o[(bi * np + start) * inner..(bi * np + start + n) * inner];
+                let dst = &mut d_o[(bi * ro + o_off) * inner..(bi * ro + o_off + t) * inner];
                 mm_parallel(dst, dyb, wout, false, 1.0);
             }
             for row in dy.chunks_exact(dim) {
@@ -261,9 +306,12 @@ impl NystromLayerOp {
         let mut dx = vec![0f32; x.len()];
         let (dw, db) =
             crate::kernels::layer_norm_backward(&mut dx, x, &dln, p.ln_w, self.shape.eps);
-        dx.par_chunks_mut(1 << 14)
-            .zip(g.par_chunks(1 << 14))
-            .for_each(|(d, g)| d.iter_mut().zip(g).for_each(|(a, b)| *a += b));
+        // The residual: each output row's gradient goes to its token.
+        for (j, gr) in g.chunks_exact(dim).enumerate() {
+            let (bi, jj) = (j / t, j % t);
+            let at = (bi * n + self.token(jj)) * dim;
+            crate::lanes::axpy(&mut dx[at..at + dim], 1.0, gr);
+        }
         dpacked[offsets[0]..offsets[1]].copy_from_slice(&dw);
         dpacked[offsets[1]..offsets[2]].copy_from_slice(&db);
         Ok((dx, dpacked))
@@ -291,7 +339,9 @@ impl CustomOp2 for NystromLayerOp {
             None => candle_core::bail!("nystrom layer: parameters must be contiguous"),
         };
         let out = self.forward(x, l1.shape(), p)?;
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let (b, _, dim) = l1.shape().dims3()?;
+        let rows = out.len() / (b * dim).max(1);
+        Ok((CpuStorage::F32(out), Shape::from((b, rows, dim))))
     }
 
     fn bwd(

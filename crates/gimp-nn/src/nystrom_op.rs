@@ -253,13 +253,14 @@ fn conv_strips<const S: usize>(
 }
 
 crate::multiversion! {
-    /// `out[i] += Σ_t w[t] · x[i + t − K/2]` over rows (zero outside), `out` contiguous
-    /// `[rows, cols]`. Register-blocked: 16-column strips of an output row are summed over all
-    /// taps in vector registers and stored once.
-    pub(crate) fn conv_rows(out: &mut [f32], x: View, w: &[f32]) {
+    /// `out[j] += Σ_t w[t] · x[p_j + t − K/2]` (zero outside `x`), `out` contiguous
+    /// `[rows, cols]`, where `p_j` is `positions[j]` or `j`. Register-blocked: 16-column strips
+    /// of an output row are summed over all taps in vector registers and stored once.
+    pub(crate) fn conv_rows(out: &mut [f32], x: View, w: &[f32], positions: Option<&[usize]>) {
         let (r, n, cols) = (w.len() / 2, x.rows, x.cols);
         let strips = cols / 16;
-        for (i, o) in out.chunks_exact_mut(cols).enumerate() {
+        for (j, o) in out.chunks_exact_mut(cols).enumerate() {
+            let i = positions.map_or(j, |p| p[j]);
             let taps = (r.saturating_sub(i), w.len().min(n + r - i));
             let mut s = 0;
             while s + 4 <= strips {
@@ -280,14 +281,16 @@ crate::multiversion! {
 }
 
 crate::multiversion! {
-    /// `dw[t] = Σ_i ⟨g[i], x[i + t − K/2]⟩`: one 16-lane accumulator per tap, reduced once at
-    /// the end (a horizontal sum per row pair would cost more than the products).
-    fn conv_weight_grad(g: View, x: View, k: usize) -> Vec<f32> {
+    /// `dw[t] = Σ_j ⟨g[j], x[p_j + t − K/2]⟩` (`p_j` as in [`conv_rows`]): one 16-lane
+    /// accumulator per tap, reduced once at the end (a horizontal sum per row pair would cost
+    /// more than the products).
+    fn conv_weight_grad(g: View, x: View, k: usize, positions: Option<&[usize]>) -> Vec<f32> {
         let (r, n, cols) = (k / 2, x.rows, x.cols);
         let mut acc = vec![[0f32; 16]; k];
         let mut tail = vec![0f32; k];
-        for i in 0..n {
-            let gi = g.row(i);
+        for j in 0..g.rows {
+            let i = positions.map_or(j, |p| p[j]);
+            let gi = g.row(j);
             let t0 = r.saturating_sub(i);
             let t1 = k.min(n + r - i);
             for t in t0..t1 {
@@ -313,6 +316,30 @@ crate::multiversion! {
             .map(|(a, &t)| a.iter().fold(t, |s, v| s + v))
             .collect()
     }
+}
+
+crate::multiversion! {
+    /// The transpose of [`conv_rows`] with positions: `dx[p_j + t − K/2] += w[t] · g[j]`.
+    fn conv_scatter(dx: &mut [f32], g: View, w: &[f32], positions: &[usize]) {
+        let (r, cols) = (w.len() / 2, g.cols);
+        let n = dx.len() / cols.max(1);
+        for (j, &i) in positions.iter().enumerate() {
+            let gj = g.row(j);
+            for (t, &wt) in w.iter().enumerate().take(w.len().min(n + r - i)).skip(r.saturating_sub(i)) {
+                let at = (i + t - r) * cols;
+                lanes::axpy(&mut dx[at..at + cols], wt, gj);
+            }
+        }
+    }
+}
+
+/// The rows `positions` of `x`, packed.
+fn gather_rows(x: View, positions: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(positions.len() * x.cols);
+    for &p in positions {
+        out.extend_from_slice(x.row(p));
+    }
+    out
 }
 
 /// d|x|/dx as PyTorch takes it (0 at 0).
@@ -446,6 +473,8 @@ struct Saved {
 pub(crate) struct Dims {
     b: usize,
     n: usize,
+    /// Output rows per batch item: `n`, or the number of selected positions.
+    r: usize,
     h: usize,
     d: usize,
     m: usize,
@@ -471,13 +500,13 @@ impl Dims {
         )
     }
 
-    /// Task `bh`'s columns of a merged-heads `[B, N', H·d]` tensor.
+    /// Task `bh`'s columns of a merged-heads output-shaped `[B, r, H·d]` tensor.
     fn merged<'a>(&self, x: &'a [f32], bh: usize) -> View<'a> {
         let (bi, hi) = (bh / self.h, bh % self.h);
         View::rows_of(
             x,
-            bi * self.n * self.inner() + hi * self.d,
-            self.n,
+            bi * self.r * self.inner() + hi * self.d,
+            self.r,
             self.d,
             self.inner(),
         )
@@ -494,14 +523,37 @@ struct Inputs<'a> {
 
 pub struct NystromCore {
     shape: CoreShape,
+    /// Padded positions whose outputs are wanted (increasing), or all of them. The keys, values
+    /// and landmarks always cover every position; only `F1`, the output and its gradient
+    /// shrink to the selected rows.
+    positions: Option<Vec<usize>>,
     saved: Mutex<Option<Arc<Saved>>>,
 }
 
 impl NystromCore {
     pub fn new(shape: CoreShape) -> Self {
+        Self::with_positions(shape, None)
+    }
+
+    /// A core computing outputs only at the given padded positions (increasing): the output
+    /// is `[B, positions.len(), H·d]`.
+    pub fn with_positions(shape: CoreShape, positions: Option<Vec<usize>>) -> Self {
         Self {
             shape,
+            positions,
             saved: Mutex::new(None),
+        }
+    }
+
+    /// The query rows whose outputs are computed: a view of Q, or a packed copy of the
+    /// selected rows.
+    fn query_rows<'a>(&self, q: View<'a>, buf: &'a mut Vec<f32>) -> View<'a> {
+        match &self.positions {
+            None => q,
+            Some(p) => {
+                *buf = gather_rows(q, p);
+                View::dense(buf, p.len(), q.cols)
+            }
         }
     }
 
@@ -521,9 +573,15 @@ impl NystromCore {
         if s.kernel != 0 && s.kernel % 2 == 0 {
             candle_core::bail!("nystrom core: residual kernel {} must be odd", s.kernel);
         }
+        if let Some(p) = &self.positions {
+            if p.windows(2).any(|w| w[0] >= w[1]) || p.last().is_some_and(|&x| x >= n) {
+                candle_core::bail!("nystrom core: output rows must be increasing and below {n}");
+            }
+        }
         Ok(Dims {
             b,
             n,
+            r: self.positions.as_ref().map_or(n, |p| p.len()),
             h: s.heads,
             d: s.dim_head,
             m: s.landmarks,
@@ -566,8 +624,11 @@ impl NystromCore {
         let (q, k, v) = (dm.qkv(qkv, bh, 0), dm.qkv(qkv, bh, 1), dm.qkv(qkv, bh, 2));
         let (z, steps) = pinv_forward(&a, m, c, self.shape.pinv_iterations, true);
         let kmv = View::dense(&km, m, d);
-        let mut f1 = scratch::buffer(n * m);
-        mm(&mut f1, q, kmv.t(), false, dm.scale);
+        let r = dm.r;
+        let mut q_buf = Vec::new();
+        let qr = self.query_rows(q, &mut q_buf);
+        let mut f1 = scratch::buffer(r * m);
+        mm(&mut f1, qr, kmv.t(), false, dm.scale);
         softmax_rows(&mut f1, m);
         let mut f3 = scratch::buffer(m * n);
         mm(&mut f3, View::dense(&qm, m, d), k.t(), false, dm.scale);
@@ -582,10 +643,10 @@ impl NystromCore {
             false,
             1.0,
         );
-        let mut out = scratch::buffer(n * d);
+        let mut out = scratch::buffer(r * d);
         mm(
             &mut out,
-            View::dense(&f1, n, m),
+            View::dense(&f1, r, m),
             View::dense(&u, m, d),
             false,
             1.0,
@@ -594,7 +655,12 @@ impl NystromCore {
             let hi = bh % dm.h;
             let kk = self.shape.kernel;
             let vc = v.to_dense();
-            conv_rows(&mut out, View::dense(&vc, n, d), &conv[hi * kk..(hi + 1) * kk]);
+            conv_rows(
+                &mut out,
+                View::dense(&vc, n, d),
+                &conv[hi * kk..(hi + 1) * kk],
+                self.positions.as_deref(),
+            );
         }
         (
             HeadSaved {
@@ -613,10 +679,10 @@ impl NystromCore {
     }
 }
 
-/// Scatters per-task `[N', d]` blocks into a merged `[B, N', P·H·d]` tensor: part `p` of task
+/// Scatters per-task `[n, d]` blocks into a merged `[B, n, P·H·d]` tensor: part `p` of task
 /// `(b, h)` goes to columns `p·H·d + h·d ..`. Parallel over rows.
-fn merge_heads<const P: usize>(dst: &mut [f32], parts: &[[&[f32]; P]], dm: Dims) {
-    let (n, d, h) = (dm.n, dm.d, dm.h);
+fn merge_heads<const P: usize>(dst: &mut [f32], parts: &[[&[f32]; P]], dm: Dims, n: usize) {
+    let (d, h) = (dm.d, dm.h);
     let row_len = P * h * d;
     dst.par_chunks_mut(row_len * 256)
         .enumerate()
@@ -685,7 +751,7 @@ impl CustomOp2 for NystromCore {
         let qkv = cpu_slice(s1, l1, "qkv")?;
         let conv = cpu_slice(s2, l2, "conv kernels")?;
         let out = self.forward_slices(qkv, conv, dm)?;
-        Ok((CpuStorage::F32(out), Shape::from((dm.b, dm.n, dm.inner()))))
+        Ok((CpuStorage::F32(out), Shape::from((dm.b, dm.r, dm.inner()))))
     }
 
     fn bwd(
@@ -741,9 +807,9 @@ impl NystromCore {
             .map(|(bh, p1)| self.head_forward(Inputs { dm, qkv, conv }, bh, p1, c))
             .collect();
         let (heads, per_head): (Vec<HeadSaved>, Vec<Vec<f32>>) = results.into_iter().unzip();
-        let mut out = vec![0f32; dm.b * dm.n * dm.inner()];
+        let mut out = vec![0f32; dm.b * dm.r * dm.inner()];
         let parts: Vec<[&[f32]; 1]> = per_head.iter().map(|o| [o.as_slice()]).collect();
-        merge_heads(&mut out, &parts, dm);
+        merge_heads(&mut out, &parts, dm, dm.r);
         drop(parts);
         per_head.into_iter().for_each(scratch::recycle);
         *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Saved {
@@ -821,12 +887,15 @@ impl NystromCore {
         let (qmv, kmv) = (View::dense(&s.qm, m, d), View::dense(&s.km, m, d));
         let uv = View::dense(&s.u, m, d);
         // F1 side, by row blocks: dU = F1ᵀ G, dS1 = softmax'(G Uᵀ), dQ = s·dS1 K̃, dK̃ = s·dS1ᵀ Q.
+        let r = dm.r;
+        let mut q_buf = Vec::new();
+        let qr = self.query_rows(q, &mut q_buf);
         let mut du = vec![0f32; m * d];
-        let mut dq = scratch::buffer(n * d);
+        let mut dq = scratch::buffer(r * d);
         let mut dkm = vec![0f32; m * d];
         let mut block = vec![0f32; BLOCK * m.max(1)];
-        for (bi, r0) in (0..n).step_by(BLOCK).enumerate() {
-            let rb = BLOCK.min(n - r0);
+        for (bi, r0) in (0..r).step_by(BLOCK).enumerate() {
+            let rb = BLOCK.min(r - r0);
             let f1b = View::dense(&s.f1[r0 * m..(r0 + rb) * m], rb, m);
             let gb = g.rows(r0, rb);
             let ds = &mut block[..rb * m];
@@ -835,7 +904,15 @@ impl NystromCore {
             softmax_backward_rows(&s.f1[r0 * m..(r0 + rb) * m], ds, m);
             let dsv = View::dense(ds, rb, m);
             mm(&mut dq[r0 * d..(r0 + rb) * d], dsv, kmv, false, sc);
-            mm(&mut dkm, dsv.t(), q.rows(r0, rb), bi > 0, sc);
+            mm(&mut dkm, dsv.t(), qr.rows(r0, rb), bi > 0, sc);
+        }
+        if let Some(p) = &self.positions {
+            // Unselected rows get no gradient through F1 (their landmark terms come later).
+            let mut full = vec![0f32; n * d];
+            for (j, &pos) in p.iter().enumerate() {
+                full[pos * d..(pos + 1) * d].copy_from_slice(&dq[j * d..(j + 1) * d]);
+            }
+            scratch::recycle(std::mem::replace(&mut dq, full));
         }
         let mut dw = vec![0f32; m * d];
         mm(
@@ -881,9 +958,12 @@ impl NystromCore {
             let hi = bh % dm.h;
             let flipped: Vec<f32> = conv[hi * kk..(hi + 1) * kk].iter().rev().copied().collect();
             let (gc, vc) = (g.to_dense(), v.to_dense());
-            let (gc, vc) = (View::dense(&gc, n, d), View::dense(&vc, n, d));
-            conv_rows(&mut dv, gc, &flipped);
-            conv_weight_grad(gc, vc, kk)
+            let (gc, vc) = (View::dense(&gc, r, d), View::dense(&vc, n, d));
+            match &self.positions {
+                None => conv_rows(&mut dv, gc, &flipped, None),
+                Some(p) => conv_scatter(&mut dv, gc, &conv[hi * kk..(hi + 1) * kk], p),
+            }
+            conv_weight_grad(gc, vc, kk, self.positions.as_deref())
         } else {
             Vec::new()
         };
@@ -1001,7 +1081,7 @@ impl NystromCore {
             .iter()
             .map(|hg| [hg.dq.as_slice(), hg.dk.as_slice(), hg.dv.as_slice()])
             .collect();
-        merge_heads(&mut dqkv, &parts, dm);
+        merge_heads(&mut dqkv, &parts, dm, dm.n);
         drop(parts);
         let kk = self.shape.kernel;
         let mut dconv = vec![0f32; if kk > 0 { dm.h * kk } else { conv.len() }];

@@ -432,3 +432,63 @@ fn fused_layer_matches_the_composed_layer() {
         }
     }
 }
+
+/// The fused layer computing selected output rows only equals the whole layer's rows
+/// (forward, and every gradient for a loss on those rows).
+#[test]
+fn fused_layer_on_selected_rows_matches_the_whole_layer() {
+    use gimp_nn::LayerNorm;
+    for (legacy, n, rows) in [
+        (false, 301usize, vec![0usize, 1, 5, 150, 299, 300]),
+        (true, 77, vec![0, 3, 76]),
+        (false, 64, (0..64).step_by(2).collect::<Vec<_>>()),
+    ] {
+        let cfg = NystromConfig {
+            legacy_front_slice: legacy,
+            ..config(32, 4, 8)
+        };
+        let store = ParamStore::new(12);
+        let root = store.root();
+        let norm = LayerNorm::new(&root.pp("norm"), 32).unwrap();
+        let attn = NystromAttention::new(&root.pp("attn"), cfg).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, (2, n, 32), &Device::Cpu).unwrap())
+            .unwrap();
+        let w = Tensor::randn(0f32, 1f32, (2, rows.len(), 32), &Device::Cpu).unwrap();
+        let idx = Tensor::from_vec(
+            rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+            rows.len(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let run = |selected: bool| {
+            let o = if selected {
+                attn.forward_prenorm_residual_rows(&norm, x.as_tensor(), &Mode::eval(), Some(&rows))
+                    .unwrap()
+            } else {
+                attn.forward_prenorm_residual(&norm, x.as_tensor(), &Mode::eval())
+                    .unwrap()
+                    .index_select(&idx, 1)
+                    .unwrap()
+            };
+            let g = (&o * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut grads = vec![("input".to_string(), g.get(x.as_tensor()).unwrap().clone())];
+            for (name, p) in store.params() {
+                grads.push((name, g.get(p.var.as_tensor()).unwrap().clone()));
+            }
+            (o, grads)
+        };
+        let (os, gs) = run(true);
+        let (of, gf) = run(false);
+        let case = format!("legacy {legacy}, n {n}");
+        assert_eq!(os.dims(), &[2, rows.len(), 32]);
+        assert!(
+            rel_err(&os, &of) < 1e-5,
+            "{case}: forward {}",
+            rel_err(&os, &of)
+        );
+        for ((name, a), (_, b)) in gs.iter().zip(&gf) {
+            let e = rel_err(a, b);
+            assert!(e < 1e-4, "{case}: gradient of {name}: relative error {e}");
+        }
+    }
+}
