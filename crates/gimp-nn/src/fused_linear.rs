@@ -87,7 +87,11 @@ impl LinearOp {
             candle_core::bail!("linear: bias size differs from {out_dim} outputs");
         }
         let rows = x.len() / in_dim.max(1);
-        let mut y = vec![0f32; rows * out_dim];
+        let mut y = if in_dim > 0 {
+            crate::scratch::buffer(rows * out_dim)
+        } else {
+            vec![0f32; rows * out_dim]
+        };
         if rows > 0 && in_dim > 0 {
             mm_parallel(
                 &mut y,

@@ -13,6 +13,7 @@
 //! differentiable, so candle hands each parameter its slice of the packed gradient.
 
 use crate::nystrom_op::{mm_parallel, with_data, CoreShape, Dims, NystromCore, View};
+use crate::scratch;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -55,6 +56,14 @@ struct Saved {
     ln: Vec<f32>,
     qkv: Vec<f32>,
     o: Vec<f32>,
+}
+
+impl Drop for Saved {
+    fn drop(&mut self) {
+        for v in [&mut self.ln, &mut self.qkv, &mut self.o] {
+            scratch::recycle(std::mem::take(v));
+        }
+    }
 }
 
 pub struct NystromLayerOp {
@@ -184,14 +193,17 @@ impl NystromLayerOp {
                 );
             }
         }
-        let mut ln = vec![0f32; x.len()];
+        let mut ln = scratch::buffer(x.len());
         ln.par_chunks_mut(dim * 64)
             .zip(x.par_chunks(dim * 64))
             .for_each(|(o, x)| {
                 crate::nystrom_infer::layer_norm_rows(x, o, p.ln_w, p.ln_b, self.shape.eps)
             });
         // Padding rows of qkv stay zero: the reference pads before the bias-free projection.
-        let mut qkv = vec![0f32; b * np * 3 * inner];
+        let mut qkv = scratch::buffer(b * np * 3 * inner);
+        for bi in 0..b {
+            qkv[bi * np * 3 * inner..(bi * np + pad) * 3 * inner].fill(0.0);
+        }
         let wqkv = View::dense(p.w_qkv, 3 * inner, dim);
         for bi in 0..b {
             let dst = &mut qkv[(bi * np + pad) * 3 * inner..(bi + 1) * np * 3 * inner];
@@ -200,7 +212,7 @@ impl NystromLayerOp {
         }
         let dm = self.core_dims(b, np)?;
         let o = self.core.forward_slices(&qkv, p.conv, dm)?;
-        let mut out = vec![0f32; b * t * dim];
+        let mut out = scratch::buffer(b * t * dim);
         let wout = View::dense(p.w_out, dim, inner);
         for bi in 0..b {
             let rows = View::rows_of(&o, (bi * ro + o_off) * inner, t, inner, inner);
@@ -260,7 +272,12 @@ impl NystromLayerOp {
             }
             None => g.to_vec(),
         };
-        let mut d_o = vec![0f32; b * ro * inner];
+        let mut d_o = scratch::buffer(b * ro * inner);
+        for bi in 0..b {
+            // Rows of the core's output that no output row reads get no gradient.
+            d_o[bi * ro * inner..(bi * ro + o_off) * inner].fill(0.0);
+            d_o[(bi * ro + o_off + t) * inner..(bi + 1) * ro * inner].fill(0.0);
+        }
         let wout = View::dense(p.w_out, dim, inner);
         {
             let (head, rest) = dpacked.split_at_mut(offsets[4]);
@@ -280,10 +297,10 @@ impl NystromLayerOp {
         drop(dy);
         let dm = self.core_dims(b, np)?;
         let (dqkv, dconv) = self.core.backward_slices(&saved.qkv, p.conv, &d_o, dm)?;
-        drop(d_o);
+        scratch::recycle(d_o);
         dpacked[offsets[5]..offsets[6]].copy_from_slice(&dconv[..offsets[6] - offsets[5]]);
         let wqkv = View::dense(p.w_qkv, 3 * inner, dim);
-        let mut dln = vec![0f32; x.len()];
+        let mut dln = scratch::buffer(x.len());
         for bi in 0..b {
             let dq = View::rows_of(&dqkv, (bi * np + pad) * 3 * inner, n, 3 * inner, 3 * inner);
             let lnb = View::dense(&saved.ln[bi * n * dim..(bi + 1) * n * dim], n, dim);
@@ -302,8 +319,8 @@ impl NystromLayerOp {
                 1.0,
             );
         }
-        drop(dqkv);
-        let mut dx = vec![0f32; x.len()];
+        scratch::recycle(dqkv);
+        let mut dx = scratch::buffer(x.len());
         let (dw, db) =
             crate::kernels::layer_norm_backward(&mut dx, x, &dln, p.ln_w, self.shape.eps);
         // The residual: each output row's gradient goes to its token.

@@ -807,7 +807,8 @@ impl NystromCore {
             .map(|(bh, p1)| self.head_forward(Inputs { dm, qkv, conv }, bh, p1, c))
             .collect();
         let (heads, per_head): (Vec<HeadSaved>, Vec<Vec<f32>>) = results.into_iter().unzip();
-        let mut out = vec![0f32; dm.b * dm.r * dm.inner()];
+        // Every element is written by the merge.
+        let mut out = scratch::buffer(dm.b * dm.r * dm.inner());
         let parts: Vec<[&[f32]; 1]> = per_head.iter().map(|o| [o.as_slice()]).collect();
         merge_heads(&mut out, &parts, dm, dm.r);
         drop(parts);
@@ -1076,7 +1077,7 @@ impl NystromCore {
             .for_each(|(bh, hg)| self.head_backward_b(&saved.heads[bh], dm, hg));
         let inner = dm.inner();
         let n = dm.n;
-        let mut dqkv = vec![0f32; dm.b * n * 3 * inner];
+        let mut dqkv = scratch::buffer(dm.b * n * 3 * inner);
         let parts: Vec<[&[f32]; 3]> = phase_a
             .iter()
             .map(|hg| [hg.dq.as_slice(), hg.dk.as_slice(), hg.dv.as_slice()])

@@ -417,6 +417,14 @@ fn fused_layer_matches_the_composed_layer() {
             }
             (o, grads)
         };
+        // A first pass on other data leaves stale values in the reused buffers: the checked
+        // pass must not depend on them.
+        gimp_nn::scratch::pool_every_size();
+        let other = (x.as_tensor() * 3.0).unwrap().sin().unwrap();
+        let polluted = attn
+            .forward_prenorm_residual(&norm, &other, &Mode::eval())
+            .unwrap();
+        polluted.sum_all().unwrap().backward().unwrap();
         let (of, gf) = run(true);
         let (og, gg) = run(false);
         let case = format!("residual {residual}, legacy {legacy}, n {n}");
@@ -477,6 +485,12 @@ fn fused_layer_on_selected_rows_matches_the_whole_layer() {
             }
             (o, grads)
         };
+        gimp_nn::scratch::pool_every_size();
+        let other = (x.as_tensor() * 3.0).unwrap().sin().unwrap();
+        let polluted = attn
+            .forward_prenorm_residual_rows(&norm, &other, &Mode::eval(), Some(&rows))
+            .unwrap();
+        polluted.sum_all().unwrap().backward().unwrap();
         let (os, gs) = run(true);
         let (of, gf) = run(false);
         let case = format!("legacy {legacy}, n {n}");
