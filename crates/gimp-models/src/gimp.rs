@@ -117,13 +117,10 @@ impl Gimp {
     ) -> Result<Masked> {
         let (l, _) = window.dims2()?;
         let h = self.aggregator.embed(window)?; // [1, L, d]
-        let mut m = vec![0f32; l];
-        for &i in masked {
-            m[i] = 1.0;
+        if let Some(&bad) = masked.iter().find(|&&i| i >= l) {
+            candle_core::bail!("masked row {bad} outside a window of {l} patches");
         }
-        let mask = Tensor::from_vec(m, (1, l, 1), window.device())?;
-        let keep = mask.affine(-1.0, 1.0)?;
-        let h = (h.broadcast_mul(&keep)? + mask.broadcast_mul(&self.mask_token)?)?;
+        let h = gimp_nn::fused_linear::replace_rows(&h, &self.mask_token, masked)?;
         // Only CLS and the masked patches are read after the aggregator, so its last layer
         // computes just those rows (`encode_selected`), and only they are decoded: the L1 loss
         // reads nothing else (the decoder and its norm act row by row).

@@ -306,3 +306,76 @@ impl CustomOp1 for MaskOp {
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
+
+/// Rows `rows` of `x` (`[..., L, d]` with one leading batch of 1, or `[L, d]`) replaced by
+/// `token` (`d` values), as one op: masked patch modelling's mask-token substitution, which
+/// through broadcast multiplies and an add is three full-size tensors forward and backward.
+pub struct ReplaceRows {
+    pub rows: Vec<usize>,
+}
+
+impl CustomOp2 for ReplaceRows {
+    fn name(&self) -> &'static str {
+        "replace-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "input")?;
+        let token = slice(s2, l2, "token")?;
+        let d = token.len();
+        if d == 0 || l1.shape().dims().last() != Some(&d) {
+            candle_core::bail!(
+                "replace rows: token of {d} for input {:?}",
+                l1.shape().dims()
+            );
+        }
+        let n = x.len() / d;
+        let mut out = x.to_vec();
+        for &r in &self.rows {
+            if r >= n {
+                candle_core::bail!("replace rows: row {r} of {n}");
+            }
+            out[r * d..(r + 1) * d].copy_from_slice(token);
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        token: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = token.elem_count();
+        let (dx, dt) = with_data(g, |gs| {
+            let mut dx = gs.to_vec();
+            let mut dt = vec![0f32; d];
+            for &r in &self.rows {
+                let row = &mut dx[r * d..(r + 1) * d];
+                dt.iter_mut().zip(row.iter()).for_each(|(a, v)| *a += v);
+                row.fill(0.0);
+            }
+            Ok((dx, dt))
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dt, token.shape(), token.device())?),
+        ))
+    }
+}
+
+/// `x` with rows `rows` (distinct) replaced by `token`; see [`ReplaceRows`].
+pub fn replace_rows(x: &Tensor, token: &Tensor, rows: &[usize]) -> Result<Tensor> {
+    let mut rows = rows.to_vec();
+    rows.sort_unstable();
+    rows.dedup();
+    x.contiguous()?
+        .apply_op2(&token.contiguous()?, ReplaceRows { rows })
+}

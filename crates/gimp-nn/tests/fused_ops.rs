@@ -210,3 +210,36 @@ fn dropout_keeps_its_draws_and_gradient() {
         .unwrap();
     assert_eq!(ys, y2);
 }
+
+#[test]
+fn replace_rows_matches_the_blend_and_its_gradients() {
+    use gimp_nn::fused_linear::replace_rows;
+    let x = Var::from_tensor(&weights(&[1, 20, 6], 12)).unwrap();
+    let token = Var::from_tensor(&weights(&[1, 1, 6], 13)).unwrap();
+    let rows = [3usize, 0, 19, 7];
+    let w = weights(&[1, 20, 6], 14);
+    let run = |fused: bool| {
+        let y = if fused {
+            replace_rows(x.as_tensor(), token.as_tensor(), &rows).unwrap()
+        } else {
+            let mut m = vec![0f32; 20];
+            rows.iter().for_each(|&r| m[r] = 1.0);
+            let mask = Tensor::from_vec(m, (1, 20, 1), &Device::Cpu).unwrap();
+            let keep = mask.affine(-1.0, 1.0).unwrap();
+            (x.as_tensor().broadcast_mul(&keep).unwrap()
+                + mask.broadcast_mul(token.as_tensor()).unwrap())
+            .unwrap()
+        };
+        let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        (
+            y,
+            g.get(x.as_tensor()).unwrap().clone(),
+            g.get(token.as_tensor()).unwrap().clone(),
+        )
+    };
+    let (ya, xa, ta) = run(true);
+    let (yb, xb, tb) = run(false);
+    assert!(max_rel(&ya, &yb) < 1e-7);
+    assert!(max_rel(&xa, &xb) < 1e-7);
+    assert!(max_rel(&ta, &tb) < 1e-6);
+}
