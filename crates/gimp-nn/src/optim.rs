@@ -1,6 +1,7 @@
 //! Optimisers with PyTorch's exact semantics, parameter groups (no weight decay on biases and
 //! norms), learning-rate schedules, gradient clipping and accumulation.
 
+use crate::nystrom_op::with_data;
 use crate::params::ParamStore;
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
@@ -94,34 +95,59 @@ impl Adam {
         for (name, var, decay) in &self.params {
             let Some(g) = grads.get(name) else { continue };
             let wd = if *decay { self.cfg.weight_decay } else { 0.0 };
-            let p = &var.as_tensor().detach();
-            let g = g.detach();
-            let mut g = g.clone();
-            let mut p_new = p.clone();
-            match self.cfg.kind {
-                Kind::AdamW => {
-                    if wd != 0.0 {
-                        p_new = p_new.affine(1.0 - lr * wd, 0.0)?;
+            let st = self.state.remove(name);
+            // One pass over the parameter, its gradient and both moments (a dozen tensor ops
+            // per parameter before, each a full pass and an allocation).
+            let p = var.as_tensor().detach();
+            let (p_new, m, v) = with_data(&p, |ps| {
+                with_data(&g.detach(), |gs| {
+                    let (ms, vs) = match &st {
+                        Some(st) => (
+                            st.m.flatten_all()?.to_vec1::<f32>()?,
+                            st.v.flatten_all()?.to_vec1::<f32>()?,
+                        ),
+                        None => (vec![0f32; ps.len()], vec![0f32; ps.len()]),
+                    };
+                    if gs.len() != ps.len() || ms.len() != ps.len() {
+                        candle_core::bail!("optimiser: gradient of {name} has the wrong size");
                     }
-                }
-                Kind::AdamL2 => {
-                    if wd != 0.0 {
-                        g = (g + p.affine(wd, 0.0)?)?;
+                    let l2 = matches!(self.cfg.kind, Kind::AdamL2);
+                    let (wd32, shrink) = (wd as f32, (1.0 - lr * wd) as f32);
+                    let (b1f, b1c, b2f, b2c) =
+                        (b1 as f32, (1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32);
+                    let (inv_bc2, eps, step) = (
+                        (1.0 / bc2.sqrt()) as f32,
+                        self.cfg.eps as f32,
+                        (lr / bc1) as f32,
+                    );
+                    let mut p_out = Vec::with_capacity(ps.len());
+                    let mut m_out = Vec::with_capacity(ps.len());
+                    let mut v_out = Vec::with_capacity(ps.len());
+                    for i in 0..ps.len() {
+                        let (p, mut g) = (ps[i], gs[i]);
+                        let mut p_dec = p;
+                        if wd != 0.0 {
+                            if l2 {
+                                g += p * wd32;
+                            } else {
+                                p_dec = p * shrink;
+                            }
+                        }
+                        let m = ms[i] * b1f + g * b1c;
+                        let v = vs[i] * b2f + g * g * b2c;
+                        let denom = v.sqrt() * inv_bc2 + eps;
+                        p_out.push(p_dec - (m / denom) * step);
+                        m_out.push(m);
+                        v_out.push(v);
                     }
-                }
-            }
-            let st = match self.state.remove(name) {
-                Some(s) => s,
-                None => State {
-                    m: g.zeros_like()?,
-                    v: g.zeros_like()?,
-                },
-            };
-            let m = (st.m.affine(b1, 0.0)? + g.affine(1.0 - b1, 0.0)?)?;
-            let v = (st.v.affine(b2, 0.0)? + g.sqr()?.affine(1.0 - b2, 0.0)?)?;
-            let denom = (v.sqrt()?.affine(1.0 / bc2.sqrt(), 0.0)? + self.cfg.eps)?;
-            let update = m.div(&denom)?.affine(lr / bc1, 0.0)?;
-            var.set(&(p_new - update)?)?;
+                    Ok((p_out, m_out, v_out))
+                })
+            })?;
+            let shape = p.shape().clone();
+            let dev = p.device();
+            var.set(&Tensor::from_vec(p_new, shape.clone(), dev)?)?;
+            let m = Tensor::from_vec(m, shape.clone(), dev)?;
+            let v = Tensor::from_vec(v, shape, dev)?;
             self.state.insert(name.clone(), State { m, v });
         }
         Ok(())
