@@ -133,23 +133,26 @@ impl LinearOp {
         let (out_dim, in_dim) = w.dims2()?;
         let pre = self.pre.lock().unwrap_or_else(|p| p.into_inner());
         let (dx, dw, db) = with_data(g, |gs| {
-            // dL/dz = g ⊙ act'(z).
-            let mut gz = gs.to_vec();
-            match (self.act, pre.as_ref()) {
-                (Activation::Identity, _) => {}
+            // dL/dz = g ⊙ act'(z) (g itself for the identity, without a copy).
+            let owned;
+            let gz: &[f32] = match (self.act, pre.as_ref()) {
+                (Activation::Identity, _) => gs,
                 (act, Some(z)) => {
-                    gz.par_chunks_mut(CHUNK)
+                    let mut v = gs.to_vec();
+                    v.par_chunks_mut(CHUNK)
                         .zip(z.par_chunks(CHUNK))
                         .for_each(|(g, z)| {
                             g.iter_mut()
                                 .zip(z)
                                 .for_each(|(g, z)| *g *= act.derivative(*z))
-                        })
+                        });
+                    owned = v;
+                    &owned
                 }
                 (_, None) => candle_core::bail!("linear: backward before forward"),
-            }
+            };
             let rows = gz.len() / out_dim.max(1);
-            let gzv = View::dense(&gz, rows, out_dim);
+            let gzv = View::dense(gz, rows, out_dim);
             with_data(x, |xs| {
                 with_data(w, |ws| {
                     let mut dx = vec![0f32; if need_dx { rows * in_dim } else { 0 }];
