@@ -20,6 +20,8 @@ p = argparse.ArgumentParser()
 p.add_argument("--repeat", type=int, default=3)
 p.add_argument("--skip-150k", action="store_true")
 p.add_argument("--threads", type=int, default=os.cpu_count())
+p.add_argument("--only", help="run one computation (pretrain_step, forward_6000, forward_150000, "
+               "groupmsa_step, extract_32); the others print null")
 args = p.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
@@ -117,17 +119,22 @@ def step():
     opt.step()
 
 
+def want(name):
+    return args.only is None or args.only == name
+
+
 model.train()
 res = {"implementation": "pytorch " + torch.__version__, "threads": torch.get_num_threads()}
-res["pretrain_step"] = timed(step, args.repeat)
+res["pretrain_step"] = timed(step, args.repeat) if want("pretrain_step") else None
 model.eval()
 with torch.no_grad():
-    res["forward_6000"] = timed(lambda: model.encode(model.fc1(window))[:, 0], args.repeat)
-    if not args.skip_150k:
+    res["forward_6000"] = None
+    if want("forward_6000"):
+        res["forward_6000"] = timed(lambda: model.encode(model.fc1(window))[:, 0], args.repeat)
+    res["forward_150000"] = None
+    if not args.skip_150k and want("forward_150000"):
         big = torch.rand(1, 150000, 1024)
         res["forward_150000"] = timed(lambda: model.encode(model.fc1(big))[:, 0], 1)
-    else:
-        res["forward_150000"] = None
 g = GroupMSA()
 gopt = torch.optim.AdamW(g.parameters(), lr=1e-4, weight_decay=1e-4)
 genes = torch.rand(8, 60480)
@@ -141,19 +148,21 @@ def gstep():
 
 
 g.train()
-res["groupmsa_step"] = timed(gstep, args.repeat)
+res["groupmsa_step"] = timed(gstep, args.repeat) if want("groupmsa_step") else None
 
 # Feature extraction: torchvision's ResNet-50 up to layer3 + average pooling (CLAM's
 # resnet50_trunc) on 32 patches of 256 × 256, when torchvision is installed.
-try:
-    import torchvision
-
-    r50 = torchvision.models.resnet50(weights=None)
-    trunk = nn.Sequential(r50.conv1, r50.bn1, r50.relu, r50.maxpool, r50.layer1, r50.layer2,
-                          r50.layer3, nn.AdaptiveAvgPool2d(1)).eval()
-    patches = torch.rand(32, 3, 256, 256)
-    with torch.no_grad():
-        res["extract_32"] = timed(lambda: trunk(patches), args.repeat)
-except ImportError:
-    res["extract_32"] = None
+res["extract_32"] = None
+if want("extract_32"):
+    try:
+        import torchvision
+    except ImportError:
+        torchvision = None
+    if torchvision is not None:
+        r50 = torchvision.models.resnet50(weights=None)
+        trunk = nn.Sequential(r50.conv1, r50.bn1, r50.relu, r50.maxpool, r50.layer1, r50.layer2,
+                              r50.layer3, nn.AdaptiveAvgPool2d(1)).eval()
+        patches = torch.rand(32, 3, 256, 256)
+        with torch.no_grad():
+            res["extract_32"] = timed(lambda: trunk(patches), args.repeat)
 print(json.dumps(res))
