@@ -4,15 +4,40 @@
 //! (`conv1.weight`, `bn1.running_mean`, `layer2.0.downsample.0.weight`, …).
 
 use candle_core::{DType, Device, Result, Tensor};
+use gimp_nn::cpu::with_data;
+use gimp_nn::nystrom_op::{mm_parallel, View};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 /// ImageNet normalisation, as CLAM's transforms apply it.
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// Activations in channels-last layout (`[B, H, W, C]`, row-major): a 1×1 convolution is then a
+/// plain matrix product over `B·H·W` rows, and a k×k one gathers `k·k` contiguous channel
+/// vectors per output pixel.
+struct Act {
+    data: Vec<f32>,
+    b: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+}
+
+/// Output rows of a convolution computed per matrix product: bounds the gathered patch matrix
+/// (at most 4,096 × 2,304 values in `layer3`).
+const ROWS_PER_PRODUCT: usize = 4096;
+
+/// A convolution with its BatchNorm folded in, computed as matrix products (channels-last
+/// im2col): candle's `conv2d` builds the patch matrix in channels-first order and copies the
+/// result back, which cost more than the products themselves.
 struct ConvBn {
-    weight: Tensor,
-    shift: Tensor,
+    /// `[C_out, k, k, C_in]`, BatchNorm's scale folded in.
+    weight: Vec<f32>,
+    shift: Vec<f32>,
+    c_in: usize,
+    c_out: usize,
+    k: usize,
     stride: usize,
     padding: usize,
 }
@@ -28,18 +53,109 @@ impl ConvBn {
         // convolution's weights (conv(x, w)·s = conv(x, w·s)), leaving one bias add.
         let scale = gamma.div(&(var + 1e-5)?.sqrt()?)?;
         let shift = (beta - mean.mul(&scale)?)?;
-        let c = scale.dim(0)?;
+        let (c_out, c_in, kh, kw) = weight.dims4()?;
+        if kh != kw || scale.dim(0)? != c_out {
+            candle_core::bail!("{conv}: weight {:?} and {bn} do not match", weight.dims());
+        }
+        let weight = weight
+            .broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?
+            .permute((0, 2, 3, 1))?
+            .flatten_all()?
+            .to_vec1()?;
         Ok(Self {
-            weight: weight.broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?,
-            shift: shift.reshape((1, c, 1, 1))?,
+            weight,
+            shift: shift.to_vec1()?,
+            c_in,
+            c_out,
+            k: kh,
             stride,
             padding,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
-            .broadcast_add(&self.shift)
+    fn forward(&self, x: &Act, relu: bool) -> Result<Act> {
+        if x.c != self.c_in {
+            candle_core::bail!("convolution of {} channels got {}", self.c_in, x.c);
+        }
+        let (k, s, p) = (self.k, self.stride, self.padding);
+        let (hp, wp) = (x.h + 2 * p, x.w + 2 * p);
+        if hp < k || wp < k {
+            candle_core::bail!("a {}×{} input is smaller than the {k}×{k} kernel", x.h, x.w);
+        }
+        let (ho, wo) = ((hp - k) / s + 1, (wp - k) / s + 1);
+        let rows = x.b * ho * wo;
+        let cols = k * k * self.c_in;
+        let wv = View::dense(&self.weight, self.c_out, cols);
+        let mut out = vec![0f32; rows * self.c_out];
+        if k == 1 && s == 1 && p == 0 {
+            mm_parallel(
+                &mut out,
+                View::dense(&x.data, rows, cols),
+                wv.t(),
+                false,
+                1.0,
+            );
+        } else {
+            let mut patches = vec![0f32; ROWS_PER_PRODUCT.min(rows) * cols];
+            for r0 in (0..rows).step_by(ROWS_PER_PRODUCT) {
+                let n = ROWS_PER_PRODUCT.min(rows - r0);
+                let block = &mut patches[..n * cols];
+                block.par_chunks_mut(cols).enumerate().for_each(|(j, row)| {
+                    let r = r0 + j;
+                    let (bi, oy, ox) = (r / (ho * wo), (r / wo) % ho, r % wo);
+                    for ky in 0..k {
+                        let iy = oy * s + ky;
+                        let span = &mut row[ky * k * x.c..(ky + 1) * k * x.c];
+                        if iy < p || iy - p >= x.h {
+                            span.fill(0.0);
+                            continue;
+                        }
+                        let line = (bi * x.h + iy - p) * x.w;
+                        let ix0 = ox * s;
+                        if ix0 >= p && ix0 - p + k <= x.w {
+                            // The k pixels of this kernel row are contiguous in channels-last
+                            // order: one copy.
+                            let at = (line + ix0 - p) * x.c;
+                            span.copy_from_slice(&x.data[at..at + k * x.c]);
+                            continue;
+                        }
+                        for kx in 0..k {
+                            let dst = &mut span[kx * x.c..(kx + 1) * x.c];
+                            let ix = ix0 + kx;
+                            if ix < p || ix - p >= x.w {
+                                dst.fill(0.0);
+                            } else {
+                                let at = (line + ix - p) * x.c;
+                                dst.copy_from_slice(&x.data[at..at + x.c]);
+                            }
+                        }
+                    }
+                });
+                mm_parallel(
+                    &mut out[r0 * self.c_out..(r0 + n) * self.c_out],
+                    View::dense(block, n, cols),
+                    wv.t(),
+                    false,
+                    1.0,
+                );
+            }
+        }
+        let shift = &self.shift;
+        out.par_chunks_mut(self.c_out * 64).for_each(|chunk| {
+            for row in chunk.chunks_exact_mut(shift.len()) {
+                for (v, sh) in row.iter_mut().zip(shift) {
+                    let y = *v + sh;
+                    *v = if relu { y.max(0.0) } else { y };
+                }
+            }
+        });
+        Ok(Act {
+            data: out,
+            b: x.b,
+            h: ho,
+            w: wo,
+            c: self.c_out,
+        })
     }
 }
 
@@ -51,15 +167,47 @@ struct Bottleneck {
 }
 
 impl Bottleneck {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.c1.forward(x)?.relu()?;
-        let h = self.c2.forward(&h)?.relu()?;
-        let h = self.c3.forward(&h)?;
+    fn forward(&self, x: Act) -> Result<Act> {
+        let h = self.c1.forward(&x, true)?;
+        let h = self.c2.forward(&h, true)?;
+        let mut h = self.c3.forward(&h, false)?;
         let skip = match &self.down {
-            Some(d) => d.forward(x)?,
-            None => x.clone(),
+            Some(d) => d.forward(&x, false)?,
+            None => x,
         };
-        (h + skip)?.relu()
+        h.data
+            .par_chunks_mut(1 << 14)
+            .zip(skip.data.par_chunks(1 << 14))
+            .for_each(|(a, b)| {
+                a.iter_mut()
+                    .zip(b)
+                    .for_each(|(v, s)| *v = (*v + s).max(0.0))
+            });
+        Ok(h)
+    }
+}
+
+/// 3×3 max-pool, stride 2, padding 1, over the window's real positions (PyTorch pads with −∞).
+fn max_pool_3x3_s2(x: &Act) -> Act {
+    let (ho, wo) = ((x.h + 2 - 3) / 2 + 1, (x.w + 2 - 3) / 2 + 1);
+    let mut out = vec![f32::NEG_INFINITY; x.b * ho * wo * x.c];
+    out.par_chunks_mut(x.c).enumerate().for_each(|(r, o)| {
+        let (bi, oy, ox) = (r / (ho * wo), (r / wo) % ho, r % wo);
+        for iy in (oy * 2).saturating_sub(1)..(oy * 2 + 2).min(x.h) {
+            for ix in (ox * 2).saturating_sub(1)..(ox * 2 + 2).min(x.w) {
+                let at = ((bi * x.h + iy) * x.w + ix) * x.c;
+                o.iter_mut()
+                    .zip(&x.data[at..at + x.c])
+                    .for_each(|(a, v)| *a = a.max(*v));
+            }
+        }
+    });
+    Act {
+        data: out,
+        b: x.b,
+        h: ho,
+        w: wo,
+        c: x.c,
     }
 }
 
@@ -123,18 +271,36 @@ impl ResNet50Trunc {
 
     /// Normalised images `[B, 3, H, W]` → features `[B, 1024]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.stem.forward(x)?.relu()?;
-        // 3×3 max-pool, stride 2, padding 1: after the ReLU every value is ≥ 0, so zero padding
-        // never wins a window that holds a real value, exactly as PyTorch's −∞ padding.
-        let h = h
-            .pad_with_zeros(2, 1, 1)?
-            .pad_with_zeros(3, 1, 1)?
-            .max_pool2d_with_stride(3, 2)?;
-        let mut h = h;
-        for b in &self.blocks {
-            h = b.forward(&h)?;
+        let (b, c, h, w) = x.dims4()?;
+        let device = x.device().clone();
+        // Channels-first input to channels-last activations, once.
+        let data = with_data(x, |xs| {
+            let mut out = vec![0f32; xs.len()];
+            for bi in 0..b {
+                for ch in 0..c {
+                    let plane = &xs[(bi * c + ch) * h * w..(bi * c + ch + 1) * h * w];
+                    for (i, v) in plane.iter().enumerate() {
+                        out[(bi * h * w + i) * c + ch] = *v;
+                    }
+                }
+            }
+            Ok(out)
+        })?;
+        let x = Act { data, b, h, w, c };
+        let mut h = max_pool_3x3_s2(&self.stem.forward(&x, true)?);
+        for blk in &self.blocks {
+            h = blk.forward(h)?;
         }
-        h.mean((2, 3))
+        // Global average pooling.
+        let per = h.h * h.w;
+        let mut feats = vec![0f32; h.b * h.c];
+        for (bi, f) in feats.chunks_exact_mut(h.c).enumerate() {
+            for px in h.data[bi * per * h.c..(bi + 1) * per * h.c].chunks_exact(h.c) {
+                f.iter_mut().zip(px).for_each(|(a, v)| *a += v);
+            }
+            f.iter_mut().for_each(|a| *a /= per as f32);
+        }
+        Tensor::from_vec(feats, (h.b, h.c), &device)
     }
 }
 

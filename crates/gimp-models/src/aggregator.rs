@@ -244,7 +244,7 @@ impl PatchAggregator {
         let b1 = self.fc1.bias.as_ref().map(flat).transpose()?;
         let mut tokens = vec![0f32; (n + 1) * dim];
         tokens[..dim].copy_from_slice(&flat(&self.cls)?);
-        gimp_nn::nystrom_op::with_data(x, |xs| {
+        gimp_nn::cpu::with_data(x, |xs| {
             let w = View::dense(&w1, dim, d_in);
             let rows = 4096;
             for (src, dst) in xs

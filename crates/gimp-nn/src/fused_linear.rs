@@ -8,7 +8,8 @@
 //! activation are applied in the same pass over the product, and the backward pass forms the
 //! activation's derivative, the three gradients and nothing else.
 
-use crate::nystrom_op::{mm_parallel, with_data, View};
+use crate::cpu::{slice, with_data};
+use crate::nystrom_op::{mm_parallel, View};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -184,13 +185,6 @@ impl LinearOp {
     }
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("linear: {what} must be contiguous"),
-    }
-}
-
 impl CustomOp2 for LinearOp {
     fn name(&self) -> &'static str {
         "linear"
@@ -204,9 +198,9 @@ impl CustomOp2 for LinearOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         self.forward(
-            slice(s1, l1, "input")?,
+            slice(s1, l1, "linear: input")?,
             l1,
-            slice(s2, l2, "weight")?,
+            slice(s2, l2, "linear: weight")?,
             l2,
             None,
         )
@@ -238,11 +232,11 @@ impl CustomOp3 for LinearOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let b = slice(s3, l3, "bias")?;
+        let b = slice(s3, l3, "linear: bias")?;
         self.forward(
-            slice(s1, l1, "input")?,
+            slice(s1, l1, "linear: input")?,
             l1,
-            slice(s2, l2, "weight")?,
+            slice(s2, l2, "linear: weight")?,
             l2,
             Some(b),
         )
@@ -290,10 +284,7 @@ impl CustomOp1 for MaskOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = match l.contiguous_offsets() {
-            Some((a, b)) => &s.as_slice::<f32>()?[a..b],
-            None => candle_core::bail!("dropout: input must be contiguous"),
-        };
+        let x = slice(s, l, "dropout: input")?;
         if x.len() != self.mask.len() {
             candle_core::bail!(
                 "dropout: mask of {} for {} values",
@@ -329,8 +320,8 @@ impl CustomOp2 for ReplaceRows {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, "input")?;
-        let token = slice(s2, l2, "token")?;
+        let x = slice(s1, l1, "linear: input")?;
+        let token = slice(s2, l2, "replace rows: token")?;
         let d = token.len();
         if d == 0 || l1.shape().dims().last() != Some(&d) {
             candle_core::bail!(

@@ -1,23 +1,18 @@
-//! Fused CPU kernels as candle custom ops with hand-written backward passes.
+//! Fused CPU kernels as candle custom ops with hand-written backward passes: the depthwise
+//! residual convolution of Nyström attention (on candle tensors, used by the graph formulation
+//! that the fused layer is checked against), softmax and LayerNorm over the last dimension.
 //!
-//! Built from candle's ordinary ops, the depthwise residual convolution of Nyström attention is
-//! 33 shifted multiply-adds whose intermediates all stay alive for backprop (≈ 66 copies of V);
-//! as one op it reads V once and keeps nothing.
+//! Built from candle's ordinary ops, the convolution is 33 shifted multiply-adds whose
+//! intermediates all stay alive for backprop (≈ 66 copies of V); as one op it reads V once and
+//! keeps nothing. candle-nn's fused softmax and LayerNorm have no backward pass at all.
 
+use crate::cpu::{slice, with_data};
 use crate::lanes;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `out[b,h,i,f] = Σ_t w[h,t] · v[b,h,i+t−⌊K/2⌋,f]` (zeros outside), V `[B, H, N, F]`, W `[H, K]`.
 pub struct DepthwiseSeqConv;
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("depthwise conv: {what} must be contiguous"),
-    }
-}
 
 /// The forward computation on plain slices (also the input gradient, with the kernel flipped).
 pub fn seq_conv(v: &[f32], w: &[f32], dims: (usize, usize, usize, usize), k: usize) -> Vec<f32> {
@@ -104,8 +99,8 @@ impl CustomOp2 for DepthwiseSeqConv {
         if hw != h {
             candle_core::bail!("depthwise conv: {h} heads but {hw} kernels");
         }
-        let v = contiguous(s1, l1, "V")?;
-        let w = contiguous(s2, l2, "W")?;
+        let v = slice(s1, l1, "depthwise conv: V")?;
+        let w = slice(s2, l2, "depthwise conv: W")?;
         Ok((
             CpuStorage::F32(seq_conv(v, w, (b, h, n, f), k)),
             l1.shape().clone(),
@@ -157,7 +152,7 @@ impl candle_core::CustomOp1 for SoftmaxLast {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s, l, "softmax input")?;
+        let x = slice(s, l, "softmax: input")?;
         let cols = l.shape().dims().last().copied().unwrap_or(1).max(1);
         let mut out = x.to_vec();
         out.par_chunks_mut(cols * ROWS_PER_TASK)
@@ -167,8 +162,8 @@ impl candle_core::CustomOp1 for SoftmaxLast {
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let cols = res.dims().last().copied().unwrap_or(1).max(1);
-        let dx = crate::nystrom_op::with_data(res, |y| {
-            crate::nystrom_op::with_data(grad, |g| {
+        let dx = with_data(res, |y| {
+            with_data(grad, |g| {
                 let mut dx = g.to_vec();
                 dx.par_chunks_mut(cols * ROWS_PER_TASK)
                     .zip(y.par_chunks(cols * ROWS_PER_TASK))
@@ -263,9 +258,9 @@ impl candle_core::CustomOp3 for LayerNormLast {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, "LayerNorm input")?;
-        let w = contiguous(s2, l2, "LayerNorm weight")?;
-        let b = contiguous(s3, l3, "LayerNorm bias")?;
+        let x = slice(s1, l1, "LayerNorm: input")?;
+        let w = slice(s2, l2, "LayerNorm: weight")?;
+        let b = slice(s3, l3, "LayerNorm: bias")?;
         let dim = w.len();
         if dim == 0 || b.len() != dim || l1.shape().dims().last() != Some(&dim) {
             candle_core::bail!("LayerNorm: weight, bias and the last dimension differ");
@@ -287,7 +282,6 @@ impl candle_core::CustomOp3 for LayerNormLast {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        use crate::nystrom_op::with_data;
         let (dx, dw, db) = with_data(x, |xs| {
             with_data(w, |ws| {
                 with_data(grad, |gs| {

@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod checkpoint;
+pub mod cpu;
 pub mod fused_linear;
 pub mod init;
 pub mod kernels;

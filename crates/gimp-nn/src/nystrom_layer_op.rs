@@ -12,7 +12,8 @@
 //! `to_out.0.weight`, `to_out.0.bias`, the residual kernels): `Tensor::cat` of the parameters is
 //! differentiable, so candle hands each parameter its slice of the packed gradient.
 
-use crate::nystrom_op::{mm_parallel, with_data, CoreShape, Dims, NystromCore, View};
+use crate::cpu::with_data;
+use crate::nystrom_op::{mm_parallel, CoreShape, Dims, NystromCore, View};
 use crate::scratch;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -347,14 +348,8 @@ impl CustomOp2 for NystromLayerOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = match l1.contiguous_offsets() {
-            Some((a, b)) => &s1.as_slice::<f32>()?[a..b],
-            None => candle_core::bail!("nystrom layer: input must be contiguous"),
-        };
-        let p = match l2.contiguous_offsets() {
-            Some((a, b)) => &s2.as_slice::<f32>()?[a..b],
-            None => candle_core::bail!("nystrom layer: parameters must be contiguous"),
-        };
+        let x = crate::cpu::slice(s1, l1, "nystrom layer: input")?;
+        let p = crate::cpu::slice(s2, l2, "nystrom layer: parameters")?;
         let out = self.forward(x, l1.shape(), p)?;
         let (b, _, dim) = l1.shape().dims3()?;
         let rows = out.len() / (b * dim).max(1);

@@ -20,8 +20,8 @@
 //! does), so it reproduces the reference's autograd; `tests/nystrom_parity.rs` checks it against
 //! lucidrains' gradients, the candle-graph implementation and finite differences.
 
-use crate::{lanes, scratch};
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use crate::{cpu, lanes, scratch};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -119,7 +119,7 @@ pub(crate) fn mm(dst: &mut [f32], a: View, b: View, accumulate: bool, alpha: f32
 }
 
 /// [`mm`] on all of rayon's threads, for one large product.
-pub(crate) fn mm_parallel(dst: &mut [f32], a: View, b: View, accumulate: bool, alpha: f32) {
+pub fn mm_parallel(dst: &mut [f32], a: View, b: View, accumulate: bool, alpha: f32) {
     let threads = rayon::current_num_threads();
     let par = if threads > 1 {
         Parallelism::Rayon(threads)
@@ -718,22 +718,7 @@ pub(crate) fn max_with_ties(
     (best, at)
 }
 
-fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("nystrom core: {what} must be contiguous"),
-    }
-}
-
-/// Runs `f` on the f32 data of a CPU tensor (made contiguous first if it is not).
-pub fn with_data<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(s) => f(cpu_slice(s, layout, "tensor")?),
-        _ => candle_core::bail!("nystrom core: CPU tensors only"),
-    }
-}
+pub(crate) use crate::cpu::with_data;
 
 impl CustomOp2 for NystromCore {
     fn name(&self) -> &'static str {
@@ -748,8 +733,8 @@ impl CustomOp2 for NystromCore {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dm = self.dims(l1.shape())?;
-        let qkv = cpu_slice(s1, l1, "qkv")?;
-        let conv = cpu_slice(s2, l2, "conv kernels")?;
+        let qkv = cpu::slice(s1, l1, "nystrom core: qkv")?;
+        let conv = cpu::slice(s2, l2, "nystrom core: conv kernels")?;
         let out = self.forward_slices(qkv, conv, dm)?;
         Ok((CpuStorage::F32(out), Shape::from((dm.b, dm.r, dm.inner()))))
     }

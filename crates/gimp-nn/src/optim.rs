@@ -1,7 +1,7 @@
 //! Optimisers with PyTorch's exact semantics, parameter groups (no weight decay on biases and
 //! norms), learning-rate schedules, gradient clipping and accumulation.
 
-use crate::nystrom_op::with_data;
+use crate::cpu::with_data;
 use crate::params::ParamStore;
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
