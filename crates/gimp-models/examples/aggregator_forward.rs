@@ -6,6 +6,10 @@ use candle_core::{Device, Tensor};
 use gimp_models::aggregator::{AggregatorConfig, PatchAggregator};
 use gimp_nn::{Mode, ParamStore};
 
+/// As in the `gimp-rs` binary: large freed tensors are reused (see `gimp_nn::alloc`).
+#[global_allocator]
+static ALLOC: gimp_nn::alloc::CachingAlloc = gimp_nn::alloc::CachingAlloc::new();
+
 fn main() -> candle_core::Result<()> {
     let n: usize = std::env::args()
         .nth(1)
