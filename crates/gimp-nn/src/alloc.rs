@@ -58,7 +58,7 @@ impl Default for CachingAlloc {
 
 impl CachingAlloc {
     /// Bytes of freed blocks kept when `GIMP_ALLOC_CACHE_MB` is not set.
-    pub const DEFAULT_CAP: usize = 2 << 30;
+    pub const DEFAULT_CAP: usize = 512 << 20;
 
     pub const fn new() -> Self {
         Self {
