@@ -125,8 +125,9 @@ impl NystromAttention {
             .contiguous()
     }
 
-    /// Q (scaled), K, V per head for the front-padded input, and the padding.
-    fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor, usize)> {
+    /// `to_qkv` of the input front-padded with zero rows to a multiple of the landmarks, and
+    /// the padding.
+    fn padded_qkv(&self, x: &Tensor) -> Result<(Tensor, usize)> {
         let (_, n, _) = x.dims3()?;
         let m = self.cfg.landmarks;
         let pad = if n % m == 0 { 0 } else { m - n % m };
@@ -135,7 +136,12 @@ impl NystromAttention {
         } else {
             x.clone()
         };
-        let qkv = self.to_qkv.forward(&xp)?;
+        Ok((self.to_qkv.forward(&xp)?, pad))
+    }
+
+    /// Q (scaled), K, V per head for the front-padded input, and the padding.
+    fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor, usize)> {
+        let (qkv, pad) = self.padded_qkv(x)?;
         let inner = self.cfg.heads * self.cfg.dim_head;
         let q = self.split_heads(&qkv.narrow(D::Minus1, 0, inner)?)?;
         let k = self.split_heads(&qkv.narrow(D::Minus1, inner, inner)?)?;
@@ -176,25 +182,8 @@ impl NystromAttention {
             return Tensor::cat(&items, 0);
         }
         let (_, n, _) = x.dims3()?;
-        let m = self.cfg.landmarks;
-        let pad = if n % m == 0 { 0 } else { m - n % m };
-        let xp = if pad > 0 {
-            x.pad_with_zeros(1, pad, 0)?
-        } else {
-            x.clone()
-        };
-        let qkv = self.to_qkv.forward(&xp)?;
-        let shape = CoreShape {
-            heads: self.cfg.heads,
-            dim_head: self.cfg.dim_head,
-            landmarks: m,
-            pinv_iterations: self.cfg.pinv_iterations,
-            kernel: if self.res_conv.is_some() {
-                self.cfg.residual_kernel
-            } else {
-                0
-            },
-        };
+        let (qkv, pad) = self.padded_qkv(x)?;
+        let shape = self.core_shape();
         let conv = match &self.res_conv {
             Some(w) => w.reshape((self.cfg.heads, self.cfg.residual_kernel))?,
             None => Tensor::zeros((self.cfg.heads, 1), DType::F32, x.device())?,

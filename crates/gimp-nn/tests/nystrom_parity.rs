@@ -36,6 +36,21 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     diff / scale
 }
 
+/// Gradients of `sum(o ⊙ w)` with respect to `x` ("input") and every parameter of `store`.
+fn input_and_parameter_grads(
+    o: &Tensor,
+    w: &Tensor,
+    x: &Var,
+    store: &ParamStore,
+) -> Vec<(String, Tensor)> {
+    let g = (o * w).unwrap().sum_all().unwrap().backward().unwrap();
+    let mut grads = vec![("input".to_string(), g.get(x.as_tensor()).unwrap().clone())];
+    for (name, p) in store.params() {
+        grads.push((name, g.get(p.var.as_tensor()).unwrap().clone()));
+    }
+    grads
+}
+
 fn config(dim: usize, heads: usize, dim_head: usize) -> NystromConfig {
     NystromConfig {
         dim,
@@ -259,11 +274,7 @@ fn fused_op_matches_the_graph_formulation() {
                 attn.forward(x.as_tensor(), &Mode::eval())
             }
             .unwrap();
-            let g = (&o * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let mut grads = vec![("input".to_string(), g.get(x.as_tensor()).unwrap().clone())];
-            for (name, p) in store.params() {
-                grads.push((name, g.get(p.var.as_tensor()).unwrap().clone()));
-            }
+            let grads = input_and_parameter_grads(&o, &w, &x, &store);
             (o, grads)
         };
         let (of, gf) = run(false);
@@ -410,11 +421,7 @@ fn fused_layer_matches_the_composed_layer() {
                 x.as_tensor() + attn.forward_graph(&h, &Mode::eval()).unwrap()
             }
             .unwrap();
-            let g = (&o * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let mut grads = vec![("input".to_string(), g.get(x.as_tensor()).unwrap().clone())];
-            for (name, p) in store.params() {
-                grads.push((name, g.get(p.var.as_tensor()).unwrap().clone()));
-            }
+            let grads = input_and_parameter_grads(&o, &w, &x, &store);
             (o, grads)
         };
         // A first pass on other data leaves stale values in the reused buffers: the checked
@@ -478,11 +485,7 @@ fn fused_layer_on_selected_rows_matches_the_whole_layer() {
                     .index_select(&idx, 1)
                     .unwrap()
             };
-            let g = (&o * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let mut grads = vec![("input".to_string(), g.get(x.as_tensor()).unwrap().clone())];
-            for (name, p) in store.params() {
-                grads.push((name, g.get(p.var.as_tensor()).unwrap().clone()));
-            }
+            let grads = input_and_parameter_grads(&o, &w, &x, &store);
             (o, grads)
         };
         gimp_nn::scratch::pool_every_size();
