@@ -13,7 +13,14 @@
 //! (softmax alone is five, its autograd as many again); here each head's work is one task that
 //! keeps `F1`, `F3` and the small `m × m` iterates for the backward pass and nothing else. Matrix
 //! products call the `gemm` crate directly with strides, so Q, K, V and the gradient are read in
-//! place, transposes are free, and no head-split copies are made. Heads run in parallel.
+//! place, transposes are free, and no head-split copies are made. Heads run in parallel. The
+//! backward pass walks `F1` by row blocks and `F3` by column blocks of [`BLOCK`], so each block of
+//! their gradients goes from its product through the softmax backward to the two products that
+//! consume it while it is in cache.
+//!
+//! [`NystromCore::with_positions`] computes the output at selected padded positions only
+//! (`[B, r, H·d]`): keys, values and landmarks still cover every position; `F1`, the output and
+//! its gradient shrink to the selected rows (the last layer of masked patch modelling).
 //!
 //! The backward pass follows the forward's operations exactly (including the gradient through the
 //! global maxima of the pseudo-inverse's starting scale, split evenly between ties as PyTorch
