@@ -5,7 +5,7 @@
 //! the compiler may not reorder, so `iter().sum()` and dot products run one element at a time;
 //! these helpers keep 16 independent partial sums (a fixed order, so results are deterministic)
 //! which become one vector register. And the crate is built for baseline x86-64 (SSE2), so that
-//! one binary runs on every node of a cluster; [`multiversion!`] compiles a kernel also for AVX2
+//! one binary runs on every node of a cluster; [`crate::multiversion!`] compiles a kernel also for AVX2
 //! and AVX-512 and picks at run time, as the `gemm` crate does for matrix products.
 
 /// Defines `fn NAME(args) -> ret { body }` compiled three times (AVX-512, AVX2+FMA, baseline)

@@ -14,7 +14,7 @@
 //! keeps `F1`, `F3` and the small `m × m` iterates for the backward pass and nothing else. Matrix
 //! products call the `gemm` crate directly with strides, so Q, K, V and the gradient are read in
 //! place, transposes are free, and no head-split copies are made. Heads run in parallel. The
-//! backward pass walks `F1` by row blocks and `F3` by column blocks of [`BLOCK`], so each block of
+//! backward pass walks `F1` by row blocks and `F3` by column blocks of `BLOCK` (256), so each block of
 //! their gradients goes from its product through the softmax backward to the two products that
 //! consume it while it is in cache.
 //!
@@ -125,7 +125,7 @@ pub(crate) fn mm(dst: &mut [f32], a: View, b: View, accumulate: bool, alpha: f32
     gemm_into(dst, a, b, accumulate, alpha, Parallelism::None)
 }
 
-/// [`mm`] on all of rayon's threads, for one large product.
+/// `mm` on all of rayon's threads, for one large product.
 pub fn mm_parallel(dst: &mut [f32], a: View, b: View, accumulate: bool, alpha: f32) {
     let threads = rayon::current_num_threads();
     let par = if threads > 1 {
