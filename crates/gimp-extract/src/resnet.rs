@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 use gimp_nn::cpu::with_data;
-use gimp_nn::nystrom_op::{mm_parallel, View};
+use gimp_nn::matmul::{mm_parallel, View};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 

@@ -7,9 +7,10 @@
 //! Memory is linear in the bag: Nyström attention never forms an `N × N` matrix.
 
 use candle_core::{Result, Tensor};
+use gimp_nn::lanes::layer_norm_rows;
+use gimp_nn::matmul::linear_rows;
+use gimp_nn::matmul::View;
 use gimp_nn::nystrom::{NystromAttention, NystromConfig};
-use gimp_nn::nystrom_infer::{layer_norm_rows, linear_rows};
-use gimp_nn::nystrom_op::View;
 use gimp_nn::{Activation, Init, LayerNorm, Linear, Mode, Scope};
 use serde::{Deserialize, Serialize};
 

@@ -120,7 +120,7 @@ impl Gimp {
         if let Some(&bad) = masked.iter().find(|&&i| i >= l) {
             candle_core::bail!("masked row {bad} outside a window of {l} patches");
         }
-        let h = gimp_nn::fused_linear::replace_rows(&h, &self.mask_token, masked)?;
+        let h = gimp_nn::ops::replace_rows(&h, &self.mask_token, masked)?;
         // Only CLS and the masked patches are read after the aggregator, so its last layer
         // computes just those rows (`encode_selected`), and only they are decoded: the L1 loss
         // reads nothing else (the decoder and its norm act row by row).

@@ -70,28 +70,11 @@ impl Attention {
     fn forward_first_query(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let hd = d / self.heads;
-        let bias = |i: usize| {
-            self.qkv
-                .bias
-                .as_ref()
-                .map(|b| b.narrow(0, i * d, d))
-                .transpose()
-        };
-        let q_w = self.qkv.weight.narrow(0, 0, d)?;
-        let kv_w = self.qkv.weight.narrow(0, d, 2 * d)?;
-        let kv_b = self
+        let q = self.qkv.outputs(0, d)?.forward(&x.narrow(1, 0, 1)?)?; // [B, 1, d]
+        let kv = self
             .qkv
-            .bias
-            .as_ref()
-            .map(|b| b.narrow(0, d, 2 * d))
-            .transpose()?;
-        let q = gimp_nn::fused_linear::linear(
-            &x.narrow(1, 0, 1)?,
-            &q_w,
-            bias(0)?.as_ref(),
-            Activation::Identity,
-        )?; // [B, 1, d]
-        let kv = gimp_nn::fused_linear::linear(x, &kv_w, kv_b.as_ref(), Activation::Identity)?
+            .outputs(d, 2 * d)?
+            .forward(x)?
             .reshape((b, t, 2, self.heads, hd))?
             .permute((2, 0, 3, 1, 4))?; // [2, B, H, T, hd]
         let (k, v) = (kv.get(0)?.contiguous()?, kv.get(1)?.contiguous()?);

@@ -8,8 +8,8 @@
 //! handing them back removes that cost. Small allocations go straight to the system allocator.
 //!
 //! The cache holds at most [`CachingAlloc::DEFAULT_CAP`] bytes (or `GIMP_ALLOC_CACHE_MB`
-//! megabytes, read once; 0 disables it); beyond that the oldest blocks are returned to the
-//! system. Install it in a binary with
+//! megabytes, read once; 0 disables it, a value that is not a number keeps the default); beyond
+//! that the oldest blocks are returned to the system. Install it in a binary with
 //! `#[global_allocator] static A: gimp_nn::alloc::CachingAlloc = gimp_nn::alloc::CachingAlloc::new();`
 
 use std::alloc::{GlobalAlloc, Layout, System};

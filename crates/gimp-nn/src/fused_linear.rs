@@ -1,16 +1,15 @@
-//! `act(x Wᵀ + b)` and dropout as single candle ops with hand-written backward passes.
+//! `act(x Wᵀ + b)` as a single candle op with a hand-written backward pass.
 //!
 //! Through candle's ordinary ops a Linear layer is a matmul, a broadcast add and an activation —
 //! three nodes, each allocating its output forward and, backward, a zero tensor plus a sum for
-//! every gradient it passes on; a dropout is four (mask, cast, multiply, scale). In the
-//! transformer blocks of GroupMSA and the patch aggregator those element-wise passes and
-//! allocations cost more than the matrix products. Here each is one node: the bias and the
-//! activation are applied in the same pass over the product, and the backward pass forms the
-//! activation's derivative, the three gradients and nothing else.
+//! every gradient it passes on. In the transformer blocks of GroupMSA and the patch aggregator
+//! those element-wise passes and allocations cost more than the matrix products. Here it is one
+//! node: the bias and the activation are applied in the same pass over the product, and the
+//! backward pass forms the activation's derivative, the three gradients and nothing else.
 
 use crate::cpu::{slice, with_data};
-use crate::nystrom_op::{mm_parallel, View};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use crate::matmul::{mm_parallel, View};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -263,113 +262,4 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Re
         Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearOp::new(act)),
         None => x.apply_op2(&w, LinearOp::new(act)),
     }
-}
-
-fn masked(x: &[f32], mask: &[f32]) -> Vec<f32> {
-    let mut y = x.to_vec();
-    y.par_chunks_mut(CHUNK)
-        .zip(mask.par_chunks(CHUNK))
-        .for_each(|(y, m)| y.iter_mut().zip(m).for_each(|(a, b)| *a *= b));
-    y
-}
-
-/// Multiplication by a fixed (already scaled) dropout mask as one op.
-pub struct MaskOp {
-    pub mask: Vec<f32>,
-}
-
-impl CustomOp1 for MaskOp {
-    fn name(&self) -> &'static str {
-        "dropout-mask"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, "dropout: input")?;
-        if x.len() != self.mask.len() {
-            candle_core::bail!(
-                "dropout: mask of {} for {} values",
-                self.mask.len(),
-                x.len()
-            );
-        }
-        Ok((CpuStorage::F32(masked(x, &self.mask)), l.shape().clone()))
-    }
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let dx = with_data(g, |gs| Ok(masked(gs, &self.mask)))?;
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
-    }
-}
-
-/// Rows `rows` of `x` (`[..., L, d]` with one leading batch of 1, or `[L, d]`) replaced by
-/// `token` (`d` values), as one op: masked patch modelling's mask-token substitution, which
-/// through broadcast multiplies and an add is three full-size tensors forward and backward.
-pub struct ReplaceRows {
-    pub rows: Vec<usize>,
-}
-
-impl CustomOp2 for ReplaceRows {
-    fn name(&self) -> &'static str {
-        "replace-rows"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, "linear: input")?;
-        let token = slice(s2, l2, "replace rows: token")?;
-        let d = token.len();
-        if d == 0 || l1.shape().dims().last() != Some(&d) {
-            candle_core::bail!(
-                "replace rows: token of {d} for input {:?}",
-                l1.shape().dims()
-            );
-        }
-        let n = x.len() / d;
-        let mut out = x.to_vec();
-        for &r in &self.rows {
-            if r >= n {
-                candle_core::bail!("replace rows: row {r} of {n}");
-            }
-            out[r * d..(r + 1) * d].copy_from_slice(token);
-        }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        token: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let d = token.elem_count();
-        let (dx, dt) = with_data(g, |gs| {
-            let mut dx = gs.to_vec();
-            let mut dt = vec![0f32; d];
-            for &r in &self.rows {
-                let row = &mut dx[r * d..(r + 1) * d];
-                dt.iter_mut().zip(row.iter()).for_each(|(a, v)| *a += v);
-                row.fill(0.0);
-            }
-            Ok((dx, dt))
-        })?;
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
-            Some(Tensor::from_vec(dt, token.shape(), token.device())?),
-        ))
-    }
-}
-
-/// `x` with rows `rows` (distinct) replaced by `token`; see [`ReplaceRows`].
-pub fn replace_rows(x: &Tensor, token: &Tensor, rows: &[usize]) -> Result<Tensor> {
-    let mut rows = rows.to_vec();
-    rows.sort_unstable();
-    rows.dedup();
-    x.contiguous()?
-        .apply_op2(&token.contiguous()?, ReplaceRows { rows })
 }

@@ -4,11 +4,13 @@
 //!
 //! Built from candle's ordinary ops, the convolution is 33 shifted multiply-adds whose
 //! intermediates all stay alive for backprop (≈ 66 copies of V); as one op it reads V once and
-//! keeps nothing. candle-nn's fused softmax and LayerNorm have no backward pass at all.
+//! keeps nothing. candle-nn's fused softmax and LayerNorm have no backward pass at all. Dropout
+//! (a fixed, pre-scaled mask) and masked patch modelling's row replacement are one node each
+//! instead of three or four.
 
 use crate::cpu::{slice, with_data};
 use crate::lanes;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `out[b,h,i,f] = Σ_t w[h,t] · v[b,h,i+t−⌊K/2⌋,f]` (zeros outside), V `[B, H, N, F]`, W `[H, K]`.
@@ -146,7 +148,7 @@ const ROWS_PER_TASK: usize = 64;
 /// built from ordinary ops it is five tensors forward and as many again backward.
 pub struct SoftmaxLast;
 
-impl candle_core::CustomOp1 for SoftmaxLast {
+impl CustomOp1 for SoftmaxLast {
     fn name(&self) -> &'static str {
         "softmax-last"
     }
@@ -156,7 +158,7 @@ impl candle_core::CustomOp1 for SoftmaxLast {
         let cols = l.shape().dims().last().copied().unwrap_or(1).max(1);
         let mut out = x.to_vec();
         out.par_chunks_mut(cols * ROWS_PER_TASK)
-            .for_each(|c| crate::nystrom_op::softmax_rows(c, cols));
+            .for_each(|c| lanes::softmax_rows(c, cols));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -167,7 +169,7 @@ impl candle_core::CustomOp1 for SoftmaxLast {
                 let mut dx = g.to_vec();
                 dx.par_chunks_mut(cols * ROWS_PER_TASK)
                     .zip(y.par_chunks(cols * ROWS_PER_TASK))
-                    .for_each(|(d, y)| crate::nystrom_op::softmax_backward_rows(y, d, cols));
+                    .for_each(|(d, y)| lanes::softmax_backward_rows(y, d, cols));
                 Ok(dx)
             })
         })?;
@@ -179,39 +181,6 @@ impl candle_core::CustomOp1 for SoftmaxLast {
 /// `(x, weight, bias)`; the backward pass recomputes each row's mean and deviation.
 pub struct LayerNormLast {
     pub eps: f32,
-}
-
-crate::multiversion! {
-    /// LayerNorm backward for whole rows: writes `dx`, adds into `dw` and `db`. Each row's
-    /// mean and 1/σ are recomputed (cheaper than keeping them).
-    fn layer_norm_backward_rows(
-        dx: &mut [f32],
-        x: &[f32],
-        g: &[f32],
-        w: &[f32],
-        eps: f32,
-        dw: &mut [f32],
-        db: &mut [f32],
-    ) {
-        let dim = w.len();
-        let mut xhat = vec![0f32; dim];
-        let mut gw = vec![0f32; dim];
-        for ((dxr, xr), gr) in dx.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).zip(g.chunks_exact(dim)) {
-            let mean = lanes::sum(xr) / dim as f32;
-            let rstd = 1.0 / (lanes::sum_sq_dev(xr, mean) / dim as f32 + eps).sqrt();
-            for j in 0..dim {
-                xhat[j] = (xr[j] - mean) * rstd;
-                gw[j] = gr[j] * w[j];
-                dw[j] += gr[j] * xhat[j];
-                db[j] += gr[j];
-            }
-            let m1 = lanes::sum(&gw) / dim as f32;
-            let m2 = lanes::dot(&gw, &xhat) / dim as f32;
-            for j in 0..dim {
-                dxr[j] = rstd * (gw[j] - m1 - xhat[j] * m2);
-            }
-        }
-    }
 }
 
 /// LayerNorm backward over rows of `x` (last dimension `w.len()`), in parallel: writes `dx`,
@@ -231,7 +200,7 @@ pub(crate) fn layer_norm_backward(
         .map(|((dx, x), g)| {
             let mut dw = vec![0f32; dim];
             let mut db = vec![0f32; dim];
-            layer_norm_backward_rows(dx, x, g, w, eps, &mut dw, &mut db);
+            lanes::layer_norm_backward_rows(dx, x, g, w, eps, &mut dw, &mut db);
             (dw, db)
         })
         .collect();
@@ -269,7 +238,7 @@ impl candle_core::CustomOp3 for LayerNormLast {
         out.par_chunks_mut(dim * ROWS_PER_TASK)
             .zip(x.par_chunks(dim * ROWS_PER_TASK))
             .for_each(|(o, x)| {
-                crate::nystrom_infer::layer_norm_rows(x, o, w, b, self.eps);
+                lanes::layer_norm_rows(x, o, w, b, self.eps);
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -295,6 +264,109 @@ impl candle_core::CustomOp3 for LayerNormLast {
             Some(Tensor::from_vec(dx, x.shape(), x.device())?),
             Some(Tensor::from_vec(dw, w.shape(), w.device())?),
             Some(Tensor::from_vec(db, w.shape(), w.device())?),
+        ))
+    }
+}
+
+/// Values per parallel task of the element-wise passes.
+const ELEMENTS_PER_TASK: usize = 1 << 14;
+
+fn masked(x: &[f32], mask: &[f32]) -> Vec<f32> {
+    let mut y = x.to_vec();
+    y.par_chunks_mut(ELEMENTS_PER_TASK)
+        .zip(mask.par_chunks(ELEMENTS_PER_TASK))
+        .for_each(|(y, m)| y.iter_mut().zip(m).for_each(|(a, b)| *a *= b));
+    y
+}
+
+/// Multiplication by a fixed (already scaled) dropout mask as one op.
+pub struct MaskOp {
+    pub mask: Vec<f32>,
+}
+
+impl CustomOp1 for MaskOp {
+    fn name(&self) -> &'static str {
+        "dropout-mask"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "dropout: input")?;
+        if x.len() != self.mask.len() {
+            candle_core::bail!(
+                "dropout: mask of {} for {} values",
+                self.mask.len(),
+                x.len()
+            );
+        }
+        Ok((CpuStorage::F32(masked(x, &self.mask)), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let dx = with_data(g, |gs| Ok(masked(gs, &self.mask)))?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+/// Rows `rows` of `x` (`[..., L, d]` with one leading batch of 1, or `[L, d]`) replaced by
+/// `token` (`d` values), as one op: masked patch modelling's mask-token substitution, which
+/// through broadcast multiplies and an add is three full-size tensors forward and backward.
+pub struct ReplaceRows {
+    pub rows: Vec<usize>,
+}
+
+impl CustomOp2 for ReplaceRows {
+    fn name(&self) -> &'static str {
+        "replace-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "linear: input")?;
+        let token = slice(s2, l2, "replace rows: token")?;
+        let d = token.len();
+        if d == 0 || l1.shape().dims().last() != Some(&d) {
+            candle_core::bail!(
+                "replace rows: token of {d} for input {:?}",
+                l1.shape().dims()
+            );
+        }
+        let n = x.len() / d;
+        let mut out = x.to_vec();
+        for &r in &self.rows {
+            if r >= n {
+                candle_core::bail!("replace rows: row {r} of {n}");
+            }
+            out[r * d..(r + 1) * d].copy_from_slice(token);
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        token: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = token.elem_count();
+        let (dx, dt) = with_data(g, |gs| {
+            let mut dx = gs.to_vec();
+            let mut dt = vec![0f32; d];
+            for &r in &self.rows {
+                let row = &mut dx[r * d..(r + 1) * d];
+                dt.iter_mut().zip(row.iter()).for_each(|(a, v)| *a += v);
+                row.fill(0.0);
+            }
+            Ok((dx, dt))
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dt, token.shape(), token.device())?),
         ))
     }
 }

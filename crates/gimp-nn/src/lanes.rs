@@ -164,6 +164,82 @@ pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     y.iter_mut().zip(x).for_each(|(a, b)| *a += alpha * b);
 }
 
+// Row kernels of the fused ops, dispatched on the CPU's vector extensions.
+
+crate::multiversion! {
+    /// Row-wise softmax in place (max subtracted first).
+    pub fn softmax_rows(x: &mut [f32], cols: usize) {
+        for row in x.chunks_exact_mut(cols) {
+            let max = max(row);
+            for v in row.iter_mut() {
+                *v = exp(*v - max);
+            }
+            let inv = 1.0 / sum(row);
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+}
+
+crate::multiversion! {
+    /// Softmax backward in place: `g ← f ⊙ (g − Σ_row g ⊙ f)`.
+    pub fn softmax_backward_rows(f: &[f32], g: &mut [f32], cols: usize) {
+        for (fr, gr) in f.chunks_exact(cols).zip(g.chunks_exact_mut(cols)) {
+            let dot = dot(fr, gr);
+            for (gv, fv) in gr.iter_mut().zip(fr) {
+                *gv = fv * (*gv - dot);
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    /// LayerNorm of each row of `src` into `dst` (biased variance, as PyTorch).
+    pub fn layer_norm_rows(src: &[f32], dst: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+        let dim = weight.len();
+        for (s, o) in src.chunks_exact(dim).zip(dst.chunks_exact_mut(dim)) {
+            let mean = sum(s) / dim as f32;
+            let var = sum_sq_dev(s, mean) / dim as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for (((o, &v), &g), &b) in o.iter_mut().zip(s).zip(weight).zip(bias) {
+                *o = (v - mean) * inv * g + b;
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    /// LayerNorm backward for whole rows: writes `dx`, adds into `dw` and `db`. Each row's
+    /// mean and 1/σ are recomputed (cheaper than keeping them).
+    pub fn layer_norm_backward_rows(
+        dx: &mut [f32],
+        x: &[f32],
+        g: &[f32],
+        w: &[f32],
+        eps: f32,
+        dw: &mut [f32],
+        db: &mut [f32],
+    ) {
+        let dim = w.len();
+        let mut xhat = vec![0f32; dim];
+        let mut gw = vec![0f32; dim];
+        for ((dxr, xr), gr) in dx.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).zip(g.chunks_exact(dim)) {
+            let mean = sum(xr) / dim as f32;
+            let rstd = 1.0 / (sum_sq_dev(xr, mean) / dim as f32 + eps).sqrt();
+            for j in 0..dim {
+                xhat[j] = (xr[j] - mean) * rstd;
+                gw[j] = gr[j] * w[j];
+                dw[j] += gr[j] * xhat[j];
+                db[j] += gr[j];
+            }
+            let m1 = sum(&gw) / dim as f32;
+            let m2 = dot(&gw, &xhat) / dim as f32;
+            for j in 0..dim {
+                dxr[j] = rstd * (gw[j] - m1 - xhat[j] * m2);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

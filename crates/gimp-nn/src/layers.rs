@@ -56,6 +56,19 @@ impl Linear {
         self.forward_act(x, Activation::Identity)
     }
 
+    /// The layer restricted to outputs `start .. start + len` (a view of the same parameters:
+    /// gradients reach the full weight and bias).
+    pub fn outputs(&self, start: usize, len: usize) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.narrow(0, start, len)?,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.narrow(0, start, len))
+                .transpose()?,
+        })
+    }
+
     /// `act(x Wᵀ + b)`; on the CPU one fused op (`fused_linear`).
     pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         if x.dtype() == DType::F32 && x.device().is_cpu() {

@@ -9,6 +9,7 @@ pub mod kernels;
 pub mod lanes;
 pub mod layers;
 pub mod loss;
+pub mod matmul;
 pub mod nystrom;
 pub mod nystrom_infer;
 pub mod nystrom_layer_op;

@@ -15,10 +15,9 @@
 //! The arithmetic is the training op's (`nystrom_op`); `tests/nystrom_parity.rs` checks both
 //! against the reference fixtures.
 
-use crate::lanes;
-use crate::nystrom_op::{
-    max_with_ties, mm, mm_parallel, pinv_forward, segment_means, softmax_rows, CoreShape, View,
-};
+use crate::lanes::{layer_norm_rows, softmax_rows};
+use crate::matmul::{linear_rows, mm, View};
+use crate::nystrom_op::{pinv_forward, segment_means, start_scale, CoreShape};
 use candle_core::Result;
 use rayon::prelude::*;
 
@@ -43,32 +42,6 @@ pub enum Update {
     Residual,
     /// `x ← attention(norm(x))`.
     Replace,
-}
-
-crate::multiversion! {
-    /// LayerNorm of each row of `src` into `dst` (biased variance, as PyTorch).
-    pub fn layer_norm_rows(src: &[f32], dst: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-        let dim = weight.len();
-        for (s, o) in src.chunks_exact(dim).zip(dst.chunks_exact_mut(dim)) {
-            let mean = lanes::sum(s) / dim as f32;
-            let var = lanes::sum_sq_dev(s, mean) / dim as f32;
-            let inv = 1.0 / (var + eps).sqrt();
-            for (((o, &v), &g), &b) in o.iter_mut().zip(s).zip(weight).zip(bias) {
-                *o = (v - mean) * inv * g + b;
-            }
-        }
-    }
-}
-
-/// `dst = src · Wᵀ (+ bias)` for `src` `[rows, in]`, `W` `[out, in]`, on all threads.
-pub fn linear_rows(src: &[f32], w: View, bias: Option<&[f32]>, dst: &mut [f32]) {
-    let rows = src.len() / w.cols();
-    mm_parallel(dst, View::dense(src, rows, w.cols()), w.t(), false, 1.0);
-    if let Some(b) = bias {
-        for row in dst.chunks_exact_mut(b.len()) {
-            row.iter_mut().zip(b).for_each(|(a, v)| *a += v);
-        }
-    }
 }
 
 /// Applies one layer to the `n` tokens of `x` (`[n, dim]`, row-major) in place.
@@ -149,15 +122,8 @@ pub fn layer_inplace(
             a
         })
         .collect();
-    let (row_max, _) = max_with_ties(a.iter().enumerate().flat_map(|(t, a)| {
-        a.chunks_exact(m)
-            .enumerate()
-            .map(move |(i, r)| ((t, i), r.iter().map(|v| v.abs()).sum::<f32>()))
-    }));
-    let (col_max, _) = max_with_ties(a.iter().enumerate().flat_map(|(t, a)| {
-        (0..m).map(move |j| ((t, j), (0..m).map(|i| a[i * m + j].abs()).sum::<f32>()))
-    }));
-    let c = row_max * col_max;
+    let start = start_scale(a.iter().map(|a| a.as_slice()), m);
+    let c = start.row_max * start.col_max;
     let u: Vec<Vec<f32>> = (0..h)
         .into_par_iter()
         .map(|hd| {

@@ -13,7 +13,9 @@
 //! differentiable, so candle hands each parameter its slice of the packed gradient.
 
 use crate::cpu::with_data;
-use crate::nystrom_op::{mm_parallel, CoreShape, Dims, NystromCore, View};
+use crate::lanes::layer_norm_rows;
+use crate::matmul::{mm_parallel, View};
+use crate::nystrom_op::{CoreShape, Dims, NystromCore};
 use crate::scratch;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -197,9 +199,7 @@ impl NystromLayerOp {
         let mut ln = scratch::buffer(x.len());
         ln.par_chunks_mut(dim * 64)
             .zip(x.par_chunks(dim * 64))
-            .for_each(|(o, x)| {
-                crate::nystrom_infer::layer_norm_rows(x, o, p.ln_w, p.ln_b, self.shape.eps)
-            });
+            .for_each(|(o, x)| layer_norm_rows(x, o, p.ln_w, p.ln_b, self.shape.eps));
         // Padding rows of qkv stay zero: the reference pads before the bias-free projection.
         let mut qkv = scratch::buffer(b * np * 3 * inner);
         for bi in 0..b {

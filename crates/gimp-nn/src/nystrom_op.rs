@@ -27,180 +27,13 @@
 //! does), so it reproduces the reference's autograd; `tests/nystrom_parity.rs` checks it against
 //! lucidrains' gradients, the candle-graph implementation and finite differences.
 
+use crate::cpu::with_data;
+use crate::lanes::{softmax_backward_rows, softmax_rows};
+use crate::matmul::{mm, View};
 use crate::{cpu, lanes, scratch};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
-
-/// A read-only strided matrix: element `(i, j)` is `d[off + i·rs + j·cs]`.
-#[derive(Clone, Copy)]
-pub struct View<'a> {
-    d: &'a [f32],
-    off: usize,
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> View<'a> {
-    /// A contiguous row-major `rows × cols` matrix.
-    pub fn dense(d: &'a [f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(d.len(), rows * cols, "matrix buffer size");
-        Self {
-            d,
-            off: 0,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    /// `rows × cols` with rows `rs` apart starting at `off`, contiguous within a row.
-    pub fn rows_of(d: &'a [f32], off: usize, rows: usize, cols: usize, rs: usize) -> Self {
-        assert!(
-            rows == 0 || off + (rows - 1) * rs + cols <= d.len(),
-            "strided matrix outside its buffer"
-        );
-        Self {
-            d,
-            off,
-            rows,
-            cols,
-            rs,
-            cs: 1,
-        }
-    }
-
-    /// Rows `r0 .. r0 + count` of a matrix.
-    pub fn rows(&self, r0: usize, count: usize) -> Self {
-        assert!(r0 + count <= self.rows, "rows outside the matrix");
-        Self {
-            off: self.off + r0 * self.rs,
-            rows: count,
-            ..*self
-        }
-    }
-
-    /// A contiguous row-major copy. The convolutions read 33 neighbouring rows at a time; rows
-    /// of Q K V sit 6 KB apart inside `qkv`, a stride that maps them onto a few L1 cache sets
-    /// and thrashes them, so they run on a packed copy instead.
-    pub fn to_dense(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.rows * self.cols);
-        for i in 0..self.rows {
-            if self.cs == 1 {
-                out.extend_from_slice(self.row(i));
-            } else {
-                out.extend((0..self.cols).map(|j| self.d[self.off + i * self.rs + j * self.cs]));
-            }
-        }
-        out
-    }
-
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    pub fn t(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-
-    pub(crate) fn row(&self, i: usize) -> &'a [f32] {
-        debug_assert_eq!(self.cs, 1);
-        &self.d[self.off + i * self.rs..self.off + i * self.rs + self.cols]
-    }
-}
-
-/// `dst` (contiguous row-major) `= [dst +] alpha · a · b`, on the calling thread (callers run
-/// heads in parallel).
-pub(crate) fn mm(dst: &mut [f32], a: View, b: View, accumulate: bool, alpha: f32) {
-    gemm_into(dst, a, b, accumulate, alpha, Parallelism::None)
-}
-
-/// `mm` on all of rayon's threads, for one large product.
-pub fn mm_parallel(dst: &mut [f32], a: View, b: View, accumulate: bool, alpha: f32) {
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
-    gemm_into(dst, a, b, accumulate, alpha, par)
-}
-
-fn gemm_into(dst: &mut [f32], a: View, b: View, accumulate: bool, alpha: f32, par: Parallelism) {
-    assert_eq!(a.cols, b.rows, "inner dimensions");
-    assert_eq!(dst.len(), a.rows * b.cols, "output size");
-    if dst.is_empty() {
-        return;
-    }
-    if a.cols == 0 {
-        if !accumulate {
-            dst.fill(0.0);
-        }
-        return;
-    }
-    // SAFETY: the views were bounds-checked when built (every element they address lies in
-    // their slice), `dst` holds exactly `a.rows × b.cols` elements written with unit column
-    // stride, and `dst` is a unique borrow, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            a.rows,
-            b.cols,
-            a.cols,
-            dst.as_mut_ptr(),
-            1,
-            b.cols as isize,
-            accumulate,
-            a.d.as_ptr().add(a.off),
-            a.cs as isize,
-            a.rs as isize,
-            b.d.as_ptr().add(b.off),
-            b.cs as isize,
-            b.rs as isize,
-            1.0,
-            alpha,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
-crate::multiversion! {
-    /// Row-wise softmax in place (max subtracted first).
-    pub(crate) fn softmax_rows(x: &mut [f32], cols: usize) {
-        for row in x.chunks_exact_mut(cols) {
-            let max = lanes::max(row);
-            for v in row.iter_mut() {
-                *v = lanes::exp(*v - max);
-            }
-            let inv = 1.0 / lanes::sum(row);
-            row.iter_mut().for_each(|v| *v *= inv);
-        }
-    }
-}
-
-crate::multiversion! {
-    /// Softmax backward in place: `g ← f ⊙ (g − Σ_row g ⊙ f)`.
-    pub(crate) fn softmax_backward_rows(f: &[f32], g: &mut [f32], cols: usize) {
-        for (fr, gr) in f.chunks_exact(cols).zip(g.chunks_exact_mut(cols)) {
-            let dot = lanes::dot(fr, gr);
-            for (gv, fv) in gr.iter_mut().zip(fr) {
-                *gv = fv * (*gv - dot);
-            }
-        }
-    }
-}
 
 crate::multiversion! {
     /// Softmax backward for columns `c0 .. c0 + cb` of the row-softmax `f` (`[rows, n]`), with
@@ -707,8 +540,37 @@ fn merge_heads<const P: usize>(dst: &mut [f32], parts: &[[&[f32]; P]], dm: Dims,
         });
 }
 
+/// The pseudo-inverse's start `Z₀ = Aᵀ / (row_max · col_max)`: the largest row and column
+/// abs-sums over every head's `A` (all `m × m`), with the (head, row/column) reaching each.
+pub(crate) struct StartScale {
+    pub row_max: f32,
+    pub col_max: f32,
+    pub row_ties: Vec<(usize, usize)>,
+    pub col_ties: Vec<(usize, usize)>,
+}
+
+pub(crate) fn start_scale<'a>(
+    heads: impl Iterator<Item = &'a [f32]> + Clone,
+    m: usize,
+) -> StartScale {
+    let (row_max, row_ties) = max_with_ties(heads.clone().enumerate().flat_map(|(t, a)| {
+        a.chunks_exact(m)
+            .enumerate()
+            .map(move |(i, r)| ((t, i), r.iter().map(|x| x.abs()).sum::<f32>()))
+    }));
+    let (col_max, col_ties) = max_with_ties(heads.enumerate().flat_map(|(t, a)| {
+        (0..m).map(move |j| ((t, j), (0..m).map(|i| a[i * m + j].abs()).sum::<f32>()))
+    }));
+    StartScale {
+        row_max,
+        col_max,
+        row_ties,
+        col_ties,
+    }
+}
+
 /// Maximum of the values and every position reaching it.
-pub(crate) fn max_with_ties(
+fn max_with_ties(
     values: impl Iterator<Item = ((usize, usize), f32)>,
 ) -> (f32, Vec<(usize, usize)>) {
     let mut best = f32::NEG_INFINITY;
@@ -724,8 +586,6 @@ pub(crate) fn max_with_ties(
     }
     (best, at)
 }
-
-pub(crate) use crate::cpu::with_data;
 
 impl CustomOp2 for NystromCore {
     fn name(&self) -> &'static str {
@@ -784,14 +644,12 @@ impl NystromCore {
             .collect();
         // The starting scale of the pseudo-inverse is global over batch and heads.
         let m = dm.m;
-        let (row_max, row_ties) = max_with_ties(phase1.iter().enumerate().flat_map(|(t, p)| {
-            p.2.chunks_exact(m)
-                .enumerate()
-                .map(move |(i, r)| ((t, i), r.iter().map(|x| x.abs()).sum::<f32>()))
-        }));
-        let (col_max, col_ties) = max_with_ties(phase1.iter().enumerate().flat_map(|(t, p)| {
-            (0..m).map(move |j| ((t, j), (0..m).map(|i| p.2[i * m + j].abs()).sum::<f32>()))
-        }));
+        let StartScale {
+            row_max,
+            col_max,
+            row_ties,
+            col_ties,
+        } = start_scale(phase1.iter().map(|p| p.2.as_slice()), m);
         let c = row_max * col_max;
         let results: Vec<(HeadSaved, Vec<f32>)> = phase1
             .into_par_iter()

@@ -109,21 +109,21 @@ impl Mode {
         device: &candle_core::Device,
     ) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        let mut rng = self.rng.borrow_mut();
-        let data: Vec<f32> = (0..n)
-            .map(|_| if rng.gen::<f64>() < keep { 1.0 } else { 0.0 })
-            .collect();
-        Tensor::from_vec(data, shape, device)
+        Tensor::from_vec(self.mask_values(n, keep, 1.0), shape, device)
     }
 
     /// An inverted-dropout mask of `n` values: 0 with probability `p`, else `1/(1−p)` (the
     /// same draws as [`Self::keep_mask`]).
     pub fn scaled_keep_mask(&self, n: usize, p: f64) -> Vec<f32> {
         let keep = 1.0 - p;
-        let scale = (1.0 / keep) as f32;
+        self.mask_values(n, keep, (1.0 / keep) as f32)
+    }
+
+    /// `n` draws: `kept` with probability `keep`, else 0.
+    fn mask_values(&self, n: usize, keep: f64, kept: f32) -> Vec<f32> {
         let mut rng = self.rng.borrow_mut();
         (0..n)
-            .map(|_| if rng.gen::<f64>() < keep { scale } else { 0.0 })
+            .map(|_| if rng.gen::<f64>() < keep { kept } else { 0.0 })
             .collect()
     }
 
@@ -141,14 +141,22 @@ pub fn dropout(x: &Tensor, p: f64, mode: &Mode) -> Result<Tensor> {
     if x.dtype() == DType::F32 && x.device().is_cpu() {
         // The same draws as below, with the scale folded into the mask: one op (`MaskOp`).
         let mask = mode.scaled_keep_mask(x.elem_count(), p);
-        return x
-            .contiguous()?
-            .apply_op1(crate::fused_linear::MaskOp { mask });
+        return x.contiguous()?.apply_op1(crate::kernels::MaskOp { mask });
     }
     let mask = mode
         .keep_mask(x.dims(), 1.0 - p, x.device())?
         .to_dtype(x.dtype())?;
     x.mul(&mask)?.affine(1.0 / (1.0 - p), 0.0)
+}
+
+/// `x` (`[..., L, d]`) with rows `rows` replaced by `token` (`d` values) — masked patch
+/// modelling's mask-token substitution — as one op with its backward pass.
+pub fn replace_rows(x: &Tensor, token: &Tensor, rows: &[usize]) -> Result<Tensor> {
+    let mut rows = rows.to_vec();
+    rows.sort_unstable();
+    rows.dedup();
+    x.contiguous()?
+        .apply_op2(&token.contiguous()?, crate::kernels::ReplaceRows { rows })
 }
 
 /// SELU's constants (Klambauer et al. 2017).

@@ -213,7 +213,7 @@ fn dropout_keeps_its_draws_and_gradient() {
 
 #[test]
 fn replace_rows_matches_the_blend_and_its_gradients() {
-    use gimp_nn::fused_linear::replace_rows;
+    use gimp_nn::ops::replace_rows;
     let x = Var::from_tensor(&weights(&[1, 20, 6], 12)).unwrap();
     let token = Var::from_tensor(&weights(&[1, 1, 6], 13)).unwrap();
     let rows = [3usize, 0, 19, 7];
