@@ -3,6 +3,7 @@
 //! `PorpoiseAMIL` (`attention_net.0`, `attention_net.3.attention_{a,b,c}`, `classifier`), so its
 //! state dicts load as they are.
 
+use crate::arch::{config, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults};
 use crate::model::{bag, Input, Model, Output};
 use candle_core::{Result, Tensor};
 use gimp_nn::{ops, Activation, Linear, Mode, Scope};
@@ -109,3 +110,23 @@ impl Model for Abmil {
         })
     }
 }
+
+/// ABMIL in the registry.
+pub const ARCH: ArchInfo = ArchInfo {
+    name: "abmil",
+    summary: "Gated attention MIL on patch features (Ilse et al. 2018, pathology variant)",
+    reference: "PORPOISE PorpoiseAMIL",
+    input: InputKind::Slide,
+    training: Training::Supervised(TrainingDefaults::CLAM),
+    default_config: |d, c| to_value(&AbmilConfig::small(d.features, c)),
+    build: |s, v| Ok(Box::new(Abmil::new(s, config(v)?)?)),
+    config_from_weights: |w| {
+        let fc = shape(w, "attention_net.0.weight")?;
+        let att = shape(w, "attention_net.3.attention_a.0.weight")?;
+        let mut c = AbmilConfig::small(fc[1], shape(w, "classifier.weight")?[0]);
+        c.hidden = fc[0];
+        c.attention_dim = att[0];
+        Ok(to_value(&c))
+    },
+    set_gene_groups: None,
+};

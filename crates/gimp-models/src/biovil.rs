@@ -8,6 +8,9 @@
 //! [MASK] embedding and an MLP predicts their standardised values (MSE). Then fine-tuned as every
 //! adaptation is ([`crate::image_omic`]).
 
+use crate::arch::{
+    config, no_reference, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
+};
 use crate::image_omic::{clip_loss, sample_rows, BatchNorm, Encoders, ImageOmicConfig};
 use crate::model::{Input, Model, Output};
 use candle_core::{Result, Tensor};
@@ -124,3 +127,19 @@ impl Model for Biovil {
         Ok(Some((global + (mgm * self.cfg.mgm_weight)?)?))
     }
 }
+
+/// The BioViL adaptation in the registry.
+pub const ARCH: ArchInfo = ArchInfo {
+    name: "biovil",
+    summary: "BioViL image–omic adaptation: global slide–expression InfoNCE + masked gene modelling, then fine-tuning (Boecking et al. 2022)",
+    reference: "gimp-rs (docs/DESIGN.md; projectors of microsoft/hi-ml-multimodal)",
+    input: InputKind::Paired,
+    training: Training::Supervised(TrainingDefaults {
+        self_supervised: true,
+        ..TrainingDefaults::ADAMW
+    }),
+    default_config: |d, c| to_value(&BiovilConfig::new(d.features, d.genes, c)),
+    build: |s, v| Ok(Box::new(Biovil::new(s, config(v)?)?)),
+    config_from_weights: |_| no_reference("biovil"),
+    set_gene_groups: None,
+};

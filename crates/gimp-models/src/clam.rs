@@ -4,11 +4,16 @@
 //! when the fc block has a Dropout (CLAM 2024+, or 2021 with `--drop_out`), 2 otherwise.
 
 use crate::abmil::GatedAttention;
+use crate::arch::{
+    config, count_indexed, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
+};
 use crate::model::{bag, Input, Model, Output};
 use candle_core::{Result, Tensor, D};
 use gimp_nn::loss;
 use gimp_nn::{ops, Activation, Linear, Mode, Scope};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -259,3 +264,49 @@ impl Model for Clam {
         self.cfg.bag_weight
     }
 }
+
+fn config_from_weights(w: &BTreeMap<String, Tensor>, branches: Branches) -> Result<Value> {
+    let fc = shape(w, "attention_net.0.weight")?;
+    let index = if w.contains_key("attention_net.3.attention_a.0.weight") {
+        3
+    } else {
+        2
+    };
+    let att = shape(w, &format!("attention_net.{index}.attention_a.0.weight"))?;
+    let n_classes = match branches {
+        Branches::Single => shape(w, "classifiers.weight")?[0],
+        Branches::Multi => count_indexed(w, "classifiers.", ".weight"),
+    };
+    let mut c = ClamConfig::small(branches, fc[1], n_classes);
+    c.hidden = fc[0];
+    c.attention_dim = att[0];
+    c.attention_net_index = index;
+    Ok(to_value(&c))
+}
+
+/// CLAM-SB in the registry.
+pub const ARCH_SB: ArchInfo = ArchInfo {
+    name: "clam_sb",
+    summary:
+        "CLAM single-branch: gated attention MIL with instance-level clustering (Lu et al. 2021)",
+    reference: "mahmoodlab/CLAM models/model_clam.py CLAM_SB",
+    input: InputKind::Slide,
+    training: Training::Supervised(TrainingDefaults::CLAM),
+    default_config: |d, c| to_value(&ClamConfig::small(Branches::Single, d.features, c)),
+    build: |s, v| Ok(Box::new(Clam::new(s, config(v)?)?)),
+    config_from_weights: |w| config_from_weights(w, Branches::Single),
+    set_gene_groups: None,
+};
+
+/// CLAM-MB in the registry.
+pub const ARCH_MB: ArchInfo = ArchInfo {
+    name: "clam_mb",
+    summary: "CLAM multi-branch: one attention branch per class",
+    reference: "mahmoodlab/CLAM models/model_clam.py CLAM_MB",
+    input: InputKind::Slide,
+    training: Training::Supervised(TrainingDefaults::CLAM),
+    default_config: |d, c| to_value(&ClamConfig::small(Branches::Multi, d.features, c)),
+    build: |s, v| Ok(Box::new(Clam::new(s, config(v)?)?)),
+    config_from_weights: |w| config_from_weights(w, Branches::Multi),
+    set_gene_groups: None,
+};

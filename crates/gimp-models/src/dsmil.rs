@@ -5,6 +5,7 @@
 //! vectors. Trained with `0.5·BCE(bag) + 0.5·BCE(max)` on one-hot labels. Names are the
 //! reference's (`i_classifier.fc.0`, `b_classifier.q.{0,2}`, `b_classifier.fcc`).
 
+use crate::arch::{config, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults};
 use crate::model::{bag, Input, Model, Output};
 use candle_core::{Result, Tensor, D};
 use gimp_nn::{loss, ops, Init, Linear, Mode, Scope};
@@ -127,3 +128,31 @@ impl Model for Dsmil {
         loss::bce_with_logits(&logits.unsqueeze(0)?, &y)
     }
 }
+
+/// DSMIL in the registry: its reference trains with Adam (β 0.5, 0.9), an L2 decay of 1e-3 and
+/// a cosine-annealed rate.
+pub const ARCH: ArchInfo = ArchInfo {
+    name: "dsmil",
+    summary: "DSMIL: dual-stream MIL, max-pooled instance classifier + critical-instance attention (Li et al. 2021)",
+    reference: "binli123/dsmil-wsi dsmil.py MILNet",
+    input: InputKind::Slide,
+    training: Training::Supervised(TrainingDefaults {
+        epochs: 50,
+        lr: 1e-4,
+        weight_decay: 1e-3,
+        optimizer: gimp_nn::optim::Kind::AdamL2,
+        betas: (0.5, 0.9),
+        cosine: true,
+        accumulate: 1,
+        self_supervised: false,
+    }),
+    default_config: |d, c| to_value(&DsmilConfig::new(d.features, c)),
+    build: |s, v| Ok(Box::new(Dsmil::new(s, config(v)?)?)),
+    config_from_weights: |w| {
+        let fc = shape(w, "i_classifier.fc.0.weight")?;
+        let mut c = DsmilConfig::new(fc[1], fc[0]);
+        c.q_dim = shape(w, "b_classifier.q.0.weight")?[0];
+        Ok(to_value(&c))
+    },
+    set_gene_groups: None,
+};

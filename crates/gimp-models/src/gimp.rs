@@ -6,6 +6,7 @@
 //! half of `CLS_pat` *(ours)*.
 
 use crate::aggregator::{AggregatorConfig, PatchAggregator};
+use crate::arch::{config, to_value, ArchInfo, InputKind, Training};
 use crate::group_msa::{GroupMsa, GroupMsaConfig};
 use crate::model::{Input, Model, Output};
 use crate::snn::{Snn, SnnConfig};
@@ -21,6 +22,15 @@ pub enum GeneEncoderConfig {
 }
 
 impl GeneEncoderConfig {
+    /// The architecture a gene pre-training checkpoint of this encoder is saved as, and its
+    /// config.
+    pub fn checkpoint_arch(&self) -> (&'static ArchInfo, serde_json::Value) {
+        match self {
+            Self::GroupMsa(c) => (&crate::group_msa::ARCH, to_value(c)),
+            Self::Snn(c) => (&crate::snn::ARCH, to_value(c)),
+        }
+    }
+
     pub fn dim(&self) -> usize {
         match self {
             Self::GroupMsa(c) => c.dim,
@@ -224,6 +234,30 @@ impl Model for Gimp {
         }
     }
 }
+
+/// GiMP in the registry; trained by its own three stages.
+pub const ARCH: ArchInfo = ArchInfo {
+    name: "gimp",
+    summary: "GiMP: patch aggregator + GroupMSA, MPM and gene-induced triplet pre-training, MLP head on CLS_pat",
+    reference: "gimp-rs (docs/DESIGN.md; the paper published no code)",
+    input: InputKind::Multimodal,
+    training: Training::GimpStages,
+    default_config: |d, c| {
+        to_value(&GimpConfig {
+            aggregator: AggregatorConfig::gimp(d.features),
+            genes: GeneEncoderConfig::GroupMsa(GroupMsaConfig::gimp(d.genes.max(1), c)),
+            n_classes: c,
+            head_dropout: 0.25,
+        })
+    },
+    build: |s, v| Ok(Box::new(Gimp::new(s, config(v)?)?)),
+    config_from_weights: |_| {
+        Err(candle_core::Error::Msg(
+            "a GiMP model is read from a gimp-rs checkpoint, which stores its config".into(),
+        ))
+    },
+    set_gene_groups: None,
+};
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,7 @@
 //! through one shared pre-norm transformer block (run as one batch of groups); the group tokens,
 //! prefixed by `CLS_ge`, pass through a second block; a LayerNorm; `CLS_ge` is token 0.
 
+use crate::arch::{config, to_value, ArchInfo, InputKind, Training, TrainingDefaults};
 use crate::model::{expression, Input, Model, Output};
 use candle_core::{Result, Tensor, D};
 use gimp_nn::{ops, Activation, Init, LayerNorm, Linear, Mode, Scope};
@@ -300,6 +301,23 @@ impl Model for GroupMsa {
         })
     }
 }
+
+/// GroupMSA with a linear head in the registry.
+pub const ARCH: ArchInfo = ArchInfo {
+    name: "group_msa",
+    summary: "GroupMSA gene encoder with a linear head (GiMP, Jin et al. 2023)",
+    reference: "gimp-rs (the paper published no code)",
+    input: InputKind::Expression,
+    training: Training::Supervised(TrainingDefaults::ADAMW),
+    default_config: |d, c| to_value(&GroupMsaConfig::gimp(d.genes, c)),
+    build: |s, v| Ok(Box::new(GroupMsa::new(s, config(v)?)?)),
+    config_from_weights: |_| {
+        Err(candle_core::Error::Msg(
+            "GroupMSA's gene count cannot be read from its weights: use a gimp-rs checkpoint, which stores its config".into(),
+        ))
+    },
+    set_gene_groups: None,
+};
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,9 @@
-//! Every model of gimp-rs — one file each, with its config — and the [`registry`] that names them.
+//! Every model of gimp-rs — one file each, owning its config, its code and its [`ArchInfo`] —
+//! and the [`registry`] that lists them.
 
 pub mod abmil;
 pub mod aggregator;
+pub mod arch;
 pub mod bilinear_fusion;
 pub mod biovil;
 pub mod clam;
@@ -10,6 +12,7 @@ pub mod gimp;
 pub mod group_msa;
 pub mod image_omic;
 pub mod mcat;
+pub mod mean_mil;
 pub mod mgca;
 pub mod model;
 pub mod pathomic;
@@ -20,5 +23,6 @@ pub mod snn;
 pub mod transformer;
 pub mod transmil;
 
+pub use arch::{ArchInfo, Dims, InputKind, MissingInput, Training, TrainingDefaults};
 pub use model::{Input, Model, Output};
-pub use registry::{ArchInfo, Dims, InputKind, REGISTRY};
+pub use registry::{Loaded, REGISTRY};

@@ -7,6 +7,9 @@
 //! concatenated through two ReLU layers into the classifier. Names are the reference's.
 
 use crate::abmil::GatedAttention;
+use crate::arch::{
+    config, count_indexed, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
+};
 use crate::model::{bag, expression, Input, Model, Output};
 use crate::transformer::{EncoderLayer, MultiheadAttention as Mha};
 use candle_core::{Result, Tensor};
@@ -175,3 +178,37 @@ impl Model for Mcat {
         })
     }
 }
+
+/// MCAT in the registry; its gene groups come from `--signatures` when given.
+pub const ARCH: ArchInfo = ArchInfo {
+    name: "mcat",
+    summary: "MCAT: genomic-guided co-attention over patches, two transformers, concat fusion (Chen et al. 2021)",
+    reference: "MCAT_Surv, models/model_coattn.py of mahmoodlab/MCAT and PORPOISE",
+    input: InputKind::Paired,
+    training: Training::Supervised(TrainingDefaults::MCAT),
+    default_config: |d, c| to_value(&McatConfig::new(d.features, d.genes, c)),
+    build: |s, v| Ok(Box::new(Mcat::new(s, config(v)?)?)),
+    config_from_weights: |w| {
+        let fc = shape(w, "wsi_net.0.weight")?;
+        let n = count_indexed(w, "sig_networks.", ".0.0.weight");
+        let sizes = (0..n)
+            .map(|i| shape(w, &format!("sig_networks.{i}.0.0.weight")).map(|s| s[1]))
+            .collect::<Result<Vec<_>>>()?;
+        let mut c = McatConfig::new(fc[1], sizes.iter().sum(), shape(w, "classifier.weight")?[0]);
+        // The reference takes one vector per group; read as consecutive slices of one vector.
+        let mut start = 0u32;
+        c.groups = sizes
+            .iter()
+            .map(|&k| {
+                let g = (start..start + k as u32).collect();
+                start += k as u32;
+                g
+            })
+            .collect();
+        Ok(to_value(&c))
+    },
+    set_gene_groups: Some(|c, groups| {
+        c["groups"] = to_value(&groups);
+        Ok(())
+    }),
+};

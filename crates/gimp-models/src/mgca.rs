@@ -8,6 +8,9 @@
 //! fallback, which the spec allows); prototypes: 32 (the spec suggests fewer than 500 for
 //! cohorts of hundreds). Then fine-tuned as every adaptation is ([`crate::image_omic`]).
 
+use crate::arch::{
+    config, no_reference, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
+};
 use crate::image_omic::{
     clip_loss, prototype_alignment, sample_rows, token_alignment, Encoders, ImageOmicConfig,
     Projection,
@@ -92,3 +95,19 @@ impl Model for Mgca {
         Ok(Some(((ita + cta)? + cpa)?))
     }
 }
+
+/// The MGCA adaptation in the registry.
+pub const ARCH: ArchInfo = ArchInfo {
+    name: "mgca",
+    summary: "MGCA image–omic adaptation: instance, token and prototype alignment of slide and expression, then fine-tuning (Wang et al. 2022)",
+    reference: "gimp-rs (docs/DESIGN.md; losses of HKU-MedAI/MGCA)",
+    input: InputKind::Paired,
+    training: Training::Supervised(TrainingDefaults {
+        self_supervised: true,
+        ..TrainingDefaults::ADAMW
+    }),
+    default_config: |d, c| to_value(&MgcaConfig::new(d.features, d.genes, c)),
+    build: |s, v| Ok(Box::new(Mgca::new(s, config(v)?)?)),
+    config_from_weights: |_| no_reference("mgca"),
+    set_gene_groups: None,
+};

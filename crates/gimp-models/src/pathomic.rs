@@ -4,6 +4,7 @@
 //! mmhid 256)` in MCAT's copy (both gates, no skip, dropout after both encoders), then
 //! `classifier`. Compared with [`crate::porpoise`]: no input dropout, no skip, encoder dropout.
 
+use crate::arch::{config, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults};
 use crate::bilinear_fusion::BilinearFusionConfig;
 use crate::model::{Input, Model, Output};
 use crate::porpoise::FusionMil;
@@ -72,3 +73,24 @@ impl Model for Pathomic {
         self.net.forward(input, mode)
     }
 }
+
+/// Pathomic Fusion (WSI adaptation) in the registry.
+pub const ARCH: ArchInfo = ArchInfo {
+    name: "pathomic",
+    summary: "Pathomic Fusion, WSI adaptation: gated ABMIL + SNN, gated bilinear fusion (Chen et al. 2020; MCAT's MIL_Attention_FC_surv)",
+    reference: "MIL_Attention_FC_surv(fusion='bilinear'), models/model_set_mil.py of mahmoodlab/MCAT and PORPOISE",
+    input: InputKind::Paired,
+    training: Training::Supervised(TrainingDefaults::MCAT),
+    default_config: |d, c| to_value(&PathomicConfig::new(d.features, d.genes, c)),
+    build: |s, v| Ok(Box::new(Pathomic::new(s, config(v)?)?)),
+    config_from_weights: |w| {
+        let fc = shape(w, "attention_net.0.weight")?;
+        let omic = shape(w, "fc_omic.0.0.weight")?;
+        Ok(to_value(&PathomicConfig::new(
+            fc[1],
+            omic[1],
+            shape(w, "classifier.weight")?[0],
+        )))
+    },
+    set_gene_groups: None,
+};

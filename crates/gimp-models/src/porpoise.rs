@@ -4,6 +4,7 @@
 //! skip, then `classifier_mm`. Names are the reference's, so its state dicts load as they are.
 
 use crate::abmil::GatedAttention;
+use crate::arch::{config, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults};
 use crate::bilinear_fusion::{BilinearFusion, BilinearFusionConfig};
 use crate::model::{bag, expression, Input, Model, Output};
 use candle_core::{Result, Tensor};
@@ -187,3 +188,32 @@ impl Model for Porpoise {
         self.net.forward(input, mode)
     }
 }
+
+/// PORPOISE MMF in the registry.
+pub const ARCH: ArchInfo = ArchInfo {
+    name: "porpoise",
+    summary: "PORPOISE MMF: gated ABMIL + SNN, gated bilinear (Kronecker) fusion with skip (Chen et al. 2022)",
+    reference: "mahmoodlab/PORPOISE models/model_porpoise.py PorpoiseMMF",
+    input: InputKind::Paired,
+    training: Training::Supervised(TrainingDefaults::MCAT),
+    default_config: |d, c| to_value(&PorpoiseConfig::new(d.features, d.genes, c)),
+    build: |s, v| Ok(Box::new(Porpoise::new(s, config(v)?)?)),
+    config_from_weights: |w| {
+        let dropinput = w.contains_key("attention_net.1.weight");
+        let fc = shape(
+            w,
+            if dropinput {
+                "attention_net.1.weight"
+            } else {
+                "attention_net.0.weight"
+            },
+        )?;
+        let omic = shape(w, "fc_omic.0.0.weight")?;
+        let mut c = PorpoiseConfig::new(fc[1], omic[1], shape(w, "classifier_mm.weight")?[0]);
+        if !dropinput {
+            c.dropinput = 0.0;
+        }
+        Ok(to_value(&c))
+    },
+    set_gene_groups: None,
+};

@@ -10,6 +10,9 @@
 //! projected gene CLS, **both directions with gradient** (the original detaches the
 //! text→image term). `L = L_gene + L_con`. Then fine-tuned as every adaptation is.
 
+use crate::arch::{
+    config, no_reference, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
+};
 use crate::image_omic::{l2_normalise, sample_rows, Encoders, ImageOmicConfig};
 use crate::model::{Input, Model, Output};
 use crate::transformer::MultiheadAttention;
@@ -156,3 +159,19 @@ impl Model for Refers {
         Ok(Some((gene + con)?))
     }
 }
+
+/// The REFERS adaptation in the registry.
+pub const ARCH: ArchInfo = ArchInfo {
+    name: "refers",
+    summary: "REFERS image–omic adaptation: fused spatial views predict expression + ConVIRT contrast, then fine-tuning (Zhou et al. 2022)",
+    reference: "gimp-rs (docs/DESIGN.md; objectives of funnyzhou/REFERS)",
+    input: InputKind::Paired,
+    training: Training::Supervised(TrainingDefaults {
+        self_supervised: true,
+        ..TrainingDefaults::ADAMW
+    }),
+    default_config: |d, c| to_value(&RefersConfig::new(d.features, d.genes, c)),
+    build: |s, v| Ok(Box::new(Refers::new(s, config(v)?)?)),
+    config_from_weights: |_| no_reference("refers"),
+    set_gene_groups: None,
+};

@@ -3,6 +3,9 @@
 //! LeCun-normal weights and zero biases, then `Linear(→ C)`. Names follow PORPOISE's `SNN`
 //! (`fc_omic.{i}.0`, `classifier`).
 
+use crate::arch::{
+    config, count_indexed, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
+};
 use crate::model::{expression, Input, Model, Output};
 use candle_core::Result;
 use gimp_nn::{ops, Init, Linear, Mode, Scope};
@@ -91,3 +94,25 @@ impl Model for Snn {
         })
     }
 }
+
+/// SNN in the registry (trained as MCAT's and PORPOISE's scripts train it).
+pub const ARCH: ArchInfo = ArchInfo {
+    name: "snn",
+    summary: "Self-normalising network on expression, as MCAT/PORPOISE implement it",
+    reference: "mahmoodlab/PORPOISE models/model_genomic.py SNN",
+    input: InputKind::Expression,
+    training: Training::Supervised(TrainingDefaults::MCAT),
+    default_config: |d, c| to_value(&SnnConfig::small(d.genes, c)),
+    build: |s, v| Ok(Box::new(Snn::new(s, config(v)?)?)),
+    config_from_weights: |w| {
+        let n = count_indexed(w, "fc_omic.", ".0.weight");
+        let first = shape(w, "fc_omic.0.0.weight")?;
+        let hidden = (0..n)
+            .map(|i| shape(w, &format!("fc_omic.{i}.0.weight")).map(|s| s[0]))
+            .collect::<Result<Vec<_>>>()?;
+        let mut c = SnnConfig::small(first[1], shape(w, "classifier.weight")?[0]);
+        c.hidden = hidden;
+        Ok(to_value(&c))
+    },
+    set_gene_groups: None,
+};

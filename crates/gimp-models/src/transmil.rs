@@ -3,6 +3,7 @@
 //! `state_dict` saved as safetensors runs as it is.
 
 use crate::aggregator::{AggregatorConfig, PatchAggregator};
+use crate::arch::{config, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults};
 use crate::model::{bag, Input, Model, Output};
 use candle_core::Result;
 use gimp_nn::{Linear, Mode, Scope};
@@ -54,3 +55,27 @@ impl Model for Transmil {
         })
     }
 }
+
+/// TransMIL in the registry. Its Lookahead-RAdam is not implemented: it trains with AdamW at
+/// its learning rate and decay instead (recorded in the checkpoint).
+pub const ARCH: ArchInfo = ArchInfo {
+    name: "transmil",
+    summary: "TransMIL: Nyström-attention transformer with PPEG (Shao et al. 2021)",
+    reference: "szc19990412/TransMIL models/TransMIL.py",
+    input: InputKind::Slide,
+    training: Training::Supervised(TrainingDefaults {
+        optimizer: gimp_nn::optim::Kind::AdamW,
+        accumulate: 2,
+        ..TrainingDefaults::CLAM
+    }),
+    default_config: |d, c| to_value(&TransmilConfig::new(d.features, c)),
+    build: |s, v| Ok(Box::new(Transmil::new(s, config(v)?)?)),
+    config_from_weights: |w| {
+        let fc1 = shape(w, "_fc1.0.weight")?;
+        let mut c = TransmilConfig::new(fc1[1], shape(w, "_fc2.weight")?[0]);
+        c.aggregator.dim = fc1[0];
+        c.aggregator.attention = gimp_nn::nystrom::NystromConfig::transmil(fc1[0]);
+        Ok(to_value(&c))
+    },
+    set_gene_groups: None,
+};

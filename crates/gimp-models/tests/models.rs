@@ -190,7 +190,9 @@ fn checkpoint_round_trip_keeps_outputs_and_preprocessing() {
     assert_eq!(back.classes, ck.classes);
     assert_eq!(back.preprocessing, ck.preprocessing);
     assert_eq!(back.info["seed"], "5");
-    let (m2, _) = gimp_models::registry::load(arch, back.weights, Some(back.config)).unwrap();
+    let m2 = gimp_models::registry::load(arch, back.weights, Some(back.config))
+        .unwrap()
+        .model;
     let after = m2.forward(&Input::Bag(&x), &Mode::eval()).unwrap().logits;
     let d = (before - after)
         .unwrap()
@@ -260,7 +262,7 @@ fn gimp_runs_with_either_modality_missing() {
 fn paired_models_run_and_every_parameter_gets_a_gradient() {
     for arch in REGISTRY
         .iter()
-        .filter(|a| a.input == InputKind::Paired && !a.pretraining)
+        .filter(|a| a.input == InputKind::Paired && !a.self_supervised())
     {
         let dims = gimp_models::Dims {
             features: 24,
@@ -301,7 +303,7 @@ fn paired_models_run_and_every_parameter_gets_a_gradient() {
 /// parameter but the fine-tuning classifier, and a fine-tuning forward with per-patch scores.
 #[test]
 fn image_omic_adaptations_pretrain_and_classify() {
-    for arch in REGISTRY.iter().filter(|a| a.pretraining) {
+    for arch in REGISTRY.iter().filter(|a| a.self_supervised()) {
         let dims = gimp_models::Dims {
             features: 24,
             genes: 40,

@@ -47,7 +47,9 @@ fn check(arch: &str) {
     let bag =
         gimp_io::feature_file::read_bag(&dir().join(format!("{arch}_bag.h5")), u64::MAX).unwrap();
     let x = Tensor::from_vec(bag.features, (bag.n, bag.d), &Device::Cpu).unwrap();
-    let (model, _) = registry::load(find(arch).unwrap(), weights, None).unwrap();
+    let model = registry::load(find(arch).unwrap(), weights, None)
+        .unwrap()
+        .model;
     let input = match io.get("expression") {
         Some(e) => Input::Patient {
             bag: Some(&x),

@@ -18,6 +18,20 @@ pub enum Kind {
     AdamL2,
 }
 
+impl std::str::FromStr for Kind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "adamw" => Ok(Kind::AdamW),
+            "adam_l2" => Ok(Kind::AdamL2),
+            other => Err(format!(
+                "unknown optimizer '{other}', expected adamw or adam_l2"
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdamConfig {
     pub kind: Kind,

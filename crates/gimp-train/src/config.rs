@@ -1,14 +1,82 @@
 //! The run configuration: one TOML file, named presets, every field overridable. The `paper`
-//! preset is the paper's protocol exactly (`spec/gimp.md` §2–§6); `demo` is small enough to run
-//! the whole pipeline in minutes on two cores.
+//! preset is the paper's protocol exactly (docs/DESIGN.md); `demo` is small enough to run the
+//! whole pipeline in minutes on two cores. Every choice is a type, checked when the file is
+//! read: a bad value is an error naming the field, the value and the allowed values. The
+//! preset only chooses starting values; no behaviour depends on its name.
 
+use crate::trainer::EarlyStopping;
+use gimp_models::group_msa::Tokenizer;
 use gimp_nn::loss::Mining;
 use serde::{Deserialize, Serialize};
+
+/// The named starting points of a run file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// The paper's hyper-parameters.
+    Paper,
+    /// Small and fast: the whole pipeline in minutes on a laptop CPU.
+    Demo,
+}
+
+impl Preset {
+    pub const ALL: [Preset; 2] = [Preset::Paper, Preset::Demo];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Paper => "paper",
+            Preset::Demo => "demo",
+        }
+    }
+}
+
+impl std::str::FromStr for Preset {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown preset '{s}', expected one of: paper, demo"))
+    }
+}
+
+/// GiMP's gene encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GeneEncoderKind {
+    /// GroupMSA (the paper).
+    GroupMsa,
+    /// SNN (the Table 2 ablation).
+    Snn,
+}
+
+/// Which inputs the fine-tuned model sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Modalities {
+    /// Slides and expression (GiMP).
+    Both,
+    /// Expression treated as missing: the image-only part.
+    Image,
+    /// Slides treated as missing.
+    Genes,
+}
+
+impl Modalities {
+    pub fn slides(self) -> bool {
+        self != Modalities::Genes
+    }
+
+    pub fn expression(self) -> bool {
+        self != Modalities::Image
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
-    pub preset: String,
+    pub preset: Preset,
     pub seed: u64,
     /// Which split of the cohort (index into its split files).
     pub fold: usize,
@@ -26,12 +94,12 @@ pub struct ModelConfig {
     pub heads: usize,
     pub landmarks: usize,
     /// `group_msa` (GiMP) or `snn` (the Table 2 ablation).
-    pub gene_encoder: String,
+    pub gene_encoder: GeneEncoderKind,
     pub fragment: usize,
     pub groups: usize,
-    /// GroupMSA's fragment tokenizer: `shared` (`gimp.md` §2) or `per_fragment`.
-    #[serde(default = "default_tokenizer")]
-    pub gene_tokenizer: String,
+    /// GroupMSA's fragment tokenizer: `shared` (docs/DESIGN.md) or `per_fragment`.
+    #[serde(default)]
+    pub gene_tokenizer: Tokenizer,
     /// Dropout inside GroupMSA's blocks *(ours: 0.1)*.
     #[serde(default = "default_gene_dropout")]
     pub gene_dropout: f64,
@@ -47,6 +115,9 @@ pub struct GeneStage {
     pub batch: usize,
     pub lr: f64,
     pub weight_decay: f64,
+    /// Off in both presets: the paper keeps the best of all epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,17 +163,16 @@ pub struct FinetuneStage {
     /// Random cap on patches per training bag (evaluation always uses the whole bag).
     pub max_patches: Option<usize>,
     /// `both`, `image` (expression treated as missing: the image-only part) or `genes`.
-    pub modalities: String,
+    pub modalities: Modalities,
     /// Probability that a training patient's expression is hidden (its half of `CLS_pat` becomes
     /// the learned "missing" embedding) for that step. 0 in the paper preset. A frozen gene
     /// encoder that separates the training set makes the head ignore the image half; hiding it
     /// now and then makes the head learn both (modality dropout, *ours*).
     #[serde(default)]
     pub modality_dropout: f64,
-}
-
-fn default_tokenizer() -> String {
-    "shared".into()
+    /// Off in both presets: the paper fine-tunes up to 70 epochs and keeps the best.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
 }
 
 fn default_gene_dropout() -> f64 {
@@ -114,17 +184,17 @@ impl RunConfig {
     /// cosine, 100 pre-training epochs, ≤ 70 fine-tuning epochs.
     pub fn paper() -> Self {
         Self {
-            preset: "paper".into(),
+            preset: Preset::Paper,
             seed: 0,
             fold: 0,
             model: ModelConfig {
                 dim: 512,
                 heads: 8,
                 landmarks: 256,
-                gene_encoder: "group_msa".into(),
+                gene_encoder: GeneEncoderKind::GroupMsa,
                 fragment: 252,
                 groups: 16,
-                gene_tokenizer: "shared".into(),
+                gene_tokenizer: Tokenizer::Shared,
                 gene_dropout: 0.1,
                 head_dropout: 0.25,
                 transform: "log2p1".into(),
@@ -134,6 +204,7 @@ impl RunConfig {
                 batch: 16,
                 lr: 1e-4,
                 weight_decay: 1e-4,
+                early_stopping: None,
             },
             pretrain: PretrainStage {
                 epochs: 100,
@@ -155,8 +226,9 @@ impl RunConfig {
                 weight_decay: 1e-4,
                 train_genes: false,
                 max_patches: None,
-                modalities: "both".into(),
+                modalities: Modalities::Both,
                 modality_dropout: 0.0,
+                early_stopping: None,
             },
         }
     }
@@ -164,7 +236,7 @@ impl RunConfig {
     /// Small and fast: the whole pipeline in minutes on a laptop CPU.
     pub fn demo() -> Self {
         let mut c = Self::paper();
-        c.preset = "demo".into();
+        c.preset = Preset::Demo;
         c.model.dim = 64;
         c.model.heads = 4;
         c.model.landmarks = 32;
@@ -173,12 +245,13 @@ impl RunConfig {
         // Measured on the demo cohort (96 training patients, 2,000 genes): with the shared
         // tokenizer GroupMSA overfits (78–81% test); one tokenizer per fragment and fragments of
         // 100 genes (20 tokens) reach 94–97% (docs/TRAINING.md).
-        c.model.gene_tokenizer = "per_fragment".into();
+        c.model.gene_tokenizer = Tokenizer::PerFragment;
         c.genes = GeneStage {
             epochs: 20,
             batch: 16,
             lr: 1e-3,
             weight_decay: 1e-4,
+            early_stopping: None,
         };
         c.pretrain.epochs = 6;
         c.pretrain.window = 256;
@@ -193,26 +266,28 @@ impl RunConfig {
         c
     }
 
-    pub fn preset(name: &str) -> Option<Self> {
-        match name {
-            "paper" => Some(Self::paper()),
-            "demo" => Some(Self::demo()),
-            _ => None,
+    pub fn preset(preset: Preset) -> Self {
+        match preset {
+            Preset::Paper => Self::paper(),
+            Preset::Demo => Self::demo(),
         }
     }
 
-    /// Reads a run file: `preset = "…"` selects the base, any other field overrides it.
+    /// Reads a run file: `preset = "…"` selects the base, any other field overrides it. Errors
+    /// name the field (`finetune.modalities`), the value and what was expected.
     pub fn from_toml(text: &str) -> Result<Self, String> {
         let overrides: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-        let base_name = overrides
-            .get("preset")
-            .and_then(|v| v.as_str())
-            .unwrap_or("paper");
-        let base = Self::preset(base_name)
-            .ok_or_else(|| format!("unknown preset '{base_name}' (paper, demo)"))?;
-        let mut table = toml::Table::try_from(&base).map_err(|e| e.to_string())?;
+        let base = match overrides.get("preset") {
+            None => Preset::Paper,
+            Some(toml::Value::String(s)) => s.parse().map_err(|e| format!("preset: {e}"))?,
+            Some(other) => return Err(format!("preset: expected a string, found {other}")),
+        };
+        let mut table = toml::Table::try_from(Self::preset(base)).map_err(|e| e.to_string())?;
         merge(&mut table, overrides);
-        table.try_into().map_err(|e: toml::de::Error| e.to_string())
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            format!("{path}: {}", e.into_inner())
+        })
     }
 }
 

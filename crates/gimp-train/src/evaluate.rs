@@ -4,8 +4,7 @@
 use crate::data::{DataErr, Prepared, Result};
 use gimp_io::splits::Part;
 use gimp_metrics::Report;
-use gimp_models::registry::{self, InputKind};
-use gimp_models::{Input, Model};
+use gimp_models::registry::{self, Loaded};
 use gimp_nn::checkpoint::Checkpoint;
 use gimp_nn::{ops, Mode};
 use serde::Serialize;
@@ -19,20 +18,9 @@ pub struct Evaluation {
     pub by_modality: BTreeMap<String, Report>,
 }
 
-/// A model built from a checkpoint, with what it reads.
-pub struct Loaded {
-    pub model: Box<dyn Model>,
-    pub input: InputKind,
-}
-
+/// The model a checkpoint holds.
 pub fn load(ckpt: &Checkpoint) -> Result<Loaded> {
-    let info = registry::find(&ckpt.arch)
-        .ok_or_else(|| DataErr::Msg(format!("unknown architecture '{}'", ckpt.arch)))?;
-    let (model, _) = registry::load(info, ckpt.weights.clone(), Some(ckpt.config.clone()))?;
-    Ok(Loaded {
-        model,
-        input: info.input,
-    })
+    Ok(registry::load_checkpoint(ckpt)?)
 }
 
 fn modality(data: &Prepared, i: usize) -> &'static str {
@@ -51,18 +39,8 @@ fn modality(data: &Prepared, i: usize) -> &'static str {
 pub fn run_patient(m: &Loaded, data: &Prepared, i: usize) -> Result<Option<gimp_models::Output>> {
     let bag = data.bag(i)?;
     let expr = data.expression(i)?;
-    let input = match (m.input, &bag, &expr) {
-        (InputKind::Slide, Some(b), _) => Input::Bag(b),
-        (InputKind::Expression, _, Some(e)) => Input::Expression(e),
-        (InputKind::Paired, Some(b), Some(e)) => Input::Patient {
-            bag: Some(b),
-            expression: Some(e),
-        },
-        (InputKind::Multimodal, b, e) if b.is_some() || e.is_some() => Input::Patient {
-            bag: b.as_ref(),
-            expression: e.as_ref(),
-        },
-        _ => return Ok(None),
+    let Ok(input) = m.arch.input.select(bag.as_ref(), expr.as_ref()) else {
+        return Ok(None);
     };
     Ok(Some(m.model.forward(&input, &Mode::inference())?))
 }

@@ -3,10 +3,11 @@
 //! and seeds; finished runs are skipped, so an interrupted experiment resumes; results as a
 //! Markdown table and CSV with mean ± std and the pooled confusion matrix.
 
-use crate::config::{RunConfig, Triplet};
+use crate::config::{GeneEncoderKind, RunConfig, Triplet};
 use crate::data::{DataErr, Prepared, Result};
-use crate::stages::{self, Control, OnProgress, StageResult};
+use crate::stages;
 use crate::supervised::{self, SupervisedConfig};
+use crate::trainer::{Control, OnProgress, StageResult};
 use gimp_metrics::Report;
 use serde::Serialize;
 use std::fmt::Write;
@@ -45,7 +46,7 @@ fn gene_triplet(c: &mut RunConfig) {
 }
 fn full(_: &mut RunConfig) {}
 fn snn(c: &mut RunConfig) {
-    c.model.gene_encoder = "snn".into();
+    c.model.gene_encoder = GeneEncoderKind::Snn;
 }
 
 /// Every row the runner knows, in the paper's order.
@@ -242,6 +243,32 @@ pub struct BaselineOverrides<'a> {
     pub signatures: Option<&'a std::path::Path>,
 }
 
+/// Epochs a row's run trains (all stages), for the cost estimate of a dry run.
+pub fn planned_epochs(
+    row: &Row,
+    base: &RunConfig,
+    overrides: BaselineOverrides<'_>,
+) -> Result<usize> {
+    Ok(match &row.recipe {
+        Recipe::Supervised(arch) => {
+            let arch = gimp_models::registry::lookup(arch)?;
+            let d = SupervisedConfig::defaults(arch)?;
+            let self_supervised = match arch.self_supervised() {
+                true => overrides
+                    .pretrain_epochs
+                    .unwrap_or(d.self_supervised.epochs),
+                false => 0,
+            };
+            overrides.epochs.unwrap_or(d.epochs) + self_supervised
+        }
+        Recipe::Gimp(change) => {
+            let mut c = base.clone();
+            change(&mut c);
+            c.genes.epochs + c.pretrain.epochs + c.finetune.epochs
+        }
+    })
+}
+
 /// Runs one row on one prepared split.
 pub fn execute(
     row: &Row,
@@ -257,25 +284,24 @@ pub fn execute(
     };
     let r = match &row.recipe {
         Recipe::Supervised(arch) => {
-            let mut c = SupervisedConfig::defaults(arch);
+            let mut c = SupervisedConfig::defaults(gimp_models::registry::lookup(arch)?)?;
             c.seed = run.seed;
             c.fold = run.fold;
             if let Some(e) = overrides.epochs {
                 c.epochs = e;
             }
             if let Some(e) = overrides.pretrain_epochs {
-                c.pretrain.epochs = e;
+                c.self_supervised.epochs = e;
             }
             if let Some(lr) = overrides.pretrain_lr {
-                c.pretrain.lr = lr;
+                c.self_supervised.lr = lr;
             }
             if let Some(k) = overrides.accumulate {
                 c.accumulate = k.max(1);
             }
             c.signatures = overrides.signatures.map(|p| p.to_path_buf());
-            if base.preset == "demo" {
-                c.max_patches = base.finetune.max_patches;
-            }
+            // Every row of a table sees bags capped as the run file's fine-tuning caps them.
+            c.max_patches = base.finetune.max_patches;
             supervised::train(data, &c, &run.dir, ctl, on)?
         }
         Recipe::Gimp(change) => {
@@ -283,31 +309,7 @@ pub fn execute(
             c.seed = run.seed;
             c.fold = run.fold;
             change(&mut c);
-            let genes = stages::pretrain_genes(data, &c, &run.dir.join("genes"), ctl, on)?;
-            let pre = if c.pretrain.epochs > 0 {
-                Some(
-                    stages::pretrain(
-                        data,
-                        &c,
-                        Some(&genes.checkpoint),
-                        &run.dir.join("pretrain"),
-                        ctl,
-                        on,
-                    )?
-                    .checkpoint,
-                )
-            } else {
-                None
-            };
-            stages::finetune(
-                data,
-                &c,
-                pre.as_deref(),
-                Some(&genes.checkpoint),
-                &run.dir.join("finetune"),
-                ctl,
-                on,
-            )?
+            stages::train_gimp(data, &c, &run.dir, ctl, on)?.finetune
         }
     };
     gimp_io::atomic::write_bytes_atomic(

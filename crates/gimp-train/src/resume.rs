@@ -21,6 +21,9 @@ pub struct LoopState {
     pub best: Option<(f64, f64)>,
     pub best_epoch: usize,
     pub best_snap: BTreeMap<String, Tensor>,
+    /// Early stopping: the lowest validation loss so far and the epochs since it.
+    pub lowest_val_loss: Option<f64>,
+    pub epochs_since_lowest: usize,
 }
 
 fn rng_to_json(r: &ChaCha8Rng) -> serde_json::Value {
@@ -65,6 +68,8 @@ pub fn save(path: &Path, store: &ParamStore, opt: &Adam, s: &LoopState) -> Resul
         "adam_step": opt.step,
         "best": s.best.map(|(a, l)| vec![a, l]),
         "best_epoch": s.best_epoch,
+        "lowest_val_loss": s.lowest_val_loss,
+        "epochs_since_lowest": s.epochs_since_lowest,
     });
     let refs: Vec<(&str, Vec<usize>, &[f32])> = named
         .iter()
@@ -133,5 +138,7 @@ pub fn load(path: &Path, store: &ParamStore, opt: &mut Adam) -> Result<Option<Lo
         best,
         best_epoch: get_usize("best_epoch")?,
         best_snap: take("best."),
+        lowest_val_loss: m.get("lowest_val_loss").and_then(|v| v.as_f64()),
+        epochs_since_lowest: get_usize("epochs_since_lowest")?,
     }))
 }

@@ -1,10 +1,13 @@
-//! The three training stages of GiMP and the evaluation of a trained model.
+//! The three training stages of GiMP, each a [`Task`] for the one training loop, and
+//! [`train_gimp`], the one function that chains them.
 
-use crate::config::{RunConfig, Triplet};
+use crate::config::{GeneEncoderKind, RunConfig, Triplet};
 use crate::data::{DataErr, Prepared, Result};
-use crate::resume::{self, LoopState};
+use crate::trainer::{
+    probabilities, provenance, save_checkpoint, Control, Loop, OnProgress, Predictions, Rate,
+    StageResult, Task, UnitLoss,
+};
 use candle_core::{Device, Tensor};
-use gimp_metrics::Report;
 use gimp_models::aggregator::AggregatorConfig;
 use gimp_models::gimp::{GeneEncoder, GeneEncoderConfig, Gimp, GimpConfig};
 use gimp_models::group_msa::GroupMsaConfig;
@@ -12,172 +15,35 @@ use gimp_models::snn::SnnConfig;
 use gimp_nn::checkpoint::Checkpoint;
 use gimp_nn::nystrom::NystromConfig;
 use gimp_nn::optim::{Adam, AdamConfig, Cosine, Kind};
-use gimp_nn::{loss, ops, Mode, ParamStore};
+use gimp_nn::{loss, Mode, ParamStore};
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
-
-/// What a stage reports while it runs.
-#[derive(Debug, Clone, Serialize)]
-pub struct Progress {
-    pub stage: &'static str,
-    pub epoch: usize,
-    pub epochs: usize,
-    pub step: usize,
-    pub steps: usize,
-    pub loss: f64,
-}
-
-pub type OnProgress<'a> = &'a dyn Fn(&Progress);
-
-/// How a stage runs beyond its configuration.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Control {
-    /// Continue from `{dir}/state.safetensors` when present.
-    pub resume: bool,
-    /// Stop (with [`DataErr::Stopped`]) after this many epochs, as an interruption would.
-    pub stop_after: Option<usize>,
-}
-
-/// One line per epoch in `{dir}/log.jsonl` (appended to when a run resumes).
-pub(crate) struct Log(std::fs::File);
-
-impl Log {
-    /// Opens the log for a run that has completed `epochs_done` epochs: lines of later epochs (an
-    /// epoch a kill interrupted after it was logged but before its state was saved) and a
-    /// half-written last line are dropped, so the resumed log has each epoch once.
-    pub(crate) fn open(dir: &Path, epochs_done: usize) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| gimp_io::DataError::io(dir, e))?;
-        let p = dir.join("log.jsonl");
-        let kept: String = if epochs_done > 0 {
-            std::fs::read_to_string(&p)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| {
-                    v.get("epoch")
-                        .and_then(|e| e.as_u64())
-                        .is_some_and(|e| (e as usize) < epochs_done)
-                })
-                .map(|v| format!("{v}\n"))
-                .collect()
-        } else {
-            String::new()
-        };
-        gimp_io::atomic::write_bytes_atomic(&p, kept.as_bytes())?;
-        let f = std::fs::OpenOptions::new().append(true).open(&p);
-        Ok(Self(f.map_err(|e| gimp_io::DataError::io(&p, e))?))
-    }
-
-    pub(crate) fn write(&mut self, v: serde_json::Value) {
-        let _ = writeln!(self.0, "{v}");
-        let _ = self.0.flush();
-    }
-}
 
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
 }
 
-/// Deep copies of every parameter (a `Var` is updated in place, so plain clones would follow it).
-pub(crate) fn snapshot(store: &ParamStore) -> Result<BTreeMap<String, Tensor>> {
-    store
-        .tensors()
-        .into_iter()
-        .map(|(k, t)| Ok((k, t.detach().copy()?)))
-        .collect()
-}
-
-pub(crate) fn restore(store: &ParamStore, snap: &BTreeMap<String, Tensor>) -> Result<()> {
-    for (name, p) in store.params() {
-        if let Some(t) = snap.get(&name) {
-            p.var.set(t)?;
-        }
+fn adamw(lr: f64, wd: f64) -> AdamConfig {
+    AdamConfig {
+        kind: Kind::AdamW,
+        lr,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: wd,
     }
-    Ok(())
 }
 
-/// The loop state to start from: the saved one when resuming, else a fresh one.
-fn start(
-    dir: &Path,
-    store: &ParamStore,
-    opt: &mut Adam,
-    ctl: Control,
-    seed: u64,
-) -> Result<LoopState> {
-    let saved = if ctl.resume {
-        resume::load(&dir.join("state.safetensors"), store, opt)?
-    } else {
-        None
-    };
-    Ok(match saved {
-        Some(s) => s,
-        None => LoopState {
-            rng: ChaCha8Rng::seed_from_u64(seed),
-            epochs_done: 0,
-            step: 0,
-            best: None,
-            best_epoch: 0,
-            best_snap: snapshot(store)?,
-        },
+/// Cosine decay from `lr` over `steps_per_epoch × epochs` steps, no warm-up (docs/DESIGN.md).
+fn cosine(lr: f64, steps_per_epoch: usize, epochs: usize) -> Rate {
+    Rate::Cosine(Cosine {
+        base: lr,
+        warmup: 0,
+        total: steps_per_epoch * epochs.max(1),
     })
-}
-
-/// Saves the loop at the end of an epoch and honours `stop_after`.
-pub(crate) fn end_epoch(
-    dir: &Path,
-    store: &ParamStore,
-    opt: &Adam,
-    st: &mut LoopState,
-    epoch: usize,
-    ctl: Control,
-) -> Result<()> {
-    st.epochs_done = epoch + 1;
-    resume::save(&dir.join("state.safetensors"), store, opt, st)?;
-    if ctl.stop_after == Some(st.epochs_done) {
-        return Err(DataErr::Stopped(st.epochs_done));
-    }
-    Ok(())
-}
-
-/// End-of-epoch validation bookkeeping shared by the supervised stages: log the epoch, keep the
-/// best weights (highest validation accuracy, ties → lower loss; every epoch when there is no
-/// validation set).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn record_validation(
-    log: &mut Log,
-    st: &mut LoopState,
-    store: &ParamStore,
-    epoch: usize,
-    train_loss: f64,
-    labels: &[usize],
-    probs: &[Vec<f64>],
-    val_loss: f64,
-) -> Result<()> {
-    let acc = if labels.is_empty() {
-        f64::NAN
-    } else {
-        gimp_metrics::accuracy(labels, &argmax(probs))
-    };
-    log.write(serde_json::json!({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": acc}));
-    if labels.is_empty() || better(acc, val_loss, st.best) {
-        st.best = Some((acc, val_loss));
-        st.best_epoch = epoch;
-        st.best_snap = snapshot(store)?;
-    }
-    Ok(())
-}
-
-/// One optimiser step on `loss` at the schedule's rate; returns the loss value.
-pub(crate) fn optimise(opt: &mut Adam, loss: &Tensor, lr: f64, step: &mut usize) -> Result<f64> {
-    let grads = opt.collect(&loss.backward()?);
-    opt.step_with(&grads, lr)?;
-    *step += 1;
-    scalar(loss)
 }
 
 /// A random subset of `cap` rows of a bag, kept in slide order (the optional training cap).
@@ -202,34 +68,9 @@ pub(crate) fn cap_bag(
     )?))
 }
 
-fn adamw(lr: f64, wd: f64) -> AdamConfig {
-    AdamConfig {
-        kind: Kind::AdamW,
-        lr,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: wd,
-    }
-}
-
-fn probs_of(logits: &Tensor) -> Result<Vec<f64>> {
-    Ok(ops::softmax_last(logits)?
-        .to_dtype(candle_core::DType::F64)?
-        .to_vec1()?)
-}
-
-/// Highest validation accuracy, ties broken by the lower validation loss (`gimp.md` §6).
-fn better(acc: f64, loss: f64, best: Option<(f64, f64)>) -> bool {
-    match best {
-        None => true,
-        Some((ba, bl)) => acc > ba || (acc == ba && loss < bl),
-    }
-}
-
-pub fn gene_config(cfg: &RunConfig, n_genes: usize, n_classes: usize) -> Result<GeneEncoderConfig> {
-    Ok(match cfg.model.gene_encoder.as_str() {
-        "group_msa" => GeneEncoderConfig::GroupMsa(GroupMsaConfig {
+pub fn gene_config(cfg: &RunConfig, n_genes: usize, n_classes: usize) -> GeneEncoderConfig {
+    match cfg.model.gene_encoder {
+        GeneEncoderKind::GroupMsa => GeneEncoderConfig::GroupMsa(GroupMsaConfig {
             n_genes,
             fragment: cfg.model.fragment,
             dim: cfg.model.dim,
@@ -238,31 +79,13 @@ pub fn gene_config(cfg: &RunConfig, n_genes: usize, n_classes: usize) -> Result<
             mlp_ratio: 4,
             dropout: cfg.model.gene_dropout,
             n_classes,
-            tokenizer: match cfg.model.gene_tokenizer.as_str() {
-                "shared" => gimp_models::group_msa::Tokenizer::Shared,
-                "per_fragment" => gimp_models::group_msa::Tokenizer::PerFragment,
-                other => {
-                    return Err(DataErr::Msg(format!(
-                        "model.gene_tokenizer must be shared or per_fragment, not '{other}'"
-                    )))
-                }
-            },
+            tokenizer: cfg.model.gene_tokenizer,
         }),
-        "snn" => GeneEncoderConfig::Snn(SnnConfig::small(n_genes, n_classes)),
-        other => {
-            return Err(DataErr::Msg(format!(
-                "gene_encoder must be group_msa or snn, not '{other}'"
-            )))
-        }
-    })
+        GeneEncoderKind::Snn => GeneEncoderConfig::Snn(SnnConfig::small(n_genes, n_classes)),
+    }
 }
 
-pub fn gimp_config(
-    cfg: &RunConfig,
-    d_in: usize,
-    n_genes: usize,
-    n_classes: usize,
-) -> Result<GimpConfig> {
+pub fn gimp_config(cfg: &RunConfig, d_in: usize, n_genes: usize, n_classes: usize) -> GimpConfig {
     let mut agg = AggregatorConfig::gimp(d_in);
     agg.dim = cfg.model.dim;
     agg.attention = NystromConfig {
@@ -272,21 +95,12 @@ pub fn gimp_config(
         landmarks: cfg.model.landmarks,
         ..NystromConfig::transmil(cfg.model.dim)
     };
-    Ok(GimpConfig {
+    GimpConfig {
         aggregator: agg,
-        genes: gene_config(cfg, n_genes.max(1), n_classes)?,
+        genes: gene_config(cfg, n_genes.max(1), n_classes),
         n_classes,
         head_dropout: cfg.model.head_dropout,
-    })
-}
-
-/// Outcome of a stage: where its checkpoint is and its validation/test metrics.
-#[derive(Debug, Clone, Serialize)]
-pub struct StageResult {
-    pub checkpoint: std::path::PathBuf,
-    pub best_epoch: usize,
-    pub val: Option<Report>,
-    pub test: Option<Report>,
+    }
 }
 
 fn with_expression(data: &Prepared, idx: &[usize]) -> Vec<usize> {
@@ -299,34 +113,75 @@ fn with_expression(data: &Prepared, idx: &[usize]) -> Vec<usize> {
 fn stack_expression(data: &Prepared, idx: &[usize]) -> Result<Tensor> {
     let rows: Vec<Tensor> = idx
         .iter()
-        .map(|&i| data.expression(i).map(|t| t.expect("filtered")))
+        .map(|&i| {
+            data.expression(i)?
+                .ok_or_else(|| DataErr::Msg(format!("patient {} has no expression", i)))
+        })
         .collect::<Result<_>>()?;
     Ok(Tensor::stack(&rows, 0)?)
 }
 
-/// Evaluates the gene encoder's head on `idx` (patients with expression): labels, probabilities
-/// and the mean loss.
-fn eval_genes(
-    enc: &GeneEncoder,
-    data: &Prepared,
-    idx: &[usize],
-) -> Result<(Vec<usize>, Vec<Vec<f64>>, f64)> {
-    let idx = with_expression(data, idx);
-    if idx.is_empty() {
-        return Ok((vec![], vec![], f64::NAN));
-    }
-    let mode = Mode::inference();
-    let (_, logits) = enc.forward(&stack_expression(data, &idx)?, &mode)?;
-    let labels: Vec<usize> = idx.iter().map(|&i| data.patients[i].label).collect();
-    let l = scalar(&loss::cross_entropy(&logits, &labels)?)?;
-    let probs = (0..idx.len())
-        .map(|r| probs_of(&logits.get(r)?))
-        .collect::<Result<_>>()?;
-    Ok((labels, probs, l))
+/// Stage 1 (docs/DESIGN.md): supervised GroupMSA (or SNN) on expression alone, in batches.
+struct GenesTask<'a> {
+    enc: &'a GeneEncoder,
+    data: &'a Prepared,
+    train: Vec<usize>,
+    batch: usize,
 }
 
-/// Stage 1 (`gimp.md` §2): supervised GroupMSA (or SNN) on expression alone; the best epoch on
-/// validation is kept and saved as a checkpoint `model run` can use.
+impl GenesTask<'_> {
+    /// Labels, probabilities and mean loss of the gene encoder's head on `idx` (those with
+    /// expression).
+    fn predict(&self, idx: &[usize]) -> Result<Predictions> {
+        let idx = with_expression(self.data, idx);
+        if idx.is_empty() {
+            return Ok(Predictions {
+                loss: f64::NAN,
+                ..Default::default()
+            });
+        }
+        let (_, logits) = self
+            .enc
+            .forward(&stack_expression(self.data, &idx)?, &Mode::inference())?;
+        let labels: Vec<usize> = idx.iter().map(|&i| self.data.patients[i].label).collect();
+        let loss = scalar(&loss::cross_entropy(&logits, &labels)?)?;
+        let probs = (0..idx.len())
+            .map(|r| probabilities(&logits.get(r)?))
+            .collect::<Result<_>>()?;
+        Ok(Predictions {
+            labels,
+            probs,
+            loss,
+        })
+    }
+}
+
+impl Task for GenesTask<'_> {
+    fn plan_epoch(&self, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
+        let mut order = self.train.clone();
+        order.shuffle(rng);
+        order.chunks(self.batch).map(<[usize]>::to_vec).collect()
+    }
+
+    fn loss(&self, unit: &[usize], _: &mut ChaCha8Rng, mode: &Mode) -> Result<Option<UnitLoss>> {
+        let (_, logits) = self
+            .enc
+            .forward(&stack_expression(self.data, unit)?, mode)?;
+        let labels: Vec<usize> = unit.iter().map(|&i| self.data.patients[i].label).collect();
+        Ok(Some(loss::cross_entropy(&logits, &labels)?.into()))
+    }
+
+    fn validates(&self) -> bool {
+        true
+    }
+
+    fn validate(&self) -> Result<Predictions> {
+        self.predict(&self.data.val)
+    }
+}
+
+/// Stage 1: trains the gene encoder; the best epoch on validation is kept and saved as a
+/// checkpoint `model run` can use.
 pub fn pretrain_genes(
     data: &Prepared,
     cfg: &RunConfig,
@@ -335,7 +190,7 @@ pub fn pretrain_genes(
     on: OnProgress,
 ) -> Result<StageResult> {
     let nc = data.classes.len();
-    let gcfg = gene_config(cfg, data.n_genes(), nc)?;
+    let gcfg = gene_config(cfg, data.n_genes(), nc);
     let train = with_expression(data, &data.train);
     if train.is_empty() {
         return Err(DataErr::Msg("no training patient has expression".into()));
@@ -344,104 +199,43 @@ pub fn pretrain_genes(
     let enc = GeneEncoder::new(&store.root(), &gcfg)?;
     let mut opt = Adam::new(&store, adamw(cfg.genes.lr, cfg.genes.weight_decay));
     let batch = cfg.genes.batch.max(1);
-    let per_epoch = train.len().div_ceil(batch);
-    let sched = Cosine {
-        base: cfg.genes.lr,
-        warmup: 0,
-        total: per_epoch * cfg.genes.epochs.max(1),
+    let task = GenesTask {
+        enc: &enc,
+        data,
+        batch,
+        train,
     };
-    let mut st = start(dir, &store, &mut opt, ctl, cfg.seed ^ 0x6E6E)?;
-    let mut log = Log::open(dir, st.epochs_done)?;
-    for epoch in st.epochs_done..cfg.genes.epochs {
-        let mut order = train.clone();
-        order.shuffle(&mut st.rng);
-        let mode = Mode::train(ChaCha8Rng::seed_from_u64(st.rng.gen()));
-        let mut total = 0.0;
-        for (b, idx) in order.chunks(batch).enumerate() {
-            let (_, logits) = enc.forward(&stack_expression(data, idx)?, &mode)?;
-            let labels: Vec<usize> = idx.iter().map(|&i| data.patients[i].label).collect();
-            let l = loss::cross_entropy(&logits, &labels)?;
-            let lv = optimise(&mut opt, &l, sched.lr(st.step), &mut st.step)?;
-            total += lv;
-            on(&Progress {
-                stage: "genes",
-                epoch,
-                epochs: cfg.genes.epochs,
-                step: b + 1,
-                steps: per_epoch,
-                loss: lv,
-            });
-        }
-        let (yv, pv, lossv) = eval_genes(&enc, data, &data.val)?;
-        record_validation(
-            &mut log,
-            &mut st,
-            &store,
-            epoch,
-            total / per_epoch as f64,
-            &yv,
-            &pv,
-            lossv,
-        )?;
-        end_epoch(dir, &store, &opt, &mut st, epoch, ctl)?;
+    let trained = Loop {
+        stage: "genes",
+        dir,
+        epochs: cfg.genes.epochs,
+        seed: cfg.seed ^ 0x6E6E,
+        rate: cosine(
+            cfg.genes.lr,
+            task.train.len().div_ceil(batch),
+            cfg.genes.epochs,
+        ),
+        accumulate: 1,
+        early_stopping: cfg.genes.early_stopping,
+        control: ctl,
+        on,
     }
-    let best_epoch = st.best_epoch;
-    restore(&store, &st.best_snap)?;
-    let (yv, pv, _) = eval_genes(&enc, data, &data.val)?;
-    let (yt, pt, _) = eval_genes(&enc, data, &data.test)?;
-    let (arch, config) = match &gcfg {
-        GeneEncoderConfig::GroupMsa(c) => {
-            ("group_msa", serde_json::to_value(c).unwrap_or_default())
-        }
-        GeneEncoderConfig::Snn(c) => ("snn", serde_json::to_value(c).unwrap_or_default()),
-    };
+    .run(&store, &mut opt, &task)?;
+    let (val, test) = (task.predict(&data.val)?, task.predict(&data.test)?);
+    let (arch, config) = gcfg.checkpoint_arch();
     let path = dir.join("model.safetensors");
-    Checkpoint {
-        arch: arch.into(),
-        config,
-        classes: data.classes.clone(),
-        weights: store.tensors(),
-        preprocessing: data.preprocessing.clone(),
-        info: provenance(cfg, "pretrain-genes", best_epoch),
-    }
-    .save(&path)?;
+    let info = provenance("pretrain-genes", trained, cfg.seed, cfg.fold, cfg);
+    save_checkpoint(&path, arch.name, config, &store, data, info)?;
     Ok(StageResult {
         checkpoint: path,
-        best_epoch,
-        val: (!yv.is_empty()).then(|| Report::new(&yv, &pv, nc, cfg.seed)),
-        test: (!yt.is_empty()).then(|| Report::new(&yt, &pt, nc, cfg.seed)),
+        best_epoch: trained.best_epoch,
+        val: val.report(nc, cfg.seed),
+        test: test.report(nc, cfg.seed),
     })
 }
 
-fn provenance(cfg: &RunConfig, stage: &str, epoch: usize) -> BTreeMap<String, String> {
-    [
-        ("stage", stage.to_string()),
-        ("best_epoch", epoch.to_string()),
-        ("seed", cfg.seed.to_string()),
-        ("fold", cfg.fold.to_string()),
-        ("preset", cfg.preset.clone()),
-        ("gimp_rs_version", env!("CARGO_PKG_VERSION").to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
-pub fn argmax(probs: &[Vec<f64>]) -> Vec<usize> {
-    probs
-        .iter()
-        .map(|p| {
-            p.iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i)
-                .unwrap_or(0)
-        })
-        .collect()
-}
-
-/// Class-balanced batches (`gimp.md` §5): every batch takes `⌈B/C⌉` (at least 2) patients of
-/// each class, cycling a class's shuffled list when it runs out; `⌈n/B⌉` batches an epoch.
+/// Class-balanced batches (docs/DESIGN.md): every batch takes `⌈B/C⌉` (at least 2) patients
+/// of each class, cycling a class's shuffled list when it runs out; `⌈n/B⌉` batches an epoch.
 pub fn balanced_batches(
     idx: &[usize],
     labels: &[usize],
@@ -477,8 +271,8 @@ pub fn balanced_batches(
         .collect()
 }
 
-/// Rows of a window of `l` patches (`gimp.md` §4): a shorter bag is repeated end to end, then a
-/// uniform start is drawn.
+/// Rows of a window of `l` patches (docs/DESIGN.md): a shorter bag is repeated end to end,
+/// then a uniform start is drawn.
 pub fn window_rows(n: usize, l: usize, rng: &mut ChaCha8Rng) -> Vec<u32> {
     let reps = l.div_ceil(n.max(1));
     let len = reps * n;
@@ -494,7 +288,7 @@ fn build_gimp(
     let d_in = data
         .d_in
         .ok_or_else(|| DataErr::Msg("the cohort has no slide features".into()))?;
-    let gcfg = gimp_config(cfg, d_in, data.n_genes(), data.classes.len())?;
+    let gcfg = gimp_config(cfg, d_in, data.n_genes(), data.classes.len());
     let store = ParamStore::with_preset(cfg.seed ^ 0xA66, preset);
     let model = Gimp::new(&store.root(), gcfg)?;
     Ok((store, model))
@@ -511,9 +305,110 @@ fn gene_preset(gene_ckpt: Option<&Path>) -> Result<BTreeMap<String, Tensor>> {
     })
 }
 
-/// Stage 2 (`gimp.md` §4–§5): masked patch modelling on windows of `L` patches and the
-/// gene-induced triplet loss on `CLS_pat`, with the gene encoder frozen and class-balanced
-/// batches. The options reproduce the paper's ablations (no MPM, image-only triplet, no triplet).
+/// Stage 2 (docs/DESIGN.md): masked patch modelling on windows of `L` patches and the
+/// gene-induced triplet loss on `CLS_pat`, on class-balanced batches.
+struct PretrainTask<'a> {
+    model: &'a Gimp,
+    data: &'a Prepared,
+    cfg: &'a RunConfig,
+    labels: Vec<usize>,
+}
+
+impl PretrainTask<'_> {
+    /// `CLS_img` of patient `i` from a window of its bag (masked when MPM is on; its
+    /// reconstruction loss pushed to `recs`).
+    fn cls_img(
+        &self,
+        i: usize,
+        rng: &mut ChaCha8Rng,
+        mode: &Mode,
+        recs: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        let pc = &self.cfg.pretrain;
+        let Some(bag) = self.data.bag(i)? else {
+            return Ok(self.model.cls_img(None, mode)?);
+        };
+        let rows = window_rows(bag.dim(0)?, pc.window, rng);
+        let w = bag.index_select(&Tensor::from_vec(rows, pc.window, &Device::Cpu)?, 0)?;
+        if !pc.mpm {
+            return Ok(self.model.aggregator.cls(&w, mode)?);
+        }
+        let k = ((pc.mask_ratio * pc.window as f64).floor() as usize).min(pc.window);
+        let masked = rand::seq::index::sample(rng, pc.window, k).into_vec();
+        let m = self.model.masked_patch_modelling(&w, &masked, mode)?;
+        recs.push(m.reconstruction);
+        Ok(m.cls_img)
+    }
+}
+
+impl Task for PretrainTask<'_> {
+    fn plan_epoch(&self, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
+        let pc = &self.cfg.pretrain;
+        let nc = self.data.classes.len();
+        balanced_batches(&self.data.train, &self.labels, pc.batch, nc, rng)
+    }
+
+    fn loss(&self, unit: &[usize], rng: &mut ChaCha8Rng, mode: &Mode) -> Result<Option<UnitLoss>> {
+        let pc = &self.cfg.pretrain;
+        let mut embs = Vec::new();
+        let mut recs = Vec::new();
+        for &i in unit {
+            let cls_img = self.cls_img(i, rng, mode, &mut recs)?;
+            let emb = match pc.triplet {
+                Triplet::ImageOnly => cls_img,
+                _ => {
+                    let expr = self.data.expression(i)?;
+                    let cls_ge = self.model.cls_ge(expr.as_ref(), false, mode)?;
+                    Tensor::cat(&[cls_img, cls_ge], 0)?
+                }
+            };
+            embs.push(emb);
+        }
+        let labels: Vec<usize> = unit.iter().map(|&i| self.labels[i]).collect();
+        let tri = match pc.triplet {
+            Triplet::Off => None,
+            _ => loss::triplet(
+                &Tensor::stack(&embs, 0)?,
+                &labels,
+                pc.margin,
+                pc.mining,
+                mode,
+            )?,
+        };
+        let rec = match recs.is_empty() {
+            true => None,
+            false => Some(Tensor::stack(&recs, 0)?.mean_all()?),
+        };
+        let total = match (&tri, &rec) {
+            (Some(t), Some(r)) => {
+                (t.affine(pc.triplet_weight, 0.0)? + r.affine(pc.reconstruction_weight, 0.0)?)?
+            }
+            (Some(t), None) => t.affine(pc.triplet_weight, 0.0)?,
+            (None, Some(r)) => r.affine(pc.reconstruction_weight, 0.0)?,
+            (None, None) => return Ok(None),
+        };
+        let value =
+            |t: &Option<Tensor>| t.as_ref().map(scalar).transpose().map(|v| v.unwrap_or(0.0));
+        Ok(Some(UnitLoss {
+            total,
+            parts: vec![
+                ("triplet_loss", value(&tri)?),
+                ("reconstruction_loss", value(&rec)?),
+            ],
+        }))
+    }
+
+    fn validates(&self) -> bool {
+        false
+    }
+
+    fn validate(&self) -> Result<Predictions> {
+        Ok(Predictions::default())
+    }
+}
+
+/// Stage 2: GiMP pre-training with the gene encoder frozen. The options reproduce the paper's
+/// ablations (no MPM, image-only triplet, no triplet). The last epoch is kept.
 pub fn pretrain(
     data: &Prepared,
     cfg: &RunConfig,
@@ -526,166 +421,63 @@ pub fn pretrain(
     let (store, model) = build_gimp(data, cfg, gene_preset(gene_ckpt)?)?;
     store.set_trainable("genes.", false);
     let mut opt = Adam::new(&store, adamw(pc.lr, pc.weight_decay));
-    let labels: Vec<usize> = data.patients.iter().map(|p| p.label).collect();
-    let per_epoch = data.train.len().div_ceil(pc.batch.max(1));
-    let sched = Cosine {
-        base: pc.lr,
-        warmup: 0,
-        total: per_epoch * pc.epochs.max(1),
-    };
-    let mut st = start(dir, &store, &mut opt, ctl, cfg.seed ^ 0x9E7)?;
-    let mut log = Log::open(dir, st.epochs_done)?;
-    for epoch in st.epochs_done..pc.epochs {
-        let rng = &mut st.rng;
-        let batches = balanced_batches(&data.train, &labels, pc.batch, data.classes.len(), rng);
-        let mode = Mode::train(ChaCha8Rng::seed_from_u64(rng.gen()));
-        let (mut tot_tri, mut tot_rec, mut n_b) = (0.0, 0.0, 0usize);
-        for (b, idx) in batches.iter().enumerate() {
-            let mut embs = Vec::new();
-            let mut recs = Vec::new();
-            for &i in idx {
-                let cls_img = match data.bag(i)? {
-                    Some(bag) => {
-                        let n = bag.dim(0)?;
-                        let rows = window_rows(n, pc.window, rng);
-                        let w =
-                            bag.index_select(&Tensor::from_vec(rows, pc.window, &Device::Cpu)?, 0)?;
-                        if pc.mpm {
-                            let k = ((pc.mask_ratio * pc.window as f64).floor() as usize)
-                                .min(pc.window);
-                            let masked = rand::seq::index::sample(rng, pc.window, k).into_vec();
-                            let m = model.masked_patch_modelling(&w, &masked, &mode)?;
-                            recs.push(m.reconstruction);
-                            m.cls_img
-                        } else {
-                            model.aggregator.cls(&w, &mode)?
-                        }
-                    }
-                    None => model.cls_img(None, &mode)?,
-                };
-                let emb = match pc.triplet {
-                    Triplet::ImageOnly => cls_img,
-                    _ => Tensor::cat(
-                        &[
-                            cls_img,
-                            model.cls_ge(data.expression(i)?.as_ref(), false, &mode)?,
-                        ],
-                        0,
-                    )?,
-                };
-                embs.push(emb);
-            }
-            let blabels: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
-            let tri = match pc.triplet {
-                Triplet::Off => None,
-                _ => loss::triplet(
-                    &Tensor::stack(&embs, 0)?,
-                    &blabels,
-                    pc.margin,
-                    pc.mining,
-                    &mode,
-                )?,
-            };
-            let rec = if recs.is_empty() {
-                None
-            } else {
-                Some(Tensor::stack(&recs, 0)?.mean_all()?)
-            };
-            let total = match (&tri, &rec) {
-                (Some(t), Some(r)) => {
-                    (t.affine(pc.triplet_weight, 0.0)?
-                        + r.affine(pc.reconstruction_weight, 0.0)?)?
-                }
-                (Some(t), None) => t.affine(pc.triplet_weight, 0.0)?,
-                (None, Some(r)) => r.affine(pc.reconstruction_weight, 0.0)?,
-                (None, None) => continue,
-            };
-            optimise(&mut opt, &total, sched.lr(st.step), &mut st.step)?;
-            let (tv, rv) = (
-                tri.as_ref().map(scalar).transpose()?.unwrap_or(0.0),
-                rec.as_ref().map(scalar).transpose()?.unwrap_or(0.0),
-            );
-            tot_tri += tv;
-            tot_rec += rv;
-            n_b += 1;
-            on(&Progress {
-                stage: "pretrain",
-                epoch,
-                epochs: pc.epochs,
-                step: b + 1,
-                steps: batches.len(),
-                loss: tv + rv,
-            });
-        }
-        let nb = n_b.max(1) as f64;
-        log.write(serde_json::json!({"epoch": epoch, "triplet_loss": tot_tri / nb, "reconstruction_loss": tot_rec / nb}));
-        end_epoch(dir, &store, &opt, &mut st, epoch, ctl)?;
-    }
-    let path = dir.join("model.safetensors");
-    save_gimp(
-        &store,
-        &model,
+    let task = PretrainTask {
+        model: &model,
         data,
         cfg,
-        "pretrain",
-        pc.epochs.saturating_sub(1),
+        labels: data.patients.iter().map(|p| p.label).collect(),
+    };
+    let trained = Loop {
+        stage: "pretrain",
+        dir,
+        epochs: pc.epochs,
+        seed: cfg.seed ^ 0x9E7,
+        rate: cosine(pc.lr, data.train.len().div_ceil(pc.batch.max(1)), pc.epochs),
+        accumulate: 1,
+        early_stopping: None,
+        control: ctl,
+        on,
+    }
+    .run(&store, &mut opt, &task)?;
+    let path = dir.join("model.safetensors");
+    let config = serde_json::to_value(&model.cfg).unwrap_or_default();
+    let info = provenance("pretrain", trained, cfg.seed, cfg.fold, cfg);
+    save_checkpoint(
         &path,
+        gimp_models::gimp::ARCH.name,
+        config,
+        &store,
+        data,
+        info,
     )?;
     Ok(StageResult {
         checkpoint: path,
-        best_epoch: pc.epochs.saturating_sub(1),
+        best_epoch: trained.best_epoch,
         val: None,
         test: None,
     })
 }
 
-fn save_gimp(
-    store: &ParamStore,
-    model: &Gimp,
-    data: &Prepared,
-    cfg: &RunConfig,
-    stage: &str,
-    epoch: usize,
-    path: &Path,
-) -> Result<()> {
-    Checkpoint {
-        arch: "gimp".into(),
-        config: serde_json::to_value(&model.cfg).unwrap_or_default(),
-        classes: data.classes.clone(),
-        weights: store.tensors(),
-        preprocessing: data.preprocessing.clone(),
-        info: provenance(cfg, stage, epoch),
-    }
-    .save(path)?;
-    Ok(())
-}
-
-/// Which inputs the fine-tuned model sees.
-fn inputs(data: &Prepared, i: usize, modalities: &str) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let bag = if modalities == "genes" {
-        None
-    } else {
-        data.bag(i)?
-    };
-    let expr = if modalities == "image" {
-        None
-    } else {
-        data.expression(i)?
-    };
-    Ok((bag, expr))
-}
-
-/// Labels, probabilities and mean loss of the fine-tuned model on `idx`.
+/// Labels, probabilities and mean loss of the fine-tuned model on `idx`, seeing `modalities`.
 pub fn evaluate_gimp(
     model: &Gimp,
     data: &Prepared,
     idx: &[usize],
-    modalities: &str,
-) -> Result<(Vec<usize>, Vec<Vec<f64>>, f64)> {
+    modalities: crate::config::Modalities,
+) -> Result<Predictions> {
     let mode = Mode::inference();
-    let (mut y, mut p, mut total) = (Vec::new(), Vec::new(), 0.0);
+    let mut p = Predictions::default();
     for &i in idx {
-        let (bag, expr) = inputs(data, i, modalities)?;
+        let bag = if modalities.slides() {
+            data.bag(i)?
+        } else {
+            None
+        };
+        let expr = if modalities.expression() {
+            data.expression(i)?
+        } else {
+            None
+        };
         let cls = Tensor::cat(
             &[
                 model.cls_img(bag.as_ref(), &mode)?,
@@ -695,16 +487,80 @@ pub fn evaluate_gimp(
         )?;
         let logits = model.head(&cls, &mode)?;
         let label = data.patients[i].label;
-        total += scalar(&loss::cross_entropy(&logits.unsqueeze(0)?, &[label])?)?;
-        y.push(label);
-        p.push(probs_of(&logits)?);
+        p.loss += scalar(&loss::cross_entropy(&logits.unsqueeze(0)?, &[label])?)?;
+        p.labels.push(label);
+        p.probs.push(probabilities(&logits)?);
     }
-    Ok((y, p, total / idx.len().max(1) as f64))
+    p.loss /= idx.len().max(1) as f64;
+    Ok(p)
 }
 
-/// Stage 3 (`gimp.md` §6): the pre-trained aggregator, the frozen gene encoder and an MLP head on
-/// `CLS_pat`; whole bags, batch 1; validation after every epoch; the best epoch is kept and the
-/// test split is reported at it.
+/// Stage 3 (docs/DESIGN.md): the pre-trained aggregator, the frozen gene encoder and an MLP
+/// head on `CLS_pat`; whole bags (or a random cap), one patient a step.
+struct FinetuneTask<'a> {
+    model: &'a Gimp,
+    data: &'a Prepared,
+    cfg: &'a RunConfig,
+}
+
+impl Task for FinetuneTask<'_> {
+    fn plan_epoch(&self, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
+        let mut order = self.data.train.clone();
+        order.shuffle(rng);
+        order.into_iter().map(|i| vec![i]).collect()
+    }
+
+    fn loss(&self, unit: &[usize], rng: &mut ChaCha8Rng, mode: &Mode) -> Result<Option<UnitLoss>> {
+        let fc = &self.cfg.finetune;
+        let i = unit[0];
+        let bag = match fc.modalities.slides() {
+            true => self.data.bag(i)?,
+            false => None,
+        };
+        let expr = match fc.modalities.expression() {
+            true => self.data.expression(i)?,
+            false => None,
+        };
+        let bag = cap_bag(bag, fc.max_patches, rng)?;
+        // Modality dropout: only patients with both halves lose their expression, so no step
+        // sees neither. No draw otherwise (off, or the image-only part), so those runs keep the
+        // random stream they have without it.
+        let hide = fc.modality_dropout > 0.0
+            && bag.is_some()
+            && expr.is_some()
+            && rng.gen::<f64>() < fc.modality_dropout;
+        let expr = if hide { None } else { expr };
+        let cls = Tensor::cat(
+            &[
+                self.model.cls_img(bag.as_ref(), mode)?,
+                self.model.cls_ge(expr.as_ref(), fc.train_genes, mode)?,
+            ],
+            0,
+        )?;
+        let logits = self.model.head(&cls, mode)?;
+        let label = self.data.patients[i].label;
+        Ok(Some(
+            loss::cross_entropy(&logits.unsqueeze(0)?, &[label])?.into(),
+        ))
+    }
+
+    fn validates(&self) -> bool {
+        true
+    }
+
+    fn validate(&self) -> Result<Predictions> {
+        evaluate_gimp(
+            self.model,
+            self.data,
+            &self.data.val,
+            self.cfg.finetune.modalities,
+        )
+    }
+}
+
+/// Stage 3: fine-tunes from a GiMP pre-training checkpoint (`init`), else from a gene
+/// pre-training checkpoint, else from scratch; validation after every epoch; the best epoch is
+/// kept and the test split is reported at it.
 pub fn finetune(
     data: &Prepared,
     cfg: &RunConfig,
@@ -715,12 +571,6 @@ pub fn finetune(
     on: OnProgress,
 ) -> Result<StageResult> {
     let fc = &cfg.finetune;
-    if !matches!(fc.modalities.as_str(), "both" | "image" | "genes") {
-        return Err(DataErr::Msg(format!(
-            "finetune.modalities must be both, image or genes, not '{}'",
-            fc.modalities
-        )));
-    }
     let preset = match init {
         Some(p) => Checkpoint::load(p)?.weights,
         None => gene_preset(gene_ckpt)?,
@@ -731,74 +581,95 @@ pub fn finetune(
     }
     store.set_trainable("mpm.", false);
     let mut opt = Adam::new(&store, adamw(fc.lr, fc.weight_decay));
-    let sched = Cosine {
-        base: fc.lr,
-        warmup: 0,
-        total: data.train.len() * fc.epochs.max(1),
+    let task = FinetuneTask {
+        model: &model,
+        data,
+        cfg,
     };
-    let mut st = start(dir, &store, &mut opt, ctl, cfg.seed ^ 0xF17E)?;
-    let mut log = Log::open(dir, st.epochs_done)?;
-    for epoch in st.epochs_done..fc.epochs {
-        let rng = &mut st.rng;
-        let mut order = data.train.clone();
-        order.shuffle(rng);
-        let mode = Mode::train(ChaCha8Rng::seed_from_u64(rng.gen()));
-        let mut total = 0.0;
-        for (k, &i) in order.iter().enumerate() {
-            let (bag, expr) = inputs(data, i, &fc.modalities)?;
-            let bag = cap_bag(bag, fc.max_patches, rng)?;
-            // Modality dropout: only patients with both halves lose their expression, so no
-            // step sees neither. No draw otherwise (off, or the image-only part), so those runs
-            // keep the random stream they have without it.
-            let hide = fc.modality_dropout > 0.0
-                && bag.is_some()
-                && expr.is_some()
-                && rng.gen::<f64>() < fc.modality_dropout;
-            let expr = if hide { None } else { expr };
-            let cls = Tensor::cat(
-                &[
-                    model.cls_img(bag.as_ref(), &mode)?,
-                    model.cls_ge(expr.as_ref(), fc.train_genes, &mode)?,
-                ],
-                0,
-            )?;
-            let logits = model.head(&cls, &mode)?;
-            let l = loss::cross_entropy(&logits.unsqueeze(0)?, &[data.patients[i].label])?;
-            let lv = optimise(&mut opt, &l, sched.lr(st.step), &mut st.step)?;
-            total += lv;
-            on(&Progress {
-                stage: "finetune",
-                epoch,
-                epochs: fc.epochs,
-                step: k + 1,
-                steps: order.len(),
-                loss: lv,
-            });
-        }
-        let (yv, pv, lv) = evaluate_gimp(&model, data, &data.val, &fc.modalities)?;
-        record_validation(
-            &mut log,
-            &mut st,
-            &store,
-            epoch,
-            total / order.len().max(1) as f64,
-            &yv,
-            &pv,
-            lv,
-        )?;
-        end_epoch(dir, &store, &opt, &mut st, epoch, ctl)?;
+    let trained = Loop {
+        stage: "finetune",
+        dir,
+        epochs: fc.epochs,
+        seed: cfg.seed ^ 0xF17E,
+        rate: cosine(fc.lr, data.train.len(), fc.epochs),
+        accumulate: 1,
+        early_stopping: fc.early_stopping,
+        control: ctl,
+        on,
     }
-    let best_epoch = st.best_epoch;
-    restore(&store, &st.best_snap)?;
+    .run(&store, &mut opt, &task)?;
     let nc = data.classes.len();
-    let (yv, pv, _) = evaluate_gimp(&model, data, &data.val, &fc.modalities)?;
-    let (yt, pt, _) = evaluate_gimp(&model, data, &data.test, &fc.modalities)?;
+    let val = evaluate_gimp(&model, data, &data.val, fc.modalities)?;
+    let test = evaluate_gimp(&model, data, &data.test, fc.modalities)?;
     let path = dir.join("model.safetensors");
-    save_gimp(&store, &model, data, cfg, "finetune", best_epoch, &path)?;
+    let config = serde_json::to_value(&model.cfg).unwrap_or_default();
+    let info = provenance("finetune", trained, cfg.seed, cfg.fold, cfg);
+    save_checkpoint(
+        &path,
+        gimp_models::gimp::ARCH.name,
+        config,
+        &store,
+        data,
+        info,
+    )?;
     Ok(StageResult {
         checkpoint: path,
-        best_epoch,
-        val: (!yv.is_empty()).then(|| Report::new(&yv, &pv, nc, cfg.seed)),
-        test: Some(Report::new(&yt, &pt, nc, cfg.seed)),
+        best_epoch: trained.best_epoch,
+        val: val.report(nc, cfg.seed),
+        test: Some(gimp_metrics::Report::new(
+            &test.labels,
+            &test.probs,
+            nc,
+            cfg.seed,
+        )),
+    })
+}
+
+/// The stages of one GiMP run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GimpRun {
+    /// Gene pre-training; skipped when nothing reads the gene encoder (the image-only part
+    /// without gene-induced triplets).
+    pub genes: Option<StageResult>,
+    /// GiMP pre-training; skipped when `pretrain.epochs` is 0.
+    pub pretrain: Option<StageResult>,
+    pub finetune: StageResult,
+}
+
+/// GiMP's three stages in order, in `dir/genes`, `dir/pretrain` and `dir/finetune`: gene
+/// pre-training, then GiMP pre-training from its encoder, then fine-tuning from the pre-trained
+/// model (or from the gene encoder when there is no pre-training).
+pub fn train_gimp(
+    data: &Prepared,
+    cfg: &RunConfig,
+    dir: &Path,
+    ctl: Control,
+    on: OnProgress,
+) -> Result<GimpRun> {
+    let pretraining = cfg.pretrain.epochs > 0;
+    let needs_genes = cfg.finetune.modalities.expression()
+        || (pretraining && cfg.pretrain.triplet == Triplet::GeneInduced);
+    let genes = match needs_genes {
+        true => Some(pretrain_genes(data, cfg, &dir.join("genes"), ctl, on)?),
+        false => None,
+    };
+    let gene_ckpt = genes.as_ref().map(|g| g.checkpoint.as_path());
+    let pre = match pretraining {
+        true => Some(pretrain(
+            data,
+            cfg,
+            gene_ckpt,
+            &dir.join("pretrain"),
+            ctl,
+            on,
+        )?),
+        false => None,
+    };
+    let init = pre.as_ref().map(|p| p.checkpoint.as_path());
+    let finetune = finetune(data, cfg, init, gene_ckpt, &dir.join("finetune"), ctl, on)?;
+    Ok(GimpRun {
+        genes,
+        pretrain: pre,
+        finetune,
     })
 }

@@ -7,8 +7,8 @@ use gimp_models::{registry, Input};
 use gimp_nn::checkpoint::Checkpoint;
 use gimp_nn::Mode;
 use gimp_synth::{Difficulty, Size, SynthConfig};
-use gimp_train::stages::Control;
 use gimp_train::supervised::{train, SupervisedConfig};
+use gimp_train::trainer::Control;
 use gimp_train::Prepared;
 
 #[test]
@@ -29,7 +29,7 @@ fn attention_finds_the_class_specific_patches() {
     .unwrap();
     let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
     for arch in ["abmil", "clam_sb"] {
-        let mut cfg = SupervisedConfig::defaults(arch);
+        let mut cfg = SupervisedConfig::defaults(registry::find(arch).unwrap()).unwrap();
         cfg.epochs = 12;
         cfg.lr = 1e-3;
         let r = train(
@@ -41,8 +41,7 @@ fn attention_finds_the_class_specific_patches() {
         )
         .unwrap();
         let ck = Checkpoint::load(&r.checkpoint).unwrap();
-        let info = registry::find(arch).unwrap();
-        let (model, _) = registry::load(info, ck.weights, Some(ck.config)).unwrap();
+        let model = registry::load_checkpoint(&ck).unwrap().model;
         let mut aucs = Vec::new();
         for &p in &data.test {
             let case = &cohort.patients[p];

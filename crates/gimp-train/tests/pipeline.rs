@@ -3,7 +3,8 @@
 
 use gimp_cohort::{Cohort, CohortFile, LoadOptions};
 use gimp_synth::{Difficulty, Size, SynthConfig};
-use gimp_train::stages::{self, balanced_batches, window_rows, Control};
+use gimp_train::stages::{self, balanced_batches, window_rows};
+use gimp_train::trainer::{Control, EarlyStopping};
 use gimp_train::{Prepared, RunConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -24,6 +25,12 @@ fn tiny_cohort(dir: &Path, missing: f64) -> Cohort {
         LoadOptions::default(),
     )
     .unwrap()
+}
+
+/// The supervised trainer's defaults for a registered architecture.
+fn defaults(arch: &str) -> gimp_train::supervised::SupervisedConfig {
+    let arch = gimp_models::registry::find(arch).unwrap();
+    gimp_train::supervised::SupervisedConfig::defaults(arch).unwrap()
 }
 
 fn tiny_config() -> RunConfig {
@@ -263,18 +270,18 @@ fn an_interrupted_and_resumed_run_ends_with_the_same_weights() {
 
 #[test]
 fn every_baseline_trains_with_the_same_trainer() {
-    use gimp_train::supervised::{train, SupervisedConfig};
+    use gimp_train::supervised::train;
     let d = tempfile::tempdir().unwrap();
     let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
     let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
     for arch in [
         "abmil", "dsmil", "clam_sb", "clam_mb", "transmil", "snn", "porpoise", "pathomic", "mcat",
-        "mgca", "biovil", "refers",
+        "mgca", "biovil", "refers", "mean_mil",
     ] {
-        let mut cfg = SupervisedConfig::defaults(arch);
+        let mut cfg = defaults(arch);
         cfg.epochs = 1;
-        cfg.pretrain.epochs = 1;
-        cfg.pretrain.batch = 8;
+        cfg.self_supervised.epochs = 1;
+        cfg.self_supervised.batch = 8;
         let r = train(
             &data,
             &cfg,
@@ -288,22 +295,19 @@ fn every_baseline_trains_with_the_same_trainer() {
         assert_eq!(ck.arch, arch);
         // The image–omic adaptations pre-train first and keep that stage's weights and log.
         let pre = d.path().join(arch).join("pretrain");
-        let pretrains = gimp_models::registry::find(arch).unwrap().pretraining;
+        let pretrains = gimp_models::registry::find(arch).unwrap().self_supervised();
         assert_eq!(pre.join("model.safetensors").is_file(), pretrains, "{arch}");
         if pretrains {
             let log = std::fs::read_to_string(pre.join("log.jsonl")).unwrap();
-            assert!(log.contains("pretrain_loss"), "{arch}");
+            assert!(log.contains("train_loss"), "{arch}");
         }
     }
-    let cfg = SupervisedConfig::defaults("gimp");
-    assert!(train(
-        &data,
-        &cfg,
-        &d.path().join("g"),
-        Control::default(),
-        &|_| {}
-    )
-    .is_err());
+    // GiMP is trained by its own stages: the supervised trainer refuses it by its ArchInfo.
+    let gimp = gimp_models::registry::find("gimp").unwrap();
+    let e = gimp_train::supervised::SupervisedConfig::defaults(gimp)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("its own stages"), "{e}");
 }
 
 #[test]
@@ -352,15 +356,15 @@ fn experiment_rows_plan_run_skip_and_summarise() {
 /// checkpoints and identical test metrics (a model with a pre-training stage included).
 #[test]
 fn the_common_trainer_is_deterministic_for_a_seed() {
-    use gimp_train::supervised::{train, SupervisedConfig};
+    use gimp_train::supervised::train;
     let d = tempfile::tempdir().unwrap();
     let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
     let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
     for arch in ["dsmil", "biovil"] {
-        let mut cfg = SupervisedConfig::defaults(arch);
+        let mut cfg = defaults(arch);
         cfg.epochs = 2;
-        cfg.pretrain.epochs = 1;
-        cfg.pretrain.batch = 8;
+        cfg.self_supervised.epochs = 1;
+        cfg.self_supervised.batch = 8;
         let run = |k: usize| {
             let dir = d.path().join(format!("{arch}{k}"));
             let r = train(&data, &cfg, &dir, Control::default(), &|_| {}).unwrap();
@@ -376,7 +380,7 @@ fn the_common_trainer_is_deterministic_for_a_seed() {
 /// naming none of the cohort's genes is a clear error.
 #[test]
 fn mcat_takes_its_gene_groups_from_signatures() {
-    use gimp_train::supervised::{train, SupervisedConfig};
+    use gimp_train::supervised::train;
     let d = tempfile::tempdir().unwrap();
     let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
     let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
@@ -394,7 +398,7 @@ fn mcat_takes_its_gene_groups_from_signatures() {
         ),
     )
     .unwrap();
-    let mut cfg = SupervisedConfig::defaults("mcat");
+    let mut cfg = defaults("mcat");
     cfg.epochs = 1;
     cfg.signatures = Some(sig.clone());
     let r = train(
@@ -418,4 +422,191 @@ fn mcat_takes_its_gene_groups_from_signatures() {
     .err()
     .unwrap();
     assert!(e.to_string().contains("none of its gene symbols"), "{e}");
+}
+
+/// Runs a stage twice in fresh folders — uninterrupted, and stopped after `stop` epochs then
+/// resumed — and returns both checkpoints' bytes.
+fn interrupted_and_resumed<F>(dir: &Path, stop: usize, stage: F) -> (Vec<u8>, Vec<u8>)
+where
+    F: Fn(&Path, Control) -> gimp_train::data::Result<gimp_train::trainer::StageResult>,
+{
+    let whole = stage(&dir.join("whole"), Control::default()).unwrap();
+    let cut = dir.join("cut");
+    let stopped = Control {
+        resume: false,
+        stop_after: Some(stop),
+    };
+    let e = stage(&cut, stopped).err().expect("the stage stops");
+    assert!(
+        matches!(e, gimp_train::data::DataErr::Stopped(n) if n == stop),
+        "{e}"
+    );
+    let resumed = Control {
+        resume: true,
+        stop_after: None,
+    };
+    let done = stage(&cut, resumed).unwrap();
+    (
+        std::fs::read(whole.checkpoint).unwrap(),
+        std::fs::read(done.checkpoint).unwrap(),
+    )
+}
+
+/// Every stage the one loop runs — GiMP's three, a compared system stepping every patient, one
+/// accumulating gradients over patients, and an image–omic adaptation interrupted in its
+/// self-supervised stage and in its fine-tuning — resumes to byte-identical weights.
+#[test]
+fn every_stage_resumes_to_identical_weights() {
+    use gimp_train::supervised::train;
+    let d = tempfile::tempdir().unwrap();
+    let cohort = tiny_cohort(&d.path().join("cohort"), 0.1);
+    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    let mut cfg = tiny_config();
+    cfg.genes.epochs = 3;
+    cfg.pretrain.epochs = 3;
+    cfg.finetune.epochs = 3;
+    let (a, b) = interrupted_and_resumed(&d.path().join("genes"), 1, |dir, ctl| {
+        stages::pretrain_genes(&data, &cfg, dir, ctl, &|_| {})
+    });
+    assert!(a == b, "gene pre-training");
+    let (a, b) = interrupted_and_resumed(&d.path().join("pretrain"), 2, |dir, ctl| {
+        stages::pretrain(&data, &cfg, None, dir, ctl, &|_| {})
+    });
+    assert!(a == b, "GiMP pre-training");
+    let (a, b) = interrupted_and_resumed(&d.path().join("finetune"), 1, |dir, ctl| {
+        stages::finetune(&data, &cfg, None, None, dir, ctl, &|_| {})
+    });
+    assert!(a == b, "fine-tuning");
+    for (arch, stop, self_supervised_epochs) in [
+        ("abmil", 2, 0),
+        ("snn", 1, 0),
+        ("mgca", 1, 2),
+        ("mgca", 2, 1),
+    ] {
+        let mut c = defaults(arch);
+        c.epochs = 3;
+        c.max_patches = Some(30);
+        c.self_supervised.epochs = self_supervised_epochs;
+        c.self_supervised.batch = 8;
+        let dir = d.path().join(format!("{arch}-{stop}"));
+        let (a, b) =
+            interrupted_and_resumed(&dir, stop, |dir, ctl| train(&data, &c, dir, ctl, &|_| {}));
+        assert!(a == b, "{arch} stopped after epoch {stop}");
+    }
+}
+
+/// Early stopping ends training once the validation loss has not improved for `patience`
+/// epochs (never before `min_epochs`), exactly where the logged losses say it should, and a
+/// resumed finished run trains no further.
+#[test]
+fn early_stopping_follows_the_validation_loss() {
+    use gimp_train::supervised::train;
+    let d = tempfile::tempdir().unwrap();
+    let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
+    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    let mut cfg = defaults("abmil");
+    cfg.epochs = 40;
+    cfg.lr = 5e-3;
+    cfg.early_stopping = Some(EarlyStopping {
+        patience: 2,
+        min_epochs: 3,
+    });
+    let dir = d.path().join("abmil");
+    let r = train(&data, &cfg, &dir, Control::default(), &|_| {}).unwrap();
+    let losses: Vec<f64> = std::fs::read_to_string(dir.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["val_loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    // Replay the rule on the logged losses.
+    let (mut lowest, mut since, mut expected) = (f64::INFINITY, 0, cfg.epochs);
+    for (e, &l) in losses.iter().enumerate() {
+        if l < lowest {
+            (lowest, since) = (l, 0);
+        } else {
+            since += 1;
+        }
+        if e + 1 >= 3 && since >= 2 {
+            expected = e + 1;
+            break;
+        }
+    }
+    assert!(
+        expected < cfg.epochs,
+        "validation loss never stalled: {losses:?}"
+    );
+    assert_eq!(losses.len(), expected, "{losses:?}");
+    let ck = gimp_nn::checkpoint::Checkpoint::load(&r.checkpoint).unwrap();
+    assert_eq!(ck.info["epochs_run"], expected.to_string());
+    // Resuming the finished run trains nothing more and gives the same weights.
+    let resumed = Control {
+        resume: true,
+        stop_after: None,
+    };
+    let before = std::fs::read(&r.checkpoint).unwrap();
+    train(&data, &cfg, &dir, resumed, &|_| {}).unwrap();
+    assert_eq!(std::fs::read(&r.checkpoint).unwrap(), before);
+}
+
+/// Every choice of a run file is a type: a bad value is an error naming the field, the value
+/// and the values allowed.
+#[test]
+fn bad_run_file_values_name_the_field_and_the_choices() {
+    for (text, field, value, allowed) in [
+        ("preset = \"papr\"", "preset", "papr", "paper"),
+        (
+            "[model]\ngene_encoder = \"gmsa\"",
+            "model.gene_encoder",
+            "gmsa",
+            "group_msa",
+        ),
+        (
+            "[model]\ngene_tokenizer = \"each\"",
+            "model.gene_tokenizer",
+            "each",
+            "per_fragment",
+        ),
+        (
+            "[finetune]\nmodalities = \"imgae\"",
+            "finetune.modalities",
+            "imgae",
+            "image",
+        ),
+        (
+            "[pretrain]\ntriplet = \"gene\"",
+            "pretrain.triplet",
+            "gene",
+            "gene_induced",
+        ),
+        (
+            "[pretrain]\nmining = \"hard\"",
+            "pretrain.mining",
+            "hard",
+            "batch_hard",
+        ),
+        (
+            "[finetune.early_stopping]\npatience = 3",
+            "finetune.early_stopping",
+            "min_epochs",
+            "min_epochs",
+        ),
+    ] {
+        let e = RunConfig::from_toml(text).err().expect(text);
+        for part in [field, value, allowed] {
+            assert!(e.contains(part), "{text}: '{e}' lacks '{part}'");
+        }
+    }
+    let c =
+        RunConfig::from_toml("[finetune.early_stopping]\npatience = 3\nmin_epochs = 10").unwrap();
+    assert_eq!(
+        c.finetune.early_stopping,
+        Some(EarlyStopping {
+            patience: 3,
+            min_epochs: 10
+        })
+    );
 }

@@ -1,9 +1,12 @@
-use anyhow::Result;
+use anyhow::{Context, Result};
 use gimp_cohort::{LoadOptions, Summary};
 use gimp_linear::LogisticConfig;
 use gimp_metrics::Report;
 use gimp_synth::{Difficulty, Size, SynthConfig};
+use gimp_train::config::{GeneEncoderKind, Modalities};
+use gimp_train::progress::Bars;
 use gimp_train::stages;
+use gimp_train::trainer::{Control, Progress, StageResult};
 use gimp_train::{Prepared, RunConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,7 +44,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let t0 = Instant::now();
     let cohort_dir = a.out.join("cohort");
     let cfg = SynthConfig::new(Difficulty::Paper, Size::Demo, a.seed);
-    let steps = if a.quick { 4 } else { 8 };
+    let steps = if a.quick { 4 } else { 7 };
     println!(
         "1/{steps} generating the demo cohort (difficulty paper, {} patients, seed {}) in {}",
         cfg.n_patients,
@@ -92,106 +95,57 @@ pub fn run(a: Args) -> Result<ExitCode> {
     run.seed = a.seed;
     let data = Prepared::new(&c, 0, &run.model.transform)?;
     let runs = a.out.join("runs");
-    let bars = super::train::Bars::new();
-    let on = |p: &stages::Progress| bars.update(p);
+    let bars = Bars::new();
+    let on = |p: &Progress| bars.update(p);
     println!(
-        "5/{steps} GiMP stage 1: GroupMSA gene pre-training ({} epochs)",
-        run.genes.epochs
+        "5/{steps} GiMP stage 1: GroupMSA gene pre-training ({} epochs); stage 2: masked patch modelling + gene-induced triplets ({} epochs, windows of {}); stage 3: fine-tuning ({} epochs)",
+        run.genes.epochs, run.pretrain.epochs, run.pretrain.window, run.finetune.epochs
     );
-    let genes = stages::pretrain_genes(
-        &data,
-        &run,
-        &runs.join("gimp/genes"),
-        Default::default(),
-        &on,
-    )?;
+    let gimp = stages::train_gimp(&data, &run, &runs.join("gimp"), Control::default(), &on)?;
     bars.finish();
-    println!("6/{steps} GiMP stage 2: masked patch modelling + gene-induced triplets ({} epochs, windows of {})", run.pretrain.epochs, run.pretrain.window);
-    let pre = stages::pretrain(
-        &data,
-        &run,
-        Some(&genes.checkpoint),
-        &runs.join("gimp/pretrain"),
-        Default::default(),
-        &on,
-    )?;
-    bars.finish();
-    println!(
-        "7/{steps} fine-tuning GiMP, and its image-only part for comparison ({} epochs each)",
-        run.finetune.epochs
-    );
-    let gimp = stages::finetune(
-        &data,
-        &run,
-        Some(&pre.checkpoint),
-        Some(&genes.checkpoint),
-        &runs.join("gimp/finetune"),
-        Default::default(),
-        &on,
-    )?;
-    bars.finish();
+    println!("6/{steps} its image-only part, fine-tuned from scratch for comparison");
     let mut image_cfg = run.clone();
-    image_cfg.finetune.modalities = "image".into();
-    let image = stages::finetune(
+    image_cfg.finetune.modalities = Modalities::Image;
+    image_cfg.pretrain.epochs = 0;
+    let image = stages::train_gimp(
         &data,
         &image_cfg,
-        None,
-        None,
-        &runs.join("image-only/finetune"),
-        Default::default(),
+        &runs.join("image-only"),
+        Control::default(),
         &on,
     )?;
     bars.finish();
-
-    println!("8/{steps} the Table 2 ablation with SNN in place of GroupMSA (all three stages)");
+    println!("7/{steps} the Table 2 ablation with SNN in place of GroupMSA (all three stages)");
     let mut snn_cfg = run.clone();
-    snn_cfg.model.gene_encoder = "snn".into();
-    let snn_dir = runs.join("gimp-snn");
-    let snn_genes = stages::pretrain_genes(
+    snn_cfg.model.gene_encoder = GeneEncoderKind::Snn;
+    let snn = stages::train_gimp(
         &data,
         &snn_cfg,
-        &snn_dir.join("genes"),
-        Default::default(),
+        &runs.join("gimp-snn"),
+        Control::default(),
         &on,
     )?;
     bars.finish();
-    let snn_pre = stages::pretrain(
-        &data,
-        &snn_cfg,
-        Some(&snn_genes.checkpoint),
-        &snn_dir.join("pretrain"),
-        Default::default(),
-        &on,
-    )?;
-    bars.finish();
-    let snn = stages::finetune(
-        &data,
-        &snn_cfg,
-        Some(&snn_pre.checkpoint),
-        None,
-        &snn_dir.join("finetune"),
-        Default::default(),
-        &on,
-    )?;
-    bars.finish();
+    let genes = gimp.genes.as_ref().context("GiMP's run has a gene stage")?;
+    let pre = gimp.pretrain.as_ref().context("the demo pre-trains")?;
     for (name, r) in [
-        ("gene pre-training", &genes),
-        ("GiMP pre-training", &pre),
-        ("GiMP fine-tuning", &gimp),
-        ("image-only fine-tuning", &image),
+        ("gene pre-training", genes),
+        ("GiMP pre-training", pre),
+        ("GiMP fine-tuning", &gimp.finetune),
+        ("image-only fine-tuning", &image.finetune),
     ] {
         if let Some(dir) = r.checkpoint.parent() {
             super::train::report_quiet(name, r, dir)?;
         }
     }
     println!("\nTest split ({} patients): accuracy [95% Wilson], ROC-AUC [95% bootstrap], balanced accuracy, macro F1", data.test.len());
-    let pick = |r: &stages::StageResult| r.test.clone();
+    let pick = |r: &StageResult| r.test.clone();
     let rows = [
-        ("GiMP (slides + expression)", pick(&gimp)),
-        ("GiMP with SNN (ablation)", pick(&snn)),
-        ("image-only (patch aggregator)", pick(&image)),
-        ("gene-only (GroupMSA)", pick(&genes)),
-        ("gene-only (SNN)", pick(&snn_genes)),
+        ("GiMP (slides + expression)", pick(&gimp.finetune)),
+        ("GiMP with SNN (ablation)", pick(&snn.finetune)),
+        ("image-only (patch aggregator)", pick(&image.finetune)),
+        ("gene-only (GroupMSA)", pick(genes)),
+        ("gene-only (SNN)", snn.genes.as_ref().and_then(pick)),
         (
             "gene-only (logistic regression)",
             Some(lr.folds[0].test.clone()),
@@ -206,7 +160,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "\nCheckpoints, logs (log.jsonl) and metrics (metrics.json) are in {}; try\n  gimp-rs evaluate {} --checkpoint {}",
         runs.display(),
         cohort_file.display(),
-        gimp.checkpoint.display()
+        gimp.finetune.checkpoint.display()
     );
     println!("done in {:.0} s.", t0.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)

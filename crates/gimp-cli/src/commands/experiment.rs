@@ -1,6 +1,8 @@
 use anyhow::{bail, Result};
 use gimp_cohort::LoadOptions;
-use gimp_train::experiment::{self, Recipe};
+use gimp_train::config::Preset;
+use gimp_train::experiment;
+use gimp_train::progress::Bars;
 use gimp_train::{Prepared, RunConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,7 +25,7 @@ pub struct Args {
     pub rows: Vec<String>,
     /// GiMP rows' preset: paper or demo.
     #[arg(long, default_value = "paper")]
-    pub preset: String,
+    pub preset: Preset,
     /// Epochs of the compared systems (default: their reference defaults).
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -51,8 +53,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let rows = experiment::rows(&a.table, &a.rows)?;
-    let mut base = RunConfig::preset(&a.preset)
-        .ok_or_else(|| anyhow::anyhow!("unknown preset '{}'", a.preset))?;
+    let mut base = RunConfig::preset(a.preset);
     if let Some(t) = &a.transform {
         base.model.transform = t.clone();
     }
@@ -67,6 +68,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         );
     }
     let runs = experiment::plan(&a.out, &rows, a.folds, a.seeds);
+    let overrides = experiment::BaselineOverrides {
+        epochs: a.epochs,
+        pretrain_epochs: a.pretrain_epochs,
+        pretrain_lr: a.pretrain_lr,
+        accumulate: a.accumulate,
+        signatures: a.signatures.as_deref(),
+    };
     if a.dry_run {
         let n_train = cohort
             .folds
@@ -76,20 +84,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let mut total = 0usize;
         for run in &runs {
             let row = rows.iter().find(|r| r.key == run.row).expect("planned row");
-            let epochs = match &row.recipe {
-                Recipe::Supervised(arch) => {
-                    let d = gimp_train::supervised::SupervisedConfig::defaults(arch);
-                    let pretrain = gimp_models::registry::find(arch)
-                        .filter(|i| i.pretraining)
-                        .map_or(0, |_| a.pretrain_epochs.unwrap_or(d.pretrain.epochs));
-                    a.epochs.unwrap_or(d.epochs) + pretrain
-                }
-                Recipe::Gimp(change) => {
-                    let mut c = base.clone();
-                    change(&mut c);
-                    c.genes.epochs + c.pretrain.epochs + c.finetune.epochs
-                }
-            };
+            let epochs = experiment::planned_epochs(row, &base, overrides)?;
             let cost = epochs * n_train;
             if !run.done {
                 total += cost;
@@ -108,7 +103,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         println!("{} run(s), {} to do, ≈ {total} patient-passes (one bag or expression vector through the model, forward and backward)", runs.len(), runs.iter().filter(|r| !r.done).count());
         return Ok(ExitCode::SUCCESS);
     }
-    let bars = super::train::Bars::new();
+    let bars = Bars::new();
     for fold in 0..a.folds {
         let todo: Vec<&experiment::Run> =
             runs.iter().filter(|r| r.fold == fold && !r.done).collect();
@@ -119,20 +114,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         for run in todo {
             let row = rows.iter().find(|r| r.key == run.row).expect("planned row");
             println!("{} — fold {}, seed {}", row.name, run.fold, run.seed);
-            let r = experiment::execute(
-                row,
-                &data,
-                &base,
-                experiment::BaselineOverrides {
-                    epochs: a.epochs,
-                    pretrain_epochs: a.pretrain_epochs,
-                    pretrain_lr: a.pretrain_lr,
-                    accumulate: a.accumulate,
-                    signatures: a.signatures.as_deref(),
-                },
-                run,
-                &|p| bars.update(p),
-            )?;
+            let r = experiment::execute(row, &data, &base, overrides, run, &|p| bars.update(p))?;
             bars.finish();
             if let Some(t) = &r.test {
                 println!("    test accuracy {}%", crate::table::pct(t.accuracy.value));

@@ -1,7 +1,6 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use gimp_models::registry::{self, InputKind, REGISTRY};
-use gimp_models::Input;
+use gimp_models::registry::{self, REGISTRY};
 use gimp_nn::checkpoint::Checkpoint;
 use gimp_nn::{ops, Mode};
 use serde::Serialize;
@@ -181,8 +180,7 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
 /// A model from a gimp-rs checkpoint, or from the reference code's weights and an architecture
 /// name: its name, the model, and (from a checkpoint) its classes and expression preprocessing.
 pub(crate) type Loaded = (
-    String,
-    Box<dyn gimp_models::Model>,
+    gimp_models::Loaded,
     Option<Vec<String>>,
     Option<gimp_nn::checkpoint::Preprocessing>,
 );
@@ -195,43 +193,29 @@ pub(crate) fn load_model(
     Ok(match (checkpoint, arch, weights) {
         (Some(ckpt), _, _) => {
             let c = Checkpoint::load(ckpt)?;
-            let info = registry::find(&c.arch).with_context(|| {
-                format!("{}: unknown architecture '{}'", ckpt.display(), c.arch)
-            })?;
-            let (m, _) = registry::load(info, c.weights, Some(c.config))?;
-            (c.arch, m, Some(c.classes), c.preprocessing)
+            let m = registry::load_checkpoint(&c)
+                .with_context(|| format!("loading {}", ckpt.display()))?;
+            (m, Some(c.classes), c.preprocessing)
         }
         (None, Some(arch), Some(w)) => {
-            let info = registry::find(arch).with_context(|| {
-                format!(
-                    "unknown --arch '{arch}'; known: {}",
-                    registry::names().join(", ")
-                )
-            })?;
-            let (m, _) = registry::load(info, read_weights(w)?, None)
+            let m = registry::load(registry::lookup(arch)?, read_weights(w)?, None)
                 .with_context(|| format!("loading {}", w.display()))?;
-            (arch.to_string(), m, None, None)
+            (m, None, None)
         }
         _ => bail!("give --checkpoint, or --arch with --weights"),
     })
 }
 
 fn run_model(a: RunArgs) -> Result<ExitCode> {
-    let (arch_name, model, classes, preprocessing) = load_model(
+    let (loaded, classes, preprocessing) = load_model(
         a.checkpoint.as_deref(),
         a.arch.as_deref(),
         a.weights.as_deref(),
     )?;
-    let info = registry::find(&arch_name).context("architecture not in the registry")?;
+    let arch_name = loaded.arch.name;
     let mut coords = None;
-    let wants_bag = matches!(
-        info.input,
-        InputKind::Slide | InputKind::Multimodal | InputKind::Paired
-    );
-    let wants_expr = matches!(
-        info.input,
-        InputKind::Expression | InputKind::Multimodal | InputKind::Paired
-    );
+    let wants_bag = loaded.arch.input.reads_slides();
+    let wants_expr = loaded.arch.input.reads_expression();
     let mut desc = Vec::new();
     let bag = match (&a.features, wants_bag) {
         (Some(f), true) => {
@@ -261,29 +245,16 @@ fn run_model(a: RunArgs) -> Result<ExitCode> {
         _ => None,
     };
     let input_desc = desc.join(" + ");
-    let input = match (info.input, &bag, &expr) {
-        (InputKind::Slide, Some(b), _) => Input::Bag(b),
-        (InputKind::Expression, _, Some(e)) => Input::Expression(e),
-        (InputKind::Paired, Some(b), Some(e)) => Input::Patient {
-            bag: Some(b),
-            expression: Some(e),
-        },
-        (InputKind::Paired, _, _) => {
-            bail!("{arch_name} needs both --features FILE and --expression MATRIX --sample ID")
-        }
-        (InputKind::Multimodal, b, e) if b.is_some() || e.is_some() => Input::Patient {
-            bag: b.as_ref(),
-            expression: e.as_ref(),
-        },
-        (InputKind::Slide, _, _) => bail!("{arch_name} reads slide features: give --features FILE"),
-        (InputKind::Expression, _, _) => {
-            bail!("{arch_name} reads expression: give --expression MATRIX --sample ID")
-        }
-        (InputKind::Multimodal, _, _) => {
-            bail!("{arch_name} needs --features FILE and/or --expression MATRIX --sample ID")
-        }
-    };
-    let out = model.forward(&input, &Mode::inference())?;
+    let input = loaded
+        .arch
+        .input
+        .select(bag.as_ref(), expr.as_ref())
+        .map_err(|missing| {
+            anyhow::anyhow!(
+                "{arch_name} {missing}: give --features FILE and/or --expression MATRIX --sample ID"
+            )
+        })?;
+    let out = loaded.model.forward(&input, &Mode::inference())?;
     let logits: Vec<f32> = out.logits.to_vec1()?;
     let probabilities: Vec<f32> = ops::softmax_last(&out.logits)?.to_vec1()?;
     let predicted = probabilities
@@ -310,7 +281,7 @@ fn run_model(a: RunArgs) -> Result<ExitCode> {
         }
     }
     let r = RunOutput {
-        arch: arch_name,
+        arch: arch_name.to_string(),
         input: input_desc,
         logits,
         probabilities,

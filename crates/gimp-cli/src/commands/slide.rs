@@ -8,8 +8,6 @@ use crate::progress;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use gimp_io::h5;
-use gimp_models::registry::{self, InputKind};
-use gimp_models::Input;
 use gimp_nn::Mode;
 use gimp_slide::overlay;
 use gimp_slide::patching::{self, ContourFn, PatchParams};
@@ -535,13 +533,13 @@ pub struct HeatmapArgs {
 }
 
 pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
-    let (arch, model, _, preprocessing) = super::model::load_model(
+    let (loaded, _, preprocessing) = super::model::load_model(
         a.checkpoint.as_deref(),
         a.arch.as_deref(),
         a.weights.as_deref(),
     )?;
-    let info = registry::find(&arch).context("architecture not in the registry")?;
-    if info.input == InputKind::Expression {
+    let arch = loaded.arch.name;
+    if !loaded.arch.input.reads_slides() {
         bail!("{arch} reads expression only: it has no per-patch scores");
     }
     let mut bag = gimp_io::feature_file::read_bag(&a.features, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
@@ -581,17 +579,14 @@ pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
         (Some(_), _, None) => bail!("--expression needs a gimp-rs --checkpoint"),
         _ => None,
     };
-    let input = match info.input {
-        InputKind::Paired if expr.is_none() => {
-            bail!("{arch} needs the patient's expression: give --expression MATRIX --sample ID")
-        }
-        InputKind::Multimodal | InputKind::Paired => Input::Patient {
-            bag: Some(&x),
-            expression: expr.as_ref(),
-        },
-        _ => Input::Bag(&x),
-    };
-    let out = model.forward(&input, &Mode::inference())?;
+    let input = loaded
+        .arch
+        .input
+        .select(Some(&x), expr.as_ref())
+        .map_err(|missing| {
+            anyhow::anyhow!("{arch} {missing}: give --expression MATRIX --sample ID")
+        })?;
+    let out = loaded.model.forward(&input, &Mode::inference())?;
     let scores: Vec<f32> = out
         .attention
         .context("this model returned no per-patch scores")?

@@ -1,10 +1,10 @@
-use crate::progress::bar;
 use anyhow::{Context, Result};
 use gimp_cohort::LoadOptions;
-use gimp_train::stages::{self, Progress, StageResult};
+use gimp_train::config::Preset;
+use gimp_train::progress::Bars;
+use gimp_train::stages;
+use gimp_train::trainer::{Control, StageResult};
 use gimp_train::{Prepared, RunConfig};
-use indicatif::ProgressBar;
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -19,7 +19,7 @@ pub struct Common {
     pub out: PathBuf,
     /// Named preset: paper (the paper's hyper-parameters) or demo (minutes on a laptop).
     #[arg(long, default_value = "paper", conflicts_with = "config")]
-    pub preset: String,
+    pub preset: Preset,
     /// A run file (TOML): `preset = "…"` plus any field to override.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -42,8 +42,7 @@ impl Common {
                     .with_context(|| format!("reading {}", p.display()))?;
                 RunConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
             }
-            None => RunConfig::preset(&self.preset)
-                .with_context(|| format!("unknown preset '{}' (paper, demo)", self.preset))?,
+            None => RunConfig::preset(self.preset),
         };
         if let Some(s) = self.seed {
             cfg.seed = s;
@@ -55,8 +54,8 @@ impl Common {
     }
 }
 
-fn control(c: &Common) -> stages::Control {
-    stages::Control {
+fn control(c: &Common) -> Control {
+    Control {
         resume: c.resume,
         stop_after: None,
     }
@@ -81,46 +80,6 @@ pub fn prepare(c: &Common) -> Result<(RunConfig, Prepared)> {
         serde_json::to_string_pretty(&run)?.as_bytes(),
     )?;
     Ok((cfg, data))
-}
-
-/// A progress bar fed by a stage's progress callback.
-pub struct Bars(RefCell<Option<(ProgressBar, usize)>>);
-
-impl Bars {
-    pub fn new() -> Self {
-        Self(RefCell::new(None))
-    }
-
-    pub fn update(&self, p: &Progress) {
-        let mut cur = self.0.borrow_mut();
-        let fresh = !matches!(&*cur, Some((_, e)) if *e == p.epoch);
-        if fresh {
-            if let Some((b, _)) = cur.take() {
-                b.finish_and_clear();
-            }
-            let b = bar(
-                p.steps as u64,
-                &format!("{} {}/{}", p.stage, p.epoch + 1, p.epochs),
-            );
-            *cur = Some((b, p.epoch));
-        }
-        if let Some((b, _)) = &*cur {
-            b.set_position(p.step as u64);
-            b.set_message(format!(
-                "{} {}/{} loss {:.4}",
-                p.stage,
-                p.epoch + 1,
-                p.epochs,
-                p.loss
-            ));
-        }
-    }
-
-    pub fn finish(&self) {
-        if let Some((b, _)) = self.0.borrow_mut().take() {
-            b.finish_and_clear();
-        }
-    }
 }
 
 pub fn report(name: &str, r: &StageResult, classes: &[String], dir: &Path) -> Result<()> {
@@ -367,7 +326,7 @@ pub struct TrainArgs {
     pub weight_decay: Option<f64>,
     /// adam_l2 (Adam with L2, as CLAM/PORPOISE) or adamw.
     #[arg(long)]
-    pub optimizer: Option<String>,
+    pub optimizer: Option<gimp_nn::optim::Kind>,
     /// Cosine decay of the learning rate (default: constant, as the reference code).
     #[arg(long)]
     pub cosine: bool,
@@ -404,17 +363,17 @@ pub struct TrainArgs {
 
 pub fn train(a: TrainArgs) -> Result<ExitCode> {
     use gimp_train::supervised::{self, SupervisedConfig};
-    let mut cfg = SupervisedConfig::defaults(&a.arch);
+    let mut cfg = SupervisedConfig::defaults(gimp_models::registry::lookup(&a.arch)?)?;
     cfg.seed = a.seed;
     cfg.fold = a.fold;
     if let Some(v) = a.pretrain_epochs {
-        cfg.pretrain.epochs = v;
+        cfg.self_supervised.epochs = v;
     }
     if let Some(v) = a.pretrain_lr {
-        cfg.pretrain.lr = v;
+        cfg.self_supervised.lr = v;
     }
     if let Some(v) = a.pretrain_batch {
-        cfg.pretrain.batch = v;
+        cfg.self_supervised.batch = v;
     }
     if let Some(v) = a.accumulate {
         cfg.accumulate = v.max(1);
@@ -429,12 +388,8 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
     if let Some(v) = a.weight_decay {
         cfg.weight_decay = v;
     }
-    if let Some(o) = &a.optimizer {
-        cfg.optimizer = match o.as_str() {
-            "adamw" => gimp_nn::optim::Kind::AdamW,
-            "adam_l2" => gimp_nn::optim::Kind::AdamL2,
-            other => anyhow::bail!("--optimizer must be adamw or adam_l2, not '{other}'"),
-        };
+    if let Some(o) = a.optimizer {
+        cfg.optimizer = o;
     }
     cfg.cosine = a.cosine;
     cfg.max_patches = a.max_patches;
@@ -446,7 +401,7 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
         &data,
         &cfg,
         &a.out,
-        stages::Control {
+        Control {
             resume: a.resume,
             stop_after: None,
         },
