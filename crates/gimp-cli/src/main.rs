@@ -75,9 +75,9 @@ enum Command {
     Model(commands::model::Command),
 }
 
-/// Large freed tensors are reused instead of re-faulted from the kernel (see `gimp_nn::alloc`).
+/// Large freed tensors are reused instead of re-faulted from the kernel (see `gimp_nn::cpu::alloc`).
 #[global_allocator]
-static ALLOC: gimp_nn::alloc::CachingAlloc = gimp_nn::alloc::CachingAlloc::new();
+static ALLOC: gimp_nn::cpu::alloc::CachingAlloc = gimp_nn::cpu::alloc::CachingAlloc::new();
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()

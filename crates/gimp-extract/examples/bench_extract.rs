@@ -7,9 +7,9 @@ use candle_core::{Device, Tensor};
 use gimp_extract::resnet::{random_weights, ResNet50Trunc};
 use std::time::Instant;
 
-/// As in the `gimp-rs` binary: large freed tensors are reused (see `gimp_nn::alloc`).
+/// As in the `gimp-rs` binary: large freed tensors are reused (see `gimp_nn::cpu::alloc`).
 #[global_allocator]
-static ALLOC: gimp_nn::alloc::CachingAlloc = gimp_nn::alloc::CachingAlloc::new();
+static ALLOC: gimp_nn::cpu::alloc::CachingAlloc = gimp_nn::cpu::alloc::CachingAlloc::new();
 
 fn main() -> candle_core::Result<()> {
     let args: Vec<String> = std::env::args().collect();

@@ -4,8 +4,8 @@
 //! (`conv1.weight`, `bn1.running_mean`, `layer2.0.downsample.0.weight`, …).
 
 use candle_core::{DType, Device, Result, Tensor};
+use gimp_nn::cpu::matmul::{mm_parallel, View};
 use gimp_nn::cpu::with_data;
-use gimp_nn::matmul::{mm_parallel, View};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 

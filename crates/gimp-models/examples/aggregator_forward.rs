@@ -6,9 +6,9 @@ use candle_core::{Device, Tensor};
 use gimp_models::aggregator::{AggregatorConfig, PatchAggregator};
 use gimp_nn::{Mode, ParamStore};
 
-/// As in the `gimp-rs` binary: large freed tensors are reused (see `gimp_nn::alloc`).
+/// As in the `gimp-rs` binary: large freed tensors are reused (see `gimp_nn::cpu::alloc`).
 #[global_allocator]
-static ALLOC: gimp_nn::alloc::CachingAlloc = gimp_nn::alloc::CachingAlloc::new();
+static ALLOC: gimp_nn::cpu::alloc::CachingAlloc = gimp_nn::cpu::alloc::CachingAlloc::new();
 
 fn main() -> candle_core::Result<()> {
     let n: usize = std::env::args()

@@ -7,10 +7,10 @@
 //! Memory is linear in the bag: Nyström attention never forms an `N × N` matrix.
 
 use candle_core::{Result, Tensor};
-use gimp_nn::lanes::layer_norm_rows;
-use gimp_nn::matmul::linear_rows;
-use gimp_nn::matmul::View;
-use gimp_nn::nystrom::{NystromAttention, NystromConfig};
+use gimp_nn::cpu::lanes::layer_norm_rows;
+use gimp_nn::cpu::matmul::linear_rows;
+use gimp_nn::cpu::matmul::View;
+use gimp_nn::nystrom::{choose_path, NystromAttention, NystromConfig, NystromPath};
 use gimp_nn::{Activation, Init, LayerNorm, Linear, Mode, Scope};
 use serde::{Deserialize, Serialize};
 
@@ -222,20 +222,23 @@ impl PatchAggregator {
 
     /// `CLS_img` `[dim]` of a bag `[N, D_in]`.
     pub fn cls(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
-        if self.in_place_inference(mode) {
+        if self.in_place_inference(mode, x) {
             return self.cls_in_place(x);
         }
         let e = self.encode(&self.embed(x)?, mode, false)?;
         e.tokens.get(0)?.get(0)
     }
 
-    /// Whether [`Self::cls`] runs on raw buffers: inference without PPEG or square padding.
-    fn in_place_inference(&self, mode: &Mode) -> bool {
-        mode.no_grad && !mode.train && !self.cfg.ppeg && !self.cfg.square_pad
+    /// Whether [`Self::cls`] runs on raw buffers: when the layers would stream anyway, and
+    /// there is no PPEG or square padding.
+    fn in_place_inference(&self, mode: &Mode, x: &Tensor) -> bool {
+        choose_path(mode, true, x) == NystromPath::Streaming
+            && !self.cfg.ppeg
+            && !self.cfg.square_pad
     }
 
     /// Inference of `CLS_img` with every layer updating one token buffer in place
-    /// (`gimp_nn::nystrom_infer`): a 150,000-patch bag needs the tokens, K and V, nothing of
+    /// (`gimp_nn::nystrom::infer`): a 150,000-patch bag needs the tokens, K and V, nothing of
     /// size `N × m` and no second copy of the tokens.
     fn cls_in_place(&self, x: &Tensor) -> Result<Tensor> {
         let (n, d_in) = x.dims2()?;

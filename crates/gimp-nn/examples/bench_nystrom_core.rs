@@ -2,7 +2,7 @@
 //! 6,144 padded rows, 8 heads × 64, 256 landmarks, kernel 33.
 //! `cargo run --release -p gimp-nn --example bench_nystrom_core`
 use candle_core::{Device, Tensor, Var};
-use gimp_nn::nystrom_op::{nystrom_core, CoreShape};
+use gimp_nn::nystrom::core_op::{nystrom_core, CoreShape};
 use std::time::Instant;
 
 fn main() -> candle_core::Result<()> {

@@ -1,6 +1,6 @@
 //! Linear and LayerNorm with PyTorch's parameter names, shapes and initialisation.
 
-use crate::fused_linear::{self, Activation};
+use crate::cpu::fused_linear::{self, Activation};
 use crate::init::Init;
 use crate::ops;
 use crate::params::Scope;

@@ -11,7 +11,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     if x.dtype() != DType::F32 || !x.device().is_cpu() {
         return softmax_last_graph(x);
     }
-    x.contiguous()?.apply_op1(crate::kernels::SoftmaxLast)
+    x.contiguous()?.apply_op1(crate::cpu::kernels::SoftmaxLast)
 }
 
 /// Softmax built from candle's ordinary ops (the formulation the fused op is checked against).
@@ -39,7 +39,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     x.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &bias.contiguous()?,
-        crate::kernels::LayerNormLast { eps: eps as f32 },
+        crate::cpu::kernels::LayerNormLast { eps: eps as f32 },
     )
 }
 
@@ -141,7 +141,9 @@ pub fn dropout(x: &Tensor, p: f64, mode: &Mode) -> Result<Tensor> {
     if x.dtype() == DType::F32 && x.device().is_cpu() {
         // The same draws as below, with the scale folded into the mask: one op (`MaskOp`).
         let mask = mode.scaled_keep_mask(x.elem_count(), p);
-        return x.contiguous()?.apply_op1(crate::kernels::MaskOp { mask });
+        return x
+            .contiguous()?
+            .apply_op1(crate::cpu::kernels::MaskOp { mask });
     }
     let mask = mode
         .keep_mask(x.dims(), 1.0 - p, x.device())?
@@ -155,8 +157,10 @@ pub fn replace_rows(x: &Tensor, token: &Tensor, rows: &[usize]) -> Result<Tensor
     let mut rows = rows.to_vec();
     rows.sort_unstable();
     rows.dedup();
-    x.contiguous()?
-        .apply_op2(&token.contiguous()?, crate::kernels::ReplaceRows { rows })
+    x.contiguous()?.apply_op2(
+        &token.contiguous()?,
+        crate::cpu::kernels::ReplaceRows { rows },
+    )
 }
 
 /// SELU's constants (Klambauer et al. 2017).

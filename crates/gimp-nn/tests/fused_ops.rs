@@ -112,7 +112,7 @@ fn layer_norm_matches_the_graph_version_and_finite_differences() {
 
 #[test]
 fn linear_matches_the_graph_version_for_every_activation() {
-    use gimp_nn::fused_linear::{linear, Activation};
+    use gimp_nn::cpu::fused_linear::{linear, Activation};
     let x = Var::from_tensor(&weights(&[2, 37, 11], 7)).unwrap();
     let w = Var::from_tensor(&weights(&[13, 11], 8)).unwrap();
     let b = Var::from_tensor(&weights(&[13], 9)).unwrap();

@@ -251,7 +251,7 @@ fn streaming_inference_matches_the_fixtures_and_the_graph_path() {
     }
 }
 
-/// The fused layer op (`nystrom_op`) against the same layer built from candle's ordinary ops:
+/// The fused layer op (`nystrom::core_op`) against the same layer built from candle's ordinary ops:
 /// forward and the gradients of the input and every parameter, batch 2, with and without the
 /// residual convolution, both un-padding conventions.
 #[test]
@@ -296,7 +296,7 @@ fn fused_op_matches_the_graph_formulation() {
 /// (every input element of a small case), so the check does not depend on candle's autograd.
 #[test]
 fn fused_op_backward_matches_finite_differences() {
-    use gimp_nn::nystrom_op::{nystrom_core, CoreShape};
+    use gimp_nn::nystrom::core_op::{nystrom_core, CoreShape};
     let shape = CoreShape {
         heads: 2,
         dim_head: 3,
@@ -384,7 +384,7 @@ fn fused_op_backward_matches_finite_differences() {
     }
 }
 
-/// The whole pre-norm residual layer as one op (`nystrom_layer_op`) against
+/// The whole pre-norm residual layer as one op (`nystrom::layer_op`) against
 /// `x + attention(LayerNorm(x))` composed from candle's ordinary ops: forward and the gradients
 /// of the input, the LayerNorm and every attention parameter; batch 2, padding, both
 /// un-padding conventions, with and without the residual convolution.
@@ -426,7 +426,7 @@ fn fused_layer_matches_the_composed_layer() {
         };
         // A first pass on other data leaves stale values in the reused buffers: the checked
         // pass must not depend on them.
-        gimp_nn::scratch::pool_every_size();
+        gimp_nn::cpu::pool_every_size();
         let other = (x.as_tensor() * 3.0).unwrap().sin().unwrap();
         let polluted = attn
             .forward_prenorm_residual(&norm, &other, &Mode::eval())
@@ -488,7 +488,7 @@ fn fused_layer_on_selected_rows_matches_the_whole_layer() {
             let grads = input_and_parameter_grads(&o, &w, &x, &store);
             (o, grads)
         };
-        gimp_nn::scratch::pool_every_size();
+        gimp_nn::cpu::pool_every_size();
         let other = (x.as_tensor() * 3.0).unwrap().sin().unwrap();
         let polluted = attn
             .forward_prenorm_residual_rows(&norm, &other, &Mode::eval(), Some(&rows))

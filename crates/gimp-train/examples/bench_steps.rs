@@ -32,9 +32,9 @@ fn time(repeat: usize, mut f: impl FnMut() -> candle_core::Result<()>) -> candle
     Ok(median(t))
 }
 
-/// Large freed tensors are reused instead of re-faulted from the kernel (see `gimp_nn::alloc`).
+/// Large freed tensors are reused instead of re-faulted from the kernel (see `gimp_nn::cpu::alloc`).
 #[global_allocator]
-static ALLOC: gimp_nn::alloc::CachingAlloc = gimp_nn::alloc::CachingAlloc::new();
+static ALLOC: gimp_nn::cpu::alloc::CachingAlloc = gimp_nn::cpu::alloc::CachingAlloc::new();
 
 fn optional(
     run: bool,

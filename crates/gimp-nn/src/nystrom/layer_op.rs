@@ -1,7 +1,7 @@
 //! A whole pre-norm residual Nyström layer, `x + dropout(to_out(core(to_qkv(pad(LN(x))))))`,
 //! as one candle op with a hand-written backward pass.
 //!
-//! Built from separate ops (LayerNorm, projection, padding copy, [`crate::nystrom_op`] core,
+//! Built from separate ops (LayerNorm, projection, padding copy, [`super::core_op`] core,
 //! projection, dropout, un-padding copy, residual add) every boundary is a tensor allocated
 //! forward and, backward, a zero tensor plus an addition for the gradient candle accumulates
 //! into it — about 150 MB of extra memory traffic per layer on a 6,000-patch window. Here the
@@ -12,11 +12,12 @@
 //! `to_out.0.weight`, `to_out.0.bias`, the residual kernels): `Tensor::cat` of the parameters is
 //! differentiable, so candle hands each parameter its slice of the packed gradient.
 
-use crate::cpu::with_data;
-use crate::lanes::layer_norm_rows;
-use crate::matmul::{mm_parallel, View};
-use crate::nystrom_op::{CoreShape, Dims, NystromCore};
-use crate::scratch;
+use super::core_op::{CoreShape, Dims, NystromCore};
+use super::geometry::Geometry;
+use crate::cpu::lanes::layer_norm_rows;
+use crate::cpu::matmul::{mm_parallel, View};
+use crate::cpu::scratch;
+use crate::cpu::{with_data, CpuForward};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -104,12 +105,10 @@ impl NystromLayerOp {
         rows: Option<Vec<usize>>,
         n: usize,
     ) -> Self {
-        let m = shape.core.landmarks.max(1);
-        let pad = (m - n % m) % m;
-        let start = if shape.legacy_front_slice { 0 } else { pad };
+        let geo = Geometry::new(n, shape.core.landmarks, shape.legacy_front_slice);
         let positions = rows
             .as_ref()
-            .map(|r| r.iter().map(|&t| t + start).collect());
+            .map(|r| r.iter().map(|&t| geo.output_position(t)).collect());
         Self {
             shape,
             mask,
@@ -121,10 +120,10 @@ impl NystromLayerOp {
 
     /// Output rows per batch item, rows of the core's output per batch item, and the first
     /// of those that is read.
-    fn output_rows(&self, n: usize, np: usize, start: usize) -> (usize, usize, usize) {
+    fn output_rows(&self, geo: &Geometry) -> (usize, usize, usize) {
         match &self.rows {
             Some(r) => (r.len(), r.len(), 0),
-            None => (n, np, start),
+            None => (geo.n, geo.padded, geo.start),
         }
     }
 
@@ -152,8 +151,8 @@ impl NystromLayerOp {
         })
     }
 
-    /// Batch, tokens, padded rows, padding, first output row.
-    fn geometry(&self, x: &Shape) -> Result<(usize, usize, usize, usize, usize)> {
+    /// Batch size and the padded layout of the input `x`.
+    fn geometry(&self, x: &Shape) -> Result<(usize, Geometry)> {
         let (b, n, dim) = x.dims3()?;
         let m = self.shape.core.landmarks;
         if dim != self.shape.dim || n == 0 || m == 0 {
@@ -163,18 +162,12 @@ impl NystromLayerOp {
                 self.shape.dim
             );
         }
-        let pad = (m - n % m) % m;
-        let start = if self.shape.legacy_front_slice {
-            0
-        } else {
-            pad
-        };
         if let Some(r) = &self.rows {
             if r.windows(2).any(|w| w[0] >= w[1]) || r.last().is_some_and(|&t| t >= n) {
                 candle_core::bail!("nystrom layer: selected rows must be increasing and below {n}");
             }
         }
-        Ok((b, n, n + pad, pad, start))
+        Ok((b, Geometry::new(n, m, self.shape.legacy_front_slice)))
     }
 
     fn core_dims(&self, b: usize, np: usize) -> Result<Dims> {
@@ -183,8 +176,9 @@ impl NystromLayerOp {
     }
 
     fn forward(&self, x: &[f32], xs: &Shape, packed: &[f32]) -> Result<Vec<f32>> {
-        let (b, n, np, pad, start) = self.geometry(xs)?;
-        let (t, ro, o_off) = self.output_rows(n, np, start);
+        let (b, geo) = self.geometry(xs)?;
+        let (n, np, pad) = (geo.n, geo.padded, geo.pad);
+        let (t, ro, o_off) = self.output_rows(&geo);
         let p = self.params(packed)?;
         let (dim, inner) = (self.shape.dim, self.shape.inner());
         if let Some(mask) = &self.mask {
@@ -252,8 +246,9 @@ impl NystromLayerOp {
         packed: &[f32],
         g: &[f32],
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (b, n, np, pad, start) = self.geometry(xs)?;
-        let (t, ro, o_off) = self.output_rows(n, np, start);
+        let (b, geo) = self.geometry(xs)?;
+        let (n, np, pad) = (geo.n, geo.padded, geo.pad);
+        let (t, ro, o_off) = self.output_rows(&geo);
         let p = self.params(packed)?;
         let (dim, inner) = (self.shape.dim, self.shape.inner());
         let guard = self.saved.lock().unwrap_or_else(|p| p.into_inner());
@@ -323,12 +318,12 @@ impl NystromLayerOp {
         scratch::recycle(dqkv);
         let mut dx = scratch::buffer(x.len());
         let (dw, db) =
-            crate::kernels::layer_norm_backward(&mut dx, x, &dln, p.ln_w, self.shape.eps);
+            crate::cpu::kernels::layer_norm_backward(&mut dx, x, &dln, p.ln_w, self.shape.eps);
         // The residual: each output row's gradient goes to its token.
         for (j, gr) in g.chunks_exact(dim).enumerate() {
             let (bi, jj) = (j / t, j % t);
             let at = (bi * n + self.token(jj)) * dim;
-            crate::lanes::axpy(&mut dx[at..at + dim], 1.0, gr);
+            crate::cpu::lanes::axpy(&mut dx[at..at + dim], 1.0, gr);
         }
         dpacked[offsets[0]..offsets[1]].copy_from_slice(&dw);
         dpacked[offsets[1]..offsets[2]].copy_from_slice(&db);
@@ -341,13 +336,7 @@ impl CustomOp2 for NystromLayerOp {
         "nystrom-layer"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CpuForward {
         let x = crate::cpu::slice(s1, l1, "nystrom layer: input")?;
         let p = crate::cpu::slice(s2, l2, "nystrom layer: parameters")?;
         let out = self.forward(x, l1.shape(), p)?;

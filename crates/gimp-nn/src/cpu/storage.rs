@@ -1,6 +1,9 @@
 //! Access to the `f32` data behind candle's CPU tensors, for the fused ops.
 
-use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
+use candle_core::{CpuStorage, Layout, Result, Shape, Storage, Tensor};
+
+/// What a custom op's `cpu_fwd` returns: the output's storage and shape.
+pub(crate) type CpuForward = Result<(CpuStorage, Shape)>;
 
 /// The values of a contiguous layout in a CPU storage; `what` names the operand in the error.
 pub fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {

@@ -10,7 +10,7 @@
 //! The cache holds at most [`CachingAlloc::DEFAULT_CAP`] bytes (or `GIMP_ALLOC_CACHE_MB`
 //! megabytes, read once; 0 disables it, a value that is not a number keeps the default); beyond
 //! that the oldest blocks are returned to the system. Install it in a binary with
-//! `#[global_allocator] static A: gimp_nn::alloc::CachingAlloc = gimp_nn::alloc::CachingAlloc::new();`
+//! `#[global_allocator] static A: gimp_nn::cpu::alloc::CachingAlloc = gimp_nn::cpu::alloc::CachingAlloc::new();`
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -144,6 +144,12 @@ impl CachingAlloc {
     }
 }
 
+// SAFETY: every block comes from `System`, and a block is in exactly one place at a time: handed
+// out to its user, or in one cache slot (`take` clears the slot under the lock before handing the
+// block out, `put` fills one after its user freed it). A cached block is handed out only for a
+// layout of exactly the size and alignment it was allocated with, so it meets that layout, and
+// it goes back to `System` with that same layout. Nothing here unwinds: the lock is taken with
+// poisoning ignored and the code under it neither allocates nor indexes out of bounds.
 unsafe impl GlobalAlloc for CachingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if layout.size() >= MIN_CACHED {
@@ -151,22 +157,28 @@ unsafe impl GlobalAlloc for CachingAlloc {
                 return p;
             }
         }
+        // SAFETY: the caller's layout (non-zero size, per `GlobalAlloc::alloc`) is passed on.
         System.alloc(layout)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if layout.size() >= MIN_CACHED {
             if let Some(p) = self.take(layout) {
+                // SAFETY: `p` is a live block of exactly `layout.size()` bytes that `take` just
+                // removed from the cache, so nothing else reads or writes it.
                 std::ptr::write_bytes(p, 0, layout.size());
                 return p;
             }
         }
+        // SAFETY: as in `alloc`.
         System.alloc_zeroed(layout)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // The size test comes first: `cap()` may read the environment, which allocates and
         // frees small buffers that must not come back here.
+        // SAFETY (each `System.dealloc` below): the caller guarantees `ptr` was allocated by
+        // this allocator with `layout`, which means by `System` with `layout` (see the impl).
         if layout.size() < MIN_CACHED {
             return System.dealloc(ptr, layout);
         }
@@ -175,6 +187,9 @@ unsafe impl GlobalAlloc for CachingAlloc {
             return System.dealloc(ptr, layout);
         }
         while let Some(s) = self.evict_for(layout.size(), cap) {
+            // SAFETY: an evicted block left the cache under the lock, so this is its only
+            // owner; its size and alignment were copied from the valid `Layout` it was freed
+            // with, which is also the one `System` allocated it with.
             System.dealloc(
                 s.ptr as *mut u8,
                 Layout::from_size_align_unchecked(s.size, s.align),
@@ -187,12 +202,20 @@ unsafe impl GlobalAlloc for CachingAlloc {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if layout.size() < MIN_CACHED && new_size < MIN_CACHED {
+            // SAFETY: neither the old nor the new size is ever cached, so `ptr` came straight
+            // from `System` with `layout`, and `System` may resize it; the caller's guarantees
+            // on `new_size` are passed on.
             return System.realloc(ptr, layout, new_size);
         }
+        // SAFETY: the alignment is a valid layout's, and the caller guarantees that `new_size`
+        // is non-zero and, rounded up to it, does not overflow `isize` (`GlobalAlloc::realloc`).
         let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
         let p = self.alloc(new_layout);
         if !p.is_null() {
+            // SAFETY: `ptr` is live for `layout.size()` bytes and `p` for `new_size`; `p` is a
+            // different block (`ptr` is still allocated, hence not in the cache).
             std::ptr::copy_nonoverlapping(ptr, p, layout.size().min(new_size));
+            // SAFETY: `ptr` was allocated by this allocator with `layout` (caller's guarantee).
             self.dealloc(ptr, layout);
         }
         p
@@ -208,6 +231,8 @@ mod tests {
         let a = CachingAlloc::new();
         a.cap.store(3 << 20, Ordering::Relaxed);
         let l = Layout::from_size_align(1 << 20, 64).unwrap();
+        // SAFETY: every block is freed once, with the layout it was allocated with, and read or
+        // written only while allocated and within its size.
         unsafe {
             let p = a.alloc(l);
             p.write(7);

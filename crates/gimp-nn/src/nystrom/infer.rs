@@ -12,12 +12,16 @@
 //!    tokens. Reverse order keeps the legacy un-padding (output row `i` reads token `i − pad`)
 //!    correct in place: rows a chunk reads are never ones already written.
 //!
-//! The arithmetic is the training op's (`nystrom_op`); `tests/nystrom_parity.rs` checks both
+//! The arithmetic is the training op's (`core_op`, sharing its landmark means, landmark
+//! attention, pseudo-inverse and residual convolution); `tests/nystrom_parity.rs` checks both
 //! against the reference fixtures.
 
-use crate::lanes::{layer_norm_rows, softmax_rows};
-use crate::matmul::{linear_rows, mm, View};
-use crate::nystrom_op::{pinv_forward, segment_means, start_scale, CoreShape};
+use super::core_op::{landmark_attention, merge_heads, CoreShape};
+use super::geometry::{segment_means, Geometry, SegmentMeans};
+use super::pinv::{pinv_forward, start_scale};
+use super::residual_conv::conv_rows;
+use crate::cpu::lanes::{layer_norm_rows, softmax_rows};
+use crate::cpu::matmul::{linear_rows, mm, View};
 use candle_core::Result;
 use rayon::prelude::*;
 
@@ -69,9 +73,8 @@ pub fn layer_inplace(
     if n == 0 {
         candle_core::bail!("nystrom inference: empty bag");
     }
-    let pad = (m - n % m) % m;
-    let np = n + pad;
-    let l = np / m;
+    let geo = Geometry::new(n, m, legacy_front_slice);
+    let (pad, np, l) = (geo.pad, geo.padded, geo.segment);
     let chunk = chunk.max(1);
     let scale = 1.0 / (d as f32).sqrt();
     let wqkv = View::dense(w.qkv, 3 * inner, dim);
@@ -87,7 +90,7 @@ pub fn layer_inplace(
     // Pass 1: K, V for every position (padding rows stay zero), Q summed per landmark segment.
     let mut k_all = vec![0f32; np * inner];
     let mut v_all = vec![0f32; np * inner];
-    let mut q_sum = vec![0f32; h * m * d];
+    let mut q_means = SegmentMeans::new(h * m, d, l);
     for t0 in (0..n).step_by(chunk) {
         let t1 = (t0 + chunk).min(n);
         let normed = normalise(&x[t0 * dim..t1 * dim]);
@@ -99,15 +102,11 @@ pub fn layer_inplace(
             v_all[pos * inner..(pos + 1) * inner].copy_from_slice(&row[2 * inner..]);
             let seg = pos / l;
             for hd in 0..h {
-                let dst = &mut q_sum[(hd * m + seg) * d..(hd * m + seg + 1) * d];
-                dst.iter_mut()
-                    .zip(&row[hd * d..(hd + 1) * d])
-                    .for_each(|(a, v)| *a += v);
+                q_means.add(hd * m + seg, &row[hd * d..(hd + 1) * d]);
             }
         }
     }
-    let inv_l = 1.0 / l as f32;
-    let q_land: Vec<f32> = q_sum.iter().map(|v| v * inv_l).collect();
+    let q_land = q_means.finish();
     let k_land: Vec<Vec<f32>> = (0..h)
         .map(|hd| segment_means(View::rows_of(&k_all, hd * d, np, d, inner), l))
         .collect();
@@ -115,15 +114,16 @@ pub fn layer_inplace(
     // Pass 2: A, the global start scale, Z, and U = Z (F3 V) per head.
     let a: Vec<Vec<f32>> = (0..h)
         .map(|hd| {
-            let mut a = vec![0f32; m * m];
-            let qm = View::dense(&q_land[hd * m * d..(hd + 1) * m * d], m, d);
-            mm(&mut a, qm, View::dense(&k_land[hd], m, d).t(), false, scale);
-            softmax_rows(&mut a, m);
-            a
+            landmark_attention(
+                &q_land[hd * m * d..(hd + 1) * m * d],
+                &k_land[hd],
+                m,
+                d,
+                scale,
+            )
         })
         .collect();
-    let start = start_scale(a.iter().map(|a| a.as_slice()), m);
-    let c = start.row_max * start.col_max;
+    let c = start_scale(a.iter().map(|a| a.as_slice()), m).c();
     let u: Vec<Vec<f32>> = (0..h)
         .into_par_iter()
         .map(|hd| {
@@ -161,24 +161,18 @@ pub fn layer_inplace(
                 row.iter_mut().for_each(|v| *v /= s);
             }
             let mut u = vec![0f32; m * d];
-            mm(
-                &mut u,
-                View::dense(&z, m, m),
-                View::dense(&acc, m, d),
-                false,
-                1.0,
-            );
+            let (zv, f3v) = (View::dense(&z, m, m), View::dense(&acc, m, d));
+            mm(&mut u, zv, f3v, false, 1.0);
             u
         })
         .collect();
     drop(k_all);
 
     // Pass 3: outputs, chunks in reverse order (see the module comment).
-    let start = if legacy_front_slice { 0 } else { pad };
+    let start = geo.start;
     let wq = View::rows_of(w.qkv, 0, inner, dim, dim);
     let wout = View::dense(w.out_weight, dim, inner);
     let kk = shape.kernel;
-    let r = kk / 2;
     let starts: Vec<usize> = (0..n).step_by(chunk).collect();
     for &i0 in starts.iter().rev() {
         let i1 = (i0 + chunk).min(n);
@@ -192,6 +186,7 @@ pub fn layer_inplace(
             let normed = normalise(&x[s0 * dim..s1 * dim]);
             linear_rows(&normed, wq, None, &mut q[zero_rows * inner..]);
         }
+        let positions: Vec<usize> = (p0..p1).collect();
         let per_head: Vec<Vec<f32>> = (0..h)
             .into_par_iter()
             .map(|hd| {
@@ -214,27 +209,17 @@ pub fn layer_inplace(
                     1.0,
                 );
                 if kk > 0 {
+                    let v = View::rows_of(&v_all, hd * d, np, d, inner);
                     let wk = &w.conv[hd * kk..(hd + 1) * kk];
-                    for (i, orow) in o.chunks_exact_mut(d).enumerate() {
-                        let pos = p0 + i;
-                        for (t, &wt) in wk.iter().enumerate() {
-                            let Some(src) = (pos + t).checked_sub(r).filter(|&s| s < np) else {
-                                continue;
-                            };
-                            let v = &v_all[src * inner + hd * d..src * inner + (hd + 1) * d];
-                            orow.iter_mut().zip(v).for_each(|(a, b)| *a += wt * b);
-                        }
-                    }
+                    conv_rows(&mut o, v, wk, Some(&positions));
                 }
                 o
             })
             .collect();
         let mut merged = vec![0f32; c * inner];
-        for (hd, o) in per_head.iter().enumerate() {
-            for (i, row) in o.chunks_exact(d).enumerate() {
-                merged[i * inner + hd * d..i * inner + (hd + 1) * d].copy_from_slice(row);
-            }
-        }
+        let parts: Vec<[&[f32]; 1]> = per_head.iter().map(|o| [o.as_slice()]).collect();
+        merge_heads(&mut merged, &parts, h, d, c);
+        drop(parts);
         drop(per_head);
         let mut y = vec![0f32; c * dim];
         linear_rows(&merged, wout, w.out_bias, &mut y);

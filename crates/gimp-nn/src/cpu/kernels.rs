@@ -1,145 +1,15 @@
-//! Fused CPU kernels as candle custom ops with hand-written backward passes: the depthwise
-//! residual convolution of Nyström attention (on candle tensors, used by the graph formulation
-//! that the fused layer is checked against), softmax and LayerNorm over the last dimension.
+//! Fused CPU kernels as candle custom ops with hand-written backward passes: softmax and
+//! LayerNorm over the last dimension (the residual convolution of Nyström attention is in
+//! `nystrom::residual_conv`).
 //!
-//! Built from candle's ordinary ops, the convolution is 33 shifted multiply-adds whose
-//! intermediates all stay alive for backprop (≈ 66 copies of V); as one op it reads V once and
-//! keeps nothing. candle-nn's fused softmax and LayerNorm have no backward pass at all. Dropout
+//! candle-nn's fused softmax and LayerNorm have no backward pass at all. Dropout
 //! (a fixed, pre-scaled mask) and masked patch modelling's row replacement are one node each
 //! instead of three or four.
 
+use crate::cpu::lanes;
 use crate::cpu::{slice, with_data};
-use crate::lanes;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-
-/// `out[b,h,i,f] = Σ_t w[h,t] · v[b,h,i+t−⌊K/2⌋,f]` (zeros outside), V `[B, H, N, F]`, W `[H, K]`.
-pub struct DepthwiseSeqConv;
-
-/// The forward computation on plain slices (also the input gradient, with the kernel flipped).
-pub fn seq_conv(v: &[f32], w: &[f32], dims: (usize, usize, usize, usize), k: usize) -> Vec<f32> {
-    let (b, h, n, f) = dims;
-    let r = k / 2;
-    let mut out = vec![0f32; b * h * n * f];
-    out.par_chunks_mut(n * f).enumerate().for_each(|(bh, o)| {
-        let head = bh % h;
-        let src = &v[bh * n * f..(bh + 1) * n * f];
-        let wk = &w[head * k..(head + 1) * k];
-        for i in 0..n {
-            let row = &mut o[i * f..(i + 1) * f];
-            for (t, &wt) in wk.iter().enumerate() {
-                let j = i as isize + t as isize - r as isize;
-                if j < 0 || j >= n as isize {
-                    continue;
-                }
-                let s = &src[j as usize * f..(j as usize + 1) * f];
-                for (a, &x) in row.iter_mut().zip(s) {
-                    *a += wt * x;
-                }
-            }
-        }
-    });
-    out
-}
-
-/// `dw[h,t] = Σ_{b,i,f} g[b,h,i,f] · v[b,h,i+t−r,f]`.
-pub fn seq_conv_weight_grad(
-    g: &[f32],
-    v: &[f32],
-    dims: (usize, usize, usize, usize),
-    k: usize,
-) -> Vec<f32> {
-    let (b, h, n, f) = dims;
-    let r = k / 2;
-    let per: Vec<Vec<f64>> = (0..b * h)
-        .into_par_iter()
-        .map(|bh| {
-            let gs = &g[bh * n * f..(bh + 1) * n * f];
-            let vs = &v[bh * n * f..(bh + 1) * n * f];
-            let mut acc = vec![0f64; k];
-            for (t, a) in acc.iter_mut().enumerate() {
-                let mut s = 0f32;
-                for i in 0..n {
-                    let j = i as isize + t as isize - r as isize;
-                    if j < 0 || j >= n as isize {
-                        continue;
-                    }
-                    let (gr, vr) = (
-                        &gs[i * f..(i + 1) * f],
-                        &vs[j as usize * f..(j as usize + 1) * f],
-                    );
-                    s += gr.iter().zip(vr).map(|(x, y)| x * y).sum::<f32>();
-                }
-                *a = s as f64;
-            }
-            acc
-        })
-        .collect();
-    let mut dw = vec![0f32; h * k];
-    for (bh, acc) in per.iter().enumerate() {
-        for (t, a) in acc.iter().enumerate() {
-            dw[(bh % h) * k + t] += *a as f32;
-        }
-    }
-    dw
-}
-
-impl CustomOp2 for DepthwiseSeqConv {
-    fn name(&self) -> &'static str {
-        "depthwise-seq-conv"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (b, h, n, f) = l1.shape().dims4()?;
-        let (hw, k) = l2.shape().dims2()?;
-        if hw != h {
-            candle_core::bail!("depthwise conv: {h} heads but {hw} kernels");
-        }
-        let v = slice(s1, l1, "depthwise conv: V")?;
-        let w = slice(s2, l2, "depthwise conv: W")?;
-        Ok((
-            CpuStorage::F32(seq_conv(v, w, (b, h, n, f), k)),
-            l1.shape().clone(),
-        ))
-    }
-
-    fn bwd(
-        &self,
-        v: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (b, h, n, f) = v.dims4()?;
-        let (_, k) = w.dims2()?;
-        let gv: Vec<f32> = g.contiguous()?.flatten_all()?.to_vec1()?;
-        let vv: Vec<f32> = v.contiguous()?.flatten_all()?.to_vec1()?;
-        let wv: Vec<f32> = w.contiguous()?.flatten_all()?.to_vec1()?;
-        // Input gradient: the same correlation with each head's kernel reversed.
-        let flipped: Vec<f32> = wv
-            .chunks(k)
-            .flat_map(|c| c.iter().rev().copied().collect::<Vec<_>>())
-            .collect();
-        let dv = seq_conv(&gv, &flipped, (b, h, n, f), k);
-        let dw = seq_conv_weight_grad(&gv, &vv, (b, h, n, f), k);
-        Ok((
-            Some(Tensor::from_vec(dv, (b, h, n, f), v.device())?),
-            Some(Tensor::from_vec(dw, (h, k), w.device())?),
-        ))
-    }
-}
-
-/// Depthwise convolution of `v` `[B, H, N, F]` along N with per-head kernels `w` `[H, K]`.
-pub fn depthwise_seq_conv(v: &Tensor, w: &Tensor) -> Result<Tensor> {
-    v.contiguous()?
-        .apply_op2(&w.contiguous()?, DepthwiseSeqConv)
-}
 
 /// Rows per parallel task in the row-wise kernels below.
 const ROWS_PER_TASK: usize = 64;

@@ -7,8 +7,8 @@
 //! node: the bias and the activation are applied in the same pass over the product, and the
 //! backward pass forms the activation's derivative, the three gradients and nothing else.
 
+use crate::cpu::matmul::{mm_parallel, View};
 use crate::cpu::{slice, with_data};
-use crate::matmul::{mm_parallel, View};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -88,7 +88,7 @@ impl LinearOp {
         }
         let rows = x.len() / in_dim.max(1);
         let mut y = if in_dim > 0 {
-            crate::scratch::buffer(rows * out_dim)
+            crate::cpu::scratch::buffer(rows * out_dim)
         } else {
             vec![0f32; rows * out_dim]
         };

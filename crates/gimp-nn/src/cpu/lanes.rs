@@ -19,6 +19,9 @@ macro_rules! multiversion {
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                // SAFETY (both): `unsafe` only because calling code compiled for CPU features
+                // the processor lacks is undefined; they are called below only after the
+                // features are detected.
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 unsafe fn v4($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
@@ -185,6 +188,20 @@ crate::multiversion! {
     pub fn softmax_backward_rows(f: &[f32], g: &mut [f32], cols: usize) {
         for (fr, gr) in f.chunks_exact(cols).zip(g.chunks_exact_mut(cols)) {
             let dot = dot(fr, gr);
+            for (gv, fv) in gr.iter_mut().zip(fr) {
+                *gv = fv * (*gv - dot);
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    /// Softmax backward for columns `c0 .. c0 + cb` of the row-softmax `f` (`[rows, n]`), with
+    /// each row's `Σ_j g ⊙ f` given: `g ← f ⊙ (g − rowdot)` on the block `g` (`[rows, cb]`).
+    pub(crate) fn softmax_backward_block(f: &[f32], n: usize, c0: usize, g: &mut [f32], cb: usize, rowdot: &[f32]) {
+        for (i, gr) in g.chunks_exact_mut(cb).enumerate() {
+            let fr = &f[i * n + c0..i * n + c0 + cb];
+            let dot = rowdot[i];
             for (gv, fv) in gr.iter_mut().zip(fr) {
                 *gv = fv * (*gv - dot);
             }

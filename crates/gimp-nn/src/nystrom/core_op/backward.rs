@@ -1,0 +1,239 @@
+//! The core op's backward pass, in two phases per head around one global step: phase A runs
+//! everything from the output gradient down to `dA` and the head's share of `dL/dc` (the
+//! pseudo-inverse's start scale); once those shares are summed, the global step adds `dL/dc`
+//! to `dA` through the two maxima; phase B takes `dA` through the landmark softmax to Q and K.
+
+use super::{merge_heads, Dims, HeadSaved, Inputs, NystromCore, Saved};
+use crate::cpu::lanes::{self, softmax_backward_block, softmax_backward_rows};
+use crate::cpu::matmul::{mm, View};
+use crate::cpu::scratch;
+use crate::nystrom::pinv::pinv_backward;
+use crate::nystrom::residual_conv::{conv_input_grad, conv_weight_grad};
+use candle_core::Result;
+use rayon::prelude::*;
+
+impl NystromCore {
+    /// The backward pass on raw slices after [`Self::forward_slices`]: `(dqkv, dconv)`.
+    pub(crate) fn backward_slices(
+        &self,
+        qkv: &[f32],
+        conv: &[f32],
+        grad: &[f32],
+        dm: Dims,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let saved = self
+            .saved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                candle_core::Error::Msg("nystrom core: backward before forward".into())
+            })?;
+        Ok(self.backward(&saved, dm, qkv, conv, grad))
+    }
+}
+
+/// Phase A of one head's backward: everything down to `dA`, plus its share of `dL/dc`.
+struct HeadGrads {
+    /// dL/dQ, dL/dK, dL/dV of this head, `[N', d]`; the landmark terms are added in phase B.
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    /// dL/dQ̃, dL/dK̃ so far, `[m, d]`.
+    dqm: Vec<f32>,
+    dkm: Vec<f32>,
+    da: Vec<f32>,
+    dc: f32,
+    dconv: Vec<f32>,
+}
+
+impl Drop for HeadGrads {
+    fn drop(&mut self) {
+        scratch::recycle(std::mem::take(&mut self.dq));
+        scratch::recycle(std::mem::take(&mut self.dk));
+        scratch::recycle(std::mem::take(&mut self.dv));
+    }
+}
+
+/// Rows of `F1` (columns of `F3`) per block of the backward pass: a block of the `N' × m`
+/// gradient (256 × 256 floats) stays in the core's L2 cache from its product through the
+/// softmax backward to the two products that consume it, instead of streaming whole
+/// `N' × m` matrices through memory three times.
+const BLOCK: usize = 256;
+
+impl NystromCore {
+    fn head_backward_a(
+        &self,
+        s: &HeadSaved,
+        inp: Inputs,
+        bh: usize,
+        grad: &[f32],
+        c: f32,
+    ) -> HeadGrads {
+        let Inputs { dm, qkv, conv } = inp;
+        let (m, n, d) = (dm.m, dm.n, dm.d);
+        let sc = dm.scale;
+        let g = dm.merged(grad, bh);
+        let (q, k, v) = (dm.qkv(qkv, bh, 0), dm.qkv(qkv, bh, 1), dm.qkv(qkv, bh, 2));
+        let (qmv, kmv) = (View::dense(&s.qm, m, d), View::dense(&s.km, m, d));
+        let uv = View::dense(&s.u, m, d);
+        // F1 side, by row blocks: dU = F1ᵀ G, dS1 = softmax'(G Uᵀ), dQ = s·dS1 K̃, dK̃ = s·dS1ᵀ Q.
+        let r = dm.r;
+        let mut q_buf = Vec::new();
+        let qr = self.query_rows(q, &mut q_buf);
+        let mut du = vec![0f32; m * d];
+        let mut dq = scratch::buffer(r * d);
+        let mut dkm = vec![0f32; m * d];
+        let mut block = vec![0f32; BLOCK * m.max(1)];
+        for (bi, r0) in (0..r).step_by(BLOCK).enumerate() {
+            let rb = BLOCK.min(r - r0);
+            let f1b = View::dense(&s.f1[r0 * m..(r0 + rb) * m], rb, m);
+            let gb = g.rows(r0, rb);
+            let ds = &mut block[..rb * m];
+            mm(&mut du, f1b.t(), gb, bi > 0, 1.0);
+            mm(ds, gb, uv.t(), false, 1.0);
+            softmax_backward_rows(&s.f1[r0 * m..(r0 + rb) * m], ds, m);
+            let dsv = View::dense(ds, rb, m);
+            mm(&mut dq[r0 * d..(r0 + rb) * d], dsv, kmv, false, sc);
+            mm(&mut dkm, dsv.t(), qr.rows(r0, rb), bi > 0, sc);
+        }
+        if let Some(p) = &self.positions {
+            // Unselected rows get no gradient through F1 (their landmark terms come later).
+            let mut full = vec![0f32; n * d];
+            for (j, &pos) in p.iter().enumerate() {
+                full[pos * d..(pos + 1) * d].copy_from_slice(&dq[j * d..(j + 1) * d]);
+            }
+            scratch::recycle(std::mem::replace(&mut dq, full));
+        }
+        let mut dw = vec![0f32; m * d];
+        mm(
+            &mut dw,
+            View::dense(&s.z, m, m).t(),
+            View::dense(&du, m, d),
+            false,
+            1.0,
+        );
+        let mut gz = vec![0f32; m * m];
+        mm(
+            &mut gz,
+            View::dense(&du, m, d),
+            View::dense(&s.w, m, d).t(),
+            false,
+            1.0,
+        );
+        // F3 side, by column blocks: dV = F3ᵀ dW, dS3 = softmax'(dW Vᵀ), dK = s·dS3ᵀ Q̃,
+        // dQ̃ = s·dS3 K. The softmax backward needs Σ_j dF3 ⊙ F3 over whole rows, which is
+        // Σ_f dW ⊙ W (as F3 V = W), so no block needs another.
+        let dwv = View::dense(&dw, m, d);
+        let rowdot: Vec<f32> = dw
+            .chunks_exact(d)
+            .zip(s.w.chunks_exact(d))
+            .map(|(a, b)| lanes::dot(a, b))
+            .collect();
+        let mut dv = scratch::buffer(n * d);
+        let mut dk = scratch::buffer(n * d);
+        let mut dqm = vec![0f32; m * d];
+        for (bi, c0) in (0..n).step_by(BLOCK).enumerate() {
+            let cb = BLOCK.min(n - c0);
+            let f3b = View::rows_of(&s.f3, c0, m, cb, n);
+            let ds = &mut block[..m * cb];
+            mm(&mut dv[c0 * d..(c0 + cb) * d], f3b.t(), dwv, false, 1.0);
+            mm(ds, dwv, v.rows(c0, cb).t(), false, 1.0);
+            softmax_backward_block(&s.f3, n, c0, ds, cb, &rowdot);
+            let dsv = View::dense(ds, m, cb);
+            mm(&mut dk[c0 * d..(c0 + cb) * d], dsv.t(), qmv, false, sc);
+            mm(&mut dqm, dsv, k.rows(c0, cb), bi > 0, sc);
+        }
+        let kk = self.shape.kernel;
+        let dconv = if kk > 0 {
+            let hi = bh % dm.h;
+            let (gc, vc) = (g.to_dense(), v.to_dense());
+            let (gc, vc) = (View::dense(&gc, r, d), View::dense(&vc, n, d));
+            let positions = self.positions.as_deref();
+            conv_input_grad(&mut dv, gc, &conv[hi * kk..(hi + 1) * kk], positions);
+            conv_weight_grad(gc, vc, kk, positions)
+        } else {
+            Vec::new()
+        };
+        let (da, dc) = pinv_backward(&s.a, m, c, &s.steps, gz);
+        HeadGrads {
+            dq,
+            dk,
+            dv,
+            dqm,
+            dkm,
+            da,
+            dc,
+            dconv,
+        }
+    }
+
+    /// Phase B of one head (after the global `dc` reached `dA`): the landmark attention's
+    /// softmax backward, and the landmark gradients spread over their segments' rows.
+    fn head_backward_b(&self, s: &HeadSaved, dm: Dims, hg: &mut HeadGrads) {
+        let (m, n, d, l) = (dm.m, dm.n, dm.d, dm.l);
+        softmax_backward_rows(&s.a, &mut hg.da, m);
+        let ds2 = View::dense(&hg.da, m, m);
+        let (qmv, kmv) = (View::dense(&s.qm, m, d), View::dense(&s.km, m, d));
+        mm(&mut hg.dkm, ds2.t(), qmv, true, dm.scale);
+        mm(&mut hg.dqm, ds2, kmv, true, dm.scale);
+        let inv = 1.0 / l as f32;
+        for r in 0..n {
+            let seg = r / l;
+            let (gq, gk) = (
+                &hg.dqm[seg * d..(seg + 1) * d],
+                &hg.dkm[seg * d..(seg + 1) * d],
+            );
+            lanes::axpy(&mut hg.dq[r * d..(r + 1) * d], inv, gq);
+            lanes::axpy(&mut hg.dk[r * d..(r + 1) * d], inv, gk);
+        }
+    }
+
+    fn backward(
+        &self,
+        saved: &Saved,
+        dm: Dims,
+        qkv: &[f32],
+        conv: &[f32],
+        grad: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let c = saved.scale.c();
+        let tasks = dm.b * dm.h;
+        let mut phase_a: Vec<HeadGrads> = (0..tasks)
+            .into_par_iter()
+            .map(|bh| self.head_backward_a(&saved.heads[bh], Inputs { dm, qkv, conv }, bh, grad, c))
+            .collect();
+        // dL/dc reaches A through the two global maxima.
+        {
+            let dc: f32 = phase_a.iter().map(|g| g.dc).sum();
+            let a: Vec<&[f32]> = saved.heads.iter().map(|h| h.a.as_slice()).collect();
+            let mut da: Vec<&mut [f32]> = phase_a.iter_mut().map(|g| g.da.as_mut_slice()).collect();
+            saved.scale.backward(dc, dm.m, &a, &mut da);
+        }
+        phase_a
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(bh, hg)| self.head_backward_b(&saved.heads[bh], dm, hg));
+        let inner = dm.inner();
+        let n = dm.n;
+        let mut dqkv = scratch::buffer(dm.b * n * 3 * inner);
+        let parts: Vec<[&[f32]; 3]> = phase_a
+            .iter()
+            .map(|hg| [hg.dq.as_slice(), hg.dk.as_slice(), hg.dv.as_slice()])
+            .collect();
+        merge_heads(&mut dqkv, &parts, dm.h, dm.d, dm.n);
+        drop(parts);
+        let kk = self.shape.kernel;
+        let mut dconv = vec![0f32; if kk > 0 { dm.h * kk } else { conv.len() }];
+        if kk > 0 {
+            for (bh, hg) in phase_a.iter().enumerate() {
+                let hi = bh % dm.h;
+                dconv[hi * kk..(hi + 1) * kk]
+                    .iter_mut()
+                    .zip(&hg.dconv)
+                    .for_each(|(a, b)| *a += b);
+            }
+        }
+        (dqkv, dconv)
+    }
+}
