@@ -552,54 +552,33 @@ fn early_stopping_follows_the_validation_loss() {
     assert_eq!(std::fs::read(&r.checkpoint).unwrap(), before);
 }
 
-/// Every choice of a run file is a type: a bad value is an error naming the field, the value
-/// and the values allowed.
+/// The bad run-file corpus (tests/data/bad_run_files): every choice of a run file is a type, so
+/// each file's error names the field, the value and the values allowed (its `# expect:` line).
 #[test]
-fn bad_run_file_values_name_the_field_and_the_choices() {
-    for (text, field, value, allowed) in [
-        ("preset = \"papr\"", "preset", "papr", "paper"),
-        (
-            "[model]\ngene_encoder = \"gmsa\"",
-            "model.gene_encoder",
-            "gmsa",
-            "group_msa",
-        ),
-        (
-            "[model]\ngene_tokenizer = \"each\"",
-            "model.gene_tokenizer",
-            "each",
-            "per_fragment",
-        ),
-        (
-            "[finetune]\nmodalities = \"imgae\"",
-            "finetune.modalities",
-            "imgae",
-            "image",
-        ),
-        (
-            "[pretrain]\ntriplet = \"gene\"",
-            "pretrain.triplet",
-            "gene",
-            "gene_induced",
-        ),
-        (
-            "[pretrain]\nmining = \"hard\"",
-            "pretrain.mining",
-            "hard",
-            "batch_hard",
-        ),
-        (
-            "[finetune.early_stopping]\npatience = 3",
-            "finetune.early_stopping",
-            "min_epochs",
-            "min_epochs",
-        ),
-    ] {
-        let e = RunConfig::from_toml(text).err().expect(text);
-        for part in [field, value, allowed] {
-            assert!(e.contains(part), "{text}: '{e}' lacks '{part}'");
+fn bad_run_files_name_the_field_and_the_choices() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bad_run_files");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{}: no '# expect:' line", path.display()));
+        let err = RunConfig::from_toml(&text)
+            .err()
+            .unwrap_or_else(|| panic!("{} was accepted", path.display()));
+        for part in expect.split(" | ") {
+            assert!(
+                err.contains(part),
+                "{}: '{err}' lacks '{part}'",
+                path.display()
+            );
         }
+        n += 1;
     }
+    assert!(n >= 10, "only {n} files in the corpus");
     let c =
         RunConfig::from_toml("[finetune.early_stopping]\npatience = 3\nmin_epochs = 10").unwrap();
     assert_eq!(
