@@ -5,6 +5,7 @@
 use candle_core::{Device, Tensor};
 use gimp_cohort::cache::FeatureCache;
 use gimp_cohort::Cohort;
+use gimp_io::expression::{ExpressionTransform, UnknownTransform};
 use gimp_io::splits::Part;
 use gimp_nn::checkpoint::Preprocessing;
 use std::path::PathBuf;
@@ -44,7 +45,8 @@ pub struct Prepared {
     pub test: Vec<usize>,
     pub d_in: Option<usize>,
     pub preprocessing: Option<Preprocessing>,
-    cache: FeatureCache,
+    /// `None` without a `[features]` section; then no patient has slides to read.
+    cache: Option<FeatureCache>,
 }
 
 impl Prepared {
@@ -69,23 +71,13 @@ impl Prepared {
                 "split {fold} has no training or no test patients"
             )));
         }
-        let log2p1 = match transform {
-            "log2p1" => true,
-            "none" => false,
-            other => {
-                return Err(DataErr::Msg(format!(
-                    "transform must be log2p1 or none, not '{other}'"
-                )))
-            }
-        };
+        let t: ExpressionTransform = transform
+            .parse()
+            .map_err(|e: UnknownTransform| DataErr::Msg(e.to_string()))?;
         let raw = |i: usize| -> Option<Vec<f32>> {
-            cohort.expression_of(&cohort.patients[i]).map(|r| {
-                if log2p1 {
-                    r.iter().map(|v| (v.max(0.0) + 1.0).log2()).collect()
-                } else {
-                    r.to_vec()
-                }
-            })
+            cohort
+                .expression_of(&cohort.patients[i])
+                .map(|r| t.apply_row(r))
         };
         let rows: Vec<Option<Vec<f32>>> = (0..cohort.patients.len()).map(raw).collect();
         let preprocessing = cohort.expression.as_ref().map(|m| {
@@ -131,16 +123,6 @@ impl Prepared {
                 },
             })
             .collect();
-        let cache_dir = cohort
-            .file
-            .config
-            .features
-            .as_ref()
-            .map(|f| match &f.cache_dir {
-                Some(d) => cohort.file.resolve(d),
-                None => cohort.file.resolve(&f.dir).join(".gimp-cache"),
-            })
-            .unwrap_or_else(|| cohort.file.resolve(std::path::Path::new(".gimp-cache")));
         Ok(Self {
             raw: rows,
             classes: cohort.label_map.names.clone(),
@@ -150,7 +132,7 @@ impl Prepared {
             test,
             d_in: cohort.feature_dim,
             preprocessing,
-            cache: FeatureCache::new(cache_dir),
+            cache: FeatureCache::of(cohort),
         })
     }
 
@@ -206,9 +188,12 @@ impl Prepared {
         if p.slides.is_empty() {
             return Ok(None);
         }
+        let cache = self.cache.as_ref().ok_or_else(|| {
+            DataErr::Msg("the cohort has slides but no [features] section".into())
+        })?;
         let mut parts = Vec::new();
         for (id, path) in &p.slides {
-            let b = self.cache.get(path, id, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
+            let b = cache.get(path, id, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
             parts.push(Tensor::from_slice(b.features(), (b.n, b.d), &Device::Cpu)?);
         }
         Ok(Some(Tensor::cat(&parts, 0)?))

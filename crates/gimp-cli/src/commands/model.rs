@@ -92,17 +92,16 @@ pub(crate) fn expression_row(
         .map(|(i, g)| (gimp_io::expression::strip_version(g), i))
         .collect();
     let values = mat.row(row);
+    let transform: gimp_io::expression::ExpressionTransform = p
+        .transform
+        .parse()
+        .context("the checkpoint's expression preprocessing")?;
     let mut ordered = Vec::with_capacity(p.genes.len());
     for g in &p.genes {
         let Some(&i) = pos.get(gimp_io::expression::strip_version(g)) else {
             bail!("{}: gene '{g}' of the checkpoint is missing", m.display())
         };
-        let raw = values[i];
-        ordered.push(if p.transform == "log2p1" {
-            (raw.max(0.0) + 1.0).log2()
-        } else {
-            raw
-        });
+        ordered.push(transform.apply(values[i]));
     }
     let v = gimp_train::data::standardise(&ordered, p);
     Ok(Tensor::from_vec(v, p.genes.len(), &Device::Cpu)?)
