@@ -5,7 +5,6 @@ use gimp_models::Input;
 use gimp_nn::checkpoint::Checkpoint;
 use gimp_nn::{ops, Mode};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -107,20 +106,6 @@ pub(crate) fn expression_row(
     Ok(Tensor::from_vec(v, p.genes.len(), &Device::Cpu)?)
 }
 
-/// Weights by parameter name: safetensors, or a `torch.save`d state dict / training checkpoint.
-pub(crate) fn read_weights(path: &std::path::Path) -> Result<BTreeMap<String, Tensor>> {
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    if matches!(ext.as_str(), "pt" | "pth" | "ckpt" | "bin") {
-        return Ok(gimp_io::pt::read_state_dict(path)?);
-    }
-    let t = candle_core::safetensors::load(path, &Device::Cpu)
-        .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
-    Ok(t.into_iter().collect())
-}
-
 pub fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::List { json, markdown } => {
@@ -207,7 +192,7 @@ pub(crate) fn load_model(
                     registry::names().join(", ")
                 )
             })?;
-            let (m, _) = registry::load(info, read_weights(w)?, None)
+            let (m, _) = registry::load(info, gimp_io::weights::read(w)?, None)
                 .with_context(|| format!("loading {}", w.display()))?;
             (arch.to_string(), m, None, None)
         }

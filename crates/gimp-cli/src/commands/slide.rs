@@ -301,7 +301,7 @@ pub struct ExtractArgs {
 
 pub fn extract(a: ExtractArgs) -> Result<ExitCode> {
     let slides = slide_list(&a.slides, a.shard.resolve()?.as_ref())?;
-    let weights = super::model::read_weights(&a.weights)?;
+    let weights = gimp_io::weights::read(&a.weights)?;
     let net = ResNet50Trunc::new(weights)
         .with_context(|| format!("{}: not ResNet-50 weights", a.weights.display()))?;
     let run = FeatureRun {
