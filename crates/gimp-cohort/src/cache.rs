@@ -6,8 +6,10 @@
 //! is a 64-byte header followed by the raw little-endian f32 features and the i64 coordinates.
 //! It records the source file's size and modification time and is rebuilt when they change.
 
+use crate::{Cohort, CohortFile};
 use gimp_io::{feature_file, Bag, DataError, ErrorKind, Result};
 use memmap2::Mmap;
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"GIMPBAG1";
@@ -61,6 +63,18 @@ fn read_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// The one rule for where a cohort's feature cache lives (`cohort cache` writes there, training
+/// reads from there): `[features] cache_dir` resolved against the cohort file's folder, or
+/// `{features.dir}/.gimp-cache` without it. `None` when the cohort has no `[features]` section:
+/// then no slide has a feature file and there is nothing to cache.
+pub fn location(file: &CohortFile) -> Option<PathBuf> {
+    let f = file.config.features.as_ref()?;
+    Some(match &f.cache_dir {
+        Some(d) => file.resolve(d),
+        None => file.resolve(&f.dir).join(".gimp-cache"),
+    })
+}
+
 /// The cache folder.
 #[derive(Debug, Clone)]
 pub struct FeatureCache {
@@ -70,6 +84,28 @@ pub struct FeatureCache {
 impl FeatureCache {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
+    }
+
+    /// The cache of `cohort`'s features, at [`location`]; `None` without a `[features]` section.
+    pub fn of(cohort: &Cohort) -> Option<Self> {
+        location(&cohort.file).map(Self::new)
+    }
+
+    /// Brings every feature file of `cohort` into the cache, in parallel, calling `done` after
+    /// each; returns how many bags the cache holds for the cohort.
+    pub fn fill(&self, cohort: &Cohort, done: impl Fn() + Sync) -> Result<usize> {
+        let slides: Vec<(&str, &Path)> = cohort
+            .patients
+            .iter()
+            .flat_map(|p| p.slides.iter())
+            .filter_map(|s| s.path.as_deref().map(|p| (s.slide_id.as_str(), p)))
+            .collect();
+        slides.par_iter().try_for_each(|(id, path)| -> Result<()> {
+            self.get(path, id, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
+            done();
+            Ok(())
+        })?;
+        Ok(slides.len())
     }
 
     fn entry(&self, slide_id: &str) -> PathBuf {
@@ -149,5 +185,44 @@ impl FeatureCache {
             Some(b) => Ok(b),
             None => self.build(source, slide_id, max_bytes),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::location;
+    use crate::CohortFile;
+    use std::path::{Path, PathBuf};
+
+    fn file(toml_text: &str) -> CohortFile {
+        CohortFile {
+            path: PathBuf::from("/data/cohort/cohort.toml"),
+            config: toml::from_str(toml_text).unwrap(),
+        }
+    }
+
+    #[test]
+    fn cache_defaults_to_a_folder_in_the_features_folder() {
+        let f = file("[labels]\ncsv = \"d.csv\"\n[features]\ndir = \"features\"\n");
+        assert_eq!(
+            location(&f).unwrap(),
+            Path::new("/data/cohort/features/.gimp-cache")
+        );
+    }
+
+    #[test]
+    fn cache_dir_is_relative_to_the_cohort_file_or_absolute() {
+        let f = file(
+            "[labels]\ncsv = \"d.csv\"\n[features]\ndir = \"/f\"\ncache_dir = \"scratch/c\"\n",
+        );
+        assert_eq!(location(&f).unwrap(), Path::new("/data/cohort/scratch/c"));
+        let f =
+            file("[labels]\ncsv = \"d.csv\"\n[features]\ndir = \"f\"\ncache_dir = \"/tmp/c\"\n");
+        assert_eq!(location(&f).unwrap(), Path::new("/tmp/c"));
+    }
+
+    #[test]
+    fn no_features_no_cache() {
+        assert_eq!(location(&file("[labels]\ncsv = \"d.csv\"\n")), None);
     }
 }

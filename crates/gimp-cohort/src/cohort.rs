@@ -131,6 +131,16 @@ fn list_some(items: &[String]) -> String {
 }
 
 impl Cohort {
+    /// Reads the cohort file at `path`, then [`Cohort::load`]s it.
+    pub fn open(path: &std::path::Path, opts: LoadOptions) -> Result<Self> {
+        Self::load(CohortFile::load(path)?, opts)
+    }
+
+    /// The feature cache folder: see [`crate::cache::location`].
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        crate::cache::location(&self.file)
+    }
+
     /// Loads and joins a cohort. Returns `Err` only when nothing can be joined (unreadable cohort
     /// file or dataset CSV); every other problem goes into [`Cohort::diagnostics`].
     pub fn load(file: CohortFile, opts: LoadOptions) -> Result<Self> {

@@ -66,7 +66,8 @@ pub struct FeaturesConfig {
     pub dir: PathBuf,
     #[serde(default = "default_formats")]
     pub formats: Vec<FeatureFormat>,
-    /// Folder of the memory-mapped feature cache (default: `{dir}/.gimp-cache`).
+    /// Folder of the memory-mapped feature cache, relative to the cohort file's folder like every
+    /// path here (default: `{dir}/.gimp-cache`); see [`crate::cache::location`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
 }

@@ -4,9 +4,9 @@
 
 use crate::resnet::{normalise, ResNet50Trunc};
 use candle_core::Device;
-use gimp_io::h5::PatchFile;
+use gimp_io::h5::{self, PatchFile};
 use gimp_io::{Bag, DataError, ErrorKind, Result};
-use gimp_slide::SlideReader;
+use gimp_slide::{batch, SlideReader};
 use image::imageops::FilterType;
 use rayon::prelude::*;
 use std::path::Path;
@@ -134,4 +134,49 @@ pub fn extract_slide(
         progress(chunk.len());
     }
     Bag::from_parts(slide.path(), n, d, features, Some(patches.coords.clone()))
+}
+
+/// Where and how a batch run writes features: `{out}/h5_files/{slide_id}.h5` (CLAM's layout), and
+/// `{out}/pt_files/{slide_id}.pt` with `pt`, the files
+/// [`gimp_slide::batch::features_done`] checks.
+#[derive(Clone, Copy)]
+pub struct FeatureRun<'a> {
+    pub net: &'a ResNet50Trunc,
+    /// Patches per forward pass.
+    pub batch: usize,
+    /// Side the network sees; `None`: the patch file's choice (see [`geometry`]).
+    pub input_size: Option<u32>,
+    pub out: &'a Path,
+    pub pt: bool,
+}
+
+impl FeatureRun<'_> {
+    /// Whether slide `id` with `n_patches` patches needs no work.
+    pub fn is_done(&self, id: &str, n_patches: usize) -> bool {
+        batch::features_done(self.out, id, n_patches, self.pt)
+    }
+
+    /// Extracts the features of `slide`'s patches (read from `patch_path`) and writes its files;
+    /// returns the number of patches. `progress(done)` after each batch.
+    pub fn slide(
+        &self,
+        slide: &Path,
+        patches: &PatchFile,
+        patch_path: &Path,
+        progress: impl FnMut(usize),
+    ) -> Result<usize> {
+        let id = batch::slide_id(slide);
+        let s = gimp_slide::open(slide)?;
+        let g = geometry(patches, patch_path, self.input_size)?;
+        let bag = extract_slide(s.as_ref(), patches, &g, self.net, self.batch, progress)?;
+        h5::write_features(
+            &batch::features_path(self.out, &id),
+            &bag,
+            h5::Chunking::Clam,
+        )?;
+        if self.pt {
+            gimp_io::pt::write_bag(&batch::features_pt_path(self.out, &id), &bag)?;
+        }
+        Ok(bag.n)
+    }
 }

@@ -87,6 +87,91 @@ impl ExpressionMatrix {
     }
 }
 
+/// How expression values are transformed before per-gene z-scoring: `log2p1` for linear-scale
+/// values (FPKM, TPM, counts), `none` for values already on a log scale. Spelled as in cohort,
+/// experiment and checkpoint files (`"log2p1"`, `"none"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpressionTransform {
+    /// `log2(max(x, 0) + 1)`: negative values (rounding noise in some pipelines' output) are
+    /// clamped at 0 so the logarithm is defined.
+    Log2p1,
+    /// Values as read.
+    None,
+}
+
+impl ExpressionTransform {
+    /// The spellings [`FromStr`](std::str::FromStr) accepts, for messages and help texts.
+    pub const NAMES: [&'static str; 2] = ["log2p1", "none"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Log2p1 => "log2p1",
+            Self::None => "none",
+        }
+    }
+
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Self::Log2p1 => (x.max(0.0) + 1.0).log2(),
+            Self::None => x,
+        }
+    }
+
+    /// [`apply`](Self::apply) to every value, into a new row.
+    pub fn apply_row(self, row: &[f32]) -> Vec<f32> {
+        row.iter().map(|&x| self.apply(x)).collect()
+    }
+}
+
+/// An expression transform name that is not one of [`ExpressionTransform::NAMES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownTransform(pub String);
+
+impl std::fmt::Display for UnknownTransform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "transform must be {}, not '{}'",
+            ExpressionTransform::NAMES.join(" or "),
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownTransform {}
+
+impl std::str::FromStr for ExpressionTransform {
+    type Err = UnknownTransform;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "log2p1" => Ok(Self::Log2p1),
+            "none" => Ok(Self::None),
+            other => Err(UnknownTransform(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for ExpressionTransform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for ExpressionTransform {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ExpressionTransform {
+    // Through `FromStr`, so a config file with a wrong value gets the same message as a flag.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Orientation of a plain matrix file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -730,4 +815,53 @@ pub fn read_signatures(path: &Path) -> Result<Vec<(String, Vec<String>)>> {
         return Err(DataError::new(ErrorKind::Empty, path, "no gene symbols"));
     }
     Ok(groups)
+}
+
+#[cfg(test)]
+mod transform_tests {
+    use super::ExpressionTransform;
+
+    #[test]
+    fn log2p1_clamps_negatives_and_none_passes_through() {
+        let t = ExpressionTransform::Log2p1;
+        assert_eq!(t.apply(0.0), 0.0);
+        assert_eq!(t.apply(1.0), 1.0);
+        assert_eq!(t.apply(3.0), 2.0);
+        assert_eq!(t.apply(-5.0), 0.0);
+        assert_eq!(t.apply_row(&[7.0, -1.0]), vec![3.0, 0.0]);
+        assert_eq!(ExpressionTransform::None.apply(-5.0), -5.0);
+        assert_eq!(
+            ExpressionTransform::None.apply_row(&[1.5, -2.0]),
+            vec![1.5, -2.0]
+        );
+    }
+
+    #[test]
+    fn parses_its_names_and_names_the_bad_value() {
+        for name in ExpressionTransform::NAMES {
+            let t: ExpressionTransform = name.parse().unwrap();
+            assert_eq!(t.name(), name);
+            assert_eq!(t.to_string(), name);
+        }
+        let e = "log"
+            .parse::<ExpressionTransform>()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "transform must be log2p1 or none, not 'log'");
+    }
+
+    #[test]
+    fn serde_uses_the_names_and_rejects_others() {
+        let text = serde_json::to_string(&ExpressionTransform::Log2p1).unwrap();
+        assert_eq!(text, "\"log2p1\"");
+        let back: ExpressionTransform = serde_json::from_str("\"none\"").unwrap();
+        assert_eq!(back, ExpressionTransform::None);
+        let e = serde_json::from_str::<ExpressionTransform>("\"LOG2P1\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not 'LOG2P1'") && e.contains("log2p1 or none"),
+            "{e}"
+        );
+    }
 }

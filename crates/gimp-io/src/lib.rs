@@ -17,6 +17,7 @@ pub mod pt;
 pub mod safetensors_io;
 pub mod splits;
 pub mod text;
+pub mod weights;
 
 pub use bag::{Bag, DEFAULT_MAX_BAG_BYTES};
 pub use error::{DataError, ErrorKind, Result};

@@ -5,6 +5,10 @@
 //!
 //! fitted by L-BFGS. With 60,480 genes and a few hundred patients the work is matrix–vector
 //! products over the samples × genes matrix, parallelised over samples and genes.
+//!
+//! [`baseline`] runs it over a cohort's splits.
+
+pub mod baseline;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -10,7 +10,10 @@
 //! - [`patching`]: the grid of patches at a target magnification, with CLAM's `four_pt` test,
 //!   written as a CLAM/TRIDENT patch `.h5`.
 //! - [`overlay`]: thumbnails with the tissue mask drawn, and score heatmaps aligned with `coords`.
+//! - [`batch`]: slide lists for batch runs: sharding across machines (`i/n`, Slurm arrays), the
+//!   output layout with skip-if-done checks, patching one slide, the process list.
 
+pub mod batch;
 pub mod overlay;
 pub mod patching;
 pub mod segment;

@@ -14,6 +14,7 @@ pub use write::{generate, SynthReport};
 /// write it (rounded to GDC's 4 decimals), with the recorded labels. For calibration and tests
 /// that need no files.
 pub fn expression_in_memory(cfg: &SynthConfig) -> (Vec<Vec<f32>>, Vec<usize>) {
+    use gimp_io::expression::ExpressionTransform;
     use rayon::prelude::*;
     let patients = model::patients(cfg);
     let genes = model::GeneModel::new(cfg);
@@ -24,7 +25,7 @@ pub fn expression_in_memory(cfg: &SynthConfig) -> (Vec<Vec<f32>>, Vec<usize>) {
             genes
                 .sample(cfg, &mut rng, p.true_class, p.purity)
                 .into_iter()
-                .map(|v| (model::to_fpkm(v) + 1.0).log2())
+                .map(|v| ExpressionTransform::Log2p1.apply(model::to_fpkm(v)))
                 .collect()
         })
         .collect();

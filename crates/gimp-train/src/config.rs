@@ -5,6 +5,7 @@
 //! preset only chooses starting values; no behaviour depends on its name.
 
 use crate::trainer::EarlyStopping;
+use gimp_io::expression::ExpressionTransform;
 use gimp_models::group_msa::Tokenizer;
 use gimp_nn::loss::Mining;
 use serde::{Deserialize, Serialize};
@@ -105,7 +106,7 @@ pub struct ModelConfig {
     pub gene_dropout: f64,
     pub head_dropout: f64,
     /// Expression transform before z-scoring: `log2p1` (FPKM) or `none`.
-    pub transform: String,
+    pub transform: ExpressionTransform,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,7 +198,7 @@ impl RunConfig {
                 gene_tokenizer: Tokenizer::Shared,
                 gene_dropout: 0.1,
                 head_dropout: 0.25,
-                transform: "log2p1".into(),
+                transform: ExpressionTransform::Log2p1,
             },
             genes: GeneStage {
                 epochs: 50,

@@ -5,6 +5,7 @@
 use candle_core::{Device, Tensor};
 use gimp_cohort::cache::FeatureCache;
 use gimp_cohort::Cohort;
+use gimp_io::expression::{ExpressionTransform, UnknownTransform};
 use gimp_io::splits::Part;
 use gimp_nn::checkpoint::Preprocessing;
 use std::path::PathBuf;
@@ -44,12 +45,33 @@ pub struct Prepared {
     pub test: Vec<usize>,
     pub d_in: Option<usize>,
     pub preprocessing: Option<Preprocessing>,
-    cache: FeatureCache,
+    /// `None` without a `[features]` section; then no patient has slides to read.
+    cache: Option<FeatureCache>,
 }
 
 impl Prepared {
-    /// Prepares split `fold` of `cohort`. `transform` is `log2p1` or `none`.
-    pub fn new(cohort: &Cohort, fold: usize, transform: &str) -> Result<Self> {
+    /// The split a checkpoint is evaluated on: `fold` (default: the one it was trained on), with
+    /// the checkpoint's own expression transform, gene order and training statistics.
+    pub fn for_checkpoint(
+        cohort: &Cohort,
+        fold: Option<usize>,
+        ckpt: &gimp_nn::checkpoint::Checkpoint,
+    ) -> Result<Self> {
+        let fold = fold
+            .or_else(|| ckpt.info.get("fold").and_then(|f| f.parse().ok()))
+            .unwrap_or(0);
+        let Some(p) = &ckpt.preprocessing else {
+            return Self::new(cohort, fold, ExpressionTransform::None);
+        };
+        let t: ExpressionTransform = p
+            .transform
+            .parse()
+            .map_err(|e: UnknownTransform| DataErr::Msg(format!("the checkpoint's {e}")))?;
+        Self::new(cohort, fold, t)?.with_preprocessing(p)
+    }
+
+    /// Prepares split `fold` of `cohort`, its expression transformed by `t`.
+    pub fn new(cohort: &Cohort, fold: usize, t: ExpressionTransform) -> Result<Self> {
         if !cohort.diagnostics.errors.is_empty() {
             return Err(DataErr::Msg(format!(
                 "the cohort has errors (see `gimp-rs cohort check`):\n  - {}",
@@ -69,23 +91,10 @@ impl Prepared {
                 "split {fold} has no training or no test patients"
             )));
         }
-        let log2p1 = match transform {
-            "log2p1" => true,
-            "none" => false,
-            other => {
-                return Err(DataErr::Msg(format!(
-                    "transform must be log2p1 or none, not '{other}'"
-                )))
-            }
-        };
         let raw = |i: usize| -> Option<Vec<f32>> {
-            cohort.expression_of(&cohort.patients[i]).map(|r| {
-                if log2p1 {
-                    r.iter().map(|v| (v.max(0.0) + 1.0).log2()).collect()
-                } else {
-                    r.to_vec()
-                }
-            })
+            cohort
+                .expression_of(&cohort.patients[i])
+                .map(|r| t.apply_row(r))
         };
         let rows: Vec<Option<Vec<f32>>> = (0..cohort.patients.len()).map(raw).collect();
         let preprocessing = cohort.expression.as_ref().map(|m| {
@@ -107,7 +116,7 @@ impl Prepared {
                 }
             }
             Preprocessing {
-                transform: transform.to_string(),
+                transform: t.name().to_string(),
                 genes: m.genes.clone(),
                 mean: mean.iter().map(|v| *v as f32).collect(),
                 std: var.iter().map(|v| (v / n).sqrt() as f32).collect(),
@@ -131,16 +140,6 @@ impl Prepared {
                 },
             })
             .collect();
-        let cache_dir = cohort
-            .file
-            .config
-            .features
-            .as_ref()
-            .map(|f| match &f.cache_dir {
-                Some(d) => cohort.file.resolve(d),
-                None => cohort.file.resolve(&f.dir).join(".gimp-cache"),
-            })
-            .unwrap_or_else(|| cohort.file.resolve(std::path::Path::new(".gimp-cache")));
         Ok(Self {
             raw: rows,
             classes: cohort.label_map.names.clone(),
@@ -150,7 +149,7 @@ impl Prepared {
             test,
             d_in: cohort.feature_dim,
             preprocessing,
-            cache: FeatureCache::new(cache_dir),
+            cache: FeatureCache::of(cohort),
         })
     }
 
@@ -206,9 +205,12 @@ impl Prepared {
         if p.slides.is_empty() {
             return Ok(None);
         }
+        let cache = self.cache.as_ref().ok_or_else(|| {
+            DataErr::Msg("the cohort has slides but no [features] section".into())
+        })?;
         let mut parts = Vec::new();
         for (id, path) in &p.slides {
-            let b = self.cache.get(path, id, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
+            let b = cache.get(path, id, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
             parts.push(Tensor::from_slice(b.features(), (b.n, b.d), &Device::Cpu)?);
         }
         Ok(Some(Tensor::cat(&parts, 0)?))

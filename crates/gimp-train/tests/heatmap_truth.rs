@@ -3,6 +3,7 @@
 //! (`truth/{slide}.tsv`, column `signal`) above the others on the test slides.
 
 use gimp_cohort::{Cohort, CohortFile, LoadOptions};
+use gimp_io::expression::ExpressionTransform;
 use gimp_models::{registry, Input};
 use gimp_nn::checkpoint::Checkpoint;
 use gimp_nn::Mode;
@@ -27,7 +28,7 @@ fn attention_finds_the_class_specific_patches() {
         LoadOptions::default(),
     )
     .unwrap();
-    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
     for arch in ["abmil", "clam_sb"] {
         let mut cfg = SupervisedConfig::defaults(registry::find(arch).unwrap()).unwrap();
         cfg.epochs = 12;

@@ -2,6 +2,7 @@
 //! patients with a missing modality, and are deterministic for a seed.
 
 use gimp_cohort::{Cohort, CohortFile, LoadOptions};
+use gimp_io::expression::ExpressionTransform;
 use gimp_synth::{Difficulty, Size, SynthConfig};
 use gimp_train::stages::{self, balanced_batches, window_rows};
 use gimp_train::trainer::{Control, EarlyStopping};
@@ -79,7 +80,7 @@ fn windows_repeat_short_bags() {
 fn three_stages_run_and_are_deterministic() {
     let d = tempfile::tempdir().unwrap();
     let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
-    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
     let cfg = tiny_config();
     let run = d.path().join("run");
     let g = stages::pretrain_genes(&data, &cfg, &run.join("genes"), Control::default(), &|_| {})
@@ -132,7 +133,7 @@ fn three_stages_run_and_are_deterministic() {
 fn patients_with_a_missing_modality_are_kept() {
     let d = tempfile::tempdir().unwrap();
     let cohort = tiny_cohort(&d.path().join("cohort"), 0.2);
-    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
     assert!(data.patients.iter().any(|p| p.expression.is_none()));
     assert!(data.patients.iter().any(|p| p.slides.is_empty()));
     let mut cfg = tiny_config();
@@ -197,7 +198,7 @@ fn run_files_override_presets() {
 fn an_interrupted_and_resumed_run_ends_with_the_same_weights() {
     let d = tempfile::tempdir().unwrap();
     let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
-    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
     let mut cfg = tiny_config();
     cfg.finetune.epochs = 3;
     cfg.pretrain.epochs = 3;
@@ -273,7 +274,7 @@ fn every_baseline_trains_with_the_same_trainer() {
     use gimp_train::supervised::train;
     let d = tempfile::tempdir().unwrap();
     let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
-    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
     for arch in [
         "abmil", "dsmil", "clam_sb", "clam_mb", "transmil", "snn", "porpoise", "pathomic", "mcat",
         "mgca", "biovil", "refers", "mean_mil",
@@ -315,7 +316,7 @@ fn experiment_rows_plan_run_skip_and_summarise() {
     use gimp_train::experiment::{execute, markdown, plan, rows, summarise};
     let d = tempfile::tempdir().unwrap();
     let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
-    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
     assert!(rows("table3", &[]).is_err());
     assert!(rows("table2", &["nope".into()]).is_err());
     let chosen = rows("table1", &["abmil".into(), "gimp".into()]).unwrap();
@@ -359,7 +360,7 @@ fn the_common_trainer_is_deterministic_for_a_seed() {
     use gimp_train::supervised::train;
     let d = tempfile::tempdir().unwrap();
     let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
-    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
     for arch in ["dsmil", "biovil"] {
         let mut cfg = defaults(arch);
         cfg.epochs = 2;
@@ -383,7 +384,7 @@ fn mcat_takes_its_gene_groups_from_signatures() {
     use gimp_train::supervised::train;
     let d = tempfile::tempdir().unwrap();
     let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
-    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
     let genes = data.preprocessing.as_ref().unwrap().genes.clone();
     let sig = d.path().join("signatures.csv");
     let strip = gimp_io::expression::strip_version;
@@ -460,7 +461,7 @@ fn every_stage_resumes_to_identical_weights() {
     use gimp_train::supervised::train;
     let d = tempfile::tempdir().unwrap();
     let cohort = tiny_cohort(&d.path().join("cohort"), 0.1);
-    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
     let mut cfg = tiny_config();
     cfg.genes.epochs = 3;
     cfg.pretrain.epochs = 3;
@@ -503,7 +504,7 @@ fn early_stopping_follows_the_validation_loss() {
     use gimp_train::supervised::train;
     let d = tempfile::tempdir().unwrap();
     let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
-    let data = Prepared::new(&cohort, 0, "log2p1").unwrap();
+    let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
     let mut cfg = defaults("abmil");
     cfg.epochs = 40;
     cfg.lr = 5e-3;

@@ -1,8 +1,7 @@
 use crate::progress::bar;
 use anyhow::Result;
 use gimp_cohort::cache::FeatureCache;
-use gimp_cohort::{Cohort, CohortFile, LoadOptions, Summary};
-use rayon::prelude::*;
+use gimp_cohort::{Cohort, LoadOptions, Summary};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -23,42 +22,32 @@ pub enum Command {
     Cache { cohort: PathBuf },
 }
 
+/// Kept for the commands being rewritten (train, experiment, demo); new code calls
+/// [`Cohort::open`].
 pub fn load(path: &Path, opts: LoadOptions) -> Result<Cohort> {
-    Ok(Cohort::load(CohortFile::load(path)?, opts)?)
+    Ok(Cohort::open(path, opts)?)
 }
 
-pub fn cache_dir(c: &Cohort) -> Option<PathBuf> {
-    let f = c.file.config.features.as_ref()?;
-    Some(match &f.cache_dir {
-        Some(d) => c.file.resolve(d),
-        None => c.file.resolve(&f.dir).join(".gimp-cache"),
-    })
-}
-
+/// Fills the cohort's feature cache with a progress bar; returns the bag count and the folder.
 pub fn build_cache(c: &Cohort) -> Result<(usize, PathBuf)> {
-    let dir =
-        cache_dir(c).ok_or_else(|| anyhow::anyhow!("the cohort has no [features] section"))?;
-    let cache = FeatureCache::new(&dir);
-    let slides: Vec<(String, PathBuf)> = c
+    let cache = FeatureCache::of(c)
+        .ok_or_else(|| anyhow::anyhow!("the cohort has no [features] section"))?;
+    let n_slides = c
         .patients
         .iter()
-        .flat_map(|p| p.slides.iter())
-        .filter_map(|s| s.path.clone().map(|p| (s.slide_id.clone(), p)))
-        .collect();
-    let pb = bar(slides.len() as u64, "caching");
-    slides.par_iter().try_for_each(|(id, path)| -> Result<()> {
-        cache.get(path, id, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
-        pb.inc(1);
-        Ok(())
-    })?;
+        .flat_map(|p| &p.slides)
+        .filter(|s| s.path.is_some())
+        .count();
+    let pb = bar(n_slides as u64, "caching");
+    let n = cache.fill(c, || pb.inc(1))?;
     pb.finish_and_clear();
-    Ok((slides.len(), dir))
+    Ok((n, cache.dir))
 }
 
 pub fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Check { cohort, json, deep } => {
-            let c = load(
+            let c = Cohort::open(
                 &cohort,
                 LoadOptions {
                     read_shapes: true,
@@ -78,7 +67,7 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             })
         }
         Command::Cache { cohort } => {
-            let c = load(&cohort, LoadOptions::default())?;
+            let c = Cohort::open(&cohort, LoadOptions::default())?;
             if !c.diagnostics.errors.is_empty() {
                 anyhow::bail!(
                     "the cohort has errors; run `gimp-rs cohort check {}` first:\n  - {}",

@@ -76,7 +76,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "4/{steps} gene-only baseline: logistic regression (C = 0.1) on log2(FPKM + 1), split 0"
     );
     let folds: Vec<_> = c.folds.iter().map(|f| f.part.clone()).collect();
-    let lr = super::baseline::logreg(&c, &folds, LogisticConfig::default(), true, a.seed)?;
+    let lr = gimp_linear::baseline::cross_validate(
+        &c,
+        &folds,
+        LogisticConfig::default(),
+        gimp_io::expression::ExpressionTransform::Log2p1,
+        a.seed,
+    )?;
     if a.quick {
         super::baseline::print(&lr);
         println!(
@@ -93,7 +99,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
 
     let mut run = RunConfig::demo();
     run.seed = a.seed;
-    let data = Prepared::new(&c, 0, &run.model.transform)?;
+    let data = Prepared::new(&c, 0, run.model.transform)?;
     let runs = a.out.join("runs");
     let bars = Bars::new();
     let on = |p: &Progress| bars.update(p);

@@ -45,7 +45,7 @@ pub struct Args {
     /// Expression transform before z-scoring: log2p1 (FPKM, the default of the presets) or none
     /// (data already on a log scale, such as microarray RMA values).
     #[arg(long)]
-    pub transform: Option<String>,
+    pub transform: Option<gimp_io::expression::ExpressionTransform>,
     /// List the runs, which are done, and their cost, without running anything.
     #[arg(long)]
     pub dry_run: bool,
@@ -54,8 +54,8 @@ pub struct Args {
 pub fn run(a: Args) -> Result<ExitCode> {
     let rows = experiment::rows(&a.table, &a.rows)?;
     let mut base = RunConfig::preset(a.preset);
-    if let Some(t) = &a.transform {
-        base.model.transform = t.clone();
+    if let Some(t) = a.transform {
+        base.model.transform = t;
     }
     let cohort = super::cohort::load(&a.cohort, LoadOptions::default())?;
     if cohort.folds.len() < a.folds {
@@ -110,7 +110,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         if todo.is_empty() {
             continue;
         }
-        let data = Prepared::new(&cohort, fold, &base.model.transform)?;
+        let data = Prepared::new(&cohort, fold, base.model.transform)?;
         for run in todo {
             let row = rows.iter().find(|r| r.key == run.row).expect("planned row");
             println!("{} — fold {}, seed {}", row.name, run.fold, run.seed);

@@ -4,7 +4,6 @@ use gimp_models::registry::{self, REGISTRY};
 use gimp_nn::checkpoint::Checkpoint;
 use gimp_nn::{ops, Mode};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -91,34 +90,19 @@ pub(crate) fn expression_row(
         .map(|(i, g)| (gimp_io::expression::strip_version(g), i))
         .collect();
     let values = mat.row(row);
+    let transform: gimp_io::expression::ExpressionTransform = p
+        .transform
+        .parse()
+        .context("the checkpoint's expression preprocessing")?;
     let mut ordered = Vec::with_capacity(p.genes.len());
     for g in &p.genes {
         let Some(&i) = pos.get(gimp_io::expression::strip_version(g)) else {
             bail!("{}: gene '{g}' of the checkpoint is missing", m.display())
         };
-        let raw = values[i];
-        ordered.push(if p.transform == "log2p1" {
-            (raw.max(0.0) + 1.0).log2()
-        } else {
-            raw
-        });
+        ordered.push(transform.apply(values[i]));
     }
     let v = gimp_train::data::standardise(&ordered, p);
     Ok(Tensor::from_vec(v, p.genes.len(), &Device::Cpu)?)
-}
-
-/// Weights by parameter name: safetensors, or a `torch.save`d state dict / training checkpoint.
-pub(crate) fn read_weights(path: &std::path::Path) -> Result<BTreeMap<String, Tensor>> {
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    if matches!(ext.as_str(), "pt" | "pth" | "ckpt" | "bin") {
-        return Ok(gimp_io::pt::read_state_dict(path)?);
-    }
-    let t = candle_core::safetensors::load(path, &Device::Cpu)
-        .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
-    Ok(t.into_iter().collect())
 }
 
 pub fn run(cmd: Command) -> Result<ExitCode> {
@@ -198,7 +182,7 @@ pub(crate) fn load_model(
             (m, Some(c.classes), c.preprocessing)
         }
         (None, Some(arch), Some(w)) => {
-            let m = registry::load(registry::lookup(arch)?, read_weights(w)?, None)
+            let m = registry::load(registry::lookup(arch)?, gimp_io::weights::read(w)?, None)
                 .with_context(|| format!("loading {}", w.display()))?;
             (m, None, None)
         }

@@ -2,25 +2,24 @@
 //! `extract` (ResNet50-trunc features) and `heatmap` (per-patch scores of a trained model).
 //! Batch commands take slide files or folders, skip finished slides, keep going past a bad slide
 //! (and exit 1 at the end), and split the list across machines with `--shard i/n` or a Slurm
-//! array.
+//! array; that batch logic is `gimp_slide::batch`, the per-slide extraction
+//! `gimp_extract::extract::FeatureRun`.
 
 use crate::progress;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
+use gimp_extract::extract::FeatureRun;
+use gimp_extract::resnet::ResNet50Trunc;
 use gimp_io::h5;
 use gimp_nn::Mode;
+use gimp_slide::batch::{self, ProcessList};
 use gimp_slide::overlay;
-use gimp_slide::patching::{self, ContourFn, PatchParams};
-use gimp_slide::segment::{self, SegmentParams, PRESETS};
+use gimp_slide::patching::{ContourFn, PatchParams};
+use gimp_slide::segment::{SegmentParams, PRESETS};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
-
-/// File extensions taken from a folder of slides.
-const SLIDE_EXTENSIONS: &[&str] = &[
-    "svs", "tif", "tiff", "ndpi", "mrxs", "scn", "vms", "vmu", "bif", "svslide",
-];
 
 #[derive(clap::Subcommand)]
 pub enum SlideCommand {
@@ -50,86 +49,21 @@ pub struct Shard {
 }
 
 impl Shard {
-    fn resolve(&self) -> Result<Option<(usize, usize)>> {
-        let parse = |s: &str, what: &str| -> Result<(usize, usize)> {
-            let (i, n) = s
-                .split_once('/')
-                .with_context(|| format!("{what} '{s}': expected I/N, e.g. 0/4"))?;
-            let (i, n): (usize, usize) = (
-                i.trim().parse().with_context(|| format!("{what} '{s}'"))?,
-                n.trim().parse().with_context(|| format!("{what} '{s}'"))?,
-            );
-            if n == 0 || i >= n {
-                bail!("{what} '{s}': need 0 ≤ I < N");
-            }
-            Ok((i, n))
-        };
-        if let Some(s) = &self.shard {
-            return parse(s, "--shard").map(Some);
-        }
-        let env = |k: &str| std::env::var(k).ok();
-        match (env("SLURM_ARRAY_TASK_ID"), env("SLURM_ARRAY_TASK_COUNT")) {
-            (Some(id), Some(count)) => {
-                let min: usize = env("SLURM_ARRAY_TASK_MIN")
-                    .and_then(|m| m.parse().ok())
-                    .unwrap_or(0);
-                let id: usize = id.parse().context("SLURM_ARRAY_TASK_ID")?;
-                parse(
-                    &format!("{}/{count}", id.saturating_sub(min)),
-                    "the Slurm array",
-                )
-                .map(Some)
-            }
-            _ => Ok(None),
+    fn resolve(&self) -> Result<Option<batch::Shard>> {
+        match &self.shard {
+            Some(s) => Ok(Some(s.parse().map_err(|e| anyhow!("--shard {e}"))?)),
+            None => Ok(batch::Shard::from_env()?),
         }
     }
 }
 
-/// Slide files from files and folders, sorted and de-duplicated, then this shard's share.
-fn slide_list(inputs: &[PathBuf], shard: &Shard) -> Result<Vec<PathBuf>> {
-    let mut all = Vec::new();
-    for p in inputs {
-        if p.is_dir() {
-            for e in std::fs::read_dir(p).with_context(|| format!("{}", p.display()))? {
-                let path = e?.path();
-                let ext = path
-                    .extension()
-                    .map(|e| e.to_string_lossy().to_ascii_lowercase())
-                    .unwrap_or_default();
-                if path.is_file() && SLIDE_EXTENSIONS.contains(&ext.as_str()) {
-                    all.push(path);
-                }
-            }
-        } else if p.is_file() {
-            all.push(p.clone());
-        } else {
-            bail!("{}: no such slide file or folder", p.display());
-        }
-    }
-    all.sort();
-    all.dedup();
-    if all.is_empty() {
-        bail!(
-            "no slides found (extensions read from folders: {})",
-            SLIDE_EXTENSIONS.join(", ")
-        );
-    }
-    Ok(match shard.resolve()? {
-        Some((i, n)) => all
-            .into_iter()
-            .enumerate()
-            .filter(|(k, _)| k % n == i)
-            .map(|(_, p)| p)
-            .collect(),
+/// Slide files from files and folders, then this shard's share.
+fn slide_list(inputs: &[PathBuf], shard: Option<&batch::Shard>) -> Result<Vec<PathBuf>> {
+    let all = batch::slide_files(inputs)?;
+    Ok(match shard {
+        Some(s) => s.select(all),
         None => all,
     })
-}
-
-/// CLAM's slide id: the file name without its extension.
-fn slide_id(p: &Path) -> String {
-    p.file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default()
 }
 
 pub fn run(cmd: SlideCommand) -> Result<ExitCode> {
@@ -283,97 +217,49 @@ impl PatchArgs {
     }
 }
 
-/// Segments one slide and writes its patch file and QC picture; returns a process-list row.
-fn patch_one(
-    slide: &Path,
-    out: &Path,
-    sp: &SegmentParams,
-    pp: &PatchParams,
-) -> Result<(usize, String)> {
-    let id = slide_id(slide);
-    let s = gimp_slide::open(slide)?;
-    let plan = patching::plan(s.as_ref(), pp)?;
-    // Slides with one level (small regions, some scanners' exports) are segmented on an
-    // overview no coarser than 1/1024 of their side, so small regions keep enough pixels.
-    let l0 = s.levels()[0];
-    let seg_ds = sp
-        .downsample
-        .min((l0.width.max(l0.height) as f64 / 1024.0).max(1.0));
-    let (overview, ds) = s.overview(seg_ds, 1 << 27)?;
-    let mask = segment::segment(&overview, ds, sp);
-    let coords = patching::coords(&mask, &plan, pp.contour_fn);
-    let qc = overlay::segmentation_qc(&overview, &mask, Some((&coords, plan.size_level0 as f64)));
-    overlay::save_png(&qc, &out.join("masks").join(format!("{id}.png")))?;
-    let n = coords.len();
-    if n == 0 {
-        let largest = mask.regions.iter().map(|r| r.area).fold(0.0, f64::max);
-        bail!(
-            "no tissue patches: the largest tissue region is {largest:.2} reference patches \
-             (512² level-0 px), a_t is {}; lower --a-t (or use --preset bwh_biopsy), or check \
-             the QC picture masks/{id}.png",
-            sp.a_t
-        );
-    }
-    let file = patching::patch_file(s.as_ref(), &id, &plan, pp, coords);
-    h5::write_patches(&out.join("patches").join(format!("{id}.h5")), &file)?;
-    let row = format!(
-        "{id},processed,{n},{},{},{},{:.4},{},",
-        plan.level,
-        plan.size_at_level,
-        plan.level0_magnification,
-        mask.tissue_fraction(),
-        mask.kept_regions().count()
-    );
-    Ok((n, row))
-}
-
 pub fn patch(a: PatchArgs) -> Result<ExitCode> {
     let sp = a.segment_params()?;
     let pp = a.patch_params()?;
-    let slides = slide_list(&a.slides, &a.shard)?;
-    let mut list = String::from(
-        "slide_id,status,n_patches,patch_level,patch_size_at_level,level0_magnification,tissue_fraction,regions,error\n",
-    );
-    let mut failed = 0;
+    let shard = a.shard.resolve()?;
+    let slides = slide_list(&a.slides, shard.as_ref())?;
+    let mut list = ProcessList::new();
     let pb = progress::bar(slides.len() as u64, "patching");
     for slide in &slides {
-        let id = slide_id(slide);
-        let target = a.out.join("patches").join(format!("{id}.h5"));
-        if !a.overwrite && target.is_file() && h5::read_patches(&target).is_ok() {
-            let _ = writeln!(list, "{id},already_exist,,,,,,,");
+        let id = batch::slide_id(slide);
+        if !a.overwrite && batch::patches_done(&a.out, &id) {
+            list.already_exist(&id);
             pb.inc(1);
             continue;
         }
         let t = Instant::now();
-        match patch_one(slide, &a.out, &sp, &pp) {
-            Ok((n, row)) => {
+        match batch::patch_slide(slide, &a.out, &sp, &pp) {
+            Ok(done) => {
                 progress::line(
                     &pb,
-                    format!("{id}: {n} patches in {:.1} s", t.elapsed().as_secs_f64()),
+                    format!(
+                        "{id}: {} patches in {:.1} s",
+                        done.n_patches,
+                        t.elapsed().as_secs_f64()
+                    ),
                 );
-                let _ = writeln!(list, "{row}");
+                list.processed(&done);
             }
             Err(e) => {
-                failed += 1;
                 progress::line(&pb, format!("{id}: failed: {e:#}"));
-                let msg = format!("{e:#}").replace('"', "'");
-                let _ = writeln!(list, "{id},failed,,,,,,,\"{msg}\"");
+                list.failed(&id, &format!("{e:#}"));
             }
         }
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let name = match a.shard.resolve()? {
-        Some((i, n)) => format!("process_list_{i}of{n}.csv"),
-        None => "process_list.csv".to_string(),
-    };
-    gimp_io::atomic::write_bytes_atomic(&a.out.join(&name), list.as_bytes())?;
+    let path = list.write(&a.out, shard.as_ref())?;
     eprintln!(
-        "{} slides, {failed} failed; see {}",
+        "{} slides, {} failed; see {}",
         slides.len(),
-        a.out.join(name).display()
+        list.n_failed(),
+        path.display()
     );
-    Ok(if failed > 0 {
+    Ok(if list.n_failed() > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -412,16 +298,23 @@ pub struct ExtractArgs {
 }
 
 pub fn extract(a: ExtractArgs) -> Result<ExitCode> {
-    let slides = slide_list(&a.slides, &a.shard)?;
-    let weights = super::model::read_weights(&a.weights)?;
-    let net = gimp_extract::resnet::ResNet50Trunc::new(weights)
+    let slides = slide_list(&a.slides, a.shard.resolve()?.as_ref())?;
+    let weights = gimp_io::weights::read(&a.weights)?;
+    let net = ResNet50Trunc::new(weights)
         .with_context(|| format!("{}: not ResNet-50 weights", a.weights.display()))?;
+    let run = FeatureRun {
+        net: &net,
+        batch: a.batch,
+        input_size: a.target_patch_size,
+        out: &a.out,
+        pt: a.pt,
+    };
+    // Patch files are read up front so the progress bar can count patches, not slides.
     let mut jobs = Vec::new();
     let mut failed = 0;
     for slide in &slides {
-        let id = slide_id(slide);
+        let id = batch::slide_id(slide);
         let pfile = a.patches.join(format!("{id}.h5"));
-        let target = a.out.join("h5_files").join(format!("{id}.h5"));
         let patches = match h5::read_patches(&pfile) {
             Ok(p) => p,
             Err(e) => {
@@ -430,42 +323,18 @@ pub fn extract(a: ExtractArgs) -> Result<ExitCode> {
                 continue;
             }
         };
-        let done = !a.overwrite
-            && h5::feature_shape(&target).is_ok_and(|(n, _)| n == patches.coords.len())
-            && (!a.pt || a.out.join("pt_files").join(format!("{id}.pt")).is_file());
-        if done {
+        if !a.overwrite && run.is_done(&id, patches.coords.len()) {
             eprintln!("{id}: done already");
             continue;
         }
-        jobs.push((slide.clone(), id, pfile, patches));
+        jobs.push((slide, id, pfile, patches));
     }
     let total: usize = jobs.iter().map(|j| j.3.coords.len()).sum();
     let pb = progress::bar(total as u64, "patches");
     let started = Instant::now();
     for (slide, id, pfile, patches) in jobs {
         let t = Instant::now();
-        let result = (|| -> Result<usize> {
-            let s = gimp_slide::open(&slide)?;
-            let g = gimp_extract::extract::geometry(&patches, &pfile, a.target_patch_size)?;
-            let bag = gimp_extract::extract::extract_slide(
-                s.as_ref(),
-                &patches,
-                &g,
-                &net,
-                a.batch,
-                |k| pb.inc(k as u64),
-            )?;
-            h5::write_features(
-                &a.out.join("h5_files").join(format!("{id}.h5")),
-                &bag,
-                h5::Chunking::Clam,
-            )?;
-            if a.pt {
-                gimp_io::pt::write_bag(&a.out.join("pt_files").join(format!("{id}.pt")), &bag)?;
-            }
-            Ok(bag.n)
-        })();
-        match result {
+        match run.slide(slide, &patches, &pfile, |k| pb.inc(k as u64)) {
             Ok(n) => progress::line(
                 &pb,
                 format!(
@@ -591,7 +460,7 @@ pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
         .attention
         .context("this model returned no per-patch scores")?
         .to_vec1()?;
-    let id = slide_id(&a.features);
+    let id = batch::slide_id(&a.features);
     let pct = overlay::percentiles(&scores);
     let mut csv = String::from("row,x,y,score,percentile\n");
     for (i, (c, (s, p))) in coords.iter().zip(scores.iter().zip(&pct)).enumerate() {

@@ -1,7 +1,7 @@
 use anyhow::{bail, Result};
 use gimp_cohort::cohort::{check_split_standalone, resolve_split, test_overlap};
 use gimp_cohort::split::{make_splits, Scheme};
-use gimp_cohort::LoadOptions;
+use gimp_cohort::{Cohort, LoadOptions};
 use gimp_io::splits::Part;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -75,7 +75,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         other => bail!("--scheme must be holdout or kfold, not '{other}'"),
     };
-    let c = super::cohort::load(
+    let c = Cohort::open(
         &cohort,
         LoadOptions {
             read_shapes: false,
@@ -129,7 +129,7 @@ fn check(path: PathBuf, cohort: Option<PathBuf>, json: bool) -> Result<ExitCode>
     let mut warnings: Vec<String> = Vec::new();
     match cohort {
         Some(cp) => {
-            let c = super::cohort::load(
+            let c = Cohort::open(
                 &cp,
                 LoadOptions {
                     read_shapes: false,

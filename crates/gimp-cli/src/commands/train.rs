@@ -1,5 +1,6 @@
 use anyhow::{Context, Result};
 use gimp_cohort::LoadOptions;
+use gimp_io::expression::ExpressionTransform;
 use gimp_train::config::Preset;
 use gimp_train::progress::Bars;
 use gimp_train::stages;
@@ -64,7 +65,7 @@ fn control(c: &Common) -> Control {
 pub fn prepare(c: &Common) -> Result<(RunConfig, Prepared)> {
     let cfg = c.run_config()?;
     let cohort = super::cohort::load(&c.cohort, LoadOptions::default())?;
-    let data = Prepared::new(&cohort, cfg.fold, &cfg.model.transform)?;
+    let data = Prepared::new(&cohort, cfg.fold, cfg.model.transform)?;
     std::fs::create_dir_all(&c.out).with_context(|| format!("creating {}", c.out.display()))?;
     let record = toml::to_string_pretty(&cfg)?;
     gimp_io::atomic::write_bytes_atomic(&c.out.join("config.toml"), record.as_bytes())?;
@@ -210,19 +211,8 @@ fn load_for(
     ckpt: &gimp_nn::checkpoint::Checkpoint,
     fold: Option<usize>,
 ) -> Result<Prepared> {
-    let fold = fold
-        .or_else(|| ckpt.info.get("fold").and_then(|f| f.parse().ok()))
-        .unwrap_or(0);
     let c = super::cohort::load(cohort, LoadOptions::default())?;
-    let transform = ckpt
-        .preprocessing
-        .as_ref()
-        .map_or("none", |p| p.transform.as_str());
-    let data = Prepared::new(&c, fold, transform)?;
-    Ok(match &ckpt.preprocessing {
-        Some(p) => data.with_preprocessing(p)?,
-        None => data,
-    })
+    Ok(Prepared::for_checkpoint(&c, fold, ckpt)?)
 }
 
 pub fn evaluate(a: EvalArgs) -> Result<ExitCode> {
@@ -339,7 +329,7 @@ pub struct TrainArgs {
     pub fold: usize,
     /// Expression transform before z-scoring: log2p1 or none.
     #[arg(long, default_value = "log2p1")]
-    pub transform: String,
+    pub transform: ExpressionTransform,
     #[arg(long)]
     pub resume: bool,
     /// MGCA, BioViL, REFERS: epochs of the self-supervised stage before fine-tuning (default 50).
@@ -394,7 +384,7 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
     cfg.cosine = a.cosine;
     cfg.max_patches = a.max_patches;
     let c = super::cohort::load(&a.cohort, LoadOptions::default())?;
-    let data = Prepared::new(&c, a.fold, &a.transform)?;
+    let data = Prepared::new(&c, a.fold, a.transform)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let bars = Bars::new();
     let r = supervised::train(

@@ -1,0 +1,519 @@
+//! Batch processing of slide lists, shared by patching and feature extraction: finding the slide
+//! files, splitting the list across machines (`i/n` shards or a Slurm array), the output folder
+//! layout with its skip-if-done checks, patching one slide into it, and CLAM's `process_list.csv`.
+
+use crate::overlay;
+use crate::patching::{self, PatchParams};
+use crate::segment::{self, SegmentParams};
+use gimp_io::{h5, DataError, ErrorKind};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// File extensions taken from a folder of slides.
+pub const SLIDE_EXTENSIONS: &[&str] = &[
+    "svs", "tif", "tiff", "ndpi", "mrxs", "scn", "vms", "vmu", "bif", "svslide",
+];
+
+/// Slide files from files and folders (a folder's files with a [`SLIDE_EXTENSIONS`] extension, not
+/// recursing), sorted and de-duplicated so every machine of a sharded run sees the same list.
+pub fn slide_files(inputs: &[PathBuf]) -> gimp_io::Result<Vec<PathBuf>> {
+    let mut all = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            for e in std::fs::read_dir(p).map_err(|e| DataError::io(p, e))? {
+                let path = e.map_err(|e| DataError::io(p, e))?.path();
+                let ext = path
+                    .extension()
+                    .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                    .unwrap_or_default();
+                if path.is_file() && SLIDE_EXTENSIONS.contains(&ext.as_str()) {
+                    all.push(path);
+                }
+            }
+        } else if p.is_file() {
+            all.push(p.clone());
+        } else {
+            return Err(DataError::new(
+                ErrorKind::Io,
+                p,
+                "no such slide file or folder",
+            ));
+        }
+    }
+    all.sort();
+    all.dedup();
+    if all.is_empty() {
+        let place = inputs.first().map_or(Path::new(""), |p| p.as_path());
+        return Err(DataError::new(
+            ErrorKind::Empty,
+            place,
+            format!(
+                "no slides found (extensions read from folders: {})",
+                SLIDE_EXTENSIONS.join(", ")
+            ),
+        ));
+    }
+    Ok(all)
+}
+
+/// CLAM's slide id: the file name without its extension.
+pub fn slide_id(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default()
+}
+
+/// Share `index` of `count` of a slide list: the slides at positions k with k mod count = index,
+/// so the shards are disjoint, cover the list, and differ in size by at most one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    index: usize,
+    count: usize,
+}
+
+/// A shard that cannot be parsed or is out of range; the message quotes the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    #[error("'{0}': expected I/N, e.g. 0/4")]
+    Syntax(String),
+    #[error("'{0}': {1}")]
+    Number(String, std::num::ParseIntError),
+    #[error("'{0}': need 0 ≤ I < N")]
+    Range(String),
+    #[error("{0}: '{1}' is not a whole number")]
+    SlurmVariable(&'static str, String),
+    /// The shard computed from a Slurm array's variables is not valid.
+    #[error("the Slurm array {0}")]
+    SlurmArray(Box<ShardError>),
+}
+
+impl Shard {
+    pub fn new(index: usize, count: usize) -> Result<Self, ShardError> {
+        if count == 0 || index >= count {
+            return Err(ShardError::Range(format!("{index}/{count}")));
+        }
+        Ok(Self { index, count })
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// A Slurm array job's share: task `SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN` (min 0 when
+    /// unset, as arrays usually start at 0) of `SLURM_ARRAY_TASK_COUNT`. `None` outside an array
+    /// job (either of ID and COUNT unset). `var` reads a variable, so tests need no environment.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, ShardError> {
+        let (Some(id), Some(count)) = (var("SLURM_ARRAY_TASK_ID"), var("SLURM_ARRAY_TASK_COUNT"))
+        else {
+            return Ok(None);
+        };
+        let min: usize = var("SLURM_ARRAY_TASK_MIN")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        let id: usize = id
+            .parse()
+            .map_err(|_| ShardError::SlurmVariable("SLURM_ARRAY_TASK_ID", id.clone()))?;
+        format!("{}/{count}", id.saturating_sub(min))
+            .parse()
+            .map(Some)
+            .map_err(|e| ShardError::SlurmArray(Box::new(e)))
+    }
+
+    /// [`Shard::from_vars`] on this process's environment.
+    pub fn from_env() -> Result<Option<Self>, ShardError> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// Whether position `k` of the list is in this shard.
+    pub fn contains(&self, k: usize) -> bool {
+        k % self.count == self.index
+    }
+
+    /// This shard's items, in their order.
+    pub fn select<T>(&self, items: impl IntoIterator<Item = T>) -> Vec<T> {
+        items
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| self.contains(*k))
+            .map(|(_, t)| t)
+            .collect()
+    }
+}
+
+/// `i/n`, 0-based: `0/4` is the first of four shards.
+impl FromStr for Shard {
+    type Err = ShardError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| ShardError::Syntax(s.to_string()))?;
+        let num = |t: &str| {
+            t.trim()
+                .parse::<usize>()
+                .map_err(|e| ShardError::Number(s.to_string(), e))
+        };
+        let (i, n) = (num(i)?, num(n)?);
+        Self::new(i, n).map_err(|_| ShardError::Range(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// `{out}/patches/{id}.h5`, the patch file `patch_slide` writes.
+pub fn patch_path(out: &Path, id: &str) -> PathBuf {
+    out.join("patches").join(format!("{id}.h5"))
+}
+
+/// `{out}/masks/{id}.png`, the segmentation QC picture.
+pub fn mask_path(out: &Path, id: &str) -> PathBuf {
+    out.join("masks").join(format!("{id}.png"))
+}
+
+/// `{out}/h5_files/{id}.h5`, CLAM's feature file.
+pub fn features_path(out: &Path, id: &str) -> PathBuf {
+    out.join("h5_files").join(format!("{id}.h5"))
+}
+
+/// `{out}/pt_files/{id}.pt`, CLAM's torch feature file.
+pub fn features_pt_path(out: &Path, id: &str) -> PathBuf {
+    out.join("pt_files").join(format!("{id}.pt"))
+}
+
+/// A slide is patched when its patch file is there and readable (a file cut short by a killed
+/// job is not).
+pub fn patches_done(out: &Path, id: &str) -> bool {
+    let p = patch_path(out, id);
+    p.is_file() && h5::read_patches(&p).is_ok()
+}
+
+/// A slide's features are done when the feature file has one row per patch (and, with `pt`, the
+/// `.pt` file exists too).
+pub fn features_done(out: &Path, id: &str, n_patches: usize, pt: bool) -> bool {
+    h5::feature_shape(&features_path(out, id)).is_ok_and(|(n, _)| n == n_patches)
+        && (!pt || features_pt_path(out, id).is_file())
+}
+
+/// One patched slide: a row of the process list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatchedSlide {
+    pub id: String,
+    pub n_patches: usize,
+    pub patch_level: usize,
+    pub patch_size_at_level: u32,
+    pub level0_magnification: f64,
+    pub tissue_fraction: f64,
+    pub regions: usize,
+}
+
+/// Why a slide could not be patched.
+#[derive(Debug, thiserror::Error)]
+pub enum PatchError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(
+        "no tissue patches: the largest tissue region is {largest:.2} reference patches \
+         (512² level-0 px), a_t is {a_t}; lower --a-t (or use --preset bwh_biopsy), or check \
+         the QC picture masks/{id}.png"
+    )]
+    NoTissue { id: String, largest: f64, a_t: f64 },
+}
+
+/// Segments one slide and writes its patch file ([`patch_path`]) and QC picture ([`mask_path`],
+/// written first so a slide without tissue patches can be looked at).
+pub fn patch_slide(
+    slide: &Path,
+    out: &Path,
+    sp: &SegmentParams,
+    pp: &PatchParams,
+) -> Result<PatchedSlide, PatchError> {
+    let id = slide_id(slide);
+    let s = crate::open(slide)?;
+    let plan = patching::plan(s.as_ref(), pp)?;
+    // Slides with one level (small regions, some scanners' exports) are segmented on an
+    // overview no coarser than 1/1024 of their side, so small regions keep enough pixels.
+    let l0 = s.levels()[0];
+    let seg_ds = sp
+        .downsample
+        .min((l0.width.max(l0.height) as f64 / 1024.0).max(1.0));
+    let (overview, ds) = s.overview(seg_ds, 1 << 27)?;
+    let mask = segment::segment(&overview, ds, sp);
+    let coords = patching::coords(&mask, &plan, pp.contour_fn);
+    let qc = overlay::segmentation_qc(&overview, &mask, Some((&coords, plan.size_level0 as f64)));
+    overlay::save_png(&qc, &mask_path(out, &id))?;
+    let n = coords.len();
+    if n == 0 {
+        let largest = mask.regions.iter().map(|r| r.area).fold(0.0, f64::max);
+        return Err(PatchError::NoTissue {
+            id,
+            largest,
+            a_t: sp.a_t,
+        });
+    }
+    let file = patching::patch_file(s.as_ref(), &id, &plan, pp, coords);
+    h5::write_patches(&patch_path(out, &id), &file)?;
+    Ok(PatchedSlide {
+        id,
+        n_patches: n,
+        patch_level: plan.level,
+        patch_size_at_level: plan.size_at_level,
+        level0_magnification: plan.level0_magnification,
+        tissue_fraction: mask.tissue_fraction(),
+        regions: mask.kept_regions().count(),
+    })
+}
+
+/// CLAM's `process_list_autogen.csv`: one row per slide of the run with its status
+/// (`processed`, `already_exist`, `failed` with the error).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessList {
+    csv: String,
+    failed: usize,
+}
+
+impl Default for ProcessList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProcessList {
+    pub const HEADER: &'static str = "slide_id,status,n_patches,patch_level,patch_size_at_level,level0_magnification,tissue_fraction,regions,error";
+
+    pub fn new() -> Self {
+        Self {
+            csv: format!("{}\n", Self::HEADER),
+            failed: 0,
+        }
+    }
+
+    pub fn processed(&mut self, s: &PatchedSlide) {
+        let _ = writeln!(
+            self.csv,
+            "{},processed,{},{},{},{},{:.4},{},",
+            s.id,
+            s.n_patches,
+            s.patch_level,
+            s.patch_size_at_level,
+            s.level0_magnification,
+            s.tissue_fraction,
+            s.regions
+        );
+    }
+
+    pub fn already_exist(&mut self, id: &str) {
+        let _ = writeln!(self.csv, "{id},already_exist,,,,,,,");
+    }
+
+    /// A failed slide; the error goes in a quoted field, its own double quotes made single so
+    /// the field stays one CSV value.
+    pub fn failed(&mut self, id: &str, error: &str) {
+        self.failed += 1;
+        let _ = writeln!(
+            self.csv,
+            "{id},failed,,,,,,,\"{}\"",
+            error.replace('"', "'")
+        );
+    }
+
+    pub fn n_failed(&self) -> usize {
+        self.failed
+    }
+
+    pub fn as_csv(&self) -> &str {
+        &self.csv
+    }
+
+    /// `process_list.csv`, or `process_list_{i}of{n}.csv` for a shard so that the machines of
+    /// one run do not overwrite each other's lists.
+    pub fn file_name(shard: Option<&Shard>) -> String {
+        match shard {
+            Some(s) => format!("process_list_{}of{}.csv", s.index, s.count),
+            None => "process_list.csv".to_string(),
+        }
+    }
+
+    /// Writes the list into `out` (atomically) under [`ProcessList::file_name`]; returns its path.
+    pub fn write(&self, out: &Path, shard: Option<&Shard>) -> gimp_io::Result<PathBuf> {
+        let path = out.join(Self::file_name(shard));
+        gimp_io::atomic::write_bytes_atomic(&path, self.csv.as_bytes())?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn every_item_is_in_exactly_one_shard() {
+        for n in 1..=7 {
+            for len in [0, 1, 5, 13, 28] {
+                let items: Vec<usize> = (0..len).collect();
+                let mut seen = vec![0; len];
+                let mut sizes = Vec::new();
+                for i in 0..n {
+                    let part = Shard::new(i, n).unwrap().select(items.iter().copied());
+                    assert!(part.windows(2).all(|w| w[0] < w[1]), "order kept");
+                    sizes.push(part.len());
+                    for k in part {
+                        seen[k] += 1;
+                    }
+                }
+                assert!(seen.iter().all(|&c| c == 1), "n={n} len={len}: {seen:?}");
+                let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+                assert!(hi - lo <= 1, "n={n} len={len}: {sizes:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn parses_i_of_n() {
+        let s: Shard = "2/4".parse().unwrap();
+        assert_eq!((s.index(), s.count()), (2, 4));
+        assert_eq!(
+            " 0 / 1 ".parse::<Shard>().unwrap(),
+            Shard::new(0, 1).unwrap()
+        );
+        assert_eq!(s.to_string(), "2/4");
+        assert_eq!(
+            Shard::new(1, 3).unwrap().select("abcdefg".chars()),
+            vec!['b', 'e']
+        );
+    }
+
+    #[test]
+    fn bad_shards_say_what_is_wrong() {
+        let msg = |s: &str| s.parse::<Shard>().unwrap_err().to_string();
+        assert_eq!(msg("3"), "'3': expected I/N, e.g. 0/4");
+        assert_eq!(msg("4/4"), "'4/4': need 0 ≤ I < N");
+        assert_eq!(msg("0/0"), "'0/0': need 0 ≤ I < N");
+        assert_eq!(msg("a/4"), "'a/4': invalid digit found in string");
+        assert_eq!(msg("-1/4"), "'-1/4': invalid digit found in string");
+        assert_eq!(msg("1/"), "'1/': cannot parse integer from empty string");
+        assert!(Shard::new(5, 2).is_err());
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn slurm_array_variables_choose_the_shard() {
+        assert_eq!(Shard::from_vars(vars(&[])).unwrap(), None);
+        // Both ID and COUNT are needed.
+        assert_eq!(
+            Shard::from_vars(vars(&[("SLURM_ARRAY_TASK_ID", "1")])).unwrap(),
+            None
+        );
+        let two = vars(&[
+            ("SLURM_ARRAY_TASK_ID", "2"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ]);
+        assert_eq!(Shard::from_vars(two).unwrap(), Shard::new(2, 4).ok());
+        // An array numbered from 1 (`--array=1-4`) gives shards 0..3.
+        let from_one = vars(&[
+            ("SLURM_ARRAY_TASK_ID", "4"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+        ]);
+        assert_eq!(Shard::from_vars(from_one).unwrap(), Shard::new(3, 4).ok());
+    }
+
+    #[test]
+    fn bad_slurm_variables_are_named() {
+        let e = Shard::from_vars(vars(&[
+            ("SLURM_ARRAY_TASK_ID", "x"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "SLURM_ARRAY_TASK_ID: 'x' is not a whole number"
+        );
+        // An array numbered from 1 without SLURM_ARRAY_TASK_MIN runs past the count.
+        let e = Shard::from_vars(vars(&[
+            ("SLURM_ARRAY_TASK_ID", "4"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.to_string(), "the Slurm array '4/4': need 0 ≤ I < N");
+    }
+
+    #[test]
+    fn slide_files_are_sorted_filtered_and_deduplicated() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["b.svs", "a.TIF", "notes.txt", "c.ndpi"] {
+            std::fs::write(d.path().join(f), b"").unwrap();
+        }
+        let dir = d.path().to_path_buf();
+        let got = slide_files(&[dir.clone(), dir.join("b.svs")]).unwrap();
+        let names: Vec<String> = got.iter().map(|p| slide_id(p)).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        let e = slide_files(&[dir.join("missing.svs")]).unwrap_err();
+        assert!(e
+            .to_string()
+            .ends_with("missing.svs: no such slide file or folder"));
+        let empty = tempfile::tempdir().unwrap();
+        let e = slide_files(&[empty.path().to_path_buf()]).unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("no slides found (extensions read from folders: svs, tif"));
+    }
+
+    #[test]
+    fn process_list_rows_and_names() {
+        let mut l = ProcessList::new();
+        l.processed(&PatchedSlide {
+            id: "s1".into(),
+            n_patches: 52,
+            patch_level: 0,
+            patch_size_at_level: 256,
+            level0_magnification: 20.0,
+            tissue_fraction: 0.123456,
+            regions: 2,
+        });
+        l.already_exist("s2");
+        l.failed("s3", "s3.svs: bad \"tile\"");
+        assert_eq!(l.n_failed(), 1);
+        assert_eq!(
+            l.as_csv(),
+            format!(
+                "{}\ns1,processed,52,0,256,20,0.1235,2,\ns2,already_exist,,,,,,,\ns3,failed,,,,,,,\"s3.svs: bad 'tile'\"\n",
+                ProcessList::HEADER
+            )
+        );
+        assert_eq!(ProcessList::file_name(None), "process_list.csv");
+        let s = Shard::new(1, 3).unwrap();
+        assert_eq!(ProcessList::file_name(Some(&s)), "process_list_1of3.csv");
+        let d = tempfile::tempdir().unwrap();
+        let p = l.write(d.path(), Some(&s)).unwrap();
+        assert_eq!(std::fs::read_to_string(p).unwrap(), l.as_csv());
+    }
+
+    #[test]
+    fn nothing_is_done_in_an_empty_folder() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!patches_done(d.path(), "s"));
+        assert!(!features_done(d.path(), "s", 3, false));
+        assert_eq!(patch_path(Path::new("o"), "s"), Path::new("o/patches/s.h5"));
+        assert_eq!(
+            features_pt_path(Path::new("o"), "s"),
+            Path::new("o/pt_files/s.pt")
+        );
+    }
+}
