@@ -160,6 +160,9 @@ pub enum Training {
     GimpStages,
 }
 
+/// Puts gene groups (positions in the expression vector) into a model config.
+pub type SetGeneGroups = fn(&mut Value, &[Vec<u32>]) -> Result<()>;
+
 /// One architecture.
 pub struct ArchInfo {
     pub name: &'static str,
@@ -175,7 +178,7 @@ pub struct ArchInfo {
     pub config_from_weights: fn(&BTreeMap<String, Tensor>) -> Result<Value>,
     /// For models that take the expression as groups of genes (MCAT's signatures): puts the
     /// groups (positions in the expression vector) into a config.
-    pub set_gene_groups: Option<fn(&mut Value, &[Vec<u32>]) -> Result<()>>,
+    pub set_gene_groups: Option<SetGeneGroups>,
 }
 
 impl ArchInfo {

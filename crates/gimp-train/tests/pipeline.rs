@@ -437,7 +437,7 @@ where
         resume: false,
         stop_after: Some(stop),
     };
-    let e = stage(&cut, stopped).err().expect("the stage stops");
+    let e = stage(&cut, stopped).expect_err("the stage stops");
     assert!(
         matches!(e, gimp_train::data::DataErr::Stopped(n) if n == stop),
         "{e}"
