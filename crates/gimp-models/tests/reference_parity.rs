@@ -135,7 +135,7 @@ fn abmil_matches_porpoise_amil() {
 #[test]
 fn weights_of_another_architecture_are_refused_with_names() {
     let weights: BTreeMap<String, Tensor> = load("abmil_weights.safetensors").into_iter().collect();
-    let cfg = (find("clam_sb").unwrap().default_config)(gimp_models::Dims::both(1024), 2);
+    let cfg = (find("clam_sb").unwrap().default_config)(gimp_models::Dims::both(128), 2);
     let err = registry::load(find("clam_sb").unwrap(), weights, Some(cfg))
         .err()
         .unwrap()
