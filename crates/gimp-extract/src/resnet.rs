@@ -1,5 +1,5 @@
 //! ResNet50 truncated after `layer3`, then global average pooling → 1024-d: CLAM's
-//! `resnet50_trunc` feature extractor (`spec/formats.md` §2), in inference mode, with BatchNorm
+//! `resnet50_trunc` feature extractor (`docs/DESIGN.md` §13), in inference mode, with BatchNorm
 //! folded into a per-channel scale and shift. Weights are read by torchvision's names
 //! (`conv1.weight`, `bn1.running_mean`, `layer2.0.downsample.0.weight`, …). Channel widths come
 //! from the weights' shapes (`conv1.weight`, `layerN.B.convK.weight`), so a narrower network with

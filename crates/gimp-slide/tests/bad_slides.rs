@@ -5,8 +5,10 @@ use std::path::Path;
 
 /// The repository's real Aperio slide region (`data/slides/cmu_small_region.svs`).
 fn real_slide() -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/slides/cmu_small_region.svs"))
-        .unwrap()
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/slides/cmu_small_region.svs"),
+    )
+    .unwrap()
 }
 
 #[test]

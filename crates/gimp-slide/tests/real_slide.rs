@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 /// A file of the repository, by its path from the repository root.
 fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
 }
 
 const SLIDE: &str = "data/slides/cmu_small_region.svs";
