@@ -39,20 +39,9 @@ fn synth_small(out: &Path, seed: &str) -> Output {
     ])
 }
 
-/// `../shared`, required in CI (GIMP_REQUIRE_SHARED=1), skipped with a message elsewhere.
-fn shared() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
-    if p.join("data").is_dir() {
-        return Some(p);
-    }
-    if std::env::var("GIMP_REQUIRE_SHARED").as_deref() == Ok("1") {
-        panic!(
-            "../shared is required (GIMP_REQUIRE_SHARED=1) but {} is missing",
-            p.display()
-        );
-    }
-    eprintln!("skipping: {} not found", p.display());
-    None
+/// The repository root (real data in `data/`, see data/README.md).
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 #[test]
@@ -203,8 +192,7 @@ fn split_writes_clam_layout_and_check_finds_leaks() {
 
 #[test]
 fn gene_only_logistic_regression_on_real_leukemia_expression() {
-    let Some(shared) = shared() else { return };
-    let data = shared.join("data/all-leukemia");
+    let data = repo().join("data/all-leukemia");
     let d = tempfile::tempdir().unwrap();
     // Reference figures (data/README.md): scikit-learn, C = 0.1, standardised, 5-fold:
     // lineage B vs T 1.000; BCR/ABL vs NEG 0.828.
@@ -459,9 +447,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 /// a resumed extraction that skips the finished slide, and a heatmap of CLAM-SB's attention.
 #[test]
 fn the_real_slide_goes_from_pixels_to_features_to_a_heatmap() {
-    let Some(shared) = shared() else { return };
-    let slide = shared.join("data/slides/cmu_small_region.svs");
-    let weights = shared.join("fixtures/resnet50_trunc_real_patches.safetensors");
+    let slide = repo().join("data/slides/cmu_small_region.svs");
+    let weights =
+        repo().join("crates/gimp-extract/tests/fixtures/resnet50_trunc_real_patches.safetensors");
     let d = tempfile::tempdir().unwrap();
     let out = d.path();
     let s = |p: &Path| p.to_str().unwrap().to_string();
@@ -565,7 +553,7 @@ fn the_real_slide_goes_from_pixels_to_features_to_a_heatmap() {
     );
     let bag =
         gimp_io::h5::read_features(&fout.join("h5_files/cmu_small_region.h5"), 1 << 30).unwrap();
-    assert_eq!((bag.n, bag.d), (4, 1024));
+    assert_eq!((bag.n, bag.d), (4, 128));
     assert_eq!(bag.coords.as_deref(), Some(&fixture_coords[..]));
     let bytes = std::fs::read(&weights).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -609,7 +597,7 @@ fn the_real_slide_goes_from_pixels_to_features_to_a_heatmap() {
     assert_eq!(bag.n, patches.coords.len());
     assert_eq!(bag.coords.as_deref(), Some(&patches.coords[..]));
     let pt = gimp_io::pt::read_tensor(&out.join("pt_files/cmu_small_region.pt"), 1 << 30).unwrap();
-    assert_eq!(pt.shape, vec![bag.n, 1024]);
+    assert_eq!(pt.shape, vec![bag.n, 128]);
     let o = gimp(&[
         "extract",
         &s(&slide),

@@ -119,7 +119,7 @@ fn default_formats() -> Vec<FeatureFormat> {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Imputation {
-    /// A missing value is an error (`gimp.md` §1).
+    /// A missing value is an error (`docs/DESIGN.md` §3).
     #[default]
     None,
     /// Replace by the gene's mean over the samples that have it, and report the count.

@@ -17,7 +17,7 @@ pub enum Scheme {
 }
 
 impl Scheme {
-    /// The paper's protocol (`gimp.md` §7): one stratified 60/20/20 split.
+    /// The paper's protocol (`docs/DESIGN.md` §11): one stratified 60/20/20 split.
     pub const PAPER: Scheme = Scheme::Holdout {
         val: 0.2,
         test: 0.2,

@@ -112,7 +112,7 @@ pub fn extract_slide(
     mut progress: impl FnMut(usize),
 ) -> Result<Bag> {
     let n = patches.coords.len();
-    let d = 1024;
+    let d = net.out_dim();
     let mut features = Vec::with_capacity(n * d);
     let s = g.input_size as usize;
     let model_err = |e: candle_core::Error| {

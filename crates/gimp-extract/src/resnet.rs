@@ -1,7 +1,10 @@
 //! ResNet50 truncated after `layer3`, then global average pooling → 1024-d: CLAM's
-//! `resnet50_trunc` feature extractor (`spec/formats.md` §2), in inference mode, with BatchNorm
+//! `resnet50_trunc` feature extractor (`docs/DESIGN.md` §13), in inference mode, with BatchNorm
 //! folded into a per-channel scale and shift. Weights are read by torchvision's names
-//! (`conv1.weight`, `bn1.running_mean`, `layer2.0.downsample.0.weight`, …).
+//! (`conv1.weight`, `bn1.running_mean`, `layer2.0.downsample.0.weight`, …). Channel widths come
+//! from the weights' shapes (`conv1.weight`, `layerN.B.convK.weight`), so a narrower network with
+//! the same structure (block counts 3/4/6, bottlenecks ×4) loads too: the test fixture uses base
+//! width 8 and gives 128-d features.
 
 use candle_core::{DType, Device, Result, Tensor};
 use gimp_nn::cpu::matmul::{mm_parallel, View};
@@ -269,7 +272,12 @@ impl ResNet50Trunc {
         Ok(Self { stem, blocks })
     }
 
-    /// Normalised images `[B, 3, H, W]` → features `[B, 1024]`.
+    /// Width of the features: `layer3`'s output channels (1024 for ResNet50).
+    pub fn out_dim(&self) -> usize {
+        self.blocks.last().map_or(self.stem.c_out, |b| b.c3.c_out)
+    }
+
+    /// Normalised images `[B, 3, H, W]` → features `[B, out_dim]` (`[B, 1024]` for ResNet50).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let device = x.device().clone();

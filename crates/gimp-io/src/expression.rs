@@ -37,7 +37,7 @@ impl ExpressionMatrix {
             .collect()
     }
 
-    /// Errors on the first missing value, naming sample and gene (`gimp.md` §1: a gene missing
+    /// Errors on the first missing value, naming sample and gene (`docs/DESIGN.md` §3: a gene missing
     /// from one sample is an error unless the user opts into imputation).
     pub fn require_complete(&self, path: &Path) -> Result<()> {
         let g = self.genes.len();

@@ -137,7 +137,10 @@ fn abmil_matches_porpoise_amil() {
 #[test]
 fn weights_of_another_architecture_are_refused_with_names() {
     let weights: BTreeMap<String, Tensor> = load("abmil_weights.safetensors").into_iter().collect();
-    let cfg = (find("clam_sb").unwrap().default_config)(gimp_models::Dims::both(1024), 2);
+    let mut cfg = (find("clam_sb").unwrap().default_config)(gimp_models::Dims::both(128), 2);
+    // The fixture's widths (128 → 32 → 16), so the common layers fit and only names differ.
+    cfg["hidden"] = 32.into();
+    cfg["attention_dim"] = 16.into();
     let err = registry::load(find("clam_sb").unwrap(), weights, Some(cfg))
         .err()
         .unwrap()

@@ -1,5 +1,5 @@
 //! Whole-slide images to patch coordinates, the first half of CLAM's preprocessing
-//! (`spec/formats.md` §1), without a system library:
+//! (`docs/DESIGN.md` §12), without a system library:
 //!
 //! - [`slide`]: one reader interface; [`tiff_slide`] reads tiled (and small stripped) TIFF and
 //!   Aperio SVS in pure Rust (JPEG with shared tables, LZW, deflate, predictors), with

@@ -71,7 +71,7 @@ impl SegmentParams {
     }
 
     pub fn check(&self) -> Result<(), String> {
-        if self.mthresh % 2 == 0 {
+        if self.mthresh.is_multiple_of(2) {
             return Err(format!(
                 "the median blur kernel (mthresh) must be odd, got {}",
                 self.mthresh

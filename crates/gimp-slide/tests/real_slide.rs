@@ -1,40 +1,28 @@
-//! The shared Aperio slide region (`../shared/data/slides/cmu_small_region.svs`, CC0) through the
-//! pure-Rust reader, segmentation and patching. Pixels are compared with OpenSlide's decoding of
-//! the same patches (the `patches_rgb_u8` of the ResNet fixture, read with OpenSlide at level-0
-//! (1024, 256), (1024, 512), (1280, 512), (1024, 768)). CI sets GIMP_REQUIRE_SHARED=1, so missing
-//! files fail instead of skipping.
+//! The real Aperio slide region of the repository (`data/slides/cmu_small_region.svs`, CC0) through
+//! the pure-Rust reader, segmentation and patching. Pixels are compared with OpenSlide's decoding
+//! of the same patches (the `patches_rgb_u8` of gimp-extract's ResNet fixture, read with OpenSlide
+//! at level-0 (1024, 256), (1024, 512), (1280, 512), (1024, 768)).
 
 use gimp_slide::patching::{self, PatchParams};
 use gimp_slide::segment::{segment, SegmentParams};
 use std::path::{Path, PathBuf};
 
-fn shared(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared")
-        .join(rel);
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("GIMP_REQUIRE_SHARED").as_deref() != Ok("1"),
-        "{} is required",
-        p.display()
-    );
-    eprintln!("skipping: {} not found", p.display());
-    None
+/// A file of the repository, by its path from the repository root.
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
 }
+
+const SLIDE: &str = "data/slides/cmu_small_region.svs";
 
 /// Where the fixture's four patches lie on the slide (found by exhaustive search, exact match).
 const FIXTURE_COORDS: [[i64; 2]; 4] = [[1024, 256], [1024, 512], [1280, 512], [1024, 768]];
 
 #[test]
 fn reads_the_aperio_slide_like_openslide() {
-    let Some(path) = shared("data/slides/cmu_small_region.svs") else {
-        return;
-    };
-    let Some(fix) = shared("fixtures/resnet50_trunc_real_patches.safetensors") else {
-        return;
-    };
+    let path = repo(SLIDE);
+    let fix = repo("crates/gimp-extract/tests/fixtures/resnet50_trunc_real_patches.safetensors");
     let s = gimp_slide::open(&path).unwrap();
     assert_eq!(s.levels().len(), 1);
     assert_eq!((s.levels()[0].width, s.levels()[0].height), (2220, 2967));
@@ -82,9 +70,7 @@ fn reads_the_aperio_slide_like_openslide() {
 
 #[test]
 fn segments_and_patches_the_aperio_slide() {
-    let Some(path) = shared("data/slides/cmu_small_region.svs") else {
-        return;
-    };
+    let path = repo(SLIDE);
     let s = gimp_slide::open(&path).unwrap();
     let mut sp = SegmentParams::preset("bwh_biopsy").unwrap();
     sp.downsample = 4.0;
@@ -119,9 +105,7 @@ fn segments_and_patches_the_aperio_slide() {
 #[test]
 fn openslide_and_the_pure_rust_reader_agree() {
     use gimp_slide::SlideReader;
-    let Some(path) = shared("data/slides/cmu_small_region.svs") else {
-        return;
-    };
+    let path = repo(SLIDE);
     let ours = gimp_slide::tiff_slide::TiffSlide::open(&path).unwrap();
     let os = gimp_slide::openslide::OpenSlide::open(&path).unwrap();
     assert_eq!(ours.levels(), os.levels());
@@ -146,9 +130,7 @@ fn openslide_and_the_pure_rust_reader_agree() {
 /// (`tests/fixtures/cmu_small_region_clam_coords.tsv`); ours must choose the same.
 #[test]
 fn patches_are_the_ones_clam_chooses() {
-    let Some(path) = shared("data/slides/cmu_small_region.svs") else {
-        return;
-    };
+    let path = repo(SLIDE);
     let s = gimp_slide::open(&path).unwrap();
     let mut sp = SegmentParams::preset("bwh_biopsy").unwrap();
     sp.downsample = 1.0;

@@ -1,5 +1,5 @@
 //! The generator's calibration check: a regularised logistic regression on the expression of the
-//! paper's 60/20/20 split (`spec/synthetic-cohort.md`, "Calibration").
+//! paper's 60/20/20 split (`docs/DESIGN.md` §29).
 
 use crate::config::SynthConfig;
 use gimp_cohort::split::{make_splits, Scheme};

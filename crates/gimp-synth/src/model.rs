@@ -1,5 +1,5 @@
 //! The generative model: patients with a latent subtype and tumour purity, slides made of tissue
-//! regions, and expression driven by gene programmes (see `spec/synthetic-cohort.md`).
+//! regions, and expression driven by gene programmes (see `docs/DESIGN.md` §28).
 //!
 //! Randomness is split into independent ChaCha8 streams — one for the cohort's shared parameters
 //! and one per patient — so patients can be generated in parallel and still give the same bytes.

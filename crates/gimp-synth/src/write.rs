@@ -1,4 +1,4 @@
-//! Writing a generated cohort in exactly the layout users have (see `spec/synthetic-cohort.md`).
+//! Writing a generated cohort in exactly the layout users have (see `docs/DESIGN.md` §28).
 
 use crate::config::SynthConfig;
 use crate::model::{self, GeneModel, ImageModel, PatientLatent, PATCH};

@@ -1,4 +1,4 @@
-//! The generator's calibration is a test (`spec/synthetic-cohort.md`): on the `paper` preset
+//! The generator's calibration is a test (`docs/DESIGN.md` §29): on the `paper` preset
 //! (946 patients, 60,480 genes), a regularised logistic regression on the expression lands in
 //! 0.93–0.97 test accuracy. One split of 190 test patients has a standard error of about 1.6
 //! points, so the mean over three seeds is held to the band, and each seed to a wider one.

@@ -64,7 +64,7 @@ pub fn layer_inplace(
         || m == 0
         || w.qkv.len() != 3 * inner * dim
         || w.out_weight.len() != dim * inner
-        || x.len() % dim != 0
+        || !x.len().is_multiple_of(dim)
         || (shape.kernel > 0 && w.conv.len() != h * shape.kernel)
     {
         candle_core::bail!("nystrom inference: parameter shapes do not match the layer");
