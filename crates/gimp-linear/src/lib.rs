@@ -13,7 +13,7 @@ pub mod baseline;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// Per-gene z-scoring with statistics from the training samples only (`gimp.md` §1): population
+/// Per-gene z-scoring with statistics from the training samples only (`docs/DESIGN.md` §3): population
 /// standard deviation; a gene with std < 1e-6 is 0 everywhere.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Standardiser {

@@ -1,5 +1,5 @@
 //! Classification metrics, defined as scikit-learn defines them (the crates tried disagree with
-//! it on ties and multi-class averaging), with the intervals `gimp.md` §6 asks for.
+//! it on ties and multi-class averaging), with the intervals `docs/DESIGN.md` §10 records for.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -164,7 +164,7 @@ pub fn roc_auc_bootstrap(
     })
 }
 
-/// Every metric of `gimp.md` §6 for one evaluated set.
+/// Every metric of `docs/DESIGN.md` §10 for one evaluated set.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     pub n: usize,

@@ -1,4 +1,4 @@
-//! ABMIL as pathology MIL papers use it (`spec/baselines.md` §3b): gated attention over 1024-d
+//! ABMIL as pathology MIL papers use it (`docs/DESIGN.md` §16): gated attention over 1024-d
 //! features (Ilse et al. 2018, with CLAM's layer sizes). Parameter names follow PORPOISE's
 //! `PorpoiseAMIL` (`attention_net.0`, `attention_net.3.attention_{a,b,c}`, `classifier`), so its
 //! state dicts load as they are.

@@ -1,4 +1,4 @@
-//! The patch aggregator of GiMP (`spec/gimp.md` §3) and TransMIL (`spec/baselines.md` §2):
+//! The patch aggregator of GiMP (`docs/DESIGN.md` §5) and TransMIL (`docs/DESIGN.md` §15):
 //! `Linear(D_in → d) + ReLU`, a learnable CLS token, two pre-norm Nyström-attention layers
 //! (no feed-forward block), optional PPEG between them, a final LayerNorm. Parameter names are
 //! TransMIL's (`_fc1.0`, `cls_token`, `layer{1,2}.{norm,attn}`, `pos_layer.proj{,1,2}`, `norm`),

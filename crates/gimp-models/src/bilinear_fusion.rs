@@ -1,5 +1,5 @@
 //! Gated bilinear (Kronecker) fusion of two vectors (Pathomic Fusion's `BilinearFusion`, as
-//! PORPOISE and MCAT copy it; `spec/baselines.md` §8–9). A component of [`crate::porpoise`] and
+//! PORPOISE and MCAT copy it; `docs/DESIGN.md` §21–§22). A component of [`crate::porpoise`] and
 //! [`crate::pathomic`], not a model. Parameter names are the reference's (`linear_h1.0`,
 //! `linear_z1.0`, `linear_o1.0`, …, `encoder1.0`, `encoder2.0`).
 

@@ -1,5 +1,5 @@
 //! BioViL (Boecking et al. 2022, Microsoft hi-ml-multimodal), image–omic adaptation
-//! (`spec/baselines.md` §11): every patch token is projected to 128-d
+//! (`docs/DESIGN.md` §25): every patch token is projected to 128-d
 //! (`Linear – BN – ReLU – Linear`, the 1×1-conv projector) and the global image embedding is the
 //! **mean of the projected patch embeddings**; the gene CLS goes through BioViL's text projector
 //! (`Linear – GELU – LayerNorm(eps 1e-12) – Linear`). `L = L_global + L_MGM`: the symmetric
@@ -132,7 +132,7 @@ impl Model for Biovil {
 pub const ARCH: ArchInfo = ArchInfo {
     name: "biovil",
     summary: "BioViL image–omic adaptation: global slide–expression InfoNCE + masked gene modelling, then fine-tuning (Boecking et al. 2022)",
-    reference: "gimp-rs (docs/DESIGN.md; projectors of microsoft/hi-ml-multimodal)",
+    reference: "gimp-rs (docs/DESIGN.md §25; projectors of microsoft/hi-ml-multimodal)",
     input: InputKind::Paired,
     training: Training::Supervised(TrainingDefaults {
         self_supervised: true,

@@ -1,4 +1,4 @@
-//! CLAM-SB and CLAM-MB (Lu et al. 2021; `spec/baselines.md` §4): gated attention MIL with
+//! CLAM-SB and CLAM-MB (Lu et al. 2021; `docs/DESIGN.md` §17): gated attention MIL with
 //! instance-level clustering. Parameter names are CLAM's (`attention_net.0`,
 //! `attention_net.{2|3}.attention_{a,b,c}`, `classifiers`, `instance_classifiers.{c}`): index 3
 //! when the fc block has a Dropout (CLAM 2024+, or 2021 with `--drop_out`), 2 otherwise.
@@ -246,7 +246,7 @@ impl Model for Clam {
         self.head(&h, &raw, &a)
     }
 
-    /// `(1 − bag_weight) · L_inst` as the auxiliary loss (`spec/baselines.md` §4).
+    /// `(1 − bag_weight) · L_inst` as the auxiliary loss (`docs/DESIGN.md` §17).
     fn training_forward(
         &self,
         input: &Input,

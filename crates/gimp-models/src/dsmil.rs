@@ -1,5 +1,5 @@
-//! DSMIL, dual-stream MIL (Li et al. 2021; binli123/dsmil-wsi `dsmil.py`, `spec/baselines.md`
-//! §5), with the reference's defaults: stream 1 an instance classifier with max-pooling; stream 2
+//! DSMIL, dual-stream MIL (Li et al. 2021; binli123/dsmil-wsi `dsmil.py`, `docs/DESIGN.md`
+//! §18), with the reference's defaults: stream 1 an instance classifier with max-pooling; stream 2
 //! attention to each class's critical instance through `q` (Linear → ReLU → Linear → Tanh, 128),
 //! identity values, and the bag classifier `Conv1d(C, C, kernel = K)` over the class bag
 //! vectors. Trained with `0.5·BCE(bag) + 0.5·BCE(max)` on one-hot labels. Names are the

@@ -1,4 +1,4 @@
-//! GiMP (Jin et al., MICCAI 2023; `spec/gimp.md`): the patch aggregator, a gene encoder
+//! GiMP (Jin et al., MICCAI 2023; `docs/DESIGN.md` §2–§11): the patch aggregator, a gene encoder
 //! (GroupMSA, or SNN for the ablation), masked patch modelling (a learnable mask token after the
 //! input projection, a `LN + Linear(d → D_in)` decoder on the patch tokens), and the fine-tuning
 //! head `Linear(d_pat → d) + ReLU + Dropout + Linear(d → C)` on `CLS_pat = [CLS_img, CLS_ge]`.
@@ -177,7 +177,7 @@ impl Gimp {
                 if train_genes {
                     self.genes.forward(&x.unsqueeze(0)?, mode)?.0.squeeze(0)
                 } else {
-                    // Frozen: evaluation behaviour and no gradient (`gimp.md` §2).
+                    // Frozen: evaluation behaviour and no gradient (`docs/DESIGN.md` §4).
                     Ok(self
                         .genes
                         .forward(&x.unsqueeze(0)?, &Mode::eval())?
@@ -239,7 +239,7 @@ impl Model for Gimp {
 pub const ARCH: ArchInfo = ArchInfo {
     name: "gimp",
     summary: "GiMP: patch aggregator + GroupMSA, MPM and gene-induced triplet pre-training, MLP head on CLS_pat",
-    reference: "gimp-rs (docs/DESIGN.md; the paper published no code)",
+    reference: "gimp-rs (docs/DESIGN.md §2–§11; the paper published no code)",
     input: InputKind::Multimodal,
     training: Training::GimpStages,
     default_config: |d, c| {

@@ -1,4 +1,4 @@
-//! GroupMSA, GiMP's gene encoder (`spec/gimp.md` §2): the standardised expression vector is cut
+//! GroupMSA, GiMP's gene encoder (`docs/DESIGN.md` §4): the standardised expression vector is cut
 //! into fragments of `f` genes (zero-padded at the end to a multiple of the group count), each
 //! fragment tokenised by one shared `Linear(f → d)` plus a fragment position embedding; the
 //! fragments form `N_gr` contiguous groups, each prefixed by its own group token and passed
@@ -23,7 +23,7 @@ pub struct GroupMsaConfig {
     pub mlp_ratio: usize,
     pub dropout: f64,
     pub n_classes: usize,
-    /// One `Linear(f → d)` shared by every fragment (`gimp.md` §2, ViT-style) or one per
+    /// One `Linear(f → d)` shared by every fragment (`docs/DESIGN.md` §4, ViT-style) or one per
     /// fragment, which keeps each gene's identity in its token *(option)*.
     #[serde(default)]
     pub tokenizer: Tokenizer,

@@ -1,5 +1,5 @@
 //! What the image–omic pre-training adaptations of MGCA, BioViL and REFERS share
-//! (`spec/baselines.md` §10–12): the encoders, the projection heads, the losses, and the
+//! (`docs/DESIGN.md` §23–§26): the encoders, the projection heads, the losses, and the
 //! fine-tuned classifier. A component of [`crate::mgca`], [`crate::biovil`] and
 //! [`crate::refers`], not a model.
 //!

@@ -1,5 +1,5 @@
 //! MCAT, multimodal co-attention transformer (Chen et al. 2021; mahmoodlab/MCAT
-//! `model_coattn.py::MCAT_Surv`, `spec/baselines.md` §7), "small" sizes and concat fusion: the
+//! `model_coattn.py::MCAT_Surv`, `docs/DESIGN.md` §20), "small" sizes and concat fusion: the
 //! expression is cut into gene groups (the six signature groups when given, else equal
 //! contiguous chunks), each through its own two SNN blocks → six 256-d tokens; they attend to the
 //! patch embeddings (one-head co-attention), then each side has a two-layer post-norm

@@ -1,4 +1,4 @@
-//! MGCA (Wang et al. 2022, HKU-MedAI/MGCA), image–omic adaptation (`spec/baselines.md` §10):
+//! MGCA (Wang et al. 2022, HKU-MedAI/MGCA), image–omic adaptation (`docs/DESIGN.md` §24):
 //! slide ↔ expression instead of radiograph ↔ report. Three alignments between the two
 //! encoders of [`crate::image_omic`], all on unit-norm 128-d projections:
 //! instance-wise (ITA: CLS_img ↔ CLS_gene, τ₁ 0.07, both directions summed), token-wise (CTA:
@@ -100,7 +100,7 @@ impl Model for Mgca {
 pub const ARCH: ArchInfo = ArchInfo {
     name: "mgca",
     summary: "MGCA image–omic adaptation: instance, token and prototype alignment of slide and expression, then fine-tuning (Wang et al. 2022)",
-    reference: "gimp-rs (docs/DESIGN.md; losses of HKU-MedAI/MGCA)",
+    reference: "gimp-rs (docs/DESIGN.md §24; losses of HKU-MedAI/MGCA)",
     input: InputKind::Paired,
     training: Training::Supervised(TrainingDefaults {
         self_supervised: true,

@@ -1,4 +1,4 @@
-//! Pathomic Fusion, in the WSI adaptation MIL benchmarks use (`spec/baselines.md` §9): MCAT's
+//! Pathomic Fusion, in the WSI adaptation MIL benchmarks use (`docs/DESIGN.md` §22): MCAT's
 //! `MIL_Attention_FC_surv(fusion='bilinear')` — gated ABMIL path branch (1024 → 512 → gated
 //! attention → ρ 256), two SNN blocks on expression, `BilinearFusion(256, 256, scale 8, 8,
 //! mmhid 256)` in MCAT's copy (both gates, no skip, dropout after both encoders), then

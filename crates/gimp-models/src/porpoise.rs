@@ -1,4 +1,4 @@
-//! PORPOISE multimodal fusion (`PorpoiseMMF`, `spec/baselines.md` §8) with the constructor's
+//! PORPOISE multimodal fusion (`PorpoiseMMF`, `docs/DESIGN.md` §21) with the constructor's
 //! defaults (and PyTorch's default init; the class calls no init function): gated ABMIL on the slide (input dropout 0.10, 1024 → 512 → gated attention → ρ 256),
 //! a two-block SNN on expression (256, 256), gated bilinear fusion with both gates, scale 8 and
 //! skip, then `classifier_mm`. Names are the reference's, so its state dicts load as they are.

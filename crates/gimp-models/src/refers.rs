@@ -1,5 +1,5 @@
 //! REFERS (Zhou et al. 2022, funnyzhou/REFERS), image–omic adaptation ("cross-supervision from
-//! genes", `spec/baselines.md` §12). Views: a patient's slide split into `views` spatial regions
+//! genes", `docs/DESIGN.md` §26). Views: a patient's slide split into `views` spatial regions
 //! (contiguous runs of CLAM's row order, which follows the tissue), each encoded by the shared
 //! aggregator, its tokens plus its CLS; REFERS' view fusion weighs every token position of every
 //! view by a sigmoid of the channel-concatenated views and concatenates the weighted views along
@@ -164,7 +164,7 @@ impl Model for Refers {
 pub const ARCH: ArchInfo = ArchInfo {
     name: "refers",
     summary: "REFERS image–omic adaptation: fused spatial views predict expression + ConVIRT contrast, then fine-tuning (Zhou et al. 2022)",
-    reference: "gimp-rs (docs/DESIGN.md; objectives of funnyzhou/REFERS)",
+    reference: "gimp-rs (docs/DESIGN.md §26; objectives of funnyzhou/REFERS)",
     input: InputKind::Paired,
     training: Training::Supervised(TrainingDefaults {
         self_supervised: true,

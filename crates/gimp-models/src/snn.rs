@@ -1,4 +1,4 @@
-//! SNN gene encoder as MCAT/PORPOISE implement it (`spec/baselines.md` §6): blocks of
+//! SNN gene encoder as MCAT/PORPOISE implement it (`docs/DESIGN.md` §19): blocks of
 //! `Linear → ELU(α = 1) → AlphaDropout(0.25)` (ELU, not SELU, as the reference code really does),
 //! LeCun-normal weights and zero biases, then `Linear(→ C)`. Names follow PORPOISE's `SNN`
 //! (`fc_omic.{i}.0`, `classifier`).

@@ -1,4 +1,4 @@
-//! TransMIL (Shao et al., NeurIPS 2021; `spec/baselines.md` §2): the patch aggregator with
+//! TransMIL (Shao et al., NeurIPS 2021; `docs/DESIGN.md` §15): the patch aggregator with
 //! square padding and PPEG, and `_fc2` on CLS. Names are the original's, so a TransMIL
 //! `state_dict` saved as safetensors runs as it is.
 

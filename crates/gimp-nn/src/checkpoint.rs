@@ -12,7 +12,7 @@ use std::path::Path;
 pub const FORMAT: &str = "gimp-rs checkpoint 1";
 const META_KEY: &str = "gimp";
 
-/// Expression preprocessing fitted on the training split (`gimp.md` §1).
+/// Expression preprocessing fitted on the training split (`docs/DESIGN.md` §3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Preprocessing {
     /// Transform before z-scoring: `log2p1` or `none`.

@@ -35,7 +35,7 @@ pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     ((pos - logits.mul(targets)?)? + soft)?.mean_all()
 }
 
-/// Mean absolute error over the rows listed in `rows` and every column (`gimp.md` §4: L1 on the
+/// Mean absolute error over the rows listed in `rows` and every column (`docs/DESIGN.md` §7: L1 on the
 /// masked positions, averaged).
 pub fn masked_l1(pred: &Tensor, target: &Tensor, rows: &[usize]) -> Result<Tensor> {
     if rows.is_empty() {
@@ -51,7 +51,7 @@ pub fn masked_l1(pred: &Tensor, target: &Tensor, rows: &[usize]) -> Result<Tenso
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mining {
-    /// One positive and one negative at random per anchor (`gimp.md` §5 default).
+    /// One positive and one negative at random per anchor (`docs/DESIGN.md` §8 default).
     Random,
     /// The farthest positive and the closest negative.
     BatchHard,

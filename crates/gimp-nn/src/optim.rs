@@ -43,7 +43,7 @@ pub struct AdamConfig {
 }
 
 impl AdamConfig {
-    /// `gimp.md` §6: AdamW, lr 1e-4, weight decay 1e-4.
+    /// `docs/DESIGN.md` §9: AdamW, lr 1e-4, weight decay 1e-4.
     pub fn gimp() -> Self {
         Self {
             kind: Kind::AdamW,

@@ -1,5 +1,5 @@
 //! The run configuration: one TOML file, named presets, every field overridable. The `paper`
-//! preset is the paper's protocol exactly (docs/DESIGN.md); `demo` is small enough to run the
+//! preset is the paper's protocol exactly (docs/DESIGN.md §4–§9, §11); `demo` is small enough to run the
 //! whole pipeline in minutes on two cores. Every choice is a type, checked when the file is
 //! read: a bad value is an error naming the field, the value and the allowed values. The
 //! preset only chooses starting values; no behaviour depends on its name.
@@ -98,7 +98,7 @@ pub struct ModelConfig {
     pub gene_encoder: GeneEncoderKind,
     pub fragment: usize,
     pub groups: usize,
-    /// GroupMSA's fragment tokenizer: `shared` (docs/DESIGN.md) or `per_fragment`.
+    /// GroupMSA's fragment tokenizer: `shared` (docs/DESIGN.md §4) or `per_fragment`.
     #[serde(default)]
     pub gene_tokenizer: Tokenizer,
     /// Dropout inside GroupMSA's blocks *(ours: 0.1)*.
@@ -159,7 +159,7 @@ pub struct FinetuneStage {
     pub epochs: usize,
     pub lr: f64,
     pub weight_decay: f64,
-    /// Train the gene encoder too (default: frozen, `gimp.md` §2).
+    /// Train the gene encoder too (default: frozen, `docs/DESIGN.md` §4).
     pub train_genes: bool,
     /// Random cap on patches per training bag (evaluation always uses the whole bag).
     pub max_patches: Option<usize>,
@@ -181,7 +181,7 @@ fn default_gene_dropout() -> f64 {
 }
 
 impl RunConfig {
-    /// The paper's hyper-parameters (`gimp.md`): d 512, L 6000, mask 0.5, δ 0.8, AdamW 1e-4
+    /// The paper's hyper-parameters (`docs/DESIGN.md` §4–§9): d 512, L 6000, mask 0.5, δ 0.8, AdamW 1e-4
     /// cosine, 100 pre-training epochs, ≤ 70 fine-tuning epochs.
     pub fn paper() -> Self {
         Self {

@@ -1,6 +1,6 @@
 //! A cohort's split prepared for training: labels, the slide features of each patient (read from
 //! the memory-mapped cache on demand, so a 100 GB cohort never has to fit in memory), and the
-//! expression standardised with training-split statistics only (`gimp.md` §1).
+//! expression standardised with training-split statistics only (`docs/DESIGN.md` §3).
 
 use candle_core::{Device, Tensor};
 use gimp_cohort::cache::FeatureCache;

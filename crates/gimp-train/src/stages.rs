@@ -37,7 +37,7 @@ fn adamw(lr: f64, wd: f64) -> AdamConfig {
     }
 }
 
-/// Cosine decay from `lr` over `steps_per_epoch × epochs` steps, no warm-up (docs/DESIGN.md).
+/// Cosine decay from `lr` over `steps_per_epoch × epochs` steps, no warm-up (docs/DESIGN.md §11).
 fn cosine(lr: f64, steps_per_epoch: usize, epochs: usize) -> Rate {
     Rate::Cosine(Cosine {
         base: lr,
@@ -121,7 +121,7 @@ fn stack_expression(data: &Prepared, idx: &[usize]) -> Result<Tensor> {
     Ok(Tensor::stack(&rows, 0)?)
 }
 
-/// Stage 1 (docs/DESIGN.md): supervised GroupMSA (or SNN) on expression alone, in batches.
+/// Stage 1 (docs/DESIGN.md §4): supervised GroupMSA (or SNN) on expression alone, in batches.
 struct GenesTask<'a> {
     enc: &'a GeneEncoder,
     data: &'a Prepared,
@@ -234,7 +234,7 @@ pub fn pretrain_genes(
     })
 }
 
-/// Class-balanced batches (docs/DESIGN.md): every batch takes `⌈B/C⌉` (at least 2) patients
+/// Class-balanced batches (docs/DESIGN.md §8): every batch takes `⌈B/C⌉` (at least 2) patients
 /// of each class, cycling a class's shuffled list when it runs out; `⌈n/B⌉` batches an epoch.
 pub fn balanced_batches(
     idx: &[usize],
@@ -271,7 +271,7 @@ pub fn balanced_batches(
         .collect()
 }
 
-/// Rows of a window of `l` patches (docs/DESIGN.md): a shorter bag is repeated end to end,
+/// Rows of a window of `l` patches (docs/DESIGN.md §7): a shorter bag is repeated end to end,
 /// then a uniform start is drawn.
 pub fn window_rows(n: usize, l: usize, rng: &mut ChaCha8Rng) -> Vec<u32> {
     let reps = l.div_ceil(n.max(1));
@@ -305,7 +305,7 @@ fn gene_preset(gene_ckpt: Option<&Path>) -> Result<BTreeMap<String, Tensor>> {
     })
 }
 
-/// Stage 2 (docs/DESIGN.md): masked patch modelling on windows of `L` patches and the
+/// Stage 2 (docs/DESIGN.md §7–§8): masked patch modelling on windows of `L` patches and the
 /// gene-induced triplet loss on `CLS_pat`, on class-balanced batches.
 struct PretrainTask<'a> {
     model: &'a Gimp,
@@ -495,7 +495,7 @@ pub fn evaluate_gimp(
     Ok(p)
 }
 
-/// Stage 3 (docs/DESIGN.md): the pre-trained aggregator, the frozen gene encoder and an MLP
+/// Stage 3 (docs/DESIGN.md §9): the pre-trained aggregator, the frozen gene encoder and an MLP
 /// head on `CLS_pat`; whole bags (or a random cap), one patient a step.
 struct FinetuneTask<'a> {
     model: &'a Gimp,

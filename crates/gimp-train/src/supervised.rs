@@ -1,7 +1,8 @@
 //! Every registered model that the supervised trainer trains (all but GiMP) as [`Task`]s for the
 //! one training loop: the same data, splits, validation rule, checkpoints and metrics as GiMP, so
-//! their numbers are comparable. Each model's defaults are its own ([`TrainingDefaults`], in its
-//! file); the image–omic adaptations first run their self-supervised stage.
+//! their numbers are comparable (docs/DESIGN.md §27). Each model's defaults are its own
+//! ([`TrainingDefaults`], in its file); the image–omic adaptations first run their self-supervised
+//! stage.
 
 use crate::data::{DataErr, Prepared, Result};
 use crate::stages::cap_bag;

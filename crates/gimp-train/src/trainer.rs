@@ -187,7 +187,7 @@ pub fn restore(store: &ParamStore, saved: &BTreeMap<String, Tensor>) -> Result<(
     Ok(())
 }
 
-/// The selection rule (docs/DESIGN.md): highest validation accuracy, ties broken by the lower
+/// The selection rule (docs/DESIGN.md §9): highest validation accuracy, ties broken by the lower
 /// validation loss.
 fn better(acc: f64, loss: f64, best: Option<(f64, f64)>) -> bool {
     match best {

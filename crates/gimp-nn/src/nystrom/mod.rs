@@ -1,5 +1,5 @@
 //! Nyström attention exactly as lucidrains' `nystrom-attention` 0.0.14 computes it
-//! (`spec/baselines.md` §1): front zero-padding to a multiple of the landmark count,
+//! (`docs/DESIGN.md` §6): front zero-padding to a multiple of the landmark count,
 //! segment-mean landmarks, a Moore–Penrose pseudo-inverse by 6 Newton–Schulz-style iterations
 //! from a global-scalar initialisation, a depthwise residual convolution (kernel 33) on V, and
 //! un-padding that keeps the **last** `n` rows. `legacy_front_slice` keeps the first `n` rows
