@@ -183,7 +183,7 @@ impl NystromCore {
                 s.landmarks
             );
         }
-        if s.kernel != 0 && s.kernel % 2 == 0 {
+        if s.kernel != 0 && s.kernel.is_multiple_of(2) {
             candle_core::bail!("nystrom core: residual kernel {} must be odd", s.kernel);
         }
         if let Some(p) = &self.positions {
