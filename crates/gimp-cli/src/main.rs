@@ -1,6 +1,7 @@
 //! `gimp-rs`: argument parsing and wiring only; the work is in the library crates.
 
 mod commands;
+mod output;
 mod progress;
 mod table;
 

@@ -8,7 +8,7 @@ use gimp_cohort::Cohort;
 use gimp_io::expression::{ExpressionTransform, UnknownTransform};
 use gimp_io::splits::Part;
 use gimp_nn::checkpoint::Preprocessing;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataErr {
@@ -230,4 +230,38 @@ pub fn standardise(raw: &[f32], p: &Preprocessing) -> Vec<f32> {
         .zip(p.mean.iter().zip(&p.std))
         .map(|(v, (m, s))| if *s < 1e-6 { 0.0 } else { (v - m) / s })
         .collect()
+}
+
+/// One sample of an expression matrix as a model trained with `p` reads it: in the checkpoint's
+/// gene order (version suffixes ignored), transformed and standardised with its training
+/// statistics.
+pub fn expression_row(matrix: &Path, sample: &str, p: &Preprocessing) -> Result<Tensor> {
+    let mat = gimp_io::expression::read_matrix(matrix, gimp_io::expression::Orientation::Auto)?;
+    let row = mat
+        .sample_index()
+        .get(sample)
+        .copied()
+        .ok_or_else(|| DataErr::Msg(format!("{}: no sample '{sample}'", matrix.display())))?;
+    let pos: std::collections::HashMap<&str, usize> = mat
+        .genes
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (gimp_io::expression::strip_version(g), i))
+        .collect();
+    let values = mat.row(row);
+    let transform: ExpressionTransform = p.transform.parse().map_err(|e: UnknownTransform| {
+        DataErr::Msg(format!("the checkpoint's expression preprocessing: {e}"))
+    })?;
+    let mut ordered = Vec::with_capacity(p.genes.len());
+    for g in &p.genes {
+        let Some(&i) = pos.get(gimp_io::expression::strip_version(g)) else {
+            return Err(DataErr::Msg(format!(
+                "{}: gene '{g}' of the checkpoint is missing",
+                matrix.display()
+            )));
+        };
+        ordered.push(transform.apply(values[i]));
+    }
+    let v = standardise(&ordered, p);
+    Ok(Tensor::from_vec(v, p.genes.len(), &Device::Cpu)?)
 }

@@ -18,6 +18,50 @@ pub struct Evaluation {
     pub by_modality: BTreeMap<String, Report>,
 }
 
+/// A model to run: from a gimp-rs checkpoint (with its classes and expression preprocessing),
+/// or from the reference code's weights and an architecture name.
+pub struct ModelSource {
+    pub loaded: Loaded,
+    pub classes: Option<Vec<String>>,
+    pub preprocessing: Option<gimp_nn::checkpoint::Preprocessing>,
+}
+
+impl ModelSource {
+    /// `checkpoint`, else `arch` with `weights` (safetensors, a `torch.save`d state dict or a
+    /// Lightning checkpoint, by the reference's parameter names).
+    pub fn open(
+        checkpoint: Option<&std::path::Path>,
+        arch: Option<&str>,
+        weights: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let loading = |p: &std::path::Path, e: candle_core::Error| {
+            DataErr::Msg(format!("loading {}: {e}", p.display()))
+        };
+        match (checkpoint, arch, weights) {
+            (Some(path), _, _) => {
+                let c = Checkpoint::load(path)?;
+                Ok(Self {
+                    loaded: registry::load_checkpoint(&c).map_err(|e| loading(path, e))?,
+                    classes: Some(c.classes),
+                    preprocessing: c.preprocessing,
+                })
+            }
+            (None, Some(arch), Some(path)) => {
+                let arch = registry::lookup(arch)?;
+                let weights = gimp_io::weights::read(path)?;
+                Ok(Self {
+                    loaded: registry::load(arch, weights, None).map_err(|e| loading(path, e))?,
+                    classes: None,
+                    preprocessing: None,
+                })
+            }
+            _ => Err(DataErr::Msg(
+                "give --checkpoint, or --arch with --weights".into(),
+            )),
+        }
+    }
+}
+
 /// The model a checkpoint holds.
 pub fn load(ckpt: &Checkpoint) -> Result<Loaded> {
     Ok(registry::load_checkpoint(ckpt)?)

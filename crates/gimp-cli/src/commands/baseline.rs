@@ -3,7 +3,7 @@
 use anyhow::{anyhow, Result};
 use gimp_cohort::{Cohort, LoadOptions};
 use gimp_io::expression::ExpressionTransform;
-use gimp_linear::baseline::{self, LogregResult};
+use gimp_linear::baseline;
 use gimp_linear::LogisticConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,31 +34,6 @@ pub struct LogregArgs {
     pub json: bool,
 }
 
-pub fn print(r: &LogregResult) {
-    for f in &r.folds {
-        println!(
-            "split {}: {} training patients, {} genes, L-BFGS {} iterations{}",
-            f.fold,
-            f.train,
-            r.genes,
-            f.iterations,
-            if f.converged { "" } else { " (not converged)" }
-        );
-        if let Some(v) = &f.val {
-            print!("{}", crate::table::report("  validation", v, &r.classes));
-        }
-        print!("{}", crate::table::report("  test", &f.test, &r.classes));
-    }
-    if r.folds.len() > 1 {
-        println!(
-            "test accuracy over {} splits: {}% ± {} (mean ± std)",
-            r.folds.len(),
-            crate::table::pct(r.test_accuracy_mean),
-            crate::table::pct(r.test_accuracy_std)
-        );
-    }
-}
-
 pub fn run(cmd: Command) -> Result<ExitCode> {
     let Command::Logreg(a) = cmd;
     // The library says "transform must be …"; the flag's name in front keeps the message as it was.
@@ -80,7 +55,7 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        print(&r);
+        crate::output::print_logreg(&r);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,8 +1,6 @@
-use crate::progress::bar;
 use anyhow::Result;
-use gimp_cohort::cache::FeatureCache;
 use gimp_cohort::{Cohort, LoadOptions, Summary};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Subcommand)]
@@ -20,28 +18,6 @@ pub enum Command {
     },
     /// Convert every slide's features into the memory-mapped cache training reads from.
     Cache { cohort: PathBuf },
-}
-
-/// Kept for the commands being rewritten (train, experiment, demo); new code calls
-/// [`Cohort::open`].
-pub fn load(path: &Path, opts: LoadOptions) -> Result<Cohort> {
-    Ok(Cohort::open(path, opts)?)
-}
-
-/// Fills the cohort's feature cache with a progress bar; returns the bag count and the folder.
-pub fn build_cache(c: &Cohort) -> Result<(usize, PathBuf)> {
-    let cache = FeatureCache::of(c)
-        .ok_or_else(|| anyhow::anyhow!("the cohort has no [features] section"))?;
-    let n_slides = c
-        .patients
-        .iter()
-        .flat_map(|p| &p.slides)
-        .filter(|s| s.path.is_some())
-        .count();
-    let pb = bar(n_slides as u64, "caching");
-    let n = cache.fill(c, || pb.inc(1))?;
-    pb.finish_and_clear();
-    Ok((n, cache.dir))
 }
 
 pub fn run(cmd: Command) -> Result<ExitCode> {
@@ -75,7 +51,7 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                     c.diagnostics.errors.join("\n  - ")
                 );
             }
-            let (n, dir) = build_cache(&c)?;
+            let (n, dir) = crate::progress::fill_cache(&c)?;
             println!("{n} bag(s) cached in {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -1,5 +1,5 @@
 use anyhow::{Context, Result};
-use gimp_cohort::{LoadOptions, Summary};
+use gimp_cohort::{Cohort, LoadOptions, Summary};
 use gimp_linear::LogisticConfig;
 use gimp_metrics::Report;
 use gimp_synth::{Difficulty, Size, SynthConfig};
@@ -51,7 +51,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         a.seed,
         cohort_dir.display()
     );
-    let r = super::synth::generate(&cfg, &cohort_dir, true)?;
+    let r = crate::progress::generate_cohort(&cfg, &cohort_dir, true)?;
     println!(
         "    {} slides, {} patches, {}-d features, {} genes",
         r.slides, r.patches, cfg.d_in, cfg.n_genes
@@ -59,7 +59,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
 
     let cohort_file = cohort_dir.join("cohort.toml");
     println!("2/{steps} checking the cohort ({})", cohort_file.display());
-    let c = super::cohort::load(&cohort_file, LoadOptions::default())?;
+    let c = Cohort::open(&cohort_file, LoadOptions::default())?;
     let s = Summary::of(&c);
     for line in s.render().lines() {
         println!("    {line}");
@@ -69,7 +69,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
 
     println!("3/{steps} building the memory-mapped feature cache");
-    let (n, dir) = super::cohort::build_cache(&c)?;
+    let (n, dir) = crate::progress::fill_cache(&c)?;
     println!("    {n} bags in {}", dir.display());
 
     println!(
@@ -84,7 +84,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         a.seed,
     )?;
     if a.quick {
-        super::baseline::print(&lr);
+        crate::output::print_logreg(&lr);
         println!(
             "done in {:.1} s; the cohort stays in {} for the other commands.",
             t0.elapsed().as_secs_f64(),
@@ -141,7 +141,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ("image-only fine-tuning", &image.finetune),
     ] {
         if let Some(dir) = r.checkpoint.parent() {
-            super::train::report_quiet(name, r, dir)?;
+            crate::output::report_quiet(name, r, dir)?;
         }
     }
     println!("\nTest split ({} patients): accuracy [95% Wilson], ROC-AUC [95% bootstrap], balanced accuracy, macro F1", data.test.len());

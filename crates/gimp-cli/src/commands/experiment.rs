@@ -57,7 +57,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(t) = a.transform {
         base.model.transform = t;
     }
-    let cohort = super::cohort::load(&a.cohort, LoadOptions::default())?;
+    let cohort = gimp_cohort::Cohort::open(&a.cohort, LoadOptions::default())?;
     if cohort.folds.len() < a.folds {
         bail!(
             "the cohort lists {} split file(s) but --folds {} was asked: write k folds with `gimp-rs split {} --scheme kfold --k {} --out DIR` and list them under [splits]",

@@ -1,8 +1,10 @@
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
-use gimp_models::registry::{self, REGISTRY};
+use gimp_models::registry::REGISTRY;
 use gimp_nn::checkpoint::Checkpoint;
 use gimp_nn::{ops, Mode};
+use gimp_train::data::expression_row;
+use gimp_train::evaluate::ModelSource;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,41 +72,6 @@ struct RunOutput {
     top_patches: Vec<Patch>,
 }
 
-/// One sample of an expression matrix, in the checkpoint's gene order, transformed and
-/// standardised with the checkpoint's training statistics.
-pub(crate) fn expression_row(
-    m: &std::path::Path,
-    sample: &str,
-    p: &gimp_nn::checkpoint::Preprocessing,
-) -> Result<Tensor> {
-    let mat = gimp_io::expression::read_matrix(m, gimp_io::expression::Orientation::Auto)?;
-    let row = mat
-        .sample_index()
-        .get(sample)
-        .copied()
-        .with_context(|| format!("{}: no sample '{sample}'", m.display()))?;
-    let pos: std::collections::HashMap<&str, usize> = mat
-        .genes
-        .iter()
-        .enumerate()
-        .map(|(i, g)| (gimp_io::expression::strip_version(g), i))
-        .collect();
-    let values = mat.row(row);
-    let transform: gimp_io::expression::ExpressionTransform = p
-        .transform
-        .parse()
-        .context("the checkpoint's expression preprocessing")?;
-    let mut ordered = Vec::with_capacity(p.genes.len());
-    for g in &p.genes {
-        let Some(&i) = pos.get(gimp_io::expression::strip_version(g)) else {
-            bail!("{}: gene '{g}' of the checkpoint is missing", m.display())
-        };
-        ordered.push(transform.apply(values[i]));
-    }
-    let v = gimp_train::data::standardise(&ordered, p);
-    Ok(Tensor::from_vec(v, p.genes.len(), &Device::Cpu)?)
-}
-
 pub fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::List { json, markdown } => {
@@ -161,37 +128,12 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
     }
 }
 
-/// A model from a gimp-rs checkpoint, or from the reference code's weights and an architecture
-/// name: its name, the model, and (from a checkpoint) its classes and expression preprocessing.
-pub(crate) type Loaded = (
-    gimp_models::Loaded,
-    Option<Vec<String>>,
-    Option<gimp_nn::checkpoint::Preprocessing>,
-);
-
-pub(crate) fn load_model(
-    checkpoint: Option<&std::path::Path>,
-    arch: Option<&str>,
-    weights: Option<&std::path::Path>,
-) -> Result<Loaded> {
-    Ok(match (checkpoint, arch, weights) {
-        (Some(ckpt), _, _) => {
-            let c = Checkpoint::load(ckpt)?;
-            let m = registry::load_checkpoint(&c)
-                .with_context(|| format!("loading {}", ckpt.display()))?;
-            (m, Some(c.classes), c.preprocessing)
-        }
-        (None, Some(arch), Some(w)) => {
-            let m = registry::load(registry::lookup(arch)?, gimp_io::weights::read(w)?, None)
-                .with_context(|| format!("loading {}", w.display()))?;
-            (m, None, None)
-        }
-        _ => bail!("give --checkpoint, or --arch with --weights"),
-    })
-}
-
 fn run_model(a: RunArgs) -> Result<ExitCode> {
-    let (loaded, classes, preprocessing) = load_model(
+    let ModelSource {
+        loaded,
+        classes,
+        preprocessing,
+    } = ModelSource::open(
         a.checkpoint.as_deref(),
         a.arch.as_deref(),
         a.weights.as_deref(),

@@ -16,6 +16,8 @@ use gimp_slide::batch::{self, ProcessList};
 use gimp_slide::overlay;
 use gimp_slide::patching::{ContourFn, PatchParams};
 use gimp_slide::segment::{SegmentParams, PRESETS};
+use gimp_train::data::expression_row;
+use gimp_train::evaluate::ModelSource;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -402,7 +404,11 @@ pub struct HeatmapArgs {
 }
 
 pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
-    let (loaded, _, preprocessing) = super::model::load_model(
+    let ModelSource {
+        loaded,
+        preprocessing,
+        ..
+    } = ModelSource::open(
         a.checkpoint.as_deref(),
         a.arch.as_deref(),
         a.weights.as_deref(),
@@ -444,7 +450,7 @@ pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
     };
     let x = Tensor::from_vec(bag.features, (bag.n, bag.d), &Device::Cpu)?;
     let expr = match (&a.expression, &a.sample, &preprocessing) {
-        (Some(m), Some(s), Some(p)) => Some(super::model::expression_row(m, s, p)?),
+        (Some(m), Some(s), Some(p)) => Some(expression_row(m, s, p)?),
         (Some(_), _, None) => bail!("--expression needs a gimp-rs --checkpoint"),
         _ => None,
     };

@@ -1,5 +1,4 @@
-use crate::progress::bar;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use gimp_synth::{Difficulty, Size, SynthConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,35 +110,9 @@ pub fn config(a: &Args) -> Result<SynthConfig> {
     Ok(cfg)
 }
 
-pub fn generate(
-    cfg: &SynthConfig,
-    out: &std::path::Path,
-    force: bool,
-) -> Result<gimp_synth::SynthReport> {
-    if out.exists()
-        && !force
-        && std::fs::read_dir(out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
-    {
-        bail!(
-            "{} is not empty (use --force to write into it)",
-            out.display()
-        );
-    }
-    let pb = bar(0, "slides");
-    let report = gimp_synth::generate(cfg, out, &|done, total| {
-        pb.set_length(total as u64);
-        pb.set_position(done as u64);
-    })
-    .with_context(|| format!("generating the cohort in {}", out.display()))?;
-    pb.finish_and_clear();
-    Ok(report)
-}
-
 pub fn run(a: Args) -> Result<ExitCode> {
     let cfg = config(&a)?;
-    let r = generate(&cfg, &a.out, a.force)?;
+    let r = crate::progress::generate_cohort(&cfg, &a.out, a.force)?;
     println!(
         "wrote {} patients, {} slides, {} patches ({}-d); expression: {} in the matrix, {} as GDC files; cohort file {}",
         r.patients,

@@ -4,7 +4,7 @@ use gimp_io::expression::ExpressionTransform;
 use gimp_train::config::Preset;
 use gimp_train::progress::Bars;
 use gimp_train::stages;
-use gimp_train::trainer::{Control, StageResult};
+use gimp_train::trainer::Control;
 use gimp_train::{Prepared, RunConfig};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -64,7 +64,7 @@ fn control(c: &Common) -> Control {
 
 pub fn prepare(c: &Common) -> Result<(RunConfig, Prepared)> {
     let cfg = c.run_config()?;
-    let cohort = super::cohort::load(&c.cohort, LoadOptions::default())?;
+    let cohort = gimp_cohort::Cohort::open(&c.cohort, LoadOptions::default())?;
     let data = Prepared::new(&cohort, cfg.fold, cfg.model.transform)?;
     std::fs::create_dir_all(&c.out).with_context(|| format!("creating {}", c.out.display()))?;
     let record = toml::to_string_pretty(&cfg)?;
@@ -83,32 +83,13 @@ pub fn prepare(c: &Common) -> Result<(RunConfig, Prepared)> {
     Ok((cfg, data))
 }
 
-pub fn report(name: &str, r: &StageResult, classes: &[String], dir: &Path) -> Result<()> {
-    gimp_io::atomic::write_bytes_atomic(
-        &dir.join("metrics.json"),
-        serde_json::to_string_pretty(r)?.as_bytes(),
-    )?;
-    println!(
-        "{name}: best epoch {}, checkpoint {}",
-        r.best_epoch + 1,
-        r.checkpoint.display()
-    );
-    if let Some(v) = &r.val {
-        print!("{}", crate::table::report("  validation", v, classes));
-    }
-    if let Some(t) = &r.test {
-        print!("{}", crate::table::report("  test", t, classes));
-    }
-    Ok(())
-}
-
 pub fn genes(c: Common) -> Result<ExitCode> {
     let (cfg, data) = prepare(&c)?;
     let dir = c.out.join("genes");
     let bars = Bars::new();
     let r = stages::pretrain_genes(&data, &cfg, &dir, control(&c), &|p| bars.update(p))?;
     bars.finish();
-    report("gene pre-training", &r, &data.classes, &dir)?;
+    crate::output::report("gene pre-training", &r, &data.classes, &dir)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -144,7 +125,7 @@ pub fn pretrain(a: PretrainArgs) -> Result<ExitCode> {
         &|p| bars.update(p),
     )?;
     bars.finish();
-    report("GiMP pre-training", &r, &data.classes, &dir)?;
+    crate::output::report("GiMP pre-training", &r, &data.classes, &dir)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -183,7 +164,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<ExitCode> {
         &|p| bars.update(p),
     )?;
     bars.finish();
-    report("fine-tuning", &r, &data.classes, &dir)?;
+    crate::output::report("fine-tuning", &r, &data.classes, &dir)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -211,7 +192,7 @@ fn load_for(
     ckpt: &gimp_nn::checkpoint::Checkpoint,
     fold: Option<usize>,
 ) -> Result<Prepared> {
-    let c = super::cohort::load(cohort, LoadOptions::default())?;
+    let c = gimp_cohort::Cohort::open(cohort, LoadOptions::default())?;
     Ok(Prepared::for_checkpoint(&c, fold, ckpt)?)
 }
 
@@ -279,22 +260,6 @@ pub fn embed(a: EmbedArgs) -> Result<ExitCode> {
         a.out.display()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// [`report`] without printing: metrics.json and learning_curves.png only.
-pub fn report_quiet(name: &str, r: &StageResult, dir: &Path) -> Result<()> {
-    gimp_io::atomic::write_bytes_atomic(
-        &dir.join("metrics.json"),
-        serde_json::to_string_pretty(r)?.as_bytes(),
-    )?;
-    if let Err(e) = gimp_report::learning_curves(
-        &dir.join("log.jsonl"),
-        &dir.join("learning_curves.png"),
-        name,
-    ) {
-        eprintln!("warning: no learning-curve figure: {e}");
-    }
-    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -383,7 +348,7 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
     }
     cfg.cosine = a.cosine;
     cfg.max_patches = a.max_patches;
-    let c = super::cohort::load(&a.cohort, LoadOptions::default())?;
+    let c = gimp_cohort::Cohort::open(&a.cohort, LoadOptions::default())?;
     let data = Prepared::new(&c, a.fold, a.transform)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let bars = Bars::new();
@@ -398,7 +363,7 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
         &|p| bars.update(p),
     )?;
     bars.finish();
-    report(&format!("{} training", a.arch), &r, &data.classes, &a.out)?;
+    crate::output::report(&format!("{} training", a.arch), &r, &data.classes, &a.out)?;
     Ok(ExitCode::SUCCESS)
 }
 

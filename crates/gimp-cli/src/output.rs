@@ -1,0 +1,69 @@
+//! What commands print about a result, and the files they leave beside a run's checkpoint
+//! (`metrics.json`, `learning_curves.png`).
+
+use anyhow::Result;
+use gimp_linear::baseline::LogregResult;
+use gimp_train::trainer::StageResult;
+use std::path::Path;
+
+/// Prints the logistic-regression baseline's splits and, over several, the mean test accuracy.
+pub fn print_logreg(r: &LogregResult) {
+    for f in &r.folds {
+        println!(
+            "split {}: {} training patients, {} genes, L-BFGS {} iterations{}",
+            f.fold,
+            f.train,
+            r.genes,
+            f.iterations,
+            if f.converged { "" } else { " (not converged)" }
+        );
+        if let Some(v) = &f.val {
+            print!("{}", crate::table::report("  validation", v, &r.classes));
+        }
+        print!("{}", crate::table::report("  test", &f.test, &r.classes));
+    }
+    if r.folds.len() > 1 {
+        println!(
+            "test accuracy over {} splits: {}% ± {} (mean ± std)",
+            r.folds.len(),
+            crate::table::pct(r.test_accuracy_mean),
+            crate::table::pct(r.test_accuracy_std)
+        );
+    }
+}
+
+/// Writes a stage's `metrics.json` and prints its validation and test metrics.
+pub fn report(name: &str, r: &StageResult, classes: &[String], dir: &Path) -> Result<()> {
+    gimp_io::atomic::write_bytes_atomic(
+        &dir.join("metrics.json"),
+        serde_json::to_string_pretty(r)?.as_bytes(),
+    )?;
+    println!(
+        "{name}: best epoch {}, checkpoint {}",
+        r.best_epoch + 1,
+        r.checkpoint.display()
+    );
+    if let Some(v) = &r.val {
+        print!("{}", crate::table::report("  validation", v, classes));
+    }
+    if let Some(t) = &r.test {
+        print!("{}", crate::table::report("  test", t, classes));
+    }
+    Ok(())
+}
+
+/// [`report`] without printing: metrics.json and learning_curves.png only.
+pub fn report_quiet(name: &str, r: &StageResult, dir: &Path) -> Result<()> {
+    gimp_io::atomic::write_bytes_atomic(
+        &dir.join("metrics.json"),
+        serde_json::to_string_pretty(r)?.as_bytes(),
+    )?;
+    if let Err(e) = gimp_report::learning_curves(
+        &dir.join("log.jsonl"),
+        &dir.join("learning_curves.png"),
+        name,
+    ) {
+        eprintln!("warning: no learning-curve figure: {e}");
+    }
+    Ok(())
+}
