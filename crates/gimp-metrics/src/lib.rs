@@ -175,18 +175,23 @@ pub struct Report {
     pub confusion: Vec<Vec<usize>>,
 }
 
+/// The predicted class of each row of probabilities (the first of equal maxima).
+pub fn argmax(probs: &[Vec<f64>]) -> Vec<usize> {
+    probs
+        .iter()
+        .map(|p| {
+            p.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
 impl Report {
     pub fn new(y_true: &[usize], probs: &[Vec<f64>], n_classes: usize, seed: u64) -> Self {
-        let y_pred: Vec<usize> = probs
-            .iter()
-            .map(|p| {
-                p.iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map(|(i, _)| i)
-                    .unwrap_or(0)
-            })
-            .collect();
+        let y_pred = argmax(probs);
         let k = y_true.iter().zip(&y_pred).filter(|(a, b)| a == b).count();
         Self {
             n: y_true.len(),

@@ -5,7 +5,7 @@ use crate::config::{GeneEncoderKind, RunConfig, Triplet};
 use crate::data::{DataErr, Prepared, Result};
 use crate::trainer::{
     probabilities, provenance, save_checkpoint, Control, Loop, OnProgress, Predictions, Rate,
-    StageResult, Task, UnitLoss,
+    StageResult, Task, Trained, UnitLoss,
 };
 use candle_core::{Device, Tensor};
 use gimp_models::aggregator::AggregatorConfig;
@@ -305,6 +305,24 @@ fn gene_preset(gene_ckpt: Option<&Path>) -> Result<BTreeMap<String, Tensor>> {
     })
 }
 
+/// Saves a GiMP stage's weights as `dir/model.safetensors`; returns the path.
+fn save_gimp(
+    model: &Gimp,
+    store: &ParamStore,
+    data: &Prepared,
+    cfg: &RunConfig,
+    stage: &str,
+    trained: Trained,
+    dir: &Path,
+) -> Result<std::path::PathBuf> {
+    let path = dir.join("model.safetensors");
+    let config = serde_json::to_value(&model.cfg).unwrap_or_default();
+    let info = provenance(stage, trained, cfg.seed, cfg.fold, cfg);
+    let arch = gimp_models::gimp::ARCH.name;
+    save_checkpoint(&path, arch, config, store, data, info)?;
+    Ok(path)
+}
+
 /// Stage 2 (docs/DESIGN.md §7–§8): masked patch modelling on windows of `L` patches and the
 /// gene-induced triplet loss on `CLS_pat`, on class-balanced batches.
 struct PretrainTask<'a> {
@@ -439,17 +457,7 @@ pub fn pretrain(
         on,
     }
     .run(&store, &mut opt, &task)?;
-    let path = dir.join("model.safetensors");
-    let config = serde_json::to_value(&model.cfg).unwrap_or_default();
-    let info = provenance("pretrain", trained, cfg.seed, cfg.fold, cfg);
-    save_checkpoint(
-        &path,
-        gimp_models::gimp::ARCH.name,
-        config,
-        &store,
-        data,
-        info,
-    )?;
+    let path = save_gimp(&model, &store, data, cfg, "pretrain", trained, dir)?;
     Ok(StageResult {
         checkpoint: path,
         best_epoch: trained.best_epoch,
@@ -601,17 +609,7 @@ pub fn finetune(
     let nc = data.classes.len();
     let val = evaluate_gimp(&model, data, &data.val, fc.modalities)?;
     let test = evaluate_gimp(&model, data, &data.test, fc.modalities)?;
-    let path = dir.join("model.safetensors");
-    let config = serde_json::to_value(&model.cfg).unwrap_or_default();
-    let info = provenance("finetune", trained, cfg.seed, cfg.fold, cfg);
-    save_checkpoint(
-        &path,
-        gimp_models::gimp::ARCH.name,
-        config,
-        &store,
-        data,
-        info,
-    )?;
+    let path = save_gimp(&model, &store, data, cfg, "finetune", trained, dir)?;
     Ok(StageResult {
         checkpoint: path,
         best_epoch: trained.best_epoch,

@@ -8,7 +8,7 @@
 use crate::data::{DataErr, Prepared, Result};
 use crate::resume::{self, LoopState};
 use candle_core::Tensor;
-use gimp_metrics::Report;
+use gimp_metrics::{argmax, Report};
 use gimp_nn::checkpoint::Checkpoint;
 use gimp_nn::optim::{Adam, Cosine, GradAccumulator};
 use gimp_nn::{ops, Mode, ParamStore};
@@ -194,19 +194,6 @@ fn better(acc: f64, loss: f64, best: Option<(f64, f64)>) -> bool {
         None => true,
         Some((ba, bl)) => acc > ba || (acc == ba && loss < bl),
     }
-}
-
-pub fn argmax(probs: &[Vec<f64>]) -> Vec<usize> {
-    probs
-        .iter()
-        .map(|p| {
-            p.iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i)
-                .unwrap_or(0)
-        })
-        .collect()
 }
 
 /// Class probabilities of one patient's logits `[C]`.
