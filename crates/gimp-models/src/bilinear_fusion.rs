@@ -3,6 +3,7 @@
 //! [`crate::pathomic`], not a model. Parameter names are the reference's (`linear_h1.0`,
 //! `linear_z1.0`, `linear_o1.0`, …, `encoder1.0`, `encoder2.0`).
 
+use crate::arch::shape;
 use candle_core::{Result, Tensor};
 use gimp_nn::{ops, Linear, Mode, Scope};
 use serde::{Deserialize, Serialize};
@@ -17,10 +18,63 @@ pub struct BilinearFusionConfig {
     pub gate2: bool,
     /// Append the two input vectors before `encoder2` (PORPOISE: yes; MCAT's copy: no).
     pub skip: bool,
+    /// Output width of `encoder1` (256 in the reference, a literal there).
+    #[serde(default = "default_encoder_dim")]
+    pub encoder_dim: usize,
     pub mmhid: usize,
     pub dropout: f64,
     /// Dropout after `encoder1` and `encoder2` (MCAT's copy; the spec's PORPOISE has none).
     pub encoder_dropout: bool,
+}
+
+fn default_encoder_dim() -> usize {
+    256
+}
+
+impl BilinearFusionConfig {
+    /// The reference's `BilinearFusion(dim1, dim2, scale_dim1 = scale_dim2 = 8, mmhid)` with both
+    /// gates and `encoder1` 256 wide.
+    pub fn new(dim1: usize, dim2: usize, mmhid: usize, skip: bool, encoder_dropout: bool) -> Self {
+        Self {
+            dim1,
+            dim2,
+            scale1: 8,
+            scale2: 8,
+            gate1: true,
+            gate2: true,
+            skip,
+            encoder_dim: default_encoder_dim(),
+            mmhid,
+            dropout: 0.25,
+            encoder_dropout,
+        }
+    }
+
+    /// The widths a state dict's `{prefix}linear_h1.0`, `linear_h2.0`, `encoder1.0` and
+    /// `encoder2.0` imply (`dim1`, `dim2`, the scales, `encoder_dim`, `mmhid` and `skip`); gates,
+    /// dropout and `encoder_dropout` are kept from `self`.
+    pub fn with_widths_from(
+        mut self,
+        w: &std::collections::BTreeMap<String, Tensor>,
+        prefix: &str,
+    ) -> Result<Self> {
+        let h1 = shape(w, &format!("{prefix}linear_h1.0.weight"))?;
+        let h2 = shape(w, &format!("{prefix}linear_h2.0.weight"))?;
+        let e1 = shape(w, &format!("{prefix}encoder1.0.weight"))?;
+        let e2 = shape(w, &format!("{prefix}encoder2.0.weight"))?;
+        let scale = |d: usize, r: usize| -> Result<usize> {
+            let s = d / r.max(1);
+            if s == 0 || d / s != r {
+                candle_core::bail!("bilinear fusion: no scale takes {d} to {r} gated units");
+            }
+            Ok(s)
+        };
+        (self.dim1, self.dim2) = (h1[1], h2[1]);
+        (self.scale1, self.scale2) = (scale(h1[1], h1[0])?, scale(h2[1], h2[0])?);
+        (self.encoder_dim, self.mmhid) = (e1[0], e2[0]);
+        self.skip = e2[1] != e1[0];
+        Ok(self)
+    }
 }
 
 pub struct BilinearFusion {
@@ -47,8 +101,13 @@ impl BilinearFusion {
             h2: Linear::new(&s.pp("linear_h2.0"), d2, r2, true)?,
             z2: Linear::new(&s.pp("linear_z2.0"), d1 + d2, r2, true)?,
             o2: Linear::new(&s.pp("linear_o2.0"), r2, r2, true)?,
-            encoder1: Linear::new(&s.pp("encoder1.0"), (r1 + 1) * (r2 + 1), 256, true)?,
-            encoder2: Linear::new(&s.pp("encoder2.0"), 256 + skip, cfg.mmhid, true)?,
+            encoder1: Linear::new(
+                &s.pp("encoder1.0"),
+                (r1 + 1) * (r2 + 1),
+                cfg.encoder_dim,
+                true,
+            )?,
+            encoder2: Linear::new(&s.pp("encoder2.0"), cfg.encoder_dim + skip, cfg.mmhid, true)?,
             cfg,
         })
     }

@@ -26,6 +26,45 @@ pub struct McatConfig {
     #[serde(default)]
     pub groups: Vec<Vec<u32>>,
     pub dropout: f64,
+    /// Model width `d`: patch embedding (`wsi_net`), gene tokens, co-attention, transformers,
+    /// ρ, `mm` and the classifier's input (256).
+    #[serde(default = "default_d")]
+    pub d: usize,
+    /// Widths of each group's SNN blocks ([256, 256]); the last must be `d`.
+    #[serde(default = "default_omic_hidden")]
+    pub omic_hidden: Vec<usize>,
+    /// Heads of the two transformers (8; the co-attention has one).
+    #[serde(default = "default_heads")]
+    pub heads: usize,
+    /// Feed-forward width of the transformer layers (512).
+    #[serde(default = "default_ffn")]
+    pub ffn: usize,
+    /// Layers of each transformer (2).
+    #[serde(default = "default_layers")]
+    pub layers: usize,
+    /// Width of the gated attention heads (256).
+    #[serde(default = "default_d")]
+    pub attention_dim: usize,
+}
+
+fn default_d() -> usize {
+    256
+}
+
+fn default_omic_hidden() -> Vec<usize> {
+    vec![256, 256]
+}
+
+fn default_heads() -> usize {
+    8
+}
+
+fn default_ffn() -> usize {
+    512
+}
+
+fn default_layers() -> usize {
+    2
 }
 
 impl McatConfig {
@@ -36,6 +75,12 @@ impl McatConfig {
             n_classes,
             groups: Vec::new(),
             dropout: 0.25,
+            d: default_d(),
+            omic_hidden: default_omic_hidden(),
+            heads: default_heads(),
+            ffn: default_ffn(),
+            layers: default_layers(),
+            attention_dim: default_d(),
         }
     }
 
@@ -59,17 +104,17 @@ struct Side {
 }
 
 impl Side {
-    fn new(s: &Scope, name: &str, d: usize, dropout: f64) -> Result<Self> {
+    fn new(s: &Scope, name: &str, c: &McatConfig) -> Result<Self> {
+        let (d, dropout) = (c.d, c.dropout);
         let t = s.pp(format!("{name}_transformer.layers"));
         Ok(Self {
-            layers: vec![
-                EncoderLayer::new(&t.pp("0"), d, 8, 512)?,
-                EncoderLayer::new(&t.pp("1"), d, 8, 512)?,
-            ],
+            layers: (0..c.layers)
+                .map(|i| EncoderLayer::new(&t.pp(i.to_string()), d, c.heads, c.ffn))
+                .collect::<Result<_>>()?,
             head: GatedAttention::torch_init(
                 &s.pp(format!("{name}_attention_head")),
                 d,
-                d,
+                c.attention_dim,
                 1,
                 dropout,
             )?,
@@ -91,7 +136,7 @@ pub struct Mcat {
     pub cfg: McatConfig,
     groups: Vec<Tensor>,
     wsi: Linear,
-    sig: Vec<[Linear; 2]>,
+    sig: Vec<Vec<Linear>>,
     coattn: Mha,
     path: Side,
     omic: Side,
@@ -102,7 +147,16 @@ pub struct Mcat {
 
 impl Mcat {
     pub fn new(s: &Scope, cfg: McatConfig) -> Result<Self> {
-        let d = 256;
+        let d = cfg.d;
+        if cfg.omic_hidden.last() != Some(&d) {
+            candle_core::bail!(
+                "MCAT: the SNN widths {:?} must end at d = {d}",
+                cfg.omic_hidden
+            );
+        }
+        if cfg.heads == 0 || !d.is_multiple_of(cfg.heads) {
+            candle_core::bail!("MCAT: d = {d} is not divisible by {} heads", cfg.heads);
+        }
         let groups = cfg.group_indices();
         if groups.iter().any(|g| g.is_empty())
             || groups.iter().flatten().any(|&i| i as usize >= cfg.n_genes)
@@ -117,10 +171,16 @@ impl Mcat {
             .enumerate()
             .map(|(i, g)| {
                 let b = s.pp(format!("sig_networks.{i}"));
-                Ok([
-                    Linear::new(&b.pp("0.0"), g.len(), d, true)?,
-                    Linear::new(&b.pp("1.0"), d, d, true)?,
-                ])
+                let mut prev = g.len();
+                cfg.omic_hidden
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &h)| {
+                        let l = Linear::new(&b.pp(format!("{j}.0")), prev, h, true);
+                        prev = h;
+                        l
+                    })
+                    .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<Vec<_>>>()?;
         let dev = s.device().clone();
@@ -132,8 +192,8 @@ impl Mcat {
             wsi: Linear::new(&s.pp("wsi_net.0"), cfg.d_in, d, true)?,
             sig,
             coattn: Mha::new(&s.pp("coattn"), d, 1)?,
-            path: Side::new(s, "path", d, cfg.dropout)?,
-            omic: Side::new(s, "omic", d, cfg.dropout)?,
+            path: Side::new(s, "path", &cfg)?,
+            omic: Side::new(s, "omic", &cfg)?,
             mm1: Linear::new(&s.pp("mm.0"), 2 * d, d, true)?,
             mm2: Linear::new(&s.pp("mm.2"), d, d, true)?,
             classifier: Linear::new(&s.pp("classifier"), d, cfg.n_classes, true)?,
@@ -149,20 +209,22 @@ impl Model for Mcat {
             &self.wsi.forward_act(bag(input)?, Activation::Relu)?,
             p,
             mode,
-        )?; // [N, 256]
+        )?; // [N, d]
         let g = expression(input)?;
         let tokens = self
             .groups
             .iter()
             .zip(&self.sig)
-            .map(|(idx, [b1, b2])| {
-                let x = g.index_select(idx, 0)?.unsqueeze(0)?;
-                let x = ops::alpha_dropout(&b1.forward(&x)?.elu(1.0)?, 0.25, mode)?;
-                ops::alpha_dropout(&b2.forward(&x)?.elu(1.0)?, 0.25, mode)
+            .map(|(idx, blocks)| {
+                let mut x = g.index_select(idx, 0)?.unsqueeze(0)?;
+                for b in blocks {
+                    x = ops::alpha_dropout(&b.forward(&x)?.elu(1.0)?, 0.25, mode)?;
+                }
+                Ok(x)
             })
             .collect::<Result<Vec<_>>>()?;
-        let omic_tokens = Tensor::cat(&tokens, 0)?; // [6, 256]
-        let (coattended, raw) = self.coattn.forward(&omic_tokens, &h, 0.0, mode)?; // [6, 256], [6, N]
+        let omic_tokens = Tensor::cat(&tokens, 0)?; // [6, d]
+        let (coattended, raw) = self.coattn.forward(&omic_tokens, &h, 0.0, mode)?; // [6, d], [6, N]
         let h_path = self.path.forward(&coattended, p, mode)?;
         let h_omic = self.omic.forward(&omic_tokens, p, mode)?;
         let fused = Tensor::cat(&[&h_path, &h_omic], 1)?;
@@ -195,6 +257,14 @@ pub const ARCH: ArchInfo = ArchInfo {
             .map(|i| shape(w, &format!("sig_networks.{i}.0.0.weight")).map(|s| s[1]))
             .collect::<Result<Vec<_>>>()?;
         let mut c = McatConfig::new(fc[1], sizes.iter().sum(), shape(w, "classifier.weight")?[0]);
+        c.d = fc[0];
+        c.omic_hidden = (0..count_indexed(w, "sig_networks.0.", ".0.weight"))
+            .map(|j| shape(w, &format!("sig_networks.0.{j}.0.weight")).map(|s| s[0]))
+            .collect::<Result<_>>()?;
+        c.layers = count_indexed(w, "path_transformer.layers.", ".linear1.weight");
+        c.ffn = shape(w, "path_transformer.layers.0.linear1.weight")?[0];
+        c.attention_dim = shape(w, "path_attention_head.attention_a.0.weight")?[0];
+        // Heads leave no trace in the shapes: the reference's 8.
         // The reference takes one vector per group; read as consecutive slices of one vector.
         let mut start = 0u32;
         c.groups = sizes

@@ -4,10 +4,12 @@
 //! mmhid 256)` in MCAT's copy (both gates, no skip, dropout after both encoders), then
 //! `classifier`. Compared with [`crate::porpoise`]: no input dropout, no skip, encoder dropout.
 
-use crate::arch::{config, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults};
+use crate::arch::{config, to_value, ArchInfo, InputKind, Training, TrainingDefaults};
 use crate::bilinear_fusion::BilinearFusionConfig;
 use crate::model::{Input, Model, Output};
-use crate::porpoise::FusionMil;
+use crate::porpoise::{
+    default_attention_dim, default_hidden, default_omic_hidden, FusionMil, FusionMilWidths,
+};
 use candle_core::Result;
 use gimp_nn::{Mode, Scope};
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,16 @@ pub struct PathomicConfig {
     pub n_genes: usize,
     pub n_classes: usize,
     pub dropout: f64,
+    /// Width of the patch layer (`attention_net.0`; 512).
+    #[serde(default = "default_hidden")]
+    pub hidden: usize,
+    /// Width of the gated attention (256).
+    #[serde(default = "default_attention_dim")]
+    pub attention_dim: usize,
+    /// Widths of the SNN blocks on expression ([256, 256]); the last is `fusion.dim2`. ρ's
+    /// output width is `fusion.dim1`.
+    #[serde(default = "default_omic_hidden")]
+    pub omic_hidden: Vec<usize>,
     pub fusion: BilinearFusionConfig,
 }
 
@@ -28,18 +40,10 @@ impl PathomicConfig {
             n_genes,
             n_classes,
             dropout: 0.25,
-            fusion: BilinearFusionConfig {
-                dim1: 256,
-                dim2: 256,
-                scale1: 8,
-                scale2: 8,
-                gate1: true,
-                gate2: true,
-                skip: false,
-                mmhid: 256,
-                dropout: 0.25,
-                encoder_dropout: true,
-            },
+            hidden: default_hidden(),
+            attention_dim: default_attention_dim(),
+            omic_hidden: default_omic_hidden(),
+            fusion: BilinearFusionConfig::new(256, 256, 256, false, true),
         }
     }
 }
@@ -58,6 +62,9 @@ impl Pathomic {
                 c.d_in,
                 c.n_genes,
                 c.n_classes,
+                c.hidden,
+                c.attention_dim,
+                &c.omic_hidden,
                 c.dropout,
                 0.0,
                 c.fusion.clone(),
@@ -84,13 +91,15 @@ pub const ARCH: ArchInfo = ArchInfo {
     default_config: |d, c| to_value(&PathomicConfig::new(d.features, d.genes, c)),
     build: |s, v| Ok(Box::new(Pathomic::new(s, config(v)?)?)),
     config_from_weights: |w| {
-        let fc = shape(w, "attention_net.0.weight")?;
-        let omic = shape(w, "fc_omic.0.0.weight")?;
-        Ok(to_value(&PathomicConfig::new(
-            fc[1],
-            omic[1],
-            shape(w, "classifier.weight")?[0],
-        )))
+        let default = PathomicConfig::new(0, 0, 0);
+        let r = FusionMilWidths::from_weights(w, 0, "classifier", default.fusion.clone())?;
+        Ok(to_value(&PathomicConfig {
+            hidden: r.hidden,
+            attention_dim: r.attention_dim,
+            omic_hidden: r.omic_hidden,
+            fusion: r.fusion,
+            ..PathomicConfig::new(r.d_in, r.n_genes, r.n_classes)
+        }))
     },
     set_gene_groups: None,
 };
