@@ -336,9 +336,11 @@ fn model_run_reads_torch_state_dicts_and_lightning_checkpoints() {
     }
 }
 
-/// Kills `gimp-rs finetune` with SIGKILL at several points of its run, resumes each time, and
-/// checks that the final checkpoint is byte for byte the one of an uninterrupted run and that no
-/// half-written file is ever left behind.
+/// Kills every kind of training stage (`pretrain-genes`, `pretrain`, `finetune`, `train` of a
+/// compared system, and one with a self-supervised stage first) with SIGKILL at several points of
+/// its run, resumes each time, and checks that the final checkpoint is byte for byte the one of
+/// an uninterrupted run, that each epoch is logged once and that no half-written file is ever
+/// left behind.
 #[test]
 fn training_killed_with_sigkill_resumes_to_identical_weights() {
     let d = tempfile::tempdir().unwrap();
@@ -348,79 +350,136 @@ fn training_killed_with_sigkill_resumes_to_identical_weights() {
     let run_file = d.path().join("run.toml");
     std::fs::write(
         &run_file,
-        "preset = \"demo\"\n[model]\ndim = 16\nheads = 2\nlandmarks = 8\nfragment = 10\ngroups = 4\n[genes]\nepochs = 1\n[pretrain]\nepochs = 0\n[finetune]\nepochs = 6\n",
+        "preset = \"demo\"\n[model]\ndim = 16\nheads = 2\nlandmarks = 8\nfragment = 10\ngroups = 4\n[genes]\nepochs = 6\n[pretrain]\nepochs = 6\nwindow = 32\nbatch = 4\n[finetune]\nepochs = 6\n",
     )
     .unwrap();
-    let finetune = |out: &Path, resume: bool| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gimp-rs"));
-        cmd.args([
-            "finetune",
-            toml.to_str().unwrap(),
-            "--config",
-            run_file.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        if resume {
-            cmd.arg("--resume");
-        }
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        cmd
-    };
-    let reference = d.path().join("reference");
-    assert!(finetune(&reference, false).status().unwrap().success());
-    let expected = std::fs::read(reference.join("finetune/model.safetensors")).unwrap();
+    let cohort = toml.to_str().unwrap();
+    let gimp = ["--config", run_file.to_str().unwrap()];
+    // (name, arguments, the first state file a run writes, the checkpoint, the logs and their
+    // epochs): every kind of stage the training loop runs.
+    let stages: [(&str, Vec<&str>, &str, &str, Vec<(&str, usize)>); 5] = [
+        (
+            "gene pre-training",
+            [&["pretrain-genes", cohort][..], &gimp].concat(),
+            "genes/state.safetensors",
+            "genes/model.safetensors",
+            vec![("genes/log.jsonl", 6)],
+        ),
+        (
+            "GiMP pre-training",
+            [&["pretrain", cohort][..], &gimp].concat(),
+            "pretrain/state.safetensors",
+            "pretrain/model.safetensors",
+            vec![("pretrain/log.jsonl", 6)],
+        ),
+        (
+            "fine-tuning",
+            [&["finetune", cohort][..], &gimp].concat(),
+            "finetune/state.safetensors",
+            "finetune/model.safetensors",
+            vec![("finetune/log.jsonl", 6)],
+        ),
+        (
+            "a compared system",
+            vec!["train", cohort, "--arch", "clam_sb", "--epochs", "6"],
+            "state.safetensors",
+            "model.safetensors",
+            vec![("log.jsonl", 6)],
+        ),
+        (
+            "a self-supervised stage, then fine-tuning",
+            vec![
+                "train",
+                cohort,
+                "--arch",
+                "mgca",
+                "--epochs",
+                "4",
+                "--pretrain-epochs",
+                "4",
+                "--pretrain-batch",
+                "8",
+            ],
+            "pretrain/state.safetensors",
+            "model.safetensors",
+            vec![("pretrain/log.jsonl", 4), ("log.jsonl", 4)],
+        ),
+    ];
+    for (name, args, first_state, model, logs) in stages {
+        let stage = |out: &Path, resume: bool| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_gimp-rs"));
+            cmd.args(&args).args(["--out", out.to_str().unwrap()]);
+            if resume {
+                cmd.arg("--resume");
+            }
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            cmd
+        };
+        let dir = d.path().join(name.replace(' ', "_"));
+        let reference = dir.join("reference");
+        assert!(
+            stage(&reference, false).status().unwrap().success(),
+            "{name}"
+        );
+        let expected = std::fs::read(reference.join(model)).unwrap();
 
-    let out = d.path().join("killed");
-    let state = out.join("finetune/state.safetensors");
-    let mut kills = 0;
-    // Kill at increasing delays after the first state appears, until a run gets to the end.
-    for delay_ms in [0u64, 150, 400, 900, 2000] {
-        let mut child = finetune(&out, true).spawn().unwrap();
-        let t0 = std::time::Instant::now();
-        while !state.exists() && t0.elapsed() < std::time::Duration::from_secs(60) {
-            if child.try_wait().unwrap().is_some() {
-                break;
+        let out = dir.join("killed");
+        let state = out.join(first_state);
+        let mut kills = 0;
+        // Kill at increasing delays after the first state appears, until a run gets to the end.
+        for delay_ms in [0u64, 150, 400, 900, 2000] {
+            let mut child = stage(&out, true).spawn().unwrap();
+            let t0 = std::time::Instant::now();
+            while !state.exists() && t0.elapsed() < std::time::Duration::from_secs(60) {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL on Unix
-            kills += 1;
-        }
-        let _ = child.wait();
-        // Whatever the moment of the kill, every file under its real name is complete (a kill
-        // during a write leaves only the writer's temporary file).
-        for e in walk(&out) {
-            let name = e.file_name().unwrap().to_string_lossy().into_owned();
-            if name.ends_with(".safetensors") {
-                let bytes = std::fs::read(&e).unwrap();
-                assert!(
-                    safetensors::SafeTensors::deserialize(&bytes).is_ok(),
-                    "corrupt {}",
-                    e.display()
-                );
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL on Unix
+                kills += 1;
             }
+            let _ = child.wait();
+            // Whatever the moment of the kill, every file under its real name is complete (a
+            // kill during a write leaves only the writer's temporary file).
+            for e in walk(&out) {
+                let file = e.file_name().unwrap().to_string_lossy().into_owned();
+                if file.ends_with(".safetensors") {
+                    let bytes = std::fs::read(&e).unwrap();
+                    assert!(
+                        safetensors::SafeTensors::deserialize(&bytes).is_ok(),
+                        "{name}: corrupt {}",
+                        e.display()
+                    );
+                }
+            }
+        }
+        assert!(kills > 0, "{name}: the run was never interrupted");
+        let o = stage(&out, true).output().unwrap();
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        // The finished run removed the temporary files the killed writers left.
+        let left: Vec<_> = walk(&out)
+            .into_iter()
+            .filter(|e| e.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{name}: temporary files left: {left:?}");
+        let got = std::fs::read(out.join(model)).unwrap();
+        assert!(
+            got == expected,
+            "{name}: after {kills} SIGKILL(s) and resumes the weights differ from an uninterrupted run"
+        );
+        for (log, epochs) in logs {
+            let text = std::fs::read_to_string(out.join(log)).unwrap();
+            assert_eq!(
+                text.lines().count(),
+                epochs,
+                "{name}: each epoch logged once:\n{text}"
+            );
         }
     }
-    assert!(kills > 0, "the run was never interrupted");
-    let o = finetune(&out, true).output().unwrap();
-    assert!(o.status.success());
-    // The finished run removed the temporary files the killed writers left.
-    let left: Vec<_> = walk(&out)
-        .into_iter()
-        .filter(|e| e.to_string_lossy().ends_with(".tmp"))
-        .collect();
-    assert!(left.is_empty(), "temporary files left: {left:?}");
-    let got = std::fs::read(out.join("finetune/model.safetensors")).unwrap();
-    assert!(
-        got == expected,
-        "after {kills} SIGKILL(s) and resumes the weights differ from an uninterrupted run"
-    );
-    let log = std::fs::read_to_string(out.join("finetune/log.jsonl")).unwrap();
-    assert_eq!(log.lines().count(), 6, "each epoch logged once:\n{log}");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
