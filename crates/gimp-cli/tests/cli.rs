@@ -355,9 +355,17 @@ fn training_killed_with_sigkill_resumes_to_identical_weights() {
     .unwrap();
     let cohort = toml.to_str().unwrap();
     let gimp = ["--config", run_file.to_str().unwrap()];
-    // (name, arguments, the first state file a run writes, the checkpoint, the logs and their
-    // epochs): every kind of stage the training loop runs.
-    let stages: [(&str, Vec<&str>, &str, &str, Vec<(&str, usize)>); 5] = [
+    /// A stage to kill: its arguments, the first state file a run writes, the checkpoint, and
+    /// the logs with their epoch counts.
+    type Stage<'a> = (
+        &'a str,
+        Vec<&'a str>,
+        &'a str,
+        &'a str,
+        Vec<(&'a str, usize)>,
+    );
+    // Every kind of stage the training loop runs.
+    let stages: [Stage; 5] = [
         (
             "gene pre-training",
             [&["pretrain-genes", cohort][..], &gimp].concat(),
@@ -706,4 +714,54 @@ fn the_real_slide_goes_from_pixels_to_features_to_a_heatmap() {
     let png = std::fs::read(hout.join("cmu_small_region.heatmap.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     assert!(hout.join("cmu_small_region.scores.h5").is_file());
+}
+
+/// An experiment split across two machines (two processes at once here, one by `--shard`, one
+/// by Slurm's array variables): each runs its share of the runs, together they run every run
+/// once, and the tables any machine then writes hold all of them.
+#[test]
+fn an_experiment_sharded_over_two_processes_runs_every_run_once() {
+    let d = tempfile::tempdir().unwrap();
+    let c = d.path().join("c");
+    assert!(synth_small(&c, "5").status.success());
+    let toml = c.join("cohort.toml");
+    let out = d.path().join("exp");
+    let args = |extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gimp-rs"));
+        cmd.args(["experiment", "table1", toml.to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap()])
+            .args(["--rows", "abmil,snn", "--seeds", "2", "--epochs", "1"])
+            .args(extra)
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .env_remove("SLURM_ARRAY_TASK_COUNT");
+        cmd
+    };
+    let mut first = args(&["--shard", "0/2"]).spawn().unwrap();
+    let second = args(&[])
+        .env("SLURM_ARRAY_TASK_ID", "1")
+        .env("SLURM_ARRAY_TASK_COUNT", "2")
+        .output()
+        .unwrap();
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(first.wait().unwrap().success());
+    // Four runs (two rows × two seeds), each finished exactly once by one of the shards.
+    let mut finished = Vec::new();
+    for row in ["abmil", "snn"] {
+        for seed in 0..2 {
+            let dir = out.join(row).join("fold0").join(format!("seed{seed}"));
+            assert!(dir.join("metrics.json").is_file(), "{}", dir.display());
+            finished.push(dir);
+        }
+    }
+    assert_eq!(finished.len(), 4);
+    let o = args(&["--summarise"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = std::fs::read_to_string(out.join("table1.md")).unwrap();
+    assert!(
+        table.contains("| ABMIL | 2 |") && table.contains("| SNN | 2 |"),
+        "{table}"
+    );
+    let bad = args(&["--shard", "2/2"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("'2/2'"), "{}", stderr(&bad));
 }

@@ -544,6 +544,7 @@ pub fn resolve_split(
             list_some(&unknown)
         ));
     }
+    problems.extend(empty_parts(path, &file));
     Ok((
         Fold {
             file: path.to_path_buf(),
@@ -554,11 +555,22 @@ pub fn resolve_split(
     ))
 }
 
-/// Checks one split file without a cohort: an id listed in two parts.
+/// A split without training or without test patients cannot be trained and evaluated honestly
+/// (k folds over too few patients write such files).
+fn empty_parts(path: &std::path::Path, file: &splits::SplitFile) -> Vec<String> {
+    [Part::Train, Part::Test]
+        .into_iter()
+        .filter(|p| file.parts.get(p).is_none_or(|ids| ids.is_empty()))
+        .map(|p| format!("{}: the {} part is empty", path.display(), p.name()))
+        .collect()
+}
+
+/// Checks one split file without a cohort: an id listed in two parts, an empty training or test
+/// part.
 pub fn check_split_standalone(path: &std::path::Path) -> Result<(SplitFormat, Vec<String>)> {
     let (format, file) = splits::read_split(path)?;
     let mut seen: HashMap<&str, (Part, u64)> = HashMap::new();
-    let mut problems = Vec::new();
+    let mut problems = empty_parts(path, &file);
     for (p, ids) in &file.parts {
         for (id, line) in ids {
             if let Some((q, l)) = seen.get(id.as_str()) {

@@ -24,6 +24,32 @@ impl Scheme {
     };
 }
 
+/// Refuses a scheme that cannot give every split training and test patients of every class:
+/// k folds need at least k patients in the smallest class (else some folds' test parts lack that
+/// class, or are empty). The error names the class by index, its size and k.
+pub fn check_scheme(labels: &[usize], scheme: Scheme) -> Result<(), String> {
+    let Scheme::KFold { k, .. } = scheme else {
+        return Ok(());
+    };
+    let n_classes = labels.iter().copied().max().map_or(0, |m| m + 1);
+    let mut sizes = vec![0usize; n_classes];
+    for &l in labels {
+        sizes[l] += 1;
+    }
+    let smallest = sizes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .min_by_key(|(_, n)| **n);
+    match smallest {
+        Some((class, &n)) if n < k => Err(format!(
+            "{k} folds need at least {k} patients in every class, but class {class} has {n}:              use --k {n} or fewer"
+        )),
+        None => Err("no labelled patient to split".into()),
+        _ => Ok(()),
+    }
+}
+
 /// Part of every patient, per split. `labels[i]` is patient i's class.
 pub fn make_splits(labels: &[usize], scheme: Scheme, seed: u64) -> Vec<BTreeMap<usize, Part>> {
     let n_classes = labels.iter().copied().max().map_or(0, |m| m + 1);

@@ -308,6 +308,33 @@ fn kfold_test_sets_are_disjoint_and_cover_everyone() {
     assert!(seen.iter().all(|s| *s == 1));
 }
 
+/// Folds that cannot be honest are refused: k above the smallest class's size would leave some
+/// folds' test parts without that class, or empty.
+#[test]
+fn kfold_refuses_more_folds_than_the_smallest_class_has_patients() {
+    use gimp_cohort::split::check_scheme;
+    let labels = [0, 0, 0, 0, 0, 1, 1, 1];
+    let e = check_scheme(&labels, Scheme::KFold { k: 10, val: 0.2 }).unwrap_err();
+    assert!(e.contains("class 1 has 3") && e.contains("--k 3"), "{e}");
+    assert!(check_scheme(&labels, Scheme::KFold { k: 4, val: 0.2 }).is_err());
+    assert!(check_scheme(&labels, Scheme::KFold { k: 3, val: 0.2 }).is_ok());
+    assert!(check_scheme(&labels, Scheme::PAPER).is_ok());
+}
+
+/// `split check` flags a split file whose training or test part is empty.
+#[test]
+fn split_files_with_an_empty_part_are_flagged() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("splits_0.csv");
+    std::fs::write(&p, ",train,val,test\n0,a,c,\n1,b,,\n").unwrap();
+    let (_, problems) = gimp_cohort::cohort::check_split_standalone(&p).unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("the test part is empty"),
+        "{problems:?}"
+    );
+}
+
 #[test]
 fn feature_cache_matches_source_and_detects_staleness() {
     let d = tempfile::tempdir().unwrap();

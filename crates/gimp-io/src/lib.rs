@@ -15,6 +15,7 @@ pub mod h5;
 pub mod npy;
 pub mod pt;
 pub mod safetensors_io;
+pub mod shard;
 pub mod splits;
 pub mod text;
 pub mod weights;

@@ -3,7 +3,7 @@
 //! on validation and test.
 
 use crate::{fit_predict, LogisticConfig};
-use gimp_cohort::split::{make_splits, Scheme};
+use gimp_cohort::split::{check_scheme, make_splits, Scheme};
 use gimp_cohort::Cohort;
 use gimp_io::expression::ExpressionTransform;
 use gimp_io::splits::Part;
@@ -24,6 +24,8 @@ pub enum BaselineError {
     NoSplits,
     #[error("split {0} has no training or no test patients with expression")]
     EmptySplit(usize),
+    #[error("--kfold: {0}")]
+    Scheme(String),
 }
 
 /// One split of a patient-level split: patient index (in [`Cohort::patients`]) → part.
@@ -71,14 +73,12 @@ pub fn splits(c: &Cohort, kfold: Option<usize>, seed: u64) -> Result<Vec<Split>,
     match kfold {
         Some(k) => {
             let labels: Vec<usize> = c.patients.iter().map(|p| p.label).collect();
-            Ok(make_splits(
-                &labels,
-                Scheme::KFold {
-                    k: k.max(2),
-                    val: 0.0,
-                },
-                seed,
-            ))
+            let scheme = Scheme::KFold {
+                k: k.max(2),
+                val: 0.0,
+            };
+            check_scheme(&labels, scheme).map_err(BaselineError::Scheme)?;
+            Ok(make_splits(&labels, scheme, seed))
         }
         None if c.folds.is_empty() => Err(BaselineError::NoSplits),
         None => Ok(c.folds.iter().map(|f| f.part.clone()).collect()),

@@ -321,6 +321,67 @@ pub fn execute(
     Ok(r)
 }
 
+/// The row a planned run belongs to.
+pub fn row_of<'a>(rows: &[&'a Row], run: &Run) -> Result<&'a Row> {
+    rows.iter()
+        .copied()
+        .find(|r| r.key == run.row)
+        .ok_or_else(|| {
+            DataErr::Msg(format!(
+                "run {} is of no row of the table",
+                run.dir.display()
+            ))
+        })
+}
+
+/// Runs the unfinished runs among `runs` (all of a plan, or one machine's shard of it), preparing
+/// each fold's data once; `started` and `finished` are told of each run. Returns how many ran.
+#[allow(clippy::too_many_arguments)]
+pub fn execute_pending(
+    cohort: &gimp_cohort::Cohort,
+    rows: &[&Row],
+    runs: &[Run],
+    base: &RunConfig,
+    overrides: BaselineOverrides<'_>,
+    started: &dyn Fn(&Row, &Run),
+    finished: &dyn Fn(&StageResult),
+    on: OnProgress,
+) -> Result<usize> {
+    let mut folds: Vec<usize> = runs.iter().filter(|r| !r.done).map(|r| r.fold).collect();
+    folds.sort_unstable();
+    folds.dedup();
+    let mut n = 0;
+    for fold in folds {
+        let data = Prepared::new(cohort, fold, base.model.transform)?;
+        for run in runs.iter().filter(|r| r.fold == fold && !r.done) {
+            let row = row_of(rows, run)?;
+            started(row, run);
+            finished(&execute(row, &data, base, overrides, run, on)?);
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Summarises the finished runs of the whole plan into `{out}/{table}.md` and `.csv`; returns the
+/// Markdown table.
+pub fn write_summary(
+    out: &Path,
+    table: &str,
+    rows: &[&Row],
+    runs: &[Run],
+    classes: &[String],
+) -> Result<String> {
+    let summary = summarise(rows, runs)?;
+    let md = markdown(&summary, classes);
+    gimp_io::atomic::write_bytes_atomic(&out.join(format!("{table}.md")), md.as_bytes())?;
+    gimp_io::atomic::write_bytes_atomic(
+        &out.join(format!("{table}.csv")),
+        csv(&summary).as_bytes(),
+    )?;
+    Ok(md)
+}
+
 /// Mean ± standard deviation of a row's test metrics over its runs, and the pooled confusion.
 #[derive(Debug, Clone, Serialize)]
 pub struct RowSummary {

@@ -1,9 +1,10 @@
 use anyhow::{bail, Result};
 use gimp_cohort::LoadOptions;
+use gimp_io::shard::Shard;
 use gimp_train::config::Preset;
 use gimp_train::experiment;
 use gimp_train::progress::Bars;
-use gimp_train::{Prepared, RunConfig};
+use gimp_train::RunConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -49,6 +50,14 @@ pub struct Args {
     /// List the runs, which are done, and their cost, without running anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Run only share I of N of the row × fold × seed runs (0-based, e.g. 0/4); inside a Slurm
+    /// array job the share comes from SLURM_ARRAY_TASK_ID/COUNT. Each machine then writes the
+    /// tables of whatever is finished; the last one writes them complete.
+    #[arg(long)]
+    pub shard: Option<Shard>,
+    /// Only write the tables from the runs finished so far (any machine, any time).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub summarise: bool,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -83,7 +92,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .unwrap_or(0);
         let mut total = 0usize;
         for run in &runs {
-            let row = rows.iter().find(|r| r.key == run.row).expect("planned row");
+            let row = experiment::row_of(&rows, run)?;
             let epochs = experiment::planned_epochs(row, &base, overrides)?;
             let cost = epochs * n_train;
             if !run.done {
@@ -103,35 +112,43 @@ pub fn run(a: Args) -> Result<ExitCode> {
         println!("{} run(s), {} to do, ≈ {total} patient-passes (one bag or expression vector through the model, forward and backward)", runs.len(), runs.iter().filter(|r| !r.done).count());
         return Ok(ExitCode::SUCCESS);
     }
-    let bars = Bars::new();
-    for fold in 0..a.folds {
-        let todo: Vec<&experiment::Run> =
-            runs.iter().filter(|r| r.fold == fold && !r.done).collect();
-        if todo.is_empty() {
-            continue;
-        }
-        let data = Prepared::new(&cohort, fold, base.model.transform)?;
-        for run in todo {
-            let row = rows.iter().find(|r| r.key == run.row).expect("planned row");
-            println!("{} — fold {}, seed {}", row.name, run.fold, run.seed);
-            let r = experiment::execute(row, &data, &base, overrides, run, &|p| bars.update(p))?;
-            bars.finish();
-            if let Some(t) = &r.test {
-                println!("    test accuracy {}%", crate::table::pct(t.accuracy.value));
-            }
-        }
+    let shard = match a.shard {
+        Some(s) => Some(s),
+        None => Shard::from_env()?,
+    };
+    if !a.summarise {
+        let mine = match shard {
+            Some(s) => s.select(runs.iter().cloned()),
+            None => runs.clone(),
+        };
+        let bars = Bars::new();
+        experiment::execute_pending(
+            &cohort,
+            &rows,
+            &mine,
+            &base,
+            overrides,
+            &|row, run| println!("{} — fold {}, seed {}", row.name, run.fold, run.seed),
+            &|r| {
+                bars.finish();
+                if let Some(t) = &r.test {
+                    println!("    test accuracy {}%", crate::table::pct(t.accuracy.value));
+                }
+            },
+            &|p| bars.update(p),
+        )?;
     }
+    // Every finished run of the whole plan, whichever machine ran it.
     let runs = experiment::plan(&a.out, &rows, a.folds, a.seeds);
-    let summary = experiment::summarise(&rows, &runs)?;
-    let md = experiment::markdown(&summary, &cohort.label_map.names);
-    gimp_io::atomic::write_bytes_atomic(&a.out.join(format!("{}.md", a.table)), md.as_bytes())?;
-    gimp_io::atomic::write_bytes_atomic(
-        &a.out.join(format!("{}.csv", a.table)),
-        experiment::csv(&summary).as_bytes(),
-    )?;
+    let md = experiment::write_summary(&a.out, &a.table, &rows, &runs, &cohort.label_map.names)?;
+    let left = runs.iter().filter(|r| !r.done).count();
     println!(
-        "\n{md}\n(written to {} and .csv)",
-        a.out.join(format!("{}.md", a.table)).display()
+        "\n{md}\n(written to {} and .csv{})",
+        a.out.join(format!("{}.md", a.table)).display(),
+        match left {
+            0 => String::new(),
+            n => format!("; {n} run(s) not finished yet"),
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,6 @@
 use anyhow::{bail, Result};
 use gimp_cohort::cohort::{check_split_standalone, resolve_split, test_overlap};
-use gimp_cohort::split::{make_splits, Scheme};
+use gimp_cohort::split::{check_scheme, make_splits, Scheme};
 use gimp_cohort::{Cohort, LoadOptions};
 use gimp_io::splits::Part;
 use std::collections::{BTreeMap, HashMap};
@@ -83,6 +83,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         },
     )?;
     let labels: Vec<usize> = c.patients.iter().map(|p| p.label).collect();
+    check_scheme(&labels, scheme).map_err(|e| anyhow::anyhow!("{}: {e}", cohort.display()))?;
     let splits = make_splits(&labels, scheme, a.seed);
     let mut label_of: HashMap<String, String> = HashMap::new();
     for p in &c.patients {
@@ -181,7 +182,7 @@ fn check(path: PathBuf, cohort: Option<PathBuf>, json: bool) -> Result<ExitCode>
             println!("no leaks in {} file(s)", files.len());
         } else {
             for p in &problems {
-                println!("leak: {p}");
+                println!("problem: {p}");
             }
         }
     }
