@@ -544,7 +544,7 @@ pub fn resolve_split(
             list_some(&unknown)
         ));
     }
-    problems.extend(empty_parts(path, &file));
+    problems.extend(empty_parts(path, format, &file));
     Ok((
         Fold {
             file: path.to_path_buf(),
@@ -555,10 +555,19 @@ pub fn resolve_split(
     ))
 }
 
-/// A split without training or without test patients cannot be trained and evaluated honestly
-/// (k folds over too few patients write such files).
-fn empty_parts(path: &std::path::Path, file: &splits::SplitFile) -> Vec<String> {
-    [Part::Train, Part::Test]
+/// A split without training or without evaluation patients cannot be trained and evaluated
+/// honestly (k folds over too few patients write such files). The evaluation part is the test
+/// column, or MCAT's `val` (its layout has no test column).
+fn empty_parts(
+    path: &std::path::Path,
+    format: SplitFormat,
+    file: &splits::SplitFile,
+) -> Vec<String> {
+    let evaluated = match format {
+        SplitFormat::Mcat => Part::Val,
+        _ => Part::Test,
+    };
+    [Part::Train, evaluated]
         .into_iter()
         .filter(|p| file.parts.get(p).is_none_or(|ids| ids.is_empty()))
         .map(|p| format!("{}: the {} part is empty", path.display(), p.name()))
@@ -570,7 +579,7 @@ fn empty_parts(path: &std::path::Path, file: &splits::SplitFile) -> Vec<String> 
 pub fn check_split_standalone(path: &std::path::Path) -> Result<(SplitFormat, Vec<String>)> {
     let (format, file) = splits::read_split(path)?;
     let mut seen: HashMap<&str, (Part, u64)> = HashMap::new();
-    let mut problems = empty_parts(path, &file);
+    let mut problems = empty_parts(path, format, &file);
     for (p, ids) in &file.parts {
         for (id, line) in ids {
             if let Some((q, l)) = seen.get(id.as_str()) {

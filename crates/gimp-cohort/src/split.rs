@@ -43,7 +43,7 @@ pub fn check_scheme(labels: &[usize], scheme: Scheme) -> Result<(), String> {
         .min_by_key(|(_, n)| **n);
     match smallest {
         Some((class, &n)) if n < k => Err(format!(
-            "{k} folds need at least {k} patients in every class, but class {class} has {n}:              use --k {n} or fewer"
+            "{k} folds need at least {k} patients in every class, but class {class} has {n}: use at most {n} folds"
         )),
         None => Err("no labelled patient to split".into()),
         _ => Ok(()),

@@ -315,7 +315,10 @@ fn kfold_refuses_more_folds_than_the_smallest_class_has_patients() {
     use gimp_cohort::split::check_scheme;
     let labels = [0, 0, 0, 0, 0, 1, 1, 1];
     let e = check_scheme(&labels, Scheme::KFold { k: 10, val: 0.2 }).unwrap_err();
-    assert!(e.contains("class 1 has 3") && e.contains("--k 3"), "{e}");
+    assert!(
+        e.contains("class 1 has 3") && e.contains("at most 3 folds"),
+        "{e}"
+    );
     assert!(check_scheme(&labels, Scheme::KFold { k: 4, val: 0.2 }).is_err());
     assert!(check_scheme(&labels, Scheme::KFold { k: 3, val: 0.2 }).is_ok());
     assert!(check_scheme(&labels, Scheme::PAPER).is_ok());

@@ -43,6 +43,20 @@ pub struct AdamConfig {
 }
 
 impl AdamConfig {
+    /// AdamW with PyTorch's β (0.9, 0.999) and ε 1e-8.
+    pub fn adamw(lr: f64, weight_decay: f64) -> Self {
+        Self {
+            kind: Kind::AdamW,
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        }
+    }
+}
+
+impl AdamConfig {
     /// `docs/DESIGN.md` §9: AdamW, lr 1e-4, weight decay 1e-4.
     pub fn gimp() -> Self {
         Self {

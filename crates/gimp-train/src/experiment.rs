@@ -241,6 +241,9 @@ pub struct BaselineOverrides<'a> {
     pub accumulate: Option<usize>,
     /// MCAT's signatures.csv.
     pub signatures: Option<&'a std::path::Path>,
+    /// Early stopping's patience (0: off) and stop epoch (default: CLAM's 20 and 50).
+    pub patience: Option<usize>,
+    pub stop_epoch: Option<usize>,
 }
 
 /// Epochs a row's run trains (all stages), for the cost estimate of a dry run.
@@ -264,7 +267,8 @@ pub fn planned_epochs(
         Recipe::Gimp(change) => {
             let mut c = base.clone();
             change(&mut c);
-            c.genes.epochs + c.pretrain.epochs + c.finetune.epochs
+            let (genes, _) = stages::stages_run(&c);
+            usize::from(genes) * c.genes.epochs + c.pretrain.epochs + c.finetune.epochs
         }
     })
 }
@@ -300,7 +304,12 @@ pub fn execute(
                 c.accumulate = k.max(1);
             }
             c.signatures = overrides.signatures.map(|p| p.to_path_buf());
-            // Every row of a table sees bags capped as the run file's fine-tuning caps them.
+            c.early_stopping = crate::trainer::EarlyStopping::with_overrides(
+                c.early_stopping,
+                overrides.patience,
+                overrides.stop_epoch,
+            );
+            // Every row of a table sees bags capped as the preset's fine-tuning caps them.
             c.max_patches = base.finetune.max_patches;
             supervised::train(data, &c, &run.dir, ctl, on)?
         }

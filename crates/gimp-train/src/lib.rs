@@ -1,5 +1,6 @@
-//! GiMP's training pipeline on a cohort: gene pre-training, GiMP pre-training (masked patch
-//! modelling + gene-induced triplets), fine-tuning, evaluation.
+//! Training on a cohort: the one training loop ([`trainer`]), GiMP's three stages ([`stages`]:
+//! gene pre-training, masked patch modelling + gene-induced triplets, fine-tuning) and every
+//! compared system ([`supervised`]) as its tasks, evaluation, the paper's experiments, run files.
 
 pub mod config;
 pub mod data;

@@ -139,6 +139,7 @@ pub fn load(path: &Path, store: &ParamStore, opt: &mut Adam) -> Result<Option<Lo
         best_epoch: get_usize("best_epoch")?,
         best_snap: take("best."),
         lowest_val_loss: m.get("lowest_val_loss").and_then(|v| v.as_f64()),
-        epochs_since_lowest: get_usize("epochs_since_lowest")?,
+        // States written before early stopping existed have no counter: none has started.
+        epochs_since_lowest: get_usize("epochs_since_lowest").unwrap_or(0),
     }))
 }

@@ -14,7 +14,7 @@ use gimp_models::group_msa::GroupMsaConfig;
 use gimp_models::snn::SnnConfig;
 use gimp_nn::checkpoint::Checkpoint;
 use gimp_nn::nystrom::NystromConfig;
-use gimp_nn::optim::{Adam, AdamConfig, Cosine, Kind};
+use gimp_nn::optim::{Adam, AdamConfig, Cosine};
 use gimp_nn::{loss, Mode, ParamStore};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -22,22 +22,9 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
-}
+use crate::trainer::scalar;
 
-fn adamw(lr: f64, wd: f64) -> AdamConfig {
-    AdamConfig {
-        kind: Kind::AdamW,
-        lr,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: wd,
-    }
-}
-
-/// Cosine decay from `lr` over `steps_per_epoch × epochs` steps, no warm-up (docs/DESIGN.md §11).
+/// Cosine decay from `lr` over `steps_per_epoch × epochs` steps, no warm-up (docs/DESIGN.md §9).
 fn cosine(lr: f64, steps_per_epoch: usize, epochs: usize) -> Rate {
     Rate::Cosine(Cosine {
         base: lr,
@@ -197,7 +184,10 @@ pub fn pretrain_genes(
     }
     let store = ParamStore::new(cfg.seed);
     let enc = GeneEncoder::new(&store.root(), &gcfg)?;
-    let mut opt = Adam::new(&store, adamw(cfg.genes.lr, cfg.genes.weight_decay));
+    let mut opt = Adam::new(
+        &store,
+        AdamConfig::adamw(cfg.genes.lr, cfg.genes.weight_decay),
+    );
     let batch = cfg.genes.batch.max(1);
     let task = GenesTask {
         enc: &enc,
@@ -438,7 +428,7 @@ pub fn pretrain(
     let pc = &cfg.pretrain;
     let (store, model) = build_gimp(data, cfg, gene_preset(gene_ckpt)?)?;
     store.set_trainable("genes.", false);
-    let mut opt = Adam::new(&store, adamw(pc.lr, pc.weight_decay));
+    let mut opt = Adam::new(&store, AdamConfig::adamw(pc.lr, pc.weight_decay));
     let task = PretrainTask {
         model: &model,
         data,
@@ -588,7 +578,7 @@ pub fn finetune(
         store.set_trainable("genes.", false);
     }
     store.set_trainable("mpm.", false);
-    let mut opt = Adam::new(&store, adamw(fc.lr, fc.weight_decay));
+    let mut opt = Adam::new(&store, AdamConfig::adamw(fc.lr, fc.weight_decay));
     let task = FinetuneTask {
         model: &model,
         data,
@@ -634,6 +624,16 @@ pub struct GimpRun {
     pub finetune: StageResult,
 }
 
+/// Which of the first two stages [`train_gimp`] runs for `cfg`: gene pre-training unless
+/// nothing reads the gene encoder (the image-only part without gene-induced triplets), and
+/// GiMP pre-training unless `pretrain.epochs` is 0.
+pub fn stages_run(cfg: &RunConfig) -> (bool, bool) {
+    let pretraining = cfg.pretrain.epochs > 0;
+    let genes = cfg.finetune.modalities.expression()
+        || (pretraining && cfg.pretrain.triplet == Triplet::GeneInduced);
+    (genes, pretraining)
+}
+
 /// GiMP's three stages in order, in `dir/genes`, `dir/pretrain` and `dir/finetune`: gene
 /// pre-training, then GiMP pre-training from its encoder, then fine-tuning from the pre-trained
 /// model (or from the gene encoder when there is no pre-training).
@@ -644,9 +644,7 @@ pub fn train_gimp(
     ctl: Control,
     on: OnProgress,
 ) -> Result<GimpRun> {
-    let pretraining = cfg.pretrain.epochs > 0;
-    let needs_genes = cfg.finetune.modalities.expression()
-        || (pretraining && cfg.pretrain.triplet == Triplet::GeneInduced);
+    let (needs_genes, pretraining) = stages_run(cfg);
     let genes = match needs_genes {
         true => Some(pretrain_genes(data, cfg, &dir.join("genes"), ctl, on)?),
         false => None,

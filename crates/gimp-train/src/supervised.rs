@@ -43,7 +43,7 @@ pub struct SupervisedConfig {
     #[serde(default)]
     pub signatures: Option<std::path::PathBuf>,
     /// CLAM's early stopping by default; `None` trains every epoch.
-    #[serde(default)]
+    #[serde(default = "clam_early_stopping")]
     pub early_stopping: Option<EarlyStopping>,
     /// The image–omic adaptations' (MGCA, BioViL, REFERS) self-supervised stage before
     /// fine-tuning; ignored by the other models.
@@ -73,6 +73,10 @@ impl Default for SelfSupervisedStage {
     }
 }
 
+fn clam_early_stopping() -> Option<EarlyStopping> {
+    Some(EarlyStopping::CLAM)
+}
+
 impl SupervisedConfig {
     /// The model's own training defaults (its [`TrainingDefaults`]), CLAM's early stopping.
     pub fn defaults(arch: &ArchInfo) -> Result<Self> {
@@ -90,7 +94,7 @@ impl SupervisedConfig {
             betas: d.betas,
             accumulate: d.accumulate,
             signatures: None,
-            early_stopping: Some(EarlyStopping::CLAM),
+            early_stopping: clam_early_stopping(),
             self_supervised: SelfSupervisedStage::default(),
         })
     }
@@ -325,17 +329,7 @@ fn self_supervised(
 ) -> Result<()> {
     let sc = &cfg.self_supervised;
     let dir = dir.join("pretrain");
-    let mut opt = Adam::new(
-        store,
-        AdamConfig {
-            kind: Kind::AdamW,
-            lr: sc.lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: sc.weight_decay,
-        },
-    );
+    let mut opt = Adam::new(store, AdamConfig::adamw(sc.lr, sc.weight_decay));
     let total = task.train.len().div_ceil(task.batch) * sc.epochs.max(1);
     let trained = Loop {
         stage: "pretrain",

@@ -50,22 +50,43 @@ pub struct StageResult {
     pub test: Option<Report>,
 }
 
-/// Early stopping as CLAM's `EarlyStopping`: training ends when the validation loss has not
-/// improved for `patience` epochs, but never before `min_epochs` epochs have run. The epoch kept
-/// is still the best by the selection rule ([`better`]).
+/// Early stopping as CLAM's `EarlyStopping`: after an epoch whose validation loss is not at
+/// most the lowest so far, a counter goes up (an equal loss resets it, as in CLAM); training
+/// ends once the counter reaches `patience` after an epoch whose 0-based index is above
+/// `stop_epoch`. The epoch kept is still the best by the selection rule ([`better`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EarlyStopping {
     pub patience: usize,
-    pub min_epochs: usize,
+    pub stop_epoch: usize,
 }
 
 impl EarlyStopping {
     /// CLAM's defaults (`patience=20, stop_epoch=50`).
     pub const CLAM: Self = Self {
         patience: 20,
-        min_epochs: 50,
+        stop_epoch: 50,
     };
+
+    /// `base` with a patience and stop epoch given on a command line; patience 0 turns early
+    /// stopping off, and a value given where `base` is off starts from CLAM's.
+    pub fn with_overrides(
+        base: Option<Self>,
+        patience: Option<usize>,
+        stop_epoch: Option<usize>,
+    ) -> Option<Self> {
+        if patience == Some(0) {
+            return None;
+        }
+        if patience.is_none() && stop_epoch.is_none() {
+            return base;
+        }
+        let e = base.unwrap_or(Self::CLAM);
+        Some(Self {
+            patience: patience.unwrap_or(e.patience),
+            stop_epoch: stop_epoch.unwrap_or(e.stop_epoch),
+        })
+    }
 }
 
 /// The learning rate at each optimiser step.
@@ -164,7 +185,7 @@ pub struct Trained {
     pub epochs_run: usize,
 }
 
-fn scalar(t: &Tensor) -> Result<f64> {
+pub(crate) fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
 }
 
@@ -299,9 +320,10 @@ impl Loop<'_> {
         })
     }
 
+    /// Whether the last completed epoch (index `epochs_done − 1`) ends training.
     fn should_stop(&self, st: &LoopState) -> bool {
         self.early_stopping.is_some_and(|e| {
-            st.epochs_done >= e.min_epochs && st.epochs_since_lowest >= e.patience.max(1)
+            st.epochs_done > e.stop_epoch + 1 && st.epochs_since_lowest >= e.patience.max(1)
         })
     }
 
@@ -392,7 +414,7 @@ impl Loop<'_> {
         }
         if v.labels.is_empty() {
             // Nothing to stop on.
-        } else if st.lowest_val_loss.is_none_or(|l| v.loss < l) {
+        } else if st.lowest_val_loss.is_none_or(|l| v.loss <= l) {
             st.lowest_val_loss = Some(v.loss);
             st.epochs_since_lowest = 0;
         } else {

@@ -497,7 +497,7 @@ fn every_stage_resumes_to_identical_weights() {
 }
 
 /// Early stopping ends training once the validation loss has not improved for `patience`
-/// epochs (never before `min_epochs`), exactly where the logged losses say it should, and a
+/// epochs (never before `stop_epoch`), exactly where the logged losses say it should, and a
 /// resumed finished run trains no further.
 #[test]
 fn early_stopping_follows_the_validation_loss() {
@@ -510,7 +510,7 @@ fn early_stopping_follows_the_validation_loss() {
     cfg.lr = 5e-3;
     cfg.early_stopping = Some(EarlyStopping {
         patience: 2,
-        min_epochs: 3,
+        stop_epoch: 2,
     });
     let dir = d.path().join("abmil");
     let r = train(&data, &cfg, &dir, Control::default(), &|_| {}).unwrap();
@@ -523,15 +523,16 @@ fn early_stopping_follows_the_validation_loss() {
                 .unwrap()
         })
         .collect();
-    // Replay the rule on the logged losses.
+    // Replay CLAM's rule on the logged losses: an equal loss resets the counter; stop once it
+    // reaches the patience after an epoch whose 0-based index is above stop_epoch.
     let (mut lowest, mut since, mut expected) = (f64::INFINITY, 0, cfg.epochs);
     for (e, &l) in losses.iter().enumerate() {
-        if l < lowest {
+        if l <= lowest {
             (lowest, since) = (l, 0);
         } else {
             since += 1;
         }
-        if e + 1 >= 3 && since >= 2 {
+        if e > 2 && since >= 2 {
             expected = e + 1;
             break;
         }
@@ -581,12 +582,12 @@ fn bad_run_files_name_the_field_and_the_choices() {
     }
     assert!(n >= 10, "only {n} files in the corpus");
     let c =
-        RunConfig::from_toml("[finetune.early_stopping]\npatience = 3\nmin_epochs = 10").unwrap();
+        RunConfig::from_toml("[finetune.early_stopping]\npatience = 3\nstop_epoch = 10").unwrap();
     assert_eq!(
         c.finetune.early_stopping,
         Some(EarlyStopping {
             patience: 3,
-            min_epochs: 10
+            stop_epoch: 10
         })
     );
 }

@@ -1,6 +1,6 @@
 //! `gimp-rs baseline logreg`: arguments and printing; the baseline is `gimp_linear::baseline`.
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use gimp_cohort::{Cohort, LoadOptions};
 use gimp_io::expression::ExpressionTransform;
 use gimp_linear::baseline;
@@ -23,7 +23,7 @@ pub struct LogregArgs {
     pub c: f64,
     /// Expression transform before z-scoring: log2p1 (for FPKM/TPM/counts) or none (already log).
     #[arg(long, default_value = "log2p1")]
-    pub transform: String,
+    pub transform: ExpressionTransform,
     /// Ignore the cohort's split files and use k stratified folds with disjoint test sets.
     #[arg(long)]
     pub kfold: Option<usize>,
@@ -36,8 +36,7 @@ pub struct LogregArgs {
 
 pub fn run(cmd: Command) -> Result<ExitCode> {
     let Command::Logreg(a) = cmd;
-    // The library says "transform must be …"; the flag's name in front keeps the message as it was.
-    let transform: ExpressionTransform = a.transform.parse().map_err(|e| anyhow!("--{e}"))?;
+    let transform = a.transform;
     let c = Cohort::open(
         &a.cohort,
         LoadOptions {

@@ -43,6 +43,12 @@ pub struct Args {
     /// MCAT's signatures.csv (gene groups by symbol); default: six equal chunks.
     #[arg(long)]
     pub signatures: Option<PathBuf>,
+    /// Compared systems' early stopping (CLAM's rule): patience in epochs (default 20; 0: off).
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// ... and the 0-based epoch after which it may end training (default 50).
+    #[arg(long)]
+    pub stop_epoch: Option<usize>,
     /// Expression transform before z-scoring: log2p1 (FPKM, the default of the presets) or none
     /// (data already on a log scale, such as microarray RMA values).
     #[arg(long)]
@@ -83,6 +89,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         pretrain_lr: a.pretrain_lr,
         accumulate: a.accumulate,
         signatures: a.signatures.as_deref(),
+        patience: a.patience,
+        stop_epoch: a.stop_epoch,
     };
     if a.dry_run {
         let n_train = cohort

@@ -176,7 +176,7 @@ pub struct EvalArgs {
     pub checkpoint: PathBuf,
     /// Which part of the split: test, val or train.
     #[arg(long, default_value = "test")]
-    pub split: String,
+    pub split: gimp_io::splits::Part,
     /// Which split file (default: the one the checkpoint was trained on).
     #[arg(long)]
     pub fold: Option<usize>,
@@ -197,13 +197,7 @@ fn load_for(
 }
 
 pub fn evaluate(a: EvalArgs) -> Result<ExitCode> {
-    use gimp_io::splits::Part;
-    let part = match a.split.as_str() {
-        "test" => Part::Test,
-        "val" => Part::Val,
-        "train" => Part::Train,
-        other => anyhow::bail!("--split must be test, val or train, not '{other}'"),
-    };
+    let part = a.split;
     let ckpt = gimp_nn::checkpoint::Checkpoint::load(&a.checkpoint)?;
     let data = load_for(&a.cohort, &ckpt, a.fold)?;
     let m = gimp_train::evaluate::load(&ckpt)?;
@@ -282,9 +276,17 @@ pub struct TrainArgs {
     /// adam_l2 (Adam with L2, as CLAM/PORPOISE) or adamw.
     #[arg(long)]
     pub optimizer: Option<gimp_nn::optim::Kind>,
-    /// Cosine decay of the learning rate (default: constant, as the reference code).
+    /// Cosine decay of the learning rate (default: the model's own — constant as the reference
+    /// code, DSMIL cosine).
     #[arg(long)]
     pub cosine: bool,
+    /// Early stopping (CLAM's rule): epochs without a lower validation loss before training
+    /// ends (default 20; 0 turns early stopping off).
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Early stopping never ends training before the epoch after this 0-based one (default 50).
+    #[arg(long)]
+    pub stop_epoch: Option<usize>,
     /// Random cap on patches per training bag.
     #[arg(long)]
     pub max_patches: Option<usize>,
@@ -346,7 +348,13 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
     if let Some(o) = a.optimizer {
         cfg.optimizer = o;
     }
-    cfg.cosine = a.cosine;
+    // The flag turns a cosine on; it never turns off DSMIL's own.
+    cfg.cosine |= a.cosine;
+    cfg.early_stopping = gimp_train::trainer::EarlyStopping::with_overrides(
+        cfg.early_stopping,
+        a.patience,
+        a.stop_epoch,
+    );
     cfg.max_patches = a.max_patches;
     let c = gimp_cohort::Cohort::open(&a.cohort, LoadOptions::default())?;
     let data = Prepared::new(&c, a.fold, a.transform)?;
