@@ -1,9 +1,8 @@
-use anyhow::{bail, Result};
-use gimp_cohort::cohort::{check_split_standalone, resolve_split, test_overlap};
-use gimp_cohort::split::{check_scheme, make_splits, Scheme};
+use anyhow::{anyhow, bail, Result};
+use gimp_cohort::split::{
+    check_scheme, check_split_files, make_splits, write_splits, Scheme, SplitCheck,
+};
 use gimp_cohort::{Cohort, LoadOptions};
-use gimp_io::splits::Part;
-use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,23 +57,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         bail!("give an output folder with --out")
     };
     let scheme = match a.scheme.as_str() {
-        "holdout" | "paper" => {
-            if !(0.0..1.0).contains(&(a.val + a.test)) || a.val < 0.0 || a.test <= 0.0 {
-                bail!("--val and --test must be non-negative and sum to less than 1");
-            }
-            Scheme::Holdout {
-                val: a.val,
-                test: a.test,
-            }
-        }
-        "kfold" => {
-            if a.k < 2 {
-                bail!("--k must be at least 2");
-            }
-            Scheme::KFold { k: a.k, val: a.val }
-        }
+        "holdout" | "paper" => Scheme::holdout(a.val, a.test),
+        "kfold" => Scheme::kfold(a.k, a.val),
         other => bail!("--scheme must be holdout or kfold, not '{other}'"),
-    };
+    }
+    .map_err(|e| anyhow!("--scheme {}: {e}", a.scheme))?;
     let c = Cohort::open(
         &cohort,
         LoadOptions {
@@ -83,37 +70,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
         },
     )?;
     let labels: Vec<usize> = c.patients.iter().map(|p| p.label).collect();
-    check_scheme(&labels, scheme).map_err(|e| anyhow::anyhow!("{}: {e}", cohort.display()))?;
+    check_scheme(&labels, scheme).map_err(|e| anyhow!("{}: {e}", cohort.display()))?;
     let splits = make_splits(&labels, scheme, a.seed);
-    let mut label_of: HashMap<String, String> = HashMap::new();
-    for p in &c.patients {
-        let name = c.label_map.names[p.label].clone();
-        label_of.insert(p.case_id.clone(), name.clone());
-        for s in &p.slides {
-            label_of.insert(s.slide_id.clone(), name.clone());
-        }
-    }
-    for (k, split) in splits.iter().enumerate() {
-        let mut parts: BTreeMap<Part, Vec<String>> = BTreeMap::new();
-        for (i, part) in split {
-            let p = &c.patients[*i];
-            // Slide ids, as CLAM lists them; a patient without slides by case id.
-            if p.slides.is_empty() {
-                parts.entry(*part).or_default().push(p.case_id.clone());
-            }
-            for s in &p.slides {
-                parts.entry(*part).or_default().push(s.slide_id.clone());
-            }
-        }
-        gimp_io::splits::write_clam_split(&out, k, &parts, &c.label_map.names, &|s| {
-            label_of.get(s).cloned()
-        })?;
-        let count = |part| split.values().filter(|p| **p == part).count();
+    for (k, n) in write_splits(&c, &splits, &out)?.iter().enumerate() {
         println!(
             "split {k}: train {} / val {} / test {} patients -> {}",
-            count(Part::Train),
-            count(Part::Val),
-            count(Part::Test),
+            n.train,
+            n.val,
+            n.test,
             out.join(format!("splits_{k}.csv")).display()
         );
     }
@@ -121,54 +85,20 @@ pub fn run(a: Args) -> Result<ExitCode> {
 }
 
 fn check(path: PathBuf, cohort: Option<PathBuf>, json: bool) -> Result<ExitCode> {
-    let files = if path.is_dir() {
-        gimp_cohort::config::split_files_in(&path)?
-    } else {
-        vec![path.clone()]
-    };
-    let mut problems: Vec<String> = Vec::new();
-    let mut warnings: Vec<String> = Vec::new();
-    match cohort {
-        Some(cp) => {
-            let c = Cohort::open(
-                &cp,
-                LoadOptions {
-                    read_shapes: false,
-                    deep: false,
-                },
-            )?;
-            let index: HashMap<String, usize> = c
-                .patients
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (p.case_id.clone(), i))
-                .collect();
-            let owner: HashMap<String, usize> = c
-                .patients
-                .iter()
-                .enumerate()
-                .flat_map(|(i, p)| p.slides.iter().map(move |s| (s.slide_id.clone(), i)))
-                .collect();
-            let mut folds = Vec::new();
-            for f in &files {
-                let (fold, p) = resolve_split(f, &c.patients, &index, &owner)?;
-                problems.extend(p);
-                folds.push(fold);
-            }
-            let overlap = test_overlap(&folds);
-            if overlap > 0 {
-                warnings.push(format!(
-                    "{overlap} patient(s) are in the test part of more than one split (repeated sub-sampling, not k-fold)"
-                ));
-            }
-        }
-        None => {
-            for f in &files {
-                let (_, p) = check_split_standalone(f)?;
-                problems.extend(p);
-            }
-        }
-    }
+    let cohort = cohort
+        .map(|cp| {
+            let options = LoadOptions {
+                read_shapes: false,
+                deep: false,
+            };
+            Cohort::open(&cp, options)
+        })
+        .transpose()?;
+    let SplitCheck {
+        files,
+        problems,
+        warnings,
+    } = check_split_files(&path, cohort.as_ref())?;
     if json {
         println!(
             "{}",
