@@ -2,7 +2,7 @@
 //! and per-patch scores as a heatmap over the slide (CLAM's `create_heatmaps.py`), both as PNG.
 
 use crate::segment::TissueMask;
-use gimp_io::{DataError, Result};
+use gimp_io::{DataError, ErrorKind, Result};
 use image::{Rgb, RgbImage};
 use std::path::Path;
 
@@ -209,4 +209,90 @@ mod tests {
         assert_eq!(*img.get_pixel(6, 6), coolwarm(1.0));
         assert_eq!(*img.get_pixel(9, 0), Rgb([255, 255, 255]));
     }
+}
+
+/// Where a bag's patches lie on the slide: their level-0 corners, in the bag's row order, and
+/// their level-0 side.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatchGrid {
+    pub coords: Vec<[i64; 2]>,
+    pub size_level0: f64,
+}
+
+impl PatchGrid {
+    /// The grid of a feature file's `n` rows: its own `coords`, else the patch file's (which must
+    /// then list `n` patches); a patch file given beside coords must list the same ones in the
+    /// same order. The patch side is `size_level0` when given, else the patch file's attribute.
+    pub fn resolve(
+        features: &Path,
+        feature_coords: Option<Vec<[i64; 2]>>,
+        n: usize,
+        patches: Option<&Path>,
+        size_level0: Option<f64>,
+    ) -> gimp_io::Result<Self> {
+        let patch_file = patches
+            .map(|p| gimp_io::h5::read_patches(p).map(|f| (p, f)))
+            .transpose()?;
+        let coords = match (&patch_file, feature_coords) {
+            (_, Some(c)) => c,
+            (Some((_, p)), None) if p.coords.len() == n => p.coords.clone(),
+            _ => {
+                return Err(DataError::new(
+                    ErrorKind::Missing,
+                    features,
+                    "no coords; give the matching patch file",
+                ))
+            }
+        };
+        if let Some((path, p)) = &patch_file {
+            if p.coords.len() != n || p.coords != coords {
+                return Err(DataError::new(
+                    ErrorKind::Mismatch,
+                    path,
+                    format!(
+                        "{} patches, but {} has {n} (or in another order): they are not the same slide's",
+                        p.coords.len(),
+                        features.display()
+                    ),
+                ));
+            }
+        }
+        let size_level0 =
+            match (&patch_file, size_level0) {
+                (_, Some(s)) => s,
+                (Some((path, p)), None) => p.attrs.level0_patch_size().ok_or_else(|| {
+                    DataError::new(
+                        ErrorKind::Missing,
+                        path,
+                        "no patch size in the attributes; give the level-0 patch size",
+                    )
+                })?,
+                (None, None) => return Err(DataError::new(
+                    ErrorKind::Missing,
+                    features,
+                    "the level-0 patch size is unknown: give the slide's patch file or the size",
+                )),
+            };
+        Ok(Self {
+            coords,
+            size_level0,
+        })
+    }
+}
+
+/// Writes per-patch scores beside each other as `{out}/{id}.scores.csv` (`row, x, y, score,
+/// percentile`) and `{out}/{id}.scores.h5` (CLAM's `attention_scores` and `coords`).
+pub fn write_scores(
+    out: &Path,
+    id: &str,
+    coords: &[[i64; 2]],
+    scores: &[f32],
+) -> gimp_io::Result<()> {
+    let pct = percentiles(scores);
+    let mut csv = String::from("row,x,y,score,percentile\n");
+    for (i, (c, (s, p))) in coords.iter().zip(scores.iter().zip(&pct)).enumerate() {
+        csv.push_str(&format!("{i},{},{},{s},{p}\n", c[0], c[1]));
+    }
+    gimp_io::atomic::write_bytes_atomic(&out.join(format!("{id}.scores.csv")), csv.as_bytes())?;
+    gimp_io::h5::write_scores(&out.join(format!("{id}.scores.h5")), coords, scores)
 }

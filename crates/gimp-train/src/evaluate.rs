@@ -62,6 +62,32 @@ impl ModelSource {
     }
 }
 
+/// One score per patch of `bag` (`[N, D]`) from a model that reads slides — attention for the
+/// MIL models, CLS attention for the Nyström aggregators — with the patient's expression where
+/// the model reads it too.
+pub fn patch_scores(
+    m: &Loaded,
+    bag: &candle_core::Tensor,
+    expression: Option<&candle_core::Tensor>,
+) -> Result<Vec<f32>> {
+    let name = m.arch.name;
+    if !m.arch.input.reads_slides() {
+        return Err(DataErr::Msg(format!(
+            "{name} reads expression only: it has no per-patch scores"
+        )));
+    }
+    let input = m
+        .arch
+        .input
+        .select(Some(bag), expression)
+        .map_err(|missing| DataErr::Msg(format!("{name} {missing}")))?;
+    let out = m.model.forward(&input, &Mode::inference())?;
+    let scores = out
+        .attention
+        .ok_or_else(|| DataErr::Msg(format!("{name} returned no per-patch scores")))?;
+    Ok(scores.to_vec1()?)
+}
+
 /// The model a checkpoint holds.
 pub fn load(ckpt: &Checkpoint) -> Result<Loaded> {
     Ok(registry::load_checkpoint(ckpt)?)

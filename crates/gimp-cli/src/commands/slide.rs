@@ -11,15 +11,13 @@ use candle_core::{Device, Tensor};
 use gimp_extract::extract::FeatureRun;
 use gimp_extract::resnet::ResNet50Trunc;
 use gimp_io::h5;
-use gimp_nn::Mode;
 use gimp_slide::batch::{self, ProcessList};
-use gimp_slide::overlay;
+use gimp_slide::overlay::{self, PatchGrid};
 use gimp_slide::patching::{ContourFn, PatchParams};
 use gimp_slide::segment::{SegmentParams, PRESETS};
 use gimp_train::data::expression_row;
-use gimp_train::evaluate::ModelSource;
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use gimp_train::evaluate::{patch_scores, ModelSource};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -414,66 +412,23 @@ pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
         a.weights.as_deref(),
     )?;
     let arch = loaded.arch.name;
-    if !loaded.arch.input.reads_slides() {
-        bail!("{arch} reads expression only: it has no per-patch scores");
-    }
     let mut bag = gimp_io::feature_file::read_bag(&a.features, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
-    let patch_file = a.patches.as_deref().map(h5::read_patches).transpose()?;
-    let coords = match (&patch_file, bag.coords.take()) {
-        (_, Some(c)) => c,
-        (Some(p), None) if p.coords.len() == bag.n => p.coords.clone(),
-        _ => bail!(
-            "{}: no coords; give the matching --patches file",
-            a.features.display()
-        ),
-    };
-    if let Some(p) = &patch_file {
-        if p.coords.len() != bag.n || p.coords != coords {
-            bail!(
-                "{} has {} patches but {} has {} (or in another order): they are not the same slide's",
-                a.patches.as_deref().unwrap_or(Path::new("")).display(),
-                p.coords.len(),
-                a.features.display(),
-                bag.n
-            );
-        }
-    }
-    let size0 = match (&patch_file, a.patch_size_level0) {
-        (_, Some(s)) => s,
-        (Some(p), None) => p.attrs.level0_patch_size().with_context(|| {
-            format!(
-                "{}: no patch size in the attributes; give --patch-size-level0",
-                a.patches.as_deref().unwrap_or(Path::new("")).display()
-            )
-        })?,
-        (None, None) => bail!("give --patches (the slide's patch file) or --patch-size-level0"),
-    };
+    let grid = PatchGrid::resolve(
+        &a.features,
+        bag.coords.take(),
+        bag.n,
+        a.patches.as_deref(),
+        a.patch_size_level0,
+    )?;
     let x = Tensor::from_vec(bag.features, (bag.n, bag.d), &Device::Cpu)?;
     let expr = match (&a.expression, &a.sample, &preprocessing) {
         (Some(m), Some(s), Some(p)) => Some(expression_row(m, s, p)?),
         (Some(_), _, None) => bail!("--expression needs a gimp-rs --checkpoint"),
         _ => None,
     };
-    let input = loaded
-        .arch
-        .input
-        .select(Some(&x), expr.as_ref())
-        .map_err(|missing| {
-            anyhow::anyhow!("{arch} {missing}: give --expression MATRIX --sample ID")
-        })?;
-    let out = loaded.model.forward(&input, &Mode::inference())?;
-    let scores: Vec<f32> = out
-        .attention
-        .context("this model returned no per-patch scores")?
-        .to_vec1()?;
+    let scores = patch_scores(&loaded, &x, expr.as_ref())?;
     let id = batch::slide_id(&a.features);
-    let pct = overlay::percentiles(&scores);
-    let mut csv = String::from("row,x,y,score,percentile\n");
-    for (i, (c, (s, p))) in coords.iter().zip(scores.iter().zip(&pct)).enumerate() {
-        let _ = writeln!(csv, "{i},{},{},{s},{p}", c[0], c[1]);
-    }
-    gimp_io::atomic::write_bytes_atomic(&a.out.join(format!("{id}.scores.csv")), csv.as_bytes())?;
-    h5::write_scores(&a.out.join(format!("{id}.scores.h5")), &coords, &scores)?;
+    overlay::write_scores(&a.out, &id, &grid.coords, &scores)?;
     eprintln!(
         "wrote {} scores of {arch} to {}/{id}.scores.{{csv,h5}}",
         scores.len(),
@@ -482,7 +437,7 @@ pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
     if let Some(slide) = &a.slide {
         let s = gimp_slide::open(slide)?;
         let (img, ds) = s.overview(a.downsample, 1 << 28)?;
-        let pic = overlay::heatmap(&img, ds, &coords, size0, &scores, a.alpha);
+        let pic = overlay::heatmap(&img, ds, &grid.coords, grid.size_level0, &scores, a.alpha);
         let path = a.out.join(format!("{id}.heatmap.png"));
         overlay::save_png(&pic, &path)?;
         eprintln!("wrote {}", path.display());
