@@ -176,7 +176,7 @@ fn checkpoint_round_trip_keeps_outputs_and_preprocessing() {
         classes: vec!["LUAD".into(), "LUSC".into()],
         weights: store.tensors(),
         preprocessing: Some(Preprocessing {
-            transform: "log2p1".into(),
+            transform: gimp_io::expression::ExpressionTransform::Log2p1,
             genes: vec!["G1".into(), "G2".into()],
             mean: vec![1.0, 2.0],
             std: vec![0.5, 0.0],

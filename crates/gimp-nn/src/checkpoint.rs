@@ -4,6 +4,7 @@
 //! Written atomically (temporary name, fsync, rename), so a crash never leaves half a checkpoint.
 
 use candle_core::{Device, Tensor};
+use gimp_io::expression::{ExpressionTransform, UnknownTransform};
 use gimp_io::{DataError, ErrorKind};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -15,8 +16,8 @@ const META_KEY: &str = "gimp";
 /// Expression preprocessing fitted on the training split (`docs/DESIGN.md` §3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Preprocessing {
-    /// Transform before z-scoring: `log2p1` or `none`.
-    pub transform: String,
+    /// Transform before z-scoring.
+    pub transform: ExpressionTransform,
     pub genes: Vec<String>,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
@@ -76,7 +77,7 @@ impl Checkpoint {
                 p.mean.clone(),
             ));
             data.push(("preprocessing.std".into(), vec![p.std.len()], p.std.clone()));
-            header.insert("transform".into(), p.transform.clone().into());
+            header.insert("transform".into(), p.transform.name().into());
             header.insert(
                 "genes".into(),
                 serde_json::to_value(&p.genes).unwrap_or_default(),
@@ -157,7 +158,11 @@ impl Checkpoint {
                 let genes: Vec<String> = serde_json::from_value(field("genes")?)
                     .map_err(|e| parse("genes", e.to_string().into()))?;
                 let p = Preprocessing {
-                    transform: field("transform")?.as_str().unwrap_or("none").to_string(),
+                    transform: field("transform")?
+                        .as_str()
+                        .unwrap_or("none")
+                        .parse()
+                        .map_err(|e: UnknownTransform| parse("transform", e.to_string().into()))?,
                     genes,
                     mean: v(m, "preprocessing.mean")?,
                     std: v(s, "preprocessing.std")?,

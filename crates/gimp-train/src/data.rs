@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 use gimp_cohort::cache::FeatureCache;
 use gimp_cohort::Cohort;
-use gimp_io::expression::{ExpressionTransform, UnknownTransform};
+use gimp_io::expression::ExpressionTransform;
 use gimp_io::splits::Part;
 use gimp_nn::checkpoint::Preprocessing;
 use std::path::{Path, PathBuf};
@@ -63,11 +63,7 @@ impl Prepared {
         let Some(p) = &ckpt.preprocessing else {
             return Self::new(cohort, fold, ExpressionTransform::None);
         };
-        let t: ExpressionTransform = p
-            .transform
-            .parse()
-            .map_err(|e: UnknownTransform| DataErr::Msg(format!("the checkpoint's {e}")))?;
-        Self::new(cohort, fold, t)?.with_preprocessing(p)
+        Self::new(cohort, fold, p.transform)?.with_preprocessing(p)
     }
 
     /// Prepares split `fold` of `cohort`, its expression transformed by `t`.
@@ -116,7 +112,7 @@ impl Prepared {
                 }
             }
             Preprocessing {
-                transform: t.name().to_string(),
+                transform: t,
                 genes: m.genes.clone(),
                 mean: mean.iter().map(|v| *v as f32).collect(),
                 std: var.iter().map(|v| (v / n).sqrt() as f32).collect(),
@@ -249,9 +245,7 @@ pub fn expression_row(matrix: &Path, sample: &str, p: &Preprocessing) -> Result<
         .map(|(i, g)| (gimp_io::expression::strip_version(g), i))
         .collect();
     let values = mat.row(row);
-    let transform: ExpressionTransform = p.transform.parse().map_err(|e: UnknownTransform| {
-        DataErr::Msg(format!("the checkpoint's expression preprocessing: {e}"))
-    })?;
+    let transform = p.transform;
     let mut ordered = Vec::with_capacity(p.genes.len());
     for g in &p.genes {
         let Some(&i) = pos.get(gimp_io::expression::strip_version(g)) else {
