@@ -311,6 +311,47 @@ fn every_baseline_trains_with_the_same_trainer() {
     assert!(e.to_string().contains("its own stages"), "{e}");
 }
 
+/// The tables list the paper's rows in the paper's order; rows the paper lacks come where they
+/// cannot be mistaken for its own.
+#[test]
+fn experiment_tables_have_the_papers_rows_in_order() {
+    use gimp_train::experiment::rows;
+    let keys = |t| -> Vec<&str> { rows(t, &[]).unwrap().iter().map(|r| r.key).collect() };
+    assert_eq!(
+        keys("table1"),
+        [
+            "abmil",
+            "dsmil",
+            "clam_sb",
+            "clam_mb",
+            "transmil",
+            "gimp_image_only",
+            "snn",
+            "group_msa",
+            "porpoise",
+            "pathomic",
+            "mcat",
+            "agg_groupmsa",
+            "mgca",
+            "biovil",
+            "refers",
+            "gimp"
+        ]
+    );
+    assert_eq!(
+        keys("table2"),
+        [
+            "agg_snn",
+            "agg_groupmsa",
+            "agg_mpm",
+            "agg_triplet",
+            "agg_groupmsa_triplet",
+            "gimp",
+            "agg_snn_full"
+        ]
+    );
+}
+
 #[test]
 fn experiment_rows_plan_run_skip_and_summarise() {
     use gimp_train::experiment::{execute, markdown, plan, rows, summarise};
