@@ -50,6 +50,12 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// Patient `i`'s expression after the transform, before z-scoring (`None` without
+    /// expression): what the linear baseline standardises itself.
+    pub fn transformed_expression(&self, i: usize) -> Option<&[f32]> {
+        self.raw.get(i)?.as_deref()
+    }
+
     /// The split a checkpoint is evaluated on: `fold` (default: the one it was trained on), with
     /// the checkpoint's own expression transform, gene order and training statistics.
     pub fn for_checkpoint(

@@ -20,6 +20,95 @@ pub enum Recipe {
     Supervised(&'static str),
     /// The GiMP pipeline with changes to the run configuration.
     Gimp(fn(&mut RunConfig)),
+    /// The gene-only logistic regression (`gimp-rs baseline logreg`'s, C = 0.1) on the patients
+    /// with expression.
+    LogisticRegression,
+    /// Every test patient gets the training split's class frequencies: the floor any model must
+    /// beat.
+    MajorityClass,
+}
+
+/// What one run of a row leaves in its `metrics.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    /// The trained model's checkpoint (the two baselines without one have none).
+    pub checkpoint: Option<PathBuf>,
+    pub best_epoch: Option<usize>,
+    pub val: Option<Report>,
+    pub test: Option<Report>,
+}
+
+impl From<StageResult> for RunResult {
+    fn from(r: StageResult) -> Self {
+        Self {
+            checkpoint: Some(r.checkpoint),
+            best_epoch: Some(r.best_epoch),
+            val: r.val,
+            test: r.test,
+        }
+    }
+}
+
+/// Test (and validation) metrics of the logistic regression fitted on the training split.
+fn logistic_regression(data: &Prepared, seed: u64) -> Result<RunResult> {
+    let with_expression = |idx: &[usize]| -> Vec<usize> {
+        idx.iter()
+            .copied()
+            .filter(|&i| data.transformed_expression(i).is_some())
+            .collect()
+    };
+    let (train, val, test) = (
+        with_expression(&data.train),
+        with_expression(&data.val),
+        with_expression(&data.test),
+    );
+    if train.is_empty() || test.is_empty() {
+        return Err(DataErr::Msg(
+            "no training or test patient has expression".into(),
+        ));
+    }
+    let rows = |idx: &[usize]| -> Vec<&[f32]> {
+        idx.iter()
+            .filter_map(|&i| data.transformed_expression(i))
+            .collect()
+    };
+    let labels =
+        |idx: &[usize]| -> Vec<usize> { idx.iter().map(|&i| data.patients[i].label).collect() };
+    let nc = data.classes.len();
+    // Validation and test in one pass, then split apart.
+    let eval: Vec<usize> = val.iter().chain(&test).copied().collect();
+    let cfg = gimp_linear::LogisticConfig::default();
+    let (_, _, probs) =
+        gimp_linear::fit_predict(&rows(&train), &labels(&train), &rows(&eval), nc, cfg);
+    let (pv, pt) = probs.split_at(val.len());
+    Ok(RunResult {
+        checkpoint: None,
+        best_epoch: None,
+        val: (!val.is_empty()).then(|| Report::new(&labels(&val), pv, nc, seed)),
+        test: Some(Report::new(&labels(&test), pt, nc, seed)),
+    })
+}
+
+/// Test metrics when every patient is given the training split's class frequencies.
+fn majority_class(data: &Prepared, seed: u64) -> RunResult {
+    let nc = data.classes.len();
+    let mut freq = vec![0.0f64; nc];
+    for &i in &data.train {
+        freq[data.patients[i].label] += 1.0;
+    }
+    let n = data.train.len().max(1) as f64;
+    freq.iter_mut().for_each(|f| *f /= n);
+    let report = |idx: &[usize]| {
+        let labels: Vec<usize> = idx.iter().map(|&i| data.patients[i].label).collect();
+        let probs = vec![freq.clone(); idx.len()];
+        (!idx.is_empty()).then(|| Report::new(&labels, &probs, nc, seed))
+    };
+    RunResult {
+        checkpoint: None,
+        best_epoch: None,
+        val: report(&data.val),
+        test: report(&data.test),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +150,18 @@ fn snn(c: &mut RunConfig) {
 /// Every row the runner knows, in the paper's order (rows the paper does not have: SNN and
 /// GroupMSA alone in Table 1, SNN with full pre-training at the end of Table 2).
 pub const ROWS: &[Row] = &[
+    Row {
+        table: "table1",
+        name: "Majority class",
+        key: "majority",
+        recipe: Recipe::MajorityClass,
+    },
+    Row {
+        table: "table1",
+        name: "Logistic regression (expression)",
+        key: "logreg",
+        recipe: Recipe::LogisticRegression,
+    },
     Row {
         table: "table1",
         name: "ABMIL",
@@ -300,6 +401,8 @@ pub fn planned_epochs(
             let (genes, _) = stages::stages_run(&c);
             usize::from(genes) * c.genes.epochs + c.pretrain.epochs + c.finetune.epochs
         }
+        // Fitted in seconds, no epochs.
+        Recipe::LogisticRegression | Recipe::MajorityClass => 0,
     })
 }
 
@@ -311,12 +414,12 @@ pub fn execute(
     overrides: BaselineOverrides<'_>,
     run: &Run,
     on: OnProgress,
-) -> Result<StageResult> {
+) -> Result<RunResult> {
     let ctl = Control {
         resume: true,
         stop_after: None,
     };
-    let r = match &row.recipe {
+    let r: RunResult = match &row.recipe {
         Recipe::Supervised(arch) => {
             let mut c = SupervisedConfig::defaults(gimp_models::registry::lookup(arch)?)?;
             c.seed = run.seed;
@@ -341,16 +444,21 @@ pub fn execute(
             );
             // Every row of a table sees bags capped as the preset's fine-tuning caps them.
             c.max_patches = base.finetune.max_patches;
-            supervised::train(data, &c, &run.dir, ctl, on)?
+            supervised::train(data, &c, &run.dir, ctl, on)?.into()
         }
         Recipe::Gimp(change) => {
             let mut c = base.clone();
             c.seed = run.seed;
             c.fold = run.fold;
             change(&mut c);
-            stages::train_gimp(data, &c, &run.dir, ctl, on)?.finetune
+            stages::train_gimp(data, &c, &run.dir, ctl, on)?
+                .finetune
+                .into()
         }
+        Recipe::LogisticRegression => logistic_regression(data, run.seed)?,
+        Recipe::MajorityClass => majority_class(data, run.seed),
     };
+    std::fs::create_dir_all(&run.dir).map_err(|e| gimp_io::DataError::io(&run.dir, e))?;
     gimp_io::atomic::write_bytes_atomic(
         &run.dir.join("metrics.json"),
         serde_json::to_string_pretty(&r)
@@ -383,7 +491,7 @@ pub fn execute_pending(
     base: &RunConfig,
     overrides: BaselineOverrides<'_>,
     started: &dyn Fn(&Row, &Run),
-    finished: &dyn Fn(&StageResult),
+    finished: &dyn Fn(&RunResult),
     on: OnProgress,
 ) -> Result<usize> {
     let mut folds: Vec<usize> = runs.iter().filter(|r| !r.done).map(|r| r.fold).collect();

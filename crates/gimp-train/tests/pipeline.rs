@@ -320,6 +320,8 @@ fn experiment_tables_have_the_papers_rows_in_order() {
     assert_eq!(
         keys("table1"),
         [
+            "majority",
+            "logreg",
             "abmil",
             "dsmil",
             "clam_sb",
