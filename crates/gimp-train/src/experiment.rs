@@ -7,9 +7,10 @@ use crate::config::{GeneEncoderKind, Modalities, RunConfig, Triplet};
 use crate::data::{DataErr, Prepared, Result};
 use crate::stages;
 use crate::supervised::{self, SupervisedConfig};
-use crate::trainer::{Control, OnProgress, StageResult};
+use crate::trainer::{Control, OnProgress, Predictions, StageResult};
 use gimp_metrics::Report;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,8 @@ pub struct RunResult {
     pub best_epoch: Option<usize>,
     pub val: Option<Report>,
     pub test: Option<Report>,
+    /// Every test patient's prediction, pooled over folds by [`summarise`].
+    pub test_predictions: Option<Predictions>,
 }
 
 impl From<StageResult> for RunResult {
@@ -45,6 +48,7 @@ impl From<StageResult> for RunResult {
             best_epoch: Some(r.best_epoch),
             val: r.val,
             test: r.test,
+            test_predictions: r.test_predictions,
         }
     }
 }
@@ -86,6 +90,12 @@ fn logistic_regression(data: &Prepared, seed: u64) -> Result<RunResult> {
         best_epoch: None,
         val: (!val.is_empty()).then(|| Report::new(&labels(&val), pv, nc, seed)),
         test: Some(Report::new(&labels(&test), pt, nc, seed)),
+        test_predictions: Some(Predictions {
+            labels: labels(&test),
+            probs: pt.to_vec(),
+            patients: test,
+            loss: f64::NAN,
+        }),
     })
 }
 
@@ -98,16 +108,19 @@ fn majority_class(data: &Prepared, seed: u64) -> RunResult {
     }
     let n = data.train.len().max(1) as f64;
     freq.iter_mut().for_each(|f| *f /= n);
-    let report = |idx: &[usize]| {
-        let labels: Vec<usize> = idx.iter().map(|&i| data.patients[i].label).collect();
-        let probs = vec![freq.clone(); idx.len()];
-        (!idx.is_empty()).then(|| Report::new(&labels, &probs, nc, seed))
+    let predict = |idx: &[usize]| Predictions {
+        patients: idx.to_vec(),
+        labels: idx.iter().map(|&i| data.patients[i].label).collect(),
+        probs: vec![freq.clone(); idx.len()],
+        loss: f64::NAN,
     };
+    let (val, test) = (predict(&data.val), predict(&data.test));
     RunResult {
         checkpoint: None,
         best_epoch: None,
-        val: report(&data.val),
-        test: report(&data.test),
+        val: val.report(nc, seed),
+        test: test.report(nc, seed),
+        test_predictions: Some(test),
     }
 }
 
@@ -539,6 +552,31 @@ pub struct RowSummary {
     pub roc_auc: (f64, f64),
     pub macro_f1: (f64, f64),
     pub confusion: Vec<Vec<usize>>,
+    /// Metrics of the test predictions pooled over the runs, each patient once (its
+    /// probabilities averaged over seeds), with their 95% intervals.
+    pub pooled: Option<Report>,
+}
+
+/// Pools runs' test predictions: one prediction per patient, its class probabilities averaged
+/// over the runs that tested it (seeds; k-fold test sets are disjoint), so no patient is counted
+/// twice in the intervals.
+fn pool(predictions: &[Predictions]) -> Option<Report> {
+    let mut by_patient: BTreeMap<usize, (usize, Vec<f64>, f64)> = BTreeMap::new();
+    for p in predictions {
+        for ((&i, &label), probs) in p.patients.iter().zip(&p.labels).zip(&p.probs) {
+            let e = by_patient
+                .entry(i)
+                .or_insert_with(|| (label, vec![0.0; probs.len()], 0.0));
+            e.1.iter_mut().zip(probs).for_each(|(a, b)| *a += b);
+            e.2 += 1.0;
+        }
+    }
+    let n_classes = by_patient.values().map(|e| e.1.len()).max()?;
+    let (labels, probs): (Vec<usize>, Vec<Vec<f64>>) = by_patient
+        .into_values()
+        .map(|(label, sum, n)| (label, sum.into_iter().map(|v| v / n).collect()))
+        .unzip();
+    (!labels.is_empty()).then(|| Report::new(&labels, &probs, n_classes, 0))
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -557,6 +595,7 @@ pub fn summarise(rows: &[&Row], runs: &[Run]) -> Result<Vec<RowSummary>> {
     let mut out = Vec::new();
     for r in rows {
         let mut reports: Vec<Report> = Vec::new();
+        let mut predictions: Vec<Predictions> = Vec::new();
         for run in runs.iter().filter(|x| x.row == r.key) {
             let p = run.dir.join("metrics.json");
             let Ok(text) = std::fs::read_to_string(&p) else {
@@ -564,6 +603,11 @@ pub fn summarise(rows: &[&Row], runs: &[Run]) -> Result<Vec<RowSummary>> {
             };
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| DataErr::Msg(format!("{}: {e}", p.display())))?;
+            if let Some(t) = v.get("test_predictions").filter(|t| !t.is_null()) {
+                let t = serde_json::from_value(t.clone())
+                    .map_err(|e| DataErr::Msg(format!("{}: test_predictions: {e}", p.display())))?;
+                predictions.push(t);
+            }
             if let Some(t) = v.get("test").filter(|t| !t.is_null()) {
                 let acc = t["accuracy"]["value"].as_f64().unwrap_or(f64::NAN);
                 let auc = t["roc_auc"]["value"].as_f64().unwrap_or(f64::NAN);
@@ -609,6 +653,7 @@ pub fn summarise(rows: &[&Row], runs: &[Run]) -> Result<Vec<RowSummary>> {
             roc_auc: col(&|x| x.roc_auc.map_or(f64::NAN, |a| a.value)),
             macro_f1: col(&|x| x.macro_f1),
             confusion,
+            pooled: pool(&predictions),
         });
     }
     Ok(out)
@@ -616,10 +661,10 @@ pub fn summarise(rows: &[&Row], runs: &[Run]) -> Result<Vec<RowSummary>> {
 
 pub fn markdown(s: &[RowSummary], classes: &[String]) -> String {
     let mut t = String::from(
-        "| method | runs | accuracy | ROC-AUC | macro F1 | pooled confusion (rows true: ",
+        "| method | runs | accuracy | ROC-AUC | macro F1 | pooled accuracy [95% CI] | pooled ROC-AUC [95% CI] | pooled confusion (rows true: ",
     );
     t.push_str(&classes.join(", "));
-    t.push_str(") |\n|---|---|---|---|---|---|\n");
+    t.push_str(") |\n|---|---|---|---|---|---|---|---|\n");
     for r in s {
         let pm = |(m, sd): (f64, f64)| {
             if r.runs == 0 {
@@ -638,14 +683,21 @@ pub fn markdown(s: &[RowSummary], classes: &[String]) -> String {
                     .join(" ")
             })
             .collect();
+        let ci = |e: Option<gimp_metrics::Estimate>| match e {
+            Some(e) => format!("{:.3} [{:.3}–{:.3}]", e.value, e.low, e.high),
+            None => "–".to_string(),
+        };
+        let pooled = r.pooled.as_ref();
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.runs,
             pm(r.accuracy),
             pm(r.roc_auc),
             pm(r.macro_f1),
+            ci(pooled.map(|p| p.accuracy)),
+            ci(pooled.and_then(|p| p.roc_auc)),
             conf.join(" / ")
         );
     }
@@ -653,11 +705,18 @@ pub fn markdown(s: &[RowSummary], classes: &[String]) -> String {
 }
 
 pub fn csv(s: &[RowSummary]) -> String {
-    let mut t = String::from("row,method,runs,accuracy_mean,accuracy_std,roc_auc_mean,roc_auc_std,macro_f1_mean,macro_f1_std\n");
+    let mut t = String::from("row,method,runs,accuracy_mean,accuracy_std,roc_auc_mean,roc_auc_std,macro_f1_mean,macro_f1_std,pooled_patients,pooled_accuracy,pooled_accuracy_low,pooled_accuracy_high,pooled_roc_auc,pooled_roc_auc_low,pooled_roc_auc_high\n");
     for r in s {
+        let nan = gimp_metrics::Estimate {
+            value: f64::NAN,
+            low: f64::NAN,
+            high: f64::NAN,
+        };
+        let acc = r.pooled.as_ref().map_or(nan, |p| p.accuracy);
+        let auc = r.pooled.as_ref().and_then(|p| p.roc_auc).unwrap_or(nan);
         let _ = writeln!(
             t,
-            "{},\"{}\",{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
+            "{},\"{}\",{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
             r.row,
             r.name,
             r.runs,
@@ -666,7 +725,14 @@ pub fn csv(s: &[RowSummary]) -> String {
             r.roc_auc.0,
             r.roc_auc.1,
             r.macro_f1.0,
-            r.macro_f1.1
+            r.macro_f1.1,
+            r.pooled.as_ref().map_or(0, |p| p.n),
+            acc.value,
+            acc.low,
+            acc.high,
+            auc.value,
+            auc.low,
+            auc.high
         );
     }
     t

@@ -136,6 +136,7 @@ impl GenesTask<'_> {
             .map(|r| probabilities(&logits.get(r)?))
             .collect::<Result<_>>()?;
         Ok(Predictions {
+            patients: idx,
             labels,
             probs,
             loss,
@@ -221,6 +222,7 @@ pub fn pretrain_genes(
         best_epoch: trained.best_epoch,
         val: val.report(nc, cfg.seed),
         test: test.report(nc, cfg.seed),
+        test_predictions: Some(test),
     })
 }
 
@@ -453,6 +455,7 @@ pub fn pretrain(
         best_epoch: trained.best_epoch,
         val: None,
         test: None,
+        test_predictions: None,
     })
 }
 
@@ -486,6 +489,7 @@ pub fn evaluate_gimp(
         let logits = model.head(&cls, &mode)?;
         let label = data.patients[i].label;
         p.loss += scalar(&loss::cross_entropy(&logits.unsqueeze(0)?, &[label])?)?;
+        p.patients.push(i);
         p.labels.push(label);
         p.probs.push(probabilities(&logits)?);
     }
@@ -610,6 +614,7 @@ pub fn finetune(
             nc,
             cfg.seed,
         )),
+        test_predictions: Some(test),
     })
 }
 

@@ -125,6 +125,7 @@ impl SupervisedTask<'_> {
                 .model
                 .classification_loss(&out.logits, label)?
                 .to_scalar::<f32>()? as f64;
+            p.patients.push(i);
             p.labels.push(label);
             p.probs.push(probabilities(&out.logits)?);
         }
@@ -270,6 +271,7 @@ pub fn train(
         best_epoch: trained.best_epoch,
         val: val.report(nc, cfg.seed),
         test: Some(Report::new(&test.labels, &test.probs, nc, cfg.seed)),
+        test_predictions: Some(test),
     })
 }
 

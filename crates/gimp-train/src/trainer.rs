@@ -41,13 +41,16 @@ pub struct Control {
     pub stop_after: Option<usize>,
 }
 
-/// Outcome of a stage: where its checkpoint is and its validation/test metrics.
+/// Outcome of a stage: where its checkpoint is, its validation/test metrics and its test
+/// predictions (which experiments pool over folds).
 #[derive(Debug, Clone, Serialize)]
 pub struct StageResult {
     pub checkpoint: PathBuf,
     pub best_epoch: usize,
     pub val: Option<Report>,
     pub test: Option<Report>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_predictions: Option<Predictions>,
 }
 
 /// Early stopping as CLAM's `EarlyStopping`: after an epoch whose validation loss is not at
@@ -121,10 +124,13 @@ impl From<Tensor> for UnitLoss {
 }
 
 /// Labels, class probabilities and mean loss of a model on some patients.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Predictions {
+    /// Which patients (indices into the prepared cohort), in the order of `labels` and `probs`.
+    pub patients: Vec<usize>,
     pub labels: Vec<usize>,
     pub probs: Vec<Vec<f64>>,
+    #[serde(skip)]
     pub loss: f64,
 }
 

@@ -394,6 +394,12 @@ fn experiment_rows_plan_run_skip_and_summarise() {
         "pooled confusion over both seeds"
     );
     assert!(markdown(&s, &data.classes).contains("| ABMIL | 2 |"));
+    // Pooled over both seeds, each test patient counts once in the intervals.
+    for r in &s {
+        let pooled = r.pooled.as_ref().unwrap();
+        assert_eq!(pooled.n, data.test.len(), "{}", r.row);
+        assert!(pooled.accuracy.low <= pooled.accuracy.value, "{}", r.row);
+    }
 }
 
 /// The compared systems' trainer is deterministic too: the same seed gives byte-identical
