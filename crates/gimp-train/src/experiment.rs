@@ -542,6 +542,118 @@ pub fn write_summary(
     Ok(md)
 }
 
+/// One row's finished runs in an experiment folder: `(fold, seed)` → its `metrics.json`.
+fn finished_runs(out: &Path, key: &str) -> Result<BTreeMap<(usize, usize), serde_json::Value>> {
+    let mut found = BTreeMap::new();
+    let number = |name: &std::ffi::OsStr, prefix: &str| -> Option<usize> {
+        name.to_str()?.strip_prefix(prefix)?.parse().ok()
+    };
+    let row = out.join(key);
+    if !row.is_dir() {
+        return Err(DataErr::Msg(format!(
+            "{}: no runs of row '{key}' (no folder {})",
+            out.display(),
+            row.display()
+        )));
+    }
+    let folds = std::fs::read_dir(&row).map_err(|e| gimp_io::DataError::io(&row, e))?;
+    for f in folds.flatten() {
+        let Some(fold) = number(&f.file_name(), "fold") else {
+            continue;
+        };
+        let Ok(seeds) = std::fs::read_dir(f.path()) else {
+            continue;
+        };
+        for s in seeds.flatten() {
+            let Some(seed) = number(&s.file_name(), "seed") else {
+                continue;
+            };
+            let p = s.path().join("metrics.json");
+            let Ok(text) = std::fs::read_to_string(&p) else {
+                continue;
+            };
+            let v = serde_json::from_str(&text)
+                .map_err(|e| DataErr::Msg(format!("{}: {e}", p.display())))?;
+            found.insert((fold, seed), v);
+        }
+    }
+    Ok(found)
+}
+
+/// Is row A better than row B? Their test accuracies on the runs both finished (same fold and
+/// seed), compared by a paired sign-flip test; and their ROC-AUCs on the pooled test predictions
+/// (each patient once, probabilities averaged over seeds) by DeLong's test (two classes).
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub a: String,
+    pub b: String,
+    /// `(fold, seed, accuracy of A, accuracy of B)` for every run both finished.
+    pub runs: Vec<(usize, usize, f64, f64)>,
+    pub mean_difference: f64,
+    pub std_difference: f64,
+    /// Two-sided p-value of the paired accuracy differences (sign flips).
+    pub p_paired: f64,
+    /// Patients in both rows' pooled predictions.
+    pub patients: usize,
+    pub delong: Option<gimp_metrics::AucComparison>,
+}
+
+/// Compares rows `a` and `b` (their keys) of the experiment in `out`.
+pub fn compare(out: &Path, a: &str, b: &str) -> Result<Comparison> {
+    let (ra, rb) = (finished_runs(out, a)?, finished_runs(out, b)?);
+    let accuracy = |v: &serde_json::Value| v["test"]["accuracy"]["value"].as_f64();
+    let runs: Vec<(usize, usize, f64, f64)> = ra
+        .iter()
+        .filter_map(|(k, va)| {
+            let vb = rb.get(k)?;
+            Some((k.0, k.1, accuracy(va)?, accuracy(vb)?))
+        })
+        .collect();
+    if runs.is_empty() {
+        return Err(DataErr::Msg(format!(
+            "{}: rows '{a}' and '{b}' have no finished run on the same fold and seed",
+            out.display()
+        )));
+    }
+    let diffs: Vec<f64> = runs.iter().map(|r| r.2 - r.3).collect();
+    let (mean_difference, std_difference) = mean_std(&diffs);
+    let pooled = |runs: &BTreeMap<(usize, usize), serde_json::Value>| -> Result<_> {
+        let predictions = runs
+            .values()
+            .filter_map(|v| v.get("test_predictions").filter(|t| !t.is_null()))
+            .map(|t| {
+                serde_json::from_value::<Predictions>(t.clone())
+                    .map_err(|e| DataErr::Msg(format!("test_predictions: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(by_patient(&predictions))
+    };
+    let (pa, pb) = (pooled(&ra)?, pooled(&rb)?);
+    let shared: Vec<usize> = pa.keys().copied().filter(|i| pb.contains_key(i)).collect();
+    let binary = shared
+        .iter()
+        .all(|i| pa[i].1.len() == 2 && pb[i].1.len() == 2);
+    let delong = if binary {
+        let positive: Vec<bool> = shared.iter().map(|i| pa[i].0 == 1).collect();
+        let score = |p: &BTreeMap<usize, (usize, Vec<f64>)>| -> Vec<f64> {
+            shared.iter().map(|i| p[i].1[1]).collect()
+        };
+        gimp_metrics::delong(&positive, &score(&pa), &score(&pb))
+    } else {
+        None
+    };
+    Ok(Comparison {
+        a: a.to_string(),
+        b: b.to_string(),
+        p_paired: gimp_metrics::paired_sign_flip(&diffs, 0),
+        runs,
+        mean_difference,
+        std_difference,
+        patients: shared.len(),
+        delong,
+    })
+}
+
 /// Mean ± standard deviation of a row's test metrics over its runs, and the pooled confusion.
 #[derive(Debug, Clone, Serialize)]
 pub struct RowSummary {
@@ -557,26 +669,31 @@ pub struct RowSummary {
     pub pooled: Option<Report>,
 }
 
-/// Pools runs' test predictions: one prediction per patient, its class probabilities averaged
-/// over the runs that tested it (seeds; k-fold test sets are disjoint), so no patient is counted
-/// twice in the intervals.
-fn pool(predictions: &[Predictions]) -> Option<Report> {
-    let mut by_patient: BTreeMap<usize, (usize, Vec<f64>, f64)> = BTreeMap::new();
+/// Runs' test predictions with each patient once: its class probabilities averaged over the
+/// runs that tested it (seeds; k-fold test sets are disjoint). Patient → (label, probabilities).
+fn by_patient(predictions: &[Predictions]) -> BTreeMap<usize, (usize, Vec<f64>)> {
+    let mut sums: BTreeMap<usize, (usize, Vec<f64>, f64)> = BTreeMap::new();
     for p in predictions {
         for ((&i, &label), probs) in p.patients.iter().zip(&p.labels).zip(&p.probs) {
-            let e = by_patient
+            let e = sums
                 .entry(i)
                 .or_insert_with(|| (label, vec![0.0; probs.len()], 0.0));
             e.1.iter_mut().zip(probs).for_each(|(a, b)| *a += b);
             e.2 += 1.0;
         }
     }
-    let n_classes = by_patient.values().map(|e| e.1.len()).max()?;
-    let (labels, probs): (Vec<usize>, Vec<Vec<f64>>) = by_patient
-        .into_values()
-        .map(|(label, sum, n)| (label, sum.into_iter().map(|v| v / n).collect()))
-        .unzip();
-    (!labels.is_empty()).then(|| Report::new(&labels, &probs, n_classes, 0))
+    sums.into_iter()
+        .map(|(i, (label, sum, n))| (i, (label, sum.into_iter().map(|v| v / n).collect())))
+        .collect()
+}
+
+/// The metrics of runs' pooled test predictions ([`by_patient`]), so no patient is counted
+/// twice in the intervals.
+fn pool(predictions: &[Predictions]) -> Option<Report> {
+    let pooled = by_patient(predictions);
+    let n_classes = pooled.values().map(|e| e.1.len()).max()?;
+    let (labels, probs): (Vec<usize>, Vec<Vec<f64>>) = pooled.into_values().unzip();
+    Some(Report::new(&labels, &probs, n_classes, 0))
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {

@@ -394,6 +394,16 @@ fn experiment_rows_plan_run_skip_and_summarise() {
         "pooled confusion over both seeds"
     );
     assert!(markdown(&s, &data.classes).contains("| ABMIL | 2 |"));
+    // The two rows compared on their paired runs and pooled predictions.
+    let c = gimp_train::experiment::compare(&out, "abmil", "gimp").unwrap();
+    assert_eq!(c.runs.len(), 2);
+    assert_eq!(c.patients, data.test.len());
+    let d = c.delong.unwrap();
+    assert!(
+        (0.0..=1.0).contains(&d.p) && (0.0..=1.0).contains(&c.p_paired),
+        "{c:?}"
+    );
+    assert!(gimp_train::experiment::compare(&out, "abmil", "nope").is_err());
     // Pooled over both seeds, each test patient counts once in the intervals.
     for r in &s {
         let pooled = r.pooled.as_ref().unwrap();

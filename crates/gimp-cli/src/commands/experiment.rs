@@ -9,13 +9,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub compare: Option<Sub>,
     /// table1 (the compared systems and GiMP) or table2 (GiMP's ablations).
-    pub table: String,
-    pub cohort: PathBuf,
+    pub table: Option<String>,
+    pub cohort: Option<PathBuf>,
     /// Experiment folder: OUT/{row}/fold{k}/seed{s}/…, OUT/{table}.md and .csv.
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     /// Split files 0..K of the cohort (make k folds with `gimp-rs split --scheme kfold`).
     #[arg(long, default_value_t = 1)]
     pub folds: usize,
@@ -66,23 +69,72 @@ pub struct Args {
     pub summarise: bool,
 }
 
+#[derive(clap::Subcommand)]
+pub enum Sub {
+    /// Is row A better than row B? Paired sign-flip test of their test accuracies over the runs
+    /// both finished, and DeLong's test of their ROC-AUCs on the pooled test predictions.
+    Compare {
+        /// Row keys, e.g. gimp agg_groupmsa (`--dry-run` lists a table's keys).
+        a: String,
+        b: String,
+        /// The experiment folder.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn compare(a: &str, b: &str, out: &std::path::Path, json: bool) -> Result<ExitCode> {
+    let c = experiment::compare(out, a, b)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{a} vs {b}: {} paired run(s)", c.runs.len());
+    for (fold, seed, x, y) in &c.runs {
+        println!("  fold {fold} seed {seed}: accuracy {x:.3} vs {y:.3}");
+    }
+    println!(
+        "accuracy difference {:+.3} ± {:.3} (mean ± std), paired sign-flip p = {:.3}",
+        c.mean_difference, c.std_difference, c.p_paired
+    );
+    match &c.delong {
+        Some(d) => println!(
+            "ROC-AUC on {} pooled patients: {:.3} vs {:.3}, difference {:+.3} (SE {:.3}), DeLong z = {:.2}, p = {:.3}",
+            c.patients, d.auc_a, d.auc_b, d.difference, d.se, d.z, d.p
+        ),
+        None => println!(
+            "no DeLong test: it needs two classes and both classes among {} shared test patients with saved predictions",
+            c.patients
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
-    let rows = experiment::rows(&a.table, &a.rows)?;
+    if let Some(Sub::Compare { a, b, out, json }) = &a.compare {
+        return compare(a, b, out, *json);
+    }
+    let (Some(table), Some(cohort_file), Some(out)) = (&a.table, &a.cohort, &a.out) else {
+        bail!("give a table, a cohort and --out: gimp-rs experiment table1 COHORT.toml --out DIR")
+    };
+    let rows = experiment::rows(table, &a.rows)?;
     let mut base = RunConfig::preset(a.preset);
     if let Some(t) = a.transform {
         base.model.transform = t;
     }
-    let cohort = gimp_cohort::Cohort::open(&a.cohort, LoadOptions::default())?;
+    let cohort = gimp_cohort::Cohort::open(cohort_file, LoadOptions::default())?;
     if cohort.folds.len() < a.folds {
         bail!(
             "the cohort lists {} split file(s) but --folds {} was asked: write k folds with `gimp-rs split {} --scheme kfold --k {} --out DIR` and list them under [splits]",
             cohort.folds.len(),
             a.folds,
-            a.cohort.display(),
+            cohort_file.display(),
             a.folds
         );
     }
-    let runs = experiment::plan(&a.out, &rows, a.folds, a.seeds);
+    let runs = experiment::plan(out, &rows, a.folds, a.seeds);
     let overrides = experiment::BaselineOverrides {
         epochs: a.epochs,
         pretrain_epochs: a.pretrain_epochs,
@@ -147,12 +199,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
         )?;
     }
     // Every finished run of the whole plan, whichever machine ran it.
-    let runs = experiment::plan(&a.out, &rows, a.folds, a.seeds);
-    let md = experiment::write_summary(&a.out, &a.table, &rows, &runs, &cohort.label_map.names)?;
+    let runs = experiment::plan(out, &rows, a.folds, a.seeds);
+    let md = experiment::write_summary(out, table, &rows, &runs, &cohort.label_map.names)?;
     let left = runs.iter().filter(|r| !r.done).count();
     println!(
         "\n{md}\n(written to {} and .csv{})",
-        a.out.join(format!("{}.md", a.table)).display(),
+        out.join(format!("{}.md", table)).display(),
         match left {
             0 => String::new(),
             n => format!("; {n} run(s) not finished yet"),
