@@ -372,9 +372,87 @@ pub fn plan(out: &Path, rows: &[&Row], folds: usize, seeds: usize) -> Vec<Run> {
     v
 }
 
+/// How the compared systems are trained in an experiment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainingRecipe {
+    /// Each system as its reference code trains it (its `TrainingDefaults`, CLAM's early
+    /// stopping).
+    #[default]
+    Reference,
+    /// As the paper says it trained every row ("training configurations are consistent
+    /// throughout the fine-tuning process"): AdamW, lr 1e-4, weight decay 1e-4, cosine decay,
+    /// at most 70 epochs, one patient a step, the best validation epoch, no early stopping.
+    Paper,
+}
+
+impl TrainingRecipe {
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainingRecipe::Reference => "reference",
+            TrainingRecipe::Paper => "paper",
+        }
+    }
+
+    /// The recipe applied to a compared system's reference defaults.
+    fn apply(self, c: &mut SupervisedConfig) {
+        if self == TrainingRecipe::Paper {
+            c.optimizer = gimp_nn::optim::Kind::AdamW;
+            c.lr = 1e-4;
+            c.weight_decay = 1e-4;
+            c.betas = (0.9, 0.999);
+            c.cosine = true;
+            c.epochs = 70;
+            c.accumulate = 1;
+            c.early_stopping = None;
+        }
+    }
+}
+
+impl std::str::FromStr for TrainingRecipe {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "reference" => Ok(TrainingRecipe::Reference),
+            "paper" => Ok(TrainingRecipe::Paper),
+            other => Err(format!(
+                "unknown recipe '{other}', expected reference or paper"
+            )),
+        }
+    }
+}
+
+/// Records the recipe of the experiment in `out` (`out/experiment.json`) and refuses to mix
+/// runs of two recipes in one folder.
+pub fn claim_recipe(out: &Path, recipe: TrainingRecipe) -> Result<()> {
+    let path = out.join("experiment.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| DataErr::Msg(format!("{}: {e}", path.display())))?;
+        let had: TrainingRecipe = serde_json::from_value(v["recipe"].clone())
+            .map_err(|e| DataErr::Msg(format!("{}: recipe: {e}", path.display())))?;
+        if had != recipe {
+            return Err(DataErr::Msg(format!(
+                "{} holds runs of the {} recipe; run the {} recipe into another --out",
+                out.display(),
+                had.name(),
+                recipe.name()
+            )));
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(out).map_err(|e| gimp_io::DataError::io(out, e))?;
+    let text = serde_json::json!({ "recipe": recipe }).to_string();
+    gimp_io::atomic::write_bytes_atomic(&path, text.as_bytes())?;
+    Ok(())
+}
+
 /// Changes to the compared systems' reference training defaults for a whole experiment.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BaselineOverrides<'a> {
+    /// The training recipe, applied before the changes below.
+    pub recipe: TrainingRecipe,
     /// Training (fine-tuning) epochs.
     pub epochs: Option<usize>,
     /// Epochs of the self-supervised stage of MGCA, BioViL and REFERS.
@@ -399,7 +477,8 @@ pub fn planned_epochs(
     Ok(match &row.recipe {
         Recipe::Supervised(arch) => {
             let arch = gimp_models::registry::lookup(arch)?;
-            let d = SupervisedConfig::defaults(arch)?;
+            let mut d = SupervisedConfig::defaults(arch)?;
+            overrides.recipe.apply(&mut d);
             let self_supervised = match arch.self_supervised() {
                 true => overrides
                     .pretrain_epochs
@@ -437,6 +516,7 @@ pub fn execute(
             let mut c = SupervisedConfig::defaults(gimp_models::registry::lookup(arch)?)?;
             c.seed = run.seed;
             c.fold = run.fold;
+            overrides.recipe.apply(&mut c);
             if let Some(e) = overrides.epochs {
                 c.epochs = e;
             }
@@ -531,9 +611,10 @@ pub fn write_summary(
     rows: &[&Row],
     runs: &[Run],
     classes: &[String],
+    recipe: TrainingRecipe,
 ) -> Result<String> {
     let summary = summarise(rows, runs)?;
-    let md = markdown(&summary, classes);
+    let md = markdown(&summary, classes, recipe);
     gimp_io::atomic::write_bytes_atomic(&out.join(format!("{table}.md")), md.as_bytes())?;
     gimp_io::atomic::write_bytes_atomic(
         &out.join(format!("{table}.csv")),
@@ -776,8 +857,18 @@ pub fn summarise(rows: &[&Row], runs: &[Run]) -> Result<Vec<RowSummary>> {
     Ok(out)
 }
 
-pub fn markdown(s: &[RowSummary], classes: &[String]) -> String {
-    let mut t = String::from(
+/// The summary as a Markdown table, headed by the compared systems' training recipe.
+pub fn markdown(s: &[RowSummary], classes: &[String], recipe: TrainingRecipe) -> String {
+    let mut t = format!(
+        "Compared systems trained with the {} recipe ({}).\n\n",
+        recipe.name(),
+        match recipe {
+            TrainingRecipe::Reference => "each as its reference code trains it",
+            TrainingRecipe::Paper =>
+                "every row AdamW 1e-4, cosine, at most 70 epochs, best validation epoch",
+        }
+    );
+    t.push_str(
         "| method | runs | accuracy | ROC-AUC | macro F1 | pooled accuracy [95% CI] | pooled ROC-AUC [95% CI] | pooled confusion (rows true: ",
     );
     t.push_str(&classes.join(", "));

@@ -393,7 +393,7 @@ fn experiment_rows_plan_run_skip_and_summarise() {
         2 * data.test.len(),
         "pooled confusion over both seeds"
     );
-    assert!(markdown(&s, &data.classes).contains("| ABMIL | 2 |"));
+    assert!(markdown(&s, &data.classes, Default::default()).contains("| ABMIL | 2 |"));
     // The two rows compared on their paired runs and pooled predictions.
     let c = gimp_train::experiment::compare(&out, "abmil", "gimp").unwrap();
     assert_eq!(c.runs.len(), 2);
@@ -649,4 +649,30 @@ fn bad_run_files_name_the_field_and_the_choices() {
             stop_epoch: 10
         })
     );
+}
+
+/// `--recipe paper` trains every compared system as the paper says it trained all rows, and one
+/// experiment folder never mixes two recipes.
+#[test]
+fn the_paper_recipe_is_one_configuration_for_every_row() {
+    use gimp_train::experiment::TrainingRecipe::{Paper, Reference};
+    use gimp_train::experiment::{claim_recipe, planned_epochs, rows, BaselineOverrides};
+    let table1 = rows("table1", &[]).unwrap();
+    let abmil = table1.iter().find(|r| r.key == "abmil").unwrap();
+    let snn = table1.iter().find(|r| r.key == "snn").unwrap();
+    let base = RunConfig::paper();
+    let epochs = |row, recipe| {
+        let o = BaselineOverrides {
+            recipe,
+            ..Default::default()
+        };
+        planned_epochs(row, &base, o).unwrap()
+    };
+    assert_eq!((epochs(abmil, Reference), epochs(snn, Reference)), (50, 20));
+    assert_eq!((epochs(abmil, Paper), epochs(snn, Paper)), (70, 70));
+    let d = tempfile::tempdir().unwrap();
+    claim_recipe(d.path(), Paper).unwrap();
+    claim_recipe(d.path(), Paper).unwrap();
+    let e = claim_recipe(d.path(), Reference).unwrap_err().to_string();
+    assert!(e.contains("paper recipe"), "{e}");
 }

@@ -64,6 +64,11 @@ pub struct Args {
     /// tables of whatever is finished; the last one writes them complete.
     #[arg(long)]
     pub shard: Option<Shard>,
+    /// How the compared systems train: reference (each as its reference code does) or paper
+    /// (every row AdamW 1e-4, cosine, at most 70 epochs, best validation epoch, as the paper
+    /// says). One experiment folder holds one recipe.
+    #[arg(long, default_value = "reference")]
+    pub recipe: experiment::TrainingRecipe,
     /// Only write the tables from the runs finished so far (any machine, any time).
     #[arg(long, conflicts_with = "dry_run")]
     pub summarise: bool,
@@ -136,6 +141,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let runs = experiment::plan(out, &rows, a.folds, a.seeds);
     let overrides = experiment::BaselineOverrides {
+        recipe: a.recipe,
         epochs: a.epochs,
         pretrain_epochs: a.pretrain_epochs,
         pretrain_lr: a.pretrain_lr,
@@ -176,6 +182,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Some(s) => Some(s),
         None => Shard::from_env()?,
     };
+    experiment::claim_recipe(out, a.recipe)?;
     if !a.summarise {
         let mine = match shard {
             Some(s) => s.select(runs.iter().cloned()),
@@ -200,7 +207,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     // Every finished run of the whole plan, whichever machine ran it.
     let runs = experiment::plan(out, &rows, a.folds, a.seeds);
-    let md = experiment::write_summary(out, table, &rows, &runs, &cohort.label_map.names)?;
+    let md =
+        experiment::write_summary(out, table, &rows, &runs, &cohort.label_map.names, a.recipe)?;
     let left = runs.iter().filter(|r| !r.done).count();
     println!(
         "\n{md}\n(written to {} and .csv{})",

@@ -196,7 +196,7 @@ impl CustomOp2 for ReplaceRows {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, "linear: input")?;
+        let x = slice(s1, l1, "replace rows: input")?;
         let token = slice(s2, l2, "replace rows: token")?;
         let d = token.len();
         if d == 0 || l1.shape().dims().last() != Some(&d) {
