@@ -39,7 +39,8 @@ enum Command {
     /// GroupMSA) with the same splits, validation rule, checkpoints and metrics as GiMP.
     Train(commands::train::TrainArgs),
     /// The paper's experiments (table1: compared systems; table2: GiMP ablations) on identical
-    /// splits and seeds; finished runs are skipped; Markdown + CSV with mean ± std.
+    /// splits and seeds; finished runs are skipped, shares run on several machines; Markdown +
+    /// CSV with mean ± std and pooled 95% intervals; `compare` tests one row against another.
     Experiment(commands::experiment::Args),
     /// Stage 1: supervised gene-encoder (GroupMSA) pre-training on expression alone.
     PretrainGenes(commands::train::Common),
