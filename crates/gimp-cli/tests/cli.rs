@@ -765,3 +765,54 @@ fn an_experiment_sharded_over_two_processes_runs_every_run_once() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("'2/2'"), "{}", stderr(&bad));
 }
+
+/// `predict` says which modalities it used, and warns when a model fine-tuned on both answers
+/// without one; the image-only part, fine-tuned for exactly that, does not warn.
+#[test]
+fn predict_names_its_modalities_and_warns_about_a_missing_one() {
+    let d = tempfile::tempdir().unwrap();
+    let c = d.path().join("c");
+    assert!(synth_small(&c, "9").status.success());
+    let toml = c.join("cohort.toml");
+    let slide = std::fs::read_dir(c.join("features/h5_files"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for (name, modalities, warns) in [("both", "both", true), ("image", "image", false)] {
+        let run_file = d.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &run_file,
+            format!("preset = \"demo\"\n[model]\ndim = 16\nheads = 2\nlandmarks = 8\nfragment = 10\ngroups = 4\n[genes]\nepochs = 1\n[pretrain]\nepochs = 0\n[finetune]\nepochs = 1\nmodalities = \"{modalities}\"\n"),
+        )
+        .unwrap();
+        let out = d.path().join(name);
+        let o = gimp(&[
+            "finetune",
+            toml.to_str().unwrap(),
+            "--config",
+            run_file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let ckpt = out.join("finetune/model.safetensors");
+        let o = gimp(&[
+            "predict",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--features",
+            slide.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(v["modalities"], serde_json::json!(["slides"]));
+        assert_eq!(v.get("warning").is_some(), warns, "{name}: {v}");
+        assert_eq!(
+            stderr(&o).contains("warning: gimp was fine-tuned"),
+            warns,
+            "{name}"
+        );
+    }
+}

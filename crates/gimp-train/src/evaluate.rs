@@ -24,6 +24,8 @@ pub struct ModelSource {
     pub loaded: Loaded,
     pub classes: Option<Vec<String>>,
     pub preprocessing: Option<gimp_nn::checkpoint::Preprocessing>,
+    /// The settings it was trained with (a checkpoint's provenance), if known.
+    pub training: Option<serde_json::Value>,
 }
 
 impl ModelSource {
@@ -42,6 +44,10 @@ impl ModelSource {
                 let c = Checkpoint::load(path)?;
                 Ok(Self {
                     loaded: registry::load_checkpoint(&c).map_err(|e| loading(path, e))?,
+                    training: c
+                        .info
+                        .get("training")
+                        .and_then(|t| serde_json::from_str(t).ok()),
                     classes: Some(c.classes),
                     preprocessing: c.preprocessing,
                 })
@@ -53,12 +59,43 @@ impl ModelSource {
                     loaded: registry::load(arch, weights, None).map_err(|e| loading(path, e))?,
                     classes: None,
                     preprocessing: None,
+                    training: None,
                 })
             }
             _ => Err(DataErr::Msg(
                 "give --checkpoint, or --arch with --weights".into(),
             )),
         }
+    }
+}
+
+impl ModelSource {
+    /// Why an answer from only some of the modalities a model reads may not be trustworthy.
+    /// GiMP answers without expression (or slides) through its learned "missing" embedding;
+    /// fine-tuned on both modalities it answers near chance that way — measured even with
+    /// modality dropout (the demo's GiMP, given only slides, gives 0.50–0.53 to every test
+    /// patient). Only a model fine-tuned on the one modality (`finetune.modalities`) is trained
+    /// for it. `None` when the model has both, reads only one anyway, or was trained for the case.
+    pub fn missing_modality_warning(&self, slides: bool, expression: bool) -> Option<String> {
+        if self.loaded.arch.input != gimp_models::InputKind::Multimodal || (slides && expression) {
+            return None;
+        }
+        let modalities = self
+            .training
+            .as_ref()
+            .and_then(|t| t["finetune"]["modalities"].as_str());
+        let (missing, alone) = match slides {
+            true => ("expression", "image"),
+            false => ("slide features", "genes"),
+        };
+        (modalities != Some(alone)).then(|| {
+            format!(
+                "{} was fine-tuned with both modalities; without {missing} it answers through a \
+                 placeholder embedding and may be near chance: prefer a model fine-tuned on the \
+                 modality you have (finetune.modalities = \"{alone}\")",
+                self.loaded.arch.name
+            )
+        })
     }
 }
 

@@ -63,6 +63,11 @@ struct Patch {
 struct RunOutput {
     arch: String,
     input: String,
+    /// The modalities the answer used.
+    modalities: Vec<&'static str>,
+    /// Set when the model was not trained to answer without a modality it lacks here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<String>,
     logits: Vec<f32>,
     probabilities: Vec<f32>,
     predicted: usize,
@@ -129,15 +134,12 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
 }
 
 fn run_model(a: RunArgs) -> Result<ExitCode> {
-    let ModelSource {
-        loaded,
-        classes,
-        preprocessing,
-    } = ModelSource::open(
+    let source = ModelSource::open(
         a.checkpoint.as_deref(),
         a.arch.as_deref(),
         a.weights.as_deref(),
     )?;
+    let (loaded, preprocessing) = (&source.loaded, &source.preprocessing);
     let arch_name = loaded.arch.name;
     let mut coords = None;
     let wants_bag = loaded.arch.input.reads_slides();
@@ -159,7 +161,7 @@ fn run_model(a: RunArgs) -> Result<ExitCode> {
     };
     let expr = match (&a.expression, &a.sample, wants_expr) {
         (Some(m), Some(sample), true) => {
-            let Some(p) = &preprocessing else {
+            let Some(p) = preprocessing else {
                 bail!(
                     "expression input needs the preprocessing statistics of a gimp-rs --checkpoint"
                 )
@@ -171,6 +173,14 @@ fn run_model(a: RunArgs) -> Result<ExitCode> {
         _ => None,
     };
     let input_desc = desc.join(" + ");
+    let modalities: Vec<&'static str> = [(bag.is_some(), "slides"), (expr.is_some(), "expression")]
+        .into_iter()
+        .filter_map(|(has, name)| has.then_some(name))
+        .collect();
+    let warning = source.missing_modality_warning(bag.is_some(), expr.is_some());
+    if let Some(w) = &warning {
+        eprintln!("warning: {w}");
+    }
     let input = loaded
         .arch
         .input
@@ -209,10 +219,15 @@ fn run_model(a: RunArgs) -> Result<ExitCode> {
     let r = RunOutput {
         arch: arch_name.to_string(),
         input: input_desc,
+        modalities,
+        warning,
         logits,
         probabilities,
         predicted,
-        predicted_class: classes.and_then(|c| c.get(predicted).cloned()),
+        predicted_class: source
+            .classes
+            .as_ref()
+            .and_then(|c| c.get(predicted).cloned()),
         top_patches,
     };
     println!("{}", serde_json::to_string_pretty(&r)?);
