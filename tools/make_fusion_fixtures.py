@@ -54,6 +54,7 @@ import h5py
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from fixture_helpers import narrow_linears
 
 porpoise_repo, dsmil_repo, out = sys.argv[1:4]
 sys.path.insert(0, porpoise_repo)
@@ -77,17 +78,6 @@ def perturb(model, seed):
 
 D_IN = 128
 
-
-def narrow_linears(model, widths):
-    """Rebuilds every nn.Linear of `model` in place with in/out widths mapped through `widths`
-    (widths not in the map are kept), under the same attribute name."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, torch.nn.Linear):
-                setattr(parent, name, torch.nn.Linear(widths.get(child.in_features, child.in_features),
-                                                      widths.get(child.out_features, child.out_features),
-                                                      bias=child.bias is not None))
-    return model
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from fixture_helpers import narrow_linears
 
 transmil_repo, clam_repo, porpoise_repo, out = sys.argv[1:5]
 os.makedirs(out, exist_ok=True)
@@ -57,18 +58,6 @@ def perturb(model, seed):
 D_IN = 128
 NARROW = {1024: D_IN, 512: 32, 256: 16}
 
-
-def narrow_linears(model, widths):
-    """Rebuilds every nn.Linear of `model` in place with in/out widths mapped through `widths`
-    (widths not in the map are kept), under the same attribute name: names and structure stay the
-    reference's."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, torch.nn.Linear):
-                setattr(parent, name, torch.nn.Linear(widths.get(child.in_features, child.in_features),
-                                                      widths.get(child.out_features, child.out_features),
-                                                      bias=child.bias is not None))
-    return model
 
 
 def save(name, model, bag, outputs):
