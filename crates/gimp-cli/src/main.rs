@@ -51,6 +51,9 @@ enum Command {
     /// Metrics of a checkpoint on a split (accuracy with a Wilson interval, balanced accuracy,
     /// ROC-AUC with a bootstrap interval, macro F1, confusion), overall and by modality.
     Evaluate(commands::train::EvalArgs),
+    /// Temperature scaling: fit the temperature that minimises the validation split's negative
+    /// log-likelihood and store it in the checkpoint; evaluate and predict then use it
+    Calibrate(commands::train::CalibrateArgs),
     /// One new patient (slide features and/or expression) → class probabilities and the most
     /// attended patches, as JSON (the same as `model run --checkpoint`).
     Predict(commands::model::RunArgs),
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
         Command::Train(a) => commands::train::train(a),
         Command::Experiment(a) => commands::experiment::run(a),
         Command::Evaluate(a) => commands::train::evaluate(a),
+        Command::Calibrate(a) => commands::train::calibrate(a),
         Command::Predict(a) => commands::model::run(commands::model::Command::Run(a)),
         Command::Embed(a) => commands::train::embed(a),
         Command::Tsne(a) => commands::train::tsne(a),

@@ -9,7 +9,7 @@
 //! `cargo run --release -p gimp-train --example bench_steps -- [--repeat 3] [--skip-150k] [--only NAME]`
 use candle_core::{Device, Tensor};
 use gimp_models::aggregator::AggregatorConfig;
-use gimp_models::gimp::{GeneEncoder, GeneEncoderConfig, Gimp, GimpConfig};
+use gimp_models::gimp::{ExpressionAlone, GeneEncoder, GeneEncoderConfig, Gimp, GimpConfig};
 use gimp_models::group_msa::GroupMsaConfig;
 use gimp_nn::optim::{Adam, AdamConfig};
 use gimp_nn::{loss, Mode, ParamStore};
@@ -69,6 +69,7 @@ fn main() -> candle_core::Result<()> {
         genes: GeneEncoderConfig::GroupMsa(GroupMsaConfig::gimp(60_480, 2)),
         n_classes: 2,
         head_dropout: 0.25,
+        expression_alone: ExpressionAlone::FusionHead,
     };
     let store = ParamStore::new(0);
     let model = Gimp::new(&store.root(), cfg.clone())?;
