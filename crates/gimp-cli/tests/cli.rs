@@ -767,7 +767,8 @@ fn an_experiment_sharded_over_two_processes_runs_every_run_once() {
 }
 
 /// `predict` says which modalities it used, and warns when a model fine-tuned on both answers
-/// without one; the image-only part, fine-tuned for exactly that, does not warn.
+/// without one; a model fine-tuned for it (`modality_subsets`, or the image-only part) does not.
+/// `calibrate` then stores a temperature that `evaluate` reports and writes its diagram with.
 #[test]
 fn predict_names_its_modalities_and_warns_about_a_missing_one() {
     let d = tempfile::tempdir().unwrap();
@@ -780,11 +781,15 @@ fn predict_names_its_modalities_and_warns_about_a_missing_one() {
         .unwrap()
         .unwrap()
         .path();
-    for (name, modalities, warns) in [("both", "both", true), ("image", "image", false)] {
+    for (name, modalities, subsets, warns) in [
+        ("both", "both", false, true),
+        ("subsets", "both", true, false),
+        ("image", "image", false, false),
+    ] {
         let run_file = d.path().join(format!("{name}.toml"));
         std::fs::write(
             &run_file,
-            format!("preset = \"demo\"\n[model]\ndim = 16\nheads = 2\nlandmarks = 8\nfragment = 10\ngroups = 4\n[genes]\nepochs = 1\n[pretrain]\nepochs = 0\n[finetune]\nepochs = 1\nmodalities = \"{modalities}\"\n"),
+            format!("preset = \"demo\"\n[model]\ndim = 16\nheads = 2\nlandmarks = 8\nfragment = 10\ngroups = 4\n[genes]\nepochs = 1\n[pretrain]\nepochs = 0\n[finetune]\nepochs = 1\nmodalities = \"{modalities}\"\nmodality_subsets = {subsets}\n"),
         )
         .unwrap();
         let out = d.path().join(name);
@@ -815,4 +820,37 @@ fn predict_names_its_modalities_and_warns_about_a_missing_one() {
             "{name}"
         );
     }
+    let ckpt = d.path().join("subsets/finetune/model.safetensors");
+    let calibrated = d.path().join("calibrated.safetensors");
+    let o = gimp(&[
+        "calibrate",
+        toml.to_str().unwrap(),
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--out",
+        calibrated.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let fit: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let t = fit["temperature"].as_f64().unwrap();
+    assert!(
+        fit["nll_after"].as_f64() <= fit["nll_before"].as_f64(),
+        "{fit}"
+    );
+    let stem = d.path().join("rel");
+    let o = gimp(&[
+        "evaluate",
+        toml.to_str().unwrap(),
+        "--checkpoint",
+        calibrated.to_str().unwrap(),
+        "--reliability",
+        stem.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!((e["temperature"].as_f64().unwrap() - t).abs() < 1e-9, "{e}");
+    assert!(e["overall"]["ece"].as_f64().is_some(), "{e}");
+    assert!(stem.with_extension("png").is_file() && stem.with_extension("svg").is_file());
 }
