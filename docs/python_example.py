@@ -1,5 +1,5 @@
 """GiMP-rs from Python, notebook style: generate the demo cohort, look at it as arrays, train
-GiMP (the demo preset: its three stages in about ten seconds on two cores), evaluate it, run it
+GiMP (the demo preset: its three stages in about twenty seconds on two cores), evaluate it, run it
 on one test patient and draw the patch attention over the slide's coordinates.
 
     pip install ./python matplotlib        # from the repository root
@@ -78,7 +78,7 @@ else:
     ax.invert_yaxis()
     ax.set_aspect("equal")
     ax.set_title(f"{cohort.patients[i]}: attention per patch ({p.predicted_class})")
-    fig.colorbar(points, ax=ax, label="attention")
+    fig.colorbar(points, ax=ax, label="attention", shrink=0.6)
     out = work / "attention.png"
     fig.savefig(out, dpi=120, bbox_inches="tight")
     print(f"heatmap written to {out}")

@@ -80,15 +80,23 @@ impl Reporter {
         })
     }
 
-    /// Ends the callback's display (`close()` when it has one: the text progress ends its line).
-    pub fn finish(&self, py: Python<'_>) -> PyResult<()> {
-        if let Some(cb) = &self.callback {
-            let cb = cb.bind(py);
-            if cb.hasattr("close")? {
-                cb.call_method0("close")?;
+    /// Ends the callback's display (`close()` when it has one: the text progress ends its line)
+    /// whether the call succeeded or not, and passes the call's outcome on.
+    pub fn finish<T>(&self, py: Python<'_>, outcome: PyResult<T>) -> PyResult<T> {
+        let closed = match &self.callback {
+            Some(cb) => {
+                let cb = cb.bind(py);
+                match cb.hasattr("close") {
+                    Ok(true) => cb.call_method0("close").map(|_| ()),
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                }
             }
-        }
-        Ok(())
+            None => Ok(()),
+        };
+        let value = outcome?;
+        closed?;
+        Ok(value)
     }
 }
 

@@ -102,8 +102,8 @@ fn synth(
                 loss: None,
             })
         })?)
-    })?;
-    rep.finish(py)?;
+    });
+    let r = rep.finish(py, r)?;
     values::to_py(
         py,
         &json!({
@@ -283,7 +283,7 @@ fn train(
                 "test": r.finetune.test,
                 "stages": stages,
             }))
-        })?
+        })
     } else {
         if config.is_some() {
             return Err(PyValueError::new_err(format!(
@@ -329,9 +329,9 @@ fn train(
                 "test": r.test,
                 "stages": { "train": r },
             }))
-        })?
+        })
     };
-    rep.finish(py)?;
+    let result = rep.finish(py, result)?;
     values::to_py(py, &result)
 }
 
@@ -430,7 +430,7 @@ fn experiment(
     }
     let rep = Reporter::new(py, progress)?;
     let table = table.to_string();
-    let (md, ran, runs, summary) = detached(py, || {
+    let outcome = detached(py, || {
         let plan = exp::plan(&out, &table_rows, folds, seeds);
         exp::claim_recipe(&out, overrides.recipe)?;
         let ran = exp::execute_pending(
@@ -454,8 +454,8 @@ fn experiment(
         )?;
         let summary = exp::summarise(&table_rows, &plan)?;
         Ok((md, ran, plan.len(), summary))
-    })?;
-    rep.finish(py)?;
+    });
+    let (md, ran, runs, summary) = rep.finish(py, outcome)?;
     values::to_py(
         py,
         &json!({ "markdown": md, "ran": ran, "runs": runs, "rows": summary }),
@@ -539,8 +539,8 @@ fn extract(
             }
         }
         Ok(json!({ "done": done, "skipped": skipped, "failed": failed }))
-    })?;
-    rep.finish(py)?;
+    });
+    let result = rep.finish(py, result)?;
     values::to_py(py, &result)
 }
 

@@ -145,7 +145,9 @@ def test_extraction_from_the_real_slide(tmp_path):
     features, got_coords = gimp_rs.read_features(tmp_path / "out/h5_files/cmu_small_region.h5")
     np.testing.assert_array_equal(got_coords, coords)
     torchvision, _ = gimp_rs.read_features(fixture)
-    np.testing.assert_allclose(features, torchvision, atol=2e-3, rtol=2e-3)
+    # Our pixels are within one grey level of OpenSlide's: the CLI's test bound on the features.
+    scale = np.abs(torchvision).max()
+    assert np.abs(features - torchvision).max() / scale < 1e-3
     again = gimp_rs.extract([slide], tmp_path / "patches", fixture, tmp_path / "out", progress=False)
     assert again["skipped"] == ["cmu_small_region"]
 
@@ -172,3 +174,25 @@ def test_metrics_match_their_definitions():
         gimp_rs.report(np.array([0, 1, 2, 0, 1]), p)
     with pytest.raises(ValueError, match="probabilities: 4 rows for 5 labels"):
         gimp_rs.report(y, p[:4])
+
+
+def test_long_calls_release_the_gil(cohort_toml, tmp_path):
+    """While a thread trains, the main thread keeps running Python code."""
+    finished = threading.Event()
+
+    def work():
+        try:
+            gimp_rs.train(cohort_toml, tmp_path, "abmil", epochs=3, patience=0, progress=False)
+        finally:
+            finished.set()
+
+    t = threading.Thread(target=work)
+    t.start()
+    stamps = []
+    while not finished.is_set():
+        stamps.append(time.monotonic())
+        sum(range(1000))  # pure Python: runs only while this thread holds the GIL
+    t.join()
+    # Had training held the GIL, the loop would have stalled for all of it.
+    longest_stall = np.diff(stamps).max()
+    assert longest_stall < 0.25 * (stamps[-1] - stamps[0]), (longest_stall, stamps[-1] - stamps[0])
