@@ -265,10 +265,10 @@ impl Cohort {
 
     fn __repr__(&self) -> String {
         format!(
-            "Cohort('{}': {} patients, classes {:?}, {} fold(s), {} error(s))",
+            "Cohort('{}': {} patients, classes {}, {} fold(s), {} error(s))",
             self.inner.file.path.display(),
             self.inner.patients.len(),
-            self.inner.label_map.names,
+            values::py_list(&self.inner.label_map.names),
             self.inner.folds.len(),
             self.inner.diagnostics.errors.len()
         )

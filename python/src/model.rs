@@ -67,14 +67,14 @@ pub struct Prediction {
 impl Prediction {
     fn __repr__(&self, py: Python<'_>) -> String {
         format!(
-            "Prediction(predicted={}{}, probabilities={}, modalities={:?})",
+            "Prediction(predicted={}{}, probabilities={}, modalities={})",
             self.predicted,
             self.predicted_class
                 .as_ref()
                 .map(|c| format!(" ('{c}')"))
                 .unwrap_or_default(),
             self.probabilities.bind(py),
-            self.modalities
+            values::py_list(&self.modalities)
         )
     }
 }
@@ -370,10 +370,12 @@ impl Model {
 
     fn __repr__(&self) -> String {
         format!(
-            "Model(arch='{}', input='{}', classes={:?}, path='{}')",
+            "Model(arch='{}', input='{}', classes={}, path='{}')",
             self.arch.name,
             self.input(),
-            self.classes,
+            self.classes
+                .as_deref()
+                .map_or("None".to_string(), values::py_list),
             self.path.display()
         )
     }

@@ -54,3 +54,17 @@ pub fn from_py(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Value> {
     serde_json::from_str(&text)
         .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("{name}: {e}")))
 }
+
+/// Strings as Python prints a list of them (`['LUAD', 'LUSC']`), for `__repr__`.
+pub fn py_list<S: AsRef<str>>(items: &[S]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| {
+            format!(
+                "'{}'",
+                s.as_ref().replace('\\', "\\\\").replace('\'', "\\'")
+            )
+        })
+        .collect();
+    format!("[{}]", quoted.join(", "))
+}

@@ -19,6 +19,7 @@ def test_patients_labels_splits_and_bags(cohort_toml):
     assert c.labels.dtype == np.int64 and set(c.labels.tolist()) == {0, 1}
     assert c.feature_dim == 16 and c.n_folds == 1
     assert c.errors == []
+    assert repr(c) == f"Cohort('{cohort_toml}': 30 patients, classes ['LUAD', 'LUSC'], 1 fold(s), 0 error(s))"
     s = c.split(0)
     parts = [set(s[k].tolist()) for k in ("train", "val", "test")]
     assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])

@@ -38,6 +38,7 @@ def test_predict_equals_the_cli(cohort_toml, gimp_checkpoint):
     model = gimp_rs.Model.load(gimp_checkpoint)
     assert model.arch == "gimp" and model.input == "multimodal"
     assert model.classes == c.classes and model.transform == "log2p1"
+    assert "arch='gimp', input='multimodal', classes=['LUAD', 'LUSC']" in repr(model)
     features, coords = gimp_rs.read_features(slide)
     p = model.predict(features=features, expression=row, genes=genes)
 
