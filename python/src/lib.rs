@@ -25,6 +25,9 @@ static ALLOC: gimp_nn::cpu::alloc::CachingAlloc = gimp_nn::cpu::alloc::CachingAl
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // As in the binary: a panic inside a third-party parser that gimp-io turns into a
+    // `DataError` prints nothing (the hook serves this module's Rust code only).
+    gimp_io::guard::install_quiet_panic_hook();
     boundary::register(m)?;
     io::register(m)?;
     cohort::register(m)?;
