@@ -4,6 +4,8 @@ object has a docstring."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import gimp_rs
@@ -45,3 +47,16 @@ def test_exception_hierarchy():
         assert issubclass(cls, gimp_rs.GimpError)
     assert issubclass(gimp_rs.CohortError, gimp_rs.DataError)
     assert gimp_rs.DataError.__module__ == "gimp_rs"
+
+
+def test_set_threads_before_the_first_computation_only():
+    code = (
+        "import gimp_rs\n"
+        "gimp_rs.set_threads(1)\n"
+        "try:\n"
+        "    gimp_rs.set_threads(2)\n"
+        "except gimp_rs.GimpError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("refused: cannot set the thread count"), out.stdout + out.stderr
