@@ -32,19 +32,23 @@ split = cohort.split(0)
 print({part: len(idx) for part, idx in split.items()}, "patients per part of split 0")
 print("class balance of the training part:", np.bincount(cohort.labels[split["train"]]))
 features, coords = cohort.bag(int(split["test"][0]))
+assert coords is not None  # CLAM feature files store each patch's coordinates
 print("first test patient's bag:", features.shape, features.dtype, "coords", coords.shape)
 
 # 3. GiMP's three stages with the demo preset (progress on stderr; Ctrl-C stops it and
 #    resume=True continues from the last finished epoch).
 run = gimp_rs.train(cohort, work / "runs" / "gimp", "gimp", preset="demo")
 test = run["test"]
+assert test is not None and test["roc_auc"] is not None  # a test split, both classes in it
 print(f"GiMP test accuracy {test['accuracy']['value']:.3f} "
       f"[{test['accuracy']['low']:.3f}–{test['accuracy']['high']:.3f}], "
       f"ROC-AUC {test['roc_auc']['value']:.3f}")
 
 # 4. The checkpoint on the whole test split, and the same metrics recomputed from predictions.
 model = gimp_rs.Model.load(run["checkpoint"])
-genes, expression = cohort.expression()
+expression_table = cohort.expression()
+assert expression_table is not None  # the cohort has expression
+genes, expression = expression_table
 labels, probabilities = [], []
 for i in split["test"]:
     has_slides = any(p is not None for _, p in cohort.slides[i])
@@ -63,6 +67,7 @@ print(f"{metrics['n']} test patients with both modalities: accuracy "
 i = int(split["test"][0])
 bag, coords = cohort.bag(i)
 p = model.predict(features=bag, expression=expression[i], genes=genes)
+assert coords is not None and p.attention is not None  # GiMP scores every patch
 print(f"patient {cohort.patients[i]}: {p.predicted_class} "
       f"(p = {p.probabilities.max():.3f}; true class {cohort.classes[cohort.labels[i]]})")
 try:

@@ -37,7 +37,7 @@ class TextProgress:
     def __init__(self, stream: Optional[IO[str]] = None, interval: float = 0.1) -> None:
         self.stream = stream
         self.interval = interval
-        self._line: Optional[tuple] = None
+        self._line: Optional[tuple[str, Optional[int]]] = None
         self._last = 0.0
         self._open = False
 
