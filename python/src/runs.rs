@@ -240,12 +240,14 @@ fn train(
         max_patches,
         accumulate,
     };
+    let info = gimp_models::registry::lookup(arch)
+        .map_err(|e| PyValueError::new_err(format!("arch: {e}")))?;
     let rep = Reporter::new(py, progress)?;
     let on = |p: &gimp_train::trainer::Progress| rep.training(p);
-    let result = if arch == "gimp" {
+    let result = if matches!(info.training, gimp_models::Training::GimpStages) {
         if let Some(name) = options.given() {
             return Err(PyValueError::new_err(format!(
-                "{name}: GiMP's stages are set by preset= and config=, e.g. config={{\"finetune\": {{\"epochs\": 5}}}}"
+                "{name}: {arch}'s stages are set by preset= and config=, e.g. config={{\"finetune\": {{\"epochs\": 5}}}}"
             )));
         }
         let mut cfg = run_config(choice("preset", preset)?, config)?;
@@ -276,7 +278,7 @@ fn train(
                 }
             }
             Ok(json!({
-                "arch": "gimp",
+                "arch": info.name,
                 "checkpoint": r.finetune.checkpoint,
                 "best_epoch": r.finetune.best_epoch,
                 "val": r.finetune.val,
@@ -290,8 +292,6 @@ fn train(
                 "config: a run file configures GiMP; {arch} takes epochs=, lr=, ... instead"
             )));
         }
-        let info = gimp_models::registry::lookup(arch)
-            .map_err(|e| PyValueError::new_err(format!("arch: {e}")))?;
         let mut cfg = supervised::SupervisedConfig::defaults(info)
             .map_err(|e| PyValueError::new_err(format!("arch: {e}")))?;
         cfg.seed = seed.unwrap_or(0);

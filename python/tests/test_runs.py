@@ -52,7 +52,7 @@ def test_text_progress_writes_one_line_per_epoch(cohort_toml, tmp_path):
 def test_bad_training_arguments(cohort_toml, tmp_path):
     with pytest.raises(ValueError, match="arch: .*no_such"):
         gimp_rs.train(cohort_toml, tmp_path, "no_such", progress=False)
-    with pytest.raises(ValueError, match="epochs: GiMP's stages are set by"):
+    with pytest.raises(ValueError, match="epochs: gimp's stages are set by preset= and config="):
         gimp_rs.train(cohort_toml, tmp_path, "gimp", epochs=3, progress=False)
     with pytest.raises(ValueError, match="finetune.modalities"):
         gimp_rs.train(
