@@ -229,7 +229,7 @@ fn train(
         transform.map(|t| choice("transform", t)).transpose()?;
     let control = Control {
         resume,
-        stop_after: None,
+        ..Control::default()
     };
     let options = SupervisedOptions {
         epochs,
