@@ -223,13 +223,17 @@ impl Cohort {
             return Ok(None);
         };
         let g = m.n_genes();
-        let mut values = Vec::with_capacity(self.inner.patients.len() * g);
-        for p in &self.inner.patients {
-            match self.inner.expression_of(p) {
-                Some(row) => values.extend_from_slice(row),
-                None => values.extend(std::iter::repeat_n(f32::NAN, g)),
+        let c = &self.inner;
+        let values = detached(py, || {
+            let mut values = Vec::with_capacity(c.patients.len() * g);
+            for p in &c.patients {
+                match c.expression_of(p) {
+                    Some(row) => values.extend_from_slice(row),
+                    None => values.extend(std::iter::repeat_n(f32::NAN, g)),
+                }
             }
-        }
+            Ok(values)
+        })?;
         let rows = self.inner.patients.len();
         Ok(Some((
             m.genes.clone(),
@@ -240,7 +244,8 @@ impl Cohort {
     /// What `gimp-rs cohort check --json` prints: patients and slides per class, modalities,
     /// feature width, bag sizes, expression, every split's parts, errors and warnings.
     fn summary(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        values::serialised(py, &Summary::of(&self.inner))
+        let s = detached(py, || Ok(Summary::of(&self.inner)))?;
+        values::serialised(py, &s)
     }
 
     /// The summary (see `summary()`) when the cohort has no errors; otherwise raises

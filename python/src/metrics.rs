@@ -1,6 +1,7 @@
 //! gimp-metrics from Python: the same numbers, intervals and seeds as every report of the CLI.
 
 use crate::arrays;
+use crate::boundary::detached;
 use crate::values;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -57,7 +58,8 @@ fn accuracy(
         )));
     }
     let k = y.iter().zip(&p).filter(|(a, b)| a == b).count();
-    values::serialised(py, &gimp_metrics::wilson(k, y.len()))
+    let e = detached(py, || Ok(gimp_metrics::wilson(k, y.len())))?;
+    values::serialised(py, &e)
 }
 
 /// ROC-AUC of class probabilities `[N, C]` (one-vs-rest macro average for more than two
@@ -74,7 +76,9 @@ fn roc_auc(
     resamples: usize,
 ) -> PyResult<Py<PyAny>> {
     let (y, p, nc) = labelled(labels, probabilities)?;
-    let e = py.detach(|| gimp_metrics::roc_auc_bootstrap(&y, &p, nc, resamples, seed));
+    let e = detached(py, || {
+        Ok(gimp_metrics::roc_auc_bootstrap(&y, &p, nc, resamples, seed))
+    })?;
     values::serialised(py, &e)
 }
 
@@ -91,7 +95,7 @@ fn report(
     seed: u64,
 ) -> PyResult<Py<PyAny>> {
     let (y, p, nc) = labelled(labels, probabilities)?;
-    let r = py.detach(|| gimp_metrics::Report::new(&y, &p, nc, seed));
+    let r = detached(py, || Ok(gimp_metrics::Report::new(&y, &p, nc, seed)))?;
     values::serialised(py, &r)
 }
 
@@ -125,5 +129,6 @@ fn delong(
         Ok(v)
     };
     let (sa, sb) = (scores("a", a)?, scores("b", b)?);
-    values::serialised(py, &gimp_metrics::delong(&pos, &sa, &sb))
+    let d = detached(py, || Ok(gimp_metrics::delong(&pos, &sa, &sb)))?;
+    values::serialised(py, &d)
 }
