@@ -61,6 +61,9 @@ def read_expression(
 def read_gdc_folder(
     dir: _Path, sample_sheet: _Path, star_column: str = "fpkm_unstranded"
 ) -> tuple[list[str], list[str], _F32, list[str]]: ...
+def read_mcat_table(
+    path: _Path, types: Sequence[Literal["rnaseq", "cnv", "mut"]] = ["rnaseq"]
+) -> tuple[list[str], list[str], _F32]: ...
 
 class Cohort:
     @staticmethod

@@ -12,6 +12,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_features, m)?)?;
     m.add_function(wrap_pyfunction!(read_expression, m)?)?;
     m.add_function(wrap_pyfunction!(read_gdc_folder, m)?)?;
+    m.add_function(wrap_pyfunction!(read_mcat_table, m)?)?;
     Ok(())
 }
 
@@ -108,4 +109,33 @@ fn read_gdc_folder<'py>(
     let (s, g) = (m.n_samples(), m.n_genes());
     let values = arrays::matrix(py, m.values, s, g)?;
     Ok((m.samples, m.genes, values, notes))
+}
+
+/// Reads an MCAT/PORPOISE wide table (`tcga_*_all_clean.csv`, or the `.csv.zip` they ship) as
+/// a cohort's `[expression] mcat_table` does: one row per case (its first), the genomic columns
+/// whose suffix is one of `types` (`"rnaseq"`, `"cnv"`, `"mut"`), named with their suffix.
+///
+/// Returns `(cases, columns, values)` with values float32 `[cases, columns]`.
+#[pyfunction]
+#[pyo3(signature = (path, types = vec![String::from("rnaseq")]))]
+fn read_mcat_table<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    types: Vec<String>,
+) -> PyResult<Matrix<'py>> {
+    let types: Vec<gimp_io::expression::OmicType> = types
+        .iter()
+        .map(|t| {
+            serde_json::from_value(serde_json::Value::String(t.clone())).map_err(|_| {
+                PyValueError::new_err(format!(
+                    "types: expected 'rnaseq', 'cnv' or 'mut', not '{t}'"
+                ))
+            })
+        })
+        .collect::<PyResult<_>>()?;
+    let m = detached(py, move || {
+        Ok(gimp_io::expression::read_mcat_table(&path, &types)?)
+    })?;
+    let (s, g) = (m.n_samples(), m.n_genes());
+    Ok((m.samples, m.genes, arrays::matrix(py, m.values, s, g)?))
 }

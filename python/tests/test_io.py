@@ -148,3 +148,21 @@ def test_every_file_of_the_bad_input_corpus_is_a_data_error():
             with pytest.raises(gimp_rs.DataError) as e:
                 read(f)
             assert e.value.path == str(f), (read.__name__, f.name)
+
+
+def test_mcat_wide_table(tmp_path):
+    p = tmp_path / "tcga_luad_all_clean.csv"
+    p.write_text(
+        ",case_id,slide_id,label,age,TP53_rnaseq,EGFR_rnaseq,TP53_cnv,KRAS_mut\n"
+        "0,TCGA-1,TCGA-1-01Z,LUAD,60,1.5,2.5,-1,0\n"
+        "1,TCGA-1,TCGA-1-02Z,LUAD,60,1.5,2.5,-1,0\n"
+        "2,TCGA-2,TCGA-2-01Z,LUSC,70,3.0,4.0,1,1\n"
+    )
+    cases, columns, values = gimp_rs.read_mcat_table(p)
+    assert cases == ["TCGA-1", "TCGA-2"] and columns == ["TP53_rnaseq", "EGFR_rnaseq"]
+    np.testing.assert_array_equal(values, [[1.5, 2.5], [3.0, 4.0]])
+    _, columns, values = gimp_rs.read_mcat_table(p, ["cnv", "mut"])
+    assert columns == ["TP53_cnv", "KRAS_mut"]
+    np.testing.assert_array_equal(values, [[-1, 0], [1, 1]])
+    with pytest.raises(ValueError, match="types: expected"):
+        gimp_rs.read_mcat_table(p, ["methylation"])
