@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use gimp_models::registry::{self, Loaded};
 use gimp_models::ArchInfo;
 use gimp_nn::checkpoint::{Checkpoint, Preprocessing};
-use gimp_nn::{ops, Mode};
+use gimp_nn::Mode;
 use gimp_train::evaluate::ModelSource;
 use numpy::PyArray1;
 use pyo3::exceptions::PyValueError;
@@ -42,7 +42,7 @@ pub struct Model {
 /// What `Model.predict` returns for one patient.
 #[pyclass(module = "gimp_rs", frozen, get_all)]
 pub struct Prediction {
-    /// Class probabilities (softmax of the logits), float32 `[C]`.
+    /// Class probabilities (softmax of the logits over the checkpoint's temperature), float32 `[C]`.
     probabilities: Py<PyArray1<f32>>,
     /// Class scores, float32 `[C]`.
     logits: Py<PyArray1<f32>>,
@@ -83,8 +83,23 @@ impl Model {
     fn build(&self) -> Result<Loaded, Failure> {
         // Built per call: a model holds its parameters in a single-threaded store, and the call
         // runs with the GIL released. Building is cheap (the weights are shared, not read again).
-        registry::load(self.arch, self.weights.clone(), self.config.clone())
-            .map_err(|e| Failure::Model(format!("loading {}: {e}", self.path.display())))
+        let mut loaded = registry::load(self.arch, self.weights.clone(), self.config.clone())
+            .map_err(|e| Failure::Model(format!("loading {}: {e}", self.path.display())))?;
+        // A temperature stored by `gimp-rs calibrate`.
+        if let Some(t) = self.info.get(registry::TEMPERATURE_KEY) {
+            loaded.temperature = t
+                .parse::<f64>()
+                .ok()
+                .filter(|t| t.is_finite() && *t > 0.0)
+                .ok_or_else(|| {
+                    Failure::Model(format!(
+                        "{}: checkpoint info '{}' = '{t}' is not a positive number",
+                        self.path.display(),
+                        registry::TEMPERATURE_KEY
+                    ))
+                })?;
+        }
+        Ok(loaded)
     }
 
     fn feature_width(&self) -> Option<u64> {
@@ -332,7 +347,7 @@ impl Model {
             let out = source.loaded.model.forward(&input, &Mode::inference())?;
             Ok(Raw {
                 logits: out.logits.to_vec1()?,
-                probabilities: ops::softmax_last(&out.logits)?.to_vec1()?,
+                probabilities: source.loaded.probabilities(&out.logits)?.to_vec1()?,
                 attention: out.attention.map(|a| a.to_vec1()).transpose()?,
                 embedding: out.embedding.to_vec1()?,
                 warning: source.missing_modality_warning(has_bag, has_expr),
