@@ -10,12 +10,18 @@ Brier scores and the integrated Brier score of predicted survival probabilities 
 `integrated_brier_score`), and the log-rank test between two, three and four risk groups (lifelines
 `logrank_test`, `multivariate_logrank_test`).
 
-Run once (needs numpy, scikit-survival, lifelines); the output is committed.
+Also MCAT's discrete time bins (datasets/dataset_survival.py: pandas `qcut` of the uncensored
+patients' times into 4 quantile bins, outer edges moved to the smallest and largest time -/+ 1e-6,
+`cut` with right=False) with the quantiles taken over a training part only, as gimp-rs fits them
+(crates/gimp-cohort/tests/fixtures/survival_bins.json).
+
+Run once (needs numpy, pandas, scikit-survival, lifelines); the output is committed.
 """
 import json
 import sys
 
 import numpy as np
+import pandas as pd
 from lifelines.statistics import logrank_test, multivariate_logrank_test
 from sksurv.metrics import (brier_score, concordance_index_censored, concordance_index_ipcw,
                             cumulative_dynamic_auc, integrated_brier_score)
@@ -23,6 +29,7 @@ from sksurv.nonparametric import kaplan_meier_estimator
 from sksurv.util import Surv
 
 out = sys.argv[1] if len(sys.argv) > 1 else "crates/gimp-metrics/tests/fixtures/survival.json"
+bins_out = sys.argv[2] if len(sys.argv) > 2 else "crates/gimp-cohort/tests/fixtures/survival_bins.json"
 
 
 def cohort(rng, n, tied):
@@ -114,3 +121,24 @@ with open(out, "w") as f:
     json.dump({"cases": cases}, f, indent=None)
     f.write("\n")
 print(f"wrote {out}")
+
+
+def mcat_bins(seed, n, n_bins=4):
+    rng = np.random.default_rng(seed)
+    time = np.round(rng.exponential(scale=30.0, size=n), 1)
+    censorship = (rng.uniform(size=n) < 0.4).astype(int)
+    train = rng.uniform(size=n) < 0.7
+    uncensored = time[train & (censorship < 1)]
+    _, q_bins = pd.qcut(uncensored, q=n_bins, retbins=True, labels=False)
+    eps = 1e-6
+    q_bins[-1] = time.max() + eps
+    q_bins[0] = time.min() - eps
+    labels, _ = pd.cut(time, bins=q_bins, retbins=True, labels=False, right=False, include_lowest=True)
+    return {"time": time.tolist(), "censorship": censorship.tolist(), "train": train.tolist(),
+            "edges": q_bins.tolist(), "bins": np.asarray(labels).astype(int).tolist()}
+
+
+with open(bins_out, "w") as f:
+    json.dump({"cases": [mcat_bins(5, 50), mcat_bins(6, 120)]}, f)
+    f.write("\n")
+print(f"wrote {bins_out}")
