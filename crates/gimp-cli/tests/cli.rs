@@ -816,3 +816,79 @@ fn predict_names_its_modalities_and_warns_about_a_missing_one() {
         );
     }
 }
+
+/// A survival cohort in MCAT's layout (expression only): `split` balances events over the folds'
+/// test parts, `cohort check` reports events and follow-up per part, and a bad value stops it
+/// with its line.
+#[test]
+fn survival_cohort_splits_on_events_and_reports_follow_up() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let mut labels = String::from("case_id,slide_id,label,survival_months,censorship\n");
+    let mut expr = String::from("case_id,G1,G2\n");
+    for i in 0..40 {
+        // Events on every third patient and on the long-lived half's even ones: 0/1 mixed.
+        let censored = if i % 3 == 0 || (i >= 20 && i % 2 == 0) {
+            0
+        } else {
+            1
+        };
+        let class = if i % 2 == 0 { "A" } else { "B" };
+        let time = 2.0 + (i * 7 % 40) as f64 * 1.5;
+        labels.push_str(&format!("p{i},,{class},{time},{censored}.0\n"));
+        expr.push_str(&format!("p{i},{},{}\n", i as f64 * 0.1, (i % 5) as f64));
+    }
+    std::fs::write(dir.join("dataset.csv"), &labels).unwrap();
+    std::fs::write(dir.join("expr.csv"), &expr).unwrap();
+    let toml = dir.join("cohort.toml");
+    std::fs::write(
+        &toml,
+        "[labels]\ncsv = \"dataset.csv\"\n[expression]\nmatrix = \"expr.csv\"\n\
+         orientation = \"samples_by_genes\"\n[survival]\n",
+    )
+    .unwrap();
+    let out = dir.join("folds");
+    let o = gimp(&[
+        "split",
+        toml.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--scheme",
+        "kfold",
+        "--k",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let with_splits = dir.join("with-splits.toml");
+    std::fs::write(
+        &with_splits,
+        "[labels]\ncsv = \"dataset.csv\"\n[expression]\nmatrix = \"expr.csv\"\n\
+         orientation = \"samples_by_genes\"\n[survival]\n[splits]\ndir = \"folds\"\n",
+    )
+    .unwrap();
+    let o = gimp(&["cohort", "check", with_splits.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let events = v["survival"]["all"]["events"].as_u64().unwrap();
+    assert_eq!(events, labels.matches(",0.0\n").count() as u64);
+    let folds = v["survival"]["splits"].as_array().unwrap();
+    assert_eq!(folds.len(), 4);
+    // Stratified dealing: each test part holds a quarter of the events, give or take the strata.
+    for parts in folds {
+        let test_events = parts[2]["events"].as_u64().unwrap();
+        assert!(
+            (test_events as f64 - events as f64 / 4.0).abs() <= 2.0,
+            "{parts}"
+        );
+    }
+    let o = gimp(&["cohort", "check", with_splits.to_str().unwrap()]);
+    assert!(stdout(&o).contains("survival test "), "{}", stdout(&o));
+    std::fs::write(dir.join("dataset.csv"), labels.replace("p7,,B,", "p7,,B,-")).unwrap();
+    let o = gimp(&["cohort", "check", with_splits.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("line 9") && stderr(&o).contains("survival_months"),
+        "{}",
+        stderr(&o)
+    );
+}
