@@ -8,11 +8,13 @@
 mod concordance;
 mod kaplan_meier;
 mod logrank;
+mod report;
 mod time_dependent;
 
 pub use concordance::{concordance_index_censored, concordance_index_ipcw, Concordance};
 pub use kaplan_meier::{CensoringDistribution, KaplanMeier};
 pub use logrank::{chi_square_sf, logrank, LogRank};
+pub use report::{report, SurvivalReport};
 pub use time_dependent::{
     brier_score, cumulative_dynamic_auc, cumulative_dynamic_auc_by_time, integrated_brier_score,
     DynamicAuc,
