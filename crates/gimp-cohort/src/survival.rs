@@ -253,7 +253,7 @@ impl TimeBins {
     ) -> std::result::Result<Self, String> {
         let mut times: Vec<f64> = train
             .iter()
-            .map(|&i| outcomes[i])
+            .filter_map(|&i| outcomes.get(i))
             .filter(|o| o.event)
             .map(|o| o.time)
             .collect();
@@ -292,7 +292,7 @@ impl TimeBins {
     }
 
     pub fn len(&self) -> usize {
-        self.edges.len() - 1
+        self.edges.len().saturating_sub(1)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -303,7 +303,7 @@ impl TimeBins {
     /// range (a new patient) goes to the first or last bin.
     pub fn bin(&self, t: f64) -> usize {
         let k = self.edges.partition_point(|&e| e <= t);
-        k.clamp(1, self.len()) - 1
+        k.clamp(1, self.len().max(1)) - 1
     }
 }
 
