@@ -32,6 +32,10 @@ enum Command {
     Cohort(commands::cohort::Command),
     /// Write patient-level stratified splits, or check split files for leaks (`split check`).
     Split(commands::split::Args),
+    /// Survival metrics (Harrell's and Uno's c-index, time-dependent AUC, log-rank) and
+    /// Kaplan–Meier curves of predicted risks.
+    #[command(subcommand)]
+    Survival(commands::survival::Command),
     /// Baselines that need no deep learning.
     #[command(subcommand)]
     Baseline(commands::baseline::Command),
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
         Command::Synth(a) => commands::synth::run(a),
         Command::Cohort(c) => commands::cohort::run(c),
         Command::Split(a) => commands::split::run(a),
+        Command::Survival(c) => commands::survival::run(c),
         Command::Baseline(c) => commands::baseline::run(c),
         Command::Model(c) => commands::model::run(c),
         Command::Slide(c) => commands::slide::run(c),

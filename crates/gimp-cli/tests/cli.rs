@@ -55,6 +55,7 @@ fn every_subcommand_has_help() {
         vec!["cohort", "cache", "--help"],
         vec!["split", "--help"],
         vec!["split", "check", "--help"],
+        vec!["survival", "metrics", "--help"],
         vec!["baseline", "--help"],
         vec!["baseline", "logreg", "--help"],
         vec!["slide", "info", "--help"],
@@ -853,4 +854,172 @@ fn predict_names_its_modalities_and_warns_about_a_missing_one() {
     assert!((e["temperature"].as_f64().unwrap() - t).abs() < 1e-9, "{e}");
     assert!(e["overall"]["ece"].as_f64().is_some(), "{e}");
     assert!(stem.with_extension("png").is_file() && stem.with_extension("svg").is_file());
+}
+
+/// A survival cohort in MCAT's layout (expression only): `split` balances events over the folds'
+/// test parts, `cohort check` reports events and follow-up per part, and a bad value stops it
+/// with its line.
+#[test]
+fn survival_cohort_splits_on_events_and_reports_follow_up() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let mut labels = String::from("case_id,slide_id,label,survival_months,censorship\n");
+    let mut expr = String::from("case_id,G1,G2\n");
+    for i in 0..40 {
+        // Events on every third patient and on the long-lived half's even ones: 0/1 mixed.
+        let censored = if i % 3 == 0 || (i >= 20 && i % 2 == 0) {
+            0
+        } else {
+            1
+        };
+        let class = if i % 2 == 0 { "A" } else { "B" };
+        let time = 2.0 + (i * 7 % 40) as f64 * 1.5;
+        labels.push_str(&format!("p{i},,{class},{time},{censored}.0\n"));
+        expr.push_str(&format!("p{i},{},{}\n", i as f64 * 0.1, (i % 5) as f64));
+    }
+    std::fs::write(dir.join("dataset.csv"), &labels).unwrap();
+    std::fs::write(dir.join("expr.csv"), &expr).unwrap();
+    let toml = dir.join("cohort.toml");
+    std::fs::write(
+        &toml,
+        "[labels]\ncsv = \"dataset.csv\"\n[expression]\nmatrix = \"expr.csv\"\n\
+         orientation = \"samples_by_genes\"\n[survival]\n",
+    )
+    .unwrap();
+    let out = dir.join("folds");
+    let o = gimp(&[
+        "split",
+        toml.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--scheme",
+        "kfold",
+        "--k",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let with_splits = dir.join("with-splits.toml");
+    std::fs::write(
+        &with_splits,
+        "[labels]\ncsv = \"dataset.csv\"\n[expression]\nmatrix = \"expr.csv\"\n\
+         orientation = \"samples_by_genes\"\n[survival]\n[splits]\ndir = \"folds\"\n",
+    )
+    .unwrap();
+    let o = gimp(&["cohort", "check", with_splits.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let events = v["survival"]["all"]["events"].as_u64().unwrap();
+    assert_eq!(events, labels.matches(",0.0\n").count() as u64);
+    let folds = v["survival"]["splits"].as_array().unwrap();
+    assert_eq!(folds.len(), 4);
+    // Stratified dealing: each test part holds a quarter of the events, give or take the strata.
+    for parts in folds {
+        let test_events = parts[2]["events"].as_u64().unwrap();
+        assert!(
+            (test_events as f64 - events as f64 / 4.0).abs() <= 2.0,
+            "{parts}"
+        );
+    }
+    let o = gimp(&["cohort", "check", with_splits.to_str().unwrap()]);
+    assert!(stdout(&o).contains("survival test "), "{}", stdout(&o));
+    std::fs::write(dir.join("dataset.csv"), labels.replace("p7,,B,", "p7,,B,-")).unwrap();
+    let o = gimp(&["cohort", "check", with_splits.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("line 9") && stderr(&o).contains("survival_months"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `survival metrics` on the scikit-survival fixture's tied cohort (written as CSV files) gives
+/// the library's values, which equal scikit-survival's, and draws the Kaplan–Meier figure.
+#[test]
+fn survival_metrics_from_a_csv_equal_scikit_survival() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../gimp-metrics/tests/fixtures/survival.json"),
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let case = &v["cases"][0];
+    let column = |k: &str| case[k].as_array().unwrap().clone();
+    let d = tempfile::tempdir().unwrap();
+    let write = |name: &str,
+                 time: &[serde_json::Value],
+                 event: &[serde_json::Value],
+                 risk: Option<&[serde_json::Value]>| {
+        let mut s = String::from(if risk.is_some() {
+            "time,event,risk\n"
+        } else {
+            "time,event\n"
+        });
+        for i in 0..time.len() {
+            let e = if event[i].as_bool().unwrap() { 1 } else { 0 };
+            match risk {
+                Some(r) => s.push_str(&format!("{},{e},{}\n", time[i], r[i])),
+                None => s.push_str(&format!("{},{e}\n", time[i])),
+            }
+        }
+        let p = d.path().join(name);
+        std::fs::write(&p, s).unwrap();
+        p
+    };
+    let test = write(
+        "test.csv",
+        &column("time"),
+        &column("event"),
+        Some(&column("risk")),
+    );
+    let train = write(
+        "train.csv",
+        &column("train_time"),
+        &column("train_event"),
+        None,
+    );
+    let times: Vec<String> = column("times").iter().map(|t| t.to_string()).collect();
+    let stem = d.path().join("km");
+    let o = gimp(&[
+        "survival",
+        "metrics",
+        test.to_str().unwrap(),
+        "--train",
+        train.to_str().unwrap(),
+        "--times",
+        &times.join(","),
+        "--plot",
+        stem.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let close = |a: &serde_json::Value, b: &serde_json::Value| {
+        (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9
+    };
+    assert!(
+        close(&r["harrell"]["cindex"], &case["harrell"]["cindex"]),
+        "{r}"
+    );
+    assert_eq!(r["harrell"]["tied_time"], case["harrell"]["tied_time"]);
+    assert!(close(&r["uno"]["Ok"], &case["uno"]), "{r}");
+    assert!(
+        close(&r["dynamic_auc"]["Ok"]["mean"], &case["mean_auc"]),
+        "{r}"
+    );
+    assert!(
+        close(
+            &r["logrank_halves"]["statistic"],
+            &case["logrank_two"]["statistic"]
+        ),
+        "{r}"
+    );
+    assert!(stem.with_extension("png").is_file() && stem.with_extension("svg").is_file());
+    // A bad row names its line.
+    std::fs::write(&test, "time,event,risk\n1,1,0.5\n2,yes,0.1\n").unwrap();
+    let o = gimp(&["survival", "metrics", test.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("line 3") && stderr(&o).contains("'event'"),
+        "{}",
+        stderr(&o)
+    );
 }

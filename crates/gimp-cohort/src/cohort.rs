@@ -95,6 +95,9 @@ pub struct Cohort {
     /// Feature width shared by every slide, when slides exist and agree.
     pub feature_dim: Option<usize>,
     pub diagnostics: Diagnostics,
+    /// Each patient's survival outcome (by index into [`Cohort::patients`]) when the cohort file
+    /// has a `[survival]` section.
+    pub survival: Option<Vec<crate::survival::Outcome>>,
 }
 
 /// How much to read when assembling.
@@ -153,6 +156,8 @@ impl Cohort {
         };
         dataset::check_labels(&csv_path, &table, &label_map)?;
         let mut diag = Diagnostics::default();
+        // Survival values are read strictly: a bad one is an error naming its line.
+        let survival_config = file.config.survival.clone();
         if dropped > 0 {
             diag.warnings.push(format!(
                 "{dropped} row(s) of {} have a label outside `keep` and are left out",
@@ -201,6 +206,15 @@ impl Cohort {
                 list_some(&neither)
             ));
         }
+        let survival = match &survival_config {
+            Some(config) => {
+                let cases: Vec<String> = patients.iter().map(|p| p.case_id.clone()).collect();
+                Some(crate::survival::read_outcomes(
+                    &csv_path, &file.path, &table, config, &cases,
+                )?)
+            }
+            None => None,
+        };
         Ok(Self {
             file,
             table,
@@ -211,6 +225,7 @@ impl Cohort {
             folds,
             feature_dim,
             diagnostics: diag,
+            survival,
         })
     }
 

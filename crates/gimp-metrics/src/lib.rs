@@ -1,5 +1,8 @@
 //! Classification metrics, defined as scikit-learn defines them (the crates tried disagree with
 //! it on ties and multi-class averaging), with the intervals `docs/DESIGN.md` §10 records, and the tests that compare two models.
+//! Survival metrics are in [`survival`].
+
+pub mod survival;
 
 pub mod calibration;
 

@@ -8,6 +8,7 @@ use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
 
+pub mod kaplan_meier;
 pub mod reliability;
 pub mod tsne;
 
