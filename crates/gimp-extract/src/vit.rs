@@ -173,7 +173,7 @@ impl Vit {
         if cls.0.iter().product::<usize>() != dim || dim == 0 {
             return Err(p.shape_error("cls_token", &cls.0, "[1, 1, D]"));
         }
-        if dim % cfg.head_dim != 0 {
+        if !dim.is_multiple_of(cfg.head_dim) {
             return Err(p.shape_error(
                 "cls_token",
                 &cls.0,
@@ -237,7 +237,7 @@ impl Vit {
             fc1_out = s1[0];
             hidden = match cfg.mlp {
                 Mlp::Gelu => fc1_out,
-                Mlp::SwiGluPacked if fc1_out % 2 == 0 => fc1_out / 2,
+                Mlp::SwiGluPacked if fc1_out.is_multiple_of(2) => fc1_out / 2,
                 Mlp::SwiGluPacked => {
                     return Err(p.shape_error(
                         &n("mlp.fc1.weight"),
@@ -324,7 +324,7 @@ impl Vit {
         side: usize,
     ) -> std::result::Result<Vec<f32>, String> {
         let (p, d) = (self.cfg.patch, self.dim);
-        if side == 0 || side % p != 0 {
+        if side == 0 || !side.is_multiple_of(p) {
             return Err(format!(
                 "input side {side} is not a multiple of the patch side {p}"
             ));

@@ -238,7 +238,12 @@ impl EncoderSpec {
     ) -> Result<()> {
         let want = self.expected_keys(have);
         let missing: Vec<&String> = want.difference(have).collect();
-        let unexpected: Vec<&String> = have.difference(&want).collect();
+        // ResNet files are often whole training checkpoints or carry more than the network
+        // (the test fixture holds patches and reference outputs): only missing names count.
+        let unexpected: Vec<&String> = match self.arch {
+            Arch::ResNet50Trunc => Vec::new(),
+            _ => have.difference(&want).collect(),
+        };
         if missing.is_empty() && unexpected.is_empty() && !want.is_empty() {
             return Ok(());
         }
