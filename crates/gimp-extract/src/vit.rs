@@ -1,5 +1,5 @@
 //! The Vision Transformer body every ViT-family patch encoder shares (timm's
-//! `VisionTransformer` in inference, `docs/DESIGN.md` §24): patch embedding, class and register
+//! `VisionTransformer` in inference, `docs/DESIGN.md` §31): patch embedding, class and register
 //! tokens, learned position embeddings (resampled for other grids), pre-norm blocks with
 //! optional LayerScale and a GELU or packed-SwiGLU MLP, the final LayerNorm, and the pooling the
 //! encoder's reference applies. An encoder is a [`VitConfig`] plus its transform.
