@@ -426,7 +426,7 @@ impl Vit {
         layer_norm(x, &mut s.h, &blk.norm1.0, &blk.norm1.1, eps);
         linear(&mut s.qkv, &s.h, &blk.qkv_w, 3 * d, d);
         add_bias(&mut s.qkv, &blk.qkv_b);
-        self.attention(&s.qkv, &mut s.att, b, t);
+        self.attention(&s.qkv, &mut s.att, t);
         linear(&mut s.h, &s.att, &blk.proj_w, d, d);
         residual(x, &s.h, &blk.proj_b, blk.ls1.as_deref());
         // MLP branch, a block of rows at a time.
@@ -456,10 +456,9 @@ impl Vit {
 
     /// Multi-head self-attention of `qkv` (`[B·T, 3D]`, timm's q | k | v × heads layout) into
     /// `out` (`[B·T, D]`, heads side by side), images in parallel.
-    fn attention(&self, qkv: &[f32], out: &mut [f32], b: usize, t: usize) {
+    fn attention(&self, qkv: &[f32], out: &mut [f32], t: usize) {
         let (d, hd) = (self.dim, self.cfg.head_dim);
         let scale = (hd as f32).powf(-0.5);
-        let _ = b;
         out.par_chunks_mut(t * d)
             .zip(qkv.par_chunks(t * 3 * d))
             .for_each(|(o, src)| {
