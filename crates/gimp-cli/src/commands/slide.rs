@@ -321,14 +321,14 @@ fn list_encoders() {
             .input_size()
             .map_or("as read".to_string(), |v| v.to_string());
         println!(
-            "{:<16}{:>6}{:>7}  {}; {}",
+            "{:<16}{:>6}{:>9}  {}; {}",
             s.name,
             s.out_dim,
             input,
             s.summary,
             s.transform.describe()
         );
-        println!("{:<29}weights: {}", "", s.weights);
+        println!("{:<33}weights: {}", "", s.weights);
     }
 }
 

@@ -107,7 +107,7 @@ impl Transform {
             (None, None) => "as read".to_string(),
         };
         s.push_str(&format!(
-            "; mean ({:.4}, {:.4}, {:.4}) std ({:.4}, {:.4}, {:.4})",
+            "; mean ({}, {}, {}) std ({}, {}, {})",
             self.mean[0], self.mean[1], self.mean[2], self.std[0], self.std[1], self.std[2]
         ));
         s
