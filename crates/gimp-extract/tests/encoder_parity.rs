@@ -175,4 +175,12 @@ fn inputs_of_the_wrong_size_are_refused() {
         .unwrap();
     assert!(enc.forward_sized(&[0u8; 3 * 50 * 50], 1, 50).is_err());
     assert!(enc.forward_sized(&[0u8; 10], 1, 64).is_err());
+    // Phikon-v2 (transformers' resampling is not timm's) runs at its native size only.
+    let (weights, _) = split("phikon_v2");
+    let enc = encoders::find("phikon_v2")
+        .unwrap()
+        .load_from(weights, &fixture("phikon_v2"))
+        .unwrap();
+    let e = enc.forward_sized(&[0u8; 3 * 80 * 80], 1, 80).unwrap_err();
+    assert!(e.to_string().contains("64 px only"), "{e}");
 }

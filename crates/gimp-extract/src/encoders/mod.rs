@@ -352,6 +352,15 @@ impl PatchEncoder for VitEncoder {
                 rgb.len()
             );
         }
+        if matches!(self.spec.arch, Arch::HfDinov2(_)) && side != self.vit.native_size() {
+            // `transformers` resamples position embeddings its own way (no antialiasing, a
+            // scale factor), which the timm-style resampling would not reproduce.
+            candle_core::bail!(
+                "{}: runs at {} px only (got {side})",
+                self.spec.name,
+                self.vit.native_size()
+            );
+        }
         let x = self.spec.transform.normalise(rgb, side);
         self.vit
             .forward(&x, batch, side)
