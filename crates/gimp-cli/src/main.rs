@@ -73,8 +73,9 @@ enum Command {
     /// Tissue segmentation and the patch grid at a target magnification, for slides or folders
     /// of slides: CLAM/TRIDENT patch files plus QC pictures and a process list.
     Patch(commands::slide::PatchArgs),
-    /// ResNet50-trunc features (CLAM's resnet50_trunc, 1024-d) of every patch, as CLAM feature
-    /// files; resumable, shardable across machines (--shard, Slurm arrays).
+    /// Features of every patch by a patch encoder (UNI, UNI2-h, Virchow2, Prov-GigaPath,
+    /// H-optimus-0, Phikon-v2 from your weights file, or CLAM's ResNet50-trunc; `--list`), as
+    /// TRIDENT or CLAM feature files; resumable, shardable across machines (--shard, Slurm arrays).
     Extract(commands::slide::ExtractArgs),
     /// Per-patch scores of a trained model (attention; CLS attention for TransMIL and GiMP),
     /// aligned with coords, as CSV and h5, drawn over the slide as PNG.

@@ -99,6 +99,8 @@ pub struct Summary {
     pub classes: Vec<ClassCount>,
     pub modalities: Modalities,
     pub feature_dim: Option<usize>,
+    /// Encoders recorded on the feature files, with file counts.
+    pub feature_encoders: Vec<(String, usize)>,
     pub bag_sizes: Option<BagSizes>,
     pub expression: Option<ExpressionSummary>,
     pub splits: Vec<SplitSummary>,
@@ -186,6 +188,7 @@ impl Summary {
             classes,
             modalities,
             feature_dim: c.feature_dim,
+            feature_encoders: c.feature_encoders.clone(),
             bag_sizes,
             expression,
             splits,
@@ -217,6 +220,14 @@ impl Summary {
             _ => {
                 let _ = writeln!(s, "features    none");
             }
+        }
+        if !self.feature_encoders.is_empty() {
+            let e: Vec<String> = self
+                .feature_encoders
+                .iter()
+                .map(|(e, n)| format!("{e}: {n} file(s)"))
+                .collect();
+            let _ = writeln!(s, "encoder     {}", e.join("; "));
         }
         match &self.expression {
             Some(e) => {
