@@ -57,6 +57,19 @@ pub fn feature_shape(path: &Path) -> Result<(usize, usize)> {
     Ok((n as usize, d as usize))
 }
 
+/// The `encoder` attribute of the `features` dataset (the name of the network that made the
+/// features, where the writer recorded it); `None` when the file has no such attribute.
+pub fn feature_encoder(path: &Path) -> Result<Option<String>> {
+    let file = open(path)?;
+    let ds = dataset(&file, path, "features")?;
+    let attrs = ds
+        .attrs()
+        .map_err(|e| h5_err(path, "attributes of 'features'", e))?;
+    Ok(attrs
+        .get("encoder")
+        .and_then(|v| v.as_str().map(str::to_string)))
+}
+
 /// Refuses a dataset whose chunks (from the layout message) or whole size would need more than
 /// `max_bytes` to read: the reader allocates a whole chunk at a time, and a damaged header can
 /// claim gigabyte chunks for a tiny array (found by fuzzing).
