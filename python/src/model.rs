@@ -324,6 +324,9 @@ impl Model {
                 classes: self.classes.clone(),
                 preprocessing: self.preprocessing.clone(),
                 training: self.training.clone(),
+                // The width was checked above; arrays carry no encoder record.
+                features: None,
+                origin: format!("the {name} model"),
             };
             let bag = bag
                 .map(|(v, n, d)| Tensor::from_vec(v, (n, d), &Device::Cpu))

@@ -59,8 +59,10 @@ enum Command {
     /// log-likelihood and store it in the checkpoint; evaluate and predict then use it
     Calibrate(commands::train::CalibrateArgs),
     /// One new patient (slide features and/or expression) → class probabilities and the most
-    /// attended patches, as JSON (the same as `model run --checkpoint`).
-    Predict(commands::model::RunArgs),
+    /// attended patches, as JSON (the same as `model run`); with --slide, raw slides go through
+    /// segmentation, patching, feature extraction and the model to probabilities, per-patch
+    /// scores and a heatmap (what `view` shows).
+    Predict(commands::slide::PredictArgs),
     /// The embedding (CLS_pat for GiMP) of every patient of a cohort, as TSV.
     Embed(commands::train::EmbedArgs),
     /// Fig. 2: t-SNE (after PCA to 50 dimensions) of every patient's embedding, coloured by
@@ -80,6 +82,9 @@ enum Command {
     /// Per-patch scores of a trained model (attention; CLS attention for TransMIL and GiMP),
     /// aligned with coords, as CSV and h5, drawn over the slide as PNG.
     Heatmap(commands::slide::HeatmapArgs),
+    /// A local web page to pan and zoom slides with a prediction's heatmap, patch grid, tissue
+    /// outlines, top patches and probabilities (binds 127.0.0.1 unless --host).
+    View(commands::view::Args),
     /// Model architectures, checkpoints, and running a model on one input.
     #[command(subcommand)]
     Model(commands::model::Command),
@@ -121,12 +126,14 @@ fn main() -> ExitCode {
         Command::Patch(a) => commands::slide::patch(a),
         Command::Extract(a) => commands::slide::extract(a),
         Command::Heatmap(a) => commands::slide::heatmap(a),
+        Command::View(a) => commands::view::run(a),
         Command::PretrainGenes(c) => commands::train::genes(c),
         Command::Train(a) => commands::train::train(a),
         Command::Experiment(a) => commands::experiment::run(a),
         Command::Evaluate(a) => commands::train::evaluate(a),
         Command::Calibrate(a) => commands::train::calibrate(a),
-        Command::Predict(a) => commands::model::run(commands::model::Command::Run(a)),
+        Command::Predict(a) if a.has_slides() => commands::slide::predict(a),
+        Command::Predict(a) => commands::model::run(commands::model::Command::Run(a.run)),
         Command::Embed(a) => commands::train::embed(a),
         Command::Tsne(a) => commands::train::tsne(a),
         Command::Pretrain(a) => commands::train::pretrain(a),

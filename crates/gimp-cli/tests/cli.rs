@@ -63,6 +63,8 @@ fn every_subcommand_has_help() {
         vec!["patch", "--help"],
         vec!["extract", "--help"],
         vec!["heatmap", "--help"],
+        vec!["predict", "--help"],
+        vec!["view", "--help"],
     ] {
         let o = gimp(&cmd);
         assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
@@ -1107,4 +1109,230 @@ fn extract_runs_a_vit_encoder_from_a_weights_file_in_tridents_layout() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("missing [reg_token]"), "{}", stderr(&o));
     assert!(stderr(&o).contains("--encoder uni_v1"), "{}", stderr(&o));
+
+/// A checkpoint records the width and encoder of its training features; every command that runs
+/// it on features checks them first and names the file, what it holds and what was expected.
+#[test]
+fn commands_refuse_features_of_another_width_or_encoder_before_running() {
+    let d = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let c16 = d.path().join("c16");
+    assert!(synth_small(&c16, "3").status.success());
+    let c24 = d.path().join("c24");
+    let o = gimp(&[
+        "synth",
+        "--out",
+        &s(&c24),
+        "--seed",
+        "4",
+        "--patients",
+        "30",
+        "--patches",
+        "20,40",
+        "--dim",
+        "24",
+        "--genes",
+        "200",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = d.path().join("run");
+    let o = gimp(&[
+        "train",
+        &s(&c16.join("cohort.toml")),
+        "--arch",
+        "clam_sb",
+        "--epochs",
+        "1",
+        "--out",
+        &s(&run),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = run.join("model.safetensors");
+    let o = gimp(&["model", "info", &s(&ckpt)]);
+    assert!(
+        stdout(&o).contains(r#"features      {"width":16,"encoder":null}"#),
+        "{}",
+        stdout(&o)
+    );
+    let wide = std::fs::read_dir(c24.join("features/h5_files"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let hout = d.path().join("maps");
+    for args in [
+        vec![
+            "model",
+            "run",
+            "--checkpoint",
+            &s(&ckpt),
+            "--features",
+            &s(&wide),
+        ],
+        vec![
+            "predict",
+            "--checkpoint",
+            &s(&ckpt),
+            "--features",
+            &s(&wide),
+        ],
+        vec![
+            "heatmap",
+            "--checkpoint",
+            &s(&ckpt),
+            "--features",
+            &s(&wide),
+            "--patch-size-level0",
+            "256",
+            "--out",
+            &s(&hout),
+        ],
+    ] {
+        let o = gimp(&args);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        for part in [
+            wide.to_str().unwrap(),
+            "24-wide",
+            "16-wide",
+            "model.safetensors",
+        ] {
+            assert!(e.contains(part), "{args:?}: {e} lacks {part}");
+        }
+        assert!(!e.contains("backtrace") && !e.contains("linear:"), "{e}");
+    }
+    let tsv = d.path().join("e.tsv");
+    for cmd in [vec!["evaluate"], vec!["embed", "--out", &s(&tsv)]] {
+        let c = c24.join("cohort.toml");
+        let o = gimp(&[&cmd[..], &["--checkpoint", &s(&ckpt), &s(&c)]].concat());
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{cmd:?}: {e}");
+        assert!(
+            e.contains("24-wide") && e.contains("16-wide") && e.contains(".h5"),
+            "{cmd:?}: {e}"
+        );
+    }
+    // The slide pipeline checks the encoder against the checkpoint before reading any slide.
+    let o = gimp(&[
+        "predict",
+        "--checkpoint",
+        &s(&ckpt),
+        "--slide",
+        &s(&repo().join("data/slides/cmu_small_region.svs")),
+        "--encoder-weights",
+        &s(&repo()
+            .join("crates/gimp-extract/tests/fixtures/resnet50_trunc_real_patches.safetensors")),
+        "--out",
+        &s(&d.path().join("p")),
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("resnet50_trunc") && e.contains("16-wide"), "{e}");
+    assert!(
+        !d.path().join("p").exists(),
+        "nothing written before the check"
+    );
+}
+
+/// `predict --slide`: segmentation, patches, features, the model, scores aligned with the
+/// coordinates, the heatmap and the record `view` reads, with each stage's time; a rerun reuses
+/// the patches and features.
+#[test]
+fn predict_takes_a_raw_slide_to_probabilities_scores_and_a_heatmap() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("pred");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let args = [
+        "predict".to_string(),
+        "--arch".into(),
+        "clam_sb".into(),
+        "--weights".into(),
+        s(&repo().join("crates/gimp-models/tests/fixtures/clam_sb_weights.safetensors")),
+        "--slide".into(),
+        s(&repo().join("data/slides")),
+        "--encoder-weights".into(),
+        s(&repo()
+            .join("crates/gimp-extract/tests/fixtures/resnet50_trunc_real_patches.safetensors")),
+        "--preset".into(),
+        "bwh_biopsy".into(),
+        "--out".into(),
+        s(&out),
+        "--top".into(),
+        "5".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = gimp(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let records: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let r = &records[0];
+    assert_eq!(r["slide_id"], "cmu_small_region");
+    assert_eq!(r["n_patches"], 52);
+    assert_eq!(r["top_patches"].as_array().unwrap().len(), 5);
+    let p: Vec<f64> = serde_json::from_value(r["probabilities"].clone()).unwrap();
+    assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+    let stages: Vec<&str> = r["times"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages.len(), 4, "{stages:?}");
+    assert!(
+        stderr(&o).contains("segmentation + patching"),
+        "{}",
+        stderr(&o)
+    );
+    for f in [
+        "cmu_small_region.prediction.json",
+        "cmu_small_region.scores.csv",
+        "cmu_small_region.scores.h5",
+        "cmu_small_region.heatmap.png",
+        "patches/cmu_small_region.h5",
+        "h5_files/cmu_small_region.h5",
+        "masks/cmu_small_region.tissue.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    // Scores: one row per patch, in the feature file's order, the top patch first in the record.
+    let csv = std::fs::read_to_string(out.join("cmu_small_region.scores.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 53);
+    let top = &r["top_patches"][0];
+    let line = csv
+        .lines()
+        .nth(top["row"].as_u64().unwrap() as usize + 1)
+        .unwrap();
+    assert!(
+        line.starts_with(&format!("{},{},{},", top["row"], top["x"], top["y"])),
+        "{line}"
+    );
+    assert!(
+        line.ends_with(",1"),
+        "the top patch is the 100th percentile: {line}"
+    );
+    // The same answer from `model run` on the features it wrote.
+    let o = gimp(&[
+        "model",
+        "run",
+        "--arch",
+        "clam_sb",
+        "--weights",
+        args[4],
+        "--features",
+        &s(&out.join("h5_files/cmu_small_region.h5")),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["probabilities"], r["probabilities"]);
+    // A rerun reuses patches and features.
+    let before = std::fs::metadata(out.join("h5_files/cmu_small_region.h5"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let o = gimp(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let after = std::fs::metadata(out.join("h5_files/cmu_small_region.h5"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(before, after);
 }

@@ -59,6 +59,16 @@ pub fn read_bag(path: &Path, max_bytes: u64) -> Result<Bag> {
     }
 }
 
+/// The name of the encoder that made a feature file's features, where the file records it (the
+/// `encoder` attribute of an h5 file's `features`); `.pt`, `.npy` and `.safetensors` bags carry
+/// no such record.
+pub fn recorded_encoder(path: &Path) -> Result<Option<String>> {
+    match FeatureFormat::from_path(path)? {
+        FeatureFormat::H5 => Ok(crate::h5::read_provenance(path)?.map(|p| p.encoder)),
+        _ => Ok(None),
+    }
+}
+
 /// Reads `[N, D]` from a feature file's header (h5, pt) or the whole file (npy, safetensors are
 /// cheap to parse).
 pub fn bag_shape(path: &Path) -> Result<(usize, usize)> {

@@ -74,6 +74,12 @@ pub fn mask_path(out: &Path, id: &str) -> PathBuf {
     out.join("masks").join(format!("{id}.png"))
 }
 
+/// `{out}/masks/{id}.tissue.png`, the tissue outlines alone on a transparent overview (the
+/// viewer's contour layer; it spans the whole slide).
+pub fn tissue_path(out: &Path, id: &str) -> PathBuf {
+    out.join("masks").join(format!("{id}.tissue.png"))
+}
+
 /// `{out}/h5_files/{id}.h5`, CLAM's feature file.
 pub fn features_path(out: &Path, id: &str) -> PathBuf {
     out.join("h5_files").join(format!("{id}.h5"))
@@ -123,8 +129,9 @@ pub enum PatchError {
     NoTissue { id: String, largest: f64, a_t: f64 },
 }
 
-/// Segments one slide and writes its patch file ([`patch_path`]) and QC picture ([`mask_path`],
-/// written first so a slide without tissue patches can be looked at).
+/// Segments one slide and writes its patch file ([`patch_path`]), QC picture ([`mask_path`],
+/// written first so a slide without tissue patches can be looked at) and tissue outlines
+/// ([`tissue_path`]).
 pub fn patch_slide(
     slide: &Path,
     out: &Path,
@@ -145,6 +152,7 @@ pub fn patch_slide(
     let coords = patching::coords(&mask, &plan, pp.contour_fn);
     let qc = overlay::segmentation_qc(&overview, &mask, Some((&coords, plan.size_level0 as f64)));
     overlay::save_png(&qc, &mask_path(out, &id))?;
+    overlay::save_rgba_png(&overlay::tissue_outline(&mask), &tissue_path(out, &id))?;
     let n = coords.len();
     if n == 0 {
         let largest = mask.regions.iter().map(|r| r.area).fold(0.0, f64::max);

@@ -3,7 +3,7 @@
 
 use crate::segment::TissueMask;
 use gimp_io::{DataError, ErrorKind, Result};
-use image::{Rgb, RgbImage};
+use image::{Rgb, RgbImage, Rgba, RgbaImage};
 use std::path::Path;
 
 const TISSUE: Rgb<u8> = Rgb([0, 200, 0]);
@@ -164,6 +164,55 @@ pub fn heatmap(
         }
     }
     img
+}
+
+/// The tissue outlines alone (green, opaque) and kept holes (blue) on a transparent image the
+/// size of the mask's overview: the layer the viewer draws over the slide.
+pub fn tissue_outline(mask: &TissueMask) -> RgbaImage {
+    let (w, h) = (mask.width, mask.height);
+    let mut img = RgbaImage::new(w as u32, h as u32);
+    for y in 0..h {
+        for x in 0..w {
+            let t = mask.is_tissue_px(x, y);
+            let edge = [(1isize, 0isize), (-1, 0), (0, 1), (0, -1)]
+                .iter()
+                .any(|(dx, dy)| {
+                    let (xx, yy) = (x as isize + dx, y as isize + dy);
+                    if xx < 0 || yy < 0 || xx >= w as isize || yy >= h as isize {
+                        return t;
+                    }
+                    mask.is_tissue_px(xx as usize, yy as usize) != t
+                });
+            if !edge {
+                continue;
+            }
+            let c = if t {
+                Some(TISSUE)
+            } else if mask.in_hole(x as f64 * mask.downsample[0], y as f64 * mask.downsample[1]) {
+                Some(HOLE)
+            } else {
+                None
+            };
+            if let Some(Rgb([r, g, b])) = c {
+                img.put_pixel(x as u32, y as u32, Rgba([r, g, b, 255]));
+            }
+        }
+    }
+    img
+}
+
+/// Writes an RGBA PNG atomically.
+pub fn save_rgba_png(img: &RgbaImage, path: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut bytes)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ColorType::Rgba8,
+        )
+        .map_err(|e| DataError::malformed(path, format!("could not encode PNG: {e}")))?;
+    gimp_io::atomic::write_bytes_atomic(path, &bytes)
 }
 
 /// Writes a PNG atomically.

@@ -1,6 +1,7 @@
 //! Evaluating any checkpoint on a split of a cohort, overall and by which modalities each patient
 //! has; and the patient embeddings (`CLS_pat`) for plots and analysis.
 
+use crate::compat::FeatureKind;
 use crate::data::{DataErr, Prepared, Result};
 use gimp_io::splits::Part;
 use gimp_metrics::calibration::{self, Calibration};
@@ -91,6 +92,10 @@ pub struct ModelSource {
     pub preprocessing: Option<gimp_nn::checkpoint::Preprocessing>,
     /// The settings it was trained with (a checkpoint's provenance), if known.
     pub training: Option<serde_json::Value>,
+    /// The features it reads (`None` for expression-only models of unknown width).
+    pub features: Option<FeatureKind>,
+    /// Where it came from, for errors: `checkpoint PATH` or `ARCH weights PATH`.
+    pub origin: String,
 }
 
 impl ModelSource {
@@ -107,8 +112,11 @@ impl ModelSource {
         match (checkpoint, arch, weights) {
             (Some(path), _, _) => {
                 let c = Checkpoint::load(path)?;
+                let loaded = registry::load_checkpoint(&c).map_err(|e| loading(path, e))?;
                 Ok(Self {
-                    loaded: registry::load_checkpoint(&c).map_err(|e| loading(path, e))?,
+                    features: FeatureKind::expected(Some(&c.info), &loaded.config),
+                    origin: format!("the checkpoint {}", path.display()),
+                    loaded,
                     training: c
                         .info
                         .get("training")
@@ -120,8 +128,11 @@ impl ModelSource {
             (None, Some(arch), Some(path)) => {
                 let arch = registry::lookup(arch)?;
                 let weights = gimp_io::weights::read(path)?;
+                let loaded = registry::load(arch, weights, None).map_err(|e| loading(path, e))?;
                 Ok(Self {
-                    loaded: registry::load(arch, weights, None).map_err(|e| loading(path, e))?,
+                    features: FeatureKind::expected(None, &loaded.config),
+                    origin: format!("{} from {}", arch.name, path.display()),
+                    loaded,
                     classes: None,
                     preprocessing: None,
                     training: None,
@@ -135,6 +146,15 @@ impl ModelSource {
 }
 
 impl ModelSource {
+    /// Refuses a feature file whose width or encoder is not the one the model was trained on
+    /// (§36), before the model runs on it.
+    pub fn check_features(&self, file: &std::path::Path) -> Result<()> {
+        match &self.features {
+            Some(want) => want.check(&self.origin, file, &FeatureKind::of_file(file)?),
+            None => Ok(()),
+        }
+    }
+
     /// Why an answer from only some of the modalities a model reads may not be trustworthy.
     /// GiMP answers without expression (or slides) through its learned "missing" embedding;
     /// fine-tuned on both modalities alone it answers near chance that way (the demo's GiMP with
@@ -196,6 +216,22 @@ pub fn patch_scores(
 /// The model a checkpoint holds.
 pub fn load(ckpt: &Checkpoint) -> Result<Loaded> {
     Ok(registry::load_checkpoint(ckpt)?)
+}
+
+/// The model a checkpoint (read from `path`) holds, after checking that `data`'s features are the
+/// ones it was trained on (§36): what `evaluate`, `embed` and `tsne` run.
+pub fn load_for_cohort(
+    ckpt: &Checkpoint,
+    path: &std::path::Path,
+    data: &Prepared,
+) -> Result<Loaded> {
+    let m = load(ckpt)?;
+    if m.arch.input.reads_slides() {
+        if let Some(want) = FeatureKind::expected(Some(&ckpt.info), &m.config) {
+            want.check_cohort(&format!("the checkpoint {}", path.display()), data)?;
+        }
+    }
+    Ok(m)
 }
 
 fn modality(data: &Prepared, i: usize) -> &'static str {

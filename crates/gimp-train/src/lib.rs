@@ -2,6 +2,7 @@
 //! gene pre-training, masked patch modelling + gene-induced triplets, fine-tuning) and every
 //! compared system ([`supervised`]) as its tasks, evaluation, the paper's experiments, run files.
 
+pub mod compat;
 pub mod config;
 pub mod data;
 pub mod evaluate;

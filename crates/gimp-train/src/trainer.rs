@@ -475,8 +475,10 @@ pub fn save_checkpoint(
     config: serde_json::Value,
     store: &ParamStore,
     data: &Prepared,
-    info: BTreeMap<String, String>,
+    mut info: BTreeMap<String, String>,
 ) -> Result<()> {
+    // The features it is trained on, checked whenever it is run (§36).
+    info.extend(crate::compat::provenance_entry(data)?);
     Checkpoint {
         arch: arch.into(),
         config,

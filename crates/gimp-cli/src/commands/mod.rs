@@ -8,3 +8,4 @@ pub mod split;
 pub mod survival;
 pub mod synth;
 pub mod train;
+pub mod view;

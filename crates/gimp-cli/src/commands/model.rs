@@ -147,6 +147,7 @@ fn run_model(a: RunArgs) -> Result<ExitCode> {
     let mut desc = Vec::new();
     let bag = match (&a.features, wants_bag) {
         (Some(f), true) => {
+            source.check_features(f)?;
             let bag = gimp_io::feature_file::read_bag(f, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
             coords = bag.coords.clone();
             desc.push(f.display().to_string());

@@ -465,15 +465,17 @@ pub struct HeatmapArgs {
 }
 
 pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
-    let ModelSource {
-        loaded,
-        preprocessing,
-        ..
-    } = ModelSource::open(
+    let source = ModelSource::open(
         a.checkpoint.as_deref(),
         a.arch.as_deref(),
         a.weights.as_deref(),
     )?;
+    source.check_features(&a.features)?;
+    let ModelSource {
+        loaded,
+        preprocessing,
+        ..
+    } = source;
     let arch = loaded.arch.name;
     let mut bag = gimp_io::feature_file::read_bag(&a.features, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
     let grid = PatchGrid::resolve(
@@ -506,4 +508,154 @@ pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
         eprintln!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub run: crate::commands::model::RunArgs,
+    /// Slide files or folders of them: run the whole pipeline (segmentation, patching, features,
+    /// model, scores, heatmap) on each, instead of reading --features.
+    #[arg(long, num_args = 1.., conflicts_with = "features", requires_all = ["encoder_weights", "out"])]
+    pub slide: Vec<PathBuf>,
+    /// Weights of the encoder the model was trained on (the checkpoint records which; by the
+    /// reference's parameter names, safetensors or a torch state dict; `extract --list`).
+    #[arg(long, requires = "slide")]
+    encoder_weights: Option<PathBuf>,
+    /// Output folder: {slide_id}.prediction.json, .scores.csv/.h5, .heatmap.png, and patches/,
+    /// masks/, h5_files/ (what `gimp-rs view` shows).
+    #[arg(long, requires = "slide")]
+    out: Option<PathBuf>,
+    /// Segmentation preset (CLAM's): clam, tcga, bwh_biopsy, bwh_resection.
+    #[arg(long, default_value = "tcga")]
+    preset: String,
+    /// Patch magnification.
+    #[arg(long, default_value_t = 20.0)]
+    magnification: f64,
+    /// Patch side in pixels at --magnification.
+    #[arg(long, default_value_t = 256)]
+    patch_size: u32,
+    /// Level-0 magnification, when the file lacks it or states it wrongly.
+    #[arg(long)]
+    level0_magnification: Option<f64>,
+    /// Patches per forward pass of the encoder.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Level-0 pixels per pixel of the heatmap picture.
+    #[arg(long, default_value_t = 16.0)]
+    heatmap_downsample: f64,
+    #[command(flatten)]
+    shard: Shard,
+}
+
+impl PredictArgs {
+    /// Whether slides were given (the pipeline) rather than features (`model run`).
+    pub fn has_slides(&self) -> bool {
+        !self.slide.is_empty()
+    }
+}
+
+/// `predict --slide`: every slide (this shard's share) through `gimp_predict::Predictor`, with a
+/// progress bar over the patches and each stage's time; a failed slide is reported and the
+/// others go on (exit 1 at the end).
+pub fn predict(a: PredictArgs) -> Result<ExitCode> {
+    let (Some(encoder_weights), Some(out)) = (&a.encoder_weights, &a.out) else {
+        bail!("--slide needs --encoder-weights and --out");
+    };
+    let slides = slide_list(&a.slide, a.shard.resolve()?.as_ref())?;
+    if slides.len() > 1 && a.run.sample.is_some() {
+        bail!("--expression/--sample describe one patient: give one --slide with them");
+    }
+    let source = ModelSource::open(
+        a.run.checkpoint.as_deref(),
+        a.run.arch.as_deref(),
+        a.run.weights.as_deref(),
+    )?;
+    let expression = match (&a.run.expression, &a.run.sample, &source.preprocessing) {
+        (Some(m), Some(s), Some(p)) => Some(expression_row(m, s, p)?),
+        (Some(_), _, None) => bail!("--expression needs a gimp-rs --checkpoint"),
+        _ => None,
+    };
+    let segment = SegmentParams::preset(&a.preset).with_context(|| {
+        format!(
+            "unknown --preset '{}'; known: {}",
+            a.preset,
+            PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let patching = PatchParams {
+        patch_size: a.patch_size,
+        step: a.patch_size,
+        target_magnification: a.magnification,
+        level0_magnification: a.level0_magnification,
+        contour_fn: ContourFn::FourPt,
+    };
+    // The encoder the checkpoint records; ResNet50-trunc for checkpoints from before encoders
+    // were recorded (the width check in `Predictor::new` still applies).
+    let encoder_name = source
+        .features
+        .as_ref()
+        .and_then(|f| f.encoder.clone())
+        .unwrap_or_else(|| gimp_predict::encoder::DEFAULT_ENCODER.to_string());
+    let encoder = gimp_predict::SlideEncoder::open(&encoder_name, encoder_weights, a.batch)?;
+    let mut predictor = gimp_predict::Predictor::new(source, encoder, segment, patching)?;
+    predictor.top = a.run.top;
+    predictor.heatmap_downsample = a.heatmap_downsample;
+    if let Some(w) = predictor
+        .model
+        .missing_modality_warning(true, expression.is_some())
+    {
+        eprintln!("warning: {w}");
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let pb = progress::bar(0, "patches");
+    let mut failed = 0;
+    let mut records = Vec::new();
+    for slide in &slides {
+        let mut on_progress = |p: gimp_predict::Progress| match p {
+            gimp_predict::Progress::Stage { slide, stage } => {
+                pb.set_message(format!("{slide}: {}", stage.name()))
+            }
+            gimp_predict::Progress::Patches(n) => pb.inc_length(n as u64),
+            gimp_predict::Progress::Encoded(k) => pb.inc(k as u64),
+        };
+        let id = batch::slide_id(slide);
+        match predictor.slide(slide, out, expression.as_ref(), &mut on_progress) {
+            Ok(r) => {
+                let times: Vec<String> = r
+                    .times
+                    .iter()
+                    .map(|t| format!("{} {:.2} s", t.stage, t.seconds))
+                    .collect();
+                let p = r.probabilities.get(r.predicted).copied().unwrap_or(0.0);
+                progress::line(
+                    &pb,
+                    format!(
+                        "{id}: {} ({p:.3}) from {} patches; {}",
+                        r.predicted_class.as_deref().unwrap_or("?"),
+                        r.n_patches,
+                        times.join(", ")
+                    ),
+                );
+                records.push(r);
+            }
+            Err(e) => {
+                failed += 1;
+                progress::line(&pb, format!("{id}: failed: {e}"));
+            }
+        }
+    }
+    pb.finish_and_clear();
+    println!("{}", serde_json::to_string_pretty(&records)?);
+    eprintln!(
+        "{} slides, {failed} failed; records in {} (look at them with `gimp-rs view {}`)",
+        slides.len(),
+        out.display(),
+        out.display()
+    );
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -214,7 +214,7 @@ pub struct CalibrateArgs {
 pub fn calibrate(a: CalibrateArgs) -> Result<ExitCode> {
     let mut ckpt = gimp_nn::checkpoint::Checkpoint::load(&a.checkpoint)?;
     let data = load_for(&a.cohort, &ckpt, a.fold)?;
-    let m = gimp_train::evaluate::load(&ckpt)?;
+    let m = gimp_train::evaluate::load_for_cohort(&ckpt, &a.checkpoint, &data)?;
     let fit = gimp_train::evaluate::fit_temperature(&m, &data)?;
     ckpt.info.insert(
         gimp_models::registry::TEMPERATURE_KEY.to_string(),
@@ -254,7 +254,7 @@ pub fn evaluate(a: EvalArgs) -> Result<ExitCode> {
     let part = a.split;
     let ckpt = gimp_nn::checkpoint::Checkpoint::load(&a.checkpoint)?;
     let data = load_for(&a.cohort, &ckpt, a.fold)?.only(a.modalities);
-    let m = gimp_train::evaluate::load(&ckpt)?;
+    let m = gimp_train::evaluate::load_for_cohort(&ckpt, &a.checkpoint, &data)?;
     let e = gimp_train::evaluate::evaluate(&m, &data, part, a.seed)?;
     let stem = a.reliability.clone().unwrap_or_else(|| {
         a.checkpoint
@@ -316,7 +316,7 @@ pub struct EmbedArgs {
 pub fn embed(a: EmbedArgs) -> Result<ExitCode> {
     let ckpt = gimp_nn::checkpoint::Checkpoint::load(&a.checkpoint)?;
     let data = load_for(&a.cohort, &ckpt, a.fold)?;
-    let m = gimp_train::evaluate::load(&ckpt)?;
+    let m = gimp_train::evaluate::load_for_cohort(&ckpt, &a.checkpoint, &data)?;
     let tsv = gimp_train::evaluate::embeddings_tsv(&m, &data)?;
     gimp_io::atomic::write_bytes_atomic(&a.out, tsv.as_bytes())?;
     println!(
@@ -470,7 +470,7 @@ pub fn tsne(a: TsneArgs) -> Result<ExitCode> {
     for ck_path in &a.checkpoint {
         let ckpt = gimp_nn::checkpoint::Checkpoint::load(ck_path)?;
         let data = load_for(&a.cohort, &ckpt, a.fold)?;
-        let m = gimp_train::evaluate::load(&ckpt)?;
+        let m = gimp_train::evaluate::load_for_cohort(&ckpt, ck_path, &data)?;
         let (mut rows, mut labels) = (Vec::new(), Vec::new());
         for i in 0..data.patients.len() {
             if let Some(o) = gimp_train::evaluate::run_patient(&m, &data, i)? {

@@ -1,0 +1,265 @@
+//! One slide from pixels to probabilities, in stages (segmentation and patching, features, the
+//! model, scores and heatmap), each timed and reported through a callback; finished stages of an
+//! earlier run (patch file, complete feature file) are reused, so a stopped batch resumes.
+
+use crate::encoder::SlideEncoder;
+use crate::record::{SlidePrediction, StageTime, TopPatch};
+use crate::{PredictError, Result};
+use candle_core::{Device, Tensor};
+use gimp_nn::Mode;
+use gimp_slide::batch;
+use gimp_slide::overlay;
+use gimp_slide::patching::PatchParams;
+use gimp_slide::segment::SegmentParams;
+use gimp_train::evaluate::ModelSource;
+use std::path::Path;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Patching,
+    Features,
+    Model,
+    Heatmap,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Patching => "segmentation + patching",
+            Stage::Features => "features",
+            Stage::Model => "model",
+            Stage::Heatmap => "scores + heatmap",
+        }
+    }
+}
+
+/// What the pipeline reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// `stage` of slide `slide` starts.
+    Stage { slide: &'a str, stage: Stage },
+    /// The slide has this many patches to encode (0 when its features are done already).
+    Patches(usize),
+    /// This many more patches are encoded.
+    Encoded(usize),
+}
+
+pub struct Predictor {
+    pub model: ModelSource,
+    pub encoder: SlideEncoder,
+    pub segment: SegmentParams,
+    pub patching: PatchParams,
+    /// How many of the highest-scoring patches the record lists.
+    pub top: usize,
+    /// Level-0 pixels per pixel of the heatmap picture.
+    pub heatmap_downsample: f64,
+    /// Opacity of the heatmap's colours over the slide.
+    pub alpha: f32,
+}
+
+impl Predictor {
+    /// Refuses a model that reads no slides, or whose features are not the encoder's (§36):
+    /// checked once, before any slide is read.
+    pub fn new(
+        model: ModelSource,
+        encoder: SlideEncoder,
+        segment: SegmentParams,
+        patching: PatchParams,
+    ) -> Result<Self> {
+        let arch = model.loaded.arch;
+        if !arch.input.reads_slides() {
+            return Err(PredictError::Msg(format!(
+                "{} reads expression only; a slide gives it nothing",
+                arch.name
+            )));
+        }
+        if let Some(want) = &model.features {
+            want.check(&model.origin, encoder.weights(), &encoder.kind())?;
+        }
+        Ok(Self {
+            model,
+            encoder,
+            segment,
+            patching,
+            top: 10,
+            heatmap_downsample: 16.0,
+            alpha: 0.5,
+        })
+    }
+
+    /// Runs `slide` through every stage into `out` (patches/, masks/, h5_files/ and the
+    /// slide's scores, heatmap and record) and returns the record. `expression` is the
+    /// patient's row for models that read both.
+    pub fn slide(
+        &self,
+        slide: &Path,
+        out: &Path,
+        expression: Option<&Tensor>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<SlidePrediction> {
+        let id = batch::slide_id(slide);
+        let mut times = Vec::new();
+        let mut timed = |stage: Stage, t: Instant| {
+            times.push(StageTime {
+                stage: stage.name().into(),
+                seconds: t.elapsed().as_secs_f64(),
+            })
+        };
+
+        let t = Instant::now();
+        progress(Progress::Stage {
+            slide: &id,
+            stage: Stage::Patching,
+        });
+        let patch_path = batch::patch_path(out, &id);
+        if !batch::patches_done(out, &id) || !batch::tissue_path(out, &id).is_file() {
+            batch::patch_slide(slide, out, &self.segment, &self.patching)?;
+        }
+        let patches = gimp_io::h5::read_patches(&patch_path)?;
+        timed(Stage::Patching, t);
+
+        let t = Instant::now();
+        progress(Progress::Stage {
+            slide: &id,
+            stage: Stage::Features,
+        });
+        let n = patches.coords.len();
+        if self.encoder.is_done(out, &id, n) {
+            progress(Progress::Patches(0));
+        } else {
+            progress(Progress::Patches(n));
+            self.encoder
+                .extract(out, slide, &patches, &patch_path, |k| {
+                    progress(Progress::Encoded(k))
+                })?;
+        }
+        let features = batch::features_path(out, &id);
+        timed(Stage::Features, t);
+
+        let t = Instant::now();
+        progress(Progress::Stage {
+            slide: &id,
+            stage: Stage::Model,
+        });
+        self.model.check_features(&features)?;
+        let bag = gimp_io::feature_file::read_bag(&features, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
+        let width = bag.d;
+        let x = Tensor::from_vec(bag.features, (bag.n, bag.d), &Device::Cpu)?;
+        let loaded = &self.model.loaded;
+        let input = loaded
+            .arch
+            .input
+            .select(Some(&x), expression)
+            .map_err(|missing| PredictError::Msg(format!("{} {missing}", loaded.arch.name)))?;
+        let answer = loaded.model.forward(&input, &Mode::inference())?;
+        // At the checkpoint's calibrated temperature, as `model run` answers.
+        let probabilities: Vec<f32> = loaded.probabilities(&answer.logits)?.to_vec1()?;
+        let predicted = argmax(&probabilities);
+        let scores: Option<Vec<f32>> = answer.attention.map(|a| a.to_vec1()).transpose()?;
+        timed(Stage::Model, t);
+
+        let t = Instant::now();
+        progress(Progress::Stage {
+            slide: &id,
+            stage: Stage::Heatmap,
+        });
+        let size0 = patches.attrs.level0_patch_size().ok_or_else(|| {
+            PredictError::Io(gimp_io::DataError::new(
+                gimp_io::ErrorKind::Missing,
+                &patch_path,
+                "no patch size in the attributes of 'coords'",
+            ))
+        })?;
+        let mut top_patches = Vec::new();
+        let (mut scores_csv, mut scores_h5, mut heatmap_png) = (None, None, None);
+        if let Some(s) = &scores {
+            if s.len() != n {
+                return Err(PredictError::Msg(format!(
+                    "{} gave {} patch scores for {n} patches",
+                    loaded.arch.name,
+                    s.len()
+                )));
+            }
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&i, &j| s[j].total_cmp(&s[i]));
+            top_patches = order
+                .iter()
+                .take(self.top)
+                .map(|&i| TopPatch {
+                    row: i,
+                    x: patches.coords[i][0],
+                    y: patches.coords[i][1],
+                    score: s[i],
+                })
+                .collect();
+            overlay::write_scores(out, &id, &patches.coords, s)?;
+            let reader = gimp_slide::open(slide)?;
+            let (img, ds) = reader.overview(self.heatmap_downsample, 1 << 28)?;
+            let pic = overlay::heatmap(&img, ds, &patches.coords, size0, s, self.alpha);
+            overlay::save_png(&pic, &out.join(format!("{id}.heatmap.png")))?;
+            scores_csv = Some(format!("{id}.scores.csv"));
+            scores_h5 = Some(format!("{id}.scores.h5"));
+            heatmap_png = Some(format!("{id}.heatmap.png"));
+        }
+        timed(Stage::Heatmap, t);
+
+        let modalities = [(true, "slides"), (expression.is_some(), "expression")]
+            .into_iter()
+            .filter(|&(has, _)| has)
+            .map(|(_, m)| m.to_string())
+            .collect();
+        let classes = self.model.classes.clone().unwrap_or_else(|| {
+            (0..probabilities.len())
+                .map(|k| format!("class {k}"))
+                .collect()
+        });
+        let rel = |p: std::path::PathBuf| {
+            p.strip_prefix(out)
+                .map(|r| r.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| p.to_string_lossy().into_owned())
+        };
+        let record = SlidePrediction {
+            slide_id: id.clone(),
+            slide: std::fs::canonicalize(slide).unwrap_or_else(|_| slide.to_path_buf()),
+            model: self.model.origin.clone(),
+            arch: loaded.arch.name.to_string(),
+            encoder: self.encoder.name().to_string(),
+            feature_width: width,
+            predicted_class: classes.get(predicted).cloned(),
+            classes,
+            probabilities,
+            predicted,
+            modalities,
+            warning: self
+                .model
+                .missing_modality_warning(true, expression.is_some()),
+            n_patches: n,
+            patch_size_level0: size0,
+            top_patches,
+            scores_csv,
+            scores_h5,
+            heatmap_png,
+            patches_h5: rel(patch_path),
+            features_h5: rel(features),
+            tissue_png: rel(batch::tissue_path(out, &id)),
+            times,
+        };
+        record.write(out)?;
+        Ok(record)
+    }
+}
+
+/// The first index of the largest value.
+fn argmax(p: &[f32]) -> usize {
+    p.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
+        .0
+}
