@@ -1026,90 +1026,6 @@ fn survival_metrics_from_a_csv_equal_scikit_survival() {
     );
 }
 
-#[test]
-fn extract_runs_a_vit_encoder_from_a_weights_file_in_tridents_layout() {
-    let slide = repo().join("data/slides/cmu_small_region.svs");
-    let d = tempfile::tempdir().unwrap();
-    let out = d.path();
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    // --list names every encoder with its width and input size.
-    let o = gimp(&["extract", "--list"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    for name in gimp_extract::encoders::names() {
-        assert!(stdout(&o).contains(name), "{}", stdout(&o));
-    }
-    let virchow = stdout(&o)
-        .lines()
-        .find(|l| l.starts_with("virchow2 "))
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
-    assert_eq!(
-        virchow.as_deref(),
-        Some("virchow2 2560 224"),
-        "{}",
-        stdout(&o)
-    );
-    // UNI's narrow test network, without the fixture's test tensors: a weights file as a user has.
-    let fixture = repo().join("crates/gimp-extract/tests/fixtures/vit_uni_v1.safetensors");
-    let weights: std::collections::HashMap<String, candle_core::Tensor> =
-        gimp_io::weights::read(&fixture)
-            .unwrap()
-            .into_iter()
-            .filter(|(k, _)| !k.starts_with("test."))
-            .collect();
-    let wfile = out.join("uni.safetensors");
-    candle_core::safetensors::save(&weights, &wfile).unwrap();
-    let pdir = out.join("patches");
-    gimp_io::h5::write_patches(
-        &pdir.join("cmu_small_region.h5"),
-        &gimp_io::h5::PatchFile {
-            coords: vec![[1024, 256], [1024, 512], [1280, 512]],
-            attrs: gimp_io::h5::PatchAttrs {
-                patch_size: Some(256),
-                patch_level: Some(0),
-                ..Default::default()
-            },
-        },
-    )
-    .unwrap();
-    let args = |enc: &str| {
-        vec![
-            "extract".to_string(),
-            s(&slide),
-            "--patches".into(),
-            s(&pdir),
-            "--encoder".into(),
-            enc.into(),
-            "--weights".into(),
-            s(&wfile),
-            "--out".into(),
-            s(out),
-        ]
-    };
-    let run = |enc: &str| {
-        let a = args(enc);
-        gimp(&a.iter().map(String::as_str).collect::<Vec<_>>())
-    };
-    let o = run("uni_v1");
-    assert!(o.status.success(), "{}", stderr(&o));
-    let ffile = out.join("features_uni_v1/cmu_small_region.h5");
-    let bag = gimp_io::h5::read_features(&ffile, 1 << 30).unwrap();
-    assert_eq!((bag.n, bag.d), (3, 128));
-    assert!(bag.features.iter().all(|v| v.is_finite()));
-    let prov = gimp_io::h5::read_provenance(&ffile).unwrap().unwrap();
-    assert_eq!(prov.encoder, "uni_v1");
-    assert_eq!(
-        prov.weights_sha256,
-        gimp_io::weights::sha256_hex(&wfile).unwrap()
-    );
-    // Done already: the file records this encoder and these weights.
-    let o = run("uni_v1");
-    assert!(stderr(&o).contains("done already"), "{}", stderr(&o));
-    // The wrong encoder for the file: the error lists what is missing and names the right one.
-    let o = run("virchow2");
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("missing [reg_token]"), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--encoder uni_v1"), "{}", stderr(&o));
-
 /// A checkpoint records the width and encoder of its training features; every command that runs
 /// it on features checks them first and names the file, what it holds and what was expected.
 #[test]
@@ -1335,4 +1251,89 @@ fn predict_takes_a_raw_slide_to_probabilities_scores_and_a_heatmap() {
         .modified()
         .unwrap();
     assert_eq!(before, after);
+}
+
+#[test]
+fn extract_runs_a_vit_encoder_from_a_weights_file_in_tridents_layout() {
+    let slide = repo().join("data/slides/cmu_small_region.svs");
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    // --list names every encoder with its width and input size.
+    let o = gimp(&["extract", "--list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for name in gimp_extract::encoders::names() {
+        assert!(stdout(&o).contains(name), "{}", stdout(&o));
+    }
+    let virchow = stdout(&o)
+        .lines()
+        .find(|l| l.starts_with("virchow2 "))
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    assert_eq!(
+        virchow.as_deref(),
+        Some("virchow2 2560 224"),
+        "{}",
+        stdout(&o)
+    );
+    // UNI's narrow test network, without the fixture's test tensors: a weights file as a user has.
+    let fixture = repo().join("crates/gimp-extract/tests/fixtures/vit_uni_v1.safetensors");
+    let weights: std::collections::HashMap<String, candle_core::Tensor> =
+        gimp_io::weights::read(&fixture)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("test."))
+            .collect();
+    let wfile = out.join("uni.safetensors");
+    candle_core::safetensors::save(&weights, &wfile).unwrap();
+    let pdir = out.join("patches");
+    gimp_io::h5::write_patches(
+        &pdir.join("cmu_small_region.h5"),
+        &gimp_io::h5::PatchFile {
+            coords: vec![[1024, 256], [1024, 512], [1280, 512]],
+            attrs: gimp_io::h5::PatchAttrs {
+                patch_size: Some(256),
+                patch_level: Some(0),
+                ..Default::default()
+            },
+        },
+    )
+    .unwrap();
+    let args = |enc: &str| {
+        vec![
+            "extract".to_string(),
+            s(&slide),
+            "--patches".into(),
+            s(&pdir),
+            "--encoder".into(),
+            enc.into(),
+            "--weights".into(),
+            s(&wfile),
+            "--out".into(),
+            s(out),
+        ]
+    };
+    let run = |enc: &str| {
+        let a = args(enc);
+        gimp(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let o = run("uni_v1");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ffile = out.join("features_uni_v1/cmu_small_region.h5");
+    let bag = gimp_io::h5::read_features(&ffile, 1 << 30).unwrap();
+    assert_eq!((bag.n, bag.d), (3, 128));
+    assert!(bag.features.iter().all(|v| v.is_finite()));
+    let prov = gimp_io::h5::read_provenance(&ffile).unwrap().unwrap();
+    assert_eq!(prov.encoder, "uni_v1");
+    assert_eq!(
+        prov.weights_sha256,
+        gimp_io::weights::sha256_hex(&wfile).unwrap()
+    );
+    // Done already: the file records this encoder and these weights.
+    let o = run("uni_v1");
+    assert!(stderr(&o).contains("done already"), "{}", stderr(&o));
+    // The wrong encoder for the file: the error lists what is missing and names the right one.
+    let o = run("virchow2");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("missing [reg_token]"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--encoder uni_v1"), "{}", stderr(&o));
 }
