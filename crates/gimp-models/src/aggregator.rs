@@ -162,6 +162,24 @@ impl PatchAggregator {
 
     /// Square padding, CLS, the layers (with PPEG), the final norm.
     pub fn encode(&self, h: &Tensor, mode: &Mode, with_attention: bool) -> Result<Encoded> {
+        self.encode_rows(h, mode, with_attention, None)
+    }
+
+    /// The final tokens at `rows` only (token indices with CLS at 0 and square-padding copies
+    /// after the patches, increasing), `[1, |rows|, dim]`: what [`Self::encode`] gives at those
+    /// rows. The last layer computes just those rows (every token still serves as key, value
+    /// and landmark there), unless PPEG follows it (a one-layer TransMIL).
+    pub fn encode_selected(&self, h: &Tensor, mode: &Mode, rows: &[usize]) -> Result<Tensor> {
+        Ok(self.encode_rows(h, mode, false, Some(rows))?.tokens)
+    }
+
+    fn encode_rows(
+        &self,
+        h: &Tensor,
+        mode: &Mode,
+        with_attention: bool,
+        rows: Option<&[usize]>,
+    ) -> Result<Encoded> {
         let (_, n, _) = h.dims3()?;
         let side = (n as f64).sqrt().ceil() as usize;
         let add = if self.cfg.square_pad || self.cfg.ppeg {
@@ -176,8 +194,11 @@ impl PatchAggregator {
         };
         let mut x = Tensor::cat(&[self.cls.clone(), h], 1)?;
         let mut attention = None;
+        let mut selected = false;
         for (i, layer) in self.layers.iter().enumerate() {
-            if with_attention && i + 1 == self.layers.len() {
+            let last = i + 1 == self.layers.len();
+            let ppeg_after = i == 0 && self.ppeg.is_some();
+            if with_attention && last {
                 let a = layer.attn.attention_row(&layer.norm.forward(&x)?, 0)?; // [1, h, T]
                 let a = a.mean(1)?.squeeze(0)?; // [T]
                 let mut patches = a.narrow(0, 1, n)?;
@@ -187,12 +208,23 @@ impl PatchAggregator {
                 }
                 attention = Some(patches);
             }
-            x = layer.forward(&x, mode)?;
-            if i == 0 {
+            x = match rows {
+                Some(r) if last && !ppeg_after => {
+                    selected = true;
+                    layer
+                        .attn
+                        .forward_prenorm_residual_rows(&layer.norm, &x, mode, Some(r))?
+                }
+                _ => layer.forward(&x, mode)?,
+            };
+            if ppeg_after {
                 if let Some(p) = &self.ppeg {
                     x = p.forward(&x, side)?;
                 }
             }
+        }
+        if let (Some(r), false) = (rows, selected) {
+            x = x.index_select(&gimp_nn::loss::index_tensor(r, x.device())?, 1)?;
         }
         Ok(Encoded {
             tokens: self.norm.forward(&x)?,
@@ -200,39 +232,20 @@ impl PatchAggregator {
         })
     }
 
-    /// The final tokens at `rows` only (token indices with CLS at 0, increasing), `[1, |rows|,
-    /// dim]`: what [`Self::encode`] gives at those rows. Without PPEG the last layer computes
-    /// just those rows (every token still serves as key and value there).
-    pub fn encode_selected(&self, h: &Tensor, mode: &Mode, rows: &[usize]) -> Result<Tensor> {
-        let idx = gimp_nn::loss::index_tensor(rows, h.device())?;
-        if self.cfg.ppeg || self.cfg.square_pad || self.layers.is_empty() {
-            return self.encode(h, mode, false)?.tokens.index_select(&idx, 1);
-        }
-        let mut x = Tensor::cat(&[self.cls.clone(), h.clone()], 1)?;
-        let last = self.layers.len() - 1;
-        for layer in &self.layers[..last] {
-            x = layer.forward(&x, mode)?;
-        }
-        let layer = &self.layers[last];
-        let x = layer
-            .attn
-            .forward_prenorm_residual_rows(&layer.norm, &x, mode, Some(rows))?;
-        self.norm.forward(&x)
-    }
-
     /// `CLS_img` `[dim]` of a bag `[N, D_in]`.
     pub fn cls(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
         if self.in_place_inference(mode, x) {
             return self.cls_in_place(x);
         }
-        let e = self.encode(&self.embed(x)?, mode, false)?;
-        e.tokens.get(0)?.get(0)
+        // Only CLS is read: the last layer computes it alone (`encode_selected`).
+        let tokens = self.encode_selected(&self.embed(x)?, mode, &[0])?;
+        tokens.get(0)?.get(0)
     }
 
     /// Whether [`Self::cls`] runs on raw buffers: when the layers would stream anyway, and
     /// there is no PPEG or square padding.
     fn in_place_inference(&self, mode: &Mode, x: &Tensor) -> bool {
-        choose_path(mode, true, x) == NystromPath::Streaming
+        choose_path(mode, true, x, &self.cfg.attention) == NystromPath::Streaming
             && !self.cfg.ppeg
             && !self.cfg.square_pad
     }
@@ -274,5 +287,87 @@ impl PatchAggregator {
             self.norm.eps as f32,
         );
         Tensor::from_vec(cls, dim, x.device())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use gimp_nn::ParamStore;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// TransMIL's encoding on selected rows (square padding, PPEG after the first layer, the
+    /// last layer on those rows only) equals the whole encoding's rows: forward and every
+    /// parameter's gradient, with both ways of holding the attention matrices.
+    #[test]
+    fn selected_rows_equal_the_whole_encoding_with_ppeg() {
+        let mut cfg = AggregatorConfig::transmil(12);
+        cfg.dim = 32;
+        cfg.attention = NystromConfig {
+            heads: 4,
+            dim_head: 8,
+            landmarks: 8,
+            dropout: 0.0,
+            ..NystromConfig::transmil(32)
+        };
+        let store = ParamStore::new(3);
+        let agg = PatchAggregator::new(&store.root(), cfg).unwrap();
+        // 40 patches: a 7 × 7 grid with 9 copies, 50 tokens with CLS.
+        let x = Tensor::randn(0f32, 1f32, (40, 12), &Device::Cpu).unwrap();
+        let rows = [0usize, 5, 41, 49];
+        let idx = gimp_nn::loss::index_tensor(&rows, &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1f32, (1, rows.len(), 32), &Device::Cpu).unwrap();
+        let mode = Mode::eval();
+        for limit in [usize::MAX, 0] {
+            gimp_nn::nystrom::with_keep_attention_limit(limit, || {
+                let h = agg.embed(&x).unwrap();
+                let selected = agg.encode_selected(&h, &mode, &rows).unwrap();
+                let whole = agg
+                    .encode(&h, &mode, false)
+                    .unwrap()
+                    .tokens
+                    .index_select(&idx, 1)
+                    .unwrap();
+                assert!(max_diff(&selected, &whole) < 1e-5);
+                let gs = (&selected * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let gw = (&whole * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                for (name, p) in store.params() {
+                    let (a, b) = (
+                        gs.get(p.var.as_tensor()).unwrap(),
+                        gw.get(p.var.as_tensor()).unwrap(),
+                    );
+                    let scale = b
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    let e = max_diff(a, b) / scale.max(1e-12);
+                    assert!(e < 1e-4, "limit {limit}: gradient of {name}: {e}");
+                }
+            });
+        }
     }
 }

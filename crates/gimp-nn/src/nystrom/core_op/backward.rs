@@ -3,10 +3,12 @@
 //! pseudo-inverse's start scale); once those shares are summed, the global step adds `dL/dc`
 //! to `dA` through the two maxima; phase B takes `dA` through the landmark softmax to Q and K.
 
-use super::{merge_heads, Dims, HeadSaved, Inputs, NystromCore, Saved};
+use super::forward::f1_rows;
+use super::{merge_heads, Dims, HeadSaved, Inputs, NystromCore, Saved, BLOCK};
 use crate::cpu::lanes::{self, softmax_backward_block, softmax_backward_rows};
 use crate::cpu::matmul::{mm, View};
 use crate::cpu::scratch;
+use crate::nystrom::online_softmax::f3_block;
 use crate::nystrom::pinv::pinv_backward;
 use crate::nystrom::residual_conv::{conv_input_grad, conv_weight_grad};
 use candle_core::Result;
@@ -21,11 +23,13 @@ impl NystromCore {
         grad: &[f32],
         dm: Dims,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
+        // Taken, not cloned: what the forward pass kept is freed as soon as this pass ends
+        // (one backward pass per forward, as in training).
         let saved = self
             .saved
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .take()
             .ok_or_else(|| {
                 candle_core::Error::Msg("nystrom core: backward before forward".into())
             })?;
@@ -55,12 +59,6 @@ impl Drop for HeadGrads {
     }
 }
 
-/// Rows of `F1` (columns of `F3`) per block of the backward pass: a block of the `N' × m`
-/// gradient (256 × 256 floats) stays in the core's L2 cache from its product through the
-/// softmax backward to the two products that consume it, instead of streaming whole
-/// `N' × m` matrices through memory three times.
-const BLOCK: usize = 256;
-
 impl NystromCore {
     fn head_backward_a(
         &self,
@@ -84,15 +82,29 @@ impl NystromCore {
         let mut du = vec![0f32; m * d];
         let mut dq = scratch::buffer(r * d);
         let mut dkm = vec![0f32; m * d];
+        let keep = self.keeps_attention();
         let mut block = vec![0f32; BLOCK * m.max(1)];
+        // The rebuilt block of F1 (or of F3 below) when they were not kept.
+        let mut rebuilt = if keep {
+            Vec::new()
+        } else {
+            vec![0f32; BLOCK * m.max(1)]
+        };
         for (bi, r0) in (0..r).step_by(BLOCK).enumerate() {
             let rb = BLOCK.min(r - r0);
-            let f1b = View::dense(&s.f1[r0 * m..(r0 + rb) * m], rb, m);
+            let f1s: &[f32] = if keep {
+                &s.f1[r0 * m..(r0 + rb) * m]
+            } else {
+                let f = &mut rebuilt[..rb * m];
+                f1_rows(f, qr.rows(r0, rb), kmv, sc);
+                f
+            };
+            let f1b = View::dense(f1s, rb, m);
             let gb = g.rows(r0, rb);
             let ds = &mut block[..rb * m];
             mm(&mut du, f1b.t(), gb, bi > 0, 1.0);
             mm(ds, gb, uv.t(), false, 1.0);
-            softmax_backward_rows(&s.f1[r0 * m..(r0 + rb) * m], ds, m);
+            softmax_backward_rows(f1s, ds, m);
             let dsv = View::dense(ds, rb, m);
             mm(&mut dq[r0 * d..(r0 + rb) * d], dsv, kmv, false, sc);
             mm(&mut dkm, dsv.t(), qr.rows(r0, rb), bi > 0, sc);
@@ -135,11 +147,20 @@ impl NystromCore {
         let mut dqm = vec![0f32; m * d];
         for (bi, c0) in (0..n).step_by(BLOCK).enumerate() {
             let cb = BLOCK.min(n - c0);
-            let f3b = View::rows_of(&s.f3, c0, m, cb, n);
+            // The block as a view, and as (matrix, its row length, first column) for the
+            // softmax backward.
+            let (f3b, (f, f_cols, f_c0)) = if keep {
+                (View::rows_of(&s.f3, c0, m, cb, n), (&s.f3[..], n, c0))
+            } else {
+                let f = &mut rebuilt[..m * cb];
+                f3_block(f, qmv, k, c0, cb, sc, &s.lse3);
+                let f: &[f32] = f;
+                (View::dense(f, m, cb), (f, cb, 0))
+            };
             let ds = &mut block[..m * cb];
             mm(&mut dv[c0 * d..(c0 + cb) * d], f3b.t(), dwv, false, 1.0);
             mm(ds, dwv, v.rows(c0, cb).t(), false, 1.0);
-            softmax_backward_block(&s.f3, n, c0, ds, cb, &rowdot);
+            softmax_backward_block(f, f_cols, f_c0, ds, cb, &rowdot);
             let dsv = View::dense(ds, m, cb);
             mm(&mut dk[c0 * d..(c0 + cb) * d], dsv.t(), qmv, false, sc);
             mm(&mut dqm, dsv, k.rows(c0, cb), bi > 0, sc);
