@@ -41,6 +41,11 @@ impl Transmil {
 }
 
 impl Model for Transmil {
+    /// The aggregator's estimate (`PatchAggregator::training_step_bytes`); `_fc2` is negligible.
+    fn training_step_bytes(&self, patches: usize) -> Option<u64> {
+        Some(self.aggregator.training_step_bytes(patches))
+    }
+
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
         let h = self.aggregator.embed(bag(input)?)?;
         // Training reads CLS alone, so the last layer computes only that row; the heat map's

@@ -313,9 +313,10 @@ impl NystromLayerOp {
         drop(dy);
         scratch::recycle(std::mem::take(&mut saved.o));
         let dm = self.core_dims(b, np)?;
-        let (dqkv, dconv) = self.core.backward_slices(&saved.qkv, p.conv, &d_o, dm)?;
-        scratch::recycle(d_o);
+        let qkv = std::mem::take(&mut saved.qkv);
         drop(saved);
+        let (dqkv, dconv) = self.core.backward_consuming(qkv, p.conv, &d_o, dm)?;
+        scratch::recycle(d_o);
         let ln = self.normalise(x, &p);
         dpacked[offsets[5]..offsets[6]].copy_from_slice(&dconv[..offsets[6] - offsets[5]]);
         let wqkv = View::dense(p.w_qkv, 3 * inner, dim);

@@ -13,6 +13,7 @@ use crate::nystrom::pinv::pinv_backward;
 use crate::nystrom::residual_conv::{conv_input_grad, conv_weight_grad};
 use candle_core::Result;
 use rayon::prelude::*;
+use std::sync::Arc;
 
 impl NystromCore {
     /// The backward pass on raw slices after [`Self::forward_slices`]: `(dqkv, dconv)`.
@@ -23,18 +24,48 @@ impl NystromCore {
         grad: &[f32],
         dm: Dims,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        // Taken, not cloned: what the forward pass kept is freed as soon as this pass ends
-        // (one backward pass per forward, as in training).
-        let saved = self
-            .saved
+        let saved = self.take_saved()?;
+        let (grads, dconv) = self.backward(&saved, dm, qkv, conv, grad);
+        let mut dqkv = scratch::buffer(dm.b * dm.n * 3 * dm.inner());
+        merge_grads(&mut dqkv, grads, dm);
+        Ok((dqkv, dconv))
+    }
+
+    /// [`Self::backward_slices`] taking `qkv` by value: once every head has read it, its
+    /// buffer receives `dqkv` (which has its shape), so no second `N' × 3·H·d` buffer is
+    /// allocated (the fused layer, which owns the `qkv` it kept).
+    pub(crate) fn backward_consuming(
+        &self,
+        qkv: Vec<f32>,
+        conv: &[f32],
+        grad: &[f32],
+        dm: Dims,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let saved = self.take_saved()?;
+        let (grads, dconv) = self.backward(&saved, dm, &qkv, conv, grad);
+        let mut dqkv = qkv;
+        merge_grads(&mut dqkv, grads, dm);
+        Ok((dqkv, dconv))
+    }
+
+    /// What the forward pass kept, taken, not cloned: it is freed as soon as the backward
+    /// pass ends (one backward pass per forward, as in training).
+    fn take_saved(&self) -> Result<Arc<Saved>> {
+        self.saved
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .ok_or_else(|| {
-                candle_core::Error::Msg("nystrom core: backward before forward".into())
-            })?;
-        Ok(self.backward(&saved, dm, qkv, conv, grad))
+            .ok_or_else(|| candle_core::Error::Msg("nystrom core: backward before forward".into()))
     }
+}
+
+/// Every head's `dQ`, `dK`, `dV` into their columns of `dqkv` (`[B, N', 3·H·d]`).
+fn merge_grads(dqkv: &mut [f32], grads: Vec<HeadGrads>, dm: Dims) {
+    let parts: Vec<[&[f32]; 3]> = grads
+        .iter()
+        .map(|hg| [hg.dq.as_slice(), hg.dk.as_slice(), hg.dv.as_slice()])
+        .collect();
+    merge_heads(dqkv, &parts, dm.h, dm.d, dm.n);
 }
 
 /// Phase A of one head's backward: everything down to `dA`, plus its share of `dL/dc`.
@@ -217,7 +248,7 @@ impl NystromCore {
         qkv: &[f32],
         conv: &[f32],
         grad: &[f32],
-    ) -> (Vec<f32>, Vec<f32>) {
+    ) -> (Vec<HeadGrads>, Vec<f32>) {
         let c = saved.scale.c();
         let tasks = dm.b * dm.h;
         let mut phase_a: Vec<HeadGrads> = (0..tasks)
@@ -235,15 +266,6 @@ impl NystromCore {
             .par_iter_mut()
             .enumerate()
             .for_each(|(bh, hg)| self.head_backward_b(&saved.heads[bh], dm, hg));
-        let inner = dm.inner();
-        let n = dm.n;
-        let mut dqkv = scratch::buffer(dm.b * n * 3 * inner);
-        let parts: Vec<[&[f32]; 3]> = phase_a
-            .iter()
-            .map(|hg| [hg.dq.as_slice(), hg.dk.as_slice(), hg.dv.as_slice()])
-            .collect();
-        merge_heads(&mut dqkv, &parts, dm.h, dm.d, dm.n);
-        drop(parts);
         let kk = self.shape.kernel;
         let mut dconv = vec![0f32; if kk > 0 { dm.h * kk } else { conv.len() }];
         if kk > 0 {
@@ -255,6 +277,6 @@ impl NystromCore {
                     .for_each(|(a, b)| *a += b);
             }
         }
-        (dqkv, dconv)
+        (phase_a, dconv)
     }
 }
