@@ -274,10 +274,15 @@ impl Prepared {
                 false => hi = mid,
             }
         }
+        let fits = match lo {
+            0 => "no bag fits it".to_string(),
+            lo => {
+                format!("bags of up to {lo} patches fit (--max-patches {lo} caps them at random)")
+            }
+        };
         Err(DataErr::Msg(format!(
             "patient {}: a training step on its bag of {n} patches needs an estimated {:.1} GB, \
-             over --memory-limit {limit_gb} GB; bags of up to {lo} patches fit \
-             (--max-patches {lo} caps them at random)",
+             over --memory-limit {limit_gb} GB; {fits}",
             self.patients[i].case_id,
             need as f64 / 1e9,
         )))

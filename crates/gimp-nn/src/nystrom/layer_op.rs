@@ -320,27 +320,32 @@ impl NystromLayerOp {
         let ln = self.normalise(x, &p);
         dpacked[offsets[5]..offsets[6]].copy_from_slice(&dconv[..offsets[6] - offsets[5]]);
         let wqkv = View::dense(p.w_qkv, 3 * inner, dim);
-        let mut dln = scratch::buffer(x.len());
+        let dq =
+            |bi: usize| View::rows_of(&dqkv, (bi * np + pad) * 3 * inner, n, 3 * inner, 3 * inner);
+        // One token-sized buffer at a time: the LayerNorm for the weight gradient, then (the
+        // same buffer back from the pool) the gradient of the LayerNorm's output.
         for bi in 0..b {
-            let dq = View::rows_of(&dqkv, (bi * np + pad) * 3 * inner, n, 3 * inner, 3 * inner);
             let lnb = View::dense(&ln[bi * n * dim..(bi + 1) * n * dim], n, dim);
             mm_parallel(
                 &mut dpacked[offsets[2]..offsets[3]],
-                dq.t(),
+                dq(bi).t(),
                 lnb,
                 bi > 0,
                 1.0,
             );
+        }
+        scratch::recycle(ln);
+        let mut dln = scratch::buffer(x.len());
+        for bi in 0..b {
             mm_parallel(
                 &mut dln[bi * n * dim..(bi + 1) * n * dim],
-                dq,
+                dq(bi),
                 wqkv,
                 false,
                 1.0,
             );
         }
         scratch::recycle(dqkv);
-        scratch::recycle(ln);
         let mut dx = scratch::buffer(x.len());
         let (dw, db) =
             crate::cpu::kernels::layer_norm_backward(&mut dx, x, &dln, p.ln_w, self.shape.eps);
