@@ -131,7 +131,8 @@ impl GridConv {
     fn taps(&self, x_len: usize, packed: &[f32]) -> Result<(Vec<f32>, Vec<f32>, usize)> {
         let kk = self.k * self.k;
         let cells = self.side * self.side;
-        if cells == 0 || x_len % cells != 0 || packed.len() != (x_len / cells) * (kk + 1) {
+        if cells == 0 || !x_len.is_multiple_of(cells) || packed.len() != (x_len / cells) * (kk + 1)
+        {
             candle_core::bail!("PPEG convolution: parameter and grid shapes do not match");
         }
         let c = x_len / cells;

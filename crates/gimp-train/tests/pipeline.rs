@@ -692,8 +692,7 @@ fn a_bag_over_the_memory_limit_is_refused_before_training() {
     cfg.memory_limit_gb = Some(0.1);
     let dir = d.path().join("refused");
     let err = train(&data, &cfg, &dir, Control::default(), &|_| {})
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(err.contains("needs an estimated"), "{err}");
     assert!(err.contains("--memory-limit 0.1 GB"), "{err}");
@@ -719,8 +718,7 @@ fn a_bag_over_the_memory_limit_is_refused_before_training() {
         Control::default(),
         &|_| {},
     )
-    .err()
-    .expect("no estimate")
+    .expect_err("no estimate")
     .to_string();
     assert!(err.contains("no memory estimate"), "{err}");
 }
