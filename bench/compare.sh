@@ -6,7 +6,8 @@
 #
 # Then the whole-bag training steps (GiMP fine-tuning, TransMIL, CLAM-SB on 6,000, 24,000 and
 # 150,000 patches; --skip-150k or SKIP_150K=1 leaves 150,000 out, SKIP_BAGS=1 all of them),
-# each in its own process under /usr/bin/time -v for its peak resident memory. A PyTorch step
+# each in its own process under /usr/bin/time -v for its peak resident memory (ONLY_BAGS=1 runs
+# these alone). A PyTorch step
 # that would not fit runs under a virtual-memory limit of the memory available minus
 # $TORCH_SPARE_GB (default 3) and is reported as failed instead of pushing the machine into
 # the out-of-memory killer; below $TORCH_150K_MIN_GB (default 16) available, PyTorch's
@@ -16,9 +17,10 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv-bench/bin/python}
 cargo build --release -q -p gimp-train --example bench_steps
 cargo build --release -q -p gimp-extract --example bench_extract
-rust=$("${CARGO_TARGET_DIR:-target}"/release/examples/bench_steps "$@")
 repeat=3
 [ "${1:-}" = "--repeat" ] && repeat=$2
+if [ "${ONLY_BAGS:-0}" != 1 ]; then
+rust=$("${CARGO_TARGET_DIR:-target}"/release/examples/bench_steps "$@")
 rust_extract=$("${CARGO_TARGET_DIR:-target}"/release/examples/bench_extract --repeat "$repeat")
 rust=$(python3 -c 'import json,sys; a=json.loads(sys.argv[1]); a.update(json.loads(sys.argv[2])); print(json.dumps(a))' "$rust" "$rust_extract")
 torch=$("$PYTHON" bench/pytorch_reference.py "$@")
@@ -33,6 +35,7 @@ for k in ["pretrain_step", "forward_6000", "forward_150000", "groupmsa_step", "e
     print(f"{k:<18}{a:>14.3f}{b:>14.3f}{a / b:>9.2f}")
 print(f"({r['implementation']}, {r['threads']} threads; {t['implementation']}, {t['threads']} threads)")
 PY
+fi
 
 skip150=${SKIP_150K:-0}
 for a in "$@"; do [ "$a" = "--skip-150k" ] && skip150=1; done
@@ -56,7 +59,7 @@ measure() {
     echo "$secs $(python3 -c "print(f'{$kb / 1048576:.2f}')")"
 }
 echo
-printf '%-22s%12s%12s%12s%12s%9s%9s\n' "whole-bag step" "gimp-rs (s)" "PyTorch (s)" "gimp-rs GB" "PyTorch GB" "time" "memory"
+printf '%-22s%12s%12s%12s%12s%9s%9s\n' "whole-bag step" "gimp-rs (s)" "PyTorch (s)" "gimp-rs GiB" "PyTorch GiB" "time" "memory"
 for step in finetune_step transmil_step clam_sb_step; do
     for n in $sizes; do
         name=${step}_$n
@@ -77,7 +80,9 @@ def num(v):
     except ValueError:
         return None
 ratio = lambda a, b: f"{num(a) / num(b):.2f}" if num(a) and num(b) else "-"
-print(f"{name:<22}{rs:>12}{ts:>12}{rm:>12}{tm:>12}{ratio(rs, ts):>9}{ratio(rm, tm):>9}")
+# A failed PyTorch step stopped at its limit: its real peak is higher, the ratio an upper bound.
+mem = ratio(rm, tm) if ts != "failed" or not num(tm) else "<" + ratio(rm, tm)
+print(f"{name:<22}{rs:>12}{ts:>12}{rm:>12}{tm:>12}{ratio(rs, ts):>9}{mem:>9}")
 PY
     done
 done

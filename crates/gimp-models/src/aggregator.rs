@@ -51,11 +51,12 @@ impl AggregatorConfig {
 
 /// [`PatchAggregator::training_step_bytes`]: bytes besides those growing with the bag (the
 /// program, the parameters and their optimiser state, thread stacks).
-const TRAINING_BASE_BYTES: u64 = 300_000_000;
+const TRAINING_BASE_BYTES: u64 = 650_000_000;
 /// `dim`-wide buffers per token alive at a training step's peak.
 const TRAINING_TOKEN_COPIES: f64 = 15.0;
-/// ... and the more with PPEG.
+/// ... and the more with PPEG (its output and the copy with CLS), and PPEG's fixed share.
 const PPEG_TOKEN_COPIES: f64 = 2.0;
+const PPEG_BASE_BYTES: u64 = 400_000_000;
 
 /// `x + DW7(x) + DW5(x) + DW3(x)` on the `s × s` grid of patch tokens (CLS untouched).
 ///
@@ -427,7 +428,8 @@ impl PatchAggregator {
     /// on a bag of `patches` patches (as `Self::cls` runs it when training: the last layer on
     /// CLS alone), the bag itself included:
     ///
-    /// `TRAINING_BASE_BYTES + tokens · 4 · (d_in + TRAINING_TOKEN_COPIES · dim)`
+    /// `TRAINING_BASE_BYTES + tokens · 4 · (d_in + TRAINING_TOKEN_COPIES · dim)`, with PPEG
+    /// `PPEG_BASE_BYTES` and `PPEG_TOKEN_COPIES` more,
     ///
     /// where `tokens` counts CLS and TransMIL's square padding. At the peak (the first backward
     /// pass, of the last layer) the bag, the embedded tokens and their copy with CLS, the
@@ -451,7 +453,8 @@ impl PatchAggregator {
                 0.0
             };
         let per_token = 4.0 * (self.cfg.d_in as f64 + copies * self.cfg.dim as f64);
-        TRAINING_BASE_BYTES + (tokens as f64 * per_token) as u64
+        let base = TRAINING_BASE_BYTES + if self.cfg.ppeg { PPEG_BASE_BYTES } else { 0 };
+        base + (tokens as f64 * per_token) as u64
     }
 
     /// `CLS_img` `[dim]` of a bag `[N, D_in]`.

@@ -65,7 +65,7 @@ impl GeneEncoder {
 }
 
 /// [`Gimp::finetune_step_bytes`]: the gene encoder's share of a fine-tuning step.
-const GENE_ENCODER_BYTES: u64 = 200_000_000;
+const GENE_ENCODER_BYTES: u64 = 180_000_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GimpConfig {
