@@ -3,25 +3,28 @@
 # prints the times and the ratio gimp-rs / PyTorch (below 1: gimp-rs is faster).
 #   bash bench/compare.sh [--repeat N] [--skip-150k]
 # PyTorch comes from $PYTHON (default .venv-bench/bin/python); see bench/pytorch_reference.py.
+# The ViT forward passes (ViT-B/16 and ViT-L/16 on 32 patches, against timm) run each in a
+# process of its own under /usr/bin/time -v, which also gives each side's peak memory; skip
+# them with GIMP_BENCH_VIT=0.
 #
 # Then the whole-bag training steps (GiMP fine-tuning, TransMIL, CLAM-SB on 6,000, 24,000 and
 # 150,000 patches; --skip-150k or SKIP_150K=1 leaves 150,000 out, SKIP_BAGS=1 all of them),
 # each in its own process under /usr/bin/time -v for its peak resident memory (ONLY_BAGS=1 runs
-# these alone). A PyTorch step
-# that would not fit runs under a virtual-memory limit of the memory available minus
-# $TORCH_SPARE_GB (default 3) and is reported as failed instead of pushing the machine into
-# the out-of-memory killer; below $TORCH_150K_MIN_GB (default 16) available, PyTorch's
-# 150,000-patch steps are skipped with a note.
+# these alone). A PyTorch step that would not fit runs under a virtual-memory limit of the
+# memory available minus $TORCH_SPARE_GB (default 3) and is reported as failed instead of
+# pushing the machine into the out-of-memory killer; below $TORCH_150K_MIN_GB (default 16)
+# available, PyTorch's 150,000-patch steps are skipped with a note.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv-bench/bin/python}
 cargo build --release -q -p gimp-train --example bench_steps
-cargo build --release -q -p gimp-extract --example bench_extract
+cargo build --release -q -p gimp-extract --example bench_extract --example bench_vit
+bin=${CARGO_TARGET_DIR:-target}/release/examples
 repeat=3
 [ "${1:-}" = "--repeat" ] && repeat=$2
 if [ "${ONLY_BAGS:-0}" != 1 ]; then
-rust=$("${CARGO_TARGET_DIR:-target}"/release/examples/bench_steps "$@")
-rust_extract=$("${CARGO_TARGET_DIR:-target}"/release/examples/bench_extract --repeat "$repeat")
+rust=$("$bin"/bench_steps "$@")
+rust_extract=$("$bin"/bench_extract --repeat "$repeat")
 rust=$(python3 -c 'import json,sys; a=json.loads(sys.argv[1]); a.update(json.loads(sys.argv[2])); print(json.dumps(a))' "$rust" "$rust_extract")
 torch=$("$PYTHON" bench/pytorch_reference.py "$@")
 python3 - "$rust" "$torch" <<'PY'
@@ -35,6 +38,31 @@ for k in ["pretrain_step", "forward_6000", "forward_150000", "groupmsa_step", "e
     print(f"{k:<18}{a:>14.3f}{b:>14.3f}{a / b:>9.2f}")
 print(f"({r['implementation']}, {r['threads']} threads; {t['implementation']}, {t['threads']} threads)")
 PY
+
+fi
+
+if [ "${GIMP_BENCH_VIT:-1}" != "0" ] && [ "${ONLY_BAGS:-0}" != 1 ]; then
+# Peak resident memory (MB) and the JSON line of a command run under /usr/bin/time -v.
+measured() {
+    local log
+    log=$(mktemp)
+    /usr/bin/time -v "$@" 2>"$log" | tail -1
+    awk -F: '/Maximum resident set size/ {printf "%.0f\n", $2 / 1024}' "$log"
+    rm -f "$log"
+}
+echo
+printf '%-18s%14s%14s%9s%12s%12s%9s\n' computation "gimp-rs (s)" "PyTorch (s)" ratio "gimp-rs MB" "PyTorch MB" ratio
+for m in vit_b16 vit_l16; do
+    mapfile -t r < <(measured "$bin"/bench_vit --model "$m" --repeat "$repeat")
+    mapfile -t t < <(measured "$PYTHON" bench/pytorch_vit.py --model "$m" --repeat "$repeat")
+    python3 - "$m" "${r[0]}" "${r[1]}" "${t[0]}" "${t[1]}" <<'PY'
+import json, sys
+m, r, rm, t, tm = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4]), float(sys.argv[5])
+k = f"{m}_32"
+print(f"{k:<18}{r[k]:>14.3f}{t[k]:>14.3f}{r[k] / t[k]:>9.2f}{rm:>12.0f}{tm:>12.0f}{rm / tm:>9.2f}")
+print(f"  ({r['implementation']}, {r['threads']} threads; {t['implementation']}, {t['threads']} threads)")
+PY
+done
 fi
 
 skip150=${SKIP_150K:-0}
@@ -63,7 +91,7 @@ printf '%-22s%12s%12s%12s%12s%9s%9s\n' "whole-bag step" "gimp-rs (s)" "PyTorch (
 for step in finetune_step transmil_step clam_sb_step; do
     for n in $sizes; do
         name=${step}_$n
-        read -r rs rm < <(measure "$name" rust "${CARGO_TARGET_DIR:-target}"/release/examples/bench_steps --only "$name" --repeat "$repeat")
+        read -r rs rm < <(measure "$name" rust "$bin"/bench_steps --only "$name" --repeat "$repeat")
         avail=$(available_gb)
         if [ "$n" -ge 100000 ] && [ "$avail" -lt "${TORCH_150K_MIN_GB:-16}" ]; then
             ts="skipped"; tm="(${avail} GB free)"

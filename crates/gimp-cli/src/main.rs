@@ -32,6 +32,10 @@ enum Command {
     Cohort(commands::cohort::Command),
     /// Write patient-level stratified splits, or check split files for leaks (`split check`).
     Split(commands::split::Args),
+    /// Survival metrics (Harrell's and Uno's c-index, time-dependent AUC, log-rank) and
+    /// Kaplan–Meier curves of predicted risks.
+    #[command(subcommand)]
+    Survival(commands::survival::Command),
     /// Baselines that need no deep learning.
     #[command(subcommand)]
     Baseline(commands::baseline::Command),
@@ -51,6 +55,9 @@ enum Command {
     /// Metrics of a checkpoint on a split (accuracy with a Wilson interval, balanced accuracy,
     /// ROC-AUC with a bootstrap interval, macro F1, confusion), overall and by modality.
     Evaluate(commands::train::EvalArgs),
+    /// Temperature scaling: fit the temperature that minimises the validation split's negative
+    /// log-likelihood and store it in the checkpoint; evaluate and predict then use it
+    Calibrate(commands::train::CalibrateArgs),
     /// One new patient (slide features and/or expression) → class probabilities and the most
     /// attended patches, as JSON (the same as `model run --checkpoint`).
     Predict(commands::model::RunArgs),
@@ -66,8 +73,9 @@ enum Command {
     /// Tissue segmentation and the patch grid at a target magnification, for slides or folders
     /// of slides: CLAM/TRIDENT patch files plus QC pictures and a process list.
     Patch(commands::slide::PatchArgs),
-    /// ResNet50-trunc features (CLAM's resnet50_trunc, 1024-d) of every patch, as CLAM feature
-    /// files; resumable, shardable across machines (--shard, Slurm arrays).
+    /// Features of every patch by a patch encoder (UNI, UNI2-h, Virchow2, Prov-GigaPath,
+    /// H-optimus-0, Phikon-v2 from your weights file, or CLAM's ResNet50-trunc; `--list`), as
+    /// TRIDENT or CLAM feature files; resumable, shardable across machines (--shard, Slurm arrays).
     Extract(commands::slide::ExtractArgs),
     /// Per-patch scores of a trained model (attention; CLS attention for TransMIL and GiMP),
     /// aligned with coords, as CSV and h5, drawn over the slide as PNG.
@@ -106,6 +114,7 @@ fn main() -> ExitCode {
         Command::Synth(a) => commands::synth::run(a),
         Command::Cohort(c) => commands::cohort::run(c),
         Command::Split(a) => commands::split::run(a),
+        Command::Survival(c) => commands::survival::run(c),
         Command::Baseline(c) => commands::baseline::run(c),
         Command::Model(c) => commands::model::run(c),
         Command::Slide(c) => commands::slide::run(c),
@@ -116,6 +125,7 @@ fn main() -> ExitCode {
         Command::Train(a) => commands::train::train(a),
         Command::Experiment(a) => commands::experiment::run(a),
         Command::Evaluate(a) => commands::train::evaluate(a),
+        Command::Calibrate(a) => commands::train::calibrate(a),
         Command::Predict(a) => commands::model::run(commands::model::Command::Run(a)),
         Command::Embed(a) => commands::train::embed(a),
         Command::Tsne(a) => commands::train::tsne(a),

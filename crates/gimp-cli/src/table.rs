@@ -32,6 +32,11 @@ pub fn report(title: &str, r: &Report, classes: &[String]) -> String {
         }
     }
     let _ = writeln!(s, "  macro F1           {:.3}", r.macro_f1);
+    let _ = writeln!(
+        s,
+        "  calibration (ECE)  {:.3}  (top-label, 15 bins; 0 is calibrated)",
+        r.ece
+    );
     let w = classes.iter().map(|c| c.len()).max().unwrap_or(4).max(6);
     let _ = write!(
         s,

@@ -55,6 +55,7 @@ fn every_subcommand_has_help() {
         vec!["cohort", "cache", "--help"],
         vec!["split", "--help"],
         vec!["split", "check", "--help"],
+        vec!["survival", "metrics", "--help"],
         vec!["baseline", "--help"],
         vec!["baseline", "logreg", "--help"],
         vec!["slide", "info", "--help"],
@@ -767,7 +768,8 @@ fn an_experiment_sharded_over_two_processes_runs_every_run_once() {
 }
 
 /// `predict` says which modalities it used, and warns when a model fine-tuned on both answers
-/// without one; the image-only part, fine-tuned for exactly that, does not warn.
+/// without one; a model fine-tuned for it (`modality_subsets`, or the image-only part) does not.
+/// `calibrate` then stores a temperature that `evaluate` reports and writes its diagram with.
 #[test]
 fn predict_names_its_modalities_and_warns_about_a_missing_one() {
     let d = tempfile::tempdir().unwrap();
@@ -780,11 +782,15 @@ fn predict_names_its_modalities_and_warns_about_a_missing_one() {
         .unwrap()
         .unwrap()
         .path();
-    for (name, modalities, warns) in [("both", "both", true), ("image", "image", false)] {
+    for (name, modalities, subsets, warns) in [
+        ("both", "both", false, true),
+        ("subsets", "both", true, false),
+        ("image", "image", false, false),
+    ] {
         let run_file = d.path().join(format!("{name}.toml"));
         std::fs::write(
             &run_file,
-            format!("preset = \"demo\"\n[model]\ndim = 16\nheads = 2\nlandmarks = 8\nfragment = 10\ngroups = 4\n[genes]\nepochs = 1\n[pretrain]\nepochs = 0\n[finetune]\nepochs = 1\nmodalities = \"{modalities}\"\n"),
+            format!("preset = \"demo\"\n[model]\ndim = 16\nheads = 2\nlandmarks = 8\nfragment = 10\ngroups = 4\n[genes]\nepochs = 1\n[pretrain]\nepochs = 0\n[finetune]\nepochs = 1\nmodalities = \"{modalities}\"\nmodality_subsets = {subsets}\n"),
         )
         .unwrap();
         let out = d.path().join(name);
@@ -815,4 +821,290 @@ fn predict_names_its_modalities_and_warns_about_a_missing_one() {
             "{name}"
         );
     }
+    let ckpt = d.path().join("subsets/finetune/model.safetensors");
+    let calibrated = d.path().join("calibrated.safetensors");
+    let o = gimp(&[
+        "calibrate",
+        toml.to_str().unwrap(),
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--out",
+        calibrated.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let fit: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let t = fit["temperature"].as_f64().unwrap();
+    assert!(
+        fit["nll_after"].as_f64() <= fit["nll_before"].as_f64(),
+        "{fit}"
+    );
+    let stem = d.path().join("rel");
+    let o = gimp(&[
+        "evaluate",
+        toml.to_str().unwrap(),
+        "--checkpoint",
+        calibrated.to_str().unwrap(),
+        "--reliability",
+        stem.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!((e["temperature"].as_f64().unwrap() - t).abs() < 1e-9, "{e}");
+    assert!(e["overall"]["ece"].as_f64().is_some(), "{e}");
+    assert!(stem.with_extension("png").is_file() && stem.with_extension("svg").is_file());
+}
+
+/// A survival cohort in MCAT's layout (expression only): `split` balances events over the folds'
+/// test parts, `cohort check` reports events and follow-up per part, and a bad value stops it
+/// with its line.
+#[test]
+fn survival_cohort_splits_on_events_and_reports_follow_up() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let mut labels = String::from("case_id,slide_id,label,survival_months,censorship\n");
+    let mut expr = String::from("case_id,G1,G2\n");
+    for i in 0..40 {
+        // Events on every third patient and on the long-lived half's even ones: 0/1 mixed.
+        let censored = if i % 3 == 0 || (i >= 20 && i % 2 == 0) {
+            0
+        } else {
+            1
+        };
+        let class = if i % 2 == 0 { "A" } else { "B" };
+        let time = 2.0 + (i * 7 % 40) as f64 * 1.5;
+        labels.push_str(&format!("p{i},,{class},{time},{censored}.0\n"));
+        expr.push_str(&format!("p{i},{},{}\n", i as f64 * 0.1, (i % 5) as f64));
+    }
+    std::fs::write(dir.join("dataset.csv"), &labels).unwrap();
+    std::fs::write(dir.join("expr.csv"), &expr).unwrap();
+    let toml = dir.join("cohort.toml");
+    std::fs::write(
+        &toml,
+        "[labels]\ncsv = \"dataset.csv\"\n[expression]\nmatrix = \"expr.csv\"\n\
+         orientation = \"samples_by_genes\"\n[survival]\n",
+    )
+    .unwrap();
+    let out = dir.join("folds");
+    let o = gimp(&[
+        "split",
+        toml.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--scheme",
+        "kfold",
+        "--k",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let with_splits = dir.join("with-splits.toml");
+    std::fs::write(
+        &with_splits,
+        "[labels]\ncsv = \"dataset.csv\"\n[expression]\nmatrix = \"expr.csv\"\n\
+         orientation = \"samples_by_genes\"\n[survival]\n[splits]\ndir = \"folds\"\n",
+    )
+    .unwrap();
+    let o = gimp(&["cohort", "check", with_splits.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let events = v["survival"]["all"]["events"].as_u64().unwrap();
+    assert_eq!(events, labels.matches(",0.0\n").count() as u64);
+    let folds = v["survival"]["splits"].as_array().unwrap();
+    assert_eq!(folds.len(), 4);
+    // Stratified dealing: each test part holds a quarter of the events, give or take the strata.
+    for parts in folds {
+        let test_events = parts[2]["events"].as_u64().unwrap();
+        assert!(
+            (test_events as f64 - events as f64 / 4.0).abs() <= 2.0,
+            "{parts}"
+        );
+    }
+    let o = gimp(&["cohort", "check", with_splits.to_str().unwrap()]);
+    assert!(stdout(&o).contains("survival test "), "{}", stdout(&o));
+    std::fs::write(dir.join("dataset.csv"), labels.replace("p7,,B,", "p7,,B,-")).unwrap();
+    let o = gimp(&["cohort", "check", with_splits.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("line 9") && stderr(&o).contains("survival_months"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `survival metrics` on the scikit-survival fixture's tied cohort (written as CSV files) gives
+/// the library's values, which equal scikit-survival's, and draws the Kaplan–Meier figure.
+#[test]
+fn survival_metrics_from_a_csv_equal_scikit_survival() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../gimp-metrics/tests/fixtures/survival.json"),
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let case = &v["cases"][0];
+    let column = |k: &str| case[k].as_array().unwrap().clone();
+    let d = tempfile::tempdir().unwrap();
+    let write = |name: &str,
+                 time: &[serde_json::Value],
+                 event: &[serde_json::Value],
+                 risk: Option<&[serde_json::Value]>| {
+        let mut s = String::from(if risk.is_some() {
+            "time,event,risk\n"
+        } else {
+            "time,event\n"
+        });
+        for i in 0..time.len() {
+            let e = if event[i].as_bool().unwrap() { 1 } else { 0 };
+            match risk {
+                Some(r) => s.push_str(&format!("{},{e},{}\n", time[i], r[i])),
+                None => s.push_str(&format!("{},{e}\n", time[i])),
+            }
+        }
+        let p = d.path().join(name);
+        std::fs::write(&p, s).unwrap();
+        p
+    };
+    let test = write(
+        "test.csv",
+        &column("time"),
+        &column("event"),
+        Some(&column("risk")),
+    );
+    let train = write(
+        "train.csv",
+        &column("train_time"),
+        &column("train_event"),
+        None,
+    );
+    let times: Vec<String> = column("times").iter().map(|t| t.to_string()).collect();
+    let stem = d.path().join("km");
+    let o = gimp(&[
+        "survival",
+        "metrics",
+        test.to_str().unwrap(),
+        "--train",
+        train.to_str().unwrap(),
+        "--times",
+        &times.join(","),
+        "--plot",
+        stem.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let close = |a: &serde_json::Value, b: &serde_json::Value| {
+        (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9
+    };
+    assert!(
+        close(&r["harrell"]["cindex"], &case["harrell"]["cindex"]),
+        "{r}"
+    );
+    assert_eq!(r["harrell"]["tied_time"], case["harrell"]["tied_time"]);
+    assert!(close(&r["uno"]["Ok"], &case["uno"]), "{r}");
+    assert!(
+        close(&r["dynamic_auc"]["Ok"]["mean"], &case["mean_auc"]),
+        "{r}"
+    );
+    assert!(
+        close(
+            &r["logrank_halves"]["statistic"],
+            &case["logrank_two"]["statistic"]
+        ),
+        "{r}"
+    );
+    assert!(stem.with_extension("png").is_file() && stem.with_extension("svg").is_file());
+    // A bad row names its line.
+    std::fs::write(&test, "time,event,risk\n1,1,0.5\n2,yes,0.1\n").unwrap();
+    let o = gimp(&["survival", "metrics", test.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("line 3") && stderr(&o).contains("'event'"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn extract_runs_a_vit_encoder_from_a_weights_file_in_tridents_layout() {
+    let slide = repo().join("data/slides/cmu_small_region.svs");
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    // --list names every encoder with its width and input size.
+    let o = gimp(&["extract", "--list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for name in gimp_extract::encoders::names() {
+        assert!(stdout(&o).contains(name), "{}", stdout(&o));
+    }
+    let virchow = stdout(&o)
+        .lines()
+        .find(|l| l.starts_with("virchow2 "))
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    assert_eq!(
+        virchow.as_deref(),
+        Some("virchow2 2560 224"),
+        "{}",
+        stdout(&o)
+    );
+    // UNI's narrow test network, without the fixture's test tensors: a weights file as a user has.
+    let fixture = repo().join("crates/gimp-extract/tests/fixtures/vit_uni_v1.safetensors");
+    let weights: std::collections::HashMap<String, candle_core::Tensor> =
+        gimp_io::weights::read(&fixture)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("test."))
+            .collect();
+    let wfile = out.join("uni.safetensors");
+    candle_core::safetensors::save(&weights, &wfile).unwrap();
+    let pdir = out.join("patches");
+    gimp_io::h5::write_patches(
+        &pdir.join("cmu_small_region.h5"),
+        &gimp_io::h5::PatchFile {
+            coords: vec![[1024, 256], [1024, 512], [1280, 512]],
+            attrs: gimp_io::h5::PatchAttrs {
+                patch_size: Some(256),
+                patch_level: Some(0),
+                ..Default::default()
+            },
+        },
+    )
+    .unwrap();
+    let args = |enc: &str| {
+        vec![
+            "extract".to_string(),
+            s(&slide),
+            "--patches".into(),
+            s(&pdir),
+            "--encoder".into(),
+            enc.into(),
+            "--weights".into(),
+            s(&wfile),
+            "--out".into(),
+            s(out),
+        ]
+    };
+    let run = |enc: &str| {
+        let a = args(enc);
+        gimp(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let o = run("uni_v1");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ffile = out.join("features_uni_v1/cmu_small_region.h5");
+    let bag = gimp_io::h5::read_features(&ffile, 1 << 30).unwrap();
+    assert_eq!((bag.n, bag.d), (3, 128));
+    assert!(bag.features.iter().all(|v| v.is_finite()));
+    let prov = gimp_io::h5::read_provenance(&ffile).unwrap().unwrap();
+    assert_eq!(prov.encoder, "uni_v1");
+    assert_eq!(
+        prov.weights_sha256,
+        gimp_io::weights::sha256_hex(&wfile).unwrap()
+    );
+    // Done already: the file records this encoder and these weights.
+    let o = run("uni_v1");
+    assert!(stderr(&o).contains("done already"), "{}", stderr(&o));
+    // The wrong encoder for the file: the error lists what is missing and names the right one.
+    let o = run("virchow2");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("missing [reg_token]"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--encoder uni_v1"), "{}", stderr(&o));
 }

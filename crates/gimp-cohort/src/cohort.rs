@@ -94,7 +94,13 @@ pub struct Cohort {
     pub folds: Vec<Fold>,
     /// Feature width shared by every slide, when slides exist and agree.
     pub feature_dim: Option<usize>,
+    /// The encoders recorded on the feature files (`encoder` attribute of gimp-rs's `.h5`
+    /// files) with their file counts; files that record none count under "not recorded".
+    pub feature_encoders: Vec<(String, usize)>,
     pub diagnostics: Diagnostics,
+    /// Each patient's survival outcome (by index into [`Cohort::patients`]) when the cohort file
+    /// has a `[survival]` section.
+    pub survival: Option<Vec<crate::survival::Outcome>>,
 }
 
 /// How much to read when assembling.
@@ -116,6 +122,13 @@ impl Default for LoadOptions {
 }
 
 const LIST_MAX: usize = 10;
+
+/// How `feature_encoders` counts files that record no encoder.
+pub const NOT_RECORDED: &str = "not recorded";
+
+fn short_hash(h: &str) -> &str {
+    &h[..h.len().min(12)]
+}
 
 fn list_some(items: &[String]) -> String {
     let mut s = items
@@ -153,6 +166,8 @@ impl Cohort {
         };
         dataset::check_labels(&csv_path, &table, &label_map)?;
         let mut diag = Diagnostics::default();
+        // Survival values are read strictly: a bad one is an error naming its line.
+        let survival_config = file.config.survival.clone();
         if dropped > 0 {
             diag.warnings.push(format!(
                 "{dropped} row(s) of {} have a label outside `keep` and are left out",
@@ -184,7 +199,10 @@ impl Cohort {
             }
         }
 
-        let feature_dim = Self::attach_features(&file, &mut patients, opts, &mut diag);
+        let mut encoders = BTreeMap::new();
+        let feature_dim =
+            Self::attach_features(&file, &mut patients, opts, &mut diag, &mut encoders);
+        let feature_encoders = Self::check_encoders(encoders, &mut diag);
         let (expression, expression_info) =
             Self::attach_expression(&file, &mut patients, &index, &mut diag);
         let folds = Self::attach_splits(&file, &patients, &index, &slide_owner, &mut diag);
@@ -201,6 +219,15 @@ impl Cohort {
                 list_some(&neither)
             ));
         }
+        let survival = match &survival_config {
+            Some(config) => {
+                let cases: Vec<String> = patients.iter().map(|p| p.case_id.clone()).collect();
+                Some(crate::survival::read_outcomes(
+                    &csv_path, &file.path, &table, config, &cases,
+                )?)
+            }
+            None => None,
+        };
         Ok(Self {
             file,
             table,
@@ -210,8 +237,49 @@ impl Cohort {
             expression_info,
             folds,
             feature_dim,
+            feature_encoders,
             diagnostics: diag,
+            survival,
         })
+    }
+
+    /// Slides of one cohort must come from one encoder: features of two encoders (or one
+    /// encoder's two sets of weights) of the same width would train without complaint and
+    /// mean nothing.
+    fn check_encoders(
+        encoders: BTreeMap<String, Vec<PathBuf>>,
+        diag: &mut Diagnostics,
+    ) -> Vec<(String, usize)> {
+        let recorded: Vec<&String> = encoders.keys().filter(|k| *k != NOT_RECORDED).collect();
+        if recorded.len() > 1 {
+            let detail: Vec<String> = encoders
+                .iter()
+                .map(|(e, files)| {
+                    let names: Vec<String> =
+                        files.iter().map(|f| f.display().to_string()).collect();
+                    format!("{e} in {} file(s): {}", files.len(), list_some(&names))
+                })
+                .collect();
+            diag.errors.push(format!(
+                "the slides' features come from different encoders: {}",
+                detail.join("; ")
+            ));
+        } else if !recorded.is_empty() && encoders.contains_key(NOT_RECORDED) {
+            let files: Vec<String> = encoders[NOT_RECORDED]
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect();
+            diag.warnings.push(format!(
+                "{} feature file(s) record no encoder (the others: {}), so they cannot be checked: {}",
+                files.len(),
+                recorded[0],
+                list_some(&files)
+            ));
+        }
+        encoders
+            .into_iter()
+            .map(|(e, files)| (e, files.len()))
+            .collect()
     }
 
     fn attach_features(
@@ -219,6 +287,7 @@ impl Cohort {
         patients: &mut [Patient],
         opts: LoadOptions,
         diag: &mut Diagnostics,
+        encoders: &mut BTreeMap<String, Vec<PathBuf>>,
     ) -> Option<usize> {
         let fc = file.config.features.as_ref()?;
         let dir = file.resolve(&fc.dir);
@@ -261,6 +330,32 @@ impl Cohort {
                 }
                 if let Some((_, d)) = s.shape {
                     dims.entry(d).or_default().push(path.clone());
+                }
+                if opts.read_shapes || opts.deep {
+                    let is_h5 = path
+                        .extension()
+                        .is_some_and(|e| e.eq_ignore_ascii_case("h5"));
+                    let encoder = if is_h5 {
+                        match gimp_io::h5::read_provenance(&path) {
+                            Ok(p) => p.map(|p| {
+                                format!(
+                                    "{} (weights sha256 {})",
+                                    p.encoder,
+                                    short_hash(&p.weights_sha256)
+                                )
+                            }),
+                            Err(e) => {
+                                diag.errors.push(e.to_string());
+                                None
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    encoders
+                        .entry(encoder.unwrap_or_else(|| NOT_RECORDED.to_string()))
+                        .or_default()
+                        .push(path.clone());
                 }
                 s.path = Some(path);
             }

@@ -15,6 +15,8 @@
 //! sample_sheet = "expression/gdc/gdc_sample_sheet.tsv"
 //! [splits]
 //! files = ["splits/splits_0.csv"]
+//! [survival]                          # optional: time and event columns of the label table
+//! time_column = "survival_months"     # see crate::survival
 //! ```
 //!
 //! Relative paths are relative to the cohort file's folder.
@@ -37,6 +39,10 @@ pub struct CohortConfig {
     pub expression: Option<ExpressionConfig>,
     #[serde(default)]
     pub splits: Option<SplitsConfig>,
+    /// Survival columns of the label table (`crate::survival`); absent for a cohort without
+    /// survival outcomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survival: Option<crate::survival::SurvivalConfig>,
     /// Free-form provenance (the synthetic generator records its parameters here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provenance: Option<toml::Table>,

@@ -7,6 +7,7 @@ pub mod cohort;
 pub mod config;
 pub mod split;
 pub mod summary;
+pub mod survival;
 
 pub use cohort::{Cohort, Fold, LoadOptions, Patient, Slide};
 pub use config::{CohortConfig, CohortFile};

@@ -1,6 +1,7 @@
 //! The summary `gimp-rs cohort check` prints, as a table for people and JSON for scripts.
 
 use crate::cohort::{class_counts, Cohort};
+use crate::survival::{Outcome, OutcomeSummary, TimeUnit};
 use gimp_io::splits::Part;
 use serde::Serialize;
 use std::fmt::Write;
@@ -42,6 +43,46 @@ pub struct SplitSummary {
     pub unassigned: usize,
 }
 
+/// Survival outcomes overall and in the train, validation and test parts of every split.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SurvivalSummary {
+    pub unit: TimeUnit,
+    pub all: OutcomeSummary,
+    /// Per split, `[train, val, test]`.
+    pub splits: Vec<[OutcomeSummary; 3]>,
+}
+
+impl SurvivalSummary {
+    fn of(c: &Cohort, outcomes: &[Outcome]) -> Self {
+        let unit = c
+            .file
+            .config
+            .survival
+            .as_ref()
+            .map(|s| s.unit)
+            .unwrap_or_default();
+        let part = |f: &crate::cohort::Fold, part: Part| {
+            let members: Vec<Outcome> = f.patients(part).iter().map(|&i| outcomes[i]).collect();
+            OutcomeSummary::of(&members)
+        };
+        Self {
+            unit,
+            all: OutcomeSummary::of(outcomes),
+            splits: c
+                .folds
+                .iter()
+                .map(|f| {
+                    [
+                        part(f, Part::Train),
+                        part(f, Part::Val),
+                        part(f, Part::Test),
+                    ]
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ExpressionSummary {
     pub samples: usize,
@@ -58,9 +99,15 @@ pub struct Summary {
     pub classes: Vec<ClassCount>,
     pub modalities: Modalities,
     pub feature_dim: Option<usize>,
+    /// Encoders recorded on the feature files, with file counts.
+    pub feature_encoders: Vec<(String, usize)>,
     pub bag_sizes: Option<BagSizes>,
     pub expression: Option<ExpressionSummary>,
     pub splits: Vec<SplitSummary>,
+    /// Events, censoring and follow-up, overall and per split part, when the cohort has
+    /// survival outcomes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub survival: Option<SurvivalSummary>,
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
 }
@@ -141,9 +188,11 @@ impl Summary {
             classes,
             modalities,
             feature_dim: c.feature_dim,
+            feature_encoders: c.feature_encoders.clone(),
             bag_sizes,
             expression,
             splits,
+            survival: c.survival.as_ref().map(|o| SurvivalSummary::of(c, o)),
             errors: c.diagnostics.errors.clone(),
             warnings: c.diagnostics.warnings.clone(),
         }
@@ -172,6 +221,14 @@ impl Summary {
                 let _ = writeln!(s, "features    none");
             }
         }
+        if !self.feature_encoders.is_empty() {
+            let e: Vec<String> = self
+                .feature_encoders
+                .iter()
+                .map(|(e, n)| format!("{e}: {n} file(s)"))
+                .collect();
+            let _ = writeln!(s, "encoder     {}", e.join("; "));
+        }
         match &self.expression {
             Some(e) => {
                 let _ = writeln!(
@@ -186,7 +243,10 @@ impl Summary {
                 let _ = writeln!(s, "expression  none");
             }
         }
-        for sp in &self.splits {
+        if let Some(sv) = &self.survival {
+            let _ = writeln!(s, "survival    {}", sv.all.render(sv.unit));
+        }
+        for (k, sp) in self.splits.iter().enumerate() {
             let _ = writeln!(s, "\nsplit {} ({})", sp.file, sp.format);
             let _ = writeln!(
                 s,
@@ -202,6 +262,16 @@ impl Summary {
             }
             if sp.unassigned > 0 {
                 let _ = writeln!(s, "  {} patient(s) in no part", sp.unassigned);
+            }
+            if let Some(parts) = self
+                .survival
+                .as_ref()
+                .and_then(|sv| sv.splits.get(k).map(|p| (sv.unit, p)))
+            {
+                let (unit, parts) = parts;
+                for (name, summary) in ["train", "val", "test"].iter().zip(parts.iter()) {
+                    let _ = writeln!(s, "  survival {name:<5} {}", summary.render(unit));
+                }
             }
         }
         if !self.warnings.is_empty() {

@@ -354,3 +354,62 @@ fn feature_cache_matches_source_and_detects_staleness() {
     assert!(cache.open(&src, "s1a").unwrap().is_none());
     assert_eq!(cache.get(&src, "s1a", u64::MAX).unwrap().n, 9);
 }
+
+/// Rewrites slide `slide`'s bag with an encoder recorded on it.
+fn tag(dir: &Path, slide: &str, encoder: &str, sha: &str) {
+    let p = dir.join("features/h5_files").join(format!("{slide}.h5"));
+    let b = h5::read_features(&p, 1 << 20).unwrap();
+    let prov = h5::FeatureProvenance {
+        encoder: encoder.into(),
+        weights_sha256: sha.into(),
+    };
+    h5::write_features_with(&p, &b, Chunking::Clam, Some(&prov)).unwrap();
+}
+
+#[test]
+fn the_encoder_of_the_features_is_reported_and_must_be_one() {
+    let d = tempfile::tempdir().unwrap();
+    base(d.path());
+    for s in ["s1a", "s1b", "s2", "s3", "s4"] {
+        tag(d.path(), s, "uni_v1", &"a".repeat(64));
+    }
+    let c = load(d.path(), "");
+    assert!(
+        c.diagnostics.errors.is_empty(),
+        "{:?}",
+        c.diagnostics.errors
+    );
+    assert_eq!(
+        c.feature_encoders,
+        vec![("uni_v1 (weights sha256 aaaaaaaaaaaa)".to_string(), 5)]
+    );
+    assert!(Summary::of(&c).render().contains("encoder     uni_v1"));
+    // One slide from another encoder of the same width: an error naming both and the file.
+    tag(d.path(), "s3", "phikon_v2", &"b".repeat(64));
+    let c = load(d.path(), "");
+    let e = c.diagnostics.errors.join("\n");
+    assert!(e.contains("different encoders"), "{e}");
+    assert!(e.contains("phikon_v2") && e.contains("s3.h5"), "{e}");
+    // The same encoder with other weights is another encoder too.
+    tag(d.path(), "s3", "uni_v1", &"c".repeat(64));
+    let c = load(d.path(), "");
+    assert!(c
+        .diagnostics
+        .errors
+        .join("\n")
+        .contains("different encoders"));
+    // A file that records nothing is a warning.
+    tag(d.path(), "s3", "uni_v1", &"a".repeat(64));
+    bag(d.path(), "s4", 2, 8);
+    let c = load(d.path(), "");
+    assert!(
+        c.diagnostics.errors.is_empty(),
+        "{:?}",
+        c.diagnostics.errors
+    );
+    assert!(c
+        .diagnostics
+        .warnings
+        .join("\n")
+        .contains("record no encoder"));
+}

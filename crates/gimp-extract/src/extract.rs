@@ -1,15 +1,14 @@
 //! One slide's patches → a bag of features, in the order of the patch file's `coords` (what
-//! CLAM's `extract_features_fp.py` writes, so the rows line up with the coordinates for
-//! heatmaps).
+//! CLAM's `extract_features_fp.py` and TRIDENT write, so the rows line up with the coordinates
+//! for heatmaps), by any [`PatchEncoder`].
 
-use crate::resnet::{normalise, ResNet50Trunc};
-use candle_core::Device;
-use gimp_io::h5::{self, PatchFile};
+use crate::encoders::{Filter, PatchEncoder, Transform};
+use gimp_io::h5::{self, FeatureProvenance, PatchFile};
 use gimp_io::{Bag, DataError, ErrorKind, Result};
 use gimp_slide::{batch, SlideReader};
 use image::imageops::FilterType;
 use rayon::prelude::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// How patches are read and fed to the network.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,13 +66,23 @@ pub fn geometry(
     })
 }
 
-/// Reads patches `coords` as `u8 [B, 3, S, S]` (channel-first, as the network reads them).
+/// Side of the images [`read_patches`] returns: the patch at the target size, then the
+/// encoder's resize and crop.
+pub fn network_side(g: &PatchGeometry, t: &Transform) -> u32 {
+    t.crop.or(t.resize).unwrap_or(g.input_size)
+}
+
+/// Reads patches `coords` as `u8 [B, 3, S, S]` (channel-first, as the network reads them): each
+/// read at `g.level`, resized to `g.input_size` (the patch at the target magnification, as
+/// TRIDENT and CLAM hand it to the transform), then the encoder's transform's resize and
+/// centre crop (torchvision's `Resize` on a PIL image and `CenterCrop`).
 pub fn read_patches(
     slide: &dyn SlideReader,
     coords: &[[i64; 2]],
     g: &PatchGeometry,
+    t: &Transform,
 ) -> Result<Vec<u8>> {
-    let s = g.input_size as usize;
+    let s = network_side(g, t) as usize;
     let per = 3 * s * s;
     let images: Vec<Result<Vec<u8>>> = coords
         .par_iter()
@@ -85,6 +94,35 @@ pub fn read_patches(
                 // Bilinear with a widened kernel when shrinking: torchvision's Resize with
                 // antialias, PIL's BILINEAR.
                 image::imageops::resize(&img, g.input_size, g.input_size, FilterType::Triangle)
+            };
+            let img = match t.resize {
+                Some(r) if r != img.width() => {
+                    let f = match t.filter {
+                        Filter::Bilinear => FilterType::Triangle,
+                        // PIL's BICUBIC is the cubic with a = −0.5, Catmull–Rom.
+                        Filter::Bicubic => FilterType::CatmullRom,
+                    };
+                    image::imageops::resize(&img, r, r, f)
+                }
+                _ => img,
+            };
+            let img = match t.crop {
+                Some(c) if c < img.width() => {
+                    // torchvision's CenterCrop: top-left at round((side − crop) / 2).
+                    let at = ((img.width() - c) as f64 / 2.0).round() as u32;
+                    image::imageops::crop_imm(&img, at, at, c, c).to_image()
+                }
+                Some(c) if c > img.width() => {
+                    return Err(DataError::new(
+                        ErrorKind::Value,
+                        slide.path(),
+                        format!(
+                            "patches of {} px are smaller than the encoder's {c} px crop",
+                            img.width()
+                        ),
+                    ))
+                }
+                _ => img,
             };
             let mut chw = vec![0u8; per];
             for (i, px) in img.pixels().enumerate() {
@@ -107,41 +145,47 @@ pub fn extract_slide(
     slide: &dyn SlideReader,
     patches: &PatchFile,
     g: &PatchGeometry,
-    net: &ResNet50Trunc,
+    encoder: &dyn PatchEncoder,
     batch: usize,
     mut progress: impl FnMut(usize),
 ) -> Result<Bag> {
     let n = patches.coords.len();
-    let d = net.out_dim();
+    let d = encoder.out_dim();
     let mut features = Vec::with_capacity(n * d);
-    let s = g.input_size as usize;
-    let model_err = |e: candle_core::Error| {
-        DataError::new(
-            ErrorKind::Value,
-            slide.path(),
-            format!("feature extraction: {e}"),
-        )
-    };
+    let s = network_side(g, encoder.transform()) as usize;
     for chunk in patches.coords.chunks(batch.max(1)) {
-        let rgb = read_patches(slide, chunk, g)?;
-        let x = normalise(&rgb, chunk.len(), s, s, &Device::Cpu).map_err(model_err)?;
-        let f = net.forward(&x).map_err(model_err)?;
-        features.extend(
-            f.flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(model_err)?,
-        );
+        let rgb = read_patches(slide, chunk, g, encoder.transform())?;
+        let f = encoder.forward_sized(&rgb, chunk.len(), s).map_err(|e| {
+            DataError::new(
+                ErrorKind::Value,
+                slide.path(),
+                format!("feature extraction: {e}"),
+            )
+        })?;
+        features.extend(f);
         progress(chunk.len());
     }
     Bag::from_parts(slide.path(), n, d, features, Some(patches.coords.clone()))
 }
 
-/// Where and how a batch run writes features: `{out}/h5_files/{slide_id}.h5` (CLAM's layout), and
-/// `{out}/pt_files/{slide_id}.pt` with `pt`, the files
-/// [`gimp_slide::batch::features_done`] checks.
+/// Where a run writes each slide's features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `{out}/h5_files/{slide_id}.h5` (and `pt_files/` with `pt`): CLAM's.
+    Clam,
+    /// `{out}/features_{encoder}/{slide_id}.h5`: TRIDENT's, one folder per encoder so several
+    /// encoders' features of a cohort sit side by side.
+    Trident,
+}
+
+/// Where and how a batch run writes features (see [`Layout`]); with `pt`, CLAM's
+/// `{out}/pt_files/{slide_id}.pt` too.
 #[derive(Clone, Copy)]
 pub struct FeatureRun<'a> {
-    pub net: &'a ResNet50Trunc,
+    pub encoder: &'a dyn PatchEncoder,
+    /// SHA-256 of the weights file, recorded with the encoder's name on every feature file.
+    pub weights_sha256: &'a str,
+    pub layout: Layout,
     /// Patches per forward pass.
     pub batch: usize,
     /// Side the network sees; `None`: the patch file's choice (see [`geometry`]).
@@ -151,9 +195,29 @@ pub struct FeatureRun<'a> {
 }
 
 impl FeatureRun<'_> {
-    /// Whether slide `id` with `n_patches` patches needs no work.
+    /// The feature file of slide `id`.
+    pub fn features_path(&self, id: &str) -> PathBuf {
+        match self.layout {
+            Layout::Clam => batch::features_path(self.out, id),
+            Layout::Trident => self
+                .out
+                .join(format!("features_{}", self.encoder.name()))
+                .join(format!("{id}.h5")),
+        }
+    }
+
+    /// Whether slide `id` with `n_patches` patches needs no work: its feature file has a row per
+    /// patch and was made by this encoder from these weights (and, with `pt`, the `.pt` file
+    /// exists).
     pub fn is_done(&self, id: &str, n_patches: usize) -> bool {
-        batch::features_done(self.out, id, n_patches, self.pt)
+        let path = self.features_path(id);
+        h5::feature_shape(&path).is_ok_and(|(n, _)| n == n_patches)
+            && h5::read_provenance(&path).is_ok_and(|p| {
+                p.is_some_and(|p| {
+                    p.encoder == self.encoder.name() && p.weights_sha256 == self.weights_sha256
+                })
+            })
+            && (!self.pt || batch::features_pt_path(self.out, id).is_file())
     }
 
     /// Extracts the features of `slide`'s patches (read from `patch_path`) and writes its files;
@@ -168,11 +232,16 @@ impl FeatureRun<'_> {
         let id = batch::slide_id(slide);
         let s = gimp_slide::open(slide)?;
         let g = geometry(patches, patch_path, self.input_size)?;
-        let bag = extract_slide(s.as_ref(), patches, &g, self.net, self.batch, progress)?;
-        h5::write_features(
-            &batch::features_path(self.out, &id),
+        let bag = extract_slide(s.as_ref(), patches, &g, self.encoder, self.batch, progress)?;
+        let provenance = FeatureProvenance {
+            encoder: self.encoder.name().to_string(),
+            weights_sha256: self.weights_sha256.to_string(),
+        };
+        h5::write_features_with(
+            &self.features_path(&id),
             &bag,
             h5::Chunking::Clam,
+            Some(&provenance),
         )?;
         if self.pt {
             gimp_io::pt::write_bag(&batch::features_pt_path(self.out, &id), &bag)?;

@@ -1,6 +1,10 @@
-//! Patch images → feature vectors: CLAM's `resnet50_trunc` on candle ([`resnet`]) and the
-//! per-slide loop that reads patches, resizes them and runs the network in batches
+//! Patch images → feature vectors: the patch encoders ([`encoders`]: a registry of ViT-family
+//! foundation models on one body, [`vit`], and CLAM's `resnet50_trunc`, [`resnet`]) and the
+//! per-slide loop that reads patches, applies the encoder's transform and runs it in batches
 //! ([`extract`]).
 
+pub mod encoders;
 pub mod extract;
 pub mod resnet;
+pub mod vit;
+pub mod weights;

@@ -210,8 +210,28 @@ pub enum Chunking {
     Rows(u64),
 }
 
+/// Which encoder made a feature file: attributes `encoder` and `encoder_weights_sha256` of its
+/// `features` dataset (gimp-rs writes them; CLAM and TRIDENT files have none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureProvenance {
+    /// The encoder's registry name (TRIDENT's: `uni_v1`, `virchow2`, …).
+    pub encoder: String,
+    /// SHA-256 of the weights file, lower-case hex.
+    pub weights_sha256: String,
+}
+
 /// Writes a CLAM feature file (`features` f32 [N, D], `coords` int32 [N, 2], resizable along N).
 pub fn write_features(path: &Path, bag: &Bag, chunking: Chunking) -> Result<()> {
+    write_features_with(path, bag, chunking, None)
+}
+
+/// [`write_features`], recording the encoder on the `features` dataset when given.
+pub fn write_features_with(
+    path: &Path,
+    bag: &Bag,
+    chunking: Chunking,
+    provenance: Option<&FeatureProvenance>,
+) -> Result<()> {
     let n = bag.n as u64;
     let d = bag.d as u64;
     let rows = match chunking {
@@ -219,11 +239,19 @@ pub fn write_features(path: &Path, bag: &Bag, chunking: Chunking) -> Result<()> 
         Chunking::Rows(k) => k.clamp(1, n.max(1)),
     };
     let mut b = FileBuilder::new();
-    b.create_dataset("features")
+    let ds = b
+        .create_dataset("features")
         .with_f32_data(&bag.features)
         .with_shape(&[n, d])
         .with_maxshape(&[MaxExtent::Unlimited, MaxExtent::Fixed(d)])
         .with_chunks(&[rows, d]);
+    if let Some(p) = provenance {
+        ds.set_attr("encoder", AttrValue::String(p.encoder.clone()));
+        ds.set_attr(
+            "encoder_weights_sha256",
+            AttrValue::String(p.weights_sha256.clone()),
+        );
+    }
     if let Some(coords) = &bag.coords {
         let mut flat = Vec::with_capacity(coords.len() * 2);
         for c in coords {
@@ -247,6 +275,21 @@ pub fn write_features(path: &Path, bag: &Bag, chunking: Chunking) -> Result<()> 
         .finish()
         .map_err(|e| h5_err(path, "could not encode HDF5", e))?;
     write_bytes_atomic(path, &bytes)
+}
+
+/// The encoder recorded on a feature file's `features` dataset; `None` when the file records
+/// none (CLAM's and TRIDENT's files).
+pub fn read_provenance(path: &Path) -> Result<Option<FeatureProvenance>> {
+    let file = open(path)?;
+    let ds = dataset(&file, path, "features")?;
+    let attrs = ds
+        .attrs()
+        .map_err(|e| h5_err(path, "attributes of 'features'", e))?;
+    let text = |k: &str| attrs.get(k).and_then(|v| v.as_str().map(str::to_string));
+    Ok(text("encoder").map(|encoder| FeatureProvenance {
+        encoder,
+        weights_sha256: text("encoder_weights_sha256").unwrap_or_default(),
+    }))
 }
 
 /// Patching parameters stored as attributes of `coords` in CLAM and TRIDENT patch files.
@@ -413,4 +456,30 @@ pub fn write_scores(path: &Path, coords: &[[i64; 2]], scores: &[f32]) -> Result<
         .finish()
         .map_err(|e| h5_err(path, "could not encode HDF5", e))?;
     write_bytes_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_encoder_is_recorded_on_the_features_and_read_back() {
+        let d = tempfile::tempdir().unwrap();
+        let bag =
+            Bag::from_parts(d.path(), 2, 3, vec![0.5; 6], Some(vec![[0, 0], [256, 0]])).unwrap();
+        let plain = d.path().join("plain.h5");
+        write_features(&plain, &bag, Chunking::Clam).unwrap();
+        assert_eq!(read_provenance(&plain).unwrap(), None);
+        let p = FeatureProvenance {
+            encoder: "uni_v1".into(),
+            weights_sha256: "ab".repeat(32),
+        };
+        let tagged = d.path().join("tagged.h5");
+        write_features_with(&tagged, &bag, Chunking::Clam, Some(&p)).unwrap();
+        assert_eq!(read_provenance(&tagged).unwrap(), Some(p));
+        assert_eq!(
+            read_features(&tagged, 1 << 20).unwrap().features,
+            bag.features
+        );
+    }
 }

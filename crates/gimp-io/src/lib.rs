@@ -17,6 +17,7 @@ pub mod pt;
 pub mod safetensors_io;
 pub mod shard;
 pub mod splits;
+pub mod survival_table;
 pub mod text;
 pub mod weights;
 

@@ -26,8 +26,36 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     Ok(t.into_iter().collect())
 }
 
+/// SHA-256 of a file, lower-case hex (recorded with the features a weights file made).
+pub fn sha256_hex(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| DataError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sha256_of_a_known_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("abc");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(
+            super::sha256_hex(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
     #[test]
     fn unreadable_files_are_named() {
         let d = tempfile::tempdir().unwrap();

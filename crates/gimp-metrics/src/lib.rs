@@ -1,5 +1,10 @@
 //! Classification metrics, defined as scikit-learn defines them (the crates tried disagree with
 //! it on ties and multi-class averaging), with the intervals `docs/DESIGN.md` §10 records, and the tests that compare two models.
+//! Survival metrics are in [`survival`].
+
+pub mod survival;
+
+pub mod calibration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -173,6 +178,9 @@ pub struct Report {
     pub roc_auc: Option<Estimate>,
     pub macro_f1: f64,
     pub confusion: Vec<Vec<usize>>,
+    /// Expected calibration error of the top-label probability
+    /// ([`calibration::DEFAULT_BINS`] bins).
+    pub ece: f64,
 }
 
 /// The predicted class of each row of probabilities (the first of equal maxima).
@@ -200,6 +208,7 @@ impl Report {
             roc_auc: roc_auc_bootstrap(y_true, probs, n_classes, 1000, seed),
             macro_f1: macro_f1(y_true, &y_pred, n_classes),
             confusion: confusion(y_true, &y_pred, n_classes),
+            ece: calibration::calibration(y_true, probs, calibration::DEFAULT_BINS).ece,
         }
     }
 }

@@ -73,6 +73,22 @@ pub struct GimpConfig {
     pub genes: GeneEncoderConfig,
     pub n_classes: usize,
     pub head_dropout: f64,
+    /// Who answers for a patient with expression but no slide (docs/DESIGN.md §31).
+    #[serde(default)]
+    pub expression_alone: ExpressionAlone,
+}
+
+/// How GiMP answers from expression alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpressionAlone {
+    /// The fine-tuning head on `[missing-slide embedding, CLS_ge]` (the paper's model has no
+    /// other answer).
+    #[default]
+    FusionHead,
+    /// The gene encoder's own classifier from gene pre-training: with the encoder frozen in
+    /// fine-tuning, GiMP then answers from expression exactly as its gene-only model does.
+    GeneEncoder,
 }
 
 impl GimpConfig {
@@ -201,6 +217,18 @@ impl Gimp {
         }
     }
 
+    /// Logits `[C]` from expression `[G]` alone when [`ExpressionAlone::GeneEncoder`] answers
+    /// them; `None` when the fusion head does.
+    pub fn expression_alone_logits(&self, expr: &Tensor) -> Result<Option<Tensor>> {
+        match self.cfg.expression_alone {
+            ExpressionAlone::FusionHead => Ok(None),
+            ExpressionAlone::GeneEncoder => {
+                let (_, logits) = self.genes.forward(&expr.unsqueeze(0)?, &Mode::eval())?;
+                Ok(Some(logits.squeeze(0)?))
+            }
+        }
+    }
+
     /// The classification head on `CLS_pat` `[d_pat]` → logits `[C]`.
     pub fn head(&self, cls_pat: &Tensor, mode: &Mode) -> Result<Tensor> {
         let h = self.head1.forward(&cls_pat.unsqueeze(0)?)?.relu()?;
@@ -227,7 +255,14 @@ impl Gimp {
             None => (self.missing_img.clone(), None),
         };
         let cls_pat = Tensor::cat(&[cls_img, self.cls_ge(expr, false, mode)?], 0)?;
-        let logits = self.head(&cls_pat, mode)?;
+        let alone = match (bag, expr) {
+            (None, Some(e)) => self.expression_alone_logits(e)?,
+            _ => None,
+        };
+        let logits = match alone {
+            Some(l) => l,
+            None => self.head(&cls_pat, mode)?,
+        };
         Ok(Output {
             logits,
             embedding: cls_pat,
@@ -259,6 +294,7 @@ pub const ARCH: ArchInfo = ArchInfo {
             genes: GeneEncoderConfig::GroupMsa(GroupMsaConfig::gimp(d.genes.max(1), c)),
             n_classes: c,
             head_dropout: 0.25,
+            expression_alone: ExpressionAlone::FusionHead,
         })
     },
     build: |s, v| Ok(Box::new(Gimp::new(s, config(v)?)?)),
@@ -291,6 +327,7 @@ mod tests {
             }),
             n_classes: 2,
             head_dropout: 0.0,
+            expression_alone: ExpressionAlone::FusionHead,
         };
         let store = ParamStore::new(5);
         let model = Gimp::new(&store.root(), cfg).unwrap();

@@ -290,6 +290,10 @@ impl GroupMsa {
 }
 
 impl Model for GroupMsa {
+    fn expression_batch_logits(&self, x: &Tensor, mode: &Mode) -> Result<Option<Tensor>> {
+        Ok(Some(self.encode_with_logits(x, mode)?.1))
+    }
+
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
         let x = expression(input)?.unsqueeze(0)?;
         let cls = self.encode(&x, mode)?;

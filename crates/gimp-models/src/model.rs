@@ -61,6 +61,13 @@ pub trait Model {
         Ok(None)
     }
 
+    /// Logits `[B, C]` of a batch of standardised expression rows `[B, G]`, for the
+    /// expression-only models that can run patients as one batch (the supervised trainer then
+    /// trains them on patient mini-batches); `None` for the others.
+    fn expression_batch_logits(&self, _x: &Tensor, _mode: &Mode) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
     /// The classification loss of one patient's logits `[C]`: cross-entropy, except for models
     /// whose reference trains otherwise (DSMIL: BCE on the one-hot label).
     fn classification_loss(&self, logits: &Tensor, label: usize) -> Result<Tensor> {

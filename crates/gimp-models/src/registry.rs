@@ -51,6 +51,19 @@ pub struct Loaded {
     pub arch: &'static ArchInfo,
     pub model: Box<dyn Model>,
     pub config: Value,
+    /// Temperature the logits are divided by before the softmax: 1, or the one fitted on
+    /// validation by `gimp-rs calibrate` and stored in the checkpoint (docs/DESIGN.md §32).
+    pub temperature: f64,
+}
+
+/// The checkpoint info key of the fitted temperature.
+pub const TEMPERATURE_KEY: &str = "temperature";
+
+impl Loaded {
+    /// Class probabilities of `logits` `[.., C]`: `softmax(logits / temperature)`.
+    pub fn probabilities(&self, logits: &Tensor) -> Result<Tensor> {
+        gimp_nn::ops::softmax_last(&logits.affine(1.0 / self.temperature, 0.0)?)
+    }
 }
 
 /// Builds `arch` from a weights file's tensors (by the reference's parameter names), with the
@@ -80,14 +93,27 @@ pub fn load(
         arch,
         model,
         config,
+        temperature: 1.0,
     })
 }
 
 /// The model a gimp-rs checkpoint holds (its architecture and config are stored in it).
 pub fn load_checkpoint(ckpt: &Checkpoint) -> Result<Loaded> {
-    load(
+    let mut loaded = load(
         lookup(&ckpt.arch)?,
         ckpt.weights.clone(),
         Some(ckpt.config.clone()),
-    )
+    )?;
+    if let Some(t) = ckpt.info.get(TEMPERATURE_KEY) {
+        loaded.temperature = t
+            .parse::<f64>()
+            .ok()
+            .filter(|t| t.is_finite() && *t > 0.0)
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "checkpoint info '{TEMPERATURE_KEY}' = '{t}' is not a positive number"
+                ))
+            })?;
+    }
+    Ok(loaded)
 }

@@ -81,6 +81,14 @@ impl Snn {
 }
 
 impl Model for Snn {
+    fn expression_batch_logits(
+        &self,
+        x: &candle_core::Tensor,
+        mode: &Mode,
+    ) -> Result<Option<candle_core::Tensor>> {
+        Ok(Some(self.encode_with_logits(x, mode)?.1))
+    }
+
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
         let mut h = expression(input)?.unsqueeze(0)?;
         for b in &self.blocks {

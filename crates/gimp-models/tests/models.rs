@@ -213,7 +213,7 @@ fn checkpoint_round_trip_keeps_outputs_and_preprocessing() {
 
 #[test]
 fn gimp_runs_with_either_modality_missing() {
-    use gimp_models::gimp::{GeneEncoderConfig, Gimp, GimpConfig};
+    use gimp_models::gimp::{ExpressionAlone, GeneEncoderConfig, Gimp, GimpConfig};
     let mut agg = AggregatorConfig::gimp(16);
     agg.dim = 32;
     agg.attention = gimp_nn::nystrom::NystromConfig {
@@ -232,6 +232,7 @@ fn gimp_runs_with_either_modality_missing() {
         genes: GeneEncoderConfig::GroupMsa(g),
         n_classes: 2,
         head_dropout: 0.25,
+        expression_alone: ExpressionAlone::FusionHead,
     };
     let m = Gimp::new(&ParamStore::new(1).root(), cfg).unwrap();
     let bag = rand_tensor(&[30, 16], 1);

@@ -9,6 +9,7 @@ pub mod nystrom;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod survival;
 
 pub use candle_core::{Device, Result, Tensor};
 pub use cpu::fused_linear::Activation;

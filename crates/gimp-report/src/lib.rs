@@ -8,6 +8,8 @@ use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
 
+pub mod kaplan_meier;
+pub mod reliability;
 pub mod tsne;
 
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");

@@ -227,6 +227,7 @@ pub fn generate(
             files: vec!["splits/splits_0.csv".into()],
             dir: None,
         }),
+        survival: None,
         provenance: Some(provenance),
     };
     let text = toml::to_string_pretty(&cohort).map_err(|e| {

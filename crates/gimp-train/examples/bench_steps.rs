@@ -19,7 +19,7 @@
 use candle_core::{Device, Tensor};
 use gimp_models::aggregator::AggregatorConfig;
 use gimp_models::clam::{Branches, Clam, ClamConfig};
-use gimp_models::gimp::{GeneEncoder, GeneEncoderConfig, Gimp, GimpConfig};
+use gimp_models::gimp::{ExpressionAlone, GeneEncoder, GeneEncoderConfig, Gimp, GimpConfig};
 use gimp_models::group_msa::GroupMsaConfig;
 use gimp_models::model::{Input, Model};
 use gimp_models::transmil::{Transmil, TransmilConfig};
@@ -74,6 +74,7 @@ fn finetune_step(n: usize, repeat: usize) -> candle_core::Result<f64> {
         genes: GeneEncoderConfig::GroupMsa(GroupMsaConfig::gimp(60_480, 2)),
         n_classes: 2,
         head_dropout: 0.25,
+        expression_alone: ExpressionAlone::FusionHead,
     };
     let store = ParamStore::new(0);
     let model = Gimp::new(&store.root(), cfg)?;
@@ -170,6 +171,7 @@ fn main() -> candle_core::Result<()> {
             genes: GeneEncoderConfig::GroupMsa(GroupMsaConfig::gimp(60_480, 2)),
             n_classes: 2,
             head_dropout: 0.25,
+            expression_alone: ExpressionAlone::FusionHead,
         };
         let store = ParamStore::new(0);
         let model = Gimp::new(&store.root(), cfg)?;

@@ -64,6 +64,20 @@ pub enum Modalities {
     Genes,
 }
 
+impl std::str::FromStr for Modalities {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "both" => Ok(Self::Both),
+            "image" => Ok(Self::Image),
+            "genes" => Ok(Self::Genes),
+            other => Err(format!(
+                "unknown modalities '{other}'; known: both, image, genes"
+            )),
+        }
+    }
+}
+
 impl Modalities {
     pub fn slides(self) -> bool {
         self != Modalities::Genes
@@ -175,6 +189,13 @@ pub struct FinetuneStage {
     /// now and then makes the head learn both (modality dropout, *ours*).
     #[serde(default)]
     pub modality_dropout: f64,
+    /// Train and select GiMP for a missing modality too (*ours*, off in the paper preset): for a
+    /// patient with both, each step's loss is the mean cross-entropy of the head on both halves,
+    /// on the slide alone and on the expression alone (the absent half is the learned "missing"
+    /// embedding), and validation scores the same three answers, so the epoch kept is the best
+    /// for a deployment where either modality may be absent (docs/DESIGN.md §31).
+    #[serde(default)]
+    pub modality_subsets: bool,
     /// Off in both presets: the paper fine-tunes up to 70 epochs and keeps the best.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<EarlyStopping>,
@@ -234,6 +255,7 @@ impl RunConfig {
                 memory_limit_gb: None,
                 modalities: Modalities::Both,
                 modality_dropout: 0.0,
+                modality_subsets: false,
                 early_stopping: None,
             },
         }
@@ -266,9 +288,10 @@ impl RunConfig {
         c.finetune.lr = 3e-4;
         c.finetune.max_patches = Some(512);
         // With 96 training patients the frozen gene half separates the training set after one
-        // epoch and the head ignores the image half; hiding the expression of 60% of the
-        // training steps makes it use both (docs/TRAINING.md, "The demo").
-        c.finetune.modality_dropout = 0.6;
+        // epoch and the head ignores the image half. Training (and selecting the epoch on) the
+        // answers with both halves, the slide alone and the expression alone makes it use both
+        // and answer with either alone (docs/TRAINING.md, "The demo"; DESIGN.md §31).
+        c.finetune.modality_subsets = true;
         c
     }
 

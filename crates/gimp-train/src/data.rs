@@ -2,6 +2,7 @@
 //! the memory-mapped cache on demand, so a 100 GB cohort never has to fit in memory), and the
 //! expression standardised with training-split statistics only (`docs/DESIGN.md` §3).
 
+use crate::config::Modalities;
 use candle_core::{Device, Tensor};
 use gimp_cohort::cache::FeatureCache;
 use gimp_cohort::Cohort;
@@ -66,10 +67,35 @@ impl Prepared {
         let fold = fold
             .or_else(|| ckpt.info.get("fold").and_then(|f| f.parse().ok()))
             .unwrap_or(0);
-        let Some(p) = &ckpt.preprocessing else {
-            return Self::new(cohort, fold, ExpressionTransform::None);
+        let prepared = match &ckpt.preprocessing {
+            None => Self::new(cohort, fold, ExpressionTransform::None)?,
+            Some(p) => Self::new(cohort, fold, p.transform)?.with_preprocessing(p)?,
         };
-        Self::new(cohort, fold, p.transform)?.with_preprocessing(p)
+        // A GiMP part fine-tuned on one modality (`finetune.modalities`) is evaluated as it was
+        // validated: on that modality, the other half being its "missing" embedding.
+        let fine_tuned_on = ckpt
+            .info
+            .get("training")
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+            .and_then(|t| t["finetune"]["modalities"].as_str().map(str::to_owned));
+        Ok(match fine_tuned_on.as_deref().map(str::parse) {
+            Some(Ok(m)) => prepared.only(m),
+            _ => prepared,
+        })
+    }
+
+    /// Only modalities `m` of every patient: the others are treated as missing (a deployment
+    /// where they are not available).
+    pub fn only(mut self, m: Modalities) -> Self {
+        for p in &mut self.patients {
+            if !m.expression() {
+                p.expression = None;
+            }
+            if !m.slides() {
+                p.slides.clear();
+            }
+        }
+        self
     }
 
     /// Prepares split `fold` of `cohort`, its expression transformed by `t`.
@@ -159,9 +185,10 @@ impl Prepared {
     /// statistics) instead of statistics recomputed from this cohort.
     pub fn with_preprocessing(mut self, p: &Preprocessing) -> Result<Self> {
         let Some(own) = &self.preprocessing else {
-            return Err(DataErr::Msg(
-                "the cohort has no expression; the model needs it".into(),
-            ));
+            // No expression at all: every patient is a slide-only patient, which a model that
+            // reads expression answers without it or leaves out (its `InputKind` decides).
+            self.preprocessing = Some(p.clone());
+            return Ok(self);
         };
         if own.transform != p.transform {
             return Err(DataErr::Msg(format!(

@@ -3,10 +3,11 @@
 
 use crate::data::{DataErr, Prepared, Result};
 use gimp_io::splits::Part;
+use gimp_metrics::calibration::{self, Calibration};
 use gimp_metrics::Report;
 use gimp_models::registry::{self, Loaded};
 use gimp_nn::checkpoint::Checkpoint;
-use gimp_nn::{ops, Mode};
+use gimp_nn::Mode;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -16,6 +17,70 @@ pub struct Evaluation {
     pub overall: Report,
     /// `slides+expression`, `slides only`, `expression only`.
     pub by_modality: BTreeMap<String, Report>,
+    /// The temperature the probabilities were computed at (1 unless `calibrate` fitted one).
+    pub temperature: f64,
+    /// The reliability diagram's bins and the calibration errors of `overall`.
+    pub calibration: Calibration,
+}
+
+/// A temperature fitted on the validation split (docs/DESIGN.md §32), with what it changes there.
+#[derive(Debug, Clone, Serialize)]
+pub struct TemperatureFit {
+    pub temperature: f64,
+    /// Validation patients it was fitted on.
+    pub n: usize,
+    pub nll_before: f64,
+    pub nll_after: f64,
+    pub ece_before: f64,
+    pub ece_after: f64,
+}
+
+/// Fits the temperature of `m` (whose own temperature is ignored) on the validation split of
+/// `data` by minimising the negative log-likelihood; the predicted classes do not change.
+pub fn fit_temperature(m: &Loaded, data: &Prepared) -> Result<TemperatureFit> {
+    let (y, probs) = predictions(m, data, Part::Val, 1.0)?;
+    if y.is_empty() {
+        return Err(DataErr::Msg(
+            "no validation patient has the input this model reads: a temperature is fitted on \
+             the validation split"
+                .into(),
+        ));
+    }
+    let t = calibration::fit_temperature(&y, &probs);
+    let after = calibration::with_temperature(&probs, t);
+    let ece = |p: &[Vec<f64>]| calibration::calibration(&y, p, calibration::DEFAULT_BINS).ece;
+    Ok(TemperatureFit {
+        temperature: t,
+        n: y.len(),
+        nll_before: calibration::nll_at(&y, &probs, 1.0),
+        nll_after: calibration::nll_at(&y, &probs, t),
+        ece_before: ece(&probs),
+        ece_after: ece(&after),
+    })
+}
+
+/// Labels and probabilities (at temperature `t`) of every patient of `part` that has what the
+/// model reads.
+fn predictions(
+    m: &Loaded,
+    data: &Prepared,
+    part: Part,
+    t: f64,
+) -> Result<(Vec<usize>, Vec<Vec<f64>>)> {
+    let (mut y, mut probs) = (Vec::new(), Vec::new());
+    for &i in split_indices(data, part) {
+        let Some(out) = run_patient(m, data, i)? else {
+            continue;
+        };
+        let logits = out.logits.affine(1.0 / t, 0.0)?;
+        probs.push(
+            gimp_nn::ops::softmax_last(&logits)?
+                .to_dtype(candle_core::DType::F64)?
+                .to_vec1()?,
+        );
+        y.push(data.patients[i].label);
+    }
+    Ok((y, probs))
 }
 
 /// A model to run: from a gimp-rs checkpoint (with its classes and expression preprocessing),
@@ -72,18 +137,20 @@ impl ModelSource {
 impl ModelSource {
     /// Why an answer from only some of the modalities a model reads may not be trustworthy.
     /// GiMP answers without expression (or slides) through its learned "missing" embedding;
-    /// fine-tuned on both modalities it answers near chance that way — measured even with
-    /// modality dropout (the demo's GiMP, given only slides, gives 0.50–0.53 to every test
-    /// patient). Only a model fine-tuned on the one modality (`finetune.modalities`) is trained
-    /// for it. `None` when the model has both, reads only one anyway, or was trained for the case.
+    /// fine-tuned on both modalities alone it answers near chance that way (the demo's GiMP with
+    /// modality dropout, given only slides, gave 0.50–0.53 to every test patient). A model
+    /// fine-tuned on the one modality (`finetune.modalities`) or on every subset
+    /// (`finetune.modality_subsets`, docs/DESIGN.md §31) is trained for it. `None` when the model
+    /// has both, reads only one anyway, or was trained for the case.
     pub fn missing_modality_warning(&self, slides: bool, expression: bool) -> Option<String> {
         if self.loaded.arch.input != gimp_models::InputKind::Multimodal || (slides && expression) {
             return None;
         }
-        let modalities = self
-            .training
-            .as_ref()
-            .and_then(|t| t["finetune"]["modalities"].as_str());
+        let finetune = self.training.as_ref().map(|t| &t["finetune"]);
+        if finetune.is_some_and(|f| f["modality_subsets"].as_bool() == Some(true)) {
+            return None;
+        }
+        let modalities = finetune.and_then(|f| f["modalities"].as_str());
         let (missing, alone) = match slides {
             true => ("expression", "image"),
             false => ("slide features", "genes"),
@@ -91,8 +158,9 @@ impl ModelSource {
         (modalities != Some(alone)).then(|| {
             format!(
                 "{} was fine-tuned with both modalities; without {missing} it answers through a \
-                 placeholder embedding and may be near chance: prefer a model fine-tuned on the \
-                 modality you have (finetune.modalities = \"{alone}\")",
+                 placeholder embedding and may be near chance: prefer a model fine-tuned for it \
+                 (finetune.modality_subsets = true) or on the modality you have \
+                 (finetune.modalities = \"{alone}\")",
                 self.loaded.arch.name
             )
         })
@@ -168,7 +236,8 @@ pub fn evaluate(m: &Loaded, data: &Prepared, part: Part, seed: u64) -> Result<Ev
         let Some(out) = run_patient(m, data, i)? else {
             continue;
         };
-        let p: Vec<f64> = ops::softmax_last(&out.logits)?
+        let p: Vec<f64> = m
+            .probabilities(&out.logits)?
             .to_dtype(candle_core::DType::F64)?
             .to_vec1()?;
         let y = data.patients[i].label;
@@ -186,6 +255,8 @@ pub fn evaluate(m: &Loaded, data: &Prepared, part: Part, seed: u64) -> Result<Ev
     }
     Ok(Evaluation {
         split: part.name().to_string(),
+        temperature: m.temperature,
+        calibration: calibration::calibration(&all.0, &all.1, calibration::DEFAULT_BINS),
         overall: Report::new(&all.0, &all.1, nc, seed),
         by_modality: groups
             .into_iter()

@@ -827,6 +827,8 @@ pub fn summarise(rows: &[&Row], runs: &[Run]) -> Result<Vec<RowSummary>> {
                     }),
                     macro_f1: f1,
                     confusion: conf,
+                    // Runs from before calibration was reported have none.
+                    ece: t["ece"].as_f64().unwrap_or(f64::NAN),
                 });
             }
         }

@@ -140,6 +140,17 @@ impl Predictions {
         (!self.labels.is_empty()).then(|| Report::new(&self.labels, &self.probs, n_classes, seed))
     }
 
+    /// Appends `other`'s predictions; the loss becomes the mean over all of them.
+    pub fn extend(&mut self, other: Predictions) {
+        let (n, m) = (self.labels.len() as f64, other.labels.len() as f64);
+        if n + m > 0.0 {
+            self.loss = (self.loss * n + other.loss * m) / (n + m);
+        }
+        self.patients.extend(other.patients);
+        self.labels.extend(other.labels);
+        self.probs.extend(other.probs);
+    }
+
     pub fn accuracy(&self) -> f64 {
         if self.labels.is_empty() {
             f64::NAN

@@ -5,5 +5,6 @@ pub mod experiment;
 pub mod model;
 pub mod slide;
 pub mod split;
+pub mod survival;
 pub mod synth;
 pub mod train;

@@ -2,7 +2,7 @@ use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use gimp_models::registry::REGISTRY;
 use gimp_nn::checkpoint::Checkpoint;
-use gimp_nn::{ops, Mode};
+use gimp_nn::Mode;
 use gimp_train::data::expression_row;
 use gimp_train::evaluate::ModelSource;
 use serde::Serialize;
@@ -192,7 +192,7 @@ fn run_model(a: RunArgs) -> Result<ExitCode> {
         })?;
     let out = loaded.model.forward(&input, &Mode::inference())?;
     let logits: Vec<f32> = out.logits.to_vec1()?;
-    let probabilities: Vec<f32> = ops::softmax_last(&out.logits)?.to_vec1()?;
+    let probabilities: Vec<f32> = loaded.probabilities(&out.logits)?.to_vec1()?;
     let predicted = probabilities
         .iter()
         .enumerate()

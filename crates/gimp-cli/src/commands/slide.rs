@@ -1,5 +1,5 @@
 //! From slides to features and back: `slide info`, `patch` (segmentation + patch grid),
-//! `extract` (ResNet50-trunc features) and `heatmap` (per-patch scores of a trained model).
+//! `extract` (features by any registered patch encoder) and `heatmap` (per-patch scores of a trained model).
 //! Batch commands take slide files or folders, skip finished slides, keep going past a bad slide
 //! (and exit 1 at the end), and split the list across machines with `--shard i/n` or a Slurm
 //! array; that batch logic is `gimp_slide::batch`, the per-slide extraction
@@ -8,8 +8,8 @@
 use crate::progress;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
-use gimp_extract::extract::FeatureRun;
-use gimp_extract::resnet::ResNet50Trunc;
+use gimp_extract::encoders::{self, ENCODERS};
+use gimp_extract::extract::{FeatureRun, Layout};
 use gimp_io::h5;
 use gimp_slide::batch::{self, ProcessList};
 use gimp_slide::overlay::{self, PatchGrid};
@@ -269,25 +269,37 @@ pub fn patch(a: PatchArgs) -> Result<ExitCode> {
 #[derive(clap::Args)]
 pub struct ExtractArgs {
     /// Slide files, or folders of them.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "list")]
     slides: Vec<PathBuf>,
     /// Folder of patch files ({slide_id}.h5, from `gimp-rs patch` or CLAM/TRIDENT).
+    #[arg(long, required_unless_present = "list")]
+    patches: Option<PathBuf>,
+    /// Patch encoder (TRIDENT's names; `--list` shows them).
+    #[arg(long, default_value = "resnet50_trunc")]
+    encoder: String,
+    /// The encoder's weights by the reference's parameter names: safetensors, or a torch state
+    /// dict (pytorch_model.bin, .pth). Nothing is downloaded.
+    #[arg(long, required_unless_present = "list")]
+    weights: Option<PathBuf>,
+    /// List the encoders: output width, input size, transform and normalisation.
     #[arg(long)]
-    patches: PathBuf,
-    /// ResNet-50 weights by torchvision's names (safetensors, or a torch .pth state dict).
+    list: bool,
+    /// Output folder.
+    #[arg(long, required_unless_present = "list")]
+    out: Option<PathBuf>,
+    /// Where features go: trident (features_{encoder}/{slide_id}.h5) or clam
+    /// (h5_files/{slide_id}.h5). Default: clam for resnet50_trunc, trident for the others.
     #[arg(long)]
-    weights: PathBuf,
-    /// Output folder: h5_files/{slide_id}.h5 (CLAM's layout), pt_files/{slide_id}.pt with --pt.
-    #[arg(long)]
-    out: PathBuf,
+    layout: Option<String>,
     /// Patches per forward pass.
     #[arg(long, default_value_t = 32)]
     batch: usize,
-    /// Resize patches to this side before the network (CLAM's --target_patch_size; 224 for
-    /// 2024+ CLAM feature sets). Default: the patch file's target size, else as read.
+    /// Resize patches to this side before the encoder's own transform (CLAM's
+    /// --target_patch_size; 224 for 2024+ CLAM feature sets). Default: the patch file's target
+    /// size, else as read.
     #[arg(long)]
     target_patch_size: Option<u32>,
-    /// Also write pt_files/{slide_id}.pt (torch.save of the [N, 1024] tensor).
+    /// Also write pt_files/{slide_id}.pt (torch.save of the [N, D] tensor).
     #[arg(long)]
     pt: bool,
     /// Redo slides that already have features.
@@ -297,16 +309,67 @@ pub struct ExtractArgs {
     shard: Shard,
 }
 
+/// `extract --list`: one line per encoder.
+fn list_encoders() {
+    println!(
+        "{:<16}{:>6}{:>7}  what; transform",
+        "encoder", "width", "input"
+    );
+    for s in ENCODERS {
+        let input = s
+            .transform
+            .input_size()
+            .map_or("as read".to_string(), |v| v.to_string());
+        println!(
+            "{:<16}{:>6}{:>9}  {}; {}",
+            s.name,
+            s.out_dim,
+            input,
+            s.summary,
+            s.transform.describe()
+        );
+        println!("{:<33}weights: {}", "", s.weights);
+    }
+}
+
 pub fn extract(a: ExtractArgs) -> Result<ExitCode> {
+    if a.list {
+        list_encoders();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (Some(patch_dir), Some(weights), Some(out)) = (&a.patches, &a.weights, &a.out) else {
+        bail!("--patches, --weights and --out are needed (or --list)");
+    };
+    let spec = encoders::find(&a.encoder).with_context(|| {
+        format!(
+            "unknown --encoder '{}'; known: {}",
+            a.encoder,
+            encoders::names().join(", ")
+        )
+    })?;
+    let layout = match a.layout.as_deref() {
+        None if spec.name == "resnet50_trunc" => Layout::Clam,
+        None | Some("trident") => Layout::Trident,
+        Some("clam") => Layout::Clam,
+        Some(other) => bail!("unknown --layout '{other}'; known: trident, clam"),
+    };
     let slides = slide_list(&a.slides, a.shard.resolve()?.as_ref())?;
-    let weights = gimp_io::weights::read(&a.weights)?;
-    let net = ResNet50Trunc::new(weights)
-        .with_context(|| format!("{}: not ResNet-50 weights", a.weights.display()))?;
+    let encoder = spec.load(weights)?;
+    let sha = gimp_io::weights::sha256_hex(weights)?;
+    eprintln!(
+        "{}: {}-d features from {} (sha256 {})",
+        spec.name,
+        encoder.out_dim(),
+        weights.display(),
+        &sha[..12]
+    );
     let run = FeatureRun {
-        net: &net,
+        encoder: encoder.as_ref(),
+        weights_sha256: &sha,
+        layout,
         batch: a.batch,
         input_size: a.target_patch_size,
-        out: &a.out,
+        out,
         pt: a.pt,
     };
     // Patch files are read up front so the progress bar can count patches, not slides.
@@ -314,7 +377,7 @@ pub fn extract(a: ExtractArgs) -> Result<ExitCode> {
     let mut failed = 0;
     for slide in &slides {
         let id = batch::slide_id(slide);
-        let pfile = a.patches.join(format!("{id}.h5"));
+        let pfile = patch_dir.join(format!("{id}.h5"));
         let patches = match h5::read_patches(&pfile) {
             Ok(p) => p,
             Err(e) => {

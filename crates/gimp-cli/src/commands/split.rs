@@ -69,8 +69,22 @@ pub fn run(a: Args) -> Result<ExitCode> {
             deep: false,
         },
     )?;
-    let labels: Vec<usize> = c.patients.iter().map(|p| p.label).collect();
-    check_scheme(&labels, scheme).map_err(|e| anyhow!("{}: {e}", cohort.display()))?;
+    // A survival cohort is balanced on events and time bins (MCAT's labels), a classification
+    // cohort on its classes.
+    let labels: Vec<usize> = match (&c.survival, &c.file.config.survival) {
+        (Some(outcomes), Some(config)) => {
+            let strata = gimp_cohort::survival::strata(outcomes, config.bins)
+                .map_err(|e| anyhow!("{}: {e}", cohort.display()))?;
+            gimp_cohort::survival::check_scheme(outcomes, scheme)
+                .map_err(|e| anyhow!("{}: {e}", cohort.display()))?;
+            strata
+        }
+        _ => {
+            let labels: Vec<usize> = c.patients.iter().map(|p| p.label).collect();
+            check_scheme(&labels, scheme).map_err(|e| anyhow!("{}: {e}", cohort.display()))?;
+            labels
+        }
+    };
     let splits = make_splits(&labels, scheme, a.seed);
     for (k, n) in write_splits(&c, &splits, &out)?.iter().enumerate() {
         println!(

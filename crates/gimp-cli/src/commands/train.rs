@@ -190,8 +190,62 @@ pub struct EvalArgs {
     /// Seed of the bootstrap intervals.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Evaluate as if only these were available: `image` (slides alone), `genes` (expression
+    /// alone) or `both`; patients left with neither are skipped.
+    #[arg(long, default_value = "both")]
+    pub modalities: gimp_train::config::Modalities,
+    /// Where the reliability diagram goes: STEM.png and STEM.svg (default: beside the
+    /// checkpoint, reliability-{split}).
+    #[arg(long)]
+    pub reliability: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct CalibrateArgs {
+    pub cohort: PathBuf,
+    /// A gimp-rs checkpoint (any architecture).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Write the calibrated checkpoint here (default: replace the checkpoint, atomically).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Which split file (default: the one the checkpoint was trained on).
+    #[arg(long)]
+    pub fold: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn calibrate(a: CalibrateArgs) -> Result<ExitCode> {
+    let mut ckpt = gimp_nn::checkpoint::Checkpoint::load(&a.checkpoint)?;
+    let data = load_for(&a.cohort, &ckpt, a.fold)?;
+    let m = gimp_train::evaluate::load(&ckpt)?;
+    let fit = gimp_train::evaluate::fit_temperature(&m, &data)?;
+    ckpt.info.insert(
+        gimp_models::registry::TEMPERATURE_KEY.to_string(),
+        fit.temperature.to_string(),
+    );
+    let out = a.out.as_deref().unwrap_or(&a.checkpoint);
+    ckpt.save(out)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&fit)?);
+    } else {
+        println!(
+            "temperature {:.4} fitted on {} validation patients\n  \
+             negative log-likelihood {:.4} → {:.4}\n  \
+             expected calibration error {:.4} → {:.4}\nwritten to {}",
+            fit.temperature,
+            fit.n,
+            fit.nll_before,
+            fit.nll_after,
+            fit.ece_before,
+            fit.ece_after,
+            out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_for(
@@ -206,9 +260,21 @@ fn load_for(
 pub fn evaluate(a: EvalArgs) -> Result<ExitCode> {
     let part = a.split;
     let ckpt = gimp_nn::checkpoint::Checkpoint::load(&a.checkpoint)?;
-    let data = load_for(&a.cohort, &ckpt, a.fold)?;
+    let data = load_for(&a.cohort, &ckpt, a.fold)?.only(a.modalities);
     let m = gimp_train::evaluate::load(&ckpt)?;
     let e = gimp_train::evaluate::evaluate(&m, &data, part, a.seed)?;
+    let stem = a.reliability.clone().unwrap_or_else(|| {
+        a.checkpoint
+            .with_file_name(format!("reliability-{}", e.split))
+    });
+    gimp_report::reliability::plot(
+        &e.calibration,
+        &format!(
+            "{} ({} split, T = {:.3})",
+            ckpt.arch, e.split, e.temperature
+        ),
+        &stem,
+    )?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&e)?);
     } else {
@@ -233,6 +299,11 @@ pub fn evaluate(a: EvalArgs) -> Result<ExitCode> {
                 );
             }
         }
+        println!(
+            "reliability diagram (temperature {:.3}): {}.png, .svg",
+            e.temperature,
+            stem.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,88 @@
+"""Write a real survival cohort with gene expression, installed from PyPI, as a gimp-rs cohort.
+
+Sources (neither is in the repository; see docs/REAL_DATA.md):
+  sksurv-breast-cancer  scikit-survival's GSE7390 (TRANSBIG): 198 patients, 76 probes, distant
+                        metastasis in days; the class label is ER status.
+  survset:NAME UNIT     a SurvSet data set with expression (DLBCL, chop, DBCD, gse1992, ...;
+                        `pip install survset`); no class label, every patient is "all".
+                        SurvSet does not record the time unit: give it (days, months or years)
+                        from the data set's source.
+
+Output folder: dataset.csv (case_id, slide_id empty, label, time, event), expression.csv
+(patients x genes) and cohort.toml with a [survival] section naming the columns and the unit.
+
+    python3 tools/export_survival_cohort.py sksurv-breast-cancer OUT_DIR
+    python3 tools/export_survival_cohort.py survset:DLBCL OUT_DIR years
+    gimp-rs split OUT_DIR/cohort.toml --scheme kfold --k 5 --out OUT_DIR/splits
+    gimp-rs cohort check OUT_DIR/cohort.toml
+"""
+import os
+import sys
+
+import pandas as pd
+
+
+def sksurv_breast_cancer():
+    from sksurv.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer()
+    genes = [c for c in x.columns if c.startswith("X")]
+    ids = [f"GSE7390-{i:03d}" for i in range(len(x))]
+    table = pd.DataFrame({
+        "case_id": ids,
+        "slide_id": "",
+        "label": x["er"].astype(str).values,
+        "time_days": y["t.tdm"],
+        "event": y["e.tdm"].astype(int),
+    })
+    expression = x[genes].astype(float)
+    expression.index = ids
+    return table, expression, "days"
+
+
+def survset(name, unit):
+    from SurvSet.data import SurvLoader
+
+    df = SurvLoader().load_dataset(ds_name=name)["df"]
+    genes = [c for c in df.columns if c.startswith("num_")]
+    ids = [f"{name}-{p}" for p in df["pid"]]
+    table = pd.DataFrame({
+        "case_id": ids,
+        "slide_id": "",
+        "label": "all",
+        "time": df["time"].values,
+        "event": df["event"].astype(int).values,
+    })
+    expression = df[genes].astype(float)
+    expression.columns = [g[len("num_"):] for g in genes]
+    expression.index = ids
+    return table, expression, unit
+
+
+def main():
+    if len(sys.argv) not in (3, 4):
+        sys.exit(__doc__)
+    source, out = sys.argv[1], sys.argv[2]
+    if source == "sksurv-breast-cancer":
+        table, expression, unit = sksurv_breast_cancer()
+    elif source.startswith("survset:") and len(sys.argv) == 4 and sys.argv[3] in ("days", "months", "years"):
+        table, expression, unit = survset(source.split(":", 1)[1], sys.argv[3])
+    else:
+        sys.exit(f"unknown source {source!r}\n{__doc__}")
+    expression = expression.loc[:, expression.notna().all()]
+    os.makedirs(out, exist_ok=True)
+    table.to_csv(os.path.join(out, "dataset.csv"), index=False)
+    expression.index.name = "case_id"
+    expression.to_csv(os.path.join(out, "expression.csv"))
+    time_column = "time_days" if "time_days" in table else "time"
+    with open(os.path.join(out, "cohort.toml"), "w") as f:
+        f.write(f"# {source}, written by tools/export_survival_cohort.py\n"
+                "[labels]\ncsv = \"dataset.csv\"\n"
+                "[expression]\nmatrix = \"expression.csv\"\norientation = \"samples_by_genes\"\n"
+                f"[survival]\ntime_column = \"{time_column}\"\nevent_column = \"event\"\nunit = \"{unit}\"\n")
+    print(f"{out}: {len(table)} patients, {int(table['event'].sum())} events, "
+          f"{expression.shape[1]} genes")
+
+
+if __name__ == "__main__":
+    main()
