@@ -6,15 +6,24 @@
 # The ViT forward passes (ViT-B/16 and ViT-L/16 on 32 patches, against timm) run each in a
 # process of its own under /usr/bin/time -v, which also gives each side's peak memory; skip
 # them with GIMP_BENCH_VIT=0.
+#
+# Then the whole-bag training steps (GiMP fine-tuning, TransMIL, CLAM-SB on 6,000, 24,000 and
+# 150,000 patches; --skip-150k or SKIP_150K=1 leaves 150,000 out, SKIP_BAGS=1 all of them),
+# each in its own process under /usr/bin/time -v for its peak resident memory (ONLY_BAGS=1 runs
+# these alone). A PyTorch step that would not fit runs under a virtual-memory limit of the
+# memory available minus $TORCH_SPARE_GB (default 3) and is reported as failed instead of
+# pushing the machine into the out-of-memory killer; below $TORCH_150K_MIN_GB (default 16)
+# available, PyTorch's 150,000-patch steps are skipped with a note.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv-bench/bin/python}
 cargo build --release -q -p gimp-train --example bench_steps
 cargo build --release -q -p gimp-extract --example bench_extract --example bench_vit
 bin=${CARGO_TARGET_DIR:-target}/release/examples
-rust=$("$bin"/bench_steps "$@")
 repeat=3
 [ "${1:-}" = "--repeat" ] && repeat=$2
+if [ "${ONLY_BAGS:-0}" != 1 ]; then
+rust=$("$bin"/bench_steps "$@")
 rust_extract=$("$bin"/bench_extract --repeat "$repeat")
 rust=$(python3 -c 'import json,sys; a=json.loads(sys.argv[1]); a.update(json.loads(sys.argv[2])); print(json.dumps(a))' "$rust" "$rust_extract")
 torch=$("$PYTHON" bench/pytorch_reference.py "$@")
@@ -30,7 +39,9 @@ for k in ["pretrain_step", "forward_6000", "forward_150000", "groupmsa_step", "e
 print(f"({r['implementation']}, {r['threads']} threads; {t['implementation']}, {t['threads']} threads)")
 PY
 
-[ "${GIMP_BENCH_VIT:-1}" = "0" ] && exit 0
+fi
+
+if [ "${GIMP_BENCH_VIT:-1}" != "0" ] && [ "${ONLY_BAGS:-0}" != 1 ]; then
 # Peak resident memory (MB) and the JSON line of a command run under /usr/bin/time -v.
 measured() {
     local log
@@ -51,4 +62,55 @@ k = f"{m}_32"
 print(f"{k:<18}{r[k]:>14.3f}{t[k]:>14.3f}{r[k] / t[k]:>9.2f}{rm:>12.0f}{tm:>12.0f}{rm / tm:>9.2f}")
 print(f"  ({r['implementation']}, {r['threads']} threads; {t['implementation']}, {t['threads']} threads)")
 PY
+done
+fi
+
+skip150=${SKIP_150K:-0}
+for a in "$@"; do [ "$a" = "--skip-150k" ] && skip150=1; done
+[ "${SKIP_BAGS:-0}" = 1 ] && exit 0
+sizes="6000 24000 150000"
+[ "$skip150" = 1 ] && sizes="6000 24000"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+available_gb() { awk '/MemAvailable/ { printf "%d", $2 / 1048576 }' /proc/meminfo; }
+# measure NAME SIDE CMD...: one computation in its own process; prints "seconds peak_GB" or
+# "failed peak_GB".
+measure() {
+    local name=$1 side=$2
+    shift 2
+    if /usr/bin/time -v -o "$tmp/time" "$@" >"$tmp/out" 2>"$tmp/err"; then
+        secs=$(python3 -c 'import json,sys; print(f"{json.load(open(sys.argv[1]))[sys.argv[2]]:.3f}")' "$tmp/out" "$name")
+    else
+        secs=failed
+    fi
+    kb=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$tmp/time")
+    echo "$secs $(python3 -c "print(f'{$kb / 1048576:.2f}')")"
+}
+echo
+printf '%-22s%12s%12s%12s%12s%9s%9s\n' "whole-bag step" "gimp-rs (s)" "PyTorch (s)" "gimp-rs GiB" "PyTorch GiB" "time" "memory"
+for step in finetune_step transmil_step clam_sb_step; do
+    for n in $sizes; do
+        name=${step}_$n
+        read -r rs rm < <(measure "$name" rust "$bin"/bench_steps --only "$name" --repeat "$repeat")
+        avail=$(available_gb)
+        if [ "$n" -ge 100000 ] && [ "$avail" -lt "${TORCH_150K_MIN_GB:-16}" ]; then
+            ts="skipped"; tm="(${avail} GB free)"
+        else
+            limit_kb=$(( (avail - ${TORCH_SPARE_GB:-3}) * 1048576 ))
+            read -r ts tm < <(ulimit -v "$limit_kb"; measure "$name" torch "$PYTHON" bench/pytorch_reference.py --only "$name" --repeat "$repeat")
+        fi
+        python3 - "$name" "$rs" "$ts" "$rm" "$tm" <<'PY'
+import sys
+name, rs, ts, rm, tm = sys.argv[1:]
+def num(v):
+    try:
+        return float(v)
+    except ValueError:
+        return None
+ratio = lambda a, b: f"{num(a) / num(b):.2f}" if num(a) and num(b) else "-"
+# A failed PyTorch step stopped at its limit: its real peak is higher, the ratio an upper bound.
+mem = ratio(rm, tm) if ts != "failed" or not num(tm) else "<" + ratio(rm, tm)
+print(f"{name:<22}{rs:>12}{ts:>12}{rm:>12}{tm:>12}{ratio(rs, ts):>9}{mem:>9}")
+PY
+    done
 done

@@ -8,6 +8,7 @@ Prints one JSON object of median seconds. Threads: torch.set_num_threads(--threa
 """
 import argparse
 import json
+import math
 import os
 import statistics
 import time
@@ -21,7 +22,9 @@ p.add_argument("--repeat", type=int, default=3)
 p.add_argument("--skip-150k", action="store_true")
 p.add_argument("--threads", type=int, default=os.cpu_count())
 p.add_argument("--only", help="run one computation (pretrain_step, forward_6000, forward_150000, "
-               "groupmsa_step, extract_32); the others print null")
+               "groupmsa_step, extract_32, or a whole-bag training step "
+               "{finetune,transmil,clam_sb}_step_{6000,24000,150000}, which run only when named); "
+               "the others print null")
 args = p.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
@@ -96,6 +99,112 @@ class GroupMSA(nn.Module):
         return self.head(self.norm(self.inter(seq))[:, 0])
 
 
+class GimpFinetune(nn.Module):
+    """GiMP fine-tuning: the aggregator on the whole bag (CLS), the frozen GroupMSA gene encoder
+    (evaluation mode, no gradient), the head Linear(1024, 512), ReLU, Dropout(0.25), Linear(512, 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.aggregator = Aggregator()
+        self.genes = GroupMSA()
+        self.head = nn.Sequential(nn.Linear(1024, 512), nn.ReLU(), nn.Dropout(0.25), nn.Linear(512, 2))
+
+    def forward(self, bag, expr):
+        cls_img = self.aggregator.encode(self.aggregator.fc1(bag))[:, 0]
+        self.genes.eval()
+        with torch.no_grad():
+            g = self.genes
+            b = expr.shape[0]
+            x = nn.functional.pad(expr, (0, g.nf * g.frag - g.n_genes)).view(b, g.nf, g.frag)
+            t = (g.tok(x) + g.pos).view(b * g.groups, g.nf // g.groups, -1)
+            gt = g.group_tokens[None].expand(b, -1, -1).reshape(b * g.groups, 1, -1)
+            groups = g.intra(torch.cat([gt, t], 1))[:, 0].view(b, g.groups, -1)
+            seq = torch.cat([g.cls[None].expand(b, -1, -1), groups], 1)
+            cls_ge = g.norm(g.inter(seq))[:, 0]
+        return self.head(torch.cat([cls_img, cls_ge], 1))
+
+
+class PPEG(nn.Module):
+    """TransMIL's PPEG (szc19990412/TransMIL models/TransMIL.py)."""
+
+    def __init__(self, dim=512):
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, 7, 1, 7 // 2, groups=dim)
+        self.proj1 = nn.Conv2d(dim, dim, 5, 1, 5 // 2, groups=dim)
+        self.proj2 = nn.Conv2d(dim, dim, 3, 1, 3 // 2, groups=dim)
+
+    def forward(self, x, h, w):
+        b, _, c = x.shape
+        cls_token, feat_token = x[:, 0], x[:, 1:]
+        cnn_feat = feat_token.transpose(1, 2).view(b, c, h, w)
+        x = self.proj(cnn_feat) + cnn_feat + self.proj1(cnn_feat) + self.proj2(cnn_feat)
+        x = x.flatten(2).transpose(1, 2)
+        return torch.cat((cls_token.unsqueeze(1), x), dim=1)
+
+
+class TransMIL(nn.Module):
+    """TransMIL as its reference code builds it (square padding by repetition, PPEG)."""
+
+    def __init__(self, n_classes=2):
+        super().__init__()
+        self.pos_layer = PPEG(512)
+        self._fc1 = nn.Sequential(nn.Linear(1024, 512), nn.ReLU())
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 512))
+        self.layer1, self.layer2 = TransLayer(512), TransLayer(512)
+        self.norm = nn.LayerNorm(512)
+        self._fc2 = nn.Linear(512, n_classes)
+
+    def forward(self, h):
+        h = self._fc1(h)
+        n = h.shape[1]
+        side = int(math.ceil(math.sqrt(n)))
+        h = torch.cat([h, h[:, : side * side - n, :]], dim=1)
+        h = torch.cat((self.cls_token.expand(h.shape[0], -1, -1), h), dim=1)
+        h = self.pos_layer(self.layer1(h), side, side)
+        h = self.norm(self.layer2(h))[:, 0]
+        return self._fc2(h)
+
+
+def smooth_top1_svm(logits, targets, alpha=1.0, tau=1.0):
+    """A smooth top-1 SVM loss (CLAM's instance loss, Berrada et al.), averaged."""
+    margin = alpha * (1 - nn.functional.one_hot(targets, logits.shape[1]).float())
+    return (tau * torch.logsumexp((logits + margin) / tau, 1) - logits.gather(1, targets[:, None])[:, 0]).mean()
+
+
+class ClamSB(nn.Module):
+    """CLAM-SB (mahmoodlab/CLAM models/model_clam.py): fc + ReLU + Dropout, gated attention,
+    bag classifier, instance classifiers with k_sample 8, subtyping, bag weight 0.7."""
+
+    def __init__(self, n_classes=2, k=8):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(1024, 512), nn.ReLU(), nn.Dropout(0.25))
+        self.attention_a = nn.Sequential(nn.Linear(512, 256), nn.Tanh(), nn.Dropout(0.25))
+        self.attention_b = nn.Sequential(nn.Linear(512, 256), nn.Sigmoid(), nn.Dropout(0.25))
+        self.attention_c = nn.Linear(256, 1)
+        self.classifiers = nn.Linear(512, n_classes)
+        self.instance_classifiers = nn.ModuleList([nn.Linear(512, 2) for _ in range(n_classes)])
+        self.k, self.n_classes = k, n_classes
+
+    def loss(self, h, label):
+        h = self.fc(h)
+        a = self.attention_c(self.attention_a(h).mul(self.attention_b(h)))
+        a = torch.softmax(a.transpose(1, 0), dim=1)
+        inst = 0.0
+        for c, clf in enumerate(self.instance_classifiers):
+            top = torch.topk(a, self.k)[1][-1]
+            if c == label:
+                bottom = torch.topk(-a, self.k, dim=1)[1][-1]
+                x = torch.cat([h.index_select(0, top), h.index_select(0, bottom)])
+                t = torch.cat([torch.ones(self.k), torch.zeros(self.k)]).long()
+            else:
+                x, t = h.index_select(0, top), torch.zeros(self.k).long()
+            inst = inst + smooth_top1_svm(clf(x), t)
+        inst = inst / self.n_classes
+        logits = self.classifiers(torch.mm(a, h))
+        ce = nn.functional.cross_entropy(logits, torch.tensor([label]))
+        return 0.7 * ce + 0.3 * inst
+
+
 def timed(f, repeat):
     f()
     out = []
@@ -165,4 +274,35 @@ if want("extract_32"):
         patches = torch.rand(32, 3, 256, 256)
         with torch.no_grad():
             res["extract_32"] = timed(lambda: trunk(patches), args.repeat)
+# Whole-bag training steps (one patient a step, as the trainers run them), only when named.
+bag_step = args.only.rsplit("_", 1) if args.only and args.only.rsplit("_", 1)[-1].isdigit() else None
+if bag_step is not None:
+    kind, n = bag_step[0], int(bag_step[1])
+    torch.manual_seed(0)
+    bag = torch.rand(n, 1024)
+    label = torch.tensor([1])
+    if kind == "finetune_step":
+        m = GimpFinetune()
+        expr = torch.rand(1, 60480)
+        params = [p for name, p in m.named_parameters() if not name.startswith("genes.")]
+        loss = lambda: nn.functional.cross_entropy(m(bag[None], expr), label)
+    elif kind == "transmil_step":
+        m = TransMIL()
+        params = list(m.parameters())
+        loss = lambda: nn.functional.cross_entropy(m(bag[None]), label)
+    elif kind == "clam_sb_step":
+        m = ClamSB()
+        params = list(m.parameters())
+        loss = lambda: m.loss(bag, 1)
+    else:
+        raise SystemExit(f"unknown computation {args.only}")
+    m.train()
+    o = torch.optim.AdamW(params, lr=2e-4, weight_decay=1e-5)
+
+    def bag_train_step():
+        o.zero_grad()
+        loss().backward()
+        o.step()
+
+    res[args.only] = timed(bag_train_step, 1 if n >= 100000 else min(args.repeat, 3))
 print(json.dumps(res))

@@ -49,7 +49,24 @@ impl AggregatorConfig {
     }
 }
 
+/// [`PatchAggregator::training_step_bytes`]: bytes besides those growing with the bag (the
+/// program, the parameters and their optimiser state, thread stacks).
+const TRAINING_BASE_BYTES: u64 = 650_000_000;
+/// `dim`-wide buffers per token alive at a training step's peak.
+const TRAINING_TOKEN_COPIES: f64 = 15.0;
+/// ... and the more with PPEG (its output and the copy with CLS), and PPEG's fixed share.
+const PPEG_TOKEN_COPIES: f64 = 2.0;
+const PPEG_BASE_BYTES: u64 = 400_000_000;
+
 /// `x + DW7(x) + DW5(x) + DW3(x)` on the `s × s` grid of patch tokens (CLS untouched).
+///
+/// The identity and the three same-padded depthwise convolutions are one depthwise 7 × 7
+/// convolution: its kernel is the sum of the three kernels (centred) and a 1 at the centre, its
+/// bias the sum of the biases. That convolution is one op ([`GridConv`]) with a hand-written
+/// backward pass; the combined kernel is built from the parameters with candle's ops, so
+/// autograd hands each kernel its centred part of the combined gradient. Built from shifted
+/// multiply-adds instead (83 taps), every intermediate `s² × dim` tensor stayed alive for the
+/// backward pass: about 170 copies of the tokens, 8 GB on a 24,000-patch bag.
 pub struct Ppeg {
     convs: Vec<(usize, Tensor, Tensor)>,
 }
@@ -68,30 +85,205 @@ impl Ppeg {
         Ok(Self { convs })
     }
 
+    /// The combined kernel and bias, packed `[dim, k·k + 1]` (the bias last), and `k`.
+    fn combined(&self, c: usize, device: &candle_core::Device) -> Result<(Tensor, usize)> {
+        let k = self.convs.iter().map(|(k, _, _)| *k).max().unwrap_or(1);
+        let mut identity = vec![0f32; k * k];
+        identity[(k / 2) * k + k / 2] = 1.0;
+        let mut kernel = Tensor::from_vec(identity, (1, k, k), device)?.broadcast_as((c, k, k))?;
+        let mut bias = Tensor::zeros(c, candle_core::DType::F32, device)?;
+        for (kk, w, b) in &self.convs {
+            let r = (k - kk) / 2;
+            let w = w
+                .reshape((c, *kk, *kk))?
+                .pad_with_zeros(1, r, r)?
+                .pad_with_zeros(2, r, r)?;
+            kernel = (kernel + w)?;
+            bias = (bias + b)?;
+        }
+        let packed = Tensor::cat(&[kernel.reshape((c, k * k))?, bias.unsqueeze(1)?], 1)?;
+        Ok((packed, k))
+    }
+
     /// `tokens`: `[1, 1 + s², dim]`.
     pub fn forward(&self, tokens: &Tensor, side: usize) -> Result<Tensor> {
         let (_, t, c) = tokens.dims3()?;
+        if t != 1 + side * side {
+            candle_core::bail!("PPEG: {t} tokens for a {side} × {side} grid and CLS");
+        }
         let cls = tokens.narrow(1, 0, 1)?;
-        let grid = tokens.narrow(1, 1, t - 1)?.reshape((side, side, c))?;
-        let mut out = grid.clone();
-        for (k, w, b) in &self.convs {
-            let r = k / 2;
-            let padded = grid.pad_with_zeros(0, r, r)?.pad_with_zeros(1, r, r)?;
-            let w = w.reshape((c, k * k))?.t()?.contiguous()?; // [k², C]
-            let mut acc = b
-                .reshape((1, 1, c))?
-                .broadcast_as((side, side, c))?
-                .contiguous()?;
-            for di in 0..*k {
-                for dj in 0..*k {
-                    let tap = w.get(di * k + dj)?.reshape((1, 1, c))?;
-                    let shifted = padded.narrow(0, di, side)?.narrow(1, dj, side)?;
-                    acc = (acc + shifted.broadcast_mul(&tap)?)?;
+        let grid = tokens.narrow(1, 1, t - 1)?.reshape((side * side, c))?;
+        let (packed, k) = self.combined(c, tokens.device())?;
+        let out = grid.apply_op2(&packed, GridConv { side, k })?;
+        Tensor::cat(&[cls, out.reshape((1, side * side, c))?], 1)
+    }
+}
+
+/// A depthwise `k × k` convolution with bias, zero padding `k / 2`, on a channels-last
+/// `side × side` grid `[side², C]`, as PyTorch's `Conv2d(C, C, k, padding=k/2, groups=C)`
+/// computes it (cross-correlation); the kernel and bias come packed `[C, k·k + 1]`.
+struct GridConv {
+    side: usize,
+    k: usize,
+}
+
+impl GridConv {
+    /// The packed parameters as taps `[k·k, C]` and the bias `[C]`, after checking shapes.
+    fn taps(&self, x_len: usize, packed: &[f32]) -> Result<(Vec<f32>, Vec<f32>, usize)> {
+        let kk = self.k * self.k;
+        let cells = self.side * self.side;
+        if cells == 0 || !x_len.is_multiple_of(cells) || packed.len() != (x_len / cells) * (kk + 1)
+        {
+            candle_core::bail!("PPEG convolution: parameter and grid shapes do not match");
+        }
+        let c = x_len / cells;
+        let mut taps = vec![0f32; kk * c];
+        let mut bias = vec![0f32; c];
+        for (ch, row) in packed.chunks_exact(kk + 1).enumerate() {
+            for t in 0..kk {
+                taps[t * c + ch] = row[t];
+            }
+            bias[ch] = row[kk];
+        }
+        Ok((taps, bias, c))
+    }
+
+    /// Grid rows `i + di − r` and columns `j + dj − r` that exist, for tap `(di, dj)` at
+    /// output row `i`: the source row and the range of output columns `j`.
+    fn tap_range(&self, i: usize, di: usize, dj: usize) -> Option<(usize, usize, usize)> {
+        let r = self.k / 2;
+        let src = (i + di).checked_sub(r).filter(|&s| s < self.side)?;
+        let j0 = r.saturating_sub(dj);
+        let j1 = (self.side + r).saturating_sub(dj).min(self.side);
+        (j0 < j1).then_some((src, j0, j1))
+    }
+
+    /// `dst[i] += Σ taps ⊙ src` over the taps of output row `i` (`flip`: the transposed
+    /// convolution, taps mirrored, for the input gradient).
+    fn accumulate_row(&self, dst: &mut [f32], src: &[f32], taps: &[f32], c: usize, i: usize) {
+        let k = self.k;
+        for di in 0..k {
+            for dj in 0..k {
+                let Some((s, j0, j1)) = self.tap_range(i, di, dj) else {
+                    continue;
+                };
+                let w = &taps[(di * k + dj) * c..(di * k + dj + 1) * c];
+                for j in j0..j1 {
+                    let sj = j + dj - k / 2;
+                    let from = &src[(s * self.side + sj) * c..(s * self.side + sj + 1) * c];
+                    let to = &mut dst[j * c..(j + 1) * c];
+                    for ((o, &x), &wv) in to.iter_mut().zip(from).zip(w) {
+                        *o += wv * x;
+                    }
                 }
             }
-            out = (out + acc)?;
         }
-        Tensor::cat(&[cls, out.reshape((1, side * side, c))?], 1)
+    }
+}
+
+impl candle_core::CustomOp2 for GridConv {
+    fn name(&self) -> &'static str {
+        "ppeg-grid-conv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let x = gimp_nn::cpu::slice(s1, l1, "PPEG grid")?;
+        let packed = gimp_nn::cpu::slice(s2, l2, "PPEG kernel")?;
+        let (taps, bias, c) = self.taps(x.len(), packed)?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(self.side * c)
+            .enumerate()
+            .for_each(|(i, row)| {
+                for cell in row.chunks_exact_mut(c) {
+                    cell.copy_from_slice(&bias);
+                }
+                self.accumulate_row(row, x, &taps, c, i);
+            });
+        Ok((candle_core::CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        packed: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let (k, side) = (self.k, self.side);
+        let (dx, dpacked) = gimp_nn::cpu::with_data(x, |xs| {
+            gimp_nn::cpu::with_data(packed, |ps| {
+                gimp_nn::cpu::with_data(grad, |g| {
+                    let (taps, _, c) = self.taps(xs.len(), ps)?;
+                    // The transposed convolution: the mirrored taps on the gradient.
+                    let mut mirrored = vec![0f32; taps.len()];
+                    for t in 0..k * k {
+                        let m = k * k - 1 - t;
+                        mirrored[m * c..(m + 1) * c].copy_from_slice(&taps[t * c..(t + 1) * c]);
+                    }
+                    let mut dx = vec![0f32; xs.len()];
+                    dx.par_chunks_mut(side * c)
+                        .enumerate()
+                        .for_each(|(i, row)| self.accumulate_row(row, g, &mirrored, c, i));
+                    // Kernel and bias gradients: per-row partial sums, then reduced.
+                    let dtaps = (0..side)
+                        .into_par_iter()
+                        .fold(
+                            || vec![0f32; (k * k + 1) * c],
+                            |mut acc, i| {
+                                for di in 0..k {
+                                    for dj in 0..k {
+                                        let Some((s, j0, j1)) = self.tap_range(i, di, dj) else {
+                                            continue;
+                                        };
+                                        let t = di * k + dj;
+                                        let a = &mut acc[t * c..(t + 1) * c];
+                                        for j in j0..j1 {
+                                            let sj = j + dj - k / 2;
+                                            let gx = &g[(i * side + j) * c..(i * side + j + 1) * c];
+                                            let xv =
+                                                &xs[(s * side + sj) * c..(s * side + sj + 1) * c];
+                                            for ((o, &gv), &xv) in a.iter_mut().zip(gx).zip(xv) {
+                                                *o += gv * xv;
+                                            }
+                                        }
+                                    }
+                                }
+                                let db = &mut acc[k * k * c..];
+                                for gx in g[i * side * c..(i + 1) * side * c].chunks_exact(c) {
+                                    db.iter_mut().zip(gx).for_each(|(o, &v)| *o += v);
+                                }
+                                acc
+                            },
+                        )
+                        .reduce(
+                            || vec![0f32; (k * k + 1) * c],
+                            |mut a, b| {
+                                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                                a
+                            },
+                        );
+                    let mut dpacked = vec![0f32; c * (k * k + 1)];
+                    for (ch, row) in dpacked.chunks_exact_mut(k * k + 1).enumerate() {
+                        for (t, v) in row.iter_mut().enumerate() {
+                            *v = dtaps[t * c + ch];
+                        }
+                    }
+                    Ok((dx, dpacked))
+                })
+            })
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dpacked, packed.shape(), packed.device())?),
+        ))
     }
 }
 
@@ -162,6 +354,24 @@ impl PatchAggregator {
 
     /// Square padding, CLS, the layers (with PPEG), the final norm.
     pub fn encode(&self, h: &Tensor, mode: &Mode, with_attention: bool) -> Result<Encoded> {
+        self.encode_rows(h, mode, with_attention, None)
+    }
+
+    /// The final tokens at `rows` only (token indices with CLS at 0 and square-padding copies
+    /// after the patches, increasing), `[1, |rows|, dim]`: what [`Self::encode`] gives at those
+    /// rows. The last layer computes just those rows (every token still serves as key, value
+    /// and landmark there), unless PPEG follows it (a one-layer TransMIL).
+    pub fn encode_selected(&self, h: &Tensor, mode: &Mode, rows: &[usize]) -> Result<Tensor> {
+        Ok(self.encode_rows(h, mode, false, Some(rows))?.tokens)
+    }
+
+    fn encode_rows(
+        &self,
+        h: &Tensor,
+        mode: &Mode,
+        with_attention: bool,
+        rows: Option<&[usize]>,
+    ) -> Result<Encoded> {
         let (_, n, _) = h.dims3()?;
         let side = (n as f64).sqrt().ceil() as usize;
         let add = if self.cfg.square_pad || self.cfg.ppeg {
@@ -176,8 +386,11 @@ impl PatchAggregator {
         };
         let mut x = Tensor::cat(&[self.cls.clone(), h], 1)?;
         let mut attention = None;
+        let mut selected = false;
         for (i, layer) in self.layers.iter().enumerate() {
-            if with_attention && i + 1 == self.layers.len() {
+            let last = i + 1 == self.layers.len();
+            let ppeg_after = i == 0 && self.ppeg.is_some();
+            if with_attention && last {
                 let a = layer.attn.attention_row(&layer.norm.forward(&x)?, 0)?; // [1, h, T]
                 let a = a.mean(1)?.squeeze(0)?; // [T]
                 let mut patches = a.narrow(0, 1, n)?;
@@ -187,12 +400,23 @@ impl PatchAggregator {
                 }
                 attention = Some(patches);
             }
-            x = layer.forward(&x, mode)?;
-            if i == 0 {
+            x = match rows {
+                Some(r) if last && !ppeg_after => {
+                    selected = true;
+                    layer
+                        .attn
+                        .forward_prenorm_residual_rows(&layer.norm, &x, mode, Some(r))?
+                }
+                _ => layer.forward(&x, mode)?,
+            };
+            if ppeg_after {
                 if let Some(p) = &self.ppeg {
                     x = p.forward(&x, side)?;
                 }
             }
+        }
+        if let (Some(r), false) = (rows, selected) {
+            x = x.index_select(&gimp_nn::loss::index_tensor(r, x.device())?, 1)?;
         }
         Ok(Encoded {
             tokens: self.norm.forward(&x)?,
@@ -200,24 +424,37 @@ impl PatchAggregator {
         })
     }
 
-    /// The final tokens at `rows` only (token indices with CLS at 0, increasing), `[1, |rows|,
-    /// dim]`: what [`Self::encode`] gives at those rows. Without PPEG the last layer computes
-    /// just those rows (every token still serves as key and value there).
-    pub fn encode_selected(&self, h: &Tensor, mode: &Mode, rows: &[usize]) -> Result<Tensor> {
-        let idx = gimp_nn::loss::index_tensor(rows, h.device())?;
-        if self.cfg.ppeg || self.cfg.square_pad || self.layers.is_empty() {
-            return self.encode(h, mode, false)?.tokens.index_select(&idx, 1);
-        }
-        let mut x = Tensor::cat(&[self.cls.clone(), h.clone()], 1)?;
-        let last = self.layers.len() - 1;
-        for layer in &self.layers[..last] {
-            x = layer.forward(&x, mode)?;
-        }
-        let layer = &self.layers[last];
-        let x = layer
-            .attn
-            .forward_prenorm_residual_rows(&layer.norm, &x, mode, Some(rows))?;
-        self.norm.forward(&x)
+    /// Estimated peak resident memory, in bytes, of one training step through the aggregator
+    /// on a bag of `patches` patches (as `Self::cls` runs it when training: the last layer on
+    /// CLS alone), the bag itself included:
+    ///
+    /// `TRAINING_BASE_BYTES + tokens · 4 · (d_in + TRAINING_TOKEN_COPIES · dim)`, with PPEG
+    /// `PPEG_BASE_BYTES` and `PPEG_TOKEN_COPIES` more,
+    ///
+    /// where `tokens` counts CLS and TransMIL's square padding. At the peak (the first backward
+    /// pass, of the last layer) the bag, the embedded tokens and their copy with CLS, the
+    /// first layer's kept `qkv` (3), core output and result, the last layer's `qkv` (3) and its
+    /// per-head gradients (3) are alive, plus what the allocator and the buffer pool hold for
+    /// reuse; PPEG adds its output and the copy with CLS. The constants are fitted to
+    /// `/usr/bin/time -v` of `bench_steps --only finetune_step_N` / `transmil_step_N` at
+    /// 24,000 and 150,000 patches (`docs/PERFORMANCE.md`, "Training on whole slides").
+    pub fn training_step_bytes(&self, patches: usize) -> u64 {
+        let tokens = 1 + match self.cfg.square_pad || self.cfg.ppeg {
+            true => {
+                let side = (patches as f64).sqrt().ceil() as usize;
+                side * side
+            }
+            false => patches,
+        };
+        let copies = TRAINING_TOKEN_COPIES
+            + if self.cfg.ppeg {
+                PPEG_TOKEN_COPIES
+            } else {
+                0.0
+            };
+        let per_token = 4.0 * (self.cfg.d_in as f64 + copies * self.cfg.dim as f64);
+        let base = TRAINING_BASE_BYTES + if self.cfg.ppeg { PPEG_BASE_BYTES } else { 0 };
+        base + (tokens as f64 * per_token) as u64
     }
 
     /// `CLS_img` `[dim]` of a bag `[N, D_in]`.
@@ -225,14 +462,15 @@ impl PatchAggregator {
         if self.in_place_inference(mode, x) {
             return self.cls_in_place(x);
         }
-        let e = self.encode(&self.embed(x)?, mode, false)?;
-        e.tokens.get(0)?.get(0)
+        // Only CLS is read: the last layer computes it alone (`encode_selected`).
+        let tokens = self.encode_selected(&self.embed(x)?, mode, &[0])?;
+        tokens.get(0)?.get(0)
     }
 
     /// Whether [`Self::cls`] runs on raw buffers: when the layers would stream anyway, and
     /// there is no PPEG or square padding.
     fn in_place_inference(&self, mode: &Mode, x: &Tensor) -> bool {
-        choose_path(mode, true, x) == NystromPath::Streaming
+        choose_path(mode, true, x, &self.cfg.attention) == NystromPath::Streaming
             && !self.cfg.ppeg
             && !self.cfg.square_pad
     }
@@ -274,5 +512,187 @@ impl PatchAggregator {
             self.norm.eps as f32,
         );
         Tensor::from_vec(cls, dim, x.device())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use gimp_nn::ParamStore;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// TransMIL's encoding on selected rows (square padding, PPEG after the first layer, the
+    /// last layer on those rows only) equals the whole encoding's rows: forward and every
+    /// parameter's gradient, with both ways of holding the attention matrices.
+    #[test]
+    fn selected_rows_equal_the_whole_encoding_with_ppeg() {
+        let mut cfg = AggregatorConfig::transmil(12);
+        cfg.dim = 32;
+        cfg.attention = NystromConfig {
+            heads: 4,
+            dim_head: 8,
+            landmarks: 8,
+            dropout: 0.0,
+            ..NystromConfig::transmil(32)
+        };
+        let store = ParamStore::new(3);
+        let agg = PatchAggregator::new(&store.root(), cfg).unwrap();
+        // 40 patches: a 7 × 7 grid with 9 copies, 50 tokens with CLS.
+        let x = Tensor::randn(0f32, 1f32, (40, 12), &Device::Cpu).unwrap();
+        let rows = [0usize, 5, 41, 49];
+        let idx = gimp_nn::loss::index_tensor(&rows, &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1f32, (1, rows.len(), 32), &Device::Cpu).unwrap();
+        let mode = Mode::eval();
+        for limit in [usize::MAX, 0] {
+            gimp_nn::nystrom::with_keep_attention_limit(limit, || {
+                let h = agg.embed(&x).unwrap();
+                let selected = agg.encode_selected(&h, &mode, &rows).unwrap();
+                let whole = agg
+                    .encode(&h, &mode, false)
+                    .unwrap()
+                    .tokens
+                    .index_select(&idx, 1)
+                    .unwrap();
+                assert!(max_diff(&selected, &whole) < 1e-5);
+                let gs = (&selected * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let gw = (&whole * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                for (name, p) in store.params() {
+                    let (a, b) = (
+                        gs.get(p.var.as_tensor()).unwrap(),
+                        gw.get(p.var.as_tensor()).unwrap(),
+                    );
+                    let scale = b
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    let e = max_diff(a, b) / scale.max(1e-12);
+                    assert!(e < 1e-4, "limit {limit}: gradient of {name}: {e}");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod ppeg_tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use gimp_nn::ParamStore;
+
+    /// PPEG as shifted multiply-adds of candle's ordinary ops (its first implementation).
+    fn graph(p: &Ppeg, tokens: &Tensor, side: usize) -> Tensor {
+        let (_, t, c) = tokens.dims3().unwrap();
+        let cls = tokens.narrow(1, 0, 1).unwrap();
+        let grid = tokens
+            .narrow(1, 1, t - 1)
+            .unwrap()
+            .reshape((side, side, c))
+            .unwrap();
+        let mut out = grid.clone();
+        for (k, w, b) in &p.convs {
+            let r = k / 2;
+            let padded = grid
+                .pad_with_zeros(0, r, r)
+                .unwrap()
+                .pad_with_zeros(1, r, r)
+                .unwrap();
+            let w = w.reshape((c, k * k)).unwrap().t().unwrap();
+            let mut acc = b
+                .reshape((1, 1, c))
+                .unwrap()
+                .broadcast_as((side, side, c))
+                .unwrap();
+            for di in 0..*k {
+                for dj in 0..*k {
+                    let tap = w.get(di * k + dj).unwrap().reshape((1, 1, c)).unwrap();
+                    let shifted = padded
+                        .narrow(0, di, side)
+                        .unwrap()
+                        .narrow(1, dj, side)
+                        .unwrap();
+                    acc = (acc + shifted.broadcast_mul(&tap).unwrap()).unwrap();
+                }
+            }
+            out = (out + acc).unwrap();
+        }
+        Tensor::cat(&[cls, out.reshape((1, side * side, c)).unwrap()], 1).unwrap()
+    }
+
+    fn rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let s = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        d.to_scalar::<f32>().unwrap() / s.max(1e-12)
+    }
+
+    /// The one-op PPEG equals the three convolutions as candle ops: forward and the
+    /// gradients of the tokens, every kernel and every bias (grids of 1, 2 and 9 rows).
+    #[test]
+    fn fused_ppeg_matches_the_three_convolutions() {
+        for side in [1usize, 2, 9] {
+            let c = 5;
+            let store = ParamStore::new(side as u64);
+            let p = Ppeg::new(&store.root(), c).unwrap();
+            let x = Var::from_tensor(
+                &Tensor::randn(0f32, 1f32, (1, 1 + side * side, c), &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+            let w = Tensor::randn(0f32, 1f32, (1, 1 + side * side, c), &Device::Cpu).unwrap();
+            let fused = p.forward(x.as_tensor(), side).unwrap();
+            let reference = graph(&p, x.as_tensor(), side);
+            assert!(rel(&fused, &reference) < 1e-5, "side {side}: forward");
+            let gf = (&fused * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gr = (&reference * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let mut vars = vec![("tokens".to_string(), x.as_tensor().clone())];
+            vars.extend(
+                store
+                    .params()
+                    .into_iter()
+                    .map(|(n, p)| (n, p.var.as_tensor().clone())),
+            );
+            for (name, v) in vars {
+                let e = rel(gf.get(&v).unwrap(), gr.get(&v).unwrap());
+                assert!(e < 1e-5, "side {side}: gradient of {name}: {e}");
+            }
+        }
     }
 }

@@ -239,7 +239,24 @@ impl Clam {
     }
 }
 
+/// [`Clam`]'s `training_step_bytes`: bytes besides those growing with the bag.
+const TRAINING_BASE_BYTES: u64 = 300_000_000;
+/// `hidden`-wide buffers per patch alive at a training step's peak (measured, 19.6): every
+/// intermediate of the candle graph — the embedding and its dropout, the two attention
+/// branches (pre-activation, activation, dropout), their product — and their gradients, plus
+/// what the allocator keeps for reuse.
+const TRAINING_PATCH_COPIES: f64 = 20.0;
+
 impl Model for Clam {
+    /// `TRAINING_BASE_BYTES + patches · 4 · (d_in + TRAINING_PATCH_COPIES · hidden)`, fitted to
+    /// `/usr/bin/time -v` of `bench_steps --only clam_sb_step_N` at 24,000 and 150,000 patches
+    /// (`docs/PERFORMANCE.md`, "Training on whole slides").
+    fn training_step_bytes(&self, patches: usize) -> Option<u64> {
+        let per_patch =
+            4.0 * (self.cfg.d_in as f64 + TRAINING_PATCH_COPIES * self.cfg.hidden as f64);
+        Some(TRAINING_BASE_BYTES + (patches as f64 * per_patch) as u64)
+    }
+
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
         let (h, raw) = self.encode(bag(input)?, mode)?;
         let a = ops::softmax_last(&raw)?;

@@ -64,6 +64,9 @@ impl GeneEncoder {
     }
 }
 
+/// [`Gimp::finetune_step_bytes`]: the gene encoder's share of a fine-tuning step.
+const GENE_ENCODER_BYTES: u64 = 180_000_000;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GimpConfig {
     pub aggregator: AggregatorConfig,
@@ -175,6 +178,14 @@ impl Gimp {
             cls_img,
             reconstruction,
         })
+    }
+
+    /// Estimated peak resident memory, in bytes, of one fine-tuning step on a bag of `patches`
+    /// patches (`--memory-limit`): the aggregator's (`PatchAggregator::training_step_bytes`)
+    /// plus the frozen gene encoder's evaluation pass and the model's other parameters, which
+    /// do not grow with the bag (`GENE_ENCODER_BYTES`, measured with the paper's 60,480 genes).
+    pub fn finetune_step_bytes(&self, patches: usize) -> u64 {
+        self.aggregator.training_step_bytes(patches) + GENE_ENCODER_BYTES
     }
 
     /// `CLS_img` of a whole bag, or the learned missing-slide embedding.

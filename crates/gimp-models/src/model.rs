@@ -42,6 +42,13 @@ pub trait Model {
         Ok((self.forward(input, mode)?, None))
     }
 
+    /// Estimated peak resident memory, in bytes, of one training step on a bag of `patches`
+    /// patches, the bag included (`--memory-limit`). The formula sits in the model's file with
+    /// the measurements it was fitted to; `None` for models without one.
+    fn training_step_bytes(&self, _patches: usize) -> Option<u64> {
+        None
+    }
+
     /// Weight of the classification loss when an auxiliary loss is present (CLAM: 0.7).
     fn bag_weight(&self) -> f64 {
         1.0

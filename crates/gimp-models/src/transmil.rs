@@ -41,17 +41,27 @@ impl Transmil {
 }
 
 impl Model for Transmil {
+    /// The aggregator's estimate (`PatchAggregator::training_step_bytes`); `_fc2` is negligible.
+    fn training_step_bytes(&self, patches: usize) -> Option<u64> {
+        Some(self.aggregator.training_step_bytes(patches))
+    }
+
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
-        let x = bag(input)?;
-        let enc = self
-            .aggregator
-            .encode(&self.aggregator.embed(x)?, mode, !mode.train)?;
-        let cls = enc.tokens.get(0)?.get(0)?;
+        let h = self.aggregator.embed(bag(input)?)?;
+        // Training reads CLS alone, so the last layer computes only that row; the heat map's
+        // attention is read outside training.
+        let (cls, attention) = if mode.train {
+            let tokens = self.aggregator.encode_selected(&h, mode, &[0])?;
+            (tokens.get(0)?.get(0)?, None)
+        } else {
+            let enc = self.aggregator.encode(&h, mode, true)?;
+            (enc.tokens.get(0)?.get(0)?, enc.attention)
+        };
         let logits = self.fc2.forward(&cls.unsqueeze(0)?)?.squeeze(0)?;
         Ok(Output {
             logits,
             embedding: cls,
-            attention: enc.attention,
+            attention,
         })
     }
 }

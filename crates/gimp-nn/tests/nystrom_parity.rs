@@ -256,6 +256,16 @@ fn streaming_inference_matches_the_fixtures_and_the_graph_path() {
 /// residual convolution, both un-padding conventions.
 #[test]
 fn fused_op_matches_the_graph_formulation() {
+    // Both ways of holding the attention matrices (kept, rebuilt in the backward pass).
+    for limit in [usize::MAX, 0] {
+        gimp_nn::nystrom::with_keep_attention_limit(
+            limit,
+            fused_op_matches_the_graph_formulation_once,
+        );
+    }
+}
+
+fn fused_op_matches_the_graph_formulation_once() {
     for (residual, legacy, n) in [(true, false, 301), (false, false, 64), (true, true, 77)] {
         let cfg = NystromConfig {
             residual,
@@ -296,6 +306,13 @@ fn fused_op_matches_the_graph_formulation() {
 /// (every input element of a small case), so the check does not depend on candle's autograd.
 #[test]
 fn fused_op_backward_matches_finite_differences() {
+    use gimp_nn::nystrom::AttentionMemory;
+    for memory in [AttentionMemory::Keep, AttentionMemory::Recompute] {
+        core_backward_matches_finite_differences(memory);
+    }
+}
+
+fn core_backward_matches_finite_differences(memory: gimp_nn::nystrom::AttentionMemory) {
     use gimp_nn::nystrom::core_op::{nystrom_core, CoreShape};
     let shape = CoreShape {
         heads: 2,
@@ -320,7 +337,7 @@ fn fused_op_backward_matches_finite_differences() {
     let loss = |qkv: &[f32], conv: &[f32]| -> f64 {
         let q = Tensor::from_vec(qkv.to_vec(), (b, n, 18), &Device::Cpu).unwrap();
         let c = Tensor::from_vec(conv.to_vec(), (2, 3), &Device::Cpu).unwrap();
-        let o = nystrom_core(&q, &c, shape).unwrap();
+        let o = nystrom_core(&q, &c, shape, memory).unwrap();
         let o: Vec<f32> = (o * &weights)
             .unwrap()
             .flatten_all()
@@ -331,7 +348,7 @@ fn fused_op_backward_matches_finite_differences() {
     };
     let qv = Var::from_vec(qkv_data.clone(), (b, n, 18), &Device::Cpu).unwrap();
     let cv = Var::from_vec(conv_data.clone(), (2, 3), &Device::Cpu).unwrap();
-    let o = nystrom_core(qv.as_tensor(), cv.as_tensor(), shape).unwrap();
+    let o = nystrom_core(qv.as_tensor(), cv.as_tensor(), shape, memory).unwrap();
     let g = (o * &weights)
         .unwrap()
         .sum_all()
@@ -390,6 +407,16 @@ fn fused_op_backward_matches_finite_differences() {
 /// un-padding conventions, with and without the residual convolution.
 #[test]
 fn fused_layer_matches_the_composed_layer() {
+    // Both ways of holding the attention matrices (kept, rebuilt in the backward pass).
+    for limit in [usize::MAX, 0] {
+        gimp_nn::nystrom::with_keep_attention_limit(
+            limit,
+            fused_layer_matches_the_composed_layer_once,
+        );
+    }
+}
+
+fn fused_layer_matches_the_composed_layer_once() {
     use gimp_nn::LayerNorm;
     for (residual, legacy, n) in [(true, false, 301), (false, false, 64), (true, true, 77)] {
         let cfg = NystromConfig {
@@ -452,6 +479,16 @@ fn fused_layer_matches_the_composed_layer() {
 /// (forward, and every gradient for a loss on those rows).
 #[test]
 fn fused_layer_on_selected_rows_matches_the_whole_layer() {
+    // Both ways of holding the attention matrices (kept, rebuilt in the backward pass).
+    for limit in [usize::MAX, 0] {
+        gimp_nn::nystrom::with_keep_attention_limit(
+            limit,
+            fused_layer_on_selected_rows_matches_the_whole_layer_once,
+        );
+    }
+}
+
+fn fused_layer_on_selected_rows_matches_the_whole_layer_once() {
     use gimp_nn::LayerNorm;
     for (legacy, n, rows) in [
         (false, 301usize, vec![0usize, 1, 5, 150, 299, 300]),

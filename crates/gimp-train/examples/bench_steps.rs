@@ -3,14 +3,26 @@
 //! * `pretrain_step`: one GiMP pre-training step of the patch aggregator on a 6,000-patch window
 //!   (1024 → 512, two Nyström layers, decoder 512 → 1024, L1 on 50% masked, backward, AdamW);
 //! * `forward_6000`, `forward_150000`: inference of the aggregator on whole bags;
-//! * `groupmsa_step`: one GroupMSA training step on 60,480 genes (batch 8).
+//! * `groupmsa_step`: one GroupMSA training step on 60,480 genes (batch 8);
+//! * `finetune_step_N`: one GiMP fine-tuning step on a whole bag of `N` patches × 1024 (the
+//!   aggregator, the frozen GroupMSA gene encoder on 60,480 genes, the head; cross-entropy,
+//!   backward, AdamW), as `gimp-rs train` stage 3 runs it;
+//! * `transmil_step_N`, `clam_sb_step_N`: one supervised training step of TransMIL and CLAM-SB
+//!   (with its instance-clustering loss) on such a bag, as the trainer runs it;
+//!
+//! for `N` in 6,000, 24,000 and 150,000; these run only when named by `--only`. Each whole-bag
+//! step is timed over at most 3 runs (one at 150,000). `bench/compare.sh` runs every
+//! computation in its own process (`--only NAME`) under `/usr/bin/time -v` for its peak memory.
 //!
 //! Prints one JSON object of median seconds over `--repeat` runs (after one warm-up).
 //! `cargo run --release -p gimp-train --example bench_steps -- [--repeat 3] [--skip-150k] [--only NAME]`
 use candle_core::{Device, Tensor};
 use gimp_models::aggregator::AggregatorConfig;
+use gimp_models::clam::{Branches, Clam, ClamConfig};
 use gimp_models::gimp::{ExpressionAlone, GeneEncoder, GeneEncoderConfig, Gimp, GimpConfig};
 use gimp_models::group_msa::GroupMsaConfig;
+use gimp_models::model::{Input, Model};
+use gimp_models::transmil::{Transmil, TransmilConfig};
 use gimp_nn::optim::{Adam, AdamConfig};
 use gimp_nn::{loss, Mode, ParamStore};
 use rand::SeedableRng;
@@ -47,6 +59,81 @@ fn optional(
     }
 }
 
+/// Sizes of the whole-bag training steps.
+const BAG_SIZES: [usize; 3] = [6_000, 24_000, 150_000];
+
+/// A bag of `n` patches × 1024 (uniform features, as the other computations).
+fn bag(n: usize) -> candle_core::Result<Tensor> {
+    Tensor::rand(0f32, 1f32, (n, 1024), &Device::Cpu)
+}
+
+/// One GiMP fine-tuning step on a whole bag of `n` patches, timed.
+fn finetune_step(n: usize, repeat: usize) -> candle_core::Result<f64> {
+    let cfg = GimpConfig {
+        aggregator: AggregatorConfig::gimp(1024),
+        genes: GeneEncoderConfig::GroupMsa(GroupMsaConfig::gimp(60_480, 2)),
+        n_classes: 2,
+        head_dropout: 0.25,
+        expression_alone: ExpressionAlone::FusionHead,
+    };
+    let store = ParamStore::new(0);
+    let model = Gimp::new(&store.root(), cfg)?;
+    store.set_trainable("genes.", false);
+    store.set_trainable("mpm.", false);
+    let mut opt = Adam::new(&store, AdamConfig::adamw(1e-4, 1e-5));
+    let x = bag(n)?;
+    let expr = Tensor::rand(0f32, 1f32, 60_480, &Device::Cpu)?;
+    let mode = Mode::train(rand_chacha::ChaCha8Rng::seed_from_u64(0));
+    time(repeat, || {
+        let cls = Tensor::cat(
+            &[
+                model.cls_img(Some(&x), &mode)?,
+                model.cls_ge(Some(&expr), false, &mode)?,
+            ],
+            0,
+        )?;
+        let logits = model.head(&cls, &mode)?;
+        let l = loss::cross_entropy(&logits.unsqueeze(0)?, &[1])?;
+        let grads = opt.collect(&l.backward()?);
+        opt.step_with(&grads, 1e-4)
+    })
+}
+
+/// One supervised training step of `model` (its parameters in `store`) on a whole bag of `n`
+/// patches, as `gimp-train`'s supervised task computes the loss, timed.
+fn supervised_step(
+    store: &ParamStore,
+    model: &dyn Model,
+    n: usize,
+    repeat: usize,
+) -> candle_core::Result<f64> {
+    let mut opt = Adam::new(store, AdamConfig::adamw(2e-4, 1e-5));
+    let x = bag(n)?;
+    let mode = Mode::train(rand_chacha::ChaCha8Rng::seed_from_u64(0));
+    time(repeat, || {
+        let (out, aux) = model.training_forward(&Input::Bag(&x), 1, &mode)?;
+        let ce = model.classification_loss(&out.logits, 1)?;
+        let l = match aux {
+            Some(a) => (ce.affine(model.bag_weight(), 0.0)? + a)?,
+            None => ce,
+        };
+        let grads = opt.collect(&l.backward()?);
+        opt.step_with(&grads, 2e-4)
+    })
+}
+
+fn transmil_step(n: usize, repeat: usize) -> candle_core::Result<f64> {
+    let store = ParamStore::new(0);
+    let model = Transmil::new(&store.root(), TransmilConfig::new(1024, 2))?;
+    supervised_step(&store, &model, n, repeat)
+}
+
+fn clam_sb_step(n: usize, repeat: usize) -> candle_core::Result<f64> {
+    let store = ParamStore::new(0);
+    let model = Clam::new(&store.root(), ClamConfig::small(Branches::Single, 1024, 2))?;
+    supervised_step(&store, &model, n, repeat)
+}
+
 fn main() -> candle_core::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let repeat = args
@@ -64,47 +151,68 @@ fn main() -> candle_core::Result<()> {
         .cloned();
     let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let dev = Device::Cpu;
-    let cfg = GimpConfig {
-        aggregator: AggregatorConfig::gimp(1024),
-        genes: GeneEncoderConfig::GroupMsa(GroupMsaConfig::gimp(60_480, 2)),
-        n_classes: 2,
-        head_dropout: 0.25,
-        expression_alone: ExpressionAlone::FusionHead,
+    let mut results = serde_json::Map::new();
+    results.insert("implementation".into(), "gimp-rs".into());
+    results.insert(
+        "threads".into(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .into(),
+    );
+    let mut record = |name: &str, v: Option<f64>| {
+        results.insert(name.to_string(), v.into());
     };
-    let store = ParamStore::new(0);
-    let model = Gimp::new(&store.root(), cfg.clone())?;
-    store.set_trainable("genes.", false);
-    let mut opt = Adam::new(&store, AdamConfig::gimp());
     let window = Tensor::rand(0f32, 1f32, (6000, 1024), &dev)?;
-    let masked: Vec<usize> = (0..6000).step_by(2).collect();
     let mode = Mode::train(rand_chacha::ChaCha8Rng::seed_from_u64(0));
     let pretrain_step = optional(want("pretrain_step"), || {
+        let cfg = GimpConfig {
+            aggregator: AggregatorConfig::gimp(1024),
+            genes: GeneEncoderConfig::GroupMsa(GroupMsaConfig::gimp(60_480, 2)),
+            n_classes: 2,
+            head_dropout: 0.25,
+            expression_alone: ExpressionAlone::FusionHead,
+        };
+        let store = ParamStore::new(0);
+        let model = Gimp::new(&store.root(), cfg)?;
+        store.set_trainable("genes.", false);
+        let mut opt = Adam::new(&store, AdamConfig::gimp());
+        let masked: Vec<usize> = (0..6000).step_by(2).collect();
         time(repeat, || {
             let m = model.masked_patch_modelling(&window, &masked, &mode)?;
             let grads = opt.collect(&m.reconstruction.backward()?);
             opt.step_with(&grads, 1e-4)
         })
     })?;
-    let infer = ParamStore::new(0);
-    let agg = gimp_models::aggregator::PatchAggregator::new(
-        &infer.root_inference(),
-        AggregatorConfig::gimp(1024),
-    )?;
+    record("pretrain_step", pretrain_step);
+    let forward = want("forward_6000") || (!skip_150k && want("forward_150000"));
+    let agg = match forward {
+        true => Some(gimp_models::aggregator::PatchAggregator::new(
+            &ParamStore::new(0).root_inference(),
+            AggregatorConfig::gimp(1024),
+        )?),
+        false => None,
+    };
     let forward_6000 = optional(want("forward_6000"), || {
+        let agg = agg.as_ref().expect("built when wanted");
         time(repeat, || agg.cls(&window, &Mode::inference()).map(drop))
     })?;
+    record("forward_6000", forward_6000);
     let forward_150000 = optional(!skip_150k && want("forward_150000"), || {
+        let agg = agg.as_ref().expect("built when wanted");
         let big = Tensor::rand(0f32, 1f32, (150_000, 1024), &dev)?;
         time(1, || agg.cls(&big, &Mode::inference()).map(drop))
     })?;
-    let gstore = ParamStore::new(1);
-    let enc = GeneEncoder::new(
-        &gstore.root(),
-        &GeneEncoderConfig::GroupMsa(GroupMsaConfig::gimp(60_480, 2)),
-    )?;
-    let mut gopt = Adam::new(&gstore, AdamConfig::gimp());
-    let genes = Tensor::rand(0f32, 1f32, (8, 60_480), &dev)?;
+    record("forward_150000", forward_150000);
+    drop(agg);
     let groupmsa_step = optional(want("groupmsa_step"), || {
+        let gstore = ParamStore::new(1);
+        let enc = GeneEncoder::new(
+            &gstore.root(),
+            &GeneEncoderConfig::GroupMsa(GroupMsaConfig::gimp(60_480, 2)),
+        )?;
+        let mut gopt = Adam::new(&gstore, AdamConfig::gimp());
+        let genes = Tensor::rand(0f32, 1f32, (8, 60_480), &dev)?;
         time(repeat, || {
             let (_, logits) = enc.forward(&genes, &mode)?;
             let l = loss::cross_entropy(&logits, &[0, 1, 0, 1, 0, 1, 0, 1])?;
@@ -112,16 +220,23 @@ fn main() -> candle_core::Result<()> {
             gopt.step_with(&g, 1e-4)
         })
     })?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "implementation": "gimp-rs",
-            "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            "pretrain_step": pretrain_step,
-            "forward_6000": forward_6000,
-            "forward_150000": forward_150000,
-            "groupmsa_step": groupmsa_step,
-        })
-    );
+    record("groupmsa_step", groupmsa_step);
+    drop(window);
+    type Step = fn(usize, usize) -> candle_core::Result<f64>;
+    let steps: [(&str, Step); 3] = [
+        ("finetune_step", finetune_step),
+        ("transmil_step", transmil_step),
+        ("clam_sb_step", clam_sb_step),
+    ];
+    for (name, step) in steps {
+        for n in BAG_SIZES {
+            let key = format!("{name}_{n}");
+            // Only when named: each runs in its own process for its peak memory.
+            let run = only.as_deref() == Some(key.as_str()) && !(skip_150k && n == 150_000);
+            let reps = if n >= 100_000 { 1 } else { repeat.min(3) };
+            record(&key, optional(run, || step(n, reps))?);
+        }
+    }
+    println!("{}", serde_json::Value::Object(results));
     Ok(())
 }

@@ -177,6 +177,10 @@ pub struct FinetuneStage {
     pub train_genes: bool,
     /// Random cap on patches per training bag (evaluation always uses the whole bag).
     pub max_patches: Option<usize>,
+    /// Refuse, before fine-tuning, a training bag whose step would need more gigabytes than
+    /// this (`--memory-limit`; the estimate is `Gimp::finetune_step_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_gb: Option<f64>,
     /// `both`, `image` (expression treated as missing: the image-only part) or `genes`.
     pub modalities: Modalities,
     /// Probability that a training patient's expression is hidden (its half of `CLS_pat` becomes
@@ -248,6 +252,7 @@ impl RunConfig {
                 weight_decay: 1e-4,
                 train_genes: false,
                 max_patches: None,
+                memory_limit_gb: None,
                 modalities: Modalities::Both,
                 modality_dropout: 0.0,
                 modality_subsets: false,

@@ -245,6 +245,76 @@ impl Prepared {
         Ok(Some(Tensor::cat(&parts, 0)?))
     }
 
+    /// Patches in the patient's bag (0 without slides), read from the cache's headers.
+    pub fn bag_patches(&self, i: usize) -> Result<usize> {
+        let p = &self.patients[i];
+        if p.slides.is_empty() {
+            return Ok(0);
+        }
+        let cache = self.cache.as_ref().ok_or_else(|| {
+            DataErr::Msg("the cohort has slides but no [features] section".into())
+        })?;
+        let mut n = 0;
+        for (id, path) in &p.slides {
+            n += cache.get(path, id, gimp_io::DEFAULT_MAX_BAG_BYTES)?.n;
+        }
+        Ok(n)
+    }
+
+    /// `--memory-limit`: refuses, before any step, a training set whose largest bag (after the
+    /// `cap` of `--max-patches`) would need more than `limit_gb` gigabytes (10⁹ bytes) for one
+    /// step by the model's `estimate` (bytes for a bag of so many patches), naming the patient,
+    /// the figure and the largest bag that fits.
+    pub fn check_memory(
+        &self,
+        patients: &[usize],
+        cap: Option<usize>,
+        limit_gb: Option<f64>,
+        estimate: impl Fn(usize) -> Option<u64>,
+    ) -> Result<()> {
+        let Some(limit_gb) = limit_gb else {
+            return Ok(());
+        };
+        let limit = (limit_gb * 1e9) as u64;
+        let mut largest: Option<(usize, usize)> = None;
+        for &i in patients {
+            let n = self.bag_patches(i)?;
+            let n = cap.map_or(n, |c| n.min(c));
+            if largest.is_none_or(|(_, m)| n > m) {
+                largest = Some((i, n));
+            }
+        }
+        let Some((i, n)) = largest.filter(|&(_, n)| n > 0) else {
+            return Ok(());
+        };
+        let unknown = || DataErr::Msg("--memory-limit: this model has no memory estimate".into());
+        let need = estimate(n).ok_or_else(unknown)?;
+        if need <= limit {
+            return Ok(());
+        }
+        // The estimates grow with the bag: the largest bag within the limit, by bisection.
+        let (mut lo, mut hi) = (0usize, n);
+        while lo + 1 < hi {
+            let mid = lo + (hi - lo) / 2;
+            match estimate(mid).ok_or_else(unknown)? <= limit {
+                true => lo = mid,
+                false => hi = mid,
+            }
+        }
+        let fits = match lo {
+            0 => "no bag fits it".to_string(),
+            lo => {
+                format!("bags of up to {lo} patches fit (--max-patches {lo} caps them at random)")
+            }
+        };
+        Err(DataErr::Msg(format!(
+            "patient {}: a training step on its bag of {n} patches needs an estimated {:.1} GB, \
+             over --memory-limit {limit_gb} GB; {fits}",
+            self.patients[i].case_id,
+            need as f64 / 1e9,
+        )))
+    }
+
     pub fn expression(&self, i: usize) -> Result<Option<Tensor>> {
         Ok(match &self.patients[i].expression {
             Some(v) => Some(Tensor::from_slice(v, v.len(), &Device::Cpu)?),

@@ -628,6 +628,11 @@ pub fn finetune(
         store.set_trainable("genes.", false);
     }
     store.set_trainable("mpm.", false);
+    if fc.modalities.slides() {
+        data.check_memory(&data.train, fc.max_patches, fc.memory_limit_gb, |n| {
+            Some(model.finetune_step_bytes(n))
+        })?;
+    }
     let mut opt = Adam::new(&store, AdamConfig::adamw(fc.lr, fc.weight_decay));
     let task = FinetuneTask {
         model: &model,

@@ -34,6 +34,9 @@ pub struct SupervisedConfig {
     pub cosine: bool,
     /// Random cap on patches per training bag.
     pub max_patches: Option<usize>,
+    /// Refuse, before training, a bag whose step would need more gigabytes than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_gb: Option<f64>,
     /// Adam's (β₁, β₂).
     pub betas: (f64, f64),
     /// Patients whose gradients are averaged into one optimiser step. A last, smaller group
@@ -92,6 +95,7 @@ impl SupervisedConfig {
             optimizer: d.optimizer,
             cosine: d.cosine,
             max_patches: None,
+            memory_limit_gb: None,
             betas: d.betas,
             accumulate: d.accumulate,
             signatures: None,
@@ -248,6 +252,11 @@ pub fn train(
     }
     let store = ParamStore::new(cfg.seed);
     let model = (arch.build)(&store.root(), &model_cfg)?;
+    if arch.input.reads_slides() {
+        data.check_memory(&train, cfg.max_patches, cfg.memory_limit_gb, |n| {
+            model.training_step_bytes(n)
+        })?;
+    }
     if arch.self_supervised() {
         let stage = SelfSupervisedTask {
             model: model.as_ref(),

@@ -676,3 +676,49 @@ fn the_paper_recipe_is_one_configuration_for_every_row() {
     let e = claim_recipe(d.path(), Reference).unwrap_err().to_string();
     assert!(e.contains("paper recipe"), "{e}");
 }
+
+/// `--memory-limit`: a training set whose largest bag's step would need more than the limit is
+/// refused before any step, with the figure and the bag size that would fit; a limit it fits
+/// trains; a model without an estimate says so.
+#[test]
+fn a_bag_over_the_memory_limit_is_refused_before_training() {
+    use gimp_train::supervised::train;
+    let d = tempfile::tempdir().unwrap();
+    let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
+    let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
+    let mut cfg = defaults("transmil");
+    cfg.epochs = 1;
+    // The estimate's constant alone is above 0.1 GB: every bag is refused.
+    cfg.memory_limit_gb = Some(0.1);
+    let dir = d.path().join("refused");
+    let err = train(&data, &cfg, &dir, Control::default(), &|_| {})
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("needs an estimated"), "{err}");
+    assert!(err.contains("--memory-limit 0.1 GB"), "{err}");
+    assert!(
+        !dir.join("train/model.safetensors").exists(),
+        "nothing is trained"
+    );
+    cfg.memory_limit_gb = Some(64.0);
+    train(
+        &data,
+        &cfg,
+        &d.path().join("fits"),
+        Control::default(),
+        &|_| {},
+    )
+    .unwrap();
+    let mut other = defaults("dsmil");
+    other.memory_limit_gb = Some(64.0);
+    let err = train(
+        &data,
+        &other,
+        &d.path().join("dsmil"),
+        Control::default(),
+        &|_| {},
+    )
+    .expect_err("no estimate")
+    .to_string();
+    assert!(err.contains("no memory estimate"), "{err}");
+}

@@ -33,6 +33,10 @@ pub struct Common {
     /// the final weights are those of an uninterrupted run.
     #[arg(long)]
     pub resume: bool,
+    /// Fine-tuning (whole bags): refuse to start when the largest training bag's step would need
+    /// more than this many gigabytes (docs/PERFORMANCE.md), instead of being killed midway.
+    #[arg(long, value_name = "GB")]
+    pub memory_limit: Option<f64>,
 }
 
 impl Common {
@@ -50,6 +54,9 @@ impl Common {
         }
         if let Some(f) = self.fold {
             cfg.fold = f;
+        }
+        if let Some(gb) = self.memory_limit {
+            cfg.finetune.memory_limit_gb = Some(gb);
         }
         Ok(cfg)
     }
@@ -361,6 +368,10 @@ pub struct TrainArgs {
     /// Random cap on patches per training bag.
     #[arg(long)]
     pub max_patches: Option<usize>,
+    /// Refuse to start when the largest training bag's step would need more than this many
+    /// gigabytes (the model's estimate, docs/PERFORMANCE.md), instead of being killed midway.
+    #[arg(long, value_name = "GB")]
+    pub memory_limit: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value_t = 0)]
@@ -427,6 +438,7 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
         a.stop_epoch,
     );
     cfg.max_patches = a.max_patches;
+    cfg.memory_limit_gb = a.memory_limit;
     let c = gimp_cohort::Cohort::open(&a.cohort, LoadOptions::default())?;
     let data = Prepared::new(&c, a.fold, a.transform)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;

@@ -38,11 +38,19 @@ pub(crate) use forward::landmark_attention;
 
 use super::geometry::segment_len;
 use super::pinv::{PinvStep, StartScale};
+use super::AttentionMemory;
 use crate::cpu::matmul::View;
 use crate::cpu::{self, scratch, with_data, CpuForward};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
+
+/// Rows of `F1` (columns of `F3`) per block: in the backward pass a block of the `N' × m`
+/// gradient (256 × 256 floats) stays in the core's L2 cache from its product through the
+/// softmax backward to the two products that consume it, instead of streaming whole
+/// `N' × m` matrices through memory three times; without kept attention matrices, the forward
+/// pass forms them block by block too.
+pub(crate) const BLOCK: usize = 256;
 
 /// The shape of one layer's computation.
 #[derive(Debug, Clone, Copy)]
@@ -60,8 +68,11 @@ struct HeadSaved {
     qm: Vec<f32>,
     km: Vec<f32>,
     a: Vec<f32>,
+    /// `F1` and `F3` when kept ([`AttentionMemory::Keep`]), else empty.
     f1: Vec<f32>,
     f3: Vec<f32>,
+    /// Each `F3` row's log-sum-exp when they are rebuilt ([`AttentionMemory::Recompute`]).
+    lse3: Vec<f32>,
     steps: Vec<PinvStep>,
     z: Vec<f32>,
     w: Vec<f32>,
@@ -140,6 +151,7 @@ pub struct NystromCore {
     /// and landmarks always cover every position; only `F1`, the output and its gradient
     /// shrink to the selected rows.
     positions: Option<Vec<usize>>,
+    memory: AttentionMemory,
     saved: Mutex<Option<Arc<Saved>>>,
 }
 
@@ -154,8 +166,19 @@ impl NystromCore {
         Self {
             shape,
             positions,
+            memory: AttentionMemory::Keep,
             saved: Mutex::new(None),
         }
+    }
+
+    /// The same core keeping or rebuilding the attention matrices.
+    pub fn with_memory(mut self, memory: AttentionMemory) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    fn keeps_attention(&self) -> bool {
+        self.memory == AttentionMemory::Keep
     }
 
     /// The query rows whose outputs are computed: a view of Q, or a packed copy of the
@@ -273,7 +296,14 @@ impl CustomOp2 for NystromCore {
 
 /// The layer core on `qkv` `[B, N', 3·H·d]` (N' a multiple of the landmarks) with residual
 /// kernels `conv` `[H, K]` (ignored when `shape.kernel` is 0) → `[B, N', H·d]`.
-pub fn nystrom_core(qkv: &Tensor, conv: &Tensor, shape: CoreShape) -> Result<Tensor> {
-    qkv.contiguous()?
-        .apply_op2(&conv.contiguous()?, NystromCore::new(shape))
+pub fn nystrom_core(
+    qkv: &Tensor,
+    conv: &Tensor,
+    shape: CoreShape,
+    memory: AttentionMemory,
+) -> Result<Tensor> {
+    qkv.contiguous()?.apply_op2(
+        &conv.contiguous()?,
+        NystromCore::new(shape).with_memory(memory),
+    )
 }

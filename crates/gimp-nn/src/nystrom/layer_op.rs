@@ -8,12 +8,18 @@
 //! only tensors crossing the op are `x`, the packed parameters and the output; the padding is
 //! a zero prefix of the `qkv` buffer and the un-padding is reading the right output rows.
 //!
+//! For the backward pass the op keeps `qkv` and the core's output, not the normalised input:
+//! the LayerNorm is recomputed from `x` there (one cheap pass), and what was kept is freed as
+//! the backward pass goes, so on a whole slide the layer never holds a second `N × dim` copy
+//! besides its gradient (`docs/PERFORMANCE.md`, "Training on whole slides").
+//!
 //! Parameters travel packed in one tensor (LayerNorm weight and bias, `to_qkv.weight`,
 //! `to_out.0.weight`, `to_out.0.bias`, the residual kernels): `Tensor::cat` of the parameters is
 //! differentiable, so candle hands each parameter its slice of the packed gradient.
 
 use super::core_op::{CoreShape, Dims, NystromCore};
 use super::geometry::Geometry;
+use super::AttentionMemory;
 use crate::cpu::lanes::layer_norm_rows;
 use crate::cpu::matmul::{mm_parallel, View};
 use crate::cpu::scratch;
@@ -57,14 +63,13 @@ impl LayerShape {
 }
 
 struct Saved {
-    ln: Vec<f32>,
     qkv: Vec<f32>,
     o: Vec<f32>,
 }
 
 impl Drop for Saved {
     fn drop(&mut self) {
-        for v in [&mut self.ln, &mut self.qkv, &mut self.o] {
+        for v in [&mut self.qkv, &mut self.o] {
             scratch::recycle(std::mem::take(v));
         }
     }
@@ -116,6 +121,12 @@ impl NystromLayerOp {
             core: NystromCore::with_positions(shape.core, positions),
             saved: Mutex::new(None),
         }
+    }
+
+    /// The same layer keeping or rebuilding the attention matrices (see [`NystromCore`]).
+    pub fn with_memory(mut self, memory: AttentionMemory) -> Self {
+        self.core = self.core.with_memory(memory);
+        self
     }
 
     /// Output rows per batch item, rows of the core's output per batch item, and the first
@@ -190,10 +201,7 @@ impl NystromLayerOp {
                 );
             }
         }
-        let mut ln = scratch::buffer(x.len());
-        ln.par_chunks_mut(dim * 64)
-            .zip(x.par_chunks(dim * 64))
-            .for_each(|(o, x)| layer_norm_rows(x, o, p.ln_w, p.ln_b, self.shape.eps));
+        let ln = self.normalise(x, &p);
         // Padding rows of qkv stay zero: the reference pads before the bias-free projection.
         let mut qkv = scratch::buffer(b * np * 3 * inner);
         for bi in 0..b {
@@ -235,8 +243,19 @@ impl NystromLayerOp {
                     }
                 }
             });
-        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(Saved { ln, qkv, o });
+        scratch::recycle(ln);
+        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(Saved { qkv, o });
         Ok(out)
+    }
+
+    /// The LayerNorm of every token of `x`.
+    fn normalise(&self, x: &[f32], p: &Params) -> Vec<f32> {
+        let dim = self.shape.dim;
+        let mut ln = scratch::buffer(x.len());
+        ln.par_chunks_mut(dim * 64)
+            .zip(x.par_chunks(dim * 64))
+            .for_each(|(o, x)| layer_norm_rows(x, o, p.ln_w, p.ln_b, self.shape.eps));
+        ln
     }
 
     fn backward(
@@ -251,22 +270,23 @@ impl NystromLayerOp {
         let (t, ro, o_off) = self.output_rows(&geo);
         let p = self.params(packed)?;
         let (dim, inner) = (self.shape.dim, self.shape.inner());
-        let guard = self.saved.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(saved) = guard.as_ref() else {
+        // Taken: one backward pass per forward; each kept buffer is freed once used.
+        let taken = self.saved.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(mut saved) = taken else {
             candle_core::bail!("nystrom layer: backward before forward");
         };
         let offsets = self.shape.offsets();
         let mut dpacked = vec![0f32; offsets[6]];
         // dy = g ⊙ mask; the residual passes g to dx unchanged.
-        let dy: Vec<f32> = match &self.mask {
+        let dy: std::borrow::Cow<[f32]> = match &self.mask {
             Some(m) => {
                 let mut d = g.to_vec();
                 d.par_chunks_mut(1 << 14)
                     .zip(m.par_chunks(1 << 14))
                     .for_each(|(d, m)| d.iter_mut().zip(m).for_each(|(a, b)| *a *= b));
-                d
+                d.into()
             }
-            None => g.to_vec(),
+            None => g.into(),
         };
         let mut d_o = scratch::buffer(b * ro * inner);
         for bi in 0..b {
@@ -291,25 +311,35 @@ impl NystromLayerOp {
             }
         }
         drop(dy);
+        scratch::recycle(std::mem::take(&mut saved.o));
         let dm = self.core_dims(b, np)?;
-        let (dqkv, dconv) = self.core.backward_slices(&saved.qkv, p.conv, &d_o, dm)?;
+        let qkv = std::mem::take(&mut saved.qkv);
+        drop(saved);
+        let (dqkv, dconv) = self.core.backward_consuming(qkv, p.conv, &d_o, dm)?;
         scratch::recycle(d_o);
+        let ln = self.normalise(x, &p);
         dpacked[offsets[5]..offsets[6]].copy_from_slice(&dconv[..offsets[6] - offsets[5]]);
         let wqkv = View::dense(p.w_qkv, 3 * inner, dim);
-        let mut dln = scratch::buffer(x.len());
+        let dq =
+            |bi: usize| View::rows_of(&dqkv, (bi * np + pad) * 3 * inner, n, 3 * inner, 3 * inner);
+        // One token-sized buffer at a time: the LayerNorm for the weight gradient, then (the
+        // same buffer back from the pool) the gradient of the LayerNorm's output.
         for bi in 0..b {
-            let dq = View::rows_of(&dqkv, (bi * np + pad) * 3 * inner, n, 3 * inner, 3 * inner);
-            let lnb = View::dense(&saved.ln[bi * n * dim..(bi + 1) * n * dim], n, dim);
+            let lnb = View::dense(&ln[bi * n * dim..(bi + 1) * n * dim], n, dim);
             mm_parallel(
                 &mut dpacked[offsets[2]..offsets[3]],
-                dq.t(),
+                dq(bi).t(),
                 lnb,
                 bi > 0,
                 1.0,
             );
+        }
+        scratch::recycle(ln);
+        let mut dln = scratch::buffer(x.len());
+        for bi in 0..b {
             mm_parallel(
                 &mut dln[bi * n * dim..(bi + 1) * n * dim],
-                dq,
+                dq(bi),
                 wqkv,
                 false,
                 1.0,

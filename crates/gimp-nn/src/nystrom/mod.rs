@@ -14,13 +14,18 @@
 //! - [`infer`]: streaming inference on raw buffers, in place, in memory linear in the bag.
 //!
 //! They share one implementation of each piece: the padded layout and landmark means
-//! ([`geometry`]), the residual convolution ([`residual_conv`]) and the pseudo-inverse with its
-//! global start scale ([`pinv`]).
+//! ([`geometry`]), the residual convolution ([`residual_conv`]), the pseudo-inverse with its
+//! global start scale ([`pinv`]) and the online softmax of `F3` ([`online_softmax`]).
+//!
+//! The two training ops either keep the `N' × m` attention matrices `F1` and `F3` of every
+//! head for the backward pass or rebuild them there block by block
+//! ([`AttentionMemory`]); [`choose_path`] picks by their size.
 
 pub mod core_op;
 pub(crate) mod geometry;
 pub mod infer;
 pub mod layer_op;
+pub(crate) mod online_softmax;
 pub(crate) mod pinv;
 mod reference;
 pub(crate) mod residual_conv;
@@ -32,7 +37,7 @@ use crate::layers::{LayerNorm, Linear};
 use crate::ops::{self, Mode};
 use crate::params::Scope;
 use candle_core::{DType, Device, Result, Tensor};
-use core_op::{nystrom_core, CoreShape};
+use core_op::{CoreShape, NystromCore};
 use geometry::Geometry;
 use infer::{LayerWeights, Update};
 use layer_op::{LayerShape, NystromLayerOp};
@@ -74,6 +79,62 @@ impl NystromConfig {
 /// Rows per chunk on the streaming path.
 pub const STREAM_CHUNK: usize = 4096;
 
+/// What the training ops keep of the attention matrices `F1` (`N' × m`) and `F3` (`m × N'`)
+/// of every head for the backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionMemory {
+    /// Keep them (`2·b·H·N'·m` floats per layer): the fastest backward pass on windows.
+    Keep,
+    /// Keep only each `F3` row's log-sum-exp and rebuild both, block by block, in the backward
+    /// pass (one more product per block): memory linear in the bag, what lets a whole slide
+    /// train (`docs/PERFORMANCE.md`, "Training on whole slides").
+    Recompute,
+}
+
+/// The most bytes of kept attention matrices per layer before the training ops rebuild them
+/// instead (128 MiB: a 6,000-patch pre-training window keeps them, a 24,000-patch bag does
+/// not). `GIMP_KEEP_ATTENTION_MB` overrides it.
+pub const KEEP_ATTENTION_BYTES: usize = 128 << 20;
+
+thread_local! {
+    static KEEP_LIMIT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with another limit for [`KEEP_ATTENTION_BYTES`] on this thread (tests pin each
+/// mode with it).
+pub fn with_keep_attention_limit<T>(bytes: usize, f: impl FnOnce() -> T) -> T {
+    let before = KEEP_LIMIT.with(|c| c.replace(Some(bytes)));
+    let out = f();
+    KEEP_LIMIT.with(|c| c.set(before));
+    out
+}
+
+fn keep_attention_limit() -> usize {
+    static FROM_ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    KEEP_LIMIT.with(|c| c.get()).unwrap_or_else(|| {
+        FROM_ENV
+            .get_or_init(|| {
+                std::env::var("GIMP_KEEP_ATTENTION_MB")
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .map(|mb| mb << 20)
+            })
+            .unwrap_or(KEEP_ATTENTION_BYTES)
+    })
+}
+
+/// Bytes of `F1` and `F3` for every head of one layer on `x` (`[b, n, ·]`, or one bag
+/// `[n, ·]`).
+pub fn attention_matrix_bytes(x: &Tensor, cfg: &NystromConfig) -> usize {
+    let (b, n) = match x.dims() {
+        [b, n, _] => (*b, *n),
+        [n, _] => (1, *n),
+        _ => (1, 0),
+    };
+    let geo = Geometry::new(n, cfg.landmarks, cfg.legacy_front_slice);
+    2 * b * cfg.heads * geo.padded * cfg.landmarks * std::mem::size_of::<f32>()
+}
+
 /// The implementation that runs a call of [`NystromAttention::forward`] or
 /// [`NystromAttention::forward_prenorm_residual`] (the graph reference,
 /// [`NystromAttention::forward_graph`], only runs when called by name).
@@ -84,14 +145,14 @@ pub enum NystromPath {
     Streaming,
     /// [`layer_op`]: LayerNorm, both projections, the core, dropout and the residual as one
     /// op with a hand-written backward pass. It has CPU kernels for `f32` only.
-    FusedLayer,
+    FusedLayer(AttentionMemory),
     /// [`core_op`] between candle's projections (LayerNorm, dropout and the residual, if any,
     /// as ordinary candle ops). The op has CPU kernels only; elsewhere candle reports an error.
-    FusedCore,
+    FusedCore(AttentionMemory),
 }
 
-/// Chooses the implementation for a call in `mode` on the input `x` (`[b, n, dim]`);
-/// `whole_layer` says whether the caller wants the pre-norm residual layer
+/// Chooses the implementation for a call in `mode` on the input `x` (`[b, n, dim]`) of a layer
+/// configured by `cfg`; `whole_layer` says whether the caller wants the pre-norm residual layer
 /// `x + attention(norm(x))` rather than the attention alone.
 ///
 /// - [`NystromPath::Streaming`] whenever no gradient will be asked for and the model is not
@@ -102,13 +163,23 @@ pub enum NystromPath {
 ///   instead of about a dozen, no tensors at the op boundaries (the fastest training path).
 /// - [`NystromPath::FusedCore`] for the rest: attention alone, or a layer on another dtype
 ///   or device.
-pub fn choose_path(mode: &Mode, whole_layer: bool, x: &Tensor) -> NystromPath {
+///
+/// The fused ops keep `F1` and `F3` ([`AttentionMemory::Keep`]) while they take at most
+/// [`KEEP_ATTENTION_BYTES`] ([`attention_matrix_bytes`]), and rebuild them in the backward
+/// pass ([`AttentionMemory::Recompute`]) on larger bags.
+pub fn choose_path(mode: &Mode, whole_layer: bool, x: &Tensor, cfg: &NystromConfig) -> NystromPath {
     if mode.no_grad && !mode.train {
-        NystromPath::Streaming
-    } else if whole_layer && x.dtype() == DType::F32 && x.device().is_cpu() {
-        NystromPath::FusedLayer
+        return NystromPath::Streaming;
+    }
+    let memory = if attention_matrix_bytes(x, cfg) <= keep_attention_limit() {
+        AttentionMemory::Keep
     } else {
-        NystromPath::FusedCore
+        AttentionMemory::Recompute
+    };
+    if whole_layer && x.dtype() == DType::F32 && x.device().is_cpu() {
+        NystromPath::FusedLayer(memory)
+    } else {
+        NystromPath::FusedCore(memory)
     }
 }
 
@@ -173,10 +244,12 @@ impl NystromAttention {
     /// `x`: `[b, n, dim]` → `[b, n, dim]`, on the path [`choose_path`] picks for attention
     /// alone: streaming at inference, else the fused core op.
     pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
-        match choose_path(mode, false, x) {
+        match choose_path(mode, false, x, &self.cfg) {
             NystromPath::Streaming => self.forward_streaming_batch(x),
             // Attention alone never takes the fused layer.
-            NystromPath::FusedCore | NystromPath::FusedLayer => self.forward_fused_core(x, mode),
+            NystromPath::FusedCore(memory) | NystromPath::FusedLayer(memory) => {
+                self.forward_fused_core(x, mode, memory)
+            }
         }
     }
 
@@ -189,13 +262,19 @@ impl NystromAttention {
     }
 
     /// Everything between the two projections as one op (`core_op`).
-    fn forward_fused_core(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
+    fn forward_fused_core(
+        &self,
+        x: &Tensor,
+        mode: &Mode,
+        memory: AttentionMemory,
+    ) -> Result<Tensor> {
         let (qkv, geo) = self.padded_qkv(x)?;
         let conv = match &self.res_conv {
             Some(w) => w.reshape((self.cfg.heads, self.cfg.residual_kernel))?,
             None => Tensor::zeros((self.cfg.heads, 1), DType::F32, x.device())?,
         };
-        let out = nystrom_core(&qkv, &conv, self.core_shape())?;
+        let op = NystromCore::new(self.core_shape()).with_memory(memory);
+        let out = qkv.contiguous()?.apply_op2(&conv.contiguous()?, op)?;
         self.project_and_unpad(&out, &geo, mode)
     }
 
@@ -221,10 +300,12 @@ impl NystromAttention {
         mode: &Mode,
         rows: Option<&[usize]>,
     ) -> Result<Tensor> {
-        let attended = match choose_path(mode, true, x) {
+        let attended = match choose_path(mode, true, x, &self.cfg) {
             NystromPath::Streaming => self.forward_streaming_batch(&norm.forward(x)?)?,
-            NystromPath::FusedCore => self.forward_fused_core(&norm.forward(x)?, mode)?,
-            NystromPath::FusedLayer => {
+            NystromPath::FusedCore(memory) => {
+                self.forward_fused_core(&norm.forward(x)?, mode, memory)?
+            }
+            NystromPath::FusedLayer(memory) => {
                 let (b, n, _) = x.dims3()?;
                 let dim = self.cfg.dim;
                 let out_rows = rows.map_or(n, |r| r.len());
@@ -236,7 +317,8 @@ impl NystromAttention {
                     legacy_front_slice: self.cfg.legacy_front_slice,
                     eps: norm.eps as f32,
                 };
-                let op = NystromLayerOp::with_rows(shape, mask, rows.map(|r| r.to_vec()), n);
+                let op = NystromLayerOp::with_rows(shape, mask, rows.map(|r| r.to_vec()), n)
+                    .with_memory(memory);
                 return x
                     .contiguous()?
                     .apply_op2(&self.packed_layer_params(norm, x.device())?, op);

@@ -3,14 +3,17 @@
 //! pseudo-inverse's start scale); once those shares are summed, the global step adds `dL/dc`
 //! to `dA` through the two maxima; phase B takes `dA` through the landmark softmax to Q and K.
 
-use super::{merge_heads, Dims, HeadSaved, Inputs, NystromCore, Saved};
+use super::forward::f1_rows;
+use super::{merge_heads, Dims, HeadSaved, Inputs, NystromCore, Saved, BLOCK};
 use crate::cpu::lanes::{self, softmax_backward_block, softmax_backward_rows};
 use crate::cpu::matmul::{mm, View};
 use crate::cpu::scratch;
+use crate::nystrom::online_softmax::f3_block;
 use crate::nystrom::pinv::pinv_backward;
 use crate::nystrom::residual_conv::{conv_input_grad, conv_weight_grad};
 use candle_core::Result;
 use rayon::prelude::*;
+use std::sync::Arc;
 
 impl NystromCore {
     /// The backward pass on raw slices after [`Self::forward_slices`]: `(dqkv, dconv)`.
@@ -21,16 +24,48 @@ impl NystromCore {
         grad: &[f32],
         dm: Dims,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let saved = self
-            .saved
+        let saved = self.take_saved()?;
+        let (grads, dconv) = self.backward(&saved, dm, qkv, conv, grad);
+        let mut dqkv = scratch::buffer(dm.b * dm.n * 3 * dm.inner());
+        merge_grads(&mut dqkv, grads, dm);
+        Ok((dqkv, dconv))
+    }
+
+    /// [`Self::backward_slices`] taking `qkv` by value: once every head has read it, its
+    /// buffer receives `dqkv` (which has its shape), so no second `N' × 3·H·d` buffer is
+    /// allocated (the fused layer, which owns the `qkv` it kept).
+    pub(crate) fn backward_consuming(
+        &self,
+        qkv: Vec<f32>,
+        conv: &[f32],
+        grad: &[f32],
+        dm: Dims,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let saved = self.take_saved()?;
+        let (grads, dconv) = self.backward(&saved, dm, &qkv, conv, grad);
+        let mut dqkv = qkv;
+        merge_grads(&mut dqkv, grads, dm);
+        Ok((dqkv, dconv))
+    }
+
+    /// What the forward pass kept, taken, not cloned: it is freed as soon as the backward
+    /// pass ends (one backward pass per forward, as in training).
+    fn take_saved(&self) -> Result<Arc<Saved>> {
+        self.saved
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                candle_core::Error::Msg("nystrom core: backward before forward".into())
-            })?;
-        Ok(self.backward(&saved, dm, qkv, conv, grad))
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("nystrom core: backward before forward".into()))
     }
+}
+
+/// Every head's `dQ`, `dK`, `dV` into their columns of `dqkv` (`[B, N', 3·H·d]`).
+fn merge_grads(dqkv: &mut [f32], grads: Vec<HeadGrads>, dm: Dims) {
+    let parts: Vec<[&[f32]; 3]> = grads
+        .iter()
+        .map(|hg| [hg.dq.as_slice(), hg.dk.as_slice(), hg.dv.as_slice()])
+        .collect();
+    merge_heads(dqkv, &parts, dm.h, dm.d, dm.n);
 }
 
 /// Phase A of one head's backward: everything down to `dA`, plus its share of `dL/dc`.
@@ -55,12 +90,6 @@ impl Drop for HeadGrads {
     }
 }
 
-/// Rows of `F1` (columns of `F3`) per block of the backward pass: a block of the `N' × m`
-/// gradient (256 × 256 floats) stays in the core's L2 cache from its product through the
-/// softmax backward to the two products that consume it, instead of streaming whole
-/// `N' × m` matrices through memory three times.
-const BLOCK: usize = 256;
-
 impl NystromCore {
     fn head_backward_a(
         &self,
@@ -84,15 +113,29 @@ impl NystromCore {
         let mut du = vec![0f32; m * d];
         let mut dq = scratch::buffer(r * d);
         let mut dkm = vec![0f32; m * d];
+        let keep = self.keeps_attention();
         let mut block = vec![0f32; BLOCK * m.max(1)];
+        // The rebuilt block of F1 (or of F3 below) when they were not kept.
+        let mut rebuilt = if keep {
+            Vec::new()
+        } else {
+            vec![0f32; BLOCK * m.max(1)]
+        };
         for (bi, r0) in (0..r).step_by(BLOCK).enumerate() {
             let rb = BLOCK.min(r - r0);
-            let f1b = View::dense(&s.f1[r0 * m..(r0 + rb) * m], rb, m);
+            let f1s: &[f32] = if keep {
+                &s.f1[r0 * m..(r0 + rb) * m]
+            } else {
+                let f = &mut rebuilt[..rb * m];
+                f1_rows(f, qr.rows(r0, rb), kmv, sc);
+                f
+            };
+            let f1b = View::dense(f1s, rb, m);
             let gb = g.rows(r0, rb);
             let ds = &mut block[..rb * m];
             mm(&mut du, f1b.t(), gb, bi > 0, 1.0);
             mm(ds, gb, uv.t(), false, 1.0);
-            softmax_backward_rows(&s.f1[r0 * m..(r0 + rb) * m], ds, m);
+            softmax_backward_rows(f1s, ds, m);
             let dsv = View::dense(ds, rb, m);
             mm(&mut dq[r0 * d..(r0 + rb) * d], dsv, kmv, false, sc);
             mm(&mut dkm, dsv.t(), qr.rows(r0, rb), bi > 0, sc);
@@ -135,11 +178,20 @@ impl NystromCore {
         let mut dqm = vec![0f32; m * d];
         for (bi, c0) in (0..n).step_by(BLOCK).enumerate() {
             let cb = BLOCK.min(n - c0);
-            let f3b = View::rows_of(&s.f3, c0, m, cb, n);
+            // The block as a view, and as (matrix, its row length, first column) for the
+            // softmax backward.
+            let (f3b, (f, f_cols, f_c0)) = if keep {
+                (View::rows_of(&s.f3, c0, m, cb, n), (&s.f3[..], n, c0))
+            } else {
+                let f = &mut rebuilt[..m * cb];
+                f3_block(f, qmv, k, c0, cb, sc, &s.lse3);
+                let f: &[f32] = f;
+                (View::dense(f, m, cb), (f, cb, 0))
+            };
             let ds = &mut block[..m * cb];
             mm(&mut dv[c0 * d..(c0 + cb) * d], f3b.t(), dwv, false, 1.0);
             mm(ds, dwv, v.rows(c0, cb).t(), false, 1.0);
-            softmax_backward_block(&s.f3, n, c0, ds, cb, &rowdot);
+            softmax_backward_block(f, f_cols, f_c0, ds, cb, &rowdot);
             let dsv = View::dense(ds, m, cb);
             mm(&mut dk[c0 * d..(c0 + cb) * d], dsv.t(), qmv, false, sc);
             mm(&mut dqm, dsv, k.rows(c0, cb), bi > 0, sc);
@@ -196,7 +248,7 @@ impl NystromCore {
         qkv: &[f32],
         conv: &[f32],
         grad: &[f32],
-    ) -> (Vec<f32>, Vec<f32>) {
+    ) -> (Vec<HeadGrads>, Vec<f32>) {
         let c = saved.scale.c();
         let tasks = dm.b * dm.h;
         let mut phase_a: Vec<HeadGrads> = (0..tasks)
@@ -214,15 +266,6 @@ impl NystromCore {
             .par_iter_mut()
             .enumerate()
             .for_each(|(bh, hg)| self.head_backward_b(&saved.heads[bh], dm, hg));
-        let inner = dm.inner();
-        let n = dm.n;
-        let mut dqkv = scratch::buffer(dm.b * n * 3 * inner);
-        let parts: Vec<[&[f32]; 3]> = phase_a
-            .iter()
-            .map(|hg| [hg.dq.as_slice(), hg.dk.as_slice(), hg.dv.as_slice()])
-            .collect();
-        merge_heads(&mut dqkv, &parts, dm.h, dm.d, dm.n);
-        drop(parts);
         let kk = self.shape.kernel;
         let mut dconv = vec![0f32; if kk > 0 { dm.h * kk } else { conv.len() }];
         if kk > 0 {
@@ -234,6 +277,6 @@ impl NystromCore {
                     .for_each(|(a, b)| *a += b);
             }
         }
-        (dqkv, dconv)
+        (phase_a, dconv)
     }
 }

@@ -1,11 +1,12 @@
 //! The core op's forward pass: per head, the landmarks and `A` (phase 1); then, once the
 //! pseudo-inverse's global start scale is known, `Z`, `F1`, `F3` and the output (phase 2).
 
-use super::{merge_heads, Dims, HeadSaved, Inputs, NystromCore, Saved};
+use super::{merge_heads, Dims, HeadSaved, Inputs, NystromCore, Saved, BLOCK};
 use crate::cpu::lanes::softmax_rows;
 use crate::cpu::matmul::{mm, View};
 use crate::cpu::scratch;
 use crate::nystrom::geometry::segment_means;
+use crate::nystrom::online_softmax::f3_times_v;
 use crate::nystrom::pinv::{pinv_forward, start_scale};
 use crate::nystrom::residual_conv::conv_rows;
 use candle_core::Result;
@@ -26,6 +27,13 @@ pub(crate) fn landmark_attention(
     mm(&mut a, qv, kv.t(), false, scale);
     softmax_rows(&mut a, m);
     a
+}
+
+/// `F1 = softmax(scale·Q K̃ᵀ)` on the query rows `q` into `dst` (`[q.rows, m]`): the forward
+/// pass and, when it is not kept, the backward pass block by block.
+pub(crate) fn f1_rows(dst: &mut [f32], q: View, km: View, scale: f32) {
+    mm(dst, q, km.t(), false, scale);
+    softmax_rows(dst, km.rows);
 }
 
 impl NystromCore {
@@ -50,23 +58,56 @@ impl NystromCore {
         let (q, k, v) = (dm.qkv(qkv, bh, 0), dm.qkv(qkv, bh, 1), dm.qkv(qkv, bh, 2));
         let (z, steps) = pinv_forward(&a, m, c, self.shape.pinv_iterations, true);
         let kmv = View::dense(&km, m, d);
+        let qmv = View::dense(&qm, m, d);
         let r = dm.r;
         let mut q_buf = Vec::new();
         let qr = self.query_rows(q, &mut q_buf);
-        let mut f1 = scratch::buffer(r * m);
-        mm(&mut f1, qr, kmv.t(), false, dm.scale);
-        softmax_rows(&mut f1, m);
-        let mut f3 = scratch::buffer(m * n);
-        mm(&mut f3, View::dense(&qm, m, d), k.t(), false, dm.scale);
-        softmax_rows(&mut f3, n);
-        let mut w = vec![0f32; m * d];
-        mm(&mut w, View::dense(&f3, m, n), v, false, 1.0);
+        let keep = self.keeps_attention();
+        // W = F3 V: formed whole and kept, or by the online softmax keeping the log-sum-exps.
+        let (f3, w, lse3) = if keep {
+            let mut f3 = scratch::buffer(m * n);
+            mm(&mut f3, qmv, k.t(), false, dm.scale);
+            softmax_rows(&mut f3, n);
+            let mut w = vec![0f32; m * d];
+            mm(&mut w, View::dense(&f3, m, n), v, false, 1.0);
+            (f3, w, Vec::new())
+        } else {
+            let (w, lse) = f3_times_v(qmv, k, v, dm.scale, BLOCK);
+            (Vec::new(), w, lse)
+        };
         let mut u = vec![0f32; m * d];
         let (zv, wv) = (View::dense(&z, m, m), View::dense(&w, m, d));
         mm(&mut u, zv, wv, false, 1.0);
+        let uv = View::dense(&u, m, d);
+        // O = F1 U: in one product into the kept F1, or by row blocks through one block.
         let mut out = scratch::buffer(r * d);
-        let (f1v, uv) = (View::dense(&f1, r, m), View::dense(&u, m, d));
-        mm(&mut out, f1v, uv, false, 1.0);
+        let mut f1 = if keep {
+            scratch::buffer(r * m)
+        } else {
+            Vec::new()
+        };
+        let mut block = if keep {
+            Vec::new()
+        } else {
+            vec![0f32; BLOCK.min(r) * m]
+        };
+        let step = if keep { r.max(1) } else { BLOCK };
+        for r0 in (0..r).step_by(step) {
+            let rb = step.min(r - r0);
+            let f1b = if keep {
+                &mut f1[r0 * m..(r0 + rb) * m]
+            } else {
+                &mut block[..rb * m]
+            };
+            f1_rows(f1b, qr.rows(r0, rb), kmv, dm.scale);
+            mm(
+                &mut out[r0 * d..(r0 + rb) * d],
+                View::dense(f1b, rb, m),
+                uv,
+                false,
+                1.0,
+            );
+        }
         if self.shape.kernel > 0 {
             let hi = bh % dm.h;
             let kk = self.shape.kernel;
@@ -85,6 +126,7 @@ impl NystromCore {
                 a,
                 f1,
                 f3,
+                lse3,
                 steps,
                 z,
                 w,
