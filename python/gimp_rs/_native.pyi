@@ -202,6 +202,7 @@ def extract(
     weights: _Path,
     out: _Path,
     *,
+    encoder: str = "resnet50_trunc",
     batch: int = 32,
     target_patch_size: Optional[int] = None,
     pt: bool = False,

@@ -462,17 +462,20 @@ fn experiment(
     )
 }
 
-/// ResNet50-trunc features (CLAM's extractor) of every patch of every slide, as
-/// `gimp-rs extract`: `slides` (slide files or folders of them), `patches` (the folder of
-/// `{slide_id}.h5` patch files), `weights` (torchvision-named ResNet-50 weights), written to
-/// `out/h5_files/{slide_id}.h5` (and `out/pt_files/` with `pt=True`). Slides whose features
-/// are complete are skipped unless `overwrite`. `batch` patches go through the network at once;
-/// `target_patch_size` resizes patches first (default: the patch file's target size).
+/// Features of every patch of every slide by a registered patch encoder (`encoder`, as
+/// `gimp-rs extract --list` names them; default CLAM's ResNet50-trunc), as `gimp-rs extract`:
+/// `slides` (slide files or folders of them), `patches` (the folder of `{slide_id}.h5` patch
+/// files), `weights` (the encoder's weights by the reference's parameter names), written to
+/// `out/h5_files/{slide_id}.h5` for ResNet50-trunc (and `out/pt_files/` with `pt=True`), else
+/// TRIDENT's `out/features_{encoder}/{slide_id}.h5`, with the encoder's name and the weights'
+/// SHA-256 recorded. Slides whose features are complete are skipped unless `overwrite`.
+/// `batch` patches go through the network at once; `target_patch_size` resizes patches first
+/// (default: the patch file's target size).
 ///
 /// Returns `{"done": [slide ids], "skipped": [...], "failed": {slide id: message}}`.
 #[pyfunction]
-#[pyo3(signature = (slides, patches, weights, out, *, batch = 32, target_patch_size = None,
-    pt = false, overwrite = false, progress = None))]
+#[pyo3(signature = (slides, patches, weights, out, *, encoder = "resnet50_trunc", batch = 32,
+    target_patch_size = None, pt = false, overwrite = false, progress = None))]
 #[allow(clippy::too_many_arguments)]
 fn extract(
     py: Python<'_>,
@@ -480,6 +483,7 @@ fn extract(
     patches: PathBuf,
     weights: PathBuf,
     out: PathBuf,
+    encoder: &str,
     batch: usize,
     target_patch_size: Option<u32>,
     pt: bool,
@@ -489,16 +493,26 @@ fn extract(
     if batch == 0 {
         return Err(PyValueError::new_err("batch: must be at least 1"));
     }
+    let spec = gimp_extract::encoders::find(encoder).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "encoder: unknown '{encoder}'; known: {}",
+            gimp_extract::encoders::names().join(", ")
+        ))
+    })?;
     let rep = Reporter::new(py, progress)?;
     let result = detached(py, || {
         use gimp_slide::batch as layout;
         let files = layout::slide_files(&slides)?;
-        let w = gimp_io::weights::read(&weights)?;
-        let net = gimp_extract::resnet::ResNet50Trunc::new(w).map_err(|e| {
-            Failure::Model(format!("{}: not ResNet-50 weights: {e}", weights.display()))
-        })?;
+        use gimp_extract::extract::Layout;
+        let net = spec.load(&weights)?;
+        let sha = gimp_io::weights::sha256_hex(&weights)?;
         let run = gimp_extract::extract::FeatureRun {
-            net: &net,
+            encoder: net.as_ref(),
+            weights_sha256: &sha,
+            layout: match spec.name {
+                "resnet50_trunc" => Layout::Clam,
+                _ => Layout::Trident,
+            },
             batch,
             input_size: target_patch_size,
             out: &out,
