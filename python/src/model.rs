@@ -86,19 +86,8 @@ impl Model {
         let mut loaded = registry::load(self.arch, self.weights.clone(), self.config.clone())
             .map_err(|e| Failure::Model(format!("loading {}: {e}", self.path.display())))?;
         // A temperature stored by `gimp-rs calibrate`.
-        if let Some(t) = self.info.get(registry::TEMPERATURE_KEY) {
-            loaded.temperature = t
-                .parse::<f64>()
-                .ok()
-                .filter(|t| t.is_finite() && *t > 0.0)
-                .ok_or_else(|| {
-                    Failure::Model(format!(
-                        "{}: checkpoint info '{}' = '{t}' is not a positive number",
-                        self.path.display(),
-                        registry::TEMPERATURE_KEY
-                    ))
-                })?;
-        }
+        loaded.temperature = registry::temperature(&self.info)
+            .map_err(|e| Failure::Model(format!("{}: {e}", self.path.display())))?;
         Ok(loaded)
     }
 

@@ -104,8 +104,15 @@ pub fn load_checkpoint(ckpt: &Checkpoint) -> Result<Loaded> {
         ckpt.weights.clone(),
         Some(ckpt.config.clone()),
     )?;
-    if let Some(t) = ckpt.info.get(TEMPERATURE_KEY) {
-        loaded.temperature = t
+    loaded.temperature = temperature(&ckpt.info)?;
+    Ok(loaded)
+}
+
+/// The temperature a checkpoint's info records (1 when it records none).
+pub fn temperature(info: &BTreeMap<String, String>) -> Result<f64> {
+    match info.get(TEMPERATURE_KEY) {
+        None => Ok(1.0),
+        Some(t) => t
             .parse::<f64>()
             .ok()
             .filter(|t| t.is_finite() && *t > 0.0)
@@ -113,7 +120,6 @@ pub fn load_checkpoint(ckpt: &Checkpoint) -> Result<Loaded> {
                 candle_core::Error::Msg(format!(
                     "checkpoint info '{TEMPERATURE_KEY}' = '{t}' is not a positive number"
                 ))
-            })?;
+            }),
     }
-    Ok(loaded)
 }

@@ -2,6 +2,7 @@
 //! with its censorings marked, the log-rank p-value between the groups in the title, and the
 //! numbers still at risk under the time axis; PNG and SVG.
 
+use crate::draw_err as err;
 use gimp_io::{DataError, ErrorKind};
 use gimp_metrics::survival::{logrank, KaplanMeier, LogRank, Outcomes};
 use plotters::prelude::*;
@@ -39,10 +40,6 @@ pub fn risk_groups(risk: &[f64], n_groups: usize) -> (Vec<usize>, Vec<String>) {
             .collect()
     };
     (group, names)
-}
-
-fn err(path: &Path, e: impl std::fmt::Display) -> DataError {
-    DataError::new(ErrorKind::Io, path, format!("cannot draw the figure: {e}"))
 }
 
 /// A p-value as people read it.
@@ -170,6 +167,37 @@ where
     root.present().map_err(|e| err(out, e))
 }
 
+struct Drawing<'a> {
+    figure: &'a KaplanMeierFigure,
+    outcomes: Outcomes<'a>,
+    group: &'a [usize],
+    unit: &'a str,
+    title: &'a str,
+    max_time: f64,
+}
+
+impl crate::Figure for Drawing<'_> {
+    fn draw_on<DB: DrawingBackend>(
+        &self,
+        root: DrawingArea<DB, plotters::coord::Shift>,
+        out: &Path,
+    ) -> Result<(), DataError>
+    where
+        DB::ErrorType: 'static,
+    {
+        draw(
+            root,
+            self.figure,
+            self.outcomes,
+            self.group,
+            self.unit,
+            self.title,
+            self.max_time,
+            out,
+        )
+    }
+}
+
 /// Draws the Kaplan–Meier curves of the groups `group[i]` (named by `names`), with the
 /// log-rank test between them, as `{stem}.png` and `{stem}.svg` (each via a temporary name);
 /// returns what was drawn.
@@ -181,9 +209,7 @@ pub fn plot(
     title: &str,
     stem: &Path,
 ) -> Result<KaplanMeierFigure, DataError> {
-    crate::register_font();
     let png = stem.with_extension("png");
-    let svg = stem.with_extension("svg");
     let bad = |message: String| DataError::new(ErrorKind::Value, &png, message);
     if group.len() != outcomes.len() || group.iter().any(|&g| g >= names.len()) {
         return Err(bad(format!(
@@ -225,33 +251,15 @@ pub fn plot(
         at_risk_times,
         at_risk,
     };
-    let (tp, ts) = (
-        stem.with_extension("tmp.png"),
-        stem.with_extension("tmp.svg"),
-    );
-    let size = (820, 620);
-    draw(
-        BitMapBackend::new(&tp, size).into_drawing_area(),
-        &figure,
+    let drawing = Drawing {
+        figure: &figure,
         outcomes,
         group,
         unit,
         title,
         max_time,
-        &png,
-    )?;
-    draw(
-        SVGBackend::new(&ts, size).into_drawing_area(),
-        &figure,
-        outcomes,
-        group,
-        unit,
-        title,
-        max_time,
-        &svg,
-    )?;
-    std::fs::rename(&tp, &png).map_err(|e| DataError::io(&png, e))?;
-    std::fs::rename(&ts, &svg).map_err(|e| DataError::io(&svg, e))?;
+    };
+    crate::write_png_and_svg(&drawing, (820, 620), stem)?;
     Ok(figure)
 }
 

@@ -56,8 +56,38 @@ pub fn read_log(path: &Path) -> Result<Vec<Series>, DataError> {
     Ok(series)
 }
 
-fn draw_err(path: &Path, e: impl std::fmt::Display) -> DataError {
+pub(crate) fn draw_err(path: &Path, e: impl std::fmt::Display) -> DataError {
     DataError::new(ErrorKind::Io, path, format!("cannot draw the figure: {e}"))
+}
+
+/// A figure that draws itself on any plotters backend (`out` names the file in errors).
+pub(crate) trait Figure {
+    fn draw_on<DB: DrawingBackend>(
+        &self,
+        root: DrawingArea<DB, plotters::coord::Shift>,
+        out: &Path,
+    ) -> Result<(), DataError>
+    where
+        DB::ErrorType: 'static;
+}
+
+/// Writes `figure` at `size` pixels as `{stem}.png` and `{stem}.svg`, each drawn under a
+/// temporary name and renamed, so no half-written figure is left behind.
+pub(crate) fn write_png_and_svg(
+    figure: &impl Figure,
+    size: (u32, u32),
+    stem: &Path,
+) -> Result<(), DataError> {
+    register_font();
+    let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
+    let (tp, ts) = (
+        stem.with_extension("tmp.png"),
+        stem.with_extension("tmp.svg"),
+    );
+    figure.draw_on(BitMapBackend::new(&tp, size).into_drawing_area(), &png)?;
+    figure.draw_on(SVGBackend::new(&ts, size).into_drawing_area(), &svg)?;
+    std::fs::rename(&tp, &png).map_err(|e| DataError::io(&png, e))?;
+    std::fs::rename(&ts, &svg).map_err(|e| DataError::io(&svg, e))
 }
 
 /// Draws a stage's learning curves: losses on the left panel, accuracies on the right.

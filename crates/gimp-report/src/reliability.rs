@@ -2,14 +2,11 @@
 //! (bars) against the diagonal of perfect calibration, with the share of patients per bin below
 //! and the ECE in the title; PNG and SVG.
 
-use gimp_io::{DataError, ErrorKind};
+use crate::draw_err as err;
+use gimp_io::DataError;
 use gimp_metrics::calibration::Calibration;
 use plotters::prelude::*;
 use std::path::Path;
-
-fn err(path: &Path, e: impl std::fmt::Display) -> DataError {
-    DataError::new(ErrorKind::Io, path, format!("cannot draw the figure: {e}"))
-}
 
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, plotters::coord::Shift>,
@@ -108,29 +105,27 @@ where
     root.present().map_err(|e| err(out, e))
 }
 
-/// Writes the reliability diagram as `{stem}.png` and `{stem}.svg` (each via a temporary name).
+struct Diagram<'a> {
+    cal: &'a Calibration,
+    title: &'a str,
+}
+
+impl crate::Figure for Diagram<'_> {
+    fn draw_on<DB: DrawingBackend>(
+        &self,
+        root: DrawingArea<DB, plotters::coord::Shift>,
+        out: &Path,
+    ) -> Result<(), DataError>
+    where
+        DB::ErrorType: 'static,
+    {
+        draw(root, self.cal, self.title, out)
+    }
+}
+
+/// Writes the reliability diagram as `{stem}.png` and `{stem}.svg`.
 pub fn plot(cal: &Calibration, title: &str, stem: &Path) -> Result<(), DataError> {
-    crate::register_font();
-    let png = stem.with_extension("png");
-    let svg = stem.with_extension("svg");
-    let (tp, ts) = (
-        stem.with_extension("tmp.png"),
-        stem.with_extension("tmp.svg"),
-    );
-    draw(
-        BitMapBackend::new(&tp, (640, 620)).into_drawing_area(),
-        cal,
-        title,
-        &png,
-    )?;
-    draw(
-        SVGBackend::new(&ts, (640, 620)).into_drawing_area(),
-        cal,
-        title,
-        &svg,
-    )?;
-    std::fs::rename(&tp, &png).map_err(|e| DataError::io(&png, e))?;
-    std::fs::rename(&ts, &svg).map_err(|e| DataError::io(&svg, e))
+    crate::write_png_and_svg(&Diagram { cal, title }, (640, 620), stem)
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! PCA by seeded subspace iteration, t-SNE from a seeded initial embedding with the exact
 //! (not Barnes-Hut) gradient.
 
-use gimp_io::{DataError, ErrorKind};
+use crate::draw_err as err;
+use gimp_io::DataError;
 use plotters::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -102,10 +103,6 @@ pub fn tsne(rows: &[Vec<f32>], perplexity: f32, epochs: usize, seed: u64) -> Vec
     emb.chunks(2).map(|c| [c[0], c[1]]).collect()
 }
 
-fn err(path: &Path, e: impl std::fmt::Display) -> DataError {
-    DataError::new(ErrorKind::Io, path, format!("cannot draw the figure: {e}"))
-}
-
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, plotters::coord::Shift>,
     points: &[[f32; 2]],
@@ -164,7 +161,34 @@ where
     root.present().map_err(|e| err(out, e))
 }
 
-/// Writes the scatter plot as `{stem}.png` and `{stem}.svg` (each via a temporary name).
+struct Scatter<'a> {
+    points: &'a [[f32; 2]],
+    labels: &'a [usize],
+    classes: &'a [String],
+    title: &'a str,
+}
+
+impl crate::Figure for Scatter<'_> {
+    fn draw_on<DB: DrawingBackend>(
+        &self,
+        root: DrawingArea<DB, plotters::coord::Shift>,
+        out: &Path,
+    ) -> Result<(), DataError>
+    where
+        DB::ErrorType: 'static,
+    {
+        draw(
+            root,
+            self.points,
+            self.labels,
+            self.classes,
+            self.title,
+            out,
+        )
+    }
+}
+
+/// Writes the scatter plot as `{stem}.png` and `{stem}.svg`.
 pub fn plot(
     points: &[[f32; 2]],
     labels: &[usize],
@@ -172,31 +196,13 @@ pub fn plot(
     title: &str,
     stem: &Path,
 ) -> Result<(), DataError> {
-    crate::register_font();
-    let png = stem.with_extension("png");
-    let svg = stem.with_extension("svg");
-    let (tp, ts) = (
-        stem.with_extension("tmp.png"),
-        stem.with_extension("tmp.svg"),
-    );
-    draw(
-        BitMapBackend::new(&tp, (720, 640)).into_drawing_area(),
+    let scatter = Scatter {
         points,
         labels,
         classes,
         title,
-        &png,
-    )?;
-    draw(
-        SVGBackend::new(&ts, (720, 640)).into_drawing_area(),
-        points,
-        labels,
-        classes,
-        title,
-        &svg,
-    )?;
-    std::fs::rename(&tp, &png).map_err(|e| DataError::io(&png, e))?;
-    std::fs::rename(&ts, &svg).map_err(|e| DataError::io(&svg, e))
+    };
+    crate::write_png_and_svg(&scatter, (720, 640), stem)
 }
 
 #[cfg(test)]
