@@ -26,6 +26,26 @@ fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
+/// The registry's sizing rule (`docs/DESIGN.md` §38): about 64 tokens in at most 4 groups,
+/// whatever the gene count; a small panel is cut into small fragments, not one padded one.
+#[test]
+fn group_msa_sizes_itself_from_the_gene_count() {
+    let sized = |g: usize| {
+        let c = GroupMsaConfig::for_cohort(g, 2);
+        (c.fragment, c.groups, c.n_fragments())
+    };
+    assert_eq!(sized(2_000), (32, 4, 64));
+    assert_eq!(sized(12_625), (198, 4, 64));
+    assert_eq!(sized(60_480), (945, 4, 64));
+    assert_eq!(sized(70), (2, 4, 36));
+    assert_eq!(sized(3), (1, 3, 3));
+    // A 70-gene panel runs: 35 two-gene tokens, one zero-padded fragment.
+    let store = ParamStore::new(1);
+    let m = GroupMsa::new(&store.root(), GroupMsaConfig::for_cohort(70, 2)).unwrap();
+    let cls = m.encode(&rand_tensor(&[2, 70], 3), &Mode::eval()).unwrap();
+    assert_eq!(cls.dims(), &[2, 64]);
+}
+
 #[test]
 fn group_msa_fragments_and_trains() {
     assert_eq!(GroupMsaConfig::gimp(60_480, 2).n_fragments(), 240);

@@ -4,7 +4,7 @@
 //! ([`TrainingDefaults`], in its file); the image–omic adaptations first run their self-supervised
 //! stage.
 
-use crate::data::{DataErr, Prepared, Result};
+use crate::data::{DataErr, GeneSelection, Prepared, Result};
 use crate::stages::cap_bag;
 use crate::trainer::{
     probabilities, provenance, save_checkpoint, Control, EarlyStopping, Loop, OnProgress,
@@ -46,6 +46,9 @@ pub struct SupervisedConfig {
     /// expression's genes found in each column. Without it, six equal contiguous chunks.
     #[serde(default)]
     pub signatures: Option<std::path::PathBuf>,
+    /// The genes an expression-reading model trains on, chosen on the training split.
+    #[serde(default)]
+    pub genes: GeneSelection,
     /// CLAM's early stopping by default; `None` trains every epoch.
     #[serde(default = "clam_early_stopping")]
     pub early_stopping: Option<EarlyStopping>,
@@ -99,6 +102,9 @@ impl SupervisedConfig {
             betas: d.betas,
             accumulate: d.accumulate,
             signatures: None,
+            genes: d
+                .top_variance_genes
+                .map_or(GeneSelection::All, GeneSelection::TopVariance),
             early_stopping: clam_early_stopping(),
             self_supervised: SelfSupervisedStage::default(),
         })
@@ -219,6 +225,14 @@ pub fn train(
 ) -> Result<StageResult> {
     let arch = registry::lookup(&cfg.arch)?;
     arch.supervised_defaults()?;
+    let selected;
+    let data = match (&cfg.genes, arch.input.reads_expression()) {
+        (GeneSelection::All, _) | (_, false) => data,
+        (genes, true) => {
+            selected = data.clone().with_genes(genes)?;
+            &selected
+        }
+    };
     let nc = data.classes.len();
     let dims = gimp_models::Dims {
         features: data.d_in.unwrap_or(0),
