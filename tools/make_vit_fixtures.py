@@ -1,27 +1,35 @@
 """Reference outputs for gimp-extract's patch encoders (crates/gimp-extract/tests/fixtures/vit_*.safetensors).
 
-    python tools/make_vit_fixtures.py OUT_DIR            # the small fixtures the tests read
-    python tools/make_vit_fixtures.py OUT_DIR --full     # full-size random networks (GBs; not tracked)
+    python tools/make_vit_fixtures.py OUT_DIR [NAME...]               # the small fixtures the tests read
+    python tools/make_vit_fixtures.py OUT_DIR --full [NAME...]        # full-size random networks (GBs; not tracked)
+    python tools/make_vit_fixtures.py OUT_DIR --weights-only [NAME...]  # full size, OUT_DIR/NAME.safetensors,
+                                                                      # weights only (bench/encoders_end_to_end.sh)
 
 Needs torch, timm, safetensors and numpy (and transformers for Phikon-v2).
 
 Each encoder is built the way TRIDENT's `trident/patch_encoder_models/load.py` builds it (the
-same timm model name and keyword arguments; Hugging Face `Dinov2Model` for Phikon-v2) but, for
-the tracked fixtures, at reduced width and depth: embedding width 128 (160 for Virchow2, whose
-heads are 80 wide), the published head width, 1–2 blocks, a narrow MLP, and a small position
-grid (4 × 4). Every structural feature stays: LayerScale, packed SwiGLU, register tokens,
-`no_embed_class`, Virchow2's class ⊕ patch-mean output. All parameters are redrawn at random
-(timm's init leaves LayerScale at 1e-5 and the SwiGLU gate near zero, which would hide errors)
-and rounded to float16 so the file stores them in half the bytes with no loss: the reference runs
-on exactly the stored values.
+same timm model name and keyword arguments; Hugging Face `Dinov2Model` for Phikon-v2; the CONCH
+towers below, after the reference code) but, for the tracked fixtures, at reduced width and
+depth: embedding width 64 (80 for Virchow2, whose heads are 80 wide; 128 for UNI2-h, so one
+fixture has two heads), the published head width, 1 block (2 for Prov-GigaPath), a narrow MLP,
+and a 3 × 3 position grid. Every structural feature stays: LayerScale, packed SwiGLU, register
+tokens, `no_embed_class`, Virchow2's class ⊕ patch-mean output, CONCH's poolers and its text side
+(stand-ins, which must be ignored), CONCH v1.5's file-grid resize and scale-factor resampling.
+All parameters are redrawn at random (timm's init leaves LayerScale at 1e-5 and the SwiGLU gate
+near zero, which would hide errors) and rounded to float16 so the file stores them in half the
+bytes with no loss: the reference runs on exactly the stored values.
 
 Each file holds the weights by the reference's names and:
 * `test.rgb_native` u8 [2, 3, S, S]: two crops of real patches of the repository's slide (from
-  the ResNet fixture's `patches_rgb_u8`) at the native size S = 4 × patch;
+  the ResNet fixture's `patches_rgb_u8`) at the native size S = 3 × patch (at full size: 4
+  patches at 224, or at 448 resized from the 256 px patches for CONCH);
 * `test.out_native` f32 [2, out]: the reference's output on them (transform: /255, then the
   encoder's mean and std);
-* `test.rgb_other` u8 [1, 3, S', S'] and `test.out_other` at S' = 5 × patch (timm models only):
-  exercises the bicubic resampling of the position embeddings (`dynamic_img_size=True`).
+* `test.rgb_other` u8 [1, 3, S', S'] and `test.out_other` at S' = 4 × patch (all but Phikon-v2):
+  exercises the resampling of the position embeddings (timm's `dynamic_img_size=True`; CONCH
+  v1.5's `interpolate_pos_encoding`, which resamples at both sizes);
+* CONCH v1.5 only: `test.grid_14` f32 [14, 14, 1] and `test.grid_28`, its `F.interpolate` at the
+  tower's scale factor 28.1 / 14 (the upsampling every 448 px patch goes through).
 """
 import sys
 from pathlib import Path
@@ -44,7 +52,7 @@ def timm_encoders(full):
         "uni_v1": (
             "vit_large_patch16_224",
             dict(patch_size=16, init_values=1e-5, num_classes=0, dynamic_img_size=True),
-            dict(embed_dim=128, depth=2, num_heads=2, mlp_ratio=1),
+            dict(embed_dim=64, depth=1, num_heads=1, mlp_ratio=0.5),
             16, IMAGENET, "model",
         ),
         "uni_v2": (
@@ -52,27 +60,27 @@ def timm_encoders(full):
             dict(patch_size=14, depth=24, num_heads=24, init_values=1e-5, embed_dim=1536,
                  mlp_ratio=2.66667 * 2, num_classes=0, no_embed_class=True, reg_tokens=8,
                  dynamic_img_size=True, **swiglu),
-            dict(embed_dim=128, depth=1, num_heads=2, mlp_ratio=2),
+            dict(embed_dim=128, depth=1, num_heads=2, mlp_ratio=0.25),
             14, IMAGENET, "model",
         ),
         "virchow2": (
             "vit_huge_patch14_224",
             dict(init_values=1e-5, num_classes=0, reg_tokens=4, mlp_ratio=5.3375, global_pool="",
                  dynamic_img_size=True, **swiglu),
-            dict(embed_dim=160, depth=1, num_heads=2, mlp_ratio=2),
+            dict(embed_dim=80, depth=1, num_heads=1, mlp_ratio=0.5),
             14, IMAGENET, "virchow",
         ),
         "gigapath": (
             "vit_giant_patch14_dinov2",
             dict(in_chans=3, patch_size=16, embed_dim=1536, depth=40, num_heads=24,
                  mlp_ratio=5.33334, num_classes=0, dynamic_img_size=True),
-            dict(embed_dim=128, depth=1, num_heads=2, mlp_ratio=2),
+            dict(embed_dim=64, depth=2, num_heads=1, mlp_ratio=0.5),
             16, IMAGENET, "model",
         ),
         "hoptimus0": (
             "vit_giant_patch14_reg4_dinov2",
             dict(num_classes=0, global_pool="token", init_values=1e-5, dynamic_img_size=True),
-            dict(embed_dim=128, depth=1, num_heads=2, mlp_ratio=2),
+            dict(embed_dim=64, depth=1, num_heads=1, mlp_ratio=0.5),
             14, HOPTIMUS, "model",
         ),
     }
@@ -136,9 +144,10 @@ def published_name(k):
     return k
 
 
-def save(path, model, tensors):
-    sd = {published_name(k): v.detach().contiguous() for k, v in model.state_dict().items()}
-    small = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+def save(path, sd, tensors):
+    """The weights in float16 (their values are float16-rounded already) and the test tensors."""
+    small = {published_name(k): v.detach().contiguous().half() if v.is_floating_point() else v
+             for k, v in sd.items()}
     save_file({**small, **{k: v.contiguous() for k, v in tensors.items()}}, str(path))
 
 
@@ -153,8 +162,8 @@ def phikon_v2(full):
         cfg = Dinov2Config(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
                            mlp_ratio=4, image_size=224, **base)
     else:
-        cfg = Dinov2Config(hidden_size=128, num_hidden_layers=1, num_attention_heads=2,
-                           mlp_ratio=1, image_size=64, **base)
+        cfg = Dinov2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=1,
+                           mlp_ratio=1, image_size=48, **base)
     return Dinov2Model(cfg).eval(), cfg.image_size
 
 
@@ -192,10 +201,11 @@ class ConchV1Visual(torch.nn.Module):
     `forward_no_head(x, normalize=False)`, what `encode_image(x, proj_contrast=False,
     normalize=False)` runs."""
 
-    def __init__(self, width, depth, heads, img_size, embed_dim, embed_dim_caption, n_queries_caption):
+    def __init__(self, width, depth, heads, mlp_ratio, img_size, embed_dim, embed_dim_caption,
+                 n_queries_caption):
         super().__init__()
         self.trunk = timm.models.vision_transformer.VisionTransformer(
-            embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=4 if width == 768 else 1,
+            embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio,
             img_size=img_size, patch_size=16, num_classes=0, dynamic_img_size=True)
         self.attn_pool_contrast = CocaAttentionalPooler(embed_dim, width, n_head=8, n_queries=1)
         self.ln_contrast = torch.nn.LayerNorm(embed_dim)
@@ -212,11 +222,11 @@ class ConchV1Visual(torch.nn.Module):
 
 def conch_v1(full, gen):
     if full:
-        model = ConchV1Visual(768, 12, 12, 448, 512, 768, 256)
+        model = ConchV1Visual(768, 12, 12, 4, 448, 512, 768, 256)
     else:
         # The pooler's width (512 of 768 in the published model) stays different from the
         # trunk's, so nn.MultiheadAttention keeps separate q/k/v projections, as published.
-        model = ConchV1Visual(64, 1, 1, 64, 32, 8, 1)
+        model = ConchV1Visual(64, 1, 1, 0.5, 48, 32, 8, 1)
     model.eval()
     randomise(model, gen)
     sd = {f"visual.{k}": v for k, v in model.state_dict().items()}
@@ -224,7 +234,7 @@ def conch_v1(full, gen):
     sd["text.token_embedding.weight"] = torch.randn(4, 8, generator=gen)
     sd["text_decoder.ln_final.weight"] = torch.ones(8)
     sd["logit_scale"] = torch.tensor(2.6592)
-    return model, sd, (448 if full else 64), OPENAI
+    return model, sd, (448 if full else 48), OPENAI
 
 
 class EinsumAttentionalPooler(torch.nn.Module):
@@ -320,7 +330,7 @@ def conch_v15(full, gen):
     else:
         # The file's position grid (6) differs from the trunk's (14): the loader's bilinear
         # resize runs, then every forward's bicubic resampling.
-        model, file_grid = ConchV15Tower(64, 1, 1, 1, 32), 6
+        model, file_grid = ConchV15Tower(64, 1, 1, 0.5, 32), 6
     model.eval()
     randomise(model, gen)
     sd = dict(model.state_dict())
@@ -333,73 +343,87 @@ def conch_v15(full, gen):
             sd["trunk.pos_embed"], new_size=(14, 14), num_prefix_tokens=1,
             interpolation="bilinear", antialias=False)
     model.load_state_dict(loaded, strict=True)
-    return model, sd, (448 if full else 64), IMAGENET
+    return model, sd, (448 if full else 48), IMAGENET
 
 
 def upscaled_patches(side, count):
     """Real patches (256 px) resized to `side` (bilinear), for the full-size 448 px towers."""
-    rgb = patches(256, count).float()
+    rgb = load_file(str(ROOT / "crates/gimp-extract/tests/fixtures/resnet50_trunc_real_patches.safetensors"))["patches_rgb_u8"]
+    rgb = torch.from_numpy(rgb[np.arange(count) % rgb.shape[0]]).float()
     out = torch.nn.functional.interpolate(rgb, size=(side, side), mode="bilinear", align_corners=False)
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def conch_fixture(name, build, full, out_dir):
-    gen = torch.Generator().manual_seed(14)
-    model, sd, native, norm = build(full, gen)
-    rgb = upscaled_patches(native, 4) if full else patches(native, 2)
-    tensors = {"test.rgb_native": rgb, "test.out_native": run(model, "model", normalise(rgb, norm)).float()}
-    other = upscaled_patches(448 + 64, 1) if full else patches(80, 1)
-    tensors["test.rgb_other"] = other
-    tensors["test.out_other"] = run(model, "model", normalise(other, norm)).float()
-    if name == "conch_v15" and not full:
-        # F.interpolate with CONCH v1.5's scale factor on a small grid, upsampling as at 448 px.
-        grid = torch.randn(1, 3, 14, 14, generator=gen)
-        tensors["test.grid_14"] = grid[0].permute(1, 2, 0).contiguous()
-        up = torch.nn.functional.interpolate(grid, scale_factor=(28.1 / 14, 28.1 / 14), mode="bicubic")
-        tensors["test.grid_28"] = up[0].permute(1, 2, 0).contiguous()
-    path = out_dir / f"vit_{name}{'_full' if full else ''}.safetensors"
-    small = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
-    save_file({**{k: v.contiguous() for k, v in small.items()}, **{k: v.contiguous() for k, v in tensors.items()}}, str(path))
-    print(f"{path}: {sum(p.numel() for p in model.parameters())} parameters, out {tuple(tensors['test.out_native'].shape)}")
+def build(name, full, gen):
+    """Encoder `name` with random weights: (module, state dict by the published file's names,
+    native input side, (mean, std), output kind for `run`)."""
+    if name == "conch_v1":
+        model, sd, native, norm = conch_v1(full, gen)
+        return model, sd, native, norm, "model"
+    if name == "conch_v15":
+        model, sd, native, norm = conch_v15(full, gen)
+        return model, sd, native, norm, "model"
+    if name == "phikon_v2":
+        torch.manual_seed(14)
+        model, native = phikon_v2(full)
+        randomise(model, gen)
+        sd = {published_name(k): v for k, v in model.state_dict().items()}
+        return model, sd, native, IMAGENET, "hf_cls"
+    arch, kwargs, reduced, patch, norm, output = timm_encoders(full)[name]
+    native = 224 if full else 3 * patch
+    kw = dict(kwargs, img_size=native)
+    if not full:
+        kw.update(reduced)
+    model = timm.create_model(arch, pretrained=False, **kw).eval()
+    randomise(model, gen)
+    return model, dict(model.state_dict()), native, norm, output
+
+
+NAMES = ["uni_v1", "uni_v2", "virchow2", "gigapath", "hoptimus0", "conch_v1", "conch_v15", "phikon_v2"]
+
+
+def test_inputs(name, full, native):
+    """(inputs at the native size, an input at another size or None)."""
+    if full:
+        if native == 448:
+            return upscaled_patches(448, 4), upscaled_patches(448 + 64, 1)
+        patch = 16 if name in ("uni_v1", "gigapath", "phikon_v2") else 14
+        return patches(native, 4), (None if name == "phikon_v2" else patches(5 * patch, 1))
+    patch = 16 if name in ("uni_v1", "gigapath", "phikon_v2", "conch_v1", "conch_v15") else 14
+    return patches(native, 2), (None if name == "phikon_v2" else patches(4 * patch, 1))
 
 
 def main():
     out_dir = Path(sys.argv[1])
-    full = "--full" in sys.argv
+    weights_only = "--weights-only" in sys.argv
+    full = "--full" in sys.argv or weights_only
     only = [a for a in sys.argv[2:] if not a.startswith("--")]
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
-    for name, (arch, kwargs, reduced, patch, norm, output) in timm_encoders(full).items():
+    for name in NAMES:
         if only and name not in only:
             continue
         gen = torch.Generator().manual_seed(14)
-        native = 224 if full else 4 * patch
-        kw = dict(kwargs, img_size=native)
-        if not full:
-            kw.update(reduced)
-        model = timm.create_model(arch, pretrained=False, **kw).eval()
-        randomise(model, gen)
-        rgb = patches(native, 2 if not full else 4)
-        tensors = {"test.rgb_native": rgb, "test.out_native": run(model, output, normalise(rgb, norm)).float()}
-        other = patches(5 * patch, 1)
-        tensors["test.rgb_other"] = other
-        tensors["test.out_other"] = run(model, output, normalise(other, norm)).float()
-        path = out_dir / f"vit_{name}{'_full' if full else ''}.safetensors"
-        save(path, model, tensors)
-        print(f"{path}: {sum(p.numel() for p in model.parameters())} parameters, out {tuple(tensors['test.out_native'].shape)}")
-    for name, build in (("conch_v1", conch_v1), ("conch_v15", conch_v15)):
-        if not only or name in only:
-            conch_fixture(name, build, full, out_dir)
-    if not only or "phikon_v2" in only:
-        torch.manual_seed(14)
-        gen = torch.Generator().manual_seed(14)
-        model, native = phikon_v2(full)
-        randomise(model, gen)
-        rgb = patches(native, 2 if not full else 4)
-        tensors = {"test.rgb_native": rgb,
-                   "test.out_native": run(model, "hf_cls", normalise(rgb, IMAGENET)).float()}
-        path = out_dir / f"vit_phikon_v2{'_full' if full else ''}.safetensors"
-        save(path, model, tensors)
+        model, sd, native, norm, output = build(name, full, gen)
+        tensors = {}
+        if weights_only:
+            path = out_dir / f"{name}.safetensors"
+        else:
+            rgb, other = test_inputs(name, full, native)
+            tensors["test.rgb_native"] = rgb
+            tensors["test.out_native"] = run(model, output, normalise(rgb, norm)).float()
+            if other is not None:
+                tensors["test.rgb_other"] = other
+                tensors["test.out_other"] = run(model, output, normalise(other, norm)).float()
+            if name == "conch_v15" and not full:
+                # F.interpolate at CONCH v1.5's scale factor on a small grid, upsampling as at
+                # 448 px (the tower above only shrinks its 14 × 14 grid).
+                grid = torch.randn(1, 1, 14, 14, generator=gen)
+                tensors["test.grid_14"] = grid[0].permute(1, 2, 0).contiguous()
+                up = torch.nn.functional.interpolate(grid, scale_factor=(28.1 / 14, 28.1 / 14), mode="bicubic")
+                tensors["test.grid_28"] = up[0].permute(1, 2, 0).contiguous()
+            path = out_dir / f"vit_{name}{'_full' if full else ''}.safetensors"
+        save(path, sd, tensors)
         print(f"{path}: {sum(p.numel() for p in model.parameters())} parameters")
 
 
