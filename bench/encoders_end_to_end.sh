@@ -64,15 +64,18 @@ for enc in "${encoders[@]}"; do
     secs=$(echo "$line" | awk '{print $4}')
     wall=$(grep 'Elapsed (wall clock)' "$log" | awk '{print $NF}')
     rss=$(grep 'Maximum resident' "$log" | awk '{print $NF}')
-    printf '{"side": "gimp-rs", "encoder": "%s", "patches": %s, "extract_s": %s, "patches_per_s": %.3f, "wall": "%s", "peak_rss_mb": %d}\n' \
-        "$enc" "$n" "$secs" "$(echo "$n / $secs" | bc -l)" "$wall" "$((rss / 1024))"
+    cpu=$(grep 'Percent of CPU' "$log" | awk '{print $NF}')
+    printf '{"side": "gimp-rs", "encoder": "%s", "patches": %s, "extract_s": %s, "patches_per_s": %.3f, "wall": "%s", "cpu": "%s", "peak_rss_mb": %d}\n' \
+        "$enc" "$n" "$secs" "$(echo "$n / $secs" | bc -l)" "$wall" "$cpu" "$((rss / 1024))"
     if [[ " ${PYTORCH:-} " == *" $enc "* ]]; then
         plog="$dir/$enc.pytorch.time"
         out=$(OMP_NUM_THREADS=$threads /usr/bin/time -v "$python" bench/pytorch_extract.py --encoder "$enc" \
             --weights "$w" --slide "$slide" --patches "$patch_dir/$id.h5" --out "$dir/$enc.pytorch.h5" \
             --threads "$threads" 2>"$plog")
         prss=$(grep 'Maximum resident' "$plog" | awk '{print $NF}')
-        echo "${out%\}}, \"side\": \"pytorch\", \"peak_rss_mb\": $((prss / 1024))}"
+        pcpu=$(grep 'Percent of CPU' "$plog" | awk '{print $NF}')
+        echo "${out%\}}, \"side\": \"pytorch\", \"cpu\": \"$pcpu\", \"peak_rss_mb\": $((prss / 1024))}"
     fi
     [ -n "${KEEP:-}" ] || rm -f "$w"
+    echo "# $(uptime | sed 's/.*load/load/')"
 done

@@ -65,6 +65,7 @@ elif args.encoder == "phikon_v2":
     model_names = {mvf.published_name(k): k for k in model.state_dict()}
     file_sd = {model_names[k]: v for k, v in file_sd.items()}
 model.load_state_dict(file_sd, strict=False)  # copied into the float32 parameters
+del file_sd
 model.eval()
 load_s = time.perf_counter() - t0
 

@@ -323,7 +323,7 @@ impl Vit {
         &self.cfg
     }
 
-    /// Width of the pooled output.
+    /// Width of the pooled output (of each token with [`Pooling::Tokens`]).
     pub fn out_dim(&self) -> usize {
         match self.cfg.pooling {
             Pooling::ClassToken | Pooling::Tokens => self.dim,
