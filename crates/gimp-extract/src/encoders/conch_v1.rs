@@ -53,7 +53,7 @@ pub static SPEC: EncoderSpec = EncoderSpec {
     out_dim: 512,
     width: 768,
     patch: 16,
-    arch: Arch::ConchV1(CONFIG),
+    arch: Arch::ConchV1,
     transform: Transform {
         resize: Some(448),
         filter: Filter::Bicubic,

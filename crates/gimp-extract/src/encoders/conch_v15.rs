@@ -51,7 +51,7 @@ pub static SPEC: EncoderSpec = EncoderSpec {
     out_dim: 768,
     width: 1024,
     patch: 16,
-    arch: Arch::ConchV15(CONFIG),
+    arch: Arch::ConchV15,
     transform: Transform {
         resize: Some(448),
         filter: Filter::Bilinear,

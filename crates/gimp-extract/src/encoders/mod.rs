@@ -128,10 +128,10 @@ pub enum Arch {
     HfDinov2(VitConfig),
     /// CONCH v1's CoCa image tower: a timm ViT trunk and an `nn.MultiheadAttention` pooler,
     /// by the CoCa model's names (`visual.*`).
-    ConchV1(VitConfig),
+    ConchV1,
     /// CONCH v1.5's tower: an iBOT-style ViT trunk and an einsum pooler (`trunk.*`,
     /// `attn_pool_contrast.*`).
-    ConchV15(VitConfig),
+    ConchV15,
     /// CLAM's ResNet-50 truncated after `layer3`, by torchvision's names.
     ResNet50Trunc,
 }
@@ -185,8 +185,8 @@ impl EncoderSpec {
         match self.arch {
             Arch::TimmVit(cfg) => cfg.expected_keys(vit::depth_of(have)),
             Arch::HfDinov2(_) => phikon_v2::expected_keys(have),
-            Arch::ConchV1(_) => conch_v1::expected_keys(have),
-            Arch::ConchV15(_) => conch_v15::expected_keys(have),
+            Arch::ConchV1 => conch_v1::expected_keys(have),
+            Arch::ConchV15 => conch_v15::expected_keys(have),
             Arch::ResNet50Trunc => resnet50_trunc::expected_keys(),
         }
     }
@@ -196,7 +196,7 @@ impl EncoderSpec {
     fn own_name(&self, key: &str) -> Option<String> {
         match self.arch {
             Arch::ResNet50Trunc => resnet50_trunc::own_name(key),
-            Arch::ConchV1(_) => conch_v1::own_name(key),
+            Arch::ConchV1 => conch_v1::own_name(key),
             _ => Some(key.to_string()),
         }
     }
@@ -238,8 +238,8 @@ impl EncoderSpec {
                     vit: Vit::load(cfg, &mut p)?,
                 }))
             }
-            Arch::ConchV1(_) => conch_v1::load(self, p),
-            Arch::ConchV15(_) => conch_v15::load(self, p),
+            Arch::ConchV1 => conch_v1::load(self, p),
+            Arch::ConchV15 => conch_v15::load(self, p),
             Arch::ResNet50Trunc => resnet50_trunc::load(self, p),
         }
     }
