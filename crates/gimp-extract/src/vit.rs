@@ -6,7 +6,7 @@
 //!
 //! Widths (embedding, MLP hidden, depth, position grid) come from the weights' shapes, the head
 //! width from the config: a narrow network with the same structure runs the same code (the
-//! test fixtures are 128–160 wide).
+//! test fixtures are 64–128 wide).
 //!
 //! The forward pass works on plain `f32` buffers with gimp-nn's CPU kernels: matrix products
 //! through `gemm` on all threads, LayerNorm / softmax row kernels compiled for the running CPU,
