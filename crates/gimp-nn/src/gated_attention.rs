@@ -31,14 +31,14 @@ use crate::cpu::{slice, with_data, CpuForward};
 use crate::layers::Linear;
 use crate::ops::Mode;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 /// Patches per block: large enough for the products' inner dimension to keep the matrix
 /// kernel busy, small enough that a block's intermediates (a few MB) stay in the caches.
-pub const BLOCK: usize = 256;
+pub const BLOCK: usize = 512;
 
 /// The layers' sizes: `fc` is `d_in → hidden`, the two gates `hidden → attention`, the scores
 /// `attention → branches`.
@@ -124,15 +124,16 @@ impl Dropout {
         })
     }
 
-    fn fill(&self, patch: usize, out: &mut [f32]) {
+    /// Patch `patch`'s mask values `from ..` into `out[from ..]`, through `draws` (scratch).
+    fn fill(&self, patch: usize, out: &mut [f32], from: usize, draws: &mut Vec<u32>) {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(patch as u64);
-        for v in out {
-            *v = if rng.next_u32() < self.threshold {
-                self.scale
-            } else {
-                0.0
-            };
+        rng.set_word_pos(from as u128);
+        let out = &mut out[from..];
+        draws.resize(out.len(), 0);
+        rng.fill(&mut draws[..]);
+        for (v, &d) in out.iter_mut().zip(draws.iter()) {
+            *v = if d < self.threshold { self.scale } else { 0.0 };
         }
     }
 }
@@ -163,6 +164,8 @@ struct Block {
     s: Vec<f32>,
     /// Every patch's masks, `[rows, hidden + 2 · attention]` (ones without dropout).
     masks: Vec<f32>,
+    /// The masks' random draws.
+    draws: Vec<u32>,
 }
 
 impl Block {
@@ -175,6 +178,7 @@ impl Block {
             g: vec![0.0; BLOCK * d],
             s: vec![0.0; BLOCK * k],
             masks: vec![1.0; BLOCK * shape.mask_len()],
+            draws: Vec::new(),
         }
     }
 }
@@ -253,6 +257,8 @@ struct Saved {
     pooled: Vec<f32>,
     /// The patches whose embeddings follow the pooled rows in the output.
     extremes: Vec<usize>,
+    /// Every patch's embedding, when kept (`[N, hidden]`).
+    h: Option<Vec<f32>>,
 }
 
 pub struct GatedPoolOp {
@@ -260,6 +266,8 @@ pub struct GatedPoolOp {
     dropout: Option<Dropout>,
     /// `k` of [`Pooled::extremes`].
     k: usize,
+    /// Keep every patch's embedding for the backward pass instead of recomputing it there.
+    keep: bool,
     saved: Mutex<Option<Arc<Saved>>>,
 }
 
@@ -287,17 +295,11 @@ impl GatedPoolOp {
 
     /// Embeddings, gates and scores of patches `r0 .. r0 + rows` (`x` holds their features).
     fn forward_block(&self, p: &Params, x: &[f32], r0: usize, rows: usize, b: &mut Block) {
-        let PoolShape {
-            d_in,
-            hidden,
-            attention: d,
-            branches: k,
-        } = self.shape;
-        let ml = self.shape.mask_len();
+        let (d_in, hidden, ml) = (self.shape.d_in, self.shape.hidden, self.shape.mask_len());
         let masks = &mut b.masks[..rows * ml];
         if let Some(drop) = &self.dropout {
             for (i, m) in masks.chunks_exact_mut(ml).enumerate() {
-                drop.fill(r0 + i, m);
+                drop.fill(r0 + i, m, 0, &mut b.draws);
             }
         }
         let h = &mut b.h[..rows * hidden];
@@ -309,6 +311,21 @@ impl GatedPoolOp {
             1.0,
         );
         bias_relu_mask(h, p.b0, masks, ml);
+        let h = std::mem::take(&mut b.h);
+        self.gate_block(p, &h[..rows * hidden], rows, b);
+        b.h = h;
+    }
+
+    /// Gates and scores of `rows` patches from their embeddings `h` (and the gates' masks in
+    /// `b.masks`).
+    fn gate_block(&self, p: &Params, h: &[f32], rows: usize, b: &mut Block) {
+        let PoolShape {
+            hidden,
+            attention: d,
+            branches: k,
+            ..
+        } = self.shape;
+        let masks = &b.masks[..rows * self.shape.mask_len()];
         let hv = View::dense(h, rows, hidden);
         let (ta, sb, g) = (
             &mut b.ta[..rows * d],
@@ -331,6 +348,33 @@ impl GatedPoolOp {
         }
     }
 
+    /// The backward pass's view of block `r0 .. r0 + rows`: the kept embeddings with the gates
+    /// recomputed, or everything recomputed from the bag.
+    fn backward_block<'b>(
+        &self,
+        p: &Params,
+        x: &[f32],
+        kept: Option<&'b [f32]>,
+        r0: usize,
+        rows: usize,
+        b: &'b mut Block,
+    ) {
+        let (d_in, hidden, ml) = (self.shape.d_in, self.shape.hidden, self.shape.mask_len());
+        match kept {
+            Some(h) => {
+                if let Some(drop) = &self.dropout {
+                    for (i, m) in b.masks[..rows * ml].chunks_exact_mut(ml).enumerate() {
+                        drop.fill(r0 + i, m, hidden, &mut b.draws);
+                    }
+                }
+                let h = &h[r0 * hidden..(r0 + rows) * hidden];
+                b.h[..rows * hidden].copy_from_slice(h);
+                self.gate_block(p, h, rows, b);
+            }
+            None => self.forward_block(p, &x[r0 * d_in..(r0 + rows) * d_in], r0, rows, b),
+        }
+    }
+
     fn forward(&self, x: &[f32], n: usize, packed: &[f32]) -> Result<Vec<f32>> {
         let p = self.params(packed)?;
         let PoolShape {
@@ -343,15 +387,24 @@ impl GatedPoolOp {
             candle_core::bail!("gated attention: an empty bag has no attention to pool");
         }
         let blocks = n.div_ceil(BLOCK);
+        let mut kept = self.keep.then(|| vec![0f32; n * hidden]);
+        let kept_parts: Vec<Option<&mut [f32]>> = match kept.as_mut() {
+            Some(v) => v.chunks_mut(BLOCK * hidden).map(Some).collect(),
+            None => (0..blocks).map(|_| None).collect(),
+        };
         // Per block: its scores, and its softmax maximum, sum and weighted sum per branch.
-        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>)> = (0..blocks)
+        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>)> = kept_parts
             .into_par_iter()
+            .enumerate()
             .map_init(
                 || Block::new(&self.shape),
-                |b, bi| {
+                |b, (bi, kept_part)| {
                     let r0 = bi * BLOCK;
                     let rows = BLOCK.min(n - r0);
                     self.forward_block(&p, &x[r0 * d_in..(r0 + rows) * d_in], r0, rows, b);
+                    if let Some(k) = kept_part {
+                        k.copy_from_slice(&b.h[..rows * hidden]);
+                    }
                     let s = &b.s[..rows * k];
                     let mut max = vec![f32::NEG_INFINITY; k];
                     for row in s.chunks_exact(k) {
@@ -425,6 +478,7 @@ impl GatedPoolOp {
             sum,
             pooled,
             extremes,
+            h: kept,
         }));
         Ok(out)
     }
@@ -434,10 +488,11 @@ impl GatedPoolOp {
         let (d_in, hidden, ml) = (self.shape.d_in, self.shape.hidden, self.shape.mask_len());
         let mut picked = Vec::with_capacity(rows.len() * d_in);
         let mut masks = vec![1f32; rows.len() * ml];
+        let mut draws = Vec::new();
         for (&r, m) in rows.iter().zip(masks.chunks_exact_mut(ml)) {
             picked.extend_from_slice(&x[r * d_in..(r + 1) * d_in]);
             if let Some(drop) = &self.dropout {
-                drop.fill(r, m);
+                drop.fill(r, m, 0, &mut draws);
             }
         }
         let mut h = vec![0f32; rows.len() * hidden];
@@ -517,7 +572,7 @@ impl GatedPoolOp {
                     let r0 = bi * BLOCK;
                     let rows = BLOCK.min(n - r0);
                     let xb = &x[r0 * d_in..(r0 + rows) * d_in];
-                    self.forward_block(&p, xb, r0, rows, &mut b);
+                    self.backward_block(&p, x, saved.h.as_deref(), r0, rows, &mut b);
                     let h = &b.h[..rows * hidden];
                     let alpha = &mut alpha[..rows * k];
                     for (i, a) in alpha.chunks_exact_mut(k).enumerate() {
@@ -615,17 +670,11 @@ impl GatedPoolOp {
                             &dext[j * hidden..(j + 1) * hidden],
                         );
                     }
-                    // Through the dropout and the ReLU: h > 0 exactly where both let through.
+                    // Through the dropout and the ReLU: h > 0 exactly where both let through,
+                    // and there the mask is 1/(1 − p).
+                    let scale = self.dropout.map_or(1.0, |d| d.scale);
                     for (g, v) in dh.iter_mut().zip(h) {
-                        if *v <= 0.0 {
-                            *g = 0.0;
-                        }
-                    }
-                    let ml = self.shape.mask_len();
-                    if self.dropout.is_some() {
-                        for (row, m) in dh.chunks_exact_mut(hidden).zip(b.masks.chunks_exact(ml)) {
-                            row.iter_mut().zip(&m[..hidden]).for_each(|(g, m)| *g *= m);
-                        }
+                        *g = if *v > 0.0 { *g * scale } else { 0.0 };
                     }
                     let dz0 = &dh[..];
                     mm(
@@ -735,10 +784,12 @@ pub fn gated_attention_pool(
     }
     let packed = Tensor::cat(&parts, 0)?;
     let saved = Mutex::new(None);
+    let n = x.dim(0)?;
     let op = Arc::new(GatedPoolOp {
         shape,
         dropout: Dropout::new(p, mode),
         k,
+        keep: !mode.no_grad && n * hidden * 4 <= crate::nystrom::keep_attention_limit(),
         saved,
     });
     let x = x.contiguous()?;
@@ -757,7 +808,6 @@ pub fn gated_attention_pool(
         // Nothing will ask for the backward pass.
         *op.saved.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
-    let n = x.dim(0)?;
     let branches = shape.branches;
     let scores = Tensor::from_vec(kept.scores.clone(), (branches, n), x.device())?;
     let extremes = (!kept.extremes.is_empty())

@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use gimp_nn::gated_attention::{extreme_rows, gated_attention_pool, GatedLayers, Pooled, BLOCK};
+use gimp_nn::nystrom::with_keep_attention_limit;
 use gimp_nn::{ops, Linear, Mode, ParamStore};
 use rand::{Rng, SeedableRng};
 
@@ -106,8 +107,23 @@ fn loss(p: &Pooled, branches: usize, k: usize) -> Tensor {
     (lp + le).unwrap()
 }
 
+/// Runs `f` with the embeddings kept for the backward pass, then recomputed there.
+fn both_paths(f: impl Fn()) {
+    with_keep_attention_limit(usize::MAX, &f);
+    with_keep_attention_limit(0, &f);
+}
+
 #[test]
 fn fused_pooling_matches_the_graph_and_its_gradients() {
+    both_paths(pooling_matches_the_graph);
+}
+
+#[test]
+fn dropout_masks_are_redrawn_in_the_backward_pass() {
+    both_paths(dropout_gradient_matches_finite_differences);
+}
+
+fn pooling_matches_the_graph() {
     // Three blocks, the last one ragged; two branches (CLAM-MB's shape).
     let n = 2 * BLOCK + 37;
     let (branches, k) = (2, 3);
@@ -168,8 +184,7 @@ fn inference_mode_gives_the_same_pooling_without_a_graph() {
     assert!(max_rel(&a.pooled, &graph.pooled) < 1e-5);
 }
 
-#[test]
-fn dropout_masks_are_redrawn_in_the_backward_pass() {
+fn dropout_gradient_matches_finite_differences() {
     // With dropout on, the op is a fixed function of the parameters for a fixed seed; its
     // gradient must match central differences (the backward pass draws the masks again).
     let n = BLOCK + 40;

@@ -109,7 +109,7 @@ pub fn with_keep_attention_limit<T>(bytes: usize, f: impl FnOnce() -> T) -> T {
     out
 }
 
-fn keep_attention_limit() -> usize {
+pub(crate) fn keep_attention_limit() -> usize {
     static FROM_ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     KEEP_LIMIT.with(|c| c.get()).unwrap_or_else(|| {
         FROM_ENV
