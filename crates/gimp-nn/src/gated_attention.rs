@@ -247,6 +247,15 @@ fn add_column_sums(acc: &mut [f32], m: &[f32]) {
     }
 }
 
+/// One block's share of the softmax pooling: its scores (`[rows, branches]`) and, per branch,
+/// its maximum score, `Σ exp(s − max)` and `Σ exp(s − max) h`.
+struct BlockSoftmax {
+    scores: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    acc: Vec<f32>,
+}
+
 /// What the forward pass keeps for the backward pass.
 struct Saved {
     /// Raw scores `[branches, N]`.
@@ -393,7 +402,7 @@ impl GatedPoolOp {
             None => (0..blocks).map(|_| None).collect(),
         };
         // Per block: its scores, and its softmax maximum, sum and weighted sum per branch.
-        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>)> = kept_parts
+        let parts: Vec<BlockSoftmax> = kept_parts
             .into_par_iter()
             .enumerate()
             .map_init(
@@ -428,20 +437,26 @@ impl GatedPoolOp {
                         false,
                         1.0,
                     );
-                    (s.to_vec(), max, sum, acc)
+                    BlockSoftmax {
+                        scores: s.to_vec(),
+                        max,
+                        sum,
+                        acc,
+                    }
                 },
             )
             .collect();
         let mut max = vec![f32::NEG_INFINITY; k];
-        for (_, m, _, _) in &parts {
-            for (g, v) in max.iter_mut().zip(m) {
+        for part in &parts {
+            for (g, v) in max.iter_mut().zip(&part.max) {
                 *g = g.max(*v);
             }
         }
         let mut sum = vec![0f32; k];
         let mut pooled = vec![0f32; k * hidden];
         let mut scores = vec![0f32; k * n];
-        for (bi, (s, m, l, acc)) in parts.iter().enumerate() {
+        for (bi, part) in parts.iter().enumerate() {
+            let (s, m, l, acc) = (&part.scores, &part.max, &part.sum, &part.acc);
             for c in 0..k {
                 let w = lanes::exp(m[c] - max[c]);
                 sum[c] += w * l[c];
@@ -576,8 +591,8 @@ impl GatedPoolOp {
                     let h = &b.h[..rows * hidden];
                     let alpha = &mut alpha[..rows * k];
                     for (i, a) in alpha.chunks_exact_mut(k).enumerate() {
-                        for c in 0..k {
-                            a[c] = lanes::exp(saved.scores[c * n + r0 + i] - saved.max[c])
+                        for (c, v) in a.iter_mut().enumerate() {
+                            *v = lanes::exp(saved.scores[c * n + r0 + i] - saved.max[c])
                                 / saved.sum[c];
                         }
                     }
