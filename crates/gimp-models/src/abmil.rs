@@ -80,6 +80,12 @@ impl GatedAttention {
             };
             return gated_attention_pool(x, layers, self.dropout, k, mode);
         }
+        self.pool_graph(fc, x, k, mode)
+    }
+
+    /// [`Self::pool`] from candle's ordinary ops with autograd (every intermediate kept): the
+    /// path on other devices, and the reference the fused op is compared with.
+    pub fn pool_graph(&self, fc: &Linear, x: &Tensor, k: usize, mode: &Mode) -> Result<Pooled> {
         let h = ops::dropout(&fc.forward_act(x, Activation::Relu)?, self.dropout, mode)?;
         let scores = self.forward(&h, mode)?.t()?.contiguous()?; // [K, N]
         let pooled = ops::softmax_last(&scores)?.matmul(&h)?;
