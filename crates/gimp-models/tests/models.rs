@@ -399,3 +399,50 @@ fn aggregator_in_place_inference_matches_the_graph_path() {
         assert!(diff < 1e-4, "{n} patches: max difference {diff}");
     }
 }
+
+/// ABMIL's and CLAM's pooling: the fused CPU op (what training and inference run here) and the
+/// graph formulation (what other devices run) agree on the pooled vectors, the scores, the
+/// instances chosen for clustering and every parameter's gradient.
+#[test]
+fn gated_pooling_fused_and_graph_paths_agree() {
+    use gimp_models::abmil::GatedAttention;
+    use gimp_nn::Linear;
+    let store = ParamStore::new(9);
+    let s = store.root();
+    let fc = Linear::xavier(&s.pp("fc"), 32, 16).unwrap();
+    let att = GatedAttention::new(&s.pp("att"), 16, 8, 2, 0.25).unwrap();
+    let x = rand_tensor(&[300, 32], 4);
+    let k = 5;
+    let mode = Mode::eval();
+    let fused = att.pool(&fc, &x, k, &mode).unwrap();
+    let graph = att.pool_graph(&fc, &x, k, &mode).unwrap();
+    let close = |a: &Tensor, b: &Tensor, what: &str| {
+        let d: f32 = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let m: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        // An absolute floor for the score bias, whose gradient is zero in exact arithmetic
+        // (softmax ignores a shift): both sides give rounding noise there.
+        assert!(d <= 1e-4 * m.max(0.05), "{what}: {d} against {m}");
+    };
+    close(&fused.pooled, &graph.pooled, "pooled");
+    close(&fused.scores, &graph.scores, "scores");
+    let (fe, ge) = (fused.extremes.unwrap(), graph.extremes.unwrap());
+    assert_eq!(fe.dims(), &[2 * 2 * k, 16]);
+    close(&fe, &ge, "extremes");
+    let w = rand_tensor(&[2 * 2 * k, 16], 5);
+    let loss = |p: &Tensor, e: &Tensor| {
+        (p.sum_all().unwrap() + (e * &w).unwrap().sum_all().unwrap()).unwrap()
+    };
+    let gf = loss(&fused.pooled, &fe).backward().unwrap();
+    let gg = loss(&graph.pooled, &ge).backward().unwrap();
+    for (name, p) in store.params() {
+        let t = p.var.as_tensor();
+        close(gf.get(t).unwrap(), gg.get(t).unwrap(), &name);
+    }
+}
