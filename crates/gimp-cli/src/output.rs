@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use gimp_linear::baseline::LogregResult;
+use gimp_linear::cox_baseline::CoxResult;
 use gimp_train::trainer::StageResult;
 use std::path::Path;
 
@@ -28,6 +29,49 @@ pub fn print_logreg(r: &LogregResult) {
             r.folds.len(),
             crate::table::pct(r.test_accuracy_mean),
             crate::table::pct(r.test_accuracy_std)
+        );
+    }
+}
+
+/// Prints the Cox baseline's splits and, over several, the mean test c-index.
+pub fn print_cox(r: &CoxResult) {
+    for f in &r.folds {
+        let chosen = if f.val_cindex.is_empty() {
+            String::new()
+        } else {
+            let by_penalty: Vec<String> = r
+                .penalties
+                .iter()
+                .zip(&f.val_cindex)
+                .map(|(l, c)| format!("{l}: {c:.3}"))
+                .collect();
+            format!(" (validation c-index {})", by_penalty.join(", "))
+        };
+        println!(
+            "split {}: {} training patients ({} events), {} genes, penalty {}{chosen}, Newton {} iterations{}",
+            f.fold,
+            f.train,
+            f.train_events,
+            r.genes,
+            f.penalty,
+            f.iterations,
+            if f.converged { "" } else { " (not converged)" }
+        );
+        println!(
+            "  test: {} patients, {} events, Harrell's c-index {:.4} (95% bootstrap {:.4}–{:.4})",
+            f.test_patients,
+            f.test_events,
+            f.test.cindex,
+            f.test_interval.low,
+            f.test_interval.high
+        );
+    }
+    if r.folds.len() > 1 {
+        println!(
+            "test c-index over {} splits: {:.4} ± {:.4} (mean ± std)",
+            r.folds.len(),
+            r.test_cindex_mean,
+            r.test_cindex_std
         );
     }
 }

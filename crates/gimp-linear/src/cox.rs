@@ -59,7 +59,9 @@ pub enum CoxError {
     NoEvents,
     #[error("value {value} at row {row} is not a finite number")]
     NotFinite { row: usize, value: f64 },
-    #[error("penalty {0}: must be a finite number > 0 when genes outnumber patients, ≥ 0 otherwise")]
+    #[error(
+        "penalty {0}: must be a finite number > 0 when genes outnumber patients, ≥ 0 otherwise"
+    )]
     Penalty(f64),
     #[error(
         "the penalised Hessian is not positive definite (collinear covariates without a penalty?)"
@@ -144,20 +146,28 @@ impl CoxModel {
             // The objective is convex, so a Newton step halved until it decreases enough
             // (Armijo) converges from anywhere; near the optimum the full step is taken.
             let mut step = 1.0;
-            loop {
+            let accepted = loop {
                 let trial = &gamma + step * &dir;
-                if objective(&trial) <= f + 1e-4 * step * slope || step < 1e-10 {
-                    gamma = trial;
-                    break;
+                if objective(&trial) <= f + 1e-4 * step * slope {
+                    break Some(trial);
+                }
+                if step < 1e-10 {
+                    break None;
                 }
                 step *= 0.5;
+            };
+            match accepted {
+                Some(trial) => gamma = trial,
+                // No decrease along a descent direction: rounding has the last word; keep the
+                // point and report it as not converged.
+                None => break,
             }
         }
         let coef = reduced.coefficients(x, &gamma);
         let eta: Vec<f64> = x.iter().map(|r| dot(&coef, r)).collect();
         let log_likelihood = risk_sets.log_likelihood(&DVector::from_vec(eta));
-        let penalised_log_likelihood = log_likelihood
-            - n as f64 * lambda * 0.5 * coef.iter().map(|c| c * c).sum::<f64>();
+        let penalised_log_likelihood =
+            log_likelihood - n as f64 * lambda * 0.5 * coef.iter().map(|c| c * c).sum::<f64>();
         Ok(Self {
             coef,
             log_likelihood,
@@ -268,11 +278,17 @@ impl RiskSets {
 
     /// ℓ at linear predictors `eta`.
     fn log_likelihood(&self, eta: &DVector<f64>) -> f64 {
-        let m = eta.max();
+        // Σ exp(η) over the growing risk set as exp(m) · s0 with m its running maximum: one
+        // global maximum would let a risk set of much smaller η underflow to a zero sum.
+        let mut m = f64::NEG_INFINITY;
         let mut s0 = 0.0;
         let mut ll = 0.0;
         for (members, d) in &self.groups {
             for &i in members {
+                if eta[i] > m {
+                    s0 *= (m - eta[i]).exp();
+                    m = eta[i];
+                }
                 s0 += (eta[i] - m).exp();
             }
             if *d > 0 {
@@ -293,8 +309,9 @@ impl RiskSets {
     ) -> (f64, DVector<f64>, DMatrix<f64>) {
         let r = z.ncols();
         let eta = z * gamma;
-        // exp(η − max η): the ratios below are unchanged and nothing overflows.
-        let m = eta.max();
+        // Sums weighted by exp(η − m), m the running maximum of the risk set (as in
+        // `log_likelihood`); rescaling all three keeps the ratios below exact.
+        let mut m = f64::NEG_INFINITY;
         let mut s0 = 0.0;
         let mut s1 = DVector::<f64>::zeros(r);
         let mut s2 = DMatrix::<f64>::zeros(r, r);
@@ -303,6 +320,13 @@ impl RiskSets {
         let mut hess = DMatrix::<f64>::zeros(r, r);
         for (members, d) in &self.groups {
             for &i in members {
+                if eta[i] > m {
+                    let shrink = (m - eta[i]).exp();
+                    s0 *= shrink;
+                    s1 *= shrink;
+                    s2 *= shrink;
+                    m = eta[i];
+                }
                 let w = (eta[i] - m).exp();
                 let zi = z.row(i).transpose();
                 s0 += w;
@@ -376,7 +400,10 @@ mod tests {
             down[k] -= eps;
             let (lu, gu, _) = rs.derivatives(&z, &up);
             let (ld, gd, _) = rs.derivatives(&z, &down);
-            assert!(((lu - ld) / (2.0 * eps) - g[k]).abs() < 1e-6, "gradient {k}");
+            assert!(
+                ((lu - ld) / (2.0 * eps) - g[k]).abs() < 1e-6,
+                "gradient {k}"
+            );
             for l in 0..3 {
                 assert!(
                     ((gu[l] - gd[l]) / (2.0 * eps) - h[(l, k)]).abs() < 1e-6,
@@ -384,6 +411,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn risk_sets_far_below_the_largest_risk_do_not_underflow() {
+        // η spans 3,000: with one global maximum the later risk sets' sums would be exp(-2000).
+        let time = [1.0, 2.0, 3.0, 4.0];
+        let event = [true, true, false, true];
+        let eta = DVector::from_vec(vec![1000.0, -1000.0, -1500.0, -2000.0]);
+        let rs = RiskSets::new(&time, &event);
+        let log_sum = |ids: &[usize]| {
+            let m = ids
+                .iter()
+                .map(|&j| eta[j])
+                .fold(f64::NEG_INFINITY, f64::max);
+            m + ids.iter().map(|&j| (eta[j] - m).exp()).sum::<f64>().ln()
+        };
+        let want = (eta[0] - log_sum(&[0, 1, 2, 3]))
+            + (eta[1] - log_sum(&[1, 2, 3]))
+            + (eta[3] - log_sum(&[3]));
+        assert!((rs.log_likelihood(&eta) - want).abs() < 1e-9);
+        let z = DMatrix::from_column_slice(4, 1, eta.as_slice());
+        let (ll, g, h) = rs.derivatives(&z, &DVector::from_vec(vec![1.0]));
+        assert!((ll - want).abs() < 1e-9, "{ll} vs {want}");
+        assert!(g[0].is_finite() && h[(0, 0)].is_finite() && h[(0, 0)] <= 0.0);
     }
 
     #[test]

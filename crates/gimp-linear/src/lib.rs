@@ -11,6 +11,7 @@
 
 pub mod baseline;
 pub mod cox;
+pub mod cox_baseline;
 
 pub use cox::{CoxConfig, CoxError, CoxModel};
 
