@@ -76,18 +76,20 @@ pub fn outcomes(c: &Cohort) -> Result<&[Outcome], CoxBaselineError> {
     c.survival.as_deref().ok_or(CoxBaselineError::NoSurvival)
 }
 
-/// The splits to evaluate: `kfold` folds with disjoint test sets and no validation part, dealt
-/// within each class by events and time bins as `gimp-rs split` deals them; else the cohort's
-/// split files.
-pub fn splits(c: &Cohort, kfold: Option<usize>, seed: u64) -> Result<Vec<Split>, CoxBaselineError> {
+/// The splits to evaluate: `kfold` folds with disjoint test sets and the fraction `val` of each
+/// training part kept for validation, dealt within each class by events and time bins as
+/// `gimp-rs split` deals them; else the cohort's split files.
+pub fn splits(
+    c: &Cohort,
+    kfold: Option<usize>,
+    val: f64,
+    seed: u64,
+) -> Result<Vec<Split>, CoxBaselineError> {
     let Some(k) = kfold else {
         return Ok(crate::baseline::splits(c, None, seed)?);
     };
     let outcomes = outcomes(c)?;
-    let scheme = Scheme::KFold {
-        k: k.max(2),
-        val: 0.0,
-    };
+    let scheme = Scheme::kfold(k, val).map_err(BaselineError::Scheme)?;
     let bins = c.file.config.survival.as_ref().map_or(4, |s| s.bins);
     let labels: Vec<usize> = c.patients.iter().map(|p| p.label).collect();
     let strata = class_and_survival_strata(&labels, outcomes, bins)
@@ -95,7 +97,7 @@ pub fn splits(c: &Cohort, kfold: Option<usize>, seed: u64) -> Result<Vec<Split>,
             gimp_cohort::survival::check_scheme(outcomes, scheme)?;
             Ok(s)
         })
-        .map_err(|m| BaselineError::Scheme(m))?;
+        .map_err(BaselineError::Scheme)?;
     Ok(make_splits(&strata, scheme, seed))
 }
 

@@ -24,8 +24,8 @@ pub enum Command {
 pub struct CoxArgs {
     pub cohort: PathBuf,
     /// L2 penalty λ on standardised genes (lifelines' `penalizer`, l1_ratio 0). Several,
-    /// comma-separated: each split takes the one with the best validation c-index.
-    #[arg(long, value_delimiter = ',', default_value = "1")]
+    /// comma-separated (the default): each split takes the one with the best validation c-index.
+    #[arg(long, value_delimiter = ',', default_value = "0.1,1,10,100,1000")]
     pub penalty: Vec<f64>,
     /// Expression transform before z-scoring: log2p1 (for FPKM/TPM/counts) or none (already log).
     #[arg(long, default_value = "log2p1")]
@@ -34,6 +34,10 @@ pub struct CoxArgs {
     /// each class by events and time bins (as `gimp-rs split`).
     #[arg(long)]
     pub kfold: Option<usize>,
+    /// With --kfold: the fraction of each training part kept for validation (where the penalty
+    /// is chosen).
+    #[arg(long, default_value_t = 0.2)]
+    pub val: f64,
     /// Seed for --kfold and the bootstrap intervals.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -80,7 +84,7 @@ fn cox(a: CoxArgs) -> Result<ExitCode> {
         },
     )?;
     baseline::check_cohort(&c)?;
-    let splits = cox_baseline::splits(&c, a.kfold, a.seed)?;
+    let splits = cox_baseline::splits(&c, a.kfold, a.val, a.seed)?;
     let r = cox_baseline::cross_validate(&c, &splits, &a.penalty, a.transform, a.seed)?;
     if let Some(dir) = &a.scores {
         for f in &r.folds {
