@@ -1337,3 +1337,106 @@ fn extract_runs_a_vit_encoder_from_a_weights_file_in_tridents_layout() {
     assert!(stderr(&o).contains("missing [reg_token]"), "{}", stderr(&o));
     assert!(stderr(&o).contains("--encoder uni_v1"), "{}", stderr(&o));
 }
+
+/// `baseline cox` on a small synthetic cohort (which has survival times by default): k folds
+/// whose test parts cover every patient once, a c-index per fold that `survival metrics`
+/// reproduces from the written scores, and clear errors without outcomes or a validation part.
+#[test]
+fn cox_baseline_on_the_synthetic_survival_cohort() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("c");
+    assert!(synth_small(&a, "4").status.success());
+    let toml = a.join("cohort.toml");
+    let scores = d.path().join("scores");
+    let o = gimp(&[
+        "baseline",
+        "cox",
+        toml.to_str().unwrap(),
+        "--kfold",
+        "3",
+        "--penalty",
+        "1,100",
+        // Half of each stratum's training patients: the 30 patients' strata are small.
+        "--val",
+        "0.5",
+        "--scores",
+        scores.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let folds = v["folds"].as_array().unwrap();
+    assert_eq!(folds.len(), 3);
+    let tested: u64 = folds
+        .iter()
+        .map(|f| f["test_patients"].as_u64().unwrap())
+        .sum();
+    assert_eq!(tested, 30, "the test parts cover the cohort once");
+    for f in folds {
+        assert_eq!(f["val_cindex"].as_array().unwrap().len(), 2);
+        assert!(f["converged"].as_bool().unwrap(), "{f}");
+    }
+    let first = folds[0]["test"]["cindex"].as_f64().unwrap();
+    let o = gimp(&[
+        "survival",
+        "metrics",
+        scores.join("split0_test.csv").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!((m["harrell"]["cindex"].as_f64().unwrap() - first).abs() < 1e-12);
+    let o = gimp(&[
+        "baseline",
+        "cox",
+        toml.to_str().unwrap(),
+        "--kfold",
+        "3",
+        "--penalty",
+        "10",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("test c-index over 3 splits"),
+        "{}",
+        stdout(&o)
+    );
+    // Several penalties and no validation part to choose among them.
+    let o = gimp(&[
+        "baseline",
+        "cox",
+        toml.to_str().unwrap(),
+        "--kfold",
+        "3",
+        "--val",
+        "0",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("validation part"), "{}", stderr(&o));
+    // A cohort without outcomes.
+    let plain = d.path().join("plain");
+    let o = gimp(&[
+        "synth",
+        "--out",
+        plain.to_str().unwrap(),
+        "--patients",
+        "20",
+        "--patches",
+        "5,10",
+        "--dim",
+        "4",
+        "--genes",
+        "100",
+        "--no-survival",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = gimp(&[
+        "baseline",
+        "cox",
+        plain.join("cohort.toml").to_str().unwrap(),
+        "--penalty",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("[survival]"), "{}", stderr(&o));
+}
