@@ -512,3 +512,97 @@ fn integrated_brier(
     metrics::integrated_brier_score(train, test, &survival, &times)
         .map_err(|e| format!("integrated Brier score: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    /// Five patients, two censored, in three bins.
+    fn survival(loss: SurvivalLoss) -> Survival {
+        let o = |time: f64, event: bool| Outcome { time, event };
+        Survival {
+            head: SurvivalHead {
+                loss,
+                edges: vec![0.0, 2.0, 4.0, 9.0],
+                unit: "months".into(),
+            },
+            alpha: 0.3,
+            outcomes: vec![
+                o(1.0, true),
+                o(3.0, false),
+                o(3.5, true),
+                o(5.0, true),
+                o(8.0, false),
+            ],
+            bins: vec![0, 1, 1, 2, 2],
+            train: (0..5).collect(),
+        }
+    }
+
+    /// The gradient of the head path — a linear model's logits into the survival loss — against
+    /// central finite differences in float64, for both losses.
+    #[test]
+    fn survival_losses_backpropagate_as_finite_differences_say() {
+        let dev = Device::Cpu;
+        let x = Tensor::new(
+            &[
+                [0.3f64, -1.2],
+                [1.1, 0.4],
+                [-0.7, 0.9],
+                [0.2, 0.2],
+                [-1.5, -0.3],
+            ],
+            &dev,
+        )
+        .unwrap();
+        let patients: Vec<usize> = (0..5).collect();
+        for (loss, k) in [(SurvivalLoss::Nll, 3), (SurvivalLoss::Cox, 1)] {
+            let s = survival(loss);
+            let w0: Vec<f64> = (0..2 * k).map(|i| 0.4 - 0.15 * i as f64).collect();
+            let value = |w: &[f64]| -> f64 {
+                let w = Tensor::from_vec(w.to_vec(), (2, k), &dev).unwrap();
+                let l = s.loss(&x.matmul(&w).unwrap(), &patients).unwrap().unwrap();
+                l.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+            };
+            let w = Var::from_tensor(&Tensor::from_vec(w0.clone(), (2, k), &dev).unwrap()).unwrap();
+            let l = s
+                .loss(&x.matmul(w.as_tensor()).unwrap(), &patients)
+                .unwrap()
+                .unwrap();
+            let grads = l.backward().unwrap();
+            let g: Vec<f64> = grads
+                .get(w.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let h = 1e-6;
+            for j in 0..w0.len() {
+                let (mut up, mut down) = (w0.clone(), w0.clone());
+                up[j] += h;
+                down[j] -= h;
+                let fd = (value(&up) - value(&down)) / (2.0 * h);
+                assert!(
+                    (fd - g[j]).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{loss:?} weight {j}: autograd {} vs finite differences {fd}",
+                    g[j]
+                );
+            }
+            assert!(
+                g.iter().any(|v| v.abs() > 1e-4),
+                "{loss:?}: a gradient to check"
+            );
+        }
+    }
+
+    /// The risk of the head orders patients: a higher hazard everywhere is a higher risk.
+    #[test]
+    fn higher_hazards_are_higher_risks() {
+        let s = survival(SurvivalLoss::Nll);
+        let logits = Tensor::new(&[[-2.0f32, -2.0, -2.0], [1.0, 1.0, 1.0]], &Device::Cpu).unwrap();
+        let r = s.head.risk(&logits).unwrap();
+        assert!(r[1] > r[0]);
+    }
+}
