@@ -93,7 +93,45 @@ pub fn report(name: &str, r: &StageResult, classes: &[String], dir: &Path) -> Re
     if let Some(t) = &r.test {
         print!("{}", crate::table::report("  test", t, classes));
     }
+    if let Some(v) = &r.val_survival {
+        print!("{}", survival_scores("  validation", v));
+    }
+    if let Some(t) = &r.test_survival {
+        print!("{}", survival_scores("  test", t));
+    }
     Ok(())
+}
+
+/// Survival metrics as lines of text: a metric the data cannot give is left out, its reason
+/// listed.
+pub fn survival_scores(title: &str, s: &gimp_train::objective::SurvivalScores) -> String {
+    use std::fmt::Write;
+    let mut t = format!("{title}: {} patients, {} events\n", s.patients, s.events);
+    let c = s.cindex;
+    let _ = writeln!(
+        t,
+        "    Harrell's c-index {:.4} (95% bootstrap {:.4}–{:.4})",
+        c.value, c.low, c.high
+    );
+    if let Some(u) = s.uno {
+        let _ = writeln!(t, "    Uno's c-index {u:.4}");
+    }
+    for (time, auc) in s.auc_times.iter().zip(&s.auc) {
+        let _ = writeln!(t, "    AUC at {time:.4}: {auc:.4}");
+    }
+    if let Some(m) = s.mean_auc {
+        let _ = writeln!(t, "    mean time-dependent AUC {m:.4}");
+    }
+    if let Some(b) = s.integrated_brier {
+        let _ = writeln!(t, "    integrated Brier score {b:.4}");
+    }
+    if let Some(p) = s.logrank_p {
+        let _ = writeln!(t, "    log-rank p, risk halves {p:.4e}");
+    }
+    for n in &s.notes {
+        let _ = writeln!(t, "    ({n})");
+    }
+    t
 }
 
 /// [`report`] without printing: metrics.json and learning_curves.png only.
