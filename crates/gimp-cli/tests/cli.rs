@@ -1439,6 +1439,7 @@ fn cox_baseline_on_the_synthetic_survival_cohort() {
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("[survival]"), "{}", stderr(&o));
+}
 
 /// A synthetic cohort with survival columns (the first row's class dies early, the other late,
 /// every fourth patient censored) and a `[survival]` section.
@@ -1457,6 +1458,8 @@ fn survival_cohort(dir: &Path) -> PathBuf {
         "16",
         "--genes",
         "60",
+        // Outcomes with a clear class signal are written below in place of the generator's.
+        "--no-survival",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let csv = std::fs::read_to_string(dir.join("dataset.csv")).unwrap();
