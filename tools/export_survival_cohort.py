@@ -9,12 +9,14 @@ Sources (neither is in the repository; see docs/REAL_DATA.md):
                         from the data set's source.
 
 Output folder: dataset.csv (case_id, slide_id empty, label, time, event), expression.csv
-(patients x genes) and cohort.toml with a [survival] section naming the columns and the unit.
+(patients x genes, values as the source gives them: already on a log scale, so gimp-rs reads
+them with --transform none) and cohort.toml with a [survival] section naming the columns and the
+unit and a [splits] section naming OUT_DIR/splits, which `gimp-rs split` then fills:
 
-    python3 tools/export_survival_cohort.py sksurv-breast-cancer OUT_DIR
     python3 tools/export_survival_cohort.py survset:DLBCL OUT_DIR years
-    gimp-rs split OUT_DIR/cohort.toml --scheme kfold --k 5 --out OUT_DIR/splits
+    gimp-rs split OUT_DIR/cohort.toml --scheme kfold --k 5 --val 0.2 --seed 1 --out OUT_DIR/splits
     gimp-rs cohort check OUT_DIR/cohort.toml
+    gimp-rs baseline cox OUT_DIR/cohort.toml --transform none
 """
 import os
 import sys
@@ -79,7 +81,8 @@ def main():
         f.write(f"# {source}, written by tools/export_survival_cohort.py\n"
                 "[labels]\ncsv = \"dataset.csv\"\n"
                 "[expression]\nmatrix = \"expression.csv\"\norientation = \"samples_by_genes\"\n"
-                f"[survival]\ntime_column = \"{time_column}\"\nevent_column = \"event\"\nunit = \"{unit}\"\n")
+                f"[survival]\ntime_column = \"{time_column}\"\nevent_column = \"event\"\nunit = \"{unit}\"\n"
+                "[splits]\ndir = \"splits\"\n")
     print(f"{out}: {len(table)} patients, {int(table['event'].sum())} events, "
           f"{expression.shape[1]} genes")
 

@@ -61,6 +61,12 @@ pub struct Prediction {
     /// Set when a model fine-tuned on both modalities answered without one (it may be near
     /// chance; also issued as a Python warning).
     warning: Option<String>,
+    /// A survival checkpoint's risk score (higher: earlier event; docs/DESIGN.md §34); None for
+    /// a classifier, whose `probabilities` are the answer.
+    risk: Option<f64>,
+    /// A survival checkpoint's survival curve, `P(no event by the end of bin k)` per time bin
+    /// (`Model.classes` names the bins), float64 `[K]`; None for a classifier or a Cox model.
+    survival: Option<Py<PyArray1<f64>>>,
 }
 
 #[pymethods]
@@ -87,6 +93,9 @@ impl Model {
             .map_err(|e| Failure::Model(format!("loading {}: {e}", self.path.display())))?;
         // A temperature stored by `gimp-rs calibrate`.
         loaded.temperature = registry::temperature(&self.info)
+            .map_err(|e| Failure::Model(format!("{}: {e}", self.path.display())))?;
+        // A survival head recorded by a survival run.
+        loaded.survival = gimp_models::SurvivalHead::from_info(&self.info)
             .map_err(|e| Failure::Model(format!("{}: {e}", self.path.display())))?;
         Ok(loaded)
     }
@@ -165,6 +174,8 @@ struct Raw {
     attention: Option<Vec<f32>>,
     embedding: Vec<f32>,
     warning: Option<String>,
+    risk: Option<f64>,
+    survival: Option<Vec<f64>>,
 }
 
 #[pymethods]
@@ -337,7 +348,16 @@ impl Model {
                     ))
                 })?;
             let out = source.loaded.model.forward(&input, &Mode::inference())?;
+            let (risk, survival) = match &source.loaded.survival {
+                Some(head) => (
+                    head.risk(&out.logits)?.first().copied(),
+                    head.survival_curve(&out.logits)?,
+                ),
+                None => (None, None),
+            };
             Ok(Raw {
+                risk,
+                survival,
                 logits: out.logits.to_vec1()?,
                 probabilities: source.loaded.probabilities(&out.logits)?.to_vec1()?,
                 attention: out.attention.map(|a| a.to_vec1()).transpose()?,
@@ -372,6 +392,8 @@ impl Model {
                 .filter_map(|(has, n)| has.then_some(n))
                 .collect(),
             warning: raw.warning,
+            risk: raw.risk,
+            survival: raw.survival.map(|s| arrays::vector(py, s).unbind()),
         })
     }
 

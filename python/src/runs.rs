@@ -407,7 +407,10 @@ fn experiment(
     transform: Option<&str>,
     progress: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Py<PyAny>> {
-    let table_rows = exp::rows(table, &rows.unwrap_or_default())
+    // The Python experiment runs classification tables (`gimp-rs experiment --task survival`
+    // runs survival ones).
+    let task = gimp_train::objective::TaskConfig::default();
+    let table_rows = exp::rows(table, &rows.unwrap_or_default(), task.kind)
         .map_err(|e| PyValueError::new_err(format!("table/rows: {e}")))?;
     let mut base = RunConfig::preset(choice("preset", preset)?);
     if let Some(t) = transform {
@@ -432,7 +435,7 @@ fn experiment(
     let table = table.to_string();
     let outcome = detached(py, || {
         let plan = exp::plan(&out, &table_rows, folds, seeds);
-        exp::claim_recipe(&out, overrides.recipe)?;
+        exp::claim_recipe(&out, overrides.recipe, &task)?;
         let ran = exp::execute_pending(
             &c,
             &table_rows,
@@ -451,6 +454,7 @@ fn experiment(
             &plan,
             &c.label_map.names,
             overrides.recipe,
+            &task,
         )?;
         let summary = exp::summarise(&table_rows, &plan)?;
         Ok((md, ran, plan.len(), summary))

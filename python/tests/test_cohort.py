@@ -85,7 +85,10 @@ def test_check_raises_the_errors_the_cli_prints(cohort_copy):
 
 def test_a_labels_csv_error_names_file_and_line(cohort_copy):
     csv = cohort_copy.parent / "dataset.csv"
-    csv.write_text(csv.read_text() + "TCGA-XX-0000,TCGA-XX-0000-01Z,NOT_A_CLASS\n")
+    # As many fields as the header (the synthetic cohort's survival columns get valid values).
+    width = len(csv.read_text().splitlines()[0].split(","))
+    row = ["TCGA-XX-0000", "TCGA-XX-0000-01Z", "NOT_A_CLASS"] + ["1"] * (width - 3)
+    csv.write_text(csv.read_text() + ",".join(row) + "\n")
     with pytest.raises(gimp_rs.DataError) as e:
         gimp_rs.Cohort.load(cohort_copy)
     err = e.value

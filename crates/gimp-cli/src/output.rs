@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use gimp_linear::baseline::LogregResult;
+use gimp_linear::cox_baseline::CoxResult;
 use gimp_train::trainer::StageResult;
 use std::path::Path;
 
@@ -32,6 +33,49 @@ pub fn print_logreg(r: &LogregResult) {
     }
 }
 
+/// Prints the Cox baseline's splits and, over several, the mean test c-index.
+pub fn print_cox(r: &CoxResult) {
+    for f in &r.folds {
+        let chosen = if f.val_cindex.is_empty() {
+            String::new()
+        } else {
+            let by_penalty: Vec<String> = r
+                .penalties
+                .iter()
+                .zip(&f.val_cindex)
+                .map(|(l, c)| format!("{l}: {c:.3}"))
+                .collect();
+            format!(" (validation c-index {})", by_penalty.join(", "))
+        };
+        println!(
+            "split {}: {} training patients ({} events), {} genes, penalty {}{chosen}, Newton {} iterations{}",
+            f.fold,
+            f.train,
+            f.train_events,
+            r.genes,
+            f.penalty,
+            f.iterations,
+            if f.converged { "" } else { " (not converged)" }
+        );
+        println!(
+            "  test: {} patients, {} events, Harrell's c-index {:.4} (95% bootstrap {:.4}–{:.4})",
+            f.test_patients,
+            f.test_events,
+            f.test.cindex,
+            f.test_interval.low,
+            f.test_interval.high
+        );
+    }
+    if r.folds.len() > 1 {
+        println!(
+            "test c-index over {} splits: {:.4} ± {:.4} (mean ± std)",
+            r.folds.len(),
+            r.test_cindex_mean,
+            r.test_cindex_std
+        );
+    }
+}
+
 /// Writes a stage's `metrics.json` and prints its validation and test metrics.
 pub fn report(name: &str, r: &StageResult, classes: &[String], dir: &Path) -> Result<()> {
     gimp_io::atomic::write_bytes_atomic(
@@ -49,7 +93,45 @@ pub fn report(name: &str, r: &StageResult, classes: &[String], dir: &Path) -> Re
     if let Some(t) = &r.test {
         print!("{}", crate::table::report("  test", t, classes));
     }
+    if let Some(v) = &r.val_survival {
+        print!("{}", survival_scores("  validation", v));
+    }
+    if let Some(t) = &r.test_survival {
+        print!("{}", survival_scores("  test", t));
+    }
     Ok(())
+}
+
+/// Survival metrics as lines of text: a metric the data cannot give is left out, its reason
+/// listed.
+pub fn survival_scores(title: &str, s: &gimp_train::objective::SurvivalScores) -> String {
+    use std::fmt::Write;
+    let mut t = format!("{title}: {} patients, {} events\n", s.patients, s.events);
+    let c = s.cindex;
+    let _ = writeln!(
+        t,
+        "    Harrell's c-index {:.4} (95% bootstrap {:.4}–{:.4})",
+        c.value, c.low, c.high
+    );
+    if let Some(u) = s.uno {
+        let _ = writeln!(t, "    Uno's c-index {u:.4}");
+    }
+    for (time, auc) in s.auc_times.iter().zip(&s.auc) {
+        let _ = writeln!(t, "    AUC at {time:.4}: {auc:.4}");
+    }
+    if let Some(m) = s.mean_auc {
+        let _ = writeln!(t, "    mean time-dependent AUC {m:.4}");
+    }
+    if let Some(b) = s.integrated_brier {
+        let _ = writeln!(t, "    integrated Brier score {b:.4}");
+    }
+    if let Some(p) = s.logrank_p {
+        let _ = writeln!(t, "    log-rank p, risk halves {p:.4e}");
+    }
+    for n in &s.notes {
+        let _ = writeln!(t, "    ({n})");
+    }
+    t
 }
 
 /// [`report`] without printing: metrics.json and learning_curves.png only.

@@ -1338,3 +1338,225 @@ fn extract_runs_a_vit_encoder_from_a_weights_file_in_tridents_layout() {
     assert!(stderr(&o).contains("missing [reg_token]"), "{}", stderr(&o));
     assert!(stderr(&o).contains("--encoder uni_v1"), "{}", stderr(&o));
 }
+
+/// `baseline cox` on a small synthetic cohort (which has survival times by default): k folds
+/// whose test parts cover every patient once, a c-index per fold that `survival metrics`
+/// reproduces from the written scores, and clear errors without outcomes or a validation part.
+#[test]
+fn cox_baseline_on_the_synthetic_survival_cohort() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("c");
+    assert!(synth_small(&a, "4").status.success());
+    let toml = a.join("cohort.toml");
+    let scores = d.path().join("scores");
+    let o = gimp(&[
+        "baseline",
+        "cox",
+        toml.to_str().unwrap(),
+        "--kfold",
+        "3",
+        "--penalty",
+        "1,100",
+        // Half of each stratum's training patients: the 30 patients' strata are small.
+        "--val",
+        "0.5",
+        "--scores",
+        scores.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let folds = v["folds"].as_array().unwrap();
+    assert_eq!(folds.len(), 3);
+    let tested: u64 = folds
+        .iter()
+        .map(|f| f["test_patients"].as_u64().unwrap())
+        .sum();
+    assert_eq!(tested, 30, "the test parts cover the cohort once");
+    for f in folds {
+        assert_eq!(f["val_cindex"].as_array().unwrap().len(), 2);
+        assert!(f["converged"].as_bool().unwrap(), "{f}");
+    }
+    let first = folds[0]["test"]["cindex"].as_f64().unwrap();
+    let o = gimp(&[
+        "survival",
+        "metrics",
+        scores.join("split0_test.csv").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!((m["harrell"]["cindex"].as_f64().unwrap() - first).abs() < 1e-12);
+    let o = gimp(&[
+        "baseline",
+        "cox",
+        toml.to_str().unwrap(),
+        "--kfold",
+        "3",
+        "--penalty",
+        "10",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("test c-index over 3 splits"),
+        "{}",
+        stdout(&o)
+    );
+    // Several penalties and no validation part to choose among them.
+    let o = gimp(&[
+        "baseline",
+        "cox",
+        toml.to_str().unwrap(),
+        "--kfold",
+        "3",
+        "--val",
+        "0",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("validation part"), "{}", stderr(&o));
+    // A cohort without outcomes.
+    let plain = d.path().join("plain");
+    let o = gimp(&[
+        "synth",
+        "--out",
+        plain.to_str().unwrap(),
+        "--patients",
+        "20",
+        "--patches",
+        "5,10",
+        "--dim",
+        "4",
+        "--genes",
+        "100",
+        "--no-survival",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = gimp(&[
+        "baseline",
+        "cox",
+        plain.join("cohort.toml").to_str().unwrap(),
+        "--penalty",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("[survival]"), "{}", stderr(&o));
+}
+
+/// A synthetic cohort with survival columns (the first row's class dies early, the other late,
+/// every fourth patient censored) and a `[survival]` section.
+fn survival_cohort(dir: &Path) -> PathBuf {
+    let o = gimp(&[
+        "synth",
+        "--out",
+        dir.to_str().unwrap(),
+        "--seed",
+        "6",
+        "--patients",
+        "30",
+        "--patches",
+        "10,30",
+        "--dim",
+        "16",
+        "--genes",
+        "60",
+        // Outcomes with a clear class signal are written below in place of the generator's.
+        "--no-survival",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(dir.join("dataset.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap().to_string();
+    let cols: Vec<&str> = header.split(',').collect();
+    let (case, label) = (
+        cols.iter().position(|c| *c == "case_id").unwrap(),
+        cols.iter().position(|c| *c == "label").unwrap(),
+    );
+    let mut out = format!("{header},survival_months,censorship\n");
+    let mut cases: Vec<String> = Vec::new();
+    let mut first_label: Option<String> = None;
+    for l in lines {
+        let f: Vec<&str> = l.split(',').collect();
+        let first = first_label.get_or_insert_with(|| f[label].to_string());
+        if !cases.iter().any(|c| c == f[case]) {
+            cases.push(f[case].to_string());
+        }
+        let k = cases.iter().position(|c| c == f[case]).unwrap();
+        let early = f[label] == first.as_str();
+        let t = if early { 4.0 } else { 24.0 } + (k % 7) as f64 * 1.3 + k as f64 * 0.01;
+        out.push_str(&format!("{l},{t:.2},{}\n", usize::from(k % 4 == 3)));
+    }
+    std::fs::write(dir.join("dataset.csv"), out).unwrap();
+    let toml = dir.join("cohort.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.push_str(
+        "\n[survival]\ntime_column = \"survival_months\"\ncensorship_column = \"censorship\"\n",
+    );
+    std::fs::write(&toml, text).unwrap();
+    toml
+}
+
+#[test]
+fn a_survival_model_trains_evaluates_and_answers_with_a_risk() {
+    let d = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let toml = survival_cohort(&d.path().join("c"));
+    let run = d.path().join("run");
+    let o = gimp(&[
+        "train",
+        &s(&toml),
+        "--arch",
+        "abmil",
+        "--task",
+        "survival",
+        "--epochs",
+        "1",
+        "--out",
+        &s(&run),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("Harrell's c-index"), "{}", stdout(&o));
+    let ckpt = run.join("model.safetensors");
+    let o = gimp(&["evaluate", &s(&toml), "--checkpoint", &s(&ckpt)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("Uno's c-index") && text.contains("integrated Brier"),
+        "{text}"
+    );
+    for ext in ["png", "svg"] {
+        assert!(run.join(format!("kaplan-meier-test.{ext}")).is_file());
+    }
+    let h5 = std::fs::read_dir(d.path().join("c/features/h5_files"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let o = gimp(&[
+        "model",
+        "run",
+        "--checkpoint",
+        &s(&ckpt),
+        "--features",
+        &s(&h5),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v["risk"].is_f64(), "{v}");
+    assert_eq!(v["survival"].as_array().unwrap().len(), 4);
+    // Cox with one patient a step is refused by name before training.
+    let o = gimp(&[
+        "train",
+        &s(&toml),
+        "--arch",
+        "abmil",
+        "--loss",
+        "cox",
+        "--accumulate",
+        "1",
+        "--out",
+        &s(&d.path().join("cox")),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("accumulate"), "{}", stderr(&o));
+}

@@ -318,6 +318,23 @@ pub fn strata(outcomes: &[Outcome], n_bins: usize) -> std::result::Result<Vec<us
         .collect())
 }
 
+/// The strata `split` deals from on a cohort with both classes and survival outcomes: each
+/// class's patients by MCAT's survival strata ([`strata`]), so every part keeps the class
+/// balance and the events and follow-up; with a single class these are [`strata`] itself.
+pub fn class_and_survival_strata(
+    labels: &[usize],
+    outcomes: &[Outcome],
+    n_bins: usize,
+) -> std::result::Result<Vec<usize>, String> {
+    let survival = strata(outcomes, n_bins)?;
+    let per_class = 2 * n_bins;
+    Ok(labels
+        .iter()
+        .zip(&survival)
+        .map(|(&l, &s)| l * per_class + s)
+        .collect())
+}
+
 /// Refuses k folds with fewer events than folds: some test parts would have no event, and no
 /// concordance index.
 pub fn check_scheme(outcomes: &[Outcome], scheme: Scheme) -> std::result::Result<(), String> {

@@ -6,9 +6,14 @@
 //! fitted by L-BFGS. With 60,480 genes and a few hundred patients the work is matrix–vector
 //! products over the samples × genes matrix, parallelised over samples and genes.
 //!
-//! [`baseline`] runs it over a cohort's splits.
+//! [`baseline`] runs it over a cohort's splits. [`cox`] is the survival counterpart: an
+//! L2-penalised Cox model on the same standardised genes.
 
 pub mod baseline;
+pub mod cox;
+pub mod cox_baseline;
+
+pub use cox::{CoxConfig, CoxError, CoxModel};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -20,9 +20,11 @@ pub mod porpoise;
 pub mod refers;
 pub mod registry;
 pub mod snn;
+pub mod survival_head;
 pub mod transformer;
 pub mod transmil;
 
 pub use arch::{ArchInfo, Dims, InputKind, MissingInput, Training, TrainingDefaults};
 pub use model::{Input, Model, Output};
 pub use registry::{Loaded, REGISTRY};
+pub use survival_head::SurvivalHead;

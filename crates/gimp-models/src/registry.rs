@@ -54,6 +54,9 @@ pub struct Loaded {
     /// Temperature the logits are divided by before the softmax: 1, or the one fitted on
     /// validation by `gimp-rs calibrate` and stored in the checkpoint (docs/DESIGN.md §32).
     pub temperature: f64,
+    /// How its outputs answer a survival question, for a model trained for survival (its
+    /// checkpoint records it); `None` for a classifier.
+    pub survival: Option<crate::SurvivalHead>,
 }
 
 /// The checkpoint info key of the fitted temperature.
@@ -94,6 +97,7 @@ pub fn load(
         model,
         config,
         temperature: 1.0,
+        survival: None,
     })
 }
 
@@ -105,6 +109,7 @@ pub fn load_checkpoint(ckpt: &Checkpoint) -> Result<Loaded> {
         Some(ckpt.config.clone()),
     )?;
     loaded.temperature = temperature(&ckpt.info)?;
+    loaded.survival = crate::SurvivalHead::from_info(&ckpt.info)?;
     Ok(loaded)
 }
 

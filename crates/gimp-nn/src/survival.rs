@@ -5,6 +5,42 @@
 use crate::loss::index_tensor;
 use candle_core::{Result, Tensor};
 
+/// Which survival loss a model trains with (`docs/DESIGN.md` §34): MCAT's and PORPOISE's
+/// discrete-time negative log-likelihood over time bins, or Cox's partial likelihood on one
+/// log-risk output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SurvivalLoss {
+    /// [`nll_survival`]: one output per time bin (hazard logits).
+    #[default]
+    Nll,
+    /// [`cox_partial_likelihood`]: one output, the log-risk.
+    Cox,
+}
+
+impl SurvivalLoss {
+    pub fn name(self) -> &'static str {
+        match self {
+            SurvivalLoss::Nll => "nll",
+            SurvivalLoss::Cox => "cox",
+        }
+    }
+}
+
+impl std::str::FromStr for SurvivalLoss {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "nll" => Ok(SurvivalLoss::Nll),
+            "cox" => Ok(SurvivalLoss::Cox),
+            other => Err(format!(
+                "unknown survival loss '{other}', expected nll or cox"
+            )),
+        }
+    }
+}
+
 /// Lower bound of the probabilities whose logs the NLL takes (MCAT's and PORPOISE's `eps`).
 pub const NLL_EPS: f64 = 1e-7;
 
@@ -75,7 +111,14 @@ pub fn nll_survival(
 /// The risk score of a discrete-time model, as MCAT and PORPOISE rank patients: minus the sum
 /// of the survival curve, `−Σ_k S_k` (higher: shorter expected survival). `logits` `[B, K]`.
 pub fn discrete_risk(logits: &Tensor) -> Result<Tensor> {
-    softplus(logits)?.neg()?.cumsum(1)?.exp()?.sum(1)?.neg()
+    discrete_survival(logits)?.sum(1)?.neg()
+}
+
+/// The survival curve of a discrete-time model: `S_k = Π_{j≤k} (1 − σ(logit_j))`, the
+/// probability of no event up to the end of bin `k`, computed as `exp(−Σ softplus)`.
+/// `logits` `[B, K]` → `[B, K]`.
+pub fn discrete_survival(logits: &Tensor) -> Result<Tensor> {
+    softplus(logits)?.neg()?.cumsum(1)?.exp()
 }
 
 /// Negative Cox partial log-likelihood with Breslow's handling of tied times, as MCAT's

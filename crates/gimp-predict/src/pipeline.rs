@@ -156,6 +156,13 @@ impl Predictor {
         // At the checkpoint's calibrated temperature, as `model run` answers.
         let probabilities: Vec<f32> = loaded.probabilities(&answer.logits)?.to_vec1()?;
         let predicted = argmax(&probabilities);
+        let (risk, survival) = match &loaded.survival {
+            Some(head) => (
+                head.risk(&answer.logits)?.first().copied(),
+                head.survival_curve(&answer.logits)?,
+            ),
+            None => (None, None),
+        };
         let scores: Option<Vec<f32>> = answer.attention.map(|a| a.to_vec1()).transpose()?;
         timed(Stage::Model, t);
 
@@ -227,6 +234,8 @@ impl Predictor {
             encoder: self.encoder.name().to_string(),
             feature_width: width,
             predicted_class: classes.get(predicted).cloned(),
+            risk,
+            survival,
             classes,
             probabilities,
             predicted,

@@ -37,6 +37,13 @@ pub struct SlidePrediction {
     pub probabilities: Vec<f32>,
     pub predicted: usize,
     pub predicted_class: Option<String>,
+    /// A survival model's risk score (higher: earlier event; docs/DESIGN.md §34); `classes`
+    /// then names its outputs (time bins, or `log-risk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<f64>,
+    /// A discrete-time survival model's survival curve: no event by the end of each time bin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survival: Option<Vec<f64>>,
     pub modalities: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,

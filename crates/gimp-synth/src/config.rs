@@ -42,6 +42,38 @@ impl Size {
     }
 }
 
+/// Survival outcomes of the synthetic cohort (`crate::survival`): Weibull event times whose
+/// log-hazard combines the class, a latent gene-programme risk and the tumour purity; exponential
+/// censoring.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SurvivalSettings {
+    /// Weibull shape (1: exponential times; above 1 the hazard grows with time).
+    pub shape: f64,
+    /// Median event time, in months, of a patient with log-hazard 0 (the cohort's average).
+    pub median_months: f64,
+    /// Log-hazard ratio of the last class against the first (classes in between linearly).
+    pub class_effect: f64,
+    /// Log-hazard per standard deviation of the latent risk of gene programmes 0 and 1.
+    pub programme_effect: f64,
+    /// Log-hazard per standard deviation of the tumour purity.
+    pub purity_effect: f64,
+    /// Expected fraction of censored patients (0 ≤ f < 1).
+    pub censoring_rate: f64,
+}
+
+impl Default for SurvivalSettings {
+    fn default() -> Self {
+        Self {
+            shape: 1.3,
+            median_months: 30.0,
+            class_effect: 0.7,
+            programme_effect: 0.8,
+            purity_effect: 0.4,
+            censoring_rate: 0.5,
+        }
+    }
+}
+
 /// Every parameter of a synthetic cohort. Recorded in the cohort's `cohort.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SynthConfig {
@@ -84,6 +116,10 @@ pub struct SynthConfig {
     pub missing_slide: f64,
     /// Also write `features/pt_files/*.pt`.
     pub write_pt: bool,
+    /// Survival times and censoring (`survival_months`, `censorship` in `dataset.csv` and a
+    /// `[survival]` section); drawn from streams of their own, so they change no other file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survival: Option<SurvivalSettings>,
 }
 
 impl SynthConfig {
@@ -122,6 +158,7 @@ impl SynthConfig {
             missing_expression: 0.0,
             missing_slide: 0.0,
             write_pt: false,
+            survival: Some(SurvivalSettings::default()),
         }
     }
 
@@ -160,6 +197,31 @@ impl SynthConfig {
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{name} must be in [0, 1], got {v}"));
+            }
+        }
+        if let Some(s) = &self.survival {
+            for (name, v) in [
+                ("survival shape", s.shape),
+                ("survival median_months", s.median_months),
+            ] {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(format!("{name} must be a number > 0, got {v}"));
+                }
+            }
+            for (name, v) in [
+                ("survival class_effect", s.class_effect),
+                ("survival programme_effect", s.programme_effect),
+                ("survival purity_effect", s.purity_effect),
+            ] {
+                if !v.is_finite() || v.abs() > 10.0 {
+                    return Err(format!("{name} must be a number in [-10, 10], got {v}"));
+                }
+            }
+            if !(0.0..1.0).contains(&s.censoring_rate) {
+                return Err(format!(
+                    "censoring_rate must be in [0, 1), got {}",
+                    s.censoring_rate
+                ));
             }
         }
         if self.missing_expression + self.missing_slide > 1.0 {

@@ -5,9 +5,10 @@
 pub mod calibration;
 pub mod config;
 pub mod model;
+pub mod survival;
 pub mod write;
 
-pub use config::{Difficulty, Size, SynthConfig};
+pub use config::{Difficulty, Size, SurvivalSettings, SynthConfig};
 pub use write::{generate, SynthReport};
 
 /// log2(FPKM + 1) expression of every patient, generated in memory exactly as [`generate`] would

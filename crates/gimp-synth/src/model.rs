@@ -191,8 +191,7 @@ impl GeneModel {
         purity: f64,
     ) -> Vec<f32> {
         let mut x = self.baseline.clone();
-        for prog in &self.programmes {
-            let f: f32 = rng.sample(StandardNormal);
+        for (prog, f) in self.programmes.iter().zip(programme_factors(rng)) {
             for &(gi, w) in prog {
                 x[gi] += w * f;
             }
@@ -212,6 +211,15 @@ impl GeneModel {
         }
         x
     }
+}
+
+/// A sample's latent gene-programme activities, standard normal: the first draws of its
+/// expression stream. The survival model reads the patient's from a fresh copy of that stream
+/// (`crate::survival`), so the risk it carries is written into the expression.
+pub fn programme_factors(rng: &mut ChaCha8Rng) -> Vec<f32> {
+    (0..N_PROGRAMMES)
+        .map(|_| rng.sample(StandardNormal))
+        .collect()
 }
 
 /// log2(FPKM + 1) → FPKM, rounded to 4 decimals as GDC writes it.

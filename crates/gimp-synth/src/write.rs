@@ -6,6 +6,7 @@ use gimp_cohort::config::{
     CohortConfig, ExpressionConfig, FeaturesConfig, LabelsConfig, SplitsConfig,
 };
 use gimp_cohort::split::{make_splits, Scheme};
+use gimp_cohort::survival::{SurvivalConfig, TimeUnit};
 use gimp_io::dataset::{DatasetRow, DatasetTable};
 use gimp_io::expression::ExpressionMatrix;
 use gimp_io::h5::{Chunking, PatchAttrs, PatchFile};
@@ -27,6 +28,11 @@ pub struct SynthReport {
     pub patches: usize,
     pub matrix_samples: usize,
     pub gdc_samples: usize,
+    /// Patients with an observed event, when the cohort has survival outcomes.
+    pub events: Option<usize>,
+    /// Harrell's c-index of the true log-hazard on the written outcomes: the ceiling of any
+    /// risk model on this cohort.
+    pub truth_cindex: Option<f64>,
 }
 
 fn uuid(rng: &mut impl Rng) -> String {
@@ -59,6 +65,10 @@ pub fn generate(
     let patients = model::patients(cfg);
     let image = ImageModel::new(cfg);
     let genes = GeneModel::new(cfg);
+    let survival = cfg
+        .survival
+        .as_ref()
+        .map(|s| crate::survival::outcomes(cfg, s, &patients));
 
     // Slides, in parallel; each patient's stream makes the bytes independent of scheduling.
     let jobs: Vec<(&PatientLatent, usize)> = patients
@@ -77,17 +87,27 @@ pub fn generate(
         })
         .collect::<Result<_>>()?;
 
-    // Dataset CSV.
+    // Dataset CSV, with MCAT's survival columns when the cohort has survival outcomes.
     let mut rows = Vec::new();
     for p in &patients {
         let label = cfg.classes[p.observed_class].clone();
+        let extra: BTreeMap<String, String> = survival
+            .as_ref()
+            .map(|s| {
+                let o = &s[p.index];
+                BTreeMap::from([
+                    ("survival_months".to_string(), format!("{:.2}", o.months)),
+                    ("censorship".to_string(), u8::from(o.censored).to_string()),
+                ])
+            })
+            .unwrap_or_default();
         if p.has_slide {
             for k in 0..p.n_slides {
                 rows.push(DatasetRow {
                     case_id: p.case_id.clone(),
                     slide_id: Some(model::slide_id(&p.case_id, k)),
                     label: label.clone(),
-                    extra: BTreeMap::new(),
+                    extra: extra.clone(),
                     line: 0,
                 });
             }
@@ -96,7 +116,7 @@ pub fn generate(
                 case_id: p.case_id.clone(),
                 slide_id: None,
                 label,
-                extra: BTreeMap::new(),
+                extra,
                 line: 0,
             });
         }
@@ -105,7 +125,11 @@ pub fn generate(
         &out.join("dataset.csv"),
         &DatasetTable {
             rows,
-            extra_columns: vec![],
+            extra_columns: if survival.is_some() {
+                vec!["survival_months".into(), "censorship".into()]
+            } else {
+                vec![]
+            },
         },
     )?;
 
@@ -165,12 +189,18 @@ pub fn generate(
         label_of.get(s).cloned()
     })?;
 
-    // Patient-level ground truth.
+    // Patient-level ground truth; with survival, the true log-hazard (the best risk score),
+    // the latent programme risk and the unobserved event and censoring times.
     let mut truth = String::from(
-        "case_id\ttrue_label\trecorded_label\tpurity\tslides\thas_expression\texpression_source\n",
+        "case_id\ttrue_label\trecorded_label\tpurity\tslides\thas_expression\texpression_source",
     );
+    truth.push_str(if survival.is_some() {
+        "\ttrue_log_hazard\tprogramme_risk\tevent_months\tcensoring_months\n"
+    } else {
+        "\n"
+    });
     for p in &patients {
-        let _ = writeln!(
+        let _ = write!(
             truth,
             "{}\t{}\t{}\t{:.4}\t{}\t{}\t{}",
             p.case_id,
@@ -187,6 +217,15 @@ pub fn generate(
                 "matrix"
             }
         );
+        if let Some(s) = &survival {
+            let o = &s[p.index];
+            let _ = write!(
+                truth,
+                "\t{:.6}\t{:.6}\t{:.4}\t{:.4}",
+                o.log_hazard, o.programme_risk, o.event_time, o.censoring_time
+            );
+        }
+        truth.push('\n');
     }
     gimp_io::atomic::write_bytes_atomic(&out.join("truth").join("patients.tsv"), truth.as_bytes())?;
 
@@ -227,7 +266,13 @@ pub fn generate(
             files: vec!["splits/splits_0.csv".into()],
             dir: None,
         }),
-        survival: None,
+        survival: survival.is_some().then(|| SurvivalConfig {
+            time_column: "survival_months".into(),
+            censorship_column: Some("censorship".into()),
+            event_column: None,
+            unit: TimeUnit::Months,
+            bins: 4,
+        }),
         provenance: Some(provenance),
     };
     let text = toml::to_string_pretty(&cohort).map_err(|e| {
@@ -250,6 +295,10 @@ pub fn generate(
         patches: patch_counts.iter().sum(),
         matrix_samples: matrix.samples.len(),
         gdc_samples: gdc.len(),
+        events: survival
+            .as_ref()
+            .map(|s| s.iter().filter(|o| !o.censored).count()),
+        truth_cindex: survival.as_deref().and_then(crate::survival::truth_cindex),
     })
 }
 

@@ -99,6 +99,10 @@ pub struct RunConfig {
     pub genes: GeneStage,
     pub pretrain: PretrainStage,
     pub finetune: FinetuneStage,
+    /// Classification (default) or survival with its loss (`docs/DESIGN.md` §34): every stage
+    /// trains for it — the gene encoder's and the fine-tuned head's loss, the triplets' groups.
+    #[serde(default)]
+    pub task: crate::objective::TaskConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,6 +203,15 @@ pub struct FinetuneStage {
     /// Off in both presets: the paper fine-tunes up to 70 epochs and keeps the best.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<EarlyStopping>,
+    /// Patients whose gradients are averaged into one optimiser step (1 in both presets); the
+    /// Cox loss's partial likelihood is taken over these patients, so it needs 2 or more
+    /// (`RunConfig::set_task` makes it 32).
+    #[serde(default = "one")]
+    pub accumulate: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn default_gene_dropout() -> f64 {
@@ -257,7 +270,18 @@ impl RunConfig {
                 modality_dropout: 0.0,
                 modality_subsets: false,
                 early_stopping: None,
+                accumulate: 1,
             },
+            task: crate::objective::TaskConfig::default(),
+        }
+    }
+
+    /// Sets the task. The Cox loss compares the patients of one fine-tuning step, so a
+    /// fine-tuning step of one patient becomes MCAT's 32 (`objective::COX_UNIT`).
+    pub fn set_task(&mut self, task: crate::objective::TaskConfig) {
+        self.task = task;
+        if task.is_cox() && self.finetune.accumulate < 2 {
+            self.finetune.accumulate = crate::objective::COX_UNIT;
         }
     }
 

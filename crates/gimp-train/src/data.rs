@@ -50,6 +50,18 @@ pub struct Prepared {
     pub preprocessing: Option<Preprocessing>,
     /// `None` without a `[features]` section; then no patient has slides to read.
     cache: Option<FeatureCache>,
+    /// Every patient's outcome, when the cohort file has a `[survival]` section.
+    pub survival: Option<SurvivalData>,
+}
+
+/// A survival cohort's outcomes and the settings of its `[survival]` section.
+#[derive(Debug, Clone)]
+pub struct SurvivalData {
+    /// By patient index, as [`Prepared::patients`].
+    pub outcomes: Vec<gimp_cohort::survival::Outcome>,
+    /// Discrete time bins to fit on the training part (`[survival] bins`).
+    pub n_bins: usize,
+    pub unit: gimp_cohort::survival::TimeUnit,
 }
 
 impl Prepared {
@@ -180,6 +192,14 @@ impl Prepared {
             d_in: cohort.feature_dim,
             preprocessing,
             cache: FeatureCache::of(cohort),
+            survival: match (&cohort.survival, &cohort.file.config.survival) {
+                (Some(outcomes), Some(c)) => Some(SurvivalData {
+                    outcomes: outcomes.clone(),
+                    n_bins: c.bins,
+                    unit: c.unit,
+                }),
+                _ => None,
+            },
         })
     }
 

@@ -301,6 +301,78 @@ pub fn evaluate(m: &Loaded, data: &Prepared, part: Part, seed: u64) -> Result<Ev
     })
 }
 
+/// A survival checkpoint's metrics on a split (`docs/DESIGN.md` §34), with every scored
+/// patient's risk and outcome (for Kaplan–Meier curves by risk group).
+#[derive(Debug, Clone, Serialize)]
+pub struct SurvivalEvaluation {
+    pub split: String,
+    /// `nll` or `cox`.
+    pub loss: String,
+    pub unit: String,
+    pub scores: crate::objective::SurvivalScores,
+    #[serde(skip)]
+    pub predictions: crate::trainer::Predictions,
+}
+
+/// Evaluates a survival checkpoint (`m.survival`) on `part`: Harrell's c-index with a bootstrap
+/// interval, Uno's c-index, time-dependent AUC and (NLL head) the integrated Brier score, the
+/// censoring distribution from the split's training part.
+pub fn evaluate_survival(
+    m: &Loaded,
+    data: &Prepared,
+    part: Part,
+    seed: u64,
+) -> Result<SurvivalEvaluation> {
+    let head = m.survival.as_ref().ok_or_else(|| {
+        DataErr::Msg(format!(
+            "{} is not a survival model (its checkpoint records no survival head)",
+            m.arch.name
+        ))
+    })?;
+    let outcomes = &data
+        .survival
+        .as_ref()
+        .ok_or_else(|| {
+            DataErr::Msg(
+                "the checkpoint is a survival model but the cohort file has no [survival] \
+                 section to evaluate it against"
+                    .into(),
+            )
+        })?
+        .outcomes;
+    let mut p = crate::trainer::Predictions::default();
+    for &i in split_indices(data, part) {
+        let Some(out) = run_patient(m, data, i)? else {
+            continue;
+        };
+        p.patients.push(i);
+        p.risk.extend(head.risk(&out.logits)?);
+        p.probs
+            .push(head.survival_curve(&out.logits)?.unwrap_or_default());
+        p.time.push(outcomes[i].time);
+        p.event.push(outcomes[i].event);
+    }
+    if p.patients.is_empty() {
+        return Err(DataErr::Msg(format!(
+            "no patient of the {} split has the input this model reads",
+            part.name()
+        )));
+    }
+    let train_time: Vec<f64> = data.train.iter().map(|&i| outcomes[i].time).collect();
+    let train_event: Vec<bool> = data.train.iter().map(|&i| outcomes[i].event).collect();
+    let train = gimp_metrics::survival::Outcomes {
+        time: &train_time,
+        event: &train_event,
+    };
+    Ok(SurvivalEvaluation {
+        split: part.name().to_string(),
+        loss: head.loss.name().to_string(),
+        unit: head.unit.clone(),
+        scores: crate::objective::score(train, &p, head, seed),
+        predictions: p,
+    })
+}
+
 /// Tab-separated embeddings: `case_id, label, split, modalities, e0 … e{d−1}`.
 pub fn embeddings_tsv(m: &Loaded, data: &Prepared) -> Result<String> {
     let mut part_of = vec![""; data.patients.len()];

@@ -5,6 +5,7 @@
 
 use crate::config::{GeneEncoderKind, Modalities, RunConfig, Triplet};
 use crate::data::{DataErr, Prepared, Result};
+use crate::objective::{SurvivalScores, TaskConfig, TaskKind};
 use crate::stages;
 use crate::supervised::{self, SupervisedConfig};
 use crate::trainer::{Control, OnProgress, Predictions, StageResult};
@@ -37,6 +38,11 @@ pub struct RunResult {
     pub best_epoch: Option<usize>,
     pub val: Option<Report>,
     pub test: Option<Report>,
+    /// A survival run's metrics (`val` and `test` are then `None`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_survival: Option<SurvivalScores>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_survival: Option<SurvivalScores>,
     /// Every test patient's prediction, pooled over folds by [`summarise`].
     pub test_predictions: Option<Predictions>,
 }
@@ -48,6 +54,8 @@ impl From<StageResult> for RunResult {
             best_epoch: Some(r.best_epoch),
             val: r.val,
             test: r.test,
+            val_survival: r.val_survival,
+            test_survival: r.test_survival,
             test_predictions: r.test_predictions,
         }
     }
@@ -90,17 +98,50 @@ fn logistic_regression(data: &Prepared, seed: u64) -> Result<RunResult> {
         best_epoch: None,
         val: (!val.is_empty()).then(|| Report::new(&labels(&val), pv, nc, seed)),
         test: Some(Report::new(&labels(&test), pt, nc, seed)),
+        val_survival: None,
+        test_survival: None,
         test_predictions: Some(Predictions {
             labels: labels(&test),
             probs: pt.to_vec(),
             patients: test,
             loss: f64::NAN,
+            ..Default::default()
         }),
     })
 }
 
-/// Test metrics when every patient is given the training split's class frequencies.
-fn majority_class(data: &Prepared, seed: u64) -> RunResult {
+/// Test metrics when every patient is given the training split's class frequencies; in a
+/// survival run, the same risk for every patient (Harrell's c-index ½: every pair tied).
+fn majority_class(data: &Prepared, task: &TaskConfig, seed: u64) -> Result<RunResult> {
+    if task.kind == TaskKind::Survival {
+        let objective = crate::objective::Objective::new(task, data)?;
+        let s = objective
+            .survival()
+            .ok_or_else(|| DataErr::Msg("no survival outcomes".into()))?;
+        let predict = |idx: &[usize]| Predictions {
+            patients: idx.to_vec(),
+            labels: idx.iter().map(|&i| s.bin(i)).collect(),
+            probs: vec![Vec::new(); idx.len()],
+            risk: vec![0.0; idx.len()],
+            time: idx.iter().map(|&i| s.outcome(i).time).collect(),
+            event: idx.iter().map(|&i| s.outcome(i).event).collect(),
+            loss: f64::NAN,
+        };
+        let (val, test) = (predict(&data.val), predict(&data.test));
+        return Ok(RunResult {
+            checkpoint: None,
+            best_epoch: None,
+            val: None,
+            test: None,
+            val_survival: (!val.risk.is_empty()).then(|| s.score(&val, seed)),
+            test_survival: Some(s.score(&test, seed)),
+            test_predictions: Some(test),
+        });
+    }
+    Ok(majority_classes(data, seed))
+}
+
+fn majority_classes(data: &Prepared, seed: u64) -> RunResult {
     let nc = data.classes.len();
     let mut freq = vec![0.0f64; nc];
     for &i in &data.train {
@@ -113,6 +154,7 @@ fn majority_class(data: &Prepared, seed: u64) -> RunResult {
         labels: idx.iter().map(|&i| data.patients[i].label).collect(),
         probs: vec![freq.clone(); idx.len()],
         loss: f64::NAN,
+        ..Default::default()
     };
     let (val, test) = (predict(&data.val), predict(&data.test));
     RunResult {
@@ -120,6 +162,8 @@ fn majority_class(data: &Prepared, seed: u64) -> RunResult {
         best_epoch: None,
         val: val.report(nc, seed),
         test: test.report(nc, seed),
+        val_survival: None,
+        test_survival: None,
         test_predictions: Some(test),
     }
 }
@@ -317,8 +361,17 @@ pub const ROWS: &[Row] = &[
     },
 ];
 
-pub fn rows(table: &str, only: &[String]) -> Result<Vec<&'static Row>> {
-    let all: Vec<&Row> = ROWS.iter().filter(|r| r.table == table).collect();
+/// The rows of `table` (all, or those of `only`) for a task: a survival table has every row but
+/// the logistic regression (a classifier; its survival counterpart is the Cox baseline,
+/// `gimp-rs baseline cox`).
+pub fn rows(table: &str, only: &[String], task: TaskKind) -> Result<Vec<&'static Row>> {
+    let all: Vec<&Row> = ROWS
+        .iter()
+        .filter(|r| r.table == table)
+        .filter(|r| {
+            task == TaskKind::Classification || !matches!(r.recipe, Recipe::LogisticRegression)
+        })
+        .collect();
     if all.is_empty() {
         return Err(DataErr::Msg(format!(
             "unknown table '{table}' (table1, table2)"
@@ -426,9 +479,9 @@ impl std::str::FromStr for TrainingRecipe {
     }
 }
 
-/// Records the recipe of the experiment in `out` (`out/experiment.json`) and refuses to mix
-/// runs of two recipes in one folder.
-pub fn claim_recipe(out: &Path, recipe: TrainingRecipe) -> Result<()> {
+/// Records the recipe and the task of the experiment in `out` (`out/experiment.json`) and
+/// refuses to mix runs of two recipes or two tasks (or survival losses) in one folder.
+pub fn claim_recipe(out: &Path, recipe: TrainingRecipe, task: &TaskConfig) -> Result<()> {
     let path = out.join("experiment.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
         let v: serde_json::Value = serde_json::from_str(&text)
@@ -443,10 +496,24 @@ pub fn claim_recipe(out: &Path, recipe: TrainingRecipe) -> Result<()> {
                 recipe.name()
             )));
         }
+        // Folders from before survival hold classification runs.
+        let had_task: TaskConfig = match v.get("task") {
+            None => TaskConfig::default(),
+            Some(t) => serde_json::from_value(t.clone())
+                .map_err(|e| DataErr::Msg(format!("{}: task: {e}", path.display())))?,
+        };
+        if had_task.describe() != task.describe() {
+            return Err(DataErr::Msg(format!(
+                "{} holds runs of the task {}; run {} into another --out",
+                out.display(),
+                had_task.describe(),
+                task.describe()
+            )));
+        }
         return Ok(());
     }
     std::fs::create_dir_all(out).map_err(|e| gimp_io::DataError::io(out, e))?;
-    let text = serde_json::json!({ "recipe": recipe }).to_string();
+    let text = serde_json::json!({ "recipe": recipe, "task": task }).to_string();
     gimp_io::atomic::write_bytes_atomic(&path, text.as_bytes())?;
     Ok(())
 }
@@ -483,6 +550,7 @@ pub fn planned_epochs(
         Recipe::Supervised(arch) => {
             let arch = gimp_models::registry::lookup(arch)?;
             let mut d = SupervisedConfig::defaults(arch)?;
+            d.set_task(base.task);
             overrides.recipe.apply(&mut d);
             let self_supervised = match arch.self_supervised() {
                 true => overrides
@@ -522,6 +590,9 @@ pub fn execute(
             c.seed = run.seed;
             c.fold = run.fold;
             overrides.recipe.apply(&mut c);
+            // Every row trains for the experiment's task (a Cox step of one patient becomes
+            // 32, as the paper recipe's one patient a step would leave Cox nothing to compare).
+            c.set_task(base.task);
             if let Some(e) = overrides.epochs {
                 c.epochs = e;
             }
@@ -557,7 +628,7 @@ pub fn execute(
                 .into()
         }
         Recipe::LogisticRegression => logistic_regression(data, run.seed)?,
-        Recipe::MajorityClass => majority_class(data, run.seed),
+        Recipe::MajorityClass => majority_class(data, &base.task, run.seed)?,
     };
     std::fs::create_dir_all(&run.dir).map_err(|e| gimp_io::DataError::io(&run.dir, e))?;
     gimp_io::atomic::write_bytes_atomic(
@@ -620,9 +691,13 @@ pub fn write_summary(
     runs: &[Run],
     classes: &[String],
     recipe: TrainingRecipe,
+    task: &TaskConfig,
 ) -> Result<String> {
     let summary = summarise(rows, runs)?;
-    let md = markdown(&summary, classes, recipe);
+    let md = match task.kind {
+        TaskKind::Classification => markdown(&summary, classes, recipe),
+        TaskKind::Survival => survival_markdown(&summary, recipe, task),
+    };
     gimp_io::atomic::write_bytes_atomic(&out.join(format!("{table}.md")), md.as_bytes())?;
     gimp_io::atomic::write_bytes_atomic(
         &out.join(format!("{table}.csv")),
@@ -756,6 +831,12 @@ pub struct RowSummary {
     /// Metrics of the test predictions pooled over the runs, each patient once (its
     /// probabilities averaged over seeds), with their 95% intervals.
     pub pooled: Option<Report>,
+    /// Survival runs: Harrell's and Uno's test c-index, mean ± std over the runs.
+    pub cindex: (f64, f64),
+    pub uno: (f64, f64),
+    /// Harrell's c-index of the test risks pooled over the runs (each patient once, its risk
+    /// averaged over seeds) with its 95% bootstrap interval.
+    pub pooled_cindex: Option<gimp_metrics::Estimate>,
 }
 
 /// Runs' test predictions with each patient once: its class probabilities averaged over the
@@ -785,6 +866,33 @@ fn pool(predictions: &[Predictions]) -> Option<Report> {
     Some(Report::new(&labels, &probs, n_classes, 0))
 }
 
+/// Harrell's c-index of runs' pooled test risks, each patient once (its risk averaged over the
+/// seeds that tested it), with a bootstrap interval; `None` without survival predictions or
+/// where it has no value. k-fold models' risks are on their own scales; pooling them assumes
+/// comparable scales, as pooled classification probabilities do.
+fn pool_cindex(predictions: &[Predictions]) -> Option<gimp_metrics::Estimate> {
+    let mut sums: BTreeMap<usize, (f64, f64, bool, f64)> = BTreeMap::new();
+    for p in predictions.iter().filter(|p| p.is_survival()) {
+        for (k, &i) in p.patients.iter().enumerate() {
+            let e = sums.entry(i).or_insert((0.0, p.time[k], p.event[k], 0.0));
+            e.0 += p.risk[k];
+            e.3 += 1.0;
+        }
+    }
+    if sums.is_empty() {
+        return None;
+    }
+    let risk: Vec<f64> = sums.values().map(|e| e.0 / e.3).collect();
+    let time: Vec<f64> = sums.values().map(|e| e.1).collect();
+    let event: Vec<bool> = sums.values().map(|e| e.2).collect();
+    let outcomes = gimp_metrics::survival::Outcomes {
+        time: &time,
+        event: &event,
+    };
+    gimp_metrics::survival::concordance_bootstrap(outcomes, &risk, crate::objective::RESAMPLES, 0)
+        .ok()
+}
+
 fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len().max(1) as f64;
     let m = v.iter().sum::<f64>() / n;
@@ -802,6 +910,7 @@ pub fn summarise(rows: &[&Row], runs: &[Run]) -> Result<Vec<RowSummary>> {
     for r in rows {
         let mut reports: Vec<Report> = Vec::new();
         let mut predictions: Vec<Predictions> = Vec::new();
+        let (mut cindex, mut uno) = (Vec::new(), Vec::new());
         for run in runs.iter().filter(|x| x.row == r.key) {
             let p = run.dir.join("metrics.json");
             let Ok(text) = std::fs::read_to_string(&p) else {
@@ -813,6 +922,10 @@ pub fn summarise(rows: &[&Row], runs: &[Run]) -> Result<Vec<RowSummary>> {
                 let t = serde_json::from_value(t.clone())
                     .map_err(|e| DataErr::Msg(format!("{}: test_predictions: {e}", p.display())))?;
                 predictions.push(t);
+            }
+            if let Some(t) = v.get("test_survival").filter(|t| !t.is_null()) {
+                cindex.push(t["cindex"]["value"].as_f64().unwrap_or(f64::NAN));
+                uno.push(t["uno"].as_f64().unwrap_or(f64::NAN));
             }
             if let Some(t) = v.get("test").filter(|t| !t.is_null()) {
                 let acc = t["accuracy"]["value"].as_f64().unwrap_or(f64::NAN);
@@ -856,12 +969,21 @@ pub fn summarise(rows: &[&Row], runs: &[Run]) -> Result<Vec<RowSummary>> {
         out.push(RowSummary {
             row: r.key.to_string(),
             name: r.name.to_string(),
-            runs: reports.len(),
+            runs: reports.len().max(cindex.len()),
+            cindex: mean_std(&cindex),
+            uno: mean_std(&uno),
+            pooled_cindex: pool_cindex(&predictions),
             accuracy: col(&|x| x.accuracy.value),
             roc_auc: col(&|x| x.roc_auc.map_or(f64::NAN, |a| a.value)),
             macro_f1: col(&|x| x.macro_f1),
             confusion,
-            pooled: pool(&predictions),
+            pooled: pool(
+                &predictions
+                    .iter()
+                    .filter(|p| !p.is_survival())
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            ),
         });
     }
     Ok(out)
@@ -922,8 +1044,42 @@ pub fn markdown(s: &[RowSummary], classes: &[String], recipe: TrainingRecipe) ->
     t
 }
 
+/// A survival experiment's summary as a Markdown table: the task and loss, then per row Harrell's
+/// and Uno's test c-index (mean ± std over the runs) and the pooled c-index with its interval.
+pub fn survival_markdown(s: &[RowSummary], recipe: TrainingRecipe, task: &TaskConfig) -> String {
+    let mut t = format!(
+        "Task: {}. Compared systems trained with the {} recipe; every row on the same split files.\n\n",
+        task.describe(),
+        recipe.name()
+    );
+    t.push_str(
+        "| method | runs | c-index (Harrell) | c-index (Uno) | pooled c-index [95% CI] |\n|---|---|---|---|---|\n",
+    );
+    for r in s {
+        let pm = |(m, sd): (f64, f64)| match r.runs {
+            0 => "–".to_string(),
+            _ if m.is_nan() => "–".to_string(),
+            _ => format!("{m:.3} ± {sd:.3}"),
+        };
+        let pooled = match r.pooled_cindex {
+            Some(e) => format!("{:.3} [{:.3}–{:.3}]", e.value, e.low, e.high),
+            None => "–".to_string(),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} |",
+            r.name,
+            r.runs,
+            pm(r.cindex),
+            pm(r.uno),
+            pooled
+        );
+    }
+    t
+}
+
 pub fn csv(s: &[RowSummary]) -> String {
-    let mut t = String::from("row,method,runs,accuracy_mean,accuracy_std,roc_auc_mean,roc_auc_std,macro_f1_mean,macro_f1_std,pooled_patients,pooled_accuracy,pooled_accuracy_low,pooled_accuracy_high,pooled_roc_auc,pooled_roc_auc_low,pooled_roc_auc_high\n");
+    let mut t = String::from("row,method,runs,accuracy_mean,accuracy_std,roc_auc_mean,roc_auc_std,macro_f1_mean,macro_f1_std,pooled_patients,pooled_accuracy,pooled_accuracy_low,pooled_accuracy_high,pooled_roc_auc,pooled_roc_auc_low,pooled_roc_auc_high,cindex_mean,cindex_std,uno_mean,uno_std,pooled_cindex,pooled_cindex_low,pooled_cindex_high\n");
     for r in s {
         let nan = gimp_metrics::Estimate {
             value: f64::NAN,
@@ -934,7 +1090,7 @@ pub fn csv(s: &[RowSummary]) -> String {
         let auc = r.pooled.as_ref().and_then(|p| p.roc_auc).unwrap_or(nan);
         let _ = writeln!(
             t,
-            "{},\"{}\",{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
+            "{},\"{}\",{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
             r.row,
             r.name,
             r.runs,
@@ -950,7 +1106,14 @@ pub fn csv(s: &[RowSummary]) -> String {
             acc.high,
             auc.value,
             auc.low,
-            auc.high
+            auc.high,
+            r.cindex.0,
+            r.cindex.1,
+            r.uno.0,
+            r.uno.1,
+            r.pooled_cindex.unwrap_or(nan).value,
+            r.pooled_cindex.unwrap_or(nan).low,
+            r.pooled_cindex.unwrap_or(nan).high
         );
     }
     t

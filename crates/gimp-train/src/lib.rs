@@ -7,6 +7,7 @@ pub mod config;
 pub mod data;
 pub mod evaluate;
 pub mod experiment;
+pub mod objective;
 pub mod progress;
 pub mod resume;
 pub mod stages;

@@ -3,9 +3,10 @@
 
 use crate::config::{GeneEncoderKind, Modalities, RunConfig, Triplet};
 use crate::data::{DataErr, Prepared, Result};
+use crate::objective::Objective;
 use crate::trainer::{
-    probabilities, provenance, save_checkpoint, Control, Loop, OnProgress, Predictions, Rate,
-    StageResult, Task, Trained, UnitLoss,
+    provenance, save_checkpoint, Control, Loop, OnProgress, Predictions, Rate, StageResult, Task,
+    Trained, UnitLoss,
 };
 use candle_core::{Device, Tensor};
 use gimp_models::aggregator::AggregatorConfig;
@@ -23,6 +24,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::trainer::scalar;
+
+/// The cross-entropy of logits `[B, C]` (the classification loss of every GiMP stage).
+fn cross_entropy(logits: &Tensor, labels: &[usize]) -> candle_core::Result<Tensor> {
+    loss::cross_entropy(logits, labels)
+}
 
 /// Cosine decay from `lr` over `steps_per_epoch × epochs` steps, no warm-up (docs/DESIGN.md §9).
 fn cosine(lr: f64, steps_per_epoch: usize, epochs: usize) -> Rate {
@@ -112,6 +118,7 @@ fn stack_expression(data: &Prepared, idx: &[usize]) -> Result<Tensor> {
 /// Stage 1 (docs/DESIGN.md §4): supervised GroupMSA (or SNN) on expression alone, in batches.
 struct GenesTask<'a> {
     enc: &'a GeneEncoder,
+    objective: &'a Objective,
     data: &'a Prepared,
     train: Vec<usize>,
     batch: usize,
@@ -131,17 +138,11 @@ impl GenesTask<'_> {
         let (_, logits) = self
             .enc
             .forward(&stack_expression(self.data, &idx)?, &Mode::inference())?;
-        let labels: Vec<usize> = idx.iter().map(|&i| self.data.patients[i].label).collect();
-        let loss = scalar(&loss::cross_entropy(&logits, &labels)?)?;
-        let probs = (0..idx.len())
-            .map(|r| probabilities(&logits.get(r)?))
-            .collect::<Result<_>>()?;
-        Ok(Predictions {
-            patients: idx,
-            labels,
-            probs,
-            loss,
-        })
+        let rows = (0..idx.len())
+            .map(|r| logits.get(r))
+            .collect::<candle_core::Result<_>>()?;
+        self.objective
+            .predictions(self.data, idx, rows, &cross_entropy)
     }
 }
 
@@ -156,8 +157,10 @@ impl Task for GenesTask<'_> {
         let (_, logits) = self
             .enc
             .forward(&stack_expression(self.data, unit)?, mode)?;
-        let labels: Vec<usize> = unit.iter().map(|&i| self.data.patients[i].label).collect();
-        Ok(Some(loss::cross_entropy(&logits, &labels)?.into()))
+        let l = self
+            .objective
+            .unit_loss(self.data, &logits, unit, &cross_entropy)?;
+        Ok(l.map(UnitLoss::from))
     }
 
     fn validates(&self) -> bool {
@@ -178,8 +181,8 @@ pub fn pretrain_genes(
     ctl: Control,
     on: OnProgress,
 ) -> Result<StageResult> {
-    let nc = data.classes.len();
-    let gcfg = gene_config(cfg, data.n_genes(), nc);
+    let objective = Objective::new(&cfg.task, data)?;
+    let gcfg = gene_config(cfg, data.n_genes(), objective.width(data));
     let train = with_expression(data, &data.train);
     if train.is_empty() {
         return Err(DataErr::Msg("no training patient has expression".into()));
@@ -193,6 +196,7 @@ pub fn pretrain_genes(
     let batch = cfg.genes.batch.max(1);
     let task = GenesTask {
         enc: &enc,
+        objective: &objective,
         data,
         batch,
         train,
@@ -217,14 +221,8 @@ pub fn pretrain_genes(
     let (arch, config) = gcfg.checkpoint_arch();
     let path = dir.join("model.safetensors");
     let info = provenance("pretrain-genes", trained, cfg.seed, cfg.fold, cfg);
-    save_checkpoint(&path, arch.name, config, &store, data, info)?;
-    Ok(StageResult {
-        checkpoint: path,
-        best_epoch: trained.best_epoch,
-        val: val.report(nc, cfg.seed),
-        test: test.report(nc, cfg.seed),
-        test_predictions: Some(test),
-    })
+    save_checkpoint(&path, arch.name, config, &store, data, &objective, info)?;
+    Ok(objective.stage_result(data, path, trained, &val, test, cfg.seed))
 }
 
 /// Class-balanced batches (docs/DESIGN.md §8): every batch takes `⌈B/C⌉` (at least 2) patients
@@ -276,12 +274,13 @@ pub fn window_rows(n: usize, l: usize, rng: &mut ChaCha8Rng) -> Vec<u32> {
 fn build_gimp(
     data: &Prepared,
     cfg: &RunConfig,
+    objective: &Objective,
     preset: BTreeMap<String, Tensor>,
 ) -> Result<(ParamStore, Gimp)> {
     let d_in = data
         .d_in
         .ok_or_else(|| DataErr::Msg("the cohort has no slide features".into()))?;
-    let gcfg = gimp_config(cfg, d_in, data.n_genes(), data.classes.len());
+    let gcfg = gimp_config(cfg, d_in, data.n_genes(), objective.width(data));
     let store = ParamStore::with_preset(cfg.seed ^ 0xA66, preset);
     let model = Gimp::new(&store.root(), gcfg)?;
     Ok((store, model))
@@ -299,10 +298,12 @@ fn gene_preset(gene_ckpt: Option<&Path>) -> Result<BTreeMap<String, Tensor>> {
 }
 
 /// Saves a GiMP stage's weights as `dir/model.safetensors`; returns the path.
+#[allow(clippy::too_many_arguments)]
 fn save_gimp(
     model: &Gimp,
     store: &ParamStore,
     data: &Prepared,
+    objective: &Objective,
     cfg: &RunConfig,
     stage: &str,
     trained: Trained,
@@ -312,7 +313,7 @@ fn save_gimp(
     let config = serde_json::to_value(&model.cfg).unwrap_or_default();
     let info = provenance(stage, trained, cfg.seed, cfg.fold, cfg);
     let arch = gimp_models::gimp::ARCH.name;
-    save_checkpoint(&path, arch, config, store, data, info)?;
+    save_checkpoint(&path, arch, config, store, data, objective, info)?;
     Ok(path)
 }
 
@@ -322,7 +323,11 @@ struct PretrainTask<'a> {
     model: &'a Gimp,
     data: &'a Prepared,
     cfg: &'a RunConfig,
+    /// Each patient's triplet group (`Objective::triplet_group`: its class, or its time bin).
     labels: Vec<usize>,
+    /// The training patients with a group (all of them, unless censored patients are left out).
+    train: Vec<usize>,
+    groups: usize,
 }
 
 impl PretrainTask<'_> {
@@ -355,8 +360,7 @@ impl PretrainTask<'_> {
 impl Task for PretrainTask<'_> {
     fn plan_epoch(&self, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
         let pc = &self.cfg.pretrain;
-        let nc = self.data.classes.len();
-        balanced_batches(&self.data.train, &self.labels, pc.batch, nc, rng)
+        balanced_batches(&self.train, &self.labels, pc.batch, self.groups, rng)
     }
 
     fn loss(&self, unit: &[usize], rng: &mut ChaCha8Rng, mode: &Mode) -> Result<Option<UnitLoss>> {
@@ -429,46 +433,70 @@ pub fn pretrain(
     on: OnProgress,
 ) -> Result<StageResult> {
     let pc = &cfg.pretrain;
-    let (store, model) = build_gimp(data, cfg, gene_preset(gene_ckpt)?)?;
+    let objective = Objective::new(&cfg.task, data)?;
+    let (store, model) = build_gimp(data, cfg, &objective, gene_preset(gene_ckpt)?)?;
     store.set_trainable("genes.", false);
     let mut opt = Adam::new(&store, AdamConfig::adamw(pc.lr, pc.weight_decay));
+    let group = |i: usize| objective.triplet_group(data, i);
+    let train: Vec<usize> = data
+        .train
+        .iter()
+        .copied()
+        .filter(|&i| group(i).is_some())
+        .collect();
+    if train.len() < 2 {
+        return Err(DataErr::Msg(format!(
+            "GiMP pre-training: {} training patient(s) have a triplet group (a class, or a time \
+             bin that is certain: an event, or censoring in the last bin)",
+            train.len()
+        )));
+    }
     let task = PretrainTask {
         model: &model,
         data,
         cfg,
-        labels: data.patients.iter().map(|p| p.label).collect(),
+        labels: (0..data.patients.len())
+            .map(|i| group(i).unwrap_or(usize::MAX))
+            .collect(),
+        groups: objective.triplet_groups(data),
+        train,
     };
     let trained = Loop {
         stage: "pretrain",
         dir,
         epochs: pc.epochs,
         seed: cfg.seed ^ 0x9E7,
-        rate: cosine(pc.lr, data.train.len().div_ceil(pc.batch.max(1)), pc.epochs),
+        rate: cosine(pc.lr, task.train.len().div_ceil(pc.batch.max(1)), pc.epochs),
         accumulate: 1,
         early_stopping: None,
         control: ctl,
         on,
     }
     .run(&store, &mut opt, &task)?;
-    let path = save_gimp(&model, &store, data, cfg, "pretrain", trained, dir)?;
+    let path = save_gimp(
+        &model, &store, data, &objective, cfg, "pretrain", trained, dir,
+    )?;
     Ok(StageResult {
         checkpoint: path,
         best_epoch: trained.best_epoch,
         val: None,
         test: None,
+        val_survival: None,
+        test_survival: None,
         test_predictions: None,
     })
 }
 
-/// Labels, probabilities and mean loss of the fine-tuned model on `idx`, seeing `modalities`.
+/// Predictions and mean loss of the fine-tuned model on `idx`, seeing `modalities`.
 pub fn evaluate_gimp(
     model: &Gimp,
+    objective: &Objective,
     data: &Prepared,
     idx: &[usize],
     modalities: Modalities,
 ) -> Result<Predictions> {
     let mode = Mode::inference();
-    let mut p = Predictions::default();
+    let mut all = Vec::with_capacity(idx.len());
     for &i in idx {
         let bag = if modalities.slides() {
             data.bag(i)?
@@ -497,34 +525,87 @@ pub fn evaluate_gimp(
                 &mode,
             )?,
         };
-        let label = data.patients[i].label;
-        p.loss += scalar(&loss::cross_entropy(&logits.unsqueeze(0)?, &[label])?)?;
-        p.patients.push(i);
-        p.labels.push(label);
-        p.probs.push(probabilities(&logits)?);
+        all.push(logits);
     }
-    p.loss /= idx.len().max(1) as f64;
-    Ok(p)
+    objective.predictions(data, idx.to_vec(), all, &cross_entropy)
 }
 
 /// Stage 3 (docs/DESIGN.md §9): the pre-trained aggregator, the frozen gene encoder and an MLP
 /// head on `CLS_pat`; whole bags (or a random cap), one patient a step.
 struct FinetuneTask<'a> {
     model: &'a Gimp,
+    objective: &'a Objective,
     data: &'a Prepared,
     cfg: &'a RunConfig,
+    /// Patients per unit: 1, or a Cox step's patients (`finetune.accumulate`).
+    unit: usize,
 }
 
 impl Task for FinetuneTask<'_> {
     fn plan_epoch(&self, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
         let mut order = self.data.train.clone();
         order.shuffle(rng);
-        order.into_iter().map(|i| vec![i]).collect()
+        order.chunks(self.unit).map(<[usize]>::to_vec).collect()
     }
 
+    /// The unit's loss: each patient's answers (both halves; with `modality_subsets` also the
+    /// slide alone and the expression alone), the objective's loss over the unit's patients for
+    /// each kind of answer, averaged over the kinds.
     fn loss(&self, unit: &[usize], rng: &mut ChaCha8Rng, mode: &Mode) -> Result<Option<UnitLoss>> {
+        let mut answers: [(Vec<usize>, Vec<Tensor>); 3] = Default::default();
+        for &i in unit {
+            for (kind, logits) in self.answers(i, rng, mode)? {
+                answers[kind].0.push(i);
+                answers[kind].1.push(logits);
+            }
+        }
+        let mut losses = Vec::new();
+        for (patients, logits) in answers.iter().filter(|a| !a.0.is_empty()) {
+            let rows = Tensor::stack(logits, 0)?;
+            if let Some(l) = self
+                .objective
+                .unit_loss(self.data, &rows, patients, &cross_entropy)?
+            {
+                losses.push(l);
+            }
+        }
+        if losses.is_empty() {
+            return Ok(None);
+        }
+        let n = losses.len() as f64;
+        let total = Tensor::stack(&losses, 0)?.sum_all()?;
+        Ok(Some(total.affine(1.0 / n, 0.0)?.into()))
+    }
+
+    fn validates(&self) -> bool {
+        true
+    }
+
+    fn validate(&self) -> Result<Predictions> {
         let fc = &self.cfg.finetune;
-        let i = unit[0];
+        let eval = |idx: &[usize], m| evaluate_gimp(self.model, self.objective, self.data, idx, m);
+        let mut p = eval(&self.data.val, fc.modalities)?;
+        if fc.modality_subsets && fc.modalities == Modalities::Both {
+            // The same three answers as the loss, each patient once per answer it can give.
+            let both = |i: &&usize| {
+                let q = &self.data.patients[**i];
+                !q.slides.is_empty() && q.expression.is_some()
+            };
+            let val: Vec<usize> = self.data.val.iter().filter(both).copied().collect();
+            p.extend(eval(&val, Modalities::Image)?);
+            if self.model.cfg.expression_alone == ExpressionAlone::FusionHead {
+                p.extend(eval(&val, Modalities::Genes)?);
+            }
+        }
+        Ok(p)
+    }
+}
+
+impl FinetuneTask<'_> {
+    /// Patient `i`'s training answers, each `(kind, logits [K])`: kind 0 with both halves (or
+    /// what the patient has), 1 the slide alone, 2 the expression alone.
+    fn answers(&self, i: usize, rng: &mut ChaCha8Rng, mode: &Mode) -> Result<Vec<(usize, Tensor)>> {
+        let fc = &self.cfg.finetune;
         let bag = match fc.modalities.slides() {
             true => self.data.bag(i)?,
             false => None,
@@ -534,10 +615,8 @@ impl Task for FinetuneTask<'_> {
             false => None,
         };
         let bag = cap_bag(bag, fc.max_patches, rng)?;
-        let label = self.data.patients[i].label;
-        let ce = |img: &Tensor, ge: &Tensor| -> Result<Tensor> {
-            let logits = self.model.head(&Tensor::cat(&[img, ge], 0)?, mode)?;
-            Ok(loss::cross_entropy(&logits.unsqueeze(0)?, &[label])?)
+        let head = |img: &Tensor, ge: &Tensor| -> Result<Tensor> {
+            Ok(self.model.head(&Tensor::cat(&[img, ge], 0)?, mode)?)
         };
         if fc.modality_subsets && bag.is_some() && expr.is_some() {
             // Both halves once; the head then answers with both, with the slide alone and with
@@ -548,8 +627,11 @@ impl Task for FinetuneTask<'_> {
             let ge = self.model.cls_ge(expr.as_ref(), fc.train_genes, mode)?;
             let no_ge = self.model.cls_ge(None, false, mode)?;
             let no_img = self.model.cls_img(None, mode)?;
-            let total = ((ce(&img, &ge)? + ce(&img, &no_ge)?)? + ce(&no_img, &ge)?)?;
-            return Ok(Some(total.affine(1.0 / 3.0, 0.0)?.into()));
+            return Ok(vec![
+                (0, head(&img, &ge)?),
+                (1, head(&img, &no_ge)?),
+                (2, head(&no_img, &ge)?),
+            ]);
         }
         // Modality dropout: only patients with both halves lose their expression, so no step
         // sees neither. No draw otherwise (off, or the image-only part), so those runs keep the
@@ -561,39 +643,7 @@ impl Task for FinetuneTask<'_> {
         let expr = if hide { None } else { expr };
         let img = self.model.cls_img(bag.as_ref(), mode)?;
         let ge = self.model.cls_ge(expr.as_ref(), fc.train_genes, mode)?;
-        Ok(Some(ce(&img, &ge)?.into()))
-    }
-
-    fn validates(&self) -> bool {
-        true
-    }
-
-    fn validate(&self) -> Result<Predictions> {
-        let fc = &self.cfg.finetune;
-        let mut p = evaluate_gimp(self.model, self.data, &self.data.val, fc.modalities)?;
-        if fc.modality_subsets && fc.modalities == Modalities::Both {
-            // The same three answers as the loss, each patient once per answer it can give.
-            let both = |i: &&usize| {
-                let q = &self.data.patients[**i];
-                !q.slides.is_empty() && q.expression.is_some()
-            };
-            let val: Vec<usize> = self.data.val.iter().filter(both).copied().collect();
-            p.extend(evaluate_gimp(
-                self.model,
-                self.data,
-                &val,
-                Modalities::Image,
-            )?);
-            if self.model.cfg.expression_alone == ExpressionAlone::FusionHead {
-                p.extend(evaluate_gimp(
-                    self.model,
-                    self.data,
-                    &val,
-                    Modalities::Genes,
-                )?);
-            }
-        }
-        Ok(p)
+        Ok(vec![(0, head(&img, &ge)?)])
     }
 }
 
@@ -610,6 +660,8 @@ pub fn finetune(
     on: OnProgress,
 ) -> Result<StageResult> {
     let fc = &cfg.finetune;
+    cfg.task.check_unit(fc.accumulate, "finetune.accumulate")?;
+    let objective = Objective::new(&cfg.task, data)?;
     let preset = match init {
         Some(p) => Checkpoint::load(p)?.weights,
         None => gene_preset(gene_ckpt)?,
@@ -622,7 +674,7 @@ pub fn finetune(
         true => ExpressionAlone::GeneEncoder,
         false => ExpressionAlone::FusionHead,
     };
-    let (store, mut model) = build_gimp(data, cfg, preset)?;
+    let (store, mut model) = build_gimp(data, cfg, &objective, preset)?;
     model.cfg.expression_alone = expression_alone;
     if !fc.train_genes {
         store.set_trainable("genes.", false);
@@ -634,39 +686,38 @@ pub fn finetune(
         })?;
     }
     let mut opt = Adam::new(&store, AdamConfig::adamw(fc.lr, fc.weight_decay));
+    // Cox compares the patients of a step, so a step's patients are one unit; otherwise one
+    // patient a unit, their gradients accumulated.
+    let unit = if cfg.task.is_cox() { fc.accumulate } else { 1 };
     let task = FinetuneTask {
         model: &model,
+        objective: &objective,
         data,
         cfg,
+        unit,
     };
     let trained = Loop {
         stage: "finetune",
         dir,
         epochs: fc.epochs,
         seed: cfg.seed ^ 0xF17E,
-        rate: cosine(fc.lr, data.train.len(), fc.epochs),
-        accumulate: 1,
+        rate: cosine(
+            fc.lr,
+            data.train.len().div_ceil(fc.accumulate.max(1)),
+            fc.epochs,
+        ),
+        accumulate: if unit > 1 { 1 } else { fc.accumulate },
         early_stopping: fc.early_stopping,
         control: ctl,
         on,
     }
     .run(&store, &mut opt, &task)?;
-    let nc = data.classes.len();
-    let val = evaluate_gimp(&model, data, &data.val, fc.modalities)?;
-    let test = evaluate_gimp(&model, data, &data.test, fc.modalities)?;
-    let path = save_gimp(&model, &store, data, cfg, "finetune", trained, dir)?;
-    Ok(StageResult {
-        checkpoint: path,
-        best_epoch: trained.best_epoch,
-        val: val.report(nc, cfg.seed),
-        test: Some(gimp_metrics::Report::new(
-            &test.labels,
-            &test.probs,
-            nc,
-            cfg.seed,
-        )),
-        test_predictions: Some(test),
-    })
+    let val = evaluate_gimp(&model, &objective, data, &data.val, fc.modalities)?;
+    let test = evaluate_gimp(&model, &objective, data, &data.test, fc.modalities)?;
+    let path = save_gimp(
+        &model, &store, data, &objective, cfg, "finetune", trained, dir,
+    )?;
+    Ok(objective.stage_result(data, path, trained, &val, test, cfg.seed))
 }
 
 /// The stages of one GiMP run.

@@ -5,13 +5,13 @@
 //! stage.
 
 use crate::data::{DataErr, GeneSelection, Prepared, Result};
+use crate::objective::{Objective, TaskConfig, COX_UNIT};
 use crate::stages::cap_bag;
 use crate::trainer::{
-    probabilities, provenance, save_checkpoint, Control, EarlyStopping, Loop, OnProgress,
-    Predictions, Rate, StageResult, Task, UnitLoss,
+    provenance, save_checkpoint, Control, EarlyStopping, Loop, OnProgress, Predictions, Rate,
+    StageResult, Task, UnitLoss,
 };
 use candle_core::{Device, Tensor};
-use gimp_metrics::Report;
 use gimp_models::{registry, ArchInfo, InputKind, Model, TrainingDefaults};
 use gimp_nn::optim::{Adam, AdamConfig, Cosine, Kind};
 use gimp_nn::{Mode, ParamStore};
@@ -56,6 +56,9 @@ pub struct SupervisedConfig {
     /// fine-tuning; ignored by the other models.
     #[serde(default)]
     pub self_supervised: SelfSupervisedStage,
+    /// Classification (default) or survival, with its loss (`docs/DESIGN.md` §34).
+    #[serde(default)]
+    pub task: TaskConfig,
 }
 
 /// Self-supervised pre-training of an image–omic adaptation (MGCA's optimiser: AdamW,
@@ -107,58 +110,79 @@ impl SupervisedConfig {
                 .map_or(GeneSelection::All, GeneSelection::TopVariance),
             early_stopping: clam_early_stopping(),
             self_supervised: SelfSupervisedStage::default(),
+            task: TaskConfig::default(),
         })
+    }
+
+    /// Sets the task. A Cox loss compares the patients of one optimiser step, so a model whose
+    /// default step is one patient takes MCAT's [`COX_UNIT`] patients a step instead (an
+    /// `accumulate` set afterwards overrides it).
+    pub fn set_task(&mut self, task: TaskConfig) {
+        self.task = task;
+        if task.is_cox() && self.accumulate < 2 {
+            self.accumulate = COX_UNIT;
+        }
     }
 }
 
 /// A registered model trained on one patient a step.
 struct SupervisedTask<'a> {
     model: &'a dyn Model,
+    objective: &'a Objective,
     input: InputKind,
     data: &'a Prepared,
     train: Vec<usize>,
     val: Vec<usize>,
     max_patches: Option<usize>,
-    /// Patients per unit: the optimiser step's whole group as one batch for the expression-only
+    /// Patients per unit: the optimiser step's whole group, as one batch for the expression-only
     /// models that run batches (the same mean gradient as one patient a unit, accumulated, at a
-    /// fraction of the cost); 1 otherwise.
+    /// fraction of the cost) and for the Cox loss (whose partial likelihood compares the
+    /// patients of a step); 1 otherwise.
     batch: usize,
+    /// The expression-only model runs each unit as one batch.
+    batched: bool,
+}
+
+/// A model's own classification loss of logits `[B, C]`, the mean over patients (DSMIL's is
+/// not the cross-entropy).
+fn model_loss(model: &dyn Model) -> impl Fn(&Tensor, &[usize]) -> candle_core::Result<Tensor> + '_ {
+    move |logits: &Tensor, labels: &[usize]| {
+        let per: Vec<Tensor> = labels
+            .iter()
+            .enumerate()
+            .map(|(r, &y)| model.classification_loss(&logits.get(r)?, y))
+            .collect::<candle_core::Result<_>>()?;
+        Tensor::stack(&per, 0)?.mean_all()
+    }
 }
 
 impl SupervisedTask<'_> {
     fn predict(&self, idx: &[usize]) -> Result<Predictions> {
         let mode = Mode::inference();
-        let mut p = Predictions::default();
+        let (mut patients, mut logits) = (Vec::new(), Vec::new());
         for &i in idx {
             let (bag, expr) = (self.data.bag(i)?, self.data.expression(i)?);
             let Ok(input) = self.input.select(bag.as_ref(), expr.as_ref()) else {
                 continue;
             };
-            let out = self.model.forward(&input, &mode)?;
-            let label = self.data.patients[i].label;
-            p.loss += self
-                .model
-                .classification_loss(&out.logits, label)?
-                .to_scalar::<f32>()? as f64;
-            p.patients.push(i);
-            p.labels.push(label);
-            p.probs.push(probabilities(&out.logits)?);
+            logits.push(self.model.forward(&input, &mode)?.logits);
+            patients.push(i);
         }
-        p.loss /= idx.len().max(1) as f64;
-        Ok(p)
+        self.objective
+            .predictions(self.data, patients, logits, &model_loss(self.model))
     }
 }
 
 impl SupervisedTask<'_> {
-    /// Mean cross-entropy of a batch of expression-only patients (those without expression are
-    /// left out, as one patient a unit leaves them out).
+    /// Mean loss of a batch of expression-only patients (those without expression are left
+    /// out, as one patient a unit leaves them out).
     fn batch_loss(&self, unit: &[usize], mode: &Mode) -> Result<Option<UnitLoss>> {
         let mut rows = Vec::with_capacity(unit.len());
-        let mut labels = Vec::with_capacity(unit.len());
+        let mut kept = Vec::with_capacity(unit.len());
         for &i in unit {
             if let Some(e) = self.data.expression(i)? {
                 rows.push(e);
-                labels.push(self.data.patients[i].label);
+                kept.push(i);
             }
         }
         if rows.is_empty() {
@@ -169,7 +193,12 @@ impl SupervisedTask<'_> {
             .model
             .expression_batch_logits(&x, mode)?
             .ok_or_else(|| DataErr::Msg("the model does not run expression batches".into()))?;
-        Ok(Some(gimp_nn::loss::cross_entropy(&logits, &labels)?.into()))
+        let loss = self
+            .objective
+            .unit_loss(self.data, &logits, &kept, &|l, y| {
+                gimp_nn::loss::cross_entropy(l, y)
+            })?;
+        Ok(loss.map(UnitLoss::from))
     }
 }
 
@@ -184,25 +213,42 @@ impl Task for SupervisedTask<'_> {
     }
 
     fn loss(&self, unit: &[usize], rng: &mut ChaCha8Rng, mode: &Mode) -> Result<Option<UnitLoss>> {
-        if self.batch > 1 {
+        if self.batched {
             return self.batch_loss(unit, mode);
         }
-        let i = unit[0];
-        let bag = cap_bag(self.data.bag(i)?, self.max_patches, rng)?;
-        let expr = self.data.expression(i)?;
-        let Ok(input) = self.input.select(bag.as_ref(), expr.as_ref()) else {
+        // One patient a unit, or a Cox step's patients: each through the model, the loss over
+        // all of them, the auxiliary losses averaged.
+        let (mut kept, mut logits, mut aux) = (Vec::new(), Vec::new(), Vec::new());
+        for &i in unit {
+            let bag = cap_bag(self.data.bag(i)?, self.max_patches, rng)?;
+            let expr = self.data.expression(i)?;
+            let Ok(input) = self.input.select(bag.as_ref(), expr.as_ref()) else {
+                continue;
+            };
+            let class = self.objective.class_of(self.data, i);
+            let (out, a) = self.model.training_forward(&input, class, mode)?;
+            logits.push(out.logits);
+            aux.extend(a);
+            kept.push(i);
+        }
+        if kept.is_empty() {
+            return Ok(None);
+        }
+        let rows = Tensor::stack(&logits, 0)?;
+        let Some(main) =
+            self.objective
+                .unit_loss(self.data, &rows, &kept, &model_loss(self.model))?
+        else {
             return Ok(None);
         };
-        let label = self.data.patients[i].label;
-        let (out, aux) = self.model.training_forward(&input, label, mode)?;
-        let ce = self.model.classification_loss(&out.logits, label)?;
-        Ok(Some(
-            match aux {
-                Some(a) => (ce.affine(self.model.bag_weight(), 0.0)? + a)?,
-                None => ce,
+        let total = match aux.is_empty() {
+            true => main,
+            false => {
+                let aux = Tensor::stack(&aux, 0)?.mean_all()?;
+                (main.affine(self.model.bag_weight(), 0.0)? + aux)?
             }
-            .into(),
-        ))
+        };
+        Ok(Some(total.into()))
     }
 
     fn validates(&self) -> bool {
@@ -233,7 +279,9 @@ pub fn train(
             &selected
         }
     };
-    let nc = data.classes.len();
+    cfg.task.check_unit(cfg.accumulate, "accumulate")?;
+    let objective = Objective::new(&cfg.task, data)?;
+    let nc = objective.width(data);
     let dims = gimp_models::Dims {
         features: data.d_in.unwrap_or(0),
         genes: data.n_genes(),
@@ -278,7 +326,7 @@ pub fn train(
             train: &train,
             batch: cfg.self_supervised.batch.max(2),
         };
-        self_supervised(&stage, cfg, &model_cfg, &store, dir, ctl, on)?;
+        self_supervised(&stage, cfg, &model_cfg, &objective, &store, dir, ctl, on)?;
     }
     let mut opt = Adam::new(
         &store,
@@ -308,9 +356,15 @@ pub fn train(
                 &Mode::inference(),
             )?
             .is_some();
-    let batch = if batched { cfg.accumulate } else { 1 };
+    let batch = if batched || cfg.task.is_cox() {
+        cfg.accumulate
+    } else {
+        1
+    };
     let task = SupervisedTask {
         model: model.as_ref(),
+        objective: &objective,
+        batched,
         input: arch.input,
         data,
         train,
@@ -324,7 +378,7 @@ pub fn train(
         epochs: cfg.epochs,
         seed: cfg.seed ^ 0x5B5,
         rate,
-        accumulate: if batched { 1 } else { cfg.accumulate },
+        accumulate: if batch > 1 { 1 } else { cfg.accumulate },
         early_stopping: cfg.early_stopping,
         control: ctl,
         on,
@@ -334,14 +388,8 @@ pub fn train(
     let test = task.predict(&test)?;
     let path = dir.join("model.safetensors");
     let info = provenance("train", trained, cfg.seed, cfg.fold, cfg);
-    save_checkpoint(&path, arch.name, model_cfg, &store, data, info)?;
-    Ok(StageResult {
-        checkpoint: path,
-        best_epoch: trained.best_epoch,
-        val: val.report(nc, cfg.seed),
-        test: Some(Report::new(&test.labels, &test.probs, nc, cfg.seed)),
-        test_predictions: Some(test),
-    })
+    save_checkpoint(&path, arch.name, model_cfg, &store, data, &objective, info)?;
+    Ok(objective.stage_result(data, path, trained, &val, test, cfg.seed))
 }
 
 /// The image–omic adaptations' own objective on batches of training patients with both
@@ -389,10 +437,12 @@ impl Task for SelfSupervisedTask<'_> {
 
 /// Stage 1 of the image–omic adaptations: AdamW with warm-up and cosine decay, in `dir/pretrain`
 /// (resumable like every stage); the weights are also saved there as a checkpoint.
+#[allow(clippy::too_many_arguments)]
 fn self_supervised(
     task: &SelfSupervisedTask,
     cfg: &SupervisedConfig,
     model_cfg: &serde_json::Value,
+    objective: &Objective,
     store: &ParamStore,
     dir: &Path,
     ctl: Control,
@@ -420,7 +470,15 @@ fn self_supervised(
     .run(store, &mut opt, task)?;
     let info = provenance("pretrain", trained, cfg.seed, cfg.fold, cfg);
     let path = dir.join("model.safetensors");
-    save_checkpoint(&path, &cfg.arch, model_cfg.clone(), store, task.data, info)
+    save_checkpoint(
+        &path,
+        &cfg.arch,
+        model_cfg.clone(),
+        store,
+        task.data,
+        objective,
+        info,
+    )
 }
 
 /// MCAT's gene groups from a `signatures.csv`: for each column, the positions of its symbols

@@ -49,6 +49,11 @@ pub struct StageResult {
     pub best_epoch: usize,
     pub val: Option<Report>,
     pub test: Option<Report>,
+    /// A survival run's validation and test metrics (its `val` and `test` are `None`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_survival: Option<crate::objective::SurvivalScores>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_survival: Option<crate::objective::SurvivalScores>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_predictions: Option<Predictions>,
 }
@@ -123,13 +128,21 @@ impl From<Tensor> for UnitLoss {
     }
 }
 
-/// Labels, class probabilities and mean loss of a model on some patients.
+/// Labels, class probabilities and mean loss of a model on some patients; in a survival run
+/// (`docs/DESIGN.md` §34) the labels are time bins, `probs` the survival curves (empty under
+/// Cox), with each patient's risk and outcome.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Predictions {
     /// Which patients (indices into the prepared cohort), in the order of `labels` and `probs`.
     pub patients: Vec<usize>,
     pub labels: Vec<usize>,
     pub probs: Vec<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub risk: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub time: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event: Vec<bool>,
     #[serde(skip)]
     pub loss: f64,
 }
@@ -149,6 +162,32 @@ impl Predictions {
         self.patients.extend(other.patients);
         self.labels.extend(other.labels);
         self.probs.extend(other.probs);
+        self.risk.extend(other.risk);
+        self.time.extend(other.time);
+        self.event.extend(other.event);
+    }
+
+    /// Survival predictions (risks and outcomes) rather than class probabilities.
+    pub fn is_survival(&self) -> bool {
+        !self.risk.is_empty()
+    }
+
+    /// The figure validation selects on: accuracy, or Harrell's c-index of a survival run (½
+    /// where it has no value — no comparable pair — so the loss decides).
+    pub fn figure(&self) -> f64 {
+        if !self.is_survival() {
+            return self.accuracy();
+        }
+        let outcomes = gimp_metrics::survival::Outcomes {
+            time: &self.time,
+            event: &self.event,
+        };
+        gimp_metrics::survival::concordance_index_censored(
+            outcomes,
+            &self.risk,
+            gimp_metrics::survival::TIED_TOL,
+        )
+        .map_or(0.5, |c| c.cindex)
     }
 
     pub fn accuracy(&self) -> f64 {
@@ -225,8 +264,8 @@ pub fn restore(store: &ParamStore, saved: &BTreeMap<String, Tensor>) -> Result<(
     Ok(())
 }
 
-/// The selection rule (docs/DESIGN.md §9): highest validation accuracy, ties broken by the lower
-/// validation loss.
+/// The selection rule (docs/DESIGN.md §9): highest validation accuracy (c-index in a survival
+/// run, §34), ties broken by the lower validation loss.
 fn better(acc: f64, loss: f64, best: Option<(f64, f64)>) -> bool {
     match best {
         None => true,
@@ -284,6 +323,8 @@ struct EpochLosses {
     total: f64,
     steps: usize,
     parts: Vec<(&'static str, f64)>,
+    /// Units whose loss was `None` (a Cox unit without an event): no step.
+    skipped: usize,
 }
 
 impl EpochLosses {
@@ -305,6 +346,9 @@ impl EpochLosses {
         m.insert("train_loss".into(), (self.total / n).into());
         for (name, s) in &self.parts {
             m.insert((*name).into(), (s / n).into());
+        }
+        if self.skipped > 0 {
+            m.insert("skipped_units".into(), self.skipped.into());
         }
         m
     }
@@ -360,6 +404,12 @@ impl Loop<'_> {
             let mut acc = GradAccumulator::default();
             for (k, unit) in plan.iter().enumerate() {
                 let Some(l) = task.loss(unit, &mut st.rng, &mode)? else {
+                    losses.skipped += 1;
+                    // A group being accumulated still steps at the end of the epoch.
+                    if acc.count > 0 && k + 1 == plan.len() {
+                        opt.step_with(&acc.take_mean()?, self.rate.at(st.step))?;
+                        st.step += 1;
+                    }
                     continue;
                 };
                 let lr = self.rate.at(st.step);
@@ -421,9 +471,14 @@ impl Loop<'_> {
         v: &Predictions,
         line: &mut serde_json::Map<String, serde_json::Value>,
     ) -> Result<()> {
-        let acc = v.accuracy();
+        let acc = v.figure();
         line.insert("val_loss".into(), v.loss.into());
-        line.insert("val_accuracy".into(), acc.into());
+        let name = if v.is_survival() {
+            "val_cindex"
+        } else {
+            "val_accuracy"
+        };
+        line.insert(name.into(), acc.into());
         if v.labels.is_empty() || better(acc, v.loss, st.best) {
             st.best = Some((acc, v.loss));
             st.best_epoch = epoch;
@@ -467,7 +522,8 @@ pub fn provenance(
     .collect()
 }
 
-/// Saves the store's weights as a checkpoint of `arch` with the cohort's classes and
+/// Saves the store's weights as a checkpoint of `arch` with the objective's outputs (the
+/// cohort's classes, or the survival head's), what it records of the task, and the cohort's
 /// expression preprocessing.
 pub fn save_checkpoint(
     path: &Path,
@@ -475,14 +531,16 @@ pub fn save_checkpoint(
     config: serde_json::Value,
     store: &ParamStore,
     data: &Prepared,
+    objective: &crate::objective::Objective,
     mut info: BTreeMap<String, String>,
 ) -> Result<()> {
     // The features it is trained on, checked whenever it is run (§36).
     info.extend(crate::compat::provenance_entry(data)?);
+    info.extend(objective.info());
     Checkpoint {
         arch: arch.into(),
         config,
-        classes: data.classes.clone(),
+        classes: objective.output_names(data),
         weights: store.tensors(),
         preprocessing: data.preprocessing.clone(),
         info,

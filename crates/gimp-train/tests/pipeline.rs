@@ -316,7 +316,14 @@ fn every_baseline_trains_with_the_same_trainer() {
 #[test]
 fn experiment_tables_have_the_papers_rows_in_order() {
     use gimp_train::experiment::rows;
-    let keys = |t| -> Vec<&str> { rows(t, &[]).unwrap().iter().map(|r| r.key).collect() };
+    use gimp_train::objective::TaskKind::Classification;
+    let keys = |t| -> Vec<&str> {
+        rows(t, &[], Classification)
+            .unwrap()
+            .iter()
+            .map(|r| r.key)
+            .collect()
+    };
     assert_eq!(
         keys("table1"),
         [
@@ -357,12 +364,13 @@ fn experiment_tables_have_the_papers_rows_in_order() {
 #[test]
 fn experiment_rows_plan_run_skip_and_summarise() {
     use gimp_train::experiment::{execute, markdown, plan, rows, summarise};
+    use gimp_train::objective::TaskKind::Classification;
     let d = tempfile::tempdir().unwrap();
     let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
     let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
-    assert!(rows("table3", &[]).is_err());
-    assert!(rows("table2", &["nope".into()]).is_err());
-    let chosen = rows("table1", &["abmil".into(), "gimp".into()]).unwrap();
+    assert!(rows("table3", &[], Classification).is_err());
+    assert!(rows("table2", &["nope".into()], Classification).is_err());
+    let chosen = rows("table1", &["abmil".into(), "gimp".into()], Classification).unwrap();
     let out = d.path().join("exp");
     let runs = plan(&out, &chosen, 1, 2);
     assert_eq!(runs.len(), 4);
@@ -657,7 +665,8 @@ fn bad_run_files_name_the_field_and_the_choices() {
 fn the_paper_recipe_is_one_configuration_for_every_row() {
     use gimp_train::experiment::TrainingRecipe::{Paper, Reference};
     use gimp_train::experiment::{claim_recipe, planned_epochs, rows, BaselineOverrides};
-    let table1 = rows("table1", &[]).unwrap();
+    use gimp_train::objective::{TaskConfig, TaskKind::Classification};
+    let table1 = rows("table1", &[], Classification).unwrap();
     let abmil = table1.iter().find(|r| r.key == "abmil").unwrap();
     let snn = table1.iter().find(|r| r.key == "snn").unwrap();
     let base = RunConfig::paper();
@@ -671,9 +680,11 @@ fn the_paper_recipe_is_one_configuration_for_every_row() {
     assert_eq!((epochs(abmil, Reference), epochs(snn, Reference)), (50, 20));
     assert_eq!((epochs(abmil, Paper), epochs(snn, Paper)), (70, 70));
     let d = tempfile::tempdir().unwrap();
-    claim_recipe(d.path(), Paper).unwrap();
-    claim_recipe(d.path(), Paper).unwrap();
-    let e = claim_recipe(d.path(), Reference).unwrap_err().to_string();
+    claim_recipe(d.path(), Paper, &TaskConfig::default()).unwrap();
+    claim_recipe(d.path(), Paper, &TaskConfig::default()).unwrap();
+    let e = claim_recipe(d.path(), Reference, &TaskConfig::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("paper recipe"), "{e}");
 }
 

@@ -39,6 +39,8 @@ fn fixture() -> tempfile::TempDir {
     std::fs::create_dir_all(dir.join("masks")).unwrap();
     std::fs::write(dir.join("masks/good.tissue.png"), b"png").unwrap();
     SlidePrediction {
+        risk: None,
+        survival: None,
         slide_id: "good".into(),
         slide: dir.join("good.svs"),
         model: "test".into(),

@@ -1,10 +1,11 @@
-//! `gimp-rs baseline logreg`: arguments and printing; the baseline is `gimp_linear::baseline`.
+//! `gimp-rs baseline logreg` and `baseline cox`: arguments and printing; the baselines are
+//! `gimp_linear::baseline` and `gimp_linear::cox_baseline`.
 
 use anyhow::Result;
 use gimp_cohort::{Cohort, LoadOptions};
 use gimp_io::expression::ExpressionTransform;
-use gimp_linear::baseline;
 use gimp_linear::LogisticConfig;
+use gimp_linear::{baseline, cox_baseline};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,6 +14,39 @@ pub enum Command {
     /// Gene-only logistic regression (L2, scikit-learn's C) on the cohort's expression, per split:
     /// z-scores fitted on the training part, metrics on validation and test.
     Logreg(LogregArgs),
+    /// Gene-only Cox model (L2 penalty, Breslow ties) on the cohort's expression and its
+    /// [survival] outcomes, per split: z-scores fitted on the training part, Harrell's c-index
+    /// on the test part.
+    Cox(CoxArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CoxArgs {
+    pub cohort: PathBuf,
+    /// L2 penalty λ on standardised genes (lifelines' `penalizer`, l1_ratio 0). Several,
+    /// comma-separated (the default): each split takes the one with the best validation c-index.
+    #[arg(long, value_delimiter = ',', default_value = "0.1,1,10,100,1000")]
+    pub penalty: Vec<f64>,
+    /// Expression transform before z-scoring: log2p1 (for FPKM/TPM/counts) or none (already log).
+    #[arg(long, default_value = "log2p1")]
+    pub transform: ExpressionTransform,
+    /// Ignore the cohort's split files and use k folds with disjoint test sets, dealt within
+    /// each class by events and time bins (as `gimp-rs split`).
+    #[arg(long)]
+    pub kfold: Option<usize>,
+    /// With --kfold: the fraction of each training part kept for validation (where the penalty
+    /// is chosen).
+    #[arg(long, default_value_t = 0.2)]
+    pub val: f64,
+    /// Seed for --kfold and the bootstrap intervals.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write each split's test patients with their risks to DIR/split{k}_test.csv (time, event,
+    /// risk: what `gimp-rs survival metrics` reads).
+    #[arg(long)]
+    pub scores: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args)]
@@ -35,7 +69,50 @@ pub struct LogregArgs {
 }
 
 pub fn run(cmd: Command) -> Result<ExitCode> {
-    let Command::Logreg(a) = cmd;
+    match cmd {
+        Command::Logreg(a) => logreg(a),
+        Command::Cox(a) => cox(a),
+    }
+}
+
+fn cox(a: CoxArgs) -> Result<ExitCode> {
+    let c = Cohort::open(
+        &a.cohort,
+        LoadOptions {
+            read_shapes: false,
+            deep: false,
+        },
+    )?;
+    baseline::check_cohort(&c)?;
+    let splits = cox_baseline::splits(&c, a.kfold, a.val, a.seed)?;
+    let r = cox_baseline::cross_validate(&c, &splits, &a.penalty, a.transform, a.seed)?;
+    if let Some(dir) = &a.scores {
+        for f in &r.folds {
+            let mut text = String::from("case_id,time,event,risk\n");
+            for s in &f.scores {
+                text.push_str(&format!(
+                    "{},{},{},{}\n",
+                    s.case_id,
+                    s.time,
+                    u8::from(s.event),
+                    s.risk
+                ));
+            }
+            gimp_io::atomic::write_bytes_atomic(
+                &dir.join(format!("split{}_test.csv", f.fold)),
+                text.as_bytes(),
+            )?;
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        crate::output::print_cox(&r);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn logreg(a: LogregArgs) -> Result<ExitCode> {
     let transform = a.transform;
     let c = Cohort::open(
         &a.cohort,

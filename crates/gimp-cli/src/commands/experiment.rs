@@ -76,6 +76,10 @@ pub struct Args {
     /// Only write the tables from the runs finished so far (any machine, any time).
     #[arg(long, conflicts_with = "dry_run")]
     pub summarise: bool,
+    /// `--task survival` (with `--loss nll|cox`, `--alpha`): every row trains for the cohort's
+    /// survival outcomes and the table gives c-indices. One experiment folder holds one task.
+    #[command(flatten)]
+    pub task: super::train::TaskArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -128,8 +132,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let (Some(table), Some(cohort_file), Some(out)) = (&a.table, &a.cohort, &a.out) else {
         bail!("give a table, a cohort and --out: gimp-rs experiment table1 COHORT.toml --out DIR")
     };
-    let rows = experiment::rows(table, &a.rows)?;
     let mut base = RunConfig::preset(a.preset);
+    if let Some(t) = a.task.apply(base.task) {
+        base.set_task(t);
+    }
+    let rows = experiment::rows(table, &a.rows, base.task.kind)?;
     if let Some(t) = a.transform {
         base.model.transform = t;
     }
@@ -187,7 +194,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Some(s) => Some(s),
         None => Shard::from_env()?,
     };
-    experiment::claim_recipe(out, a.recipe)?;
+    experiment::claim_recipe(out, a.recipe, &base.task)?;
     if !a.summarise {
         let mine = match shard {
             Some(s) => s.select(runs.iter().cloned()),
@@ -206,14 +213,24 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 if let Some(t) = &r.test {
                     println!("    test accuracy {}%", crate::table::pct(t.accuracy.value));
                 }
+                if let Some(t) = &r.test_survival {
+                    println!("    test c-index {:.3}", t.cindex.value);
+                }
             },
             &|p| bars.update(p),
         )?;
     }
     // Every finished run of the whole plan, whichever machine ran it.
     let runs = experiment::plan(out, &rows, a.folds, a.seeds);
-    let md =
-        experiment::write_summary(out, table, &rows, &runs, &cohort.label_map.names, a.recipe)?;
+    let md = experiment::write_summary(
+        out,
+        table,
+        &rows,
+        &runs,
+        &cohort.label_map.names,
+        a.recipe,
+        &base.task,
+    )?;
     let left = runs.iter().filter(|r| !r.done).count();
     println!(
         "\n{md}\n(written to {} and .csv{})",

@@ -69,6 +69,14 @@ struct RunOutput {
     #[serde(skip_serializing_if = "Option::is_none")]
     warning: Option<String>,
     logits: Vec<f32>,
+    /// A survival model's risk (higher: earlier event) and, for the discrete-time head, its
+    /// survival curve per time bin (`classes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    risk: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    survival: Option<Vec<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time_bins: Option<Vec<String>>,
     probabilities: Vec<f32>,
     predicted: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -200,6 +208,14 @@ fn run_model(a: RunArgs) -> Result<ExitCode> {
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map(|(i, _)| i)
         .unwrap_or(0);
+    let (risk, survival) = match &loaded.survival {
+        Some(head) => (
+            head.risk(&out.logits)?.first().copied(),
+            head.survival_curve(&out.logits)?,
+        ),
+        None => (None, None),
+    };
+    let time_bins = survival.as_ref().and(source.classes.clone());
     let mut top_patches = Vec::new();
     if let Some(att) = &out.attention {
         let s: Vec<f32> = att.to_vec1()?;
@@ -223,6 +239,9 @@ fn run_model(a: RunArgs) -> Result<ExitCode> {
         modalities,
         warning,
         logits,
+        risk,
+        survival,
+        time_bins,
         probabilities,
         predicted,
         predicted_class: source

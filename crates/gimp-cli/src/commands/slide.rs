@@ -628,11 +628,18 @@ pub fn predict(a: PredictArgs) -> Result<ExitCode> {
                     .map(|t| format!("{} {:.2} s", t.stage, t.seconds))
                     .collect();
                 let p = r.probabilities.get(r.predicted).copied().unwrap_or(0.0);
+                let answer = match (r.risk, &r.survival) {
+                    (Some(risk), Some(s)) => {
+                        let curve: Vec<String> = s.iter().map(|v| format!("{v:.3}")).collect();
+                        format!("risk {risk:.4}, survival by bin [{}]", curve.join(", "))
+                    }
+                    (Some(risk), None) => format!("risk {risk:.4}"),
+                    _ => format!("{} ({p:.3})", r.predicted_class.as_deref().unwrap_or("?")),
+                };
                 progress::line(
                     &pb,
                     format!(
-                        "{id}: {} ({p:.3}) from {} patches; {}",
-                        r.predicted_class.as_deref().unwrap_or("?"),
+                        "{id}: {answer} from {} patches; {}",
                         r.n_patches,
                         times.join(", ")
                     ),

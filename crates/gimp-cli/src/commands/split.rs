@@ -69,12 +69,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
             deep: false,
         },
     )?;
-    // A survival cohort is balanced on events and time bins (MCAT's labels), a classification
-    // cohort on its classes.
+    // A survival cohort is balanced on events and time bins (MCAT's labels) within each class,
+    // a classification cohort on its classes.
     let labels: Vec<usize> = match (&c.survival, &c.file.config.survival) {
         (Some(outcomes), Some(config)) => {
-            let strata = gimp_cohort::survival::strata(outcomes, config.bins)
-                .map_err(|e| anyhow!("{}: {e}", cohort.display()))?;
+            let classes: Vec<usize> = c.patients.iter().map(|p| p.label).collect();
+            let strata =
+                gimp_cohort::survival::class_and_survival_strata(&classes, outcomes, config.bins)
+                    .map_err(|e| anyhow!("{}: {e}", cohort.display()))?;
             gimp_cohort::survival::check_scheme(outcomes, scheme)
                 .map_err(|e| anyhow!("{}: {e}", cohort.display()))?;
             strata

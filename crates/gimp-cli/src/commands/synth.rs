@@ -47,6 +47,12 @@ pub struct Args {
     /// Also write features/pt_files/*.pt (torch.save format).
     #[arg(long)]
     pub pt: bool,
+    /// Write no survival outcomes (no survival_months/censorship columns, no [survival]).
+    #[arg(long)]
+    pub no_survival: bool,
+    /// Expected fraction of censored patients (default 0.5).
+    #[arg(long, conflicts_with = "no_survival")]
+    pub censoring_rate: Option<f64>,
     /// Write into a non-empty folder.
     #[arg(long)]
     pub force: bool,
@@ -105,6 +111,12 @@ pub fn config(a: &Args) -> Result<SynthConfig> {
         cfg.label_noise = v;
     }
     cfg.write_pt = a.pt;
+    if a.no_survival {
+        cfg.survival = None;
+    }
+    if let (Some(v), Some(s)) = (a.censoring_rate, cfg.survival.as_mut()) {
+        s.censoring_rate = v;
+    }
     cfg.validate()
         .map_err(|m| anyhow::anyhow!("invalid settings: {m}"))?;
     Ok(cfg)
@@ -123,5 +135,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         r.gdc_samples,
         a.out.join("cohort.toml").display()
     );
+    if let (Some(events), Some(c)) = (r.events, r.truth_cindex) {
+        println!(
+            "survival: {events} events, {} censored; Harrell's c-index of the true log-hazard {c:.4} (the ceiling of any risk model; truth/patients.tsv)",
+            r.patients - events
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

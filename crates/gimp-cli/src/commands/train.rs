@@ -9,6 +9,48 @@ use gimp_train::{Prepared, RunConfig};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// What a run learns (docs/TRAINING.md, "Survival").
+#[derive(clap::Args, Clone, Copy, Default)]
+pub struct TaskArgs {
+    /// classification (the label column) or survival (the cohort file's [survival] section);
+    /// default: classification, or the run file's [task].
+    #[arg(long)]
+    pub task: Option<gimp_train::objective::TaskKind>,
+    /// Survival loss: nll (MCAT's discrete-time likelihood over time bins; default) or cox
+    /// (partial likelihood over the patients of an optimiser step).
+    #[arg(long)]
+    pub loss: Option<gimp_nn::survival::SurvivalLoss>,
+    /// Survival NLL: weight of the uncensored-only term (MCAT's alpha_surv; default 0).
+    #[arg(long)]
+    pub alpha: Option<f64>,
+}
+
+impl TaskArgs {
+    /// `base` with the flags given on the command line; `None` when none was given.
+    pub fn apply(
+        &self,
+        base: gimp_train::objective::TaskConfig,
+    ) -> Option<gimp_train::objective::TaskConfig> {
+        if self.task.is_none() && self.loss.is_none() && self.alpha.is_none() {
+            return None;
+        }
+        let mut t = base;
+        if let Some(k) = self.task {
+            t.kind = k;
+        } else if self.loss.is_some() || self.alpha.is_some() {
+            // A survival loss or alpha asks for survival.
+            t.kind = gimp_train::objective::TaskKind::Survival;
+        }
+        if let Some(l) = self.loss {
+            t.loss = l;
+        }
+        if let Some(a) = self.alpha {
+            t.alpha = a;
+        }
+        Some(t)
+    }
+}
+
 /// What every training stage reads.
 #[derive(clap::Args, Clone)]
 pub struct Common {
@@ -37,6 +79,8 @@ pub struct Common {
     /// more than this many gigabytes (docs/PERFORMANCE.md), instead of being killed midway.
     #[arg(long, value_name = "GB")]
     pub memory_limit: Option<f64>,
+    #[command(flatten)]
+    pub task: TaskArgs,
 }
 
 impl Common {
@@ -57,6 +101,9 @@ impl Common {
         }
         if let Some(gb) = self.memory_limit {
             cfg.finetune.memory_limit_gb = Some(gb);
+        }
+        if let Some(t) = self.task.apply(cfg.task) {
+            cfg.set_task(t);
         }
         Ok(cfg)
     }
@@ -194,8 +241,9 @@ pub struct EvalArgs {
     /// alone) or `both`; patients left with neither are skipped.
     #[arg(long, default_value = "both")]
     pub modalities: gimp_train::config::Modalities,
-    /// Where the reliability diagram goes: STEM.png and STEM.svg (default: beside the
-    /// checkpoint, reliability-{split}).
+    /// Where the reliability diagram goes (a survival checkpoint: the Kaplan–Meier curves by
+    /// predicted risk group): STEM.png and STEM.svg (default: beside the checkpoint,
+    /// reliability-{split} or kaplan-meier-{split}).
     #[arg(long)]
     pub reliability: Option<PathBuf>,
     #[arg(long)]
@@ -262,6 +310,9 @@ pub fn evaluate(a: EvalArgs) -> Result<ExitCode> {
     let ckpt = gimp_nn::checkpoint::Checkpoint::load(&a.checkpoint)?;
     let data = load_for(&a.cohort, &ckpt, a.fold)?.only(a.modalities);
     let m = gimp_train::evaluate::load_for_cohort(&ckpt, &a.checkpoint, &data)?;
+    if m.survival.is_some() {
+        return evaluate_survival(&a, &ckpt.arch, &m, &data);
+    }
     let e = gimp_train::evaluate::evaluate(&m, &data, part, a.seed)?;
     let stem = a.reliability.clone().unwrap_or_else(|| {
         a.checkpoint
@@ -302,6 +353,53 @@ pub fn evaluate(a: EvalArgs) -> Result<ExitCode> {
         println!(
             "reliability diagram (temperature {:.3}): {}.png, .svg",
             e.temperature,
+            stem.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `evaluate` on a survival checkpoint: its metrics and Kaplan–Meier curves of the patients
+/// below and above the median predicted risk.
+fn evaluate_survival(
+    a: &EvalArgs,
+    arch: &str,
+    m: &gimp_models::Loaded,
+    data: &Prepared,
+) -> Result<ExitCode> {
+    let e = gimp_train::evaluate::evaluate_survival(m, data, a.split, a.seed)?;
+    let p = &e.predictions;
+    let stem = a.reliability.clone().unwrap_or_else(|| {
+        a.checkpoint
+            .with_file_name(format!("kaplan-meier-{}", e.split))
+    });
+    let (group, names) = gimp_report::kaplan_meier::risk_groups(&p.risk, 2);
+    let outcomes = gimp_metrics::survival::Outcomes::new(&p.time, &p.event)?;
+    gimp_report::kaplan_meier::plot(
+        outcomes,
+        &group,
+        &names,
+        &e.unit,
+        &format!("{arch} ({} split, by predicted risk)", e.split),
+        &stem,
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        print!(
+            "{}",
+            crate::output::survival_scores(
+                &format!(
+                    "{} ({arch}, {} loss, {} split)",
+                    a.checkpoint.display(),
+                    e.loss,
+                    e.split
+                ),
+                &e.scores,
+            )
+        );
+        println!(
+            "Kaplan–Meier curves by risk group: {}.png, .svg",
             stem.display()
         );
     }
@@ -403,6 +501,8 @@ pub struct TrainArgs {
     /// most variable for SNN and GroupMSA, docs/DESIGN.md §38; all for the others).
     #[arg(long, value_name = "all|K|FILE")]
     pub genes: Option<gimp_train::data::GeneSelection>,
+    #[command(flatten)]
+    pub task: TaskArgs,
 }
 
 pub fn train(a: TrainArgs) -> Result<ExitCode> {
@@ -410,6 +510,9 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
     let mut cfg = SupervisedConfig::defaults(gimp_models::registry::lookup(&a.arch)?)?;
     cfg.seed = a.seed;
     cfg.fold = a.fold;
+    if let Some(t) = a.task.apply(cfg.task) {
+        cfg.set_task(t);
+    }
     if let Some(v) = a.pretrain_epochs {
         cfg.self_supervised.epochs = v;
     }
