@@ -5,6 +5,7 @@
 //! predictions validation compares, and what the checkpoint records; nothing else in the
 //! trainer depends on the task.
 
+use crate::config::CensoredInTriplets;
 use crate::data::{DataErr, Prepared, Result};
 use crate::trainer::{probabilities, scalar, Predictions, StageResult, Trained};
 use candle_core::Tensor;
@@ -250,14 +251,25 @@ impl Objective {
 
     /// The group of patient `i` for GiMP's gene-induced triplets (`docs/DESIGN.md` §34): its
     /// class; in a survival run the time bin of a patient with an event, and of a censored
-    /// patient only where the bin is certain — censored in the last bin, whose event can only be
-    /// later — else `None` (left out of the triplet batches).
-    pub fn triplet_group(&self, data: &Prepared, i: usize) -> Option<usize> {
+    /// patient as `censored` says — by default only where the bin is certain (censored in the
+    /// last bin, whose event can only be later) — else `None` (left out of the triplet batches).
+    pub fn triplet_group(
+        &self,
+        data: &Prepared,
+        i: usize,
+        censored: CensoredInTriplets,
+    ) -> Option<usize> {
         match &self.survival {
             None => Some(data.patients[i].label),
             Some(s) => {
                 let last = s.head.n_bins().saturating_sub(1);
-                (s.outcomes[i].event || s.bins[i] == last).then_some(s.bins[i])
+                let joins = s.outcomes[i].event
+                    || match censored {
+                        CensoredInTriplets::CertainBin => s.bins[i] == last,
+                        CensoredInTriplets::LeaveOut => false,
+                        CensoredInTriplets::ObservedBin => true,
+                    };
+                joins.then_some(s.bins[i])
             }
         }
     }

@@ -437,7 +437,7 @@ pub fn pretrain(
     let (store, model) = build_gimp(data, cfg, &objective, gene_preset(gene_ckpt)?)?;
     store.set_trainable("genes.", false);
     let mut opt = Adam::new(&store, AdamConfig::adamw(pc.lr, pc.weight_decay));
-    let group = |i: usize| objective.triplet_group(data, i);
+    let group = |i: usize| objective.triplet_group(data, i, pc.censored);
     let train: Vec<usize> = data
         .train
         .iter()

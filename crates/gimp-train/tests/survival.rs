@@ -223,7 +223,7 @@ fn gimp_stages_train_for_survival() {
     let objective = Objective::new(&cfg.task, &data).unwrap();
     let s = objective.survival().unwrap();
     for &i in &data.train {
-        let g = objective.triplet_group(&data, i);
+        let g = objective.triplet_group(&data, i, Default::default());
         match (s.outcome(i).event, s.bin(i)) {
             (true, b) => assert_eq!(g, Some(b)),
             (false, 3) => assert_eq!(g, Some(3)),
