@@ -4,7 +4,8 @@
 Each patient's event time is exponential with a hazard three times higher in the second class
 than in the first, so the class signal the synthetic slides and expression carry is the
 known truth a survival model can recover; censoring times are uniform on [0, 4 × the
-median event time] (about a third of patients censored). Times in months. The label table gains
+median event time] (`--horizon 4`, the default: about a third of patients censored; 1.5:
+about two thirds, as in TCGA). Times in months. The label table gains
 `survival_months` and `censorship` (1 = censored, MCAT's convention) and the cohort file a
 `[survival]` section. Deterministic for --seed.
 """
@@ -19,6 +20,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cohort", type=Path, help="folder with dataset.csv and cohort.toml")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--horizon", type=float, default=4.0, help="censoring horizon / median event time")
     a = ap.parse_args()
     table = a.cohort / "dataset.csv"
     with table.open() as f:
@@ -33,7 +35,7 @@ def main() -> None:
         label = next(r["label"] for r in rows if r["case_id"] == c)
         hazard = 1 / 30 * (3.0 if label == classes[-1] else 1.0)
         event[c] = rng.expovariate(hazard)
-    horizon = 4.0 * statistics.median(event.values())
+    horizon = a.horizon * statistics.median(event.values())
     outcome = {}
     for c in cases:
         censor = rng.uniform(0, horizon)

@@ -4,15 +4,19 @@
 # cohort with survival columns (bench/survival_columns.py), once per setting of
 # `pretrain.censored` and seed; prints the test c-index of each run and the mean per setting.
 #
-#   bash bench/survival_triplets.sh [OUT] (SEEDS=3, GIMP_RS=target/release/gimp-rs)
+#   bash bench/survival_triplets.sh [OUT] (SEEDS=3, HORIZON=4, GIMP_RS=target/release/gimp-rs)
+#
+# HORIZON is the censoring horizon over the median event time (4: a third censored; 1.5: two
+# thirds, as in TCGA).
 set -euo pipefail
 OUT=${1:-/tmp/gimp-survival-triplets}
 SEEDS=${SEEDS:-3}
+HORIZON=${HORIZON:-4}
 BIN=${GIMP_RS:-target/release/gimp-rs}
 HERE=$(cd "$(dirname "$0")" && pwd)
 if [ ! -f "$OUT/cohort/cohort.toml" ]; then
   "$BIN" synth --out "$OUT/cohort" --seed 0 --threads 2 >/dev/null
-  python3 "$HERE/survival_columns.py" "$OUT/cohort" --seed 0
+  python3 "$HERE/survival_columns.py" "$OUT/cohort" --seed 0 --horizon "$HORIZON"
 fi
 COHORT="$OUT/cohort/cohort.toml"
 for censored in certain_bin leave_out observed_bin; do
