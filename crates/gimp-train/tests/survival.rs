@@ -344,4 +344,9 @@ fn a_survival_experiment_gives_c_indices_per_row() {
     assert!(md.contains("| SNN | 1 | "), "{md}");
     let csv = std::fs::read_to_string(out.join("table1.csv")).unwrap();
     assert!(csv.lines().next().unwrap().contains("pooled_cindex"));
+    // Rows are compared on their test c-indices; DeLong's ROC-AUC test does not apply.
+    let c = experiment::compare(&out, "snn", "majority").unwrap();
+    assert_eq!((c.metric, c.runs.len()), ("c-index", 1));
+    assert_eq!(c.runs[0].3, 0.5);
+    assert!(c.delong.is_none());
 }
