@@ -181,6 +181,8 @@ pub fn pretrain_genes(
     ctl: Control,
     on: OnProgress,
 ) -> Result<StageResult> {
+    // The gene stage's batches are its units (and the Cox loss's patients of a step).
+    cfg.task.check_unit(cfg.genes.batch, "genes.batch")?;
     let objective = Objective::new(&cfg.task, data)?;
     let gcfg = gene_config(cfg, data.n_genes(), objective.width(data));
     let train = with_expression(data, &data.train);

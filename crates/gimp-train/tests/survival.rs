@@ -287,6 +287,18 @@ fn a_survival_task_needs_a_survival_section_and_names_bad_settings() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("finetune.accumulate"), "{e}");
+    let mut one = c.clone();
+    one.genes.batch = 1;
+    let e = stages::pretrain_genes(
+        &data,
+        &one,
+        &d.path().join("g"),
+        Control::default(),
+        &|_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("genes.batch"), "{e}");
 }
 
 #[test]
