@@ -318,9 +318,22 @@ impl Objective {
             });
         }
         let rows = Tensor::stack(&logits, 0)?;
-        let loss = match self.unit_loss(data, &rows, &patients, classification)? {
-            Some(l) => scalar(&l)?,
-            None => f64::NAN,
+        let loss = match &self.survival {
+            // The mean of each patient's loss, in float64, as validation always averaged it.
+            None => {
+                let mut sum = 0.0;
+                for (l, &i) in logits.iter().zip(&patients) {
+                    sum += scalar(&classification(
+                        &l.unsqueeze(0)?,
+                        &[data.patients[i].label],
+                    )?)?;
+                }
+                sum / patients.len() as f64
+            }
+            Some(s) => match s.loss(&rows, &patients)? {
+                Some(l) => scalar(&l)?,
+                None => f64::NAN,
+            },
         };
         let mut p = Predictions {
             labels: patients.iter().map(|&i| self.class_of(data, i)).collect(),

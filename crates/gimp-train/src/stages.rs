@@ -571,11 +571,15 @@ impl Task for FinetuneTask<'_> {
                 losses.push(l);
             }
         }
-        if losses.is_empty() {
-            return Ok(None);
-        }
+        // Summed in order, as the three answers' cross-entropies always were.
         let n = losses.len() as f64;
-        let total = Tensor::stack(&losses, 0)?.sum_all()?;
+        let mut losses = losses.into_iter();
+        let Some(mut total) = losses.next() else {
+            return Ok(None);
+        };
+        for l in losses {
+            total = (total + l)?;
+        }
         Ok(Some(total.affine(1.0 / n, 0.0)?.into()))
     }
 
