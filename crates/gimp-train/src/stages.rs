@@ -141,8 +141,20 @@ impl GenesTask<'_> {
         let rows = (0..idx.len())
             .map(|r| logits.get(r))
             .collect::<candle_core::Result<_>>()?;
-        self.objective
-            .predictions(self.data, idx, rows, &cross_entropy)
+        let mut p = self
+            .objective
+            .predictions(self.data, idx, rows, &cross_entropy)?;
+        if self.objective.survival().is_none() {
+            // The stage's validation loss is its training loss on the whole part: the batch's
+            // cross-entropy.
+            let labels: Vec<usize> = p
+                .patients
+                .iter()
+                .map(|&i| self.data.patients[i].label)
+                .collect();
+            p.loss = scalar(&cross_entropy(&logits, &labels)?)?;
+        }
+        Ok(p)
     }
 }
 
