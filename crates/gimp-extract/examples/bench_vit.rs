@@ -5,7 +5,7 @@
 //!
 //! `cargo run --release -p gimp-extract --example bench_vit -- --model vit_l16 [--repeat 3]`
 
-use gimp_extract::vit::{Mlp, Pooling, Vit, VitConfig};
+use gimp_extract::vit::{Mlp, Pooling, PosResample, Vit, VitConfig};
 use std::time::Instant;
 
 #[global_allocator]
@@ -38,6 +38,7 @@ fn main() {
         mlp: Mlp::Gelu,
         pooling: Pooling::ClassToken,
         eps: 1e-6,
+        pos_resample: PosResample::Antialiased,
     };
     let vit = Vit::random(cfg, dim, depth, 4 * dim, 14, 0);
     let (b, side) = (32, 224);

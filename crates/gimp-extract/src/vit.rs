@@ -6,7 +6,7 @@
 //!
 //! Widths (embedding, MLP hidden, depth, position grid) come from the weights' shapes, the head
 //! width from the config: a narrow network with the same structure runs the same code (the
-//! test fixtures are 128–160 wide).
+//! test fixtures are 64–128 wide).
 //!
 //! The forward pass works on plain `f32` buffers with gimp-nn's CPU kernels: matrix products
 //! through `gemm` on all threads, LayerNorm / softmax row kernels compiled for the running CPU,
@@ -40,6 +40,21 @@ pub enum Pooling {
     /// The class token, then the mean of the patch tokens (registers excluded): Virchow's
     /// `cat([x[:, 0], x[:, 1 + reg:].mean(1)])`, twice the width.
     ClassTokenAndPatchMean,
+    /// Every token, `[B, T, D]`, for a head outside the body to pool (CONCH's attentional
+    /// pooler reads timm's `forward_features`).
+    Tokens,
+}
+
+/// How the position embeddings are resampled for an input grid other than the learned one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PosResample {
+    /// timm's `dynamic_img_size`: `resample_abs_pos_embed`, bicubic with antialiasing, to the
+    /// new grid's size.
+    Antialiased,
+    /// DINO / iBOT's `interpolate_pos_encoding` (CONCH v1.5's trunk in TRIDENT): bicubic
+    /// without antialiasing, called with the scale factor `(G + 0.1) / G₀` rather than a size,
+    /// so PyTorch samples at that (slightly off) scale.
+    ScaleFactorPlusTenth,
 }
 
 /// What fixes a ViT's computation beyond its widths.
@@ -60,6 +75,7 @@ pub struct VitConfig {
     pub pooling: Pooling,
     /// LayerNorm ε (1e-6 in timm's ViTs).
     pub eps: f32,
+    pub pos_resample: PosResample,
 }
 
 impl VitConfig {
@@ -307,15 +323,22 @@ impl Vit {
         &self.cfg
     }
 
-    /// Width of the pooled output.
+    /// Width of the pooled output (of each token with [`Pooling::Tokens`]).
     pub fn out_dim(&self) -> usize {
         match self.cfg.pooling {
-            Pooling::ClassToken => self.dim,
+            Pooling::ClassToken | Pooling::Tokens => self.dim,
             Pooling::ClassTokenAndPatchMean => 2 * self.dim,
         }
     }
 
-    /// Normalised images `[B, 3, S, S]` (row-major) → pooled features `[B, out_dim]`.
+    /// Tokens per image at input side `side`: the prefix tokens and the patch grid.
+    pub fn tokens_for(&self, side: usize) -> usize {
+        let g = side / self.cfg.patch;
+        self.cfg.prefix_tokens() + g * g
+    }
+
+    /// Normalised images `[B, 3, S, S]` (row-major) → pooled features `[B, out_dim]` (with
+    /// [`Pooling::Tokens`], `[B, T, D]`: every token after the final LayerNorm).
     /// `S` must be a multiple of the patch side.
     pub fn forward(
         &self,
@@ -403,19 +426,16 @@ impl Vit {
         if g == self.pos_grid {
             return self.pos.clone();
         }
-        let d = self.dim;
-        let prefix = if self.cfg.no_embed_class {
-            0
-        } else {
-            self.cfg.prefix_tokens()
+        let grid = &self.pos[prefix_rows(&self.cfg) * self.dim..];
+        let resampled = match self.cfg.pos_resample {
+            PosResample::Antialiased => resample_bicubic_aa(grid, self.pos_grid, g, self.dim),
+            PosResample::ScaleFactorPlusTenth => {
+                let factor = (g as f64 + 0.1) / self.pos_grid as f64;
+                resample_bicubic_by_factor(grid, self.pos_grid, g, factor, self.dim)
+            }
         };
-        let mut out = self.pos[..prefix * d].to_vec();
-        out.extend(resample_bicubic_aa(
-            &self.pos[prefix * d..],
-            self.pos_grid,
-            g,
-            d,
-        ));
+        let mut out = self.pos[..prefix_rows(&self.cfg) * self.dim].to_vec();
+        out.extend(resampled);
         out
     }
 
@@ -489,31 +509,36 @@ impl Vit {
 
     /// The final LayerNorm on the tokens the pooling reads, then the pooling.
     fn pool(&self, x: &[f32], b: usize, t: usize) -> Vec<f32> {
-        let d = self.dim;
+        let (d, eps) = (self.dim, self.cfg.eps);
         let prefix = self.cfg.prefix_tokens();
         let (w, bias) = (&self.norm.0, &self.norm.1);
-        let mut out = vec![0f32; b * self.out_dim()];
-        out.par_chunks_mut(self.out_dim())
-            .enumerate()
-            .for_each(|(bi, o)| {
-                let seq = &x[bi * t * d..(bi + 1) * t * d];
-                match self.cfg.pooling {
-                    Pooling::ClassToken => {
-                        lanes::layer_norm_rows(&seq[..d], o, w, bias, self.cfg.eps)
+        let per_image = match self.cfg.pooling {
+            Pooling::Tokens => t * d,
+            _ => self.out_dim(),
+        };
+        let mut out = vec![0f32; b * per_image];
+        match self.cfg.pooling {
+            Pooling::Tokens => layer_norm(x, &mut out, w, bias, eps),
+            Pooling::ClassToken => {
+                out.par_chunks_mut(d).enumerate().for_each(|(bi, o)| {
+                    lanes::layer_norm_rows(&x[bi * t * d..bi * t * d + d], o, w, bias, eps)
+                });
+            }
+            Pooling::ClassTokenAndPatchMean => {
+                out.par_chunks_mut(2 * d).enumerate().for_each(|(bi, o)| {
+                    let seq = &x[bi * t * d..(bi + 1) * t * d];
+                    let mut normed = vec![0f32; t * d];
+                    lanes::layer_norm_rows(seq, &mut normed, w, bias, eps);
+                    o[..d].copy_from_slice(&normed[..d]);
+                    let mean = &mut o[d..];
+                    for row in normed[prefix * d..].chunks_exact(d) {
+                        mean.iter_mut().zip(row).for_each(|(a, v)| *a += v);
                     }
-                    Pooling::ClassTokenAndPatchMean => {
-                        let mut normed = vec![0f32; t * d];
-                        lanes::layer_norm_rows(seq, &mut normed, w, bias, self.cfg.eps);
-                        o[..d].copy_from_slice(&normed[..d]);
-                        let mean = &mut o[d..];
-                        for row in normed[prefix * d..].chunks_exact(d) {
-                            mean.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-                        }
-                        let n = (t - prefix) as f32;
-                        mean.iter_mut().for_each(|a| *a /= n);
-                    }
-                }
-            });
+                    let n = (t - prefix) as f32;
+                    mean.iter_mut().for_each(|a| *a /= n);
+                });
+            }
+        }
         out
     }
 
@@ -576,6 +601,15 @@ impl Vit {
             blocks,
             norm: ln(dim),
         }
+    }
+}
+
+/// Rows of the position embeddings before the patch grid (none with `no_embed_class`).
+fn prefix_rows(cfg: &VitConfig) -> usize {
+    if cfg.no_embed_class {
+        0
+    } else {
+        cfg.prefix_tokens()
     }
 }
 
@@ -726,11 +760,13 @@ fn bias_swiglu(z: &[f32], bias: &[f32], out: &mut [f32]) {
         .for_each(|(o, zc)| bias_swiglu_rows(zc, bias, o));
 }
 
-/// PyTorch's antialiased bicubic interpolation weights (`F.interpolate(mode='bicubic',
+/// Interpolation taps along one axis: for each output sample, `(input index, weight)` pairs.
+type Taps = Vec<Vec<(usize, f32)>>;
+
+/// PyTorch's antialiased bicubic interpolation taps (`F.interpolate(mode='bicubic',
 /// antialias=True, align_corners=False)`, the cubic with a = −0.5 whose support widens by the
-/// scale when shrinking) for `n_in → n_out` samples: for each output, its first input index and
-/// weights.
-fn aa_bicubic_weights(n_in: usize, n_out: usize) -> Vec<(usize, Vec<f64>)> {
+/// scale when shrinking) for `n_in → n_out` samples.
+fn aa_bicubic_taps(n_in: usize, n_out: usize) -> Taps {
     let cubic = |x: f64| {
         let a = -0.5;
         let x = x.abs();
@@ -751,46 +787,115 @@ fn aa_bicubic_weights(n_in: usize, n_out: usize) -> Vec<(usize, Vec<f64>)> {
             // Truncation toward zero, as the C++ casts to int64.
             let lo = ((center - support + 0.5) as i64).max(0) as usize;
             let hi = ((center + support + 0.5) as i64).min(n_in as i64) as usize;
-            let mut w: Vec<f64> = (lo..hi)
+            let w: Vec<f64> = (lo..hi)
                 .map(|j| cubic((j as f64 - center + 0.5) * inv))
                 .collect();
             let total: f64 = w.iter().sum();
-            if total != 0.0 {
-                w.iter_mut().for_each(|v| *v /= total);
-            }
-            (lo, w)
+            let norm = if total != 0.0 { total } else { 1.0 };
+            (lo..hi)
+                .zip(w)
+                .map(|(j, v)| (j, (v / norm) as f32))
+                .collect()
         })
         .collect()
 }
 
-/// Resamples a `g_in × g_in` grid of `d`-vectors (row-major, `[g_in², d]`) to `g_out × g_out`,
-/// separably (columns, then rows), as timm's `resample_abs_pos_embed` does through
-/// `F.interpolate(..., mode='bicubic', antialias=True)`.
-pub fn resample_bicubic_aa(src: &[f32], g_in: usize, g_out: usize, d: usize) -> Vec<f32> {
-    let w = aa_bicubic_weights(g_in, g_out);
+/// PyTorch's plain bicubic taps (`F.interpolate(mode='bicubic', align_corners=False)` without
+/// antialiasing: the cubic with A = −0.75, four taps, indices clamped to the edge) when called
+/// with `scale_factor`: the source position is `(i + 0.5) / factor − 0.5`, computed in `f32` as
+/// the CPU kernel does.
+fn bicubic_taps_by_factor(n_in: usize, n_out: usize, factor: f64) -> Taps {
+    const A: f32 = -0.75;
+    let near = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    let far = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    let scale = (1.0 / factor) as f32;
+    let last = n_in as i64 - 1;
+    (0..n_out)
+        .map(|i| {
+            let real = scale * (i as f32 + 0.5) - 0.5;
+            let index = (real.floor() as i64).min(last);
+            let t = (real - index as f32).clamp(0.0, 1.0);
+            let w = [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)];
+            (0..4)
+                .map(|j| ((index - 1 + j as i64).clamp(0, last) as usize, w[j]))
+                .collect()
+        })
+        .collect()
+}
+
+/// PyTorch's bilinear taps (`F.interpolate(mode='bilinear', align_corners=False)`, no
+/// antialiasing) for `n_in → n_out` samples.
+fn bilinear_taps(n_in: usize, n_out: usize) -> Taps {
+    let scale = n_in as f32 / n_out as f32;
+    (0..n_out)
+        .map(|i| {
+            let real = (scale * (i as f32 + 0.5) - 0.5).max(0.0);
+            let i0 = (real as usize).min(n_in - 1);
+            let i1 = (i0 + 1).min(n_in - 1);
+            let l1 = (real - i0 as f32).clamp(0.0, 1.0);
+            vec![(i0, 1.0 - l1), (i1, l1)]
+        })
+        .collect()
+}
+
+/// Resamples a `g_in × g_in` grid of `d`-vectors (row-major, `[g_in², d]`) to `g_out × g_out`
+/// with the same taps along both axes, separably (columns, then rows).
+fn resample_grid(src: &[f32], g_in: usize, g_out: usize, d: usize, taps: &Taps) -> Vec<f32> {
     // Along x: [g_in, g_out, d].
     let mut tmp = vec![0f32; g_in * g_out * d];
     for y in 0..g_in {
-        for (xo, (lo, ws)) in w.iter().enumerate() {
+        for (xo, row) in taps.iter().enumerate() {
             let o = &mut tmp[(y * g_out + xo) * d..(y * g_out + xo + 1) * d];
-            for (k, wk) in ws.iter().enumerate() {
-                let s = &src[(y * g_in + lo + k) * d..(y * g_in + lo + k + 1) * d];
-                o.iter_mut().zip(s).for_each(|(a, v)| *a += *wk as f32 * v);
+            for &(j, wj) in row {
+                let s = &src[(y * g_in + j) * d..(y * g_in + j + 1) * d];
+                o.iter_mut().zip(s).for_each(|(a, v)| *a += wj * v);
             }
         }
     }
     // Along y: [g_out, g_out, d].
     let mut out = vec![0f32; g_out * g_out * d];
-    for (yo, (lo, ws)) in w.iter().enumerate() {
+    for (yo, row) in taps.iter().enumerate() {
         for xo in 0..g_out {
             let o = &mut out[(yo * g_out + xo) * d..(yo * g_out + xo + 1) * d];
-            for (k, wk) in ws.iter().enumerate() {
-                let s = &tmp[((lo + k) * g_out + xo) * d..((lo + k) * g_out + xo + 1) * d];
-                o.iter_mut().zip(s).for_each(|(a, v)| *a += *wk as f32 * v);
+            for &(j, wj) in row {
+                let s = &tmp[(j * g_out + xo) * d..(j * g_out + xo + 1) * d];
+                o.iter_mut().zip(s).for_each(|(a, v)| *a += wj * v);
             }
         }
     }
     out
+}
+
+/// Resamples a `g_in × g_in` grid of `d`-vectors to `g_out × g_out` as timm's
+/// `resample_abs_pos_embed` does through `F.interpolate(..., mode='bicubic', antialias=True)`.
+pub fn resample_bicubic_aa(src: &[f32], g_in: usize, g_out: usize, d: usize) -> Vec<f32> {
+    resample_grid(src, g_in, g_out, d, &aa_bicubic_taps(g_in, g_out))
+}
+
+/// Resamples a `g_in × g_in` grid to `g_out × g_out` as `F.interpolate(..., scale_factor=
+/// factor, mode='bicubic')` does (DINO's `interpolate_pos_encoding`; `g_out` is
+/// `⌊g_in · factor⌋`).
+pub fn resample_bicubic_by_factor(
+    src: &[f32],
+    g_in: usize,
+    g_out: usize,
+    factor: f64,
+    d: usize,
+) -> Vec<f32> {
+    resample_grid(
+        src,
+        g_in,
+        g_out,
+        d,
+        &bicubic_taps_by_factor(g_in, g_out, factor),
+    )
+}
+
+/// Resamples a `g_in × g_in` grid to `g_out × g_out` as `F.interpolate(..., size=g_out,
+/// mode='bilinear')` does (timm's `resample_abs_pos_embed` with `interpolation='bilinear'`,
+/// `antialias=False`).
+pub fn resample_bilinear(src: &[f32], g_in: usize, g_out: usize, d: usize) -> Vec<f32> {
+    resample_grid(src, g_in, g_out, d, &bilinear_taps(g_in, g_out))
 }
 
 #[cfg(test)]

@@ -90,6 +90,20 @@ impl Params {
         }
     }
 
+    /// Renames every tensor whose name starts with `prefix` to the rest of its name (a tower
+    /// saved inside a larger model: `visual.trunk.blocks.0…` → `blocks.0…`).
+    pub fn strip_prefix(&mut self, prefix: &str) {
+        let names: Vec<String> = self
+            .map
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        for name in names {
+            self.rename(&name, &name[prefix.len()..]);
+        }
+    }
+
     /// Removes tensor `name` as it is, for callers that combine tensors.
     pub fn remove(&mut self, name: &str) -> Option<Tensor> {
         self.map.remove(name)

@@ -159,9 +159,12 @@ fn every_registered_encoder_is_listed_once_with_its_transform() {
     assert_eq!(unique.len(), names.len());
     for spec in encoders::ENCODERS {
         assert!(encoders::find(spec.name).is_some());
-        if spec.name != "resnet50_trunc" {
-            assert_eq!(spec.transform.input_size(), Some(224), "{}", spec.name);
-        }
+        let want = match spec.name {
+            "resnet50_trunc" => None,
+            "conch_v1" | "conch_v15" => Some(448),
+            _ => Some(224),
+        };
+        assert_eq!(spec.transform.input_size(), want, "{}", spec.name);
     }
     assert!(encoders::find("uni").is_none());
 }
@@ -181,6 +184,63 @@ fn inputs_of_the_wrong_size_are_refused() {
         .unwrap()
         .load_from(weights, &fixture("phikon_v2"))
         .unwrap();
-    let e = enc.forward_sized(&[0u8; 3 * 80 * 80], 1, 80).unwrap_err();
-    assert!(e.to_string().contains("64 px only"), "{e}");
+    let e = enc.forward_sized(&[0u8; 3 * 64 * 64], 1, 64).unwrap_err();
+    assert!(e.to_string().contains("48 px only"), "{e}");
+}
+
+#[test]
+fn conch_v1_matches_the_reference_tower() {
+    check("conch_v1");
+}
+
+#[test]
+fn conch_v15_matches_the_reference_tower() {
+    check("conch_v15");
+}
+
+#[test]
+fn conch_v15_position_resampling_is_pytorchs_at_its_scale_factor() {
+    // F.interpolate(scale_factor=28.1 / 14, mode='bicubic') of a 14 × 14 grid, as every
+    // 448 px forward pass of CONCH v1.5 does.
+    let (_, test) = split("conch_v15");
+    let grid: Vec<f32> = test["test.grid_14"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let up = gimp_extract::vit::resample_bicubic_by_factor(&grid, 14, 28, 28.1 / 14.0, 1);
+    let err = rel_err(&up, &test["test.grid_28"]);
+    assert!(err < 1e-5, "relative error {err}");
+}
+
+#[test]
+fn conch_v1_drops_the_text_side_but_not_unknown_image_tensors() {
+    let (mut weights, _) = split("conch_v1");
+    assert!(weights.contains_key("text.token_embedding.weight"));
+    assert!(weights.contains_key("visual.attn_pool_caption.query"));
+    let spec = encoders::find("conch_v1").unwrap();
+    assert_eq!(
+        spec.load_from(weights.clone(), &fixture("conch_v1"))
+            .unwrap()
+            .out_dim(),
+        32
+    );
+    let extra = weights["visual.ln_contrast.bias"].clone();
+    weights.insert("visual.head.bias".into(), extra);
+    weights.remove("visual.proj_contrast");
+    let msg = spec
+        .load_from(weights, &fixture("conch_v1"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("missing [visual.proj_contrast]"), "{msg}");
+    assert!(msg.contains("unexpected [visual.head.bias]"), "{msg}");
+    // CONCH v1.5's file given as v1 (and the reverse) is recognised.
+    let (v15, _) = split("conch_v15");
+    let msg = spec
+        .load_from(v15, &fixture("conch_v15"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("--encoder conch_v15"), "{msg}");
 }

@@ -117,6 +117,9 @@ pub struct TrainingDefaults {
     pub accumulate: usize,
     /// A self-supervised image–omic stage ([`Model::pretrain_loss`]) runs before fine-tuning.
     pub self_supervised: bool,
+    /// Train on the `k` most variable genes of the training split (`docs/DESIGN.md` §38);
+    /// `None` reads every gene.
+    pub top_variance_genes: Option<usize>,
 }
 
 impl TrainingDefaults {
@@ -132,6 +135,7 @@ impl TrainingDefaults {
         cosine: false,
         accumulate: 1,
         self_supervised: false,
+        top_variance_genes: None,
     };
 
     /// CLAM's and PORPOISE's `Adam(lr 2e-4, weight_decay 1e-5)` (an L2 penalty) for 50 epochs.
@@ -148,6 +152,21 @@ impl TrainingDefaults {
         epochs: 20,
         accumulate: 32,
         ..Self::CLAM
+    };
+
+    /// The 2,000 most variable genes of the training split (`docs/DESIGN.md` §38): what the
+    /// gene-only models read by default.
+    pub const VARIABLE_GENES: usize = 2_000;
+
+    /// GroupMSA trained alone (`docs/DESIGN.md` §38): AdamW at 1e-3 (the demo preset's gene
+    /// stage), 20 epochs of mini-batches of 16 patients, the [`Self::VARIABLE_GENES`] most
+    /// variable genes.
+    pub const GENE_ENCODER: Self = Self {
+        epochs: 20,
+        lr: 1e-3,
+        accumulate: 16,
+        top_variance_genes: Some(Self::VARIABLE_GENES),
+        ..Self::ADAMW
     };
 }
 

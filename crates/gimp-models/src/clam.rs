@@ -3,14 +3,14 @@
 //! `attention_net.{2|3}.attention_{a,b,c}`, `classifiers`, `instance_classifiers.{c}`): index 3
 //! when the fc block has a Dropout (CLAM 2024+, or 2021 with `--drop_out`), 2 otherwise.
 
-use crate::abmil::GatedAttention;
+use crate::abmil::{gated_pool_step_bytes, GatedAttention};
 use crate::arch::{
     config, count_indexed, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
 };
 use crate::model::{bag, Input, Model, Output};
 use candle_core::{Result, Tensor, D};
 use gimp_nn::loss;
-use gimp_nn::{ops, Activation, Linear, Mode, Scope};
+use gimp_nn::{Linear, Mode, Scope};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -112,68 +112,43 @@ impl Clam {
         })
     }
 
-    /// Patch embeddings `[N, hidden]` and raw attention `[K, N]`.
-    fn encode(&self, x: &Tensor, mode: &Mode) -> Result<(Tensor, Tensor)> {
-        let h = ops::dropout(
-            &self.fc.forward_act(x, Activation::Relu)?,
-            self.cfg.dropout,
-            mode,
-        )?;
-        let raw = self.attention.forward(&h, mode)?.t()?.contiguous()?;
-        Ok((h, raw))
-    }
-
-    /// CLAM's instance-level clustering loss for a bag of class `label`: for the label's own
-    /// classifier the `k` most attended patches are positives and the `k` least attended
-    /// negatives; when subtyping, every other classifier sees its `k` most attended patches as
-    /// negatives. Summed, divided by C when subtyping. `None` for bags with fewer than `k` patches.
-    fn instance_loss(&self, h: &Tensor, a: &Tensor, label: usize) -> Result<Option<Tensor>> {
-        let n = h.dim(0)?;
+    /// CLAM's instance-level clustering loss for a bag of class `label`, from the embeddings
+    /// of each attention branch's `k` most then `k` least attended patches (`extremes`,
+    /// `[branches · 2k, hidden]`): for the label's own classifier the `k` most attended patches
+    /// are positives and the `k` least attended negatives; when subtyping, every other
+    /// classifier sees its `k` most attended patches as negatives. Summed, divided by C when
+    /// subtyping.
+    fn instance_loss(&self, extremes: &Tensor, label: usize) -> Result<Option<Tensor>> {
         let k = self.cfg.k_sample;
-        if n < k {
-            return Ok(None);
-        }
-        let row = |c: usize| -> Result<Vec<f32>> {
-            let r = if self.cfg.branches == Branches::Single {
-                0
-            } else {
-                c
-            };
-            a.get(r)?.detach().to_vec1::<f32>()
-        };
-        let order = |v: &[f32]| -> Vec<usize> {
-            let mut idx: Vec<usize> = (0..v.len()).collect();
-            idx.sort_by(|&i, &j| v[j].total_cmp(&v[i]));
-            idx
-        };
         let inst_loss = |logits: &Tensor, targets: &[usize]| -> Result<Tensor> {
             match self.cfg.instance_loss {
                 InstanceLoss::CrossEntropy => loss::cross_entropy(logits, targets),
                 InstanceLoss::Svm => loss::smooth_top1_svm(logits, targets, 1.0, 1.0),
             }
         };
-        let pick = |idx: &[usize]| -> Result<Tensor> {
-            let t = Tensor::from_vec(
-                idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                idx.len(),
-                h.device(),
-            )?;
-            h.index_select(&t, 0)
-        };
         let mut total: Option<Tensor> = None;
         for c in 0..self.cfg.n_classes {
-            let o = order(&row(c)?);
+            let branch = match self.cfg.branches {
+                Branches::Single => 0,
+                Branches::Multi => c,
+            };
             let l = if c == label {
-                let mut idx: Vec<usize> = o[..k].to_vec();
-                idx.extend_from_slice(&o[n - k..]);
                 let targets: Vec<usize> = (0..2 * k).map(|i| usize::from(i < k)).collect();
                 inst_loss(
-                    &self.instance_classifiers[c].forward(&pick(&idx)?)?,
+                    &self.instance_classifiers[c].forward(&extremes.narrow(
+                        0,
+                        branch * 2 * k,
+                        2 * k,
+                    )?)?,
                     &targets,
                 )?
             } else if self.cfg.subtyping {
                 inst_loss(
-                    &self.instance_classifiers[c].forward(&pick(&o[..k])?)?,
+                    &self.instance_classifiers[c].forward(&extremes.narrow(
+                        0,
+                        branch * 2 * k,
+                        k,
+                    )?)?,
                     &vec![0; k],
                 )?
             } else {
@@ -194,23 +169,26 @@ impl Clam {
 }
 
 impl Clam {
-    /// The training forward pass: the output and, from the same attention, the instance loss.
+    /// The training forward pass: the output and, from the same attention, the instance loss
+    /// (`None` for bags with fewer than `k_sample` patches).
     pub fn forward_train(
         &self,
         x: &Tensor,
         label: usize,
         mode: &Mode,
     ) -> Result<(Output, Option<Tensor>)> {
-        let (h, raw) = self.encode(x, mode)?;
-        let a = ops::softmax_last(&raw)?;
-        let inst = self.instance_loss(&h, &a, label)?;
-        Ok((self.head(&h, &raw, &a)?, inst))
+        let p = self.attention.pool(&self.fc, x, self.cfg.k_sample, mode)?;
+        let inst = match &p.extremes {
+            Some(e) => self.instance_loss(e, label)?,
+            None => None,
+        };
+        Ok((self.head(&p.pooled, &p.scores)?, inst))
     }
 
-    fn head(&self, h: &Tensor, raw: &Tensor, a: &Tensor) -> Result<Output> {
-        let m = a.matmul(h)?; // [K, hidden]
+    /// The output from the pooled embeddings `[K, hidden]` and the raw attention `[K, N]`.
+    fn head(&self, m: &Tensor, raw: &Tensor) -> Result<Output> {
         let logits = match self.cfg.branches {
-            Branches::Single => self.classifiers[0].forward(&m)?.squeeze(0)?,
+            Branches::Single => self.classifiers[0].forward(m)?.squeeze(0)?,
             Branches::Multi => {
                 let per: Vec<Tensor> = self
                     .classifiers
@@ -222,7 +200,6 @@ impl Clam {
             }
         };
         let embedding = m.flatten_all()?;
-        let raw = raw.clone();
         // Heatmap score per patch: the single branch, or the predicted class's branch.
         let attention = match self.cfg.branches {
             Branches::Single => raw.squeeze(0)?,
@@ -239,28 +216,19 @@ impl Clam {
     }
 }
 
-/// [`Clam`]'s `training_step_bytes`: bytes besides those growing with the bag.
-const TRAINING_BASE_BYTES: u64 = 300_000_000;
-/// `hidden`-wide buffers per patch alive at a training step's peak (measured, 19.6): every
-/// intermediate of the candle graph — the embedding and its dropout, the two attention
-/// branches (pre-activation, activation, dropout), their product — and their gradients, plus
-/// what the allocator keeps for reuse.
-const TRAINING_PATCH_COPIES: f64 = 20.0;
-
 impl Model for Clam {
-    /// `TRAINING_BASE_BYTES + patches · 4 · (d_in + TRAINING_PATCH_COPIES · hidden)`, fitted to
-    /// `/usr/bin/time -v` of `bench_steps --only clam_sb_step_N` at 24,000 and 150,000 patches
-    /// (`docs/PERFORMANCE.md`, "Training on whole slides").
+    /// The gated-attention pooling's estimate (`abmil::gated_pool_step_bytes`).
     fn training_step_bytes(&self, patches: usize) -> Option<u64> {
-        let per_patch =
-            4.0 * (self.cfg.d_in as f64 + TRAINING_PATCH_COPIES * self.cfg.hidden as f64);
-        Some(TRAINING_BASE_BYTES + (patches as f64 * per_patch) as u64)
+        Some(gated_pool_step_bytes(
+            self.cfg.d_in,
+            self.cfg.hidden,
+            patches,
+        ))
     }
 
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
-        let (h, raw) = self.encode(bag(input)?, mode)?;
-        let a = ops::softmax_last(&raw)?;
-        self.head(&h, &raw, &a)
+        let p = self.attention.pool(&self.fc, bag(input)?, 0, mode)?;
+        self.head(&p.pooled, &p.scores)
     }
 
     /// `(1 − bag_weight) · L_inst` as the auxiliary loss (`docs/DESIGN.md` §17).

@@ -145,6 +145,7 @@ pub const ARCH: ArchInfo = ArchInfo {
         cosine: true,
         accumulate: 1,
         self_supervised: false,
+        top_variance_genes: None,
     }),
     default_config: |d, c| to_value(&DsmilConfig::new(d.features, c)),
     build: |s, v| Ok(Box::new(Dsmil::new(s, config(v)?)?)),

@@ -52,6 +52,32 @@ impl GroupMsaConfig {
         }
     }
 
+    /// The configuration for a cohort of `n_genes` trained from scratch (the registry's
+    /// `group_msa` row; `docs/DESIGN.md` §38): [`Self::COHORT_FRAGMENTS`] fragments whatever the
+    /// gene count (fewer when there are fewer genes: a 70-gene panel is 35 two-gene tokens, not
+    /// one padded fragment), in 4 groups of 16 tokens — the paper's ~15 tokens per group —, a
+    /// 64-wide encoder with 4 heads and one tokenizer per fragment, sized for the tens to
+    /// hundreds of patients such cohorts have.
+    pub fn for_cohort(n_genes: usize, n_classes: usize) -> Self {
+        let n_genes = n_genes.max(1);
+        let fragment = n_genes.div_ceil(Self::COHORT_FRAGMENTS);
+        let fragments = n_genes.div_ceil(fragment);
+        Self {
+            n_genes,
+            fragment,
+            dim: 64,
+            groups: fragments.min(4),
+            heads: 4,
+            mlp_ratio: 4,
+            dropout: 0.1,
+            n_classes,
+            tokenizer: Tokenizer::PerFragment,
+        }
+    }
+
+    /// Fragments [`Self::for_cohort`] cuts a cohort's genes into.
+    pub const COHORT_FRAGMENTS: usize = 64;
+
     /// Fragments after padding: `ceil(G / f)` rounded up to a multiple of the group count.
     pub fn n_fragments(&self) -> usize {
         let raw = self.n_genes.div_ceil(self.fragment).max(1);
@@ -312,8 +338,8 @@ pub const ARCH: ArchInfo = ArchInfo {
     summary: "GroupMSA gene encoder with a linear head (GiMP, Jin et al. 2023)",
     reference: "gimp-rs (the paper published no code)",
     input: InputKind::Expression,
-    training: Training::Supervised(TrainingDefaults::ADAMW),
-    default_config: |d, c| to_value(&GroupMsaConfig::gimp(d.genes, c)),
+    training: Training::Supervised(TrainingDefaults::GENE_ENCODER),
+    default_config: |d, c| to_value(&GroupMsaConfig::for_cohort(d.genes, c)),
     build: |s, v| Ok(Box::new(GroupMsa::new(s, config(v)?)?)),
     config_from_weights: |_| {
         Err(candle_core::Error::Msg(

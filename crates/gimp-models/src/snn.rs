@@ -109,7 +109,11 @@ pub const ARCH: ArchInfo = ArchInfo {
     summary: "Self-normalising network on expression, as MCAT/PORPOISE implement it",
     reference: "mahmoodlab/PORPOISE models/model_genomic.py SNN",
     input: InputKind::Expression,
-    training: Training::Supervised(TrainingDefaults::MCAT),
+    // MCAT's training, on the most variable genes (`docs/DESIGN.md` §38).
+    training: Training::Supervised(TrainingDefaults {
+        top_variance_genes: Some(TrainingDefaults::VARIABLE_GENES),
+        ..TrainingDefaults::MCAT
+    }),
     default_config: |d, c| to_value(&SnnConfig::small(d.genes, c)),
     build: |s, v| Ok(Box::new(Snn::new(s, config(v)?)?)),
     config_from_weights: |w| {

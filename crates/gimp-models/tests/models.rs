@@ -26,6 +26,26 @@ fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
+/// The registry's sizing rule (`docs/DESIGN.md` §38): about 64 tokens in at most 4 groups,
+/// whatever the gene count; a small panel is cut into small fragments, not one padded one.
+#[test]
+fn group_msa_sizes_itself_from_the_gene_count() {
+    let sized = |g: usize| {
+        let c = GroupMsaConfig::for_cohort(g, 2);
+        (c.fragment, c.groups, c.n_fragments())
+    };
+    assert_eq!(sized(2_000), (32, 4, 64));
+    assert_eq!(sized(12_625), (198, 4, 64));
+    assert_eq!(sized(60_480), (945, 4, 64));
+    assert_eq!(sized(70), (2, 4, 36));
+    assert_eq!(sized(3), (1, 3, 3));
+    // A 70-gene panel runs: 35 two-gene tokens, one zero-padded fragment.
+    let store = ParamStore::new(1);
+    let m = GroupMsa::new(&store.root(), GroupMsaConfig::for_cohort(70, 2)).unwrap();
+    let cls = m.encode(&rand_tensor(&[2, 70], 3), &Mode::eval()).unwrap();
+    assert_eq!(cls.dims(), &[2, 64]);
+}
+
 #[test]
 fn group_msa_fragments_and_trains() {
     assert_eq!(GroupMsaConfig::gimp(60_480, 2).n_fragments(), 240);
@@ -377,5 +397,52 @@ fn aggregator_in_place_inference_matches_the_graph_path() {
             .unwrap();
         assert_eq!(fast.dims(), &[512]);
         assert!(diff < 1e-4, "{n} patches: max difference {diff}");
+    }
+}
+
+/// ABMIL's and CLAM's pooling: the fused CPU op (what training and inference run here) and the
+/// graph formulation (what other devices run) agree on the pooled vectors, the scores, the
+/// instances chosen for clustering and every parameter's gradient.
+#[test]
+fn gated_pooling_fused_and_graph_paths_agree() {
+    use gimp_models::abmil::GatedAttention;
+    use gimp_nn::Linear;
+    let store = ParamStore::new(9);
+    let s = store.root();
+    let fc = Linear::xavier(&s.pp("fc"), 32, 16).unwrap();
+    let att = GatedAttention::new(&s.pp("att"), 16, 8, 2, 0.25).unwrap();
+    let x = rand_tensor(&[300, 32], 4);
+    let k = 5;
+    let mode = Mode::eval();
+    let fused = att.pool(&fc, &x, k, &mode).unwrap();
+    let graph = att.pool_graph(&fc, &x, k, &mode).unwrap();
+    let close = |a: &Tensor, b: &Tensor, what: &str| {
+        let d: f32 = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let m: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        // An absolute floor for the score bias, whose gradient is zero in exact arithmetic
+        // (softmax ignores a shift): both sides give rounding noise there.
+        assert!(d <= 1e-4 * m.max(0.05), "{what}: {d} against {m}");
+    };
+    close(&fused.pooled, &graph.pooled, "pooled");
+    close(&fused.scores, &graph.scores, "scores");
+    let (fe, ge) = (fused.extremes.unwrap(), graph.extremes.unwrap());
+    assert_eq!(fe.dims(), &[2 * 2 * k, 16]);
+    close(&fe, &ge, "extremes");
+    let w = rand_tensor(&[2 * 2 * k, 16], 5);
+    let loss = |p: &Tensor, e: &Tensor| {
+        (p.sum_all().unwrap() + (e * &w).unwrap().sum_all().unwrap()).unwrap()
+    };
+    let gf = loss(&fused.pooled, &fe).backward().unwrap();
+    let gg = loss(&graph.pooled, &ge).backward().unwrap();
+    for (name, p) in store.params() {
+        let t = p.var.as_tensor();
+        close(gf.get(t).unwrap(), gg.get(t).unwrap(), &name);
     }
 }

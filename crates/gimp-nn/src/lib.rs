@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod cpu;
+pub mod gated_attention;
 pub mod init;
 pub mod layers;
 pub mod loss;

@@ -26,6 +26,7 @@ pub enum DataErr {
 
 pub type Result<T> = std::result::Result<T, DataErr>;
 
+#[derive(Clone)]
 pub struct PatientData {
     pub case_id: String,
     pub label: usize,
@@ -35,6 +36,7 @@ pub struct PatientData {
     pub expression: Option<Vec<f32>>,
 }
 
+#[derive(Clone)]
 pub struct Prepared {
     /// Transformed (log2p1 or not) but not standardised expression, kept so a checkpoint's own
     /// statistics can be applied (`with_preprocessing`).
@@ -244,6 +246,34 @@ impl Prepared {
         Ok(self)
     }
 
+    /// Keeps only the genes `selection` picks, chosen on the training split (`docs/DESIGN.md`
+    /// §38): the kept genes, their statistics and order become the preprocessing a checkpoint
+    /// stores, so evaluation and prediction re-apply the same subset.
+    pub fn with_genes(mut self, selection: &GeneSelection) -> Result<Self> {
+        let Some(p) = &self.preprocessing else {
+            return Ok(self);
+        };
+        let keep = selection.pick(p)?;
+        if keep.len() == p.genes.len() {
+            return Ok(self);
+        }
+        let pick = |v: &[f32]| -> Vec<f32> { keep.iter().map(|&i| v[i]).collect() };
+        let kept = Preprocessing {
+            transform: p.transform,
+            genes: keep.iter().map(|&i| p.genes[i].clone()).collect(),
+            mean: pick(&p.mean),
+            std: pick(&p.std),
+        };
+        for r in self.raw.iter_mut().flatten() {
+            *r = pick(r);
+        }
+        for (pd, raw) in self.patients.iter_mut().zip(&self.raw) {
+            pd.expression = raw.as_ref().map(|r| standardise(r, &kept));
+        }
+        self.preprocessing = Some(kept);
+        Ok(self)
+    }
+
     pub fn n_genes(&self) -> usize {
         self.preprocessing.as_ref().map_or(0, |p| p.genes.len())
     }
@@ -340,6 +370,112 @@ impl Prepared {
             Some(v) => Some(Tensor::from_slice(v, v.len(), &Device::Cpu)?),
             None => None,
         })
+    }
+}
+
+/// Which genes a model reads (`docs/DESIGN.md` §38).
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GeneSelection {
+    /// Every gene of the expression matrix.
+    #[default]
+    All,
+    /// The `k` genes of largest variance over the training split (after the transform, before
+    /// z-scoring); all genes when the cohort has `k` or fewer.
+    TopVariance(usize),
+    /// The genes named in a text file, one per line (`#` starts a comment; a CSV line's first
+    /// field; a first line naming no gene is a header), in the file's order.
+    List(PathBuf),
+}
+
+impl GeneSelection {
+    /// Positions (in `p.genes`) of the genes kept.
+    fn pick(&self, p: &Preprocessing) -> Result<Vec<usize>> {
+        match self {
+            GeneSelection::All => Ok((0..p.genes.len()).collect()),
+            GeneSelection::TopVariance(k) => {
+                if *k == 0 {
+                    return Err(DataErr::Msg(
+                        "gene selection: keep at least one gene (top-variance 0)".into(),
+                    ));
+                }
+                let mut order: Vec<usize> = (0..p.genes.len()).collect();
+                // Ties (e.g. constant genes) broken by position, so the choice is deterministic.
+                order.sort_by(|&a, &b| p.std[b].total_cmp(&p.std[a]).then(a.cmp(&b)));
+                order.truncate(*k);
+                order.sort_unstable();
+                Ok(order)
+            }
+            GeneSelection::List(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| gimp_io::DataError::io(path, e))?;
+                let strip = |g: &str| gimp_io::expression::strip_version(g).to_string();
+                let pos: std::collections::HashMap<String, usize> = p
+                    .genes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| (strip(g), i))
+                    .collect();
+                let mut keep = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                let mut header_allowed = true;
+                for (line_no, line) in text.lines().enumerate() {
+                    let line = line.split('#').next().unwrap_or("");
+                    let name = line.split([',', '\t']).next().unwrap_or("").trim();
+                    let name = name.trim_matches('"');
+                    if name.is_empty() {
+                        continue;
+                    }
+                    let first = std::mem::replace(&mut header_allowed, false);
+                    let Some(&i) = pos.get(&strip(name)) else {
+                        // A first line that names no gene is a column header.
+                        if first {
+                            continue;
+                        }
+                        return Err(DataErr::Msg(format!(
+                            "{}:{}: gene '{name}' is not in the cohort's expression matrix",
+                            path.display(),
+                            line_no + 1
+                        )));
+                    };
+                    if seen.insert(i) {
+                        keep.push(i);
+                    }
+                }
+                if keep.is_empty() {
+                    return Err(DataErr::Msg(format!(
+                        "{}: the gene list names no gene",
+                        path.display()
+                    )));
+                }
+                Ok(keep)
+            }
+        }
+    }
+}
+
+/// `all`, a number `K` (the `K` most variable genes of the training split) or a gene-list file.
+impl std::str::FromStr for GeneSelection {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        if s == "all" {
+            return Ok(GeneSelection::All);
+        }
+        if let Ok(k) = s.parse::<usize>() {
+            return match k {
+                0 => Err("keep at least one gene".into()),
+                k => Ok(GeneSelection::TopVariance(k)),
+            };
+        }
+        let path = PathBuf::from(s);
+        if path.is_file() {
+            Ok(GeneSelection::List(path))
+        } else {
+            Err(format!(
+                "'{s}' is neither 'all', a number of genes, nor a gene-list file"
+            ))
+        }
     }
 }
 

@@ -435,7 +435,8 @@ pub enum TrainingRecipe {
     Reference,
     /// As the paper says it trained every row ("training configurations are consistent
     /// throughout the fine-tuning process"): AdamW, lr 1e-4, weight decay 1e-4, cosine decay,
-    /// at most 70 epochs, one patient a step, the best validation epoch, no early stopping.
+    /// at most 70 epochs, one patient a step, the best validation epoch, no early stopping,
+    /// every gene.
     Paper,
 }
 
@@ -458,6 +459,8 @@ impl TrainingRecipe {
             c.epochs = 70;
             c.accumulate = 1;
             c.early_stopping = None;
+            // The paper's rows all read the cohort's every gene.
+            c.genes = crate::data::GeneSelection::All;
         }
     }
 }
@@ -530,6 +533,8 @@ pub struct BaselineOverrides<'a> {
     pub accumulate: Option<usize>,
     /// MCAT's signatures.csv.
     pub signatures: Option<&'a std::path::Path>,
+    /// The genes of the expression models (default: each model's own).
+    pub genes: Option<&'a crate::data::GeneSelection>,
     /// Early stopping's patience (0: off) and stop epoch (default: CLAM's 20 and 50).
     pub patience: Option<usize>,
     pub stop_epoch: Option<usize>,
@@ -601,6 +606,9 @@ pub fn execute(
                 c.accumulate = k.max(1);
             }
             c.signatures = overrides.signatures.map(|p| p.to_path_buf());
+            if let Some(g) = overrides.genes {
+                c.genes = g.clone();
+            }
             c.early_stopping = crate::trainer::EarlyStopping::with_overrides(
                 c.early_stopping,
                 overrides.patience,

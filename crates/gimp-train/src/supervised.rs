@@ -4,7 +4,7 @@
 //! ([`TrainingDefaults`], in its file); the image–omic adaptations first run their self-supervised
 //! stage.
 
-use crate::data::{DataErr, Prepared, Result};
+use crate::data::{DataErr, GeneSelection, Prepared, Result};
 use crate::objective::{Objective, TaskConfig, COX_UNIT};
 use crate::stages::cap_bag;
 use crate::trainer::{
@@ -46,6 +46,9 @@ pub struct SupervisedConfig {
     /// expression's genes found in each column. Without it, six equal contiguous chunks.
     #[serde(default)]
     pub signatures: Option<std::path::PathBuf>,
+    /// The genes an expression-reading model trains on, chosen on the training split.
+    #[serde(default)]
+    pub genes: GeneSelection,
     /// CLAM's early stopping by default; `None` trains every epoch.
     #[serde(default = "clam_early_stopping")]
     pub early_stopping: Option<EarlyStopping>,
@@ -102,6 +105,9 @@ impl SupervisedConfig {
             betas: d.betas,
             accumulate: d.accumulate,
             signatures: None,
+            genes: d
+                .top_variance_genes
+                .map_or(GeneSelection::All, GeneSelection::TopVariance),
             early_stopping: clam_early_stopping(),
             self_supervised: SelfSupervisedStage::default(),
             task: TaskConfig::default(),
@@ -265,6 +271,14 @@ pub fn train(
 ) -> Result<StageResult> {
     let arch = registry::lookup(&cfg.arch)?;
     arch.supervised_defaults()?;
+    let selected;
+    let data = match (&cfg.genes, arch.input.reads_expression()) {
+        (GeneSelection::All, _) | (_, false) => data,
+        (genes, true) => {
+            selected = data.clone().with_genes(genes)?;
+            &selected
+        }
+    };
     cfg.task.check_unit(cfg.accumulate, "accumulate")?;
     let objective = Objective::new(&cfg.task, data)?;
     let nc = objective.width(data);

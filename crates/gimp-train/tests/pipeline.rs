@@ -733,3 +733,66 @@ fn a_bag_over_the_memory_limit_is_refused_before_training() {
     .to_string();
     assert!(err.contains("no memory estimate"), "{err}");
 }
+
+/// Gene selection is fitted on the training split, stored in the checkpoint and re-applied when
+/// the checkpoint is evaluated on the full cohort; a gene list names the line of a missing gene.
+#[test]
+fn selected_genes_are_stored_and_reapplied() {
+    use gimp_io::splits::Part;
+    use gimp_nn::checkpoint::Checkpoint;
+    use gimp_train::data::GeneSelection;
+    use gimp_train::evaluate;
+    use gimp_train::supervised::train;
+    let d = tempfile::tempdir().unwrap();
+    let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
+    let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
+    let p = data.preprocessing.clone().unwrap();
+    let mut cfg = defaults("snn");
+    cfg.epochs = 2;
+    cfg.genes = GeneSelection::TopVariance(30);
+    let r = train(
+        &data,
+        &cfg,
+        &d.path().join("snn"),
+        Control::default(),
+        &|_| {},
+    )
+    .unwrap();
+    let ckpt = Checkpoint::load(&r.checkpoint).unwrap();
+    let kept = ckpt.preprocessing.clone().unwrap();
+    assert_eq!(kept.genes.len(), 30);
+    // The 30 largest training-split standard deviations, in the matrix's order.
+    let mut sds = p.std.clone();
+    sds.sort_by(|a, b| b.total_cmp(a));
+    assert!(kept.std.iter().all(|s| *s >= sds[29]));
+    let order: Vec<usize> = kept
+        .genes
+        .iter()
+        .map(|g| p.genes.iter().position(|h| h == g).unwrap())
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]));
+    // Evaluating the checkpoint on the whole cohort re-applies the subset: the test report is
+    // the one training wrote.
+    let again = Prepared::for_checkpoint(&cohort, None, &ckpt).unwrap();
+    assert_eq!(again.n_genes(), 30);
+    let m = evaluate::load(&ckpt).unwrap();
+    let e = evaluate::evaluate(&m, &again, Part::Test, 0).unwrap();
+    assert_eq!(e.overall.accuracy.value, r.test.unwrap().accuracy.value);
+
+    // A list: a header line, a comment, a duplicate; the file's order is kept.
+    let list = d.path().join("genes.txt");
+    let (a, b) = (&p.genes[7], &p.genes[3]);
+    std::fs::write(&list, format!("gene\n# two genes\n{a}\n{b},x\n{a}\n")).unwrap();
+    let sel: GeneSelection = list.to_str().unwrap().parse().unwrap();
+    let picked = data.clone().with_genes(&sel).unwrap();
+    assert_eq!(
+        picked.preprocessing.unwrap().genes,
+        vec![a.clone(), b.clone()]
+    );
+    assert_eq!(picked.patients[0].expression.as_ref().unwrap().len(), 2);
+    std::fs::write(&list, format!("{a}\nNOT_A_GENE\n")).unwrap();
+    let e = data.clone().with_genes(&sel).err().unwrap().to_string();
+    assert!(e.contains("genes.txt:2") && e.contains("NOT_A_GENE"), "{e}");
+    assert!("0".parse::<GeneSelection>().is_err());
+    assert!("no-such-file".parse::<GeneSelection>().is_err());
+}

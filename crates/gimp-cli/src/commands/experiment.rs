@@ -46,6 +46,10 @@ pub struct Args {
     /// MCAT's signatures.csv (gene groups by symbol); default: six equal chunks.
     #[arg(long)]
     pub signatures: Option<PathBuf>,
+    /// Genes the compared expression models read, chosen on each training split: `all`, a
+    /// number K (the K most variable) or a gene-list file. Default: each model's own.
+    #[arg(long, value_name = "all|K|FILE")]
+    pub genes: Option<gimp_train::data::GeneSelection>,
     /// Compared systems' early stopping (CLAM's rule): patience in epochs (default 20; 0: off).
     #[arg(long)]
     pub patience: Option<usize>,
@@ -154,6 +158,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         pretrain_lr: a.pretrain_lr,
         accumulate: a.accumulate,
         signatures: a.signatures.as_deref(),
+        genes: a.genes.as_ref(),
         patience: a.patience,
         stop_epoch: a.stop_epoch,
     };

@@ -496,6 +496,11 @@ pub struct TrainArgs {
     /// six equal chunks.
     #[arg(long)]
     pub signatures: Option<PathBuf>,
+    /// Genes an expression model reads, chosen on the training split: `all`, a number K (the K
+    /// most variable genes) or a gene-list file (one per line). Default: the model's own (2,000
+    /// most variable for SNN and GroupMSA, docs/DESIGN.md §38; all for the others).
+    #[arg(long, value_name = "all|K|FILE")]
+    pub genes: Option<gimp_train::data::GeneSelection>,
     #[command(flatten)]
     pub task: TaskArgs,
 }
@@ -521,6 +526,9 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
         cfg.accumulate = v.max(1);
     }
     cfg.signatures = a.signatures.clone();
+    if let Some(g) = &a.genes {
+        cfg.genes = g.clone();
+    }
     if let Some(v) = a.epochs {
         cfg.epochs = v;
     }

@@ -9,7 +9,7 @@
 //! 0.230117, 0.177517).
 
 use super::{Arch, EncoderSpec, Filter, Transform};
-use crate::vit::{Mlp, Pooling, VitConfig};
+use crate::vit::{Mlp, Pooling, PosResample, VitConfig};
 
 pub const CONFIG: VitConfig = VitConfig {
     patch: 14,
@@ -20,6 +20,7 @@ pub const CONFIG: VitConfig = VitConfig {
     mlp: Mlp::SwiGluPacked,
     pooling: Pooling::ClassToken,
     eps: 1e-6,
+    pos_resample: PosResample::Antialiased,
 };
 
 pub static SPEC: EncoderSpec = EncoderSpec {

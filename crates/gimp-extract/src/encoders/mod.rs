@@ -11,6 +11,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod conch_v1;
+pub mod conch_v15;
 pub mod gigapath;
 pub mod hoptimus0;
 pub mod phikon_v2;
@@ -19,6 +21,7 @@ pub mod uni_v1;
 pub mod uni_v2;
 pub mod virchow2;
 
+use crate::attn_pool::AttentionalPooler;
 use crate::vit::{self, Vit, VitConfig};
 use crate::weights::Params;
 use candle_core::Tensor;
@@ -32,6 +35,8 @@ pub static ENCODERS: &[&EncoderSpec] = &[
     &resnet50_trunc::SPEC,
     &uni_v1::SPEC,
     &uni_v2::SPEC,
+    &conch_v1::SPEC,
+    &conch_v15::SPEC,
     &virchow2::SPEC,
     &gigapath::SPEC,
     &hoptimus0::SPEC,
@@ -121,6 +126,12 @@ pub enum Arch {
     TimmVit(VitConfig),
     /// Hugging Face `Dinov2Model` by its parameter names, run by the same ViT body.
     HfDinov2(VitConfig),
+    /// CONCH v1's CoCa image tower: a timm ViT trunk and an `nn.MultiheadAttention` pooler,
+    /// by the CoCa model's names (`visual.*`).
+    ConchV1,
+    /// CONCH v1.5's tower: an iBOT-style ViT trunk and an einsum pooler (`trunk.*`,
+    /// `attn_pool_contrast.*`).
+    ConchV15,
     /// CLAM's ResNet-50 truncated after `layer3`, by torchvision's names.
     ResNet50Trunc,
 }
@@ -174,19 +185,25 @@ impl EncoderSpec {
         match self.arch {
             Arch::TimmVit(cfg) => cfg.expected_keys(vit::depth_of(have)),
             Arch::HfDinov2(_) => phikon_v2::expected_keys(have),
+            Arch::ConchV1 => conch_v1::expected_keys(have),
+            Arch::ConchV15 => conch_v15::expected_keys(have),
             Arch::ResNet50Trunc => resnet50_trunc::expected_keys(),
         }
     }
 
-    /// The names of `have` this encoder reads them by (ResNet50-trunc drops what it ignores).
-    fn own_names(&self, have: &BTreeSet<String>) -> BTreeSet<String> {
+    /// The name this encoder reads a file's tensor by, or `None` for a tensor it ignores by
+    /// design (ResNet50-trunc: past `layer3`; CONCH v1: the CoCa model's text side).
+    fn own_name(&self, key: &str) -> Option<String> {
         match self.arch {
-            Arch::ResNet50Trunc => have
-                .iter()
-                .filter_map(|k| resnet50_trunc::own_name(k))
-                .collect(),
-            _ => have.clone(),
+            Arch::ResNet50Trunc => resnet50_trunc::own_name(key),
+            Arch::ConchV1 => conch_v1::own_name(key),
+            _ => Some(key.to_string()),
         }
+    }
+
+    /// The names of `have` this encoder reads them by.
+    fn own_names(&self, have: &BTreeSet<String>) -> BTreeSet<String> {
+        have.iter().filter_map(|k| self.own_name(k)).collect()
     }
 
     /// Loads the encoder from the user's weights file (safetensors, or a `torch.save`d state
@@ -202,13 +219,10 @@ impl EncoderSpec {
         map: BTreeMap<String, Tensor>,
         path: &Path,
     ) -> Result<Box<dyn PatchEncoder>> {
-        let map: BTreeMap<String, Tensor> = match self.arch {
-            Arch::ResNet50Trunc => map
-                .into_iter()
-                .filter_map(|(k, v)| Some((resnet50_trunc::own_name(&k)?, v)))
-                .collect(),
-            _ => map,
-        };
+        let map: BTreeMap<String, Tensor> = map
+            .into_iter()
+            .filter_map(|(k, v)| Some((self.own_name(&k)?, v)))
+            .collect();
         let have: BTreeSet<String> = map.keys().cloned().collect();
         self.check_keys(&have, &map, path)?;
         let mut p = Params::new(map, path, self.name);
@@ -224,6 +238,8 @@ impl EncoderSpec {
                     vit: Vit::load(cfg, &mut p)?,
                 }))
             }
+            Arch::ConchV1 => conch_v1::load(self, p),
+            Arch::ConchV15 => conch_v15::load(self, p),
             Arch::ResNet50Trunc => resnet50_trunc::load(self, p),
         }
     }
@@ -287,10 +303,15 @@ pub fn looks_like(
     have: &BTreeSet<String>,
     map: &BTreeMap<String, Tensor>,
 ) -> Vec<&'static EncoderSpec> {
-    let patch_shape = map
-        .get("patch_embed.proj.weight")
-        .or_else(|| map.get("embeddings.patch_embeddings.projection.weight"))
-        .map(|t| t.dims().to_vec());
+    let patch_shape = [
+        "patch_embed.proj.weight",
+        "embeddings.patch_embeddings.projection.weight",
+        "visual.trunk.patch_embed.proj.weight",
+        "trunk.patch_embed.proj.weight",
+    ]
+    .iter()
+    .find_map(|k| map.get(*k))
+    .map(|t| t.dims().to_vec());
     let scored: Vec<(f64, &'static EncoderSpec)> = ENCODERS
         .iter()
         .map(|spec| {
@@ -314,6 +335,64 @@ pub fn looks_like(
         .filter(|(s, _)| *s >= top - 1e-9)
         .map(|(_, spec)| spec)
         .collect()
+}
+
+/// A ViT trunk whose tokens an attentional pooler reduces (CONCH v1 and v1.5).
+pub(crate) struct PooledVitEncoder {
+    pub spec: &'static EncoderSpec,
+    pub vit: Vit,
+    pub pooler: AttentionalPooler,
+}
+
+impl PatchEncoder for PooledVitEncoder {
+    fn name(&self) -> &'static str {
+        self.spec.name
+    }
+
+    fn out_dim(&self) -> usize {
+        self.pooler.out_dim()
+    }
+
+    fn input_size(&self) -> Option<u32> {
+        self.spec.transform.input_size()
+    }
+
+    fn transform(&self) -> &Transform {
+        &self.spec.transform
+    }
+
+    fn forward_sized(
+        &self,
+        rgb: &[u8],
+        batch: usize,
+        side: usize,
+    ) -> candle_core::Result<Vec<f32>> {
+        check_input(self.spec, rgb, batch, side)?;
+        let x = self.spec.transform.normalise(rgb, side);
+        let tokens = self
+            .vit
+            .forward(&x, batch, side)
+            .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", self.spec.name)))?;
+        Ok(self
+            .pooler
+            .forward(&tokens, batch, self.vit.tokens_for(side)))
+    }
+}
+
+fn check_input(
+    spec: &EncoderSpec,
+    rgb: &[u8],
+    batch: usize,
+    side: usize,
+) -> candle_core::Result<()> {
+    if rgb.len() != batch * 3 * side * side {
+        candle_core::bail!(
+            "{}: {} bytes for {batch} patches of 3 × {side} × {side}",
+            spec.name,
+            rgb.len()
+        );
+    }
+    Ok(())
 }
 
 /// A ViT-family encoder: the shared body with a registry entry's transform and pooling.
@@ -345,13 +424,7 @@ impl PatchEncoder for VitEncoder {
         batch: usize,
         side: usize,
     ) -> candle_core::Result<Vec<f32>> {
-        if rgb.len() != batch * 3 * side * side {
-            candle_core::bail!(
-                "{}: {} bytes for {batch} patches of 3 × {side} × {side}",
-                self.spec.name,
-                rgb.len()
-            );
-        }
+        check_input(self.spec, rgb, batch, side)?;
         if matches!(self.spec.arch, Arch::HfDinov2(_)) && side != self.vit.native_size() {
             // `transformers` resamples position embeddings its own way (no antialiasing, a
             // scale factor), which the timm-style resampling would not reproduce.

@@ -13,7 +13,7 @@
 //! other sizes are not offered.
 
 use super::{Arch, EncoderSpec, Filter, Transform, IMAGENET_MEAN, IMAGENET_STD};
-use crate::vit::{Mlp, Pooling, VitConfig};
+use crate::vit::{Mlp, Pooling, PosResample, VitConfig};
 use crate::weights::Params;
 use candle_core::Tensor;
 use gimp_io::{DataError, ErrorKind, Result};
@@ -28,6 +28,7 @@ pub const CONFIG: VitConfig = VitConfig {
     mlp: Mlp::Gelu,
     pooling: Pooling::ClassToken,
     eps: 1e-6,
+    pos_resample: PosResample::Antialiased,
 };
 
 pub static SPEC: EncoderSpec = EncoderSpec {

@@ -7,7 +7,7 @@
 //! `global_pool='token'` returns the normalised class token (1024-d).
 
 use super::{Arch, EncoderSpec, Filter, Transform, IMAGENET_MEAN, IMAGENET_STD};
-use crate::vit::{Mlp, Pooling, VitConfig};
+use crate::vit::{Mlp, Pooling, PosResample, VitConfig};
 
 pub const CONFIG: VitConfig = VitConfig {
     patch: 16,
@@ -18,6 +18,7 @@ pub const CONFIG: VitConfig = VitConfig {
     mlp: Mlp::Gelu,
     pooling: Pooling::ClassToken,
     eps: 1e-6,
+    pos_resample: PosResample::Antialiased,
 };
 
 pub static SPEC: EncoderSpec = EncoderSpec {

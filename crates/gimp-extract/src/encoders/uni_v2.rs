@@ -8,7 +8,7 @@
 //! `pytorch_model.bin`; transform `Resize(224)`, `CenterCrop(224)`, ImageNet mean/std.
 
 use super::{Arch, EncoderSpec, Filter, Transform, IMAGENET_MEAN, IMAGENET_STD};
-use crate::vit::{Mlp, Pooling, VitConfig};
+use crate::vit::{Mlp, Pooling, PosResample, VitConfig};
 
 pub const CONFIG: VitConfig = VitConfig {
     patch: 14,
@@ -19,6 +19,7 @@ pub const CONFIG: VitConfig = VitConfig {
     mlp: Mlp::SwiGluPacked,
     pooling: Pooling::ClassToken,
     eps: 1e-6,
+    pos_resample: PosResample::Antialiased,
 };
 
 pub static SPEC: EncoderSpec = EncoderSpec {

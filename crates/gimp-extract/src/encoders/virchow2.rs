@@ -9,7 +9,7 @@
 //! `Resize(224, BICUBIC)` (no crop), ImageNet mean/std.
 
 use super::{Arch, EncoderSpec, Filter, Transform, IMAGENET_MEAN, IMAGENET_STD};
-use crate::vit::{Mlp, Pooling, VitConfig};
+use crate::vit::{Mlp, Pooling, PosResample, VitConfig};
 
 pub const CONFIG: VitConfig = VitConfig {
     patch: 14,
@@ -20,6 +20,7 @@ pub const CONFIG: VitConfig = VitConfig {
     mlp: Mlp::SwiGluPacked,
     pooling: Pooling::ClassTokenAndPatchMean,
     eps: 1e-6,
+    pos_resample: PosResample::Antialiased,
 };
 
 pub static SPEC: EncoderSpec = EncoderSpec {

@@ -93,7 +93,8 @@ pub enum AttentionMemory {
 
 /// The most bytes of kept attention matrices per layer before the training ops rebuild them
 /// instead (128 MiB: a 6,000-patch pre-training window keeps them, a 24,000-patch bag does
-/// not). `GIMP_KEEP_ATTENTION_MB` overrides it.
+/// not). `GIMP_KEEP_ATTENTION_MB` overrides it. The gated-attention pooling op
+/// (`crate::gated_attention`) applies the same limit to the patch embeddings it keeps.
 pub const KEEP_ATTENTION_BYTES: usize = 128 << 20;
 
 thread_local! {
@@ -109,7 +110,7 @@ pub fn with_keep_attention_limit<T>(bytes: usize, f: impl FnOnce() -> T) -> T {
     out
 }
 
-fn keep_attention_limit() -> usize {
+pub(crate) fn keep_attention_limit() -> usize {
     static FROM_ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     KEEP_LIMIT.with(|c| c.get()).unwrap_or_else(|| {
         FROM_ENV
