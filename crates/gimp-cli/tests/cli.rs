@@ -1544,6 +1544,10 @@ fn a_survival_model_trains_evaluates_and_answers_with_a_risk() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(v["risk"].is_f64(), "{v}");
     assert_eq!(v["survival"].as_array().unwrap().len(), 4);
+    // A survival model has no class probabilities to calibrate.
+    let o = gimp(&["calibrate", &s(&toml), "--checkpoint", &s(&ckpt)]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("survival model"), "{}", stderr(&o));
     // Cox with one patient a step is refused by name before training.
     let o = gimp(&[
         "train",

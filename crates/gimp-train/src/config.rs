@@ -169,6 +169,26 @@ pub struct PretrainStage {
     pub reconstruction_weight: f64,
     pub lr: f64,
     pub weight_decay: f64,
+    /// Survival runs: which censored patients join the gene-induced triplets
+    /// (`docs/DESIGN.md` §34).
+    #[serde(default)]
+    pub censored: CensoredInTriplets,
+}
+
+/// Survival runs: which censored patients GiMP's pre-training forms triplets with. A censored
+/// patient's time bin is only a lower bound of its event's, except in the last bin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CensoredInTriplets {
+    /// Those censored in the last bin (their bin is certain); the others are left out of the
+    /// triplet batches.
+    #[default]
+    CertainBin,
+    /// None: only patients with an event.
+    LeaveOut,
+    /// Every censored patient, in the bin of its censoring time (a lower bound taken as the
+    /// truth; for comparison).
+    ObservedBin,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -258,6 +278,7 @@ impl RunConfig {
                 reconstruction_weight: 1.0,
                 lr: 1e-4,
                 weight_decay: 1e-4,
+                censored: CensoredInTriplets::CertainBin,
             },
             finetune: FinetuneStage {
                 epochs: 70,

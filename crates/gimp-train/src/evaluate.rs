@@ -39,6 +39,13 @@ pub struct TemperatureFit {
 /// Fits the temperature of `m` (whose own temperature is ignored) on the validation split of
 /// `data` by minimising the negative log-likelihood; the predicted classes do not change.
 pub fn fit_temperature(m: &Loaded, data: &Prepared) -> Result<TemperatureFit> {
+    if m.survival.is_some() {
+        return Err(DataErr::Msg(format!(
+            "{} is a survival model: its outputs are hazards or a log-risk, not class \
+             probabilities a temperature could calibrate",
+            m.arch.name
+        )));
+    }
     let (y, probs) = predictions(m, data, Part::Val, 1.0)?;
     if y.is_empty() {
         return Err(DataErr::Msg(

@@ -751,7 +751,10 @@ fn finished_runs(out: &Path, key: &str) -> Result<BTreeMap<(usize, usize), serde
 pub struct Comparison {
     pub a: String,
     pub b: String,
-    /// `(fold, seed, accuracy of A, accuracy of B)` for every run both finished.
+    /// What the runs are compared on: `accuracy`, or Harrell's `c-index` in a survival
+    /// experiment.
+    pub metric: &'static str,
+    /// `(fold, seed, metric of A, metric of B)` for every run both finished.
     pub runs: Vec<(usize, usize, f64, f64)>,
     pub mean_difference: f64,
     pub std_difference: f64,
@@ -765,7 +768,12 @@ pub struct Comparison {
 /// Compares rows `a` and `b` (their keys) of the experiment in `out`.
 pub fn compare(out: &Path, a: &str, b: &str) -> Result<Comparison> {
     let (ra, rb) = (finished_runs(out, a)?, finished_runs(out, b)?);
-    let accuracy = |v: &serde_json::Value| v["test"]["accuracy"]["value"].as_f64();
+    // A survival run's test figure is its c-index (DeLong's test is then left out).
+    let survival = ra.values().any(|v| !v["test_survival"].is_null());
+    let accuracy = |v: &serde_json::Value| match survival {
+        true => v["test_survival"]["cindex"]["value"].as_f64(),
+        false => v["test"]["accuracy"]["value"].as_f64(),
+    };
     let runs: Vec<(usize, usize, f64, f64)> = ra
         .iter()
         .filter_map(|(k, va)| {
@@ -794,9 +802,10 @@ pub fn compare(out: &Path, a: &str, b: &str) -> Result<Comparison> {
     };
     let (pa, pb) = (pooled(&ra)?, pooled(&rb)?);
     let shared: Vec<usize> = pa.keys().copied().filter(|i| pb.contains_key(i)).collect();
-    let binary = shared
-        .iter()
-        .all(|i| pa[i].1.len() == 2 && pb[i].1.len() == 2);
+    let binary = !survival
+        && shared
+            .iter()
+            .all(|i| pa[i].1.len() == 2 && pb[i].1.len() == 2);
     let delong = if binary {
         let positive: Vec<bool> = shared.iter().map(|i| pa[i].0 == 1).collect();
         let score = |p: &BTreeMap<usize, (usize, Vec<f64>)>| -> Vec<f64> {
@@ -809,6 +818,7 @@ pub fn compare(out: &Path, a: &str, b: &str) -> Result<Comparison> {
     Ok(Comparison {
         a: a.to_string(),
         b: b.to_string(),
+        metric: if survival { "c-index" } else { "accuracy" },
         p_paired: gimp_metrics::paired_sign_flip(&diffs, 0),
         runs,
         mean_difference,

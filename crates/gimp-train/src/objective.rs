@@ -5,6 +5,7 @@
 //! predictions validation compares, and what the checkpoint records; nothing else in the
 //! trainer depends on the task.
 
+use crate::config::CensoredInTriplets;
 use crate::data::{DataErr, Prepared, Result};
 use crate::trainer::{probabilities, scalar, Predictions, StageResult, Trained};
 use candle_core::Tensor;
@@ -250,14 +251,25 @@ impl Objective {
 
     /// The group of patient `i` for GiMP's gene-induced triplets (`docs/DESIGN.md` §34): its
     /// class; in a survival run the time bin of a patient with an event, and of a censored
-    /// patient only where the bin is certain — censored in the last bin, whose event can only be
-    /// later — else `None` (left out of the triplet batches).
-    pub fn triplet_group(&self, data: &Prepared, i: usize) -> Option<usize> {
+    /// patient as `censored` says — by default only where the bin is certain (censored in the
+    /// last bin, whose event can only be later) — else `None` (left out of the triplet batches).
+    pub fn triplet_group(
+        &self,
+        data: &Prepared,
+        i: usize,
+        censored: CensoredInTriplets,
+    ) -> Option<usize> {
         match &self.survival {
             None => Some(data.patients[i].label),
             Some(s) => {
                 let last = s.head.n_bins().saturating_sub(1);
-                (s.outcomes[i].event || s.bins[i] == last).then_some(s.bins[i])
+                let joins = s.outcomes[i].event
+                    || match censored {
+                        CensoredInTriplets::CertainBin => s.bins[i] == last,
+                        CensoredInTriplets::LeaveOut => false,
+                        CensoredInTriplets::ObservedBin => true,
+                    };
+                joins.then_some(s.bins[i])
             }
         }
     }
@@ -306,9 +318,22 @@ impl Objective {
             });
         }
         let rows = Tensor::stack(&logits, 0)?;
-        let loss = match self.unit_loss(data, &rows, &patients, classification)? {
-            Some(l) => scalar(&l)?,
-            None => f64::NAN,
+        let loss = match &self.survival {
+            // The mean of each patient's loss, in float64, as validation always averaged it.
+            None => {
+                let mut sum = 0.0;
+                for (l, &i) in logits.iter().zip(&patients) {
+                    sum += scalar(&classification(
+                        &l.unsqueeze(0)?,
+                        &[data.patients[i].label],
+                    )?)?;
+                }
+                sum / patients.len() as f64
+            }
+            Some(s) => match s.loss(&rows, &patients)? {
+                Some(l) => scalar(&l)?,
+                None => f64::NAN,
+            },
         };
         let mut p = Predictions {
             labels: patients.iter().map(|&i| self.class_of(data, i)).collect(),

@@ -141,8 +141,20 @@ impl GenesTask<'_> {
         let rows = (0..idx.len())
             .map(|r| logits.get(r))
             .collect::<candle_core::Result<_>>()?;
-        self.objective
-            .predictions(self.data, idx, rows, &cross_entropy)
+        let mut p = self
+            .objective
+            .predictions(self.data, idx, rows, &cross_entropy)?;
+        if self.objective.survival().is_none() {
+            // The stage's validation loss is its training loss on the whole part: the batch's
+            // cross-entropy.
+            let labels: Vec<usize> = p
+                .patients
+                .iter()
+                .map(|&i| self.data.patients[i].label)
+                .collect();
+            p.loss = scalar(&cross_entropy(&logits, &labels)?)?;
+        }
+        Ok(p)
     }
 }
 
@@ -181,6 +193,8 @@ pub fn pretrain_genes(
     ctl: Control,
     on: OnProgress,
 ) -> Result<StageResult> {
+    // The gene stage's batches are its units (and the Cox loss's patients of a step).
+    cfg.task.check_unit(cfg.genes.batch, "genes.batch")?;
     let objective = Objective::new(&cfg.task, data)?;
     let gcfg = gene_config(cfg, data.n_genes(), objective.width(data));
     let train = with_expression(data, &data.train);
@@ -437,7 +451,7 @@ pub fn pretrain(
     let (store, model) = build_gimp(data, cfg, &objective, gene_preset(gene_ckpt)?)?;
     store.set_trainable("genes.", false);
     let mut opt = Adam::new(&store, AdamConfig::adamw(pc.lr, pc.weight_decay));
-    let group = |i: usize| objective.triplet_group(data, i);
+    let group = |i: usize| objective.triplet_group(data, i, pc.censored);
     let train: Vec<usize> = data
         .train
         .iter()
@@ -569,11 +583,15 @@ impl Task for FinetuneTask<'_> {
                 losses.push(l);
             }
         }
-        if losses.is_empty() {
-            return Ok(None);
-        }
+        // Summed in order, as the three answers' cross-entropies always were.
         let n = losses.len() as f64;
-        let total = Tensor::stack(&losses, 0)?.sum_all()?;
+        let mut losses = losses.into_iter();
+        let Some(mut total) = losses.next() else {
+            return Ok(None);
+        };
+        for l in losses {
+            total = (total + l)?;
+        }
         Ok(Some(total.affine(1.0 / n, 0.0)?.into()))
     }
 

@@ -225,7 +225,7 @@ fn gimp_stages_train_for_survival() {
     let objective = Objective::new(&cfg.task, &data).unwrap();
     let s = objective.survival().unwrap();
     for &i in &data.train {
-        let g = objective.triplet_group(&data, i);
+        let g = objective.triplet_group(&data, i, Default::default());
         match (s.outcome(i).event, s.bin(i)) {
             (true, b) => assert_eq!(g, Some(b)),
             (false, 3) => assert_eq!(g, Some(3)),
@@ -289,6 +289,18 @@ fn a_survival_task_needs_a_survival_section_and_names_bad_settings() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("finetune.accumulate"), "{e}");
+    let mut one = c.clone();
+    one.genes.batch = 1;
+    let e = stages::pretrain_genes(
+        &data,
+        &one,
+        &d.path().join("g"),
+        Control::default(),
+        &|_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("genes.batch"), "{e}");
 }
 
 #[test]
@@ -346,4 +358,9 @@ fn a_survival_experiment_gives_c_indices_per_row() {
     assert!(md.contains("| SNN | 1 | "), "{md}");
     let csv = std::fs::read_to_string(out.join("table1.csv")).unwrap();
     assert!(csv.lines().next().unwrap().contains("pooled_cindex"));
+    // Rows are compared on their test c-indices; DeLong's ROC-AUC test does not apply.
+    let c = experiment::compare(&out, "snn", "majority").unwrap();
+    assert_eq!((c.metric, c.runs.len()), ("c-index", 1));
+    assert_eq!(c.runs[0].3, 0.5);
+    assert!(c.delong.is_none());
 }

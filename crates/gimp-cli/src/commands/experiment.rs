@@ -106,11 +106,11 @@ fn compare(a: &str, b: &str, out: &std::path::Path, json: bool) -> Result<ExitCo
     }
     println!("{a} vs {b}: {} paired run(s)", c.runs.len());
     for (fold, seed, x, y) in &c.runs {
-        println!("  fold {fold} seed {seed}: accuracy {x:.3} vs {y:.3}");
+        println!("  fold {fold} seed {seed}: {} {x:.3} vs {y:.3}", c.metric);
     }
     println!(
-        "accuracy difference {:+.3} ± {:.3} (mean ± std), paired sign-flip p = {:.3}",
-        c.mean_difference, c.std_difference, c.p_paired
+        "{} difference {:+.3} ± {:.3} (mean ± std), paired sign-flip p = {:.3}",
+        c.metric, c.mean_difference, c.std_difference, c.p_paired
     );
     match &c.delong {
         Some(d) => println!(
