@@ -6,6 +6,7 @@ pub mod gated_attention;
 pub mod init;
 pub mod layers;
 pub mod loss;
+pub mod memory;
 pub mod nystrom;
 pub mod ops;
 pub mod optim;

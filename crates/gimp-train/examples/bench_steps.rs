@@ -81,6 +81,8 @@ fn finetune_step(n: usize, repeat: usize) -> candle_core::Result<f64> {
     store.set_trainable("genes.", false);
     store.set_trainable("mpm.", false);
     let mut opt = Adam::new(&store, AdamConfig::adamw(1e-4, 1e-5));
+    // As fine-tuning trains bags of this size (`Prepared::whole_bag_mode`).
+    let _whole_bag = gimp_nn::memory::WholeBag::enter();
     let x = bag(n)?;
     let expr = Tensor::rand(0f32, 1f32, 60_480, &Device::Cpu)?;
     let mode = Mode::train(rand_chacha::ChaCha8Rng::seed_from_u64(0));
@@ -108,6 +110,8 @@ fn supervised_step(
     repeat: usize,
 ) -> candle_core::Result<f64> {
     let mut opt = Adam::new(store, AdamConfig::adamw(2e-4, 1e-5));
+    // As the supervised trainer trains bags of this size (`Prepared::whole_bag_mode`).
+    let _whole_bag = gimp_nn::memory::WholeBag::enter();
     let x = bag(n)?;
     let mode = Mode::train(rand_chacha::ChaCha8Rng::seed_from_u64(0));
     time(repeat, || {

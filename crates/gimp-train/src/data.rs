@@ -311,6 +311,36 @@ impl Prepared {
         Ok(n)
     }
 
+    /// The patient with the largest bag among `patients` and its size after the `cap` of
+    /// `--max-patches`.
+    pub fn largest_bag(
+        &self,
+        patients: &[usize],
+        cap: Option<usize>,
+    ) -> Result<Option<(usize, usize)>> {
+        let mut largest: Option<(usize, usize)> = None;
+        for &i in patients {
+            let n = self.bag_patches(i)?;
+            let n = cap.map_or(n, |c| n.min(c));
+            if largest.is_none_or(|(_, m)| n > m) {
+                largest = Some((i, n));
+            }
+        }
+        Ok(largest)
+    }
+
+    /// Memory before speed ([`gimp_nn::memory::WholeBag`]) for a training stage whose largest
+    /// bag, after `cap`, has at least [`gimp_nn::memory::WHOLE_BAG_PATCHES`] patches; `None`
+    /// (the kept buffers' speed) for smaller bags.
+    pub fn whole_bag_mode(
+        &self,
+        patients: &[usize],
+        cap: Option<usize>,
+    ) -> Result<Option<gimp_nn::memory::WholeBag>> {
+        let largest = self.largest_bag(patients, cap)?.map_or(0, |(_, n)| n);
+        Ok((largest >= gimp_nn::memory::WHOLE_BAG_PATCHES).then(gimp_nn::memory::WholeBag::enter))
+    }
+
     /// `--memory-limit`: refuses, before any step, a training set whose largest bag (after the
     /// `cap` of `--max-patches`) would need more than `limit_gb` gigabytes (10⁹ bytes) for one
     /// step by the model's `estimate` (bytes for a bag of so many patches), naming the patient,
@@ -326,15 +356,7 @@ impl Prepared {
             return Ok(());
         };
         let limit = (limit_gb * 1e9) as u64;
-        let mut largest: Option<(usize, usize)> = None;
-        for &i in patients {
-            let n = self.bag_patches(i)?;
-            let n = cap.map_or(n, |c| n.min(c));
-            if largest.is_none_or(|(_, m)| n > m) {
-                largest = Some((i, n));
-            }
-        }
-        let Some((i, n)) = largest.filter(|&(_, n)| n > 0) else {
+        let Some((i, n)) = self.largest_bag(patients, cap)?.filter(|&(_, n)| n > 0) else {
             return Ok(());
         };
         let unknown = || DataErr::Msg("--memory-limit: this model has no memory estimate".into());

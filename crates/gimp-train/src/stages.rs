@@ -703,6 +703,10 @@ pub fn finetune(
             Some(model.finetune_step_bytes(n))
         })?;
     }
+    let _whole_bag = match fc.modalities.slides() {
+        true => data.whole_bag_mode(&data.train, fc.max_patches)?,
+        false => None,
+    };
     let mut opt = Adam::new(&store, AdamConfig::adamw(fc.lr, fc.weight_decay));
     // Cox compares the patients of a step, so a step's patients are one unit; otherwise one
     // patient a unit, their gradients accumulated.

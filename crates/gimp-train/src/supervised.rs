@@ -314,11 +314,14 @@ pub fn train(
     }
     let store = ParamStore::new(cfg.seed);
     let model = (arch.build)(&store.root(), &model_cfg)?;
-    if arch.input.reads_slides() {
+    let _whole_bag = if arch.input.reads_slides() {
         data.check_memory(&train, cfg.max_patches, cfg.memory_limit_gb, |n| {
             model.training_step_bytes(n)
         })?;
-    }
+        data.whole_bag_mode(&train, cfg.max_patches)?
+    } else {
+        None
+    };
     if arch.self_supervised() {
         let stage = SelfSupervisedTask {
             model: model.as_ref(),

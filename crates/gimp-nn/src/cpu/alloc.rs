@@ -23,6 +23,17 @@ const MIN_CACHED: usize = 1 << 20;
 const SLOTS: usize = 1024;
 const CAP_UNSET: usize = usize::MAX;
 
+/// A process-wide ceiling on every [`CachingAlloc`]'s cache (`usize::MAX`: none), lowered
+/// while whole-bag training steps run ([`crate::memory::WholeBag`]): their tensors differ in
+/// size from one patient to the next, so kept blocks are rarely reused and only raise the peak.
+static CEILING: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Sets the ceiling, returning the previous one; cached blocks above it are returned to the
+/// system as large blocks are freed.
+pub(crate) fn set_ceiling(bytes: usize) -> usize {
+    CEILING.swap(bytes, Ordering::Relaxed)
+}
+
 #[derive(Clone, Copy)]
 struct Slot {
     ptr: usize,
@@ -74,7 +85,7 @@ impl CachingAlloc {
     fn cap(&self) -> usize {
         let c = self.cap.load(Ordering::Relaxed);
         if c != CAP_UNSET {
-            return c;
+            return c.min(CEILING.load(Ordering::Relaxed));
         }
         // `std::env::var_os` allocates a small buffer, below MIN_CACHED: no recursion into the
         // cache, and a concurrent first call merely reads the variable twice.
@@ -83,7 +94,7 @@ impl CachingAlloc {
             .map(|mb| mb.saturating_mul(1 << 20))
             .unwrap_or(Self::DEFAULT_CAP);
         self.cap.store(c, Ordering::Relaxed);
-        c
+        c.min(CEILING.load(Ordering::Relaxed))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -184,6 +195,14 @@ unsafe impl GlobalAlloc for CachingAlloc {
         }
         let cap = self.cap();
         if layout.size() > cap {
+            // A lowered ceiling: give back what the cache holds above it.
+            while let Some(s) = self.evict_for(0, cap) {
+                // SAFETY: as for the evictions below.
+                System.dealloc(
+                    s.ptr as *mut u8,
+                    Layout::from_size_align_unchecked(s.size, s.align),
+                );
+            }
             return System.dealloc(ptr, layout);
         }
         while let Some(s) = self.evict_for(layout.size(), cap) {

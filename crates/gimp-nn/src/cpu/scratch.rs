@@ -21,8 +21,37 @@ pub fn pool_every_size() {
 fn min_len() -> usize {
     MIN_LEN.load(Ordering::Relaxed)
 }
-/// At most this many bytes wait in the pool.
-const MAX_BYTES: usize = 1 << 30;
+/// At most this many bytes wait in the pool unless `GIMP_SCRATCH_MB` says otherwise.
+const DEFAULT_MAX_BYTES: usize = 1 << 30;
+
+/// A ceiling below the configured size (`usize::MAX`: none), lowered while whole-bag training
+/// steps run ([`crate::memory::WholeBag`]).
+static CEILING: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+fn max_bytes() -> usize {
+    static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let configured = *CAP.get_or_init(|| {
+        std::env::var("GIMP_SCRATCH_MB")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .map_or(DEFAULT_MAX_BYTES, |mb| mb.saturating_mul(1 << 20))
+    });
+    configured.min(CEILING.load(Ordering::Relaxed))
+}
+
+/// Sets the ceiling, returning the previous one, and frees what the pool holds above it.
+pub(crate) fn set_ceiling(bytes: usize) -> usize {
+    let before = CEILING.swap(bytes, Ordering::Relaxed);
+    let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut held: usize = pool.iter().map(|b| b.len() * 4).sum();
+    while held > max_bytes() {
+        match pool.pop() {
+            Some(b) => held -= b.len() * 4,
+            None => break,
+        }
+    }
+    before
+}
 
 static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
@@ -44,7 +73,7 @@ pub fn recycle(v: Vec<f32>) {
     }
     let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
     let held: usize = pool.iter().map(|b| b.len() * 4).sum();
-    if held + v.len() * 4 <= MAX_BYTES {
+    if held + v.len() * 4 <= max_bytes() {
         pool.push(v);
     }
 }

@@ -101,6 +101,12 @@ thread_local! {
     static KEEP_LIMIT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
 
+/// Sets (or, with `None`, clears) this thread's limit in place of [`KEEP_ATTENTION_BYTES`],
+/// returning the previous setting ([`crate::memory::WholeBag`]).
+pub(crate) fn set_keep_attention_limit(bytes: Option<usize>) -> Option<usize> {
+    KEEP_LIMIT.with(|c| c.replace(bytes))
+}
+
 /// Runs `f` with another limit for [`KEEP_ATTENTION_BYTES`] on this thread (tests pin each
 /// mode with it).
 pub fn with_keep_attention_limit<T>(bytes: usize, f: impl FnOnce() -> T) -> T {
