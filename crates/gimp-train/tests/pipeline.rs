@@ -796,3 +796,34 @@ fn selected_genes_are_stored_and_reapplied() {
     assert!("0".parse::<GeneSelection>().is_err());
     assert!("no-such-file".parse::<GeneSelection>().is_err());
 }
+
+/// Stages whose largest bag reaches 4,096 patches train memory first; smaller bags (or bags
+/// capped below it by `--max-patches`) keep the fast path.
+#[test]
+fn whole_bags_switch_to_memory_first_training() {
+    let d = tempfile::tempdir().unwrap();
+    let small = tiny_cohort(&d.path().join("small"), 0.0);
+    let data = Prepared::new(&small, 0, ExpressionTransform::Log2p1).unwrap();
+    assert!(data.whole_bag_mode(&data.train, None).unwrap().is_none());
+    let mut s = SynthConfig::new(Difficulty::Easy, Size::Demo, 5);
+    s.n_patients = 8;
+    s.patches_min = 4_200;
+    s.patches_max = 4_300;
+    s.d_in = 4;
+    s.n_genes = 20;
+    let dir = d.path().join("big");
+    gimp_synth::generate(&s, &dir, &|_, _| {}).unwrap();
+    let big = Cohort::load(
+        CohortFile::load(&dir.join("cohort.toml")).unwrap(),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let data = Prepared::new(&big, 0, ExpressionTransform::Log2p1).unwrap();
+    let (_, n) = data.largest_bag(&data.train, None).unwrap().unwrap();
+    assert!(n >= 4_200, "{n}");
+    assert!(data.whole_bag_mode(&data.train, None).unwrap().is_some());
+    assert!(data
+        .whole_bag_mode(&data.train, Some(1_000))
+        .unwrap()
+        .is_none());
+}
