@@ -71,6 +71,30 @@ pub struct CoxResult {
     pub test_cindex_std: f64,
 }
 
+impl CoxResult {
+    /// Writes each fold's test scores as `DIR/split{k}_test.csv` (`case_id,time,event,risk`),
+    /// the file `gimp-rs survival metrics` reads; each written atomically.
+    pub fn write_scores(&self, dir: &std::path::Path) -> Result<(), gimp_io::DataError> {
+        for f in &self.folds {
+            let mut text = String::from("case_id,time,event,risk\n");
+            for s in &f.scores {
+                text.push_str(&format!(
+                    "{},{},{},{}\n",
+                    s.case_id,
+                    s.time,
+                    u8::from(s.event),
+                    s.risk
+                ));
+            }
+            gimp_io::atomic::write_bytes_atomic(
+                &dir.join(format!("split{}_test.csv", f.fold)),
+                text.as_bytes(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// The cohort's survival outcomes, one per patient.
 pub fn outcomes(c: &Cohort) -> Result<&[Outcome], CoxBaselineError> {
     c.survival.as_deref().ok_or(CoxBaselineError::NoSurvival)

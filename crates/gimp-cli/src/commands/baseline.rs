@@ -75,34 +75,25 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
     }
 }
 
-fn cox(a: CoxArgs) -> Result<ExitCode> {
+/// The cohort as the baselines read it: labels, expression and splits, no feature files.
+fn open_checked(path: &std::path::Path) -> Result<Cohort> {
     let c = Cohort::open(
-        &a.cohort,
+        path,
         LoadOptions {
             read_shapes: false,
             deep: false,
         },
     )?;
     baseline::check_cohort(&c)?;
+    Ok(c)
+}
+
+fn cox(a: CoxArgs) -> Result<ExitCode> {
+    let c = open_checked(&a.cohort)?;
     let splits = cox_baseline::splits(&c, a.kfold, a.val, a.seed)?;
     let r = cox_baseline::cross_validate(&c, &splits, &a.penalty, a.transform, a.seed)?;
     if let Some(dir) = &a.scores {
-        for f in &r.folds {
-            let mut text = String::from("case_id,time,event,risk\n");
-            for s in &f.scores {
-                text.push_str(&format!(
-                    "{},{},{},{}\n",
-                    s.case_id,
-                    s.time,
-                    u8::from(s.event),
-                    s.risk
-                ));
-            }
-            gimp_io::atomic::write_bytes_atomic(
-                &dir.join(format!("split{}_test.csv", f.fold)),
-                text.as_bytes(),
-            )?;
-        }
+        r.write_scores(dir)?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -114,14 +105,7 @@ fn cox(a: CoxArgs) -> Result<ExitCode> {
 
 fn logreg(a: LogregArgs) -> Result<ExitCode> {
     let transform = a.transform;
-    let c = Cohort::open(
-        &a.cohort,
-        LoadOptions {
-            read_shapes: false,
-            deep: false,
-        },
-    )?;
-    baseline::check_cohort(&c)?;
+    let c = open_checked(&a.cohort)?;
     let splits = baseline::splits(&c, a.kfold, a.seed)?;
     let cfg = LogisticConfig {
         c: a.c,
