@@ -126,9 +126,16 @@ impl VitConfig {
 
 /// Number of `blocks.N.` groups among `keys` (one more than the largest `N`).
 pub fn depth_of(keys: &BTreeSet<String>) -> usize {
+    depth_under(keys, "")
+}
+
+/// Number of `{prefix}blocks.N.` groups among `keys` (a trunk inside a larger model, such as
+/// CONCH's `visual.trunk.`).
+pub fn depth_under(keys: &BTreeSet<String>, prefix: &str) -> usize {
     keys.iter()
         .filter_map(|k| {
-            k.strip_prefix("blocks.")?
+            k.strip_prefix(prefix)?
+                .strip_prefix("blocks.")?
                 .split('.')
                 .next()?
                 .parse::<usize>()

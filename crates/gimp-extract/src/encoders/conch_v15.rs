@@ -65,18 +65,10 @@ pub static SPEC: EncoderSpec = EncoderSpec {
 const TRUNK: &str = "trunk.";
 const POOL: &str = "attn_pool_contrast.";
 
-fn depth_of(have: &BTreeSet<String>) -> usize {
-    let trunk: BTreeSet<String> = have
-        .iter()
-        .filter_map(|k| k.strip_prefix(TRUNK).map(String::from))
-        .collect();
-    vit::depth_of(&trunk)
-}
-
 /// The names of the tower with as many trunk blocks as `have`.
 pub fn expected_keys(have: &BTreeSet<String>) -> BTreeSet<String> {
     let mut k: BTreeSet<String> = CONFIG
-        .expected_keys(depth_of(have))
+        .expected_keys(vit::depth_under(have, TRUNK))
         .into_iter()
         .map(|n| format!("{TRUNK}{n}"))
         .collect();
