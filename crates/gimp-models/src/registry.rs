@@ -36,6 +36,16 @@ pub fn names() -> Vec<&'static str> {
     REGISTRY.iter().map(|a| a.name).collect()
 }
 
+/// The architectures gimp-train's supervised trainer trains (`gimp-rs train --arch`): every
+/// one but those trained by their own stages (GiMP).
+pub fn supervised_names() -> Vec<&'static str> {
+    REGISTRY
+        .iter()
+        .filter(|a| matches!(a.training, crate::arch::Training::Supervised(_)))
+        .map(|a| a.name)
+        .collect()
+}
+
 /// [`find`], or an error listing the known names.
 pub fn lookup(name: &str) -> Result<&'static ArchInfo> {
     find(name).ok_or_else(|| {

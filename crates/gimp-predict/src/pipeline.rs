@@ -12,7 +12,7 @@ use gimp_slide::overlay;
 use gimp_slide::patching::PatchParams;
 use gimp_slide::segment::SegmentParams;
 use gimp_train::evaluate::ModelSource;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,11 +200,12 @@ impl Predictor {
                     score: s[i],
                 })
                 .collect();
-            overlay::write_scores(out, &id, &patches.coords, s)?;
-            let reader = gimp_slide::open(slide)?;
-            let (img, ds) = reader.overview(self.heatmap_downsample, 1 << 28)?;
-            let pic = overlay::heatmap(&img, ds, &patches.coords, size0, s, self.alpha);
-            overlay::save_png(&pic, &out.join(format!("{id}.heatmap.png")))?;
+            let picture = Heatmap {
+                slide,
+                downsample: self.heatmap_downsample,
+                alpha: self.alpha,
+            };
+            write_scores(out, &id, &patches.coords, size0, s, Some(picture))?;
             scores_csv = Some(format!("{id}.scores.csv"));
             scores_h5 = Some(format!("{id}.scores.h5"));
             heatmap_png = Some(format!("{id}.heatmap.png"));
@@ -271,4 +272,35 @@ fn argmax(p: &[f32]) -> usize {
             }
         })
         .0
+}
+
+/// The picture of a slide's patch scores: the slide's overview at `downsample` level-0 pixels
+/// per pixel, the scores' colours over it at opacity `alpha`.
+pub struct Heatmap<'a> {
+    pub slide: &'a Path,
+    pub downsample: f64,
+    pub alpha: f32,
+}
+
+/// Writes a slide's patch scores (`{id}.scores.csv` and `.h5`, aligned with `coords`) in `out`
+/// and, given a [`Heatmap`], the picture `{id}.heatmap.png` (patches of `size0` level-0
+/// pixels); returns the picture's path. What `predict --slide` and `heatmap` both write.
+pub fn write_scores(
+    out: &Path,
+    id: &str,
+    coords: &[[i64; 2]],
+    size0: f64,
+    scores: &[f32],
+    heatmap: Option<Heatmap>,
+) -> Result<Option<PathBuf>> {
+    overlay::write_scores(out, id, coords, scores)?;
+    let Some(h) = heatmap else {
+        return Ok(None);
+    };
+    let reader = gimp_slide::open(h.slide)?;
+    let (img, ds) = reader.overview(h.downsample, 1 << 28)?;
+    let pic = overlay::heatmap(&img, ds, coords, size0, scores, h.alpha);
+    let path = out.join(format!("{id}.heatmap.png"));
+    overlay::save_png(&pic, &path)?;
+    Ok(Some(path))
 }

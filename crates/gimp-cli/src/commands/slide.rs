@@ -25,13 +25,17 @@ use std::time::Instant;
 pub enum SlideCommand {
     /// Levels, magnification, pixel size and associated images of a slide.
     Info {
+        /// The slide file (TIFF/SVS; with --features openslide any format OpenSlide reads).
         slide: PathBuf,
+        /// Print the properties as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Write a downsampled picture of the whole slide (PNG).
     Thumbnail {
+        /// The slide file.
         slide: PathBuf,
+        /// The picture to write (PNG).
         #[arg(long)]
         out: PathBuf,
         /// Level-0 pixels per thumbnail pixel.
@@ -433,6 +437,8 @@ pub struct HeatmapArgs {
     /// Architecture of --weights (reference code's parameter names).
     #[arg(long, requires = "weights")]
     arch: Option<String>,
+    /// The reference code's weights of --arch (safetensors, a `torch.save`d state dict or a
+    /// Lightning checkpoint).
     #[arg(long, requires = "arch")]
     weights: Option<PathBuf>,
     /// The slide's features (CLAM .h5 with coords).
@@ -451,6 +457,7 @@ pub struct HeatmapArgs {
     /// Expression of this patient for multimodal models; with --sample.
     #[arg(long, requires = "sample")]
     expression: Option<PathBuf>,
+    /// The patient's column (sample id) in --expression.
     #[arg(long)]
     sample: Option<String>,
     /// Output folder: {id}.scores.csv, {id}.scores.h5, {id}.heatmap.png.
@@ -493,18 +500,28 @@ pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
     };
     let scores = patch_scores(&loaded, &x, expr.as_ref())?;
     let id = batch::slide_id(&a.features);
-    overlay::write_scores(&a.out, &id, &grid.coords, &scores)?;
+    let picture = a
+        .slide
+        .as_deref()
+        .map(|slide| gimp_predict::pipeline::Heatmap {
+            slide,
+            downsample: a.downsample,
+            alpha: a.alpha,
+        });
+    let png = gimp_predict::pipeline::write_scores(
+        &a.out,
+        &id,
+        &grid.coords,
+        grid.size_level0,
+        &scores,
+        picture,
+    )?;
     eprintln!(
         "wrote {} scores of {arch} to {}/{id}.scores.{{csv,h5}}",
         scores.len(),
         a.out.display()
     );
-    if let Some(slide) = &a.slide {
-        let s = gimp_slide::open(slide)?;
-        let (img, ds) = s.overview(a.downsample, 1 << 28)?;
-        let pic = overlay::heatmap(&img, ds, &grid.coords, grid.size_level0, &scores, a.alpha);
-        let path = a.out.join(format!("{id}.heatmap.png"));
-        overlay::save_png(&pic, &path)?;
+    if let Some(path) = png {
         eprintln!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)

@@ -1,4 +1,5 @@
 use anyhow::{Context, Result};
+use clap::builder::PossibleValuesParser;
 use gimp_cohort::LoadOptions;
 use gimp_io::expression::ExpressionTransform;
 use gimp_train::config::{Preset, SupervisedOverrides, TaskConfig, TaskKind};
@@ -486,11 +487,10 @@ pub fn embed(a: EmbedArgs) -> Result<ExitCode> {
 pub struct TrainArgs {
     /// The cohort file (cohort.toml, docs/FORMATS.md).
     pub cohort: PathBuf,
-    /// Architecture (`gimp-rs model list` describes each): slides alone — abmil, dsmil,
-    /// clam_sb, clam_mb, transmil, mean_mil; expression alone — snn, group_msa; both —
-    /// porpoise, pathomic, mcat, and the image–omic adaptations mgca, biovil, refers (GiMP
-    /// itself trains with `pretrain-genes`, `pretrain` and `finetune`).
-    #[arg(long)]
+    /// Architecture: any registered model of slides, of expression or of both (`gimp-rs model
+    /// list` describes each); GiMP itself trains with `pretrain-genes`, `pretrain` and
+    /// `finetune`.
+    #[arg(long, value_parser = PossibleValuesParser::new(gimp_models::registry::supervised_names()))]
     pub arch: String,
     /// Run folder: OUT/model.safetensors, log.jsonl, metrics.json, learning_curves.png.
     #[arg(long)]
