@@ -132,24 +132,16 @@ pub fn read_pathways(path: &Path) -> Result<PathwayTable> {
             }
             for (j, (name, members)) in pathways.iter_mut().enumerate() {
                 let cell = rec.get(j + 1).unwrap_or("").trim();
-                match cell.parse::<f64>() {
-                    Ok(v) if v == 1.0 => members.push(gene.to_string()),
-                    Ok(v) if v == 0.0 => {}
-                    _ if cell.is_empty() => {}
-                    _ => {
-                        return Err(DataError::new(
-                            ErrorKind::Value,
-                            path,
-                            format!(
-                                "'{cell}' for gene '{gene}' in pathway '{name}': expected 0 or 1"
-                            ),
-                        )
-                        .at(format!(
-                            "{}, column {}",
-                            csv_line(&rec),
-                            j + 2
-                        )))
-                    }
+                let value = cell.parse::<f64>();
+                if value == Ok(1.0) {
+                    members.push(gene.to_string());
+                } else if !(cell.is_empty() || value == Ok(0.0)) {
+                    return Err(DataError::new(
+                        ErrorKind::Value,
+                        path,
+                        format!("'{cell}' for gene '{gene}' in pathway '{name}': expected 0 or 1"),
+                    )
+                    .at(format!("{}, column {}", csv_line(&rec), j + 2)));
                 }
             }
         } else {

@@ -404,7 +404,7 @@ pub fn prototype_patches(bags: &[Tensor], fit: &PrototypeFitting) -> Result<(Vec
 /// is built; the result goes in with [`install_prototypes`].
 pub fn fit_prototypes(bags: &[Tensor], fit: &PrototypeFitting, seed: u64) -> Result<Tensor> {
     let (rows, d) = prototype_patches(bags, fit)?;
-    let n = if d == 0 { 0 } else { rows.len() / d };
+    let n = rows.len().checked_div(d).unwrap_or(0);
     let k = fit.n_proto;
     if n < k || k == 0 {
         candle_core::bail!("MMP prototypes: {n} training patches for {k} prototypes");
