@@ -309,9 +309,12 @@ fn config_from_weights(w: &BTreeMap<String, Tensor>, probe: bool) -> Result<Valu
 }
 
 /// The training both variants share: the contrastive stage, then the supervised one (AdamW
-/// 1e-4, as for models whose authors published no code for this step).
+/// 1e-4, as for models whose authors published no code for this step). The expression MLP is
+/// as wide as the gene count (`G × G` weights twice), so TANGLE reads the 4,999 most variable
+/// genes of the training split, the size of its BRCA expression vectors (4,908 for NSCLC).
 const TRAINING: Training = Training::Supervised(TrainingDefaults {
     self_supervised: true,
+    top_variance_genes: Some(4_999),
     ..TrainingDefaults::ADAMW
 });
 
