@@ -91,12 +91,12 @@ impl From<candle_core::Error> for Failure {
     }
 }
 
-impl From<gimp_train::data::DataErr> for Failure {
-    fn from(e: gimp_train::data::DataErr) -> Self {
-        use gimp_train::data::DataErr;
+impl From<gimp_train::error::TrainError> for Failure {
+    fn from(e: gimp_train::error::TrainError) -> Self {
+        use gimp_train::error::TrainError;
         match e {
-            DataErr::Io(d) => Failure::Data(d),
-            DataErr::Tensor(t) => Failure::Model(t.to_string()),
+            TrainError::Io(d) => Failure::Data(d),
+            TrainError::Tensor(t) => Failure::Model(t.to_string()),
             other => Failure::Other(other.to_string()),
         }
     }

@@ -7,12 +7,14 @@ use crate::cohort;
 use crate::io::choice;
 use crate::progress::{Reporter, Step};
 use crate::values;
-use gimp_cohort::Cohort;
 use gimp_io::expression::ExpressionTransform;
-use gimp_train::config::Preset;
+use gimp_train::config::{
+    Preset, SupervisedConfig, SupervisedOverrides, TaskConfig, TrainingRecipe,
+};
 use gimp_train::experiment as exp;
-use gimp_train::trainer::{Control, StageResult};
-use gimp_train::{stages, supervised, Prepared, RunConfig};
+use gimp_train::task::StageResult;
+use gimp_train::trainer::Control;
+use gimp_train::{run_record, stages, supervised, Prepared, RunConfig};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use serde_json::json;
@@ -115,32 +117,20 @@ fn synth(
     )
 }
 
-/// Options of `train` that only the compared systems have (GiMP's stages are configured by
-/// `preset` and `config`).
-struct SupervisedOptions {
-    epochs: Option<usize>,
-    lr: Option<f64>,
-    weight_decay: Option<f64>,
-    patience: Option<usize>,
-    stop_epoch: Option<usize>,
-    max_patches: Option<usize>,
-    accumulate: Option<usize>,
-}
-
-impl SupervisedOptions {
-    fn given(&self) -> Option<&'static str> {
-        [
-            (self.epochs.is_some(), "epochs"),
-            (self.lr.is_some(), "lr"),
-            (self.weight_decay.is_some(), "weight_decay"),
-            (self.patience.is_some(), "patience"),
-            (self.stop_epoch.is_some(), "stop_epoch"),
-            (self.max_patches.is_some(), "max_patches"),
-            (self.accumulate.is_some(), "accumulate"),
-        ]
-        .into_iter()
-        .find_map(|(given, name)| given.then_some(name))
-    }
+/// The first option of `train` that only the compared systems have (GiMP's stages are
+/// configured by `preset` and `config`), if one was given.
+fn compared_only(o: &SupervisedOverrides) -> Option<&'static str> {
+    [
+        (o.epochs.is_some(), "epochs"),
+        (o.lr.is_some(), "lr"),
+        (o.weight_decay.is_some(), "weight_decay"),
+        (o.patience.is_some(), "patience"),
+        (o.stop_epoch.is_some(), "stop_epoch"),
+        (o.max_patches.is_some(), "max_patches"),
+        (o.accumulate.is_some(), "accumulate"),
+    ]
+    .into_iter()
+    .find_map(|(given, name)| given.then_some(name))
 }
 
 /// GiMP's run file: `config` (a path to a TOML run file, or a dict of the same fields) over
@@ -231,7 +221,7 @@ fn train(
         resume,
         ..Control::default()
     };
-    let options = SupervisedOptions {
+    let options = SupervisedOverrides {
         epochs,
         lr,
         weight_decay,
@@ -239,13 +229,14 @@ fn train(
         stop_epoch,
         max_patches,
         accumulate,
+        ..Default::default()
     };
     let info = gimp_models::registry::lookup(arch)
         .map_err(|e| PyValueError::new_err(format!("arch: {e}")))?;
     let rep = Reporter::new(py, progress)?;
     let on = |p: &gimp_train::trainer::Progress| rep.training(p);
     let result = if matches!(info.training, gimp_models::Training::GimpStages) {
-        if let Some(name) = options.given() {
+        if let Some(name) = compared_only(&options) {
             return Err(PyValueError::new_err(format!(
                 "{name}: {arch}'s stages are set by preset= and config=, e.g. config={{\"finetune\": {{\"epochs\": 5}}}}"
             )));
@@ -263,8 +254,7 @@ fn train(
         let c = cohort::resolve(py, cohort)?;
         detached(py, || {
             let data = Prepared::new(&c, cfg.fold, cfg.model.transform)?;
-            create_dir(&out)?;
-            record(&out, &c, &cfg, &data)?;
+            run_record::write(&out, &c.file.path, &cfg, &data)?;
             let r = stages::train_gimp(&data, &cfg, &out, control, &on)?;
             let mut stages = serde_json::Map::new();
             for (name, s) in [
@@ -277,12 +267,13 @@ fn train(
                     stages.insert(name.into(), json!(s));
                 }
             }
+            let finetune = json!(r.finetune);
             Ok(json!({
                 "arch": info.name,
                 "checkpoint": r.finetune.checkpoint,
                 "best_epoch": r.finetune.best_epoch,
-                "val": r.finetune.val,
-                "test": r.finetune.test,
+                "val": finetune["val"],
+                "test": finetune["test"],
                 "stages": stages,
             }))
         })
@@ -292,28 +283,15 @@ fn train(
                 "config: a run file configures GiMP; {arch} takes epochs=, lr=, ... instead"
             )));
         }
-        let mut cfg = supervised::SupervisedConfig::defaults(info)
-            .map_err(|e| PyValueError::new_err(format!("arch: {e}")))?;
-        cfg.seed = seed.unwrap_or(0);
-        cfg.fold = fold.unwrap_or(0);
-        if let Some(v) = options.epochs {
-            cfg.epochs = v;
-        }
-        if let Some(v) = options.lr {
-            cfg.lr = v;
-        }
-        if let Some(v) = options.weight_decay {
-            cfg.weight_decay = v;
-        }
-        if let Some(v) = options.accumulate {
-            cfg.accumulate = v.max(1);
-        }
-        cfg.early_stopping = gimp_train::trainer::EarlyStopping::with_overrides(
-            cfg.early_stopping,
-            options.patience,
-            options.stop_epoch,
-        );
-        cfg.max_patches = options.max_patches;
+        let cfg = SupervisedConfig::build(
+            info,
+            seed.unwrap_or(0),
+            fold.unwrap_or(0),
+            TrainingRecipe::Reference,
+            TaskConfig::default(),
+            &options,
+        )
+        .map_err(|e| PyValueError::new_err(format!("arch: {e}")))?;
         let c = cohort::resolve(py, cohort)?;
         let transform = transform.unwrap_or(ExpressionTransform::Log2p1);
         detached(py, || {
@@ -321,34 +299,19 @@ fn train(
             create_dir(&out)?;
             let r = supervised::train(&data, &cfg, &out, control, &on)?;
             write_metrics(&r)?;
+            let figures = json!(r);
             Ok(json!({
                 "arch": cfg.arch,
                 "checkpoint": r.checkpoint,
                 "best_epoch": r.best_epoch,
-                "val": r.val,
-                "test": r.test,
+                "val": figures["val"],
+                "test": figures["test"],
                 "stages": { "train": r },
             }))
         })
     };
     let result = rep.finish(py, result)?;
     values::to_py(py, &result)
-}
-
-/// `out/config.toml` and `out/run.json`: what `gimp-rs pretrain/finetune` record of a GiMP run.
-fn record(out: &Path, c: &Cohort, cfg: &RunConfig, data: &Prepared) -> Result<(), Failure> {
-    let text = toml::to_string_pretty(cfg).map_err(|e| Failure::Other(e.to_string()))?;
-    gimp_io::atomic::write_bytes_atomic(&out.join("config.toml"), text.as_bytes())?;
-    let run = json!({
-        "cohort": c.file.path.canonicalize().unwrap_or(c.file.path.clone()),
-        "fold": cfg.fold,
-        "seed": cfg.seed,
-        "gimp_rs_version": env!("CARGO_PKG_VERSION"),
-        "train": data.train.len(), "val": data.val.len(), "test": data.test.len(),
-    });
-    let text = serde_json::to_string_pretty(&run).map_err(|e| Failure::Other(e.to_string()))?;
-    gimp_io::atomic::write_bytes_atomic(&out.join("run.json"), text.as_bytes())?;
-    Ok(())
 }
 
 /// Metrics of a checkpoint on a part of a split (`"test"`, `"val"` or `"train"`; `fold`
@@ -371,7 +334,7 @@ fn evaluate(
         let ckpt = gimp_nn::checkpoint::Checkpoint::load(&checkpoint)?;
         let data = Prepared::for_checkpoint(&c, fold, &ckpt)?;
         let m = gimp_train::evaluate::load(&ckpt)?;
-        Ok(gimp_train::evaluate::evaluate(&m, &data, part, seed)?)
+        Ok(gimp_train::evaluate::evaluate_checkpoint(&m, &data, part, seed)?)
     })?;
     values::serialised(py, &e)
 }
@@ -409,20 +372,22 @@ fn experiment(
 ) -> PyResult<Py<PyAny>> {
     // The Python experiment runs classification tables (`gimp-rs experiment --task survival`
     // runs survival ones).
-    let task = gimp_train::objective::TaskConfig::default();
-    let table_rows = exp::rows(table, &rows.unwrap_or_default(), task.kind)
+    let task = TaskConfig::default();
+    let table_rows = exp::rows(table, &rows.unwrap_or_default(), &task)
         .map_err(|e| PyValueError::new_err(format!("table/rows: {e}")))?;
     let mut base = RunConfig::preset(choice("preset", preset)?);
     if let Some(t) = transform {
         base.model.transform = choice("transform", t)?;
     }
-    let overrides = exp::BaselineOverrides {
+    let compared = exp::Compared {
         recipe: choice("recipe", recipe)?,
-        epochs,
-        pretrain_epochs,
-        patience,
-        stop_epoch,
-        ..Default::default()
+        overrides: SupervisedOverrides {
+            epochs,
+            pretrain_epochs,
+            patience,
+            stop_epoch,
+            ..Default::default()
+        },
     };
     let c = cohort::resolve(py, cohort)?;
     if c.folds.len() < folds {
@@ -435,13 +400,13 @@ fn experiment(
     let table = table.to_string();
     let outcome = detached(py, || {
         let plan = exp::plan(&out, &table_rows, folds, seeds);
-        exp::claim_recipe(&out, overrides.recipe, &task)?;
+        exp::claim_recipe(&out, compared.recipe, &task)?;
         let ran = exp::execute_pending(
             &c,
             &table_rows,
             &plan,
             &base,
-            overrides,
+            &compared,
             &|_, _| {},
             &|_| {},
             &|p| rep.training(p),
@@ -453,7 +418,7 @@ fn experiment(
             &table_rows,
             &plan,
             &c.label_map.names,
-            overrides.recipe,
+            compared.recipe,
             &task,
         )?;
         let summary = exp::summarise(&table_rows, &plan)?;

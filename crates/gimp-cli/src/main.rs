@@ -39,8 +39,10 @@ enum Command {
     /// Baselines that need no deep learning.
     #[command(subcommand)]
     Baseline(commands::baseline::Command),
-    /// Train one of the compared single-modality models (ABMIL, CLAM-SB/MB, TransMIL, SNN,
-    /// GroupMSA) with the same splits, validation rule, checkpoints and metrics as GiMP.
+    /// Train any compared system — slide models (ABMIL, DSMIL, CLAM-SB/MB, TransMIL, mean-pooling
+    /// MIL), expression models (SNN, GroupMSA) and multimodal ones (PORPOISE, Pathomic Fusion,
+    /// MCAT, MGCA, BioViL, REFERS) — for classification or survival, with the same splits,
+    /// validation rule, checkpoints and metrics as GiMP.
     Train(commands::train::TrainArgs),
     /// The paper's experiments (table1: compared systems; table2: GiMP ablations) on identical
     /// splits and seeds; finished runs are skipped, shares run on several machines; Markdown +
@@ -53,7 +55,8 @@ enum Command {
     /// Stage 3: fine-tuning on CLS_pat with validation every epoch; reports the test split.
     Finetune(commands::train::FinetuneArgs),
     /// Metrics of a checkpoint on a split (accuracy with a Wilson interval, balanced accuracy,
-    /// ROC-AUC with a bootstrap interval, macro F1, confusion), overall and by modality.
+    /// ROC-AUC with a bootstrap interval, macro F1, confusion), overall and by modality; of a
+    /// survival checkpoint, c-indices, time-dependent AUC and Kaplan–Meier curves.
     Evaluate(commands::train::EvalArgs),
     /// Temperature scaling: fit the temperature that minimises the validation split's negative
     /// log-likelihood and store it in the checkpoint; evaluate and predict then use it

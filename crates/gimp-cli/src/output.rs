@@ -4,7 +4,7 @@
 use anyhow::Result;
 use gimp_linear::baseline::LogregResult;
 use gimp_linear::cox_baseline::CoxResult;
-use gimp_train::trainer::StageResult;
+use gimp_train::task::{Scores, StageResult};
 use std::path::Path;
 
 /// Prints the logistic-regression baseline's splits and, over several, the mean test accuracy.
@@ -87,24 +87,28 @@ pub fn report(name: &str, r: &StageResult, classes: &[String], dir: &Path) -> Re
         r.best_epoch + 1,
         r.checkpoint.display()
     );
-    if let Some(v) = &r.val {
-        print!("{}", crate::table::report("  validation", v, classes));
-    }
-    if let Some(t) = &r.test {
-        print!("{}", crate::table::report("  test", t, classes));
-    }
-    if let Some(v) = &r.val_survival {
-        print!("{}", survival_scores("  validation", v));
-    }
-    if let Some(t) = &r.test_survival {
-        print!("{}", survival_scores("  test", t));
+    for (title, s) in [
+        ("  validation", &r.figures.val),
+        ("  test", &r.figures.test),
+    ] {
+        if let Some(s) = s {
+            print!("{}", scores(title, s, classes));
+        }
     }
     Ok(())
 }
 
+/// A run's figures on a part of the split as lines of text, in its task's terms.
+pub fn scores(title: &str, s: &Scores, classes: &[String]) -> String {
+    match s {
+        Scores::Classification(r) => crate::table::report(title, r, classes),
+        Scores::Survival(s) => survival_scores(title, s),
+    }
+}
+
 /// Survival metrics as lines of text: a metric the data cannot give is left out, its reason
 /// listed.
-pub fn survival_scores(title: &str, s: &gimp_train::objective::SurvivalScores) -> String {
+pub fn survival_scores(title: &str, s: &gimp_train::task::SurvivalScores) -> String {
     use std::fmt::Write;
     let mut t = format!("{title}: {} patients, {} events\n", s.patients, s.events);
     let c = s.cindex;

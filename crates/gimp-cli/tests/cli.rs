@@ -44,32 +44,74 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Every subcommand — found from the help texts themselves, so a new one is covered — prints
+/// its help, and every argument and option in it says what it is and what it accepts (a line
+/// with only a default is not a description).
 #[test]
 fn every_subcommand_has_help() {
-    for cmd in [
-        vec!["--help"],
-        vec!["demo", "--help"],
-        vec!["synth", "--help"],
-        vec!["cohort", "--help"],
-        vec!["cohort", "check", "--help"],
-        vec!["cohort", "cache", "--help"],
-        vec!["split", "--help"],
-        vec!["split", "check", "--help"],
-        vec!["survival", "metrics", "--help"],
-        vec!["baseline", "--help"],
-        vec!["baseline", "logreg", "--help"],
-        vec!["slide", "info", "--help"],
-        vec!["slide", "thumbnail", "--help"],
-        vec!["patch", "--help"],
-        vec!["extract", "--help"],
-        vec!["heatmap", "--help"],
-        vec!["predict", "--help"],
-        vec!["view", "--help"],
-    ] {
-        let o = gimp(&cmd);
-        assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
-        assert!(stdout(&o).contains("Usage"), "{cmd:?}");
+    let mut todo: Vec<Vec<String>> = vec![Vec::new()];
+    let (mut seen, mut undocumented) = (Vec::new(), Vec::new());
+    while let Some(path) = todo.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let o = gimp(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let text = stdout(&o);
+        assert!(text.contains("Usage"), "{args:?}");
+        let lines: Vec<&str> = text.lines().collect();
+        let mut section = "";
+        for (k, line) in lines.iter().enumerate() {
+            if !line.starts_with(' ') && line.ends_with(':') {
+                section = line;
+                continue;
+            }
+            let indent = line.len() - line.trim_start().len();
+            let entry = (2..=6).contains(&indent);
+            match section {
+                "Commands:" if indent == 2 => {
+                    let name = line.split_whitespace().next().unwrap_or("help");
+                    if name != "help" {
+                        let mut sub = path.clone();
+                        sub.push(name.to_string());
+                        todo.push(sub);
+                    }
+                }
+                "Arguments:" | "Options:" if entry => {
+                    let head = line.trim_start();
+                    if head.starts_with("-h, --help") || head.starts_with("-V, --version") {
+                        continue;
+                    }
+                    // The description follows on the same line after two spaces, or on the
+                    // next, indented further.
+                    let same = head.split_once("  ").map(|(_, d)| d).unwrap_or("");
+                    let next = lines.get(k + 1).filter(|l| {
+                        l.len() - l.trim_start().len() > 6 && !l.trim().is_empty()
+                    });
+                    let description = format!("{same} {}", next.map_or("", |l| l.trim()));
+                    let without_defaults = description
+                        .split('[')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    if without_defaults.is_empty() {
+                        undocumented.push(format!("gimp-rs {} {head}", path.join(" ")));
+                    }
+                }
+                _ => {}
+            }
+        }
+        seen.push(path.join(" "));
     }
+    assert!(seen.len() >= 30, "only {} commands found: {seen:?}", seen.len());
+    for expected in ["train", "experiment compare", "evaluate", "model run", "view"] {
+        assert!(seen.iter().any(|s| s == expected), "{expected} not found: {seen:?}");
+    }
+    assert!(
+        undocumented.is_empty(),
+        "arguments without a description:\n{}",
+        undocumented.join("\n")
+    );
 }
 
 #[test]

@@ -2,9 +2,15 @@
 //! first one thrown, so `gimp-rs cohort check` can list them all at once.
 
 use crate::config::{CohortFile, Imputation};
+use crate::listing::list_some;
+use crate::split::Fold;
+use crate::split::{
+    check_classes, check_events, resolve_split, test_overlap, PartCounts, PatientIds, Scheme,
+};
+use crate::survival::class_and_survival_strata;
 use gimp_io::dataset::{self, DatasetTable, LabelMap};
 use gimp_io::expression::{self, strip_version, ExpressionMatrix};
-use gimp_io::splits::{self, Part, SplitFormat};
+use gimp_io::splits::Part;
 use gimp_io::{feature_file, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -45,25 +51,6 @@ impl Patient {
             .filter_map(|s| s.shape)
             .map(|s| s.0)
             .sum()
-    }
-}
-
-/// One split (a fold) resolved to patients.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Fold {
-    pub file: PathBuf,
-    pub format: SplitFormat,
-    /// Part of every patient listed (by index into [`Cohort::patients`]).
-    pub part: BTreeMap<usize, Part>,
-}
-
-impl Fold {
-    pub fn patients(&self, part: Part) -> Vec<usize> {
-        self.part
-            .iter()
-            .filter(|(_, p)| **p == part)
-            .map(|(i, _)| *i)
-            .collect()
     }
 }
 
@@ -121,26 +108,11 @@ impl Default for LoadOptions {
     }
 }
 
-const LIST_MAX: usize = 10;
-
 /// How `feature_encoders` counts files that record no encoder.
 pub const NOT_RECORDED: &str = "not recorded";
 
 fn short_hash(h: &str) -> &str {
     &h[..h.len().min(12)]
-}
-
-fn list_some(items: &[String]) -> String {
-    let mut s = items
-        .iter()
-        .take(LIST_MAX)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if items.len() > LIST_MAX {
-        s.push_str(&format!(", … ({} in all)", items.len()));
-    }
-    s
 }
 
 impl Cohort {
@@ -543,9 +515,14 @@ impl Cohort {
                 return Vec::new();
             }
         };
+        let ids = PatientIds {
+            case_ids: patients.iter().map(|p| p.case_id.clone()).collect(),
+            by_case: index.clone(),
+            by_slide: slide_owner.clone(),
+        };
         let mut folds = Vec::new();
         for path in files {
-            match resolve_split(&path, patients, index, slide_owner) {
+            match resolve_split(&path, &ids) {
                 Ok((fold, problems)) => {
                     diag.errors.extend(problems);
                     let unassigned = patients.len() - fold.part.len();
@@ -571,6 +548,77 @@ impl Cohort {
         folds
     }
 
+    /// Writes `splits` of the patients as CLAM split files (`splits_{k}.csv`, `_bool.csv`,
+    /// `_descriptor.csv`) in `out`: patients are listed by their slide ids, as CLAM lists them, and a
+    /// patient without slides by case id.
+    pub fn write_splits(
+        &self,
+        splits: &[BTreeMap<usize, Part>],
+        out: &std::path::Path,
+    ) -> Result<Vec<PartCounts>> {
+        let c = self;
+        let mut label_of: HashMap<String, String> = HashMap::new();
+        for p in &c.patients {
+            let name = c.label_map.names[p.label].clone();
+            label_of.insert(p.case_id.clone(), name.clone());
+            for s in &p.slides {
+                label_of.insert(s.slide_id.clone(), name.clone());
+            }
+        }
+        let mut counts = Vec::with_capacity(splits.len());
+        for (k, split) in splits.iter().enumerate() {
+            let mut parts: BTreeMap<Part, Vec<String>> = BTreeMap::new();
+            for (i, part) in split {
+                let p = &c.patients[*i];
+                let ids = parts.entry(*part).or_default();
+                if p.slides.is_empty() {
+                    ids.push(p.case_id.clone());
+                }
+                ids.extend(p.slides.iter().map(|s| s.slide_id.clone()));
+            }
+            gimp_io::splits::write_clam_split(out, k, &parts, &c.label_map.names, &|s| {
+                label_of.get(s).cloned()
+            })?;
+            let count = |part| split.values().filter(|p| **p == part).count();
+            counts.push(PartCounts {
+                train: count(Part::Train),
+                val: count(Part::Val),
+                test: count(Part::Test),
+            });
+        }
+        Ok(counts)
+    }
+
+    /// What `gimp-rs split` deals a hold-out split or k folds within, checked for `scheme`: in
+    /// a survival cohort each class by events and time bins (MCAT's labels), else the classes.
+    pub fn split_strata(&self, scheme: Scheme) -> std::result::Result<Vec<usize>, String> {
+        let labels: Vec<usize> = self.patients.iter().map(|p| p.label).collect();
+        match (&self.survival, &self.file.config.survival) {
+            (Some(outcomes), Some(config)) => {
+                let strata = class_and_survival_strata(&labels, outcomes, config.bins)?;
+                let events: Vec<bool> = outcomes.iter().map(|o| o.event).collect();
+                check_events(&events, scheme)?;
+                Ok(strata)
+            }
+            _ => {
+                check_classes(&labels, scheme)?;
+                Ok(labels)
+            }
+        }
+    }
+
+    /// Who a split file's ids can name in this cohort ([`crate::split::check_split_files`]).
+    pub fn patient_ids(&self) -> PatientIds {
+        let enumerate = || self.patients.iter().enumerate();
+        PatientIds {
+            case_ids: self.patients.iter().map(|p| p.case_id.clone()).collect(),
+            by_case: enumerate().map(|(i, p)| (p.case_id.clone(), i)).collect(),
+            by_slide: enumerate()
+                .flat_map(|(i, p)| p.slides.iter().map(move |s| (s.slide_id.clone(), i)))
+                .collect(),
+        }
+    }
+
     pub fn patient_index(&self) -> HashMap<&str, usize> {
         self.patients
             .iter()
@@ -583,113 +631,6 @@ impl Cohort {
     pub fn expression_of(&self, p: &Patient) -> Option<&[f32]> {
         Some(self.expression.as_ref()?.row(p.expression_row?))
     }
-}
-
-/// Number of patients in more than one fold's test part.
-pub fn test_overlap(folds: &[Fold]) -> usize {
-    let mut count: HashMap<usize, usize> = HashMap::new();
-    for f in folds {
-        for i in f.patients(Part::Test) {
-            *count.entry(i).or_default() += 1;
-        }
-    }
-    count.values().filter(|c| **c > 1).count()
-}
-
-/// Resolves a split file's ids (slide ids or case ids) to patients. Returns the fold and the
-/// problems found: unknown ids, and patients in more than one part (directly, or through two of
-/// their slides — the leak that inflates MIL results).
-pub fn resolve_split(
-    path: &std::path::Path,
-    patients: &[Patient],
-    index: &HashMap<String, usize>,
-    slide_owner: &HashMap<String, usize>,
-) -> Result<(Fold, Vec<String>)> {
-    let (format, file) = splits::read_split(path)?;
-    let mut problems = Vec::new();
-    let mut part: BTreeMap<usize, (Part, String, u64)> = BTreeMap::new();
-    let mut unknown = Vec::new();
-    for (p, ids) in &file.parts {
-        for (id, line) in ids {
-            let who = slide_owner.get(id).or_else(|| index.get(id)).copied();
-            let Some(pi) = who else {
-                unknown.push(format!("'{id}' (line {line})"));
-                continue;
-            };
-            match part.get(&pi) {
-                Some((q, other, l)) if q != p => problems.push(format!(
-                    "{}: line {line}: patient '{}' is in {} through '{id}' and in {} through '{other}' (line {l})",
-                    path.display(),
-                    patients[pi].case_id,
-                    p.name(),
-                    q.name()
-                )),
-                Some(_) => {}
-                None => {
-                    part.insert(pi, (*p, id.clone(), *line));
-                }
-            }
-        }
-    }
-    if !unknown.is_empty() {
-        problems.push(format!(
-            "{}: {} id(s) are neither a slide_id nor a case_id of the dataset: {}",
-            path.display(),
-            unknown.len(),
-            list_some(&unknown)
-        ));
-    }
-    problems.extend(empty_parts(path, format, &file));
-    Ok((
-        Fold {
-            file: path.to_path_buf(),
-            format,
-            part: part.into_iter().map(|(k, (p, _, _))| (k, p)).collect(),
-        },
-        problems,
-    ))
-}
-
-/// A split without training or without evaluation patients cannot be trained and evaluated
-/// honestly (k folds over too few patients write such files). The evaluation part is the test
-/// column, or MCAT's `val` (its layout has no test column).
-fn empty_parts(
-    path: &std::path::Path,
-    format: SplitFormat,
-    file: &splits::SplitFile,
-) -> Vec<String> {
-    let evaluated = match format {
-        SplitFormat::Mcat => Part::Val,
-        _ => Part::Test,
-    };
-    [Part::Train, evaluated]
-        .into_iter()
-        .filter(|p| file.parts.get(p).is_none_or(|ids| ids.is_empty()))
-        .map(|p| format!("{}: the {} part is empty", path.display(), p.name()))
-        .collect()
-}
-
-/// Checks one split file without a cohort: an id listed in two parts, an empty training or test
-/// part.
-pub fn check_split_standalone(path: &std::path::Path) -> Result<(SplitFormat, Vec<String>)> {
-    let (format, file) = splits::read_split(path)?;
-    let mut seen: HashMap<&str, (Part, u64)> = HashMap::new();
-    let mut problems = empty_parts(path, format, &file);
-    for (p, ids) in &file.parts {
-        for (id, line) in ids {
-            if let Some((q, l)) = seen.get(id.as_str()) {
-                problems.push(format!(
-                    "{}: line {line}: '{id}' is in {} and also in {} (line {l})",
-                    path.display(),
-                    p.name(),
-                    q.name()
-                ));
-            } else {
-                seen.insert(id, (*p, *line));
-            }
-        }
-    }
-    Ok((format, problems))
 }
 
 /// Class names per patient index, for summaries.

@@ -5,10 +5,12 @@
 pub mod cache;
 pub mod cohort;
 pub mod config;
+mod listing;
 pub mod split;
 pub mod summary;
 pub mod survival;
 
-pub use cohort::{Cohort, Fold, LoadOptions, Patient, Slide};
+pub use cohort::{Cohort, LoadOptions, Patient, Slide};
 pub use config::{CohortConfig, CohortFile};
+pub use split::Fold;
 pub use summary::Summary;

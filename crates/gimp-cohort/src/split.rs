@@ -1,8 +1,8 @@
 //! Patient-level, label-stratified splits: the paper's single 60/20/20 hold-out split and k folds
 //! whose test sets are disjoint (validation carved from each fold's training part).
 
-use crate::cohort::{check_split_standalone, resolve_split, test_overlap, Cohort};
-use gimp_io::splits::Part;
+use crate::listing::list_some;
+use gimp_io::splits::{self, Part, SplitFormat};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -48,10 +48,23 @@ impl Scheme {
     };
 }
 
+/// Refuses k folds with fewer events than folds: some test parts would have no event, and no
+/// concordance index.
+pub fn check_events(event: &[bool], scheme: Scheme) -> Result<(), String> {
+    let events = event.iter().filter(|&&e| e).count();
+    match scheme {
+        Scheme::KFold { k, .. } if events < k => Err(format!(
+            "{k} folds need at least {k} patients with an event, but the cohort has {events}"
+        )),
+        _ if events == 0 => Err("no patient has an event: survival cannot be evaluated".into()),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses a scheme that cannot give every split training and test patients of every class:
 /// k folds need at least k patients in the smallest class (else some folds' test parts lack that
 /// class, or are empty). The error names the class by index, its size and k.
-pub fn check_scheme(labels: &[usize], scheme: Scheme) -> Result<(), String> {
+pub fn check_classes(labels: &[usize], scheme: Scheme) -> Result<(), String> {
     let Scheme::KFold { k, .. } = scheme else {
         return Ok(());
     };
@@ -149,46 +162,6 @@ pub struct PartCounts {
     pub test: usize,
 }
 
-/// Writes `splits` of `c`'s patients as CLAM split files (`splits_{k}.csv`, `_bool.csv`,
-/// `_descriptor.csv`) in `out`: patients are listed by their slide ids, as CLAM lists them, and a
-/// patient without slides by case id.
-pub fn write_splits(
-    c: &Cohort,
-    splits: &[BTreeMap<usize, Part>],
-    out: &Path,
-) -> gimp_io::Result<Vec<PartCounts>> {
-    let mut label_of: HashMap<String, String> = HashMap::new();
-    for p in &c.patients {
-        let name = c.label_map.names[p.label].clone();
-        label_of.insert(p.case_id.clone(), name.clone());
-        for s in &p.slides {
-            label_of.insert(s.slide_id.clone(), name.clone());
-        }
-    }
-    let mut counts = Vec::with_capacity(splits.len());
-    for (k, split) in splits.iter().enumerate() {
-        let mut parts: BTreeMap<Part, Vec<String>> = BTreeMap::new();
-        for (i, part) in split {
-            let p = &c.patients[*i];
-            let ids = parts.entry(*part).or_default();
-            if p.slides.is_empty() {
-                ids.push(p.case_id.clone());
-            }
-            ids.extend(p.slides.iter().map(|s| s.slide_id.clone()));
-        }
-        gimp_io::splits::write_clam_split(out, k, &parts, &c.label_map.names, &|s| {
-            label_of.get(s).cloned()
-        })?;
-        let count = |part| split.values().filter(|p| **p == part).count();
-        counts.push(PartCounts {
-            train: count(Part::Train),
-            val: count(Part::Val),
-            test: count(Part::Test),
-        });
-    }
-    Ok(counts)
-}
-
 /// What `split check` finds in split files.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SplitCheck {
@@ -200,8 +173,9 @@ pub struct SplitCheck {
     pub warnings: Vec<String>,
 }
 
-/// Checks a split file, or a folder of them, alone or against a cohort's patients.
-pub fn check_split_files(path: &Path, cohort: Option<&Cohort>) -> gimp_io::Result<SplitCheck> {
+/// Checks a split file, or a folder of them, alone or against a cohort's patients (its
+/// [`crate::Cohort::patient_ids`]).
+pub fn check_split_files(path: &Path, cohort: Option<&PatientIds>) -> gimp_io::Result<SplitCheck> {
     let files = if path.is_dir() {
         crate::config::split_files_in(path)?
     } else {
@@ -211,27 +185,15 @@ pub fn check_split_files(path: &Path, cohort: Option<&Cohort>) -> gimp_io::Resul
         files: files.clone(),
         ..Default::default()
     };
-    let Some(c) = cohort else {
+    let Some(ids) = cohort else {
         for f in &files {
             check.problems.extend(check_split_standalone(f)?.1);
         }
         return Ok(check);
     };
-    let index: HashMap<String, usize> = c
-        .patients
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.case_id.clone(), i))
-        .collect();
-    let owner: HashMap<String, usize> = c
-        .patients
-        .iter()
-        .enumerate()
-        .flat_map(|(i, p)| p.slides.iter().map(move |s| (s.slide_id.clone(), i)))
-        .collect();
     let mut folds = Vec::new();
     for f in &files {
-        let (fold, p) = resolve_split(f, &c.patients, &index, &owner)?;
+        let (fold, p) = resolve_split(f, ids)?;
         check.problems.extend(p);
         folds.push(fold);
     }
@@ -242,4 +204,134 @@ pub fn check_split_files(path: &Path, cohort: Option<&Cohort>) -> gimp_io::Resul
         ));
     }
     Ok(check)
+}
+
+/// Who a split file's ids can name: each patient's case id (by patient index), and the patient
+/// of each case id and of each slide id.
+#[derive(Debug, Clone, Default)]
+pub struct PatientIds {
+    pub case_ids: Vec<String>,
+    pub by_case: HashMap<String, usize>,
+    pub by_slide: HashMap<String, usize>,
+}
+
+/// One split (a fold) resolved to patients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fold {
+    pub file: PathBuf,
+    pub format: SplitFormat,
+    /// Part of every patient listed (by index into [`Cohort::patients`]).
+    pub part: BTreeMap<usize, Part>,
+}
+
+impl Fold {
+    pub fn patients(&self, part: Part) -> Vec<usize> {
+        self.part
+            .iter()
+            .filter(|(_, p)| **p == part)
+            .map(|(i, _)| *i)
+            .collect()
+    }
+}
+
+/// Number of patients in more than one fold's test part.
+pub fn test_overlap(folds: &[Fold]) -> usize {
+    let mut count: HashMap<usize, usize> = HashMap::new();
+    for f in folds {
+        for i in f.patients(Part::Test) {
+            *count.entry(i).or_default() += 1;
+        }
+    }
+    count.values().filter(|c| **c > 1).count()
+}
+
+/// Resolves a split file's ids (slide ids or case ids) to patients. Returns the fold and the
+/// problems found: unknown ids, and patients in more than one part (directly, or through two of
+/// their slides — the leak that inflates MIL results).
+pub fn resolve_split(path: &Path, patients: &PatientIds) -> gimp_io::Result<(Fold, Vec<String>)> {
+    let (format, file) = splits::read_split(path)?;
+    let mut problems = Vec::new();
+    let mut part: BTreeMap<usize, (Part, String, u64)> = BTreeMap::new();
+    let mut unknown = Vec::new();
+    for (p, ids) in &file.parts {
+        for (id, line) in ids {
+            let who = patients
+                .by_slide
+                .get(id)
+                .or_else(|| patients.by_case.get(id))
+                .copied();
+            let Some(pi) = who else {
+                unknown.push(format!("'{id}' (line {line})"));
+                continue;
+            };
+            match part.get(&pi) {
+                Some((q, other, l)) if q != p => problems.push(format!(
+                    "{}: line {line}: patient '{}' is in {} through '{id}' and in {} through '{other}' (line {l})",
+                    path.display(),
+                    patients.case_ids[pi],
+                    p.name(),
+                    q.name()
+                )),
+                Some(_) => {}
+                None => {
+                    part.insert(pi, (*p, id.clone(), *line));
+                }
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        problems.push(format!(
+            "{}: {} id(s) are neither a slide_id nor a case_id of the dataset: {}",
+            path.display(),
+            unknown.len(),
+            list_some(&unknown)
+        ));
+    }
+    problems.extend(empty_parts(path, format, &file));
+    Ok((
+        Fold {
+            file: path.to_path_buf(),
+            format,
+            part: part.into_iter().map(|(k, (p, _, _))| (k, p)).collect(),
+        },
+        problems,
+    ))
+}
+
+/// A split without training or without evaluation patients cannot be trained and evaluated
+/// honestly (k folds over too few patients write such files). The evaluation part is the test
+/// column, or MCAT's `val` (its layout has no test column).
+fn empty_parts(path: &Path, format: SplitFormat, file: &splits::SplitFile) -> Vec<String> {
+    let evaluated = match format {
+        SplitFormat::Mcat => Part::Val,
+        _ => Part::Test,
+    };
+    [Part::Train, evaluated]
+        .into_iter()
+        .filter(|p| file.parts.get(p).is_none_or(|ids| ids.is_empty()))
+        .map(|p| format!("{}: the {} part is empty", path.display(), p.name()))
+        .collect()
+}
+
+/// Checks one split file without a cohort: an id listed in two parts, an empty training or test
+/// part.
+pub fn check_split_standalone(path: &Path) -> gimp_io::Result<(SplitFormat, Vec<String>)> {
+    let (format, file) = splits::read_split(path)?;
+    let mut seen: HashMap<&str, (Part, u64)> = HashMap::new();
+    let mut problems = empty_parts(path, format, &file);
+    for (p, ids) in &file.parts {
+        for (id, line) in ids {
+            if let Some((q, l)) = seen.get(id.as_str()) {
+                problems.push(format!(
+                    "{}: line {line}: '{id}' is in {} and also in {} (line {l})",
+                    path.display(),
+                    p.name(),
+                    q.name()
+                ));
+            } else {
+                seen.insert(id, (*p, *line));
+            }
+        }
+    }
+    Ok((format, problems))
 }

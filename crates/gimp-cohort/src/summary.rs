@@ -61,7 +61,7 @@ impl SurvivalSummary {
             .as_ref()
             .map(|s| s.unit)
             .unwrap_or_default();
-        let part = |f: &crate::cohort::Fold, part: Part| {
+        let part = |f: &crate::split::Fold, part: Part| {
             let members: Vec<Outcome> = f.patients(part).iter().map(|&i| outcomes[i]).collect();
             OutcomeSummary::of(&members)
         };

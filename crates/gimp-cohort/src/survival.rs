@@ -11,7 +11,6 @@
 //! bins = 4                          # discrete-time bins (MCAT's n_bins)
 //! ```
 
-use crate::split::Scheme;
 use gimp_io::dataset::DatasetTable;
 use gimp_io::{DataError, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
@@ -333,19 +332,6 @@ pub fn class_and_survival_strata(
         .zip(&survival)
         .map(|(&l, &s)| l * per_class + s)
         .collect())
-}
-
-/// Refuses k folds with fewer events than folds: some test parts would have no event, and no
-/// concordance index.
-pub fn check_scheme(outcomes: &[Outcome], scheme: Scheme) -> std::result::Result<(), String> {
-    let events = outcomes.iter().filter(|o| o.event).count();
-    match scheme {
-        Scheme::KFold { k, .. } if events < k => Err(format!(
-            "{k} folds need at least {k} patients with an event, but the cohort has {events}"
-        )),
-        _ if events == 0 => Err("no patient has an event: survival cannot be evaluated".into()),
-        _ => Ok(()),
-    }
 }
 
 /// Events, censoring and follow-up of a group of patients, as `cohort check` prints them.

@@ -312,7 +312,7 @@ fn kfold_test_sets_are_disjoint_and_cover_everyone() {
 /// folds' test parts without that class, or empty.
 #[test]
 fn kfold_refuses_more_folds_than_the_smallest_class_has_patients() {
-    use gimp_cohort::split::check_scheme;
+    use gimp_cohort::split::check_classes as check_scheme;
     let labels = [0, 0, 0, 0, 0, 1, 1, 1];
     let e = check_scheme(&labels, Scheme::KFold { k: 10, val: 0.2 }).unwrap_err();
     assert!(
@@ -330,7 +330,7 @@ fn split_files_with_an_empty_part_are_flagged() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("splits_0.csv");
     std::fs::write(&p, ",train,val,test\n0,a,c,\n1,b,,\n").unwrap();
-    let (_, problems) = gimp_cohort::cohort::check_split_standalone(&p).unwrap();
+    let (_, problems) = gimp_cohort::split::check_split_standalone(&p).unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
         problems[0].contains("the test part is empty"),

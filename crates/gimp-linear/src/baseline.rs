@@ -3,7 +3,7 @@
 //! on validation and test.
 
 use crate::{fit_predict, LogisticConfig};
-use gimp_cohort::split::{check_scheme, make_splits, Scheme};
+use gimp_cohort::split::{check_classes, make_splits, Scheme};
 use gimp_cohort::Cohort;
 use gimp_io::expression::ExpressionTransform;
 use gimp_io::splits::Part;
@@ -77,12 +77,44 @@ pub fn splits(c: &Cohort, kfold: Option<usize>, seed: u64) -> Result<Vec<Split>,
                 k: k.max(2),
                 val: 0.0,
             };
-            check_scheme(&labels, scheme).map_err(BaselineError::Scheme)?;
+            check_classes(&labels, scheme).map_err(BaselineError::Scheme)?;
             Ok(make_splits(&labels, scheme, seed))
         }
         None if c.folds.is_empty() => Err(BaselineError::NoSplits),
         None => Ok(c.folds.iter().map(|f| f.part.clone()).collect()),
     }
+}
+
+/// Each patient's expression after `transform`; `None` without expression.
+pub(crate) fn transformed_rows(
+    c: &Cohort,
+    transform: ExpressionTransform,
+) -> Vec<Option<Vec<f32>>> {
+    c.patients
+        .iter()
+        .map(|p| c.expression_of(p).map(|r| transform.apply_row(r)))
+        .collect()
+}
+
+/// Split `k`'s training, validation and test patients that have expression (`rows`); an
+/// empty training or test part is an error.
+pub(crate) fn parts(
+    split: &Split,
+    rows: &[Option<Vec<f32>>],
+    k: usize,
+) -> Result<[Vec<usize>; 3], BaselineError> {
+    let members = |part: Part| -> Vec<usize> {
+        split
+            .iter()
+            .filter(|(i, p)| **p == part && rows[**i].is_some())
+            .map(|(i, _)| *i)
+            .collect()
+    };
+    let [train, val, test] = [Part::Train, Part::Val, Part::Test].map(members);
+    if train.is_empty() || test.is_empty() {
+        return Err(BaselineError::EmptySplit(k));
+    }
+    Ok([train, val, test])
 }
 
 /// Runs the baseline on every split of `splits`: expression transformed with `transform`, z-scored
@@ -97,30 +129,12 @@ pub fn cross_validate(
     seed: u64,
 ) -> Result<LogregResult, BaselineError> {
     let expr = c.expression.as_ref().ok_or(BaselineError::NoExpression)?;
-    let rows: Vec<Option<Vec<f32>>> = c
-        .patients
-        .iter()
-        .map(|p| c.expression_of(p).map(|r| transform.apply_row(r)))
-        .collect();
+    let rows = transformed_rows(c, transform);
     let labels: Vec<usize> = c.patients.iter().map(|p| p.label).collect();
     let nc = c.label_map.len();
     let mut out = Vec::new();
     for (k, split) in splits.iter().enumerate() {
-        let members = |part: Part| -> Vec<usize> {
-            split
-                .iter()
-                .filter(|(i, p)| **p == part && rows[**i].is_some())
-                .map(|(i, _)| *i)
-                .collect()
-        };
-        let (train, val, test) = (
-            members(Part::Train),
-            members(Part::Val),
-            members(Part::Test),
-        );
-        if train.is_empty() || test.is_empty() {
-            return Err(BaselineError::EmptySplit(k));
-        }
+        let [train, val, test] = parts(split, &rows, k)?;
         let get = |ids: &[usize]| -> Vec<&[f32]> {
             ids.iter().filter_map(|&i| rows[i].as_deref()).collect()
         };

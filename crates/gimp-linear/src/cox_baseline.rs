@@ -3,13 +3,12 @@
 //! per split an L2-penalised Cox model on the training part's standardised genes, its penalty
 //! chosen on the validation part when several are given, and Harrell's c-index on the test part.
 
-use crate::baseline::{BaselineError, Split};
+use crate::baseline::{parts, transformed_rows, BaselineError, Split};
 use crate::{CoxConfig, CoxModel, Standardiser};
 use gimp_cohort::split::{make_splits, Scheme};
-use gimp_cohort::survival::{class_and_survival_strata, Outcome};
+use gimp_cohort::survival::Outcome;
 use gimp_cohort::Cohort;
 use gimp_io::expression::ExpressionTransform;
-use gimp_io::splits::Part;
 use gimp_metrics::survival::{
     concordance_bootstrap, concordance_index_censored, Concordance, Outcomes, TIED_TOL,
 };
@@ -112,16 +111,9 @@ pub fn splits(
     let Some(k) = kfold else {
         return Ok(crate::baseline::splits(c, None, seed)?);
     };
-    let outcomes = outcomes(c)?;
+    outcomes(c)?;
     let scheme = Scheme::kfold(k, val).map_err(BaselineError::Scheme)?;
-    let bins = c.file.config.survival.as_ref().map_or(4, |s| s.bins);
-    let labels: Vec<usize> = c.patients.iter().map(|p| p.label).collect();
-    let strata = class_and_survival_strata(&labels, outcomes, bins)
-        .and_then(|s| {
-            gimp_cohort::survival::check_scheme(outcomes, scheme)?;
-            Ok(s)
-        })
-        .map_err(BaselineError::Scheme)?;
+    let strata = c.split_strata(scheme).map_err(BaselineError::Scheme)?;
     Ok(make_splits(&strata, scheme, seed))
 }
 
@@ -151,29 +143,11 @@ pub fn cross_validate(
             "{bad} is not a number > 0"
         )));
     }
-    let rows: Vec<Option<Vec<f32>>> = c
-        .patients
-        .iter()
-        .map(|p| c.expression_of(p).map(|r| transform.apply_row(r)))
-        .collect();
+    let rows = transformed_rows(c, transform);
     let mut folds = Vec::new();
     for (k, split) in splits.iter().enumerate() {
         let fold_error = |message: String| CoxBaselineError::Fold { fold: k, message };
-        let members = |part: Part| -> Vec<usize> {
-            split
-                .iter()
-                .filter(|(i, p)| **p == part && rows[**i].is_some())
-                .map(|(i, _)| *i)
-                .collect()
-        };
-        let (train, val, test) = (
-            members(Part::Train),
-            members(Part::Val),
-            members(Part::Test),
-        );
-        if train.is_empty() || test.is_empty() {
-            return Err(BaselineError::EmptySplit(k).into());
-        }
+        let [train, val, test] = parts(split, &rows, k)?;
         let train_rows: Vec<&[f32]> = train.iter().filter_map(|&i| rows[i].as_deref()).collect();
         let scaler = Standardiser::fit(&train_rows);
         let standardised = |ids: &[usize]| -> Vec<Vec<f64>> {

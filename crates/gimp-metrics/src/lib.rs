@@ -8,14 +8,36 @@ pub mod calibration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// A point estimate with a 95% interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
+    #[serde(deserialize_with = "nan_as_null")]
     pub value: f64,
+    #[serde(deserialize_with = "nan_as_null")]
     pub low: f64,
+    #[serde(deserialize_with = "nan_as_null")]
     pub high: f64,
+}
+
+/// Reads back a figure that JSON wrote: serde_json writes NaN (a metric without a value) as
+/// `null`, which is read as NaN again.
+pub fn nan_as_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// [`nan_as_null`] for a list of figures.
+pub fn nans_as_nulls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    Ok(Vec::<Option<f64>>::deserialize(d)?
+        .into_iter()
+        .map(|v| v.unwrap_or(f64::NAN))
+        .collect())
+}
+
+/// A figure missing from a file written before it was reported.
+fn missing() -> f64 {
+    f64::NAN
 }
 
 /// Wilson score interval for a proportion `k / n` at 95%.
@@ -170,16 +192,19 @@ pub fn roc_auc_bootstrap(
 }
 
 /// Every metric of `docs/DESIGN.md` §10 for one evaluated set.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub n: usize,
     pub accuracy: Estimate,
+    #[serde(deserialize_with = "nan_as_null")]
     pub balanced_accuracy: f64,
     pub roc_auc: Option<Estimate>,
+    #[serde(deserialize_with = "nan_as_null")]
     pub macro_f1: f64,
     pub confusion: Vec<Vec<usize>>,
     /// Expected calibration error of the top-label probability
-    /// ([`calibration::DEFAULT_BINS`] bins).
+    /// ([`calibration::DEFAULT_BINS`] bins); NaN in files written before it was reported.
+    #[serde(deserialize_with = "nan_as_null", default = "missing")]
     pub ece: f64,
 }
 

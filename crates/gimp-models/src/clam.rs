@@ -3,10 +3,10 @@
 //! `attention_net.{2|3}.attention_{a,b,c}`, `classifiers`, `instance_classifiers.{c}`): index 3
 //! when the fc block has a Dropout (CLAM 2024+, or 2021 with `--drop_out`), 2 otherwise.
 
-use crate::abmil::{gated_pool_step_bytes, GatedAttention};
 use crate::arch::{
     config, count_indexed, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
 };
+use crate::gated_attention::{gated_pool_step_bytes, GatedAttention};
 use crate::model::{bag, Input, Model, Output};
 use candle_core::{Result, Tensor, D};
 use gimp_nn::loss;
@@ -217,7 +217,7 @@ impl Clam {
 }
 
 impl Model for Clam {
-    /// The gated-attention pooling's estimate (`abmil::gated_pool_step_bytes`).
+    /// The gated-attention pooling's estimate (`gated_attention::gated_pool_step_bytes`).
     fn training_step_bytes(&self, patches: usize) -> Option<u64> {
         Some(gated_pool_step_bytes(
             self.cfg.d_in,

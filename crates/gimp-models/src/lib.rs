@@ -8,6 +8,7 @@ pub mod bilinear_fusion;
 pub mod biovil;
 pub mod clam;
 pub mod dsmil;
+pub mod gated_attention;
 pub mod gimp;
 pub mod group_msa;
 pub mod image_omic;

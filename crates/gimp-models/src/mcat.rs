@@ -6,10 +6,10 @@
 //! transformer (8 heads, FFN 512), gated attention pooling and ρ; the two vectors are
 //! concatenated through two ReLU layers into the classifier. Names are the reference's.
 
-use crate::abmil::GatedAttention;
 use crate::arch::{
     config, count_indexed, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
 };
+use crate::gated_attention::GatedAttention;
 use crate::model::{bag, expression, Input, Model, Output};
 use crate::transformer::{EncoderLayer, MultiheadAttention as Mha};
 use candle_core::{Result, Tensor};

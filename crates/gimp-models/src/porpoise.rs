@@ -3,11 +3,11 @@
 //! a two-block SNN on expression (256, 256), gated bilinear fusion with both gates, scale 8 and
 //! skip, then `classifier_mm`. Names are the reference's, so its state dicts load as they are.
 
-use crate::abmil::GatedAttention;
 use crate::arch::{
     config, count_indexed, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
 };
 use crate::bilinear_fusion::{BilinearFusion, BilinearFusionConfig};
+use crate::gated_attention::GatedAttention;
 use crate::model::{bag, expression, Input, Model, Output};
 use candle_core::{Result, Tensor};
 use gimp_nn::{ops, Activation, Linear, Mode, Scope};

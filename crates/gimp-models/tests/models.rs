@@ -410,7 +410,7 @@ fn aggregator_in_place_inference_matches_the_graph_path() {
 /// instances chosen for clustering and every parameter's gradient.
 #[test]
 fn gated_pooling_fused_and_graph_paths_agree() {
-    use gimp_models::abmil::GatedAttention;
+    use gimp_models::gated_attention::GatedAttention;
     use gimp_nn::Linear;
     let store = ParamStore::new(9);
     let s = store.root();

@@ -16,7 +16,7 @@ pub enum PredictError {
     #[error("{0}")]
     Io(#[from] gimp_io::DataError),
     #[error("{0}")]
-    Data(#[from] gimp_train::data::DataErr),
+    Data(#[from] gimp_train::error::TrainError),
     #[error("{0}")]
     Patch(#[from] gimp_slide::batch::PatchError),
     #[error("{0}")]

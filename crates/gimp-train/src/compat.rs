@@ -4,7 +4,8 @@
 //! 256-wide features ends in a shape error deep inside a layer, and features of the right width
 //! from another encoder give a silently wrong answer.
 
-use crate::data::{DataErr, Prepared, Result};
+use crate::data::Prepared;
+use crate::error::{Result, TrainError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -103,7 +104,7 @@ impl FeatureKind {
             Some(e) => format!("extract the slide's features with '{e}'"),
             None => format!("give features {} wide", self.width),
         };
-        Err(DataErr::Msg(format!(
+        Err(TrainError::Msg(format!(
             "{}: {} found, but {model} expects {}: {how}",
             file.display(),
             found.describe(),

@@ -3,12 +3,24 @@
 //! whole pipeline in minutes on two cores. Every choice is a type, checked when the file is
 //! read: a bad value is an error naming the field, the value and the allowed values. The
 //! preset only chooses starting values; no behaviour depends on its name.
+//!
+//! Every setting type of a run is here: GiMP's run file ([`RunConfig`]), the task
+//! ([`TaskConfig`]), early stopping, the genes a model reads, and a compared system's settings
+//! ([`SupervisedConfig`], built in one place from its defaults and the overrides the CLI,
+//! `experiment` and Python pass: [`SupervisedConfig::build`]).
 
-use crate::trainer::EarlyStopping;
+use crate::error::{Result, TrainError};
 use gimp_io::expression::ExpressionTransform;
+pub use gimp_models::gimp::GeneEncoderKind;
+use gimp_models::gimp::GimpSettings;
 use gimp_models::group_msa::Tokenizer;
+use gimp_models::{ArchInfo, TrainingDefaults};
+use gimp_nn::checkpoint::Preprocessing;
 use gimp_nn::loss::Mining;
+use gimp_nn::optim::Kind;
+use gimp_nn::survival::{SurvivalLoss, REFERENCE_ALPHA};
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// The named starting points of a run file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,22 +46,12 @@ impl Preset {
 impl std::str::FromStr for Preset {
     type Err = String;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
         Self::ALL
             .into_iter()
             .find(|p| p.name() == s)
             .ok_or_else(|| format!("unknown preset '{s}', expected one of: paper, demo"))
     }
-}
-
-/// GiMP's gene encoder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GeneEncoderKind {
-    /// GroupMSA (the paper).
-    GroupMsa,
-    /// SNN (the Table 2 ablation).
-    Snn,
 }
 
 /// Which inputs the fine-tuned model sees.
@@ -66,7 +68,7 @@ pub enum Modalities {
 
 impl std::str::FromStr for Modalities {
     type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "both" => Ok(Self::Both),
             "image" => Ok(Self::Image),
@@ -102,7 +104,7 @@ pub struct RunConfig {
     /// Classification (default) or survival with its loss (`docs/DESIGN.md` §34): every stage
     /// trains for it — the gene encoder's and the fine-tuned head's loss, the triplets' groups.
     #[serde(default)]
-    pub task: crate::objective::TaskConfig,
+    pub task: TaskConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +127,23 @@ pub struct ModelConfig {
     pub head_dropout: f64,
     /// Expression transform before z-scoring: `log2p1` (FPKM) or `none`.
     pub transform: ExpressionTransform,
+}
+
+impl ModelConfig {
+    /// GiMP's sizes and gene encoder as this `[model]` sets them.
+    pub fn gimp(&self) -> GimpSettings {
+        GimpSettings {
+            dim: self.dim,
+            heads: self.heads,
+            landmarks: self.landmarks,
+            gene_encoder: self.gene_encoder,
+            fragment: self.fragment,
+            groups: self.groups,
+            gene_tokenizer: self.gene_tokenizer,
+            gene_dropout: self.gene_dropout,
+            head_dropout: self.head_dropout,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -293,17 +312,15 @@ impl RunConfig {
                 early_stopping: None,
                 accumulate: 1,
             },
-            task: crate::objective::TaskConfig::default(),
+            task: TaskConfig::default(),
         }
     }
 
-    /// Sets the task. The Cox loss compares the patients of one fine-tuning step, so a
-    /// fine-tuning step of one patient becomes MCAT's 32 (`objective::COX_UNIT`).
-    pub fn set_task(&mut self, task: crate::objective::TaskConfig) {
+    /// Sets the task, and the fine-tuning step's patients as it needs them
+    /// ([`TaskConfig::patients_per_step`]).
+    pub fn set_task(&mut self, task: TaskConfig) {
         self.task = task;
-        if task.is_cox() && self.finetune.accumulate < 2 {
-            self.finetune.accumulate = crate::objective::COX_UNIT;
-        }
+        self.finetune.accumulate = task.patients_per_step(self.finetune.accumulate);
     }
 
     /// Small and fast: the whole pipeline in minutes on a laptop CPU.
@@ -349,7 +366,7 @@ impl RunConfig {
 
     /// Reads a run file: `preset = "…"` selects the base, any other field overrides it. Errors
     /// name the field (`finetune.modalities`), the value and what was expected.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
+    pub fn from_toml(text: &str) -> std::result::Result<Self, String> {
         let overrides: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
         let base = match overrides.get("preset") {
             None => Preset::Paper,
@@ -372,6 +389,545 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
             (_, v) => {
                 base.insert(k, v);
             }
+        }
+    }
+}
+
+/// Early stopping as CLAM's `EarlyStopping`: after an epoch whose validation loss is not at
+/// most the lowest so far, a counter goes up (an equal loss resets it, as in CLAM); training
+/// ends once the counter reaches `patience` after an epoch whose 0-based index is above
+/// `stop_epoch`. The epoch kept is still the best by the selection rule ([`better`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    pub patience: usize,
+    pub stop_epoch: usize,
+}
+
+impl EarlyStopping {
+    /// CLAM's defaults (`patience=20, stop_epoch=50`).
+    pub const CLAM: Self = Self {
+        patience: 20,
+        stop_epoch: 50,
+    };
+
+    /// `base` with a patience and stop epoch given on a command line; patience 0 turns early
+    /// stopping off, and a value given where `base` is off starts from CLAM's.
+    pub fn with_overrides(
+        base: Option<Self>,
+        patience: Option<usize>,
+        stop_epoch: Option<usize>,
+    ) -> Option<Self> {
+        if patience == Some(0) {
+            return None;
+        }
+        if patience.is_none() && stop_epoch.is_none() {
+            return base;
+        }
+        let e = base.unwrap_or(Self::CLAM);
+        Some(Self {
+            patience: patience.unwrap_or(e.patience),
+            stop_epoch: stop_epoch.unwrap_or(e.stop_epoch),
+        })
+    }
+}
+
+/// Which question a run answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// The cohort's classes (the label column).
+    #[default]
+    Classification,
+    /// Time to event from the cohort file's `[survival]` section.
+    Survival,
+}
+
+impl TaskKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Classification => "classification",
+            TaskKind::Survival => "survival",
+        }
+    }
+}
+
+impl std::str::FromStr for TaskKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "classification" => Ok(TaskKind::Classification),
+            "survival" => Ok(TaskKind::Survival),
+            other => Err(format!(
+                "unknown task '{other}', expected classification or survival"
+            )),
+        }
+    }
+}
+
+/// The `[task]` of a run file (and `--task`, `--loss`, `--alpha`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    #[serde(default)]
+    pub kind: TaskKind,
+    /// Survival only: `nll` (MCAT's discrete-time likelihood, the default) or `cox`.
+    #[serde(default)]
+    pub loss: SurvivalLoss,
+    /// Survival NLL only: the weight of the uncensored-only term (MCAT's `alpha_surv`; 0 as
+    /// both references' scripts default it).
+    #[serde(default = "reference_alpha")]
+    pub alpha: f64,
+}
+
+fn reference_alpha() -> f64 {
+    REFERENCE_ALPHA
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        Self {
+            kind: TaskKind::Classification,
+            loss: SurvivalLoss::Nll,
+            alpha: REFERENCE_ALPHA,
+        }
+    }
+}
+
+impl TaskConfig {
+    /// A survival task with `loss` and the references' alpha.
+    pub fn survival(loss: SurvivalLoss) -> Self {
+        Self {
+            kind: TaskKind::Survival,
+            loss,
+            ..Self::default()
+        }
+    }
+
+    /// `self` with what a command line or a caller asked for; `None` when nothing was asked.
+    /// A survival loss or alpha asks for survival.
+    pub fn overridden(
+        self,
+        kind: Option<TaskKind>,
+        loss: Option<SurvivalLoss>,
+        alpha: Option<f64>,
+    ) -> Option<Self> {
+        if kind.is_none() && loss.is_none() && alpha.is_none() {
+            return None;
+        }
+        let mut t = self;
+        t.kind = kind.unwrap_or(TaskKind::Survival);
+        t.loss = loss.unwrap_or(t.loss);
+        t.alpha = alpha.unwrap_or(t.alpha);
+        Some(t)
+    }
+
+    /// Whether the gene-only logistic regression is a row of this task's tables (a classifier:
+    /// a survival table's linear counterpart is `gimp-rs baseline cox`).
+    pub fn has_logistic_baseline(&self) -> bool {
+        self.kind == TaskKind::Classification
+    }
+
+    pub fn is_cox(&self) -> bool {
+        self.kind == TaskKind::Survival && self.loss == SurvivalLoss::Cox
+    }
+
+    /// What a table or report says the task is: `classification`, `survival (nll, alpha 0)`.
+    pub fn describe(&self) -> String {
+        match (self.kind, self.loss) {
+            (TaskKind::Classification, _) => "classification".into(),
+            (TaskKind::Survival, SurvivalLoss::Nll) => {
+                format!("survival (discrete-time NLL, alpha {})", self.alpha)
+            }
+            (TaskKind::Survival, SurvivalLoss::Cox) => {
+                "survival (Cox partial likelihood, Breslow ties)".into()
+            }
+        }
+    }
+
+    /// The patients of one optimiser step where the run asks for `patients`: the Cox loss
+    /// compares the patients of a step, so a step of one patient becomes MCAT's
+    /// [`COX_UNIT`] (a number set afterwards overrides it); otherwise `patients`.
+    pub fn patients_per_step(&self, patients: usize) -> usize {
+        match self.is_cox() && patients < 2 {
+            true => COX_UNIT,
+            false => patients,
+        }
+    }
+
+    /// How a step of `accumulate` patients is taken: `(patients per unit of the loop, units
+    /// accumulated per step)`. One unit holds the whole step where the loss compares the
+    /// step's patients (Cox) or the model runs them as one batch (`batched`); otherwise one
+    /// patient a unit, their gradients accumulated.
+    pub fn units(&self, accumulate: usize, batched: bool) -> (usize, usize) {
+        match batched || self.is_cox() {
+            true if accumulate > 1 => (accumulate, 1),
+            _ => (1, accumulate),
+        }
+    }
+
+    /// Checks the patients per optimiser step a run gives the loss: Cox's partial likelihood
+    /// compares the patients of one step (§34), so it needs two at least; `field` names the
+    /// setting in errors.
+    pub fn check_unit(&self, unit: usize, field: &str) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err(TrainError::Msg(format!(
+                "task.alpha: {} is not in [0, 1]",
+                self.alpha
+            )));
+        }
+        if self.is_cox() && unit < 2 {
+            return Err(TrainError::Msg(format!(
+                "{field}: {unit} patient(s) per optimiser step, but the Cox loss compares the \
+                 patients of a step and needs at least 2 (MCAT's survival scripts use {COX_UNIT})"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Patients per optimiser step a Cox run takes when the model's own default is one patient:
+/// MCAT's and PORPOISE's gradient accumulation over 32 patients.
+pub const COX_UNIT: usize = 32;
+
+/// Which genes a model reads (`docs/DESIGN.md` §38).
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GeneSelection {
+    /// Every gene of the expression matrix.
+    #[default]
+    All,
+    /// The `k` genes of largest variance over the training split (after the transform, before
+    /// z-scoring); all genes when the cohort has `k` or fewer.
+    TopVariance(usize),
+    /// The genes named in a text file, one per line (`#` starts a comment; a CSV line's first
+    /// field; a first line naming no gene is a header), in the file's order.
+    List(PathBuf),
+}
+
+impl GeneSelection {
+    /// Positions (in `p.genes`) of the genes kept.
+    pub(crate) fn pick(&self, p: &Preprocessing) -> Result<Vec<usize>> {
+        match self {
+            GeneSelection::All => Ok((0..p.genes.len()).collect()),
+            GeneSelection::TopVariance(k) => {
+                if *k == 0 {
+                    return Err(TrainError::Msg(
+                        "gene selection: keep at least one gene (top-variance 0)".into(),
+                    ));
+                }
+                let mut order: Vec<usize> = (0..p.genes.len()).collect();
+                // Ties (e.g. constant genes) broken by position, so the choice is deterministic.
+                order.sort_by(|&a, &b| p.std[b].total_cmp(&p.std[a]).then(a.cmp(&b)));
+                order.truncate(*k);
+                order.sort_unstable();
+                Ok(order)
+            }
+            GeneSelection::List(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| gimp_io::DataError::io(path, e))?;
+                let strip = |g: &str| gimp_io::expression::strip_version(g).to_string();
+                let pos: std::collections::HashMap<String, usize> = p
+                    .genes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| (strip(g), i))
+                    .collect();
+                let mut keep = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                let mut header_allowed = true;
+                for (line_no, line) in text.lines().enumerate() {
+                    let line = line.split('#').next().unwrap_or("");
+                    let name = line.split([',', '\t']).next().unwrap_or("").trim();
+                    let name = name.trim_matches('"');
+                    if name.is_empty() {
+                        continue;
+                    }
+                    let first = std::mem::replace(&mut header_allowed, false);
+                    let Some(&i) = pos.get(&strip(name)) else {
+                        // A first line that names no gene is a column header.
+                        if first {
+                            continue;
+                        }
+                        return Err(TrainError::Msg(format!(
+                            "{}:{}: gene '{name}' is not in the cohort's expression matrix",
+                            path.display(),
+                            line_no + 1
+                        )));
+                    };
+                    if seen.insert(i) {
+                        keep.push(i);
+                    }
+                }
+                if keep.is_empty() {
+                    return Err(TrainError::Msg(format!(
+                        "{}: the gene list names no gene",
+                        path.display()
+                    )));
+                }
+                Ok(keep)
+            }
+        }
+    }
+}
+
+/// `all`, a number `K` (the `K` most variable genes of the training split) or a gene-list file.
+impl std::str::FromStr for GeneSelection {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        if s == "all" {
+            return Ok(GeneSelection::All);
+        }
+        if let Ok(k) = s.parse::<usize>() {
+            return match k {
+                0 => Err("keep at least one gene".into()),
+                k => Ok(GeneSelection::TopVariance(k)),
+            };
+        }
+        let path = PathBuf::from(s);
+        if path.is_file() {
+            Ok(GeneSelection::List(path))
+        } else {
+            Err(format!(
+                "'{s}' is neither 'all', a number of genes, nor a gene-list file"
+            ))
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SupervisedConfig {
+    pub arch: String,
+    pub seed: u64,
+    pub fold: usize,
+    pub epochs: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// `adam_l2` (Adam with L2, as CLAM, PORPOISE and MCAT) or `adamw`.
+    pub optimizer: Kind,
+    /// Cosine decay over the run (else a constant rate, as the reference code).
+    pub cosine: bool,
+    /// Random cap on patches per training bag.
+    pub max_patches: Option<usize>,
+    /// Refuse, before training, a bag whose step would need more gigabytes than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_gb: Option<f64>,
+    /// Adam's (β₁, β₂).
+    pub betas: (f64, f64),
+    /// Patients whose gradients are averaged into one optimiser step. A last, smaller group
+    /// steps at the end of the epoch.
+    pub accumulate: usize,
+    /// MCAT: its `signatures.csv` (one column of gene symbols per group); the groups are the
+    /// expression's genes found in each column. Without it, six equal contiguous chunks.
+    #[serde(default)]
+    pub signatures: Option<PathBuf>,
+    /// The genes an expression-reading model trains on, chosen on the training split.
+    #[serde(default)]
+    pub genes: GeneSelection,
+    /// CLAM's early stopping by default; `None` trains every epoch.
+    #[serde(default = "clam_early_stopping")]
+    pub early_stopping: Option<EarlyStopping>,
+    /// The image–omic adaptations' (MGCA, BioViL, REFERS) self-supervised stage before
+    /// fine-tuning; ignored by the other models.
+    #[serde(default)]
+    pub self_supervised: SelfSupervisedStage,
+    /// Classification (default) or survival, with its loss (`docs/DESIGN.md` §34).
+    #[serde(default)]
+    pub task: TaskConfig,
+}
+
+/// Self-supervised pre-training of an image–omic adaptation (MGCA's optimiser: AdamW,
+/// lr 2e-5, weight decay 0.05, warm-up over the first 40% of steps then cosine).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelfSupervisedStage {
+    pub epochs: usize,
+    /// Patients per batch (the contrastive losses need several).
+    pub batch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for SelfSupervisedStage {
+    fn default() -> Self {
+        Self {
+            epochs: 50,
+            batch: 16,
+            lr: 2e-5,
+            weight_decay: 0.05,
+        }
+    }
+}
+
+fn clam_early_stopping() -> Option<EarlyStopping> {
+    Some(EarlyStopping::CLAM)
+}
+
+impl SupervisedConfig {
+    /// The model's own training defaults (its [`TrainingDefaults`]), CLAM's early stopping.
+    pub fn defaults(arch: &ArchInfo) -> Result<Self> {
+        let d: TrainingDefaults = arch.supervised_defaults()?;
+        Ok(Self {
+            arch: arch.name.into(),
+            seed: 0,
+            fold: 0,
+            epochs: d.epochs,
+            lr: d.lr,
+            weight_decay: d.weight_decay,
+            optimizer: d.optimizer,
+            cosine: d.cosine,
+            max_patches: None,
+            memory_limit_gb: None,
+            betas: d.betas,
+            accumulate: d.accumulate,
+            signatures: None,
+            genes: d
+                .top_variance_genes
+                .map_or(GeneSelection::All, GeneSelection::TopVariance),
+            early_stopping: clam_early_stopping(),
+            self_supervised: SelfSupervisedStage::default(),
+            task: TaskConfig::default(),
+        })
+    }
+
+    /// Sets the task, and the optimiser step's patients as it needs them
+    /// ([`TaskConfig::patients_per_step`]).
+    pub fn set_task(&mut self, task: TaskConfig) {
+        self.task = task;
+        self.accumulate = task.patients_per_step(self.accumulate);
+    }
+
+    /// The one way a compared system's run is configured (`gimp-rs train`, `experiment`,
+    /// Python's `train`): the model's defaults, the recipe, the task, then what was asked for.
+    pub fn build(
+        arch: &ArchInfo,
+        seed: u64,
+        fold: usize,
+        recipe: TrainingRecipe,
+        task: TaskConfig,
+        o: &SupervisedOverrides,
+    ) -> Result<Self> {
+        let mut c = Self::defaults(arch)?;
+        c.seed = seed;
+        c.fold = fold;
+        recipe.apply(&mut c);
+        c.set_task(task);
+        if let Some(v) = o.pretrain_epochs {
+            c.self_supervised.epochs = v;
+        }
+        if let Some(v) = o.pretrain_lr {
+            c.self_supervised.lr = v;
+        }
+        if let Some(v) = o.pretrain_batch {
+            c.self_supervised.batch = v;
+        }
+        if let Some(v) = o.accumulate {
+            c.accumulate = v.max(1);
+        }
+        c.signatures = o.signatures.clone();
+        if let Some(g) = &o.genes {
+            c.genes = g.clone();
+        }
+        if let Some(v) = o.epochs {
+            c.epochs = v;
+        }
+        if let Some(v) = o.lr {
+            c.lr = v;
+        }
+        if let Some(v) = o.weight_decay {
+            c.weight_decay = v;
+        }
+        if let Some(v) = o.optimizer {
+            c.optimizer = v;
+        }
+        // Asking for a cosine turns one on; it never turns off DSMIL's own.
+        c.cosine |= o.cosine;
+        c.early_stopping =
+            EarlyStopping::with_overrides(c.early_stopping, o.patience, o.stop_epoch);
+        c.max_patches = o.max_patches;
+        c.memory_limit_gb = o.memory_limit_gb;
+        Ok(c)
+    }
+}
+
+/// What a command asks of a compared system's run beyond its defaults; `None` keeps the
+/// default ([`SupervisedConfig::build`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SupervisedOverrides {
+    pub epochs: Option<usize>,
+    pub lr: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub optimizer: Option<Kind>,
+    /// Cosine decay (turns it on; a model whose default is cosine keeps it).
+    pub cosine: bool,
+    /// Early stopping's patience (0: off) and stop epoch.
+    pub patience: Option<usize>,
+    pub stop_epoch: Option<usize>,
+    /// Random cap on patches per training bag (`None`: whole bags).
+    pub max_patches: Option<usize>,
+    pub memory_limit_gb: Option<f64>,
+    /// The image–omic adaptations' self-supervised stage.
+    pub pretrain_epochs: Option<usize>,
+    pub pretrain_lr: Option<f64>,
+    pub pretrain_batch: Option<usize>,
+    /// Patients per optimiser step.
+    pub accumulate: Option<usize>,
+    /// MCAT's signatures.csv.
+    pub signatures: Option<PathBuf>,
+    pub genes: Option<GeneSelection>,
+}
+
+/// How the compared systems are trained in an experiment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainingRecipe {
+    /// Each system as its reference code trains it (its `TrainingDefaults`, CLAM's early
+    /// stopping).
+    #[default]
+    Reference,
+    /// As the paper says it trained every row ("training configurations are consistent
+    /// throughout the fine-tuning process"): AdamW, lr 1e-4, weight decay 1e-4, cosine decay,
+    /// at most 70 epochs, one patient a step, the best validation epoch, no early stopping,
+    /// every gene.
+    Paper,
+}
+
+impl TrainingRecipe {
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainingRecipe::Reference => "reference",
+            TrainingRecipe::Paper => "paper",
+        }
+    }
+
+    /// The recipe applied to a compared system's reference defaults.
+    pub fn apply(self, c: &mut SupervisedConfig) {
+        if self == TrainingRecipe::Paper {
+            c.optimizer = Kind::AdamW;
+            c.lr = 1e-4;
+            c.weight_decay = 1e-4;
+            c.betas = (0.9, 0.999);
+            c.cosine = true;
+            c.epochs = 70;
+            c.accumulate = 1;
+            c.early_stopping = None;
+            // The paper's rows all read the cohort's every gene.
+            c.genes = GeneSelection::All;
+        }
+    }
+}
+
+impl std::str::FromStr for TrainingRecipe {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "reference" => Ok(TrainingRecipe::Reference),
+            "paper" => Ok(TrainingRecipe::Paper),
+            other => Err(format!(
+                "unknown recipe '{other}', expected reference or paper"
+            )),
         }
     }
 }

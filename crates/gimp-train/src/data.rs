@@ -2,7 +2,8 @@
 //! the memory-mapped cache on demand, so a 100 GB cohort never has to fit in memory), and the
 //! expression standardised with training-split statistics only (`docs/DESIGN.md` §3).
 
-use crate::config::Modalities;
+use crate::config::{GeneSelection, Modalities};
+use crate::error::{Result, TrainError};
 use candle_core::{Device, Tensor};
 use gimp_cohort::cache::FeatureCache;
 use gimp_cohort::Cohort;
@@ -10,21 +11,6 @@ use gimp_io::expression::ExpressionTransform;
 use gimp_io::splits::Part;
 use gimp_nn::checkpoint::Preprocessing;
 use std::path::{Path, PathBuf};
-
-#[derive(Debug, thiserror::Error)]
-pub enum DataErr {
-    #[error("{0}")]
-    Io(#[from] gimp_io::DataError),
-    #[error("{0}")]
-    Tensor(#[from] candle_core::Error),
-    #[error("{0}")]
-    Msg(String),
-    /// A stage stopped on request after this many epochs (its state is saved for `--resume`).
-    #[error("stopped after epoch {0}")]
-    Stopped(usize),
-}
-
-pub type Result<T> = std::result::Result<T, DataErr>;
 
 #[derive(Clone)]
 pub struct PatientData {
@@ -115,13 +101,13 @@ impl Prepared {
     /// Prepares split `fold` of `cohort`, its expression transformed by `t`.
     pub fn new(cohort: &Cohort, fold: usize, t: ExpressionTransform) -> Result<Self> {
         if !cohort.diagnostics.errors.is_empty() {
-            return Err(DataErr::Msg(format!(
+            return Err(TrainError::Msg(format!(
                 "the cohort has errors (see `gimp-rs cohort check`):\n  - {}",
                 cohort.diagnostics.errors.join("\n  - ")
             )));
         }
         let f = cohort.folds.get(fold).ok_or_else(|| {
-            DataErr::Msg(format!(
+            TrainError::Msg(format!(
                 "the cohort has {} split file(s); there is no split {fold}",
                 cohort.folds.len()
             ))
@@ -129,7 +115,7 @@ impl Prepared {
         let part = |p: Part| f.patients(p);
         let (train, val, test) = (part(Part::Train), part(Part::Val), part(Part::Test));
         if train.is_empty() || test.is_empty() {
-            return Err(DataErr::Msg(format!(
+            return Err(TrainError::Msg(format!(
                 "split {fold} has no training or no test patients"
             )));
         }
@@ -213,7 +199,7 @@ impl Prepared {
             return Ok(self);
         };
         if own.transform != p.transform {
-            return Err(DataErr::Msg(format!(
+            return Err(TrainError::Msg(format!(
                 "the model expects transform '{}', the run uses '{}'",
                 p.transform, own.transform
             )));
@@ -230,7 +216,7 @@ impl Prepared {
             .iter()
             .map(|g| {
                 pos.get(&strip(g)).copied().ok_or_else(|| {
-                    DataErr::Msg(format!(
+                    TrainError::Msg(format!(
                         "gene '{g}' of the model is not in the cohort's expression"
                     ))
                 })
@@ -285,7 +271,7 @@ impl Prepared {
             return Ok(None);
         }
         let cache = self.cache.as_ref().ok_or_else(|| {
-            DataErr::Msg("the cohort has slides but no [features] section".into())
+            TrainError::Msg("the cohort has slides but no [features] section".into())
         })?;
         let mut parts = Vec::new();
         for (id, path) in &p.slides {
@@ -302,7 +288,7 @@ impl Prepared {
             return Ok(0);
         }
         let cache = self.cache.as_ref().ok_or_else(|| {
-            DataErr::Msg("the cohort has slides but no [features] section".into())
+            TrainError::Msg("the cohort has slides but no [features] section".into())
         })?;
         let mut n = 0;
         for (id, path) in &p.slides {
@@ -359,7 +345,8 @@ impl Prepared {
         let Some((i, n)) = self.largest_bag(patients, cap)?.filter(|&(_, n)| n > 0) else {
             return Ok(());
         };
-        let unknown = || DataErr::Msg("--memory-limit: this model has no memory estimate".into());
+        let unknown =
+            || TrainError::Msg("--memory-limit: this model has no memory estimate".into());
         let need = estimate(n).ok_or_else(unknown)?;
         if need <= limit {
             return Ok(());
@@ -379,7 +366,7 @@ impl Prepared {
                 format!("bags of up to {lo} patches fit (--max-patches {lo} caps them at random)")
             }
         };
-        Err(DataErr::Msg(format!(
+        Err(TrainError::Msg(format!(
             "patient {}: a training step on its bag of {n} patches needs an estimated {:.1} GB, \
              over --memory-limit {limit_gb} GB; {fits}",
             self.patients[i].case_id,
@@ -392,112 +379,6 @@ impl Prepared {
             Some(v) => Some(Tensor::from_slice(v, v.len(), &Device::Cpu)?),
             None => None,
         })
-    }
-}
-
-/// Which genes a model reads (`docs/DESIGN.md` §38).
-#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GeneSelection {
-    /// Every gene of the expression matrix.
-    #[default]
-    All,
-    /// The `k` genes of largest variance over the training split (after the transform, before
-    /// z-scoring); all genes when the cohort has `k` or fewer.
-    TopVariance(usize),
-    /// The genes named in a text file, one per line (`#` starts a comment; a CSV line's first
-    /// field; a first line naming no gene is a header), in the file's order.
-    List(PathBuf),
-}
-
-impl GeneSelection {
-    /// Positions (in `p.genes`) of the genes kept.
-    fn pick(&self, p: &Preprocessing) -> Result<Vec<usize>> {
-        match self {
-            GeneSelection::All => Ok((0..p.genes.len()).collect()),
-            GeneSelection::TopVariance(k) => {
-                if *k == 0 {
-                    return Err(DataErr::Msg(
-                        "gene selection: keep at least one gene (top-variance 0)".into(),
-                    ));
-                }
-                let mut order: Vec<usize> = (0..p.genes.len()).collect();
-                // Ties (e.g. constant genes) broken by position, so the choice is deterministic.
-                order.sort_by(|&a, &b| p.std[b].total_cmp(&p.std[a]).then(a.cmp(&b)));
-                order.truncate(*k);
-                order.sort_unstable();
-                Ok(order)
-            }
-            GeneSelection::List(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|e| gimp_io::DataError::io(path, e))?;
-                let strip = |g: &str| gimp_io::expression::strip_version(g).to_string();
-                let pos: std::collections::HashMap<String, usize> = p
-                    .genes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, g)| (strip(g), i))
-                    .collect();
-                let mut keep = Vec::new();
-                let mut seen = std::collections::HashSet::new();
-                let mut header_allowed = true;
-                for (line_no, line) in text.lines().enumerate() {
-                    let line = line.split('#').next().unwrap_or("");
-                    let name = line.split([',', '\t']).next().unwrap_or("").trim();
-                    let name = name.trim_matches('"');
-                    if name.is_empty() {
-                        continue;
-                    }
-                    let first = std::mem::replace(&mut header_allowed, false);
-                    let Some(&i) = pos.get(&strip(name)) else {
-                        // A first line that names no gene is a column header.
-                        if first {
-                            continue;
-                        }
-                        return Err(DataErr::Msg(format!(
-                            "{}:{}: gene '{name}' is not in the cohort's expression matrix",
-                            path.display(),
-                            line_no + 1
-                        )));
-                    };
-                    if seen.insert(i) {
-                        keep.push(i);
-                    }
-                }
-                if keep.is_empty() {
-                    return Err(DataErr::Msg(format!(
-                        "{}: the gene list names no gene",
-                        path.display()
-                    )));
-                }
-                Ok(keep)
-            }
-        }
-    }
-}
-
-/// `all`, a number `K` (the `K` most variable genes of the training split) or a gene-list file.
-impl std::str::FromStr for GeneSelection {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        if s == "all" {
-            return Ok(GeneSelection::All);
-        }
-        if let Ok(k) = s.parse::<usize>() {
-            return match k {
-                0 => Err("keep at least one gene".into()),
-                k => Ok(GeneSelection::TopVariance(k)),
-            };
-        }
-        let path = PathBuf::from(s);
-        if path.is_file() {
-            Ok(GeneSelection::List(path))
-        } else {
-            Err(format!(
-                "'{s}' is neither 'all', a number of genes, nor a gene-list file"
-            ))
-        }
     }
 }
 
@@ -514,11 +395,10 @@ pub fn standardise(raw: &[f32], p: &Preprocessing) -> Vec<f32> {
 /// statistics.
 pub fn expression_row(matrix: &Path, sample: &str, p: &Preprocessing) -> Result<Tensor> {
     let mat = gimp_io::expression::read_matrix(matrix, gimp_io::expression::Orientation::Auto)?;
-    let row = mat
-        .sample_index()
-        .get(sample)
-        .copied()
-        .ok_or_else(|| DataErr::Msg(format!("{}: no sample '{sample}'", matrix.display())))?;
+    let row =
+        mat.sample_index().get(sample).copied().ok_or_else(|| {
+            TrainError::Msg(format!("{}: no sample '{sample}'", matrix.display()))
+        })?;
     let pos: std::collections::HashMap<&str, usize> = mat
         .genes
         .iter()
@@ -530,7 +410,7 @@ pub fn expression_row(matrix: &Path, sample: &str, p: &Preprocessing) -> Result<
     let mut ordered = Vec::with_capacity(p.genes.len());
     for g in &p.genes {
         let Some(&i) = pos.get(gimp_io::expression::strip_version(g)) else {
-            return Err(DataErr::Msg(format!(
+            return Err(TrainError::Msg(format!(
                 "{}: gene '{g}' of the checkpoint is missing",
                 matrix.display()
             )));

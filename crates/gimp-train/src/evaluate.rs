@@ -2,7 +2,8 @@
 //! has; and the patient embeddings (`CLS_pat`) for plots and analysis.
 
 use crate::compat::FeatureKind;
-use crate::data::{DataErr, Prepared, Result};
+use crate::data::Prepared;
+use crate::error::{Result, TrainError};
 use gimp_io::splits::Part;
 use gimp_metrics::calibration::{self, Calibration};
 use gimp_metrics::Report;
@@ -40,7 +41,7 @@ pub struct TemperatureFit {
 /// `data` by minimising the negative log-likelihood; the predicted classes do not change.
 pub fn fit_temperature(m: &Loaded, data: &Prepared) -> Result<TemperatureFit> {
     if m.survival.is_some() {
-        return Err(DataErr::Msg(format!(
+        return Err(TrainError::Msg(format!(
             "{} is a survival model: its outputs are hazards or a log-risk, not class \
              probabilities a temperature could calibrate",
             m.arch.name
@@ -48,7 +49,7 @@ pub fn fit_temperature(m: &Loaded, data: &Prepared) -> Result<TemperatureFit> {
     }
     let (y, probs) = predictions(m, data, Part::Val, 1.0)?;
     if y.is_empty() {
-        return Err(DataErr::Msg(
+        return Err(TrainError::Msg(
             "no validation patient has the input this model reads: a temperature is fitted on \
              the validation split"
                 .into(),
@@ -114,7 +115,7 @@ impl ModelSource {
         weights: Option<&std::path::Path>,
     ) -> Result<Self> {
         let loading = |p: &std::path::Path, e: candle_core::Error| {
-            DataErr::Msg(format!("loading {}: {e}", p.display()))
+            TrainError::Msg(format!("loading {}: {e}", p.display()))
         };
         match (checkpoint, arch, weights) {
             (Some(path), _, _) => {
@@ -145,7 +146,7 @@ impl ModelSource {
                     training: None,
                 })
             }
-            _ => Err(DataErr::Msg(
+            _ => Err(TrainError::Msg(
                 "give --checkpoint, or --arch with --weights".into(),
             )),
         }
@@ -204,7 +205,7 @@ pub fn patch_scores(
 ) -> Result<Vec<f32>> {
     let name = m.arch.name;
     if !m.arch.input.reads_slides() {
-        return Err(DataErr::Msg(format!(
+        return Err(TrainError::Msg(format!(
             "{name} reads expression only: it has no per-patch scores"
         )));
     }
@@ -212,11 +213,11 @@ pub fn patch_scores(
         .arch
         .input
         .select(Some(bag), expression)
-        .map_err(|missing| DataErr::Msg(format!("{name} {missing}")))?;
+        .map_err(|missing| TrainError::Msg(format!("{name} {missing}")))?;
     let out = m.model.forward(&input, &Mode::inference())?;
     let scores = out
         .attention
-        .ok_or_else(|| DataErr::Msg(format!("{name} returned no per-patch scores")))?;
+        .ok_or_else(|| TrainError::Msg(format!("{name} returned no per-patch scores")))?;
     Ok(scores.to_vec1()?)
 }
 
@@ -291,7 +292,7 @@ pub fn evaluate(m: &Loaded, data: &Prepared, part: Part, seed: u64) -> Result<Ev
         g.1.push(p);
     }
     if all.0.is_empty() {
-        return Err(DataErr::Msg(format!(
+        return Err(TrainError::Msg(format!(
             "no patient of the {} split has the input this model reads",
             part.name()
         )));
@@ -316,9 +317,9 @@ pub struct SurvivalEvaluation {
     /// `nll` or `cox`.
     pub loss: String,
     pub unit: String,
-    pub scores: crate::objective::SurvivalScores,
+    pub scores: crate::task::SurvivalScores,
     #[serde(skip)]
-    pub predictions: crate::trainer::Predictions,
+    pub predictions: crate::predictions::Predictions,
 }
 
 /// Evaluates a survival checkpoint (`m.survival`) on `part`: Harrell's c-index with a bootstrap
@@ -331,7 +332,7 @@ pub fn evaluate_survival(
     seed: u64,
 ) -> Result<SurvivalEvaluation> {
     let head = m.survival.as_ref().ok_or_else(|| {
-        DataErr::Msg(format!(
+        TrainError::Msg(format!(
             "{} is not a survival model (its checkpoint records no survival head)",
             m.arch.name
         ))
@@ -340,14 +341,14 @@ pub fn evaluate_survival(
         .survival
         .as_ref()
         .ok_or_else(|| {
-            DataErr::Msg(
+            TrainError::Msg(
                 "the checkpoint is a survival model but the cohort file has no [survival] \
                  section to evaluate it against"
                     .into(),
             )
         })?
         .outcomes;
-    let mut p = crate::trainer::Predictions::default();
+    let mut p = crate::predictions::Predictions::default();
     for &i in split_indices(data, part) {
         let Some(out) = run_patient(m, data, i)? else {
             continue;
@@ -360,7 +361,7 @@ pub fn evaluate_survival(
         p.event.push(outcomes[i].event);
     }
     if p.patients.is_empty() {
-        return Err(DataErr::Msg(format!(
+        return Err(TrainError::Msg(format!(
             "no patient of the {} split has the input this model reads",
             part.name()
         )));
@@ -375,8 +376,30 @@ pub fn evaluate_survival(
         split: part.name().to_string(),
         loss: head.loss.name().to_string(),
         unit: head.unit.clone(),
-        scores: crate::objective::score(train, &p, head, seed),
+        scores: crate::task::score(train, &p, head, seed),
         predictions: p,
+    })
+}
+
+/// A checkpoint's figures on a split, in the terms of the task it was trained for.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum CheckpointEvaluation {
+    Classification(Evaluation),
+    Survival(SurvivalEvaluation),
+}
+
+/// Evaluates any checkpoint on `part`: [`evaluate_survival`] where it records a survival head,
+/// else [`evaluate`].
+pub fn evaluate_checkpoint(
+    m: &Loaded,
+    data: &Prepared,
+    part: Part,
+    seed: u64,
+) -> Result<CheckpointEvaluation> {
+    Ok(match m.survival {
+        Some(_) => CheckpointEvaluation::Survival(evaluate_survival(m, data, part, seed)?),
+        None => CheckpointEvaluation::Classification(evaluate(m, data, part, seed)?),
     })
 }
 

@@ -5,13 +5,17 @@
 pub mod compat;
 pub mod config;
 pub mod data;
+pub mod error;
 pub mod evaluate;
 pub mod experiment;
-pub mod objective;
+pub mod predictions;
 pub mod progress;
 pub mod resume;
+pub mod run_record;
 pub mod stages;
+pub mod summary;
 pub mod supervised;
+pub mod task;
 pub mod trainer;
 
 pub use config::RunConfig;

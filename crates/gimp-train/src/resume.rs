@@ -3,7 +3,7 @@
 //! epoch, and the best epoch so far with its weights. `--resume` continues from it and reaches the
 //! same final weights as an uninterrupted run.
 
-use crate::data::{DataErr, Result};
+use crate::error::{Result, TrainError};
 use candle_core::Tensor;
 use gimp_nn::optim::Adam;
 use gimp_nn::ParamStore;
@@ -95,7 +95,7 @@ pub fn load(path: &Path, store: &ParamStore, opt: &mut Adam) -> Result<Option<Lo
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| gimp_io::DataError::malformed(path, format!("not a training state: {e}")))?;
     let bad = |what: &str| {
-        DataErr::Msg(format!(
+        TrainError::Msg(format!(
             "{}: training state has no valid '{what}'",
             path.display()
         ))

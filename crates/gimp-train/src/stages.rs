@@ -1,20 +1,20 @@
-//! The three training stages of GiMP, each a [`Task`] for the one training loop, and
-//! [`train_gimp`], the one function that chains them.
+//! The three training stages of GiMP, each a [`Stage`] for the one training loop, and
+//! [`train_gimp`], the one function that chains them. What GiMP computes — its configuration,
+//! its answers in training and in evaluation — is `gimp_models::gimp`'s; a stage only chooses
+//! patients, windows and masks, and hands logits to the run's [`Task`].
 
-use crate::config::{GeneEncoderKind, Modalities, RunConfig, Triplet};
-use crate::data::{DataErr, Prepared, Result};
-use crate::objective::Objective;
+use crate::config::{Modalities, RunConfig, Triplet};
+use crate::data::Prepared;
+use crate::error::{Result, TrainError};
+use crate::predictions::Predictions;
+use crate::run_record::StageDir;
+use crate::task::{scalar, ClassLoss, Figures, StageResult, Task, Validation};
 use crate::trainer::{
-    provenance, save_checkpoint, Control, Loop, OnProgress, Predictions, Rate, StageResult, Task,
-    Trained, UnitLoss,
+    keep, save, shuffled_units, Control, Kept, Loop, OnProgress, Rate, Stage, UnitLoss,
 };
 use candle_core::{Device, Tensor};
-use gimp_models::aggregator::AggregatorConfig;
-use gimp_models::gimp::{ExpressionAlone, GeneEncoder, GeneEncoderConfig, Gimp, GimpConfig};
-use gimp_models::group_msa::GroupMsaConfig;
-use gimp_models::snn::SnnConfig;
+use gimp_models::gimp::{ExpressionAlone, GeneEncoder, Gimp};
 use gimp_nn::checkpoint::Checkpoint;
-use gimp_nn::nystrom::NystromConfig;
 use gimp_nn::optim::{Adam, AdamConfig, Cosine};
 use gimp_nn::{loss, Mode, ParamStore};
 use rand::seq::SliceRandom;
@@ -22,13 +22,6 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-use crate::trainer::scalar;
-
-/// The cross-entropy of logits `[B, C]` (the classification loss of every GiMP stage).
-fn cross_entropy(logits: &Tensor, labels: &[usize]) -> candle_core::Result<Tensor> {
-    loss::cross_entropy(logits, labels)
-}
 
 /// Cosine decay from `lr` over `steps_per_epoch × epochs` steps, no warm-up (docs/DESIGN.md §9).
 fn cosine(lr: f64, steps_per_epoch: usize, epochs: usize) -> Rate {
@@ -61,42 +54,6 @@ pub(crate) fn cap_bag(
     )?))
 }
 
-pub fn gene_config(cfg: &RunConfig, n_genes: usize, n_classes: usize) -> GeneEncoderConfig {
-    match cfg.model.gene_encoder {
-        GeneEncoderKind::GroupMsa => GeneEncoderConfig::GroupMsa(GroupMsaConfig {
-            n_genes,
-            fragment: cfg.model.fragment,
-            dim: cfg.model.dim,
-            groups: cfg.model.groups,
-            heads: cfg.model.heads,
-            mlp_ratio: 4,
-            dropout: cfg.model.gene_dropout,
-            n_classes,
-            tokenizer: cfg.model.gene_tokenizer,
-        }),
-        GeneEncoderKind::Snn => GeneEncoderConfig::Snn(SnnConfig::small(n_genes, n_classes)),
-    }
-}
-
-pub fn gimp_config(cfg: &RunConfig, d_in: usize, n_genes: usize, n_classes: usize) -> GimpConfig {
-    let mut agg = AggregatorConfig::gimp(d_in);
-    agg.dim = cfg.model.dim;
-    agg.attention = NystromConfig {
-        dim: cfg.model.dim,
-        heads: cfg.model.heads,
-        dim_head: cfg.model.dim / cfg.model.heads.max(1),
-        landmarks: cfg.model.landmarks,
-        ..NystromConfig::transmil(cfg.model.dim)
-    };
-    GimpConfig {
-        aggregator: agg,
-        genes: gene_config(cfg, n_genes.max(1), n_classes),
-        n_classes,
-        head_dropout: cfg.model.head_dropout,
-        expression_alone: ExpressionAlone::FusionHead,
-    }
-}
-
 fn with_expression(data: &Prepared, idx: &[usize]) -> Vec<usize> {
     idx.iter()
         .copied()
@@ -109,7 +66,7 @@ fn stack_expression(data: &Prepared, idx: &[usize]) -> Result<Tensor> {
         .iter()
         .map(|&i| {
             data.expression(i)?
-                .ok_or_else(|| DataErr::Msg(format!("patient {} has no expression", i)))
+                .ok_or_else(|| TrainError::Msg(format!("patient {} has no expression", i)))
         })
         .collect::<Result<_>>()?;
     Ok(Tensor::stack(&rows, 0)?)
@@ -118,7 +75,7 @@ fn stack_expression(data: &Prepared, idx: &[usize]) -> Result<Tensor> {
 /// Stage 1 (docs/DESIGN.md §4): supervised GroupMSA (or SNN) on expression alone, in batches.
 struct GenesTask<'a> {
     enc: &'a GeneEncoder,
-    objective: &'a Objective,
+    task: &'a Task,
     data: &'a Prepared,
     train: Vec<usize>,
     batch: usize,
@@ -130,39 +87,19 @@ impl GenesTask<'_> {
     fn predict(&self, idx: &[usize]) -> Result<Predictions> {
         let idx = with_expression(self.data, idx);
         if idx.is_empty() {
-            return Ok(Predictions {
-                loss: f64::NAN,
-                ..Default::default()
-            });
+            return Ok(Predictions::none());
         }
         let (_, logits) = self
             .enc
             .forward(&stack_expression(self.data, &idx)?, &Mode::inference())?;
-        let rows = (0..idx.len())
-            .map(|r| logits.get(r))
-            .collect::<candle_core::Result<_>>()?;
-        let mut p = self
-            .objective
-            .predictions(self.data, idx, rows, &cross_entropy)?;
-        if self.objective.survival().is_none() {
-            // The stage's validation loss is its training loss on the whole part: the batch's
-            // cross-entropy.
-            let labels: Vec<usize> = p
-                .patients
-                .iter()
-                .map(|&i| self.data.patients[i].label)
-                .collect();
-            p.loss = scalar(&cross_entropy(&logits, &labels)?)?;
-        }
-        Ok(p)
+        // The whole part is one batch: its loss is the stage's training loss on it.
+        self.task.batch_predictions(self.data, idx, &logits)
     }
 }
 
-impl Task for GenesTask<'_> {
+impl Stage for GenesTask<'_> {
     fn plan_epoch(&self, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
-        let mut order = self.train.clone();
-        order.shuffle(rng);
-        order.chunks(self.batch).map(<[usize]>::to_vec).collect()
+        shuffled_units(&self.train, self.batch, rng)
     }
 
     fn loss(&self, unit: &[usize], _: &mut ChaCha8Rng, mode: &Mode) -> Result<Option<UnitLoss>> {
@@ -170,8 +107,8 @@ impl Task for GenesTask<'_> {
             .enc
             .forward(&stack_expression(self.data, unit)?, mode)?;
         let l = self
-            .objective
-            .unit_loss(self.data, &logits, unit, &cross_entropy)?;
+            .task
+            .unit_loss(self.data, &logits, unit, ClassLoss::CrossEntropy)?;
         Ok(l.map(UnitLoss::from))
     }
 
@@ -179,8 +116,8 @@ impl Task for GenesTask<'_> {
         true
     }
 
-    fn validate(&self) -> Result<Predictions> {
-        self.predict(&self.data.val)
+    fn validate(&self) -> Result<Validation> {
+        Ok(self.task.validation(&self.predict(&self.data.val)?))
     }
 }
 
@@ -195,11 +132,14 @@ pub fn pretrain_genes(
 ) -> Result<StageResult> {
     // The gene stage's batches are its units (and the Cox loss's patients of a step).
     cfg.task.check_unit(cfg.genes.batch, "genes.batch")?;
-    let objective = Objective::new(&cfg.task, data)?;
-    let gcfg = gene_config(cfg, data.n_genes(), objective.width(data));
+    let task = Task::new(&cfg.task, data)?;
+    let gcfg = cfg
+        .model
+        .gimp()
+        .gene_encoder(data.n_genes(), task.width(data));
     let train = with_expression(data, &data.train);
     if train.is_empty() {
-        return Err(DataErr::Msg("no training patient has expression".into()));
+        return Err(TrainError::Msg("no training patient has expression".into()));
     }
     let store = ParamStore::new(cfg.seed);
     let enc = GeneEncoder::new(&store.root(), &gcfg)?;
@@ -208,9 +148,9 @@ pub fn pretrain_genes(
         AdamConfig::adamw(cfg.genes.lr, cfg.genes.weight_decay),
     );
     let batch = cfg.genes.batch.max(1);
-    let task = GenesTask {
+    let stage = GenesTask {
         enc: &enc,
-        objective: &objective,
+        task: &task,
         data,
         batch,
         train,
@@ -222,7 +162,7 @@ pub fn pretrain_genes(
         seed: cfg.seed ^ 0x6E6E,
         rate: cosine(
             cfg.genes.lr,
-            task.train.len().div_ceil(batch),
+            stage.train.len().div_ceil(batch),
             cfg.genes.epochs,
         ),
         accumulate: 1,
@@ -230,13 +170,18 @@ pub fn pretrain_genes(
         control: ctl,
         on,
     }
-    .run(&store, &mut opt, &task)?;
-    let (val, test) = (task.predict(&data.val)?, task.predict(&data.test)?);
+    .run(&store, &mut opt, &stage)?;
+    let (val, test) = (stage.predict(&data.val)?, stage.predict(&data.test)?);
     let (arch, config) = gcfg.checkpoint_arch();
-    let path = dir.join("model.safetensors");
-    let info = provenance("pretrain-genes", trained, cfg.seed, cfg.fold, cfg);
-    save_checkpoint(&path, arch.name, config, &store, data, &objective, info)?;
-    Ok(objective.stage_result(data, path, trained, &val, test, cfg.seed))
+    let kept = Kept {
+        stage: "pretrain-genes",
+        arch: arch.name,
+        config,
+        settings: cfg,
+        seed: cfg.seed,
+        fold: cfg.fold,
+    };
+    keep(&task, data, &store, dir, trained, &kept, val, test)
 }
 
 /// Class-balanced batches (docs/DESIGN.md §8): every batch takes `⌈B/C⌉` (at least 2) patients
@@ -288,13 +233,16 @@ pub fn window_rows(n: usize, l: usize, rng: &mut ChaCha8Rng) -> Vec<u32> {
 fn build_gimp(
     data: &Prepared,
     cfg: &RunConfig,
-    objective: &Objective,
+    task: &Task,
     preset: BTreeMap<String, Tensor>,
 ) -> Result<(ParamStore, Gimp)> {
     let d_in = data
         .d_in
-        .ok_or_else(|| DataErr::Msg("the cohort has no slide features".into()))?;
-    let gcfg = gimp_config(cfg, d_in, data.n_genes(), objective.width(data));
+        .ok_or_else(|| TrainError::Msg("the cohort has no slide features".into()))?;
+    let gcfg = cfg
+        .model
+        .gimp()
+        .config(d_in, data.n_genes(), task.width(data));
     let store = ParamStore::with_preset(cfg.seed ^ 0xA66, preset);
     let model = Gimp::new(&store.root(), gcfg)?;
     Ok((store, model))
@@ -311,24 +259,16 @@ fn gene_preset(gene_ckpt: Option<&Path>) -> Result<BTreeMap<String, Tensor>> {
     })
 }
 
-/// Saves a GiMP stage's weights as `dir/model.safetensors`; returns the path.
-#[allow(clippy::too_many_arguments)]
-fn save_gimp(
-    model: &Gimp,
-    store: &ParamStore,
-    data: &Prepared,
-    objective: &Objective,
-    cfg: &RunConfig,
-    stage: &str,
-    trained: Trained,
-    dir: &Path,
-) -> Result<std::path::PathBuf> {
-    let path = dir.join("model.safetensors");
-    let config = serde_json::to_value(&model.cfg).unwrap_or_default();
-    let info = provenance(stage, trained, cfg.seed, cfg.fold, cfg);
-    let arch = gimp_models::gimp::ARCH.name;
-    save_checkpoint(&path, arch, config, store, data, objective, info)?;
-    Ok(path)
+/// What a GiMP stage's checkpoint is: the model's config and the run's settings.
+fn gimp_kept<'a>(model: &Gimp, cfg: &'a RunConfig, stage: &'static str) -> Kept<'a, RunConfig> {
+    Kept {
+        stage,
+        arch: gimp_models::gimp::ARCH.name,
+        config: serde_json::to_value(&model.cfg).unwrap_or_default(),
+        settings: cfg,
+        seed: cfg.seed,
+        fold: cfg.fold,
+    }
 }
 
 /// Stage 2 (docs/DESIGN.md §7–§8): masked patch modelling on windows of `L` patches and the
@@ -337,7 +277,7 @@ struct PretrainTask<'a> {
     model: &'a Gimp,
     data: &'a Prepared,
     cfg: &'a RunConfig,
-    /// Each patient's triplet group (`Objective::triplet_group`: its class, or its time bin).
+    /// Each patient's triplet group (`Task::triplet_group`: its class, or its time bin).
     labels: Vec<usize>,
     /// The training patients with a group (all of them, unless censored patients are left out).
     train: Vec<usize>,
@@ -371,7 +311,7 @@ impl PretrainTask<'_> {
     }
 }
 
-impl Task for PretrainTask<'_> {
+impl Stage for PretrainTask<'_> {
     fn plan_epoch(&self, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
         let pc = &self.cfg.pretrain;
         balanced_batches(&self.train, &self.labels, pc.batch, self.groups, rng)
@@ -431,8 +371,10 @@ impl Task for PretrainTask<'_> {
         false
     }
 
-    fn validate(&self) -> Result<Predictions> {
-        Ok(Predictions::default())
+    fn validate(&self) -> Result<Validation> {
+        Err(TrainError::Msg(
+            "GiMP pre-training keeps its last epoch; it has no validation".into(),
+        ))
     }
 }
 
@@ -447,11 +389,11 @@ pub fn pretrain(
     on: OnProgress,
 ) -> Result<StageResult> {
     let pc = &cfg.pretrain;
-    let objective = Objective::new(&cfg.task, data)?;
-    let (store, model) = build_gimp(data, cfg, &objective, gene_preset(gene_ckpt)?)?;
+    let task = Task::new(&cfg.task, data)?;
+    let (store, model) = build_gimp(data, cfg, &task, gene_preset(gene_ckpt)?)?;
     store.set_trainable("genes.", false);
     let mut opt = Adam::new(&store, AdamConfig::adamw(pc.lr, pc.weight_decay));
-    let group = |i: usize| objective.triplet_group(data, i, pc.censored);
+    let group = |i: usize| task.triplet_group(data, i, pc.censored);
     let train: Vec<usize> = data
         .train
         .iter()
@@ -459,20 +401,20 @@ pub fn pretrain(
         .filter(|&i| group(i).is_some())
         .collect();
     if train.len() < 2 {
-        return Err(DataErr::Msg(format!(
+        return Err(TrainError::Msg(format!(
             "GiMP pre-training: {} training patient(s) have a triplet group (a class, or a time \
              bin that is certain: an event, or censoring in the last bin)",
             train.len()
         )));
     }
-    let task = PretrainTask {
+    let stage = PretrainTask {
         model: &model,
         data,
         cfg,
         labels: (0..data.patients.len())
             .map(|i| group(i).unwrap_or(usize::MAX))
             .collect(),
-        groups: objective.triplet_groups(data),
+        groups: task.triplet_groups(data),
         train,
     };
     let trained = Loop {
@@ -480,31 +422,29 @@ pub fn pretrain(
         dir,
         epochs: pc.epochs,
         seed: cfg.seed ^ 0x9E7,
-        rate: cosine(pc.lr, task.train.len().div_ceil(pc.batch.max(1)), pc.epochs),
+        rate: cosine(
+            pc.lr,
+            stage.train.len().div_ceil(pc.batch.max(1)),
+            pc.epochs,
+        ),
         accumulate: 1,
         early_stopping: None,
         control: ctl,
         on,
     }
-    .run(&store, &mut opt, &task)?;
-    let path = save_gimp(
-        &model, &store, data, &objective, cfg, "pretrain", trained, dir,
-    )?;
+    .run(&store, &mut opt, &stage)?;
+    let kept = gimp_kept(&model, cfg, "pretrain");
     Ok(StageResult {
-        checkpoint: path,
+        checkpoint: save(&task, data, &store, dir, trained, &kept)?,
         best_epoch: trained.best_epoch,
-        val: None,
-        test: None,
-        val_survival: None,
-        test_survival: None,
-        test_predictions: None,
+        figures: Figures::default(),
     })
 }
 
 /// Predictions and mean loss of the fine-tuned model on `idx`, seeing `modalities`.
 pub fn evaluate_gimp(
     model: &Gimp,
-    objective: &Objective,
+    task: &Task,
     data: &Prepared,
     idx: &[usize],
     modalities: Modalities,
@@ -512,73 +452,52 @@ pub fn evaluate_gimp(
     let mode = Mode::inference();
     let mut all = Vec::with_capacity(idx.len());
     for &i in idx {
-        let bag = if modalities.slides() {
-            data.bag(i)?
-        } else {
-            None
+        let bag = match modalities.slides() {
+            true => data.bag(i)?,
+            false => None,
         };
-        let expr = if modalities.expression() {
-            data.expression(i)?
-        } else {
-            None
+        let expr = match modalities.expression() {
+            true => data.expression(i)?,
+            false => None,
         };
-        let alone = match (&bag, &expr) {
-            (None, Some(e)) => model.expression_alone_logits(e)?,
-            _ => None,
-        };
-        let logits = match alone {
-            Some(l) => l,
-            None => model.head(
-                &Tensor::cat(
-                    &[
-                        model.cls_img(bag.as_ref(), &mode)?,
-                        model.cls_ge(expr.as_ref(), false, &mode)?,
-                    ],
-                    0,
-                )?,
-                &mode,
-            )?,
-        };
-        all.push(logits);
+        all.push(model.logits(bag.as_ref(), expr.as_ref(), &mode)?);
     }
-    objective.predictions(data, idx.to_vec(), all, &cross_entropy)
+    task.predictions(data, idx.to_vec(), all, ClassLoss::CrossEntropy)
 }
 
 /// Stage 3 (docs/DESIGN.md §9): the pre-trained aggregator, the frozen gene encoder and an MLP
 /// head on `CLS_pat`; whole bags (or a random cap), one patient a step.
 struct FinetuneTask<'a> {
     model: &'a Gimp,
-    objective: &'a Objective,
+    task: &'a Task,
     data: &'a Prepared,
     cfg: &'a RunConfig,
     /// Patients per unit: 1, or a Cox step's patients (`finetune.accumulate`).
     unit: usize,
 }
 
-impl Task for FinetuneTask<'_> {
+impl Stage for FinetuneTask<'_> {
     fn plan_epoch(&self, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
-        let mut order = self.data.train.clone();
-        order.shuffle(rng);
-        order.chunks(self.unit).map(<[usize]>::to_vec).collect()
+        shuffled_units(&self.data.train, self.unit, rng)
     }
 
     /// The unit's loss: each patient's answers (both halves; with `modality_subsets` also the
-    /// slide alone and the expression alone), the objective's loss over the unit's patients for
+    /// slide alone and the expression alone), the task's loss over the unit's patients for
     /// each kind of answer, averaged over the kinds.
     fn loss(&self, unit: &[usize], rng: &mut ChaCha8Rng, mode: &Mode) -> Result<Option<UnitLoss>> {
         let mut answers: [(Vec<usize>, Vec<Tensor>); 3] = Default::default();
         for &i in unit {
             for (kind, logits) in self.answers(i, rng, mode)? {
-                answers[kind].0.push(i);
-                answers[kind].1.push(logits);
+                answers[kind as usize].0.push(i);
+                answers[kind as usize].1.push(logits);
             }
         }
         let mut losses = Vec::new();
         for (patients, logits) in answers.iter().filter(|a| !a.0.is_empty()) {
             let rows = Tensor::stack(logits, 0)?;
-            if let Some(l) = self
-                .objective
-                .unit_loss(self.data, &rows, patients, &cross_entropy)?
+            if let Some(l) =
+                self.task
+                    .unit_loss(self.data, &rows, patients, ClassLoss::CrossEntropy)?
             {
                 losses.push(l);
             }
@@ -599,9 +518,9 @@ impl Task for FinetuneTask<'_> {
         true
     }
 
-    fn validate(&self) -> Result<Predictions> {
+    fn validate(&self) -> Result<Validation> {
         let fc = &self.cfg.finetune;
-        let eval = |idx: &[usize], m| evaluate_gimp(self.model, self.objective, self.data, idx, m);
+        let eval = |idx: &[usize], m| evaluate_gimp(self.model, self.task, self.data, idx, m);
         let mut p = eval(&self.data.val, fc.modalities)?;
         if fc.modality_subsets && fc.modalities == Modalities::Both {
             // The same three answers as the loss, each patient once per answer it can give.
@@ -615,14 +534,19 @@ impl Task for FinetuneTask<'_> {
                 p.extend(eval(&val, Modalities::Genes)?);
             }
         }
-        Ok(p)
+        Ok(self.task.validation(&p))
     }
 }
 
 impl FinetuneTask<'_> {
-    /// Patient `i`'s training answers, each `(kind, logits [K])`: kind 0 with both halves (or
-    /// what the patient has), 1 the slide alone, 2 the expression alone.
-    fn answers(&self, i: usize, rng: &mut ChaCha8Rng, mode: &Mode) -> Result<Vec<(usize, Tensor)>> {
+    /// Patient `i`'s training answers ([`Gimp::training_answers`]) from the inputs the stage
+    /// shows it: its bag (capped), its expression, hidden now and then by modality dropout.
+    fn answers(
+        &self,
+        i: usize,
+        rng: &mut ChaCha8Rng,
+        mode: &Mode,
+    ) -> Result<Vec<(gimp_models::gimp::Answer, Tensor)>> {
         let fc = &self.cfg.finetune;
         let bag = match fc.modalities.slides() {
             true => self.data.bag(i)?,
@@ -633,35 +557,22 @@ impl FinetuneTask<'_> {
             false => None,
         };
         let bag = cap_bag(bag, fc.max_patches, rng)?;
-        let head = |img: &Tensor, ge: &Tensor| -> Result<Tensor> {
-            Ok(self.model.head(&Tensor::cat(&[img, ge], 0)?, mode)?)
-        };
-        if fc.modality_subsets && bag.is_some() && expr.is_some() {
-            // Both halves once; the head then answers with both, with the slide alone and with
-            // the expression alone, equally weighted (docs/DESIGN.md §31). The last term is kept
-            // even where the gene encoder's classifier answers expression alone: without it the
-            // slide-alone answers were worse (demo seed 0: 26 → 22 of 32 right).
-            let img = self.model.cls_img(bag.as_ref(), mode)?;
-            let ge = self.model.cls_ge(expr.as_ref(), fc.train_genes, mode)?;
-            let no_ge = self.model.cls_ge(None, false, mode)?;
-            let no_img = self.model.cls_img(None, mode)?;
-            return Ok(vec![
-                (0, head(&img, &ge)?),
-                (1, head(&img, &no_ge)?),
-                (2, head(&no_img, &ge)?),
-            ]);
-        }
         // Modality dropout: only patients with both halves lose their expression, so no step
-        // sees neither. No draw otherwise (off, or the image-only part), so those runs keep the
-        // random stream they have without it.
-        let hide = fc.modality_dropout > 0.0
+        // sees neither. No draw otherwise (off, the image-only part, or the answers of every
+        // subset), so those runs keep the random stream they have without it.
+        let hide = !fc.modality_subsets
+            && fc.modality_dropout > 0.0
             && bag.is_some()
             && expr.is_some()
             && rng.gen::<f64>() < fc.modality_dropout;
         let expr = if hide { None } else { expr };
-        let img = self.model.cls_img(bag.as_ref(), mode)?;
-        let ge = self.model.cls_ge(expr.as_ref(), fc.train_genes, mode)?;
-        Ok(vec![(0, head(&img, &ge)?)])
+        Ok(self.model.training_answers(
+            bag.as_ref(),
+            expr.as_ref(),
+            fc.modality_subsets,
+            fc.train_genes,
+            mode,
+        )?)
     }
 }
 
@@ -679,7 +590,7 @@ pub fn finetune(
 ) -> Result<StageResult> {
     let fc = &cfg.finetune;
     cfg.task.check_unit(fc.accumulate, "finetune.accumulate")?;
-    let objective = Objective::new(&cfg.task, data)?;
+    let task = Task::new(&cfg.task, data)?;
     let preset = match init {
         Some(p) => Checkpoint::load(p)?.weights,
         None => gene_preset(gene_ckpt)?,
@@ -692,7 +603,7 @@ pub fn finetune(
         true => ExpressionAlone::GeneEncoder,
         false => ExpressionAlone::FusionHead,
     };
-    let (store, mut model) = build_gimp(data, cfg, &objective, preset)?;
+    let (store, mut model) = build_gimp(data, cfg, &task, preset)?;
     model.cfg.expression_alone = expression_alone;
     if !fc.train_genes {
         store.set_trainable("genes.", false);
@@ -708,12 +619,10 @@ pub fn finetune(
         false => None,
     };
     let mut opt = Adam::new(&store, AdamConfig::adamw(fc.lr, fc.weight_decay));
-    // Cox compares the patients of a step, so a step's patients are one unit; otherwise one
-    // patient a unit, their gradients accumulated.
-    let unit = if cfg.task.is_cox() { fc.accumulate } else { 1 };
-    let task = FinetuneTask {
+    let (unit, accumulate) = cfg.task.units(fc.accumulate, false);
+    let stage = FinetuneTask {
         model: &model,
-        objective: &objective,
+        task: &task,
         data,
         cfg,
         unit,
@@ -728,18 +637,16 @@ pub fn finetune(
             data.train.len().div_ceil(fc.accumulate.max(1)),
             fc.epochs,
         ),
-        accumulate: if unit > 1 { 1 } else { fc.accumulate },
+        accumulate,
         early_stopping: fc.early_stopping,
         control: ctl,
         on,
     }
-    .run(&store, &mut opt, &task)?;
-    let val = evaluate_gimp(&model, &objective, data, &data.val, fc.modalities)?;
-    let test = evaluate_gimp(&model, &objective, data, &data.test, fc.modalities)?;
-    let path = save_gimp(
-        &model, &store, data, &objective, cfg, "finetune", trained, dir,
-    )?;
-    Ok(objective.stage_result(data, path, trained, &val, test, cfg.seed))
+    .run(&store, &mut opt, &stage)?;
+    let val = evaluate_gimp(&model, &task, data, &data.val, fc.modalities)?;
+    let test = evaluate_gimp(&model, &task, data, &data.test, fc.modalities)?;
+    let kept = gimp_kept(&model, cfg, "finetune");
+    keep(&task, data, &store, dir, trained, &kept, val, test)
 }
 
 /// The stages of one GiMP run.
@@ -763,7 +670,7 @@ pub fn stages_run(cfg: &RunConfig) -> (bool, bool) {
     (genes, pretraining)
 }
 
-/// GiMP's three stages in order, in `dir/genes`, `dir/pretrain` and `dir/finetune`: gene
+/// GiMP's three stages in order, in the run folder's [`StageDir`]s: gene
 /// pre-training, then GiMP pre-training from its encoder, then fine-tuning from the pre-trained
 /// model (or from the gene encoder when there is no pre-training).
 pub fn train_gimp(
@@ -775,7 +682,13 @@ pub fn train_gimp(
 ) -> Result<GimpRun> {
     let (needs_genes, pretraining) = stages_run(cfg);
     let genes = match needs_genes {
-        true => Some(pretrain_genes(data, cfg, &dir.join("genes"), ctl, on)?),
+        true => Some(pretrain_genes(
+            data,
+            cfg,
+            &StageDir::Genes.dir(dir),
+            ctl,
+            on,
+        )?),
         false => None,
     };
     let gene_ckpt = genes.as_ref().map(|g| g.checkpoint.as_path());
@@ -784,14 +697,15 @@ pub fn train_gimp(
             data,
             cfg,
             gene_ckpt,
-            &dir.join("pretrain"),
+            &StageDir::Pretrain.dir(dir),
             ctl,
             on,
         )?),
         false => None,
     };
     let init = pre.as_ref().map(|p| p.checkpoint.as_path());
-    let finetune = finetune(data, cfg, init, gene_ckpt, &dir.join("finetune"), ctl, on)?;
+    let finetune_dir = StageDir::Finetune.dir(dir);
+    let finetune = finetune(data, cfg, init, gene_ckpt, &finetune_dir, ctl, on)?;
     Ok(GimpRun {
         genes,
         pretrain: pre,

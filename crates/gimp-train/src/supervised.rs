@@ -4,131 +4,27 @@
 //! ([`TrainingDefaults`], in its file); the image–omic adaptations first run their self-supervised
 //! stage.
 
-use crate::data::{DataErr, GeneSelection, Prepared, Result};
-use crate::objective::{Objective, TaskConfig, COX_UNIT};
+use crate::config::GeneSelection;
+pub use crate::config::{SupervisedConfig, SupervisedOverrides};
+use crate::data::Prepared;
+use crate::error::{Result, TrainError};
+use crate::predictions::Predictions;
 use crate::stages::cap_bag;
+use crate::task::{ClassLoss, StageResult, Task, Validation};
 use crate::trainer::{
-    provenance, save_checkpoint, Control, EarlyStopping, Loop, OnProgress, Predictions, Rate,
-    StageResult, Task, UnitLoss,
+    keep, save, shuffled_units, Control, Kept, Loop, OnProgress, Rate, Stage, UnitLoss,
 };
 use candle_core::{Device, Tensor};
-use gimp_models::{registry, ArchInfo, InputKind, Model, TrainingDefaults};
-use gimp_nn::optim::{Adam, AdamConfig, Cosine, Kind};
+use gimp_models::{registry, InputKind, Model};
+use gimp_nn::optim::{Adam, AdamConfig, Cosine};
 use gimp_nn::{Mode, ParamStore};
-use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 use std::path::Path;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SupervisedConfig {
-    pub arch: String,
-    pub seed: u64,
-    pub fold: usize,
-    pub epochs: usize,
-    pub lr: f64,
-    pub weight_decay: f64,
-    /// `adam_l2` (Adam with L2, as CLAM, PORPOISE and MCAT) or `adamw`.
-    pub optimizer: Kind,
-    /// Cosine decay over the run (else a constant rate, as the reference code).
-    pub cosine: bool,
-    /// Random cap on patches per training bag.
-    pub max_patches: Option<usize>,
-    /// Refuse, before training, a bag whose step would need more gigabytes than this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_limit_gb: Option<f64>,
-    /// Adam's (β₁, β₂).
-    pub betas: (f64, f64),
-    /// Patients whose gradients are averaged into one optimiser step. A last, smaller group
-    /// steps at the end of the epoch.
-    pub accumulate: usize,
-    /// MCAT: its `signatures.csv` (one column of gene symbols per group); the groups are the
-    /// expression's genes found in each column. Without it, six equal contiguous chunks.
-    #[serde(default)]
-    pub signatures: Option<std::path::PathBuf>,
-    /// The genes an expression-reading model trains on, chosen on the training split.
-    #[serde(default)]
-    pub genes: GeneSelection,
-    /// CLAM's early stopping by default; `None` trains every epoch.
-    #[serde(default = "clam_early_stopping")]
-    pub early_stopping: Option<EarlyStopping>,
-    /// The image–omic adaptations' (MGCA, BioViL, REFERS) self-supervised stage before
-    /// fine-tuning; ignored by the other models.
-    #[serde(default)]
-    pub self_supervised: SelfSupervisedStage,
-    /// Classification (default) or survival, with its loss (`docs/DESIGN.md` §34).
-    #[serde(default)]
-    pub task: TaskConfig,
-}
-
-/// Self-supervised pre-training of an image–omic adaptation (MGCA's optimiser: AdamW,
-/// lr 2e-5, weight decay 0.05, warm-up over the first 40% of steps then cosine).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SelfSupervisedStage {
-    pub epochs: usize,
-    /// Patients per batch (the contrastive losses need several).
-    pub batch: usize,
-    pub lr: f64,
-    pub weight_decay: f64,
-}
-
-impl Default for SelfSupervisedStage {
-    fn default() -> Self {
-        Self {
-            epochs: 50,
-            batch: 16,
-            lr: 2e-5,
-            weight_decay: 0.05,
-        }
-    }
-}
-
-fn clam_early_stopping() -> Option<EarlyStopping> {
-    Some(EarlyStopping::CLAM)
-}
-
-impl SupervisedConfig {
-    /// The model's own training defaults (its [`TrainingDefaults`]), CLAM's early stopping.
-    pub fn defaults(arch: &ArchInfo) -> Result<Self> {
-        let d: TrainingDefaults = arch.supervised_defaults()?;
-        Ok(Self {
-            arch: arch.name.into(),
-            seed: 0,
-            fold: 0,
-            epochs: d.epochs,
-            lr: d.lr,
-            weight_decay: d.weight_decay,
-            optimizer: d.optimizer,
-            cosine: d.cosine,
-            max_patches: None,
-            memory_limit_gb: None,
-            betas: d.betas,
-            accumulate: d.accumulate,
-            signatures: None,
-            genes: d
-                .top_variance_genes
-                .map_or(GeneSelection::All, GeneSelection::TopVariance),
-            early_stopping: clam_early_stopping(),
-            self_supervised: SelfSupervisedStage::default(),
-            task: TaskConfig::default(),
-        })
-    }
-
-    /// Sets the task. A Cox loss compares the patients of one optimiser step, so a model whose
-    /// default step is one patient takes MCAT's [`COX_UNIT`] patients a step instead (an
-    /// `accumulate` set afterwards overrides it).
-    pub fn set_task(&mut self, task: TaskConfig) {
-        self.task = task;
-        if task.is_cox() && self.accumulate < 2 {
-            self.accumulate = COX_UNIT;
-        }
-    }
-}
 
 /// A registered model trained on one patient a step.
 struct SupervisedTask<'a> {
     model: &'a dyn Model,
-    objective: &'a Objective,
+    task: &'a Task,
     input: InputKind,
     data: &'a Prepared,
     train: Vec<usize>,
@@ -143,19 +39,6 @@ struct SupervisedTask<'a> {
     batched: bool,
 }
 
-/// A model's own classification loss of logits `[B, C]`, the mean over patients (DSMIL's is
-/// not the cross-entropy).
-fn model_loss(model: &dyn Model) -> impl Fn(&Tensor, &[usize]) -> candle_core::Result<Tensor> + '_ {
-    move |logits: &Tensor, labels: &[usize]| {
-        let per: Vec<Tensor> = labels
-            .iter()
-            .enumerate()
-            .map(|(r, &y)| model.classification_loss(&logits.get(r)?, y))
-            .collect::<candle_core::Result<_>>()?;
-        Tensor::stack(&per, 0)?.mean_all()
-    }
-}
-
 impl SupervisedTask<'_> {
     fn predict(&self, idx: &[usize]) -> Result<Predictions> {
         let mode = Mode::inference();
@@ -168,8 +51,8 @@ impl SupervisedTask<'_> {
             logits.push(self.model.forward(&input, &mode)?.logits);
             patients.push(i);
         }
-        self.objective
-            .predictions(self.data, patients, logits, &model_loss(self.model))
+        self.task
+            .predictions(self.data, patients, logits, ClassLoss::OfModel(self.model))
     }
 }
 
@@ -192,24 +75,17 @@ impl SupervisedTask<'_> {
         let logits = self
             .model
             .expression_batch_logits(&x, mode)?
-            .ok_or_else(|| DataErr::Msg("the model does not run expression batches".into()))?;
+            .ok_or_else(|| TrainError::Msg("the model does not run expression batches".into()))?;
         let loss = self
-            .objective
-            .unit_loss(self.data, &logits, &kept, &|l, y| {
-                gimp_nn::loss::cross_entropy(l, y)
-            })?;
+            .task
+            .unit_loss(self.data, &logits, &kept, ClassLoss::CrossEntropy)?;
         Ok(loss.map(UnitLoss::from))
     }
 }
 
-impl Task for SupervisedTask<'_> {
+impl Stage for SupervisedTask<'_> {
     fn plan_epoch(&self, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
-        let mut order = self.train.clone();
-        order.shuffle(rng);
-        order
-            .chunks(self.batch.max(1))
-            .map(<[usize]>::to_vec)
-            .collect()
+        shuffled_units(&self.train, self.batch, rng)
     }
 
     fn loss(&self, unit: &[usize], rng: &mut ChaCha8Rng, mode: &Mode) -> Result<Option<UnitLoss>> {
@@ -225,7 +101,7 @@ impl Task for SupervisedTask<'_> {
             let Ok(input) = self.input.select(bag.as_ref(), expr.as_ref()) else {
                 continue;
             };
-            let class = self.objective.class_of(self.data, i);
+            let class = self.task.class_of(self.data, i);
             let (out, a) = self.model.training_forward(&input, class, mode)?;
             logits.push(out.logits);
             aux.extend(a);
@@ -236,8 +112,8 @@ impl Task for SupervisedTask<'_> {
         }
         let rows = Tensor::stack(&logits, 0)?;
         let Some(main) =
-            self.objective
-                .unit_loss(self.data, &rows, &kept, &model_loss(self.model))?
+            self.task
+                .unit_loss(self.data, &rows, &kept, ClassLoss::OfModel(self.model))?
         else {
             return Ok(None);
         };
@@ -255,8 +131,8 @@ impl Task for SupervisedTask<'_> {
         true
     }
 
-    fn validate(&self) -> Result<Predictions> {
-        self.predict(&self.val)
+    fn validate(&self) -> Result<Validation> {
+        Ok(self.task.validation(&self.predict(&self.val)?))
     }
 }
 
@@ -280,17 +156,17 @@ pub fn train(
         }
     };
     cfg.task.check_unit(cfg.accumulate, "accumulate")?;
-    let objective = Objective::new(&cfg.task, data)?;
-    let nc = objective.width(data);
+    let task = Task::new(&cfg.task, data)?;
+    let nc = task.width(data);
     let dims = gimp_models::Dims {
         features: data.d_in.unwrap_or(0),
         genes: data.n_genes(),
     };
     if arch.input.reads_slides() && dims.features == 0 {
-        return Err(DataErr::Msg("the cohort has no slide features".into()));
+        return Err(TrainError::Msg("the cohort has no slide features".into()));
     }
     if arch.input.reads_expression() && dims.genes == 0 {
-        return Err(DataErr::Msg("the cohort has no expression".into()));
+        return Err(TrainError::Msg("the cohort has no expression".into()));
     }
     // The multimodal baselines need both modalities, as their reference code does (it joins
     // slides and omics and drops the rest); GiMP keeps patients with one.
@@ -303,7 +179,7 @@ pub fn train(
     let val: Vec<usize> = data.val.iter().copied().filter(has).collect();
     let test: Vec<usize> = data.test.iter().copied().filter(has).collect();
     if train.is_empty() || test.is_empty() {
-        return Err(DataErr::Msg(format!(
+        return Err(TrainError::Msg(format!(
             "no training or test patient has the input {} reads",
             cfg.arch
         )));
@@ -329,7 +205,15 @@ pub fn train(
             train: &train,
             batch: cfg.self_supervised.batch.max(2),
         };
-        self_supervised(&stage, cfg, &model_cfg, &objective, &store, dir, ctl, on)?;
+        let kept = Kept {
+            stage: "pretrain",
+            arch: arch.name,
+            config: model_cfg.clone(),
+            settings: cfg,
+            seed: cfg.seed,
+            fold: cfg.fold,
+        };
+        self_supervised(&stage, &kept, &task, &store, dir, ctl, on)?;
     }
     let mut opt = Adam::new(
         &store,
@@ -359,14 +243,10 @@ pub fn train(
                 &Mode::inference(),
             )?
             .is_some();
-    let batch = if batched || cfg.task.is_cox() {
-        cfg.accumulate
-    } else {
-        1
-    };
-    let task = SupervisedTask {
+    let (batch, accumulate) = cfg.task.units(cfg.accumulate, batched);
+    let stage = SupervisedTask {
         model: model.as_ref(),
-        objective: &objective,
+        task: &task,
         batched,
         input: arch.input,
         data,
@@ -381,18 +261,23 @@ pub fn train(
         epochs: cfg.epochs,
         seed: cfg.seed ^ 0x5B5,
         rate,
-        accumulate: if batch > 1 { 1 } else { cfg.accumulate },
+        accumulate,
         early_stopping: cfg.early_stopping,
         control: ctl,
         on,
     }
-    .run(&store, &mut opt, &task)?;
-    let val = task.predict(&task.val)?;
-    let test = task.predict(&test)?;
-    let path = dir.join("model.safetensors");
-    let info = provenance("train", trained, cfg.seed, cfg.fold, cfg);
-    save_checkpoint(&path, arch.name, model_cfg, &store, data, &objective, info)?;
-    Ok(objective.stage_result(data, path, trained, &val, test, cfg.seed))
+    .run(&store, &mut opt, &stage)?;
+    let val = stage.predict(&stage.val)?;
+    let test = stage.predict(&test)?;
+    let kept = Kept {
+        stage: "train",
+        arch: arch.name,
+        config: model_cfg,
+        settings: cfg,
+        seed: cfg.seed,
+        fold: cfg.fold,
+    };
+    keep(&task, data, &store, dir, trained, &kept, val, test)
 }
 
 /// The image–omic adaptations' own objective on batches of training patients with both
@@ -404,11 +289,9 @@ struct SelfSupervisedTask<'a> {
     batch: usize,
 }
 
-impl Task for SelfSupervisedTask<'_> {
+impl Stage for SelfSupervisedTask<'_> {
     fn plan_epoch(&self, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
-        let mut order = self.train.to_vec();
-        order.shuffle(rng);
-        order.chunks(self.batch).map(<[usize]>::to_vec).collect()
+        shuffled_units(self.train, self.batch, rng)
     }
 
     fn loss(&self, unit: &[usize], _: &mut ChaCha8Rng, mode: &Mode) -> Result<Option<UnitLoss>> {
@@ -425,7 +308,7 @@ impl Task for SelfSupervisedTask<'_> {
         let l = self
             .model
             .pretrain_loss(&pairs, mode)?
-            .ok_or_else(|| DataErr::Msg("the model has no self-supervised objective".into()))?;
+            .ok_or_else(|| TrainError::Msg("the model has no self-supervised objective".into()))?;
         Ok(Some(l.into()))
     }
 
@@ -433,33 +316,33 @@ impl Task for SelfSupervisedTask<'_> {
         false
     }
 
-    fn validate(&self) -> Result<Predictions> {
-        Ok(Predictions::default())
+    fn validate(&self) -> Result<Validation> {
+        Err(TrainError::Msg(
+            "the self-supervised stage keeps its last epoch; it has no validation".into(),
+        ))
     }
 }
 
 /// Stage 1 of the image–omic adaptations: AdamW with warm-up and cosine decay, in `dir/pretrain`
 /// (resumable like every stage); the weights are also saved there as a checkpoint.
-#[allow(clippy::too_many_arguments)]
 fn self_supervised(
-    task: &SelfSupervisedTask,
-    cfg: &SupervisedConfig,
-    model_cfg: &serde_json::Value,
-    objective: &Objective,
+    stage: &SelfSupervisedTask,
+    kept: &Kept<SupervisedConfig>,
+    task: &Task,
     store: &ParamStore,
     dir: &Path,
     ctl: Control,
     on: OnProgress,
 ) -> Result<()> {
-    let sc = &cfg.self_supervised;
+    let sc = &kept.settings.self_supervised;
     let dir = dir.join("pretrain");
     let mut opt = Adam::new(store, AdamConfig::adamw(sc.lr, sc.weight_decay));
-    let total = task.train.len().div_ceil(task.batch) * sc.epochs.max(1);
+    let total = stage.train.len().div_ceil(stage.batch) * sc.epochs.max(1);
     let trained = Loop {
         stage: "pretrain",
         dir: &dir,
         epochs: sc.epochs,
-        seed: cfg.seed ^ 0x9e7,
+        seed: kept.seed ^ 0x9e7,
         rate: Rate::Cosine(Cosine {
             base: sc.lr,
             warmup: total * 2 / 5,
@@ -470,18 +353,9 @@ fn self_supervised(
         control: ctl,
         on,
     }
-    .run(store, &mut opt, task)?;
-    let info = provenance("pretrain", trained, cfg.seed, cfg.fold, cfg);
-    let path = dir.join("model.safetensors");
-    save_checkpoint(
-        &path,
-        &cfg.arch,
-        model_cfg.clone(),
-        store,
-        task.data,
-        objective,
-        info,
-    )
+    .run(store, &mut opt, stage)?;
+    save(task, stage.data, store, &dir, trained, kept)?;
+    Ok(())
 }
 
 /// MCAT's gene groups from a `signatures.csv`: for each column, the positions of its symbols
@@ -509,7 +383,7 @@ fn signature_groups(path: &Path, data: &Prepared) -> Result<Vec<Vec<u32>>> {
         .filter(|g| !g.is_empty())
         .collect();
     if found.is_empty() {
-        return Err(DataErr::Msg(format!(
+        return Err(TrainError::Msg(format!(
             "{}: none of its gene symbols is among the cohort's {} genes (e.g. '{}'); MCAT's \
              signatures need expression named by HUGO symbol — leave --signatures out for six \
              equal chunks",

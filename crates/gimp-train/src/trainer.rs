@@ -3,18 +3,23 @@
 //! the best epoch, early stopping, the resumable state (random stream, optimiser moments, step,
 //! best-so-far), `log.jsonl`, the progress callback and checkpoint provenance. A stage — each of
 //! GiMP's three, every compared system, the image–omic adaptations' self-supervised stage —
-//! supplies only a [`Task`]: the units of an epoch, the loss of one unit, and its validation.
+//! supplies only a [`Stage`]: the units of an epoch, the loss of one unit, and its validation
+//! (which the run's [`Task`] scores). The loop never asks which task a run answers.
 
-use crate::data::{DataErr, Prepared, Result};
+use crate::config::EarlyStopping;
+use crate::data::Prepared;
+use crate::error::{Result, TrainError};
+use crate::predictions::Predictions;
 use crate::resume::{self, LoopState};
+use crate::run_record::CHECKPOINT;
+use crate::task::{scalar, StageResult, Task, Validation};
 use candle_core::Tensor;
-use gimp_metrics::{argmax, Report};
-use gimp_nn::checkpoint::Checkpoint;
 use gimp_nn::optim::{Adam, Cosine, GradAccumulator};
-use gimp_nn::{ops, Mode, ParamStore};
+use gimp_nn::{Mode, ParamStore};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,64 +42,8 @@ pub type OnProgress<'a> = &'a dyn Fn(&Progress);
 pub struct Control {
     /// Continue from `{dir}/state.safetensors` when present.
     pub resume: bool,
-    /// Stop (with [`DataErr::Stopped`]) after this many epochs, as an interruption would.
+    /// Stop (with [`TrainError::Stopped`]) after this many epochs, as an interruption would.
     pub stop_after: Option<usize>,
-}
-
-/// Outcome of a stage: where its checkpoint is, its validation/test metrics and its test
-/// predictions (which experiments pool over folds).
-#[derive(Debug, Clone, Serialize)]
-pub struct StageResult {
-    pub checkpoint: PathBuf,
-    pub best_epoch: usize,
-    pub val: Option<Report>,
-    pub test: Option<Report>,
-    /// A survival run's validation and test metrics (its `val` and `test` are `None`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub val_survival: Option<crate::objective::SurvivalScores>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub test_survival: Option<crate::objective::SurvivalScores>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub test_predictions: Option<Predictions>,
-}
-
-/// Early stopping as CLAM's `EarlyStopping`: after an epoch whose validation loss is not at
-/// most the lowest so far, a counter goes up (an equal loss resets it, as in CLAM); training
-/// ends once the counter reaches `patience` after an epoch whose 0-based index is above
-/// `stop_epoch`. The epoch kept is still the best by the selection rule ([`better`]).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EarlyStopping {
-    pub patience: usize,
-    pub stop_epoch: usize,
-}
-
-impl EarlyStopping {
-    /// CLAM's defaults (`patience=20, stop_epoch=50`).
-    pub const CLAM: Self = Self {
-        patience: 20,
-        stop_epoch: 50,
-    };
-
-    /// `base` with a patience and stop epoch given on a command line; patience 0 turns early
-    /// stopping off, and a value given where `base` is off starts from CLAM's.
-    pub fn with_overrides(
-        base: Option<Self>,
-        patience: Option<usize>,
-        stop_epoch: Option<usize>,
-    ) -> Option<Self> {
-        if patience == Some(0) {
-            return None;
-        }
-        if patience.is_none() && stop_epoch.is_none() {
-            return base;
-        }
-        let e = base.unwrap_or(Self::CLAM);
-        Some(Self {
-            patience: patience.unwrap_or(e.patience),
-            stop_epoch: stop_epoch.unwrap_or(e.stop_epoch),
-        })
-    }
 }
 
 /// The learning rate at each optimiser step.
@@ -128,79 +77,8 @@ impl From<Tensor> for UnitLoss {
     }
 }
 
-/// Labels, class probabilities and mean loss of a model on some patients; in a survival run
-/// (`docs/DESIGN.md` §34) the labels are time bins, `probs` the survival curves (empty under
-/// Cox), with each patient's risk and outcome.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Predictions {
-    /// Which patients (indices into the prepared cohort), in the order of `labels` and `probs`.
-    pub patients: Vec<usize>,
-    pub labels: Vec<usize>,
-    pub probs: Vec<Vec<f64>>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub risk: Vec<f64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub time: Vec<f64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub event: Vec<bool>,
-    #[serde(skip)]
-    pub loss: f64,
-}
-
-impl Predictions {
-    /// The metrics of these predictions, or `None` when there are none.
-    pub fn report(&self, n_classes: usize, seed: u64) -> Option<Report> {
-        (!self.labels.is_empty()).then(|| Report::new(&self.labels, &self.probs, n_classes, seed))
-    }
-
-    /// Appends `other`'s predictions; the loss becomes the mean over all of them.
-    pub fn extend(&mut self, other: Predictions) {
-        let (n, m) = (self.labels.len() as f64, other.labels.len() as f64);
-        if n + m > 0.0 {
-            self.loss = (self.loss * n + other.loss * m) / (n + m);
-        }
-        self.patients.extend(other.patients);
-        self.labels.extend(other.labels);
-        self.probs.extend(other.probs);
-        self.risk.extend(other.risk);
-        self.time.extend(other.time);
-        self.event.extend(other.event);
-    }
-
-    /// Survival predictions (risks and outcomes) rather than class probabilities.
-    pub fn is_survival(&self) -> bool {
-        !self.risk.is_empty()
-    }
-
-    /// The figure validation selects on: accuracy, or Harrell's c-index of a survival run (½
-    /// where it has no value — no comparable pair — so the loss decides).
-    pub fn figure(&self) -> f64 {
-        if !self.is_survival() {
-            return self.accuracy();
-        }
-        let outcomes = gimp_metrics::survival::Outcomes {
-            time: &self.time,
-            event: &self.event,
-        };
-        gimp_metrics::survival::concordance_index_censored(
-            outcomes,
-            &self.risk,
-            gimp_metrics::survival::TIED_TOL,
-        )
-        .map_or(0.5, |c| c.cindex)
-    }
-
-    pub fn accuracy(&self) -> f64 {
-        if self.labels.is_empty() {
-            f64::NAN
-        } else {
-            gimp_metrics::accuracy(&self.labels, &argmax(&self.probs))
-        }
-    }
-}
-
 /// What a stage supplies to the loop.
-pub trait Task {
+pub trait Stage {
     /// The units of one epoch (patient indices: one patient, or a batch), drawn from the stage's
     /// random stream.
     fn plan_epoch(&self, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>>;
@@ -212,10 +90,19 @@ pub trait Task {
     /// stages do not, and keep their last.
     fn validates(&self) -> bool;
 
-    /// Predictions on the validation patients after an epoch (only asked when [`validates`]).
+    /// Validation after an epoch (only asked when [`validates`]): the run's task turns the
+    /// validation patients' predictions into it ([`crate::task::Task::validation`]).
     ///
-    /// [`validates`]: Task::validates
-    fn validate(&self) -> Result<Predictions>;
+    /// [`validates`]: Stage::validates
+    fn validate(&self) -> Result<Validation>;
+}
+
+/// The units of an epoch of a stage that shuffles its patients: `patients` in a random order, in
+/// units of `unit` (the last may be smaller).
+pub fn shuffled_units(patients: &[usize], unit: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
+    let mut order = patients.to_vec();
+    order.shuffle(rng);
+    order.chunks(unit.max(1)).map(<[usize]>::to_vec).collect()
 }
 
 /// One stage's loop settings.
@@ -239,10 +126,6 @@ pub struct Loop<'a> {
 pub struct Trained {
     pub best_epoch: usize,
     pub epochs_run: usize,
-}
-
-pub(crate) fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
 }
 
 /// Deep copies of every parameter (a `Var` is updated in place, so plain clones would follow it).
@@ -271,13 +154,6 @@ fn better(acc: f64, loss: f64, best: Option<(f64, f64)>) -> bool {
         None => true,
         Some((ba, bl)) => acc > ba || (acc == ba && loss < bl),
     }
-}
-
-/// Class probabilities of one patient's logits `[C]`.
-pub fn probabilities(logits: &Tensor) -> Result<Vec<f64>> {
-    Ok(ops::softmax_last(logits)?
-        .to_dtype(candle_core::DType::F64)?
-        .to_vec1()?)
 }
 
 /// One line per epoch in `{dir}/log.jsonl` (appended to when a run resumes).
@@ -390,7 +266,7 @@ impl Loop<'_> {
 
     /// Trains `store`'s trainable parameters with `opt` on `task`, then leaves the kept epoch's
     /// weights in the store: the best validated epoch, or the last one without validation.
-    pub fn run(&self, store: &ParamStore, opt: &mut Adam, task: &dyn Task) -> Result<Trained> {
+    pub fn run(&self, store: &ParamStore, opt: &mut Adam, task: &dyn Stage) -> Result<Trained> {
         let validated = task.validates();
         let mut st = self.start(store, opt, validated)?;
         let mut log = Log::open(self.dir, st.epochs_done)?;
@@ -446,7 +322,7 @@ impl Loop<'_> {
             st.epochs_done = epoch + 1;
             resume::save(&self.dir.join("state.safetensors"), store, opt, &st)?;
             if self.control.stop_after == Some(st.epochs_done) {
-                return Err(DataErr::Stopped(st.epochs_done));
+                return Err(TrainError::Stopped(st.epochs_done));
             }
         }
         let best_epoch = if validated {
@@ -468,23 +344,17 @@ impl Loop<'_> {
         st: &mut LoopState,
         store: &ParamStore,
         epoch: usize,
-        v: &Predictions,
+        v: &Validation,
         line: &mut serde_json::Map<String, serde_json::Value>,
     ) -> Result<()> {
-        let acc = v.figure();
         line.insert("val_loss".into(), v.loss.into());
-        let name = if v.is_survival() {
-            "val_cindex"
-        } else {
-            "val_accuracy"
-        };
-        line.insert(name.into(), acc.into());
-        if v.labels.is_empty() || better(acc, v.loss, st.best) {
-            st.best = Some((acc, v.loss));
+        line.insert(v.figure_name.into(), v.figure.into());
+        if v.patients == 0 || better(v.figure, v.loss, st.best) {
+            st.best = Some((v.figure, v.loss));
             st.best_epoch = epoch;
             st.best_snap = snapshot(store)?;
         }
-        if v.labels.is_empty() {
+        if v.patients == 0 {
             // Nothing to stop on.
         } else if st.lowest_val_loss.is_none_or(|l| v.loss <= l) {
             st.lowest_val_loss = Some(v.loss);
@@ -522,29 +392,48 @@ pub fn provenance(
     .collect()
 }
 
-/// Saves the store's weights as a checkpoint of `arch` with the objective's outputs (the
-/// cohort's classes, or the survival head's), what it records of the task, and the cohort's
-/// expression preprocessing.
-pub fn save_checkpoint(
-    path: &Path,
-    arch: &str,
-    config: serde_json::Value,
-    store: &ParamStore,
+/// What a stage's checkpoint is: its stage name, architecture and model config, and the
+/// settings and seed it was trained with (its provenance).
+pub struct Kept<'a, S: Serialize> {
+    pub stage: &'static str,
+    pub arch: &'a str,
+    pub config: serde_json::Value,
+    pub settings: &'a S,
+    pub seed: u64,
+    pub fold: usize,
+}
+
+/// The end of a stage that validates: the kept epoch's weights saved as `dir/model.safetensors`
+/// (with what the task records), and the figures of its validation and test predictions.
+#[allow(clippy::too_many_arguments)]
+pub fn keep<S: Serialize>(
+    task: &Task,
     data: &Prepared,
-    objective: &crate::objective::Objective,
-    mut info: BTreeMap<String, String>,
-) -> Result<()> {
-    // The features it is trained on, checked whenever it is run (§36).
-    info.extend(crate::compat::provenance_entry(data)?);
-    info.extend(objective.info());
-    Checkpoint {
-        arch: arch.into(),
-        config,
-        classes: objective.output_names(data),
-        weights: store.tensors(),
-        preprocessing: data.preprocessing.clone(),
-        info,
-    }
-    .save(path)?;
-    Ok(())
+    store: &ParamStore,
+    dir: &Path,
+    trained: Trained,
+    kept: &Kept<S>,
+    val: Predictions,
+    test: Predictions,
+) -> Result<StageResult> {
+    Ok(StageResult {
+        checkpoint: save(task, data, store, dir, trained, kept)?,
+        best_epoch: trained.best_epoch,
+        figures: task.figures(data, &val, test, kept.seed),
+    })
+}
+
+/// Saves the store's weights as `dir/model.safetensors` with their provenance; returns the path.
+pub fn save<S: Serialize>(
+    task: &Task,
+    data: &Prepared,
+    store: &ParamStore,
+    dir: &Path,
+    trained: Trained,
+    kept: &Kept<S>,
+) -> Result<PathBuf> {
+    let path = dir.join(CHECKPOINT);
+    let info = provenance(kept.stage, trained, kept.seed, kept.fold, kept.settings);
+    task.save_checkpoint(&path, kept.arch, kept.config.clone(), store, data, info)?;
+    Ok(path)
 }

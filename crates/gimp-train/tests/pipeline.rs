@@ -4,8 +4,9 @@
 use gimp_cohort::{Cohort, CohortFile, LoadOptions};
 use gimp_io::expression::ExpressionTransform;
 use gimp_synth::{Difficulty, Size, SynthConfig};
+use gimp_train::config::EarlyStopping;
 use gimp_train::stages::{self, balanced_batches, window_rows};
-use gimp_train::trainer::{Control, EarlyStopping};
+use gimp_train::trainer::Control;
 use gimp_train::{Prepared, RunConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -85,7 +86,7 @@ fn three_stages_run_and_are_deterministic() {
     let run = d.path().join("run");
     let g = stages::pretrain_genes(&data, &cfg, &run.join("genes"), Control::default(), &|_| {})
         .unwrap();
-    assert!(g.test.is_some() && g.checkpoint.is_file());
+    assert!(g.figures.test_report().is_some() && g.checkpoint.is_file());
     let p = stages::pretrain(
         &data,
         &cfg,
@@ -118,7 +119,7 @@ fn three_stages_run_and_are_deterministic() {
         &|_| {},
     )
     .unwrap();
-    let t = f1.test.as_ref().unwrap();
+    let t = f1.figures.test_report().unwrap();
     assert_eq!(t.n, data.test.len());
     let same = std::fs::read(&f1.checkpoint).unwrap() == std::fs::read(&f2.checkpoint).unwrap();
     assert!(same, "two fine-tuning runs with one seed differ");
@@ -161,7 +162,7 @@ fn patients_with_a_missing_modality_are_kept() {
     )
     .unwrap();
     // Every test patient is evaluated, whichever modalities they have.
-    assert_eq!(f.test.unwrap().n, data.test.len());
+    assert_eq!(f.figures.test_report().unwrap().n, data.test.len());
 }
 
 #[test]
@@ -233,7 +234,7 @@ fn an_interrupted_and_resumed_run_ends_with_the_same_weights() {
         stop_after: None,
     };
     let e = stages::pretrain(&data, &cfg, None, &run.join("pre_b"), stop(1), &|_| {}).unwrap_err();
-    assert!(matches!(e, gimp_train::data::DataErr::Stopped(1)));
+    assert!(matches!(e, gimp_train::error::TrainError::Stopped(1)));
     let pb = stages::pretrain(&data, &cfg, None, &run.join("pre_b"), resume, &|_| {}).unwrap();
     let same = std::fs::read(&p.checkpoint).unwrap() == std::fs::read(&pb.checkpoint).unwrap();
     assert!(same, "resumed pre-training differs");
@@ -291,7 +292,11 @@ fn every_baseline_trains_with_the_same_trainer() {
             &|_| {},
         )
         .unwrap();
-        assert_eq!(r.test.unwrap().n, data.test.len(), "{arch}");
+        assert_eq!(
+            r.figures.test_report().unwrap().n,
+            data.test.len(),
+            "{arch}"
+        );
         let ck = gimp_nn::checkpoint::Checkpoint::load(&r.checkpoint).unwrap();
         assert_eq!(ck.arch, arch);
         // The image–omic adaptations pre-train first and keep that stage's weights and log.
@@ -315,10 +320,10 @@ fn every_baseline_trains_with_the_same_trainer() {
 /// cannot be mistaken for its own.
 #[test]
 fn experiment_tables_have_the_papers_rows_in_order() {
+    use gimp_train::config::TaskConfig;
     use gimp_train::experiment::rows;
-    use gimp_train::objective::TaskKind::Classification;
     let keys = |t| -> Vec<&str> {
-        rows(t, &[], Classification)
+        rows(t, &[], &TaskConfig::default())
             .unwrap()
             .iter()
             .map(|r| r.key)
@@ -363,14 +368,20 @@ fn experiment_tables_have_the_papers_rows_in_order() {
 
 #[test]
 fn experiment_rows_plan_run_skip_and_summarise() {
-    use gimp_train::experiment::{execute, markdown, plan, rows, summarise};
-    use gimp_train::objective::TaskKind::Classification;
+    use gimp_train::config::TaskConfig;
+    use gimp_train::experiment::{execute, plan, rows, summarise};
+    use gimp_train::summary::markdown;
     let d = tempfile::tempdir().unwrap();
     let cohort = tiny_cohort(&d.path().join("cohort"), 0.0);
     let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
-    assert!(rows("table3", &[], Classification).is_err());
-    assert!(rows("table2", &["nope".into()], Classification).is_err());
-    let chosen = rows("table1", &["abmil".into(), "gimp".into()], Classification).unwrap();
+    assert!(rows("table3", &[], &TaskConfig::default()).is_err());
+    assert!(rows("table2", &["nope".into()], &TaskConfig::default()).is_err());
+    let chosen = rows(
+        "table1",
+        &["abmil".into(), "gimp".into()],
+        &TaskConfig::default(),
+    )
+    .unwrap();
     let out = d.path().join("exp");
     let runs = plan(&out, &chosen, 1, 2);
     assert_eq!(runs.len(), 4);
@@ -381,11 +392,14 @@ fn experiment_rows_plan_run_skip_and_summarise() {
     cfg.finetune.epochs = 1;
     for run in &runs {
         let row = chosen.iter().find(|r| r.key == run.row).unwrap();
-        let once = gimp_train::experiment::BaselineOverrides {
-            epochs: Some(1),
+        let once = gimp_train::experiment::Compared {
+            overrides: gimp_train::config::SupervisedOverrides {
+                epochs: Some(1),
+                ..Default::default()
+            },
             ..Default::default()
         };
-        execute(row, &data, &cfg, once, run, &|_| {}).unwrap();
+        execute(row, &data, &cfg, &once, run, &|_| {}).unwrap();
     }
     let again = plan(&out, &chosen, 1, 2);
     assert!(
@@ -437,7 +451,7 @@ fn the_common_trainer_is_deterministic_for_a_seed() {
             let dir = d.path().join(format!("{arch}{k}"));
             let r = train(&data, &cfg, &dir, Control::default(), &|_| {}).unwrap();
             let bytes = std::fs::read(&r.checkpoint).unwrap();
-            let test = r.test.unwrap();
+            let test = r.figures.test_report().cloned().unwrap();
             (bytes, test.accuracy.value, test.roc_auc.map(|a| a.value))
         };
         assert_eq!(run(1), run(2), "{arch}");
@@ -496,7 +510,7 @@ fn mcat_takes_its_gene_groups_from_signatures() {
 /// resumed — and returns both checkpoints' bytes.
 fn interrupted_and_resumed<F>(dir: &Path, stop: usize, stage: F) -> (Vec<u8>, Vec<u8>)
 where
-    F: Fn(&Path, Control) -> gimp_train::data::Result<gimp_train::trainer::StageResult>,
+    F: Fn(&Path, Control) -> gimp_train::error::Result<gimp_train::task::StageResult>,
 {
     let whole = stage(&dir.join("whole"), Control::default()).unwrap();
     let cut = dir.join("cut");
@@ -506,7 +520,7 @@ where
     };
     let e = stage(&cut, stopped).expect_err("the stage stops");
     assert!(
-        matches!(e, gimp_train::data::DataErr::Stopped(n) if n == stop),
+        matches!(e, gimp_train::error::TrainError::Stopped(n) if n == stop),
         "{e}"
     );
     let resumed = Control {
@@ -663,19 +677,19 @@ fn bad_run_files_name_the_field_and_the_choices() {
 /// experiment folder never mixes two recipes.
 #[test]
 fn the_paper_recipe_is_one_configuration_for_every_row() {
+    use gimp_train::config::TaskConfig;
     use gimp_train::experiment::TrainingRecipe::{Paper, Reference};
-    use gimp_train::experiment::{claim_recipe, planned_epochs, rows, BaselineOverrides};
-    use gimp_train::objective::{TaskConfig, TaskKind::Classification};
-    let table1 = rows("table1", &[], Classification).unwrap();
+    use gimp_train::experiment::{claim_recipe, planned_epochs, rows, Compared};
+    let table1 = rows("table1", &[], &TaskConfig::default()).unwrap();
     let abmil = table1.iter().find(|r| r.key == "abmil").unwrap();
     let snn = table1.iter().find(|r| r.key == "snn").unwrap();
     let base = RunConfig::paper();
     let epochs = |row, recipe| {
-        let o = BaselineOverrides {
+        let o = Compared {
             recipe,
             ..Default::default()
         };
-        planned_epochs(row, &base, o).unwrap()
+        planned_epochs(row, &base, &o).unwrap()
     };
     assert_eq!((epochs(abmil, Reference), epochs(snn, Reference)), (50, 20));
     assert_eq!((epochs(abmil, Paper), epochs(snn, Paper)), (70, 70));
@@ -740,7 +754,7 @@ fn a_bag_over_the_memory_limit_is_refused_before_training() {
 fn selected_genes_are_stored_and_reapplied() {
     use gimp_io::splits::Part;
     use gimp_nn::checkpoint::Checkpoint;
-    use gimp_train::data::GeneSelection;
+    use gimp_train::config::GeneSelection;
     use gimp_train::evaluate;
     use gimp_train::supervised::train;
     let d = tempfile::tempdir().unwrap();
@@ -777,7 +791,10 @@ fn selected_genes_are_stored_and_reapplied() {
     assert_eq!(again.n_genes(), 30);
     let m = evaluate::load(&ckpt).unwrap();
     let e = evaluate::evaluate(&m, &again, Part::Test, 0).unwrap();
-    assert_eq!(e.overall.accuracy.value, r.test.unwrap().accuracy.value);
+    assert_eq!(
+        e.overall.accuracy.value,
+        r.figures.test_report().unwrap().accuracy.value
+    );
 
     // A list: a header line, a comment, a duplicate; the file's order is kept.
     let list = d.path().join("genes.txt");

@@ -8,9 +8,10 @@ use gimp_io::expression::ExpressionTransform;
 use gimp_io::splits::Part;
 use gimp_nn::survival::SurvivalLoss;
 use gimp_synth::{Difficulty, Size, SynthConfig};
-use gimp_train::objective::{Objective, TaskConfig, TaskKind};
+use gimp_train::config::{TaskConfig, TaskKind};
 use gimp_train::stages;
 use gimp_train::supervised::{self, SupervisedConfig};
+use gimp_train::task::{ClassLoss, Task};
 use gimp_train::trainer::Control;
 use gimp_train::{Prepared, RunConfig};
 use std::path::Path;
@@ -108,8 +109,11 @@ fn supervised_models_train_and_evaluate_for_survival() {
             &|_| {},
         )
         .unwrap();
-        assert!(r.test.is_none(), "{arch}: no classification report");
-        let t = r.test_survival.as_ref().unwrap();
+        assert!(
+            r.figures.test_report().is_none(),
+            "{arch}: no classification report"
+        );
+        let t = r.figures.test_survival().unwrap();
         assert!(t.cindex.value >= 0.0 && t.cindex.value <= 1.0, "{arch}");
         assert!(
             t.events > 0 && t.integrated_brier.is_some(),
@@ -147,7 +151,7 @@ fn the_cox_loss_takes_a_step_of_patients_and_skips_units_without_events() {
     let cox = TaskConfig::survival(SurvivalLoss::Cox);
     let mut c = supervised_config("abmil", cox, 1);
     // One patient a step leaves the partial likelihood nothing to compare: set_task made it 32.
-    assert_eq!(c.accumulate, gimp_train::objective::COX_UNIT);
+    assert_eq!(c.accumulate, gimp_train::config::COX_UNIT);
     c.accumulate = 1;
     let e = supervised::train(
         &data,
@@ -171,11 +175,11 @@ fn the_cox_loss_takes_a_step_of_patients_and_skips_units_without_events() {
     let ckpt = gimp_nn::checkpoint::Checkpoint::load(&r.checkpoint).unwrap();
     assert_eq!(ckpt.info["survival_loss"], "cox");
     assert_eq!(ckpt.classes, vec!["log-risk".to_string()]);
-    let t = r.test_survival.unwrap();
+    let t = r.figures.test_survival().unwrap();
     assert!(t.integrated_brier.is_none() && t.uno.is_some());
     // A unit of censored patients only has no partial likelihood: no loss, no step.
-    let objective = Objective::new(&cox, &data).unwrap();
-    let s = objective.survival().unwrap();
+    let task = Task::new(&cox, &data).unwrap();
+    let s = task.survival().unwrap();
     let censored: Vec<usize> = data
         .train
         .iter()
@@ -190,10 +194,8 @@ fn the_cox_loss_takes_a_step_of_patients_and_skips_units_without_events() {
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    let none = objective
-        .unit_loss(&data, &logits, &censored, &|l, y| {
-            gimp_nn::loss::cross_entropy(l, y)
-        })
+    let none = task
+        .unit_loss(&data, &logits, &censored, ClassLoss::CrossEntropy)
         .unwrap();
     assert!(none.is_none());
 }
@@ -212,20 +214,26 @@ fn gimp_stages_train_for_survival() {
         &|_| {},
     )
     .unwrap();
-    assert!(run.genes.as_ref().unwrap().test_survival.is_some());
+    assert!(run
+        .genes
+        .as_ref()
+        .unwrap()
+        .figures
+        .test_survival()
+        .is_some());
     let log = std::fs::read_to_string(d.path().join("gimp/pretrain/log.jsonl")).unwrap();
     assert!(log.contains("triplet_loss"));
     let f = &run.finetune;
-    assert!(f.test_survival.as_ref().unwrap().cindex.value.is_finite());
+    assert!(f.figures.test_survival().unwrap().cindex.value.is_finite());
     let ckpt = gimp_nn::checkpoint::Checkpoint::load(&f.checkpoint).unwrap();
     let m = gimp_train::evaluate::load(&ckpt).unwrap();
     assert_eq!(m.survival.unwrap().width(), 4);
     // The triplet groups: every patient with an event by its bin; a censored one only in the
     // last bin.
-    let objective = Objective::new(&cfg.task, &data).unwrap();
-    let s = objective.survival().unwrap();
+    let task = Task::new(&cfg.task, &data).unwrap();
+    let s = task.survival().unwrap();
     for &i in &data.train {
-        let g = objective.triplet_group(&data, i, Default::default());
+        let g = task.triplet_group(&data, i, Default::default());
         match (s.outcome(i).event, s.bin(i)) {
             (true, b) => assert_eq!(g, Some(b)),
             (false, 3) => assert_eq!(g, Some(3)),
@@ -234,7 +242,7 @@ fn gimp_stages_train_for_survival() {
     }
     // Cox fine-tuning takes 32 patients a step (set_task) and runs.
     let cox = tiny_gimp(TaskConfig::survival(SurvivalLoss::Cox));
-    assert_eq!(cox.finetune.accumulate, gimp_train::objective::COX_UNIT);
+    assert_eq!(cox.finetune.accumulate, gimp_train::config::COX_UNIT);
     let f = stages::finetune(
         &data,
         &cox,
@@ -245,7 +253,7 @@ fn gimp_stages_train_for_survival() {
         &|_| {},
     )
     .unwrap();
-    assert!(f.test_survival.is_some());
+    assert!(f.figures.test_survival().is_some());
 }
 
 #[test]
@@ -256,10 +264,10 @@ fn a_survival_task_needs_a_survival_section_and_names_bad_settings() {
     let mut plain = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
     plain.survival = None;
     let task = TaskConfig::survival(SurvivalLoss::Nll);
-    let e = Objective::new(&task, &plain).unwrap_err().to_string();
+    let e = Task::new(&task, &plain).unwrap_err().to_string();
     assert!(e.contains("[survival]"), "{e}");
     assert_eq!(
-        Objective::new(&TaskConfig::default(), &data)
+        Task::new(&TaskConfig::default(), &data)
             .unwrap()
             .width(&data),
         data.classes.len()
@@ -305,15 +313,15 @@ fn a_survival_task_needs_a_survival_section_and_names_bad_settings() {
 
 #[test]
 fn a_survival_experiment_gives_c_indices_per_row() {
-    use gimp_train::experiment::{self, BaselineOverrides, TrainingRecipe};
+    use gimp_train::experiment::{self, Compared, TrainingRecipe};
     let d = tempfile::tempdir().unwrap();
     let cohort = survival_cohort(&d.path().join("cohort"), 4);
     let mut base = tiny_gimp(TaskConfig::default());
     base.set_task(TaskConfig::survival(SurvivalLoss::Nll));
     let only = ["majority".to_string(), "snn".to_string()];
-    let rows = experiment::rows("table1", &only, TaskKind::Survival).unwrap();
+    let rows = experiment::rows("table1", &only, &base.task).unwrap();
     // The logistic regression is a classifier: a survival table has no such row.
-    assert!(experiment::rows("table1", &["logreg".into()], TaskKind::Survival).is_err());
+    assert!(experiment::rows("table1", &["logreg".into()], &base.task).is_err());
     let out = d.path().join("exp");
     experiment::claim_recipe(&out, TrainingRecipe::Reference, &base.task).unwrap();
     let e = experiment::claim_recipe(&out, TrainingRecipe::Reference, &TaskConfig::default())
@@ -321,8 +329,11 @@ fn a_survival_experiment_gives_c_indices_per_row() {
         .to_string();
     assert!(e.contains("survival"), "{e}");
     let runs = experiment::plan(&out, &rows, 1, 1);
-    let overrides = BaselineOverrides {
-        epochs: Some(1),
+    let compared = Compared {
+        overrides: gimp_train::config::SupervisedOverrides {
+            epochs: Some(1),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let n = experiment::execute_pending(
@@ -330,7 +341,7 @@ fn a_survival_experiment_gives_c_indices_per_row() {
         &rows,
         &runs,
         &base,
-        overrides,
+        &compared,
         &|_, _| {},
         &|_| {},
         &|_| {},

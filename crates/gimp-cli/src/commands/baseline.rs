@@ -22,6 +22,7 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct CoxArgs {
+    /// The cohort file (cohort.toml) with expression and a [survival] section.
     pub cohort: PathBuf,
     /// L2 penalty λ on standardised genes (lifelines' `penalizer`, l1_ratio 0). Several,
     /// comma-separated (the default): each split takes the one with the best validation c-index.
@@ -45,12 +46,14 @@ pub struct CoxArgs {
     /// risk: what `gimp-rs survival metrics` reads).
     #[arg(long)]
     pub scores: Option<PathBuf>,
+    /// Print the result as JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(clap::Args)]
 pub struct LogregArgs {
+    /// The cohort file (cohort.toml) with expression.
     pub cohort: PathBuf,
     /// Inverse regularisation strength (scikit-learn's C).
     #[arg(long, default_value_t = 0.1)]
@@ -64,6 +67,7 @@ pub struct LogregArgs {
     /// Seed for --kfold and the bootstrap intervals.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Print the result as JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }

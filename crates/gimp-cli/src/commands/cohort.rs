@@ -8,6 +8,7 @@ pub enum Command {
     /// Join everything by patient and report counts per class and split, missing modalities,
     /// duplicate or unknown ids, feature width and bag sizes. Exits 1 when there are errors.
     Check {
+        /// The cohort file (cohort.toml, docs/FORMATS.md).
         cohort: PathBuf,
         /// Print the summary as JSON.
         #[arg(long)]
@@ -17,7 +18,10 @@ pub enum Command {
         deep: bool,
     },
     /// Convert every slide's features into the memory-mapped cache training reads from.
-    Cache { cohort: PathBuf },
+    Cache {
+        /// The cohort file (cohort.toml) whose feature files are cached.
+        cohort: PathBuf,
+    },
 }
 
 pub fn run(cmd: Command) -> Result<ExitCode> {

@@ -6,7 +6,8 @@ use gimp_synth::{Difficulty, Size, SynthConfig};
 use gimp_train::config::{GeneEncoderKind, Modalities};
 use gimp_train::progress::Bars;
 use gimp_train::stages;
-use gimp_train::trainer::{Control, Progress, StageResult};
+use gimp_train::task::{Scores, StageResult};
+use gimp_train::trainer::{Control, Progress};
 use gimp_train::{Prepared, RunConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ pub struct Args {
     /// Working folder (the cohort is written to OUT/cohort, the runs to OUT/runs).
     #[arg(long, default_value = "demo-run")]
     pub out: PathBuf,
+    /// Seed of the synthetic cohort and of every run (the figures in the README are seed 0).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Stop after the cohort, its check and the gene-only baseline (no training).
@@ -145,7 +147,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
     }
     println!("\nTest split ({} patients): accuracy [95% Wilson], ROC-AUC [95% bootstrap], balanced accuracy, macro F1", data.test.len());
-    let pick = |r: &StageResult| r.test.clone();
+    let pick = |r: &StageResult| r.figures.test.as_ref().and_then(Scores::report).cloned();
     let rows = [
         ("GiMP (slides + expression)", pick(&gimp.finetune)),
         ("GiMP with SNN (ablation)", pick(&snn.finetune)),

@@ -4,6 +4,7 @@ use gimp_io::shard::Shard;
 use gimp_train::config::Preset;
 use gimp_train::experiment;
 use gimp_train::progress::Bars;
+use gimp_train::task::Scores;
 use gimp_train::RunConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +16,7 @@ pub struct Args {
     pub compare: Option<Sub>,
     /// table1 (the compared systems and GiMP) or table2 (GiMP's ablations).
     pub table: Option<String>,
+    /// The cohort file (cohort.toml) with the split files the runs use.
     pub cohort: Option<PathBuf>,
     /// Experiment folder: OUT/{row}/fold{k}/seed{s}/…, OUT/{table}.md and .csv.
     #[arg(long)]
@@ -22,6 +24,7 @@ pub struct Args {
     /// Split files 0..K of the cohort (make k folds with `gimp-rs split --scheme kfold`).
     #[arg(long, default_value_t = 1)]
     pub folds: usize,
+    /// Seeds 0..S of every row on every split file.
     #[arg(long, default_value_t = 1)]
     pub seeds: usize,
     /// Only these rows (comma-separated keys; `--dry-run` lists them).
@@ -30,32 +33,9 @@ pub struct Args {
     /// GiMP rows' preset: paper or demo.
     #[arg(long, default_value = "paper")]
     pub preset: Preset,
-    /// Epochs of the compared systems (default: their reference defaults).
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    /// Epochs of MGCA's, BioViL's and REFERS' self-supervised stage (default 50).
-    #[arg(long)]
-    pub pretrain_epochs: Option<usize>,
-    /// Its learning rate (default MGCA's 2e-5).
-    #[arg(long)]
-    pub pretrain_lr: Option<f64>,
-    /// Patients per optimiser step for every compared system (default: the reference's — 32
-    /// for SNN, PORPOISE, Pathomic Fusion and MCAT, 2 for TransMIL, else 1).
-    #[arg(long)]
-    pub accumulate: Option<usize>,
-    /// MCAT's signatures.csv (gene groups by symbol); default: six equal chunks.
-    #[arg(long)]
-    pub signatures: Option<PathBuf>,
-    /// Genes the compared expression models read, chosen on each training split: `all`, a
-    /// number K (the K most variable) or a gene-list file. Default: each model's own.
-    #[arg(long, value_name = "all|K|FILE")]
-    pub genes: Option<gimp_train::data::GeneSelection>,
-    /// Compared systems' early stopping (CLAM's rule): patience in epochs (default 20; 0: off).
-    #[arg(long)]
-    pub patience: Option<usize>,
-    /// ... and the 0-based epoch after which it may end training (default 50).
-    #[arg(long)]
-    pub stop_epoch: Option<usize>,
+    /// How the compared systems train, beyond their reference defaults (and the recipe).
+    #[command(flatten)]
+    pub compared: super::train::SupervisedFlags,
     /// Expression transform before z-scoring: log2p1 (FPKM, the default of the presets) or none
     /// (data already on a log scale, such as microarray RMA values).
     #[arg(long)]
@@ -89,10 +69,12 @@ pub enum Sub {
     Compare {
         /// Row keys, e.g. gimp agg_groupmsa (`--dry-run` lists a table's keys).
         a: String,
+        /// The row A is compared with.
         b: String,
         /// The experiment folder.
         #[arg(long)]
         out: PathBuf,
+        /// Print the comparison as JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -136,7 +118,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(t) = a.task.apply(base.task) {
         base.set_task(t);
     }
-    let rows = experiment::rows(table, &a.rows, base.task.kind)?;
+    let rows = experiment::rows(table, &a.rows, &base.task)?;
     if let Some(t) = a.transform {
         base.model.transform = t;
     }
@@ -151,16 +133,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         );
     }
     let runs = experiment::plan(out, &rows, a.folds, a.seeds);
-    let overrides = experiment::BaselineOverrides {
+    let compared = experiment::Compared {
         recipe: a.recipe,
-        epochs: a.epochs,
-        pretrain_epochs: a.pretrain_epochs,
-        pretrain_lr: a.pretrain_lr,
-        accumulate: a.accumulate,
-        signatures: a.signatures.as_deref(),
-        genes: a.genes.as_ref(),
-        patience: a.patience,
-        stop_epoch: a.stop_epoch,
+        overrides: a.compared.overrides(),
     };
     if a.dry_run {
         let n_train = cohort
@@ -171,7 +146,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let mut total = 0usize;
         for run in &runs {
             let row = experiment::row_of(&rows, run)?;
-            let epochs = experiment::planned_epochs(row, &base, overrides)?;
+            let epochs = experiment::planned_epochs(row, &base, &compared)?;
             let cost = epochs * n_train;
             if !run.done {
                 total += cost;
@@ -206,15 +181,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
             &rows,
             &mine,
             &base,
-            overrides,
+            &compared,
             &|row, run| println!("{} — fold {}, seed {}", row.name, run.fold, run.seed),
             &|r| {
                 bars.finish();
-                if let Some(t) = &r.test {
-                    println!("    test accuracy {}%", crate::table::pct(t.accuracy.value));
-                }
-                if let Some(t) = &r.test_survival {
-                    println!("    test c-index {:.3}", t.cindex.value);
+                match &r.figures.test {
+                    Some(Scores::Classification(t)) => {
+                        println!("    test accuracy {}%", crate::table::pct(t.accuracy.value))
+                    }
+                    Some(Scores::Survival(t)) => println!("    test c-index {:.3}", t.cindex.value),
+                    None => {}
                 }
             },
             &|p| bars.update(p),

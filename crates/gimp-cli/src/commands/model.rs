@@ -13,6 +13,7 @@ use std::process::ExitCode;
 pub enum Command {
     /// The architectures this build knows (the registry the trainer and docs read).
     List {
+        /// Print the registry as JSON.
         #[arg(long)]
         json: bool,
         /// Print the table docs/MODELS.md embeds.
@@ -20,7 +21,10 @@ pub enum Command {
         markdown: bool,
     },
     /// Print a gimp-rs checkpoint's architecture, config, classes and preprocessing.
-    Info { checkpoint: PathBuf },
+    Info {
+        /// A gimp-rs checkpoint (model.safetensors).
+        checkpoint: PathBuf,
+    },
     /// Run a model on one input and print logits and probabilities as JSON.
     Run(RunArgs),
 }

@@ -1,7 +1,5 @@
 use anyhow::{anyhow, bail, Result};
-use gimp_cohort::split::{
-    check_scheme, check_split_files, make_splits, write_splits, Scheme, SplitCheck,
-};
+use gimp_cohort::split::{check_split_files, make_splits, Scheme, SplitCheck};
 use gimp_cohort::{Cohort, LoadOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +26,7 @@ pub struct Args {
     /// Test fraction (holdout).
     #[arg(long, default_value_t = 0.2)]
     pub test: f64,
+    /// Seed of the stratified shuffles; the same seed gives the same split files.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
@@ -39,8 +38,10 @@ pub enum Sub {
     Check {
         /// A split file, or a folder of splits_{k}.csv / fold{k}.csv.
         path: PathBuf,
+        /// Also check against this cohort file's patients and slides.
         #[arg(long)]
         cohort: Option<PathBuf>,
+        /// Print the problems and warnings as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -69,26 +70,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
             deep: false,
         },
     )?;
-    // A survival cohort is balanced on events and time bins (MCAT's labels) within each class,
-    // a classification cohort on its classes.
-    let labels: Vec<usize> = match (&c.survival, &c.file.config.survival) {
-        (Some(outcomes), Some(config)) => {
-            let classes: Vec<usize> = c.patients.iter().map(|p| p.label).collect();
-            let strata =
-                gimp_cohort::survival::class_and_survival_strata(&classes, outcomes, config.bins)
-                    .map_err(|e| anyhow!("{}: {e}", cohort.display()))?;
-            gimp_cohort::survival::check_scheme(outcomes, scheme)
-                .map_err(|e| anyhow!("{}: {e}", cohort.display()))?;
-            strata
-        }
-        _ => {
-            let labels: Vec<usize> = c.patients.iter().map(|p| p.label).collect();
-            check_scheme(&labels, scheme).map_err(|e| anyhow!("{}: {e}", cohort.display()))?;
-            labels
-        }
-    };
+    let labels = c
+        .split_strata(scheme)
+        .map_err(|e| anyhow!("{}: {e}", cohort.display()))?;
     let splits = make_splits(&labels, scheme, a.seed);
-    for (k, n) in write_splits(&c, &splits, &out)?.iter().enumerate() {
+    for (k, n) in c.write_splits(&splits, &out)?.iter().enumerate() {
         println!(
             "split {k}: train {} / val {} / test {} patients -> {}",
             n.train,
@@ -114,7 +100,7 @@ fn check(path: PathBuf, cohort: Option<PathBuf>, json: bool) -> Result<ExitCode>
         files,
         problems,
         warnings,
-    } = check_split_files(&path, cohort.as_ref())?;
+    } = check_split_files(&path, cohort.map(|c| c.patient_ids()).as_ref())?;
     if json {
         println!(
             "{}",

@@ -25,6 +25,7 @@ pub enum Command {
         /// Bootstrap resamples of the c-index interval.
         #[arg(long, default_value_t = 1000)]
         resamples: usize,
+        /// Seed of the bootstrap resamples.
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Write Kaplan–Meier curves to STEM.png and STEM.svg.

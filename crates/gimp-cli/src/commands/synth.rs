@@ -15,6 +15,7 @@ pub struct Args {
     /// 1024-d, 60,480 genes — about 100 GB).
     #[arg(long, default_value = "demo")]
     pub size: String,
+    /// Seed of every random choice; the same seed gives the same bytes.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Override the number of patients.

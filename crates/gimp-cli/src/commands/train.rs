@@ -1,11 +1,13 @@
 use anyhow::{Context, Result};
 use gimp_cohort::LoadOptions;
 use gimp_io::expression::ExpressionTransform;
-use gimp_train::config::Preset;
+use gimp_train::config::{Preset, SupervisedOverrides, TaskConfig, TaskKind};
+use gimp_train::evaluate::{CheckpointEvaluation, SurvivalEvaluation};
 use gimp_train::progress::Bars;
+use gimp_train::run_record::StageDir;
 use gimp_train::stages;
 use gimp_train::trainer::Control;
-use gimp_train::{Prepared, RunConfig};
+use gimp_train::{run_record, Prepared, RunConfig};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -15,7 +17,7 @@ pub struct TaskArgs {
     /// classification (the label column) or survival (the cohort file's [survival] section);
     /// default: classification, or the run file's [task].
     #[arg(long)]
-    pub task: Option<gimp_train::objective::TaskKind>,
+    pub task: Option<TaskKind>,
     /// Survival loss: nll (MCAT's discrete-time likelihood over time bins; default) or cox
     /// (partial likelihood over the patients of an optimiser step).
     #[arg(long)]
@@ -27,34 +29,96 @@ pub struct TaskArgs {
 
 impl TaskArgs {
     /// `base` with the flags given on the command line; `None` when none was given.
-    pub fn apply(
-        &self,
-        base: gimp_train::objective::TaskConfig,
-    ) -> Option<gimp_train::objective::TaskConfig> {
-        if self.task.is_none() && self.loss.is_none() && self.alpha.is_none() {
-            return None;
+    pub fn apply(&self, base: TaskConfig) -> Option<TaskConfig> {
+        base.overridden(self.task, self.loss, self.alpha)
+    }
+}
+
+/// How a compared system trains, beyond its reference defaults (`gimp-rs train`, and every
+/// compared system of `gimp-rs experiment`).
+#[derive(clap::Args, Clone, Default)]
+pub struct SupervisedFlags {
+    /// Training epochs (default: the model's reference default, docs/TRAINING.md).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Learning rate (default: the model's reference default).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Weight decay (default: the model's reference default).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// adam_l2 (Adam with L2, as CLAM/PORPOISE) or adamw.
+    #[arg(long)]
+    pub optimizer: Option<gimp_nn::optim::Kind>,
+    /// Cosine decay of the learning rate (default: the model's own — constant as the reference
+    /// code, DSMIL cosine).
+    #[arg(long)]
+    pub cosine: bool,
+    /// Early stopping (CLAM's rule): epochs without a lower validation loss before training
+    /// ends (default 20; 0 turns early stopping off).
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Early stopping never ends training before the epoch after this 0-based one (default 50).
+    #[arg(long)]
+    pub stop_epoch: Option<usize>,
+    /// Random cap on patches per training bag (`experiment`: default the preset's fine-tuning
+    /// cap, so every row sees bags capped alike).
+    #[arg(long)]
+    pub max_patches: Option<usize>,
+    /// Refuse to start when the largest training bag's step would need more than this many
+    /// gigabytes (the model's estimate, docs/PERFORMANCE.md), instead of being killed midway.
+    #[arg(long, value_name = "GB")]
+    pub memory_limit: Option<f64>,
+    /// MGCA, BioViL, REFERS: epochs of the self-supervised stage before fine-tuning (default 50).
+    #[arg(long)]
+    pub pretrain_epochs: Option<usize>,
+    /// MGCA, BioViL, REFERS: its learning rate (default MGCA's 2e-5).
+    #[arg(long)]
+    pub pretrain_lr: Option<f64>,
+    /// MGCA, BioViL, REFERS: patients per pre-training batch (default 16).
+    #[arg(long)]
+    pub pretrain_batch: Option<usize>,
+    /// Patients per optimiser step (gradient accumulation; default: the reference's — 32 for
+    /// SNN, PORPOISE, Pathomic Fusion and MCAT, 2 for TransMIL, else 1; 32 for a Cox loss).
+    #[arg(long)]
+    pub accumulate: Option<usize>,
+    /// MCAT: gene groups from MCAT's signatures.csv (expression named by gene symbol); default:
+    /// six equal chunks.
+    #[arg(long)]
+    pub signatures: Option<PathBuf>,
+    /// Genes an expression model reads, chosen on the training split: `all`, a number K (the K
+    /// most variable genes) or a gene-list file (one per line). Default: the model's own (2,000
+    /// most variable for SNN and GroupMSA, docs/DESIGN.md §38; all for the others).
+    #[arg(long, value_name = "all|K|FILE")]
+    pub genes: Option<gimp_train::config::GeneSelection>,
+}
+
+impl SupervisedFlags {
+    pub fn overrides(&self) -> SupervisedOverrides {
+        SupervisedOverrides {
+            epochs: self.epochs,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            optimizer: self.optimizer,
+            cosine: self.cosine,
+            patience: self.patience,
+            stop_epoch: self.stop_epoch,
+            max_patches: self.max_patches,
+            memory_limit_gb: self.memory_limit,
+            pretrain_epochs: self.pretrain_epochs,
+            pretrain_lr: self.pretrain_lr,
+            pretrain_batch: self.pretrain_batch,
+            accumulate: self.accumulate,
+            signatures: self.signatures.clone(),
+            genes: self.genes.clone(),
         }
-        let mut t = base;
-        if let Some(k) = self.task {
-            t.kind = k;
-        } else if self.loss.is_some() || self.alpha.is_some() {
-            // A survival loss or alpha asks for survival.
-            t.kind = gimp_train::objective::TaskKind::Survival;
-        }
-        if let Some(l) = self.loss {
-            t.loss = l;
-        }
-        if let Some(a) = self.alpha {
-            t.alpha = a;
-        }
-        Some(t)
     }
 }
 
 /// What every training stage reads.
 #[derive(clap::Args, Clone)]
 pub struct Common {
-    /// The cohort file.
+    /// The cohort file (cohort.toml, docs/FORMATS.md).
     pub cohort: PathBuf,
     /// Run directory: the stage writes `{out}/{stage}/model.safetensors`, `log.jsonl`,
     /// `metrics.json`; `{out}/config.toml` records the full configuration.
@@ -66,6 +130,8 @@ pub struct Common {
     /// A run file (TOML): `preset = "…"` plus any field to override.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Seed of every random choice of the run (default: the run file's, 0 in both presets);
+    /// the same seed and thread count give the same weights.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Which split file of the cohort.
@@ -120,35 +186,18 @@ pub fn prepare(c: &Common) -> Result<(RunConfig, Prepared)> {
     let cfg = c.run_config()?;
     let cohort = gimp_cohort::Cohort::open(&c.cohort, LoadOptions::default())?;
     let data = Prepared::new(&cohort, cfg.fold, cfg.model.transform)?;
-    std::fs::create_dir_all(&c.out).with_context(|| format!("creating {}", c.out.display()))?;
-    let record = toml::to_string_pretty(&cfg)?;
-    gimp_io::atomic::write_bytes_atomic(&c.out.join("config.toml"), record.as_bytes())?;
-    let run = serde_json::json!({
-        "cohort": c.cohort.canonicalize().unwrap_or(c.cohort.clone()),
-        "fold": cfg.fold,
-        "seed": cfg.seed,
-        "gimp_rs_version": env!("CARGO_PKG_VERSION"),
-        "train": data.train.len(), "val": data.val.len(), "test": data.test.len(),
-    });
-    gimp_io::atomic::write_bytes_atomic(
-        &c.out.join("run.json"),
-        serde_json::to_string_pretty(&run)?.as_bytes(),
-    )?;
+    run_record::write(&c.out, &c.cohort, &cfg, &data)?;
     Ok((cfg, data))
 }
 
 pub fn genes(c: Common) -> Result<ExitCode> {
     let (cfg, data) = prepare(&c)?;
-    let dir = c.out.join("genes");
+    let dir = StageDir::Genes.dir(&c.out);
     let bars = Bars::new();
     let r = stages::pretrain_genes(&data, &cfg, &dir, control(&c), &|p| bars.update(p))?;
     bars.finish();
     crate::output::report("gene pre-training", &r, &data.classes, &dir)?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn existing(p: PathBuf) -> Option<PathBuf> {
-    p.is_file().then_some(p)
 }
 
 #[derive(clap::Args)]
@@ -164,11 +213,11 @@ pub fn pretrain(a: PretrainArgs) -> Result<ExitCode> {
     let (cfg, data) = prepare(&a.common)?;
     let genes = a
         .genes
-        .or_else(|| existing(a.common.out.join("genes/model.safetensors")));
+        .or_else(|| StageDir::Genes.finished_checkpoint(&a.common.out));
     if genes.is_none() && cfg.pretrain.triplet == gimp_train::config::Triplet::GeneInduced {
         eprintln!("warning: no gene pre-training checkpoint: CLS_ge comes from an untrained gene encoder (run `gimp-rs pretrain-genes` first)");
     }
-    let dir = a.common.out.join("pretrain");
+    let dir = StageDir::Pretrain.dir(&a.common.out);
     let bars = Bars::new();
     let r = stages::pretrain(
         &data,
@@ -202,10 +251,10 @@ pub fn finetune(a: FinetuneArgs) -> Result<ExitCode> {
     let (cfg, data) = prepare(&a.common)?;
     let init = a
         .init
-        .or_else(|| existing(a.common.out.join("pretrain/model.safetensors")));
+        .or_else(|| StageDir::Pretrain.finished_checkpoint(&a.common.out));
     let genes = a
         .genes
-        .or_else(|| existing(a.common.out.join("genes/model.safetensors")));
+        .or_else(|| StageDir::Genes.finished_checkpoint(&a.common.out));
     let dir = a.common.out.join(&a.name);
     let bars = Bars::new();
     let r = stages::finetune(
@@ -224,6 +273,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<ExitCode> {
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
+    /// The cohort file (cohort.toml) whose split is evaluated.
     pub cohort: PathBuf,
     /// A gimp-rs checkpoint (any architecture).
     #[arg(long)]
@@ -246,12 +296,14 @@ pub struct EvalArgs {
     /// reliability-{split} or kaplan-meier-{split}).
     #[arg(long)]
     pub reliability: Option<PathBuf>,
+    /// Print the result as JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(clap::Args)]
 pub struct CalibrateArgs {
+    /// The cohort file (cohort.toml) whose validation part the temperature is fitted on.
     pub cohort: PathBuf,
     /// A gimp-rs checkpoint (any architecture).
     #[arg(long)]
@@ -262,6 +314,7 @@ pub struct CalibrateArgs {
     /// Which split file (default: the one the checkpoint was trained on).
     #[arg(long)]
     pub fold: Option<usize>,
+    /// Print the result as JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -310,10 +363,10 @@ pub fn evaluate(a: EvalArgs) -> Result<ExitCode> {
     let ckpt = gimp_nn::checkpoint::Checkpoint::load(&a.checkpoint)?;
     let data = load_for(&a.cohort, &ckpt, a.fold)?.only(a.modalities);
     let m = gimp_train::evaluate::load_for_cohort(&ckpt, &a.checkpoint, &data)?;
-    if m.survival.is_some() {
-        return evaluate_survival(&a, &ckpt.arch, &m, &data);
-    }
-    let e = gimp_train::evaluate::evaluate(&m, &data, part, a.seed)?;
+    let e = match gimp_train::evaluate::evaluate_checkpoint(&m, &data, part, a.seed)? {
+        CheckpointEvaluation::Classification(e) => e,
+        CheckpointEvaluation::Survival(e) => return print_survival(&a, &ckpt.arch, &e),
+    };
     let stem = a.reliability.clone().unwrap_or_else(|| {
         a.checkpoint
             .with_file_name(format!("reliability-{}", e.split))
@@ -359,15 +412,9 @@ pub fn evaluate(a: EvalArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `evaluate` on a survival checkpoint: its metrics and Kaplan–Meier curves of the patients
+/// `evaluate` of a survival checkpoint: its metrics and Kaplan–Meier curves of the patients
 /// below and above the median predicted risk.
-fn evaluate_survival(
-    a: &EvalArgs,
-    arch: &str,
-    m: &gimp_models::Loaded,
-    data: &Prepared,
-) -> Result<ExitCode> {
-    let e = gimp_train::evaluate::evaluate_survival(m, data, a.split, a.seed)?;
+fn print_survival(a: &EvalArgs, arch: &str, e: &SurvivalEvaluation) -> Result<ExitCode> {
     let p = &e.predictions;
     let stem = a.reliability.clone().unwrap_or_else(|| {
         a.checkpoint
@@ -384,7 +431,7 @@ fn evaluate_survival(
         &stem,
     )?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&e)?);
+        println!("{}", serde_json::to_string_pretty(e)?);
     } else {
         print!(
             "{}",
@@ -408,12 +455,15 @@ fn evaluate_survival(
 
 #[derive(clap::Args)]
 pub struct EmbedArgs {
+    /// The cohort file (cohort.toml) whose patients are embedded.
     pub cohort: PathBuf,
+    /// A gimp-rs checkpoint (any architecture).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Output TSV: case_id, label, split, modalities, then the embedding (CLS_pat for GiMP).
     #[arg(long)]
     pub out: PathBuf,
+    /// Which split file names each patient's part (default: the checkpoint's).
     #[arg(long)]
     pub fold: Option<usize>,
 }
@@ -434,122 +484,48 @@ pub fn embed(a: EmbedArgs) -> Result<ExitCode> {
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
+    /// The cohort file (cohort.toml, docs/FORMATS.md).
     pub cohort: PathBuf,
-    /// Architecture (`gimp-rs model list`): abmil, dsmil, clam_sb, clam_mb, transmil, snn,
-    /// group_msa, porpoise, pathomic, mcat, mgca, biovil, refers.
+    /// Architecture (`gimp-rs model list` describes each): slides alone — abmil, dsmil,
+    /// clam_sb, clam_mb, transmil, mean_mil; expression alone — snn, group_msa; both —
+    /// porpoise, pathomic, mcat, and the image–omic adaptations mgca, biovil, refers (GiMP
+    /// itself trains with `pretrain-genes`, `pretrain` and `finetune`).
     #[arg(long)]
     pub arch: String,
     /// Run folder: OUT/model.safetensors, log.jsonl, metrics.json, learning_curves.png.
     #[arg(long)]
     pub out: PathBuf,
-    /// Defaults: the reference code's (see docs/TRAINING.md).
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    #[arg(long)]
-    pub lr: Option<f64>,
-    #[arg(long)]
-    pub weight_decay: Option<f64>,
-    /// adam_l2 (Adam with L2, as CLAM/PORPOISE) or adamw.
-    #[arg(long)]
-    pub optimizer: Option<gimp_nn::optim::Kind>,
-    /// Cosine decay of the learning rate (default: the model's own — constant as the reference
-    /// code, DSMIL cosine).
-    #[arg(long)]
-    pub cosine: bool,
-    /// Early stopping (CLAM's rule): epochs without a lower validation loss before training
-    /// ends (default 20; 0 turns early stopping off).
-    #[arg(long)]
-    pub patience: Option<usize>,
-    /// Early stopping never ends training before the epoch after this 0-based one (default 50).
-    #[arg(long)]
-    pub stop_epoch: Option<usize>,
-    /// Random cap on patches per training bag.
-    #[arg(long)]
-    pub max_patches: Option<usize>,
-    /// Refuse to start when the largest training bag's step would need more than this many
-    /// gigabytes (the model's estimate, docs/PERFORMANCE.md), instead of being killed midway.
-    #[arg(long, value_name = "GB")]
-    pub memory_limit: Option<f64>,
+    #[command(flatten)]
+    pub flags: SupervisedFlags,
+    /// Seed of every random choice (initial weights, order, dropout, patch caps); the same
+    /// seed and thread count give the same weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Which split file of the cohort.
     #[arg(long, default_value_t = 0)]
     pub fold: usize,
     /// Expression transform before z-scoring: log2p1 or none.
     #[arg(long, default_value = "log2p1")]
     pub transform: ExpressionTransform,
+    /// Continue an interrupted run from its last completed epoch (OUT/state.safetensors); the
+    /// final weights are those of an uninterrupted run.
     #[arg(long)]
     pub resume: bool,
-    /// MGCA, BioViL, REFERS: epochs of the self-supervised stage before fine-tuning (default 50).
-    #[arg(long)]
-    pub pretrain_epochs: Option<usize>,
-    /// MGCA, BioViL, REFERS: its learning rate (default MGCA's 2e-5).
-    #[arg(long)]
-    pub pretrain_lr: Option<f64>,
-    /// MGCA, BioViL, REFERS: patients per pre-training batch (default 16).
-    #[arg(long)]
-    pub pretrain_batch: Option<usize>,
-    /// Patients per optimiser step (gradient accumulation; default: the reference's — 32 for
-    /// SNN, PORPOISE, Pathomic Fusion and MCAT, 2 for TransMIL, else 1).
-    #[arg(long)]
-    pub accumulate: Option<usize>,
-    /// MCAT: gene groups from MCAT's signatures.csv (expression named by gene symbol); default:
-    /// six equal chunks.
-    #[arg(long)]
-    pub signatures: Option<PathBuf>,
-    /// Genes an expression model reads, chosen on the training split: `all`, a number K (the K
-    /// most variable genes) or a gene-list file (one per line). Default: the model's own (2,000
-    /// most variable for SNN and GroupMSA, docs/DESIGN.md §38; all for the others).
-    #[arg(long, value_name = "all|K|FILE")]
-    pub genes: Option<gimp_train::data::GeneSelection>,
     #[command(flatten)]
     pub task: TaskArgs,
 }
 
 pub fn train(a: TrainArgs) -> Result<ExitCode> {
-    use gimp_train::supervised::{self, SupervisedConfig};
-    let mut cfg = SupervisedConfig::defaults(gimp_models::registry::lookup(&a.arch)?)?;
-    cfg.seed = a.seed;
-    cfg.fold = a.fold;
-    if let Some(t) = a.task.apply(cfg.task) {
-        cfg.set_task(t);
-    }
-    if let Some(v) = a.pretrain_epochs {
-        cfg.self_supervised.epochs = v;
-    }
-    if let Some(v) = a.pretrain_lr {
-        cfg.self_supervised.lr = v;
-    }
-    if let Some(v) = a.pretrain_batch {
-        cfg.self_supervised.batch = v;
-    }
-    if let Some(v) = a.accumulate {
-        cfg.accumulate = v.max(1);
-    }
-    cfg.signatures = a.signatures.clone();
-    if let Some(g) = &a.genes {
-        cfg.genes = g.clone();
-    }
-    if let Some(v) = a.epochs {
-        cfg.epochs = v;
-    }
-    if let Some(v) = a.lr {
-        cfg.lr = v;
-    }
-    if let Some(v) = a.weight_decay {
-        cfg.weight_decay = v;
-    }
-    if let Some(o) = a.optimizer {
-        cfg.optimizer = o;
-    }
-    // The flag turns a cosine on; it never turns off DSMIL's own.
-    cfg.cosine |= a.cosine;
-    cfg.early_stopping = gimp_train::trainer::EarlyStopping::with_overrides(
-        cfg.early_stopping,
-        a.patience,
-        a.stop_epoch,
-    );
-    cfg.max_patches = a.max_patches;
-    cfg.memory_limit_gb = a.memory_limit;
+    use gimp_train::config::{SupervisedConfig, TrainingRecipe};
+    use gimp_train::supervised;
+    let cfg = SupervisedConfig::build(
+        gimp_models::registry::lookup(&a.arch)?,
+        a.seed,
+        a.fold,
+        TrainingRecipe::Reference,
+        a.task.apply(TaskConfig::default()).unwrap_or_default(),
+        &a.flags.overrides(),
+    )?;
     let c = gimp_cohort::Cohort::open(&a.cohort, LoadOptions::default())?;
     let data = Prepared::new(&c, a.fold, a.transform)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
@@ -571,6 +547,7 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
 
 #[derive(clap::Args)]
 pub struct TsneArgs {
+    /// The cohort file (cohort.toml) whose patients are embedded.
     pub cohort: PathBuf,
     /// One or more checkpoints; one figure each (Fig. 2 compares several models).
     #[arg(long, required = true)]
@@ -578,12 +555,16 @@ pub struct TsneArgs {
     /// Output folder: {name}.png and {name}.svg per checkpoint.
     #[arg(long)]
     pub out: PathBuf,
+    /// Seed of t-SNE's initial layout.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// t-SNE's perplexity (the effective number of neighbours; 5–50).
     #[arg(long, default_value_t = 30.0)]
     pub perplexity: f32,
+    /// t-SNE's optimisation steps.
     #[arg(long, default_value_t = 1000)]
     pub epochs: usize,
+    /// Which split file names each patient's part (default: the checkpoint's).
     #[arg(long)]
     pub fold: Option<usize>,
 }

@@ -1,135 +1,53 @@
-//! What a run learns (`docs/DESIGN.md` §34): the cohort's classes (cross-entropy, accuracy) or
-//! its survival outcomes (MCAT's discrete-time NLL or Cox's partial likelihood, Harrell's
-//! c-index). The one training loop and every stage ask an [`Objective`] for the model's output
-//! width, the loss of a unit of patients, the class an auxiliary loss or a triplet sees, the
-//! predictions validation compares, and what the checkpoint records; nothing else in the
-//! trainer depends on the task.
+//! The task a run answers (`docs/DESIGN.md` §34): the cohort's classes (cross-entropy, accuracy)
+//! or its survival outcomes (MCAT's discrete-time NLL or Cox's partial likelihood, Harrell's
+//! c-index). [`Task`] is the one type that knows which: the model's output width, the loss of a
+//! unit of patients, the class an auxiliary loss or a triplet sees, the predictions validation
+//! compares, the figure validation selects on and its name in the log, the scores a run
+//! reports, what a checkpoint records, and the floor every table starts from (the majority
+//! class, or one risk for all). The training loop, the stages, experiments, the CLI and Python
+//! ask it; none of them asks which task it is.
 
-use crate::config::CensoredInTriplets;
-use crate::data::{DataErr, Prepared, Result};
-use crate::trainer::{probabilities, scalar, Predictions, StageResult, Trained};
+use crate::compat;
+use crate::config::{CensoredInTriplets, TaskConfig, TaskKind};
+use crate::data::Prepared;
+use crate::error::{Result, TrainError};
+use crate::predictions::Predictions;
 use candle_core::Tensor;
 use gimp_cohort::survival::{Outcome, TimeBins};
 use gimp_metrics::survival::{self as metrics, Outcomes};
-use gimp_models::SurvivalHead;
-use gimp_nn::survival::{cox_partial_likelihood, nll_survival, SurvivalLoss, REFERENCE_ALPHA};
+use gimp_metrics::Report;
+use gimp_models::{Model, SurvivalHead};
+use gimp_nn::checkpoint::Checkpoint;
+use gimp_nn::survival::{cox_partial_likelihood, nll_survival, SurvivalLoss};
+use gimp_nn::{ops, ParamStore};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// Which question a run answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskKind {
-    /// The cohort's classes (the label column).
-    #[default]
-    Classification,
-    /// Time to event from the cohort file's `[survival]` section.
-    Survival,
+/// The classification loss of a model's logits: the cross-entropy (GiMP's stages, expression
+/// models run in batches), or the model's own (DSMIL's is not the cross-entropy).
+#[derive(Clone, Copy)]
+pub enum ClassLoss<'a> {
+    CrossEntropy,
+    OfModel(&'a dyn Model),
 }
 
-impl TaskKind {
-    pub fn name(self) -> &'static str {
+impl ClassLoss<'_> {
+    /// The mean loss of logits `[B, C]` with `labels`.
+    fn mean(self, logits: &Tensor, labels: &[usize]) -> candle_core::Result<Tensor> {
         match self {
-            TaskKind::Classification => "classification",
-            TaskKind::Survival => "survival",
-        }
-    }
-}
-
-impl std::str::FromStr for TaskKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "classification" => Ok(TaskKind::Classification),
-            "survival" => Ok(TaskKind::Survival),
-            other => Err(format!(
-                "unknown task '{other}', expected classification or survival"
-            )),
-        }
-    }
-}
-
-/// The `[task]` of a run file (and `--task`, `--loss`, `--alpha`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TaskConfig {
-    #[serde(default)]
-    pub kind: TaskKind,
-    /// Survival only: `nll` (MCAT's discrete-time likelihood, the default) or `cox`.
-    #[serde(default)]
-    pub loss: SurvivalLoss,
-    /// Survival NLL only: the weight of the uncensored-only term (MCAT's `alpha_surv`; 0 as
-    /// both references' scripts default it).
-    #[serde(default = "reference_alpha")]
-    pub alpha: f64,
-}
-
-fn reference_alpha() -> f64 {
-    REFERENCE_ALPHA
-}
-
-impl Default for TaskConfig {
-    fn default() -> Self {
-        Self {
-            kind: TaskKind::Classification,
-            loss: SurvivalLoss::Nll,
-            alpha: REFERENCE_ALPHA,
-        }
-    }
-}
-
-impl TaskConfig {
-    /// A survival task with `loss` and the references' alpha.
-    pub fn survival(loss: SurvivalLoss) -> Self {
-        Self {
-            kind: TaskKind::Survival,
-            loss,
-            ..Self::default()
-        }
-    }
-
-    pub fn is_cox(&self) -> bool {
-        self.kind == TaskKind::Survival && self.loss == SurvivalLoss::Cox
-    }
-
-    /// What a table or report says the task is: `classification`, `survival (nll, alpha 0)`.
-    pub fn describe(&self) -> String {
-        match (self.kind, self.loss) {
-            (TaskKind::Classification, _) => "classification".into(),
-            (TaskKind::Survival, SurvivalLoss::Nll) => {
-                format!("survival (discrete-time NLL, alpha {})", self.alpha)
-            }
-            (TaskKind::Survival, SurvivalLoss::Cox) => {
-                "survival (Cox partial likelihood, Breslow ties)".into()
+            ClassLoss::CrossEntropy => gimp_nn::loss::cross_entropy(logits, labels),
+            ClassLoss::OfModel(model) => {
+                let per: Vec<Tensor> = labels
+                    .iter()
+                    .enumerate()
+                    .map(|(r, &y)| model.classification_loss(&logits.get(r)?, y))
+                    .collect::<candle_core::Result<_>>()?;
+                Tensor::stack(&per, 0)?.mean_all()
             }
         }
     }
-
-    /// Checks the patients per optimiser step a run gives the loss: Cox's partial likelihood
-    /// compares the patients of one step (§34), so it needs two at least; `field` names the
-    /// setting in errors.
-    pub fn check_unit(&self, unit: usize, field: &str) -> Result<()> {
-        if !(0.0..=1.0).contains(&self.alpha) {
-            return Err(DataErr::Msg(format!(
-                "task.alpha: {} is not in [0, 1]",
-                self.alpha
-            )));
-        }
-        if self.is_cox() && unit < 2 {
-            return Err(DataErr::Msg(format!(
-                "{field}: {unit} patient(s) per optimiser step, but the Cox loss compares the \
-                 patients of a step and needs at least 2 (MCAT's survival scripts use {COX_UNIT})"
-            )));
-        }
-        Ok(())
-    }
 }
-
-/// Patients per optimiser step a Cox run takes when the model's own default is one patient:
-/// MCAT's and PORPOISE's gradient accumulation over 32 patients.
-pub const COX_UNIT: usize = 32;
 
 /// A survival run: the head, the loss settings and every patient's outcome and time bin (bins
 /// fitted on the training part of the split).
@@ -180,46 +98,186 @@ impl Survival {
             self.train.iter().map(|&i| self.outcomes[i].event).collect(),
         )
     }
+
+    /// The survival metrics of predictions ([`score`]) with this run's training outcomes and
+    /// head.
+    pub fn score(&self, p: &Predictions, seed: u64) -> SurvivalScores {
+        let (time, event) = self.train_outcomes();
+        score(
+            Outcomes {
+                time: &time,
+                event: &event,
+            },
+            p,
+            &self.head,
+            seed,
+        )
+    }
+}
+
+/// What validation tells the training loop after an epoch: the mean loss, the figure the best
+/// epoch is chosen on (accuracy, or Harrell's c-index) and its name in `log.jsonl`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Validation {
+    pub loss: f64,
+    pub figure: f64,
+    pub figure_name: &'static str,
+    /// Validation patients scored (0: nothing to select or stop on).
+    pub patients: usize,
+}
+
+/// A run's figures on one part of the split, in the terms of its task.
+#[derive(Debug, Clone)]
+pub enum Scores {
+    Classification(Report),
+    Survival(SurvivalScores),
+}
+
+impl Scores {
+    /// The figure runs are compared on: accuracy, or Harrell's c-index.
+    pub fn figure(&self) -> f64 {
+        match self {
+            Scores::Classification(r) => r.accuracy.value,
+            Scores::Survival(s) => s.cindex.value,
+        }
+    }
+
+    /// The name of [`Scores::figure`].
+    pub fn metric(&self) -> &'static str {
+        match self {
+            Scores::Classification(_) => "accuracy",
+            Scores::Survival(_) => "c-index",
+        }
+    }
+
+    pub fn report(&self) -> Option<&Report> {
+        match self {
+            Scores::Classification(r) => Some(r),
+            Scores::Survival(_) => None,
+        }
+    }
+
+    pub fn survival(&self) -> Option<&SurvivalScores> {
+        match self {
+            Scores::Classification(_) => None,
+            Scores::Survival(s) => Some(s),
+        }
+    }
+}
+
+/// A run's validation and test figures and its test predictions (which experiments pool over
+/// folds). Written as `metrics.json` with the classification report under `val`/`test` and the
+/// survival scores under `val_survival`/`test_survival` ([`FiguresFile`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "FiguresFile", into = "FiguresFile")]
+pub struct Figures {
+    pub val: Option<Scores>,
+    pub test: Option<Scores>,
+    pub test_predictions: Option<Predictions>,
+}
+
+impl Figures {
+    /// The test part's classification report (none in a survival run).
+    pub fn test_report(&self) -> Option<&Report> {
+        self.test.as_ref().and_then(Scores::report)
+    }
+
+    /// The test part's survival scores (none in a classification run).
+    pub fn test_survival(&self) -> Option<&SurvivalScores> {
+        self.test.as_ref().and_then(Scores::survival)
+    }
+}
+
+/// [`Figures`] as `metrics.json` holds them.
+#[derive(Serialize, Deserialize)]
+struct FiguresFile {
+    #[serde(default)]
+    val: Option<Report>,
+    #[serde(default)]
+    test: Option<Report>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    val_survival: Option<SurvivalScores>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    test_survival: Option<SurvivalScores>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    test_predictions: Option<Predictions>,
+}
+
+impl From<Figures> for FiguresFile {
+    fn from(f: Figures) -> Self {
+        let report = |s: &Option<Scores>| s.as_ref().and_then(Scores::report).cloned();
+        let survival = |s: &Option<Scores>| s.as_ref().and_then(Scores::survival).cloned();
+        Self {
+            val: report(&f.val),
+            test: report(&f.test),
+            val_survival: survival(&f.val),
+            test_survival: survival(&f.test),
+            test_predictions: f.test_predictions,
+        }
+    }
+}
+
+impl From<FiguresFile> for Figures {
+    fn from(f: FiguresFile) -> Self {
+        let pick = |r: Option<Report>, s: Option<SurvivalScores>| {
+            r.map(Scores::Classification)
+                .or_else(|| s.map(Scores::Survival))
+        };
+        Self {
+            val: pick(f.val, f.val_survival),
+            test: pick(f.test, f.test_survival),
+            test_predictions: f.test_predictions,
+        }
+    }
+}
+
+/// Outcome of a stage: where its checkpoint is, the kept epoch, and its figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageResult {
+    pub checkpoint: PathBuf,
+    pub best_epoch: usize,
+    #[serde(flatten)]
+    pub figures: Figures,
 }
 
 /// What a run learns; see the module documentation.
 #[derive(Debug, Clone)]
-pub struct Objective {
-    pub task: TaskConfig,
+pub struct Task {
+    pub config: TaskConfig,
     survival: Option<Survival>,
 }
 
-impl Objective {
-    /// The objective of `task` on a prepared split: for survival, the cohort must have a
+impl Task {
+    /// The task of `config` on a prepared split: for survival, the cohort must have a
     /// `[survival]` section and the training part enough distinct event times for its bins.
-    pub fn new(task: &TaskConfig, data: &Prepared) -> Result<Self> {
-        let survival = match task.kind {
+    pub fn new(config: &TaskConfig, data: &Prepared) -> Result<Self> {
+        let survival = match config.kind {
             TaskKind::Classification => None,
             TaskKind::Survival => {
                 let s = data.survival.as_ref().ok_or_else(|| {
-                    DataErr::Msg(
+                    TrainError::Msg(
                         "task survival: the cohort file has no [survival] section (time and \
                          event columns of the label table; docs/COHORTS.md)"
                             .into(),
                     )
                 })?;
                 let bins = TimeBins::fit(&s.outcomes, &data.train, s.n_bins)
-                    .map_err(|e| DataErr::Msg(format!("[survival] bins: {e}")))?;
+                    .map_err(|e| TrainError::Msg(format!("[survival] bins: {e}")))?;
                 Some(Survival {
                     bins: s.outcomes.iter().map(|o| bins.bin(o.time)).collect(),
                     head: SurvivalHead {
-                        loss: task.loss,
+                        loss: config.loss,
                         edges: bins.edges,
                         unit: s.unit.name().to_string(),
                     },
-                    alpha: task.alpha,
+                    alpha: config.alpha,
                     outcomes: s.outcomes.clone(),
                     train: data.train.clone(),
                 })
             }
         };
         Ok(Self {
-            task: *task,
+            config: *config,
             survival,
         })
     }
@@ -282,20 +340,20 @@ impl Objective {
         }
     }
 
-    /// The loss of logits `[B, K]` of `patients` (one unit of work): the cross-entropy that
-    /// `classification` computes from the logits and the labels, or the survival loss. `None`
-    /// where the unit gives nothing to learn from (a Cox unit without an event).
+    /// The loss of logits `[B, K]` of `patients` (one unit of work): the classification loss
+    /// `class_loss`, or the survival loss. `None` where the unit gives nothing to learn from (a
+    /// Cox unit without an event).
     pub fn unit_loss(
         &self,
         data: &Prepared,
         logits: &Tensor,
         patients: &[usize],
-        classification: &dyn Fn(&Tensor, &[usize]) -> candle_core::Result<Tensor>,
+        class_loss: ClassLoss,
     ) -> Result<Option<Tensor>> {
         match &self.survival {
             None => {
                 let labels: Vec<usize> = patients.iter().map(|&i| data.patients[i].label).collect();
-                Ok(Some(classification(logits, &labels)?))
+                Ok(Some(class_loss.mean(logits, &labels)?))
             }
             Some(s) => s.loss(logits, patients),
         }
@@ -309,13 +367,10 @@ impl Objective {
         data: &Prepared,
         patients: Vec<usize>,
         logits: Vec<Tensor>,
-        classification: &dyn Fn(&Tensor, &[usize]) -> candle_core::Result<Tensor>,
+        class_loss: ClassLoss,
     ) -> Result<Predictions> {
         if patients.is_empty() {
-            return Ok(Predictions {
-                loss: f64::NAN,
-                ..Default::default()
-            });
+            return Ok(Predictions::none());
         }
         let rows = Tensor::stack(&logits, 0)?;
         let loss = match &self.survival {
@@ -323,10 +378,7 @@ impl Objective {
             None => {
                 let mut sum = 0.0;
                 for (l, &i) in logits.iter().zip(&patients) {
-                    sum += scalar(&classification(
-                        &l.unsqueeze(0)?,
-                        &[data.patients[i].label],
-                    )?)?;
+                    sum += scalar(&class_loss.mean(&l.unsqueeze(0)?, &[data.patients[i].label])?)?;
                 }
                 sum / patients.len() as f64
             }
@@ -342,7 +394,6 @@ impl Objective {
         };
         match &self.survival {
             None => {
-                p.labels = patients.iter().map(|&i| data.patients[i].label).collect();
                 p.probs = logits.iter().map(probabilities).collect::<Result<_>>()?;
             }
             Some(s) => {
@@ -359,71 +410,150 @@ impl Objective {
         Ok(p)
     }
 
-    /// A checkpoint's class names: the cohort's classes, or the survival head's outputs.
-    pub fn output_names(&self, data: &Prepared) -> Vec<String> {
-        match &self.survival {
-            None => data.classes.clone(),
-            Some(s) => s.head.output_names(),
-        }
-    }
-
-    /// What the checkpoint records of the task (nothing for classification).
-    pub fn info(&self) -> BTreeMap<String, String> {
-        match &self.survival {
-            None => BTreeMap::new(),
-            Some(s) => s.head.info(),
-        }
-    }
-
-    /// A stage's result from its validation and test predictions at the kept epoch.
-    pub fn stage_result(
+    /// Predictions of a batch's logits `[B, K]` (a model that answers a whole part at once);
+    /// the mean loss of a classification batch is its cross-entropy, the loss it trains on.
+    pub fn batch_predictions(
         &self,
         data: &Prepared,
-        checkpoint: PathBuf,
-        trained: Trained,
+        patients: Vec<usize>,
+        logits: &Tensor,
+    ) -> Result<Predictions> {
+        let rows = (0..patients.len())
+            .map(|r| logits.get(r))
+            .collect::<candle_core::Result<_>>()?;
+        let mut p = self.predictions(data, patients, rows, ClassLoss::CrossEntropy)?;
+        if self.survival.is_none() && !p.patients.is_empty() {
+            p.loss = scalar(&gimp_nn::loss::cross_entropy(logits, &p.labels)?)?;
+        }
+        Ok(p)
+    }
+
+    /// What validation tells the loop: the figure the best epoch is chosen on — accuracy, or
+    /// Harrell's c-index (½ where it has no value, no comparable pair, so the loss decides) —
+    /// with its name, and the mean loss.
+    pub fn validation(&self, p: &Predictions) -> Validation {
+        let (figure, figure_name) = match &self.survival {
+            None => (p.accuracy(), "val_accuracy"),
+            Some(_) => {
+                let outcomes = Outcomes {
+                    time: &p.time,
+                    event: &p.event,
+                };
+                let c = metrics::concordance_index_censored(outcomes, &p.risk, metrics::TIED_TOL);
+                (c.map_or(0.5, |c| c.cindex), "val_cindex")
+            }
+        };
+        Validation {
+            loss: p.loss,
+            figure,
+            figure_name,
+            patients: p.labels.len(),
+        }
+    }
+
+    /// The figures of validation and test predictions: the classification report (none
+    /// without patients), or the survival scores (validation's none without patients).
+    pub fn figures(
+        &self,
+        data: &Prepared,
         val: &Predictions,
         test: Predictions,
         seed: u64,
-    ) -> StageResult {
+    ) -> Figures {
         let nc = data.classes.len();
+        let (val, test_scores) = match &self.survival {
+            None => (
+                val.report(nc, seed).map(Scores::Classification),
+                test.report(nc, seed).map(Scores::Classification),
+            ),
+            Some(s) => (
+                (!val.risk.is_empty()).then(|| Scores::Survival(s.score(val, seed))),
+                Some(Scores::Survival(s.score(&test, seed))),
+            ),
+        };
+        Figures {
+            val,
+            test: test_scores,
+            test_predictions: Some(test),
+        }
+    }
+
+    /// The floor every table starts from: each patient of `idx` given the training part's
+    /// class frequencies, or in a survival run one risk for all (Harrell's c-index ½: every
+    /// pair tied).
+    pub fn constant_predictions(&self, data: &Prepared, idx: &[usize]) -> Predictions {
         match &self.survival {
-            None => StageResult {
-                checkpoint,
-                best_epoch: trained.best_epoch,
-                val: val.report(nc, seed),
-                test: test.report(nc, seed),
-                val_survival: None,
-                test_survival: None,
-                test_predictions: Some(test),
-            },
-            Some(s) => StageResult {
-                checkpoint,
-                best_epoch: trained.best_epoch,
-                val: None,
-                test: None,
-                val_survival: (!val.risk.is_empty()).then(|| s.score(val, seed)),
-                test_survival: Some(s.score(&test, seed)),
-                test_predictions: Some(test),
+            None => {
+                let mut freq = vec![0.0f64; data.classes.len()];
+                for &i in &data.train {
+                    freq[data.patients[i].label] += 1.0;
+                }
+                let n = data.train.len().max(1) as f64;
+                freq.iter_mut().for_each(|f| *f /= n);
+                Predictions {
+                    patients: idx.to_vec(),
+                    labels: idx.iter().map(|&i| data.patients[i].label).collect(),
+                    probs: vec![freq; idx.len()],
+                    loss: f64::NAN,
+                    ..Default::default()
+                }
+            }
+            Some(s) => Predictions {
+                patients: idx.to_vec(),
+                labels: idx.iter().map(|&i| s.bins[i]).collect(),
+                probs: vec![Vec::new(); idx.len()],
+                risk: vec![0.0; idx.len()],
+                time: idx.iter().map(|&i| s.outcomes[i].time).collect(),
+                event: idx.iter().map(|&i| s.outcomes[i].event).collect(),
+                loss: f64::NAN,
             },
         }
     }
+
+    /// Saves the store's weights as a checkpoint of `arch` with the task's outputs (the
+    /// cohort's classes, or the survival head's), what it records of the task (the head's
+    /// edges and loss), the features it was trained on (§36) and the cohort's expression
+    /// preprocessing.
+    pub fn save_checkpoint(
+        &self,
+        path: &Path,
+        arch: &str,
+        config: serde_json::Value,
+        store: &ParamStore,
+        data: &Prepared,
+        mut info: BTreeMap<String, String>,
+    ) -> Result<()> {
+        info.extend(compat::provenance_entry(data)?);
+        let classes = match &self.survival {
+            None => data.classes.clone(),
+            Some(s) => {
+                info.extend(s.head.info());
+                s.head.output_names()
+            }
+        };
+        Checkpoint {
+            arch: arch.into(),
+            config,
+            classes,
+            weights: store.tensors(),
+            preprocessing: data.preprocessing.clone(),
+            info,
+        }
+        .save(path)?;
+        Ok(())
+    }
 }
 
-impl Survival {
-    /// The survival metrics of predictions ([`score`]) with this run's training outcomes and
-    /// head.
-    pub fn score(&self, p: &Predictions, seed: u64) -> SurvivalScores {
-        let (time, event) = self.train_outcomes();
-        score(
-            Outcomes {
-                time: &time,
-                event: &event,
-            },
-            p,
-            &self.head,
-            seed,
-        )
-    }
+/// A tensor's one value as float64.
+pub(crate) fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// Class probabilities of one patient's logits `[C]`.
+pub fn probabilities(logits: &Tensor) -> Result<Vec<f64>> {
+    Ok(ops::softmax_last(logits)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec1()?)
 }
 
 /// Bootstrap resamples of the c-index interval.
@@ -431,7 +561,7 @@ pub const RESAMPLES: usize = 1000;
 
 /// Survival metrics of one scored set of patients; a metric the data cannot give is `None`
 /// (NaN for Harrell's c-index) with the reason in `notes`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SurvivalScores {
     pub patients: usize,
     pub events: usize,
@@ -440,7 +570,9 @@ pub struct SurvivalScores {
     /// Uno's IPCW c-index (censoring distribution of the training part).
     pub uno: Option<f64>,
     /// Cumulative/dynamic AUC at the quartiles of the test event times, and their mean.
+    #[serde(deserialize_with = "gimp_metrics::nans_as_nulls")]
     pub auc_times: Vec<f64>,
+    #[serde(deserialize_with = "gimp_metrics::nans_as_nulls")]
     pub auc: Vec<f64>,
     pub mean_auc: Option<f64>,
     /// Integrated Brier score of the NLL head's survival curves over the test follow-up.
