@@ -84,9 +84,9 @@ fn every_subcommand_has_help() {
                     // The description follows on the same line after two spaces, or on the
                     // next, indented further.
                     let same = head.split_once("  ").map(|(_, d)| d).unwrap_or("");
-                    let next = lines.get(k + 1).filter(|l| {
-                        l.len() - l.trim_start().len() > 6 && !l.trim().is_empty()
-                    });
+                    let next = lines
+                        .get(k + 1)
+                        .filter(|l| l.len() - l.trim_start().len() > 6 && !l.trim().is_empty());
                     let description = format!("{same} {}", next.map_or("", |l| l.trim()));
                     let without_defaults = description
                         .split('[')
@@ -103,9 +103,22 @@ fn every_subcommand_has_help() {
         }
         seen.push(path.join(" "));
     }
-    assert!(seen.len() >= 30, "only {} commands found: {seen:?}", seen.len());
-    for expected in ["train", "experiment compare", "evaluate", "model run", "view"] {
-        assert!(seen.iter().any(|s| s == expected), "{expected} not found: {seen:?}");
+    assert!(
+        seen.len() >= 30,
+        "only {} commands found: {seen:?}",
+        seen.len()
+    );
+    for expected in [
+        "train",
+        "experiment compare",
+        "evaluate",
+        "model run",
+        "view",
+    ] {
+        assert!(
+            seen.iter().any(|s| s == expected),
+            "{expected} not found: {seen:?}"
+        );
     }
     assert!(
         undocumented.is_empty(),

@@ -20,10 +20,10 @@
 //!   trained end to end with the encoder (TANGLE fine-tuned). Names are the reference's, so a
 //!   `train_tangle.py` state dict supplies every encoder weight.
 
-use crate::abmil::GatedAttention;
 use crate::arch::{
     config, count_indexed, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
 };
+use crate::gated_attention::GatedAttention;
 use crate::model::{bag, Input, Model, Output};
 use candle_core::{Result, Tensor};
 use gimp_nn::{loss, ops, LayerNorm, Linear, Mode, Scope};
