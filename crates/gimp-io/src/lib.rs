@@ -13,6 +13,7 @@ pub mod feature_file;
 pub mod guard;
 pub mod h5;
 pub mod npy;
+pub mod pathways;
 pub mod pt;
 pub mod safetensors_io;
 pub mod shard;

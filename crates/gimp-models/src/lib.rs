@@ -15,6 +15,7 @@ pub mod image_omic;
 pub mod mcat;
 pub mod mean_mil;
 pub mod mgca;
+pub mod mmp;
 pub mod model;
 pub mod pathomic;
 pub mod porpoise;
@@ -22,6 +23,8 @@ pub mod refers;
 pub mod registry;
 pub mod snn;
 pub mod survival_head;
+pub mod survpath;
+pub mod tangle;
 pub mod transformer;
 pub mod transmil;
 

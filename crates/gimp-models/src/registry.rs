@@ -26,6 +26,10 @@ pub const REGISTRY: &[&ArchInfo] = &[
     &crate::refers::ARCH,
     &crate::gimp::ARCH,
     &crate::mean_mil::ARCH,
+    &crate::tangle::ARCH,
+    &crate::tangle::ARCH_PROBE,
+    &crate::survpath::ARCH,
+    &crate::mmp::ARCH,
 ];
 
 pub fn find(name: &str) -> Option<&'static ArchInfo> {

@@ -311,9 +311,14 @@ fn paired_models_run_and_every_parameter_gets_a_gradient() {
         let l = m.classification_loss(&out.logits, 1).unwrap();
         let grads = l.backward().unwrap();
         for (name, p) in store.params() {
-            assert!(
+            // MMP's PANTHER prior is frozen (the reference's `--fix_proto`), and its
+            // `FeedForwardEnsemble` builds a LayerNorm its forward never uses.
+            let unused = arch.name == "mmp"
+                && (name.starts_with("panther.priors.") || name.starts_with("coattn.1.norm."));
+            assert_eq!(
                 grads.get(p.var.as_tensor()).is_some(),
-                "{}: no gradient for {name}",
+                !unused,
+                "{}: gradient for {name}",
                 arch.name
             );
         }
