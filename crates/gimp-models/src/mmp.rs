@@ -335,6 +335,22 @@ impl Mmp {
 }
 
 impl Model for Mmp {
+    /// The prototypes, fitted on the training bags with the run's seed ([`fit_prototypes`]).
+    fn fit_to_training(
+        &self,
+        bags: &dyn Fn() -> Result<Vec<Tensor>>,
+        seed: u64,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let fit = PrototypeFitting {
+            n_proto: self.cfg.n_proto,
+            ..PrototypeFitting::default()
+        };
+        Ok(vec![(
+            PROTOTYPES.to_string(),
+            fit_prototypes(&bags()?, &fit, seed)?,
+        )])
+    }
+
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
         let x = bag(input)?;
         let (mix, tokens) = self.slide_tokens(x)?;

@@ -68,6 +68,17 @@ pub trait Model {
         Ok(None)
     }
 
+    /// Parameters fitted to the training patients' bags before training, by parameter name
+    /// (MMP's morphological prototypes: k-means on training patches); `bags` reads the bags
+    /// only when a model asks. None for most models.
+    fn fit_to_training(
+        &self,
+        _bags: &dyn Fn() -> Result<Vec<Tensor>>,
+        _seed: u64,
+    ) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+
     /// The classification loss of one patient's logits `[C]`: cross-entropy, except for models
     /// whose reference trains otherwise (DSMIL: BCE on the one-hot label).
     fn classification_loss(&self, logits: &Tensor, label: usize) -> Result<Tensor> {

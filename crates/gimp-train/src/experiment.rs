@@ -255,6 +255,32 @@ pub const ROWS: &[Row] = &[
         key: "agg_snn",
         recipe: Recipe::Gimp(snn_no_pretrain),
     },
+    // GiMP's successors (not in the paper): TANGLE's contrastive slide–expression pre-training
+    // then its linear probe or fine-tuning, SurvPath, MMP.
+    Row {
+        table: "table1",
+        name: "TANGLE (linear probe)",
+        key: "tangle_probe",
+        recipe: Recipe::Supervised("tangle_probe"),
+    },
+    Row {
+        table: "table1",
+        name: "TANGLE (fine-tuned)",
+        key: "tangle",
+        recipe: Recipe::Supervised("tangle"),
+    },
+    Row {
+        table: "table1",
+        name: "SurvPath",
+        key: "survpath",
+        recipe: Recipe::Supervised("survpath"),
+    },
+    Row {
+        table: "table1",
+        name: "MMP",
+        key: "mmp",
+        recipe: Recipe::Supervised("mmp"),
+    },
     Row {
         table: "table2",
         name: "Aggregator + GroupMSA (no pre-training)",

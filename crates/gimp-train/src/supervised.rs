@@ -12,7 +12,7 @@ use crate::predictions::Predictions;
 use crate::stages::cap_bag;
 use crate::task::{ClassLoss, StageResult, Task, Validation};
 use crate::trainer::{
-    keep, save, shuffled_units, Control, Kept, Loop, OnProgress, Rate, Stage, UnitLoss,
+    keep, restore, save, shuffled_units, Control, Kept, Loop, OnProgress, Rate, Stage, UnitLoss,
 };
 use candle_core::{Device, Tensor};
 use gimp_models::{registry, InputKind, Model};
@@ -190,6 +190,22 @@ pub fn train(
     }
     let store = ParamStore::new(cfg.seed);
     let model = (arch.build)(&store.root(), &model_cfg)?;
+    // What a model fits to the training bags before training (MMP's prototypes).
+    let training_bags = || -> candle_core::Result<Vec<Tensor>> {
+        let bag = |i: &usize| {
+            data.bag(*i)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        };
+        Ok(train
+            .iter()
+            .map(bag)
+            .collect::<candle_core::Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect())
+    };
+    let fitted = model.fit_to_training(&training_bags, cfg.seed)?;
+    restore(&store, &fitted.into_iter().collect())?;
     let _whole_bag = if arch.input.reads_slides() {
         data.check_memory(&train, cfg.max_patches, cfg.memory_limit_gb, |n| {
             model.training_step_bytes(n)
