@@ -11,7 +11,8 @@
 //! `(j + 0.5 − centre) / stretch` and normalised to sum 1. The weights are then fixed point
 //! (22 fractional bits, rounded half away from zero), each pass sums `u8 × weight` in 32-bit
 //! integers with a half added, shifts back and clamps to 0..=255. The horizontal pass only
-//! computes the rows the vertical pass reads.
+//! computes the rows the vertical pass reads. Pillow 13 runs the vertical pass first when the
+//! height loses more than twice as many pixels as the width (see [`resize`]).
 
 /// PIL's resampling filters that the encoders' transforms use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,51 +130,79 @@ pub fn resize(
         w * h * channels,
         "resize: buffer is not w × h × channels"
     );
-    if (w, h) == (out_w, out_h) || out_w == 0 || out_h == 0 {
-        return if out_w == 0 || out_h == 0 {
-            Vec::new()
-        } else {
-            src.to_vec()
-        };
+    if out_w == 0 || out_h == 0 {
+        return Vec::new();
     }
-    let half = 1i32 << (PRECISION_BITS - 1);
+    if (w, h) == (out_w, out_h) {
+        return src.to_vec();
+    }
     let vertical = taps(h, out_h, filter);
-    // Rows of the input the vertical pass reads (PIL filters only these horizontally).
-    let row_lo = vertical.first[0];
-    let row_hi = vertical.first[out_h - 1] + vertical.count[out_h - 1];
-    let (rows, row_w, row_first) = if out_w != w {
-        let horizontal = taps(w, out_w, filter);
-        let mut rows = vec![0u8; (row_hi - row_lo) * out_w * channels];
-        for (r, out_row) in rows.chunks_exact_mut(out_w * channels).enumerate() {
-            let in_row = &src[(row_lo + r) * w * channels..(row_lo + r + 1) * w * channels];
-            for x in 0..out_w {
-                let k = &horizontal.weights[x * horizontal.width..];
-                let first = horizontal.first[x];
-                for c in 0..channels {
-                    let mut acc = half;
-                    for (j, &kj) in k.iter().take(horizontal.count[x]).enumerate() {
-                        acc += in_row[(first + j) * channels + c] as i32 * kj;
-                    }
-                    out_row[x * channels + c] = to_u8(acc);
-                }
+    let horizontal = (out_w != w).then(|| taps(w, out_w, filter));
+    match horizontal {
+        // Pillow 13 filters columns first when the height shrinks by more than twice as many
+        // pixels as the width (Pillow#9549; earlier versions never do). The order changes the
+        // intermediate rounding, so it is followed. Square patches resized to squares never
+        // take this branch, so their pixels are the same under every Pillow version.
+        Some(hz) if out_h < h && (h - out_h) as i64 > 2 * (w as i64 - out_w as i64) => {
+            let tall = vertical_pass(src, w * channels, &vertical, 0);
+            horizontal_pass(&tall, w, out_h, channels, &hz, 0)
+        }
+        Some(hz) => {
+            // Only the rows the vertical pass reads are filtered horizontally.
+            let row_lo = vertical.first[0];
+            let row_hi = vertical.first[out_h - 1] + vertical.count[out_h - 1];
+            let rows = horizontal_pass(src, w, row_hi - row_lo, channels, &hz, row_lo);
+            if out_h == h {
+                rows
+            } else {
+                vertical_pass(&rows, out_w * channels, &vertical, row_lo)
             }
         }
-        (rows, out_w, row_lo)
-    } else {
-        (src.to_vec(), w, 0)
-    };
-    if out_h == h {
-        return rows;
+        None => vertical_pass(src, w * channels, &vertical, 0),
     }
-    let stride = row_w * channels;
+}
+
+/// Rows `first_row .. first_row + n_rows` of `src` (`w` pixels wide) filtered along x.
+fn horizontal_pass(
+    src: &[u8],
+    w: usize,
+    n_rows: usize,
+    channels: usize,
+    t: &Taps,
+    first_row: usize,
+) -> Vec<u8> {
+    let out_w = t.first.len();
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let mut out = vec![0u8; n_rows * out_w * channels];
+    for (r, out_row) in out.chunks_exact_mut(out_w * channels).enumerate() {
+        let in_row = &src[(first_row + r) * w * channels..][..w * channels];
+        for x in 0..out_w {
+            let k = &t.weights[x * t.width..][..t.count[x]];
+            let first = t.first[x];
+            for c in 0..channels {
+                let mut acc = half;
+                for (j, &kj) in k.iter().enumerate() {
+                    acc += in_row[(first + j) * channels + c] as i32 * kj;
+                }
+                out_row[x * channels + c] = to_u8(acc);
+            }
+        }
+    }
+    out
+}
+
+/// `src` (rows of `stride` bytes, its first row being input row `row_offset`) filtered along y.
+fn vertical_pass(src: &[u8], stride: usize, t: &Taps, row_offset: usize) -> Vec<u8> {
+    let out_h = t.first.len();
+    let half = 1i32 << (PRECISION_BITS - 1);
     let mut out = vec![0u8; out_h * stride];
     for (y, out_row) in out.chunks_exact_mut(stride).enumerate() {
-        let k = &vertical.weights[y * vertical.width..];
-        let first = vertical.first[y] - row_first;
+        let k = &t.weights[y * t.width..][..t.count[y]];
+        let first = t.first[y] - row_offset;
         for (i, o) in out_row.iter_mut().enumerate() {
             let mut acc = half;
-            for (j, &kj) in k.iter().take(vertical.count[y]).enumerate() {
-                acc += rows[(first + j) * stride + i] as i32 * kj;
+            for (j, &kj) in k.iter().enumerate() {
+                acc += src[(first + j) * stride + i] as i32 * kj;
             }
             *o = to_u8(acc);
         }
