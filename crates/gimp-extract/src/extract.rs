@@ -2,7 +2,7 @@
 //! CLAM's `extract_features_fp.py` and TRIDENT write, so the rows line up with the coordinates
 //! for heatmaps), by any [`PatchEncoder`].
 
-use crate::encoders::{Filter, PatchEncoder, Transform};
+use crate::encoders::{PatchEncoder, Transform};
 use gimp_io::h5::{self, FeatureProvenance, PatchFile};
 use gimp_io::{Bag, DataError, ErrorKind, Result};
 use gimp_slide::resample::{resize_rgb, Filter as PilFilter};

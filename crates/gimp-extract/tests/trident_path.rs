@@ -4,7 +4,7 @@
 //! (JPEG decoding, the patcher's resize and the transform's resize and crop), and the features
 //! of the encoders' fixture networks on them within 1e-5 of TRIDENT's.
 
-use gimp_extract::encoders::{self, PatchEncoder};
+use gimp_extract::encoders;
 use gimp_extract::extract::{read_patches, PatchGeometry};
 use safetensors::SafeTensors;
 use sha2::{Digest, Sha256};
