@@ -699,7 +699,8 @@ fn the_real_slide_goes_from_pixels_to_features_to_a_heatmap() {
         "features from our pixels vs torchvision on OpenSlide's: rel err {:.2e}",
         err / scale
     );
-    assert!(err / scale < 1e-3, "relative error {}", err / scale);
+    // The same pixels (libjpeg-turbo's decoder), so only float arithmetic differs.
+    assert!(err / scale < 1e-5, "relative error {}", err / scale);
 
     // All tissue patches, with .pt; a second run skips the finished slide.
     let o = gimp(&[
@@ -1238,7 +1239,9 @@ fn predict_takes_a_raw_slide_to_probabilities_scores_and_a_heatmap() {
     let records: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let r = &records[0];
     assert_eq!(r["slide_id"], "cmu_small_region");
-    assert_eq!(r["n_patches"], 52);
+    // 46 on OpenSlide's pixels (52 when JPEG tiles were decoded within 1 of them: the 64× overview
+    // of this small region has regions at bwh_biopsy's thresholds).
+    assert_eq!(r["n_patches"], 46);
     assert_eq!(r["top_patches"].as_array().unwrap().len(), 5);
     let p: Vec<f64> = serde_json::from_value(r["probabilities"].clone()).unwrap();
     assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-5);
@@ -1267,7 +1270,7 @@ fn predict_takes_a_raw_slide_to_probabilities_scores_and_a_heatmap() {
     }
     // Scores: one row per patch, in the feature file's order, the top patch first in the record.
     let csv = std::fs::read_to_string(out.join("cmu_small_region.scores.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 53);
+    assert_eq!(csv.lines().count(), 47);
     let top = &r["top_patches"][0];
     let line = csv
         .lines()

@@ -137,7 +137,7 @@ pub trait SlideReader: Send + Sync {
 }
 
 /// Opens a slide with the reader its bytes call for: TIFF and BigTIFF (Aperio SVS, generic
-/// tiled TIFF) in pure Rust; anything else through OpenSlide when built with the `openslide`
+/// tiled TIFF) with no system library; anything else through OpenSlide when built with the `openslide`
 /// feature.
 pub fn open(path: &Path) -> Result<Box<dyn SlideReader>> {
     let mut magic = [0u8; 4];

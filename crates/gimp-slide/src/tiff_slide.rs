@@ -1,5 +1,7 @@
-//! Tiled TIFF and Aperio SVS, in pure Rust on the `tiff` crate (which decodes JPEG tiles with
-//! the file's shared `JPEGTables`, Aperio's RGB-coded JPEG, LZW, deflate and predictors).
+//! Tiled TIFF and Aperio SVS on the `tiff` crate (pages, tags, LZW, deflate and predictors);
+//! JPEG tiles and strips are read raw and decoded by libjpeg-turbo's code ([`crate::jpeg`]) with
+//! the file's shared `JPEGTables` and its photometric interpretation, as OpenSlide does, so the
+//! pixels are OpenSlide's to the bit.
 //!
 //! Which pages are the pyramid: page 0 and every later *tiled* page with level 0's aspect ratio
 //! and a smaller width. Aperio's stripped pages are its associated images: the first one is the
@@ -7,12 +9,13 @@
 //! (untiled) TIFF is read as a one-level slide — the case OpenSlide refuses
 //! (openslide-python#153).
 
+use crate::jpeg::{self, JpegColour};
 use crate::slide::{Level, Properties, SlideReader};
 use gimp_io::{DataError, ErrorKind, Result};
 use image::RgbImage;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tiff::decoder::{ChunkType, Decoder, DecodingResult, Limits};
@@ -29,6 +32,71 @@ struct Page {
     tiled: bool,
     chunk: (u32, u32),
     description: String,
+    /// Where the compressed chunks are, when they are JPEG (compression 7).
+    jpeg: Option<Arc<JpegChunks>>,
+}
+
+/// A JPEG page's chunks, read raw and decoded by [`crate::jpeg`].
+#[derive(Debug)]
+struct JpegChunks {
+    offsets: Vec<u64>,
+    byte_counts: Vec<u64>,
+    /// The `JPEGTables` tag: quantisation and Huffman tables shared by every chunk.
+    tables: Option<Vec<u8>>,
+    colour: JpegColour,
+}
+
+/// The JPEG layout of the decoder's current page, or `None` when its chunks are not JPEG
+/// (compression 7) with 8-bit samples in one plane — those the `tiff` crate decodes.
+fn jpeg_chunks(
+    path: &Path,
+    dec: &mut Decoder<BufReader<File>>,
+    ifd: usize,
+) -> Result<Option<JpegChunks>> {
+    let tag =
+        |dec: &mut Decoder<BufReader<File>>, t: Tag| dec.find_tag_unsigned::<u32>(t).ok().flatten();
+    // BitsPerSample has one value per sample (8, 8, 8).
+    let bits = dec.get_tag_u32_vec(Tag::BitsPerSample).unwrap_or_default();
+    if tag(dec, Tag::Compression) != Some(7)
+        || bits.is_empty()
+        || bits.iter().any(|&b| b != 8)
+        || tag(dec, Tag::PlanarConfiguration).unwrap_or(1) != 1
+    {
+        return Ok(None);
+    }
+    let (offsets_tag, counts_tag) = match dec.get_chunk_type() {
+        ChunkType::Tile => (Tag::TileOffsets, Tag::TileByteCounts),
+        ChunkType::Strip => (Tag::StripOffsets, Tag::StripByteCounts),
+    };
+    let what = format!("page {ifd}");
+    let offsets = dec
+        .get_tag_u64_vec(offsets_tag)
+        .map_err(|e| tiff_err(path, &format!("{what}: {offsets_tag:?}"), e))?;
+    let byte_counts = dec
+        .get_tag_u64_vec(counts_tag)
+        .map_err(|e| tiff_err(path, &format!("{what}: {counts_tag:?}"), e))?;
+    if offsets.len() != byte_counts.len() {
+        return Err(DataError::malformed(
+            path,
+            format!(
+                "{what}: {} chunk offsets but {} byte counts",
+                offsets.len(),
+                byte_counts.len()
+            ),
+        ));
+    }
+    // YCbCr (6) is converted to RGB; RGB (2, Aperio's) and anything else with three components
+    // is taken as stored, as OpenSlide does.
+    let colour = match tag(dec, Tag::PhotometricInterpretation) {
+        Some(6) => JpegColour::YCbCr,
+        _ => JpegColour::Rgb,
+    };
+    Ok(Some(JpegChunks {
+        offsets,
+        byte_counts,
+        tables: dec.get_tag_u8_vec(Tag::JPEGTables).ok(),
+        colour,
+    }))
 }
 
 struct Tile {
@@ -39,6 +107,8 @@ struct Tile {
 
 struct State {
     decoder: Decoder<BufReader<File>>,
+    /// A second handle on the file, for raw JPEG chunks.
+    raw: File,
     current_ifd: usize,
     cache: HashMap<(usize, u32), Arc<Tile>>,
     order: VecDeque<(usize, u32)>,
@@ -138,6 +208,7 @@ impl TiffSlide {
             let description = dec
                 .get_tag_ascii_string(Tag::ImageDescription)
                 .unwrap_or_default();
+            let jpeg = jpeg_chunks(path, &mut dec, ifd)?.map(Arc::new);
             if ifd == 0 {
                 let x = rational(&mut dec, Tag::XResolution);
                 let y = rational(&mut dec, Tag::YResolution);
@@ -151,6 +222,7 @@ impl TiffSlide {
                 tiled,
                 chunk,
                 description,
+                jpeg,
             });
             // Associated pages of some files are damaged or use codecs we do not decode; the
             // pyramid we already have is still usable, so listing stops there.
@@ -250,6 +322,7 @@ impl TiffSlide {
             properties,
             state: Mutex::new(State {
                 decoder: dec,
+                raw: File::open(path).map_err(|e| DataError::io(path, e))?,
                 current_ifd: usize::MAX,
                 cache: HashMap::new(),
                 order: VecDeque::new(),
@@ -276,6 +349,9 @@ impl TiffSlide {
                 st.current_ifd = page.ifd;
             }
             let (w, h) = st.decoder.chunk_data_dimensions(index);
+            if let Some(j) = &page.jpeg {
+                return decode_jpeg_chunk(&path, &what, &mut st.raw, j, index, w, h);
+            }
             let data = st
                 .decoder
                 .read_chunk(index)
@@ -326,6 +402,68 @@ impl TiffSlide {
         }
         Ok(out)
     }
+}
+
+/// Reads JPEG chunk `index` raw from the file and decodes it; the chunk's `w × h` pixels
+/// (edge tiles are coded at full tile size; the padding is cut off).
+fn decode_jpeg_chunk(
+    path: &Path,
+    what: &str,
+    file: &mut File,
+    j: &JpegChunks,
+    index: u32,
+    w: u32,
+    h: u32,
+) -> Result<Tile> {
+    let i = index as usize;
+    let (Some(&offset), Some(&count)) = (j.offsets.get(i), j.byte_counts.get(i)) else {
+        return Err(DataError::malformed(
+            path,
+            format!(
+                "{what}: no offset for chunk {index} ({} listed)",
+                j.offsets.len()
+            ),
+        ));
+    };
+    let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
+    if count == 0 || offset.checked_add(count).is_none_or(|end| end > len) || count > 1 << 30 {
+        return Err(DataError::malformed(
+            path,
+            format!(
+                "{what}: {count} bytes at offset {offset} are not inside the file ({len} bytes)"
+            ),
+        ));
+    }
+    let mut data = vec![0u8; count as usize];
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut data))
+        .map_err(|e| DataError::io(path, e))?;
+    let d = jpeg::decode(j.tables.as_deref(), &data, j.colour)
+        .map_err(|e| DataError::malformed(path, format!("{what}: JPEG: {e}")))?;
+    if d.width < w || d.height < h {
+        return Err(DataError::malformed(
+            path,
+            format!(
+                "{what}: the JPEG is {}×{} pixels, the chunk needs {w}×{h}",
+                d.width, d.height
+            ),
+        ));
+    }
+    let c = d.channels;
+    let mut rgb = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h as usize {
+        let row = &d.pixels[y * d.width as usize * c..][..w as usize * c];
+        if c == 3 {
+            rgb.extend_from_slice(row);
+        } else {
+            row.iter().for_each(|&v| rgb.extend_from_slice(&[v, v, v]));
+        }
+    }
+    Ok(Tile {
+        width: w,
+        height: h,
+        rgb,
+    })
 }
 
 /// Samples of any 8/16-bit grey, grey+alpha, RGB or RGBA chunk → RGB bytes.

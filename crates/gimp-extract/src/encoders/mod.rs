@@ -53,13 +53,9 @@ pub fn names() -> Vec<&'static str> {
     ENCODERS.iter().map(|s| s.name).collect()
 }
 
-/// Resampling filter of a transform's resize (PIL's filters, as torchvision applies them to
-/// PIL images).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Filter {
-    Bilinear,
-    Bicubic,
-}
+/// Resampling filter of a transform's resize: PIL's filters, as torchvision applies them to PIL
+/// images (run by [`gimp_slide::resample`], PIL's algorithm bit for bit).
+pub use gimp_slide::resample::Filter;
 
 /// What the reference's evaluation transform does to a square patch before the network:
 /// resize to `resize` (when given), centre-crop to `crop` (when given), `/255`, then per-channel
