@@ -5,17 +5,24 @@
 //!   Aperio SVS in pure Rust (JPEG with shared tables, LZW, deflate, predictors), with
 //!   magnification and microns per pixel from the file; the `openslide` feature adds the other
 //!   vendors through libopenslide.
+//! - [`resolution`]: microns per pixel and magnification, from the file and the user's
+//!   `--mpp` / `--level0-magnification`, with warnings for doubtful values.
 //! - [`segment`]: CLAM's tissue segmentation (saturation threshold or Otsu, median blur,
 //!   morphological closing, tissue and hole area filters) with CLAM's presets.
 //! - [`patching`]: the grid of patches at a target magnification, with CLAM's `four_pt` test,
 //!   written as a CLAM/TRIDENT patch `.h5`.
+//! - [`outline`]: the tissue mask as valid polygons in level-0 pixels; [`qupath`]: QuPath's
+//!   GeoJSON out (tissue annotations, scored patch detections) and in (`--roi`, `--exclude`).
 //! - [`overlay`]: thumbnails with the tissue mask drawn, and score heatmaps aligned with `coords`.
 //! - [`batch`]: slide lists for batch runs: sharding across machines (`i/n`, Slurm arrays), the
 //!   output layout with skip-if-done checks, patching one slide, the process list.
 
 pub mod batch;
+pub mod outline;
 pub mod overlay;
 pub mod patching;
+pub mod qupath;
+pub mod resolution;
 pub mod segment;
 pub mod slide;
 pub mod tiff_slide;
