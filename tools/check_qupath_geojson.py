@@ -6,7 +6,8 @@
   non-empty;
 - QuPath's properties: objectType 'annotation' or 'detection', classification {name, color:
   [r, g, b]}, measurements (when present) a map of names to numbers;
-- coordinates non-negative (level-0 pixels), and inside WIDTH x HEIGHT when given.
+- coordinates non-negative (level-0 pixels), and inside WIDTH x HEIGHT when given (for a
+  patch, its top-left corner).
 
 Usage: python tools/check_qupath_geojson.py FILE.geojson [WIDTH HEIGHT]
 Needs shapely (PyPI). Prints a summary; exits 1 on the first problem, naming the feature.
@@ -41,11 +42,15 @@ def main():
             fail(i, f"a {geom.geom_type}")
         if geom.is_empty or not geom.is_valid:
             fail(i, f"invalid: {explain_validity(geom)}")
-        x0, y0, x1, y1 = geom.bounds
-        if x0 < 0 or y0 < 0 or (size and (x1 > size[0] or y1 > size[1])):
-            fail(i, f"bounds {geom.bounds} outside the slide")
         p = feat.get("properties") or {}
         kind = p.get("objectType")
+        # Tissue lies inside the slide; a patch square starts inside it but may hang over the
+        # edge (read as black, as OpenSlide does).
+        x0, y0, x1, y1 = geom.bounds
+        if kind == "detection":
+            x1, y1 = x0, y0
+        if x0 < 0 or y0 < 0 or (size and (x1 > size[0] or y1 > size[1])):
+            fail(i, f"bounds {geom.bounds} outside the slide")
         if kind not in ("annotation", "detection"):
             fail(i, f"objectType {kind!r}")
         c = p.get("classification") or {}

@@ -1207,9 +1207,47 @@ fn predict_takes_a_raw_slide_to_probabilities_scores_and_a_heatmap() {
         "patches/cmu_small_region.h5",
         "h5_files/cmu_small_region.h5",
         "masks/cmu_small_region.tissue.png",
+        "cmu_small_region.qupath.geojson",
+        "contours_geojson/cmu_small_region.geojson",
     ] {
         assert!(out.join(f).is_file(), "{f}");
     }
+    // For QuPath: tissue, 52 scored detections (the 5 top ones a class of their own) carrying the
+    // prediction; `export qupath` makes the same file from the record.
+    let qp = out.join("cmu_small_region.qupath.geojson");
+    let fc: serde_json::Value = serde_json::from_slice(&std::fs::read(&qp).unwrap()).unwrap();
+    let objects = fc["features"].as_array().unwrap();
+    let class = |o: &serde_json::Value| o["properties"]["classification"]["name"].clone();
+    let detections: Vec<_> = objects
+        .iter()
+        .filter(|o| o["properties"]["objectType"] == "detection")
+        .collect();
+    assert_eq!(detections.len(), 52);
+    assert_eq!(
+        detections
+            .iter()
+            .filter(|o| class(o) == "Top patch")
+            .count(),
+        5
+    );
+    let m = &detections[0]["properties"]["measurements"];
+    assert_eq!(m["predicted class"], r["predicted"]);
+    let name = format!("P({})", r["predicted_class"].as_str().unwrap());
+    assert!(m[&name].is_number(), "{m}");
+    assert!(objects.iter().any(|o| class(o) == "Tissue"));
+    let again = d.path().join("again.geojson");
+    let o = gimp(&[
+        "export",
+        "qupath",
+        "--prediction",
+        &s(&out.join("cmu_small_region.prediction.json")),
+        "--top",
+        "5",
+        "--out",
+        &s(&again),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&qp).unwrap());
     // Scores: one row per patch, in the feature file's order, the top patch first in the record.
     let csv = std::fs::read_to_string(out.join("cmu_small_region.scores.csv")).unwrap();
     assert_eq!(csv.lines().count(), 53);

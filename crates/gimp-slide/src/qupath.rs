@@ -142,12 +142,12 @@ pub fn patch_detections(
             });
             if let Some(s) = scores {
                 let mut m = JsonObject::new();
-                m.insert("score".into(), json!(s.scores.get(i).copied()));
-                m.insert("percentile".into(), json!(s.percentiles.get(i).copied()));
+                put_number(&mut m, "score", s.scores.get(i).copied());
+                put_number(&mut m, "percentile", s.percentiles.get(i).copied());
                 m.insert("row".into(), json!(i));
                 if let Some(c) = call {
                     m.insert("predicted class".into(), json!(c.class_index));
-                    m.insert(format!("P({})", c.class_name), json!(c.probability));
+                    put_number(&mut m, &format!("P({})", c.class_name), Some(c.probability));
                 }
                 props["measurements"] = JsonValue::Object(m);
             }
@@ -165,6 +165,18 @@ pub fn read_features(path: &Path) -> Result<Vec<Feature>> {
             .at(format!("line {}", e.line()))
     })?;
     Ok(fc.features)
+}
+
+/// Puts measurement `name`: the `f32` as its shortest decimal (0.05882353, not
+/// 0.05882352963089943); left out for NaN or infinity, which QuPath's measurement map cannot
+/// hold.
+fn put_number(m: &mut JsonObject, name: &str, v: Option<f32>) {
+    if let Some(x) = v
+        .filter(|v| v.is_finite())
+        .and_then(|v| v.to_string().parse::<f64>().ok())
+    {
+        m.insert(name.to_string(), json!(x));
+    }
 }
 
 /// Writes `features` as one `FeatureCollection` to `path` (atomically: a temporary file renamed).
