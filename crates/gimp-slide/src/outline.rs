@@ -176,6 +176,45 @@ mod tests {
     }
 
     #[test]
+    fn random_masks_give_valid_disjoint_polygons_covering_every_tissue_pixel() {
+        // A fixed linear congruential sequence: 40 masks of 24 × 16, half tissue.
+        let mut state = 12345u64;
+        for _ in 0..40 {
+            let rows: Vec<String> = (0..16)
+                .map(|_| {
+                    (0..24)
+                        .map(|_| {
+                            state = state
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
+                            if (state >> 33) % 2 == 0 {
+                                '#'
+                            } else {
+                                '.'
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            let refs: Vec<&str> = rows.iter().map(|r| r.as_str()).collect();
+            let m = polygons(&refs);
+            assert!(
+                m.is_valid(),
+                "{:?}\n{}",
+                m.validation_errors(),
+                rows.join("\n")
+            );
+            for (y, r) in rows.iter().enumerate() {
+                for (x, c) in r.bytes().enumerate() {
+                    let centre = Point::new(x as f64 + 0.5, y as f64 + 0.5);
+                    let covered = m.0.iter().any(|p| p.contains(&centre));
+                    assert_eq!(covered, c == b'#', "pixel ({x}, {y})\n{}", rows.join("\n"));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn one_pixel_is_a_diamond_around_its_centre() {
         let m = polygons(&["#"]);
         assert_eq!(m.0.len(), 1);
