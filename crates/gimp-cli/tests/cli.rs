@@ -1761,6 +1761,25 @@ fn qupath_geojson_out_and_in_and_the_slides_scale() {
         "{e}"
     );
     assert!(!out.join("bad/patches/cmu_small_region.h5").exists());
+    // Regions that hold no patch centre: an error, not an empty patch file.
+    std::fs::write(
+        &bad,
+        format!(
+            r#"{{"type":"Polygon","coordinates":[{}]}}"#,
+            rect(1, 1, 3, 3)
+        ),
+    )
+    .unwrap();
+    let o = patch("none", &["--roi", &s(&bad)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!(
+            "none of the {} tissue patches has its centre inside --roi",
+            all.len()
+        )),
+        "{}",
+        stderr(&o)
+    );
 
     // Scale: --mpp 0.25 makes level 0 a 40× scan (patches of 512 px at level 0 for 20×).
     let o = patch("mpp", &["--mpp", "0.25"]);

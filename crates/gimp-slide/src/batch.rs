@@ -132,10 +132,10 @@ pub enum PatchError {
     #[error(transparent)]
     Data(#[from] DataError),
     #[error(
-        "no patches inside the --roi regions of {roi} (minus --exclude): {before} tissue patches \
-         lie outside them; check that the regions are this slide's, in level-0 pixels"
+        "none of the {before} tissue patches has its centre inside --roi and outside --exclude \
+         ({regions}); check that the regions are this slide's, in level-0 pixels"
     )]
-    NoneInRegions { roi: String, before: usize },
+    NoneInRegions { regions: String, before: usize },
     #[error(
         "no tissue patches: the largest tissue region is {largest:.2} reference patches \
          (512² level-0 px), a_t is {a_t}; lower --a-t (or use --preset bwh_biopsy), or check \
@@ -189,11 +189,13 @@ pub fn patch_slide(
     qupath::write(&contours_path(out, &id), qupath::tissue_annotations(&mask))?;
     let n = coords.len();
     if n == 0 && before > 0 {
-        let roi = filter.include.as_ref().or(filter.exclude.as_ref());
-        return Err(PatchError::NoneInRegions {
-            roi: roi.map_or(String::new(), |r| r.path.display().to_string()),
-            before,
-        });
+        let regions = [&filter.include, &filter.exclude]
+            .into_iter()
+            .flatten()
+            .map(|r| r.path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(PatchError::NoneInRegions { regions, before });
     }
     if n == 0 {
         let largest = mask.regions.iter().map(|r| r.area).fold(0.0, f64::max);

@@ -187,7 +187,7 @@ mod tests {
                             state = state
                                 .wrapping_mul(6364136223846793005)
                                 .wrapping_add(1442695040888963407);
-                            if (state >> 33) % 2 == 0 {
+                            if (state >> 33).is_multiple_of(2) {
                                 '#'
                             } else {
                                 '.'
