@@ -702,8 +702,21 @@ fn the_real_slide_goes_from_pixels_to_features_to_a_heatmap() {
         &s(&hout),
         "--downsample",
         "8",
+        "--qupath",
+        "--top",
+        "3",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // The patches for QuPath: one detection each, the 3 highest scores as "Top patch".
+    let qp = std::fs::read_to_string(hout.join("cmu_small_region.qupath.geojson")).unwrap();
+    let qp: serde_json::Value = serde_json::from_str(&qp).unwrap();
+    let objects = qp["features"].as_array().unwrap();
+    assert_eq!(objects.len(), bag.n);
+    let top = objects
+        .iter()
+        .filter(|o| o["properties"]["classification"]["name"] == "Top patch")
+        .count();
+    assert_eq!(top, 3);
     let csv = std::fs::read_to_string(hout.join("cmu_small_region.scores.csv")).unwrap();
     let rows: Vec<&str> = csv.lines().skip(1).collect();
     assert_eq!(rows.len(), bag.n);
