@@ -85,6 +85,10 @@ enum Command {
     /// Per-patch scores of a trained model (attention; CLS attention for TransMIL and GiMP),
     /// aligned with coords, as CSV and h5, drawn over the slide as PNG.
     Heatmap(commands::slide::HeatmapArgs),
+    /// Results for other tools: `export qupath` writes a slide's tissue outlines and scored
+    /// patches as GeoJSON that QuPath imports as it is.
+    #[command(subcommand)]
+    Export(commands::slide::ExportCommand),
     /// A local web page to pan and zoom slides with a prediction's heatmap, patch grid, tissue
     /// outlines, top patches and probabilities (binds 127.0.0.1 unless --host).
     View(commands::view::Args),
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
         Command::Patch(a) => commands::slide::patch(a),
         Command::Extract(a) => commands::slide::extract(a),
         Command::Heatmap(a) => commands::slide::heatmap(a),
+        Command::Export(c) => commands::slide::export(c),
         Command::View(a) => commands::view::run(a),
         Command::PretrainGenes(c) => commands::train::genes(c),
         Command::Train(a) => commands::train::train(a),

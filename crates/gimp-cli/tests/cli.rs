@@ -758,8 +758,21 @@ fn the_real_slide_goes_from_pixels_to_features_to_a_heatmap() {
         &s(&hout),
         "--downsample",
         "8",
+        "--qupath",
+        "--top",
+        "3",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // The patches for QuPath: one detection each, the 3 highest scores as "Top patch".
+    let qp = std::fs::read_to_string(hout.join("cmu_small_region.qupath.geojson")).unwrap();
+    let qp: serde_json::Value = serde_json::from_str(&qp).unwrap();
+    let objects = qp["features"].as_array().unwrap();
+    assert_eq!(objects.len(), bag.n);
+    let top = objects
+        .iter()
+        .filter(|o| o["properties"]["classification"]["name"] == "Top patch")
+        .count();
+    assert_eq!(top, 3);
     let csv = std::fs::read_to_string(hout.join("cmu_small_region.scores.csv")).unwrap();
     let rows: Vec<&str> = csv.lines().skip(1).collect();
     assert_eq!(rows.len(), bag.n);
@@ -1265,9 +1278,47 @@ fn predict_takes_a_raw_slide_to_probabilities_scores_and_a_heatmap() {
         "patches/cmu_small_region.h5",
         "h5_files/cmu_small_region.h5",
         "masks/cmu_small_region.tissue.png",
+        "cmu_small_region.qupath.geojson",
+        "contours_geojson/cmu_small_region.geojson",
     ] {
         assert!(out.join(f).is_file(), "{f}");
     }
+    // For QuPath: tissue, 52 scored detections (the 5 top ones a class of their own) carrying the
+    // prediction; `export qupath` makes the same file from the record.
+    let qp = out.join("cmu_small_region.qupath.geojson");
+    let fc: serde_json::Value = serde_json::from_slice(&std::fs::read(&qp).unwrap()).unwrap();
+    let objects = fc["features"].as_array().unwrap();
+    let class = |o: &serde_json::Value| o["properties"]["classification"]["name"].clone();
+    let detections: Vec<_> = objects
+        .iter()
+        .filter(|o| o["properties"]["objectType"] == "detection")
+        .collect();
+    assert_eq!(detections.len(), 52);
+    assert_eq!(
+        detections
+            .iter()
+            .filter(|o| class(o) == "Top patch")
+            .count(),
+        5
+    );
+    let m = &detections[0]["properties"]["measurements"];
+    assert_eq!(m["predicted class"], r["predicted"]);
+    let name = format!("P({})", r["predicted_class"].as_str().unwrap());
+    assert!(m[&name].is_number(), "{m}");
+    assert!(objects.iter().any(|o| class(o) == "Tissue"));
+    let again = d.path().join("again.geojson");
+    let o = gimp(&[
+        "export",
+        "qupath",
+        "--prediction",
+        &s(&out.join("cmu_small_region.prediction.json")),
+        "--top",
+        "5",
+        "--out",
+        &s(&again),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&qp).unwrap());
     // Scores: one row per patch, in the feature file's order, the top patch first in the record.
     let csv = std::fs::read_to_string(out.join("cmu_small_region.scores.csv")).unwrap();
     assert_eq!(csv.lines().count(), 47);
@@ -1621,4 +1672,223 @@ fn a_survival_model_trains_evaluates_and_answers_with_a_risk() {
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("accumulate"), "{}", stderr(&o));
+}
+
+/// QuPath out and in, and the slide's scale, on the repository's slide: `patch` writes the tissue
+/// outlines as QuPath annotations, `export qupath` adds the patches as detections with scores
+/// (QuPath's layout, checked field by field), `--roi` keeps only patches inside a drawn polygon
+/// with a hole and a MultiPolygon, `--exclude` keeps exactly the others, a region outside the
+/// slide is an error naming the feature; `--mpp` drives the patch size, a doubtful mpp is warned
+/// about, a slide without a scale is an error naming the flags.
+#[test]
+fn qupath_geojson_out_and_in_and_the_slides_scale() {
+    let slide = repo().join("data/slides/cmu_small_region.svs");
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let patch = |dir: &str, extra: &[&str]| {
+        let mut args = vec![
+            "patch".to_string(),
+            s(&slide),
+            "--out".into(),
+            s(&out.join(dir)),
+        ];
+        args.extend(["--preset", "bwh_biopsy"].iter().map(|a| a.to_string()));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+        gimp(&args)
+    };
+    let coords = |dir: &str| {
+        gimp_io::h5::read_patches(&out.join(dir).join("patches/cmu_small_region.h5"))
+            .unwrap()
+            .coords
+    };
+    let o = patch("all", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let all = coords("all");
+
+    // Out: tissue annotations + patch detections with scores, in QuPath's layout.
+    let contours = out.join("all/contours_geojson/cmu_small_region.geojson");
+    let mut csv = String::from("row,x,y,score,percentile\n");
+    for (i, c) in all.iter().enumerate() {
+        let score = i as f32 / all.len() as f32;
+        csv += &format!("{i},{},{},{score},{score}\n", c[0], c[1]);
+    }
+    let scores = out.join("s.scores.csv");
+    std::fs::write(&scores, csv).unwrap();
+    let qp = out.join("cmu.geojson");
+    let o = gimp(&[
+        "export",
+        "qupath",
+        "--patches",
+        &s(&out.join("all/patches/cmu_small_region.h5")),
+        "--contours",
+        &s(&contours),
+        "--scores",
+        &s(&scores),
+        "--top",
+        "5",
+        "--out",
+        &s(&qp),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let fc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&qp).unwrap()).unwrap();
+    assert_eq!(fc["type"], "FeatureCollection");
+    let (mut tissue, mut patches, mut top) = (0, 0, 0);
+    for f in fc["features"].as_array().unwrap() {
+        assert_eq!(f["type"], "Feature");
+        assert_eq!(f["geometry"]["type"], "Polygon");
+        for ring in f["geometry"]["coordinates"].as_array().unwrap() {
+            let r = ring.as_array().unwrap();
+            assert!(r.len() >= 4 && r[0] == r[r.len() - 1], "ring not closed");
+            // Level-0 pixels: tissue inside the slide; a patch square may hang over its edge
+            // (read as black, as OpenSlide does), by less than a patch.
+            let slack = if f["properties"]["objectType"] == "detection" {
+                256.0
+            } else {
+                0.0
+            };
+            for p in r {
+                let (x, y) = (p[0].as_f64().unwrap(), p[1].as_f64().unwrap());
+                assert!(
+                    (0.0..=2220.0 + slack).contains(&x) && (0.0..=2967.0 + slack).contains(&y),
+                    "{x}, {y}"
+                );
+            }
+        }
+        let p = &f["properties"];
+        let class = p["classification"]["name"].as_str().unwrap();
+        assert_eq!(p["classification"]["color"].as_array().unwrap().len(), 3);
+        match (p["objectType"].as_str().unwrap(), class) {
+            ("annotation", "Tissue") => tissue += 1,
+            ("detection", c) => {
+                assert!(
+                    p["measurements"]["score"].is_number()
+                        && p["measurements"]["percentile"].is_number()
+                );
+                patches += 1;
+                top += (c == "Top patch") as usize;
+            }
+            other => panic!("unexpected object {other:?}"),
+        }
+    }
+    assert!(tissue >= 1);
+    assert_eq!((patches, top), (all.len(), 5));
+
+    // In: a rectangle with a hole plus a MultiPolygon of two squares, around the patches' middle.
+    let (xs, ys): (Vec<i64>, Vec<i64>) = all.iter().map(|c| (c[0] + 128, c[1] + 128)).unzip();
+    let (x0, x1) = (*xs.iter().min().unwrap(), *xs.iter().max().unwrap());
+    let (y0, y1) = (*ys.iter().min().unwrap(), *ys.iter().max().unwrap());
+    let (mx, my) = ((x0 + x1) / 2, (y0 + y1) / 2);
+    let rect = |a: i64, b: i64, c: i64, d: i64| {
+        format!("[[{a},{b}],[{c},{b}],[{c},{d}],[{a},{d}],[{a},{b}]]")
+    };
+    let roi_text = format!(
+        r#"{{"type":"FeatureCollection","features":[
+          {{"type":"Feature","geometry":{{"type":"Polygon","coordinates":[{},{}]}},"properties":{{"objectType":"annotation"}}}},
+          {{"type":"Feature","geometry":{{"type":"MultiPolygon","coordinates":[[{}],[{}]]}},"properties":{{}}}}]}}"#,
+        rect(x0 - 1, y0 - 1, mx, my),
+        rect(x0 + 200, y0 + 200, x0 + 500, y0 + 500),
+        rect(mx + 1, my + 1, mx + 400, my + 400),
+        rect(mx + 500, y0, x1 + 1, y0 + 300),
+    );
+    let inside = |x: i64, y: i64| {
+        let r = |a: i64, b: i64, c: i64, d: i64| x > a && x < c && y > b && y < d;
+        // A point on the hole's edge is on the polygon's boundary: not inside.
+        let hole = x >= x0 + 200 && x <= x0 + 500 && y >= y0 + 200 && y <= y0 + 500;
+        (r(x0 - 1, y0 - 1, mx, my) && !hole)
+            || r(mx + 1, my + 1, mx + 400, my + 400)
+            || r(mx + 500, y0, x1 + 1, y0 + 300)
+    };
+    let roi = out.join("roi.geojson");
+    std::fs::write(&roi, roi_text).unwrap();
+    let o = patch("roi", &["--roi", &s(&roi)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = patch("ex", &["--exclude", &s(&roi)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (kept, left) = (coords("roi"), coords("ex"));
+    let want: Vec<[i64; 2]> = all
+        .iter()
+        .copied()
+        .filter(|c| inside(c[0] + 128, c[1] + 128))
+        .collect();
+    assert!(!want.is_empty() && want.len() < all.len());
+    assert_eq!(kept, want);
+    assert_eq!(kept.len() + left.len(), all.len());
+    assert!(left.iter().all(|c| !inside(c[0] + 128, c[1] + 128)));
+
+    // A region outside the slide: the slide fails, the error names the file and the feature.
+    let bad = out.join("bad.geojson");
+    std::fs::write(&bad, format!(
+        r#"[{{"type":"Feature","geometry":{{"type":"Polygon","coordinates":[{}]}},"properties":{{}}}},
+            {{"type":"Feature","id":"far","geometry":{{"type":"Polygon","coordinates":[{}]}},"properties":{{"name":"Tumor"}}}}]"#,
+        rect(0, 0, 100, 100), rect(5000, 0, 6000, 100))).unwrap();
+    let o = patch("bad", &["--roi", &s(&bad)]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("bad.geojson: feature 1 (id \"far\", \"Tumor\"): spans x 5000…6000"),
+        "{e}"
+    );
+    assert!(!out.join("bad/patches/cmu_small_region.h5").exists());
+    // Regions that hold no patch centre: an error, not an empty patch file.
+    std::fs::write(
+        &bad,
+        format!(
+            r#"{{"type":"Polygon","coordinates":[{}]}}"#,
+            rect(1, 1, 3, 3)
+        ),
+    )
+    .unwrap();
+    let o = patch("none", &["--roi", &s(&bad)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!(
+            "none of the {} tissue patches has its centre inside --roi",
+            all.len()
+        )),
+        "{}",
+        stderr(&o)
+    );
+
+    // Scale: --mpp 0.25 makes level 0 a 40× scan (patches of 512 px at level 0 for 20×).
+    let o = patch("mpp", &["--mpp", "0.25"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p = gimp_io::h5::read_patches(&out.join("mpp/patches/cmu_small_region.h5")).unwrap();
+    assert_eq!(p.attrs.patch_size_level0, Some(512));
+    let o = gimp(&["slide", "info", &s(&slide), "--json", "--mpp", "250"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warning")
+            && stderr(&o).contains("250 µm per pixel is far from every objective"),
+        "{}",
+        stderr(&o)
+    );
+    let info: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        (info["mpp"][0].as_f64(), info["mpp_source"].as_str()),
+        (Some(250.0), Some("user"))
+    );
+    let bare = repo().join("crates/gimp-slide/tests/fixtures/stripped.tif");
+    let o = gimp(&["patch", &s(&bare), "--out", &s(&out.join("bare"))]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("stripped.tif")
+            && stderr(&o).contains("--level0-magnification (e.g. 40) or --mpp"),
+        "{}",
+        stderr(&o)
+    );
+    let o = gimp(&[
+        "patch",
+        &s(&slide),
+        "--out",
+        &s(&out.join("neg")),
+        "--mpp=-1",
+    ]);
+    assert!(
+        stderr(&o).contains("--mpp must be a positive number"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -1,10 +1,12 @@
 //! From a raw slide to an answer ([`pipeline`]): tissue segmentation and patching, features from
 //! the encoder the model was trained on ([`encoder`]; checked against the checkpoint's record
 //! before anything runs), the model, class probabilities, per-patch scores aligned with the
-//! coordinates, the heatmap, and a per-slide record ([`record`]) that `gimp-view` shows.
+//! coordinates, the heatmap, a QuPath GeoJSON file of tissue and scored patches ([`qupath`]),
+//! and a per-slide record ([`record`]) that `gimp-view` shows.
 
 pub mod encoder;
 pub mod pipeline;
+pub mod qupath;
 pub mod record;
 
 pub use encoder::SlideEncoder;

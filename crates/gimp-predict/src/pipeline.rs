@@ -43,6 +43,8 @@ pub enum Progress<'a> {
     Patches(usize),
     /// This many more patches are encoded.
     Encoded(usize),
+    /// A doubt about the slide (its scale, `gimp_slide::resolution`) the user should see.
+    Warning(&'a str),
 }
 
 pub struct Predictor {
@@ -114,7 +116,10 @@ impl Predictor {
         });
         let patch_path = batch::patch_path(out, &id);
         if !batch::patches_done(out, &id) || !batch::tissue_path(out, &id).is_file() {
-            batch::patch_slide(slide, out, &self.segment, &self.patching)?;
+            let done = batch::patch_slide(slide, out, &self.segment, &self.patching)?;
+            for w in &done.warnings {
+                progress(Progress::Warning(w));
+            }
         }
         let patches = gimp_io::h5::read_patches(&patch_path)?;
         timed(Stage::Patching, t);
@@ -227,7 +232,7 @@ impl Predictor {
                 .map(|r| r.to_string_lossy().into_owned())
                 .unwrap_or_else(|_| p.to_string_lossy().into_owned())
         };
-        let record = SlidePrediction {
+        let mut record = SlidePrediction {
             slide_id: id.clone(),
             slide: std::fs::canonicalize(slide).unwrap_or_else(|_| slide.to_path_buf()),
             model: self.model.origin.clone(),
@@ -250,11 +255,24 @@ impl Predictor {
             scores_csv,
             scores_h5,
             heatmap_png,
-            patches_h5: rel(patch_path),
+            qupath_geojson: None,
+            patches_h5: rel(patch_path.clone()),
             features_h5: rel(features),
             tissue_png: rel(batch::tissue_path(out, &id)),
             times,
         };
+        // The QuPath file last: it carries the record's prediction.
+        let contours = batch::contours_path(out, &id);
+        let features = crate::qupath::slide_features(
+            contours.is_file().then_some(contours.as_path()),
+            &patch_path,
+            record.scores_csv.as_ref().map(|s| out.join(s)).as_deref(),
+            crate::qupath::call_of(&record).as_ref(),
+            self.top,
+        )?;
+        let qupath_name = format!("{id}{}", crate::qupath::SUFFIX);
+        gimp_slide::qupath::write(&out.join(&qupath_name), features)?;
+        record.qupath_geojson = Some(qupath_name);
         record.write(out)?;
         Ok(record)
     }

@@ -56,6 +56,9 @@ pub struct SlidePrediction {
     pub scores_csv: Option<String>,
     pub scores_h5: Option<String>,
     pub heatmap_png: Option<String>,
+    /// Tissue annotations and patch detections for QuPath (`{slide_id}.qupath.geojson`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qupath_geojson: Option<String>,
     pub patches_h5: String,
     pub features_h5: String,
     pub tissue_png: String,

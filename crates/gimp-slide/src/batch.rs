@@ -4,6 +4,8 @@
 
 use crate::overlay;
 use crate::patching::{self, PatchParams};
+use crate::qupath;
+use crate::resolution;
 use crate::segment::{self, SegmentParams};
 pub use gimp_io::shard::{Shard, ShardError};
 use gimp_io::{h5, DataError, ErrorKind};
@@ -80,6 +82,12 @@ pub fn tissue_path(out: &Path, id: &str) -> PathBuf {
     out.join("masks").join(format!("{id}.tissue.png"))
 }
 
+/// `{out}/contours_geojson/{id}.geojson`, the tissue outlines as QuPath annotations (TRIDENT's
+/// folder name; [`crate::qupath`]).
+pub fn contours_path(out: &Path, id: &str) -> PathBuf {
+    out.join("contours_geojson").join(format!("{id}.geojson"))
+}
+
 /// `{out}/h5_files/{id}.h5`, CLAM's feature file.
 pub fn features_path(out: &Path, id: &str) -> PathBuf {
     out.join("h5_files").join(format!("{id}.h5"))
@@ -108,6 +116,8 @@ pub fn features_done(out: &Path, id: &str, n_patches: usize, pt: bool) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PatchedSlide {
     pub id: String,
+    /// Doubts about the slide's scale ([`crate::resolution`]), for the user to see.
+    pub warnings: Vec<String>,
     pub n_patches: usize,
     pub patch_level: usize,
     pub patch_size_at_level: u32,
@@ -122,6 +132,11 @@ pub enum PatchError {
     #[error(transparent)]
     Data(#[from] DataError),
     #[error(
+        "none of the {before} tissue patches has its centre inside --roi and outside --exclude \
+         ({regions}); check that the regions are this slide's, in level-0 pixels"
+    )]
+    NoneInRegions { regions: String, before: usize },
+    #[error(
         "no tissue patches: the largest tissue region is {largest:.2} reference patches \
          (512² level-0 px), a_t is {a_t}; lower --a-t (or use --preset bwh_biopsy), or check \
          the QC picture masks/{id}.png"
@@ -130,8 +145,10 @@ pub enum PatchError {
 }
 
 /// Segments one slide and writes its patch file ([`patch_path`]), QC picture ([`mask_path`],
-/// written first so a slide without tissue patches can be looked at) and tissue outlines
-/// ([`tissue_path`]).
+/// written first so a slide without tissue patches can be looked at), tissue outlines
+/// ([`tissue_path`]) and their polygons for QuPath ([`contours_path`]). With `pp.roi` /
+/// `pp.exclude`, only patches whose centre is inside the regions (and outside the excluded ones)
+/// are kept.
 pub fn patch_slide(
     slide: &Path,
     out: &Path,
@@ -140,20 +157,46 @@ pub fn patch_slide(
 ) -> Result<PatchedSlide, PatchError> {
     let id = slide_id(slide);
     let s = crate::open(slide)?;
-    let plan = patching::plan(s.as_ref(), pp)?;
+    let scale = resolution::resolve(s.properties(), &pp.scale());
+    let plan = patching::plan_at(s.as_ref(), pp, scale.magnification_or_err(slide)?)?;
+    let l0 = s.levels()[0];
+    let read = |spec: &Option<PathBuf>| {
+        spec.as_deref()
+            .map(|p| qupath::regions_for(p, &id, l0.width, l0.height))
+            .transpose()
+    };
+    let filter = qupath::PatchFilter {
+        include: read(&pp.roi)?,
+        exclude: read(&pp.exclude)?,
+    };
     // Slides with one level (small regions, some scanners' exports) are segmented on an
     // overview no coarser than 1/1024 of their side, so small regions keep enough pixels.
-    let l0 = s.levels()[0];
     let seg_ds = sp
         .downsample
         .min((l0.width.max(l0.height) as f64 / 1024.0).max(1.0));
     let (overview, ds) = s.overview(seg_ds, 1 << 27)?;
     let mask = segment::segment(&overview, ds, sp);
     let coords = patching::coords(&mask, &plan, pp.contour_fn);
+    let before = coords.len();
+    let coords = if filter.is_empty() {
+        coords
+    } else {
+        filter.apply(coords, plan.size_level0 as f64)
+    };
     let qc = overlay::segmentation_qc(&overview, &mask, Some((&coords, plan.size_level0 as f64)));
     overlay::save_png(&qc, &mask_path(out, &id))?;
     overlay::save_rgba_png(&overlay::tissue_outline(&mask), &tissue_path(out, &id))?;
+    qupath::write(&contours_path(out, &id), qupath::tissue_annotations(&mask))?;
     let n = coords.len();
+    if n == 0 && before > 0 {
+        let regions = [&filter.include, &filter.exclude]
+            .into_iter()
+            .flatten()
+            .map(|r| r.path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(PatchError::NoneInRegions { regions, before });
+    }
     if n == 0 {
         let largest = mask.regions.iter().map(|r| r.area).fold(0.0, f64::max);
         return Err(PatchError::NoTissue {
@@ -165,6 +208,7 @@ pub fn patch_slide(
     let file = patching::patch_file(s.as_ref(), &id, &plan, pp, coords);
     h5::write_patches(&patch_path(out, &id), &file)?;
     Ok(PatchedSlide {
+        warnings: scale.warnings,
         id,
         n_patches: n,
         patch_level: plan.level,
@@ -283,6 +327,7 @@ mod tests {
         let mut l = ProcessList::new();
         l.processed(&PatchedSlide {
             id: "s1".into(),
+            warnings: vec![],
             n_patches: 52,
             patch_level: 0,
             patch_size_at_level: 256,

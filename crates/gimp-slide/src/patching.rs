@@ -8,12 +8,14 @@
 //! `patch_level` as read, `downsample`, `level_dim`) and TRIDENT's (`patch_size_level0`,
 //! `level0_magnification`, `target_magnification`, `overlap`), so both tool families read it.
 
+use crate::resolution::{self, ScaleOverride};
 use crate::segment::TissueMask;
 use crate::slide::SlideReader;
 use gimp_io::h5::{PatchAttrs, PatchFile};
 use gimp_io::{DataError, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -33,7 +35,27 @@ pub struct PatchParams {
     pub target_magnification: f64,
     /// Level-0 magnification when the file does not state it (or states it wrongly).
     pub level0_magnification: Option<f64>,
+    /// Microns per level-0 pixel when the file does not state it (or states it wrongly).
+    #[serde(default)]
+    pub mpp: Option<f64>,
     pub contour_fn: ContourFn,
+    /// Patch only inside these regions (`--roi`): a GeoJSON file, or a folder of
+    /// `{slide_id}.geojson` ([`crate::qupath`]).
+    #[serde(default)]
+    pub roi: Option<PathBuf>,
+    /// Leave these regions out (`--exclude`), same forms as `roi`.
+    #[serde(default)]
+    pub exclude: Option<PathBuf>,
+}
+
+impl PatchParams {
+    /// The user's overrides of the slide's scale.
+    pub fn scale(&self) -> ScaleOverride {
+        ScaleOverride {
+            mpp: self.mpp,
+            magnification: self.level0_magnification,
+        }
+    }
 }
 
 impl Default for PatchParams {
@@ -43,6 +65,9 @@ impl Default for PatchParams {
             step: 256,
             target_magnification: 20.0,
             level0_magnification: None,
+            mpp: None,
+            roi: None,
+            exclude: None,
             contour_fn: ContourFn::FourPt,
         }
     }
@@ -62,22 +87,15 @@ pub struct PatchPlan {
     pub patch_size: u32,
 }
 
+/// The plan for `slide`, its level-0 magnification resolved from the file and the user's
+/// overrides ([`crate::resolution`]).
 pub fn plan(slide: &dyn SlideReader, p: &PatchParams) -> Result<PatchPlan> {
-    let mag0 = match p.level0_magnification {
-        Some(m) => m,
-        None => slide
-            .properties()
-            .magnification()
-            .map(|m| m.0)
-            .ok_or_else(|| {
-                DataError::new(
-                ErrorKind::Missing,
-                slide.path(),
-                "the file states neither an objective power nor a pixel size; give the level-0 \
-                 magnification (--level0-magnification 40)",
-            )
-            })?,
-    };
+    let scale = resolution::resolve(slide.properties(), &p.scale());
+    plan_at(slide, p, scale.magnification_or_err(slide.path())?)
+}
+
+/// The plan for `slide` whose level 0 is at magnification `mag0`.
+pub fn plan_at(slide: &dyn SlideReader, p: &PatchParams, mag0: f64) -> Result<PatchPlan> {
     if p.target_magnification.is_nan()
         || p.target_magnification <= 0.0
         || p.patch_size == 0

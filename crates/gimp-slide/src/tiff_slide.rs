@@ -8,6 +8,12 @@
 //! thumbnail, the others are named by their description (`label`, `macro`). A small stripped
 //! (untiled) TIFF is read as a one-level slide — the case OpenSlide refuses
 //! (openslide-python#153).
+//!
+//! OME-TIFF (QuPath's, bfconvert's and tifffile's pyramids) keeps the reduced levels of page 0
+//! in its `SubIFDs` tag, outside the chain of pages: they are read by a decoder of their own
+//! that sees the file through a header pointing at the sub-directory ([`HeaderOverlay`]).
+//! Microns per pixel and the objective come from the OME-XML (`PhysicalSizeX`, `…Unit`,
+//! `NominalMagnification`).
 
 use crate::jpeg::{self, JpegColour};
 use crate::slide::{Level, Properties, SlideReader};
@@ -27,6 +33,8 @@ const TILE_CACHE: usize = 192;
 #[derive(Debug, Clone)]
 struct Page {
     ifd: usize,
+    /// For a level kept in page 0's `SubIFDs`: which one (its decoder in [`State::subs`]).
+    sub: Option<usize>,
     width: u32,
     height: u32,
     tiled: bool,
@@ -50,11 +58,11 @@ struct JpegChunks {
 /// (compression 7) with 8-bit samples in one plane — those the `tiff` crate decodes.
 fn jpeg_chunks(
     path: &Path,
-    dec: &mut Decoder<BufReader<File>>,
+    dec: &mut TiffDecoder,
     ifd: usize,
 ) -> Result<Option<JpegChunks>> {
     let tag =
-        |dec: &mut Decoder<BufReader<File>>, t: Tag| dec.find_tag_unsigned::<u32>(t).ok().flatten();
+        |dec: &mut TiffDecoder, t: Tag| dec.find_tag_unsigned::<u32>(t).ok().flatten();
     // BitsPerSample has one value per sample (8, 8, 8).
     let bits = dec.get_tag_u32_vec(Tag::BitsPerSample).unwrap_or_default();
     if tag(dec, Tag::Compression) != Some(7)
@@ -105,11 +113,106 @@ struct Tile {
     rgb: Vec<u8>,
 }
 
+impl Page {
+    /// A key unique among the pages of a file, for the tile cache.
+    fn key(&self) -> usize {
+        match self.sub {
+            Some(k) => (1 << 40) + k,
+            None => self.ifd,
+        }
+    }
+}
+
+/// The file as the `tiff` crate reads it, optionally with its first bytes replaced by a header
+/// whose first-directory offset points at a sub-directory: the crate follows only the chain of
+/// pages, and this makes a `SubIFDs` entry the first page of a decoder of its own.
+struct HeaderOverlay {
+    inner: BufReader<File>,
+    header: Vec<u8>,
+    pos: u64,
+    inner_pos: u64,
+}
+
+impl HeaderOverlay {
+    fn new(file: File, first_ifd: Option<(u64, bool, bool)>) -> Self {
+        // (offset, big-endian, BigTIFF)
+        let header = match first_ifd {
+            None => Vec::new(),
+            Some((off, be, big)) => {
+                let mut h = if be { b"MM".to_vec() } else { b"II".to_vec() };
+                let u16b = |v: u16| if be { v.to_be_bytes() } else { v.to_le_bytes() };
+                if big {
+                    h.extend(u16b(43));
+                    h.extend(u16b(8));
+                    h.extend(u16b(0));
+                    h.extend(if be {
+                        off.to_be_bytes()
+                    } else {
+                        off.to_le_bytes()
+                    });
+                } else {
+                    h.extend(u16b(42));
+                    let o = off as u32;
+                    h.extend(if be { o.to_be_bytes() } else { o.to_le_bytes() });
+                }
+                h
+            }
+        };
+        Self {
+            inner: BufReader::new(file),
+            header,
+            pos: 0,
+            inner_pos: 0,
+        }
+    }
+}
+
+impl Read for HeaderOverlay {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let hl = self.header.len() as u64;
+        if self.pos < hl {
+            let n = buf.len().min((hl - self.pos) as usize);
+            buf[..n].copy_from_slice(&self.header[self.pos as usize..self.pos as usize + n]);
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        if self.inner_pos != self.pos {
+            self.inner.seek(SeekFrom::Start(self.pos))?;
+            self.inner_pos = self.pos;
+        }
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        self.inner_pos = self.pos;
+        Ok(n)
+    }
+}
+
+impl Seek for HeaderOverlay {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => {
+                let len = self.inner.get_ref().metadata()?.len();
+                len.checked_add_signed(d)
+            }
+        };
+        self.pos = target.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.pos)
+    }
+}
+
+type TiffDecoder = Decoder<HeaderOverlay>;
+
 struct State {
-    decoder: Decoder<BufReader<File>>,
+    decoder: TiffDecoder,
     /// A second handle on the file, for raw JPEG chunks.
     raw: File,
     current_ifd: usize,
+    /// One decoder per `SubIFDs` level, each on its one page.
+    subs: Vec<TiffDecoder>,
     cache: HashMap<(usize, u32), Arc<Tile>>,
     order: VecDeque<(usize, u32)>,
 }
@@ -157,7 +260,7 @@ fn limits() -> Limits {
 }
 
 /// A RATIONAL (or floating-point) tag as a number.
-fn rational(dec: &mut Decoder<BufReader<File>>, tag: Tag) -> Option<f64> {
+fn rational(dec: &mut TiffDecoder, tag: Tag) -> Option<f64> {
     use tiff::decoder::ifd::Value;
     match dec.find_tag(tag).ok()?? {
         Value::Rational(n, d) if d != 0 => Some(n as f64 / d as f64),
@@ -185,6 +288,55 @@ fn aperio_fields(description: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `TAG="value"` of the first element `<ELEMENT …>` of an XML text.
+fn xml_attr<'a>(xml: &'a str, element: &str, attr: &str) -> Option<&'a str> {
+    let start = xml.find(&format!("<{element} "))?;
+    let end = start + xml[start..].find('>')?;
+    let tag = &xml[start..end];
+    let key = format!(" {attr}=\"");
+    let at = tag.find(&key)? + key.len();
+    Some(&tag[at..at + tag[at..].find('"')?])
+}
+
+/// Microns per pixel (x, y) and objective power from OME-XML; sizes in other units are
+/// converted, unknown units ignored.
+fn ome_scale(xml: &str) -> (Option<[f64; 2]>, Option<f64>) {
+    let size = |axis: &str| -> Option<f64> {
+        let v: f64 = xml_attr(xml, "Pixels", &format!("PhysicalSize{axis}"))?
+            .parse()
+            .ok()?;
+        let unit = xml_attr(xml, "Pixels", &format!("PhysicalSize{axis}Unit")).unwrap_or("µm");
+        let per_um = match unit {
+            "\u{b5}m" | "\u{3bc}m" | "um" | "micron" => 1.0,
+            "nm" => 1e-3,
+            "mm" => 1e3,
+            "cm" => 1e4,
+            _ => return None,
+        };
+        Some(v * per_um).filter(|m| m.is_finite() && *m > 0.0)
+    };
+    let mpp = size("X").zip(size("Y")).map(|(x, y)| [x, y]);
+    let mag = xml_attr(xml, "Objective", "NominalMagnification")
+        .and_then(|v| v.parse().ok())
+        .filter(|m: &f64| *m > 0.0);
+    (mpp, mag)
+}
+
+/// The offsets in page 0's `SubIFDs` tag (330), if any.
+fn sub_ifd_offsets(dec: &mut TiffDecoder) -> Vec<u64> {
+    use tiff::decoder::ifd::Value;
+    let one = |v: &Value| match *v {
+        Value::Ifd(o) | Value::Unsigned(o) => Some(o as u64),
+        Value::IfdBig(o) | Value::UnsignedBig(o) => Some(o),
+        _ => None,
+    };
+    match dec.find_tag(Tag::Unknown(330)) {
+        Ok(Some(Value::List(v))) => v.iter().filter_map(one).collect(),
+        Ok(Some(v)) => one(&v).into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
 impl TiffSlide {
     pub fn open(path: &Path) -> Result<Self> {
         guarded(path, "reading the TIFF directory", || {
@@ -194,11 +346,18 @@ impl TiffSlide {
 
     fn open_inner(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-        let mut dec = Decoder::new(BufReader::new(file))
+        let mut head = [0u8; 4];
+        (&file)
+            .read_exact(&mut head)
+            .map_err(|e| DataError::io(path, e))?;
+        let (big_endian, bigtiff) = (head[0] == b'M', head[2] == 43 || head[3] == 43);
+        let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+        let mut dec = Decoder::new(HeaderOverlay::new(file, None))
             .map_err(|e| tiff_err(path, "not a readable TIFF", e))?
             .with_limits(limits());
         let mut pages = Vec::new();
         let mut resolution = None;
+        let mut sub_offsets = Vec::new();
         for ifd in 0.. {
             let (width, height) = dec
                 .dimensions()
@@ -214,9 +373,11 @@ impl TiffSlide {
                 let y = rational(&mut dec, Tag::YResolution);
                 let unit = dec.get_tag_u32(Tag::ResolutionUnit).unwrap_or(2);
                 resolution = x.zip(y).map(|(x, y)| (x, y, unit));
+                sub_offsets = sub_ifd_offsets(&mut dec);
             }
             pages.push(Page {
                 ifd,
+                sub: None,
                 width,
                 height,
                 tiled,
@@ -230,12 +391,36 @@ impl TiffSlide {
                 break;
             }
         }
+        // Page 0's SubIFDs (OME-TIFF's reduced levels), each through a decoder of its own.
+        let mut subs = Vec::new();
+        let mut sub_pages = Vec::new();
+        for (k, &off) in sub_offsets.iter().enumerate() {
+            let what = format!("SubIFD {k} of page 0");
+            let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+            let mut d = Decoder::new(HeaderOverlay::new(file, Some((off, big_endian, bigtiff))))
+                .map_err(|e| tiff_err(path, &what, e))?
+                .with_limits(limits());
+            let (width, height) = d.dimensions().map_err(|e| tiff_err(path, &what, e))?;
+            let jpeg = jpeg_chunks(path, &mut d, 0)?.map(Arc::new);
+            sub_pages.push(Page {
+                ifd: 0,
+                sub: Some(k),
+                width,
+                height,
+                tiled: d.get_chunk_type() == ChunkType::Tile,
+                chunk: d.chunk_dimensions(),
+                description: String::new(),
+                jpeg,
+            });
+            subs.push(d);
+        }
         let first = pages[0].clone();
         let aperio = first.description.starts_with("Aperio");
+        let ome = first.description.contains("<OME");
         let aspect = first.width as f64 / first.height.max(1) as f64;
         let mut level_pages = vec![first.clone()];
         let mut associated = Vec::new();
-        for p in pages.iter().skip(1) {
+        for p in sub_pages.iter().chain(pages.iter().skip(1)) {
             let same_aspect =
                 ((p.width as f64 / p.height.max(1) as f64) / aspect - 1.0).abs() < 0.02;
             if p.tiled && same_aspect && p.width < level_pages.last().map_or(0, |l| l.width) {
@@ -263,11 +448,22 @@ impl TiffSlide {
                     * (first.width as f64 / p.width as f64 + first.height as f64 / p.height as f64),
             })
             .collect();
+        let vendor = if aperio {
+            "aperio"
+        } else if ome {
+            "ome-tiff"
+        } else {
+            "generic-tiff"
+        };
         let mut properties = Properties {
-            vendor: if aperio { "aperio" } else { "generic-tiff" }.to_string(),
+            vendor: vendor.to_string(),
             ..Default::default()
         };
-        if aperio {
+        if ome {
+            let (mpp, mag) = ome_scale(&first.description);
+            properties.mpp = mpp;
+            properties.objective_power = mag;
+        } else if aperio {
             let fields = aperio_fields(&first.description);
             let num = |k: &str| fields.get(k).and_then(|v| v.parse::<f64>().ok());
             properties.mpp = num("MPP").filter(|m| *m > 0.0).map(|m| [m, m]);
@@ -324,6 +520,7 @@ impl TiffSlide {
                 decoder: dec,
                 raw: File::open(path).map_err(|e| DataError::io(path, e))?,
                 current_ifd: usize::MAX,
+                subs,
                 cache: HashMap::new(),
                 order: VecDeque::new(),
             }),
@@ -336,31 +533,42 @@ impl TiffSlide {
             .state
             .lock()
             .map_err(|_| DataError::malformed(&self.path, "reader poisoned by an earlier panic"))?;
-        if let Some(t) = st.cache.get(&(page.ifd, index)) {
+        let key = (page.key(), index);
+        if let Some(t) = st.cache.get(&key) {
             return Ok(t.clone());
         }
         let path = self.path.clone();
-        let what = format!("page {} chunk {index}", page.ifd);
+        let what = match page.sub {
+            Some(k) => format!("SubIFD {k} of page 0, chunk {index}"),
+            None => format!("page {} chunk {index}", page.ifd),
+        };
         let tile = guarded(&path, &what, || {
-            if st.current_ifd != page.ifd {
-                st.decoder
-                    .seek_to_image(page.ifd)
-                    .map_err(|e| tiff_err(&path, &what, e))?;
-                st.current_ifd = page.ifd;
-            }
-            let (w, h) = st.decoder.chunk_data_dimensions(index);
+            let dec = match page.sub {
+                Some(k) => st.subs.get_mut(k).ok_or_else(|| {
+                    DataError::malformed(&path, format!("{what}: no such sub-directory"))
+                })?,
+                None => {
+                    if st.current_ifd != page.ifd {
+                        st.decoder
+                            .seek_to_image(page.ifd)
+                            .map_err(|e| tiff_err(&path, &what, e))?;
+                        st.current_ifd = page.ifd;
+                    }
+                    &mut st.decoder
+                }
+            };
+            let (w, h) = dec.chunk_data_dimensions(index);
             if let Some(j) = &page.jpeg {
                 return decode_jpeg_chunk(&path, &what, &mut st.raw, j, index, w, h);
             }
-            let data = st
-                .decoder
+            let data = dec
                 .read_chunk(index)
                 .map_err(|e| tiff_err(&path, &what, e))?;
             to_rgb(&path, &what, data, w, h)
         })?;
         let tile = Arc::new(tile);
-        st.cache.insert((page.ifd, index), tile.clone());
-        st.order.push_back((page.ifd, index));
+        st.cache.insert(key, tile.clone());
+        st.order.push_back(key);
         while st.order.len() > TILE_CACHE {
             if let Some(old) = st.order.pop_front() {
                 st.cache.remove(&old);

@@ -64,6 +64,7 @@ fn fixture() -> tempfile::TempDir {
         scores_csv: Some("good.scores.csv".into()),
         scores_h5: Some("good.scores.h5".into()),
         heatmap_png: None,
+        qupath_geojson: None,
         patches_h5: "patches/good.h5".into(),
         features_h5: "h5_files/good.h5".into(),
         tissue_png: "masks/good.tissue.png".into(),

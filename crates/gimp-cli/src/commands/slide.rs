@@ -14,6 +14,7 @@ use gimp_io::h5;
 use gimp_slide::batch::{self, ProcessList};
 use gimp_slide::overlay::{self, PatchGrid};
 use gimp_slide::patching::{ContourFn, PatchParams};
+use gimp_slide::resolution::{self, ScaleOverride};
 use gimp_slide::segment::{SegmentParams, PRESETS};
 use gimp_train::data::expression_row;
 use gimp_train::evaluate::{patch_scores, ModelSource};
@@ -30,6 +31,8 @@ pub enum SlideCommand {
         /// Print the properties as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        scale: ScaleArgs,
     },
     /// Write a downsampled picture of the whole slide (PNG).
     Thumbnail {
@@ -42,6 +45,30 @@ pub enum SlideCommand {
         #[arg(long, default_value_t = 32.0)]
         downsample: f64,
     },
+}
+
+/// The slide's level-0 scale, when the file lacks it or states it wrongly (rules:
+/// `gimp_slide::resolution`).
+#[derive(clap::Args, Clone, Copy, Default)]
+pub struct ScaleArgs {
+    /// Microns per level-0 pixel (overrides the file's; the magnification follows as 10 / mpp
+    /// unless --level0-magnification is given).
+    #[arg(long)]
+    mpp: Option<f64>,
+    /// Objective power of level 0 (overrides the file's).
+    #[arg(long)]
+    level0_magnification: Option<f64>,
+}
+
+impl ScaleArgs {
+    fn resolve(&self) -> Result<ScaleOverride> {
+        let o = ScaleOverride {
+            mpp: self.mpp,
+            magnification: self.level0_magnification,
+        };
+        o.check().map_err(anyhow::Error::msg)?;
+        Ok(o)
+    }
 }
 
 #[derive(clap::Args)]
@@ -72,18 +99,24 @@ fn slide_list(inputs: &[PathBuf], shard: Option<&batch::Shard>) -> Result<Vec<Pa
 
 pub fn run(cmd: SlideCommand) -> Result<ExitCode> {
     match cmd {
-        SlideCommand::Info { slide, json } => {
+        SlideCommand::Info { slide, json, scale } => {
             let s = gimp_slide::open(&slide)?;
             let p = s.properties();
-            let mag = p.magnification();
+            let r = resolution::resolve(p, &scale.resolve()?);
+            for w in &r.warnings {
+                eprintln!("warning: {}: {w}", slide.display());
+            }
             if json {
                 let v = serde_json::json!({
                     "path": slide,
                     "vendor": p.vendor,
-                    "mpp": p.mpp,
+                    "mpp": r.mpp.map(|m| m.0),
+                    "mpp_source": r.mpp.map(|m| m.1),
                     "objective_power": p.objective_power,
-                    "magnification": mag.map(|m| m.0),
-                    "magnification_from_mpp": mag.map(|m| m.1 == gimp_slide::slide::MagnificationSource::FromMpp),
+                    "magnification": r.magnification.map(|m| m.0),
+                    "magnification_source": r.magnification.map(|m| m.1),
+                    "magnification_from_mpp": r.magnification.map(|m| m.1 == resolution::Source::Estimated),
+                    "warnings": r.warnings,
                     "levels": s.levels().iter().map(|l| serde_json::json!({"width": l.width, "height": l.height, "downsample": l.downsample})).collect::<Vec<_>>(),
                     "associated": s.associated_names(),
                     "properties": p.raw,
@@ -93,16 +126,19 @@ pub fn run(cmd: SlideCommand) -> Result<ExitCode> {
             }
             println!("slide          {}", slide.display());
             println!("vendor         {}", p.vendor);
-            match mag {
-                Some((m, gimp_slide::slide::MagnificationSource::Objective)) => {
+            match r.magnification {
+                Some((m, resolution::Source::File)) => {
                     println!("magnification  {m}× (objective power)")
                 }
-                Some((m, _)) => println!("magnification  {m:.1}× (estimated from the pixel size)"),
-                None => println!("magnification  unknown"),
+                Some((m, resolution::Source::Estimated)) => {
+                    println!("magnification  {m:.1}× (estimated from the pixel size)")
+                }
+                Some((m, _)) => println!("magnification  {m}× (given)"),
+                None => println!("magnification  unknown (give --level0-magnification or --mpp)"),
             }
-            match p.mpp {
-                Some([x, y]) => println!("µm per pixel   {x} × {y}"),
-                None => println!("µm per pixel   unknown"),
+            match r.mpp {
+                Some(([x, y], src)) => println!("µm per pixel   {x} × {y} ({})", src.describe()),
+                None => println!("µm per pixel   unknown (give --mpp or --level0-magnification)"),
             }
             for (i, l) in s.levels().iter().enumerate() {
                 println!(
@@ -124,6 +160,39 @@ pub fn run(cmd: SlideCommand) -> Result<ExitCode> {
             eprintln!("wrote {} ({}×{})", out.display(), img.width(), img.height());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Regions a pathologist drew (QuPath: File > Export objects as GeoJSON, level-0 pixels).
+#[derive(clap::Args, Clone, Default)]
+pub struct RegionArgs {
+    /// Patch only inside these annotations (holes left out): a GeoJSON file (one slide), or a
+    /// folder of {slide_id}.geojson. A patch is kept when its centre is inside.
+    #[arg(long, value_name = "FILE.geojson|DIR")]
+    roi: Option<PathBuf>,
+    /// Leave out patches whose centre is inside these regions (same forms as --roi).
+    #[arg(long, value_name = "FILE.geojson|DIR")]
+    exclude: Option<PathBuf>,
+}
+
+impl RegionArgs {
+    /// A single region file describes one slide.
+    fn check(&self, n_slides: usize) -> Result<()> {
+        for (flag, p) in [("--roi", &self.roi), ("--exclude", &self.exclude)] {
+            if let Some(p) = p {
+                if !p.exists() {
+                    bail!("{flag} {}: no such file or folder", p.display());
+                }
+                if p.is_file() && n_slides > 1 {
+                    bail!(
+                        "{flag} {} is one file for {n_slides} slides: give a folder of \
+                         {{slide_id}}.geojson instead",
+                        p.display()
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -171,9 +240,10 @@ pub struct PatchArgs {
     /// Grid step in pixels at --magnification (default: --patch-size, no overlap).
     #[arg(long)]
     step: Option<u32>,
-    /// Level-0 magnification, when the file lacks it or states it wrongly.
-    #[arg(long)]
-    level0_magnification: Option<f64>,
+    #[command(flatten)]
+    scale: ScaleArgs,
+    #[command(flatten)]
+    regions: RegionArgs,
     /// Patch test: four_pt (any of four points in tissue, CLAM's default) or center.
     #[arg(long, default_value = "four_pt")]
     contour_fn: String,
@@ -211,12 +281,16 @@ impl PatchArgs {
             "center" => ContourFn::Center,
             other => bail!("unknown --contour-fn '{other}'; known: four_pt, center"),
         };
+        let scale = self.scale.resolve()?;
         Ok(PatchParams {
             patch_size: self.patch_size,
             step: self.step.unwrap_or(self.patch_size),
             target_magnification: self.magnification,
-            level0_magnification: self.level0_magnification,
+            level0_magnification: scale.magnification,
+            mpp: scale.mpp,
             contour_fn,
+            roi: self.regions.roi.clone(),
+            exclude: self.regions.exclude.clone(),
         })
     }
 }
@@ -226,6 +300,7 @@ pub fn patch(a: PatchArgs) -> Result<ExitCode> {
     let pp = a.patch_params()?;
     let shard = a.shard.resolve()?;
     let slides = slide_list(&a.slides, shard.as_ref())?;
+    a.regions.check(slides.len())?;
     let mut list = ProcessList::new();
     let pb = progress::bar(slides.len() as u64, "patching");
     for slide in &slides {
@@ -238,6 +313,9 @@ pub fn patch(a: PatchArgs) -> Result<ExitCode> {
         let t = Instant::now();
         match batch::patch_slide(slide, &a.out, &sp, &pp) {
             Ok(done) => {
+                for w in &done.warnings {
+                    progress::line(&pb, format!("{id}: warning: {w}"));
+                }
                 progress::line(
                     &pb,
                     format!(
@@ -469,6 +547,13 @@ pub struct HeatmapArgs {
     /// Opacity of the colours over the slide.
     #[arg(long, default_value_t = 0.5)]
     alpha: f32,
+    /// Also write {id}.qupath.geojson: the patches as QuPath detections with their score and
+    /// percentile, the --top highest as class "Top patch".
+    #[arg(long)]
+    qupath: bool,
+    /// How many of the highest-scoring patches get the class "Top patch" (with --qupath).
+    #[arg(long, default_value_t = 10, requires = "qupath")]
+    top: usize,
 }
 
 pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
@@ -521,6 +606,17 @@ pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
         scores.len(),
         a.out.display()
     );
+    if a.qupath {
+        let path = gimp_predict::qupath::write_scored_patches(
+            &a.out,
+            &id,
+            &grid.coords,
+            grid.size_level0,
+            &scores,
+            a.top,
+        )?;
+        eprintln!("wrote {}", path.display());
+    }
     if let Some(path) = png {
         eprintln!("wrote {}", path.display());
     }
@@ -552,9 +648,10 @@ pub struct PredictArgs {
     /// Patch side in pixels at --magnification.
     #[arg(long, default_value_t = 256)]
     patch_size: u32,
-    /// Level-0 magnification, when the file lacks it or states it wrongly.
-    #[arg(long)]
-    level0_magnification: Option<f64>,
+    #[command(flatten)]
+    scale: ScaleArgs,
+    #[command(flatten)]
+    regions: RegionArgs,
     /// Patches per forward pass of the encoder.
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -580,6 +677,8 @@ pub fn predict(a: PredictArgs) -> Result<ExitCode> {
         bail!("--slide needs --encoder-weights and --out");
     };
     let slides = slide_list(&a.slide, a.shard.resolve()?.as_ref())?;
+    a.regions.check(slides.len())?;
+    let scale = a.scale.resolve()?;
     if slides.len() > 1 && a.run.sample.is_some() {
         bail!("--expression/--sample describe one patient: give one --slide with them");
     }
@@ -604,8 +703,11 @@ pub fn predict(a: PredictArgs) -> Result<ExitCode> {
         patch_size: a.patch_size,
         step: a.patch_size,
         target_magnification: a.magnification,
-        level0_magnification: a.level0_magnification,
+        level0_magnification: scale.magnification,
+        mpp: scale.mpp,
         contour_fn: ContourFn::FourPt,
+        roi: a.regions.roi.clone(),
+        exclude: a.regions.exclude.clone(),
     };
     // The encoder the checkpoint records; ResNet50-trunc for checkpoints from before encoders
     // were recorded (the width check in `Predictor::new` still applies).
@@ -635,6 +737,7 @@ pub fn predict(a: PredictArgs) -> Result<ExitCode> {
             }
             gimp_predict::Progress::Patches(n) => pb.inc_length(n as u64),
             gimp_predict::Progress::Encoded(k) => pb.inc(k as u64),
+            gimp_predict::Progress::Warning(w) => progress::line(&pb, format!("warning: {w}")),
         };
         let id = batch::slide_id(slide);
         match predictor.slide(slide, out, expression.as_ref(), &mut on_progress) {
@@ -682,4 +785,56 @@ pub fn predict(a: PredictArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[derive(clap::Subcommand)]
+pub enum ExportCommand {
+    /// One slide's tissue outlines (annotations, class "Tissue", holes kept) and patches
+    /// (detections, class "Patch"; the highest scores "Top patch") with their score, percentile
+    /// and the predicted class as measurements, as GeoJSON in level-0 pixels that QuPath opens
+    /// as it is (drag the file onto the slide, or File > Import objects). From a `predict`
+    /// record, or from the files of `patch` and `heatmap`.
+    Qupath(QupathArgs),
+}
+
+#[derive(clap::Args)]
+pub struct QupathArgs {
+    /// A `predict --slide` record ({slide_id}.prediction.json): its patches, scores, prediction
+    /// and the tissue outlines beside it.
+    #[arg(long, conflicts_with_all = ["patches", "scores", "contours"], required_unless_present = "patches")]
+    prediction: Option<PathBuf>,
+    /// A patch file (`patch`'s patches/{slide_id}.h5, or CLAM's / TRIDENT's).
+    #[arg(long)]
+    patches: Option<PathBuf>,
+    /// Per-patch scores of those patches (`heatmap`'s {slide_id}.scores.csv).
+    #[arg(long, requires = "patches")]
+    scores: Option<PathBuf>,
+    /// Tissue outlines (`patch`'s contours_geojson/{slide_id}.geojson).
+    #[arg(long, requires = "patches")]
+    contours: Option<PathBuf>,
+    /// How many of the highest-scoring patches get the class "Top patch".
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// The GeoJSON file to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn export(c: ExportCommand) -> Result<ExitCode> {
+    let ExportCommand::Qupath(a) = c;
+    let features = match (&a.prediction, &a.patches) {
+        (Some(record), _) => gimp_predict::qupath::record_features(record, a.top)?,
+        (None, Some(patches)) => gimp_predict::qupath::slide_features(
+            a.contours.as_deref(),
+            patches,
+            a.scores.as_deref(),
+            None,
+            a.top,
+        )?,
+        (None, None) => bail!("give --prediction, or --patches (with --scores, --contours)"),
+    };
+    let n = features.len();
+    gimp_slide::qupath::write(&a.out, features)?;
+    eprintln!("wrote {n} objects to {}", a.out.display());
+    Ok(ExitCode::SUCCESS)
 }
