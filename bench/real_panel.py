@@ -69,6 +69,27 @@ def seed_cohort(folder, seed):
     return path
 
 
+def finished(exp, rows, folds):
+    """Whether an experiment folder holds every fold's metrics.json of `rows`."""
+    return all(os.path.isfile(os.path.join(exp, row, f"fold{k}", "seed0", "metrics.json"))
+               for row in rows for k in range(folds))
+
+
+def seed_seconds(folder, seed, seconds=None):
+    """Reads (or, given `seconds`, writes) NAME/seconds-seedS.json: the wall time of the split,
+    the linear baseline and the deep models of one seed, which --reuse reports again."""
+    path = os.path.join(folder, f"seconds-seed{seed}.json")
+    if seconds is not None:
+        with open(path, "w") as f:
+            json.dump(seconds, f)
+        return seconds
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {"split": float("nan"), "linear": float("nan"), "deep": float("nan")}
+
+
 def run_metrics(exp, row, folds):
     """The metrics.json of each fold of an experiment row (seed 0 of the experiment)."""
     out = []
@@ -127,7 +148,7 @@ def over_seeds(per_run, seeds):
 # One cohort
 
 
-def classification(c, gimp, seeds, folds):
+def classification(c, gimp, seeds, folds, reuse=False):
     folder = os.path.dirname(c["cohort"])
     table, expression = reference.read_cohort(folder)
     runs = {m: {"acc": {}, "auc": {}, "pooled": {}} for m in ("logreg", "sklearn", "snn", "group_msa")}
@@ -137,17 +158,24 @@ def classification(c, gimp, seeds, folds):
         toml = seed_cohort(folder, seed)
         splits = os.path.join(folder, f"splits-seed{seed}")
         exp = os.path.join(folder, f"exp-seed{seed}")
-        shutil.rmtree(splits, ignore_errors=True)
-        shutil.rmtree(exp, ignore_errors=True)
-        seconds["split"] += sh([gimp, "split", toml, "--scheme", "kfold", "--k", str(folds),
-                                "--val", "0.2", "--seed", str(seed), "--out", splits])[1]
-        text, t1 = sh([gimp, "baseline", "logreg", toml, "--transform", "none", "--json"])
-        _, t2 = sh([gimp, "experiment", "table1", toml, "--rows", "logreg", "--folds", str(folds),
-                    "--transform", "none", "--out", exp])
-        seconds["linear"] += t1 + t2
-        baseline = json.loads(text)["folds"]
-        seconds["deep"] += sh([gimp, "experiment", "table1", toml, "--rows", "snn,group_msa",
+        if reuse and finished(exp, ("logreg", "snn", "group_msa"), folds):
+            took = seed_seconds(folder, seed)
+            text = sh([gimp, "baseline", "logreg", toml, "--transform", "none", "--json"])[0]
+        else:
+            shutil.rmtree(splits, ignore_errors=True)
+            shutil.rmtree(exp, ignore_errors=True)
+            took = {"split": sh([gimp, "split", toml, "--scheme", "kfold", "--k", str(folds),
+                                 "--val", "0.2", "--seed", str(seed), "--out", splits])[1]}
+            text, t1 = sh([gimp, "baseline", "logreg", toml, "--transform", "none", "--json"])
+            _, t2 = sh([gimp, "experiment", "table1", toml, "--rows", "logreg", "--folds",
+                        str(folds), "--transform", "none", "--out", exp])
+            took["linear"] = t1 + t2
+            took["deep"] = sh([gimp, "experiment", "table1", toml, "--rows", "snn,group_msa",
                                "--folds", str(folds), "--transform", "none", "--out", exp])[1]
+            seed_seconds(folder, seed, took)
+        for k, v in took.items():
+            seconds[k] += v
+        baseline = json.loads(text)["folds"]
         for row in ("logreg", "snn", "group_msa"):
             for k, m in enumerate(run_metrics(exp, row, folds)):
                 runs[row]["acc"][(seed, k)] = m["test"]["accuracy"]["value"]
@@ -196,7 +224,7 @@ def classification(c, gimp, seeds, folds):
     return models, seconds, {"logreg_mismatched_folds": mismatches}
 
 
-def survival(c, gimp, seeds, folds):
+def survival(c, gimp, seeds, folds, reuse=False):
     folder = os.path.dirname(c["cohort"])
     table, expression = reference.read_cohort(folder)
     time_column = "time_days" if "time_days" in table else "time"
@@ -208,18 +236,25 @@ def survival(c, gimp, seeds, folds):
         splits = os.path.join(folder, f"splits-seed{seed}")
         exp = os.path.join(folder, f"exp-seed{seed}")
         scores = os.path.join(folder, f"cox-seed{seed}")
-        for d in (splits, exp, scores):
-            shutil.rmtree(d, ignore_errors=True)
-        os.makedirs(scores)
-        seconds["split"] += sh([gimp, "split", toml, "--scheme", "kfold", "--k", str(folds),
-                                "--val", "0.2", "--seed", str(seed), "--out", splits])[1]
-        text, t = sh([gimp, "baseline", "cox", toml, "--transform", "none", "--scores", scores,
-                      "--json"])
-        seconds["linear"] += t
-        cox = json.loads(text)
-        seconds["deep"] += sh([gimp, "experiment", "table1", toml, "--task", "survival", "--rows",
+        cox_command = [gimp, "baseline", "cox", toml, "--transform", "none", "--scores", scores,
+                       "--json"]
+        if reuse and finished(exp, ("snn", "group_msa"), folds):
+            took = seed_seconds(folder, seed)
+            text = sh(cox_command)[0]
+        else:
+            for d in (splits, exp, scores):
+                shutil.rmtree(d, ignore_errors=True)
+            os.makedirs(scores)
+            took = {"split": sh([gimp, "split", toml, "--scheme", "kfold", "--k", str(folds),
+                                 "--val", "0.2", "--seed", str(seed), "--out", splits])[1]}
+            text, took["linear"] = sh(cox_command)
+            took["deep"] = sh([gimp, "experiment", "table1", toml, "--task", "survival", "--rows",
                                "snn,group_msa", "--folds", str(folds), "--transform", "none",
                                "--out", exp])[1]
+            seed_seconds(folder, seed, took)
+        for k, v in took.items():
+            seconds[k] += v
+        cox = json.loads(text)
         for f in cox["folds"]:
             k = f["fold"]
             runs["cox"]["cindex"][(seed, k)] = f["test"]["cindex"]
@@ -337,11 +372,30 @@ def markdown(results, header, runs):
     lines += ["### Time per cohort (seconds, all seeds)", "",
               f"| cohort | role | splits | linear baseline | SNN + GroupMSA (2 × {runs} runs) | "
               "reference (Python) | total |", "|---|---|---|---|---|---|---|"]
+    def secs(x):
+        return "–" if not np.isfinite(x) else f"{x:.1f}"
+
     for r in results:
         s = r["seconds"]
-        lines.append(f"| {r['name']} | {r['role']} | {s['split']:.1f} | {s['linear']:.1f} | "
-                     f"{s['deep']:.1f} | {s['reference']:.1f} | {sum(s.values()):.1f} |")
+        lines.append(f"| {r['name']} | {r['role']} | {secs(s['split'])} | {secs(s['linear'])} | "
+                     f"{secs(s['deep'])} | {secs(s['reference'])} | {secs(sum(s.values()))} |")
     return "\n".join(lines) + "\n"
+
+
+def write(out, results, a, seeds, load_before, start, version):
+    """Writes the table of the cohorts finished so far (after each one, so an interrupted run
+    leaves its figures); returns the Markdown."""
+    total = time.monotonic() - start
+    header = (f"Measured by `bash bench/real_panel.sh` ({version}), seeds {a.seeds}, {a.folds} folds; "
+              f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), load average "
+              f"{load_before} before and {loadavg()} after; {len(results)} cohort(s) in "
+              f"{total / 60:.1f} min.")
+    md = markdown(results, header, a.folds * len(seeds))
+    with open(os.path.join(out, "real_panel.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(out, "real_panel.json"), "w") as f:
+        json.dump({"header": header, "results": results}, f, indent=1, default=str)
+    return md
 
 
 def loadavg():
@@ -357,6 +411,10 @@ def main():
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--only", default="")
     ap.add_argument("--out")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the splits and experiments a run finished (their times are read "
+                         "from NAME/seconds-seedS.json); only the baselines and the reference "
+                         "are run again")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     out = a.out or os.path.join(a.panel, "results")
@@ -375,21 +433,14 @@ def main():
         print(f"{c['name']} ({c['role']}, {c['task']}: {c['patients']} patients × {c['genes']} genes)",
               flush=True)
         run = classification if c["task"] == "classification" else survival
-        models, seconds, notes = run(c, a.gimp, seeds, a.folds)
+        models, seconds, notes = run(c, a.gimp, seeds, a.folds, a.reuse)
         results.append({**c, "models": models, "seconds": seconds, "notes": notes})
+        write(out, results, a, seeds, load_before, start, version)
         for m, v in models.items():
             key = "accuracy" if "accuracy" in v else "cindex"
             print(f"    {m:10} {key} {fmt_ms(v[key])}", flush=True)
         print(f"    {', '.join(f'{k} {s:.1f} s' for k, s in seconds.items())}", flush=True)
-    total = time.monotonic() - start
-    header = (f"Measured by `bash bench/real_panel.sh` ({version}), seeds {a.seeds}, {a.folds} folds; "
-              f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), load average "
-              f"{load_before} before and {loadavg()} after; the whole panel took {total / 60:.1f} min.")
-    md = markdown(results, header, a.folds * len(seeds))
-    with open(os.path.join(out, "real_panel.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(out, "real_panel.json"), "w") as f:
-        json.dump({"header": header, "results": results}, f, indent=1, default=str)
+    md = write(out, results, a, seeds, load_before, start, version)
     print("\n" + md)
     print(f"(written to {out}/real_panel.md and .json)")
 
