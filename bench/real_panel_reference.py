@@ -11,8 +11,8 @@ the split files gimp-rs wrote:
   (z = x V from the SVD of the training matrix): the same model, exactly. scikit-survival's
   optimiser loops over patients in Python (seconds a fit at 300 patients), too slow for the
   ~450 fits of a cohort's inner cross-validation, so the fits are made by `ridge_cox_newton`
-  (the same objective, Newton's method, vectorised); the panel refits the first split of every
-  cohort with scikit-survival itself and records the largest difference of the test risks.
+  (the same objective, Newton's method, vectorised); `main` below refits the first split with
+  scikit-survival itself and prints the largest difference of the test risks.
 
 Used by bench/real_panel.py; `python3 bench/real_panel_reference.py COHORT_DIR SPLITS_DIR` prints
 one cohort's test figures per split.
