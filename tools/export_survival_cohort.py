@@ -42,11 +42,22 @@ def sksurv_breast_cancer():
     return table, expression, "days"
 
 
-def survset(name, unit):
+# Numeric columns of SurvSet's expression sets that are clinical variables, not genes.
+SURVSET_CLINICAL = {"num_age", "num_Age", "num_size", "num_grade", "num_erlev"}
+
+
+def survset_frame(name):
+    """A SurvSet data set's table (pid, event, time, fac_* factors, num_* numbers) and its
+    gene columns (the num_* columns less the clinical ones)."""
     from SurvSet.data import SurvLoader
 
     df = SurvLoader().load_dataset(ds_name=name)["df"]
-    genes = [c for c in df.columns if c.startswith("num_")]
+    genes = [c for c in df.columns if c.startswith("num_") and c not in SURVSET_CLINICAL]
+    return df, genes
+
+
+def survset(name, unit):
+    df, genes = survset_frame(name)
     ids = [f"{name}-{p}" for p in df["pid"]]
     table = pd.DataFrame({
         "case_id": ids,
@@ -61,6 +72,32 @@ def survset(name, unit):
     return table, expression, unit
 
 
+def write_cohort(out, source, table, expression, unit=None, splits="splits"):
+    """Writes OUT/dataset.csv, OUT/expression.csv and OUT/cohort.toml (with a [survival] section
+    when `unit` is given, naming the table's time_days or time column); genes with a missing
+    value are left out. Returns the expression written."""
+    expression = expression.loc[:, expression.notna().all()]
+    os.makedirs(out, exist_ok=True)
+    table.to_csv(os.path.join(out, "dataset.csv"), index=False)
+    expression.index.name = "case_id"
+    expression.to_csv(os.path.join(out, "expression.csv"))
+    with open(os.path.join(out, "cohort.toml"), "w") as f:
+        f.write(cohort_toml(source, table, unit, splits))
+    return expression
+
+
+def cohort_toml(source, table, unit=None, splits="splits"):
+    """The cohort file of a folder written by `write_cohort`, its splits in OUT/`splits`."""
+    text = (f"# {source}, written by tools/{os.path.basename(sys.argv[0])}\n"
+            "[labels]\ncsv = \"dataset.csv\"\n"
+            "[expression]\nmatrix = \"expression.csv\"\norientation = \"samples_by_genes\"\n")
+    if unit is not None:
+        time_column = "time_days" if "time_days" in table else "time"
+        text += (f"[survival]\ntime_column = \"{time_column}\"\nevent_column = \"event\"\n"
+                 f"unit = \"{unit}\"\n")
+    return text + f"[splits]\ndir = \"{splits}\"\n"
+
+
 def main():
     if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
@@ -71,18 +108,7 @@ def main():
         table, expression, unit = survset(source.split(":", 1)[1], sys.argv[3])
     else:
         sys.exit(f"unknown source {source!r}\n{__doc__}")
-    expression = expression.loc[:, expression.notna().all()]
-    os.makedirs(out, exist_ok=True)
-    table.to_csv(os.path.join(out, "dataset.csv"), index=False)
-    expression.index.name = "case_id"
-    expression.to_csv(os.path.join(out, "expression.csv"))
-    time_column = "time_days" if "time_days" in table else "time"
-    with open(os.path.join(out, "cohort.toml"), "w") as f:
-        f.write(f"# {source}, written by tools/export_survival_cohort.py\n"
-                "[labels]\ncsv = \"dataset.csv\"\n"
-                "[expression]\nmatrix = \"expression.csv\"\norientation = \"samples_by_genes\"\n"
-                f"[survival]\ntime_column = \"{time_column}\"\nevent_column = \"event\"\nunit = \"{unit}\"\n"
-                "[splits]\ndir = \"splits\"\n")
+    expression = write_cohort(out, source, table, expression, unit)
     print(f"{out}: {len(table)} patients, {int(table['event'].sum())} events, "
           f"{expression.shape[1]} genes")
 

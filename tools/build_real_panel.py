@@ -1,0 +1,151 @@
+"""Build the real-data panel of docs/REAL_DATA.md: eleven real expression cohorts as gimp-rs
+cohort folders, from the repository's ALL data and from packages installed from PyPI
+(`pip install scikit-survival survset`; bench/real_panel.sh installs them into a venv).
+
+    python3 tools/build_real_panel.py OUT_DIR
+
+writes OUT_DIR/NAME/{dataset.csv, expression.csv, cohort.toml} for every cohort of PANEL (the
+format of tools/export_survival_cohort.py, which this reuses: a gene-only cohort, values on a log
+scale as the source gives them, so gimp-rs reads them with --transform none) and
+OUT_DIR/panel.json, the list the benchmark reads: name, task, role (tuning or held-out, fixed in
+docs/REAL_DATA.md "How defaults are chosen" before any tuning), source, licence, patients, genes
+and events.
+
+Nothing is downloaded: every data set ships inside an installed package (or the repository).
+"""
+import json
+import os
+import sys
+
+import pandas as pd
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from export_survival_cohort import sksurv_breast_cancer, survset_frame, write_cohort  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SURVSET = "SurvSet 0.2.11 (PyPI), GPL-3.0"
+
+
+def all_bcrabl():
+    """ALL (Chiaretti 2004), BCR/ABL vs NEG: data/all-leukemia of the repository."""
+    d = os.path.join(REPO, "data", "all-leukemia")
+    labels = pd.read_csv(os.path.join(d, "labels.csv"), dtype=str)
+    labels = labels[labels["mol.biol"].isin(["BCR/ABL", "NEG"])]
+    expression = pd.read_csv(os.path.join(d, "expression.csv.gz"), dtype={"sample": str})
+    expression = expression.set_index("sample").astype(float)
+    expression = expression.loc[labels["sample"]]
+    table = pd.DataFrame({"case_id": labels["sample"].values, "slide_id": "",
+                          "label": labels["mol.biol"].values})
+    return table, expression
+
+
+def survset_classes(name, factor, classes, keep=None):
+    """A SurvSet expression set as a classification cohort: the label is `classes[value]` of
+    the factor column (patients with another value are left out); `keep` filters rows first."""
+    df, genes = survset_frame(name)
+    if keep is not None:
+        df = df[keep(df)]
+    df = df[df[factor].astype(str).isin(classes)]
+    ids = [f"{name}-{p}" for p in df["pid"]]
+    table = pd.DataFrame({"case_id": ids, "slide_id": "",
+                          "label": [classes[str(v)] for v in df[factor]]})
+    expression = df[genes].astype(float)
+    expression.columns = [g[len("num_"):] for g in genes]
+    expression.index = ids
+    return table, expression
+
+
+def survset_survival(name):
+    """A SurvSet expression set as a survival cohort (no class label: every patient is "all")."""
+    df, genes = survset_frame(name)
+    ids = [f"{name}-{p}" for p in df["pid"]]
+    table = pd.DataFrame({"case_id": ids, "slide_id": "", "label": "all",
+                          "time": df["time"].values, "event": df["event"].astype(int).values})
+    expression = df[genes].astype(float)
+    expression.columns = [g[len("num_"):] for g in genes]
+    expression.index = ids
+    return table, expression
+
+
+def sksurv_breast_er():
+    table, expression, _ = sksurv_breast_cancer()
+    table = table.assign(label=table["label"].map({"positive": "ER+", "negative": "ER-"}))
+    return table[["case_id", "slide_id", "label"]], expression
+
+
+GRADE = {"1": "grade 1-2", "2": "grade 1-2", "3": "grade 3"}
+
+# name, task, role, builder, time unit (survival), what it is, source and licence. The roles are
+# fixed before any tuning (docs/REAL_DATA.md, "How defaults are chosen"): the defaults may be
+# chosen on the tuning cohorts only, and are judged on the held-out ones.
+PANEL = [
+    ("all-bcrabl", "classification", "tuning", all_bcrabl, None,
+     "acute lymphoblastic leukaemia, BCR/ABL vs NEG; Affymetrix HG-U95Av2, RMA",
+     "Chiaretti et al. 2004; repository data/all-leukemia (Bioconductor ALL 1.40.0), Artistic-2.0"),
+    ("gse1992-grade", "classification", "tuning",
+     lambda: survset_classes("gse1992", "fac_grade", GRADE), None,
+     "breast cancer, histological grade 3 vs 1-2; Agilent two-colour arrays, log ratios",
+     f"Hu et al. 2006 (GEO GSE1992, via survJamda.data); {SURVSET}"),
+    ("dlbcl", "survival", "tuning", lambda: survset_survival("DLBCL"), "years",
+     "diffuse large B-cell lymphoma, overall survival; Lymphochip cDNA arrays, log ratios",
+     f"Rosenwald et al. 2002; {SURVSET}"),
+    ("aml-bull", "survival", "tuning", lambda: survset_survival("AML_Bull"), "days",
+     "acute myeloid leukaemia, overall survival; cDNA arrays, log ratios",
+     f"Bullinger et al. 2004; {SURVSET}"),
+    ("gse4335-er", "classification", "held-out",
+     lambda: survset_classes("gse4335", "fac_er_status", {"1": "ER+", "0": "ER-"}), None,
+     "breast cancer, ER status; Stanford cDNA arrays, log ratios",
+     f"Sørlie et al. 2003 (GEO GSE4335, via survJamda.data); {SURVSET}"),
+    ("nki70-er", "classification", "held-out",
+     lambda: survset_classes("nki70", "fac_ER", {"Positive": "ER+", "Negative": "ER-"}), None,
+     "breast cancer, ER status; the 70 genes of the MammaPrint panel (Agilent), log ratios",
+     f"van 't Veer 2002 / van de Vijver 2002 (R package penalized, nki70); {SURVSET}"),
+    ("sksurv-breast-er", "classification", "held-out", sksurv_breast_er, None,
+     "breast cancer, ER status; 76 Affymetrix HG-U133A probes (the GENE76 signature), log2",
+     "Desmedt et al. 2007, TRANSBIG (GEO GSE7390); scikit-survival 0.28 (PyPI) "
+     "load_breast_cancer, GPL-3.0"),
+    ("ovarian-debulk", "classification", "held-out",
+     lambda: survset_classes("dataOvarian1", "fac_debulk", {"1": "debulk 1", "0": "debulk 0"},
+                             keep=lambda df: df["fac_group"] == 13), None,
+     "ovarian cancer, debulking status (the data set's 0/1), one study (group 13); 158 genes, "
+     "standardised microarray values",
+     f"curatedOvarianData meta-analysis (R package joint.Cox, dataOvarian1); {SURVSET}"),
+    ("chop", "survival", "held-out", lambda: survset_survival("chop"), "years",
+     "diffuse large B-cell lymphoma treated with R-CHOP, overall survival; Affymetrix "
+     "HG-U133 Plus 2.0 probes, log2",
+     f"Lenz et al. 2008 (GEO GSE10846, via R package bujar); {SURVSET}"),
+    ("dbcd", "survival", "held-out", lambda: survset_survival("DBCD"), "years",
+     "breast cancer, distant metastasis-free survival; Agilent arrays, log ratios",
+     f"van de Vijver et al. 2002 (Dutch breast cancer data); {SURVSET}"),
+    ("nki70-survival", "survival", "held-out", lambda: survset_survival("nki70"), "years",
+     "breast cancer, metastasis-free survival; the 70 genes of the MammaPrint panel",
+     f"van 't Veer 2002 / van de Vijver 2002 (R package penalized, nki70); {SURVSET}"),
+]
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    out = sys.argv[1]
+    manifest = []
+    for name, task, role, build, unit, what, source in PANEL:
+        table, expression = build()
+        folder = os.path.join(out, name)
+        written = write_cohort(folder, f"real panel: {name}", table, expression, unit)
+        entry = {"name": name, "task": task, "role": role, "what": what, "source": source,
+                 "patients": len(table), "genes": int(written.shape[1]),
+                 "cohort": os.path.join(folder, "cohort.toml"), "unit": unit}
+        if task == "survival":
+            entry["events"] = int(table["event"].sum())
+        else:
+            entry["classes"] = {k: int(v) for k, v in table["label"].value_counts().items()}
+        manifest.append(entry)
+        detail = entry.get("classes", f"{entry.get('events')} events")
+        print(f"{name:18} {role:9} {task:15} {entry['patients']:4} patients x "
+              f"{entry['genes']:6} genes  {detail}")
+    with open(os.path.join(out, "panel.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
