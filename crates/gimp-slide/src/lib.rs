@@ -21,6 +21,7 @@
 //!   output layout with skip-if-done checks, patching one slide, the process list.
 
 pub mod batch;
+pub mod formats;
 pub mod jpeg;
 pub mod outline;
 pub mod overlay;
@@ -35,4 +36,5 @@ pub mod tiff_slide;
 #[cfg(feature = "openslide")]
 pub mod openslide;
 
-pub use slide::{open, Level, Properties, SlideReader};
+pub use formats::open;
+pub use slide::{Level, Properties, SlideReader};

@@ -56,13 +56,8 @@ struct JpegChunks {
 
 /// The JPEG layout of the decoder's current page, or `None` when its chunks are not JPEG
 /// (compression 7) with 8-bit samples in one plane — those the `tiff` crate decodes.
-fn jpeg_chunks(
-    path: &Path,
-    dec: &mut TiffDecoder,
-    ifd: usize,
-) -> Result<Option<JpegChunks>> {
-    let tag =
-        |dec: &mut TiffDecoder, t: Tag| dec.find_tag_unsigned::<u32>(t).ok().flatten();
+fn jpeg_chunks(path: &Path, dec: &mut TiffDecoder, ifd: usize) -> Result<Option<JpegChunks>> {
+    let tag = |dec: &mut TiffDecoder, t: Tag| dec.find_tag_unsigned::<u32>(t).ok().flatten();
     // BitsPerSample has one value per sample (8, 8, 8).
     let bits = dec.get_tag_u32_vec(Tag::BitsPerSample).unwrap_or_default();
     if tag(dec, Tag::Compression) != Some(7)
