@@ -6,6 +6,14 @@
 //! thumbnail, the others are named by their description (`label`, `macro`). A small stripped
 //! (untiled) TIFF is read as a one-level slide — the case OpenSlide refuses
 //! (openslide-python#153).
+//!
+//! Pages of 8-bit YCbCr JPEG tiles (most scanners' and `vips`' pyramids) are read straight from
+//! the file: each tile's bytes (found through the tile tables read when the slide is opened),
+//! with the page's shared `JPEGTables` put in front, are one complete JPEG stream, decoded on the
+//! calling thread without the `tiff` decoder's lock (which also re-reads a page's tile tables
+//! whenever another page was read last). So tiles of a 40× slide decode in parallel, and a tile
+//! server can hand a stored tile out as it is ([`SlideReader::stored_jpeg_tile`]). Other pages
+//! (Aperio's RGB-coded JPEG, LZW, deflate, …) go through the `tiff` decoder.
 
 use crate::slide::{Level, Properties, SlideReader};
 use gimp_io::{DataError, ErrorKind, Result};
@@ -29,6 +37,94 @@ struct Page {
     tiled: bool,
     chunk: (u32, u32),
     description: String,
+    /// Set for a page whose tiles are complete YCbCr JPEG streams once `JPEGTables` is put in.
+    jpeg: Option<Arc<JpegTiles>>,
+}
+
+/// Where a JPEG-tiled page keeps its tiles.
+#[derive(Debug)]
+struct JpegTiles {
+    offsets: Vec<u64>,
+    counts: Vec<u64>,
+    /// The page's `JPEGTables` without its end-of-image marker, to follow each tile's
+    /// start-of-image marker; empty when the tiles carry their own tables.
+    tables: Vec<u8>,
+}
+
+/// The largest JPEG tile read (a 512 × 512 tile at quality 100 is under 1 MB).
+const MAX_JPEG_TILE_BYTES: u64 = 16 << 20;
+
+/// TIFF's Compression value for JPEG (the 1995 technical note's "new-style" JPEG).
+const COMPRESSION_JPEG: u16 = 7;
+/// TIFF's PhotometricInterpretation value for YCbCr.
+const PHOTOMETRIC_YCBCR: u16 = 6;
+
+/// The tile tables of the decoder's current page when its tiles are 8-bit, 3-sample YCbCr JPEG
+/// (what a JPEG decoder turns into the right colours by itself); `None` otherwise.
+fn jpeg_tiles(dec: &mut Decoder<BufReader<File>>) -> Option<JpegTiles> {
+    if dec.get_chunk_type() != ChunkType::Tile {
+        return None;
+    }
+    let u16_tag =
+        |dec: &mut Decoder<BufReader<File>>, tag| dec.find_tag_unsigned::<u16>(tag).ok().flatten();
+    let bits = dec
+        .find_tag_unsigned_vec::<u16>(Tag::BitsPerSample)
+        .ok()
+        .flatten();
+    if u16_tag(dec, Tag::Compression) != Some(COMPRESSION_JPEG)
+        || u16_tag(dec, Tag::PhotometricInterpretation) != Some(PHOTOMETRIC_YCBCR)
+        || u16_tag(dec, Tag::SamplesPerPixel) != Some(3)
+        || !bits.is_some_and(|b| b.iter().all(|&v| v == 8))
+    {
+        return None;
+    }
+    let offsets = dec.get_tag_u64_vec(Tag::TileOffsets).ok()?;
+    let counts = dec.get_tag_u64_vec(Tag::TileByteCounts).ok()?;
+    if offsets.len() != counts.len() {
+        return None;
+    }
+    let tables = match dec.find_tag(Tag::JPEGTables).ok().flatten() {
+        None => Vec::new(),
+        Some(v) => {
+            let t = v.into_u8_vec().ok()?;
+            // SOI, the tables, EOI: what goes between a tile's own SOI and the rest.
+            if t.len() < 4 || t[..2] != [0xFF, 0xD8] || t[t.len() - 2..] != [0xFF, 0xD9] {
+                return None;
+            }
+            t[2..t.len() - 2].to_vec()
+        }
+    };
+    Some(JpegTiles {
+        offsets,
+        counts,
+        tables,
+    })
+}
+
+/// `len` bytes at `offset` of `file`, without moving a shared file position (so threads read
+/// at once).
+fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, offset)?;
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < len {
+            let n = std::os::windows::fs::FileExt::seek_read(
+                file,
+                &mut buf[done..],
+                offset + done as u64,
+            )?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            done += n;
+        }
+    }
+    Ok(buf)
 }
 
 struct Tile {
@@ -46,6 +142,8 @@ struct State {
 
 pub struct TiffSlide {
     path: PathBuf,
+    /// For reading JPEG tiles directly (positioned reads: no lock).
+    file: File,
     levels: Vec<Level>,
     level_pages: Vec<Page>,
     associated: Vec<(String, Page)>,
@@ -144,6 +242,7 @@ impl TiffSlide {
                 let unit = dec.get_tag_u32(Tag::ResolutionUnit).unwrap_or(2);
                 resolution = x.zip(y).map(|(x, y)| (x, y, unit));
             }
+            let jpeg = jpeg_tiles(&mut dec).map(Arc::new);
             pages.push(Page {
                 ifd,
                 width,
@@ -151,6 +250,7 @@ impl TiffSlide {
                 tiled,
                 chunk,
                 description,
+                jpeg,
             });
             // Associated pages of some files are damaged or use codecs we do not decode; the
             // pyramid we already have is still usable, so listing stops there.
@@ -244,6 +344,7 @@ impl TiffSlide {
         }
         Ok(Self {
             path: path.to_path_buf(),
+            file: File::open(path).map_err(|e| DataError::io(path, e))?,
             levels,
             level_pages,
             associated,
@@ -257,12 +358,93 @@ impl TiffSlide {
         })
     }
 
+    /// Tile `index` of a JPEG-tiled page as one complete JPEG stream.
+    fn jpeg_stream(&self, page: &Page, tiles: &JpegTiles, index: u32) -> Result<Vec<u8>> {
+        let what = || format!("page {} tile {index}", page.ifd);
+        let i = index as usize;
+        let (Some(&offset), Some(&count)) = (tiles.offsets.get(i), tiles.counts.get(i)) else {
+            return Err(DataError::malformed(
+                &self.path,
+                format!(
+                    "{}: the page has {} tiles in its tile table",
+                    what(),
+                    tiles.offsets.len()
+                ),
+            ));
+        };
+        if !(2..=MAX_JPEG_TILE_BYTES).contains(&count) {
+            return Err(DataError::malformed(
+                &self.path,
+                format!("{}: {count} bytes is not a JPEG tile", what()),
+            ));
+        }
+        let bytes = read_at(&self.file, offset, count as usize).map_err(|e| {
+            DataError::malformed(
+                &self.path,
+                format!("{}: {count} bytes at offset {offset}: {e}", what()),
+            )
+        })?;
+        if bytes[..2] != [0xFF, 0xD8] {
+            return Err(DataError::malformed(
+                &self.path,
+                format!("{}: not a JPEG stream (no start-of-image marker)", what()),
+            ));
+        }
+        if tiles.tables.is_empty() {
+            return Ok(bytes);
+        }
+        let mut out = Vec::with_capacity(bytes.len() + tiles.tables.len());
+        out.extend_from_slice(&bytes[..2]);
+        out.extend_from_slice(&tiles.tables);
+        out.extend_from_slice(&bytes[2..]);
+        Ok(out)
+    }
+
+    /// Decodes tile `index` of a JPEG-tiled page from its stream, on the calling thread.
+    fn decode_jpeg_tile(&self, page: &Page, tiles: &JpegTiles, index: u32) -> Result<Tile> {
+        use image::ImageDecoder;
+        let stream = self.jpeg_stream(page, tiles, index)?;
+        let what = || format!("page {} tile {index}", page.ifd);
+        let bad = |e: image::ImageError| {
+            DataError::malformed(&self.path, format!("{}: JPEG: {e}", what()))
+        };
+        let dec =
+            image::codecs::jpeg::JpegDecoder::new(std::io::Cursor::new(stream)).map_err(bad)?;
+        let (w, h) = dec.dimensions();
+        if dec.color_type() != image::ColorType::Rgb8 || (w, h) != page.chunk {
+            return Err(DataError::malformed(
+                &self.path,
+                format!(
+                    "{}: a {w}×{h} {:?} JPEG in a page of {}×{} RGB tiles",
+                    what(),
+                    dec.color_type(),
+                    page.chunk.0,
+                    page.chunk.1
+                ),
+            ));
+        }
+        let mut rgb = vec![0u8; dec.total_bytes() as usize];
+        dec.read_image(&mut rgb).map_err(bad)?;
+        Ok(Tile {
+            width: w,
+            height: h,
+            rgb,
+        })
+    }
+
     /// Decodes chunk `index` of `page` to RGB (cached).
     fn chunk(&self, page: &Page, index: u32) -> Result<Arc<Tile>> {
-        let mut st = self
-            .state
-            .lock()
-            .map_err(|_| DataError::malformed(&self.path, "reader poisoned by an earlier panic"))?;
+        if let Some(tiles) = &page.jpeg {
+            if let Some(t) = self.cached(page, index)? {
+                return Ok(t);
+            }
+            // Decoded without the lock: other threads decode other tiles meanwhile.
+            let tile = Arc::new(self.decode_jpeg_tile(page, tiles, index)?);
+            let mut st = self.lock()?;
+            Self::keep(&mut st, (page.ifd, index), tile.clone());
+            return Ok(tile);
+        }
+        let mut st = self.lock()?;
         if let Some(t) = st.cache.get(&(page.ifd, index)) {
             return Ok(t.clone());
         }
@@ -283,14 +465,31 @@ impl TiffSlide {
             to_rgb(&path, &what, data, w, h)
         })?;
         let tile = Arc::new(tile);
-        st.cache.insert((page.ifd, index), tile.clone());
-        st.order.push_back((page.ifd, index));
+        Self::keep(&mut st, (page.ifd, index), tile.clone());
+        Ok(tile)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
+        self.state
+            .lock()
+            .map_err(|_| DataError::malformed(&self.path, "reader poisoned by an earlier panic"))
+    }
+
+    fn cached(&self, page: &Page, index: u32) -> Result<Option<Arc<Tile>>> {
+        Ok(self.lock()?.cache.get(&(page.ifd, index)).cloned())
+    }
+
+    /// Adds a decoded tile to the cache, dropping the oldest past [`TILE_CACHE`].
+    fn keep(st: &mut State, key: (usize, u32), tile: Arc<Tile>) {
+        if st.cache.insert(key, tile).is_some() {
+            return; // another thread decoded it meanwhile: already in `order`
+        }
+        st.order.push_back(key);
         while st.order.len() > TILE_CACHE {
             if let Some(old) = st.order.pop_front() {
                 st.cache.remove(&old);
             }
         }
-        Ok(tile)
     }
 
     /// Pixels `[x, x+w) × [y, y+h)` of a page in its own coordinates; outside is black.
@@ -390,6 +589,26 @@ impl SlideReader for TiffSlide {
         let x = (x0 as f64 / ds).floor() as i64;
         let y = (y0 as f64 / ds).floor() as i64;
         self.read_page(page, x, y, w, h)
+    }
+
+    fn stored_jpeg_tile(
+        &self,
+        level: usize,
+        tile: u32,
+        col: u64,
+        row: u64,
+    ) -> Option<Result<Vec<u8>>> {
+        let page = self.level_pages.get(level)?;
+        let tiles = page.jpeg.as_ref()?;
+        if page.chunk != (tile, tile) {
+            return None;
+        }
+        let across = (page.width as u64).div_ceil(tile as u64);
+        let down = (page.height as u64).div_ceil(tile as u64);
+        if col >= across || row >= down {
+            return None;
+        }
+        Some(self.jpeg_stream(page, tiles, (row * across + col) as u32))
     }
 
     fn associated_names(&self) -> Vec<String> {
