@@ -11,8 +11,9 @@
 #    fixtures' narrow ResNet-50 (the same code as ResNet50-trunc at 1/8 of the width) with the
 #    fixtures' CLAM-SB, so the run takes minutes, not the hours full-width features take on
 #    2 cores;
+#    Then the same at --magnification 40 (256-px patches at 40×: four times as many);
 # 3. full-width ResNet50-trunc (random weights, tools/make_random_predict_weights.py) with a
-#    1024-d CLAM-SB on a 12,000 × 9,600 cut of the same slide design: features per patch and
+#    1024-d CLAM-SB on a 24,000 × 19,200 slide of the same design: features per patch and
 #    peak memory, from which the full slide's feature time is projected. FULL=1 runs full width
 #    on the big slide itself instead (hours on 2 cores);
 # 4. `gimp-rs view` on a folder of $N_SLIDES links to the big slide plus its prediction: time to
@@ -65,34 +66,38 @@ EOF
 peak() { awk -F': ' '/Maximum resident/ { printf "%.2f GiB", $2 / 1048576 }' "$1"; }
 wall() { awk -F': ' '/Elapsed \(wall/ { print $2 }' "$1"; }
 
-run_predict() { # NAME SLIDE MODEL ENCODER
-    local out="$dir/pred-$1"
+run_predict() { # NAME SLIDE MODEL ENCODER [predict's options]
+    local out="$dir/pred-$1" name="$1" slide="$2" model="$3" encoder="$4"
+    shift 4
     rm -rf "$out"
-    /usr/bin/time -v "$bin" --threads "$threads" predict --arch clam_sb --weights "$3" \
-        --slide "$2" --encoder-weights "$4" --out "$out" >"$dir/$1.json" 2>"$dir/$1.log" ||
-        { tail -20 "$dir/$1.log"; exit 1; }
-    echo "predict --slide ($1): wall $(wall "$dir/$1.log"), peak $(peak "$dir/$1.log")"
-    summary "$dir/$1.json"
+    /usr/bin/time -v "$bin" --threads "$threads" predict --arch clam_sb --weights "$model" \
+        --slide "$slide" --encoder-weights "$encoder" --out "$out" "$@" >"$dir/$name.json" 2>"$dir/$name.log" ||
+        { tail -20 "$dir/$name.log"; exit 1; }
+    echo "predict --slide ($name): wall $(wall "$dir/$name.log"), peak $(peak "$dir/$name.log")"
+    summary "$dir/$name.json"
 }
 
 echo "== predict --slide on the 100,000 × 80,000 slide (narrow ResNet-50 fixture, CLAM-SB fixture)"
 run_predict narrow "$big" "$fixtures_model" "$fixtures_encoder"
+echo "== the same, 256-px patches at 40× (four times the patches)"
+run_predict narrow40 "$big" "$fixtures_model" "$fixtures_encoder" --magnification 40
 
 if [ "${FULL:-0}" = 1 ]; then
     echo "== predict --slide on the big slide, full-width ResNet50-trunc (random weights)"
     run_predict full "$big" "$dir/weights/clam_sb_1024.safetensors" "$dir/weights/resnet50_trunc.safetensors"
 else
-    cut="$dir/cut.svs"
-    [ -f "$cut" ] || "$python" "$repo/tools/make_big_slide.py" "$cut" --width 12000 --height 9600 2>/dev/null
-    echo "== predict --slide on a 12,000 × 9,600 cut, full-width ResNet50-trunc (random weights)"
+    cut="$dir/cut24k.svs"
+    [ -f "$cut" ] || "$python" "$repo/tools/make_big_slide.py" "$cut" --width 24000 --height 19200 2>/dev/null
+    echo "== predict --slide on a 24,000 × 19,200 slide of the same design, full-width ResNet50-trunc (random weights)"
     run_predict full-cut "$cut" "$dir/weights/clam_sb_1024.safetensors" "$dir/weights/resnet50_trunc.safetensors"
-    "$python" - "$dir/narrow.json" "$dir/full-cut.json" <<'EOF'
+    "$python" - "$dir/full-cut.json" "$dir/narrow.json" "$dir/narrow40.json" <<'EOF'
 import json, sys
-big = json.load(open(sys.argv[1]))[0]
-cut = json.load(open(sys.argv[2]))[0]
+cut = json.load(open(sys.argv[1]))[0]
 per = next(t["seconds"] for t in cut["times"] if t["stage"] == "features") / cut["n_patches"]
-print(f"  projected full-width features for the big slide's {big['n_patches']} patches: "
-      f"{per * big['n_patches'] / 3600:.1f} h at {per * 1000:.0f} ms/patch")
+for f in sys.argv[2:]:
+    n = json.load(open(f))[0]["n_patches"]
+    print(f"  projected full-width features for the big slide's {n} patches: "
+          f"{per * n / 3600:.1f} h at {per * 1000:.0f} ms/patch")
 EOF
 fi
 

@@ -251,6 +251,11 @@ impl Catalog {
         Some(opened)
     }
 
+    /// The reader of slide `k` when it is open now (never opens: no file is touched).
+    pub fn open_reader(&self, k: usize) -> Option<Arc<dyn SlideReader>> {
+        self.open_slides().get(&k).cloned()
+    }
+
     /// How many slides are open now (at most [`OPEN_SLIDES`]).
     pub fn open_count(&self) -> usize {
         self.open_slides().len()

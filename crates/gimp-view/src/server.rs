@@ -191,6 +191,9 @@ async fn scores(State(st): State<Arc<AppState>>, UrlPath(i): UrlPath<String>) ->
 
 /// The reader of slide `k`, opened off the async threads when it is not open.
 async fn reader(st: &Arc<AppState>, k: usize) -> Result<Arc<dyn SlideReader>, String> {
+    if let Some(r) = st.catalog.open_reader(k) {
+        return Ok(r);
+    }
     let opener = st.clone();
     match tokio::task::spawn_blocking(move || opener.catalog.reader(k)).await {
         Ok(Some(r)) => r,

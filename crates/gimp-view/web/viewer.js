@@ -158,8 +158,8 @@ function drawLegend() {
   $('legend-median').textContent = scoreAtPercentile(0.5).toPrecision(3);
   $('legend-max').textContent = hi.toPrecision(3);
   $('legend-note').textContent =
-    `colour: the patch's percentile among this slide's ${s.score.length} patches (0th, 50th, 100th above), ` +
-    `score: ${state.info.prediction.arch} attention, from ${lo.toPrecision(3)} to ${hi.toPrecision(3)}`;
+    `${state.info.prediction.arch} attention at the 0th, 50th and 100th percentile; ` +
+    `colour = the patch's percentile among this slide's ${s.score.length} patches`;
   $('legend').hidden = !$('show-heatmap').checked;
   window.gimpView.legend = { min: lo, max: hi, median: scoreAtPercentile(0.5) };
 }
