@@ -5,7 +5,7 @@
 The same script, small, wrote the committed test fixture
 crates/gimp-slide/tests/fixtures/ycbcr_jpeg_40x.svs (`--width 1280 --height 1024`).
 
-Needs numpy, tifffile and imagecodecs (PyPI). Writes a BigTIFF in Aperio's layout: level 0 at
+Needs numpy, tifffile, imagecodecs and Pillow (PyPI). Writes a BigTIFF in Aperio's layout: level 0 at
 40× (`AppMag = 40|MPP = 0.25` in an Aperio ImageDescription), a stripped thumbnail page after it
 as Aperio does, then levels at downsample 4, 16 and 64 (sizes rounded down, as Aperio does); every
 level in 256 × 256 JPEG tiles (quality 80; each tile a complete JFIF stream in YCbCr 4:2:0, which

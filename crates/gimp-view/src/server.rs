@@ -144,9 +144,8 @@ async fn slide_info(State(st): State<Arc<AppState>>, UrlPath(i): UrlPath<String>
     let Some((k, e)) = entry(&st, &i) else {
         return no_slide(&i);
     };
-    // Opening reads the slide's header and smallest level: off the async threads.
-    let opener = st.clone();
-    let _ = tokio::task::spawn_blocking(move || opener.catalog.reader(k)).await;
+    // Opens the slide when it is not open; how that went is in `meta` and `error`.
+    let _ = reader(&st, k).await;
     let slide = e.meta().and_then(|m| m.as_ref().ok()).map(|m| {
         let p = &m.properties;
         json!({
