@@ -1891,4 +1891,31 @@ fn qupath_geojson_out_and_in_and_the_slides_scale() {
         "{}",
         stderr(&o)
     );
+/// `view` stops cleanly on Ctrl-C: SIGINT to the running server ends it with exit code 0 and
+/// `stopped` on stderr (not killed by the signal, not an error).
+#[cfg(unix)]
+#[test]
+fn view_stops_with_exit_code_zero_on_ctrl_c() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gimp-rs"))
+        .args(["view", "--port", "0"])
+        .arg(repo().join("data/slides"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on http://"), "{line}");
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("stopped"), "{err}");
 }

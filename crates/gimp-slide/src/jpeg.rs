@@ -24,6 +24,29 @@ pub enum JpegColour {
     Rgb,
 }
 
+/// One chunk of a TIFF JPEG page as a complete JPEG stream that any decoder reads: the shared
+/// `JPEGTables` (start-of-image, tables, end-of-image) put after the chunk's own start-of-image
+/// marker; the chunk as it is when the page has no shared tables.
+pub fn complete_stream(
+    tables: Option<&[u8]>,
+    chunk: Vec<u8>,
+) -> std::result::Result<Vec<u8>, String> {
+    if chunk.len() < 2 || chunk[..2] != [0xFF, 0xD8] {
+        return Err("not a JPEG stream (no start-of-image marker)".into());
+    }
+    let Some(t) = tables else {
+        return Ok(chunk);
+    };
+    if t.len() < 4 || t[..2] != [0xFF, 0xD8] || t[t.len() - 2..] != [0xFF, 0xD9] {
+        return Err("the page's JPEGTables are not a start-of-image … end-of-image block".into());
+    }
+    let mut out = Vec::with_capacity(chunk.len() + t.len());
+    out.extend_from_slice(&chunk[..2]);
+    out.extend_from_slice(&t[2..t.len() - 2]);
+    out.extend_from_slice(&chunk[2..]);
+    Ok(out)
+}
+
 /// A decoded JPEG: `width × height` pixels of `channels` (1 or 3) bytes each, row-major.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decoded {

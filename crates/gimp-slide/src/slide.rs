@@ -84,6 +84,20 @@ pub trait SlideReader: Send + Sync {
         }
         self.read_checked(x0, y0, level, w, h)
     }
+    /// Tile `(col, row)` of `level` as the file stores it, one complete JPEG stream, when the
+    /// level is kept in `tile × tile` JPEG tiles that any JPEG decoder shows in the right colours
+    /// (a tile server hands these out without decoding them); `None` when it is not (other
+    /// codecs or tile sizes, Aperio's RGB-coded JPEG, a tile past the level's edge, a reader
+    /// that does not say).
+    fn stored_jpeg_tile(
+        &self,
+        _level: usize,
+        _tile: u32,
+        _col: u64,
+        _row: u64,
+    ) -> Option<Result<Vec<u8>>> {
+        None
+    }
     /// Names of the associated images (`thumbnail`, `label`, `macro`).
     fn associated_names(&self) -> Vec<String>;
     fn read_associated(&self, name: &str) -> Result<RgbImage>;

@@ -1,7 +1,10 @@
 //! Tiled TIFF and Aperio SVS on the `tiff` crate (pages, tags, LZW, deflate and predictors);
 //! JPEG tiles and strips are read raw and decoded by libjpeg-turbo's code ([`crate::jpeg`]) with
 //! the file's shared `JPEGTables` and its photometric interpretation, as OpenSlide does, so the
-//! pixels are OpenSlide's to the bit.
+//! pixels are OpenSlide's to the bit. Those chunks are read with positioned reads and decoded on
+//! the calling thread, outside the `tiff` decoder's lock (which also re-reads a page's tables
+//! whenever another page was read last), so the tiles of a 40× slide decode in parallel; and a
+//! tile server can hand a stored YCbCr tile out as it is ([`SlideReader::stored_jpeg_tile`]).
 //!
 //! Which pages are the pyramid: page 0 and every later *tiled* page with level 0's aspect ratio
 //! and a smaller width. Aperio's stripped pages are its associated images: the first one is the
@@ -109,6 +112,18 @@ struct Tile {
 }
 
 impl Page {
+    /// The pixels chunk `index` covers: a whole tile or strip, or less at the right and bottom
+    /// edges (what the `tiff` crate's `chunk_data_dimensions` says, without its decoder).
+    fn chunk_size(&self, index: u32) -> (u32, u32) {
+        let (cw, ch) = (self.chunk.0.max(1), self.chunk.1.max(1));
+        let across = self.width.div_ceil(cw).max(1);
+        let (col, row) = (index % across, index / across);
+        (
+            cw.min(self.width.saturating_sub(col * cw)),
+            ch.min(self.height.saturating_sub(row * ch)),
+        )
+    }
+
     /// A key unique among the pages of a file, for the tile cache.
     fn key(&self) -> usize {
         match self.sub {
@@ -203,8 +218,6 @@ type TiffDecoder = Decoder<HeaderOverlay>;
 
 struct State {
     decoder: TiffDecoder,
-    /// A second handle on the file, for raw JPEG chunks.
-    raw: File,
     current_ifd: usize,
     /// One decoder per `SubIFDs` level, each on its one page.
     subs: Vec<TiffDecoder>,
@@ -214,6 +227,8 @@ struct State {
 
 pub struct TiffSlide {
     path: PathBuf,
+    /// The file for raw chunks, read with positioned reads (no shared position, no lock).
+    file: File,
     levels: Vec<Level>,
     level_pages: Vec<Page>,
     associated: Vec<(String, Page)>,
@@ -507,13 +522,13 @@ impl TiffSlide {
         }
         Ok(Self {
             path: path.to_path_buf(),
+            file: File::open(path).map_err(|e| DataError::io(path, e))?,
             levels,
             level_pages,
             associated,
             properties,
             state: Mutex::new(State {
                 decoder: dec,
-                raw: File::open(path).map_err(|e| DataError::io(path, e))?,
                 current_ifd: usize::MAX,
                 subs,
                 cache: HashMap::new(),
@@ -524,19 +539,29 @@ impl TiffSlide {
 
     /// Decodes chunk `index` of `page` to RGB (cached).
     fn chunk(&self, page: &Page, index: u32) -> Result<Arc<Tile>> {
-        let mut st = self
-            .state
-            .lock()
-            .map_err(|_| DataError::malformed(&self.path, "reader poisoned by an earlier panic"))?;
         let key = (page.key(), index);
-        if let Some(t) = st.cache.get(&key) {
-            return Ok(t.clone());
-        }
-        let path = self.path.clone();
         let what = match page.sub {
             Some(k) => format!("SubIFD {k} of page 0, chunk {index}"),
             None => format!("page {} chunk {index}", page.ifd),
         };
+        if let Some(j) = &page.jpeg {
+            if let Some(t) = self.lock()?.cache.get(&key) {
+                return Ok(t.clone());
+            }
+            // Read and decoded without the lock: other threads decode other tiles meanwhile.
+            let (w, h) = page.chunk_size(index);
+            let data = self.raw_chunk(&what, j, index)?;
+            let tile = Arc::new(guarded(&self.path, &what, || {
+                decode_jpeg_chunk(&self.path, &what, j, &data, w, h)
+            })?);
+            Self::keep(&mut *self.lock()?, key, tile.clone());
+            return Ok(tile);
+        }
+        let mut st = self.lock()?;
+        if let Some(t) = st.cache.get(&key) {
+            return Ok(t.clone());
+        }
+        let path = self.path.clone();
         let tile = guarded(&path, &what, || {
             let dec = match page.sub {
                 Some(k) => st.subs.get_mut(k).ok_or_else(|| {
@@ -553,23 +578,59 @@ impl TiffSlide {
                 }
             };
             let (w, h) = dec.chunk_data_dimensions(index);
-            if let Some(j) = &page.jpeg {
-                return decode_jpeg_chunk(&path, &what, &mut st.raw, j, index, w, h);
-            }
             let data = dec
                 .read_chunk(index)
                 .map_err(|e| tiff_err(&path, &what, e))?;
             to_rgb(&path, &what, data, w, h)
         })?;
         let tile = Arc::new(tile);
-        st.cache.insert(key, tile.clone());
+        Self::keep(&mut st, key, tile.clone());
+        Ok(tile)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
+        self.state
+            .lock()
+            .map_err(|_| DataError::malformed(&self.path, "reader poisoned by an earlier panic"))
+    }
+
+    /// Adds a decoded tile to the cache, dropping the oldest past [`TILE_CACHE`].
+    fn keep(st: &mut State, key: (usize, u32), tile: Arc<Tile>) {
+        if st.cache.insert(key, tile).is_some() {
+            return; // another thread decoded it meanwhile: already in `order`
+        }
         st.order.push_back(key);
         while st.order.len() > TILE_CACHE {
             if let Some(old) = st.order.pop_front() {
                 st.cache.remove(&old);
             }
         }
-        Ok(tile)
+    }
+
+    /// The bytes of chunk `index` as the file stores them.
+    fn raw_chunk(&self, what: &str, j: &JpegChunks, index: u32) -> Result<Vec<u8>> {
+        let path = &self.path;
+        let i = index as usize;
+        let (Some(&offset), Some(&count)) = (j.offsets.get(i), j.byte_counts.get(i)) else {
+            return Err(DataError::malformed(
+                path,
+                format!(
+                    "{what}: no offset for chunk {index} ({} listed)",
+                    j.offsets.len()
+                ),
+            ));
+        };
+        let len = self.file.metadata().map_err(|e| DataError::io(path, e))?.len();
+        if count == 0 || offset.checked_add(count).is_none_or(|end| end > len) || count > 1 << 30
+        {
+            return Err(DataError::malformed(
+                path,
+                format!(
+                    "{what}: {count} bytes at offset {offset} are not inside the file ({len} bytes)"
+                ),
+            ));
+        }
+        read_at(&self.file, offset, count as usize).map_err(|e| DataError::io(path, e))
     }
 
     /// Pixels `[x, x+w) × [y, y+h)` of a page in its own coordinates; outside is black.
@@ -607,41 +668,43 @@ impl TiffSlide {
     }
 }
 
-/// Reads JPEG chunk `index` raw from the file and decodes it; the chunk's `w × h` pixels
-/// (edge tiles are coded at full tile size; the padding is cut off).
+/// `len` bytes at `offset` of `file`, without moving a shared file position (so threads read
+/// at once).
+fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, offset)?;
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < len {
+            let n = std::os::windows::fs::FileExt::seek_read(
+                file,
+                &mut buf[done..],
+                offset + done as u64,
+            )?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            done += n;
+        }
+    }
+    Ok(buf)
+}
+
+/// Decodes a JPEG chunk read raw from the file; the chunk's `w × h` pixels (edge tiles are coded
+/// at full tile size; the padding is cut off).
 fn decode_jpeg_chunk(
     path: &Path,
     what: &str,
-    file: &mut File,
     j: &JpegChunks,
-    index: u32,
+    data: &[u8],
     w: u32,
     h: u32,
 ) -> Result<Tile> {
-    let i = index as usize;
-    let (Some(&offset), Some(&count)) = (j.offsets.get(i), j.byte_counts.get(i)) else {
-        return Err(DataError::malformed(
-            path,
-            format!(
-                "{what}: no offset for chunk {index} ({} listed)",
-                j.offsets.len()
-            ),
-        ));
-    };
-    let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
-    if count == 0 || offset.checked_add(count).is_none_or(|end| end > len) || count > 1 << 30 {
-        return Err(DataError::malformed(
-            path,
-            format!(
-                "{what}: {count} bytes at offset {offset} are not inside the file ({len} bytes)"
-            ),
-        ));
-    }
-    let mut data = vec![0u8; count as usize];
-    file.seek(SeekFrom::Start(offset))
-        .and_then(|_| file.read_exact(&mut data))
-        .map_err(|e| DataError::io(path, e))?;
-    let d = jpeg::decode(j.tables.as_deref(), &data, j.colour)
+    let d = jpeg::decode(j.tables.as_deref(), data, j.colour)
         .map_err(|e| DataError::malformed(path, format!("{what}: JPEG: {e}")))?;
     if d.width < w || d.height < h {
         return Err(DataError::malformed(
@@ -731,6 +794,33 @@ impl SlideReader for TiffSlide {
         let x = (x0 as f64 / ds).floor() as i64;
         let y = (y0 as f64 / ds).floor() as i64;
         self.read_page(page, x, y, w, h)
+    }
+
+    fn stored_jpeg_tile(
+        &self,
+        level: usize,
+        tile: u32,
+        col: u64,
+        row: u64,
+    ) -> Option<Result<Vec<u8>>> {
+        let page = self.level_pages.get(level)?;
+        let j = page.jpeg.as_ref()?;
+        // Only YCbCr tiles show the right colours in any JPEG decoder (Aperio's RGB-coded
+        // JPEG does not say it is RGB), and only whole tiles of the size asked.
+        if j.colour != JpegColour::YCbCr || !page.tiled || page.chunk != (tile, tile) {
+            return None;
+        }
+        let across = (page.width as u64).div_ceil(tile as u64);
+        let down = (page.height as u64).div_ceil(tile as u64);
+        if col >= across || row >= down {
+            return None;
+        }
+        let index = (row * across + col) as u32;
+        let what = format!("page {} tile {index}", page.ifd);
+        Some(self.raw_chunk(&what, j, index).and_then(|data| {
+            jpeg::complete_stream(j.tables.as_deref(), data)
+                .map_err(|e| DataError::malformed(&self.path, format!("{what}: {e}")))
+        }))
     }
 
     fn associated_names(&self) -> Vec<String> {

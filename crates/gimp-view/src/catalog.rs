@@ -3,42 +3,81 @@
 //! joined by slide id. A record whose slide is not among them brings its own (the path it
 //! recorded). A slide that cannot be opened, or a record that cannot be read, stays in the list
 //! with its error, and the others work as usual.
+//!
+//! Starting reads no slide: the list is file names and records, so a folder of hundreds of
+//! 40× slides is served at once. A slide is opened on its first use (its header and tile tables,
+//! and its smallest level read whole to find a damaged file), its levels and properties are kept,
+//! and at most [`OPEN_SLIDES`] readers stay open; a damaged slide's error is known from then on.
 
 use crate::dzi::Pyramid;
 use gimp_io::{DataError, ErrorKind};
 use gimp_predict::record::{self, PatchScore, SlidePrediction};
-use gimp_slide::{batch, SlideReader};
+use gimp_slide::{batch, Level, Properties, SlideReader};
+use lru::LruCache;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+/// Slides kept open at once. An open slide holds its reader's decoded-tile cache and tile
+/// tables (tens of MB for a 40× resection), so a folder of hundreds of slides keeps only the
+/// ones being looked at; one closed again is reopened (its header, in milliseconds) on its
+/// next use.
+pub const OPEN_SLIDES: usize = 8;
+
+/// What is known of a slide once it was opened: kept when the reader is closed again.
+#[derive(Debug, Clone)]
+pub struct SlideMeta {
+    pub levels: Vec<Level>,
+    pub properties: Properties,
+}
 
 pub struct SlideEntry {
     pub id: String,
     pub path: PathBuf,
-    pub slide: Result<Arc<dyn SlideReader>, String>,
+    /// Set by the first attempt to open the slide: its levels and properties, or why it cannot
+    /// be shown. Unset: not opened yet (the catalog opens nothing when it starts).
+    meta: OnceLock<Result<SlideMeta, String>>,
+    /// Held while the slide is being opened, so concurrent first requests open it once.
+    opening: Mutex<()>,
     /// The record and the folder it lies in (its files are relative to it).
     pub record: Option<Result<(SlidePrediction, PathBuf), String>>,
     scores: OnceLock<Result<Arc<Vec<PatchScore>>, String>>,
 }
 
 impl SlideEntry {
-    fn open(id: String, path: PathBuf) -> Self {
-        let slide = gimp_slide::open(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|s| readable(s.as_ref()).map(|()| Arc::from(s)));
+    fn new(id: String, path: PathBuf) -> Self {
         Self {
             id,
             path,
-            slide,
+            meta: OnceLock::new(),
+            opening: Mutex::new(()),
             record: None,
             scores: OnceLock::new(),
         }
     }
 
+    /// An entry that cannot be shown, for a reason known without opening anything.
+    fn broken(id: String, path: PathBuf, why: String) -> Self {
+        let e = Self::new(id, path);
+        let _ = e.meta.set(Err(why));
+        e
+    }
+
+    /// The slide's levels and properties, `None` until it was opened once.
+    pub fn meta(&self) -> Option<&Result<SlideMeta, String>> {
+        self.meta.get()
+    }
+
+    /// Whether the slide was opened (successfully or not) at least once.
+    pub fn opened(&self) -> bool {
+        self.meta.get().is_some()
+    }
+
+    /// The Deep Zoom geometry, once the slide was opened.
     pub fn pyramid(&self) -> Option<Pyramid> {
-        let s = self.slide.as_ref().ok()?;
-        let l0 = s.levels().first()?;
+        let l0 = *self.meta.get()?.as_ref().ok()?.levels.first()?;
         Some(Pyramid::new(l0.width, l0.height))
     }
 
@@ -62,10 +101,11 @@ impl SlideEntry {
         )
     }
 
-    /// The first error that keeps the slide or its prediction from being shown.
+    /// The first error known to keep the slide or its prediction from being shown (a slide not
+    /// opened yet has none known).
     pub fn error(&self) -> Option<String> {
-        match (&self.slide, &self.record) {
-            (Err(e), _) => Some(e.clone()),
+        match (self.meta.get(), &self.record) {
+            (Some(Err(e)), _) => Some(e.clone()),
             (_, Some(Err(e))) => Some(e.clone()),
             _ => None,
         }
@@ -76,6 +116,8 @@ pub struct Catalog {
     /// The folders given (canonical): `/files/` serves only under them.
     pub roots: Vec<PathBuf>,
     pub slides: Vec<SlideEntry>,
+    /// The slides open now, by index, least recently used first out.
+    open: Mutex<LruCache<usize, Arc<dyn SlideReader>>>,
 }
 
 #[derive(Serialize)]
@@ -84,6 +126,8 @@ pub struct SlideSummary<'a> {
     pub id: &'a str,
     pub has_prediction: bool,
     pub predicted_class: Option<&'a str>,
+    /// Whether the slide was opened yet: `error` is only known for those that were.
+    pub opened: bool,
     pub error: Option<String>,
 }
 
@@ -122,7 +166,7 @@ impl Catalog {
             let id = batch::slide_id(&p);
             by_id
                 .entry(id.clone())
-                .or_insert_with(|| SlideEntry::open(id, p));
+                .or_insert_with(|| SlideEntry::new(id, p));
         }
         records.sort();
         for r in records {
@@ -135,20 +179,18 @@ impl Catalog {
             match SlidePrediction::read(&r) {
                 Ok(rec) => {
                     let e = by_id.entry(rec.slide_id.clone()).or_insert_with(|| {
-                        SlideEntry::open(rec.slide_id.clone(), rec.slide.clone())
+                        SlideEntry::new(rec.slide_id.clone(), rec.slide.clone())
                     });
                     e.record = Some(Ok((rec, dir)));
                 }
                 Err(err) => {
-                    let e = by_id
-                        .entry(id_from_name.clone())
-                        .or_insert_with(|| SlideEntry {
-                            id: id_from_name.clone(),
-                            path: r.clone(),
-                            slide: Err("the slide of an unreadable prediction record".into()),
-                            record: None,
-                            scores: OnceLock::new(),
-                        });
+                    let e = by_id.entry(id_from_name.clone()).or_insert_with(|| {
+                        SlideEntry::broken(
+                            id_from_name.clone(),
+                            r.clone(),
+                            "the slide of an unreadable prediction record".into(),
+                        )
+                    });
                     e.record = Some(Err(err.to_string()));
                 }
             }
@@ -168,7 +210,60 @@ impl Catalog {
         Ok(Self {
             roots,
             slides: by_id.into_values().collect(),
+            open: Mutex::new(LruCache::new(
+                NonZeroUsize::new(OPEN_SLIDES).expect("OPEN_SLIDES > 0"),
+            )),
         })
+    }
+
+    /// The reader of slide `k`, opened now if it is not open (the first time, its smallest
+    /// level is read whole to find a damaged file; [`readable`]). `None`: no such index.
+    pub fn reader(&self, k: usize) -> Option<Result<Arc<dyn SlideReader>, String>> {
+        let e = self.slides.get(k)?;
+        if let Some(Err(err)) = e.meta.get() {
+            return Some(Err(err.clone()));
+        }
+        if let Some(r) = self.open_slides().get(&k) {
+            return Some(Ok(r.clone()));
+        }
+        let _opening = e.opening.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = self.open_slides().get(&k) {
+            return Some(Ok(r.clone()));
+        }
+        let first_time = !e.opened();
+        let opened = gimp_slide::open(&e.path)
+            .map_err(|err| err.to_string())
+            .and_then(|s| {
+                if first_time {
+                    readable(s.as_ref())?;
+                }
+                Ok(Arc::<dyn SlideReader>::from(s))
+            });
+        let _ = e
+            .meta
+            .set(opened.as_ref().map_err(Clone::clone).map(|s| SlideMeta {
+                levels: s.levels().to_vec(),
+                properties: s.properties().clone(),
+            }));
+        if let Ok(s) = &opened {
+            self.open_slides().put(k, s.clone());
+        }
+        Some(opened)
+    }
+
+    /// The reader of slide `k` when it is open now (never opens: no file is touched).
+    pub fn open_reader(&self, k: usize) -> Option<Arc<dyn SlideReader>> {
+        self.open_slides().get(&k).cloned()
+    }
+
+    /// How many slides are open now (at most [`OPEN_SLIDES`]).
+    pub fn open_count(&self) -> usize {
+        self.open_slides().len()
+    }
+
+    fn open_slides(&self) -> MutexGuard<'_, LruCache<usize, Arc<dyn SlideReader>>> {
+        // Every update is one call on the map: a panic elsewhere cannot leave it half-changed.
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn summaries(&self) -> Vec<SlideSummary<'_>> {
@@ -182,6 +277,7 @@ impl Catalog {
                 predicted_class: s
                     .prediction()
                     .and_then(|(r, _)| r.predicted_class.as_deref()),
+                opened: s.opened(),
                 error: s.error(),
             })
             .collect()
@@ -189,8 +285,8 @@ impl Catalog {
 }
 
 /// Reads the slide's smallest level whole (when it is at most 16 megapixels): a file cut short
-/// loses its last-written levels first, and its error is better shown in the slide list than
-/// as tiles that never come.
+/// loses its last-written levels first, and its error is better shown at once than as tiles
+/// that never come.
 fn readable(s: &dyn SlideReader) -> Result<(), String> {
     let n = s.levels().len();
     let Some(l) = s.levels().last() else {

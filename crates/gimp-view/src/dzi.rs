@@ -4,7 +4,10 @@
 //! max(W, H)⌉`, so level `max` is full resolution and level 0 one pixel); each level is cut into
 //! `TILE`-pixel squares (no overlap), the last row and column cut short. A tile is read from the
 //! slide level whose downsample is the largest not above the tile's (OpenSlide's choice) and
-//! shrunk to size, so the reader's own pyramid does most of the work.
+//! shrunk to size, so the reader's own pyramid does most of the work. Where a level of the file
+//! *is* the Deep Zoom level — the same scale and 256-pixel JPEG tiles on the same grid, as in
+//! scanners' 40× pyramids at downsample 1, 4, 16, 64 — the stored tile is handed out as it is
+//! ([`tile_jpeg`]): no decoding, no re-encoding, the scanner's own pixels.
 
 use gimp_slide::SlideReader;
 use image::RgbImage;
@@ -100,6 +103,40 @@ pub fn render(slide: &dyn SlideReader, r: &TileRegion) -> gimp_io::Result<RgbIma
             image::imageops::FilterType::Triangle,
         )
     })
+}
+
+/// The JPEG of tile `r`: the file's own tile when one of its levels is exactly this tile (see
+/// [`stored_tile`]), else rendered from the pyramid ([`render`]) and encoded.
+pub fn tile_jpeg(slide: &dyn SlideReader, r: &TileRegion) -> Result<Vec<u8>, String> {
+    if let Some(stored) = stored_tile(slide, r) {
+        return stored.map_err(|e| e.to_string());
+    }
+    let img = render(slide, r).map_err(|e| e.to_string())?;
+    jpeg(&img).map_err(|e| format!("JPEG encoding: {e}"))
+}
+
+/// The stored JPEG tile that shows exactly `r`, when there is one: `r` is a whole
+/// `TILE × TILE` tile, a level of the slide has `r`'s scale (its size is level 0's divided by
+/// the scale, rounded either way: less than one tile pixel of drift at the far edge), the
+/// level is kept in `TILE`-pixel JPEG tiles, and the tile lies wholly inside the level (the
+/// file's edge tiles are padded, Deep Zoom's are cut short).
+pub fn stored_tile(slide: &dyn SlideReader, r: &TileRegion) -> Option<gimp_io::Result<Vec<u8>>> {
+    if (r.width, r.height) != (TILE, TILE) {
+        return None;
+    }
+    let levels = slide.levels();
+    let l0 = levels.first()?;
+    let (level, l) = levels.iter().enumerate().find(|(_, l)| {
+        (l.width as f64 * r.scale - l0.width as f64).abs() < r.scale
+            && (l.height as f64 * r.scale - l0.height as f64).abs() < r.scale
+    })?;
+    let span = TILE as f64 * r.scale;
+    let (col, row) = ((r.x0 as f64 / span) as u64, (r.y0 as f64 / span) as u64);
+    let inside = |i: u64, side: u64| (i + 1).checked_mul(TILE as u64).is_some_and(|e| e <= side);
+    if !inside(col, l.width) || !inside(row, l.height) {
+        return None;
+    }
+    slide.stored_jpeg_tile(level, TILE, col, row)
 }
 
 /// JPEG bytes of an image.

@@ -12,9 +12,11 @@ pub mod dzi;
 pub mod files;
 pub mod server;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Where `npm ci` in `crates/gimp-view/web` puts OpenSeadragon's built files (set by build.rs).
 pub const OPENSEADRAGON_DIR: &str = env!("GIMP_VIEW_OPENSEADRAGON");
@@ -53,7 +55,8 @@ pub fn openseadragon_dir(given: Option<&Path>) -> Result<PathBuf, ViewError> {
     }
 }
 
-/// The server's state for `opts` (slides opened, records read).
+/// The server's state for `opts`: the slides listed and records read, no slide opened yet
+/// (each is opened on its first use, [`catalog::Catalog::reader`]).
 pub fn state(opts: &ViewOptions) -> Result<Arc<server::AppState>, ViewError> {
     Ok(Arc::new(server::AppState {
         catalog: catalog::Catalog::open(&opts.inputs)?,
@@ -62,19 +65,76 @@ pub fn state(opts: &ViewOptions) -> Result<Arc<server::AppState>, ViewError> {
     }))
 }
 
-/// Serves until the process ends; `ready(address, state)` is called once the socket listens.
+/// How long requests still being answered get after Ctrl-C before the server stops anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves until Ctrl-C (SIGINT) or SIGTERM, then stops taking connections, lets requests being
+/// answered finish (at most [`SHUTDOWN_GRACE`]) and returns `Ok`; `ready(address, state)` is
+/// called once the socket listens.
 pub fn serve(
     opts: ViewOptions,
     ready: impl FnOnce(SocketAddr, &server::AppState),
+) -> Result<(), ViewError> {
+    serve_until(opts, ready, stop_signal())
+}
+
+/// [`serve`] until `stop` completes instead of until a signal.
+pub fn serve_until(
+    opts: ViewOptions,
+    ready: impl FnOnce(SocketAddr, &server::AppState),
+    stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ViewError> {
     let st = state(&opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind((opts.host, opts.port)).await?;
         ready(listener.local_addr()?, &st);
-        axum::serve(listener, server::router(st)).await?;
-        Ok(())
-    })
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let graceful = axum::serve(listener, server::router(st)).with_graceful_shutdown(async {
+            stop.await;
+            let _ = stopping_tx.send(());
+        });
+        // Connections a browser keeps open (keep-alive, a request stuck on a slow disk) must
+        // not keep the process alive once it was asked to stop.
+        let deadline = async {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = graceful => r,
+            () = deadline => Ok(()),
+        }
+    });
+    // Tiles still being rendered on blocking threads are not waited for past the grace period.
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    Ok(served?)
+}
+
+/// Completes on Ctrl-C (SIGINT) or, on Unix, SIGTERM (what `kill` and service managers send).
+async fn stop_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }

@@ -12,6 +12,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use gimp_slide::SlideReader;
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -143,10 +144,12 @@ async fn slide_info(State(st): State<Arc<AppState>>, UrlPath(i): UrlPath<String>
     let Some((k, e)) = entry(&st, &i) else {
         return no_slide(&i);
     };
-    let slide = e.slide.as_ref().ok().map(|s| {
-        let p = s.properties();
+    // Opens the slide when it is not open; how that went is in `meta` and `error`.
+    let _ = reader(&st, k).await;
+    let slide = e.meta().and_then(|m| m.as_ref().ok()).map(|m| {
+        let p = &m.properties;
         json!({
-            "levels": s.levels().iter().map(|l| json!({"width": l.width, "height": l.height, "downsample": l.downsample})).collect::<Vec<_>>(),
+            "levels": m.levels.iter().map(|l| json!({"width": l.width, "height": l.height, "downsample": l.downsample})).collect::<Vec<_>>(),
             "mpp": p.mpp,
             "magnification": p.magnification().map(|m| m.0),
             "vendor": p.vendor,
@@ -185,10 +188,26 @@ async fn scores(State(st): State<Arc<AppState>>, UrlPath(i): UrlPath<String>) ->
     }
 }
 
+/// The reader of slide `k`, opened off the async threads when it is not open.
+async fn reader(st: &Arc<AppState>, k: usize) -> Result<Arc<dyn SlideReader>, String> {
+    if let Some(r) = st.catalog.open_reader(k) {
+        return Ok(r);
+    }
+    let opener = st.clone();
+    match tokio::task::spawn_blocking(move || opener.catalog.reader(k)).await {
+        Ok(Some(r)) => r,
+        Ok(None) => Err(format!("slide {k}: no such slide")),
+        Err(_) => Err(format!("slide {k}: opening stopped")),
+    }
+}
+
 async fn descriptor(State(st): State<Arc<AppState>>, UrlPath(i): UrlPath<String>) -> Response {
-    let Some((_, e)) = entry(&st, &i) else {
+    let Some((k, e)) = entry(&st, &i) else {
         return no_slide(&i);
     };
+    if e.pyramid().is_none() {
+        let _ = reader(&st, k).await;
+    }
     match e.pyramid() {
         Some(p) => ([(header::CONTENT_TYPE, "application/xml")], p.descriptor()).into_response(),
         None => not_found(format!("slide {i} (it could not be opened)")),
@@ -219,13 +238,14 @@ async fn tile(
     if let Some(t) = st.cache.get(&key) {
         return jpeg_response(t);
     }
-    let (Some(pyramid), Ok(slide)) = (e.pyramid(), e.slide.clone()) else {
+    let Ok(slide) = reader(&st, k).await else {
         return bad();
     };
-    let Some(region) = pyramid.tile(level, col, row) else {
+    let Some(region) = e.pyramid().and_then(|p| p.tile(level, col, row)) else {
         return bad();
     };
-    let rendered = tokio::task::spawn_blocking(move || render_jpeg(slide.as_ref(), &region)).await;
+    let rendered =
+        tokio::task::spawn_blocking(move || dzi::tile_jpeg(slide.as_ref(), &region)).await;
     match rendered {
         Ok(Ok(bytes)) => {
             let bytes = Arc::new(bytes);
@@ -235,11 +255,6 @@ async fn tile(
         Ok(Err(err)) => refuse(StatusCode::INTERNAL_SERVER_ERROR, err),
         Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "tile rendering stopped"),
     }
-}
-
-fn render_jpeg(slide: &dyn gimp_slide::SlideReader, r: &TileRegion) -> Result<Vec<u8>, String> {
-    let img = dzi::render(slide, r).map_err(|e| e.to_string())?;
-    dzi::jpeg(&img).map_err(|e| format!("JPEG encoding: {e}"))
 }
 
 async fn tissue(State(st): State<Arc<AppState>>, UrlPath(i): UrlPath<String>) -> Response {
@@ -259,13 +274,14 @@ async fn patch_thumbnail(
     State(st): State<Arc<AppState>>,
     UrlPath((i, row)): UrlPath<(String, String)>,
 ) -> Response {
-    let Some((_, e)) = entry(&st, &i) else {
+    let Some((k, e)) = entry(&st, &i) else {
         return no_slide(&i);
     };
     let row = row.strip_suffix(".jpeg").unwrap_or(&row);
-    let (Some(Ok(scores)), Some((rec, _)), Ok(slide)) =
-        (e.scores(), e.prediction(), e.slide.clone())
-    else {
+    let (Some(Ok(scores)), Some((rec, _))) = (e.scores(), e.prediction()) else {
+        return not_found(format!("patches of slide {i}"));
+    };
+    let Ok(slide) = reader(&st, k).await else {
         return not_found(format!("patches of slide {i}"));
     };
     let Some(p) = row
@@ -283,7 +299,7 @@ async fn patch_thumbnail(
         width: THUMB,
         height: THUMB,
     };
-    match tokio::task::spawn_blocking(move || render_jpeg(slide.as_ref(), &region)).await {
+    match tokio::task::spawn_blocking(move || dzi::tile_jpeg(slide.as_ref(), &region)).await {
         Ok(Ok(bytes)) => jpeg_response(Arc::new(bytes)),
         Ok(Err(err)) => refuse(StatusCode::INTERNAL_SERVER_ERROR, err),
         Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "rendering stopped"),

@@ -219,12 +219,19 @@ async fn a_damaged_slide_reports_its_error_and_the_others_keep_working() {
     let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 2);
     let bad = index_of(&list, "damaged");
-    let err = list[bad]["error"].as_str().unwrap();
-    assert!(err.contains("damaged.svs"), "{err}");
+    // Nothing is opened before it is asked for: the damage is not known yet.
+    assert_eq!(list[bad]["opened"], false);
+    assert!(list[bad]["error"].is_null());
     let (s, body) = get(&app, &format!("/api/slides/{bad}")).await;
     assert_eq!(s, StatusCode::OK);
     let info: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert!(info["error"].is_string());
+    let err = info["error"].as_str().unwrap();
+    assert!(err.contains("damaged.svs"), "{err}");
+    // From then on the list says so too.
+    let (_, body) = get(&app, "/api/slides").await;
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list[bad]["opened"], true);
+    assert!(list[bad]["error"].as_str().unwrap().contains("damaged.svs"));
     for uri in [
         format!("/slides/{bad}/image.dzi"),
         format!("/slides/{bad}/image_files/0/0_0.jpeg"),
@@ -234,6 +241,135 @@ async fn a_damaged_slide_reports_its_error_and_the_others_keep_working() {
     let good = index_of(&list, "good");
     let (s, _) = get(&app, &format!("/slides/{good}/image_files/11/1_1.jpeg")).await;
     assert_eq!(s, StatusCode::OK);
+}
+
+/// A folder of many slides (links to one file): listing opens none; each is opened when first
+/// asked for, and no more than `OPEN_SLIDES` stay open however many are looked at.
+#[tokio::test]
+async fn slides_are_opened_when_first_shown_and_only_a_few_stay_open() {
+    let d = tempfile::tempdir().unwrap();
+    let n = 3 * gimp_view::catalog::OPEN_SLIDES;
+    for i in 0..n {
+        std::os::unix::fs::symlink(slide_path(), d.path().join(format!("s{i:03}.svs"))).unwrap();
+    }
+    let st = Arc::new(AppState {
+        catalog: gimp_view::catalog::Catalog::open(&[d.path().to_path_buf()]).unwrap(),
+        cache: gimp_view::cache::TileCache::new(8 << 20),
+        openseadragon: PathBuf::from(gimp_view::OPENSEADRAGON_DIR),
+    });
+    let app = router(st.clone());
+    let (_, body) = get(&app, "/api/slides").await;
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), n);
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["opened"] == false));
+    assert_eq!(st.catalog.open_count(), 0);
+    for i in 0..n {
+        let (s, _) = get(&app, &format!("/slides/{i}/image_files/12/0_0.jpeg")).await;
+        assert_eq!(s, StatusCode::OK, "slide {i}");
+        assert!(st.catalog.open_count() <= gimp_view::catalog::OPEN_SLIDES);
+    }
+    assert_eq!(st.catalog.open_count(), gimp_view::catalog::OPEN_SLIDES);
+    // A slide closed again opens again (its levels were kept).
+    let (s, body) = get(&app, "/api/slides/0").await;
+    assert_eq!(s, StatusCode::OK);
+    let info: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(info["slide"]["levels"][0]["width"], 2220);
+    let (s, _) = get(&app, "/slides/0/image_files/11/1_1.jpeg").await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+/// Where a level of the file is exactly a Deep Zoom level (a 40× pyramid of 256-px YCbCr JPEG
+/// tiles at downsample 1 and 4 here), whole tiles are the file's own bytes; edge tiles and the
+/// levels between are rendered, and look the same.
+#[tokio::test]
+async fn tiles_the_file_stores_are_handed_out_as_they_are() {
+    let d = tempfile::tempdir().unwrap();
+    let fixture = repo().join("crates/gimp-slide/tests/fixtures/ycbcr_jpeg_40x.svs");
+    std::fs::copy(&fixture, d.path().join("s.svs")).unwrap();
+    let app = app(d.path());
+    let slide = gimp_slide::open(&fixture).unwrap();
+    let p = gimp_view::dzi::Pyramid::new(1280, 1024);
+    let max = p.max_level(); // 11: 2048 ≥ 1280
+    for (level, col, row, file_level) in [(max, 3, 2, 0), (max, 0, 0, 0), (max - 2, 0, 0, 1)] {
+        let (s, body) = get(
+            &app,
+            &format!("/slides/0/image_files/{level}/{col}_{row}.jpeg"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let stored = slide
+            .stored_jpeg_tile(file_level, 256, col, row)
+            .unwrap()
+            .unwrap();
+        assert!(body == stored, "level {level} tile {col}_{row}");
+    }
+    // Rendered: a level between (scale 2), and the cut-short edge tile of scale 4.
+    for (level, col, row) in [(max - 1, 1, 1), (max - 2, 1, 0)] {
+        let (s, body) = get(
+            &app,
+            &format!("/slides/0/image_files/{level}/{col}_{row}.jpeg"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let t = p.tile(level, col, row).unwrap();
+        let img = image::load_from_memory(&body).unwrap().to_rgb8();
+        assert_eq!((img.width(), img.height()), (t.width, t.height));
+        let want = gimp_view::dzi::render(slide.as_ref(), &t).unwrap();
+        let diff: f64 = img
+            .as_raw()
+            .iter()
+            .zip(want.as_raw())
+            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .sum::<f64>()
+            / img.as_raw().len() as f64;
+        assert!(
+            diff < 4.0,
+            "level {level} tile {col}_{row}: mean difference {diff}"
+        );
+    }
+}
+
+/// The server stops when asked (Ctrl-C in `gimp-rs view`): `serve_until` returns `Ok` after the
+/// request in progress, and the port is closed.
+#[test]
+fn the_server_stops_cleanly_when_asked() {
+    let d = fixture();
+    let opts = gimp_view::ViewOptions {
+        inputs: vec![d.path().to_path_buf()],
+        host: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        cache_bytes: 8 << 20,
+        openseadragon: Some(PathBuf::from(gimp_view::OPENSEADRAGON_DIR)),
+    };
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        gimp_view::serve_until(
+            opts,
+            move |addr, _| addr_tx.send(addr).unwrap(),
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
+    });
+    let addr = addr_rx.recv().unwrap();
+    // Slides are listed by id: "damaged" (0), then "good" (1).
+    let r = ureq::get(&format!("http://{addr}/slides/1/image_files/12/0_0.jpeg"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t = std::time::Instant::now();
+    stop_tx.send(()).unwrap();
+    server.join().unwrap().unwrap();
+    assert!(t.elapsed() < gimp_view::SHUTDOWN_GRACE, "{:?}", t.elapsed());
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still listening"
+    );
 }
 
 /// Fails when npm could not install the page's packages at build time: the viewer cannot work

@@ -116,6 +116,87 @@ function drawHeatmap() {
   addImageLayer('heatmap', c.toDataURL('image/png'));
 }
 
+// The colour map as a CSS gradient, low (left) to high (right), as the heatmap uses it.
+function colourRamp(map) {
+  const stops = COLORMAPS[map] || COLORMAPS.inferno;
+  const parts = stops.map((c, i) => `rgb(${c.join(',')}) ${(100 * i / (stops.length - 1)).toFixed(0)}%`);
+  return `linear-gradient(to right, ${parts.join(', ')})`;
+}
+
+// A percentile (0–1) as a pathologist reads it: "99.8th pct".
+function percentileLabel(p) {
+  return `${(100 * p).toFixed(1)}th pct`;
+}
+
+// The score at the patch whose percentile is nearest `q`.
+function scoreAtPercentile(q) {
+  const s = state.scores;
+  let best = 0;
+  for (let i = 1; i < s.percentile.length; i++) {
+    if (Math.abs(s.percentile[i] - q) < Math.abs(s.percentile[best] - q)) best = i;
+  }
+  return s.score[best];
+}
+
+// The heatmap's key: the colour ramp with the scores at its ends and middle. Colours follow the
+// percentile within the slide, so the ramp is even in percentiles and the scores say what
+// those are.
+function drawLegend() {
+  const s = state.scores;
+  if (!s || s.score.length === 0) {
+    $('legend').hidden = true;
+    return;
+  }
+  // A loop, not Math.min(...): a 150,000-patch slide is past the argument limit.
+  let [lo, hi] = [Infinity, -Infinity];
+  for (const v of s.score) {
+    lo = Math.min(lo, v);
+    hi = Math.max(hi, v);
+  }
+  $('legend-ramp').style.background = colourRamp($('colormap').value);
+  $('legend-min').textContent = lo.toPrecision(3);
+  $('legend-median').textContent = scoreAtPercentile(0.5).toPrecision(3);
+  $('legend-max').textContent = hi.toPrecision(3);
+  $('legend-note').textContent =
+    `${state.info.prediction.arch} attention at the 0th, 50th and 100th percentile; ` +
+    `colour = the patch's percentile among this slide's ${s.score.length} patches`;
+  $('legend').hidden = !$('show-heatmap').checked;
+  window.gimpView.legend = { min: lo, max: hi, median: scoreAtPercentile(0.5) };
+}
+
+// Nice lengths for the scale bar, in micrometres.
+function niceLength(target) {
+  const base = Math.pow(10, Math.floor(Math.log10(target)));
+  let best = base;
+  for (const m of [1, 2, 5]) if (m * base <= target) best = m * base;
+  return best;
+}
+
+// The scale bar: about 120 screen pixels of slide, as a round length in µm or mm, from the
+// slide's microns per pixel and the current zoom; and the magnification on screen (the scan's
+// objective power times the zoom). Hidden when the file gives no pixel size.
+function updateScaleBar() {
+  const item = slideItem();
+  const slide = state.info && state.info.slide;
+  const mpp = slide && slide.mpp;
+  if (!item || !mpp || !(mpp[0] > 0)) {
+    $('scale').hidden = true;
+    window.gimpView.scale = null;
+    return;
+  }
+  // Screen (CSS) pixels per level-0 pixel now.
+  const zoom = item.viewportToImageZoom(viewer.viewport.getZoom(true));
+  const umPerPx = mpp[0] / zoom;
+  const um = niceLength(120 * umPerPx);
+  const px = um / umPerPx;
+  $('scale-bar').style.width = `${px.toFixed(1)}px`;
+  $('scale-label').textContent = um >= 1000 ? `${um / 1000} mm` : `${um} µm`;
+  $('scale-magnification').textContent = slide.magnification
+    ? `(${(slide.magnification * zoom).toPrecision(2)}× on screen)` : '';
+  $('scale').hidden = false;
+  window.gimpView.scale = { um, px, umPerPx };
+}
+
 function drawGrid() {
   if (!state.scores) return;
   const s = state.scores;
@@ -171,7 +252,7 @@ function showPatch(i) {
   }
   $('patch-info').innerHTML =
     `row <b>${s.row[i]}</b> at (${s.x[i]}, ${s.y[i]})<br>` +
-    `score <b>${s.score[i].toPrecision(4)}</b>, percentile ${(100 * s.percentile[i]).toFixed(1)}`;
+    `<b>${percentileLabel(s.percentile[i])}</b> of this slide's patches (score ${s.score[i].toPrecision(4)})`;
 }
 
 function patchUnder(position) {
@@ -223,9 +304,10 @@ function renderGallery(p) {
     const i = s.row.indexOf(t.row);
     const b = document.createElement('button');
     b.dataset.row = t.row;
-    b.title = `row ${t.row} at (${t.x}, ${t.y})`;
+    const pct = i >= 0 ? s.percentile[i] : null;
+    b.title = `row ${t.row} at (${t.x}, ${t.y}); attention score ${t.score.toPrecision(4)}`;
     b.innerHTML = `<img alt="patch ${t.row}" src="/slides/${state.index}/patch/${t.row}.jpeg">` +
-      `<div class="score">${t.score.toPrecision(3)}</div>`;
+      `<div class="score">${pct === null ? t.score.toPrecision(3) : percentileLabel(pct)}</div>`;
     b.addEventListener('click', () => zoomToPatch(i));
     g.appendChild(b);
   }
@@ -256,7 +338,7 @@ async function openSlide(index) {
   for (const k of Object.keys(state.layers)) state.layers[k] = null;
   window.gimpView.ready = false;
   renderList();
-  for (const id of ['prediction-panel', 'layers-panel', 'patch-panel', 'gallery-panel', 'error-panel']) {
+  for (const id of ['prediction-panel', 'layers-panel', 'patch-panel', 'gallery-panel', 'error-panel', 'scale', 'legend']) {
     $(id).hidden = true;
   }
   viewer.close();
@@ -268,6 +350,12 @@ async function openSlide(index) {
     return;
   }
   state.info = info;
+  // The list learns of a damaged slide when it is first opened.
+  const listed = state.slides.find((x) => x.index === index);
+  if (listed && listed.error !== info.error) {
+    listed.error = info.error;
+    renderList();
+  }
   if (info.error) {
     showError(`${info.id}: ${info.error}`);
     return;
@@ -282,7 +370,9 @@ async function openSlide(index) {
     if (state.scores) {
       drawHeatmap();
       drawGrid();
+      drawLegend();
     }
+    updateScaleBar();
     if (info.has_tissue) addImageLayer('tissue', `/slides/${index}/tissue.png`);
     window.gimpView.ready = true;
   });
@@ -307,6 +397,7 @@ $('opacity').addEventListener('input', () => {
 });
 $('show-heatmap').addEventListener('change', () => {
   if (state.layers.heatmap) state.layers.heatmap.setOpacity(layerOpacity('heatmap'));
+  if (state.scores) $('legend').hidden = !$('show-heatmap').checked;
 });
 $('show-grid').addEventListener('change', () => {
   if (state.layers.grid) state.layers.grid.setOpacity(layerOpacity('grid'));
@@ -314,7 +405,11 @@ $('show-grid').addEventListener('change', () => {
 $('show-tissue').addEventListener('change', () => {
   if (state.layers.tissue) state.layers.tissue.setOpacity(layerOpacity('tissue'));
 });
-$('colormap').addEventListener('change', drawHeatmap);
+$('colormap').addEventListener('change', () => {
+  drawHeatmap();
+  drawLegend();
+});
+for (const ev of ['animation', 'animation-finish', 'resize', 'zoom']) viewer.addHandler(ev, updateScaleBar);
 
 function indexFromHash() {
   const m = /slide=(\d+)/.exec(location.hash);
@@ -351,6 +446,9 @@ window.gimpView = {
     return state.layers[name] ? state.layers[name].getOpacity() : null;
   },
   patchAt,
+  // Set by updateScaleBar and drawLegend: what the scale bar and the legend show.
+  scale: null,
+  legend: null,
 };
 
 (async () => {

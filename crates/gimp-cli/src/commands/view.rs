@@ -49,11 +49,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .filter(|s| s.error().is_some())
             .count();
         eprintln!(
-            "{} slides ({broken} with errors); press Ctrl-C to stop",
+            "{} slides ({broken} with a record that cannot be read; each slide is opened when it \
+             is first shown); press Ctrl-C to stop",
             st.catalog.slides.len()
         );
         // stdout, one line, so scripts (the browser test) can read the address.
         println!("listening on http://{addr}/");
     })?;
+    eprintln!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,9 @@
 // The viewer in a real browser (headless Chromium from Debian's `chromium` package, driven by
 // playwright-core): `gimp-rs predict` on the repository's slide, `gimp-rs view` on the result,
 // then the page: tiles load, the heatmap is brightest over the highest-scoring patches, the
-// opacity slider changes the overlay, a gallery patch zooms there. Run by browser-test.sh.
+// opacity slider changes the overlay, the scale bar matches the slide's microns per pixel at every
+// zoom, the legend gives the score range, the gallery shows percentiles, a gallery patch zooms
+// there; Ctrl-C (SIGINT) stops the server with exit code 0. Run by browser-test.sh.
 import { chromium } from 'playwright-core';
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync, readFileSync } from 'node:fs';
@@ -109,6 +111,54 @@ try {
   const brightest = [...full].sort((a, b) => b.lum - a.lum)[0];
   check(brightest.pct >= byScore[k - 1].pct, `the brightest patch is in the top fifth (percentile ${brightest.pct.toFixed(2)})`);
 
+  // The legend: the colour map's ramp with the lowest, median and highest score.
+  check(await page.isVisible('#legend'), 'the heatmap legend is shown');
+  const legend = await page.evaluate(() => {
+    const s = window.gimpView.state.scores;
+    return {
+      lo: Math.min(...s.score).toPrecision(3), hi: Math.max(...s.score).toPrecision(3),
+      shownLo: document.getElementById('legend-min').textContent,
+      shownHi: document.getElementById('legend-max').textContent,
+      ramp: document.getElementById('legend-ramp').style.background,
+    };
+  });
+  check(legend.shownLo === legend.lo && legend.shownHi === legend.hi,
+    `the legend gives the score range (${legend.shownLo} to ${legend.shownHi}; scores ${legend.lo} to ${legend.hi})`);
+  check(legend.ramp.includes('gradient'), 'the legend shows the colour ramp');
+  await page.uncheck('#show-heatmap');
+  check(await page.isHidden('#legend'), 'the legend hides with the heatmap');
+  await page.check('#show-heatmap');
+  check(await page.isVisible('#legend'), 'and comes back with it');
+
+  // The scale bar: a round length whose drawn width is that length at the slide's microns per
+  // pixel and the current zoom; it follows the zoom.
+  const scaleBar = async (what) => {
+    const r = await page.evaluate(() => {
+      const g = window.gimpView;
+      const item = g.viewer.world.getItemAt(0);
+      return {
+        label: document.getElementById('scale-label').textContent,
+        bar: document.getElementById('scale-bar').getBoundingClientRect().width,
+        mpp: g.state.info.slide.mpp[0],
+        zoom: item.viewportToImageZoom(g.viewer.viewport.getZoom(true)),
+      };
+    });
+    const m = /^([\d.]+) (µm|mm)$/.exec(r.label);
+    const um = m ? parseFloat(m[1]) * (m[2] === 'mm' ? 1000 : 1) : NaN;
+    const want = (um / r.mpp) * r.zoom;
+    check(Math.abs(r.bar - want) / want < 0.03 && r.bar > 40 && r.bar < 300,
+      `${what}: the scale bar says ${r.label} and is ${r.bar.toFixed(1)} px (${want.toFixed(1)} px at ${r.mpp} µm/px)`);
+    return r.label;
+  };
+  check(await page.isVisible('#scale'), 'a scale bar is shown');
+  const wide = await scaleBar('whole slide');
+  await page.evaluate(() => window.gimpView.viewer.viewport.zoomBy(8, undefined, true));
+  await page.waitForTimeout(600);
+  const close = await scaleBar('zoomed in 8×');
+  check(close !== wide, `the scale bar follows the zoom (${wide} → ${close})`);
+  await page.evaluate(() => window.gimpView.viewer.viewport.goHome(true));
+  await page.waitForTimeout(600);
+
   // The opacity slider.
   await page.locator('#opacity').fill('0.2');
   await page.waitForFunction(() => Math.abs(window.gimpView.layerOpacity('heatmap') - 0.2) < 1e-6, null, { timeout: 5000 });
@@ -121,6 +171,15 @@ try {
   // A gallery patch: the view zooms to it and shows its score.
   const n = await page.$$eval('#gallery button', (b) => b.length);
   check(n >= 1, `${n} patches in the gallery`);
+  const shown = await page.evaluate(() => {
+    const s = window.gimpView.state.scores;
+    return [...document.querySelectorAll('#gallery button')].map((b) => ({
+      text: b.querySelector('.score').textContent,
+      pct: s.percentile[s.row.indexOf(Number(b.dataset.row))],
+    }));
+  });
+  check(shown.every((g) => g.text === `${(100 * g.pct).toFixed(1)}th pct`) && shown[0].text === '100.0th pct',
+    `the gallery shows percentiles, not raw scores (${shown.map((g) => g.text).join(', ')})`);
   const row = await page.getAttribute('#gallery button >> nth=0', 'data-row');
   const zoomBefore = await page.evaluate(() => window.gimpView.viewer.viewport.getZoom(true));
   await page.click('#gallery button >> nth=0');
@@ -149,6 +208,12 @@ try {
   await page.waitForFunction(() => window.gimpView.ready && window.gimpView.fullyLoaded(), null, { timeout: 20000 });
   check(await page.isHidden('#error-panel'), 'and the good slide opens again');
   check(errors.length === 0, `no page errors (${errors.join('; ')})`);
+
+  // Ctrl-C: the server stops taking requests and exits 0, with the browser still connected.
+  const exited = new Promise((ok) => server.once('exit', (code, signal) => ok(`${code} ${signal}`)));
+  server.kill('SIGINT');
+  const how = await Promise.race([exited, new Promise((ok) => setTimeout(() => ok('still running after 10 s'), 10000))]);
+  check(how === '0 null', `Ctrl-C (SIGINT) stops the server with exit code 0 (${how})`);
   writeFileSync(join(outDir, 'result.txt'), 'ok\n');
 } catch (e) {
   failed = true;
