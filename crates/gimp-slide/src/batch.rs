@@ -15,12 +15,16 @@ pub const SLIDE_EXTENSIONS: &[&str] = &[
     "svs", "tif", "tiff", "ndpi", "mrxs", "scn", "vms", "vmu", "bif", "svslide",
 ];
 
-/// Slide files from files and folders (a folder's files with a [`SLIDE_EXTENSIONS`] extension, not
-/// recursing), sorted and de-duplicated so every machine of a sharded run sees the same list.
+/// Slides from files and folders, sorted and de-duplicated so every machine of a sharded run
+/// sees the same list. A folder that is a DICOM series is one slide; another folder gives its
+/// files with a [`SLIDE_EXTENSIONS`] extension and its subfolders that are DICOM series (not
+/// recursing further).
 pub fn slide_files(inputs: &[PathBuf]) -> gimp_io::Result<Vec<PathBuf>> {
     let mut all = Vec::new();
     for p in inputs {
-        if p.is_dir() {
+        if p.is_dir() && crate::dicom::is_dicom_folder(p) {
+            all.push(p.clone());
+        } else if p.is_dir() {
             for e in std::fs::read_dir(p).map_err(|e| DataError::io(p, e))? {
                 let path = e.map_err(|e| DataError::io(p, e))?.path();
                 let ext = path
@@ -28,6 +32,8 @@ pub fn slide_files(inputs: &[PathBuf]) -> gimp_io::Result<Vec<PathBuf>> {
                     .map(|e| e.to_string_lossy().to_ascii_lowercase())
                     .unwrap_or_default();
                 if path.is_file() && SLIDE_EXTENSIONS.contains(&ext.as_str()) {
+                    all.push(path);
+                } else if path.is_dir() && crate::dicom::is_dicom_folder(&path) {
                     all.push(path);
                 }
             }
@@ -49,7 +55,7 @@ pub fn slide_files(inputs: &[PathBuf]) -> gimp_io::Result<Vec<PathBuf>> {
             ErrorKind::Empty,
             place,
             format!(
-                "no slides found (extensions read from folders: {})",
+                "no slides found (extensions read from folders: {}; DICOM series folders)",
                 SLIDE_EXTENSIONS.join(", ")
             ),
         ));
@@ -57,10 +63,14 @@ pub fn slide_files(inputs: &[PathBuf]) -> gimp_io::Result<Vec<PathBuf>> {
     Ok(all)
 }
 
-/// CLAM's slide id: the file name without its extension.
+/// CLAM's slide id: the file name without its extension; a DICOM series folder's whole name.
 pub fn slide_id(p: &Path) -> String {
-    p.file_stem()
-        .map(|s| s.to_string_lossy().to_string())
+    let name = if p.is_dir() {
+        p.file_name()
+    } else {
+        p.file_stem()
+    };
+    name.map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default()
 }
 

@@ -14,6 +14,8 @@
 //!   output layout with skip-if-done checks, patching one slide, the process list.
 
 pub mod batch;
+pub mod dicom;
+pub mod jpeg2000;
 pub mod overlay;
 pub mod patching;
 pub mod segment;

@@ -137,9 +137,12 @@ pub trait SlideReader: Send + Sync {
 }
 
 /// Opens a slide with the reader its bytes call for: TIFF and BigTIFF (Aperio SVS, generic
-/// tiled TIFF) in pure Rust; anything else through OpenSlide when built with the `openslide`
-/// feature.
+/// tiled TIFF) and DICOM (a series folder or one of its files) in pure Rust; anything else
+/// through OpenSlide when built with the `openslide` feature.
 pub fn open(path: &Path) -> Result<Box<dyn SlideReader>> {
+    if path.is_dir() || crate::dicom::is_dicom_file(path) {
+        return Ok(Box::new(crate::dicom::DicomSlide::open(path)?));
+    }
     let mut magic = [0u8; 4];
     {
         use std::io::Read;
@@ -179,8 +182,8 @@ pub fn open(path: &Path) -> Result<Box<dyn SlideReader>> {
             ErrorKind::Unsupported,
             path,
             format!(
-                "not a TIFF file (first bytes {magic:02x?}, extension '{ext}'); this build reads \
-                 tiled TIFF and Aperio SVS. For MRXS, NDPI, SCN, VMS and other vendor formats \
+                "not a TIFF or DICOM file (first bytes {magic:02x?}, extension '{ext}'); this \
+                 build reads tiled TIFF, Aperio SVS and DICOM WSI. For MRXS, NDPI, SCN, VMS and other vendor formats \
                  build with `--features openslide` (needs libopenslide), or convert the slide to \
                  a pyramidal TIFF"
             ),

@@ -1,5 +1,6 @@
 //! Tiled TIFF and Aperio SVS, in pure Rust on the `tiff` crate (which decodes JPEG tiles with
-//! the file's shared `JPEGTables`, Aperio's RGB-coded JPEG, LZW, deflate and predictors).
+//! the file's shared `JPEGTables`, Aperio's RGB-coded JPEG, LZW, deflate and predictors); Aperio's
+//! JPEG 2000 tiles (compressions 33003 and 33005) are read raw and decoded by [`crate::jpeg2000`].
 //!
 //! Which pages are the pyramid: page 0 and every later *tiled* page with level 0's aspect ratio
 //! and a smaller width. Aperio's stripped pages are its associated images: the first one is the
@@ -7,6 +8,7 @@
 //! (untiled) TIFF is read as a one-level slide — the case OpenSlide refuses
 //! (openslide-python#153).
 
+use crate::jpeg2000;
 use crate::slide::{Level, Properties, SlideReader};
 use gimp_io::{DataError, ErrorKind, Result};
 use image::RgbImage;
@@ -29,6 +31,18 @@ struct Page {
     tiled: bool,
     chunk: (u32, u32),
     description: String,
+    /// Aperio's JPEG 2000 flavour of the page's tiles, which the `tiff` crate cannot decode.
+    jpeg2000: Option<jpeg2000::Components>,
+}
+
+/// Aperio's JPEG 2000 compressions: 33003 codes YCbCr without a colour transform, 33005 RGB
+/// with the codestream's transform.
+fn aperio_jpeg2000(compression: u32) -> Option<jpeg2000::Components> {
+    match compression {
+        33003 => Some(jpeg2000::Components::YCbCr),
+        33005 => Some(jpeg2000::Components::Rgb),
+        _ => None,
+    }
 }
 
 struct Tile {
@@ -42,6 +56,10 @@ struct State {
     current_ifd: usize,
     cache: HashMap<(usize, u32), Arc<Tile>>,
     order: VecDeque<(usize, u32)>,
+    /// For JPEG 2000 pages: the file and its length, opened on first use, and each page's tile offsets and
+    /// byte counts.
+    raw: Option<(File, u64)>,
+    raw_index: HashMap<usize, (Vec<u64>, Vec<u64>)>,
 }
 
 pub struct TiffSlide {
@@ -144,6 +162,7 @@ impl TiffSlide {
                 let unit = dec.get_tag_u32(Tag::ResolutionUnit).unwrap_or(2);
                 resolution = x.zip(y).map(|(x, y)| (x, y, unit));
             }
+            let compression = dec.get_tag_u32(Tag::Compression).unwrap_or(1);
             pages.push(Page {
                 ifd,
                 width,
@@ -151,6 +170,7 @@ impl TiffSlide {
                 tiled,
                 chunk,
                 description,
+                jpeg2000: aperio_jpeg2000(compression),
             });
             // Associated pages of some files are damaged or use codecs we do not decode; the
             // pyramid we already have is still usable, so listing stops there.
@@ -253,6 +273,8 @@ impl TiffSlide {
                 current_ifd: usize::MAX,
                 cache: HashMap::new(),
                 order: VecDeque::new(),
+                raw: None,
+                raw_index: HashMap::new(),
             }),
         })
     }
@@ -274,6 +296,16 @@ impl TiffSlide {
                     .seek_to_image(page.ifd)
                     .map_err(|e| tiff_err(&path, &what, e))?;
                 st.current_ifd = page.ifd;
+            }
+            if let Some(components) = page.jpeg2000 {
+                let bytes = raw_chunk(&mut st, &path, &what, page, index)?;
+                let tile = jpeg2000::decode(&bytes, components, Some(page.chunk))
+                    .map_err(|e| DataError::malformed(&path, format!("{what}: {e}")))?;
+                return Ok(Tile {
+                    width: tile.width,
+                    height: tile.height,
+                    rgb: tile.rgb,
+                });
             }
             let (w, h) = st.decoder.chunk_data_dimensions(index);
             let data = st
@@ -326,6 +358,58 @@ impl TiffSlide {
         }
         Ok(out)
     }
+}
+
+/// The stored bytes of chunk `index` of `page` (the decoder is on `page`'s directory).
+fn raw_chunk(st: &mut State, path: &Path, what: &str, page: &Page, index: u32) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    if !st.raw_index.contains_key(&page.ifd) {
+        let (offsets, counts) = if page.tiled {
+            (Tag::TileOffsets, Tag::TileByteCounts)
+        } else {
+            (Tag::StripOffsets, Tag::StripByteCounts)
+        };
+        let o = st
+            .decoder
+            .get_tag_u64_vec(offsets)
+            .map_err(|e| tiff_err(path, &format!("{what}: {offsets:?}"), e))?;
+        let c = st
+            .decoder
+            .get_tag_u64_vec(counts)
+            .map_err(|e| tiff_err(path, &format!("{what}: {counts:?}"), e))?;
+        st.raw_index.insert(page.ifd, (o, c));
+    }
+    let (offsets, counts) = &st.raw_index[&page.ifd];
+    let (Some(&offset), Some(&count)) = (offsets.get(index as usize), counts.get(index as usize))
+    else {
+        return Err(DataError::malformed(
+            path,
+            format!(
+                "{what}: the page lists {} tile offsets",
+                offsets.len().min(counts.len())
+            ),
+        ));
+    };
+    let (file, len) = match &mut st.raw {
+        Some(open) => open,
+        None => {
+            let f = File::open(path).map_err(|e| DataError::io(path, e))?;
+            let len = f.metadata().map_err(|e| DataError::io(path, e))?.len();
+            st.raw.insert((f, len))
+        }
+    };
+    let len = *len;
+    if count == 0 || offset.checked_add(count).is_none_or(|end| end > len) {
+        return Err(DataError::malformed(
+            path,
+            format!("{what}: {count} bytes at offset {offset} are not within the {len}-byte file"),
+        ));
+    }
+    let mut bytes = vec![0; count as usize];
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut bytes))
+        .map_err(|e| DataError::io(path, e))?;
+    Ok(bytes)
 }
 
 /// Samples of any 8/16-bit grey, grey+alpha, RGB or RGBA chunk → RGB bytes.
