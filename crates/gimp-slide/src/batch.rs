@@ -63,12 +63,19 @@ pub fn slide_files(inputs: &[PathBuf]) -> gimp_io::Result<Vec<PathBuf>> {
     Ok(all)
 }
 
-/// CLAM's slide id: the file name without its extension; a DICOM series folder's whole name.
+/// CLAM's slide id: the file name without its extension; for a DICOM series, given as its folder
+/// or as one of its files, the folder's name.
 pub fn slide_id(p: &Path) -> String {
     let name = if p.is_dir() {
-        p.file_name()
+        p.canonicalize()
+            .ok()
+            .and_then(|c| c.file_name().map(|n| n.to_owned()))
+    } else if crate::dicom::is_dicom_file(p) {
+        p.canonicalize()
+            .ok()
+            .and_then(|c| c.parent().and_then(|d| d.file_name()).map(|n| n.to_owned()))
     } else {
-        p.file_stem()
+        p.file_stem().map(|n| n.to_owned())
     };
     name.map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default()

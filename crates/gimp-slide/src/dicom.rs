@@ -609,13 +609,18 @@ fn frame_positions(h: &Header, n_frames: u64, frame_bytes: Option<u64>) -> Resul
             offsets.len()
         )));
     }
+    // Fragments are in file order, so an item offset is found by binary search.
     let base = fragments[0].0 - 8;
-    let item_offset = |f: &(u64, u64)| f.0 - 8 - base;
+    let index_of = |off: u64| {
+        fragments
+            .binary_search_by_key(&(base + off + 8), |f| f.0)
+            .ok()
+    };
     let mut frames = Vec::with_capacity(offsets.len());
     for (k, &off) in offsets.iter().enumerate() {
-        let start = fragments.iter().position(|f| item_offset(f) == off);
+        let start = index_of(off);
         let end = match offsets.get(k + 1) {
-            Some(&next) => fragments.iter().position(|f| item_offset(f) == next),
+            Some(&next) => index_of(next),
             None => Some(fragments.len()),
         };
         match (start, end) {

@@ -51,6 +51,12 @@ struct Tile {
     rgb: Vec<u8>,
 }
 
+/// A chunk as read under the lock: decoded by the `tiff` crate, or JPEG 2000 bytes to decode.
+enum Fetched {
+    Decoded(Tile),
+    Jpeg2000(Vec<u8>, jpeg2000::Components),
+}
+
 struct State {
     decoder: Decoder<BufReader<File>>,
     current_ifd: usize,
@@ -281,10 +287,12 @@ impl TiffSlide {
 
     /// Decodes chunk `index` of `page` to RGB (cached).
     fn chunk(&self, page: &Page, index: u32) -> Result<Arc<Tile>> {
-        let mut st = self
-            .state
-            .lock()
-            .map_err(|_| DataError::malformed(&self.path, "reader poisoned by an earlier panic"))?;
+        let lock = || {
+            self.state.lock().map_err(|_| {
+                DataError::malformed(&self.path, "reader poisoned by an earlier panic")
+            })
+        };
+        let mut st = lock()?;
         if let Some(t) = st.cache.get(&(page.ifd, index)) {
             return Ok(t.clone());
         }
@@ -299,21 +307,31 @@ impl TiffSlide {
             }
             if let Some(components) = page.jpeg2000 {
                 let bytes = raw_chunk(&mut st, &path, &what, page, index)?;
-                let tile = jpeg2000::decode(&bytes, components, Some(page.chunk))
-                    .map_err(|e| DataError::malformed(&path, format!("{what}: {e}")))?;
-                return Ok(Tile {
-                    width: tile.width,
-                    height: tile.height,
-                    rgb: tile.rgb,
-                });
+                return Ok(Fetched::Jpeg2000(bytes, components));
             }
             let (w, h) = st.decoder.chunk_data_dimensions(index);
             let data = st
                 .decoder
                 .read_chunk(index)
                 .map_err(|e| tiff_err(&path, &what, e))?;
-            to_rgb(&path, &what, data, w, h)
+            to_rgb(&path, &what, data, w, h).map(Fetched::Decoded)
         })?;
+        let tile = match tile {
+            Fetched::Decoded(tile) => tile,
+            // JPEG 2000 tiles (slow to decode) are decoded outside the lock, so the threads of
+            // feature extraction decode in parallel.
+            Fetched::Jpeg2000(bytes, components) => {
+                drop(st);
+                let decoded = jpeg2000::decode(&bytes, components, Some(page.chunk))
+                    .map_err(|e| DataError::malformed(&path, format!("{what}: {e}")))?;
+                st = lock()?;
+                Tile {
+                    width: decoded.width,
+                    height: decoded.height,
+                    rgb: decoded.rgb,
+                }
+            }
+        };
         let tile = Arc::new(tile);
         st.cache.insert((page.ifd, index), tile.clone());
         st.order.push_back((page.ifd, index));

@@ -92,6 +92,7 @@ fn one_file_opens_its_whole_series_and_folders_list_series_as_slides() {
     let one = batch::slide_files(&[fixtures().join("jpeg")]).unwrap();
     assert_eq!(one, [fixtures().join("jpeg")]);
     assert_eq!(batch::slide_id(&one[0]), "jpeg");
+    assert_eq!(batch::slide_id(&fixtures().join("jpeg/level1.dcm")), "jpeg");
     let all = batch::slide_files(&[fixtures()]).unwrap();
     let names: Vec<_> = all.iter().map(|p| batch::slide_id(p)).collect();
     assert_eq!(names, ["jpeg", "jpeg2000", "uncompressed"]);
@@ -164,4 +165,40 @@ fn damaged_series_are_errors_naming_the_file_and_attribute() {
     let d = tempfile::tempdir().unwrap();
     let e = gimp_slide::open(d.path()).err().unwrap().to_string();
     assert!(e.contains("no DICOM file"), "{e}");
+}
+
+#[test]
+fn a_frame_split_into_several_fragments_is_joined_by_the_offset_table() {
+    // Level 2 of the JPEG series is one frame in one fragment; split it in two items (the
+    // Basic Offset Table still says the frame starts at offset 0).
+    let original = gimp_slide::open(&fixtures().join("jpeg")).unwrap();
+    let want = original.read_region(0, 0, 2, 96, 72).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixtures().join("jpeg")).unwrap() {
+        let p = e.unwrap().path();
+        let mut b = std::fs::read(&p).unwrap();
+        if p.file_name().unwrap() == "level2.dcm" {
+            let header = [
+                0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+            ];
+            let at = b.windows(12).position(|w| w == header).unwrap() + 12;
+            let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+            let bot_len = u32_at(&b, at + 4) as usize;
+            assert_eq!(bot_len, 4, "one frame, one offset");
+            let item = at + 8 + bot_len;
+            let len = u32_at(&b, item + 4) as usize;
+            let data = b[item + 8..item + 8 + len].to_vec();
+            let half = (len / 2) & !1;
+            let mut split = Vec::new();
+            for part in [&data[..half], &data[half..]] {
+                split.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+                split.extend_from_slice(&(part.len() as u32).to_le_bytes());
+                split.extend_from_slice(part);
+            }
+            b.splice(item..item + 8 + len, split);
+        }
+        std::fs::write(d.path().join(p.file_name().unwrap()), b).unwrap();
+    }
+    let s = gimp_slide::open(d.path()).unwrap();
+    assert_eq!(s.read_region(0, 0, 2, 96, 72).unwrap(), want);
 }

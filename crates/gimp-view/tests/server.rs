@@ -343,8 +343,8 @@ fn two_hundred_concurrent_tile_requests_all_succeed() {
 #[tokio::test]
 async fn dicom_series_folders_are_slides_of_the_viewer() {
     let dicom = repo().join("crates/gimp-slide/tests/fixtures/dicom");
-    let app = app(&dicom);
-    let (s, body) = get(&app, "/api/slides").await;
+    let all = app(&dicom);
+    let (s, body) = get(&all, "/api/slides").await;
     assert_eq!(s, StatusCode::OK);
     let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let ids: Vec<&str> = list
@@ -362,14 +362,14 @@ async fn dicom_series_folders_are_slides_of_the_viewer() {
         "{list}"
     );
     let i = index_of(&list, "jpeg2000");
-    let (s, dzi) = get(&app, &format!("/slides/{i}/image.dzi")).await;
+    let (s, dzi) = get(&all, &format!("/slides/{i}/image.dzi")).await;
     assert_eq!(s, StatusCode::OK);
     assert!(String::from_utf8(dzi)
         .unwrap()
         .contains(r#"Width="384" Height="288""#));
     let p = gimp_view::dzi::Pyramid::new(384, 288);
     let (s, jpeg) = get(
-        &app,
+        &all,
         &format!("/slides/{i}/image_files/{}/1_0.jpeg", p.max_level()),
     )
     .await;
