@@ -1568,7 +1568,7 @@ fn a_survival_model_trains_evaluates_and_answers_with_a_risk() {
 /// DICOM WSI series (gimp-slide's fixtures: wsidicomizer's conversion of a 384 × 288 crop of the
 /// real slide, one series folder per transfer syntax) through every command that reads slides:
 /// `slide info` on a folder and on one file, `patch` on the folder of series, `extract` and
-/// `predict --slide` on one series folder.
+/// `predict --slide` (as far as segmentation: the crop is too small for its presets) on one folder.
 #[test]
 fn dicom_series_go_through_info_patch_extract_and_predict() {
     let dicom = repo().join("crates/gimp-slide/tests/fixtures/dicom");
@@ -1598,6 +1598,8 @@ fn dicom_series_go_through_info_patch_extract_and_predict() {
         &s(out),
         "--preset",
         "bwh_biopsy",
+        "--a-t",
+        "0.05",
         "--patch-size",
         "64",
     ]);
@@ -1621,7 +1623,8 @@ fn dicom_series_go_through_info_patch_extract_and_predict() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (n, dim) = gimp_io::h5::feature_shape(&out.join("h5_files/uncompressed.h5")).unwrap();
-    assert_eq!((n, dim), (patches.coords.len(), 1024));
+    // The fixture's narrow ResNet (base width 8) gives 128 features.
+    assert_eq!((n, dim), (patches.coords.len(), 128));
 
     let pred = out.join("pred");
     let o = gimp(&[
@@ -1641,8 +1644,10 @@ fn dicom_series_go_through_info_patch_extract_and_predict() {
         "--out",
         &s(&pred),
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let records: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(records[0]["slide_id"], "jpeg");
-    assert!(pred.join("jpeg.prediction.json").is_file());
+    // The crop's tissue (0.15 of CLAM's 512² reference patches) is below every preset's area
+    // filter, and `predict` has no --a-t: the series was read, segmented and refused by name.
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("jpeg") && e.contains("no tissue patches"), "{e}");
+    assert!(pred.join("masks/jpeg.png").is_file(), "{e}");
 }
