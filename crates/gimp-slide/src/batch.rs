@@ -31,9 +31,8 @@ pub fn slide_files(inputs: &[PathBuf]) -> gimp_io::Result<Vec<PathBuf>> {
                     .extension()
                     .map(|e| e.to_string_lossy().to_ascii_lowercase())
                     .unwrap_or_default();
-                if path.is_file() && SLIDE_EXTENSIONS.contains(&ext.as_str()) {
-                    all.push(path);
-                } else if path.is_dir() && crate::dicom::is_dicom_folder(&path) {
+                let slide_file = path.is_file() && SLIDE_EXTENSIONS.contains(&ext.as_str());
+                if slide_file || (path.is_dir() && crate::dicom::is_dicom_folder(&path)) {
                     all.push(path);
                 }
             }

@@ -446,7 +446,11 @@ impl Header {
                 ));
             };
             let (x, y) = (col - 1, row - 1);
-            if x < 0 || y < 0 || x as u64 % tile_w != 0 || y as u64 % tile_h != 0 {
+            if x < 0
+                || y < 0
+                || !(x as u64).is_multiple_of(tile_w)
+                || !(y as u64).is_multiple_of(tile_h)
+            {
                 return Err(DataError::malformed(
                     &self.file,
                     format!(
@@ -831,12 +835,11 @@ impl DicomSlide {
             if let Some(t) = st.cache.get(&(inst, frame)) {
                 return Ok(t.clone());
             }
-            if !st.files.contains_key(&inst) {
-                let f = File::open(&instance.file).map_err(|e| DataError::io(&instance.file, e))?;
-                st.files.insert(inst, f);
-            }
-            let Some(f) = st.files.get_mut(&inst) else {
-                return Err(DataError::malformed(&instance.file, "file handle lost"));
+            let f = match st.files.entry(inst) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                    File::open(&instance.file).map_err(|e| DataError::io(&instance.file, e))?,
+                ),
             };
             let range = instance.frames[frame as usize].clone();
             let parts = &instance.fragments[range.start as usize..range.end as usize];
