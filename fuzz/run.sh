@@ -25,7 +25,8 @@ seed safetensors $d/reference/*.safetensors $d/bad/*.safetensors crates/gimp-mod
 seed tables $d/bad/*.csv $d/bad/matrix_*.tsv $d/bad/matrix_truncated.tsv.gz
 seed gdc $d/bad/star_*.tsv $d/bad/sample_sheet_missing_col.tsv $d/bad/legacy_three_cols.FPKM.txt
 seed config fuzz/seeds/config/*.toml
-seed slide crates/gimp-slide/tests/fixtures/*.tif
+seed slide crates/gimp-slide/tests/fixtures/*.tif crates/gimp-slide/tests/fixtures/jp2k/*.svs \
+  crates/gimp-slide/tests/fixtures/dicom/jpeg/level2.dcm crates/gimp-slide/tests/fixtures/dicom/jpeg2000/level2.dcm
 failed=()
 for t in "${targets[@]}"; do
   echo "== $t ($secs s)"

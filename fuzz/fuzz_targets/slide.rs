@@ -1,5 +1,5 @@
 #![no_main]
-// Slides (TIFF / Aperio SVS): the directory, then regions and associated images.
+// Slides (TIFF / Aperio SVS, DICOM): the directory, then regions and associated images.
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     gimp_fuzz::allow_caught_panics();
     let p = gimp_fuzz::scratch(data, "svs");

@@ -1891,6 +1891,8 @@ fn qupath_geojson_out_and_in_and_the_slides_scale() {
         "{}",
         stderr(&o)
     );
+}
+
 /// `view` stops cleanly on Ctrl-C: SIGINT to the running server ends it with exit code 0 and
 /// `stopped` on stderr (not killed by the signal, not an error).
 #[cfg(unix)]
@@ -1918,4 +1920,91 @@ fn view_stops_with_exit_code_zero_on_ctrl_c() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("stopped"), "{err}");
+}
+
+/// DICOM WSI series (gimp-slide's fixtures: wsidicomizer's conversion of a 384 × 288 crop of the
+/// real slide, one series folder per transfer syntax) through every command that reads slides:
+/// `slide info` on a folder and on one file, `patch` on the folder of series, `extract` and
+/// `predict --slide` (as far as segmentation: the crop is too small for its presets) on one folder.
+#[test]
+fn dicom_series_go_through_info_patch_extract_and_predict() {
+    let dicom = repo().join("crates/gimp-slide/tests/fixtures/dicom");
+    let weights =
+        repo().join("crates/gimp-extract/tests/fixtures/resnet50_trunc_real_patches.safetensors");
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+
+    for slide in [dicom.join("jpeg2000"), dicom.join("jpeg/level2.dcm")] {
+        let o = gimp(&["slide", "info", &s(&slide), "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let info: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(info["vendor"], "dicom");
+        assert_eq!(info["levels"].as_array().unwrap().len(), 3);
+        assert_eq!(info["levels"][0]["width"], 384);
+        assert!((info["mpp"][0].as_f64().unwrap() - 0.499).abs() < 1e-9);
+    }
+    let o = gimp(&["slide", "info", &s(&dicom.join("jpeg"))]);
+    assert!(stdout(&o).contains("dicom"), "{}", stdout(&o));
+
+    // Patching every series in the folder (small patches: the crop is 384 × 288).
+    let o = gimp(&[
+        "patch",
+        &s(&dicom),
+        "--out",
+        &s(out),
+        "--preset",
+        "bwh_biopsy",
+        "--a-t",
+        "0.05",
+        "--patch-size",
+        "64",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let list = std::fs::read_to_string(out.join("process_list.csv")).unwrap();
+    for id in ["jpeg", "jpeg2000", "uncompressed"] {
+        assert!(list.contains(&format!("{id},processed,")), "{list}");
+    }
+    let patches = gimp_io::h5::read_patches(&out.join("patches/uncompressed.h5")).unwrap();
+    assert!(!patches.coords.is_empty());
+
+    let o = gimp(&[
+        "extract",
+        &s(&dicom.join("uncompressed")),
+        "--patches",
+        &s(&out.join("patches")),
+        "--weights",
+        &s(&weights),
+        "--out",
+        &s(out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (n, dim) = gimp_io::h5::feature_shape(&out.join("h5_files/uncompressed.h5")).unwrap();
+    // The fixture's narrow ResNet (base width 8) gives 128 features.
+    assert_eq!((n, dim), (patches.coords.len(), 128));
+
+    let pred = out.join("pred");
+    let o = gimp(&[
+        "predict",
+        "--arch",
+        "clam_sb",
+        "--weights",
+        &s(&repo().join("crates/gimp-models/tests/fixtures/clam_sb_weights.safetensors")),
+        "--slide",
+        &s(&dicom.join("jpeg")),
+        "--encoder-weights",
+        &s(&weights),
+        "--preset",
+        "bwh_biopsy",
+        "--patch-size",
+        "64",
+        "--out",
+        &s(&pred),
+    ]);
+    // The crop's tissue (0.15 of CLAM's 512² reference patches) is below every preset's area
+    // filter, and `predict` has no --a-t: the series was read, segmented and refused by name.
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("jpeg") && e.contains("no tissue patches"), "{e}");
+    assert!(pred.join("masks/jpeg.png").is_file(), "{e}");
 }

@@ -17,19 +17,24 @@ pub const SLIDE_EXTENSIONS: &[&str] = &[
     "svs", "tif", "tiff", "ndpi", "mrxs", "scn", "vms", "vmu", "bif", "svslide",
 ];
 
-/// Slide files from files and folders (a folder's files with a [`SLIDE_EXTENSIONS`] extension, not
-/// recursing), sorted and de-duplicated so every machine of a sharded run sees the same list.
+/// Slides from files and folders, sorted and de-duplicated so every machine of a sharded run
+/// sees the same list. A folder that is a DICOM series is one slide; another folder gives its
+/// files with a [`SLIDE_EXTENSIONS`] extension and its subfolders that are DICOM series (not
+/// recursing further).
 pub fn slide_files(inputs: &[PathBuf]) -> gimp_io::Result<Vec<PathBuf>> {
     let mut all = Vec::new();
     for p in inputs {
-        if p.is_dir() {
+        if p.is_dir() && crate::dicom::is_dicom_folder(p) {
+            all.push(p.clone());
+        } else if p.is_dir() {
             for e in std::fs::read_dir(p).map_err(|e| DataError::io(p, e))? {
                 let path = e.map_err(|e| DataError::io(p, e))?.path();
                 let ext = path
                     .extension()
                     .map(|e| e.to_string_lossy().to_ascii_lowercase())
                     .unwrap_or_default();
-                if path.is_file() && SLIDE_EXTENSIONS.contains(&ext.as_str()) {
+                let slide_file = path.is_file() && SLIDE_EXTENSIONS.contains(&ext.as_str());
+                if slide_file || (path.is_dir() && crate::dicom::is_dicom_folder(&path)) {
                     all.push(path);
                 }
             }
@@ -51,7 +56,7 @@ pub fn slide_files(inputs: &[PathBuf]) -> gimp_io::Result<Vec<PathBuf>> {
             ErrorKind::Empty,
             place,
             format!(
-                "no slides found (extensions read from folders: {})",
+                "no slides found (extensions read from folders: {}; DICOM series folders)",
                 SLIDE_EXTENSIONS.join(", ")
             ),
         ));
@@ -59,10 +64,21 @@ pub fn slide_files(inputs: &[PathBuf]) -> gimp_io::Result<Vec<PathBuf>> {
     Ok(all)
 }
 
-/// CLAM's slide id: the file name without its extension.
+/// CLAM's slide id: the file name without its extension; for a DICOM series, given as its folder
+/// or as one of its files, the folder's name.
 pub fn slide_id(p: &Path) -> String {
-    p.file_stem()
-        .map(|s| s.to_string_lossy().to_string())
+    let name = if p.is_dir() {
+        p.canonicalize()
+            .ok()
+            .and_then(|c| c.file_name().map(|n| n.to_owned()))
+    } else if crate::dicom::is_dicom_file(p) {
+        p.canonicalize()
+            .ok()
+            .and_then(|c| c.parent().and_then(|d| d.file_name()).map(|n| n.to_owned()))
+    } else {
+        p.file_stem().map(|n| n.to_owned())
+    };
+    name.map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default()
 }
 

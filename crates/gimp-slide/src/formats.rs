@@ -5,10 +5,13 @@ use crate::slide::SlideReader;
 use gimp_io::{DataError, ErrorKind, Result};
 use std::path::Path;
 
-/// Opens a slide with the reader its bytes call for: TIFF and BigTIFF (Aperio SVS, generic
-/// tiled TIFF) with no system library; anything else through OpenSlide when built with the `openslide`
-/// feature.
+/// Opens a slide with the reader its bytes call for: TIFF and BigTIFF (Aperio SVS, OME-TIFF,
+/// generic tiled TIFF) and DICOM (a series folder or one of its files) with no system library;
+/// anything else through OpenSlide when built with the `openslide` feature.
 pub fn open(path: &Path) -> Result<Box<dyn SlideReader>> {
+    if path.is_dir() || crate::dicom::is_dicom_file(path) {
+        return Ok(Box::new(crate::dicom::DicomSlide::open(path)?));
+    }
     let mut magic = [0u8; 4];
     {
         use std::io::Read;
@@ -48,8 +51,8 @@ pub fn open(path: &Path) -> Result<Box<dyn SlideReader>> {
             ErrorKind::Unsupported,
             path,
             format!(
-                "not a TIFF file (first bytes {magic:02x?}, extension '{ext}'); this build reads \
-                 tiled TIFF and Aperio SVS. For MRXS, NDPI, SCN, VMS and other vendor formats \
+                "not a TIFF or DICOM file (first bytes {magic:02x?}, extension '{ext}'); this \
+                 build reads tiled TIFF, Aperio SVS, OME-TIFF and DICOM WSI. For MRXS, NDPI, SCN, VMS and other vendor formats \
                  build with `--features openslide` (needs libopenslide), or convert the slide to \
                  a pyramidal TIFF"
             ),

@@ -24,6 +24,8 @@ pub mod batch;
 pub mod formats;
 pub mod jpeg;
 pub mod outline;
+pub mod dicom;
+pub mod jpeg2000;
 pub mod overlay;
 pub mod patching;
 pub mod qupath;

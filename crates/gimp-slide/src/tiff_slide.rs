@@ -1,7 +1,8 @@
 //! Tiled TIFF and Aperio SVS on the `tiff` crate (pages, tags, LZW, deflate and predictors);
 //! JPEG tiles and strips are read raw and decoded by libjpeg-turbo's code ([`crate::jpeg`]) with
 //! the file's shared `JPEGTables` and its photometric interpretation, as OpenSlide does, so the
-//! pixels are OpenSlide's to the bit. Those chunks are read with positioned reads and decoded on
+//! pixels are OpenSlide's to the bit; Aperio's JPEG 2000 tiles (compressions 33003 and 33005)
+//! are read raw too and decoded by OpenJPEG ([`crate::jpeg2000`]). Those chunks are read with positioned reads and decoded on
 //! the calling thread, outside the `tiff` decoder's lock (which also re-reads a page's tables
 //! whenever another page was read last), so the tiles of a 40× slide decode in parallel; and a
 //! tile server can hand a stored YCbCr tile out as it is ([`SlideReader::stored_jpeg_tile`]).
@@ -19,6 +20,7 @@
 //! `NominalMagnification`).
 
 use crate::jpeg::{self, JpegColour};
+use crate::jpeg2000;
 use crate::slide::{Level, Properties, SlideReader};
 use gimp_io::{DataError, ErrorKind, Result};
 use image::RgbImage;
@@ -43,27 +45,40 @@ struct Page {
     tiled: bool,
     chunk: (u32, u32),
     description: String,
-    /// Where the compressed chunks are, when they are JPEG (compression 7).
-    jpeg: Option<Arc<JpegChunks>>,
+    /// Where the compressed chunks are, when they are read raw (JPEG, JPEG 2000).
+    raw: Option<Arc<RawChunks>>,
 }
 
-/// A JPEG page's chunks, read raw and decoded by [`crate::jpeg`].
+/// A page's chunks read raw from the file and decoded by our own codecs.
 #[derive(Debug)]
-struct JpegChunks {
+struct RawChunks {
     offsets: Vec<u64>,
     byte_counts: Vec<u64>,
-    /// The `JPEGTables` tag: quantisation and Huffman tables shared by every chunk.
-    tables: Option<Vec<u8>>,
-    colour: JpegColour,
+    codec: RawCodec,
 }
 
-/// The JPEG layout of the decoder's current page, or `None` when its chunks are not JPEG
-/// (compression 7) with 8-bit samples in one plane — those the `tiff` crate decodes.
-fn jpeg_chunks(path: &Path, dec: &mut TiffDecoder, ifd: usize) -> Result<Option<JpegChunks>> {
+#[derive(Debug)]
+enum RawCodec {
+    /// Compression 7, decoded by [`crate::jpeg`] (libjpeg-turbo) as OpenSlide does.
+    Jpeg {
+        /// The `JPEGTables` tag: quantisation and Huffman tables shared by every chunk.
+        tables: Option<Vec<u8>>,
+        colour: JpegColour,
+    },
+    /// Aperio's JPEG 2000 (which the `tiff` crate cannot decode), by [`crate::jpeg2000`]:
+    /// 33003 codes YCbCr without a colour transform, 33005 RGB with the codestream's transform.
+    Jpeg2000(jpeg2000::Components),
+}
+
+/// The raw layout of the decoder's current page, or `None` when its chunks are not JPEG
+/// (compression 7) or Aperio JPEG 2000 (33003, 33005) with 8-bit samples in one plane — those
+/// the `tiff` crate decodes.
+fn raw_chunks(path: &Path, dec: &mut TiffDecoder, ifd: usize) -> Result<Option<RawChunks>> {
     let tag = |dec: &mut TiffDecoder, t: Tag| dec.find_tag_unsigned::<u32>(t).ok().flatten();
     // BitsPerSample has one value per sample (8, 8, 8).
     let bits = dec.get_tag_u32_vec(Tag::BitsPerSample).unwrap_or_default();
-    if tag(dec, Tag::Compression) != Some(7)
+    let compression = tag(dec, Tag::Compression);
+    if !matches!(compression, Some(7 | 33003 | 33005))
         || bits.is_empty()
         || bits.iter().any(|&b| b != 8)
         || tag(dec, Tag::PlanarConfiguration).unwrap_or(1) != 1
@@ -91,17 +106,23 @@ fn jpeg_chunks(path: &Path, dec: &mut TiffDecoder, ifd: usize) -> Result<Option<
             ),
         ));
     }
-    // YCbCr (6) is converted to RGB; RGB (2, Aperio's) and anything else with three components
-    // is taken as stored, as OpenSlide does.
-    let colour = match tag(dec, Tag::PhotometricInterpretation) {
-        Some(6) => JpegColour::YCbCr,
-        _ => JpegColour::Rgb,
+    let codec = match compression {
+        Some(33003) => RawCodec::Jpeg2000(jpeg2000::Components::YCbCr),
+        Some(33005) => RawCodec::Jpeg2000(jpeg2000::Components::Rgb),
+        // YCbCr (6) is converted to RGB; RGB (2, Aperio's) and anything else with three
+        // components is taken as stored, as OpenSlide does.
+        _ => RawCodec::Jpeg {
+            tables: dec.get_tag_u8_vec(Tag::JPEGTables).ok(),
+            colour: match tag(dec, Tag::PhotometricInterpretation) {
+                Some(6) => JpegColour::YCbCr,
+                _ => JpegColour::Rgb,
+            },
+        },
     };
-    Ok(Some(JpegChunks {
+    Ok(Some(RawChunks {
         offsets,
         byte_counts,
-        tables: dec.get_tag_u8_vec(Tag::JPEGTables).ok(),
-        colour,
+        codec,
     }))
 }
 
@@ -377,7 +398,7 @@ impl TiffSlide {
             let description = dec
                 .get_tag_ascii_string(Tag::ImageDescription)
                 .unwrap_or_default();
-            let jpeg = jpeg_chunks(path, &mut dec, ifd)?.map(Arc::new);
+            let raw = raw_chunks(path, &mut dec, ifd)?.map(Arc::new);
             if ifd == 0 {
                 let x = rational(&mut dec, Tag::XResolution);
                 let y = rational(&mut dec, Tag::YResolution);
@@ -393,7 +414,7 @@ impl TiffSlide {
                 tiled,
                 chunk,
                 description,
-                jpeg,
+                raw,
             });
             // Associated pages of some files are damaged or use codecs we do not decode; the
             // pyramid we already have is still usable, so listing stops there.
@@ -411,7 +432,7 @@ impl TiffSlide {
                 .map_err(|e| tiff_err(path, &what, e))?
                 .with_limits(limits());
             let (width, height) = d.dimensions().map_err(|e| tiff_err(path, &what, e))?;
-            let jpeg = jpeg_chunks(path, &mut d, 0)?.map(Arc::new);
+            let raw = raw_chunks(path, &mut d, 0)?.map(Arc::new);
             sub_pages.push(Page {
                 ifd: 0,
                 sub: Some(k),
@@ -420,7 +441,7 @@ impl TiffSlide {
                 tiled: d.get_chunk_type() == ChunkType::Tile,
                 chunk: d.chunk_dimensions(),
                 description: String::new(),
-                jpeg,
+                raw,
             });
             subs.push(d);
         }
@@ -544,7 +565,7 @@ impl TiffSlide {
             Some(k) => format!("SubIFD {k} of page 0, chunk {index}"),
             None => format!("page {} chunk {index}", page.ifd),
         };
-        if let Some(j) = &page.jpeg {
+        if let Some(j) = &page.raw {
             if let Some(t) = self.lock()?.cache.get(&key) {
                 return Ok(t.clone());
             }
@@ -552,7 +573,7 @@ impl TiffSlide {
             let (w, h) = page.chunk_size(index);
             let data = self.raw_chunk(&what, j, index)?;
             let tile = Arc::new(guarded(&self.path, &what, || {
-                decode_jpeg_chunk(&self.path, &what, j, &data, w, h)
+                decode_raw_chunk(&self.path, &what, j, &data, page.chunk, w, h)
             })?);
             Self::keep(&mut *self.lock()?, key, tile.clone());
             return Ok(tile);
@@ -608,7 +629,7 @@ impl TiffSlide {
     }
 
     /// The bytes of chunk `index` as the file stores them.
-    fn raw_chunk(&self, what: &str, j: &JpegChunks, index: u32) -> Result<Vec<u8>> {
+    fn raw_chunk(&self, what: &str, j: &RawChunks, index: u32) -> Result<Vec<u8>> {
         let path = &self.path;
         let i = index as usize;
         let (Some(&offset), Some(&count)) = (j.offsets.get(i), j.byte_counts.get(i)) else {
@@ -694,17 +715,30 @@ fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Decodes a JPEG chunk read raw from the file; the chunk's `w × h` pixels (edge tiles are coded
-/// at full tile size; the padding is cut off).
-fn decode_jpeg_chunk(
+/// Decodes a chunk read raw from the file; the chunk's `w × h` pixels (edge tiles are coded at
+/// full tile size, `full`; the padding is cut off).
+fn decode_raw_chunk(
     path: &Path,
     what: &str,
-    j: &JpegChunks,
+    j: &RawChunks,
     data: &[u8],
+    full: (u32, u32),
     w: u32,
     h: u32,
 ) -> Result<Tile> {
-    let d = jpeg::decode(j.tables.as_deref(), data, j.colour)
+    let (tables, colour) = match &j.codec {
+        RawCodec::Jpeg { tables, colour } => (tables, *colour),
+        RawCodec::Jpeg2000(components) => {
+            let d = jpeg2000::decode(data, *components, Some(full))
+                .map_err(|e| DataError::malformed(path, format!("{what}: {e}")))?;
+            return Ok(Tile {
+                width: d.width,
+                height: d.height,
+                rgb: d.rgb,
+            });
+        }
+    };
+    let d = jpeg::decode(tables.as_deref(), data, colour)
         .map_err(|e| DataError::malformed(path, format!("{what}: JPEG: {e}")))?;
     if d.width < w || d.height < h {
         return Err(DataError::malformed(
@@ -804,10 +838,17 @@ impl SlideReader for TiffSlide {
         row: u64,
     ) -> Option<Result<Vec<u8>>> {
         let page = self.level_pages.get(level)?;
-        let j = page.jpeg.as_ref()?;
+        let j = page.raw.as_ref()?;
         // Only YCbCr tiles show the right colours in any JPEG decoder (Aperio's RGB-coded
         // JPEG does not say it is RGB), and only whole tiles of the size asked.
-        if j.colour != JpegColour::YCbCr || !page.tiled || page.chunk != (tile, tile) {
+        let RawCodec::Jpeg {
+            tables,
+            colour: JpegColour::YCbCr,
+        } = &j.codec
+        else {
+            return None;
+        };
+        if !page.tiled || page.chunk != (tile, tile) {
             return None;
         }
         let across = (page.width as u64).div_ceil(tile as u64);
@@ -818,7 +859,7 @@ impl SlideReader for TiffSlide {
         let index = (row * across + col) as u32;
         let what = format!("page {} tile {index}", page.ifd);
         Some(self.raw_chunk(&what, j, index).and_then(|data| {
-            jpeg::complete_stream(j.tables.as_deref(), data)
+            jpeg::complete_stream(tables.as_deref(), data)
                 .map_err(|e| DataError::malformed(&self.path, format!("{what}: {e}")))
         }))
     }

@@ -473,3 +473,50 @@ fn two_hundred_concurrent_tile_requests_all_succeed() {
         &errors[..errors.len().min(5)]
     );
 }
+
+/// DICOM series folders (gimp-slide's fixtures: three series of a crop of the slide) are listed
+/// as one slide each, by folder name, and served as tiles like any slide; a series folder given
+/// directly is one slide.
+#[tokio::test]
+async fn dicom_series_folders_are_slides_of_the_viewer() {
+    let dicom = repo().join("crates/gimp-slide/tests/fixtures/dicom");
+    let all = app(&dicom);
+    let (s, body) = get(&all, "/api/slides").await;
+    assert_eq!(s, StatusCode::OK);
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["jpeg", "jpeg2000", "uncompressed"]);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["error"].is_null()),
+        "{list}"
+    );
+    let i = index_of(&list, "jpeg2000");
+    let (s, dzi) = get(&all, &format!("/slides/{i}/image.dzi")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(String::from_utf8(dzi)
+        .unwrap()
+        .contains(r#"Width="384" Height="288""#));
+    let p = gimp_view::dzi::Pyramid::new(384, 288);
+    let (s, jpeg) = get(
+        &all,
+        &format!("/slides/{i}/image_files/{}/1_0.jpeg", p.max_level()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let img = image::load_from_memory(&jpeg).unwrap();
+    assert_eq!(img.width(), 384 - 256);
+
+    let one = app(&dicom.join("jpeg"));
+    let (_, body) = get(&one, "/api/slides").await;
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], "jpeg");
+}
