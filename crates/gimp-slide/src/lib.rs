@@ -21,11 +21,11 @@
 //!   output layout with skip-if-done checks, patching one slide, the process list.
 
 pub mod batch;
+pub mod dicom;
 pub mod formats;
 pub mod jpeg;
-pub mod outline;
-pub mod dicom;
 pub mod jpeg2000;
+pub mod outline;
 pub mod overlay;
 pub mod patching;
 pub mod qupath;

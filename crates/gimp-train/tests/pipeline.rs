@@ -349,7 +349,11 @@ fn experiment_tables_have_the_papers_rows_in_order() {
             "mgca",
             "biovil",
             "refers",
-            "gimp"
+            "gimp",
+            "tangle_probe",
+            "tangle",
+            "survpath",
+            "mmp"
         ]
     );
     assert_eq!(

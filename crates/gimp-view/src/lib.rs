@@ -75,20 +75,23 @@ pub fn serve(
     opts: ViewOptions,
     ready: impl FnOnce(SocketAddr, &server::AppState),
 ) -> Result<(), ViewError> {
-    serve_until(opts, ready, stop_signal())
+    serve_until(opts, ready, stop_signal)
 }
 
-/// [`serve`] until `stop` completes instead of until a signal.
-pub fn serve_until(
+/// [`serve`] until the future `stop()` makes completes instead of until a signal. `stop` is
+/// called inside the server's runtime before the socket listens (and so before `ready`), so a
+/// signal it waits for is caught from the moment anyone can know the address.
+pub fn serve_until<F: Future<Output = ()> + Send + 'static>(
     opts: ViewOptions,
     ready: impl FnOnce(SocketAddr, &server::AppState),
-    stop: impl Future<Output = ()> + Send + 'static,
+    stop: impl FnOnce() -> F,
 ) -> Result<(), ViewError> {
     let st = state(&opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let served = rt.block_on(async move {
+        let stop = stop();
         let listener = tokio::net::TcpListener::bind((opts.host, opts.port)).await?;
         ready(listener.local_addr()?, &st);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -116,25 +119,34 @@ pub fn serve_until(
 }
 
 /// Completes on Ctrl-C (SIGINT) or, on Unix, SIGTERM (what `kill` and service managers send).
-async fn stop_signal() {
-    let ctrl_c = async {
+/// The handlers are installed when this is called, not when the future is first polled: a
+/// signal that arrives between the "listening" line and the server's first poll would otherwise
+/// meet the default action and kill the process (exit by signal, not 0).
+fn stop_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => {}
+                () = wait(terminate) => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }

@@ -351,7 +351,7 @@ fn the_server_stops_cleanly_when_asked() {
         gimp_view::serve_until(
             opts,
             move |addr, _| addr_tx.send(addr).unwrap(),
-            async move {
+            move || async move {
                 let _ = stop_rx.await;
             },
         )
