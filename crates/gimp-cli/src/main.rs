@@ -40,9 +40,10 @@ enum Command {
     #[command(subcommand)]
     Baseline(commands::baseline::Command),
     /// Train any compared system — slide models (ABMIL, DSMIL, CLAM-SB/MB, TransMIL, mean-pooling
-    /// MIL), expression models (SNN, GroupMSA) and multimodal ones (PORPOISE, Pathomic Fusion,
-    /// MCAT, MGCA, BioViL, REFERS) — for classification or survival, with the same splits,
-    /// validation rule, checkpoints and metrics as GiMP.
+    /// MIL), expression models (SNN, GroupMSA), multimodal ones (PORPOISE, Pathomic Fusion, MCAT,
+    /// MGCA, BioViL, REFERS) and GiMP's successors (TANGLE probe and fine-tuned, SurvPath, MMP) —
+    /// for classification or survival, with the same splits, validation rule, checkpoints and
+    /// metrics as GiMP (`--arch` lists every name).
     Train(commands::train::TrainArgs),
     /// The paper's experiments (table1: compared systems; table2: GiMP ablations) on identical
     /// splits and seeds; finished runs are skipped, shares run on several machines; Markdown +
@@ -71,8 +72,8 @@ enum Command {
     /// Fig. 2: t-SNE (after PCA to 50 dimensions) of every patient's embedding, coloured by
     /// class, for one or more checkpoints; PNG and SVG, deterministic for a seed.
     Tsne(commands::train::TsneArgs),
-    /// Slide metadata and thumbnails (tiled TIFF / Aperio SVS; OpenSlide formats with the
-    /// `openslide` feature).
+    /// Slide metadata and thumbnails (tiled TIFF, Aperio SVS with JPEG or JPEG 2000 tiles,
+    /// OME-TIFF, DICOM WSI series; OpenSlide formats with the `openslide` feature).
     #[command(subcommand)]
     Slide(commands::slide::SlideCommand),
     /// Tissue segmentation and the patch grid at a target magnification, for slides or folders
