@@ -14,7 +14,7 @@
 
 use crate::jpeg;
 use crate::jpeg2000;
-use crate::slide::{Level, Properties, SlideReader};
+use crate::slide::{compose_tiles, Level, Properties, SlideReader, TileCache, TilePixels};
 use dicom_core::Tag;
 use dicom_dictionary_std::{tags, uids};
 use dicom_encoding::TransferSyntaxIndex;
@@ -25,7 +25,7 @@ use dicom_parser::stateful::decode::{StatefulDecode, StatefulDecoder};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use gimp_io::{DataError, ErrorKind, Result};
 use image::RgbImage;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -98,16 +98,9 @@ struct Instance {
     grid: Vec<Option<u32>>,
 }
 
-struct Decoded {
-    width: u32,
-    height: u32,
-    rgb: Vec<u8>,
-}
-
 struct State {
     files: HashMap<usize, File>,
-    cache: HashMap<(usize, u32), Arc<Decoded>>,
-    order: VecDeque<(usize, u32)>,
+    cache: TileCache<(usize, u32)>,
 }
 
 pub struct DicomSlide {
@@ -659,7 +652,7 @@ fn decode_jpeg(data: &[u8], rgb: bool) -> std::result::Result<(u32, u32, Vec<u8>
 }
 
 impl Instance {
-    fn decode(&self, bytes: &[u8], what: &str) -> Result<Decoded> {
+    fn decode(&self, bytes: &[u8], what: &str) -> Result<TilePixels> {
         let (tw, th) = (self.tile_w, self.tile_h);
         let err = |e: String| DataError::malformed(&self.file, format!("{what}: {e}"));
         let (w, h, rgb) = match self.codec {
@@ -686,7 +679,7 @@ impl Instance {
                 format!("{what} decodes to {w}×{h} pixels; the frame size (Columns × Rows) is {tw}×{th}"),
             ));
         }
-        Ok(Decoded {
+        Ok(TilePixels {
             width: w,
             height: h,
             rgb,
@@ -814,15 +807,14 @@ impl DicomSlide {
             properties,
             state: Mutex::new(State {
                 files: HashMap::new(),
-                cache: HashMap::new(),
-                order: VecDeque::new(),
+                cache: TileCache::new(FRAME_CACHE),
             }),
         })
     }
 
     /// The decoded frame `frame` of instance `inst` (cached). The file is read under the lock,
     /// the frame decoded outside it, so threads decode in parallel.
-    fn frame(&self, inst: usize, frame: u32) -> Result<Arc<Decoded>> {
+    fn frame(&self, inst: usize, frame: u32) -> Result<Arc<TilePixels>> {
         let instance = &self.instances[inst];
         let lock = || {
             self.state.lock().map_err(|_| {
@@ -833,7 +825,7 @@ impl DicomSlide {
         let bytes = {
             let mut st = lock()?;
             if let Some(t) = st.cache.get(&(inst, frame)) {
-                return Ok(t.clone());
+                return Ok(t);
             }
             let f = match st.files.entry(inst) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -861,14 +853,7 @@ impl DicomSlide {
                 },
             )?,
         );
-        let mut st = lock()?;
-        st.cache.insert((inst, frame), decoded.clone());
-        st.order.push_back((inst, frame));
-        while st.order.len() > FRAME_CACHE {
-            if let Some(old) = st.order.pop_front() {
-                st.cache.remove(&old);
-            }
-        }
+        lock()?.cache.keep((inst, frame), decoded.clone());
         Ok(decoded)
     }
 
@@ -876,38 +861,15 @@ impl DicomSlide {
     /// and in missing tiles black.
     fn read_instance(&self, inst: usize, x: i64, y: i64, w: u32, h: u32) -> Result<RgbImage> {
         let i = &self.instances[inst];
-        let mut out = RgbImage::new(w, h);
-        let (cw, ch) = (i.tile_w as i64, i.tile_h as i64);
-        let x_lo = x.max(0);
-        let y_lo = y.max(0);
-        let x_hi = (x + w as i64).min(i.width as i64);
-        let y_hi = (y + h as i64).min(i.height as i64);
-        if x_lo >= x_hi || y_lo >= y_hi {
-            return Ok(out);
-        }
-        for ty in y_lo / ch..=(y_hi - 1) / ch {
-            for tx in x_lo / cw..=(x_hi - 1) / cw {
-                let Some(frame) = i.grid[(ty as u64 * i.tiles_across + tx as u64) as usize] else {
-                    continue;
-                };
-                let tile = self.frame(inst, frame)?;
-                let (ox, oy) = (tx * cw, ty * ch);
-                let sx0 = x_lo.max(ox);
-                let sx1 = x_hi.min(ox + tile.width as i64);
-                let sy0 = y_lo.max(oy);
-                let sy1 = y_hi.min(oy + tile.height as i64);
-                if sx0 >= sx1 {
-                    continue;
-                }
-                let n = ((sx1 - sx0) * 3) as usize;
-                for sy in sy0..sy1 {
-                    let src = (((sy - oy) * tile.width as i64 + (sx0 - ox)) * 3) as usize;
-                    let dst = (((sy - y) * w as i64 + (sx0 - x)) * 3) as usize;
-                    out.as_mut()[dst..dst + n].copy_from_slice(&tile.rgb[src..src + n]);
-                }
-            }
-        }
-        Ok(out)
+        compose_tiles(
+            (x, y, w, h),
+            (i.width, i.height),
+            (i.tile_w, i.tile_h),
+            |col, row| match i.grid[(row * i.tiles_across + col) as usize] {
+                Some(frame) => self.frame(inst, frame).map(Some),
+                None => Ok(None),
+            },
+        )
     }
 }
 

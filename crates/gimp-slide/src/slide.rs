@@ -149,3 +149,90 @@ pub trait SlideReader: Send + Sync {
         Ok((img, ds))
     }
 }
+
+/// One decoded tile (or strip, or frame) of a level: `width × height` RGB pixels, row-major.
+/// Edge tiles may be smaller than the grid's cell.
+pub(crate) struct TilePixels {
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
+}
+
+/// The decoded tiles a reader keeps, oldest dropped first past `capacity` (a 240–512 px RGB
+/// tile is 0.2–0.8 MB).
+pub(crate) struct TileCache<K> {
+    tiles: std::collections::HashMap<K, std::sync::Arc<TilePixels>>,
+    order: std::collections::VecDeque<K>,
+    capacity: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> TileCache<K> {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            tiles: Default::default(),
+            order: Default::default(),
+            capacity,
+        }
+    }
+
+    pub fn get(&self, key: &K) -> Option<std::sync::Arc<TilePixels>> {
+        self.tiles.get(key).cloned()
+    }
+
+    /// Adds a decoded tile. Another thread may have decoded the same tile meanwhile (tiles are
+    /// decoded outside the reader's lock): then it is already in the order.
+    pub fn keep(&mut self, key: K, tile: std::sync::Arc<TilePixels>) {
+        if self.tiles.insert(key, tile).is_some() {
+            return;
+        }
+        self.order.push_back(key);
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.tiles.remove(&old);
+            }
+        }
+    }
+}
+
+/// Pixels `[x, x+w) × [y, y+h)` of a `size` image stored in a grid of `cell`-sized tiles, in the
+/// image's own coordinates; `tile(col, row)` gives a tile, or `None` where none is stored.
+/// Outside the image and in missing tiles the pixels are black (OpenSlide's transparent pixels
+/// after conversion to RGB).
+pub(crate) fn compose_tiles(
+    (x, y, w, h): (i64, i64, u32, u32),
+    size: (u64, u64),
+    cell: (u32, u32),
+    mut tile: impl FnMut(u64, u64) -> Result<Option<std::sync::Arc<TilePixels>>>,
+) -> Result<RgbImage> {
+    let mut out = RgbImage::new(w, h);
+    let (cw, ch) = (cell.0.max(1) as i64, cell.1.max(1) as i64);
+    let x_lo = x.max(0);
+    let y_lo = y.max(0);
+    let x_hi = (x + w as i64).min(size.0 as i64);
+    let y_hi = (y + h as i64).min(size.1 as i64);
+    if x_lo >= x_hi || y_lo >= y_hi {
+        return Ok(out);
+    }
+    for ty in y_lo / ch..=(y_hi - 1) / ch {
+        for tx in x_lo / cw..=(x_hi - 1) / cw {
+            let Some(t) = tile(tx as u64, ty as u64)? else {
+                continue;
+            };
+            let (ox, oy) = (tx * cw, ty * ch);
+            let sx0 = x_lo.max(ox);
+            let sx1 = x_hi.min(ox + t.width as i64);
+            let sy0 = y_lo.max(oy);
+            let sy1 = y_hi.min(oy + t.height as i64);
+            if sx0 >= sx1 {
+                continue;
+            }
+            let n = ((sx1 - sx0) * 3) as usize;
+            for sy in sy0..sy1 {
+                let src = (((sy - oy) * t.width as i64 + (sx0 - ox)) * 3) as usize;
+                let dst = (((sy - y) * w as i64 + (sx0 - x)) * 3) as usize;
+                out.as_mut()[dst..dst + n].copy_from_slice(&t.rgb[src..src + n]);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -21,10 +21,10 @@
 
 use crate::jpeg::{self, JpegColour};
 use crate::jpeg2000;
-use crate::slide::{Level, Properties, SlideReader};
+use crate::slide::{compose_tiles, Level, Properties, SlideReader, TileCache, TilePixels};
 use gimp_io::{DataError, ErrorKind, Result};
 use image::RgbImage;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -124,12 +124,6 @@ fn raw_chunks(path: &Path, dec: &mut TiffDecoder, ifd: usize) -> Result<Option<R
         byte_counts,
         codec,
     }))
-}
-
-struct Tile {
-    width: u32,
-    height: u32,
-    rgb: Vec<u8>,
 }
 
 impl Page {
@@ -242,8 +236,7 @@ struct State {
     current_ifd: usize,
     /// One decoder per `SubIFDs` level, each on its one page.
     subs: Vec<TiffDecoder>,
-    cache: HashMap<(usize, u32), Arc<Tile>>,
-    order: VecDeque<(usize, u32)>,
+    cache: TileCache<(usize, u32)>,
 }
 
 pub struct TiffSlide {
@@ -552,14 +545,13 @@ impl TiffSlide {
                 decoder: dec,
                 current_ifd: usize::MAX,
                 subs,
-                cache: HashMap::new(),
-                order: VecDeque::new(),
+                cache: TileCache::new(TILE_CACHE),
             }),
         })
     }
 
     /// Decodes chunk `index` of `page` to RGB (cached).
-    fn chunk(&self, page: &Page, index: u32) -> Result<Arc<Tile>> {
+    fn chunk(&self, page: &Page, index: u32) -> Result<Arc<TilePixels>> {
         let key = (page.key(), index);
         let what = match page.sub {
             Some(k) => format!("SubIFD {k} of page 0, chunk {index}"),
@@ -567,7 +559,7 @@ impl TiffSlide {
         };
         if let Some(j) = &page.raw {
             if let Some(t) = self.lock()?.cache.get(&key) {
-                return Ok(t.clone());
+                return Ok(t);
             }
             // Read and decoded without the lock: other threads decode other tiles meanwhile.
             let (w, h) = page.chunk_size(index);
@@ -575,12 +567,12 @@ impl TiffSlide {
             let tile = Arc::new(guarded(&self.path, &what, || {
                 decode_raw_chunk(&self.path, &what, j, &data, page.chunk, w, h)
             })?);
-            Self::keep(&mut *self.lock()?, key, tile.clone());
+            self.lock()?.cache.keep(key, tile.clone());
             return Ok(tile);
         }
         let mut st = self.lock()?;
         if let Some(t) = st.cache.get(&key) {
-            return Ok(t.clone());
+            return Ok(t);
         }
         let path = self.path.clone();
         let tile = guarded(&path, &what, || {
@@ -605,7 +597,7 @@ impl TiffSlide {
             to_rgb(&path, &what, data, w, h)
         })?;
         let tile = Arc::new(tile);
-        Self::keep(&mut st, key, tile.clone());
+        st.cache.keep(key, tile.clone());
         Ok(tile)
     }
 
@@ -613,19 +605,6 @@ impl TiffSlide {
         self.state
             .lock()
             .map_err(|_| DataError::malformed(&self.path, "reader poisoned by an earlier panic"))
-    }
-
-    /// Adds a decoded tile to the cache, dropping the oldest past [`TILE_CACHE`].
-    fn keep(st: &mut State, key: (usize, u32), tile: Arc<Tile>) {
-        if st.cache.insert(key, tile).is_some() {
-            return; // another thread decoded it meanwhile: already in `order`
-        }
-        st.order.push_back(key);
-        while st.order.len() > TILE_CACHE {
-            if let Some(old) = st.order.pop_front() {
-                st.cache.remove(&old);
-            }
-        }
     }
 
     /// The bytes of chunk `index` as the file stores them.
@@ -659,36 +638,13 @@ impl TiffSlide {
 
     /// Pixels `[x, x+w) × [y, y+h)` of a page in its own coordinates; outside is black.
     fn read_page(&self, page: &Page, x: i64, y: i64, w: u32, h: u32) -> Result<RgbImage> {
-        let mut out = RgbImage::new(w, h);
-        let (cw, ch) = (page.chunk.0.max(1) as i64, page.chunk.1.max(1) as i64);
-        let across = (page.width as i64 + cw - 1) / cw;
-        let x_lo = x.max(0);
-        let y_lo = y.max(0);
-        let x_hi = (x + w as i64).min(page.width as i64);
-        let y_hi = (y + h as i64).min(page.height as i64);
-        if x_lo >= x_hi || y_lo >= y_hi {
-            return Ok(out);
-        }
-        for ty in y_lo / ch..=(y_hi - 1) / ch {
-            for tx in x_lo / cw..=(x_hi - 1) / cw {
-                let tile = self.chunk(page, (ty * across + tx) as u32)?;
-                let (ox, oy) = (tx * cw, ty * ch);
-                let sx0 = x_lo.max(ox);
-                let sx1 = x_hi.min(ox + tile.width as i64);
-                let sy0 = y_lo.max(oy);
-                let sy1 = y_hi.min(oy + tile.height as i64);
-                if sx0 >= sx1 {
-                    continue;
-                }
-                let n = ((sx1 - sx0) * 3) as usize;
-                for sy in sy0..sy1 {
-                    let src = (((sy - oy) * tile.width as i64 + (sx0 - ox)) * 3) as usize;
-                    let dst = (((sy - y) * w as i64 + (sx0 - x)) * 3) as usize;
-                    out.as_mut()[dst..dst + n].copy_from_slice(&tile.rgb[src..src + n]);
-                }
-            }
-        }
-        Ok(out)
+        let across = page.width.div_ceil(page.chunk.0.max(1)) as u64;
+        compose_tiles(
+            (x, y, w, h),
+            (page.width as u64, page.height as u64),
+            page.chunk,
+            |col, row| self.chunk(page, (row * across + col) as u32).map(Some),
+        )
     }
 }
 
@@ -728,13 +684,13 @@ fn decode_raw_chunk(
     full: (u32, u32),
     w: u32,
     h: u32,
-) -> Result<Tile> {
+) -> Result<TilePixels> {
     let (tables, colour) = match &j.codec {
         RawCodec::Jpeg { tables, colour } => (tables, *colour),
         RawCodec::Jpeg2000(components) => {
             let d = jpeg2000::decode(data, *components, Some(full))
                 .map_err(|e| DataError::malformed(path, format!("{what}: {e}")))?;
-            return Ok(Tile {
+            return Ok(TilePixels {
                 width: d.width,
                 height: d.height,
                 rgb: d.rgb,
@@ -762,7 +718,7 @@ fn decode_raw_chunk(
             row.iter().for_each(|&v| rgb.extend_from_slice(&[v, v, v]));
         }
     }
-    Ok(Tile {
+    Ok(TilePixels {
         width: w,
         height: h,
         rgb,
@@ -770,7 +726,7 @@ fn decode_raw_chunk(
 }
 
 /// Samples of any 8/16-bit grey, grey+alpha, RGB or RGBA chunk → RGB bytes.
-fn to_rgb(path: &Path, what: &str, data: DecodingResult, w: u32, h: u32) -> Result<Tile> {
+fn to_rgb(path: &Path, what: &str, data: DecodingResult, w: u32, h: u32) -> Result<TilePixels> {
     let bytes: Vec<u8> = match data {
         DecodingResult::U8(v) => v,
         DecodingResult::U16(v) => v.into_iter().map(|s| (s >> 8) as u8).collect(),
@@ -805,7 +761,7 @@ fn to_rgb(path: &Path, what: &str, data: DecodingResult, w: u32, h: u32) -> Resu
         }
         rgb
     };
-    Ok(Tile {
+    Ok(TilePixels {
         width: w,
         height: h,
         rgb,
