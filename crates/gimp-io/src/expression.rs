@@ -786,37 +786,6 @@ pub fn read_mcat_table(path: &Path, types: &[OmicType]) -> Result<ExpressionMatr
     })
 }
 
-/// Reads MCAT's `signatures.csv`: one column per gene group, HUGO symbols, padded with blanks.
-pub fn read_signatures(path: &Path) -> Result<Vec<(String, Vec<String>)>> {
-    let text = crate::text::read_text(path)?;
-    let mut rdr = crate::text::csv_reader(&text, b',', true);
-    let header: Vec<String> = crate::text::trimmed_headers(&mut rdr, path)?;
-    let mut groups: Vec<(String, Vec<String>)> =
-        header.iter().map(|h| (h.clone(), Vec::new())).collect();
-    for rec in rdr.records() {
-        let rec = rec.map_err(|e| csv_error(path, e))?;
-        if rec.len() > header.len() {
-            return Err(DataError::new(
-                ErrorKind::Shape,
-                path,
-                format!("row has {} cells, header has {}", rec.len(), header.len()),
-            )
-            .at(crate::error::csv_line(&rec)));
-        }
-        for (j, cell) in rec.iter().enumerate() {
-            let c = cell.trim();
-            if !c.is_empty() {
-                groups[j].1.push(c.to_string());
-            }
-        }
-    }
-    groups.retain(|(h, g)| !h.is_empty() || !g.is_empty());
-    if groups.iter().all(|(_, g)| g.is_empty()) {
-        return Err(DataError::new(ErrorKind::Empty, path, "no gene symbols"));
-    }
-    Ok(groups)
-}
-
 #[cfg(test)]
 mod transform_tests {
     use super::ExpressionTransform;

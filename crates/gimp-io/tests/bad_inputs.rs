@@ -48,7 +48,7 @@ fn state_dict(p: &Path) -> Result<(), DataError> {
     gimp_io::pt::read_state_dict(p).map(drop)
 }
 fn signatures(p: &Path) -> Result<(), DataError> {
-    expression::read_signatures(p).map(drop)
+    gimp_io::pathways::read_pathways(p).map(drop)
 }
 
 /// (file, reader, expected kind, a fragment the message must contain: the field or line).

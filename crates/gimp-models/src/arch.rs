@@ -115,8 +115,9 @@ pub struct TrainingDefaults {
     pub cosine: bool,
     /// Patients whose gradients are averaged into one optimiser step.
     pub accumulate: usize,
-    /// A self-supervised image–omic stage ([`Model::pretrain_loss`]) runs before fine-tuning.
-    pub self_supervised: bool,
+    /// A self-supervised stage ([`Model::pretrain_loss`]) runs before the supervised one, with
+    /// this recipe.
+    pub pretraining: Option<Pretraining>,
     /// Train on the `k` most variable genes of the training split (`docs/DESIGN.md` §38);
     /// `None` reads every gene.
     pub top_variance_genes: Option<usize>,
@@ -134,7 +135,7 @@ impl TrainingDefaults {
         betas: (0.9, 0.999),
         cosine: false,
         accumulate: 1,
-        self_supervised: false,
+        pretraining: None,
         top_variance_genes: None,
     };
 
@@ -167,6 +168,31 @@ impl TrainingDefaults {
         accumulate: 16,
         top_variance_genes: Some(Self::VARIABLE_GENES),
         ..Self::ADAMW
+    };
+}
+
+/// The recipe of a self-supervised stage before the supervised one: AdamW, batches of `batch`
+/// patients, a linear warm-up over the first `warmup_percent` % of the steps, then cosine decay
+/// to zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pretraining {
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup_percent: usize,
+}
+
+impl Pretraining {
+    /// MGCA's optimiser (AdamW, lr 2e-5, weight decay 0.05, warm-up over the first 40 % of the
+    /// steps), 50 epochs of 16-patient batches: the image–omic adaptations' stage (MGCA, BioViL,
+    /// REFERS; `docs/DESIGN.md` §24).
+    pub const MGCA: Self = Self {
+        epochs: 50,
+        batch: 16,
+        lr: 2e-5,
+        weight_decay: 0.05,
+        warmup_percent: 40,
     };
 }
 
@@ -212,8 +238,16 @@ impl ArchInfo {
         }
     }
 
+    /// The self-supervised stage's recipe, for a model that has one.
+    pub fn pretraining(&self) -> Option<Pretraining> {
+        match self.training {
+            Training::Supervised(d) => d.pretraining,
+            Training::GimpStages => None,
+        }
+    }
+
     pub fn self_supervised(&self) -> bool {
-        matches!(self.training, Training::Supervised(d) if d.self_supervised)
+        self.pretraining().is_some()
     }
 }
 

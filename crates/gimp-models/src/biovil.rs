@@ -9,7 +9,7 @@
 //! adaptation is ([`crate::image_omic`]).
 
 use crate::arch::{
-    config, no_reference, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
+    config, no_reference, to_value, ArchInfo, InputKind, Pretraining, Training, TrainingDefaults,
 };
 use crate::image_omic::{clip_loss, sample_rows, BatchNorm, Encoders, ImageOmicConfig};
 use crate::model::{Input, Model, Output};
@@ -135,7 +135,7 @@ pub const ARCH: ArchInfo = ArchInfo {
     reference: "gimp-rs (docs/DESIGN.md §25; projectors of microsoft/hi-ml-multimodal)",
     input: InputKind::Paired,
     training: Training::Supervised(TrainingDefaults {
-        self_supervised: true,
+        pretraining: Some(Pretraining::MGCA),
         ..TrainingDefaults::ADAMW
     }),
     default_config: |d, c| to_value(&BiovilConfig::new(d.features, d.genes, c)),

@@ -144,7 +144,7 @@ pub const ARCH: ArchInfo = ArchInfo {
         betas: (0.5, 0.9),
         cosine: true,
         accumulate: 1,
-        self_supervised: false,
+        pretraining: None,
         top_variance_genes: None,
     }),
     default_config: |d, c| to_value(&DsmilConfig::new(d.features, c)),

@@ -28,7 +28,7 @@ pub mod tangle;
 pub mod transformer;
 pub mod transmil;
 
-pub use arch::{ArchInfo, Dims, InputKind, MissingInput, Training, TrainingDefaults};
+pub use arch::{ArchInfo, Dims, InputKind, MissingInput, Pretraining, Training, TrainingDefaults};
 pub use model::{Input, Model, Output};
 pub use registry::{Loaded, REGISTRY};
 pub use survival_head::SurvivalHead;

@@ -9,7 +9,7 @@
 //! cohorts of hundreds). Then fine-tuned as every adaptation is ([`crate::image_omic`]).
 
 use crate::arch::{
-    config, no_reference, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
+    config, no_reference, to_value, ArchInfo, InputKind, Pretraining, Training, TrainingDefaults,
 };
 use crate::image_omic::{
     clip_loss, prototype_alignment, sample_rows, token_alignment, Encoders, ImageOmicConfig,
@@ -103,7 +103,7 @@ pub const ARCH: ArchInfo = ArchInfo {
     reference: "gimp-rs (docs/DESIGN.md §24; losses of HKU-MedAI/MGCA)",
     input: InputKind::Paired,
     training: Training::Supervised(TrainingDefaults {
-        self_supervised: true,
+        pretraining: Some(Pretraining::MGCA),
         ..TrainingDefaults::ADAMW
     }),
     default_config: |d, c| to_value(&MgcaConfig::new(d.features, d.genes, c)),

@@ -11,7 +11,7 @@
 //! text→image term). `L = L_gene + L_con`. Then fine-tuned as every adaptation is.
 
 use crate::arch::{
-    config, no_reference, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
+    config, no_reference, to_value, ArchInfo, InputKind, Pretraining, Training, TrainingDefaults,
 };
 use crate::image_omic::{l2_normalise, sample_rows, Encoders, ImageOmicConfig};
 use crate::model::{Input, Model, Output};
@@ -167,7 +167,7 @@ pub const ARCH: ArchInfo = ArchInfo {
     reference: "gimp-rs (docs/DESIGN.md §26; objectives of funnyzhou/REFERS)",
     input: InputKind::Paired,
     training: Training::Supervised(TrainingDefaults {
-        self_supervised: true,
+        pretraining: Some(Pretraining::MGCA),
         ..TrainingDefaults::ADAMW
     }),
     default_config: |d, c| to_value(&RefersConfig::new(d.features, d.genes, c)),

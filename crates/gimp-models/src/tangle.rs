@@ -21,7 +21,8 @@
 //!   `train_tangle.py` state dict supplies every encoder weight.
 
 use crate::arch::{
-    config, count_indexed, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
+    config, count_indexed, shape, to_value, ArchInfo, InputKind, Pretraining, Training,
+    TrainingDefaults,
 };
 use crate::gated_attention::GatedAttention;
 use crate::model::{bag, Input, Model, Output};
@@ -80,28 +81,19 @@ impl TangleConfig {
     }
 }
 
-/// `train_tangle.py`'s recipe for the pre-training stage, for the trainer that runs
-/// [`Model::pretrain_loss`]: `AdamW(lr)` (PyTorch's default decay 0.01 — the script's
-/// `--weight_decay` is never passed to the optimiser), batches of 64 patients, 100 epochs, a
-/// linear warm-up from `1e-5·lr` over 5 epochs then cosine decay to 1e-8, per batch. TANGLE keeps
-/// the epoch with the highest smooth rank of the training embeddings; TANGLE-Rec the last.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Pretraining {
-    pub epochs: usize,
-    pub warmup_epochs: usize,
-    pub lr: f64,
-    pub end_lr: f64,
-    pub weight_decay: f64,
-    pub batch: usize,
-}
-
+/// `train_tangle.py`'s recipe for the pre-training stage, run by the trainer's self-supervised
+/// stage ([`Model::pretrain_loss`]): `AdamW(lr 1e-4)` (PyTorch's default decay 0.01 — the
+/// script's `--weight_decay` is never passed to the optimiser), batches of 64 patients, 100
+/// epochs, a linear warm-up over 5 epochs then cosine decay, per batch. The reference warms up
+/// from `1e-5·lr` and decays to 1e-8; the trainer's schedule warms up from `lr / warm-up steps`
+/// and decays to 0 — the same curve to within 1e-8 of the rate. TANGLE keeps the epoch with the
+/// highest smooth rank of the training embeddings; the stage keeps the last (TANGLE-Rec's rule).
 pub const PRETRAINING: Pretraining = Pretraining {
     epochs: 100,
-    warmup_epochs: 5,
-    lr: 1e-4,
-    end_lr: 1e-8,
-    weight_decay: 0.01,
     batch: 64,
+    lr: 1e-4,
+    weight_decay: 0.01,
+    warmup_percent: 5,
 };
 
 /// `Linear – LayerNorm – activation – Dropout`, named `{i}.0` and `{i}.1` inside a Sequential.
@@ -308,12 +300,12 @@ fn config_from_weights(w: &BTreeMap<String, Tensor>, probe: bool) -> Result<Valu
     Ok(to_value(&c))
 }
 
-/// The training both variants share: the contrastive stage, then the supervised one (AdamW
-/// 1e-4, as for models whose authors published no code for this step). The expression MLP is
+/// The training both variants share: the contrastive stage ([`PRETRAINING`]), then the
+/// supervised one (AdamW 1e-4, as for models whose authors published no code for this step). The expression MLP is
 /// as wide as the gene count (`G × G` weights twice), so TANGLE reads the 4,999 most variable
 /// genes of the training split, the size of its BRCA expression vectors (4,908 for NSCLC).
 const TRAINING: Training = Training::Supervised(TrainingDefaults {
-    self_supervised: true,
+    pretraining: Some(PRETRAINING),
     top_variance_genes: Some(4_999),
     ..TrainingDefaults::ADAMW
 });

@@ -14,7 +14,7 @@ use gimp_io::expression::ExpressionTransform;
 pub use gimp_models::gimp::GeneEncoderKind;
 use gimp_models::gimp::GimpSettings;
 use gimp_models::group_msa::Tokenizer;
-use gimp_models::{ArchInfo, TrainingDefaults};
+use gimp_models::{ArchInfo, Pretraining, TrainingDefaults};
 use gimp_nn::checkpoint::Preprocessing;
 use gimp_nn::loss::Mining;
 use gimp_nn::optim::Kind;
@@ -738,8 +738,9 @@ pub struct SupervisedConfig {
     pub task: TaskConfig,
 }
 
-/// Self-supervised pre-training of an image–omic adaptation (MGCA's optimiser: AdamW,
-/// lr 2e-5, weight decay 0.05, warm-up over the first 40% of steps then cosine).
+/// The self-supervised stage of a model that has one (the image–omic adaptations, TANGLE):
+/// AdamW, a linear warm-up over the first `warmup_percent` % of the steps, then cosine decay;
+/// the model's own recipe ([`Pretraining`]) unless overridden.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SelfSupervisedStage {
     pub epochs: usize,
@@ -747,16 +748,30 @@ pub struct SelfSupervisedStage {
     pub batch: usize,
     pub lr: f64,
     pub weight_decay: f64,
+    /// Run files written before TANGLE's recipe have none: MGCA's 40 %.
+    #[serde(default = "mgca_warmup_percent")]
+    pub warmup_percent: usize,
+}
+
+fn mgca_warmup_percent() -> usize {
+    Pretraining::MGCA.warmup_percent
+}
+
+impl From<Pretraining> for SelfSupervisedStage {
+    fn from(p: Pretraining) -> Self {
+        Self {
+            epochs: p.epochs,
+            batch: p.batch,
+            lr: p.lr,
+            weight_decay: p.weight_decay,
+            warmup_percent: p.warmup_percent,
+        }
+    }
 }
 
 impl Default for SelfSupervisedStage {
     fn default() -> Self {
-        Self {
-            epochs: 50,
-            batch: 16,
-            lr: 2e-5,
-            weight_decay: 0.05,
-        }
+        Pretraining::MGCA.into()
     }
 }
 
@@ -786,7 +801,7 @@ impl SupervisedConfig {
                 .top_variance_genes
                 .map_or(GeneSelection::All, GeneSelection::TopVariance),
             early_stopping: clam_early_stopping(),
-            self_supervised: SelfSupervisedStage::default(),
+            self_supervised: d.pretraining.map(Into::into).unwrap_or_default(),
             task: TaskConfig::default(),
         })
     }

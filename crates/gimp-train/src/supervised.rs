@@ -339,7 +339,8 @@ impl Stage for SelfSupervisedTask<'_> {
     }
 }
 
-/// Stage 1 of the image–omic adaptations: AdamW with warm-up and cosine decay, in `dir/pretrain`
+/// The self-supervised stage (image–omic adaptations, TANGLE): AdamW with warm-up and cosine
+/// decay, in `dir/pretrain`
 /// (resumable like every stage); the weights are also saved there as a checkpoint.
 fn self_supervised(
     stage: &SelfSupervisedTask,
@@ -361,7 +362,7 @@ fn self_supervised(
         seed: kept.seed ^ 0x9e7,
         rate: Rate::Cosine(Cosine {
             base: sc.lr,
-            warmup: total * 2 / 5,
+            warmup: total * sc.warmup_percent / 100,
             total,
         }),
         accumulate: 1,
@@ -374,39 +375,32 @@ fn self_supervised(
     Ok(())
 }
 
-/// MCAT's gene groups from a `signatures.csv`: for each column, the positions of its symbols
-/// among the cohort's genes (version suffixes ignored); empty groups are dropped.
+/// The gene groups of a pathway table (MCAT's `signatures.csv`, SurvPath's and MMP's signature
+/// or composition tables: [`gimp_io::pathways`]): for each pathway, the positions of its
+/// symbols among the cohort's genes (version suffixes ignored), ordered by symbol as the
+/// reference code orders them (`sorted(series_intersection(...))`); empty pathways are dropped.
 fn signature_groups(path: &Path, data: &Prepared) -> Result<Vec<Vec<u32>>> {
-    let groups = gimp_io::expression::read_signatures(path)?;
-    let genes = data
+    let table = gimp_io::pathways::read_pathways(path)?;
+    let genes: Vec<String> = data
         .preprocessing
         .as_ref()
-        .map(|p| p.genes.clone())
-        .unwrap_or_default();
-    let pos: std::collections::HashMap<&str, u32> = genes
-        .iter()
-        .enumerate()
-        .map(|(i, g)| (gimp_io::expression::strip_version(g), i as u32))
-        .collect();
-    let found: Vec<Vec<u32>> = groups
-        .iter()
-        .map(|(_, symbols)| {
-            symbols
+        .map(|p| {
+            p.genes
                 .iter()
-                .filter_map(|s| pos.get(s.as_str()).copied())
-                .collect::<Vec<u32>>()
+                .map(|g| gimp_io::expression::strip_version(g).to_string())
+                .collect()
         })
-        .filter(|g| !g.is_empty())
-        .collect();
+        .unwrap_or_default();
+    let (found, _empty) = table.groups(&genes);
     if found.is_empty() {
         return Err(TrainError::Msg(format!(
-            "{}: none of its gene symbols is among the cohort's {} genes (e.g. '{}'); MCAT's \
-             signatures need expression named by HUGO symbol — leave --signatures out for six \
-             equal chunks",
+            "{}: none of its gene symbols is among the cohort's {} genes (e.g. '{}'); the \
+             pathway table needs expression named by HUGO symbol — leave --signatures out for \
+             equal chunks of the genes",
             path.display(),
             genes.len(),
             genes.first().map(String::as_str).unwrap_or("")
         )));
     }
-    Ok(found)
+    Ok(found.into_iter().map(|g| g.genes).collect())
 }

@@ -462,8 +462,8 @@ fn the_common_trainer_is_deterministic_for_a_seed() {
     }
 }
 
-/// MCAT's gene groups come from a signatures.csv when given (genes found by name), and a table
-/// naming none of the cohort's genes is a clear error.
+/// MCAT's gene groups come from a signatures.csv when given (genes found by name), a table
+/// naming none of the cohort's genes is a clear error, and SurvPath takes a compositions table.
 #[test]
 fn mcat_takes_its_gene_groups_from_signatures() {
     use gimp_train::supervised::train;
@@ -508,6 +508,32 @@ fn mcat_takes_its_gene_groups_from_signatures() {
     .err()
     .unwrap();
     assert!(e.to_string().contains("none of its gene symbols"), "{e}");
+    // SurvPath's compositions layout (a row per gene, a 0/1 column per pathway) through the same
+    // flag: each pathway's genes ordered by symbol, a pathway of absent genes dropped.
+    let comps = d.path().join("hallmarks_comps.csv");
+    std::fs::write(
+        &comps,
+        format!(
+            ",HALLMARK_A,HALLMARK_B,HALLMARK_EMPTY\n{},1,0,0\n{},0,1,0\n{},1,1,0\nNOT_A_GENE,0,0,1\n",
+            strip(&genes[12]),
+            strip(&genes[5]),
+            strip(&genes[2])
+        ),
+    )
+    .unwrap();
+    let mut cfg = defaults("survpath");
+    cfg.epochs = 1;
+    cfg.signatures = Some(comps);
+    let r = train(
+        &data,
+        &cfg,
+        &d.path().join("survpath"),
+        Control::default(),
+        &|_| {},
+    )
+    .unwrap();
+    let ck = gimp_nn::checkpoint::Checkpoint::load(&r.checkpoint).unwrap();
+    assert_eq!(ck.config["groups"], serde_json::json!([[2, 12], [2, 5]]));
 }
 
 /// Runs a stage twice in fresh folders — uninterrupted, and stopped after `stop` epochs then

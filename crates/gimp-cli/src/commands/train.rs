@@ -83,9 +83,11 @@ pub struct SupervisedFlags {
     /// SNN, PORPOISE, Pathomic Fusion and MCAT, 2 for TransMIL, else 1; 32 for a Cox loss).
     #[arg(long)]
     pub accumulate: Option<usize>,
-    /// MCAT: gene groups from MCAT's signatures.csv (expression named by gene symbol); default:
-    /// six equal chunks.
-    #[arg(long)]
+    /// MCAT, SurvPath, MMP: gene groups from a pathway table (expression named by gene symbol):
+    /// one column of gene symbols per group (MCAT's signatures.csv, SurvPath's and MMP's
+    /// *_signatures.csv) or a row per gene with one 0/1 column per pathway (SurvPath's
+    /// *_comps.csv); default: equal chunks of the genes (six for MCAT, fifty for the others).
+    #[arg(long, visible_alias = "pathways")]
     pub signatures: Option<PathBuf>,
     /// Genes an expression model reads, chosen on the training split: `all`, a number K (the K
     /// most variable genes) or a gene-list file (one per line). Default: the model's own (2,000
