@@ -19,7 +19,9 @@
 # bag — and on the whole bag, MMP, each on 6,000 and 150,000 patches with 4,999 genes; TANGLE's
 # pre-training step on a batch of 64 patients × 2048 patches), against the reference modules as
 # re-declared in tools/successor_modules.py, by the same rules, memory in MB. ONLY_SUCCESSORS=1
-# runs these rows alone; SUCCESSORS=0 leaves them out. See crates/gimp-train/examples/bench_steps.rs
+# runs these rows alone, SUCCESSOR_STEPS (e.g. "survpath_step mmp_step") only those; SUCCESSORS=0
+# leaves them out. TORCH_MAX_GB caps PyTorch's virtual-memory limit (its CUDA-enabled wheel maps
+# about 3 GB on import), GIMP_MAX_GB puts gimp-rs's side of these rows under one too. See crates/gimp-train/examples/bench_steps.rs
 # for what each computes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -104,7 +106,18 @@ torch_measure() {
         echo "skipped - -"
     else
         limit_kb=$(( (avail - ${TORCH_SPARE_GB:-3}) * 1048576 ))
+        # TORCH_MAX_GB: a lower ceiling, on a machine shared with others.
+        [ -n "${TORCH_MAX_GB:-}" ] && [ "$limit_kb" -gt $(( TORCH_MAX_GB * 1048576 )) ] && limit_kb=$(( TORCH_MAX_GB * 1048576 ))
         (ulimit -v "$limit_kb"; measure "$name" torch "$PYTHON" bench/pytorch_reference.py --only "$name" --repeat "$repeat")
+    fi
+}
+# rust_measure NAME: the gimp-rs side of a successor's step; under a virtual-memory limit of
+# $GIMP_MAX_GB when set (the successors' 150,000-patch steps can outgrow a shared machine).
+rust_measure() {
+    if [ -n "${GIMP_MAX_GB:-}" ]; then
+        (ulimit -v $(( GIMP_MAX_GB * 1048576 )); measure "$1" rust "$bin"/bench_steps --only "$1" --repeat "$repeat")
+    else
+        measure "$1" rust "$bin"/bench_steps --only "$1" --repeat "$repeat"
     fi
 }
 if [ "$only_succ" != 1 ]; then
@@ -144,14 +157,15 @@ succ_sizes="6000 150000"
 echo
 echo "GiMP's successors, one training step ($(nproc) cores; load: $(uptime | sed 's/.*load average: //'))"
 printf '%-28s%12s%12s%8s%12s%12s%8s\n' "computation" "gimp-rs (s)" "PyTorch (s)" "ratio" "gimp-rs MB" "PyTorch MB" "ratio"
-names="tangle_pretrain_step"
-for step in tangle_step survpath_step survpath_whole_step mmp_step; do
+names=""
+for step in ${SUCCESSOR_STEPS:-tangle_pretrain_step tangle_step survpath_step survpath_whole_step mmp_step}; do
+    if [ "$step" = tangle_pretrain_step ]; then names="$names $step"; continue; fi
     for n in $succ_sizes; do names="$names ${step}_$n"; done
 done
 for name in $names; do
     n=${name##*_}
     [ "$name" = tangle_pretrain_step ] && n=131072
-    read -r rs _ rm < <(measure "$name" rust "$bin"/bench_steps --only "$name" --repeat "$repeat")
+    read -r rs _ rm < <(rust_measure "$name")
     read -r ts _ tm < <(torch_measure "$name" "$n")
     python3 - "$name" "$rs" "$ts" "$rm" "$tm" <<'PY'
 import sys

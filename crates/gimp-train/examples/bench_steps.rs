@@ -360,9 +360,16 @@ fn main() -> candle_core::Result<()> {
         ("mmp_step", mmp_step),
     ];
     for (name, step) in successors {
-        for n in SUCCESSOR_SIZES {
+        // `--only {name}_{N}` runs any size N (for profiling); the table's sizes print null
+        // otherwise.
+        let asked = only
+            .as_deref()
+            .and_then(|o| o.strip_prefix(name)?.strip_prefix('_')?.parse::<usize>().ok());
+        let mut sizes = SUCCESSOR_SIZES.to_vec();
+        sizes.extend(asked.filter(|n| !sizes.contains(n)));
+        for n in sizes {
             let key = format!("{name}_{n}");
-            let run = only.as_deref() == Some(key.as_str()) && !(skip_150k && n == 150_000);
+            let run = asked == Some(n) && !(skip_150k && n == 150_000);
             let reps = if n >= 100_000 { 1 } else { repeat.min(3) };
             record(&key, optional(run, || step(n, reps))?);
         }
