@@ -27,7 +27,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv-bench/bin/python}
 cargo build --release -q -p gimp-train --example bench_steps
-cargo build --release -q -p gimp-extract --example bench_extract --example bench_vit
+if [ "${ONLY_SUCCESSORS:-0}" != 1 ]; then
+    cargo build --release -q -p gimp-extract --example bench_extract --example bench_vit
+fi
 bin=${CARGO_TARGET_DIR:-target}/release/examples
 repeat=3
 [ "${1:-}" = "--repeat" ] && repeat=$2

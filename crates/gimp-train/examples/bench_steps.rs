@@ -362,9 +362,12 @@ fn main() -> candle_core::Result<()> {
     for (name, step) in successors {
         // `--only {name}_{N}` runs any size N (for profiling); the table's sizes print null
         // otherwise.
-        let asked = only
-            .as_deref()
-            .and_then(|o| o.strip_prefix(name)?.strip_prefix('_')?.parse::<usize>().ok());
+        let asked = only.as_deref().and_then(|o| {
+            o.strip_prefix(name)?
+                .strip_prefix('_')?
+                .parse::<usize>()
+                .ok()
+        });
         let mut sizes = SUCCESSOR_SIZES.to_vec();
         sizes.extend(asked.filter(|n| !sizes.contains(n)));
         for n in sizes {
