@@ -17,9 +17,10 @@
 #
 # Then GiMP's successors (TANGLE fine-tuning, SurvPath as trained — 4096 patches drawn from the
 # bag — and on the whole bag, MMP, each on 6,000 and 150,000 patches with 4,999 genes; TANGLE's
-# pre-training step on a batch of 64 patients × 2048 patches), against the reference modules as
+# pre-training step on a batch of 64 patients × 2048 patches, and of 8), against the reference modules as
 # re-declared in tools/successor_modules.py, by the same rules, memory in MB. ONLY_SUCCESSORS=1
-# runs these rows alone, SUCCESSOR_STEPS (e.g. "survpath_step mmp_step") only those; SUCCESSORS=0
+# runs these rows alone, SUCCESSOR_STEPS (e.g. "survpath_step mmp_step") only those, at the bag
+# sizes in SUCCESSOR_SIZES (default "6000 150000"); SUCCESSORS=0
 # leaves them out. TORCH_MAX_GB caps PyTorch's virtual-memory limit (its CUDA-enabled wheel maps
 # about 3 GB on import), GIMP_MAX_GB puts gimp-rs's side of these rows under one too. See crates/gimp-train/examples/bench_steps.rs
 # for what each computes.
@@ -154,19 +155,22 @@ done
 fi
 
 [ "${SUCCESSORS:-1}" = 0 ] && exit 0
-succ_sizes="6000 150000"
-[ "$skip150" = 1 ] && succ_sizes="6000"
+succ_sizes=${SUCCESSOR_SIZES:-6000 150000}
+[ "$skip150" = 1 ] && succ_sizes=${succ_sizes//150000/}
 echo
 echo "GiMP's successors, one training step ($(nproc) cores; load: $(uptime | sed 's/.*load average: //'))"
 printf '%-28s%12s%12s%8s%12s%12s%8s\n' "computation" "gimp-rs (s)" "PyTorch (s)" "ratio" "gimp-rs MB" "PyTorch MB" "ratio"
 names=""
 for step in ${SUCCESSOR_STEPS:-tangle_pretrain_step tangle_step survpath_step survpath_whole_step mmp_step}; do
-    if [ "$step" = tangle_pretrain_step ]; then names="$names $step"; continue; fi
+    # A name with its size (tangle_step_24000) runs as it is.
+    case $step in *_[0-9]*) names="$names $step"; continue ;; esac
+    # TANGLE's pre-training: batches of 64 patients (the reference's) and 8, 2048 patches each.
+    if [ "$step" = tangle_pretrain_step ]; then names="$names ${step}_64 ${step}_8"; continue; fi
     for n in $succ_sizes; do names="$names ${step}_$n"; done
 done
 for name in $names; do
     n=${name##*_}
-    [ "$name" = tangle_pretrain_step ] && n=131072
+    case $name in tangle_pretrain_step_*) n=$(( n * 2048 )) ;; esac
     read -r rs _ rm < <(rust_measure "$name")
     read -r ts _ tm < <(torch_measure "$name" "$n")
     python3 - "$name" "$rs" "$ts" "$rm" "$tm" <<'PY'

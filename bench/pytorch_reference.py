@@ -28,7 +28,7 @@ p.add_argument("--threads", type=int, default=os.cpu_count())
 p.add_argument("--only", help="run one computation (pretrain_step, forward_6000, forward_150000, "
                "groupmsa_step, extract_32, or a whole-bag training step "
                "{finetune,transmil,clam_sb}_step_{6000,24000,150000}, "
-               "{tangle,survpath,survpath_whole,mmp}_step_{6000,150000} or tangle_pretrain_step, "
+               "{tangle,survpath,survpath_whole,mmp}_step_{6000,150000} or tangle_pretrain_step_{64,8}, "
                "which run only when named); "
                "the others print null")
 args = p.parse_args()
@@ -344,16 +344,17 @@ def successor_step(kind, bag):
     return m, list(m.parameters()), loss
 
 
-# TANGLE's pre-training step (train_tangle.py): a batch of 64 patients, 2048 patches drawn with
-# replacement from each (bags of 2048 here), symmetric InfoNCE at 0.01, AdamW(1e-4) with
-# PyTorch's default decay 0.01 over every parameter.
-res["tangle_pretrain_step"] = None
-if args.only == "tangle_pretrain_step":
+# TANGLE's pre-training step (train_tangle.py), tangle_pretrain_step_B: a batch of B patients (the
+# reference's: 64), 2048 patches drawn with replacement from each (bags of 2048 here), symmetric
+# InfoNCE at 0.01, AdamW(1e-4) with PyTorch's default decay 0.01 over every parameter.
+pretrain = args.only.rsplit("_", 1) if args.only and args.only.startswith("tangle_pretrain_step_") else None
+if pretrain is not None:
+    patients = int(pretrain[1])
     sm = successor_modules()
     torch.manual_seed(0)
     m = tangle_model(sm).train()
-    bags = [torch.rand(2048, 1024) for _ in range(64)]
-    rna = torch.rand(64, SUCCESSOR_GENES)
+    bags = [torch.rand(2048, 1024) for _ in range(patients)]
+    rna = torch.rand(patients, SUCCESSOR_GENES)
     o = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.01)
 
     def pretrain_step():
@@ -363,9 +364,10 @@ if args.only == "tangle_pretrain_step":
         sm.info_nce_symmetric(wsi, expr_emb, 0.01).backward()
         o.step()
 
-    res["tangle_pretrain_step"] = timed(pretrain_step, min(args.repeat, 3))
+    res[args.only] = timed(pretrain_step, min(args.repeat, 3))
 # Whole-bag training steps (one patient a step, as the trainers run them), only when named.
-bag_step = args.only.rsplit("_", 1) if args.only and args.only.rsplit("_", 1)[-1].isdigit() else None
+bag_step = None if pretrain is not None else (
+    args.only.rsplit("_", 1) if args.only and args.only.rsplit("_", 1)[-1].isdigit() else None)
 if bag_step is not None:
     kind, n = bag_step[0], int(bag_step[1])
     torch.manual_seed(0)

@@ -15,9 +15,9 @@
 //! cross-entropy on the logits):
 //!
 //! * `tangle_step_N`: one TANGLE fine-tuning step (slide encoder on every patch, linear head);
-//! * `tangle_pretrain_step`: one TANGLE contrastive pre-training step on a batch of 64 patients
-//!   (`train_tangle.py`'s batch), 2048 patches drawn with replacement from each of 64 bags of
-//!   2048, expression MLP 4,999 → 4,999 → 4,999 → 1024, symmetric InfoNCE, AdamW (decay 0.01);
+//! * `tangle_pretrain_step_B`: one TANGLE contrastive pre-training step on a batch of `B`
+//!   patients (64: `train_tangle.py`'s batch), 2048 patches drawn with replacement from each of
+//!   `B` bags of 2048, expression MLP 4,999 → 4,999 → 4,999 → 1024, symmetric InfoNCE, AdamW (decay 0.01);
 //! * `survpath_step_N`: one SurvPath training step as the reference trains it (4096 patches
 //!   drawn without replacement from the bag), 331 pathway tokens (the count of its `combine`
 //!   table) as equal contiguous chunks of the genes; `survpath_whole_step_N`: the same on every
@@ -225,13 +225,14 @@ fn mmp_step(n: usize, repeat: usize) -> candle_core::Result<f64> {
     paired_step(&store, &model, n, 1e-4, 1e-5, repeat)
 }
 
-/// One TANGLE pre-training step on a batch of 64 patients (bags of 2048 patches).
-fn tangle_pretrain_step(repeat: usize) -> candle_core::Result<f64> {
+/// One TANGLE pre-training step on a batch of `patients` (bags of 2048 patches; the reference's
+/// batch is 64).
+fn tangle_pretrain_step(patients: usize, repeat: usize) -> candle_core::Result<f64> {
     let store = ParamStore::new(0);
     let model = Tangle::new(&store.root(), TangleConfig::new(1024, SUCCESSOR_GENES, 2))?;
     let mut opt = Adam::new(&store, AdamConfig::adamw(1e-4, 0.01));
     let _whole_bag = gimp_nn::memory::WholeBag::enter();
-    let batch = (0..64)
+    let batch = (0..patients)
         .map(|_| {
             Ok((
                 bag(2048)?,
@@ -377,11 +378,19 @@ fn main() -> candle_core::Result<()> {
             record(&key, optional(run, || step(n, reps))?);
         }
     }
-    let run = only.as_deref() == Some("tangle_pretrain_step");
-    record(
-        "tangle_pretrain_step",
-        optional(run, || tangle_pretrain_step(repeat.min(3)))?,
-    );
+    // `tangle_pretrain_step_{B}`: a batch of B patients (64, the reference's, by default).
+    let patients = only
+        .as_deref()
+        .and_then(|o| o.strip_prefix("tangle_pretrain_step_")?.parse::<usize>().ok());
+    let mut batches = vec![64];
+    batches.extend(patients.filter(|&b| b != 64));
+    for b in batches {
+        let run = patients == Some(b);
+        record(
+            &format!("tangle_pretrain_step_{b}"),
+            optional(run, || tangle_pretrain_step(b, repeat.min(3)))?,
+        );
+    }
     println!("{}", serde_json::Value::Object(results));
     Ok(())
 }
