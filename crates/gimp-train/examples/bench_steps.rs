@@ -379,9 +379,11 @@ fn main() -> candle_core::Result<()> {
         }
     }
     // `tangle_pretrain_step_{B}`: a batch of B patients (64, the reference's, by default).
-    let patients = only
-        .as_deref()
-        .and_then(|o| o.strip_prefix("tangle_pretrain_step_")?.parse::<usize>().ok());
+    let patients = only.as_deref().and_then(|o| {
+        o.strip_prefix("tangle_pretrain_step_")?
+            .parse::<usize>()
+            .ok()
+    });
     let mut batches = vec![64];
     batches.extend(patients.filter(|&b| b != 64));
     for b in batches {
