@@ -17,13 +17,14 @@
 #
 # Then GiMP's successors (TANGLE fine-tuning, SurvPath as trained — 4096 patches drawn from the
 # bag — and on the whole bag, MMP, each on 6,000 and 150,000 patches with 4,999 genes; TANGLE's
-# pre-training step on a batch of 64 patients × 2048 patches, and of 8), against the reference modules as
-# re-declared in tools/successor_modules.py, by the same rules, memory in MB. ONLY_SUCCESSORS=1
-# runs these rows alone, SUCCESSOR_STEPS (e.g. "survpath_step mmp_step") only those, at the bag
-# sizes in SUCCESSOR_SIZES (default "6000 150000"); SUCCESSORS=0
-# leaves them out. TORCH_MAX_GB caps PyTorch's virtual-memory limit (its CUDA-enabled wheel maps
-# about 3 GB on import), GIMP_MAX_GB puts gimp-rs's side of these rows under one too. See crates/gimp-train/examples/bench_steps.rs
-# for what each computes.
+# pre-training step on a batch of 64 patients × 2048 patches, and of 8) against the reference
+# modules as re-declared in tools/successor_modules.py, by the same rules, memory in MB.
+# ONLY_SUCCESSORS=1 runs these rows alone; SUCCESSOR_STEPS (e.g. "survpath_step mmp_step", or
+# sized names such as "tangle_step_24000") only those, at the bag sizes in SUCCESSOR_SIZES
+# (default "6000 150000"); SUCCESSORS=0 leaves them out. TORCH_MAX_GB caps PyTorch's
+# virtual-memory limit (its CUDA-enabled wheel maps about 3 GB on import), GIMP_MAX_GB puts
+# gimp-rs's side of these rows under one too. See crates/gimp-train/examples/bench_steps.rs for
+# what each computes, docs/PERFORMANCE.md ("GiMP's successors") for a run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv-bench/bin/python}
