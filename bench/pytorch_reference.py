@@ -4,6 +4,9 @@ nystrom-attention, for bench/compare.sh. Set-up (once):
     python3 -m venv .venv-bench
     .venv-bench/bin/pip install torch torchvision nystrom-attention==0.0.14 einops
 
+(torchvision only for extract_32). GiMP's successors (TANGLE, SurvPath, MMP) are the reference
+modules as re-declared in tools/successor_modules.py (also used for their parity fixtures).
+
 Prints one JSON object of median seconds. Threads: torch.set_num_threads(--threads, default all).
 """
 import argparse
@@ -11,6 +14,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -23,7 +27,9 @@ p.add_argument("--skip-150k", action="store_true")
 p.add_argument("--threads", type=int, default=os.cpu_count())
 p.add_argument("--only", help="run one computation (pretrain_step, forward_6000, forward_150000, "
                "groupmsa_step, extract_32, or a whole-bag training step "
-               "{finetune,transmil,clam_sb}_step_{6000,24000,150000}, which run only when named); "
+               "{finetune,transmil,clam_sb}_step_{6000,24000,150000}, "
+               "{tangle,survpath,survpath_whole,mmp}_step_{6000,150000} or tangle_pretrain_step_{64,8}, "
+               "which run only when named); "
                "the others print null")
 args = p.parse_args()
 torch.set_num_threads(args.threads)
@@ -274,8 +280,94 @@ if want("extract_32"):
         patches = torch.rand(32, 3, 256, 256)
         with torch.no_grad():
             res["extract_32"] = timed(lambda: trunk(patches), args.repeat)
+# GiMP's successors on a bag and an expression vector of 4,999 genes (as bench_steps.rs), the
+# reference modules from tools/successor_modules.py; AdamW (lr, decay) at gimp-rs's training
+# defaults for each.
+SUCCESSOR_GENES = 4999
+SUCCESSORS = {"tangle_step": (1e-4, 1e-4), "survpath_step": (1e-4, 1e-5),
+              "survpath_whole_step": (1e-4, 1e-5), "mmp_step": (1e-4, 1e-5)}
+
+
+def successor_modules():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+    import successor_modules as sm
+    return sm
+
+
+def tangle_model(sm):
+    """TANGLE's MMSSL (ABMIL slide encoder, expression MLP of width G) with gimp-rs's linear head."""
+    config = {"embedding_dim": 1024, "hidden_dim": 1024, "activation": "softmax",
+              "rna_reconstruction": False}
+    m = sm.MMSSL(config, n_tokens_rna=SUCCESSOR_GENES)
+    m.classifier = nn.Linear(1024, 2)
+    return m
+
+
+def chunk_sizes(genes, k):
+    """`k` equal contiguous pathways of the genes (as bench_steps.rs's `chunks`)."""
+    return [(i + 1) * genes // k - i * genes // k for i in range(k)]
+
+
+def successor_step(kind, bag):
+    """(model, parameters, loss) of one training step of a successor on `bag`."""
+    sm = successor_modules()
+    expr = torch.rand(SUCCESSOR_GENES)
+    label = torch.tensor([1])
+    ce = nn.functional.cross_entropy
+    if kind == "tangle_step":
+        # Fine-tuning: the slide encoder on every patch, the linear head.
+        m = tangle_model(sm)
+        return m, list(m.parameters()), lambda: ce(m.classifier(m.wsi_embedder(bag[None])), label)
+    if kind in ("survpath_step", "survpath_whole_step"):
+        # 331 pathways (SurvPath's `combine` table); training reads 4096 patches drawn without
+        # replacement, in bag order (SurvivalDataset with sample=True).
+        sizes = chunk_sizes(SUCCESSOR_GENES, 331)
+        m = sm.SurvPath(omic_sizes=sizes, wsi_embedding_dim=1024, num_classes=4, wsi_projection_dim=256)
+        omics = {f"x_omic{i + 1}": o for i, o in enumerate(torch.split(expr, sizes))}
+        sample = kind == "survpath_step" and bag.shape[0] > 4096
+
+        def loss():
+            x = bag[torch.randperm(bag.shape[0])[:4096].sort().values] if sample else bag
+            return ce(m(x_path=x[None], return_attn=False, **omics), label)
+        return m, list(m.parameters()), loss
+    # MMP: PANTHER's EM step on every patch from a frozen prior of 16 prototypes (no gradient),
+    # 50 pathways (Hallmarks), coattn as scripts/survival/mmp.sh builds it.
+    sizes = chunk_sizes(SUCCESSOR_GENES, 50)
+    panther = sm.PANTHER(1024, 16, em_iter=1, tau=1.0, ot_eps=1.0).eval()
+    m = sm.Coattn(sizes, histo_in_dim=1024, num_classes=4, path_proj_dim=256, numOfproto=16)
+    omics = [o[None] for o in torch.split(expr, sizes)]
+
+    def loss():
+        with torch.no_grad():
+            X, _ = panther.panther(bag[None])
+        return ce(m.forward_no_loss(sm.tokenize(X, 16), omics)["logits"], label)
+    return m, list(m.parameters()), loss
+
+
+# TANGLE's pre-training step (train_tangle.py), tangle_pretrain_step_B: a batch of B patients (the
+# reference's: 64), 2048 patches drawn with replacement from each (bags of 2048 here), symmetric
+# InfoNCE at 0.01, AdamW(1e-4) with PyTorch's default decay 0.01 over every parameter.
+pretrain = args.only.rsplit("_", 1) if args.only and args.only.startswith("tangle_pretrain_step_") else None
+if pretrain is not None:
+    patients = int(pretrain[1])
+    sm = successor_modules()
+    torch.manual_seed(0)
+    m = tangle_model(sm).train()
+    bags = [torch.rand(2048, 1024) for _ in range(patients)]
+    rna = torch.rand(patients, SUCCESSOR_GENES)
+    o = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.01)
+
+    def pretrain_step():
+        o.zero_grad()
+        x = torch.stack([b[torch.randint(0, b.shape[0], (2048,))] for b in bags])
+        wsi, expr_emb, _ = m(x, rna)
+        sm.info_nce_symmetric(wsi, expr_emb, 0.01).backward()
+        o.step()
+
+    res[args.only] = timed(pretrain_step, min(args.repeat, 3))
 # Whole-bag training steps (one patient a step, as the trainers run them), only when named.
-bag_step = args.only.rsplit("_", 1) if args.only and args.only.rsplit("_", 1)[-1].isdigit() else None
+bag_step = None if pretrain is not None else (
+    args.only.rsplit("_", 1) if args.only and args.only.rsplit("_", 1)[-1].isdigit() else None)
 if bag_step is not None:
     kind, n = bag_step[0], int(bag_step[1])
     torch.manual_seed(0)
@@ -294,10 +386,13 @@ if bag_step is not None:
         m = ClamSB()
         params = list(m.parameters())
         loss = lambda: m.loss(bag, 1)
+    elif kind in SUCCESSORS:
+        m, params, loss = successor_step(kind, bag)
     else:
         raise SystemExit(f"unknown computation {args.only}")
     m.train()
-    o = torch.optim.AdamW(params, lr=2e-4, weight_decay=1e-5)
+    lr, decay = SUCCESSORS.get(kind, (2e-4, 1e-5))
+    o = torch.optim.AdamW(params, lr=lr, weight_decay=decay)
 
     def bag_train_step():
         o.zero_grad()

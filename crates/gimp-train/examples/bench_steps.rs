@@ -10,9 +10,24 @@
 //! * `transmil_step_N`, `clam_sb_step_N`: one supervised training step of TransMIL and CLAM-SB
 //!   (with its instance-clustering loss) on such a bag, as the trainer runs it;
 //!
-//! for `N` in 6,000, 24,000 and 150,000; these run only when named by `--only`. Each whole-bag
-//! step is timed over at most 3 runs (one at 150,000). `bench/compare.sh` runs every
-//! computation in its own process (`--only NAME`) under `/usr/bin/time -v` for its peak memory.
+//! for `N` in 6,000, 24,000 and 150,000; and GiMP's successors on a bag of `N` patches × 1024
+//! with an expression vector of 4,999 genes (AdamW at the models' training defaults;
+//! cross-entropy on the logits):
+//!
+//! * `tangle_step_N`: one TANGLE fine-tuning step (slide encoder on every patch, linear head);
+//! * `tangle_pretrain_step_B`: one TANGLE contrastive pre-training step on a batch of `B`
+//!   patients (64: `train_tangle.py`'s batch), 2048 patches drawn with replacement from each of
+//!   `B` bags of 2048, expression MLP 4,999 → 4,999 → 4,999 → 1024, symmetric InfoNCE, AdamW (decay 0.01);
+//! * `survpath_step_N`: one SurvPath training step as the reference trains it (4096 patches
+//!   drawn without replacement from the bag), 331 pathway tokens (the count of its `combine`
+//!   table) as equal contiguous chunks of the genes; `survpath_whole_step_N`: the same on every
+//!   patch of the bag (as it evaluates);
+//! * `mmp_step_N`: one MMP training step: PANTHER's EM step on every patch (16 prototypes, no
+//!   gradient), 50 pathway tokens (Hallmarks' count), the fused attention layer;
+//!
+//! for `N` in 6,000 and 150,000. These run only when named by `--only`. Each whole-bag step is
+//! timed over at most 3 runs (one at 150,000). `bench/compare.sh` runs every computation in its
+//! own process (`--only NAME`) under `/usr/bin/time -v` for its peak memory.
 //!
 //! Prints one JSON object of median seconds over `--repeat` runs (after one warm-up).
 //! `cargo run --release -p gimp-train --example bench_steps -- [--repeat 3] [--skip-150k] [--only NAME]`
@@ -21,7 +36,10 @@ use gimp_models::aggregator::AggregatorConfig;
 use gimp_models::clam::{Branches, Clam, ClamConfig};
 use gimp_models::gimp::{ExpressionAlone, GeneEncoder, GeneEncoderConfig, Gimp, GimpConfig};
 use gimp_models::group_msa::GroupMsaConfig;
+use gimp_models::mmp::{Mmp, MmpConfig};
 use gimp_models::model::{Input, Model};
+use gimp_models::survpath::{SurvPath, SurvPathConfig};
+use gimp_models::tangle::{Tangle, TangleConfig};
 use gimp_models::transmil::{Transmil, TransmilConfig};
 use gimp_nn::optim::{Adam, AdamConfig};
 use gimp_nn::{loss, Mode, ParamStore};
@@ -138,6 +156,100 @@ fn clam_sb_step(n: usize, repeat: usize) -> candle_core::Result<f64> {
     supervised_step(&store, &model, n, repeat)
 }
 
+/// Genes of the successors' expression vectors (TANGLE's BRCA vectors; `tangle.rs`'s
+/// `top_variance_genes`).
+const SUCCESSOR_GENES: usize = 4_999;
+
+/// Sizes of the successors' whole-bag training steps.
+const SUCCESSOR_SIZES: [usize; 2] = [6_000, 150_000];
+
+/// `k` equal contiguous chunks of the gene indices (pathway tokens without a composition table).
+fn chunks(genes: usize, k: usize) -> Vec<Vec<u32>> {
+    (0..k)
+        .map(|i| ((i * genes / k) as u32..((i + 1) * genes / k) as u32).collect())
+        .collect()
+}
+
+/// One training step of a model that reads a bag of `n` patches and an expression vector, with
+/// `training_forward` and the classification loss as the supervised trainer runs them, AdamW.
+fn paired_step(
+    store: &ParamStore,
+    model: &dyn Model,
+    n: usize,
+    lr: f64,
+    weight_decay: f64,
+    repeat: usize,
+) -> candle_core::Result<f64> {
+    let mut opt = Adam::new(store, AdamConfig::adamw(lr, weight_decay));
+    let _whole_bag = gimp_nn::memory::WholeBag::enter();
+    let x = bag(n)?;
+    let expr = Tensor::rand(0f32, 1f32, SUCCESSOR_GENES, &Device::Cpu)?;
+    let mode = Mode::train(rand_chacha::ChaCha8Rng::seed_from_u64(0));
+    let input = Input::Patient {
+        bag: Some(&x),
+        expression: Some(&expr),
+    };
+    time(repeat, || {
+        let (out, _) = model.training_forward(&input, 1, &mode)?;
+        let l = model.classification_loss(&out.logits, 1)?;
+        let grads = opt.collect(&l.backward()?);
+        opt.step_with(&grads, lr)
+    })
+}
+
+fn tangle_step(n: usize, repeat: usize) -> candle_core::Result<f64> {
+    let store = ParamStore::new(0);
+    let model = Tangle::new(&store.root(), TangleConfig::new(1024, SUCCESSOR_GENES, 2))?;
+    // `TrainingDefaults::ADAMW`, TANGLE's supervised stage.
+    paired_step(&store, &model, n, 1e-4, 1e-4, repeat)
+}
+
+fn survpath_step(n: usize, repeat: usize, num_patches: usize) -> candle_core::Result<f64> {
+    let store = ParamStore::new(0);
+    let cfg = SurvPathConfig {
+        groups: chunks(SUCCESSOR_GENES, 331),
+        num_patches,
+        ..SurvPathConfig::new(1024, SUCCESSOR_GENES, 4)
+    };
+    let model = SurvPath::new(&store.root(), cfg)?;
+    paired_step(&store, &model, n, 1e-4, 1e-5, repeat)
+}
+
+fn mmp_step(n: usize, repeat: usize) -> candle_core::Result<f64> {
+    let store = ParamStore::new(0);
+    let cfg = MmpConfig {
+        groups: chunks(SUCCESSOR_GENES, 50),
+        ..MmpConfig::new(1024, SUCCESSOR_GENES, 4)
+    };
+    let model = Mmp::new(&store.root(), cfg)?;
+    paired_step(&store, &model, n, 1e-4, 1e-5, repeat)
+}
+
+/// One TANGLE pre-training step on a batch of `patients` (bags of 2048 patches; the reference's
+/// batch is 64).
+fn tangle_pretrain_step(patients: usize, repeat: usize) -> candle_core::Result<f64> {
+    let store = ParamStore::new(0);
+    let model = Tangle::new(&store.root(), TangleConfig::new(1024, SUCCESSOR_GENES, 2))?;
+    let mut opt = Adam::new(&store, AdamConfig::adamw(1e-4, 0.01));
+    let _whole_bag = gimp_nn::memory::WholeBag::enter();
+    let batch = (0..patients)
+        .map(|_| {
+            Ok((
+                bag(2048)?,
+                Tensor::rand(0f32, 1f32, SUCCESSOR_GENES, &Device::Cpu)?,
+            ))
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let mode = Mode::train(rand_chacha::ChaCha8Rng::seed_from_u64(0));
+    time(repeat, || {
+        let l = model
+            .pretrain_loss(&batch, &mode)?
+            .expect("TANGLE has a pre-training loss");
+        let grads = opt.collect(&l.backward()?);
+        opt.step_with(&grads, 1e-4)
+    })
+}
+
 fn main() -> candle_core::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let repeat = args
@@ -240,6 +352,46 @@ fn main() -> candle_core::Result<()> {
             let reps = if n >= 100_000 { 1 } else { repeat.min(3) };
             record(&key, optional(run, || step(n, reps))?);
         }
+    }
+    type Paired = fn(usize, usize) -> candle_core::Result<f64>;
+    let successors: [(&str, Paired); 4] = [
+        ("tangle_step", tangle_step),
+        ("survpath_step", |n, r| survpath_step(n, r, 4096)),
+        ("survpath_whole_step", |n, r| survpath_step(n, r, 0)),
+        ("mmp_step", mmp_step),
+    ];
+    for (name, step) in successors {
+        // `--only {name}_{N}` runs any size N (for profiling); the table's sizes print null
+        // otherwise.
+        let asked = only.as_deref().and_then(|o| {
+            o.strip_prefix(name)?
+                .strip_prefix('_')?
+                .parse::<usize>()
+                .ok()
+        });
+        let mut sizes = SUCCESSOR_SIZES.to_vec();
+        sizes.extend(asked.filter(|n| !sizes.contains(n)));
+        for n in sizes {
+            let key = format!("{name}_{n}");
+            let run = asked == Some(n) && !(skip_150k && n == 150_000);
+            let reps = if n >= 100_000 { 1 } else { repeat.min(3) };
+            record(&key, optional(run, || step(n, reps))?);
+        }
+    }
+    // `tangle_pretrain_step_{B}`: a batch of B patients (64, the reference's, by default).
+    let patients = only.as_deref().and_then(|o| {
+        o.strip_prefix("tangle_pretrain_step_")?
+            .parse::<usize>()
+            .ok()
+    });
+    let mut batches = vec![64];
+    batches.extend(patients.filter(|&b| b != 64));
+    for b in batches {
+        let run = patients == Some(b);
+        record(
+            &format!("tangle_pretrain_step_{b}"),
+            optional(run, || tangle_pretrain_step(b, repeat.min(3)))?,
+        );
     }
     println!("{}", serde_json::Value::Object(results));
     Ok(())
