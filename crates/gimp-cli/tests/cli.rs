@@ -1483,8 +1483,38 @@ fn cox_baseline_on_the_synthetic_survival_cohort() {
         .sum();
     assert_eq!(tested, 30, "the test parts cover the cohort once");
     for f in folds {
-        assert_eq!(f["val_cindex"].as_array().unwrap().len(), 2);
+        // The penalty is chosen by inner cross-validation over train + validation (§41), and
+        // the model refitted on them: 20 of the 30 patients, never the test part.
+        assert_eq!(f["chosen_by"], "inner_cv");
+        assert_eq!(f["inner_cindex"].as_array().unwrap().len(), 2);
+        assert!(f["val_cindex"].as_array().unwrap().is_empty());
+        assert_eq!(
+            f["train"].as_u64().unwrap() + f["test_patients"].as_u64().unwrap(),
+            30
+        );
         assert!(f["converged"].as_bool().unwrap(), "{f}");
+    }
+    // The choice on the validation part, as before: one fit per penalty on the training part.
+    let o = gimp(&[
+        "baseline",
+        "cox",
+        toml.to_str().unwrap(),
+        "--kfold",
+        "3",
+        "--penalty",
+        "1,100",
+        "--val",
+        "0.5",
+        "--choose",
+        "validation",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    for f in v["folds"].as_array().unwrap() {
+        assert_eq!(f["chosen_by"], "validation");
+        assert_eq!(f["val_cindex"].as_array().unwrap().len(), 2);
+        assert!(f["train"].as_u64().unwrap() + f["test_patients"].as_u64().unwrap() < 30);
     }
     let first = folds[0]["test"]["cindex"].as_f64().unwrap();
     let o = gimp(&[
@@ -1891,6 +1921,8 @@ fn qupath_geojson_out_and_in_and_the_slides_scale() {
         "{}",
         stderr(&o)
     );
+}
+
 /// `view` stops cleanly on Ctrl-C: SIGINT to the running server ends it with exit code 0 and
 /// `stopped` on stderr (not killed by the signal, not an error).
 #[cfg(unix)]
