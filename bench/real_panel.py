@@ -13,7 +13,8 @@ NAME/seedS.toml), then on those split files
   --scores` (survival);
 * SNN and GroupMSA with every default: `gimp-rs experiment table1 --rows snn,group_msa
   [--task survival] --folds 5 --transform none` (fresh experiment folder, so the time is the
-  training time);
+  training time; `PANEL_DEEP_FLAGS`, e.g. "--select-lr 1e-3,1e-4", adds flags to these two
+  commands when a default is being compared on the tuning cohorts);
 * the scikit-learn / scikit-survival reference (bench/real_panel_reference.py).
 
 Figures: the test metric of each fold; mean ± std over the seeds (the mean of each seed's five

@@ -408,7 +408,7 @@ fn training_killed_with_sigkill_resumes_to_identical_weights() {
     let run_file = d.path().join("run.toml");
     std::fs::write(
         &run_file,
-        "preset = \"demo\"\n[model]\ndim = 16\nheads = 2\nlandmarks = 8\nfragment = 10\ngroups = 4\n[genes]\nepochs = 6\n[pretrain]\nepochs = 6\nwindow = 32\nbatch = 4\n[finetune]\nepochs = 6\n",
+        "preset = \"demo\"\n[model]\ndim = 16\nheads = 2\nlandmarks = 8\nfragment = 10\ngroups = 4\n[genes]\nepochs = 6\n[genes.selection]\nfolds = 0\n[pretrain]\nepochs = 6\nwindow = 32\nbatch = 4\n[finetune]\nepochs = 6\n",
     )
     .unwrap();
     let cohort = toml.to_str().unwrap();

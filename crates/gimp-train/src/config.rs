@@ -156,6 +156,16 @@ pub struct GeneStage {
     /// Off in both presets: the paper keeps the best of all epochs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<EarlyStopping>,
+    /// Model selection inside the training part (`docs/DESIGN.md` §41): the epoch count (and
+    /// any `lr`/`weight_decay` grid; a gene grid does not apply, GiMP reads every gene) chosen
+    /// by inner folds of the training patients, then the encoder trained on all of them; the
+    /// validation part is left to the later stages. Off in the paper preset, on in the demo's
+    /// (`[genes.selection] folds = 0` turns it off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
+    /// What the selection chose (in the gene stage's checkpoint and `genes/selection.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<Chosen>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -283,6 +293,8 @@ impl RunConfig {
                 lr: 1e-4,
                 weight_decay: 1e-4,
                 early_stopping: None,
+                selection: None,
+                chosen: None,
             },
             pretrain: PretrainStage {
                 epochs: 100,
@@ -342,6 +354,9 @@ impl RunConfig {
             lr: 1e-3,
             weight_decay: 1e-4,
             early_stopping: None,
+            // The gene encoder's epochs chosen inside the training patients (§41).
+            selection: Some(Selection::default_for_gene_models()),
+            chosen: None,
         };
         c.pretrain.epochs = 6;
         c.pretrain.window = 256;

@@ -147,7 +147,6 @@ pub fn refit_part(data: &Prepared) -> Result<Prepared> {
 /// The candidates of `s` around `cfg`: every learning rate × weight decay × gene count (an empty
 /// list keeps `cfg`'s value), in that order.
 fn candidates(s: &Selection, cfg: &SupervisedConfig) -> Vec<(f64, f64, GeneSelection)> {
-    let or = |v: &[f64], own: f64| if v.is_empty() { vec![own] } else { v.to_vec() };
     let genes: Vec<GeneSelection> = match s.genes.is_empty() {
         true => vec![cfg.genes.clone()],
         false => s
@@ -157,11 +156,9 @@ fn candidates(s: &Selection, cfg: &SupervisedConfig) -> Vec<(f64, f64, GeneSelec
             .collect(),
     };
     let mut out = Vec::new();
-    for lr in or(&s.lr, cfg.lr) {
-        for wd in or(&s.weight_decay, cfg.weight_decay) {
-            for g in &genes {
-                out.push((lr, wd, g.clone()));
-            }
+    for (lr, wd) in rate_candidates(s, cfg.lr, cfg.weight_decay) {
+        for g in &genes {
+            out.push((lr, wd, g.clone()));
         }
     }
     out
@@ -200,9 +197,113 @@ fn best_epoch(curves: &[Curve]) -> Option<(usize, f64, f64)> {
     best
 }
 
+/// One candidate's inner cross-validation: the epoch count of its best mean figure, that
+/// figure and the mean loss there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    pub epochs: usize,
+    pub figure: f64,
+    pub loss: f64,
+}
+
+/// Cross-validates `n` candidates inside `pool` (patients of `data`'s training part): `folds`
+/// inner folds dealt by the task's strata with `seed`, each candidate fitted by `fit(part,
+/// candidate, fold)` on each fold's training patients (expression statistics of those alone)
+/// and validated on the fold. Returns every candidate's score, the chosen candidate (the best
+/// mean figure, ties to the lower loss, then the earlier candidate) and the figure's name.
+pub fn cross_validate(
+    data: &Prepared,
+    task: &Task,
+    pool: &[usize],
+    folds: usize,
+    seed: u64,
+    n: usize,
+    fit: &dyn Fn(&Prepared, usize, usize) -> Result<Curve>,
+) -> Result<(Vec<Scored>, usize, &'static str)> {
+    let inner = inner_folds(task, data, pool, folds, seed)?;
+    let parts = inner
+        .iter()
+        .map(|val| {
+            let train: Vec<usize> = pool.iter().copied().filter(|i| !val.contains(i)).collect();
+            with_parts(data, train, val.clone(), Vec::new())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut scores = Vec::with_capacity(n);
+    let mut figure_name = "";
+    let mut best: Option<(usize, f64, f64)> = None;
+    for c in 0..n {
+        let curves = parts
+            .iter()
+            .enumerate()
+            .map(|(k, part)| fit(part, c, k))
+            .collect::<Result<Vec<_>>>()?;
+        figure_name = curves.first().map_or("", |c| c.figure_name);
+        let (epochs, figure, loss) = best_epoch(&curves)
+            .ok_or_else(|| TrainError::Msg("selection: an inner fit trained no epoch".into()))?;
+        if better(figure, loss, best.map(|(_, f, l)| (f, l))) {
+            best = Some((c, figure, loss));
+        }
+        scores.push(Scored {
+            epochs,
+            figure,
+            loss,
+        });
+    }
+    let (c, _, _) = best.ok_or_else(|| TrainError::Msg("selection: no candidate".into()))?;
+    Ok((scores, c, figure_name))
+}
+
+/// The candidates' learning rates and weight decays of `s` around `lr` and `weight_decay` (an
+/// empty list keeps the value), every rate × every decay.
+pub fn rate_candidates(s: &Selection, lr: f64, weight_decay: f64) -> Vec<(f64, f64)> {
+    let or = |v: &[f64], own: f64| if v.is_empty() { vec![own] } else { v.to_vec() };
+    let mut out = Vec::new();
+    for lr in or(&s.lr, lr) {
+        for wd in or(&s.weight_decay, weight_decay) {
+            out.push((lr, wd));
+        }
+    }
+    out
+}
+
+/// What was chosen, for the record: `pick` of `candidates` (as `(lr, weight decay, genes)`) with
+/// their scores.
+pub fn record(
+    s: &Selection,
+    patients: usize,
+    figure_name: &str,
+    candidates: &[(f64, f64, GeneSelection)],
+    scores: &[Scored],
+    pick: usize,
+) -> Chosen {
+    let (lr, weight_decay, genes) = candidates[pick].clone();
+    Chosen {
+        folds: s.folds,
+        patients,
+        figure_name: figure_name.to_string(),
+        epochs: scores[pick].epochs,
+        lr,
+        weight_decay,
+        genes,
+        figure: scores[pick].figure,
+        candidates: candidates
+            .iter()
+            .zip(scores)
+            .map(|((lr, weight_decay, genes), sc)| CandidateScore {
+                lr: *lr,
+                weight_decay: *weight_decay,
+                genes: genes.clone(),
+                epochs: sc.epochs,
+                figure: sc.figure,
+                loss: sc.loss,
+            })
+            .collect(),
+    }
+}
+
 /// Runs the selection `s` of `cfg` on `data`'s training and validation patients with `fit`, and
-/// returns the settings of the final fit (the chosen candidate and epoch count, no early
-/// stopping: there is no validation part left to stop on, `chosen` filled in) .
+/// returns the settings of the final fit: the chosen candidate and epoch count, no early
+/// stopping (there is no validation part left to stop on), `chosen` filled in.
 pub fn choose(
     data: &Prepared,
     cfg: &SupervisedConfig,
@@ -212,63 +313,32 @@ pub fn choose(
     s.check()?;
     let task = Task::new(&cfg.task, data)?;
     let pool = training_part(data);
-    let folds = inner_folds(&task, data, &pool, s.folds, cfg.seed)?;
-    let parts = folds
-        .iter()
-        .map(|val| {
-            let train: Vec<usize> = pool.iter().copied().filter(|i| !val.contains(i)).collect();
-            with_parts(data, train, val.clone(), Vec::new())
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut scores = Vec::new();
-    let mut figure_name = "";
-    let mut best: Option<(usize, f64, f64)> = None;
-    for (c, (lr, weight_decay, genes)) in candidates(s, cfg).into_iter().enumerate() {
+    let cands = candidates(s, cfg);
+    let settings = |c: usize| {
+        let (lr, weight_decay, genes) = cands[c].clone();
         let mut inner = cfg.clone();
         inner.lr = lr;
         inner.weight_decay = weight_decay;
-        inner.genes = genes.clone();
+        inner.genes = genes;
         inner.selection = None;
         inner.chosen = None;
-        let curves = parts
-            .iter()
-            .enumerate()
-            .map(|(k, part)| fit(part, &inner, k))
-            .collect::<Result<Vec<_>>>()?;
-        figure_name = curves.first().map_or("", |c| c.figure_name);
-        let (epochs, figure, loss) = best_epoch(&curves)
-            .ok_or_else(|| TrainError::Msg("selection: an inner fit trained no epoch".into()))?;
-        if better(figure, loss, best.map(|(_, f, l)| (f, l))) {
-            best = Some((c, figure, loss));
-        }
-        scores.push(CandidateScore {
-            lr,
-            weight_decay,
-            genes,
-            epochs,
-            figure,
-            loss,
-        });
-    }
-    let (c, _, _) = best.ok_or_else(|| TrainError::Msg("selection: no candidate".into()))?;
-    let pick = scores[c].clone();
-    let mut out = cfg.clone();
-    out.lr = pick.lr;
-    out.weight_decay = pick.weight_decay;
-    out.genes = pick.genes.clone();
-    out.epochs = pick.epochs;
+        inner
+    };
+    let (scores, pick, figure_name) = cross_validate(
+        data,
+        &task,
+        &pool,
+        s.folds,
+        cfg.seed,
+        cands.len(),
+        &|part, c, k| fit(part, &settings(c), k),
+    )?;
+    let chosen = record(s, pool.len(), figure_name, &cands, &scores, pick);
+    let mut out = settings(pick);
+    out.selection = cfg.selection.clone();
+    out.epochs = chosen.epochs;
     out.early_stopping = None;
-    out.chosen = Some(Chosen {
-        folds: s.folds,
-        patients: pool.len(),
-        figure_name: figure_name.to_string(),
-        epochs: pick.epochs,
-        lr: pick.lr,
-        weight_decay: pick.weight_decay,
-        genes: pick.genes,
-        figure: pick.figure,
-        candidates: scores,
-    });
+    out.chosen = Some(chosen);
     Ok(out)
 }
 

@@ -48,6 +48,8 @@ fn tiny_config() -> RunConfig {
     c.pretrain.batch = 4;
     c.finetune.epochs = 2;
     c.finetune.max_patches = Some(40);
+    // Gene-stage selection (§41) has its own tests (tests/selection.rs).
+    c.genes.selection = None;
     c
 }
 

@@ -255,3 +255,50 @@ fn paper_recipe_and_overrides() {
     )
     .is_err());
 }
+
+/// GiMP's gene stage (§41, issue 25 item 5): the demo preset chooses the encoder's epochs inside
+/// the training patients and records it; the paper preset trains as the paper says.
+#[test]
+fn gimp_gene_stage_selects_off_the_paper_preset() {
+    use gimp_train::{stages, RunConfig};
+    assert!(RunConfig::paper().genes.selection.is_none());
+    let paper_toml = toml::to_string(&RunConfig::paper()).unwrap();
+    assert!(!paper_toml.contains("selection"), "{paper_toml}");
+    let d = tempfile::tempdir().unwrap();
+    let cohort = tiny_cohort(&d.path().join("c"));
+    let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
+    let mut cfg = RunConfig::demo();
+    assert_eq!(
+        cfg.genes.selection,
+        Some(Selection::default_for_gene_models())
+    );
+    cfg.model.dim = 16;
+    cfg.model.heads = 2;
+    cfg.model.fragment = 10;
+    cfg.model.groups = 2;
+    cfg.genes.epochs = 3;
+    let dir = d.path().join("genes");
+    let r = stages::pretrain_genes(&data, &cfg, &dir, Control::default(), &|_| {}).unwrap();
+    let chosen: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("selection.json")).unwrap())
+            .unwrap();
+    // Inner folds of the training patients only: the validation part is the later stages'.
+    assert_eq!(
+        chosen["patients"].as_u64().unwrap() as usize,
+        data.train.len()
+    );
+    let epochs = chosen["epochs"].as_u64().unwrap() as usize;
+    let ckpt = gimp_nn::checkpoint::Checkpoint::load(&r.checkpoint).unwrap();
+    let training: serde_json::Value = serde_json::from_str(&ckpt.info["training"]).unwrap();
+    assert_eq!(training["genes"]["chosen"], chosen);
+    assert_eq!(
+        training["genes"]["epochs"].as_u64().unwrap() as usize,
+        epochs
+    );
+    assert_eq!(ckpt.info["epochs_run"], epochs.to_string());
+    let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), epochs + 1);
+    assert!(log.lines().last().unwrap().contains("\"selection\""));
+    // The validation part is still scored (it was neither trained nor selected on).
+    assert!(r.figures.val.is_some());
+}
