@@ -1541,16 +1541,24 @@ fn cox_baseline_on_the_synthetic_survival_cohort() {
         "{}",
         stdout(&o)
     );
-    // Several penalties and no validation part to choose among them.
-    let o = gimp(&[
-        "baseline",
-        "cox",
-        toml.to_str().unwrap(),
-        "--kfold",
-        "3",
-        "--val",
-        "0",
-    ]);
+    // Several penalties and no validation part: inner cross-validation of the training part
+    // chooses (the default), the validation rule cannot.
+    let no_val = |choose: &str| {
+        gimp(&[
+            "baseline",
+            "cox",
+            toml.to_str().unwrap(),
+            "--kfold",
+            "3",
+            "--val",
+            "0",
+            "--choose",
+            choose,
+        ])
+    };
+    let o = no_val("cv");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = no_val("validation");
     assert!(!o.status.success());
     assert!(stderr(&o).contains("validation part"), "{}", stderr(&o));
     // A cohort without outcomes.
