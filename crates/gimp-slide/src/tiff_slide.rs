@@ -620,12 +620,9 @@ impl TiffSlide {
                 ),
             ));
         };
-        let len = self
-            .file
-            .metadata()
-            .map_err(|e| DataError::io(path, e))?
-            .len();
-        if count == 0 || offset.checked_add(count).is_none_or(|end| end > len) || count > 1 << 30 {
+        let len = self.file.metadata().map_err(|e| DataError::io(path, e))?.len();
+        if count == 0 || offset.checked_add(count).is_none_or(|end| end > len) || count > 1 << 30
+        {
             return Err(DataError::malformed(
                 path,
                 format!(
