@@ -13,7 +13,8 @@ NAME/seedS.toml), then on those split files
   --scores` (survival);
 * SNN and GroupMSA with every default: `gimp-rs experiment table1 --rows snn,group_msa
   [--task survival] --folds 5 --transform none` (fresh experiment folder, so the time is the
-  training time);
+  training time; `PANEL_DEEP_FLAGS`, e.g. "--select-lr 1e-3,1e-4", adds flags to these two
+  commands when a default is being compared on the tuning cohorts);
 * the scikit-learn / scikit-survival reference (bench/real_panel_reference.py).
 
 Figures: the test metric of each fold; mean ± std over the seeds (the mean of each seed's five
@@ -24,6 +25,7 @@ two-sided; the folds share training patients, so p is optimistic); the wall time
 held-out cohorts are reported apart (roles fixed in tools/build_real_panel.py).
 """
 import argparse
+import shlex
 import itertools
 import json
 import os
@@ -45,10 +47,14 @@ import real_panel_reference as reference  # noqa: E402
 BOOTSTRAP = 1000
 LABELS = {"logreg": "logistic regression (`baseline logreg`, C = 0.1)",
           "sklearn": "scikit-learn LogisticRegression (C = 0.1, train + val)",
-          "cox": "Cox, L2 (`baseline cox`, λ on validation)",
+          "cox": "Cox, L2 (`baseline cox`, λ by inner 5-fold CV)",
           "sksurv": "scikit-survival ridge Cox (α by inner 5-fold CV)",
           "snn": "SNN", "group_msa": "GroupMSA"}
 
+
+# Extra flags for the deep models' experiments (e.g. a selection grid being compared on the
+# tuning cohorts): PANEL_DEEP_FLAGS="--select-lr 1e-3,1e-4". Empty: every default.
+DEEP_FLAGS = shlex.split(os.environ.get("PANEL_DEEP_FLAGS", ""))
 
 def sh(cmd):
     """Runs a command; returns (stdout, seconds). A failure stops the panel with its stderr."""
@@ -171,7 +177,8 @@ def classification(c, gimp, seeds, folds, reuse=False):
                         str(folds), "--transform", "none", "--out", exp])
             took["linear"] = t1 + t2
             took["deep"] = sh([gimp, "experiment", "table1", toml, "--rows", "snn,group_msa",
-                               "--folds", str(folds), "--transform", "none", "--out", exp])[1]
+                               "--folds", str(folds), "--transform", "none", "--out", exp]
+                              + DEEP_FLAGS)[1]
             seed_seconds(folder, seed, took)
         for k, v in took.items():
             seconds[k] += v
@@ -250,7 +257,7 @@ def survival(c, gimp, seeds, folds, reuse=False):
             text, took["linear"] = sh(cox_command)
             took["deep"] = sh([gimp, "experiment", "table1", toml, "--task", "survival", "--rows",
                                "snn,group_msa", "--folds", str(folds), "--transform", "none",
-                               "--out", exp])[1]
+                               "--out", exp] + DEEP_FLAGS)[1]
             seed_seconds(folder, seed, took)
         for k, v in took.items():
             seconds[k] += v

@@ -36,16 +36,20 @@ pub fn print_logreg(r: &LogregResult) {
 /// Prints the Cox baseline's splits and, over several, the mean test c-index.
 pub fn print_cox(r: &CoxResult) {
     for f in &r.folds {
-        let chosen = if f.val_cindex.is_empty() {
+        let (scores, what) = match f.val_cindex.is_empty() {
+            true => (&f.inner_cindex, "inner cross-validation c-index"),
+            false => (&f.val_cindex, "validation c-index"),
+        };
+        let chosen = if scores.is_empty() {
             String::new()
         } else {
             let by_penalty: Vec<String> = r
                 .penalties
                 .iter()
-                .zip(&f.val_cindex)
+                .zip(scores)
                 .map(|(l, c)| format!("{l}: {c:.3}"))
                 .collect();
-            format!(" (validation c-index {})", by_penalty.join(", "))
+            format!(" ({what} {})", by_penalty.join(", "))
         };
         println!(
             "split {}: {} training patients ({} events), {} genes, penalty {}{chosen}, Newton {} iterations{}",

@@ -408,7 +408,7 @@ fn training_killed_with_sigkill_resumes_to_identical_weights() {
     let run_file = d.path().join("run.toml");
     std::fs::write(
         &run_file,
-        "preset = \"demo\"\n[model]\ndim = 16\nheads = 2\nlandmarks = 8\nfragment = 10\ngroups = 4\n[genes]\nepochs = 6\n[pretrain]\nepochs = 6\nwindow = 32\nbatch = 4\n[finetune]\nepochs = 6\n",
+        "preset = \"demo\"\n[model]\ndim = 16\nheads = 2\nlandmarks = 8\nfragment = 10\ngroups = 4\n[genes]\nepochs = 6\n[genes.selection]\nfolds = 0\n[pretrain]\nepochs = 6\nwindow = 32\nbatch = 4\n[finetune]\nepochs = 6\n",
     )
     .unwrap();
     let cohort = toml.to_str().unwrap();
@@ -1483,8 +1483,38 @@ fn cox_baseline_on_the_synthetic_survival_cohort() {
         .sum();
     assert_eq!(tested, 30, "the test parts cover the cohort once");
     for f in folds {
-        assert_eq!(f["val_cindex"].as_array().unwrap().len(), 2);
+        // The penalty is chosen by inner cross-validation over train + validation (§41), and
+        // the model refitted on them: 20 of the 30 patients, never the test part.
+        assert_eq!(f["chosen_by"], "inner_cv");
+        assert_eq!(f["inner_cindex"].as_array().unwrap().len(), 2);
+        assert!(f["val_cindex"].as_array().unwrap().is_empty());
+        assert_eq!(
+            f["train"].as_u64().unwrap() + f["test_patients"].as_u64().unwrap(),
+            30
+        );
         assert!(f["converged"].as_bool().unwrap(), "{f}");
+    }
+    // The choice on the validation part, as before: one fit per penalty on the training part.
+    let o = gimp(&[
+        "baseline",
+        "cox",
+        toml.to_str().unwrap(),
+        "--kfold",
+        "3",
+        "--penalty",
+        "1,100",
+        "--val",
+        "0.5",
+        "--choose",
+        "validation",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    for f in v["folds"].as_array().unwrap() {
+        assert_eq!(f["chosen_by"], "validation");
+        assert_eq!(f["val_cindex"].as_array().unwrap().len(), 2);
+        assert!(f["train"].as_u64().unwrap() + f["test_patients"].as_u64().unwrap() < 30);
     }
     let first = folds[0]["test"]["cindex"].as_f64().unwrap();
     let o = gimp(&[
@@ -1511,16 +1541,24 @@ fn cox_baseline_on_the_synthetic_survival_cohort() {
         "{}",
         stdout(&o)
     );
-    // Several penalties and no validation part to choose among them.
-    let o = gimp(&[
-        "baseline",
-        "cox",
-        toml.to_str().unwrap(),
-        "--kfold",
-        "3",
-        "--val",
-        "0",
-    ]);
+    // Several penalties and no validation part: inner cross-validation of the training part
+    // chooses (the default), the validation rule cannot.
+    let no_val = |choose: &str| {
+        gimp(&[
+            "baseline",
+            "cox",
+            toml.to_str().unwrap(),
+            "--kfold",
+            "3",
+            "--val",
+            "0",
+            "--choose",
+            choose,
+        ])
+    };
+    let o = no_val("cv");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = no_val("validation");
     assert!(!o.status.success());
     assert!(stderr(&o).contains("validation part"), "{}", stderr(&o));
     // A cohort without outcomes.

@@ -1,7 +1,10 @@
 //! The Cox baseline over a cohort: the logistic-regression baseline's patients, gene
 //! preprocessing and splits ([`crate::baseline`]), with survival outcomes in place of classes —
-//! per split an L2-penalised Cox model on the training part's standardised genes, its penalty
-//! chosen on the validation part when several are given, and Harrell's c-index on the test part.
+//! per split an L2-penalised Cox model on standardised genes, its penalty chosen (when several
+//! are given) by k-fold cross-validation inside the training and validation parts and the model
+//! refitted on all of them (as scikit-survival's ridge Cox is tuned in `bench/`; docs/DESIGN.md
+//! §41), or fitted on the training part and chosen on the validation part; Harrell's c-index on
+//! the test part.
 
 use crate::baseline::{parts, transformed_rows, BaselineError, Split};
 use crate::{CoxConfig, CoxModel, Standardiser};
@@ -13,7 +16,51 @@ use gimp_metrics::survival::{
     concordance_bootstrap, concordance_index_censored, Concordance, Outcomes, TIED_TOL,
 };
 use gimp_metrics::Estimate;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+
+/// How a split's penalty is chosen among several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PenaltyChoice {
+    /// Mean Harrell c-index over `folds` inner folds of the training and validation patients
+    /// (dealt by event, seeded), then the chosen penalty refitted on all of them (the default).
+    InnerCv { folds: usize },
+    /// Fitted on the training part, the best validation c-index (the validation part is then
+    /// not trained on).
+    Validation,
+}
+
+impl Default for PenaltyChoice {
+    fn default() -> Self {
+        PenaltyChoice::InnerCv { folds: 5 }
+    }
+}
+
+/// Seed offset of the inner folds (the run's seed XOR this).
+const INNER_SEED: u64 = 0xc0c5;
+
+/// `k` folds of `ids`, dealt within events and censored patients in a seeded random order.
+fn inner_folds(ids: &[usize], outcomes: &[Outcome], k: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ INNER_SEED);
+    let mut folds = vec![Vec::new(); k];
+    let mut next = 0;
+    for event in [false, true] {
+        let mut members: Vec<usize> = ids
+            .iter()
+            .copied()
+            .filter(|&i| outcomes[i].event == event)
+            .collect();
+        members.shuffle(&mut rng);
+        for i in members {
+            folds[next % k].push(i);
+            next += 1;
+        }
+    }
+    folds
+}
 
 /// Why the Cox baseline cannot run.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -41,13 +88,18 @@ pub struct ScoredPatient {
 #[derive(Debug, Clone, Serialize)]
 pub struct CoxFold {
     pub fold: usize,
-    /// Training patients with expression, and their events.
+    /// Patients with expression the model was fitted on (training, and validation under inner
+    /// cross-validation), and their events.
     pub train: usize,
     pub train_events: usize,
-    /// The penalty used (the best on validation when several were given).
+    /// The penalty used (the chosen one when several were given).
     pub penalty: f64,
-    /// Validation c-index of every candidate penalty, in the order given.
+    /// How it was chosen: `inner_cv` or `validation` (`fixed` for one penalty).
+    pub chosen_by: String,
+    /// Validation c-index of every candidate penalty, in the order given (`validation`).
     pub val_cindex: Vec<f64>,
+    /// Mean inner-fold c-index of every candidate penalty, in the order given (`inner_cv`).
+    pub inner_cindex: Vec<f64>,
     /// Harrell's c-index on the test part, with its pair counts.
     pub test: Concordance,
     /// Its bootstrap 95% interval over test patients.
@@ -64,6 +116,7 @@ pub struct CoxFold {
 pub struct CoxResult {
     pub genes: usize,
     pub penalties: Vec<f64>,
+    pub choice: PenaltyChoice,
     pub folds: Vec<CoxFold>,
     pub test_cindex_mean: f64,
     /// Sample standard deviation over the splits (0 for one split).
@@ -123,16 +176,25 @@ fn cindex(time: &[f64], event: &[bool], risk: &[f64]) -> Option<Concordance> {
 }
 
 /// Runs the Cox baseline on every split: expression transformed with `transform`, z-scored with
-/// training statistics, a Cox model per penalty in `penalties` (one: used as is; several: the
-/// best validation c-index wins, ties to the larger penalty), Harrell's c-index with a bootstrap
-/// interval (seeded by `seed`) on the test part. Patients without expression are left out.
+/// the statistics of the patients a model is fitted on, a Cox model per penalty in `penalties`
+/// (one: fitted on the training part as is; several: chosen as `choice` says, the best mean
+/// c-index winning, ties to the larger penalty), Harrell's c-index with a bootstrap interval
+/// (seeded by `seed`) on the test part. Patients without expression are left out.
 pub fn cross_validate(
     c: &Cohort,
     splits: &[Split],
     penalties: &[f64],
     transform: ExpressionTransform,
+    choice: PenaltyChoice,
     seed: u64,
 ) -> Result<CoxResult, CoxBaselineError> {
+    if let PenaltyChoice::InnerCv { folds } = choice {
+        if folds < 2 {
+            return Err(CoxBaselineError::Penalty(format!(
+                "{folds} inner fold(s): at least 2 are needed"
+            )));
+        }
+    }
     let expr = c.expression.as_ref().ok_or(BaselineError::NoExpression)?;
     let outcomes = outcomes(c)?;
     if penalties.is_empty() {
@@ -148,6 +210,16 @@ pub fn cross_validate(
     for (k, split) in splits.iter().enumerate() {
         let fold_error = |message: String| CoxBaselineError::Fold { fold: k, message };
         let [train, val, test] = parts(split, &rows, k)?;
+        let choose_by_cv = penalties.len() > 1 && matches!(choice, PenaltyChoice::InnerCv { .. });
+        // Under inner cross-validation the validation part is training data too.
+        let train: Vec<usize> = match choose_by_cv {
+            true => {
+                let mut t: Vec<usize> = train.iter().chain(&val).copied().collect();
+                t.sort_unstable();
+                t
+            }
+            false => train,
+        };
         let train_rows: Vec<&[f32]> = train.iter().filter_map(|&i| rows[i].as_deref()).collect();
         let scaler = Standardiser::fit(&train_rows);
         let standardised = |ids: &[usize]| -> Vec<Vec<f64>> {
@@ -170,8 +242,68 @@ pub fn cross_validate(
                 .map_err(|e| fold_error(format!("training part: {e}")))
         };
         let mut val_cindex = Vec::new();
+        let mut inner_cindex = Vec::new();
         let (penalty, model) = if penalties.len() == 1 {
             (penalties[0], fit(penalties[0])?)
+        } else if let PenaltyChoice::InnerCv { folds } = choice {
+            let inner = inner_folds(&train, outcomes, folds, seed);
+            // Each inner fold's fitting data, standardised with its own statistics.
+            let mut sets = Vec::new();
+            for hold in &inner {
+                let fit_ids: Vec<usize> = train
+                    .iter()
+                    .copied()
+                    .filter(|i| !hold.contains(i))
+                    .collect();
+                if !hold.iter().any(|&i| outcomes[i].event) {
+                    continue;
+                }
+                let fit_rows: Vec<&[f32]> =
+                    fit_ids.iter().filter_map(|&i| rows[i].as_deref()).collect();
+                let s = Standardiser::fit(&fit_rows);
+                let x = |ids: &[usize]| -> Vec<Vec<f64>> {
+                    ids.iter()
+                        .filter_map(|&i| rows[i].as_deref())
+                        .map(|r| s.apply(r).into_iter().map(f64::from).collect())
+                        .collect()
+                };
+                sets.push((x(&fit_ids), fit_ids, x(hold), hold.clone()));
+            }
+            if sets.is_empty() {
+                return Err(fold_error(
+                    "no inner fold of the training part has an event".into(),
+                ));
+            }
+            let mut best: Option<(f64, f64)> = None;
+            for &penalty in penalties {
+                let cfg = CoxConfig {
+                    penalty,
+                    ..Default::default()
+                };
+                let mut scores = Vec::new();
+                for (x_fit, fit_ids, x_hold, hold) in &sets {
+                    let m = CoxModel::fit(x_fit, &time(fit_ids), &event(fit_ids), cfg)
+                        .map_err(|e| fold_error(format!("inner fold: {e}")))?;
+                    let risk: Vec<f64> = x_hold.iter().map(|r| m.risk(r)).collect();
+                    if let Some(ci) = cindex(&time(hold), &event(hold), &risk) {
+                        scores.push(ci.cindex);
+                    }
+                }
+                let mean = match scores.is_empty() {
+                    true => f64::NAN,
+                    false => scores.iter().sum::<f64>() / scores.len() as f64,
+                };
+                inner_cindex.push(mean);
+                if mean.is_finite()
+                    && best.is_none_or(|(b, l)| mean > b || (mean == b && penalty > l))
+                {
+                    best = Some((mean, penalty));
+                }
+            }
+            let (_, penalty) = best.ok_or_else(|| {
+                fold_error("no inner fold has a comparable pair of patients".into())
+            })?;
+            (penalty, fit(penalty)?)
         } else {
             if val.is_empty() {
                 return Err(fold_error(
@@ -218,7 +350,14 @@ pub fn cross_validate(
             train: train.len(),
             train_events: e_train.iter().filter(|&&e| e).count(),
             penalty,
+            chosen_by: match (penalties.len(), choose_by_cv) {
+                (1, _) => "fixed",
+                (_, true) => "inner_cv",
+                (_, false) => "validation",
+            }
+            .into(),
             val_cindex,
+            inner_cindex,
             test: concordance,
             test_interval: interval,
             test_patients: test.len(),
@@ -247,6 +386,7 @@ pub fn cross_validate(
     Ok(CoxResult {
         genes: expr.n_genes(),
         penalties: penalties.to_vec(),
+        choice,
         folds,
         test_cindex_mean: mean,
         test_cindex_std: std,

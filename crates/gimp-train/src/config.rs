@@ -156,6 +156,16 @@ pub struct GeneStage {
     /// Off in both presets: the paper keeps the best of all epochs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<EarlyStopping>,
+    /// Model selection inside the training part (`docs/DESIGN.md` §41): the epoch count (and
+    /// any `lr`/`weight_decay` grid; a gene grid does not apply, GiMP reads every gene) chosen
+    /// by inner folds of the training patients, then the encoder trained on all of them; the
+    /// validation part is left to the later stages. Off in the paper preset, on in the demo's
+    /// (`[genes.selection] folds = 0` turns it off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
+    /// What the selection chose (in the gene stage's checkpoint and `genes/selection.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<Chosen>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -283,6 +293,8 @@ impl RunConfig {
                 lr: 1e-4,
                 weight_decay: 1e-4,
                 early_stopping: None,
+                selection: None,
+                chosen: None,
             },
             pretrain: PretrainStage {
                 epochs: 100,
@@ -342,6 +354,9 @@ impl RunConfig {
             lr: 1e-3,
             weight_decay: 1e-4,
             early_stopping: None,
+            // The gene encoder's epochs chosen inside the training patients (§41).
+            selection: Some(Selection::default_for_gene_models()),
+            chosen: None,
         };
         c.pretrain.epochs = 6;
         c.pretrain.window = 256;
@@ -736,6 +751,81 @@ pub struct SupervisedConfig {
     /// Classification (default) or survival, with its loss (`docs/DESIGN.md` §34).
     #[serde(default)]
     pub task: TaskConfig,
+    /// Model selection by cross-validation inside the training part (`docs/DESIGN.md` §41):
+    /// on by default for the gene-only models off the paper recipe; `None` trains once with the
+    /// settings above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
+    /// What the selection chose (the settings above are then the chosen ones): written by the
+    /// selection, recorded in the checkpoint with the rest of these settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<Chosen>,
+}
+
+/// Model selection inside the training part (`docs/DESIGN.md` §41): the split's training and
+/// validation patients are dealt into `folds` inner folds (stratified by the task's stratum,
+/// seeded by the run's seed); every candidate of the grid (each learning rate × weight decay ×
+/// gene count; an empty list keeps the run's own value) is trained through the one loop on each
+/// inner training part and scored after every epoch on its inner validation fold with the
+/// task's validation figure; the candidate and epoch count of the best mean figure (ties: the
+/// lower mean loss, then the earlier candidate) are then trained on all the training and
+/// validation patients. The test part is never read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    pub folds: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lr: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weight_decay: Vec<f64>,
+    /// Candidate numbers of most variable genes (`GeneSelection::TopVariance`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub genes: Vec<usize>,
+}
+
+impl Selection {
+    /// The default selection of the gene-only models (`docs/DESIGN.md` §41).
+    pub const INNER_FOLDS: usize = 3;
+
+    pub fn default_for_gene_models() -> Self {
+        Self {
+            folds: Self::INNER_FOLDS,
+            lr: Vec::new(),
+            weight_decay: Vec::new(),
+            genes: Vec::new(),
+        }
+    }
+}
+
+/// One candidate's inner cross-validation: its settings, the epoch count of its best mean
+/// inner-validation figure, that figure and the mean loss there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateScore {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub genes: GeneSelection,
+    pub epochs: usize,
+    pub figure: f64,
+    pub loss: f64,
+}
+
+/// What a run's selection chose, and on what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Chosen {
+    /// Inner folds, and the training + validation patients dealt into them (the refit's).
+    pub folds: usize,
+    pub patients: usize,
+    /// `val_accuracy` or `val_cindex`: the figure compared.
+    pub figure_name: String,
+    /// The chosen settings (also the run's own `epochs`, `lr`, `weight_decay`, `genes`).
+    pub epochs: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub genes: GeneSelection,
+    /// The chosen candidate's mean inner-validation figure at `epochs`.
+    pub figure: f64,
+    /// Every candidate, in grid order.
+    pub candidates: Vec<CandidateScore>,
 }
 
 /// The self-supervised stage of a model that has one (the image–omic adaptations, TANGLE):
@@ -803,6 +893,8 @@ impl SupervisedConfig {
             early_stopping: clam_early_stopping(),
             self_supervised: d.pretraining.map(Into::into).unwrap_or_default(),
             task: TaskConfig::default(),
+            selection: None,
+            chosen: None,
         })
     }
 
@@ -826,6 +918,11 @@ impl SupervisedConfig {
         let mut c = Self::defaults(arch)?;
         c.seed = seed;
         c.fold = fold;
+        // The gene-only models choose their settings inside the training part (§41); the paper
+        // recipe turns it off.
+        if arch.input == gimp_models::InputKind::Expression {
+            c.selection = Some(Selection::default_for_gene_models());
+        }
         recipe.apply(&mut c);
         c.set_task(task);
         if let Some(v) = o.pretrain_epochs {
@@ -862,7 +959,91 @@ impl SupervisedConfig {
             EarlyStopping::with_overrides(c.early_stopping, o.patience, o.stop_epoch);
         c.max_patches = o.max_patches;
         c.memory_limit_gb = o.memory_limit_gb;
+        o.select.apply(&mut c.selection)?;
         Ok(c)
+    }
+}
+
+/// `--select` and its grid: what a command asks of the selection (`docs/DESIGN.md` §41).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SelectOverrides {
+    /// `Some(false)`: train once with the settings given (`--select off`); `Some(true)`: select
+    /// even where the default does not (any model, the paper recipe).
+    pub on: Option<bool>,
+    pub folds: Option<usize>,
+    pub lr: Option<Vec<f64>>,
+    pub weight_decay: Option<Vec<f64>>,
+    pub genes: Option<Vec<usize>>,
+}
+
+impl SelectOverrides {
+    fn asks_for_grid(&self) -> bool {
+        self.folds.is_some()
+            || self.lr.is_some()
+            || self.weight_decay.is_some()
+            || self.genes.is_some()
+    }
+
+    /// `selection` as asked: off, on, or with its grid changed (a grid given turns it on).
+    pub fn apply(&self, selection: &mut Option<Selection>) -> Result<()> {
+        if self.on == Some(false) {
+            if self.asks_for_grid() {
+                return Err(TrainError::Msg(
+                    "--select off: no selection grid (--select-folds, --select-lr, \
+                     --select-weight-decay, --select-genes) can be given with it"
+                        .into(),
+                ));
+            }
+            *selection = None;
+            return Ok(());
+        }
+        if self.on == Some(true) || self.asks_for_grid() {
+            let s = selection.get_or_insert_with(Selection::default_for_gene_models);
+            if let Some(k) = self.folds {
+                s.folds = k;
+            }
+            if let Some(v) = &self.lr {
+                s.lr = v.clone();
+            }
+            if let Some(v) = &self.weight_decay {
+                s.weight_decay = v.clone();
+            }
+            if let Some(v) = &self.genes {
+                s.genes = v.clone();
+            }
+        }
+        if let Some(s) = selection {
+            s.check()?;
+        }
+        Ok(())
+    }
+}
+
+impl Selection {
+    /// Refuses a grid that cannot run: fewer than 2 inner folds, a rate or decay that is not a
+    /// finite number (> 0 for a rate, ≥ 0 for a decay), a gene count of 0.
+    pub fn check(&self) -> Result<()> {
+        let bad = |what: &str, v: String| Err(TrainError::Msg(format!("selection: {what} {v}")));
+        if self.folds < 2 {
+            return bad(
+                "inner folds",
+                format!("{}: at least 2 are needed (or --select off)", self.folds),
+            );
+        }
+        if let Some(v) = self.lr.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+            return bad("learning rate", format!("{v} is not a number > 0"));
+        }
+        if let Some(v) = self
+            .weight_decay
+            .iter()
+            .find(|v| !(v.is_finite() && **v >= 0.0))
+        {
+            return bad("weight decay", format!("{v} is not a number ≥ 0"));
+        }
+        if self.genes.contains(&0) {
+            return bad("gene count", "0: keep at least one gene".into());
+        }
+        Ok(())
     }
 }
 
@@ -891,6 +1072,8 @@ pub struct SupervisedOverrides {
     /// MCAT's signatures.csv.
     pub signatures: Option<PathBuf>,
     pub genes: Option<GeneSelection>,
+    /// Model selection inside the training part (`docs/DESIGN.md` §41).
+    pub select: SelectOverrides,
 }
 
 /// How the compared systems are trained in an experiment.
@@ -929,6 +1112,8 @@ impl TrainingRecipe {
             c.early_stopping = None;
             // The paper's rows all read the cohort's every gene.
             c.genes = GeneSelection::All;
+            // The paper trains each row once, with these settings.
+            c.selection = None;
         }
     }
 }

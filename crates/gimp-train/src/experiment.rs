@@ -456,16 +456,26 @@ pub fn planned_epochs(row: &Row, base: &RunConfig, compared: &Compared) -> Resul
                 true => c.self_supervised.epochs,
                 false => 0,
             };
-            c.epochs + self_supervised
+            c.epochs * selection_fits(c.selection.as_ref()) + self_supervised
         }
         Recipe::Gimp(change) => {
             let mut c = base.clone();
             change(&mut c);
             let (genes, _) = stages::stages_run(&c);
-            usize::from(genes) * c.genes.epochs + c.pretrain.epochs + c.finetune.epochs
+            let gene_fits = selection_fits(c.genes.selection.as_ref().filter(|s| s.folds > 0));
+            usize::from(genes) * c.genes.epochs * gene_fits + c.pretrain.epochs + c.finetune.epochs
         }
         // Fitted in seconds, no epochs.
         Recipe::LogisticRegression | Recipe::MajorityClass => 0,
+    })
+}
+
+/// How many trainings a stage with `selection` (§41) runs: one per inner fold and candidate,
+/// plus the final fit (the inner fits train on less data, so this errs on the safe side).
+fn selection_fits(selection: Option<&crate::config::Selection>) -> usize {
+    selection.map_or(1, |s| {
+        let n = |k: usize| k.max(1);
+        s.folds * n(s.lr.len()) * n(s.weight_decay.len()) * n(s.genes.len()) + 1
     })
 }
 

@@ -12,6 +12,7 @@ pub mod predictions;
 pub mod progress;
 pub mod resume;
 pub mod run_record;
+pub mod selection;
 pub mod stages;
 pub mod summary;
 pub mod supervised;

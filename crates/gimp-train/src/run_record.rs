@@ -4,7 +4,7 @@
 //! (the cohort, fold, seed, version and split sizes). `gimp-rs pretrain-genes/pretrain/finetune`,
 //! `experiment` and Python's `train` all write through [`write`].
 
-use crate::config::RunConfig;
+use crate::config::{Chosen, RunConfig};
 use crate::data::Prepared;
 use crate::error::{Result, TrainError};
 use std::path::{Path, PathBuf};
@@ -56,5 +56,23 @@ pub fn write(out: &Path, cohort: &Path, cfg: &RunConfig, data: &Prepared) -> Res
     });
     let run = serde_json::to_string_pretty(&run).unwrap_or_default();
     gimp_io::atomic::write_bytes_atomic(&out.join("run.json"), run.as_bytes())?;
+    Ok(())
+}
+
+/// Records what a run's model selection chose (`docs/DESIGN.md` §41): `dir/selection.json`, and
+/// one line `{"selection": …}` appended to `dir/log.jsonl` after the final fit's epochs.
+pub fn write_selection(dir: &Path, chosen: &Chosen) -> Result<()> {
+    let text = serde_json::to_string_pretty(chosen)
+        .map_err(|e| TrainError::Msg(format!("recording the selection: {e}")))?;
+    gimp_io::atomic::write_bytes_atomic(&dir.join("selection.json"), text.as_bytes())?;
+    let line = serde_json::json!({ "selection": chosen });
+    let log = dir.join("log.jsonl");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| gimp_io::DataError::io(&log, e))?;
+    use std::io::Write;
+    writeln!(f, "{line}").map_err(|e| gimp_io::DataError::io(&log, e))?;
     Ok(())
 }

@@ -8,6 +8,7 @@ use crate::data::Prepared;
 use crate::error::{Result, TrainError};
 use crate::predictions::Predictions;
 use crate::run_record::StageDir;
+use crate::selection;
 use crate::task::{scalar, ClassLoss, Figures, StageResult, Task, Validation};
 use crate::trainer::{
     keep, save, shuffled_units, Control, Kept, Loop, OnProgress, Rate, Stage, UnitLoss,
@@ -79,6 +80,8 @@ struct GenesTask<'a> {
     data: &'a Prepared,
     train: Vec<usize>,
     batch: usize,
+    /// Every validation of the run, in epoch order (model selection, §41).
+    history: std::cell::RefCell<Vec<(f64, f64)>>,
 }
 
 impl GenesTask<'_> {
@@ -117,12 +120,20 @@ impl Stage for GenesTask<'_> {
     }
 
     fn validate(&self) -> Result<Validation> {
-        Ok(self.task.validation(&self.predict(&self.data.val)?))
+        let v = self.task.validation(&self.predict(&self.data.val)?);
+        self.history.borrow_mut().push((v.figure, v.loss));
+        Ok(v)
     }
 }
 
 /// Stage 1: trains the gene encoder; the best epoch on validation is kept and saved as a
 /// checkpoint `model run` can use.
+///
+/// With `genes.selection` (§41) the epoch count (and any rate grid) is first chosen by inner
+/// folds of the training patients (in `dir/selection`, removed afterwards), then the encoder is
+/// trained on all of them for that many epochs and the last epoch kept; the validation part,
+/// which the later stages select on, is not trained on. The choice is recorded in the
+/// checkpoint's settings (`genes.chosen`), `dir/selection.json` and the end of `dir/log.jsonl`.
 pub fn pretrain_genes(
     data: &Prepared,
     cfg: &RunConfig,
@@ -130,6 +141,69 @@ pub fn pretrain_genes(
     ctl: Control,
     on: OnProgress,
 ) -> Result<StageResult> {
+    // `folds = 0` in a run file turns the preset's selection off.
+    let Some(sel) = cfg.genes.selection.as_ref().filter(|s| s.folds > 0) else {
+        return final_genes(train_genes(data, cfg, dir, ctl, on, Some(&data.val))?);
+    };
+    sel.check()?;
+    let task = Task::new(&cfg.task, data)?;
+    let pool = with_expression(data, &data.train);
+    let cands: Vec<(f64, f64, crate::config::GeneSelection)> =
+        selection::rate_candidates(sel, cfg.genes.lr, cfg.genes.weight_decay)
+            .into_iter()
+            .map(|(lr, wd)| (lr, wd, crate::config::GeneSelection::All))
+            .collect();
+    let settings = |c: usize| {
+        let mut inner = cfg.clone();
+        inner.genes.lr = cands[c].0;
+        inner.genes.weight_decay = cands[c].1;
+        inner.genes.selection = None;
+        inner
+    };
+    let inner_dir = dir.join("selection");
+    let (scores, pick, figure_name) = selection::cross_validate(
+        data,
+        &task,
+        &pool,
+        sel.folds,
+        cfg.seed,
+        cands.len(),
+        &|part, c, k| {
+            let d = inner_dir.join(format!("fold{k}"));
+            train_genes(part, &settings(c), &d, Control::default(), on, None).map(|(_, v)| v)
+        },
+    )?;
+    let _ = std::fs::remove_dir_all(&inner_dir);
+    let chosen = selection::record(sel, pool.len(), figure_name, &cands, &scores, pick);
+    let mut refit = settings(pick);
+    refit.genes.selection = cfg.genes.selection.clone();
+    refit.genes.epochs = chosen.epochs;
+    refit.genes.early_stopping = None;
+    refit.genes.chosen = Some(chosen.clone());
+    // The training patients alone, no validation during the fit (the last epoch is kept); the
+    // validation part is still scored for the report.
+    let mut whole = data.clone();
+    whole.val = Vec::new();
+    let r = final_genes(train_genes(&whole, &refit, dir, ctl, on, Some(&data.val))?)?;
+    crate::run_record::write_selection(dir, &chosen)?;
+    Ok(r)
+}
+
+fn final_genes((r, _): (Option<StageResult>, selection::Curve)) -> Result<StageResult> {
+    r.ok_or_else(|| TrainError::Msg("the gene stage gave no result".into()))
+}
+
+/// One training of the gene encoder. `report`: the validation patients the result reports
+/// (`None`: an inner fit of the selection — no test part, no checkpoint; its validation curve
+/// is what counts).
+fn train_genes(
+    data: &Prepared,
+    cfg: &RunConfig,
+    dir: &Path,
+    ctl: Control,
+    on: OnProgress,
+    report: Option<&[usize]>,
+) -> Result<(Option<StageResult>, selection::Curve)> {
     // The gene stage's batches are its units (and the Cox loss's patients of a step).
     cfg.task.check_unit(cfg.genes.batch, "genes.batch")?;
     let task = Task::new(&cfg.task, data)?;
@@ -154,9 +228,13 @@ pub fn pretrain_genes(
         data,
         batch,
         train,
+        history: Default::default(),
     };
     let trained = Loop {
-        stage: "genes",
+        stage: match report {
+            Some(_) => "genes",
+            None => "select",
+        },
         dir,
         epochs: cfg.genes.epochs,
         seed: cfg.seed ^ 0x6E6E,
@@ -171,7 +249,14 @@ pub fn pretrain_genes(
         on,
     }
     .run(&store, &mut opt, &stage)?;
-    let (val, test) = (stage.predict(&data.val)?, stage.predict(&data.test)?);
+    let curve = selection::Curve {
+        epochs: stage.history.take(),
+        figure_name: task.validation(&Predictions::none()).figure_name,
+    };
+    let Some(report) = report else {
+        return Ok((None, curve));
+    };
+    let (val, test) = (stage.predict(report)?, stage.predict(&data.test)?);
     let (arch, config) = gcfg.checkpoint_arch();
     let kept = Kept {
         stage: "pretrain-genes",
@@ -181,7 +266,8 @@ pub fn pretrain_genes(
         seed: cfg.seed,
         fold: cfg.fold,
     };
-    keep(&task, data, &store, dir, trained, &kept, val, test)
+    let r = keep(&task, data, &store, dir, trained, &kept, val, test)?;
+    Ok((Some(r), curve))
 }
 
 /// Class-balanced batches (docs/DESIGN.md §8): every batch takes `⌈B/C⌉` (at least 2) patients

@@ -9,6 +9,8 @@ pub use crate::config::{SupervisedConfig, SupervisedOverrides};
 use crate::data::Prepared;
 use crate::error::{Result, TrainError};
 use crate::predictions::Predictions;
+use crate::run_record;
+use crate::selection::{self, Curve};
 use crate::stages::cap_bag;
 use crate::task::{ClassLoss, StageResult, Task, Validation};
 use crate::trainer::{
@@ -19,6 +21,7 @@ use gimp_models::{registry, InputKind, Model};
 use gimp_nn::optim::{Adam, AdamConfig, Cosine};
 use gimp_nn::{Mode, ParamStore};
 use rand_chacha::ChaCha8Rng;
+use std::cell::RefCell;
 use std::path::Path;
 
 /// A registered model trained on one patient a step.
@@ -37,6 +40,8 @@ struct SupervisedTask<'a> {
     batch: usize,
     /// The expression-only model runs each unit as one batch.
     batched: bool,
+    /// Every validation of the run, in epoch order: what model selection compares (§41).
+    history: RefCell<Vec<(f64, f64)>>,
 }
 
 impl SupervisedTask<'_> {
@@ -132,12 +137,20 @@ impl Stage for SupervisedTask<'_> {
     }
 
     fn validate(&self) -> Result<Validation> {
-        Ok(self.task.validation(&self.predict(&self.val)?))
+        let v = self.task.validation(&self.predict(&self.val)?);
+        self.history.borrow_mut().push((v.figure, v.loss));
+        Ok(v)
     }
 }
 
 /// Trains `cfg.arch` on the split's training patients that have its input; validates every
 /// epoch; keeps the best epoch (accuracy, ties → loss); reports val and test there.
+///
+/// With a selection (`cfg.selection`, `docs/DESIGN.md` §41) the settings are first chosen by
+/// cross-validation inside the split's training and validation patients (in `dir/selection`,
+/// removed afterwards), then the chosen settings are trained on all of them for the chosen
+/// epoch count; the choice is recorded in the checkpoint (its settings' `chosen`), in
+/// `dir/selection.json` and as the last line of `dir/log.jsonl`.
 pub fn train(
     data: &Prepared,
     cfg: &SupervisedConfig,
@@ -145,6 +158,46 @@ pub fn train(
     ctl: Control,
     on: OnProgress,
 ) -> Result<StageResult> {
+    let Some(sel) = &cfg.selection else {
+        return final_result(fit(data, cfg, dir, ctl, on, Purpose::Final)?);
+    };
+    let inner_dir = dir.join("selection");
+    let inner = |part: &Prepared, c: &SupervisedConfig, k: usize| -> Result<Curve> {
+        let d = inner_dir.join(format!("fold{k}"));
+        fit(part, c, &d, Control::default(), on, Purpose::Inner).map(|(_, curve)| curve)
+    };
+    let chosen = selection::choose(data, cfg, sel, &inner)?;
+    let _ = std::fs::remove_dir_all(&inner_dir);
+    let whole = selection::refit_part(data)?;
+    let r = final_result(fit(&whole, &chosen, dir, ctl, on, Purpose::Final)?)?;
+    if let Some(c) = &chosen.chosen {
+        run_record::write_selection(dir, c)?;
+    }
+    Ok(r)
+}
+
+fn final_result((r, _): (Option<StageResult>, Curve)) -> Result<StageResult> {
+    r.ok_or_else(|| TrainError::Msg("the final fit gave no result".into()))
+}
+
+/// Why a model is trained: the run's result, or one inner fit of model selection (no test part,
+/// no checkpoint; its validation curve is what counts).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Final,
+    Inner,
+}
+
+/// One training of `cfg` on `data` in `dir`: the run's result (`Purpose::Final`) and the
+/// validation after every epoch.
+fn fit(
+    data: &Prepared,
+    cfg: &SupervisedConfig,
+    dir: &Path,
+    ctl: Control,
+    on: OnProgress,
+    purpose: Purpose,
+) -> Result<(Option<StageResult>, Curve)> {
     let arch = registry::lookup(&cfg.arch)?;
     arch.supervised_defaults()?;
     let selected;
@@ -178,7 +231,7 @@ pub fn train(
     let train: Vec<usize> = data.train.iter().copied().filter(has).collect();
     let val: Vec<usize> = data.val.iter().copied().filter(has).collect();
     let test: Vec<usize> = data.test.iter().copied().filter(has).collect();
-    if train.is_empty() || test.is_empty() {
+    if train.is_empty() || (test.is_empty() && purpose == Purpose::Final) {
         return Err(TrainError::Msg(format!(
             "no training or test patient has the input {} reads",
             cfg.arch
@@ -270,9 +323,13 @@ pub fn train(
         val,
         max_patches: cfg.max_patches,
         batch,
+        history: RefCell::new(Vec::new()),
     };
     let trained = Loop {
-        stage: "train",
+        stage: match purpose {
+            Purpose::Final => "train",
+            Purpose::Inner => "select",
+        },
         dir,
         epochs: cfg.epochs,
         seed: cfg.seed ^ 0x5B5,
@@ -283,6 +340,13 @@ pub fn train(
         on,
     }
     .run(&store, &mut opt, &stage)?;
+    let curve = Curve {
+        epochs: stage.history.take(),
+        figure_name: task.validation(&Predictions::none()).figure_name,
+    };
+    if purpose == Purpose::Inner {
+        return Ok((None, curve));
+    }
     let val = stage.predict(&stage.val)?;
     let test = stage.predict(&test)?;
     let kept = Kept {
@@ -293,7 +357,8 @@ pub fn train(
         seed: cfg.seed,
         fold: cfg.fold,
     };
-    keep(&task, data, &store, dir, trained, &kept, val, test)
+    let r = keep(&task, data, &store, dir, trained, &kept, val, test)?;
+    Ok((Some(r), curve))
 }
 
 /// The image–omic adaptations' own objective on batches of training patients with both

@@ -294,6 +294,15 @@ impl Task {
         }
     }
 
+    /// The stratum inner folds are dealt by (model selection, `docs/DESIGN.md` §41): the class,
+    /// or in a survival run whether the patient had an event.
+    pub fn stratum(&self, data: &Prepared, i: usize) -> usize {
+        match &self.survival {
+            None => data.patients[i].label,
+            Some(s) => usize::from(s.outcomes[i].event),
+        }
+    }
+
     /// The class a model's auxiliary loss sees for patient `i` (CLAM's instance clustering,
     /// DSMIL's max-instance BCE): its label; in a survival run its time bin under the NLL head
     /// (one output per bin), 0 under the Cox head (one output).

@@ -89,6 +89,8 @@ fn tiny_gimp(task: TaskConfig) -> RunConfig {
     c.finetune.epochs = 1;
     c.finetune.max_patches = Some(20);
     c.set_task(task);
+    // Gene-stage selection (§41) has its own tests (tests/selection.rs).
+    c.genes.selection = None;
     c
 }
 

@@ -25,9 +25,18 @@ pub struct CoxArgs {
     /// The cohort file (cohort.toml) with expression and a [survival] section.
     pub cohort: PathBuf,
     /// L2 penalty λ on standardised genes (lifelines' `penalizer`, l1_ratio 0). Several,
-    /// comma-separated (the default): each split takes the one with the best validation c-index.
+    /// comma-separated (the default): each split chooses one as --choose says.
     #[arg(long, value_delimiter = ',', default_value = "0.1,1,10,100,1000")]
     pub penalty: Vec<f64>,
+    /// How a split's penalty is chosen among several: cv (the mean c-index of --inner-folds
+    /// folds of the training and validation patients, then refitted on all of them; the
+    /// default, docs/DESIGN.md §41) or validation (fitted on the training part, the best
+    /// c-index on the validation part).
+    #[arg(long, default_value = "cv", value_parser = ["cv", "validation"])]
+    pub choose: String,
+    /// Inner folds of --choose cv.
+    #[arg(long, default_value_t = 5)]
+    pub inner_folds: usize,
     /// Expression transform before z-scoring: log2p1 (for FPKM/TPM/counts) or none (already log).
     #[arg(long, default_value = "log2p1")]
     pub transform: ExpressionTransform,
@@ -35,8 +44,8 @@ pub struct CoxArgs {
     /// each class by events and time bins (as `gimp-rs split`).
     #[arg(long)]
     pub kfold: Option<usize>,
-    /// With --kfold: the fraction of each training part kept for validation (where the penalty
-    /// is chosen).
+    /// With --kfold: the fraction of each training part kept for validation (where --choose
+    /// validation chooses the penalty).
     #[arg(long, default_value_t = 0.2)]
     pub val: f64,
     /// Seed for --kfold and the bootstrap intervals.
@@ -95,7 +104,13 @@ fn open_checked(path: &std::path::Path) -> Result<Cohort> {
 fn cox(a: CoxArgs) -> Result<ExitCode> {
     let c = open_checked(&a.cohort)?;
     let splits = cox_baseline::splits(&c, a.kfold, a.val, a.seed)?;
-    let r = cox_baseline::cross_validate(&c, &splits, &a.penalty, a.transform, a.seed)?;
+    let choice = match a.choose.as_str() {
+        "validation" => cox_baseline::PenaltyChoice::Validation,
+        _ => cox_baseline::PenaltyChoice::InnerCv {
+            folds: a.inner_folds,
+        },
+    };
+    let r = cox_baseline::cross_validate(&c, &splits, &a.penalty, a.transform, choice, a.seed)?;
     if let Some(dir) = &a.scores {
         r.write_scores(dir)?;
     }

@@ -94,6 +94,34 @@ pub struct SupervisedFlags {
     /// most variable for SNN and GroupMSA, docs/DESIGN.md §38; all for the others).
     #[arg(long, value_name = "all|K|FILE")]
     pub genes: Option<gimp_train::config::GeneSelection>,
+    /// Model selection inside the training part (docs/DESIGN.md §41): the split's training and
+    /// validation patients are dealt into inner folds, each candidate of the grid is trained on
+    /// them and the best (and its epoch count) is trained on all of them. Default: on for SNN
+    /// and GroupMSA (epochs chosen by 3 inner folds), off for the other models and the paper
+    /// recipe; `on` selects for any model.
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub select: Option<bool>,
+    /// Inner folds of the selection (default 3).
+    #[arg(long, value_name = "K")]
+    pub select_folds: Option<usize>,
+    /// Learning rates the selection compares, comma-separated (default: the model's own only).
+    #[arg(long, value_delimiter = ',', value_name = "LR,…")]
+    pub select_lr: Option<Vec<f64>>,
+    /// Weight decays the selection compares, comma-separated (default: the model's own only).
+    #[arg(long, value_delimiter = ',', value_name = "WD,…")]
+    pub select_weight_decay: Option<Vec<f64>>,
+    /// Numbers of most variable genes the selection compares, comma-separated (default: --genes).
+    #[arg(long, value_delimiter = ',', value_name = "K,…")]
+    pub select_genes: Option<Vec<usize>>,
+}
+
+/// `on` or `off`.
+fn on_off(s: &str) -> std::result::Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("'{other}': expected on or off")),
+    }
 }
 
 impl SupervisedFlags {
@@ -114,6 +142,13 @@ impl SupervisedFlags {
             accumulate: self.accumulate,
             signatures: self.signatures.clone(),
             genes: self.genes.clone(),
+            select: gimp_train::config::SelectOverrides {
+                on: self.select,
+                folds: self.select_folds,
+                lr: self.select_lr.clone(),
+                weight_decay: self.select_weight_decay.clone(),
+                genes: self.select_genes.clone(),
+            },
         }
     }
 }
