@@ -39,6 +39,7 @@ measure() {
     local name=$1
     shift
     local log=$DIR/$name.time out=$DIR/$name.out anon=0 pid child a
+    rm -rf "${RM[@]}"
     /usr/bin/time -v -o "$log" "$@" >"$out" 2>&1 &
     pid=$!
     while kill -0 "$pid" 2>/dev/null; do
@@ -82,19 +83,24 @@ EOF
 slide=$(awk -F, 'NR == 2 { print $2 }' "$DIR/big/dataset.csv")
 h5=$(find "$DIR/big/features" -name "$slide.h5" | head -1)
 printf 'command\twall s\tuser s\tsys s\tpeak RSS GiB\tpeak anon GiB\tminor faults M\tstatus\n'
+RM=()
 for arch in transmil clam_sb abmil; do
+    RM=("$DIR/run_$arch")
     want "train_$arch" && measure "train_$arch" "$BIN" "${T[@]}" train "$cohort" --arch "$arch" \
         --epochs 1 --accumulate 1 --out "$DIR/run_$arch"
 done
 if want pretrain_genes || want pretrain || want finetune; then
     "$BIN" "${T[@]}" pretrain-genes "$cohort" --config "$DIR/one-epoch.toml" --out "$DIR/gimp" >/dev/null
 fi
+RM=("$DIR/gimp/pretrain")
 want pretrain && measure pretrain "$BIN" "${T[@]}" pretrain "$cohort" --config "$DIR/one-epoch.toml" \
     --out "$DIR/gimp"
+RM=("$DIR/gimp/finetune")
 want finetune && measure finetune "$BIN" "${T[@]}" finetune "$cohort" --config "$DIR/one-epoch.toml" \
     --out "$DIR/gimp"
 ckpt=$DIR/run_transmil/model.safetensors
 [ -f "$ckpt" ] || ckpt=$(find "$DIR/run_transmil" -name model.safetensors 2>/dev/null | head -1)
+RM=()
 if [ -n "$ckpt" ] && [ -f "$ckpt" ]; then
     want evaluate && measure evaluate "$BIN" "${T[@]}" evaluate "$cohort" --checkpoint "$ckpt" --split train
     want predict && measure predict "$BIN" "${T[@]}" predict --checkpoint "$ckpt" --features "$h5"
@@ -103,9 +109,11 @@ if [ -n "$ckpt" ] && [ -f "$ckpt" ]; then
         --out "$DIR/heatmap"
     want embed && measure embed "$BIN" "${T[@]}" embed "$cohort" --checkpoint "$ckpt" --out "$DIR/embed.tsv"
 fi
+RM=("$DIR/experiment")
 want experiment && measure experiment "$BIN" "${T[@]}" experiment table1 "$cohort" --rows transmil \
     --epochs 1 --accumulate 1 --out "$DIR/experiment"
 
+RM=()
 if [ "${STEPS:-1}" != 0 ]; then
     for s in transmil_step clam_sb_step abmil_step finetune_step transmil_forward pretrain_step; do
         case $s in
