@@ -112,6 +112,33 @@ pub fn record_features(record: &Path, top: usize) -> Result<Vec<Feature>> {
     )
 }
 
+/// Writes `{out}/{id}.qupath.geojson`: a slide's patches (`coords`, `size0` level-0 pixels a
+/// side) as detections with their scores and percentiles, the `top` highest as their own class;
+/// returns the path. What `heatmap --qupath` writes.
+pub fn write_scored_patches(
+    out: &Path,
+    id: &str,
+    coords: &[[i64; 2]],
+    size0: f64,
+    scores: &[f32],
+    top: usize,
+) -> Result<std::path::PathBuf> {
+    let percentiles = gimp_slide::overlay::percentiles(scores);
+    let features = qupath::patch_detections(
+        coords,
+        size0,
+        Some(PatchScores {
+            scores,
+            percentiles: &percentiles,
+        }),
+        None,
+        top,
+    );
+    let path = out.join(format!("{id}{SUFFIX}"));
+    qupath::write(&path, features)?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,31 +185,4 @@ mod tests {
             "{e}"
         );
     }
-}
-
-/// Writes `{out}/{id}.qupath.geojson`: a slide's patches (`coords`, `size0` level-0 pixels a
-/// side) as detections with their scores and percentiles, the `top` highest as their own class;
-/// returns the path. What `heatmap --qupath` writes.
-pub fn write_scored_patches(
-    out: &Path,
-    id: &str,
-    coords: &[[i64; 2]],
-    size0: f64,
-    scores: &[f32],
-    top: usize,
-) -> Result<std::path::PathBuf> {
-    let percentiles = gimp_slide::overlay::percentiles(scores);
-    let features = qupath::patch_detections(
-        coords,
-        size0,
-        Some(PatchScores {
-            scores,
-            percentiles: &percentiles,
-        }),
-        None,
-        top,
-    );
-    let path = out.join(format!("{id}{SUFFIX}"));
-    qupath::write(&path, features)?;
-    Ok(path)
 }
