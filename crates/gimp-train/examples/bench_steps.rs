@@ -159,6 +159,8 @@ fn clam_sb_step(n: usize, repeat: usize) -> candle_core::Result<f64> {
 }
 
 fn main() -> candle_core::Result<()> {
+    // As gimp-rs's `main` does.
+    gimp_nn::cpu::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let repeat = args
         .iter()
