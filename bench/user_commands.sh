@@ -15,6 +15,8 @@
 # binary are file-backed, the rest is anonymous), the minor page faults; then the bench step
 # of the same computation on a bag of the same size (bench_steps --only NAME_PATCHES, its own
 # process, the same measurements). The table ends with the machine's load (uptime).
+# PyTorch has no whole-command counterpart here: its side is the step table of bench/compare.sh.
+# Results and the diagnosis: docs/PERFORMANCE.md, "What the user's commands cost".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-150000}
