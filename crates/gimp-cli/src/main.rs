@@ -103,6 +103,9 @@ enum Command {
 static ALLOC: gimp_nn::cpu::alloc::CachingAlloc = gimp_nn::cpu::alloc::CachingAlloc::new();
 
 fn main() -> ExitCode {
+    // Freed tensors stay in glibc's heap for reuse instead of being unmapped and faulted in again
+    // (docs/PERFORMANCE.md, "What the user's commands cost").
+    gimp_nn::cpu::alloc::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

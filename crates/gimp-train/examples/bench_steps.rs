@@ -7,10 +7,11 @@
 //! * `finetune_step_N`: one GiMP fine-tuning step on a whole bag of `N` patches × 1024 (the
 //!   aggregator, the frozen GroupMSA gene encoder on 60,480 genes, the head; cross-entropy,
 //!   backward, AdamW), as `gimp-rs train` stage 3 runs it;
-//! * `transmil_step_N`, `clam_sb_step_N`: one supervised training step of TransMIL and CLAM-SB
-//!   (with its instance-clustering loss) on such a bag, as the trainer runs it;
+//! * `transmil_step_N`, `clam_sb_step_N`, `abmil_step_N`: one supervised training step of
+//!   TransMIL, CLAM-SB (with its instance-clustering loss) and ABMIL on such a bag, as the
+//!   trainer runs it; `transmil_forward_N`: TransMIL's forward pass at inference on such a bag;
 //!
-//! for `N` in 6,000, 24,000 and 150,000; and GiMP's successors on a bag of `N` patches × 1024
+//! for `N` in 6,000, 24,000 and 150,000 (or any `N` named by `--only`); and GiMP's successors on a bag of `N` patches × 1024
 //! with an expression vector of 4,999 genes (AdamW at the models' training defaults;
 //! cross-entropy on the logits):
 //!
@@ -32,6 +33,7 @@
 //! Prints one JSON object of median seconds over `--repeat` runs (after one warm-up).
 //! `cargo run --release -p gimp-train --example bench_steps -- [--repeat 3] [--skip-150k] [--only NAME]`
 use candle_core::{Device, Tensor};
+use gimp_models::abmil::{Abmil, AbmilConfig};
 use gimp_models::aggregator::AggregatorConfig;
 use gimp_models::clam::{Branches, Clam, ClamConfig};
 use gimp_models::gimp::{ExpressionAlone, GeneEncoder, GeneEncoderConfig, Gimp, GimpConfig};
@@ -150,6 +152,23 @@ fn transmil_step(n: usize, repeat: usize) -> candle_core::Result<f64> {
     supervised_step(&store, &model, n, repeat)
 }
 
+/// TransMIL's forward pass at inference on a whole bag of `n` patches (what `evaluate`, `predict`,
+/// `heatmap`, `embed` and validation run per patient), timed.
+fn transmil_forward(n: usize, repeat: usize) -> candle_core::Result<f64> {
+    let store = ParamStore::new(0);
+    let model = Transmil::new(&store.root(), TransmilConfig::new(1024, 2))?;
+    let x = bag(n)?;
+    time(repeat, || {
+        model.forward(&Input::Bag(&x), &Mode::inference()).map(drop)
+    })
+}
+
+fn abmil_step(n: usize, repeat: usize) -> candle_core::Result<f64> {
+    let store = ParamStore::new(0);
+    let model = Abmil::new(&store.root(), AbmilConfig::small(1024, 2))?;
+    supervised_step(&store, &model, n, repeat)
+}
+
 fn clam_sb_step(n: usize, repeat: usize) -> candle_core::Result<f64> {
     let store = ParamStore::new(0);
     let model = Clam::new(&store.root(), ClamConfig::small(Branches::Single, 1024, 2))?;
@@ -251,6 +270,8 @@ fn tangle_pretrain_step(patients: usize, repeat: usize) -> candle_core::Result<f
 }
 
 fn main() -> candle_core::Result<()> {
+    // As gimp-rs's `main` does.
+    gimp_nn::cpu::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let repeat = args
         .iter()
@@ -339,13 +360,21 @@ fn main() -> candle_core::Result<()> {
     record("groupmsa_step", groupmsa_step);
     drop(window);
     type Step = fn(usize, usize) -> candle_core::Result<f64>;
-    let steps: [(&str, Step); 3] = [
+    let steps: [(&str, Step); 5] = [
+        ("transmil_forward", transmil_forward),
         ("finetune_step", finetune_step),
         ("transmil_step", transmil_step),
         ("clam_sb_step", clam_sb_step),
+        ("abmil_step", abmil_step),
     ];
+    // `--only NAME_N` also runs a bag size outside BAG_SIZES (`bench/user_commands.sh`).
+    let named_size = only
+        .as_deref()
+        .and_then(|o| o.rsplit_once('_'))
+        .and_then(|(_, n)| n.parse::<usize>().ok())
+        .filter(|n| !BAG_SIZES.contains(n));
     for (name, step) in steps {
-        for n in BAG_SIZES {
+        for n in BAG_SIZES.into_iter().chain(named_size) {
             let key = format!("{name}_{n}");
             // Only when named: each runs in its own process for its peak memory.
             let run = only.as_deref() == Some(key.as_str()) && !(skip_150k && n == 150_000);

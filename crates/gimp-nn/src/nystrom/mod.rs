@@ -307,7 +307,8 @@ impl NystromAttention {
         mode: &Mode,
         rows: Option<&[usize]>,
     ) -> Result<Tensor> {
-        let attended = match choose_path(mode, true, x, &self.cfg) {
+        let path = choose_path(mode, true, x, &self.cfg);
+        let attended = match path {
             NystromPath::Streaming => self.forward_streaming_batch(&norm.forward(x)?)?,
             NystromPath::FusedCore(memory) => {
                 self.forward_fused_core(&norm.forward(x)?, mode, memory)?
@@ -332,6 +333,13 @@ impl NystromAttention {
             }
         };
         let out = (x + attended)?;
+        // At inference nothing is recorded for backpropagation: cut the graph here, or a model
+        // whose parameters are variables (validation during training) would keep every earlier
+        // token-wide tensor of the forward pass alive for as long as its output lives.
+        let out = match path {
+            NystromPath::Streaming => out.detach(),
+            _ => out,
+        };
         match rows {
             Some(r) => out.index_select(&crate::loss::index_tensor(r, x.device())?, 1),
             None => Ok(out),
