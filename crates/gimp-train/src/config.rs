@@ -824,8 +824,21 @@ pub struct Chosen {
     pub genes: GeneSelection,
     /// The chosen candidate's mean inner-validation figure at `epochs`.
     pub figure: f64,
+    /// The epochs the inner fits ran, over which their rate schedule decayed: the refit follows
+    /// the same schedule and stops after `epochs`, so its chosen epoch sees the rates the inner
+    /// fits' did (a cosine squeezed into `epochs` would decay far sooner). 0 in records written
+    /// before this field: the schedule spans `epochs`.
+    #[serde(default)]
+    pub schedule_epochs: usize,
     /// Every candidate, in grid order.
     pub candidates: Vec<CandidateScore>,
+}
+
+impl Chosen {
+    /// The epochs a run's rate schedule spans: its own, or a selection's inner fits'.
+    pub fn schedule(chosen: Option<&Chosen>, epochs: usize) -> usize {
+        chosen.map_or(epochs, |c| c.schedule_epochs.max(epochs))
+    }
 }
 
 /// The self-supervised stage of a model that has one (the image–omic adaptations, TANGLE):

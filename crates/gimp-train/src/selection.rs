@@ -275,6 +275,7 @@ pub fn record(
     candidates: &[(f64, f64, GeneSelection)],
     scores: &[Scored],
     pick: usize,
+    schedule_epochs: usize,
 ) -> Chosen {
     let (lr, weight_decay, genes) = candidates[pick].clone();
     Chosen {
@@ -286,6 +287,7 @@ pub fn record(
         weight_decay,
         genes,
         figure: scores[pick].figure,
+        schedule_epochs,
         candidates: candidates
             .iter()
             .zip(scores)
@@ -333,7 +335,15 @@ pub fn choose(
         cands.len(),
         &|part, c, k| fit(part, &settings(c), k),
     )?;
-    let chosen = record(s, pool.len(), figure_name, &cands, &scores, pick);
+    let chosen = record(
+        s,
+        pool.len(),
+        figure_name,
+        &cands,
+        &scores,
+        pick,
+        cfg.epochs,
+    );
     let mut out = settings(pick);
     out.selection = cfg.selection.clone();
     out.epochs = chosen.epochs;

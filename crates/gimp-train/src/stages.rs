@@ -3,7 +3,7 @@
 //! its answers in training and in evaluation — is `gimp_models::gimp`'s; a stage only chooses
 //! patients, windows and masks, and hands logits to the run's [`Task`].
 
-use crate::config::{Modalities, RunConfig, Triplet};
+use crate::config::{Chosen, Modalities, RunConfig, Triplet};
 use crate::data::Prepared;
 use crate::error::{Result, TrainError};
 use crate::predictions::Predictions;
@@ -174,7 +174,15 @@ pub fn pretrain_genes(
         },
     )?;
     let _ = std::fs::remove_dir_all(&inner_dir);
-    let chosen = selection::record(sel, pool.len(), figure_name, &cands, &scores, pick);
+    let chosen = selection::record(
+        sel,
+        pool.len(),
+        figure_name,
+        &cands,
+        &scores,
+        pick,
+        cfg.genes.epochs,
+    );
     let mut refit = settings(pick);
     refit.genes.selection = cfg.genes.selection.clone();
     refit.genes.epochs = chosen.epochs;
@@ -241,7 +249,7 @@ fn train_genes(
         rate: cosine(
             cfg.genes.lr,
             stage.train.len().div_ceil(batch),
-            cfg.genes.epochs,
+            Chosen::schedule(cfg.genes.chosen.as_ref(), cfg.genes.epochs),
         ),
         accumulate: 1,
         early_stopping: cfg.genes.early_stopping,

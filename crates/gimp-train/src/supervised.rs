@@ -4,7 +4,7 @@
 //! ([`TrainingDefaults`], in its file); the image–omic adaptations first run their self-supervised
 //! stage.
 
-use crate::config::GeneSelection;
+use crate::config::{Chosen, GeneSelection};
 pub use crate::config::{SupervisedConfig, SupervisedOverrides};
 use crate::data::Prepared;
 use crate::error::{Result, TrainError};
@@ -299,7 +299,8 @@ fn fit(
         true => Rate::Cosine(Cosine {
             base: cfg.lr,
             warmup: 0,
-            total: train.len().div_ceil(cfg.accumulate.max(1)) * cfg.epochs.max(1),
+            total: train.len().div_ceil(cfg.accumulate.max(1))
+                * Chosen::schedule(cfg.chosen.as_ref(), cfg.epochs).max(1),
         }),
         false => Rate::Constant(cfg.lr),
     };
