@@ -44,9 +44,13 @@ def test_a_compared_system_trains_and_evaluates(cohort_toml, tmp_path):
 def test_text_progress_writes_one_line_per_epoch(cohort_toml, tmp_path):
     out = io.StringIO()
     gimp_rs.train(cohort_toml, tmp_path / "snn", "snn", epochs=2, progress=gimp_rs.TextProgress(out))
+    # SNN chooses its epoch count by 3 inner folds (docs/DESIGN.md §41): one line per epoch of
+    # each inner fit ("select"), then of the refit ("train").
     lines = out.getvalue().split("\n")
-    assert lines[-1] == "" and len(lines) == 3, lines
-    assert lines[1].split("\r")[-1].startswith("train epoch 2/2 [")
+    assert lines[-1] == "" and len(lines) == 3 * 2 + 2 + 1, lines
+    last = [line.split("\r")[-1] for line in lines[:-1]]
+    assert all(line.startswith("select epoch ") for line in last[:6]), last
+    assert last[-1].startswith("train epoch 2/2 ["), last
 
 
 def test_bad_training_arguments(cohort_toml, tmp_path):
