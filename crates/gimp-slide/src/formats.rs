@@ -2,7 +2,7 @@
 //! knows only the shared interface in [`crate::slide`]).
 
 use crate::slide::SlideReader;
-use gimp_io::{DataError, ErrorKind, Result};
+use gimp_io::{DataError, Result};
 use std::path::Path;
 
 /// Opens a slide with the reader its bytes call for: TIFF and BigTIFF (Aperio SVS, OME-TIFF,
@@ -48,7 +48,7 @@ pub fn open(path: &Path) -> Result<Box<dyn SlideReader>> {
             .map(|e| e.to_string_lossy().to_string())
             .unwrap_or_default();
         Err(DataError::new(
-            ErrorKind::Unsupported,
+            gimp_io::ErrorKind::Unsupported,
             path,
             format!(
                 "not a TIFF or DICOM file (first bytes {magic:02x?}, extension '{ext}'); this \
