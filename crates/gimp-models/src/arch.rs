@@ -281,3 +281,35 @@ pub(crate) fn no_reference(name: &str) -> Result<Value> {
         "{name} has no reference weights to read (the model is gimp-rs's own): use a gimp-rs checkpoint, which stores its config"
     )))
 }
+
+/// The per-group SNNs MCAT, SurvPath and MMP share (`sig_networks.{i}.{j}.0.weight`), read from
+/// a state dict: the genes in all, the hidden widths (every group has group 0's), and the groups
+/// as consecutive slices of one expression vector (the references take one vector per group).
+pub(crate) struct GeneGroupNetworks {
+    pub genes: usize,
+    pub hidden: Vec<usize>,
+    pub groups: Vec<Vec<u32>>,
+}
+
+pub(crate) fn gene_group_networks(w: &BTreeMap<String, Tensor>) -> Result<GeneGroupNetworks> {
+    let sizes = (0..count_indexed(w, "sig_networks.", ".0.0.weight"))
+        .map(|i| shape(w, &format!("sig_networks.{i}.0.0.weight")).map(|s| s[1]))
+        .collect::<Result<Vec<_>>>()?;
+    let hidden = (0..count_indexed(w, "sig_networks.0.", ".0.weight"))
+        .map(|j| shape(w, &format!("sig_networks.0.{j}.0.weight")).map(|s| s[0]))
+        .collect::<Result<_>>()?;
+    let mut start = 0u32;
+    let groups = sizes
+        .iter()
+        .map(|&k| {
+            let g = (start..start + k as u32).collect();
+            start += k as u32;
+            g
+        })
+        .collect();
+    Ok(GeneGroupNetworks {
+        genes: sizes.iter().sum(),
+        hidden,
+        groups,
+    })
+}

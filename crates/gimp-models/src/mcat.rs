@@ -7,7 +7,8 @@
 //! concatenated through two ReLU layers into the classifier. Names are the reference's.
 
 use crate::arch::{
-    config, count_indexed, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
+    config, count_indexed, gene_group_networks, shape, to_value, ArchInfo, InputKind, Training,
+    TrainingDefaults,
 };
 use crate::gated_attention::GatedAttention;
 use crate::model::{bag, expression, Input, Model, Output};
@@ -252,29 +253,15 @@ pub const ARCH: ArchInfo = ArchInfo {
     build: |s, v| Ok(Box::new(Mcat::new(s, config(v)?)?)),
     config_from_weights: |w| {
         let fc = shape(w, "wsi_net.0.weight")?;
-        let n = count_indexed(w, "sig_networks.", ".0.0.weight");
-        let sizes = (0..n)
-            .map(|i| shape(w, &format!("sig_networks.{i}.0.0.weight")).map(|s| s[1]))
-            .collect::<Result<Vec<_>>>()?;
-        let mut c = McatConfig::new(fc[1], sizes.iter().sum(), shape(w, "classifier.weight")?[0]);
+        let g = gene_group_networks(w)?;
+        let mut c = McatConfig::new(fc[1], g.genes, shape(w, "classifier.weight")?[0]);
         c.d = fc[0];
-        c.omic_hidden = (0..count_indexed(w, "sig_networks.0.", ".0.weight"))
-            .map(|j| shape(w, &format!("sig_networks.0.{j}.0.weight")).map(|s| s[0]))
-            .collect::<Result<_>>()?;
+        c.omic_hidden = g.hidden;
         c.layers = count_indexed(w, "path_transformer.layers.", ".linear1.weight");
         c.ffn = shape(w, "path_transformer.layers.0.linear1.weight")?[0];
         c.attention_dim = shape(w, "path_attention_head.attention_a.0.weight")?[0];
         // Heads leave no trace in the shapes: the reference's 8.
-        // The reference takes one vector per group; read as consecutive slices of one vector.
-        let mut start = 0u32;
-        c.groups = sizes
-            .iter()
-            .map(|&k| {
-                let g = (start..start + k as u32).collect();
-                start += k as u32;
-                g
-            })
-            .collect();
+        c.groups = g.groups;
         Ok(to_value(&c))
     },
     set_gene_groups: Some(|c, groups| {

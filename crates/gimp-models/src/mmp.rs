@@ -24,7 +24,7 @@
 //! Names are the reference's (`coattn`'s state dict plus PANTHER's `panther.priors.*`).
 
 use crate::arch::{
-    config, count_indexed, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
+    config, gene_group_networks, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
 };
 use crate::model::{bag, expression, Input, Model, Output};
 use crate::survpath::{snn_blocks, snn_forward, FeedForward, PathwayAttention, Pattern};
@@ -534,30 +534,13 @@ pub fn install_prototypes(store: &ParamStore, prototypes: &Tensor) -> Result<()>
 fn config_from_weights(w: &BTreeMap<String, Tensor>) -> Result<Value> {
     let proto = shape(w, PROTOTYPES)?;
     let proj = shape(w, "path_proj_net.0.weight")?;
-    let n = count_indexed(w, "sig_networks.", ".0.0.weight");
-    let sizes = (0..n)
-        .map(|i| shape(w, &format!("sig_networks.{i}.0.0.weight")).map(|s| s[1]))
-        .collect::<Result<Vec<_>>>()?;
-    let mut c = MmpConfig::new(
-        proto[1],
-        sizes.iter().sum(),
-        shape(w, "classifier.weight")?[0],
-    );
+    let g = gene_group_networks(w)?;
+    let mut c = MmpConfig::new(proto[1], g.genes, shape(w, "classifier.weight")?[0]);
     c.n_proto = proto[0];
     c.d = proj[0];
     c.append_dim = shape(w, "histo_embedding")?[2];
-    c.omic_hidden = (0..count_indexed(w, "sig_networks.0.", ".0.weight"))
-        .map(|j| shape(w, &format!("sig_networks.0.{j}.0.weight")).map(|s| s[0]))
-        .collect::<Result<_>>()?;
-    let mut start = 0u32;
-    c.groups = sizes
-        .iter()
-        .map(|&k| {
-            let g = (start..start + k as u32).collect();
-            start += k as u32;
-            g
-        })
-        .collect();
+    c.omic_hidden = g.hidden;
+    c.groups = g.groups;
     Ok(to_value(&c))
 }
 

@@ -21,7 +21,7 @@
 //! reference's, so its state dicts load as they are.
 
 use crate::arch::{
-    config, count_indexed, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
+    config, gene_group_networks, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
 };
 use crate::model::{bag, expression, Input, Model, Output};
 use candle_core::{Result, Tensor};
@@ -368,28 +368,11 @@ impl Model for SurvPath {
 /// slices of one expression vector.
 fn config_from_weights(w: &BTreeMap<String, Tensor>) -> Result<Value> {
     let proj = shape(w, "wsi_projection_net.0.weight")?;
-    let n = count_indexed(w, "sig_networks.", ".0.0.weight");
-    let sizes = (0..n)
-        .map(|i| shape(w, &format!("sig_networks.{i}.0.0.weight")).map(|s| s[1]))
-        .collect::<Result<Vec<_>>>()?;
-    let mut c = SurvPathConfig::new(
-        proj[1],
-        sizes.iter().sum(),
-        shape(w, "to_logits.2.weight")?[0],
-    );
+    let g = gene_group_networks(w)?;
+    let mut c = SurvPathConfig::new(proj[1], g.genes, shape(w, "to_logits.2.weight")?[0]);
     c.d = proj[0];
-    c.omic_hidden = (0..count_indexed(w, "sig_networks.0.", ".0.weight"))
-        .map(|j| shape(w, &format!("sig_networks.0.{j}.0.weight")).map(|s| s[0]))
-        .collect::<Result<_>>()?;
-    let mut start = 0u32;
-    c.groups = sizes
-        .iter()
-        .map(|&k| {
-            let g = (start..start + k as u32).collect();
-            start += k as u32;
-            g
-        })
-        .collect();
+    c.omic_hidden = g.hidden;
+    c.groups = g.groups;
     Ok(to_value(&c))
 }
 
