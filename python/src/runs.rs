@@ -334,7 +334,9 @@ fn evaluate(
         let ckpt = gimp_nn::checkpoint::Checkpoint::load(&checkpoint)?;
         let data = Prepared::for_checkpoint(&c, fold, &ckpt)?;
         let m = gimp_train::evaluate::load(&ckpt)?;
-        Ok(gimp_train::evaluate::evaluate_checkpoint(&m, &data, part, seed)?)
+        Ok(gimp_train::evaluate::evaluate_checkpoint(
+            &m, &data, part, seed,
+        )?)
     })?;
     values::serialised(py, &e)
 }
