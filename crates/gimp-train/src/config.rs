@@ -202,6 +202,39 @@ pub struct PretrainStage {
     /// (`docs/DESIGN.md` §34).
     #[serde(default)]
     pub censored: CensoredInTriplets,
+    /// Whether a batch's windows are backpropagated together or one at a time
+    /// (`docs/DESIGN.md` §42).
+    #[serde(default)]
+    pub window_gradients: WindowGradients,
+}
+
+/// How GiMP pre-training backpropagates a batch of windows. The triplet loss couples the
+/// batch's windows, so backpropagating them together keeps every window's graph until the
+/// batch's backward pass (about 0.55 GB per 6,000-patch window); one at a time encodes each
+/// window twice (about a third more time) and keeps one graph. Both give the same gradient;
+/// the sums run in another order, so the weights agree to rounding, not bit for bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowGradients {
+    /// One at a time when the batch holds more than [`WindowGradients::TOGETHER_PATCHES`]
+    /// patches (the paper's 8 windows of 6,000), else together.
+    #[default]
+    Auto,
+    Together,
+    OneAtATime,
+}
+
+impl WindowGradients {
+    /// The most patches a batch backpropagates together under `auto`: about 1.5 GB of graphs.
+    pub const TOGETHER_PATCHES: usize = 16_384;
+
+    pub fn one_at_a_time(self, windows: usize, window: usize) -> bool {
+        match self {
+            Self::Auto => windows.saturating_mul(window) > Self::TOGETHER_PATCHES,
+            Self::Together => false,
+            Self::OneAtATime => true,
+        }
+    }
 }
 
 /// Survival runs: which censored patients GiMP's pre-training forms triplets with. A censored
@@ -310,6 +343,7 @@ impl RunConfig {
                 lr: 1e-4,
                 weight_decay: 1e-4,
                 censored: CensoredInTriplets::CertainBin,
+                window_gradients: WindowGradients::Auto,
             },
             finetune: FinetuneStage {
                 epochs: 70,

@@ -281,6 +281,52 @@ impl Prepared {
         Ok(Some(Tensor::cat(&parts, 0)?))
     }
 
+    /// Rows `rows` of the patient's bag (indices into its slides concatenated in order), read
+    /// straight from the memory-mapped cache: a 6,000-patch pre-training window of a
+    /// 150,000-patch bag costs its 6,000 rows, not a copy of the whole bag (docs/DESIGN.md §42).
+    pub fn bag_rows(&self, i: usize, rows: &[u32]) -> Result<Option<Tensor>> {
+        let p = &self.patients[i];
+        if p.slides.is_empty() {
+            return Ok(None);
+        }
+        let cache = self.cache.as_ref().ok_or_else(|| {
+            TrainError::Msg("the cohort has slides but no [features] section".into())
+        })?;
+        let bags = p
+            .slides
+            .iter()
+            .map(|(id, path)| cache.get(path, id, gimp_io::DEFAULT_MAX_BAG_BYTES))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let d = bags[0].d;
+        // First row of each slide within the concatenation.
+        let mut starts = Vec::with_capacity(bags.len());
+        let mut total = 0usize;
+        for b in &bags {
+            if b.d != d {
+                return Err(TrainError::Msg(format!(
+                    "patient {}: its slides' features have {} and {} values per patch",
+                    p.case_id, d, b.d
+                )));
+            }
+            starts.push(total);
+            total += b.n;
+        }
+        let mut out = Vec::with_capacity(rows.len() * d);
+        for &r in rows {
+            let r = r as usize;
+            if r >= total {
+                return Err(TrainError::Msg(format!(
+                    "patient {}: row {r} of a bag of {total} patches",
+                    p.case_id
+                )));
+            }
+            let s = starts.partition_point(|&st| st <= r) - 1;
+            let local = r - starts[s];
+            out.extend_from_slice(&bags[s].features()[local * d..(local + 1) * d]);
+        }
+        Ok(Some(Tensor::from_vec(out, (rows.len(), d), &Device::Cpu)?))
+    }
+
     /// Patches in the patient's bag (0 without slides), read from the cache's headers.
     pub fn bag_patches(&self, i: usize) -> Result<usize> {
         let p = &self.patients[i];

@@ -11,9 +11,9 @@ use crate::run_record::StageDir;
 use crate::selection;
 use crate::task::{scalar, ClassLoss, Figures, StageResult, Task, Validation};
 use crate::trainer::{
-    keep, save, shuffled_units, Control, Kept, Loop, OnProgress, Rate, Stage, UnitLoss,
+    keep, save, shuffled_units, Control, Kept, Loop, OnProgress, Pieces, Rate, Stage, UnitLoss,
 };
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use gimp_models::gimp::{ExpressionAlone, GeneEncoder, Gimp};
 use gimp_nn::checkpoint::Checkpoint;
 use gimp_nn::optim::{Adam, AdamConfig, Cosine};
@@ -105,7 +105,12 @@ impl Stage for GenesTask<'_> {
         shuffled_units(&self.train, self.batch, rng)
     }
 
-    fn loss(&self, unit: &[usize], _: &mut ChaCha8Rng, mode: &Mode) -> Result<Option<UnitLoss>> {
+    fn loss(
+        &self,
+        unit: &[usize],
+        _: &mut ChaCha8Rng,
+        mode: &Mode,
+    ) -> Result<Option<UnitLoss<'_>>> {
         let (_, logits) = self
             .enc
             .forward(&stack_expression(self.data, unit)?, mode)?;
@@ -378,30 +383,52 @@ struct PretrainTask<'a> {
     groups: usize,
 }
 
+/// A pre-training window drawn for a patient: its rows of the bag and its masked positions.
+struct WindowDraw {
+    rows: Vec<u32>,
+    masked: Vec<usize>,
+}
+
 impl PretrainTask<'_> {
-    /// `CLS_img` of patient `i` from a window of its bag (masked when MPM is on; its
-    /// reconstruction loss pushed to `recs`).
-    fn cls_img(
+    /// Draws patient `i`'s window (`None` without slides): its rows, then, with MPM, the
+    /// positions to mask.
+    fn draw_window(&self, i: usize, rng: &mut ChaCha8Rng) -> Result<Option<WindowDraw>> {
+        let pc = &self.cfg.pretrain;
+        let n = self.data.bag_patches(i)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let rows = window_rows(n, pc.window, rng);
+        let masked = match pc.mpm {
+            true => {
+                let k = ((pc.mask_ratio * pc.window as f64).floor() as usize).min(pc.window);
+                rand::seq::index::sample(rng, pc.window, k).into_vec()
+            }
+            false => Vec::new(),
+        };
+        Ok(Some(WindowDraw { rows, masked }))
+    }
+
+    /// `CLS_img` of patient `i`'s drawn window (masked when MPM is on) and, with MPM, its
+    /// reconstruction loss.
+    fn encode_window(
         &self,
         i: usize,
-        rng: &mut ChaCha8Rng,
+        draw: Option<&WindowDraw>,
         mode: &Mode,
-        recs: &mut Vec<Tensor>,
-    ) -> Result<Tensor> {
-        let pc = &self.cfg.pretrain;
-        let Some(bag) = self.data.bag(i)? else {
-            return Ok(self.model.cls_img(None, mode)?);
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let Some(d) = draw else {
+            return Ok((self.model.cls_img(None, mode)?, None));
         };
-        let rows = window_rows(bag.dim(0)?, pc.window, rng);
-        let w = bag.index_select(&Tensor::from_vec(rows, pc.window, &Device::Cpu)?, 0)?;
-        if !pc.mpm {
-            return Ok(self.model.aggregator.cls(&w, mode)?);
+        let w = self
+            .data
+            .bag_rows(i, &d.rows)?
+            .ok_or_else(|| TrainError::Msg("a bag with patches has no rows".into()))?;
+        if !self.cfg.pretrain.mpm {
+            return Ok((self.model.aggregator.cls(&w, mode)?, None));
         }
-        let k = ((pc.mask_ratio * pc.window as f64).floor() as usize).min(pc.window);
-        let masked = rand::seq::index::sample(rng, pc.window, k).into_vec();
-        let m = self.model.masked_patch_modelling(&w, &masked, mode)?;
-        recs.push(m.reconstruction);
-        Ok(m.cls_img)
+        let m = self.model.masked_patch_modelling(&w, &d.masked, mode)?;
+        Ok((m.cls_img, Some(m.reconstruction)))
     }
 }
 
@@ -411,12 +438,39 @@ impl Stage for PretrainTask<'_> {
         balanced_batches(&self.train, &self.labels, pc.batch, self.groups, rng)
     }
 
-    fn loss(&self, unit: &[usize], rng: &mut ChaCha8Rng, mode: &Mode) -> Result<Option<UnitLoss>> {
+    /// The batch's triplet loss on `CLS_pat` and mean reconstruction loss. With
+    /// `window_gradients` one at a time (docs/DESIGN.md §42), every window is first encoded
+    /// without keeping its graph, the triplet loss's gradient with respect to the embeddings is
+    /// taken, and then each window is encoded again — the same draws, the same dropout — and
+    /// backpropagated alone with that gradient: the same gradient, one window's graph in memory
+    /// instead of the batch's.
+    fn loss(
+        &self,
+        unit: &[usize],
+        rng: &mut ChaCha8Rng,
+        mode: &Mode,
+    ) -> Result<Option<UnitLoss<'_>>> {
         let pc = &self.cfg.pretrain;
+        let one_at_a_time = pc.window_gradients.one_at_a_time(unit.len(), pc.window);
         let mut embs = Vec::new();
         let mut recs = Vec::new();
+        let mut windows = Vec::new();
+        // One at a time, each `CLS_img` is a variable: the triplet loss's gradient reaches it
+        // and stops there (the gene half keeps its graph: its learned "missing" embedding
+        // takes its gradient from the triplet loss directly).
+        let mut cls_vars = Vec::new();
         for &i in unit {
-            let cls_img = self.cls_img(i, rng, mode, &mut recs)?;
+            let draw = self.draw_window(i, rng)?;
+            let dropout = mode.rng_state();
+            let (mut cls_img, mut rec) = self.encode_window(i, draw.as_ref(), mode)?;
+            if one_at_a_time {
+                let var = Var::from_tensor(&cls_img.detach())?;
+                cls_img = var.as_tensor().clone();
+                cls_vars.push(var);
+                rec = rec.map(|r| r.detach());
+            }
+            recs.extend(rec);
+            windows.push((i, draw, dropout));
             let emb = match pc.triplet {
                 Triplet::ImageOnly => cls_img,
                 _ => {
@@ -452,12 +506,61 @@ impl Stage for PretrainTask<'_> {
         };
         let value =
             |t: &Option<Tensor>| t.as_ref().map(scalar).transpose().map(|v| v.unwrap_or(0.0));
+        let parts = vec![
+            ("triplet_loss", value(&tri)?),
+            ("reconstruction_loss", value(&rec)?),
+        ];
+        let pieces: Option<Pieces<'_>> = match one_at_a_time {
+            false => None,
+            true => {
+                // Each window's `CLS_img` gradient, and the triplet loss itself as the first
+                // piece (its graph is the gene halves' and the variables').
+                let (cls_grads, triplet_piece) = match &tri {
+                    Some(t) => {
+                        let g = t.backward()?;
+                        let grads: Vec<Option<Tensor>> = cls_vars
+                            .iter()
+                            .map(|v| g.get(v.as_tensor()).cloned())
+                            .collect();
+                        (grads, Some(t.affine(pc.triplet_weight, 0.0)?))
+                    }
+                    None => (vec![None; cls_vars.len()], None),
+                };
+                let rec_weight = pc.reconstruction_weight / recs.len().max(1) as f64;
+                let triplet_weight = pc.triplet_weight;
+                Some(Box::new(
+                    move |sink: &mut dyn FnMut(Tensor) -> Result<()>| {
+                        if let Some(t) = triplet_piece {
+                            sink(t)?;
+                        }
+                        for ((i, draw, dropout), g) in windows.into_iter().zip(cls_grads) {
+                            let replay = Mode::train(dropout);
+                            let (cls_img, rec) = self.encode_window(i, draw.as_ref(), &replay)?;
+                            let mut piece = None;
+                            if let Some(g) = g {
+                                piece =
+                                    Some((cls_img * g)?.sum_all()?.affine(triplet_weight, 0.0)?);
+                            }
+                            if let Some(r) = rec {
+                                let r = r.affine(rec_weight, 0.0)?;
+                                piece = Some(match piece {
+                                    Some(p) => (p + r)?,
+                                    None => r,
+                                });
+                            }
+                            if let Some(p) = piece {
+                                sink(p)?;
+                            }
+                        }
+                        Ok(())
+                    },
+                ))
+            }
+        };
         Ok(Some(UnitLoss {
             total,
-            parts: vec![
-                ("triplet_loss", value(&tri)?),
-                ("reconstruction_loss", value(&rec)?),
-            ],
+            parts,
+            pieces,
         }))
     }
 
@@ -578,7 +681,12 @@ impl Stage for FinetuneTask<'_> {
     /// The unit's loss: each patient's answers (both halves; with `modality_subsets` also the
     /// slide alone and the expression alone), the task's loss over the unit's patients for
     /// each kind of answer, averaged over the kinds.
-    fn loss(&self, unit: &[usize], rng: &mut ChaCha8Rng, mode: &Mode) -> Result<Option<UnitLoss>> {
+    fn loss(
+        &self,
+        unit: &[usize],
+        rng: &mut ChaCha8Rng,
+        mode: &Mode,
+    ) -> Result<Option<UnitLoss<'_>>> {
         let mut answers: [(Vec<usize>, Vec<Tensor>); 3] = Default::default();
         for &i in unit {
             for (kind, logits) in self.answers(i, rng, mode)? {

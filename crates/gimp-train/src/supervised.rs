@@ -64,7 +64,7 @@ impl SupervisedTask<'_> {
 impl SupervisedTask<'_> {
     /// Mean loss of a batch of expression-only patients (those without expression are left
     /// out, as one patient a unit leaves them out).
-    fn batch_loss(&self, unit: &[usize], mode: &Mode) -> Result<Option<UnitLoss>> {
+    fn batch_loss(&self, unit: &[usize], mode: &Mode) -> Result<Option<UnitLoss<'_>>> {
         let mut rows = Vec::with_capacity(unit.len());
         let mut kept = Vec::with_capacity(unit.len());
         for &i in unit {
@@ -93,7 +93,12 @@ impl Stage for SupervisedTask<'_> {
         shuffled_units(&self.train, self.batch, rng)
     }
 
-    fn loss(&self, unit: &[usize], rng: &mut ChaCha8Rng, mode: &Mode) -> Result<Option<UnitLoss>> {
+    fn loss(
+        &self,
+        unit: &[usize],
+        rng: &mut ChaCha8Rng,
+        mode: &Mode,
+    ) -> Result<Option<UnitLoss<'_>>> {
         if self.batched {
             return self.batch_loss(unit, mode);
         }
@@ -376,7 +381,12 @@ impl Stage for SelfSupervisedTask<'_> {
         shuffled_units(self.train, self.batch, rng)
     }
 
-    fn loss(&self, unit: &[usize], _: &mut ChaCha8Rng, mode: &Mode) -> Result<Option<UnitLoss>> {
+    fn loss(
+        &self,
+        unit: &[usize],
+        _: &mut ChaCha8Rng,
+        mode: &Mode,
+    ) -> Result<Option<UnitLoss<'_>>> {
         // A contrastive batch needs two patients at least.
         if unit.len() < 2 {
             return Ok(None);

@@ -63,17 +63,42 @@ impl Rate {
 }
 
 /// The loss of one unit of work, with any named parts to log (means over the epoch).
-pub struct UnitLoss {
+pub struct UnitLoss<'a> {
+    /// The unit's loss; its gradient is the step's, unless `pieces` is set.
     pub total: Tensor,
     pub parts: Vec<(&'static str, f64)>,
+    /// When set, `total` is only the value to log (it carries no graph) and the unit's gradient
+    /// is the sum of the gradients of the tensors these pieces hand, one at a time, to the
+    /// sink: each piece's graph is built, backpropagated and dropped before the next is built
+    /// (GiMP pre-training's windows, `docs/DESIGN.md` §42).
+    pub pieces: Option<Pieces<'a>>,
 }
 
-impl From<Tensor> for UnitLoss {
+/// Builds a unit's gradient pieces in turn, handing each to the sink that backpropagates it.
+pub type Pieces<'a> = Box<dyn FnOnce(&mut dyn FnMut(Tensor) -> Result<()>) -> Result<()> + 'a>;
+
+impl From<Tensor> for UnitLoss<'_> {
     fn from(total: Tensor) -> Self {
         Self {
             total,
             parts: Vec::new(),
+            pieces: None,
         }
+    }
+}
+
+impl UnitLoss<'_> {
+    /// The gradients of the trainable parameters, by name.
+    fn gradients(self, opt: &Adam) -> Result<BTreeMap<String, Tensor>> {
+        let Some(pieces) = self.pieces else {
+            return Ok(opt.collect(&self.total.backward()?));
+        };
+        let mut sum = GradAccumulator::default();
+        pieces(&mut |piece: Tensor| {
+            sum.add(opt.collect(&piece.backward()?))?;
+            Ok(())
+        })?;
+        Ok(sum.grads)
     }
 }
 
@@ -84,7 +109,12 @@ pub trait Stage {
     fn plan_epoch(&self, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>>;
 
     /// The loss of one unit; `None` when the unit gives nothing to learn from (no step).
-    fn loss(&self, unit: &[usize], rng: &mut ChaCha8Rng, mode: &Mode) -> Result<Option<UnitLoss>>;
+    fn loss(
+        &self,
+        unit: &[usize],
+        rng: &mut ChaCha8Rng,
+        mode: &Mode,
+    ) -> Result<Option<UnitLoss<'_>>>;
 
     /// Whether the stage validates after each epoch and keeps its best epoch; self-supervised
     /// stages do not, and keep their last.
@@ -279,7 +309,7 @@ impl Loop<'_> {
             let mut losses = EpochLosses::default();
             let mut acc = GradAccumulator::default();
             for (k, unit) in plan.iter().enumerate() {
-                let Some(l) = task.loss(unit, &mut st.rng, &mode)? else {
+                let Some(mut l) = task.loss(unit, &mut st.rng, &mode)? else {
                     losses.skipped += 1;
                     // A group being accumulated still steps at the end of the epoch.
                     if acc.count > 0 && k + 1 == plan.len() {
@@ -289,7 +319,9 @@ impl Loop<'_> {
                     continue;
                 };
                 let lr = self.rate.at(st.step);
-                let grads = opt.collect(&l.total.backward()?);
+                let value = scalar(&l.total)?;
+                let parts = std::mem::take(&mut l.parts);
+                let grads = l.gradients(opt)?;
                 if self.accumulate <= 1 {
                     opt.step_with(&grads, lr)?;
                     st.step += 1;
@@ -303,8 +335,7 @@ impl Loop<'_> {
                         st.step += 1;
                     }
                 }
-                let value = scalar(&l.total)?;
-                losses.add(value, &l.parts);
+                losses.add(value, &parts);
                 (self.on)(&Progress {
                     stage: self.stage,
                     epoch,

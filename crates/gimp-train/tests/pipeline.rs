@@ -877,3 +877,79 @@ fn whole_bags_switch_to_memory_first_training() {
         .unwrap()
         .is_none());
 }
+
+/// Largest absolute difference between two checkpoints' tensors of the same names.
+fn largest_weight_difference(a: &Path, b: &Path) -> f32 {
+    let a = gimp_nn::checkpoint::Checkpoint::load(a).unwrap().weights;
+    let b = gimp_nn::checkpoint::Checkpoint::load(b).unwrap().weights;
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    a.iter()
+        .map(|(k, x)| {
+            let d = (x - &b[k]).unwrap().abs().unwrap().flatten_all().unwrap();
+            d.max(0).unwrap().to_scalar::<f32>().unwrap()
+        })
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn pretraining_windows_one_at_a_time_follow_the_batch_gradient() {
+    use gimp_train::config::WindowGradients;
+    assert!(WindowGradients::Auto.one_at_a_time(8, 6_000));
+    assert!(!WindowGradients::Auto.one_at_a_time(4, 32));
+    assert!(!WindowGradients::Together.one_at_a_time(8, 6_000));
+    assert!(WindowGradients::OneAtATime.one_at_a_time(1, 1));
+    let d = tempfile::tempdir().unwrap();
+    // Some patients without a slide or without expression: their windows take the learned
+    // "missing" embeddings, which the triplet gradient must reach as well.
+    let cohort = tiny_cohort(&d.path().join("cohort"), 0.15);
+    let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
+    let mut cfg = tiny_config();
+    let g = stages::pretrain_genes(
+        &data,
+        &cfg,
+        &d.path().join("genes"),
+        Control::default(),
+        &|_| {},
+    )
+    .unwrap();
+    let run = |name: &str, cfg: &RunConfig| {
+        stages::pretrain(
+            &data,
+            cfg,
+            Some(&g.checkpoint),
+            &d.path().join(name),
+            Control::default(),
+            &|_| {},
+        )
+        .unwrap()
+        .checkpoint
+    };
+    cfg.pretrain.window_gradients = WindowGradients::Together;
+    let together = run("together", &cfg);
+    cfg.pretrain.window_gradients = WindowGradients::OneAtATime;
+    let one = run("one", &cfg);
+    // The epochs' losses: the same forward passes, on weights that differ by rounding.
+    let losses = |name: &str| -> Vec<f64> {
+        let log = std::fs::read_to_string(d.path().join(name).join("log.jsonl")).unwrap();
+        log.lines()
+            .flat_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                ["triplet_loss", "reconstruction_loss"].map(|k| v[k].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let (a, b) = (losses("together"), losses("one"));
+    assert_eq!(a.len(), 4);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{a:?} vs {b:?}");
+    }
+    // The weights agree to rounding, far closer than to a run whose steps differ.
+    let rounding = largest_weight_difference(&together, &one);
+    cfg.pretrain.window_gradients = WindowGradients::Together;
+    cfg.pretrain.lr *= 2.0;
+    let other = run("other", &cfg);
+    let steps = largest_weight_difference(&together, &other);
+    eprintln!("largest weight difference: one at a time {rounding}, twice the rate {steps}");
+    assert!(rounding <= 1e-5, "one at a time is {rounding} away");
+    assert!(steps > 1000.0 * rounding.max(1e-8), "{steps} vs {rounding}");
+}
