@@ -74,7 +74,7 @@ RM=("$DIR/gimp/finetune")
 want finetune && measure finetune "$BIN" "${T[@]}" finetune "$cohort" --config "$DIR/one-epoch.toml" \
     --out "$DIR/gimp"
 ckpt=$DIR/run_transmil/model.safetensors
-[ -f "$ckpt" ] || ckpt=$(find "$DIR/run_transmil" -name model.safetensors 2>/dev/null | head -1)
+[ -f "$ckpt" ] || ckpt=$(find "$DIR/run_transmil" -name model.safetensors 2>/dev/null | head -1 || true)
 RM=()
 if [ -n "$ckpt" ] && [ -f "$ckpt" ]; then
     want evaluate && measure evaluate "$BIN" "${T[@]}" evaluate "$cohort" --checkpoint "$ckpt" --split train

@@ -353,7 +353,7 @@ impl PatchAggregator {
     }
 
     /// Square padding, CLS, the layers (with PPEG), the final norm.
-    pub fn encode(&self, h: &Tensor, mode: &Mode, with_attention: bool) -> Result<Encoded> {
+    pub fn encode(&self, h: Tensor, mode: &Mode, with_attention: bool) -> Result<Encoded> {
         self.encode_rows(h, mode, with_attention, None)
     }
 
@@ -361,13 +361,13 @@ impl PatchAggregator {
     /// after the patches, increasing), `[1, |rows|, dim]`: what [`Self::encode`] gives at those
     /// rows. The last layer computes just those rows (every token still serves as key, value
     /// and landmark there), unless PPEG follows it (a one-layer TransMIL).
-    pub fn encode_selected(&self, h: &Tensor, mode: &Mode, rows: &[usize]) -> Result<Tensor> {
+    pub fn encode_selected(&self, h: Tensor, mode: &Mode, rows: &[usize]) -> Result<Tensor> {
         Ok(self.encode_rows(h, mode, false, Some(rows))?.tokens)
     }
 
     fn encode_rows(
         &self,
-        h: &Tensor,
+        h: Tensor,
         mode: &Mode,
         with_attention: bool,
         rows: Option<&[usize]>,
@@ -379,12 +379,16 @@ impl PatchAggregator {
         } else {
             0
         };
-        let h = if add > 0 {
-            Tensor::cat(&[h.clone(), h.narrow(1, 0, add)?], 1)?
+        // The embedded tokens are dropped as soon as `x` holds them (a whole bag's worth).
+        let padded = if add > 0 {
+            let p = Tensor::cat(&[&h, &h.narrow(1, 0, add)?], 1)?;
+            drop(h);
+            p
         } else {
-            h.clone()
+            h
         };
-        let mut x = Tensor::cat(&[self.cls.clone(), h], 1)?;
+        let mut x = Tensor::cat(&[&self.cls, &padded], 1)?;
+        drop(padded);
         let mut attention = None;
         let mut selected = false;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -463,7 +467,7 @@ impl PatchAggregator {
             return self.cls_in_place(x);
         }
         // Only CLS is read: the last layer computes it alone (`encode_selected`).
-        let tokens = self.encode_selected(&self.embed(x)?, mode, &[0])?;
+        let tokens = self.encode_selected(self.embed(x)?, mode, &[0])?;
         tokens.get(0)?.get(0)
     }
 
@@ -557,9 +561,9 @@ mod tests {
         for limit in [usize::MAX, 0] {
             gimp_nn::nystrom::with_keep_attention_limit(limit, || {
                 let h = agg.embed(&x).unwrap();
-                let selected = agg.encode_selected(&h, &mode, &rows).unwrap();
+                let selected = agg.encode_selected(h.clone(), &mode, &rows).unwrap();
                 let whole = agg
-                    .encode(&h, &mode, false)
+                    .encode(h.clone(), &mode, false)
                     .unwrap()
                     .tokens
                     .index_select(&idx, 1)

@@ -257,7 +257,7 @@ impl Gimp {
             .collect();
         let tokens = self
             .aggregator
-            .encode_selected(&h, mode, &rows)?
+            .encode_selected(h, mode, &rows)?
             .squeeze(0)?; // [1 + |masked|, d]
         let cls_img = tokens.get(0)?;
         let reconstruction = if masked_sorted.is_empty() {
@@ -395,7 +395,7 @@ impl Gimp {
             Some(x) => {
                 let enc = self
                     .aggregator
-                    .encode(&self.aggregator.embed(x)?, mode, !mode.train)?;
+                    .encode(self.aggregator.embed(x)?, mode, !mode.train)?;
                 (enc.tokens.get(0)?.get(0)?, enc.attention)
             }
             None => (self.missing_img.clone(), None),
@@ -484,7 +484,7 @@ mod tests {
             .unwrap();
         let tokens = model
             .aggregator
-            .encode(&h, &mode, false)
+            .encode(h, &mode, false)
             .unwrap()
             .tokens
             .squeeze(0)

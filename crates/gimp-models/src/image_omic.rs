@@ -153,7 +153,7 @@ impl Encoders {
         attention: bool,
     ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let n = x.dim(0)?;
-        let e = self.image.encode(&self.image.embed(x)?, mode, attention)?;
+        let e = self.image.encode(self.image.embed(x)?, mode, attention)?;
         let t = e.tokens.squeeze(0)?;
         Ok((t.get(0)?, t.narrow(0, 1, n)?, e.attention))
     }

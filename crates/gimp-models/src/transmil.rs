@@ -51,10 +51,10 @@ impl Model for Transmil {
         // Training reads CLS alone, so the last layer computes only that row; the heat map's
         // attention is read outside training.
         let (cls, attention) = if mode.train {
-            let tokens = self.aggregator.encode_selected(&h, mode, &[0])?;
+            let tokens = self.aggregator.encode_selected(h, mode, &[0])?;
             (tokens.get(0)?.get(0)?, None)
         } else {
-            let enc = self.aggregator.encode(&h, mode, true)?;
+            let enc = self.aggregator.encode(h, mode, true)?;
             (enc.tokens.get(0)?.get(0)?, enc.attention)
         };
         let logits = self.fc2.forward(&cls.unsqueeze(0)?)?.squeeze(0)?;

@@ -128,7 +128,7 @@ fn aggregator_pads_to_a_square_and_folds_attention_back() {
     let agg = PatchAggregator::new(&store.root(), cfg).unwrap();
     let x = rand_tensor(&[23, 16], 8); // 23 → 5² = 25: two duplicates
     let enc = agg
-        .encode(&agg.embed(&x).unwrap(), &Mode::eval(), true)
+        .encode(agg.embed(&x).unwrap(), &Mode::eval(), true)
         .unwrap();
     assert_eq!(enc.tokens.dims(), &[1, 26, 32]);
     let a = enc.attention.unwrap();

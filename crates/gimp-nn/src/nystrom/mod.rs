@@ -309,7 +309,27 @@ impl NystromAttention {
     ) -> Result<Tensor> {
         let path = choose_path(mode, true, x, &self.cfg);
         let attended = match path {
-            NystromPath::Streaming => self.forward_streaming_batch(&norm.forward(x)?)?,
+            NystromPath::Streaming => {
+                // At inference the layer updates a copy of the tokens in place
+                // (`infer::layer_inplace` with the norm and the residual): the tokens, their
+                // copy, K and V, and chunk-sized scratch — no normalised copy, no separate
+                // output and sum. Nothing is recorded for backpropagation.
+                let (b, n, dim) = x.dims3()?;
+                let mut items = Vec::with_capacity(b);
+                for i in 0..b {
+                    let mut tokens: Vec<f32> = x.narrow(0, i, 1)?.flatten_all()?.to_vec1()?;
+                    self.prenorm_residual_inplace(norm, &mut tokens)?;
+                    items.push(Tensor::from_vec(tokens, (1, n, dim), x.device())?);
+                }
+                let out = match items.len() {
+                    1 => items.remove(0),
+                    _ => Tensor::cat(&items, 0)?,
+                };
+                return match rows {
+                    Some(r) => out.index_select(&crate::loss::index_tensor(r, x.device())?, 1),
+                    None => Ok(out),
+                };
+            }
             NystromPath::FusedCore(memory) => {
                 self.forward_fused_core(&norm.forward(x)?, mode, memory)?
             }
@@ -333,13 +353,6 @@ impl NystromAttention {
             }
         };
         let out = (x + attended)?;
-        // At inference nothing is recorded for backpropagation: cut the graph here, or a model
-        // whose parameters are variables (validation during training) would keep every earlier
-        // token-wide tensor of the forward pass alive for as long as its output lives.
-        let out = match path {
-            NystromPath::Streaming => out.detach(),
-            _ => out,
-        };
         match rows {
             Some(r) => out.index_select(&crate::loss::index_tensor(r, x.device())?, 1),
             None => Ok(out),
