@@ -7,7 +7,7 @@
 //! the test part.
 
 use crate::baseline::{parts, transformed_rows, BaselineError, Split};
-use crate::{CoxConfig, CoxModel, Standardiser};
+use crate::{CoxConfig, CoxError, CoxModel, Standardiser};
 use gimp_cohort::split::{make_splits, Scheme};
 use gimp_cohort::survival::Outcome;
 use gimp_cohort::Cohort;
@@ -173,6 +173,68 @@ pub fn splits(
 fn cindex(time: &[f64], event: &[bool], risk: &[f64]) -> Option<Concordance> {
     let o = Outcomes::new(time, event).ok()?;
     concordance_index_censored(o, risk, TIED_TOL).ok()
+}
+
+/// The Cox baseline's default penalties (`gimp-rs baseline cox --penalty`).
+pub const DEFAULT_PENALTIES: [f64; 5] = [0.1, 1.0, 10.0, 100.0, 1000.0];
+
+/// A ridge Cox model on standardised rows `x`, its penalty chosen among `penalties` as the
+/// baseline's `--choose cv` chooses it — the best mean Harrell c-index over `folds` inner folds
+/// (dealt by event, seeded; ties to the larger penalty) — then refitted on every row; without
+/// an inner fold that can be scored, the largest penalty. Returns the penalty and the model.
+/// Unlike the baseline, the rows are not re-standardised within the inner folds: the caller's
+/// rows are already standardised on exactly these patients.
+pub fn fit_choosing_penalty(
+    x: &[Vec<f64>],
+    time: &[f64],
+    event: &[bool],
+    penalties: &[f64],
+    folds: usize,
+    seed: u64,
+) -> Result<(f64, CoxModel), CoxError> {
+    let fit = |ids: &[usize], penalty: f64| {
+        let pick = |v: &[f64]| ids.iter().map(|&i| v[i]).collect::<Vec<_>>();
+        let rows: Vec<Vec<f64>> = ids.iter().map(|&i| x[i].clone()).collect();
+        let events: Vec<bool> = ids.iter().map(|&i| event[i]).collect();
+        let cfg = CoxConfig {
+            penalty,
+            ..Default::default()
+        };
+        CoxModel::fit(&rows, &pick(time), &events, cfg)
+    };
+    let outcomes: Vec<Outcome> = time
+        .iter()
+        .zip(event)
+        .map(|(&time, &event)| Outcome { time, event })
+        .collect();
+    let all: Vec<usize> = (0..x.len()).collect();
+    let inner = inner_folds(&all, &outcomes, folds.max(2), seed);
+    let mut best: Option<(f64, f64)> = None;
+    for &penalty in penalties {
+        let mut scores = Vec::new();
+        for hold in inner.iter().filter(|h| h.iter().any(|&i| event[i])) {
+            let fit_ids: Vec<usize> = all.iter().copied().filter(|i| !hold.contains(i)).collect();
+            let Ok(m) = fit(&fit_ids, penalty) else {
+                continue;
+            };
+            let risk: Vec<f64> = hold.iter().map(|&i| m.risk(&x[i])).collect();
+            let pick = |v: &[f64]| hold.iter().map(|&i| v[i]).collect::<Vec<_>>();
+            let events: Vec<bool> = hold.iter().map(|&i| event[i]).collect();
+            if let Some(ci) = cindex(&pick(time), &events, &risk) {
+                scores.push(ci.cindex);
+            }
+        }
+        if scores.is_empty() {
+            continue;
+        }
+        let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+        if best.is_none_or(|(b, l)| mean > b || (mean == b && penalty > l)) {
+            best = Some((mean, penalty));
+        }
+    }
+    let largest = penalties.iter().copied().fold(f64::NAN, f64::max);
+    let penalty = best.map_or(largest, |(_, p)| p);
+    Ok((penalty, fit(&all, penalty)?))
 }
 
 /// Runs the Cox baseline on every split: expression transformed with `transform`, z-scored with

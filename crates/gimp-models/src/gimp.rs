@@ -123,6 +123,7 @@ impl GimpSettings {
                 dropout: self.gene_dropout,
                 n_classes,
                 tokenizer: self.gene_tokenizer,
+                linear_start: false,
             }),
             GeneEncoderKind::Snn => GeneEncoderConfig::Snn(SnnConfig::small(n_genes, n_classes)),
         }

@@ -6,6 +6,7 @@
 //! prefixed by `CLS_ge`, pass through a second block; a LayerNorm; `CLS_ge` is token 0.
 
 use crate::arch::{config, to_value, ArchInfo, InputKind, Training, TrainingDefaults};
+use crate::linear_start::LinearStart;
 use crate::model::{expression, Input, Model, Output};
 use candle_core::{Result, Tensor, D};
 use gimp_nn::{ops, Activation, Init, LayerNorm, Linear, Mode, Scope};
@@ -27,6 +28,10 @@ pub struct GroupMsaConfig {
     /// fragment, which keeps each gene's identity in its token *(option)*.
     #[serde(default)]
     pub tokenizer: Tokenizer,
+    /// A frozen linear model of the genes added to the head's logits, the head starting at
+    /// zero (`crate::linear_start`; off in GiMP's gene encoder).
+    #[serde(default)]
+    pub linear_start: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -49,6 +54,7 @@ impl GroupMsaConfig {
             dropout: 0.1,
             n_classes,
             tokenizer: Tokenizer::Shared,
+            linear_start: false,
         }
     }
 
@@ -72,6 +78,7 @@ impl GroupMsaConfig {
             dropout: 0.1,
             n_classes,
             tokenizer: Tokenizer::PerFragment,
+            linear_start: false,
         }
     }
 
@@ -207,6 +214,7 @@ pub struct GroupMsa {
     inter: Block,
     norm: LayerNorm,
     head: Linear,
+    linear_start: Option<LinearStart>,
 }
 
 impl GroupMsa {
@@ -255,7 +263,15 @@ impl GroupMsa {
                 cfg.dropout,
             )?,
             norm: LayerNorm::new(&s.pp("norm"), cfg.dim)?,
-            head: Linear::new(&s.pp("head"), cfg.dim, cfg.n_classes, true)?,
+            head: {
+                let own = Init::torch_default(cfg.dim);
+                let w = LinearStart::head_init(cfg.linear_start, own);
+                Linear::with_init(&s.pp("head"), cfg.dim, cfg.n_classes, true, w, w)?
+            },
+            linear_start: match cfg.linear_start {
+                true => Some(LinearStart::new(s, cfg.n_genes, cfg.n_classes)?),
+                false => None,
+            },
             cfg,
         })
     }
@@ -310,7 +326,10 @@ impl GroupMsa {
     /// `CLS_ge` `[B, dim]` and head logits `[B, C]`.
     pub fn encode_with_logits(&self, x: &Tensor, mode: &Mode) -> Result<(Tensor, Tensor)> {
         let cls = self.encode(x, mode)?;
-        let logits = self.head.forward(&cls)?;
+        let mut logits = self.head.forward(&cls)?;
+        if let Some(l) = &self.linear_start {
+            logits = l.add(x, &logits)?;
+        }
         Ok((cls, logits))
     }
 }
@@ -321,14 +340,16 @@ impl Model for GroupMsa {
     }
 
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
-        let x = expression(input)?.unsqueeze(0)?;
-        let cls = self.encode(&x, mode)?;
-        let logits = self.head.forward(&cls)?.squeeze(0)?;
+        let (cls, logits) = self.encode_with_logits(&expression(input)?.unsqueeze(0)?, mode)?;
         Ok(Output {
-            logits,
+            logits: logits.squeeze(0)?,
             embedding: cls.squeeze(0)?,
             attention: None,
         })
+    }
+
+    fn has_linear_start(&self) -> bool {
+        self.linear_start.is_some()
     }
 }
 

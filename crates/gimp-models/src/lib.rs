@@ -12,6 +12,7 @@ pub mod gated_attention;
 pub mod gimp;
 pub mod group_msa;
 pub mod image_omic;
+pub mod linear_start;
 pub mod mcat;
 pub mod mean_mil;
 pub mod mgca;

@@ -79,6 +79,12 @@ pub trait Model {
         Ok(Vec::new())
     }
 
+    /// Whether the model adds a linear start to its logits (`crate::linear_start`): the
+    /// trainer then fits its `linear_start.*` weights before training and freezes them.
+    fn has_linear_start(&self) -> bool {
+        false
+    }
+
     /// The classification loss of one patient's logits `[C]`: cross-entropy, except for models
     /// whose reference trains otherwise (DSMIL: BCE on the one-hot label).
     fn classification_loss(&self, logits: &Tensor, label: usize) -> Result<Tensor> {

@@ -6,6 +6,7 @@
 use crate::arch::{
     config, count_indexed, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
 };
+use crate::linear_start::LinearStart;
 use crate::model::{expression, Input, Model, Output};
 use candle_core::Result;
 use gimp_nn::{ops, Init, Linear, Mode, Scope};
@@ -18,6 +19,10 @@ pub struct SnnConfig {
     pub hidden: Vec<usize>,
     pub n_classes: usize,
     pub dropout: f64,
+    /// A frozen linear model of the genes added to the logits, the head starting at zero
+    /// (`crate::linear_start`; off in the reference's SNN).
+    #[serde(default)]
+    pub linear_start: bool,
 }
 
 impl SnnConfig {
@@ -27,6 +32,7 @@ impl SnnConfig {
             hidden: vec![256; 4],
             n_classes,
             dropout: 0.25,
+            linear_start: false,
         }
     }
 }
@@ -35,17 +41,17 @@ pub struct Snn {
     pub cfg: SnnConfig,
     blocks: Vec<Linear>,
     classifier: Linear,
+    linear_start: Option<LinearStart>,
 }
 
 fn lecun(s: &Scope, i: usize, o: usize) -> Result<Linear> {
-    Linear::with_init(
-        s,
-        i,
-        o,
-        true,
-        Init::Normal(1.0 / (i as f64).sqrt()),
-        Init::Constant(0.0),
-    )
+    lecun_or(s, i, o, false)
+}
+
+/// LeCun-normal weights and zero biases, or zero weights under a linear start.
+fn lecun_or(s: &Scope, i: usize, o: usize, linear_start: bool) -> Result<Linear> {
+    let w = LinearStart::head_init(linear_start, Init::Normal(1.0 / (i as f64).sqrt()));
+    Linear::with_init(s, i, o, true, w, Init::Constant(0.0))
 }
 
 impl Snn {
@@ -57,7 +63,11 @@ impl Snn {
             prev = h;
         }
         Ok(Self {
-            classifier: lecun(&s.pp("classifier"), prev, cfg.n_classes)?,
+            classifier: lecun_or(&s.pp("classifier"), prev, cfg.n_classes, cfg.linear_start)?,
+            linear_start: match cfg.linear_start {
+                true => Some(LinearStart::new(s, cfg.n_genes, cfg.n_classes)?),
+                false => None,
+            },
             blocks,
             cfg,
         })
@@ -75,7 +85,10 @@ impl Snn {
         for b in &self.blocks {
             h = ops::alpha_dropout(&b.forward(&h)?.elu(1.0)?, self.cfg.dropout, mode)?;
         }
-        let logits = self.classifier.forward(&h)?;
+        let mut logits = self.classifier.forward(&h)?;
+        if let Some(l) = &self.linear_start {
+            logits = l.add(x, &logits)?;
+        }
         Ok((h, logits))
     }
 }
@@ -90,16 +103,16 @@ impl Model for Snn {
     }
 
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
-        let mut h = expression(input)?.unsqueeze(0)?;
-        for b in &self.blocks {
-            h = ops::alpha_dropout(&b.forward(&h)?.elu(1.0)?, self.cfg.dropout, mode)?;
-        }
-        let logits = self.classifier.forward(&h)?.squeeze(0)?;
+        let (h, logits) = self.encode_with_logits(&expression(input)?.unsqueeze(0)?, mode)?;
         Ok(Output {
-            logits,
+            logits: logits.squeeze(0)?,
             embedding: h.squeeze(0)?,
             attention: None,
         })
+    }
+
+    fn has_linear_start(&self) -> bool {
+        self.linear_start.is_some()
     }
 }
 
@@ -124,6 +137,7 @@ pub const ARCH: ArchInfo = ArchInfo {
             .collect::<Result<Vec<_>>>()?;
         let mut c = SnnConfig::small(first[1], shape(w, "classifier.weight")?[0]);
         c.hidden = hidden;
+        c.linear_start = w.contains_key(&format!("{}.weight", crate::linear_start::PREFIX));
         Ok(to_value(&c))
     },
     set_gene_groups: None,

@@ -794,6 +794,11 @@ pub struct SupervisedConfig {
     /// selection, recorded in the checkpoint with the rest of these settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chosen: Option<Chosen>,
+    /// A gene model starts as the task's linear model of the genes, fitted on its training
+    /// patients and kept frozen under its logits (`docs/DESIGN.md` §43): on by default for the
+    /// gene-only models off the paper recipe; ignored by models without one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub linear_start: bool,
 }
 
 /// Model selection inside the training part (`docs/DESIGN.md` §41): the split's training and
@@ -942,6 +947,7 @@ impl SupervisedConfig {
             task: TaskConfig::default(),
             selection: None,
             chosen: None,
+            linear_start: false,
         })
     }
 
@@ -969,6 +975,7 @@ impl SupervisedConfig {
         // recipe turns it off.
         if arch.input == gimp_models::InputKind::Expression {
             c.selection = Some(Selection::default_for_gene_models());
+            c.linear_start = true;
         }
         recipe.apply(&mut c);
         c.set_task(task);
@@ -1007,6 +1014,9 @@ impl SupervisedConfig {
         c.max_patches = o.max_patches;
         c.memory_limit_gb = o.memory_limit_gb;
         o.select.apply(&mut c.selection)?;
+        if let Some(on) = o.linear_start {
+            c.linear_start = on;
+        }
         Ok(c)
     }
 }
@@ -1121,6 +1131,8 @@ pub struct SupervisedOverrides {
     pub genes: Option<GeneSelection>,
     /// Model selection inside the training part (`docs/DESIGN.md` §41).
     pub select: SelectOverrides,
+    /// `--linear-start on|off` (`docs/DESIGN.md` §43).
+    pub linear_start: Option<bool>,
 }
 
 /// How the compared systems are trained in an experiment.
@@ -1159,8 +1171,9 @@ impl TrainingRecipe {
             c.early_stopping = None;
             // The paper's rows all read the cohort's every gene.
             c.genes = GeneSelection::All;
-            // The paper trains each row once, with these settings.
+            // The paper trains each row once, with these settings, from its own initialisation.
             c.selection = None;
+            c.linear_start = false;
         }
     }
 }

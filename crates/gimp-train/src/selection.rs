@@ -22,6 +22,9 @@ use rand_chacha::ChaCha8Rng;
 /// One inner fit's validation after every epoch: (figure, mean loss), and the figure's name.
 #[derive(Debug, Clone, Default)]
 pub struct Curve {
+    /// Before the first step, where that is a model worth choosing (a linear start,
+    /// `docs/DESIGN.md` §43: the linear model alone).
+    pub start: Option<(f64, f64)>,
     pub epochs: Vec<(f64, f64)>,
     pub figure_name: &'static str,
 }
@@ -173,17 +176,28 @@ fn better(figure: f64, loss: f64, best: Option<(f64, f64)>) -> bool {
 }
 
 /// The mean curve of the inner folds over the epochs all of them ran, and its best epoch:
-/// `(epochs, figure, loss)` with `epochs` the count (best 0-based index + 1).
+/// `(epochs, figure, loss)` with `epochs` the count (best 0-based index + 1), or 0 for the
+/// validation before the first step when every fold has one (ties go to fewer epochs).
 fn best_epoch(curves: &[Curve]) -> Option<(usize, f64, f64)> {
     let n = curves.iter().map(|c| c.epochs.len()).min()?;
+    let starts: Option<Vec<(f64, f64)>> = curves.iter().map(|c| c.start).collect();
+    let point = |c: &Curve, e: usize| match (&starts, e) {
+        (Some(_), 0) => c.start.unwrap_or((f64::NAN, f64::NAN)),
+        (Some(_), e) => c.epochs[e - 1],
+        (None, e) => c.epochs[e],
+    };
+    let (first, count) = match &starts {
+        Some(_) => (0, n + 1),
+        None => (1, n),
+    };
     let mut best: Option<(usize, f64, f64)> = None;
-    for e in 0..n {
+    for e in 0..count {
         let k = curves.len() as f64;
-        let figure = curves.iter().map(|c| c.epochs[e].0).sum::<f64>() / k;
+        let figure = curves.iter().map(|c| point(c, e).0).sum::<f64>() / k;
         // A NaN loss (a fold without a comparable pair) counts as no information.
         let losses: Vec<f64> = curves
             .iter()
-            .map(|c| c.epochs[e].1)
+            .map(|c| point(c, e).1)
             .filter(|l| l.is_finite())
             .collect();
         let loss = match losses.is_empty() {
@@ -191,7 +205,7 @@ fn best_epoch(curves: &[Curve]) -> Option<(usize, f64, f64)> {
             false => losses.iter().sum::<f64>() / losses.len() as f64,
         };
         if better(figure, loss, best.map(|(_, f, l)| (f, l))) {
-            best = Some((e + 1, figure, loss));
+            best = Some((e + first, figure, loss));
         }
     }
     best
@@ -358,9 +372,29 @@ mod tests {
 
     fn curve(v: &[(f64, f64)]) -> Curve {
         Curve {
+            start: None,
             epochs: v.to_vec(),
             figure_name: "val_accuracy",
         }
+    }
+
+    /// With a validation before the first step in every fold (a linear start), "no epoch" is a
+    /// choice: taken when no epoch beats it, ties going to fewer epochs; ignored when a fold
+    /// lacks it.
+    #[test]
+    fn no_epoch_is_a_choice_when_every_fold_validated_the_start() {
+        let with = |s: (f64, f64), v: &[(f64, f64)]| Curve {
+            start: Some(s),
+            ..curve(v)
+        };
+        let a = with((0.9, 0.3), &[(0.8, 0.5), (0.9, 0.4)]);
+        let b = with((0.8, 0.3), &[(0.7, 0.6), (0.8, 0.2)]);
+        // Means: start 0.85 (0.3), epoch 1 0.75, epoch 2 0.85 (0.3): a tie, kept at 0 epochs.
+        assert_eq!(best_epoch(&[a.clone(), b]).map(|b| b.0), Some(0));
+        let c = with((0.5, 0.9), &[(0.9, 0.1), (0.9, 0.1)]);
+        assert_eq!(best_epoch(&[a.clone(), c]).map(|b| b.0), Some(2));
+        let no_start = curve(&[(0.9, 0.4), (0.9, 0.4)]);
+        assert_eq!(best_epoch(&[a, no_start]).map(|b| b.0), Some(2));
     }
 
     /// The best epoch is that of the best mean figure, ties to the lower mean loss, over the

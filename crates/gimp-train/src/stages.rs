@@ -263,6 +263,7 @@ fn train_genes(
     }
     .run(&store, &mut opt, &stage)?;
     let curve = selection::Curve {
+        start: None,
         epochs: stage.history.take(),
         figure_name: task.validation(&Predictions::none()).figure_name,
     };

@@ -243,6 +243,13 @@ fn fit(
         )));
     }
     let mut model_cfg = (arch.default_config)(dims, nc);
+    // A linear start (docs/DESIGN.md §43) is asked of every model and taken by those whose
+    // configuration has one.
+    if cfg.linear_start {
+        if let Some(slot) = model_cfg.get_mut("linear_start") {
+            *slot = serde_json::Value::Bool(true);
+        }
+    }
     if let (Some(sig), Some(set_groups)) = (&cfg.signatures, arch.set_gene_groups) {
         set_groups(&mut model_cfg, &signature_groups(sig, data)?)?;
     }
@@ -264,6 +271,10 @@ fn fit(
     };
     let fitted = model.fit_to_training(&training_bags, cfg.seed)?;
     restore(&store, &fitted.into_iter().collect())?;
+    if model.has_linear_start() {
+        restore(&store, &task.linear_start(data, &train, cfg.seed)?)?;
+        store.set_trainable(gimp_models::linear_start::PREFIX, false);
+    }
     let _whole_bag = if arch.input.reads_slides() {
         data.check_memory(&train, cfg.max_patches, cfg.memory_limit_gb, |n| {
             model.training_step_bytes(n)
@@ -331,6 +342,12 @@ fn fit(
         batch,
         history: RefCell::new(Vec::new()),
     };
+    // With a linear start, no training at all (the linear model alone) is one of the choices
+    // the selection compares: validated before the first step.
+    let validated_start = purpose == Purpose::Inner && model.has_linear_start();
+    if validated_start {
+        stage.validate()?;
+    }
     let trained = Loop {
         stage: match purpose {
             Purpose::Final => "train",
@@ -346,8 +363,14 @@ fn fit(
         on,
     }
     .run(&store, &mut opt, &stage)?;
+    let mut epochs = stage.history.take();
+    let start = match validated_start && !epochs.is_empty() {
+        true => Some(epochs.remove(0)),
+        false => None,
+    };
     let curve = Curve {
-        epochs: stage.history.take(),
+        start,
+        epochs,
         figure_name: task.validation(&Predictions::none()).figure_name,
     };
     if purpose == Purpose::Inner {

@@ -349,6 +349,80 @@ impl Task {
         }
     }
 
+    /// The task's linear model of the genes, fitted on the standardised expression of the
+    /// `train` patients, as the weights of a gene model's linear start
+    /// (`gimp_models::linear_start`, `docs/DESIGN.md` §43): the logistic regression of the
+    /// `baseline logreg` row (L2, C = 0.1) for classes; for survival the ridge Cox model of
+    /// `baseline cox`, its penalty chosen among the baseline's by 5 inner folds of these
+    /// patients, its risk `β·x` added to every output (each time bin's hazard logit under the
+    /// NLL head, the one risk under Cox), so that the model's risks order patients as the Cox
+    /// model does before training.
+    pub fn linear_start(
+        &self,
+        data: &Prepared,
+        train: &[usize],
+        seed: u64,
+    ) -> Result<BTreeMap<String, Tensor>> {
+        let rows: Vec<(usize, &Vec<f32>)> = train
+            .iter()
+            .filter_map(|&i| data.patients[i].expression.as_ref().map(|e| (i, e)))
+            .collect();
+        let genes = rows.first().map_or(0, |(_, e)| e.len());
+        if genes == 0 {
+            return Err(TrainError::Msg(
+                "linear start: no training patient has expression".into(),
+            ));
+        }
+        let (weights, bias): (Vec<f32>, Vec<f32>) = match &self.survival {
+            None => {
+                let x: Vec<Vec<f32>> = rows.iter().map(|(_, e)| e.to_vec()).collect();
+                let y: Vec<usize> = rows.iter().map(|&(i, _)| data.patients[i].label).collect();
+                let m = gimp_linear::LogisticRegression::fit(
+                    &x,
+                    &y,
+                    data.classes.len(),
+                    gimp_linear::LogisticConfig::default(),
+                );
+                (
+                    m.weights.iter().flatten().map(|&v| v as f32).collect(),
+                    m.bias.iter().map(|&v| v as f32).collect(),
+                )
+            }
+            Some(s) => {
+                let x: Vec<Vec<f64>> = rows
+                    .iter()
+                    .map(|(_, e)| e.iter().map(|&v| f64::from(v)).collect())
+                    .collect();
+                let time: Vec<f64> = rows.iter().map(|&(i, _)| s.outcomes[i].time).collect();
+                let event: Vec<bool> = rows.iter().map(|&(i, _)| s.outcomes[i].event).collect();
+                let (_, m) = gimp_linear::cox_baseline::fit_choosing_penalty(
+                    &x,
+                    &time,
+                    &event,
+                    &gimp_linear::cox_baseline::DEFAULT_PENALTIES,
+                    5,
+                    seed,
+                )
+                .map_err(|e| TrainError::Msg(format!("linear start: ridge Cox: {e}")))?;
+                let k = s.head.width();
+                let coef: Vec<f32> = m.coef.iter().map(|&v| v as f32).collect();
+                (coef.repeat(k), vec![0.0; k])
+            }
+        };
+        let k = bias.len();
+        let prefix = gimp_models::linear_start::PREFIX;
+        Ok(BTreeMap::from([
+            (
+                format!("{prefix}.weight"),
+                Tensor::from_vec(weights, (k, genes), &candle_core::Device::Cpu)?,
+            ),
+            (
+                format!("{prefix}.bias"),
+                Tensor::from_vec(bias, k, &candle_core::Device::Cpu)?,
+            ),
+        ]))
+    }
+
     /// The loss of logits `[B, K]` of `patients` (one unit of work): the classification loss
     /// `class_loss`, or the survival loss. `None` where the unit gives nothing to learn from (a
     /// Cox unit without an event).

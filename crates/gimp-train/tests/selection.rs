@@ -80,6 +80,7 @@ fn inner_fits_never_see_the_test_part() {
         // A made-up curve that peaks at epoch 2 for lr 1e-4 with 40 genes.
         let peak = c.lr < 5e-4 && c.genes == gimp_train::config::GeneSelection::TopVariance(40);
         Ok::<_, gimp_train::error::TrainError>(Curve {
+            start: None,
             epochs: vec![(0.5, 1.0), (if peak { 0.9 } else { 0.6 }, 0.8), (0.55, 0.9)],
             figure_name: "val_accuracy",
         })

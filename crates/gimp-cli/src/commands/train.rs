@@ -113,6 +113,13 @@ pub struct SupervisedFlags {
     /// Numbers of most variable genes the selection compares, comma-separated (default: --genes).
     #[arg(long, value_delimiter = ',', value_name = "K,…")]
     pub select_genes: Option<Vec<usize>>,
+    /// Start a gene model as the task's linear model (logistic regression, or ridge Cox with
+    /// its penalty chosen by inner folds) fitted on its training patients and kept frozen
+    /// under its logits; its own head starts at zero, so the selection can keep the linear
+    /// model alone (0 epochs) when training does not beat it on the inner folds
+    /// (docs/DESIGN.md §43). Default: on for SNN and GroupMSA, off for the paper recipe.
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub linear_start: Option<bool>,
 }
 
 /// `on` or `off`.
@@ -149,6 +156,7 @@ impl SupervisedFlags {
                 weight_decay: self.select_weight_decay.clone(),
                 genes: self.select_genes.clone(),
             },
+            linear_start: self.linear_start,
         }
     }
 }
