@@ -120,7 +120,33 @@ PANEL = [
     ("nki70-survival", "survival", "held-out", lambda: survset_survival("nki70"), "years",
      "breast cancer, metastasis-free survival; the 70 genes of the MammaPrint panel",
      f"van 't Veer 2002 / van de Vijver 2002 (R package penalized, nki70); {SURVSET}"),
+    # Added on 5 December 2026 as the third run's held-out cohorts, before anything was run on
+    # them; the seven above were looked at in the second run and are tuning cohorts since
+    # (docs/REAL_DATA.md, "How defaults are chosen", rule 3; `ROLE_SINCE_THIRD_RUN`).
+    ("gse3143-er", "classification", "held-out",
+     lambda: survset_classes("gse3143", "fac_erlev", {"0": "ER level 0", "1": "ER level 1-3",
+                                                      "2": "ER level 1-3", "3": "ER level 1-3"}),
+     None, "breast cancer, ER expression level 0 vs 1-3; Affymetrix HG-U95Av2, log2",
+     f"Bild et al. 2006 (GEO GSE3143, via survJamda.data); {SURVSET}"),
+    ("gse3143-survival", "survival", "held-out", lambda: survset_survival("gse3143"), "months",
+     "breast cancer, overall survival; Affymetrix HG-U95Av2, log2",
+     f"Bild et al. 2006 (GEO GSE3143, via survJamda.data); {SURVSET}"),
+    ("mcl", "survival", "held-out", lambda: survset_survival("MCLcleaned"), "years",
+     "mantle cell lymphoma, overall survival; Lymphochip cDNA arrays, log ratios",
+     f"Rosenwald et al. 2003 (R package AdapEnetClass, MCLcleaned); {SURVSET}"),
+    ("nsbcd", "survival", "held-out", lambda: survset_survival("NSBCD"), "months",
+     "breast cancer, overall survival (Norway/Stanford); cDNA arrays, log ratios",
+     f"Sørlie et al. 2003 (Norway/Stanford breast cancer data, dmkd.cs.vt.edu survival data sets); {SURVSET}"),
+    ("vdv", "survival", "held-out", lambda: survset_survival("vdv"), "years",
+     "breast cancer, time to distant metastasis (lymph-node-negative, under 55); Agilent "
+     "arrays, log ratios (many of these patients are also in dbcd)",
+     f"van 't Veer et al. 2002 (R package randomForestSRC, vdv); {SURVSET}"),
 ]
+
+# Rule 3 of docs/REAL_DATA.md: cohorts whose held-out figures were looked at before a default
+# was chosen are tuning cohorts from then on.
+ROLE_SINCE_THIRD_RUN = {"gse4335-er", "nki70-er", "sksurv-breast-er", "ovarian-debulk", "chop",
+                        "dbcd", "nki70-survival"}
 
 
 def main():
@@ -129,6 +155,7 @@ def main():
     out = sys.argv[1]
     manifest = []
     for name, task, role, build, unit, what, source in PANEL:
+        role = "tuning" if name in ROLE_SINCE_THIRD_RUN else role
         table, expression = build()
         folder = os.path.join(out, name)
         written = write_cohort(folder, f"real panel: {name}", table, expression, unit)

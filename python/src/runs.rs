@@ -128,6 +128,8 @@ fn compared_only(o: &SupervisedOverrides) -> Option<&'static str> {
         (o.stop_epoch.is_some(), "stop_epoch"),
         (o.max_patches.is_some(), "max_patches"),
         (o.accumulate.is_some(), "accumulate"),
+        (o.select.on.is_some(), "select"),
+        (o.linear_start.is_some(), "linear_start"),
     ]
     .into_iter()
     .find_map(|(given, name)| given.then_some(name))
@@ -182,8 +184,10 @@ fn create_dir(out: &Path) -> Result<(), Failure> {
 /// configured by `preset` (`"paper"` or `"demo"`) and `config` (a TOML run file's path, or a
 /// dict of its fields such as `{"finetune": {"epochs": 5}}`). Any other architecture
 /// (`architectures()`) trains with its reference defaults, changed by `epochs`, `lr`,
-/// `weight_decay`, `patience` (0: no early stopping), `stop_epoch`, `max_patches` and
-/// `accumulate`, into `out`.
+/// `weight_decay`, `patience` (0: no early stopping), `stop_epoch`, `max_patches`,
+/// `accumulate`, `select` (model selection inside the training part, docs/DESIGN.md §41: on by
+/// default for SNN and GroupMSA) and `linear_start` (a gene model starting as the task's linear
+/// model, §43: on by default for SNN and GroupMSA), into `out`.
 ///
 /// `resume=True` continues an interrupted run from its last completed epoch (Ctrl-C interrupts
 /// one as a kill would). Progress goes to `progress` (see `TextProgress`).
@@ -193,7 +197,8 @@ fn create_dir(out: &Path) -> Result<(), Failure> {
 #[pyfunction]
 #[pyo3(signature = (cohort, out, arch = "gimp", *, preset = "paper", config = None, seed = None,
     fold = None, resume = false, transform = None, epochs = None, lr = None, weight_decay = None,
-    patience = None, stop_epoch = None, max_patches = None, accumulate = None, progress = None))]
+    patience = None, stop_epoch = None, max_patches = None, accumulate = None, select = None,
+    linear_start = None, progress = None))]
 #[allow(clippy::too_many_arguments)]
 fn train(
     py: Python<'_>,
@@ -213,6 +218,8 @@ fn train(
     stop_epoch: Option<usize>,
     max_patches: Option<usize>,
     accumulate: Option<usize>,
+    select: Option<bool>,
+    linear_start: Option<bool>,
     progress: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Py<PyAny>> {
     let transform: Option<ExpressionTransform> =
@@ -229,6 +236,11 @@ fn train(
         stop_epoch,
         max_patches,
         accumulate,
+        select: gimp_train::config::SelectOverrides {
+            on: select,
+            ..Default::default()
+        },
+        linear_start,
         ..Default::default()
     };
     let info = gimp_models::registry::lookup(arch)

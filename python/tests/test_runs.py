@@ -43,7 +43,9 @@ def test_a_compared_system_trains_and_evaluates(cohort_toml, tmp_path):
 
 def test_text_progress_writes_one_line_per_epoch(cohort_toml, tmp_path):
     out = io.StringIO()
-    gimp_rs.train(cohort_toml, tmp_path / "snn", "snn", epochs=2, progress=gimp_rs.TextProgress(out))
+    # Without the linear start (docs/DESIGN.md §43) the refit trains at least one epoch.
+    gimp_rs.train(cohort_toml, tmp_path / "snn", "snn", epochs=2, linear_start=False,
+                  progress=gimp_rs.TextProgress(out))
     # SNN chooses its epoch count by 3 inner folds (docs/DESIGN.md §41): one line per epoch of
     # each inner fit ("select"), then of the refit ("train").
     lines = out.getvalue().split("\n")
@@ -51,6 +53,19 @@ def test_text_progress_writes_one_line_per_epoch(cohort_toml, tmp_path):
     last = [line.split("\r")[-1] for line in lines[:-1]]
     assert all(line.startswith("select epoch ") for line in last[:6]), last
     assert last[-1].startswith("train epoch 2/2 ["), last
+
+
+def test_selection_and_linear_start_are_options(cohort_toml, tmp_path):
+    # A linear start's weights are the checkpoint's and its choice of epochs is recorded.
+    r = gimp_rs.train(cohort_toml, tmp_path / "ls", "snn", epochs=2, progress=False)
+    chosen = json.loads((tmp_path / "ls" / "selection.json").read_text())
+    assert 0 <= chosen["epochs"] <= 2 and r["best_epoch"] <= 1
+    # Off: one training with the settings given, no selection record.
+    gimp_rs.train(cohort_toml, tmp_path / "off", "snn", epochs=2, select=False,
+                  linear_start=False, progress=False)
+    assert not (tmp_path / "off" / "selection.json").exists()
+    with pytest.raises(ValueError, match="linear_start: gimp's stages"):
+        gimp_rs.train(cohort_toml, tmp_path, "gimp", linear_start=True, progress=False)
 
 
 def test_bad_training_arguments(cohort_toml, tmp_path):
