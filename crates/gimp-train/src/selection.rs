@@ -176,8 +176,13 @@ fn better(figure: f64, loss: f64, best: Option<(f64, f64)>) -> bool {
 }
 
 /// The mean curve of the inner folds over the epochs all of them ran, and its best epoch:
-/// `(epochs, figure, loss)` with `epochs` the count (best 0-based index + 1), or 0 for the
-/// validation before the first step when every fold has one (ties go to fewer epochs).
+/// `(epochs, figure, loss)` with `epochs` the count (best 0-based index + 1).
+///
+/// When every fold was validated before its first step (a linear start, `docs/DESIGN.md`
+/// §43), "0 epochs" — the linear model alone — is a choice too, and the choice follows the
+/// one-standard-error rule towards it: the fewest epochs whose mean figure is within one
+/// standard error (over the folds) of the best mean figure. Training must beat the linear model
+/// by more than the inner folds' noise to be kept.
 fn best_epoch(curves: &[Curve]) -> Option<(usize, f64, f64)> {
     let n = curves.iter().map(|c| c.epochs.len()).min()?;
     let starts: Option<Vec<(f64, f64)>> = curves.iter().map(|c| c.start).collect();
@@ -190,10 +195,20 @@ fn best_epoch(curves: &[Curve]) -> Option<(usize, f64, f64)> {
         Some(_) => (0, n + 1),
         None => (1, n),
     };
-    let mut best: Option<(usize, f64, f64)> = None;
+    let k = curves.len() as f64;
+    // (epoch count, mean figure, mean loss, standard error of the mean figure)
+    let mut means = Vec::with_capacity(count);
     for e in 0..count {
-        let k = curves.len() as f64;
-        let figure = curves.iter().map(|c| point(c, e).0).sum::<f64>() / k;
+        let figures: Vec<f64> = curves.iter().map(|c| point(c, e).0).collect();
+        let figure = figures.iter().sum::<f64>() / k;
+        let spread = match figures.len() {
+            0 | 1 => 0.0,
+            m => {
+                let var = figures.iter().map(|f| (f - figure).powi(2)).sum::<f64>()
+                    / (m - 1) as f64;
+                (var / m as f64).sqrt()
+            }
+        };
         // A NaN loss (a fold without a comparable pair) counts as no information.
         let losses: Vec<f64> = curves
             .iter()
@@ -204,11 +219,21 @@ fn best_epoch(curves: &[Curve]) -> Option<(usize, f64, f64)> {
             true => f64::INFINITY,
             false => losses.iter().sum::<f64>() / losses.len() as f64,
         };
-        if better(figure, loss, best.map(|(_, f, l)| (f, l))) {
-            best = Some((e + first, figure, loss));
+        means.push((e + first, figure, loss, spread));
+    }
+    let mut best: Option<(usize, f64, f64, f64)> = None;
+    for &m in &means {
+        if better(m.1, m.2, best.map(|(_, f, l, _)| (f, l))) {
+            best = Some(m);
         }
     }
-    best
+    let best = best?;
+    if starts.is_some() && best.3.is_finite() {
+        if let Some(&(e, f, l, _)) = means.iter().find(|m| m.1 >= best.1 - best.3) {
+            return Some((e, f, l));
+        }
+    }
+    Some((best.0, best.1, best.2))
 }
 
 /// One candidate's inner cross-validation: the epoch count of its best mean figure, that
@@ -379,21 +404,25 @@ mod tests {
     }
 
     /// With a validation before the first step in every fold (a linear start), "no epoch" is a
-    /// choice: taken when no epoch beats it, ties going to fewer epochs; ignored when a fold
-    /// lacks it.
+    /// choice, and the fewest epochs within one standard error of the best mean figure are
+    /// kept; without a start in every fold, the best mean figure as before.
     #[test]
-    fn no_epoch_is_a_choice_when_every_fold_validated_the_start() {
+    fn a_linear_start_is_kept_unless_training_beats_it_by_more_than_the_noise() {
         let with = |s: (f64, f64), v: &[(f64, f64)]| Curve {
             start: Some(s),
             ..curve(v)
         };
+        // Means: start 0.85, epoch 1 0.75, epoch 2 0.88 with a standard error of 0.02: the
+        // start is not within 0.86–0.88, so epoch 2 stays.
         let a = with((0.9, 0.3), &[(0.8, 0.5), (0.9, 0.4)]);
-        let b = with((0.8, 0.3), &[(0.7, 0.6), (0.8, 0.2)]);
-        // Means: start 0.85 (0.3), epoch 1 0.75, epoch 2 0.85 (0.3): a tie, kept at 0 epochs.
-        assert_eq!(best_epoch(&[a.clone(), b]).map(|b| b.0), Some(0));
-        let c = with((0.5, 0.9), &[(0.9, 0.1), (0.9, 0.1)]);
-        assert_eq!(best_epoch(&[a.clone(), c]).map(|b| b.0), Some(2));
-        let no_start = curve(&[(0.9, 0.4), (0.9, 0.4)]);
+        let b = with((0.8, 0.3), &[(0.7, 0.6), (0.86, 0.2)]);
+        assert_eq!(best_epoch(&[a.clone(), b]).map(|b| b.0), Some(2));
+        // Noisy folds: epoch 2's mean 0.875 has a standard error of 0.075, and the start's 0.85
+        // is within it: the linear model is kept.
+        let c = with((0.8, 0.3), &[(0.7, 0.6), (0.95, 0.2)]);
+        let d = with((0.9, 0.3), &[(0.8, 0.6), (0.8, 0.2)]);
+        assert_eq!(best_epoch(&[c, d]).map(|b| b.0), Some(0));
+        let no_start = curve(&[(0.9, 0.4), (0.95, 0.4)]);
         assert_eq!(best_epoch(&[a, no_start]).map(|b| b.0), Some(2));
     }
 
