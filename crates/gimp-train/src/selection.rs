@@ -204,8 +204,8 @@ fn best_epoch(curves: &[Curve]) -> Option<(usize, f64, f64)> {
         let spread = match figures.len() {
             0 | 1 => 0.0,
             m => {
-                let var = figures.iter().map(|f| (f - figure).powi(2)).sum::<f64>()
-                    / (m - 1) as f64;
+                let var =
+                    figures.iter().map(|f| (f - figure).powi(2)).sum::<f64>() / (m - 1) as f64;
                 (var / m as f64).sqrt()
             }
         };
