@@ -113,12 +113,14 @@ fn selection_is_recorded_and_blind_to_test_labels() {
     let d = tempfile::tempdir().unwrap();
     let cohort = tiny_cohort(&d.path().join("c"));
     let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
+    // Without the linear start (its own test below), so that the chosen fit trains.
     let o = SupervisedOverrides {
         epochs: Some(3),
         select: SelectOverrides {
             lr: Some(vec![1e-3, 3e-4]),
             ..Default::default()
         },
+        linear_start: Some(false),
         ..Default::default()
     };
     let cfg = build("snn", TrainingRecipe::Reference, &o);
@@ -165,6 +167,51 @@ fn selection_is_recorded_and_blind_to_test_labels() {
     assert!(!d.path().join("a/selection").exists(), "inner runs removed");
     // No validation part is left: the final fit trained on it.
     assert!(a.figures.val.is_none());
+}
+
+/// A gene model's linear start (`docs/DESIGN.md` §43) is the task's linear model fitted on the
+/// refit's patients, kept frozen through training, and blind to the test labels like the rest.
+#[test]
+fn a_linear_start_is_the_tasks_linear_model_frozen_and_blind_to_test_labels() {
+    let d = tempfile::tempdir().unwrap();
+    let cohort = tiny_cohort(&d.path().join("c"));
+    let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
+    let o = SupervisedOverrides {
+        epochs: Some(3),
+        ..Default::default()
+    };
+    let cfg = build("snn", TrainingRecipe::Reference, &o);
+    assert!(cfg.linear_start && cfg.selection.is_some());
+    let run = |data: &Prepared, dir: &Path| {
+        supervised::train(data, &cfg, dir, Control::default(), &|_| {}).unwrap()
+    };
+    let a = run(&data, &d.path().join("a"));
+    let mut flipped = data.clone();
+    for &i in &data.test {
+        flipped.patients[i].label = (flipped.patients[i].label + 1) % data.classes.len();
+    }
+    let b = run(&flipped, &d.path().join("b"));
+    let values =
+        |t: &candle_core::Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    let ckpt = |p: &Path| gimp_nn::checkpoint::Checkpoint::load(p).unwrap();
+    let (ca, cb) = (ckpt(&a.checkpoint), ckpt(&b.checkpoint));
+    for (name, t) in &ca.weights {
+        assert_eq!(values(t), values(&cb.weights[name]), "{name}");
+    }
+    let whole = selection::refit_part(&data)
+        .unwrap()
+        .with_genes(&cfg.genes)
+        .unwrap();
+    let task = gimp_train::task::Task::new(&cfg.task, &whole).unwrap();
+    let expected = task.linear_start(&whole, &whole.train, cfg.seed).unwrap();
+    assert_eq!(expected.len(), 2);
+    for (name, t) in &expected {
+        assert_eq!(values(t), values(&ca.weights[name]), "{name}");
+    }
+    let chosen: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("a/selection.json")).unwrap())
+            .unwrap();
+    assert!(chosen["epochs"].as_u64().unwrap() <= 3);
 }
 
 /// The paper recipe trains once with the paper's settings, as before; the reference recipe
