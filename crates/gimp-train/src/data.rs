@@ -5,7 +5,7 @@
 use crate::config::{GeneSelection, Modalities};
 use crate::error::{Result, TrainError};
 use candle_core::{Device, Tensor};
-use gimp_cohort::cache::FeatureCache;
+use gimp_cohort::cache::{CachedBag, FeatureCache};
 use gimp_cohort::Cohort;
 use gimp_io::expression::ExpressionTransform;
 use gimp_io::splits::Part;
@@ -264,20 +264,32 @@ impl Prepared {
         self.preprocessing.as_ref().map_or(0, |p| p.genes.len())
     }
 
-    /// The patient's bag `[N, D]` (slides concatenated in order), via the feature cache.
-    pub fn bag(&self, i: usize) -> Result<Option<Tensor>> {
+    /// The patient's slides' bags in slide order, through the memory-mapped feature cache
+    /// (empty without slides).
+    fn cached_bags(&self, i: usize) -> Result<Vec<CachedBag>> {
         let p = &self.patients[i];
         if p.slides.is_empty() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let cache = self.cache.as_ref().ok_or_else(|| {
             TrainError::Msg("the cohort has slides but no [features] section".into())
         })?;
-        let mut parts = Vec::new();
-        for (id, path) in &p.slides {
-            let b = cache.get(path, id, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
-            parts.push(Tensor::from_slice(b.features(), (b.n, b.d), &Device::Cpu)?);
+        Ok(p.slides
+            .iter()
+            .map(|(id, path)| cache.get(path, id, gimp_io::DEFAULT_MAX_BAG_BYTES))
+            .collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
+    /// The patient's bag `[N, D]` (slides concatenated in order), via the feature cache.
+    pub fn bag(&self, i: usize) -> Result<Option<Tensor>> {
+        let bags = self.cached_bags(i)?;
+        if bags.is_empty() {
+            return Ok(None);
         }
+        let parts = bags
+            .iter()
+            .map(|b| Tensor::from_slice(b.features(), (b.n, b.d), &Device::Cpu))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Some(Tensor::cat(&parts, 0)?))
     }
 
@@ -286,17 +298,10 @@ impl Prepared {
     /// 150,000-patch bag costs its 6,000 rows, not a copy of the whole bag (docs/DESIGN.md §42).
     pub fn bag_rows(&self, i: usize, rows: &[u32]) -> Result<Option<Tensor>> {
         let p = &self.patients[i];
-        if p.slides.is_empty() {
+        let bags = self.cached_bags(i)?;
+        if bags.is_empty() {
             return Ok(None);
         }
-        let cache = self.cache.as_ref().ok_or_else(|| {
-            TrainError::Msg("the cohort has slides but no [features] section".into())
-        })?;
-        let bags = p
-            .slides
-            .iter()
-            .map(|(id, path)| cache.get(path, id, gimp_io::DEFAULT_MAX_BAG_BYTES))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
         let d = bags[0].d;
         // First row of each slide within the concatenation.
         let mut starts = Vec::with_capacity(bags.len());
@@ -329,18 +334,7 @@ impl Prepared {
 
     /// Patches in the patient's bag (0 without slides), read from the cache's headers.
     pub fn bag_patches(&self, i: usize) -> Result<usize> {
-        let p = &self.patients[i];
-        if p.slides.is_empty() {
-            return Ok(0);
-        }
-        let cache = self.cache.as_ref().ok_or_else(|| {
-            TrainError::Msg("the cohort has slides but no [features] section".into())
-        })?;
-        let mut n = 0;
-        for (id, path) in &p.slides {
-            n += cache.get(path, id, gimp_io::DEFAULT_MAX_BAG_BYTES)?.n;
-        }
-        Ok(n)
+        Ok(self.cached_bags(i)?.iter().map(|b| b.n).sum())
     }
 
     /// The patient with the largest bag among `patients` and its size after the `cap` of

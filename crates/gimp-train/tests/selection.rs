@@ -37,6 +37,34 @@ fn build(arch: &str, recipe: TrainingRecipe, o: &SupervisedOverrides) -> Supervi
     SupervisedConfig::build(arch, 1, 0, recipe, TaskConfig::default(), o).unwrap()
 }
 
+/// Trains `cfg` on `data` and on a copy whose test patients' labels are all changed, checks that
+/// the two checkpoints' weights are the same to the bit, and returns the first run's result.
+fn blind_to_test_labels(
+    data: &Prepared,
+    cfg: &SupervisedConfig,
+    dir: &Path,
+) -> gimp_train::task::StageResult {
+    let run = |data: &Prepared, dir: &Path| {
+        supervised::train(data, cfg, dir, Control::default(), &|_| {}).unwrap()
+    };
+    let a = run(data, &dir.join("a"));
+    let mut flipped = data.clone();
+    for &i in &data.test {
+        flipped.patients[i].label = (flipped.patients[i].label + 1) % data.classes.len();
+    }
+    let b = run(&flipped, &dir.join("b"));
+    let ckpt = |p: &Path| gimp_nn::checkpoint::Checkpoint::load(p).unwrap();
+    let (ca, cb) = (ckpt(&a.checkpoint), ckpt(&b.checkpoint));
+    for (name, t) in &ca.weights {
+        assert_eq!(values(t), values(&cb.weights[name]), "{name}");
+    }
+    a
+}
+
+fn values(t: &candle_core::Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
 /// Every part an inner fit sees is made of the split's training and validation patients only,
 /// its inner validation fold is disjoint from its training part, and its expression statistics
 /// are those of its own training patients.
@@ -124,27 +152,13 @@ fn selection_is_recorded_and_blind_to_test_labels() {
         ..Default::default()
     };
     let cfg = build("snn", TrainingRecipe::Reference, &o);
-    let run = |data: &Prepared, dir: &Path| {
-        supervised::train(data, &cfg, dir, Control::default(), &|_| {}).unwrap()
-    };
-    let a = run(&data, &d.path().join("a"));
-    let mut flipped = data.clone();
-    for &i in &data.test {
-        flipped.patients[i].label = (flipped.patients[i].label + 1) % data.classes.len();
-    }
-    let b = run(&flipped, &d.path().join("b"));
+    let a = blind_to_test_labels(&data, &cfg, d.path());
     let json = |dir: &str| {
         let text = std::fs::read_to_string(d.path().join(dir).join("selection.json")).unwrap();
         serde_json::from_str::<serde_json::Value>(&text).unwrap()
     };
     assert_eq!(json("a"), json("b"), "the test labels changed the choice");
-    let ckpt = |p: &Path| gimp_nn::checkpoint::Checkpoint::load(p).unwrap();
-    let (ca, cb) = (ckpt(&a.checkpoint), ckpt(&b.checkpoint));
-    for (name, t) in &ca.weights {
-        let values =
-            |t: &candle_core::Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
-        assert_eq!(values(t), values(&cb.weights[name]), "{name}");
-    }
+    let ca = gimp_nn::checkpoint::Checkpoint::load(&a.checkpoint).unwrap();
     let chosen = json("a");
     let epochs = chosen["epochs"].as_u64().unwrap() as usize;
     assert!((1..=3).contains(&epochs));
@@ -182,22 +196,8 @@ fn a_linear_start_is_the_tasks_linear_model_frozen_and_blind_to_test_labels() {
     };
     let cfg = build("snn", TrainingRecipe::Reference, &o);
     assert!(cfg.linear_start && cfg.selection.is_some());
-    let run = |data: &Prepared, dir: &Path| {
-        supervised::train(data, &cfg, dir, Control::default(), &|_| {}).unwrap()
-    };
-    let a = run(&data, &d.path().join("a"));
-    let mut flipped = data.clone();
-    for &i in &data.test {
-        flipped.patients[i].label = (flipped.patients[i].label + 1) % data.classes.len();
-    }
-    let b = run(&flipped, &d.path().join("b"));
-    let values =
-        |t: &candle_core::Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
-    let ckpt = |p: &Path| gimp_nn::checkpoint::Checkpoint::load(p).unwrap();
-    let (ca, cb) = (ckpt(&a.checkpoint), ckpt(&b.checkpoint));
-    for (name, t) in &ca.weights {
-        assert_eq!(values(t), values(&cb.weights[name]), "{name}");
-    }
+    let a = blind_to_test_labels(&data, &cfg, d.path());
+    let ca = gimp_nn::checkpoint::Checkpoint::load(&a.checkpoint).unwrap();
     let whole = selection::refit_part(&data)
         .unwrap()
         .with_genes(&cfg.genes)
