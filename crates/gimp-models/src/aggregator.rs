@@ -119,6 +119,10 @@ impl Ppeg {
     }
 }
 
+/// Grid rows per partial sum of the PPEG kernel gradient: fixed, so the sums run in the same
+/// order whatever the thread count or timing.
+const ROWS_PER_PARTIAL: usize = 8;
+
 /// A depthwise `k × k` convolution with bias, zero padding `k / 2`, on a channels-last
 /// `side × side` grid `[side², C]`, as PyTorch's `Conv2d(C, C, k, padding=k/2, groups=C)`
 /// computes it (cross-correlation); the kernel and bias come packed `[C, k·k + 1]`.
@@ -232,12 +236,18 @@ impl candle_core::CustomOp2 for GridConv {
                     dx.par_chunks_mut(side * c)
                         .enumerate()
                         .for_each(|(i, row)| self.accumulate_row(row, g, &mirrored, c, i));
-                    // Kernel and bias gradients: per-row partial sums, then reduced.
-                    let dtaps = (0..side)
+                    // Kernel and bias gradients: partial sums over fixed blocks of grid rows in
+                    // parallel, then added in block order. (rayon's `fold`/`reduce` split the
+                    // rows as work-stealing goes, so its sums — and the weights — changed from
+                    // run to run.)
+                    let width = (k * k + 1) * c;
+                    let partials: Vec<Vec<f32>> = (0..side.div_ceil(ROWS_PER_PARTIAL))
                         .into_par_iter()
-                        .fold(
-                            || vec![0f32; (k * k + 1) * c],
-                            |mut acc, i| {
+                        .map(|block| {
+                            let mut acc = vec![0f32; width];
+                            let rows = block * ROWS_PER_PARTIAL
+                                ..((block + 1) * ROWS_PER_PARTIAL).min(side);
+                            for i in rows {
                                 for di in 0..k {
                                     for dj in 0..k {
                                         let Some((s, j0, j1)) = self.tap_range(i, di, dj) else {
@@ -260,16 +270,14 @@ impl candle_core::CustomOp2 for GridConv {
                                 for gx in g[i * side * c..(i + 1) * side * c].chunks_exact(c) {
                                     db.iter_mut().zip(gx).for_each(|(o, &v)| *o += v);
                                 }
-                                acc
-                            },
-                        )
-                        .reduce(
-                            || vec![0f32; (k * k + 1) * c],
-                            |mut a, b| {
-                                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                                a
-                            },
-                        );
+                            }
+                            acc
+                        })
+                        .collect();
+                    let mut dtaps = vec![0f32; width];
+                    for p in &partials {
+                        dtaps.iter_mut().zip(p).for_each(|(x, y)| *x += y);
+                    }
                     let mut dpacked = vec![0f32; c * (k * k + 1)];
                     for (ch, row) in dpacked.chunks_exact_mut(k * k + 1).enumerate() {
                         for (t, v) in row.iter_mut().enumerate() {
@@ -656,6 +664,44 @@ mod ppeg_tests {
             .to_scalar::<f32>()
             .unwrap();
         d.to_scalar::<f32>().unwrap() / s.max(1e-12)
+    }
+
+    /// PPEG's kernel and bias gradients are the same bits whatever the thread count (and so
+    /// whatever the work-stealing does): TransMIL's training used to differ from run to run by
+    /// 1e-7 because they were summed in the order threads finished.
+    #[test]
+    fn ppeg_gradients_do_not_depend_on_the_threads() {
+        let (side, c) = (40usize, 6);
+        let store = ParamStore::new(7);
+        let p = Ppeg::new(&store.root(), c).unwrap();
+        let x = Var::from_tensor(
+            &Tensor::randn(0f32, 1f32, (1, 1 + side * side, c), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let w = Tensor::randn(0f32, 1f32, (1, 1 + side * side, c), &Device::Cpu).unwrap();
+        let params: Vec<Tensor> = store
+            .params()
+            .values()
+            .map(|v| v.var.as_tensor().clone())
+            .collect();
+        let gradients = |threads: usize| -> Vec<Vec<f32>> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let y = p.forward(x.as_tensor(), side).unwrap();
+                let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                params
+                    .iter()
+                    .map(|v| g.get(v).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+                    .collect()
+            })
+        };
+        let one = gradients(1);
+        for threads in [2, 3, 4, 4] {
+            assert_eq!(gradients(threads), one, "{threads} threads");
+        }
     }
 
     /// The one-op PPEG equals the three convolutions as candle ops: forward and the
