@@ -175,15 +175,55 @@ fn cindex(time: &[f64], event: &[bool], risk: &[f64]) -> Option<Concordance> {
     concordance_index_censored(o, risk, TIED_TOL).ok()
 }
 
+/// One inner fold of a penalty choice: the rows a model is fitted on and the held-out rows it
+/// is scored on, each with its times and events.
+struct InnerFold {
+    fit: (Vec<Vec<f64>>, Vec<f64>, Vec<bool>),
+    hold: (Vec<Vec<f64>>, Vec<f64>, Vec<bool>),
+}
+
+/// Each penalty's mean Harrell c-index over the inner folds (NaN where no fold could be scored)
+/// and the penalty with the best mean, ties to the larger (`None` when none could be scored).
+fn score_penalties(
+    folds: &[InnerFold],
+    penalties: &[f64],
+) -> Result<(Vec<f64>, Option<f64>), CoxError> {
+    let mut means = Vec::with_capacity(penalties.len());
+    let mut best: Option<(f64, f64)> = None;
+    for &penalty in penalties {
+        let cfg = CoxConfig {
+            penalty,
+            ..Default::default()
+        };
+        let mut scores = Vec::new();
+        for f in folds {
+            let m = CoxModel::fit(&f.fit.0, &f.fit.1, &f.fit.2, cfg)?;
+            let risk: Vec<f64> = f.hold.0.iter().map(|r| m.risk(r)).collect();
+            if let Some(ci) = cindex(&f.hold.1, &f.hold.2, &risk) {
+                scores.push(ci.cindex);
+            }
+        }
+        let mean = match scores.is_empty() {
+            true => f64::NAN,
+            false => scores.iter().sum::<f64>() / scores.len() as f64,
+        };
+        means.push(mean);
+        if mean.is_finite() && best.is_none_or(|(b, l)| mean > b || (mean == b && penalty > l)) {
+            best = Some((mean, penalty));
+        }
+    }
+    Ok((means, best.map(|(_, p)| p)))
+}
+
 /// The Cox baseline's default penalties (`gimp-rs baseline cox --penalty`).
 pub const DEFAULT_PENALTIES: [f64; 5] = [0.1, 1.0, 10.0, 100.0, 1000.0];
 
 /// A ridge Cox model on standardised rows `x`, its penalty chosen among `penalties` as the
 /// baseline's `--choose cv` chooses it — the best mean Harrell c-index over `folds` inner folds
-/// (dealt by event, seeded; ties to the larger penalty) — then refitted on every row; without
-/// an inner fold that can be scored, the largest penalty. Returns the penalty and the model.
-/// Unlike the baseline, the rows are not re-standardised within the inner folds: the caller's
-/// rows are already standardised on exactly these patients.
+/// (dealt by event, seeded; folds without an event skipped; ties to the larger penalty) — then
+/// refitted on every row; without an inner fold that can be scored, the largest penalty.
+/// Returns the penalty and the model. Unlike the baseline, the rows are not re-standardised
+/// within the inner folds: the caller's rows are already standardised on exactly these patients.
 pub fn fit_choosing_penalty(
     x: &[Vec<f64>],
     time: &[f64],
@@ -192,15 +232,12 @@ pub fn fit_choosing_penalty(
     folds: usize,
     seed: u64,
 ) -> Result<(f64, CoxModel), CoxError> {
-    let fit = |ids: &[usize], penalty: f64| {
-        let pick = |v: &[f64]| ids.iter().map(|&i| v[i]).collect::<Vec<_>>();
-        let rows: Vec<Vec<f64>> = ids.iter().map(|&i| x[i].clone()).collect();
-        let events: Vec<bool> = ids.iter().map(|&i| event[i]).collect();
-        let cfg = CoxConfig {
-            penalty,
-            ..Default::default()
-        };
-        CoxModel::fit(&rows, &pick(time), &events, cfg)
+    let part = |ids: &[usize]| {
+        (
+            ids.iter().map(|&i| x[i].clone()).collect::<Vec<_>>(),
+            ids.iter().map(|&i| time[i]).collect::<Vec<_>>(),
+            ids.iter().map(|&i| event[i]).collect::<Vec<_>>(),
+        )
     };
     let outcomes: Vec<Outcome> = time
         .iter()
@@ -208,33 +245,25 @@ pub fn fit_choosing_penalty(
         .map(|(&time, &event)| Outcome { time, event })
         .collect();
     let all: Vec<usize> = (0..x.len()).collect();
-    let inner = inner_folds(&all, &outcomes, folds.max(2), seed);
-    let mut best: Option<(f64, f64)> = None;
-    for &penalty in penalties {
-        let mut scores = Vec::new();
-        for hold in inner.iter().filter(|h| h.iter().any(|&i| event[i])) {
-            let fit_ids: Vec<usize> = all.iter().copied().filter(|i| !hold.contains(i)).collect();
-            let Ok(m) = fit(&fit_ids, penalty) else {
-                continue;
-            };
-            let risk: Vec<f64> = hold.iter().map(|&i| m.risk(&x[i])).collect();
-            let pick = |v: &[f64]| hold.iter().map(|&i| v[i]).collect::<Vec<_>>();
-            let events: Vec<bool> = hold.iter().map(|&i| event[i]).collect();
-            if let Some(ci) = cindex(&pick(time), &events, &risk) {
-                scores.push(ci.cindex);
+    let inner: Vec<InnerFold> = inner_folds(&all, &outcomes, folds.max(2), seed)
+        .iter()
+        .filter(|hold| hold.iter().any(|&i| event[i]))
+        .map(|hold| {
+            let fit: Vec<usize> = all.iter().copied().filter(|i| !hold.contains(i)).collect();
+            InnerFold {
+                fit: part(&fit),
+                hold: part(hold),
             }
-        }
-        if scores.is_empty() {
-            continue;
-        }
-        let mean = scores.iter().sum::<f64>() / scores.len() as f64;
-        if best.is_none_or(|(b, l)| mean > b || (mean == b && penalty > l)) {
-            best = Some((mean, penalty));
-        }
-    }
+        })
+        .collect();
+    let (_, best) = score_penalties(&inner, penalties)?;
     let largest = penalties.iter().copied().fold(f64::NAN, f64::max);
-    let penalty = best.map_or(largest, |(_, p)| p);
-    Ok((penalty, fit(&all, penalty)?))
+    let penalty = best.unwrap_or(largest);
+    let cfg = CoxConfig {
+        penalty,
+        ..Default::default()
+    };
+    Ok((penalty, CoxModel::fit(x, time, event, cfg)?))
 }
 
 /// Runs the Cox baseline on every split: expression transformed with `transform`, z-scored with
@@ -312,57 +341,39 @@ pub fn cross_validate(
             // Each inner fold's fitting data, standardised with its own statistics.
             let mut sets = Vec::new();
             for hold in &inner {
+                if !hold.iter().any(|&i| outcomes[i].event) {
+                    continue;
+                }
                 let fit_ids: Vec<usize> = train
                     .iter()
                     .copied()
                     .filter(|i| !hold.contains(i))
                     .collect();
-                if !hold.iter().any(|&i| outcomes[i].event) {
-                    continue;
-                }
                 let fit_rows: Vec<&[f32]> =
                     fit_ids.iter().filter_map(|&i| rows[i].as_deref()).collect();
                 let s = Standardiser::fit(&fit_rows);
-                let x = |ids: &[usize]| -> Vec<Vec<f64>> {
-                    ids.iter()
+                let part = |ids: &[usize]| {
+                    let x: Vec<Vec<f64>> = ids
+                        .iter()
                         .filter_map(|&i| rows[i].as_deref())
                         .map(|r| s.apply(r).into_iter().map(f64::from).collect())
-                        .collect()
+                        .collect();
+                    (x, time(ids), event(ids))
                 };
-                sets.push((x(&fit_ids), fit_ids, x(hold), hold.clone()));
+                sets.push(InnerFold {
+                    fit: part(&fit_ids),
+                    hold: part(hold),
+                });
             }
             if sets.is_empty() {
                 return Err(fold_error(
                     "no inner fold of the training part has an event".into(),
                 ));
             }
-            let mut best: Option<(f64, f64)> = None;
-            for &penalty in penalties {
-                let cfg = CoxConfig {
-                    penalty,
-                    ..Default::default()
-                };
-                let mut scores = Vec::new();
-                for (x_fit, fit_ids, x_hold, hold) in &sets {
-                    let m = CoxModel::fit(x_fit, &time(fit_ids), &event(fit_ids), cfg)
-                        .map_err(|e| fold_error(format!("inner fold: {e}")))?;
-                    let risk: Vec<f64> = x_hold.iter().map(|r| m.risk(r)).collect();
-                    if let Some(ci) = cindex(&time(hold), &event(hold), &risk) {
-                        scores.push(ci.cindex);
-                    }
-                }
-                let mean = match scores.is_empty() {
-                    true => f64::NAN,
-                    false => scores.iter().sum::<f64>() / scores.len() as f64,
-                };
-                inner_cindex.push(mean);
-                if mean.is_finite()
-                    && best.is_none_or(|(b, l)| mean > b || (mean == b && penalty > l))
-                {
-                    best = Some((mean, penalty));
-                }
-            }
-            let (_, penalty) = best.ok_or_else(|| {
+            let (means, best) = score_penalties(&sets, penalties)
+                .map_err(|e| fold_error(format!("inner fold: {e}")))?;
+            inner_cindex = means;
+            let penalty = best.ok_or_else(|| {
                 fold_error("no inner fold has a comparable pair of patients".into())
             })?;
             (penalty, fit(penalty)?)
