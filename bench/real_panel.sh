@@ -4,8 +4,8 @@
 #   bash bench/real_panel.sh [--only NAME,...] [--seeds 1,2,3]
 #
 # 1. a virtual environment with the packages that ship the data (target/panel-venv; made once);
-# 2. the eleven cohort folders, built from them by tools/build_real_panel.py (target/real-panel;
-#    built once: delete the folder to rebuild);
+# 2. the eighteen cohort folders, built from them by tools/build_real_panel.py (target/real-panel;
+#    built once: delete the folder to rebuild, as after a cohort is added);
 # 3. gimp-rs built from this checkout (target/release/gimp-rs), if missing;
 # 4. bench/real_panel.py: for every cohort 5 stratified folds x 3 seeds of the linear baseline,
 #    SNN and GroupMSA with every default, and the scikit-learn / scikit-survival reference; the
@@ -23,6 +23,10 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import sksurv, SurvSe
     echo "== installing the data packages into $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "scikit-survival==0.28.0" "survset==0.2.11" pandas scikit-learn
+fi
+# ISLP ships the Khan data; only its data files are read, so none of its (large) dependencies.
+if ! "$venv/bin/python" -c "from importlib.resources import files; assert files('ISLP').joinpath('data', 'Khan_xtrain.csv').is_file()" 2>/dev/null; then
+    "$venv/bin/pip" install -q --no-deps "ISLP==0.6.0"
 fi
 
 if [ ! -f "$panel/panel.json" ]; then

@@ -117,6 +117,15 @@ impl Ppeg {
         let out = grid.apply_op2(&packed, GridConv { side, k })?;
         Tensor::cat(&[cls, out.reshape((1, side * side, c))?], 1)
     }
+
+    /// [`Self::forward`] at inference on the raw `side × side` grid of patch tokens (`[s², dim]`,
+    /// CLS excluded), updated in place.
+    fn forward_in_place(&self, grid: &mut [f32], side: usize) -> Result<()> {
+        let c = grid.len() / (side * side).max(1);
+        let (packed, k) = self.combined(c, &candle_core::Device::Cpu)?;
+        let packed: Vec<f32> = packed.flatten_all()?.to_vec1()?;
+        GridConv { side, k }.apply_in_place(grid, &packed)
+    }
 }
 
 /// Grid rows per partial sum of the PPEG kernel gradient: fixed, so the sums run in the same
@@ -162,9 +171,18 @@ impl GridConv {
         (j0 < j1).then_some((src, j0, j1))
     }
 
-    /// `dst[i] += Σ taps ⊙ src` over the taps of output row `i` (`flip`: the transposed
-    /// convolution, taps mirrored, for the input gradient).
-    fn accumulate_row(&self, dst: &mut [f32], src: &[f32], taps: &[f32], c: usize, i: usize) {
+    /// `dst[i] += Σ taps ⊙ src` over the taps of output row `i` (mirrored taps give the
+    /// transposed convolution, for the input gradient). `src` holds the grid's rows from row
+    /// `first` on.
+    fn accumulate_row(
+        &self,
+        dst: &mut [f32],
+        src: &[f32],
+        first: usize,
+        taps: &[f32],
+        c: usize,
+        i: usize,
+    ) {
         let k = self.k;
         for di in 0..k {
             for dj in 0..k {
@@ -174,7 +192,8 @@ impl GridConv {
                 let w = &taps[(di * k + dj) * c..(di * k + dj + 1) * c];
                 for j in j0..j1 {
                     let sj = j + dj - k / 2;
-                    let from = &src[(s * self.side + sj) * c..(s * self.side + sj + 1) * c];
+                    let at = (s - first) * self.side + sj;
+                    let from = &src[at * c..(at + 1) * c];
                     let to = &mut dst[j * c..(j + 1) * c];
                     for ((o, &x), &wv) in to.iter_mut().zip(from).zip(w) {
                         *o += wv * x;
@@ -182,6 +201,43 @@ impl GridConv {
                 }
             }
         }
+    }
+}
+
+impl GridConv {
+    /// The convolution of `x` (`[side², C]`) written over `x`, a block of grid rows at a time:
+    /// a block's output needs the `k / 2` rows above it as they were, so those are kept aside
+    /// before the block is written. Memory: a few blocks of rows, not a second grid.
+    fn apply_in_place(&self, x: &mut [f32], packed: &[f32]) -> Result<()> {
+        use rayon::prelude::*;
+        let (taps, bias, c) = self.taps(x.len(), packed)?;
+        let (side, r) = (self.side, self.k / 2);
+        let row_len = side * c;
+        let block = (2 * rayon::current_num_threads()).max(8);
+        // The original rows `kept_first..r0`, already overwritten in `x`.
+        let (mut kept, mut kept_first) = (Vec::new(), 0);
+        let mut window = Vec::new();
+        let mut out = vec![0f32; block * row_len];
+        for r0 in (0..side).step_by(block) {
+            let r1 = (r0 + block).min(side);
+            let (lo, hi) = (r0.saturating_sub(r), (r1 + r).min(side));
+            window.clear();
+            window.extend_from_slice(&kept[(lo - kept_first) * row_len..]);
+            window.extend_from_slice(&x[r0 * row_len..hi * row_len]);
+            let out = &mut out[..(r1 - r0) * row_len];
+            out.par_chunks_mut(row_len)
+                .enumerate()
+                .for_each(|(t, row)| {
+                    for cell in row.chunks_exact_mut(c) {
+                        cell.copy_from_slice(&bias);
+                    }
+                    self.accumulate_row(row, &window, lo, &taps, c, r0 + t);
+                });
+            kept_first = r1.saturating_sub(r).max(lo);
+            kept = window[(kept_first - lo) * row_len..(r1 - lo) * row_len].to_vec();
+            x[r0 * row_len..r1 * row_len].copy_from_slice(out);
+        }
+        Ok(())
     }
 }
 
@@ -208,7 +264,7 @@ impl candle_core::CustomOp2 for GridConv {
                 for cell in row.chunks_exact_mut(c) {
                     cell.copy_from_slice(&bias);
                 }
-                self.accumulate_row(row, x, &taps, c, i);
+                self.accumulate_row(row, x, 0, &taps, c, i);
             });
         Ok((candle_core::CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -235,7 +291,7 @@ impl candle_core::CustomOp2 for GridConv {
                     let mut dx = vec![0f32; xs.len()];
                     dx.par_chunks_mut(side * c)
                         .enumerate()
-                        .for_each(|(i, row)| self.accumulate_row(row, g, &mirrored, c, i));
+                        .for_each(|(i, row)| self.accumulate_row(row, g, 0, &mirrored, c, i));
                     // Kernel and bias gradients: partial sums over fixed blocks of grid rows in
                     // parallel, then added in block order. (rayon's `fold`/`reduce` split the
                     // rows as work-stealing goes, so its sums — and the weights — changed from
@@ -381,12 +437,7 @@ impl PatchAggregator {
         rows: Option<&[usize]>,
     ) -> Result<Encoded> {
         let (_, n, _) = h.dims3()?;
-        let side = (n as f64).sqrt().ceil() as usize;
-        let add = if self.cfg.square_pad || self.cfg.ppeg {
-            side * side - n
-        } else {
-            0
-        };
+        let (side, add) = self.square(n);
         // The embedded tokens are dropped as soon as `x` holds them (a whole bag's worth).
         let padded = if add > 0 {
             let p = Tensor::cat(&[&h, &h.narrow(1, 0, add)?], 1)?;
@@ -471,49 +522,75 @@ impl PatchAggregator {
 
     /// `CLS_img` `[dim]` of a bag `[N, D_in]`.
     pub fn cls(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
-        if self.in_place_inference(mode, x) {
-            return self.cls_in_place(x);
+        if in_place_inference(mode, x, &self.cfg) {
+            return Ok(self.encode_in_place(x, false)?.0);
         }
         // Only CLS is read: the last layer computes it alone (`encode_selected`).
         let tokens = self.encode_selected(self.embed(x)?, mode, &[0])?;
         tokens.get(0)?.get(0)
     }
 
-    /// Whether [`Self::cls`] runs on raw buffers: when the layers would stream anyway, and
-    /// there is no PPEG or square padding.
-    fn in_place_inference(&self, mode: &Mode, x: &Tensor) -> bool {
-        choose_path(mode, true, x, &self.cfg.attention) == NystromPath::Streaming
-            && !self.cfg.ppeg
-            && !self.cfg.square_pad
+    /// The final CLS token `[dim]` of a bag `[N, D_in]` and the last layer's CLS attention over
+    /// its patches `[N]` (as [`Encoded::attention`]): what inference reads. At inference on the
+    /// CPU every layer and PPEG update one token buffer in place ([`Self::encode_in_place`]).
+    pub fn cls_and_attention(&self, x: &Tensor, mode: &Mode) -> Result<(Tensor, Tensor)> {
+        let (cls, attention) = if in_place_inference(mode, x, &self.cfg) {
+            self.encode_in_place(x, true)?
+        } else {
+            let enc = self.encode(self.embed(x)?, mode, true)?;
+            (enc.tokens.get(0)?.get(0)?, enc.attention)
+        };
+        let attention =
+            attention.ok_or_else(|| candle_core::Error::Msg("no attention was computed".into()))?;
+        Ok((cls, attention))
     }
 
-    /// Inference of `CLS_img` with every layer updating one token buffer in place
-    /// (`gimp_nn::nystrom::infer`): a 150,000-patch bag needs the tokens, K and V, nothing of
-    /// size `N × m` and no second copy of the tokens.
-    fn cls_in_place(&self, x: &Tensor) -> Result<Tensor> {
+    /// Inference on raw buffers: the bag embedded chunk by chunk into one token buffer (CLS,
+    /// patches, square-padding copies), every layer (`gimp_nn::nystrom::infer`) and PPEG
+    /// updating it in place, the final norm on CLS alone; with `with_attention`, the last
+    /// layer's CLS attention over the patches (square-padding copies folded back onto the
+    /// patches they copy). A 150,000-patch bag needs the tokens, one layer's K and V and
+    /// chunk-sized scratch: no second copy of the tokens and nothing of size `N × m`.
+    fn encode_in_place(
+        &self,
+        x: &Tensor,
+        with_attention: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (n, d_in) = x.dims2()?;
         let dim = self.cfg.dim;
+        let (side, add) = self.square(n);
         let flat = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1() };
         let w1 = flat(&self.fc1.weight)?;
         let b1 = self.fc1.bias.as_ref().map(flat).transpose()?;
-        let mut tokens = vec![0f32; (n + 1) * dim];
+        let mut tokens = vec![0f32; (1 + n + add) * dim];
         tokens[..dim].copy_from_slice(&flat(&self.cls)?);
         gimp_nn::cpu::with_data(x, |xs| {
             let w = View::dense(&w1, dim, d_in);
             let rows = 4096;
             for (src, dst) in xs
                 .chunks(rows * d_in)
-                .zip(tokens[dim..].chunks_mut(rows * dim))
+                .zip(tokens[dim..(1 + n) * dim].chunks_mut(rows * dim))
             {
                 linear_rows(src, w, b1.as_deref(), dst);
                 dst.iter_mut().for_each(|v| *v = v.max(0.0));
             }
             Ok(())
         })?;
-        for layer in &self.layers {
-            layer
+        // Square padding repeats the first `add` patches after the last.
+        tokens.copy_within(dim..(1 + add) * dim, (1 + n) * dim);
+        let mut attention = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let last = i + 1 == self.layers.len();
+            let of = (with_attention && last).then_some(0);
+            if let Some(a) = layer
                 .attn
-                .prenorm_residual_inplace(&layer.norm, &mut tokens)?;
+                .prenorm_residual_inplace(&layer.norm, &mut tokens, of)?
+            {
+                attention = Some(fold_patch_attention(&a, n, add)?);
+            }
+            if let (0, Some(p)) = (i, &self.ppeg) {
+                p.forward_in_place(&mut tokens[dim..], side)?;
+            }
         }
         let mut cls = vec![0f32; dim];
         layer_norm_rows(
@@ -523,8 +600,50 @@ impl PatchAggregator {
             &flat(&self.norm.bias)?,
             self.norm.eps as f32,
         );
-        Tensor::from_vec(cls, dim, x.device())
+        let attention = attention
+            .map(|a| Tensor::from_vec(a, n, x.device()))
+            .transpose()?;
+        Ok((Tensor::from_vec(cls, dim, x.device())?, attention))
     }
+
+    /// The side of the token grid and the square padding's copies for a bag of `n` patches.
+    fn square(&self, n: usize) -> (usize, usize) {
+        let side = (n as f64).sqrt().ceil() as usize;
+        let add = match self.cfg.square_pad || self.cfg.ppeg {
+            true => side * side - n,
+            false => 0,
+        };
+        (side, add)
+    }
+}
+
+/// Whether inference runs on raw buffers ([`PatchAggregator::encode_in_place`]): when the
+/// layers would stream anyway, on the CPU.
+fn in_place_inference(mode: &Mode, x: &Tensor, cfg: &AggregatorConfig) -> bool {
+    choose_path(mode, true, x, &cfg.attention) == NystromPath::Streaming
+        && x.device().is_cpu()
+        && x.dtype() == candle_core::DType::F32
+}
+
+/// Per-head attention of CLS over the tokens (`[H, T]`: CLS, `n` patches, `add` copies) as the
+/// mean over heads over the patches, each copy's weight added to the patch it copies.
+fn fold_patch_attention(a: &[f32], n: usize, add: usize) -> Result<Vec<f32>> {
+    let t = 1 + n + add;
+    if t == 0 || !a.len().is_multiple_of(t) {
+        candle_core::bail!("attention of {} values for {t} tokens", a.len());
+    }
+    let heads = a.len() / t;
+    let mut patches = vec![0f32; n];
+    for head in a.chunks_exact(t) {
+        for (p, v) in patches.iter_mut().zip(&head[1..1 + n]) {
+            *p += v;
+        }
+        for (p, v) in patches.iter_mut().zip(&head[1 + n..]) {
+            *p += v;
+        }
+    }
+    patches.iter_mut().for_each(|p| *p /= heads as f32);
+    Ok(patches)
 }
 
 #[cfg(test)]
@@ -542,6 +661,42 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap()
+    }
+
+    /// Inference on one token buffer in place (square padding, PPEG over several blocks of grid
+    /// rows, every layer, the CLS attention from the last layer's keys) gives the graph path's
+    /// CLS token and heat-map attention, for TransMIL's and GiMP's aggregators.
+    #[test]
+    fn in_place_inference_equals_the_graph_encoding() {
+        for (ppeg, n) in [(true, 40), (true, 300), (false, 300), (true, 1)] {
+            let mut cfg = match ppeg {
+                true => AggregatorConfig::transmil(12),
+                false => AggregatorConfig::gimp(12),
+            };
+            cfg.dim = 32;
+            cfg.attention = NystromConfig {
+                heads: 4,
+                dim_head: 8,
+                landmarks: 8,
+                dropout: 0.0,
+                ..NystromConfig::transmil(32)
+            };
+            let store = ParamStore::new(5);
+            let agg = PatchAggregator::new(&store.root(), cfg).unwrap();
+            let x = Tensor::randn(0f32, 1f32, (n, 12), &Device::Cpu).unwrap();
+            let (cls, attention) = agg.cls_and_attention(&x, &Mode::inference()).unwrap();
+            let graph = agg
+                .encode(agg.embed(&x).unwrap(), &Mode::eval(), true)
+                .unwrap();
+            let graph_cls = graph.tokens.get(0).unwrap().get(0).unwrap();
+            let graph_attention = graph.attention.unwrap();
+            assert_eq!(attention.dims(), &[n]);
+            let e = max_diff(&cls, &graph_cls);
+            assert!(e < 1e-4, "ppeg {ppeg}, {n} patches: CLS {e}");
+            let e = max_diff(&attention, &graph_attention);
+            assert!(e < 1e-5, "ppeg {ppeg}, {n} patches: attention {e}");
+            assert!(max_diff(&agg.cls(&x, &Mode::inference()).unwrap(), &cls) == 0.0);
+        }
     }
 
     /// TransMIL's encoding on selected rows (square padding, PPEG after the first layer, the

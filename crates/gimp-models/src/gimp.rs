@@ -124,6 +124,7 @@ impl GimpSettings {
                 n_classes,
                 tokenizer: self.gene_tokenizer,
                 linear_start: false,
+                deep_genes: None,
             }),
             GeneEncoderKind::Snn => GeneEncoderConfig::Snn(SnnConfig::small(n_genes, n_classes)),
         }
@@ -393,11 +394,15 @@ impl Gimp {
         mode: &Mode,
     ) -> Result<Output> {
         let (cls_img, attention) = match bag {
+            Some(x) if !mode.train => {
+                let (cls, attention) = self.aggregator.cls_and_attention(x, mode)?;
+                (cls, Some(attention))
+            }
             Some(x) => {
                 let enc = self
                     .aggregator
-                    .encode(self.aggregator.embed(x)?, mode, !mode.train)?;
-                (enc.tokens.get(0)?.get(0)?, enc.attention)
+                    .encode(self.aggregator.embed(x)?, mode, false)?;
+                (enc.tokens.get(0)?.get(0)?, None)
             }
             None => (self.missing_img.clone(), None),
         };

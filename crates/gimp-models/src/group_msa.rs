@@ -6,7 +6,7 @@
 //! prefixed by `CLS_ge`, pass through a second block; a LayerNorm; `CLS_ge` is token 0.
 
 use crate::arch::{config, to_value, ArchInfo, InputKind, Training, TrainingDefaults};
-use crate::linear_start::LinearStart;
+use crate::linear_start::{DeepGenes, LinearStart};
 use crate::model::{expression, Input, Model, Output};
 use candle_core::{Result, Tensor, D};
 use gimp_nn::{ops, Activation, Init, LayerNorm, Linear, Mode, Scope};
@@ -32,6 +32,10 @@ pub struct GroupMsaConfig {
     /// zero (`crate::linear_start`; off in GiMP's gene encoder).
     #[serde(default)]
     pub linear_start: bool,
+    /// With a linear start on more genes than `n_genes`: the genes the model is given and the
+    /// `n_genes` of them the fragments hold (`crate::linear_start::DeepGenes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deep_genes: Option<DeepGenes>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -55,6 +59,7 @@ impl GroupMsaConfig {
             n_classes,
             tokenizer: Tokenizer::Shared,
             linear_start: false,
+            deep_genes: None,
         }
     }
 
@@ -79,6 +84,7 @@ impl GroupMsaConfig {
             n_classes,
             tokenizer: Tokenizer::PerFragment,
             linear_start: false,
+            deep_genes: None,
         }
     }
 
@@ -269,7 +275,12 @@ impl GroupMsa {
                 Linear::with_init(&s.pp("head"), cfg.dim, cfg.n_classes, true, w, w)?
             },
             linear_start: match cfg.linear_start {
-                true => Some(LinearStart::new(s, cfg.n_genes, cfg.n_classes)?),
+                true => Some(LinearStart::new(
+                    s,
+                    cfg.n_genes,
+                    cfg.n_classes,
+                    cfg.deep_genes.as_ref(),
+                )?),
                 false => None,
             },
             cfg,
@@ -323,9 +334,12 @@ impl GroupMsa {
 }
 
 impl GroupMsa {
-    /// `CLS_ge` `[B, dim]` and head logits `[B, C]`.
+    /// `CLS_ge` `[B, dim]` and head logits `[B, C]` of the genes the model is given `[B, G]`.
     pub fn encode_with_logits(&self, x: &Tensor, mode: &Mode) -> Result<(Tensor, Tensor)> {
-        let cls = self.encode(x, mode)?;
+        let cls = match &self.linear_start {
+            Some(l) => self.encode(&l.deep_input(x)?, mode)?,
+            None => self.encode(x, mode)?,
+        };
         let mut logits = self.head.forward(&cls)?;
         if let Some(l) = &self.linear_start {
             logits = l.add(x, &logits)?;

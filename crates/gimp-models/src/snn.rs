@@ -6,7 +6,7 @@
 use crate::arch::{
     config, count_indexed, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults,
 };
-use crate::linear_start::LinearStart;
+use crate::linear_start::{DeepGenes, LinearStart};
 use crate::model::{expression, Input, Model, Output};
 use candle_core::Result;
 use gimp_nn::{ops, Init, Linear, Mode, Scope};
@@ -23,6 +23,10 @@ pub struct SnnConfig {
     /// (`crate::linear_start`; off in the reference's SNN).
     #[serde(default)]
     pub linear_start: bool,
+    /// With a linear start on more genes than `n_genes`: the genes the model is given and the
+    /// `n_genes` of them the blocks read (`crate::linear_start::DeepGenes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deep_genes: Option<DeepGenes>,
 }
 
 impl SnnConfig {
@@ -33,6 +37,7 @@ impl SnnConfig {
             n_classes,
             dropout: 0.25,
             linear_start: false,
+            deep_genes: None,
         }
     }
 }
@@ -65,7 +70,12 @@ impl Snn {
         Ok(Self {
             classifier: lecun_or(&s.pp("classifier"), prev, cfg.n_classes, cfg.linear_start)?,
             linear_start: match cfg.linear_start {
-                true => Some(LinearStart::new(s, cfg.n_genes, cfg.n_classes)?),
+                true => Some(LinearStart::new(
+                    s,
+                    cfg.n_genes,
+                    cfg.n_classes,
+                    cfg.deep_genes.as_ref(),
+                )?),
                 false => None,
             },
             blocks,
@@ -75,13 +85,17 @@ impl Snn {
 }
 
 impl Snn {
-    /// Last hidden layer `[B, h]` and logits `[B, C]` of standardised expression `[B, G]`.
+    /// Last hidden layer `[B, h]` and logits `[B, C]` of standardised expression `[B, G]` (the
+    /// genes the model is given).
     pub fn encode_with_logits(
         &self,
         x: &candle_core::Tensor,
         mode: &Mode,
     ) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
-        let mut h = x.clone();
+        let mut h = match &self.linear_start {
+            Some(l) => l.deep_input(x)?,
+            None => x.clone(),
+        };
         for b in &self.blocks {
             h = ops::alpha_dropout(&b.forward(&h)?.elu(1.0)?, self.cfg.dropout, mode)?;
         }
@@ -137,7 +151,13 @@ pub const ARCH: ArchInfo = ArchInfo {
             .collect::<Result<Vec<_>>>()?;
         let mut c = SnnConfig::small(first[1], shape(w, "classifier.weight")?[0]);
         c.hidden = hidden;
-        c.linear_start = w.contains_key(&format!("{}.weight", crate::linear_start::PREFIX));
+        let start = format!("{}.weight", crate::linear_start::PREFIX);
+        c.linear_start = w.contains_key(&start);
+        if c.linear_start && shape(w, &start)?[1] != first[1] {
+            return Err(candle_core::Error::Msg(
+                "this SNN's linear start reads more genes than its blocks, and which of them the blocks read is not in the weights: use a gimp-rs checkpoint, which stores its config".into(),
+            ));
+        }
         Ok(to_value(&c))
     },
     set_gene_groups: None,

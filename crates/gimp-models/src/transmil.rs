@@ -47,15 +47,15 @@ impl Model for Transmil {
     }
 
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
-        let h = self.aggregator.embed(bag(input)?)?;
         // Training reads CLS alone, so the last layer computes only that row; the heat map's
         // attention is read outside training.
         let (cls, attention) = if mode.train {
+            let h = self.aggregator.embed(bag(input)?)?;
             let tokens = self.aggregator.encode_selected(h, mode, &[0])?;
             (tokens.get(0)?.get(0)?, None)
         } else {
-            let enc = self.aggregator.encode(h, mode, true)?;
-            (enc.tokens.get(0)?.get(0)?, enc.attention)
+            let (cls, attention) = self.aggregator.cls_and_attention(bag(input)?, mode)?;
+            (cls, Some(attention))
         };
         let logits = self.fc2.forward(&cls.unsqueeze(0)?)?.squeeze(0)?;
         Ok(Output {

@@ -232,6 +232,17 @@ impl Prepared {
         Ok(self)
     }
 
+    /// The positions among the cohort's genes of those `selection` picks (chosen on the
+    /// training split as [`Self::with_genes`] chooses them); `None` when it keeps every gene or
+    /// the cohort has no expression.
+    pub fn gene_positions(&self, selection: &GeneSelection) -> Result<Option<Vec<usize>>> {
+        let Some(p) = &self.preprocessing else {
+            return Ok(None);
+        };
+        let keep = selection.pick(p)?;
+        Ok((keep.len() != p.genes.len()).then_some(keep))
+    }
+
     /// Keeps only the genes `selection` picks, chosen on the training split (`docs/DESIGN.md`
     /// §38): the kept genes, their statistics and order become the preprocessing a checkpoint
     /// stores, so evaluation and prediction re-apply the same subset.

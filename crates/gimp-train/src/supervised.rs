@@ -17,6 +17,7 @@ use crate::trainer::{
     keep, restore, save, shuffled_units, Control, Kept, Loop, OnProgress, Rate, Stage, UnitLoss,
 };
 use candle_core::{Device, Tensor};
+use gimp_models::linear_start::DeepGenes;
 use gimp_models::{registry, InputKind, Model};
 use gimp_nn::optim::{Adam, AdamConfig, Cosine};
 use gimp_nn::{Mode, ParamStore};
@@ -205,20 +206,40 @@ fn fit(
 ) -> Result<(Option<StageResult>, Curve)> {
     let arch = registry::lookup(&cfg.arch)?;
     arch.supervised_defaults()?;
-    let selected;
-    let data = match (&cfg.genes, arch.input.reads_expression()) {
-        (GeneSelection::All, _) | (_, false) => data,
-        (genes, true) => {
-            selected = data.clone().with_genes(genes)?;
-            &selected
-        }
-    };
     cfg.task.check_unit(cfg.accumulate, "accumulate")?;
     let task = Task::new(&cfg.task, data)?;
     let nc = task.width(data);
+    // The genes the model reads (`docs/DESIGN.md` §38), as positions among the cohort's.
+    let positions = match (&cfg.genes, arch.input.reads_expression()) {
+        (GeneSelection::All, _) | (_, false) => None,
+        (genes, true) => data.gene_positions(genes)?,
+    };
     let dims = gimp_models::Dims {
         features: data.d_in.unwrap_or(0),
-        genes: data.n_genes(),
+        genes: positions.as_ref().map_or(data.n_genes(), Vec::len),
+    };
+    let mut model_cfg = (arch.default_config)(dims, nc);
+    // A linear start (§43) is asked of every model and taken by those whose configuration has
+    // one. Such a model is given every gene: its linear start reads them all, its deep part the
+    // selected ones (§44). Other models — and those whose gene groups come from signatures,
+    // built over the genes they are given — are given the selected genes alone.
+    let linear_start = cfg.linear_start && model_cfg.get("linear_start").is_some();
+    let selected;
+    let data = match positions {
+        Some(positions) if linear_start && cfg.signatures.is_none() => {
+            let deep = DeepGenes {
+                input: data.n_genes(),
+                positions,
+            };
+            model_cfg["deep_genes"] =
+                serde_json::to_value(deep).map_err(|e| TrainError::Msg(e.to_string()))?;
+            data
+        }
+        Some(_) => {
+            selected = data.clone().with_genes(&cfg.genes)?;
+            &selected
+        }
+        None => data,
     };
     if arch.input.reads_slides() && dims.features == 0 {
         return Err(TrainError::Msg("the cohort has no slide features".into()));
@@ -242,13 +263,8 @@ fn fit(
             cfg.arch
         )));
     }
-    let mut model_cfg = (arch.default_config)(dims, nc);
-    // A linear start (docs/DESIGN.md §43) is asked of every model and taken by those whose
-    // configuration has one.
-    if cfg.linear_start {
-        if let Some(slot) = model_cfg.get_mut("linear_start") {
-            *slot = serde_json::Value::Bool(true);
-        }
+    if linear_start {
+        model_cfg["linear_start"] = serde_json::Value::Bool(true);
     }
     if let (Some(sig), Some(set_groups)) = (&cfg.signatures, arch.set_gene_groups) {
         set_groups(&mut model_cfg, &signature_groups(sig, data)?)?;
@@ -325,7 +341,7 @@ fn fit(
         && cfg.accumulate > 1
         && model
             .expression_batch_logits(
-                &Tensor::zeros((1, dims.genes), candle_core::DType::F32, &Device::Cpu)?,
+                &Tensor::zeros((1, data.n_genes()), candle_core::DType::F32, &Device::Cpu)?,
                 &Mode::inference(),
             )?
             .is_some();

@@ -214,6 +214,54 @@ fn a_linear_start_is_the_tasks_linear_model_frozen_and_blind_to_test_labels() {
     assert!(chosen["epochs"].as_u64().unwrap() <= 3);
 }
 
+/// With fewer genes selected than the cohort has, a model with a linear start is given every
+/// gene: its linear start is the task's linear model on all of them, its deep part reads the
+/// selected ones (the positions recorded in its configuration), and the checkpoint's
+/// preprocessing keeps every gene, so evaluation gives it what training did.
+#[test]
+fn the_linear_start_reads_every_gene_the_deep_part_the_selected_ones() {
+    let d = tempfile::tempdir().unwrap();
+    let cohort = tiny_cohort(&d.path().join("c"));
+    let data = Prepared::new(&cohort, 0, ExpressionTransform::Log2p1).unwrap();
+    let genes = gimp_train::config::GeneSelection::TopVariance(30);
+    for arch in ["snn", "group_msa"] {
+        let mut cfg = build(arch, TrainingRecipe::Reference, &Default::default());
+        cfg.selection = None;
+        cfg.epochs = 2;
+        cfg.genes = genes.clone();
+        let r = supervised::train(
+            &data,
+            &cfg,
+            &d.path().join(arch),
+            Control::default(),
+            &|_| {},
+        )
+        .unwrap();
+        let ckpt = gimp_nn::checkpoint::Checkpoint::load(&r.checkpoint).unwrap();
+        let positions = data.gene_positions(&genes).unwrap().unwrap();
+        assert_eq!(positions.len(), 30);
+        assert_eq!(ckpt.config["n_genes"], 30, "{arch}");
+        assert_eq!(ckpt.config["deep_genes"]["input"], 80, "{arch}");
+        let recorded: Vec<usize> =
+            serde_json::from_value(ckpt.config["deep_genes"]["positions"].clone()).unwrap();
+        assert_eq!(recorded, positions, "{arch}");
+        assert_eq!(
+            ckpt.preprocessing.as_ref().unwrap().genes.len(),
+            80,
+            "{arch}"
+        );
+        let task = gimp_train::task::Task::new(&cfg.task, &data).unwrap();
+        let expected = task.linear_start(&data, &data.train, cfg.seed).unwrap();
+        for (name, t) in &expected {
+            assert_eq!(t.dims(), ckpt.weights[name].dims(), "{arch} {name}");
+            assert_eq!(values(t), values(&ckpt.weights[name]), "{arch} {name}");
+        }
+        if arch == "snn" {
+            assert_eq!(ckpt.weights["fc_omic.0.0.weight"].dims()[1], 30);
+        }
+    }
+}
+
 /// The paper recipe trains once with the paper's settings, as before; the reference recipe
 /// selects for the gene-only models only; `--select off` and a grid are honoured, a bad grid
 /// refused.

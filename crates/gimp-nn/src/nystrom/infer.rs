@@ -12,6 +12,9 @@
 //!    tokens. Reverse order keeps the legacy un-padding (output row `i` reads token `i − pad`)
 //!    correct in place: rows a chunk reads are never ones already written.
 //!
+//! Asked for, pass 2 also gives one token's attention over the tokens (`F1[row] Z F3`, the heat
+//! map's scores) from the K it holds and each landmark's softmax sum, reading K once more.
+//!
 //! The arithmetic is the training op's (`core_op`, sharing its landmark means, landmark
 //! attention, pseudo-inverse and residual convolution); `tests/nystrom_parity.rs` checks both
 //! against the reference fixtures.
@@ -48,7 +51,10 @@ pub enum Update {
     Replace,
 }
 
-/// Applies one layer to the `n` tokens of `x` (`[n, dim]`, row-major) in place.
+/// Applies one layer to the `n` tokens of `x` (`[n, dim]`, row-major) in place. With
+/// `attention_of = Some(row)` it also returns the attention of token `row`'s query over the `n`
+/// tokens, per head (`[H, n]`, front padding removed): what
+/// `NystromAttention::attention_row` gives on the normalised tokens.
 pub fn layer_inplace(
     shape: CoreShape,
     legacy_front_slice: bool,
@@ -56,7 +62,8 @@ pub fn layer_inplace(
     x: &mut [f32],
     chunk: usize,
     update: Update,
-) -> Result<()> {
+    attention_of: Option<usize>,
+) -> Result<Option<Vec<f32>>> {
     let (h, d, m) = (shape.heads, shape.dim_head, shape.landmarks);
     let inner = h * d;
     let dim = w.out_weight.len() / inner.max(1);
@@ -72,6 +79,9 @@ pub fn layer_inplace(
     let n = x.len() / dim;
     if n == 0 {
         candle_core::bail!("nystrom inference: empty bag");
+    }
+    if attention_of.is_some_and(|r| r >= n) {
+        candle_core::bail!("nystrom inference: attention of token {attention_of:?} of {n}");
     }
     let geo = Geometry::new(n, m, legacy_front_slice);
     let (pad, np, l) = (geo.pad, geo.padded, geo.segment);
@@ -124,7 +134,19 @@ pub fn layer_inplace(
         })
         .collect();
     let c = start_scale(a.iter().map(|a| a.as_slice()), m).c();
-    let u: Vec<Vec<f32>> = (0..h)
+    // The attention row's query, before pass 3 overwrites its token.
+    let q_row = attention_of.map(|row| {
+        let mut q = vec![0f32; inner];
+        let normed = normalise(&x[row * dim..(row + 1) * dim]);
+        linear_rows(
+            &normed,
+            View::rows_of(w.qkv, 0, inner, dim, dim),
+            None,
+            &mut q,
+        );
+        q
+    });
+    let per_head: Vec<(Vec<f32>, Option<Vec<f32>>)> = (0..h)
         .into_par_iter()
         .map(|hd| {
             let (z, _) = pinv_forward(&a[hd], m, c, shape.pinv_iterations, false);
@@ -163,10 +185,47 @@ pub fn layer_inplace(
             let mut u = vec![0f32; m * d];
             let (zv, f3v) = (View::dense(&z, m, m), View::dense(&acc, m, d));
             mm(&mut u, zv, f3v, false, 1.0);
-            u
+            // `F1[row] Z F3` = Σ_i g_i exp(s_ij − max_i) with g = (F1[row] Z) / sum: F3's
+            // softmax needs every key's score first, hence this second read of K.
+            let attention = q_row.as_ref().map(|q| {
+                let mut f1 = vec![0f32; m];
+                let qh = View::dense(&q[hd * d..(hd + 1) * d], 1, d);
+                mm(
+                    &mut f1,
+                    qh,
+                    View::dense(&k_land[hd], m, d).t(),
+                    false,
+                    scale,
+                );
+                softmax_rows(&mut f1, m);
+                let mut left = vec![0f32; m];
+                mm(&mut left, View::dense(&f1, 1, m), zv, false, 1.0);
+                let g: Vec<f32> = left.iter().zip(&run_sum).map(|(l, s)| l / s).collect();
+                let mut row = vec![0f32; n];
+                for c0 in (pad..pad + n).step_by(chunk) {
+                    let cc = chunk.min(pad + n - c0);
+                    let mut s = vec![0f32; m * cc];
+                    let kc = View::rows_of(&k_all, c0 * inner + hd * d, cc, d, inner);
+                    mm(&mut s, qm, kc.t(), false, scale);
+                    let out = &mut row[c0 - pad..c0 - pad + cc];
+                    for (i, srow) in s.chunks_exact(cc).enumerate() {
+                        let (gi, mx) = (g[i], run_max[i]);
+                        for (o, &v) in out.iter_mut().zip(srow) {
+                            *o += gi * (v - mx).exp();
+                        }
+                    }
+                }
+                row
+            });
+            (u, attention)
         })
         .collect();
     drop(k_all);
+    let (u, attention): (Vec<Vec<f32>>, Vec<Option<Vec<f32>>>) = per_head.into_iter().unzip();
+    let attention: Option<Vec<f32>> = attention
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .map(|a| a.concat());
 
     // Pass 3: outputs, chunks in reverse order (see the module comment).
     let start = geo.start;
@@ -229,5 +288,5 @@ pub fn layer_inplace(
             Update::Replace => dst.copy_from_slice(&y),
         }
     }
-    Ok(())
+    Ok(attention)
 }

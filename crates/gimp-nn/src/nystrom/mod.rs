@@ -318,7 +318,7 @@ impl NystromAttention {
                 let mut items = Vec::with_capacity(b);
                 for i in 0..b {
                     let mut tokens: Vec<f32> = x.narrow(0, i, 1)?.flatten_all()?.to_vec1()?;
-                    self.prenorm_residual_inplace(norm, &mut tokens)?;
+                    self.prenorm_residual_inplace(norm, &mut tokens, None)?;
                     items.push(Tensor::from_vec(tokens, (1, n, dim), x.device())?);
                 }
                 let out = match items.len() {
@@ -399,7 +399,8 @@ impl NystromAttention {
         x: &mut [f32],
         chunk: usize,
         update: Update,
-    ) -> Result<()> {
+        attention_of: Option<usize>,
+    ) -> Result<Option<Vec<f32>>> {
         let flat = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1() };
         let qkv = flat(&self.to_qkv.weight)?;
         let out_weight = flat(&self.to_out.weight)?;
@@ -429,6 +430,7 @@ impl NystromAttention {
             x,
             chunk,
             update,
+            attention_of,
         )
     }
 
@@ -440,13 +442,20 @@ impl NystromAttention {
             candle_core::bail!("streaming attention takes one bag at a time, got {b}");
         }
         let mut data: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        self.infer_inplace(None, &mut data, chunk, Update::Replace)?;
+        self.infer_inplace(None, &mut data, chunk, Update::Replace, None)?;
         Tensor::from_vec(data, (1, n, dim), x.device())
     }
 
     /// `x ← x + attention(norm(x))` on the tokens `x` (`[n, dim]`, row-major) in place, without
-    /// gradients: the aggregator's pre-norm residual layer at inference.
-    pub fn prenorm_residual_inplace(&self, norm: &LayerNorm, x: &mut [f32]) -> Result<()> {
-        self.infer_inplace(Some(norm), x, STREAM_CHUNK, Update::Residual)
+    /// gradients: the aggregator's pre-norm residual layer at inference. With `attention_of =
+    /// Some(row)` also token `row`'s attention over the tokens, `[H, n]` — what
+    /// [`Self::attention_row`] gives on `norm(x)` — computed from the keys the layer holds.
+    pub fn prenorm_residual_inplace(
+        &self,
+        norm: &LayerNorm,
+        x: &mut [f32],
+        attention_of: Option<usize>,
+    ) -> Result<Option<Vec<f32>>> {
+        self.infer_inplace(Some(norm), x, STREAM_CHUNK, Update::Residual, attention_of)
     }
 }
