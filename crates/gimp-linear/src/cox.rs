@@ -17,8 +17,8 @@
 //! `β = Xᵀ U S^{-1/2} γ`. Each Newton step then costs `O(n r²)` whatever the gene count.
 
 use nalgebra::{DMatrix, DVector};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
 
 /// Fitting settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -89,6 +89,41 @@ impl CoxModel {
         event: &[bool],
         cfg: CoxConfig,
     ) -> Result<Self, CoxError> {
+        let rows = Rows::new(x, time, event)?;
+        let all: Vec<usize> = (0..x.len()).collect();
+        let problem = rows.problem(&all)?;
+        let solution = problem.solve(cfg)?;
+        Ok(rows.model(&problem, &solution))
+    }
+
+    /// The risk (log relative hazard, higher = worse) of one standardised row.
+    pub fn risk(&self, x: &[f64]) -> f64 {
+        self.coef.iter().zip(x).map(|(c, v)| c * v).sum()
+    }
+}
+
+/// `aᵀ a` as one blocked matrix product: nalgebra's `tr_mul` takes a dot product per entry,
+/// several times slower. The transpose is copied (`rows × cols`, small beside the product's
+/// `rows × cols²`) rather than viewed with swapped strides, which nalgebra's path for small
+/// matrices reads out of bounds.
+fn column_products(a: &DMatrix<f64>) -> DMatrix<f64> {
+    a.transpose() * a
+}
+
+/// Standardised rows with their outcomes, checked, for fits on subsets of them (the inner folds
+/// of a penalty choice): the rows are kept as one matrix, and their Gram matrix `X Xᵀ` is
+/// computed once, the first time a subset with more genes than patients is fitted, since every
+/// such subset's Gram matrix is a block of it.
+pub(crate) struct Rows {
+    /// `p × n`: column `i` is row `i` (one patient's genes contiguous).
+    xt: DMatrix<f64>,
+    time: Vec<f64>,
+    event: Vec<bool>,
+    gram: OnceLock<DMatrix<f64>>,
+}
+
+impl Rows {
+    pub(crate) fn new(x: &[Vec<f64>], time: &[f64], event: &[bool]) -> Result<Self, CoxError> {
         let n = x.len();
         if time.len() != n || event.len() != n {
             return Err(CoxError::Lengths {
@@ -113,15 +148,122 @@ impl CoxModel {
                 return Err(CoxError::NotFinite { row, value: *value });
             }
         }
+        Ok(Self {
+            xt: DMatrix::from_iterator(p, n, x.iter().flatten().copied()),
+            time: time.to_vec(),
+            event: event.to_vec(),
+            gram: OnceLock::new(),
+        })
+    }
+
+    fn gram(&self) -> &DMatrix<f64> {
+        self.gram.get_or_init(|| column_products(&self.xt))
+    }
+
+    /// The problem of fitting rows `fit` (distinct indices): in patient space, from their block
+    /// of the Gram matrix, when they are fewer than the genes.
+    pub(crate) fn problem(&self, fit: &[usize]) -> Result<Problem, CoxError> {
+        if !fit.iter().any(|&i| self.event[i]) {
+            return Err(CoxError::NoEvents);
+        }
+        let (n, p) = (fit.len(), self.xt.nrows());
+        let reduced = match p > n {
+            true => {
+                let gram = self.gram();
+                Reduced::new(DMatrix::from_fn(n, n, |a, b| gram[(fit[a], fit[b])]))
+            }
+            false => Reduced {
+                z: DMatrix::from_fn(n, p, |a, j| self.xt[(j, fit[a])]),
+                back: None,
+            },
+        };
+        let time: Vec<f64> = fit.iter().map(|&i| self.time[i]).collect();
+        let event: Vec<bool> = fit.iter().map(|&i| self.event[i]).collect();
+        Ok(Problem {
+            fit: fit.to_vec(),
+            genes: p,
+            reduced,
+            risk_sets: RiskSets::new(&time, &event),
+        })
+    }
+
+    /// The `hold.len() × r` matrix taking a solution `γ` of `problem` to the risks `x · β` of
+    /// rows `hold`: with `β = X_fitᵀ back γ` that is `(X_hold X_fitᵀ) back`, a block of the Gram
+    /// matrix times `back`, so scoring a penalty's fit never forms its `p` coefficients.
+    pub(crate) fn risk_map(&self, problem: &Problem, hold: &[usize]) -> DMatrix<f64> {
+        match &problem.reduced.back {
+            Some(back) => {
+                let gram = self.gram();
+                DMatrix::from_fn(hold.len(), problem.fit.len(), |h, a| {
+                    gram[(hold[h], problem.fit[a])]
+                }) * back
+            }
+            None => DMatrix::from_fn(hold.len(), self.xt.nrows(), |h, j| self.xt[(j, hold[h])]),
+        }
+    }
+
+    /// The model of a solution of `problem`: its coefficients and likelihoods.
+    pub(crate) fn model(&self, problem: &Problem, solution: &Solution) -> CoxModel {
+        let coef = match &problem.reduced.back {
+            None => solution.gamma.clone(),
+            Some(back) => {
+                let a = back * &solution.gamma;
+                let mut coef = DVector::<f64>::zeros(self.xt.nrows());
+                for (&i, ai) in problem.fit.iter().zip(a.iter()) {
+                    coef.axpy(*ai, &self.xt.column(i), 1.0);
+                }
+                coef
+            }
+        };
+        let eta = DVector::from_iterator(
+            problem.fit.len(),
+            problem.fit.iter().map(|&i| self.xt.column(i).dot(&coef)),
+        );
+        let log_likelihood = problem.risk_sets.log_likelihood(&eta);
+        let n = problem.fit.len() as f64;
+        let penalised_log_likelihood =
+            log_likelihood - n * solution.penalty * 0.5 * coef.norm_squared();
+        CoxModel {
+            coef: coef.iter().copied().collect(),
+            log_likelihood,
+            penalised_log_likelihood,
+            iterations: solution.iterations,
+            converged: solution.converged,
+        }
+    }
+}
+
+/// One subset of [`Rows`] ready for Newton's method at any penalty: its features (decomposed
+/// once, however many penalties are tried) and its risk sets.
+pub(crate) struct Problem {
+    /// The rows fitted, indices into [`Rows`].
+    fit: Vec<usize>,
+    /// p: without a penalty, more genes than patients leave the solution undetermined.
+    genes: usize,
+    reduced: Reduced,
+    risk_sets: RiskSets,
+}
+
+/// The minimiser of one penalty's objective over [`Problem`]'s features.
+pub(crate) struct Solution {
+    pub(crate) gamma: DVector<f64>,
+    penalty: f64,
+    iterations: usize,
+    converged: bool,
+}
+
+impl Problem {
+    /// Damped Newton steps from `γ = 0`.
+    pub(crate) fn solve(&self, cfg: CoxConfig) -> Result<Solution, CoxError> {
+        let n = self.fit.len();
         let lambda = cfg.penalty;
-        if !lambda.is_finite() || lambda < 0.0 || (p > n && lambda == 0.0) {
+        if !lambda.is_finite() || lambda < 0.0 || (self.genes > n && lambda == 0.0) {
             return Err(CoxError::Penalty(lambda));
         }
-        let reduced = Reduced::new(x);
-        let risk_sets = RiskSets::new(time, event);
-        let r = reduced.z.ncols();
+        let z = &self.reduced.z;
+        let r = z.ncols();
         let objective = |gamma: &DVector<f64>| -> f64 {
-            -risk_sets.log_likelihood(&(&reduced.z * gamma)) / n as f64
+            -self.risk_sets.log_likelihood(&(z * gamma)) / n as f64
                 + 0.5 * lambda * gamma.norm_squared()
         };
         let mut gamma = DVector::<f64>::zeros(r);
@@ -129,7 +271,7 @@ impl CoxModel {
         let mut converged = false;
         for it in 0..cfg.max_iter {
             iterations = it + 1;
-            let (ll, g, h) = risk_sets.derivatives(&reduced.z, &gamma);
+            let (ll, g, h) = self.risk_sets.derivatives(z, &gamma);
             let f = -ll / n as f64 + 0.5 * lambda * gamma.norm_squared();
             let grad = -g / n as f64 + lambda * &gamma;
             let mut hess = -h / n as f64;
@@ -163,28 +305,13 @@ impl CoxModel {
                 None => break,
             }
         }
-        let coef = reduced.coefficients(x, &gamma);
-        let eta: Vec<f64> = x.iter().map(|r| dot(&coef, r)).collect();
-        let log_likelihood = risk_sets.log_likelihood(&DVector::from_vec(eta));
-        let penalised_log_likelihood =
-            log_likelihood - n as f64 * lambda * 0.5 * coef.iter().map(|c| c * c).sum::<f64>();
-        Ok(Self {
-            coef,
-            log_likelihood,
-            penalised_log_likelihood,
+        Ok(Solution {
+            gamma,
+            penalty: lambda,
             iterations,
             converged,
         })
     }
-
-    /// The risk (log relative hazard, higher = worse) of one standardised row.
-    pub fn risk(&self, x: &[f64]) -> f64 {
-        dot(&self.coef, x)
-    }
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// The features the Newton steps work on: `X` itself when it has no more columns than rows,
@@ -196,20 +323,9 @@ struct Reduced {
 }
 
 impl Reduced {
-    fn new(x: &[Vec<f64>]) -> Self {
-        let n = x.len();
-        let p = x.first().map_or(0, |r| r.len());
-        if p <= n {
-            return Self {
-                z: DMatrix::from_fn(n, p, |i, j| x[i][j]),
-                back: None,
-            };
-        }
-        let rows: Vec<Vec<f64>> = (0..n)
-            .into_par_iter()
-            .map(|i| (0..=i).map(|j| dot(&x[i], &x[j])).collect())
-            .collect();
-        let gram = DMatrix::from_fn(n, n, |i, j| if j <= i { rows[i][j] } else { rows[j][i] });
+    /// From the Gram matrix `X Xᵀ` of rows with more genes than patients.
+    fn new(gram: DMatrix<f64>) -> Self {
+        let n = gram.nrows();
         let eig = gram.symmetric_eigen();
         let largest = eig.eigenvalues.iter().cloned().fold(0.0, f64::max);
         // Directions with (numerically) zero variance carry no information: centred genes lose
@@ -226,23 +342,6 @@ impl Reduced {
         Self {
             z,
             back: Some(back),
-        }
-    }
-
-    fn coefficients(&self, x: &[Vec<f64>], gamma: &DVector<f64>) -> Vec<f64> {
-        match &self.back {
-            None => gamma.iter().copied().collect(),
-            Some(back) => {
-                let a = back * gamma;
-                let p = x.first().map_or(0, |r| r.len());
-                let mut coef = vec![0.0; p];
-                for (row, ai) in x.iter().zip(a.iter()) {
-                    for (c, v) in coef.iter_mut().zip(row) {
-                        *c += ai * v;
-                    }
-                }
-                coef
-            }
         }
     }
 }
@@ -302,37 +401,47 @@ impl RiskSets {
     }
 
     /// ℓ, its gradient and its Hessian with respect to γ at `η = Z γ`.
+    ///
+    /// The Hessian is `−Σ_k d_k (S2_k / S0_k − μ_k μ_kᵀ)` over event groups `k` (`S0`, `S1`,
+    /// `S2` the risk set's sums of `exp(η)`, `exp(η) z` and `exp(η) z zᵀ`, `μ = S1 / S0`).
+    /// Summed group by group that is `O(r²)` per group and per patient; swapping the sums,
+    /// patient `i` contributes `a_i z_i z_iᵀ` with `a_i = Σ_{k: i at risk} d_k exp(η_i) / S0_k`,
+    /// so `H = −Zᵀ diag(a) Z + Mᵀ M` with the rows of `M` the `√d_k μ_k`: two matrix products.
     fn derivatives(
         &self,
         z: &DMatrix<f64>,
         gamma: &DVector<f64>,
     ) -> (f64, DVector<f64>, DMatrix<f64>) {
-        let r = z.ncols();
+        let (n, r) = z.shape();
         let eta = z * gamma;
+        // The rows of Z contiguous, for the running sums.
+        let zt = z.transpose();
         // Sums weighted by exp(η − m), m the running maximum of the risk set (as in
-        // `log_likelihood`); rescaling all three keeps the ratios below exact.
+        // `log_likelihood`); rescaling both keeps the ratios below exact.
         let mut m = f64::NEG_INFINITY;
         let mut s0 = 0.0;
         let mut s1 = DVector::<f64>::zeros(r);
-        let mut s2 = DMatrix::<f64>::zeros(r, r);
         let mut ll = 0.0;
         let mut grad = DVector::<f64>::zeros(r);
-        let mut hess = DMatrix::<f64>::zeros(r, r);
+        // Each group's (m, s0) once its members have joined: S0 = exp(m) s0.
+        let mut scaled_s0 = Vec::with_capacity(self.groups.len());
+        let event_groups = self.groups.iter().filter(|(_, d)| *d > 0).count();
+        // M: a row √d_k μ_k per event group.
+        let mut means = DMatrix::<f64>::zeros(event_groups, r);
+        let mut k = 0;
         for (members, d) in &self.groups {
             for &i in members {
                 if eta[i] > m {
                     let shrink = (m - eta[i]).exp();
                     s0 *= shrink;
                     s1 *= shrink;
-                    s2 *= shrink;
                     m = eta[i];
                 }
                 let w = (eta[i] - m).exp();
-                let zi = z.row(i).transpose();
                 s0 += w;
-                s1.axpy(w, &zi, 1.0);
-                s2.ger(w, &zi, &zi, 1.0);
+                s1.axpy(w, &zt.column(i), 1.0);
             }
+            scaled_s0.push((m, s0));
             if *d == 0 {
                 continue;
             }
@@ -340,13 +449,35 @@ impl RiskSets {
             let mean = &s1 / s0;
             for &i in members.iter().filter(|&&i| self.events[i]) {
                 ll += eta[i];
-                grad += z.row(i).transpose();
+                grad += zt.column(i);
             }
             ll -= d * (m + s0.ln());
             grad.axpy(-d, &mean, 1.0);
-            hess -= &s2 * (d / s0);
-            hess.ger(d, &mean, &mean, 1.0);
+            means.row_mut(k).tr_copy_from(&(d.sqrt() * mean));
+            k += 1;
         }
+        // a_i in the running maxima's scale rather than as exp(η_i) / S0_k, which overflows
+        // or underflows where η does: for i in group g, a_i = exp(η_i − m_g) D_g with the sums
+        // over the risk sets i belongs to, those of groups k ≥ g (whose maxima m_k ≥ m_g),
+        // D_g = Σ_{k ≥ g} d_k exp(m_g − m_k) / s0_k, built from the last group back. Every
+        // exp is of a number ≤ 0 and s0 ≥ 1 (its maximum's own term), so nothing overflows;
+        // what underflows is e^-745 below the terms kept, as in the running sums.
+        let mut root_a = DVector::<f64>::zeros(n);
+        let mut later = 0.0;
+        let mut m_later = scaled_s0.last().map_or(0.0, |&(m, _)| m);
+        for ((members, d), &(m, s0)) in self.groups.iter().zip(&scaled_s0).rev() {
+            later = later * (m - m_later).exp() + *d as f64 / s0;
+            m_later = m;
+            for &i in members {
+                root_a[i] = ((eta[i] - m).exp() * later).sqrt();
+            }
+        }
+        // diag(√a) Z, whose column products are Zᵀ diag(a) Z.
+        let mut weighted = z.clone();
+        for mut column in weighted.column_iter_mut() {
+            column.component_mul_assign(&root_a);
+        }
+        let hess = column_products(&means) - column_products(&weighted);
         (ll, grad, hess)
     }
 }
@@ -435,6 +566,139 @@ mod tests {
         let (ll, g, h) = rs.derivatives(&z, &DVector::from_vec(vec![1.0]));
         assert!((ll - want).abs() < 1e-9, "{ll} vs {want}");
         assert!(g[0].is_finite() && h[(0, 0)].is_finite() && h[(0, 0)] <= 0.0);
+    }
+
+    /// The derivatives as the Hessian used to be summed: `S2` carried along the risk sets and
+    /// `d_k (S2_k / S0_k − μ_k μ_kᵀ)` taken off at each event group.
+    fn derivatives_by_groups(
+        rs: &RiskSets,
+        z: &DMatrix<f64>,
+        gamma: &DVector<f64>,
+    ) -> (f64, DVector<f64>, DMatrix<f64>) {
+        let r = z.ncols();
+        let eta = z * gamma;
+        let mut m = f64::NEG_INFINITY;
+        let mut s0 = 0.0;
+        let mut s1 = DVector::<f64>::zeros(r);
+        let mut s2 = DMatrix::<f64>::zeros(r, r);
+        let mut ll = 0.0;
+        let mut grad = DVector::<f64>::zeros(r);
+        let mut hess = DMatrix::<f64>::zeros(r, r);
+        for (members, d) in &rs.groups {
+            for &i in members {
+                if eta[i] > m {
+                    let shrink = (m - eta[i]).exp();
+                    s0 *= shrink;
+                    s1 *= shrink;
+                    s2 *= shrink;
+                    m = eta[i];
+                }
+                let w = (eta[i] - m).exp();
+                let zi = z.row(i).transpose();
+                s0 += w;
+                s1.axpy(w, &zi, 1.0);
+                s2.ger(w, &zi, &zi, 1.0);
+            }
+            if *d == 0 {
+                continue;
+            }
+            let d = *d as f64;
+            let mean = &s1 / s0;
+            for &i in members.iter().filter(|&&i| rs.events[i]) {
+                ll += eta[i];
+                grad += z.row(i).transpose();
+            }
+            ll -= d * (m + s0.ln());
+            grad.axpy(-d, &mean, 1.0);
+            hess -= &s2 * (d / s0);
+            hess.ger(d, &mean, &mean, 1.0);
+        }
+        (ll, grad, hess)
+    }
+
+    #[test]
+    fn hessian_by_matrix_products_equals_the_per_group_sum() {
+        // 60 patients at 40 times (ties), the earliest all censored.
+        let n = 60;
+        let z = DMatrix::from_fn(n, 4, |i, j| {
+            (((i * 31 + j * 17) % 23) as f64 / 11.0 - 1.0) * (1.0 + (i % 5) as f64)
+        });
+        let time: Vec<f64> = (0..n).map(|i| ((i * 13) % 40) as f64).collect();
+        let event: Vec<bool> = (0..n).map(|i| i % 4 != 1 && time[i] != 0.0).collect();
+        let rs = RiskSets::new(&time, &event);
+        let compare = |gamma: &[f64], tolerance: f64| {
+            let gamma = DVector::from_column_slice(gamma);
+            let (ll, g, h) = rs.derivatives(&z, &gamma);
+            let (want_ll, want_g, want_h) = derivatives_by_groups(&rs, &z, &gamma);
+            assert!(
+                (ll - want_ll).abs() <= 1e-12 * want_ll.abs(),
+                "ℓ {ll} vs {want_ll}"
+            );
+            assert!((&g - &want_g).amax() <= 1e-12 * want_g.amax());
+            let worst = (&h - &want_h).amax();
+            assert!(
+                worst <= tolerance,
+                "{worst} (largest entry {})",
+                want_h.amax()
+            );
+        };
+        // η within about ±3, ±50 and ±55: to 1e-10 of the Hessian's largest entry.
+        for gamma in [
+            [0.3, -0.2, 0.5, 0.1],
+            [6.0, -4.0, 3.0, 5.0],
+            [-9.0, 7.0, -8.0, 2.0],
+        ] {
+            let scale = derivatives_by_groups(&rs, &z, &DVector::from_column_slice(&gamma))
+                .2
+                .amax();
+            compare(&gamma, 1e-10 * scale);
+        }
+        // η from −690 to 550: neighbouring risk sets' maxima further apart than exp spans, and
+        // each risk set so dominated by its largest risk that its covariance is a difference of
+        // nearly equal terms; both sums are then good to rounding of the terms' size, at most
+        // Σ d_k · max z², not of the (1e-3) Hessian left.
+        let events = event.iter().filter(|&&e| e).count() as f64;
+        compare(
+            &[90.0, -70.0, 80.0, 40.0],
+            1e-13 * events * z.amax().powi(2),
+        );
+    }
+
+    #[test]
+    fn a_subset_fitted_from_the_gram_matrix_equals_a_fit_of_its_rows() {
+        // 20 rows of 30 genes: subsets of 15 rows are fitted from blocks of the 20 rows' Gram
+        // matrix, and must give the model (and the held-out risks) of fitting the 15 rows.
+        let (x, time, event) = data(20, 30);
+        let rows = Rows::new(&x, &time, &event).unwrap();
+        let cfg = CoxConfig {
+            penalty: 0.2,
+            ..Default::default()
+        };
+        for fit in [(0..15).collect::<Vec<usize>>(), (5..20).collect()] {
+            let hold: Vec<usize> = (0..20).filter(|i| !fit.contains(i)).collect();
+            let problem = rows.problem(&fit).unwrap();
+            let solution = problem.solve(cfg).unwrap();
+            let model = rows.model(&problem, &solution);
+            let part = |ids: &[usize]| -> (Vec<Vec<f64>>, Vec<f64>, Vec<bool>) {
+                let x = ids.iter().map(|&i| x[i].clone()).collect();
+                (
+                    x,
+                    ids.iter().map(|&i| time[i]).collect(),
+                    ids.iter().map(|&i| event[i]).collect(),
+                )
+            };
+            let (fx, ft, fe) = part(&fit);
+            let want = CoxModel::fit(&fx, &ft, &fe, cfg).unwrap();
+            assert_eq!(model.iterations, want.iterations);
+            assert!((model.log_likelihood - want.log_likelihood).abs() < 1e-10);
+            for (a, b) in model.coef.iter().zip(&want.coef) {
+                assert!((a - b).abs() < 1e-10, "{a} vs {b}");
+            }
+            let risks = rows.risk_map(&problem, &hold) * &solution.gamma;
+            for (r, &i) in risks.iter().zip(&hold) {
+                assert!((r - want.risk(&x[i])).abs() < 1e-10);
+            }
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! the test part.
 
 use crate::baseline::{parts, transformed_rows, BaselineError, Split};
+use crate::cox::{Problem, Rows};
 use crate::{CoxConfig, CoxError, CoxModel, Standardiser};
 use gimp_cohort::split::{make_splits, Scheme};
 use gimp_cohort::survival::Outcome;
@@ -16,9 +17,11 @@ use gimp_metrics::survival::{
     concordance_bootstrap, concordance_index_censored, Concordance, Outcomes, TIED_TOL,
 };
 use gimp_metrics::Estimate;
+use nalgebra::DMatrix;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::Serialize;
 
 /// How a split's penalty is chosen among several.
@@ -175,11 +178,33 @@ fn cindex(time: &[f64], event: &[bool], risk: &[f64]) -> Option<Concordance> {
     concordance_index_censored(o, risk, TIED_TOL).ok()
 }
 
-/// One inner fold of a penalty choice: the rows a model is fitted on and the held-out rows it
-/// is scored on, each with its times and events.
+/// One inner fold of a penalty choice, prepared once for all the penalties: the problem of
+/// fitting its rows (their decomposition and risk sets), and the map from a fit to the held-out
+/// rows' risks, with their times and events.
 struct InnerFold {
-    fit: (Vec<Vec<f64>>, Vec<f64>, Vec<bool>),
-    hold: (Vec<Vec<f64>>, Vec<f64>, Vec<bool>),
+    problem: Problem,
+    hold_risk: DMatrix<f64>,
+    hold_time: Vec<f64>,
+    hold_event: Vec<bool>,
+}
+
+impl InnerFold {
+    /// Fitted on rows `fit` of `rows`, scored on rows `hold`; `time` and `event` are `rows`'.
+    fn new(
+        rows: &Rows,
+        fit: &[usize],
+        hold: &[usize],
+        time: &[f64],
+        event: &[bool],
+    ) -> Result<Self, CoxError> {
+        let problem = rows.problem(fit)?;
+        Ok(Self {
+            hold_risk: rows.risk_map(&problem, hold),
+            problem,
+            hold_time: hold.iter().map(|&i| time[i]).collect(),
+            hold_event: hold.iter().map(|&i| event[i]).collect(),
+        })
+    }
 }
 
 /// Each penalty's mean Harrell c-index over the inner folds (NaN where no fold could be scored)
@@ -188,18 +213,28 @@ fn score_penalties(
     folds: &[InnerFold],
     penalties: &[f64],
 ) -> Result<(Vec<f64>, Option<f64>), CoxError> {
+    // Every (penalty, fold) fit is independent: fitted in parallel, then scanned in order, so
+    // the first error and every score are those of fitting them one after another.
+    let fits: Vec<Result<Vec<f64>, CoxError>> = (0..penalties.len() * folds.len())
+        .into_par_iter()
+        .map(|t| {
+            let f = &folds[t % folds.len()];
+            let cfg = CoxConfig {
+                penalty: penalties[t / folds.len()],
+                ..Default::default()
+            };
+            let gamma = f.problem.solve(cfg)?.gamma;
+            Ok((&f.hold_risk * gamma).iter().copied().collect())
+        })
+        .collect();
+    let mut fits = fits.into_iter();
     let mut means = Vec::with_capacity(penalties.len());
     let mut best: Option<(f64, f64)> = None;
     for &penalty in penalties {
-        let cfg = CoxConfig {
-            penalty,
-            ..Default::default()
-        };
         let mut scores = Vec::new();
         for f in folds {
-            let m = CoxModel::fit(&f.fit.0, &f.fit.1, &f.fit.2, cfg)?;
-            let risk: Vec<f64> = f.hold.0.iter().map(|r| m.risk(r)).collect();
-            if let Some(ci) = cindex(&f.hold.1, &f.hold.2, &risk) {
+            let risk = fits.next().expect("one fit per penalty and fold")?;
+            if let Some(ci) = cindex(&f.hold_time, &f.hold_event, &risk) {
                 scores.push(ci.cindex);
             }
         }
@@ -232,30 +267,28 @@ pub fn fit_choosing_penalty(
     folds: usize,
     seed: u64,
 ) -> Result<(f64, CoxModel), CoxError> {
-    let part = |ids: &[usize]| {
-        (
-            ids.iter().map(|&i| x[i].clone()).collect::<Vec<_>>(),
-            ids.iter().map(|&i| time[i]).collect::<Vec<_>>(),
-            ids.iter().map(|&i| event[i]).collect::<Vec<_>>(),
-        )
-    };
+    // The inner folds fit subsets of these very rows, so one `Rows` — one Gram matrix when
+    // genes outnumber patients — serves them all and the refit.
+    let rows = Rows::new(x, time, event)?;
     let outcomes: Vec<Outcome> = time
         .iter()
         .zip(event)
         .map(|(&time, &event)| Outcome { time, event })
         .collect();
     let all: Vec<usize> = (0..x.len()).collect();
-    let inner: Vec<InnerFold> = inner_folds(&all, &outcomes, folds.max(2), seed)
-        .iter()
+    let holds: Vec<Vec<usize>> = inner_folds(&all, &outcomes, folds.max(2), seed)
+        .into_iter()
         .filter(|hold| hold.iter().any(|&i| event[i]))
+        .collect();
+    // Decomposed in parallel; the first error in fold order is the one reported.
+    let inner: Vec<Result<InnerFold, CoxError>> = holds
+        .par_iter()
         .map(|hold| {
             let fit: Vec<usize> = all.iter().copied().filter(|i| !hold.contains(i)).collect();
-            InnerFold {
-                fit: part(&fit),
-                hold: part(hold),
-            }
+            InnerFold::new(&rows, &fit, hold, time, event)
         })
         .collect();
+    let inner = inner.into_iter().collect::<Result<Vec<_>, _>>()?;
     let (_, best) = score_penalties(&inner, penalties)?;
     let largest = penalties.iter().copied().fold(f64::NAN, f64::max);
     let penalty = best.unwrap_or(largest);
@@ -263,7 +296,9 @@ pub fn fit_choosing_penalty(
         penalty,
         ..Default::default()
     };
-    Ok((penalty, CoxModel::fit(x, time, event, cfg)?))
+    let problem = rows.problem(&all)?;
+    let solution = problem.solve(cfg)?;
+    Ok((penalty, rows.model(&problem, &solution)))
 }
 
 /// Runs the Cox baseline on every split: expression transformed with `transform`, z-scored with
@@ -338,7 +373,8 @@ pub fn cross_validate(
             (penalties[0], fit(penalties[0])?)
         } else if let PenaltyChoice::InnerCv { folds } = choice {
             let inner = inner_folds(&train, outcomes, folds, seed);
-            // Each inner fold's fitting data, standardised with its own statistics.
+            // Each inner fold's rows, standardised with its own statistics: its fitted rows,
+            // then its held-out ones.
             let mut sets = Vec::new();
             for hold in &inner {
                 if !hold.iter().any(|&i| outcomes[i].event) {
@@ -352,18 +388,18 @@ pub fn cross_validate(
                 let fit_rows: Vec<&[f32]> =
                     fit_ids.iter().filter_map(|&i| rows[i].as_deref()).collect();
                 let s = Standardiser::fit(&fit_rows);
-                let part = |ids: &[usize]| {
-                    let x: Vec<Vec<f64>> = ids
-                        .iter()
-                        .filter_map(|&i| rows[i].as_deref())
-                        .map(|r| s.apply(r).into_iter().map(f64::from).collect())
-                        .collect();
-                    (x, time(ids), event(ids))
-                };
-                sets.push(InnerFold {
-                    fit: part(&fit_ids),
-                    hold: part(hold),
-                });
+                let ids: Vec<usize> = fit_ids.iter().chain(hold).copied().collect();
+                let x: Vec<Vec<f64>> = ids
+                    .iter()
+                    .filter_map(|&i| rows[i].as_deref())
+                    .map(|r| s.apply(r).into_iter().map(f64::from).collect())
+                    .collect();
+                let (t, e) = (time(&ids), event(&ids));
+                let fitted: Vec<usize> = (0..fit_ids.len()).collect();
+                let held: Vec<usize> = (fit_ids.len()..ids.len()).collect();
+                let fold = Rows::new(&x, &t, &e)
+                    .and_then(|fold_rows| InnerFold::new(&fold_rows, &fitted, &held, &t, &e));
+                sets.push(fold.map_err(|e| fold_error(format!("inner fold: {e}")))?);
             }
             if sets.is_empty() {
                 return Err(fold_error(
@@ -464,4 +500,101 @@ pub fn cross_validate(
         test_cindex_mean: mean,
         test_cindex_std: std,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `fit_choosing_penalty` as it reads: every (penalty, inner fold) fitted from the fold's
+    /// own rows, its held-out rows scored with the model's coefficients.
+    fn choose_by_fitting_rows(
+        x: &[Vec<f64>],
+        time: &[f64],
+        event: &[bool],
+        penalties: &[f64],
+        seed: u64,
+    ) -> (f64, CoxModel) {
+        let part = |ids: &[usize]| {
+            (
+                ids.iter().map(|&i| x[i].clone()).collect::<Vec<_>>(),
+                ids.iter().map(|&i| time[i]).collect::<Vec<_>>(),
+                ids.iter().map(|&i| event[i]).collect::<Vec<_>>(),
+            )
+        };
+        let outcomes: Vec<Outcome> = time
+            .iter()
+            .zip(event)
+            .map(|(&time, &event)| Outcome { time, event })
+            .collect();
+        let all: Vec<usize> = (0..x.len()).collect();
+        let holds: Vec<Vec<usize>> = inner_folds(&all, &outcomes, 5, seed)
+            .into_iter()
+            .filter(|hold| hold.iter().any(|&i| event[i]))
+            .collect();
+        let mut best: Option<(f64, f64)> = None;
+        for &penalty in penalties {
+            let cfg = CoxConfig {
+                penalty,
+                ..Default::default()
+            };
+            let mut scores = Vec::new();
+            for hold in &holds {
+                let fit: Vec<usize> = all.iter().copied().filter(|i| !hold.contains(i)).collect();
+                let (fx, ft, fe) = part(&fit);
+                let (hx, ht, he) = part(hold);
+                let m = CoxModel::fit(&fx, &ft, &fe, cfg).unwrap();
+                let risk: Vec<f64> = hx.iter().map(|r| m.risk(r)).collect();
+                if let Some(ci) = cindex(&ht, &he, &risk) {
+                    scores.push(ci.cindex);
+                }
+            }
+            let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+            if best.is_none_or(|(b, l)| mean > b || (mean == b && penalty > l)) {
+                best = Some((mean, penalty));
+            }
+        }
+        let penalty = best.unwrap().1;
+        let cfg = CoxConfig {
+            penalty,
+            ..Default::default()
+        };
+        (penalty, CoxModel::fit(x, time, event, cfg).unwrap())
+    }
+
+    #[test]
+    fn fit_choosing_penalty_equals_fitting_each_inner_fold_from_its_rows() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        // Genes outnumbering every fit's patients; outnumbering the inner folds' (32) but not
+        // all 40 (the refit in gene space); and fewer than any fold's.
+        for p in [200, 36, 6] {
+            let n = 40;
+            let x: Vec<Vec<f64>> = (0..n)
+                .map(|_| {
+                    (0..p)
+                        .map(|_| rand::Rng::gen_range(&mut rng, -1.5..1.5))
+                        .collect()
+                })
+                .collect();
+            // Times depending on the first genes, rounded so that some are tied.
+            let time: Vec<f64> = x
+                .iter()
+                .map(|r| {
+                    (10.0 * (-r[0] - 0.5 * r[1] + 2.0 * rand::Rng::gen::<f64>(&mut rng)).exp())
+                        .round()
+                })
+                .collect();
+            let event: Vec<bool> = (0..n).map(|i| i % 3 != 0).collect();
+            let penalties = [0.1, 1.0, 10.0, 100.0];
+            let (penalty, model) =
+                fit_choosing_penalty(&x, &time, &event, &penalties, 5, 9).unwrap();
+            let (want_penalty, want) = choose_by_fitting_rows(&x, &time, &event, &penalties, 9);
+            assert_eq!(penalty, want_penalty, "{p} genes");
+            assert_eq!(model.iterations, want.iterations);
+            let scale = want.coef.iter().fold(0.0, |m: f64, c| m.max(c.abs()));
+            for (a, b) in model.coef.iter().zip(&want.coef) {
+                assert!((a - b).abs() <= 1e-9 * scale, "{p} genes: {a} vs {b}");
+            }
+        }
+    }
 }
