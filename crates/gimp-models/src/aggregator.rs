@@ -663,26 +663,31 @@ mod tests {
             .unwrap()
     }
 
+    /// `cfg` at test size: 32 wide, 4 heads of 8, 8 landmarks, no dropout.
+    fn small(mut cfg: AggregatorConfig) -> AggregatorConfig {
+        cfg.dim = 32;
+        cfg.attention = NystromConfig {
+            heads: 4,
+            dim_head: 8,
+            landmarks: 8,
+            dropout: 0.0,
+            ..NystromConfig::transmil(32)
+        };
+        cfg
+    }
+
     /// Inference on one token buffer in place (square padding, PPEG over several blocks of grid
     /// rows, every layer, the CLS attention from the last layer's keys) gives the graph path's
     /// CLS token and heat-map attention, for TransMIL's and GiMP's aggregators.
     #[test]
     fn in_place_inference_equals_the_graph_encoding() {
         for (ppeg, n) in [(true, 40), (true, 300), (false, 300), (true, 1)] {
-            let mut cfg = match ppeg {
+            let cfg = match ppeg {
                 true => AggregatorConfig::transmil(12),
                 false => AggregatorConfig::gimp(12),
             };
-            cfg.dim = 32;
-            cfg.attention = NystromConfig {
-                heads: 4,
-                dim_head: 8,
-                landmarks: 8,
-                dropout: 0.0,
-                ..NystromConfig::transmil(32)
-            };
             let store = ParamStore::new(5);
-            let agg = PatchAggregator::new(&store.root(), cfg).unwrap();
+            let agg = PatchAggregator::new(&store.root(), small(cfg)).unwrap();
             let x = Tensor::randn(0f32, 1f32, (n, 12), &Device::Cpu).unwrap();
             let (cls, attention) = agg.cls_and_attention(&x, &Mode::inference()).unwrap();
             let graph = agg
@@ -704,17 +709,9 @@ mod tests {
     /// parameter's gradient, with both ways of holding the attention matrices.
     #[test]
     fn selected_rows_equal_the_whole_encoding_with_ppeg() {
-        let mut cfg = AggregatorConfig::transmil(12);
-        cfg.dim = 32;
-        cfg.attention = NystromConfig {
-            heads: 4,
-            dim_head: 8,
-            landmarks: 8,
-            dropout: 0.0,
-            ..NystromConfig::transmil(32)
-        };
         let store = ParamStore::new(3);
-        let agg = PatchAggregator::new(&store.root(), cfg).unwrap();
+        let agg =
+            PatchAggregator::new(&store.root(), small(AggregatorConfig::transmil(12))).unwrap();
         // 40 patches: a 7 × 7 grid with 9 copies, 50 tokens with CLS.
         let x = Tensor::randn(0f32, 1f32, (40, 12), &Device::Cpu).unwrap();
         let rows = [0usize, 5, 41, 49];
