@@ -11,7 +11,9 @@
 #    SNN and GroupMSA with every default, and the scikit-learn / scikit-survival reference; the
 #    table goes to target/real-panel/results/real_panel.md (and .json).
 #
-# Environment: PANEL_VENV, PANEL_DIR and GIMP override the three paths above.
+# Environment: PANEL_VENV, PANEL_DIR and GIMP override the three paths above; PANEL_JOBS (default:
+# the number of cores) runs the deep models' experiment as that many concurrent shards, one
+# thread each on two cores (the results do not depend on it; bench/real_panel.py, sh_sharded).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
