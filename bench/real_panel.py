@@ -58,8 +58,9 @@ DEEP_FLAGS = shlex.split(os.environ.get("PANEL_DEEP_FLAGS", ""))
 
 # The deep models' runs (rows × folds) are independent: they run as PANEL_JOBS concurrent shards
 # of one experiment (`--shard I/N`), each process with its share of the cores (`--threads`).
-# gimp-rs's results do not depend on the thread count (the same predictions, byte for byte, with
-# one thread or two), so this changes the time and nothing else; on two cores two one-thread
+# The gene models' results do not depend on the thread count (the same predictions, byte for byte,
+# with one thread or two; every figure of the panel the same both ways), so this changes the time
+# and nothing else; on two cores two one-thread
 # shards of these small models run more than twice as fast as one two-thread process.
 JOBS = max(1, int(os.environ.get("PANEL_JOBS", os.cpu_count() or 1)))
 
