@@ -71,12 +71,71 @@ impl Bag {
     }
 }
 
+/// A bag that can be read a window of rows at a time: inference on a whole slide embeds each
+/// window as it is read, so a 150,000-patch bag (0.6 GB of 1024-d features) is never held whole
+/// (`docs/DESIGN.md` §42). An HDF5 feature file reads only the window's chunks
+/// ([`crate::h5::FeatureRows`]); a bag already in memory copies its rows.
+pub trait BagRows {
+    /// Patches and values per patch.
+    fn dims(&self) -> (usize, usize);
+
+    /// Rows `first .. first + out.len() / d` into `out` (`d` values each), each value checked
+    /// to be finite.
+    fn read_rows(&self, first: usize, out: &mut [f32]) -> Result<()>;
+
+    /// Every row, `[n, d]` row-major: for the models that need the bag whole.
+    fn read_all(&self) -> Result<Vec<f32>> {
+        let (n, d) = self.dims();
+        let mut all = vec![0f32; n * d];
+        self.read_rows(0, &mut all)?;
+        Ok(all)
+    }
+}
+
+impl BagRows for Bag {
+    fn dims(&self) -> (usize, usize) {
+        (self.n, self.d)
+    }
+
+    fn read_rows(&self, first: usize, out: &mut [f32]) -> Result<()> {
+        let start = first.saturating_mul(self.d);
+        match start
+            .checked_add(out.len())
+            .and_then(|end| self.features.get(start..end))
+        {
+            Some(rows) => {
+                out.copy_from_slice(rows);
+                Ok(())
+            }
+            None => Err(DataError::new(
+                ErrorKind::Shape,
+                Path::new("(bag in memory)"),
+                format!(
+                    "rows {first}.. ({} values) of a bag of {} × {}",
+                    out.len(),
+                    self.n,
+                    self.d
+                ),
+            )),
+        }
+    }
+
+    fn read_all(&self) -> Result<Vec<f32>> {
+        Ok(self.features.clone())
+    }
+}
+
 /// Rejects NaN and infinities, naming the first bad row and column.
 pub fn check_finite(path: &Path, values: &[f32], width: usize) -> Result<()> {
+    check_finite_from(path, values, width, 0)
+}
+
+/// [`check_finite`] for rows that start at row `first` of the bag.
+pub fn check_finite_from(path: &Path, values: &[f32], width: usize, first: usize) -> Result<()> {
     if let Some(pos) = values.iter().position(|v| !v.is_finite()) {
         let (row, col) = match (pos.checked_div(width), pos.checked_rem(width)) {
-            (Some(r), Some(c)) => (r, c),
-            _ => (pos, 0),
+            (Some(r), Some(c)) => (first + r, c),
+            _ => (first + pos, 0),
         };
         return Err(DataError::new(
             ErrorKind::NonFinite,

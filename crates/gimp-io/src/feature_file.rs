@@ -59,6 +59,30 @@ pub fn read_bag(path: &Path, max_bytes: u64) -> Result<Bag> {
     }
 }
 
+/// Level-0 top-left corners of a bag's patches, one `[x, y]` per row.
+pub type Coords = Vec<[i64; 2]>;
+
+/// Opens any supported feature file for reading by rows ([`crate::bag::BagRows`]), with its
+/// coordinates where it has them: an h5 file reads a window's chunks as asked
+/// ([`crate::h5::FeatureRows`]); the other formats are read whole first (their readers have no
+/// windowed form).
+pub fn open_rows(
+    path: &Path,
+    max_bytes: u64,
+) -> Result<(Box<dyn crate::bag::BagRows>, Option<Coords>)> {
+    match FeatureFormat::from_path(path)? {
+        FeatureFormat::H5 => {
+            let (rows, coords) = crate::h5::open_feature_rows(path, max_bytes)?;
+            Ok((Box::new(rows), coords))
+        }
+        _ => {
+            let mut bag = read_bag(path, max_bytes)?;
+            let coords = bag.coords.take();
+            Ok((Box::new(bag), coords))
+        }
+    }
+}
+
 /// The name of the encoder that made a feature file's features, where the file records it (the
 /// `encoder` attribute of an h5 file's `features`); `.pt`, `.npy` and `.safetensors` bags carry
 /// no such record.

@@ -201,6 +201,115 @@ pub fn read_features(path: &Path, max_bytes: u64) -> Result<Bag> {
     Bag::from_parts(path, n as usize, d as usize, features, coords)
 }
 
+/// A CLAM feature file's `features`, read a window of rows at a time ([`crate::bag::BagRows`]):
+/// only the chunks a window overlaps are read, so inference on a whole slide never holds the
+/// file's bag whole. The shape, type and chunk sizes are checked on opening, each window's
+/// values as they are read.
+pub struct FeatureRows {
+    path: std::path::PathBuf,
+    features: hdf5_pure::Dataset,
+    n: usize,
+    d: usize,
+    f64: bool,
+}
+
+/// Opens `path`'s `features` for reading by rows, with its `coords` when present. `max_bytes`
+/// bounds the bag as [`read_features`] does.
+pub fn open_feature_rows(
+    path: &Path,
+    max_bytes: u64,
+) -> Result<(FeatureRows, Option<Vec<[i64; 2]>>)> {
+    let file = open(path)?;
+    let ds = dataset(&file, path, "features")?;
+    let (n, d) = shape2(&ds, path, "features")?;
+    check_size(path, n, d, 4, max_bytes)?;
+    check_storage(&ds, path, "features", 8, max_bytes.saturating_mul(2))?;
+    if n == 0 {
+        return Err(DataError::new(
+            ErrorKind::Empty,
+            path,
+            "the bag has no patches (0 feature rows)",
+        ));
+    }
+    if d == 0 {
+        return Err(DataError::new(ErrorKind::Shape, path, "feature width is 0"));
+    }
+    let f64 = match ds
+        .dtype()
+        .map_err(|e| h5_err(path, "dataset 'features' type", e))?
+    {
+        DType::F32 => false,
+        DType::F64 => true,
+        other => {
+            return Err(DataError::new(
+                ErrorKind::Unsupported,
+                path,
+                format!("features must be float32 or float64, found {other}"),
+            )
+            .at("dataset 'features'"))
+        }
+    };
+    let coords = match file.dataset("coords").is_ok() {
+        true => Some(read_coords(&file, path, Some(n))?),
+        false => None,
+    };
+    let rows = FeatureRows {
+        path: path.to_path_buf(),
+        features: ds,
+        n: n as usize,
+        d: d as usize,
+        f64,
+    };
+    Ok((rows, coords))
+}
+
+impl crate::bag::BagRows for FeatureRows {
+    fn dims(&self) -> (usize, usize) {
+        (self.n, self.d)
+    }
+
+    fn read_rows(&self, first: usize, out: &mut [f32]) -> Result<()> {
+        let count = out.len() / self.d;
+        if count * self.d != out.len() || first + count > self.n {
+            return Err(DataError::new(
+                ErrorKind::Shape,
+                &self.path,
+                format!("rows {first}..{} of {} × {}", first + count, self.n, self.d),
+            ));
+        }
+        let (start, rows) = (first as u64, count as u64);
+        let values = match self.f64 {
+            false => self.features.read_f32_rows(start, rows),
+            true => self
+                .features
+                .read_f64_rows(start, rows)
+                .map(|v| v.into_iter().map(|x| x as f32).collect()),
+        }
+        .map_err(|e| {
+            h5_err(
+                &self.path,
+                "dataset 'features' could not be read (truncated?)",
+                e,
+            )
+        })?;
+        if values.len() != out.len() {
+            return Err(DataError::malformed(
+                &self.path,
+                format!(
+                    "rows {first}..{} gave {} values, expected {}",
+                    first + count,
+                    values.len(),
+                    out.len()
+                ),
+            )
+            .at("dataset 'features'"));
+        }
+        crate::bag::check_finite_from(&self.path, &values, self.d, first)?;
+        out.copy_from_slice(&values);
+        Ok(())
+    }
+}
+
 /// How rows are chunked when writing. CLAM writes one row per chunk (it appends batch by batch to
 /// a resizable dataset); `Clam` reproduces that byte layout, `Rows(k)` is the faster choice for
 /// files only this tool reads.
@@ -481,5 +590,41 @@ mod tests {
             read_features(&tagged, 1 << 20).unwrap().features,
             bag.features
         );
+    }
+
+    #[test]
+    fn feature_rows_read_windows_of_the_whole_bag_and_name_a_bad_row() {
+        use crate::bag::BagRows;
+        let d = tempfile::tempdir().unwrap();
+        let (n, w) = (37, 5);
+        let values: Vec<f32> = (0..n * w).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let coords: Vec<[i64; 2]> = (0..n as i64).map(|i| [i * 256, 512]).collect();
+        let bag = Bag::from_parts(d.path(), n, w, values.clone(), Some(coords.clone())).unwrap();
+        for (name, chunking) in [("clam.h5", Chunking::Clam), ("rows.h5", Chunking::Rows(8))] {
+            let path = d.path().join(name);
+            write_features(&path, &bag, chunking).unwrap();
+            let (rows, c) = open_feature_rows(&path, 1 << 20).unwrap();
+            assert_eq!(rows.dims(), (n, w));
+            assert_eq!(c.as_deref(), Some(coords.as_slice()));
+            let mut out = vec![0f32; 10 * w];
+            rows.read_rows(13, &mut out).unwrap();
+            assert_eq!(out, values[13 * w..23 * w]);
+            assert_eq!(rows.read_all().unwrap(), values);
+            assert!(rows.read_rows(30, &mut out).is_err(), "past the last row");
+        }
+        // A bad value is named by its row in the bag, not in the window.
+        let mut bad = values;
+        bad[21 * w + 2] = f32::NAN;
+        let bag = Bag {
+            features: bad,
+            ..bag
+        };
+        let path = d.path().join("nan.h5");
+        write_features(&path, &bag, Chunking::Rows(8)).unwrap();
+        let (rows, _) = open_feature_rows(&path, 1 << 20).unwrap();
+        let mut out = vec![0f32; 10 * w];
+        let e = rows.read_rows(16, &mut out).unwrap_err().to_string();
+        assert!(e.contains("row 21, column 2"), "{e}");
+        assert!(e.contains("nan.h5"), "{e}");
     }
 }

@@ -66,7 +66,7 @@ impl Model for Abmil {
     }
 
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
-        let p = self.attention.pool(&self.fc, bag(input)?, 0, mode)?;
+        let p = self.attention.pool(&self.fc, &*bag(input)?, 0, mode)?;
         let m = p.pooled; // [1, hidden]
         let logits = self.classifier.forward(&m)?.squeeze(0)?;
         Ok(Output {

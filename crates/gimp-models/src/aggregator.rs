@@ -6,11 +6,12 @@
 //!
 //! Memory is linear in the bag: Nyström attention never forms an `N × N` matrix.
 
+use crate::model::BagInput;
 use candle_core::{Result, Tensor};
 use gimp_nn::cpu::lanes::layer_norm_rows;
 use gimp_nn::cpu::matmul::linear_rows;
 use gimp_nn::cpu::matmul::View;
-use gimp_nn::nystrom::{choose_path, NystromAttention, NystromConfig, NystromPath};
+use gimp_nn::nystrom::{streams, NystromAttention, NystromConfig};
 use gimp_nn::{Activation, Init, LayerNorm, Linear, Mode, Scope};
 use serde::{Deserialize, Serialize};
 
@@ -522,8 +523,8 @@ impl PatchAggregator {
 
     /// `CLS_img` `[dim]` of a bag `[N, D_in]`.
     pub fn cls(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
-        if in_place_inference(mode, x, &self.cfg) {
-            return Ok(self.encode_in_place(x, false)?.0);
+        if in_place_inference(mode, BagInput::Tensor(x)) {
+            return Ok(self.encode_in_place(BagInput::Tensor(x), false)?.0);
         }
         // Only CLS is read: the last layer computes it alone (`encode_selected`).
         let tokens = self.encode_selected(self.embed(x)?, mode, &[0])?;
@@ -533,11 +534,11 @@ impl PatchAggregator {
     /// The final CLS token `[dim]` of a bag `[N, D_in]` and the last layer's CLS attention over
     /// its patches `[N]` (as [`Encoded::attention`]): what inference reads. At inference on the
     /// CPU every layer and PPEG update one token buffer in place ([`Self::encode_in_place`]).
-    pub fn cls_and_attention(&self, x: &Tensor, mode: &Mode) -> Result<(Tensor, Tensor)> {
-        let (cls, attention) = if in_place_inference(mode, x, &self.cfg) {
+    pub fn cls_and_attention(&self, x: BagInput, mode: &Mode) -> Result<(Tensor, Tensor)> {
+        let (cls, attention) = if in_place_inference(mode, x) {
             self.encode_in_place(x, true)?
         } else {
-            let enc = self.encode(self.embed(x)?, mode, true)?;
+            let enc = self.encode(self.embed(&*x.tensor()?)?, mode, true)?;
             (enc.tokens.get(0)?.get(0)?, enc.attention)
         };
         let attention =
@@ -545,18 +546,19 @@ impl PatchAggregator {
         Ok((cls, attention))
     }
 
-    /// Inference on raw buffers: the bag embedded chunk by chunk into one token buffer (CLS,
-    /// patches, square-padding copies), every layer (`gimp_nn::nystrom::infer`) and PPEG
-    /// updating it in place, the final norm on CLS alone; with `with_attention`, the last
-    /// layer's CLS attention over the patches (square-padding copies folded back onto the
-    /// patches they copy). A 150,000-patch bag needs the tokens, one layer's K and V and
-    /// chunk-sized scratch: no second copy of the tokens and nothing of size `N × m`.
+    /// Inference on raw buffers: the bag embedded window by window into one token buffer (CLS,
+    /// patches, square-padding copies) as it is read, every layer (`gimp_nn::nystrom::infer`)
+    /// and PPEG updating it in place, the final norm on CLS alone; with `with_attention`, the
+    /// last layer's CLS attention over the patches (square-padding copies folded back onto the
+    /// patches they copy). A 150,000-patch bag read from a feature file needs the tokens, one
+    /// layer's V and window-sized scratch: neither the bag whole, nor a second copy of the
+    /// tokens, nor anything of size `N × m`.
     fn encode_in_place(
         &self,
-        x: &Tensor,
+        x: BagInput,
         with_attention: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (n, d_in) = x.dims2()?;
+        let (n, d_in) = x.dims()?;
         let dim = self.cfg.dim;
         let (side, add) = self.square(n);
         let flat = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1() };
@@ -564,18 +566,31 @@ impl PatchAggregator {
         let b1 = self.fc1.bias.as_ref().map(flat).transpose()?;
         let mut tokens = vec![0f32; (1 + n + add) * dim];
         tokens[..dim].copy_from_slice(&flat(&self.cls)?);
-        gimp_nn::cpu::with_data(x, |xs| {
-            let w = View::dense(&w1, dim, d_in);
-            let rows = 4096;
-            for (src, dst) in xs
-                .chunks(rows * d_in)
-                .zip(tokens[dim..(1 + n) * dim].chunks_mut(rows * dim))
-            {
-                linear_rows(src, w, b1.as_deref(), dst);
-                dst.iter_mut().for_each(|v| *v = v.max(0.0));
+        let w = View::dense(&w1, dim, d_in);
+        let embed = |src: &[f32], dst: &mut [f32]| {
+            linear_rows(src, w, b1.as_deref(), dst);
+            dst.iter_mut().for_each(|v| *v = v.max(0.0));
+        };
+        let rows = 4096;
+        let patches = tokens[dim..(1 + n) * dim].chunks_mut(rows * dim);
+        match x {
+            BagInput::Tensor(x) => gimp_nn::cpu::with_data(x, |xs| {
+                xs.chunks(rows * d_in)
+                    .zip(patches)
+                    .for_each(|(src, dst)| embed(src, dst));
+                Ok(())
+            })?,
+            BagInput::Rows(reader) => {
+                let mut window = vec![0f32; rows.min(n) * d_in];
+                for (i, dst) in patches.enumerate() {
+                    let src = &mut window[..dst.len() / dim * d_in];
+                    reader
+                        .read_rows(i * rows, src)
+                        .map_err(candle_core::Error::wrap)?;
+                    embed(src, dst);
+                }
             }
-            Ok(())
-        })?;
+        }
         // Square padding repeats the first `add` patches after the last.
         tokens.copy_within(dim..(1 + add) * dim, (1 + n) * dim);
         let mut attention = None;
@@ -601,9 +616,12 @@ impl PatchAggregator {
             self.norm.eps as f32,
         );
         let attention = attention
-            .map(|a| Tensor::from_vec(a, n, x.device()))
+            .map(|a| Tensor::from_vec(a, n, &candle_core::Device::Cpu))
             .transpose()?;
-        Ok((Tensor::from_vec(cls, dim, x.device())?, attention))
+        Ok((
+            Tensor::from_vec(cls, dim, &candle_core::Device::Cpu)?,
+            attention,
+        ))
     }
 
     /// The side of the token grid and the square padding's copies for a bag of `n` patches.
@@ -619,10 +637,13 @@ impl PatchAggregator {
 
 /// Whether inference runs on raw buffers ([`PatchAggregator::encode_in_place`]): when the
 /// layers would stream anyway, on the CPU.
-fn in_place_inference(mode: &Mode, x: &Tensor, cfg: &AggregatorConfig) -> bool {
-    choose_path(mode, true, x, &cfg.attention) == NystromPath::Streaming
-        && x.device().is_cpu()
-        && x.dtype() == candle_core::DType::F32
+fn in_place_inference(mode: &Mode, x: BagInput) -> bool {
+    streams(mode)
+        && match x {
+            BagInput::Tensor(x) => x.device().is_cpu() && x.dtype() == candle_core::DType::F32,
+            // Read as f32 on the CPU.
+            BagInput::Rows(_) => true,
+        }
 }
 
 /// Per-head attention of CLS over the tokens (`[H, T]`: CLS, `n` patches, `add` copies) as the
@@ -678,10 +699,17 @@ mod tests {
 
     /// Inference on one token buffer in place (square padding, PPEG over several blocks of grid
     /// rows, every layer, the CLS attention from the last layer's keys) gives the graph path's
-    /// CLS token and heat-map attention, for TransMIL's and GiMP's aggregators.
+    /// CLS token and heat-map attention, for TransMIL's and GiMP's aggregators; a bag read by
+    /// row windows (5,000 patches: two windows) gives exactly the tensor's answer.
     #[test]
     fn in_place_inference_equals_the_graph_encoding() {
-        for (ppeg, n) in [(true, 40), (true, 300), (false, 300), (true, 1)] {
+        for (ppeg, n) in [
+            (true, 40),
+            (true, 300),
+            (false, 300),
+            (true, 1),
+            (true, 5000),
+        ] {
             let cfg = match ppeg {
                 true => AggregatorConfig::transmil(12),
                 false => AggregatorConfig::gimp(12),
@@ -689,7 +717,20 @@ mod tests {
             let store = ParamStore::new(5);
             let agg = PatchAggregator::new(&store.root(), small(cfg)).unwrap();
             let x = Tensor::randn(0f32, 1f32, (n, 12), &Device::Cpu).unwrap();
-            let (cls, attention) = agg.cls_and_attention(&x, &Mode::inference()).unwrap();
+            let (cls, attention) = agg
+                .cls_and_attention(BagInput::Tensor(&x), &Mode::inference())
+                .unwrap();
+            let bag = gimp_io::Bag {
+                n,
+                d: 12,
+                features: x.flatten_all().unwrap().to_vec1().unwrap(),
+                coords: None,
+            };
+            let (rows_cls, rows_attention) = agg
+                .cls_and_attention(BagInput::Rows(&bag), &Mode::inference())
+                .unwrap();
+            assert_eq!(max_diff(&rows_cls, &cls), 0.0);
+            assert_eq!(max_diff(&rows_attention, &attention), 0.0);
             let graph = agg
                 .encode(agg.embed(&x).unwrap(), &Mode::eval(), true)
                 .unwrap();

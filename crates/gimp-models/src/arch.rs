@@ -4,7 +4,7 @@
 //! [`registry`](crate::registry) is only the list of them; nothing outside this crate matches on
 //! an architecture's name.
 
-use crate::model::{Input, Model};
+use crate::model::{BagInput, Input, Model};
 use candle_core::{Result, Tensor};
 use gimp_nn::optim::Kind;
 use gimp_nn::Scope;
@@ -66,7 +66,7 @@ impl InputKind {
     /// out, one it needs and lacks is an error.
     pub fn select<'a>(
         self,
-        bag: Option<&'a Tensor>,
+        bag: Option<BagInput<'a>>,
         expression: Option<&'a Tensor>,
     ) -> std::result::Result<Input<'a>, MissingInput> {
         match (self, bag, expression) {

@@ -227,7 +227,7 @@ impl Model for Clam {
     }
 
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
-        let p = self.attention.pool(&self.fc, bag(input)?, 0, mode)?;
+        let p = self.attention.pool(&self.fc, &*bag(input)?, 0, mode)?;
         self.head(&p.pooled, &p.scores)
     }
 
@@ -238,7 +238,7 @@ impl Model for Clam {
         label: usize,
         mode: &Mode,
     ) -> Result<(Output, Option<Tensor>)> {
-        let (out, inst) = self.forward_train(bag(input)?, label, mode)?;
+        let (out, inst) = self.forward_train(&*bag(input)?, label, mode)?;
         let inst = inst
             .map(|l| l.affine(1.0 - self.cfg.bag_weight, 0.0))
             .transpose()?;

@@ -88,7 +88,7 @@ fn one_hot(label: usize, c: usize, like: &Tensor) -> Result<Tensor> {
 
 impl Model for Dsmil {
     fn forward(&self, input: &Input, _mode: &Mode) -> Result<Output> {
-        let x = bag(input)?;
+        let x = &*bag(input)?;
         let (logits, _, a) = self.streams(x)?;
         // Per-patch score for heatmaps: attention to the critical instance of the predicted class.
         let predicted = logits.argmax(D::Minus1)?.to_scalar::<u32>()? as usize;
@@ -107,7 +107,7 @@ impl Model for Dsmil {
         label: usize,
         _mode: &Mode,
     ) -> Result<(Output, Option<Tensor>)> {
-        let x = bag(input)?;
+        let x = &*bag(input)?;
         let (logits, max_logits, a) = self.streams(x)?;
         let y = one_hot(label, self.cfg.n_classes, &logits)?;
         let max_loss = loss::bce_with_logits(&max_logits.unsqueeze(0)?, &y)?;

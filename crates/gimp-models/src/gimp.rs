@@ -8,7 +8,7 @@
 use crate::aggregator::{AggregatorConfig, PatchAggregator};
 use crate::arch::{config, to_value, ArchInfo, InputKind, Training};
 use crate::group_msa::{GroupMsa, GroupMsaConfig, Tokenizer};
-use crate::model::{Input, Model, Output};
+use crate::model::{BagInput, Input, Model, Output};
 use crate::snn::{Snn, SnnConfig};
 use candle_core::{Result, Tensor};
 use gimp_nn::nystrom::NystromConfig;
@@ -389,7 +389,7 @@ impl Gimp {
     /// `CLS_pat`, the logits and (with a slide) the last layer's CLS attention over the patches.
     pub fn predict(
         &self,
-        bag: Option<&Tensor>,
+        bag: Option<BagInput>,
         expr: Option<&Tensor>,
         mode: &Mode,
     ) -> Result<Output> {
@@ -399,9 +399,9 @@ impl Gimp {
                 (cls, Some(attention))
             }
             Some(x) => {
-                let enc = self
-                    .aggregator
-                    .encode(self.aggregator.embed(x)?, mode, false)?;
+                let enc =
+                    self.aggregator
+                        .encode(self.aggregator.embed(&*x.tensor()?)?, mode, false)?;
                 (enc.tokens.get(0)?.get(0)?, None)
             }
             None => (self.missing_img.clone(), None),
@@ -426,7 +426,7 @@ impl Gimp {
 impl Model for Gimp {
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
         match input {
-            Input::Bag(b) => self.predict(Some(b), None, mode),
+            Input::Bag(b) => self.predict(Some(*b), None, mode),
             Input::Expression(e) => self.predict(None, Some(e), mode),
             Input::Patient { bag, expression } => self.predict(*bag, *expression, mode),
         }

@@ -160,7 +160,7 @@ impl Encoders {
 
     /// The fine-tuned classifier on `[CLS_img, CLS_gene]`.
     pub fn classify(&self, input: &Input, mode: &Mode) -> Result<Output> {
-        let (ci, _, attention) = self.image(bag(input)?, mode, !mode.train)?;
+        let (ci, _, attention) = self.image(&*bag(input)?, mode, !mode.train)?;
         let cg = self.genes.encode(expression(input)?, &[], mode)?.get(0)?;
         let h = Tensor::cat(&[&ci, &cg], 0)?;
         let logits = self

@@ -30,6 +30,6 @@ pub mod transformer;
 pub mod transmil;
 
 pub use arch::{ArchInfo, Dims, InputKind, MissingInput, Pretraining, Training, TrainingDefaults};
-pub use model::{Input, Model, Output};
+pub use model::{BagInput, Input, Model, Output};
 pub use registry::{Loaded, REGISTRY};
 pub use survival_head::SurvivalHead;

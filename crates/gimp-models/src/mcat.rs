@@ -207,7 +207,7 @@ impl Model for Mcat {
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
         let p = self.cfg.dropout;
         let h = ops::dropout(
-            &self.wsi.forward_act(bag(input)?, Activation::Relu)?,
+            &self.wsi.forward_act(&*bag(input)?, Activation::Relu)?,
             p,
             mode,
         )?; // [N, d]

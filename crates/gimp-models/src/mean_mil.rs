@@ -30,7 +30,7 @@ impl MeanMil {
 
 impl Model for MeanMil {
     fn forward(&self, input: &Input, _mode: &Mode) -> Result<Output> {
-        let x = bag(input)?;
+        let x = &*bag(input)?;
         let n = x.dim(0)?;
         let embedding = x.mean(0)?;
         let logits = self

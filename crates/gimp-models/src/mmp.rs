@@ -352,7 +352,7 @@ impl Model for Mmp {
     }
 
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
-        let x = bag(input)?;
+        let x = &*bag(input)?;
         let (mix, tokens) = self.slide_tokens(x)?;
         let (logits, embedding, pathway_to_proto) = self.fuse(&tokens, expression(input)?, mode)?;
         // Per patch: the pathways' mean pre-softmax score for each prototype, weighted by the

@@ -1,20 +1,67 @@
 //! The one interface every model implements, so heads, heatmaps, embeddings and the trainer are
 //! written once (MIL-Lab's pattern).
 
-use candle_core::{Result, Tensor};
+use candle_core::{Device, Result, Tensor};
+use gimp_io::bag::BagRows;
 use gimp_nn::Mode;
+use std::borrow::Cow;
+
+/// A patient's patch features `[N, D]` (its slides concatenated): a tensor, or a reader of row
+/// windows (a feature file) that inference on the CPU embeds as it reads, so a whole slide's
+/// bag is never held whole there (`docs/DESIGN.md` §42). Models that need the bag whole read
+/// it all ([`BagInput::tensor`]).
+#[derive(Clone, Copy)]
+pub enum BagInput<'a> {
+    Tensor(&'a Tensor),
+    Rows(&'a dyn BagRows),
+}
+
+impl<'a> From<&'a Tensor> for BagInput<'a> {
+    fn from(t: &'a Tensor) -> Self {
+        BagInput::Tensor(t)
+    }
+}
+
+impl<'a> BagInput<'a> {
+    /// The whole bag as a tensor (read in full from a row reader).
+    pub fn tensor(self) -> Result<Cow<'a, Tensor>> {
+        match self {
+            BagInput::Tensor(t) => Ok(Cow::Borrowed(t)),
+            BagInput::Rows(r) => {
+                let (n, d) = r.dims();
+                let all = r.read_all().map_err(candle_core::Error::wrap)?;
+                Ok(Cow::Owned(Tensor::from_vec(all, (n, d), &Device::Cpu)?))
+            }
+        }
+    }
+
+    /// Patches and values per patch.
+    pub fn dims(self) -> Result<(usize, usize)> {
+        match self {
+            BagInput::Tensor(t) => t.dims2(),
+            BagInput::Rows(r) => Ok(r.dims()),
+        }
+    }
+}
 
 /// What a patient gives a model.
 pub enum Input<'a> {
-    /// Patch features `[N, D]` (a patient's slides concatenated).
-    Bag(&'a Tensor),
+    /// Patch features (a patient's slides concatenated).
+    Bag(BagInput<'a>),
     /// Standardised expression `[G]`.
     Expression(&'a Tensor),
     /// Both modalities of one patient, either possibly absent (multimodal models).
     Patient {
-        bag: Option<&'a Tensor>,
+        bag: Option<BagInput<'a>>,
         expression: Option<&'a Tensor>,
     },
+}
+
+impl<'a> Input<'a> {
+    /// A bag alone, from a tensor `[N, D]`.
+    pub fn bag(t: &'a Tensor) -> Self {
+        Input::Bag(BagInput::Tensor(t))
+    }
 }
 
 /// What a model returns for one patient.
@@ -92,12 +139,18 @@ pub trait Model {
     }
 }
 
-pub(crate) fn bag<'a>(input: &'a Input) -> Result<&'a Tensor> {
+/// The input's bag as it was given (a tensor or a row reader).
+pub(crate) fn bag_source<'a>(input: &Input<'a>) -> Result<BagInput<'a>> {
     match input {
-        Input::Bag(t) => Ok(t),
-        Input::Patient { bag: Some(t), .. } => Ok(t),
+        Input::Bag(b) => Ok(*b),
+        Input::Patient { bag: Some(b), .. } => Ok(*b),
         _ => candle_core::bail!("this model reads slide features, not expression"),
     }
+}
+
+/// The input's bag as a tensor `[N, D]`.
+pub(crate) fn bag<'a>(input: &Input<'a>) -> Result<Cow<'a, Tensor>> {
+    bag_source(input)?.tensor()
 }
 
 pub(crate) fn expression<'a>(input: &'a Input) -> Result<&'a Tensor> {

@@ -238,7 +238,7 @@ impl FusionMil {
     }
 
     pub fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
-        let (v1, attention) = self.path.forward(bag(input)?, mode)?;
+        let (v1, attention) = self.path.forward(&*bag(input)?, mode)?;
         let v2 = self.omic.forward(expression(input)?, mode)?;
         let h = self.mm.forward(&v1, &v2, mode)?;
         Ok(Output {

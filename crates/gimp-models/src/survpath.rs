@@ -343,7 +343,7 @@ pub fn sample_patches(x: &Tensor, num_patches: usize, mode: &Mode) -> Result<Ten
 
 impl Model for SurvPath {
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
-        self.run(bag(input)?, expression(input)?, mode)
+        self.run(&*bag(input)?, expression(input)?, mode)
     }
 
     /// The reference's training view of a bag: `num_patches` sampled (or zero-padded) rows; the
@@ -357,7 +357,7 @@ impl Model for SurvPath {
         if !mode.train {
             return Ok((self.forward(input, mode)?, None));
         }
-        let x = sample_patches(bag(input)?, self.cfg.num_patches, mode)?;
+        let x = sample_patches(&*bag(input)?, self.cfg.num_patches, mode)?;
         let mut out = self.run(&x, expression(input)?, mode)?;
         out.attention = None;
         Ok((out, None))

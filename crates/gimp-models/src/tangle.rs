@@ -370,7 +370,7 @@ impl Tangle {
 
 impl Model for Tangle {
     fn forward(&self, input: &Input, mode: &Mode) -> Result<Output> {
-        let (slide, attention) = self.wsi.forward(bag(input)?, mode)?;
+        let (slide, attention) = self.wsi.forward(&*bag(input)?, mode)?;
         let read = if self.cfg.probe {
             slide.detach()
         } else {

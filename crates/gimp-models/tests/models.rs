@@ -5,7 +5,7 @@ use gimp_models::aggregator::{AggregatorConfig, PatchAggregator};
 use gimp_models::group_msa::{GroupMsa, GroupMsaConfig};
 use gimp_models::registry::REGISTRY;
 use gimp_models::snn::{Snn, SnnConfig};
-use gimp_models::{Input, InputKind, Model};
+use gimp_models::{BagInput, Input, InputKind, Model};
 use gimp_nn::checkpoint::{Checkpoint, Preprocessing};
 use gimp_nn::{loss, Mode, ParamStore};
 use rand::SeedableRng;
@@ -166,7 +166,7 @@ fn every_registered_architecture_builds_and_runs() {
             _ => rand_tensor(&[input_dim], 3),
         };
         let input = match arch.input {
-            InputKind::Slide => Input::Bag(&x),
+            InputKind::Slide => Input::bag(&x),
             _ => Input::Expression(&x),
         };
         let out = m.forward(&input, &Mode::eval()).unwrap();
@@ -187,7 +187,7 @@ fn checkpoint_round_trip_keeps_outputs_and_preprocessing() {
     let store = ParamStore::new(5);
     let m = (arch.build)(&store.root(), &cfg).unwrap();
     let x = rand_tensor(&[12, 16], 1);
-    let before = m.forward(&Input::Bag(&x), &Mode::eval()).unwrap().logits;
+    let before = m.forward(&Input::bag(&x), &Mode::eval()).unwrap().logits;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     let ck = Checkpoint {
@@ -213,7 +213,7 @@ fn checkpoint_round_trip_keeps_outputs_and_preprocessing() {
     let m2 = gimp_models::registry::load(arch, back.weights, Some(back.config))
         .unwrap()
         .model;
-    let after = m2.forward(&Input::Bag(&x), &Mode::eval()).unwrap().logits;
+    let after = m2.forward(&Input::bag(&x), &Mode::eval()).unwrap().logits;
     let d = (before - after)
         .unwrap()
         .abs()
@@ -265,7 +265,7 @@ fn gimp_runs_with_either_modality_missing() {
         let out = m
             .forward(
                 &Input::Patient {
-                    bag: b,
+                    bag: b.map(BagInput::from),
                     expression: e,
                 },
                 &Mode::inference(),
@@ -295,14 +295,14 @@ fn paired_models_run_and_every_parameter_gets_a_gradient() {
         let x = rand_tensor(&[17, 24], 5);
         let g = rand_tensor(&[30], 6);
         let both = Input::Patient {
-            bag: Some(&x),
+            bag: Some((&x).into()),
             expression: Some(&g),
         };
         let out = m.forward(&both, &Mode::eval()).unwrap();
         assert_eq!(out.logits.dims(), &[3], "{}", arch.name);
         assert_eq!(out.attention.unwrap().dims(), &[17], "{}", arch.name);
         assert!(
-            m.forward(&Input::Bag(&x), &Mode::eval()).is_err(),
+            m.forward(&Input::bag(&x), &Mode::eval()).is_err(),
             "{}",
             arch.name
         );
@@ -372,7 +372,7 @@ fn image_omic_adaptations_pretrain_and_classify() {
         }
         let (x, g) = &batch[0];
         let input = Input::Patient {
-            bag: Some(x),
+            bag: Some(x.into()),
             expression: Some(g),
         };
         let out = m.forward(&input, &Mode::inference()).unwrap();

@@ -52,10 +52,10 @@ fn check(arch: &str) {
         .model;
     let input = match io.get("expression") {
         Some(e) => Input::Patient {
-            bag: Some(&x),
+            bag: Some((&x).into()),
             expression: Some(e),
         },
-        None => Input::Bag(&x),
+        None => Input::bag(&x),
     };
     let out = model.forward(&input, &Mode::eval()).unwrap();
     let e = rel_err(&out.logits, &io["logits"]);

@@ -145,7 +145,7 @@ fn tangle_objective(name: &str, reconstruction: bool) {
         )
         .unwrap();
         let input = Input::Patient {
-            bag: Some(&io["slide"]),
+            bag: Some((&io["slide"]).into()),
             expression: Some(&genes),
         };
         let out = loaded.model.forward(&input, &Mode::inference()).unwrap();
@@ -184,7 +184,7 @@ fn tangle_probe_freezes_the_encoder_and_fine_tuning_does_not() {
         let model = (find(arch).unwrap().build)(&store.root(), &cfg).unwrap();
         let genes = io["expression"].get(0).unwrap();
         let input = Input::Patient {
-            bag: Some(&io["slide"]),
+            bag: Some((&io["slide"]).into()),
             expression: Some(&genes),
         };
         let out = model.forward(&input, &Mode::eval()).unwrap();
@@ -217,7 +217,7 @@ fn survpath_matches_the_reference() {
     let model = SurvPath::new(&store.root(), cfg).unwrap();
     assert!(store.fresh().is_empty() && store.unused().is_empty());
     let input = Input::Patient {
-        bag: Some(&io["bag"]),
+        bag: Some((&io["bag"]).into()),
         expression: Some(&io["expression"]),
     };
     let out = model.forward(&input, &Mode::eval()).unwrap();
@@ -253,7 +253,7 @@ fn survpath_training_reads_num_patches_rows() {
         cfg.num_patches = num_patches;
         let model = SurvPath::new(&store.root(), cfg.clone()).unwrap();
         let input = Input::Patient {
-            bag: Some(&io["bag"]),
+            bag: Some((&io["bag"]).into()),
             expression: Some(&io["expression"]),
         };
         use rand::SeedableRng;
@@ -296,7 +296,7 @@ fn mmp_matches_the_reference() {
     assert_close("mmp: prototype tokens", &tokens, &io["proto_tokens"]);
     assert_close("mmp: posteriors", &mixture.posterior, &io["posterior"]);
     let input = Input::Patient {
-        bag: Some(&io["bag"]),
+        bag: Some((&io["bag"]).into()),
         expression: Some(&io["expression"]),
     };
     let out = model.forward(&input, &Mode::eval()).unwrap();
@@ -383,7 +383,7 @@ fn mmp_prototypes_are_fitted_by_seeded_kmeans_and_installed() {
     let out = model
         .forward(
             &Input::Patient {
-                bag: Some(&bags[0]),
+                bag: Some((&bags[0]).into()),
                 expression: Some(&genes),
             },
             &Mode::inference(),

@@ -5,7 +5,8 @@
 use crate::encoder::SlideEncoder;
 use crate::record::{SlidePrediction, StageTime, TopPatch};
 use crate::{PredictError, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
+use gimp_models::BagInput;
 use gimp_nn::Mode;
 use gimp_slide::batch;
 use gimp_slide::overlay;
@@ -148,14 +149,14 @@ impl Predictor {
             stage: Stage::Model,
         });
         self.model.check_features(&features)?;
-        let bag = gimp_io::feature_file::read_bag(&features, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
-        let width = bag.d;
-        let x = Tensor::from_vec(bag.features, (bag.n, bag.d), &Device::Cpu)?;
+        // Read by rows: inference embeds the bag window by window (docs/DESIGN.md §42).
+        let (bag, _) = gimp_io::feature_file::open_rows(&features, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
+        let width = bag.dims().1;
         let loaded = &self.model.loaded;
         let input = loaded
             .arch
             .input
-            .select(Some(&x), expression)
+            .select(Some(BagInput::Rows(bag.as_ref())), expression)
             .map_err(|missing| PredictError::Msg(format!("{} {missing}", loaded.arch.name)))?;
         let answer = loaded.model.forward(&input, &Mode::inference())?;
         // At the checkpoint's calibrated temperature, as `model run` answers.

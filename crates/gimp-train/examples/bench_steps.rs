@@ -135,7 +135,7 @@ fn supervised_step(
     let x = bag(n)?;
     let mode = Mode::train(rand_chacha::ChaCha8Rng::seed_from_u64(0));
     time(repeat, || {
-        let (out, aux) = model.training_forward(&Input::Bag(&x), 1, &mode)?;
+        let (out, aux) = model.training_forward(&Input::bag(&x), 1, &mode)?;
         let ce = model.classification_loss(&out.logits, 1)?;
         let l = match aux {
             Some(a) => (ce.affine(model.bag_weight(), 0.0)? + a)?,
@@ -159,7 +159,7 @@ fn transmil_forward(n: usize, repeat: usize) -> candle_core::Result<f64> {
     let model = Transmil::new(&store.root(), TransmilConfig::new(1024, 2))?;
     let x = bag(n)?;
     time(repeat, || {
-        model.forward(&Input::Bag(&x), &Mode::inference()).map(drop)
+        model.forward(&Input::bag(&x), &Mode::inference()).map(drop)
     })
 }
 
@@ -205,7 +205,7 @@ fn paired_step(
     let expr = Tensor::rand(0f32, 1f32, SUCCESSOR_GENES, &Device::Cpu)?;
     let mode = Mode::train(rand_chacha::ChaCha8Rng::seed_from_u64(0));
     let input = Input::Patient {
-        bag: Some(&x),
+        bag: Some((&x).into()),
         expression: Some(&expr),
     };
     time(repeat, || {

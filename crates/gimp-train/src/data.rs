@@ -7,6 +7,7 @@ use crate::error::{Result, TrainError};
 use candle_core::{Device, Tensor};
 use gimp_cohort::cache::{CachedBag, FeatureCache};
 use gimp_cohort::Cohort;
+use gimp_io::bag::BagRows;
 use gimp_io::expression::ExpressionTransform;
 use gimp_io::splits::Part;
 use gimp_nn::checkpoint::Preprocessing;
@@ -304,11 +305,9 @@ impl Prepared {
         Ok(Some(Tensor::cat(&parts, 0)?))
     }
 
-    /// Rows `rows` of the patient's bag (indices into its slides concatenated in order), read
-    /// straight from the memory-mapped cache: a 6,000-patch pre-training window of a
-    /// 150,000-patch bag costs its 6,000 rows, not a copy of the whole bag (docs/DESIGN.md §42).
-    pub fn bag_rows(&self, i: usize, rows: &[u32]) -> Result<Option<Tensor>> {
-        let p = &self.patients[i];
+    /// The patient's bag read from the memory-mapped cache by rows (its slides concatenated in
+    /// order), copying nothing until asked: what inference reads (`docs/DESIGN.md` §42).
+    pub fn bag_reader(&self, i: usize) -> Result<Option<CachedRows>> {
         let bags = self.cached_bags(i)?;
         if bags.is_empty() {
             return Ok(None);
@@ -316,31 +315,43 @@ impl Prepared {
         let d = bags[0].d;
         // First row of each slide within the concatenation.
         let mut starts = Vec::with_capacity(bags.len());
-        let mut total = 0usize;
+        let mut n = 0usize;
         for b in &bags {
             if b.d != d {
                 return Err(TrainError::Msg(format!(
                     "patient {}: its slides' features have {} and {} values per patch",
-                    p.case_id, d, b.d
+                    self.patients[i].case_id, d, b.d
                 )));
             }
-            starts.push(total);
-            total += b.n;
+            starts.push(n);
+            n += b.n;
         }
-        let mut out = Vec::with_capacity(rows.len() * d);
+        Ok(Some(CachedRows { bags, starts, n, d }))
+    }
+
+    /// Rows `rows` of the patient's bag (indices into its slides concatenated in order), read
+    /// straight from the memory-mapped cache: a 6,000-patch pre-training window of a
+    /// 150,000-patch bag costs its 6,000 rows, not a copy of the whole bag (docs/DESIGN.md §42).
+    pub fn bag_rows(&self, i: usize, rows: &[u32]) -> Result<Option<Tensor>> {
+        let Some(bag) = self.bag_reader(i)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(rows.len() * bag.d);
         for &r in rows {
             let r = r as usize;
-            if r >= total {
+            if r >= bag.n {
                 return Err(TrainError::Msg(format!(
-                    "patient {}: row {r} of a bag of {total} patches",
-                    p.case_id
+                    "patient {}: row {r} of a bag of {} patches",
+                    self.patients[i].case_id, bag.n
                 )));
             }
-            let s = starts.partition_point(|&st| st <= r) - 1;
-            let local = r - starts[s];
-            out.extend_from_slice(&bags[s].features()[local * d..(local + 1) * d]);
+            out.extend_from_slice(bag.row(r));
         }
-        Ok(Some(Tensor::from_vec(out, (rows.len(), d), &Device::Cpu)?))
+        Ok(Some(Tensor::from_vec(
+            out,
+            (rows.len(), bag.d),
+            &Device::Cpu,
+        )?))
     }
 
     /// Patches in the patient's bag (0 without slides), read from the cache's headers.
@@ -470,4 +481,49 @@ pub fn expression_row(matrix: &Path, sample: &str, p: &Preprocessing) -> Result<
     }
     let v = standardise(&ordered, p);
     Ok(Tensor::from_vec(v, p.genes.len(), &Device::Cpu)?)
+}
+
+/// A patient's bag in the memory-mapped feature cache, its slides concatenated in order, read
+/// by rows ([`BagRows`]). The cache's values were checked finite when it was built.
+pub struct CachedRows {
+    bags: Vec<CachedBag>,
+    /// First row of each slide within the concatenation.
+    starts: Vec<usize>,
+    n: usize,
+    d: usize,
+}
+
+impl CachedRows {
+    /// Row `r` (below `n`).
+    fn row(&self, r: usize) -> &[f32] {
+        let s = self.starts.partition_point(|&st| st <= r) - 1;
+        let local = r - self.starts[s];
+        &self.bags[s].features()[local * self.d..(local + 1) * self.d]
+    }
+}
+
+impl BagRows for CachedRows {
+    fn dims(&self) -> (usize, usize) {
+        (self.n, self.d)
+    }
+
+    fn read_rows(&self, first: usize, out: &mut [f32]) -> gimp_io::Result<()> {
+        let count = out.len() / self.d;
+        if count * self.d != out.len() || first + count > self.n {
+            return Err(gimp_io::DataError::new(
+                gimp_io::ErrorKind::Shape,
+                Path::new("(feature cache)"),
+                format!("rows {first}..{} of {} × {}", first + count, self.n, self.d),
+            ));
+        }
+        // Slide by slide: each slide's overlap with the window is one contiguous copy.
+        for (b, &start) in self.bags.iter().zip(&self.starts) {
+            let (lo, hi) = (first.max(start), (first + count).min(start + b.n));
+            if lo < hi {
+                let src = &b.features()[(lo - start) * self.d..(hi - start) * self.d];
+                out[(lo - first) * self.d..(hi - first) * self.d].copy_from_slice(src);
+            }
+        }
+        Ok(())
+    }
 }

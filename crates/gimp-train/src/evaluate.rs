@@ -8,6 +8,7 @@ use gimp_io::splits::Part;
 use gimp_metrics::calibration::{self, Calibration};
 use gimp_metrics::Report;
 use gimp_models::registry::{self, Loaded};
+use gimp_models::BagInput;
 use gimp_nn::checkpoint::Checkpoint;
 use gimp_nn::Mode;
 use serde::Serialize;
@@ -200,7 +201,7 @@ impl ModelSource {
 /// the model reads it too.
 pub fn patch_scores(
     m: &Loaded,
-    bag: &candle_core::Tensor,
+    bag: BagInput,
     expression: Option<&candle_core::Tensor>,
 ) -> Result<Vec<f32>> {
     let name = m.arch.name;
@@ -256,9 +257,10 @@ fn modality(data: &Prepared, i: usize) -> &'static str {
 
 /// Runs the model on patient `i`; `None` when the patient lacks what the model reads.
 pub fn run_patient(m: &Loaded, data: &Prepared, i: usize) -> Result<Option<gimp_models::Output>> {
-    let bag = data.bag(i)?;
+    let bag = data.bag_reader(i)?;
     let expr = data.expression(i)?;
-    let Ok(input) = m.arch.input.select(bag.as_ref(), expr.as_ref()) else {
+    let bag = bag.as_ref().map(|b| BagInput::Rows(b));
+    let Ok(input) = m.arch.input.select(bag, expr.as_ref()) else {
         return Ok(None);
     };
     Ok(Some(m.model.forward(&input, &Mode::inference())?))

@@ -18,7 +18,7 @@ use crate::trainer::{
 };
 use candle_core::{Device, Tensor};
 use gimp_models::linear_start::DeepGenes;
-use gimp_models::{registry, InputKind, Model};
+use gimp_models::{registry, BagInput, InputKind, Model};
 use gimp_nn::optim::{Adam, AdamConfig, Cosine};
 use gimp_nn::{Mode, ParamStore};
 use rand_chacha::ChaCha8Rng;
@@ -50,8 +50,9 @@ impl SupervisedTask<'_> {
         let mode = Mode::inference();
         let (mut patients, mut logits) = (Vec::new(), Vec::new());
         for &i in idx {
-            let (bag, expr) = (self.data.bag(i)?, self.data.expression(i)?);
-            let Ok(input) = self.input.select(bag.as_ref(), expr.as_ref()) else {
+            let (bag, expr) = (self.data.bag_reader(i)?, self.data.expression(i)?);
+            let bag = bag.as_ref().map(|b| BagInput::Rows(b));
+            let Ok(input) = self.input.select(bag, expr.as_ref()) else {
                 continue;
             };
             logits.push(self.model.forward(&input, &mode)?.logits);
@@ -109,7 +110,10 @@ impl Stage for SupervisedTask<'_> {
         for &i in unit {
             let bag = cap_bag(self.data.bag(i)?, self.max_patches, rng)?;
             let expr = self.data.expression(i)?;
-            let Ok(input) = self.input.select(bag.as_ref(), expr.as_ref()) else {
+            let Ok(input) = self
+                .input
+                .select(bag.as_ref().map(BagInput::from), expr.as_ref())
+            else {
                 continue;
             };
             let class = self.task.class_of(self.data, i);

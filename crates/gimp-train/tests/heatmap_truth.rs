@@ -56,7 +56,7 @@ fn attention_finds_the_class_specific_patches() {
                     &candle_core::Device::Cpu,
                 )
                 .unwrap();
-                let out = model.forward(&Input::Bag(&x), &Mode::inference()).unwrap();
+                let out = model.forward(&Input::bag(&x), &Mode::inference()).unwrap();
                 let scores: Vec<f64> = out
                     .attention
                     .unwrap()

@@ -1,6 +1,6 @@
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
 use gimp_models::registry::REGISTRY;
+use gimp_models::BagInput;
 use gimp_nn::checkpoint::Checkpoint;
 use gimp_nn::Mode;
 use gimp_train::data::expression_row;
@@ -160,14 +160,11 @@ fn run_model(a: RunArgs) -> Result<ExitCode> {
     let bag = match (&a.features, wants_bag) {
         (Some(f), true) => {
             source.check_features(f)?;
-            let bag = gimp_io::feature_file::read_bag(f, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
-            coords = bag.coords.clone();
+            // Read by rows: inference embeds the bag window by window (docs/DESIGN.md §42).
+            let (rows, c) = gimp_io::feature_file::open_rows(f, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
+            coords = c;
             desc.push(f.display().to_string());
-            Some(Tensor::from_vec(
-                bag.features,
-                (bag.n, bag.d),
-                &Device::Cpu,
-            )?)
+            Some(rows)
         }
         (Some(_), false) => bail!("{arch_name} reads expression, not --features"),
         (None, _) => None,
@@ -197,7 +194,7 @@ fn run_model(a: RunArgs) -> Result<ExitCode> {
     let input = loaded
         .arch
         .input
-        .select(bag.as_ref(), expr.as_ref())
+        .select(bag.as_deref().map(BagInput::Rows), expr.as_ref())
         .map_err(|missing| {
             anyhow::anyhow!(
                 "{arch_name} {missing}: give --features FILE and/or --expression MATRIX --sample ID"

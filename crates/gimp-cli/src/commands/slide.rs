@@ -7,10 +7,10 @@
 
 use crate::progress;
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{Device, Tensor};
 use gimp_extract::encoders::{self, ENCODERS};
 use gimp_extract::extract::{FeatureRun, Layout};
 use gimp_io::h5;
+use gimp_models::BagInput;
 use gimp_slide::batch::{self, ProcessList};
 use gimp_slide::overlay::{self, PatchGrid};
 use gimp_slide::patching::{ContourFn, PatchParams};
@@ -569,21 +569,22 @@ pub fn heatmap(a: HeatmapArgs) -> Result<ExitCode> {
         ..
     } = source;
     let arch = loaded.arch.name;
-    let mut bag = gimp_io::feature_file::read_bag(&a.features, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
+    // Read by rows: inference embeds the bag window by window (docs/DESIGN.md §42).
+    let (bag, coords) =
+        gimp_io::feature_file::open_rows(&a.features, gimp_io::DEFAULT_MAX_BAG_BYTES)?;
     let grid = PatchGrid::resolve(
         &a.features,
-        bag.coords.take(),
-        bag.n,
+        coords,
+        bag.dims().0,
         a.patches.as_deref(),
         a.patch_size_level0,
     )?;
-    let x = Tensor::from_vec(bag.features, (bag.n, bag.d), &Device::Cpu)?;
     let expr = match (&a.expression, &a.sample, &preprocessing) {
         (Some(m), Some(s), Some(p)) => Some(expression_row(m, s, p)?),
         (Some(_), _, None) => bail!("--expression needs a gimp-rs --checkpoint"),
         _ => None,
     };
-    let scores = patch_scores(&loaded, &x, expr.as_ref())?;
+    let scores = patch_scores(&loaded, BagInput::Rows(bag.as_ref()), expr.as_ref())?;
     let id = batch::slide_id(&a.features);
     let picture = a
         .slide

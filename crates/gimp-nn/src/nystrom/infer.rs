@@ -1,26 +1,26 @@
 //! Inference (no gradients) of a Nyström-attention layer on raw buffers, updating the tokens in
-//! place, in memory linear in the bag: besides the tokens themselves only K and V (`N' × H·d`
-//! each) and chunk-sized scratch are held. This is what makes a 150,000-patch bag fit in a
-//! couple of gigabytes.
+//! place, in memory linear in the bag: besides the tokens themselves only V (`N' × H·d`) and
+//! chunk-sized scratch are held. This is what makes a 150,000-patch bag fit in under a gigabyte.
 //!
 //! Three passes over the tokens, in chunks:
-//! 1. normalise, project Q K V; keep K and V, sum Q into its landmark segments;
+//! 1. normalise, project Q K V; keep V, sum Q and K into their landmark segments;
 //! 2. per head: `A`, its pseudo-inverse `Z`, and `F3 V` by an online (running-max) softmax over
-//!    key chunks, so `F3` is never held whole; `U = Z (F3 V)`;
+//!    key chunks, each chunk's K projected again from its tokens, so neither K nor `F3` is ever
+//!    held whole; `U = Z (F3 V)`;
 //! 3. chunks in reverse order: normalise and project Q again, `F1 U` plus the residual
 //!    convolution of the stored V, the output projection, and add to (or replace) the chunk's
 //!    tokens. Reverse order keeps the legacy un-padding (output row `i` reads token `i − pad`)
 //!    correct in place: rows a chunk reads are never ones already written.
 //!
 //! Asked for, pass 2 also gives one token's attention over the tokens (`F1[row] Z F3`, the heat
-//! map's scores) from the K it holds and each landmark's softmax sum, reading K once more.
+//! map's scores) from each landmark's softmax maximum and sum, projecting K once more.
 //!
 //! The arithmetic is the training op's (`core_op`, sharing its landmark means, landmark
 //! attention, pseudo-inverse and residual convolution); `tests/nystrom_parity.rs` checks both
 //! against the reference fixtures.
 
 use super::core_op::{landmark_attention, merge_heads, CoreShape};
-use super::geometry::{segment_means, Geometry, SegmentMeans};
+use super::geometry::{Geometry, SegmentMeans};
 use super::pinv::{pinv_forward, start_scale};
 use super::residual_conv::conv_rows;
 use crate::cpu::lanes::{layer_norm_rows, softmax_rows};
@@ -97,10 +97,12 @@ pub fn layer_inplace(
         out
     };
 
-    // Pass 1: K, V for every position (padding rows stay zero), Q summed per landmark segment.
-    let mut k_all = vec![0f32; np * inner];
+    // Pass 1: V for every position (padding rows stay zero), Q and K summed per landmark
+    // segment. K is not kept: pass 2 projects it again chunk by chunk, which costs a third of
+    // this pass's projection and saves holding a second `N × H·d` buffer beside V.
     let mut v_all = vec![0f32; np * inner];
     let mut q_means = SegmentMeans::new(h * m, d, l);
+    let mut k_means = SegmentMeans::new(h * m, d, l);
     for t0 in (0..n).step_by(chunk) {
         let t1 = (t0 + chunk).min(n);
         let normed = normalise(&x[t0 * dim..t1 * dim]);
@@ -108,25 +110,41 @@ pub fn layer_inplace(
         linear_rows(&normed, wqkv, None, &mut proj);
         for (i, row) in proj.chunks_exact(3 * inner).enumerate() {
             let pos = pad + t0 + i;
-            k_all[pos * inner..(pos + 1) * inner].copy_from_slice(&row[inner..2 * inner]);
             v_all[pos * inner..(pos + 1) * inner].copy_from_slice(&row[2 * inner..]);
             let seg = pos / l;
             for hd in 0..h {
                 q_means.add(hd * m + seg, &row[hd * d..(hd + 1) * d]);
+                k_means.add(hd * m + seg, &row[inner + hd * d..inner + (hd + 1) * d]);
             }
         }
     }
     let q_land = q_means.finish();
-    let k_land: Vec<Vec<f32>> = (0..h)
-        .map(|hd| segment_means(View::rows_of(&k_all, hd * d, np, d, inner), l))
-        .collect();
+    let k_land_all = k_means.finish();
+    let k_land: Vec<&[f32]> = k_land_all.chunks_exact(m * d).collect();
+    // K of the padded positions `c0..c0 + cc` (`[cc, H·d]`; padding rows are zero).
+    let wk = View::rows_of(w.qkv, inner * dim, inner, dim, dim);
+    let keys = |c0: usize, cc: usize| -> Vec<f32> {
+        let mut k = vec![0f32; cc * inner];
+        let zero = pad.saturating_sub(c0).min(cc);
+        if zero < cc {
+            let (s0, s1) = (c0 + zero - pad, c0 + cc - pad);
+            linear_rows(
+                &normalise(&x[s0 * dim..s1 * dim]),
+                wk,
+                None,
+                &mut k[zero * inner..],
+            );
+        }
+        k
+    };
 
-    // Pass 2: A, the global start scale, Z, and U = Z (F3 V) per head.
+    // Pass 2: A, the global start scale, Z, and U = Z (F3 V) per head, F3's softmax a running
+    // one over chunks of keys.
     let a: Vec<Vec<f32>> = (0..h)
         .map(|hd| {
             landmark_attention(
                 &q_land[hd * m * d..(hd + 1) * m * d],
-                &k_land[hd],
+                k_land[hd],
                 m,
                 d,
                 scale,
@@ -146,86 +164,110 @@ pub fn layer_inplace(
         );
         q
     });
-    let per_head: Vec<(Vec<f32>, Option<Vec<f32>>)> = (0..h)
-        .into_par_iter()
-        .map(|hd| {
-            let (z, _) = pinv_forward(&a[hd], m, c, shape.pinv_iterations, false);
+    struct Running {
+        max: Vec<f32>,
+        sum: Vec<f32>,
+        acc: Vec<f32>,
+    }
+    let mut running: Vec<Running> = (0..h)
+        .map(|_| Running {
+            max: vec![f32::NEG_INFINITY; m],
+            sum: vec![0f32; m],
+            acc: vec![0f32; m * d],
+        })
+        .collect();
+    for c0 in (0..np).step_by(chunk) {
+        let cc = chunk.min(np - c0);
+        let k = keys(c0, cc);
+        running.par_iter_mut().enumerate().for_each(|(hd, r)| {
             let qm = View::dense(&q_land[hd * m * d..(hd + 1) * m * d], m, d);
-            let mut run_max = vec![f32::NEG_INFINITY; m];
-            let mut run_sum = vec![0f32; m];
-            let mut acc = vec![0f32; m * d];
-            for c0 in (0..np).step_by(chunk) {
-                let cc = chunk.min(np - c0);
-                let mut s = vec![0f32; m * cc];
-                let kc = View::rows_of(&k_all, c0 * inner + hd * d, cc, d, inner);
-                mm(&mut s, qm, kc.t(), false, scale);
-                for i in 0..m {
-                    let row = &mut s[i * cc..(i + 1) * cc];
-                    let cmax = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let new_max = run_max[i].max(cmax);
-                    let factor = (run_max[i] - new_max).exp();
-                    run_sum[i] *= factor;
-                    acc[i * d..(i + 1) * d]
-                        .iter_mut()
-                        .for_each(|v| *v *= factor);
-                    let mut sum = 0f32;
-                    for v in row.iter_mut() {
-                        *v = (*v - new_max).exp();
-                        sum += *v;
-                    }
-                    run_sum[i] += sum;
-                    run_max[i] = new_max;
+            let mut s = vec![0f32; m * cc];
+            mm(
+                &mut s,
+                qm,
+                View::rows_of(&k, hd * d, cc, d, inner).t(),
+                false,
+                scale,
+            );
+            for i in 0..m {
+                let row = &mut s[i * cc..(i + 1) * cc];
+                let cmax = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let new_max = r.max[i].max(cmax);
+                let factor = (r.max[i] - new_max).exp();
+                r.sum[i] *= factor;
+                r.acc[i * d..(i + 1) * d]
+                    .iter_mut()
+                    .for_each(|v| *v *= factor);
+                let mut sum = 0f32;
+                for v in row.iter_mut() {
+                    *v = (*v - new_max).exp();
+                    sum += *v;
                 }
-                let vc = View::rows_of(&v_all, c0 * inner + hd * d, cc, d, inner);
-                mm(&mut acc, View::dense(&s, m, cc), vc, true, 1.0);
+                r.sum[i] += sum;
+                r.max[i] = new_max;
             }
-            for (row, s) in acc.chunks_exact_mut(d).zip(&run_sum) {
+            let vc = View::rows_of(&v_all, c0 * inner + hd * d, cc, d, inner);
+            mm(&mut r.acc, View::dense(&s, m, cc), vc, true, 1.0);
+        });
+    }
+    let per_head: Vec<(Vec<f32>, Option<Vec<f32>>)> = running
+        .par_iter_mut()
+        .enumerate()
+        .map(|(hd, r)| {
+            let (z, _) = pinv_forward(&a[hd], m, c, shape.pinv_iterations, false);
+            for (row, s) in r.acc.chunks_exact_mut(d).zip(&r.sum) {
                 row.iter_mut().for_each(|v| *v /= s);
             }
             let mut u = vec![0f32; m * d];
-            let (zv, f3v) = (View::dense(&z, m, m), View::dense(&acc, m, d));
-            mm(&mut u, zv, f3v, false, 1.0);
+            let zv = View::dense(&z, m, m);
+            mm(&mut u, zv, View::dense(&r.acc, m, d), false, 1.0);
             // `F1[row] Z F3` = Σ_i g_i exp(s_ij − max_i) with g = (F1[row] Z) / sum: F3's
-            // softmax needs every key's score first, hence this second read of K.
-            let attention = q_row.as_ref().map(|q| {
+            // softmax needs every key's score first, hence the second read of K below.
+            let g = q_row.as_ref().map(|q| {
                 let mut f1 = vec![0f32; m];
                 let qh = View::dense(&q[hd * d..(hd + 1) * d], 1, d);
-                mm(
-                    &mut f1,
-                    qh,
-                    View::dense(&k_land[hd], m, d).t(),
-                    false,
-                    scale,
-                );
+                mm(&mut f1, qh, View::dense(k_land[hd], m, d).t(), false, scale);
                 softmax_rows(&mut f1, m);
                 let mut left = vec![0f32; m];
                 mm(&mut left, View::dense(&f1, 1, m), zv, false, 1.0);
-                let g: Vec<f32> = left.iter().zip(&run_sum).map(|(l, s)| l / s).collect();
-                let mut row = vec![0f32; n];
-                for c0 in (pad..pad + n).step_by(chunk) {
-                    let cc = chunk.min(pad + n - c0);
+                left.iter()
+                    .zip(&r.sum)
+                    .map(|(l, s)| l / s)
+                    .collect::<Vec<f32>>()
+            });
+            (u, g)
+        })
+        .collect();
+    let (u, g): (Vec<Vec<f32>>, Vec<Option<Vec<f32>>>) = per_head.into_iter().unzip();
+    let attention = match g.into_iter().collect::<Option<Vec<_>>>() {
+        None => None,
+        Some(g) => {
+            let mut rows = vec![0f32; h * n];
+            for c0 in (pad..pad + n).step_by(chunk) {
+                let cc = chunk.min(pad + n - c0);
+                let k = keys(c0, cc);
+                rows.par_chunks_mut(n).enumerate().for_each(|(hd, row)| {
+                    let qm = View::dense(&q_land[hd * m * d..(hd + 1) * m * d], m, d);
                     let mut s = vec![0f32; m * cc];
-                    let kc = View::rows_of(&k_all, c0 * inner + hd * d, cc, d, inner);
-                    mm(&mut s, qm, kc.t(), false, scale);
+                    mm(
+                        &mut s,
+                        qm,
+                        View::rows_of(&k, hd * d, cc, d, inner).t(),
+                        false,
+                        scale,
+                    );
                     let out = &mut row[c0 - pad..c0 - pad + cc];
                     for (i, srow) in s.chunks_exact(cc).enumerate() {
-                        let (gi, mx) = (g[i], run_max[i]);
+                        let (gi, mx) = (g[hd][i], running[hd].max[i]);
                         for (o, &v) in out.iter_mut().zip(srow) {
                             *o += gi * (v - mx).exp();
                         }
                     }
-                }
-                row
-            });
-            (u, attention)
-        })
-        .collect();
-    drop(k_all);
-    let (u, attention): (Vec<Vec<f32>>, Vec<Option<Vec<f32>>>) = per_head.into_iter().unzip();
-    let attention: Option<Vec<f32>> = attention
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .map(|a| a.concat());
+                });
+            }
+            Some(rows)
+        }
+    };
 
     // Pass 3: outputs, chunks in reverse order (see the module comment).
     let start = geo.start;
@@ -251,13 +293,7 @@ pub fn layer_inplace(
             .map(|hd| {
                 let mut f1 = vec![0f32; c * m];
                 let qv = View::rows_of(&q, hd * d, c, d, inner);
-                mm(
-                    &mut f1,
-                    qv,
-                    View::dense(&k_land[hd], m, d).t(),
-                    false,
-                    scale,
-                );
+                mm(&mut f1, qv, View::dense(k_land[hd], m, d).t(), false, scale);
                 softmax_rows(&mut f1, m);
                 let mut o = vec![0f32; c * d];
                 mm(

@@ -158,6 +158,12 @@ pub enum NystromPath {
     FusedCore(AttentionMemory),
 }
 
+/// Whether `mode` runs the layers streaming ([`NystromPath::Streaming`]): inference without
+/// gradients, whatever the bag's size.
+pub fn streams(mode: &Mode) -> bool {
+    mode.no_grad && !mode.train
+}
+
 /// Chooses the implementation for a call in `mode` on the input `x` (`[b, n, dim]`) of a layer
 /// configured by `cfg`; `whole_layer` says whether the caller wants the pre-norm residual layer
 /// `x + attention(norm(x))` rather than the attention alone.
@@ -175,7 +181,7 @@ pub enum NystromPath {
 /// [`KEEP_ATTENTION_BYTES`] ([`attention_matrix_bytes`]), and rebuild them in the backward
 /// pass ([`AttentionMemory::Recompute`]) on larger bags.
 pub fn choose_path(mode: &Mode, whole_layer: bool, x: &Tensor, cfg: &NystromConfig) -> NystromPath {
-    if mode.no_grad && !mode.train {
+    if streams(mode) {
         return NystromPath::Streaming;
     }
     let memory = if attention_matrix_bytes(x, cfg) <= keep_attention_limit() {
