@@ -491,6 +491,7 @@ pub fn execute(
     let ctl = Control {
         resume: true,
         stop_after: None,
+        ephemeral: false,
     };
     let r: RunResult = match &row.recipe {
         Recipe::Supervised(arch) => {

@@ -175,7 +175,7 @@ pub fn pretrain_genes(
         cands.len(),
         &|part, c, k| {
             let d = inner_dir.join(format!("fold{k}"));
-            train_genes(part, &settings(c), &d, Control::default(), on, None).map(|(_, v)| v)
+            train_genes(part, &settings(c), &d, Control::inner(), on, None).map(|(_, v)| v)
         },
     )?;
     let _ = std::fs::remove_dir_all(&inner_dir);

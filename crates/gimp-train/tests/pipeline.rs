@@ -230,10 +230,12 @@ fn an_interrupted_and_resumed_run_ends_with_the_same_weights() {
     let stop = |n| Control {
         resume: false,
         stop_after: Some(n),
+        ephemeral: false,
     };
     let resume = Control {
         resume: true,
         stop_after: None,
+        ephemeral: false,
     };
     let e = stages::pretrain(&data, &cfg, None, &run.join("pre_b"), stop(1), &|_| {}).unwrap_err();
     assert!(matches!(e, gimp_train::error::TrainError::Stopped(1)));
@@ -549,6 +551,7 @@ where
     let stopped = Control {
         resume: false,
         stop_after: Some(stop),
+        ephemeral: false,
     };
     let e = stage(&cut, stopped).expect_err("the stage stops");
     assert!(
@@ -558,6 +561,7 @@ where
     let resumed = Control {
         resume: true,
         stop_after: None,
+        ephemeral: false,
     };
     let done = stage(&cut, resumed).unwrap();
     (
@@ -661,6 +665,7 @@ fn early_stopping_follows_the_validation_loss() {
     let resumed = Control {
         resume: true,
         stop_after: None,
+        ephemeral: false,
     };
     let before = std::fs::read(&r.checkpoint).unwrap();
     train(&data, &cfg, &dir, resumed, &|_| {}).unwrap();

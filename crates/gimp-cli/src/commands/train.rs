@@ -225,6 +225,7 @@ fn control(c: &Common) -> Control {
     Control {
         resume: c.resume,
         stop_after: None,
+        ephemeral: false,
     }
 }
 
@@ -582,6 +583,7 @@ pub fn train(a: TrainArgs) -> Result<ExitCode> {
         Control {
             resume: a.resume,
             stop_after: None,
+            ephemeral: false,
         },
         &|p| bars.update(p),
     )?;
