@@ -522,12 +522,13 @@ impl PatchAggregator {
     }
 
     /// `CLS_img` `[dim]` of a bag `[N, D_in]`.
-    pub fn cls(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
-        if in_place_inference(mode, BagInput::Tensor(x)) {
-            return Ok(self.encode_in_place(BagInput::Tensor(x), false)?.0);
+    pub fn cls<'a>(&self, x: impl Into<BagInput<'a>>, mode: &Mode) -> Result<Tensor> {
+        let x = x.into();
+        if in_place_inference(mode, x) {
+            return Ok(self.encode_in_place(x, false)?.0);
         }
         // Only CLS is read: the last layer computes it alone (`encode_selected`).
-        let tokens = self.encode_selected(self.embed(x)?, mode, &[0])?;
+        let tokens = self.encode_selected(self.embed(&*x.tensor()?)?, mode, &[0])?;
         tokens.get(0)?.get(0)
     }
 
@@ -650,7 +651,7 @@ fn in_place_inference(mode: &Mode, x: BagInput) -> bool {
 /// mean over heads over the patches, each copy's weight added to the patch it copies.
 fn fold_patch_attention(a: &[f32], n: usize, add: usize) -> Result<Vec<f32>> {
     let t = 1 + n + add;
-    if t == 0 || !a.len().is_multiple_of(t) {
+    if !a.len().is_multiple_of(t) {
         candle_core::bail!("attention of {} values for {t} tokens", a.len());
     }
     let heads = a.len() / t;

@@ -287,7 +287,7 @@ impl Gimp {
     }
 
     /// `CLS_img` of a whole bag, or the learned missing-slide embedding.
-    pub fn cls_img(&self, bag: Option<&Tensor>, mode: &Mode) -> Result<Tensor> {
+    pub fn cls_img(&self, bag: Option<BagInput>, mode: &Mode) -> Result<Tensor> {
         match bag {
             Some(x) => self.aggregator.cls(x, mode),
             None => Ok(self.missing_img.clone()),
@@ -341,7 +341,7 @@ impl Gimp {
     /// embedding for an absent half). What evaluation and validation score.
     pub fn logits(
         &self,
-        bag: Option<&Tensor>,
+        bag: Option<BagInput>,
         expr: Option<&Tensor>,
         mode: &Mode,
     ) -> Result<Tensor> {
@@ -372,7 +372,7 @@ impl Gimp {
         mode: &Mode,
     ) -> Result<Vec<(Answer, Tensor)>> {
         let head = |img: &Tensor, ge: &Tensor| self.head(&Tensor::cat(&[img, ge], 0)?, mode);
-        let img = self.cls_img(bag, mode)?;
+        let img = self.cls_img(bag.map(BagInput::from), mode)?;
         let ge = self.cls_ge(expr, train_genes, mode)?;
         if !(subsets && bag.is_some() && expr.is_some()) {
             return Ok(vec![(Answer::Both, head(&img, &ge)?)]);

@@ -109,7 +109,7 @@ fn finetune_step(n: usize, repeat: usize) -> candle_core::Result<f64> {
     time(repeat, || {
         let cls = Tensor::cat(
             &[
-                model.cls_img(Some(&x), &mode)?,
+                model.cls_img(Some((&x).into()), &mode)?,
                 model.cls_ge(Some(&expr), false, &mode)?,
             ],
             0,

@@ -247,13 +247,24 @@ impl Prepared {
     /// Keeps only the genes `selection` picks, chosen on the training split (`docs/DESIGN.md`
     /// §38): the kept genes, their statistics and order become the preprocessing a checkpoint
     /// stores, so evaluation and prediction re-apply the same subset.
-    pub fn with_genes(mut self, selection: &GeneSelection) -> Result<Self> {
+    pub fn with_genes(self, selection: &GeneSelection) -> Result<Self> {
+        match self.gene_positions(selection)? {
+            Some(keep) => self.with_gene_positions(&keep),
+            None => Ok(self),
+        }
+    }
+
+    /// Keeps the genes at positions `keep`, in that order, as [`Self::with_genes`] does with
+    /// the positions its selection picked.
+    pub fn with_gene_positions(mut self, keep: &[usize]) -> Result<Self> {
         let Some(p) = &self.preprocessing else {
             return Ok(self);
         };
-        let keep = selection.pick(p)?;
-        if keep.len() == p.genes.len() {
-            return Ok(self);
+        if let Some(bad) = keep.iter().find(|&&i| i >= p.genes.len()) {
+            return Err(TrainError::Msg(format!(
+                "gene position {bad} of {} genes",
+                p.genes.len()
+            )));
         }
         let pick = |v: &[f32]| -> Vec<f32> { keep.iter().map(|&i| v[i]).collect() };
         let kept = Preprocessing {

@@ -15,6 +15,7 @@ use crate::trainer::{
 };
 use candle_core::{Device, Tensor, Var};
 use gimp_models::gimp::{ExpressionAlone, GeneEncoder, Gimp};
+use gimp_models::BagInput;
 use gimp_nn::checkpoint::Checkpoint;
 use gimp_nn::optim::{Adam, AdamConfig, Cosine};
 use gimp_nn::{loss, Mode, ParamStore};
@@ -650,15 +651,17 @@ pub fn evaluate_gimp(
     let mode = Mode::inference();
     let mut all = Vec::with_capacity(idx.len());
     for &i in idx {
+        // Read by rows from the cache: inference embeds the bag as it reads (DESIGN.md §42).
         let bag = match modalities.slides() {
-            true => data.bag(i)?,
+            true => data.bag_reader(i)?,
             false => None,
         };
         let expr = match modalities.expression() {
             true => data.expression(i)?,
             false => None,
         };
-        all.push(model.logits(bag.as_ref(), expr.as_ref(), &mode)?);
+        let bag = bag.as_ref().map(|b| BagInput::Rows(b));
+        all.push(model.logits(bag, expr.as_ref(), &mode)?);
     }
     task.predictions(data, idx.to_vec(), all, ClassLoss::CrossEntropy)
 }

@@ -269,8 +269,8 @@ fn fit(
                 serde_json::to_value(deep).map_err(|e| TrainError::Msg(e.to_string()))?;
             data
         }
-        Some(_) => {
-            selected = data.clone().with_genes(&cfg.genes)?;
+        Some(positions) => {
+            selected = data.clone().with_gene_positions(&positions)?;
             &selected
         }
         None => data,

@@ -11,7 +11,9 @@
 //! For the backward pass the op keeps `qkv` and the core's output, not the normalised input:
 //! the LayerNorm is recomputed from `x` there (one cheap pass), and what was kept is freed as
 //! the backward pass goes, so on a whole slide the layer never holds a second `N × dim` copy
-//! besides its gradient (`docs/PERFORMANCE.md`, "Training on whole slides").
+//! besides its gradient (`docs/PERFORMANCE.md`, "Training on whole slides"). A layer that
+//! rebuilds its attention matrices (whole slides) keeps only the core's output and projects
+//! `qkv` again in the backward pass ([`NystromLayerOp::with_memory`]).
 //!
 //! Parameters travel packed in one tensor (LayerNorm weight and bias, `to_qkv.weight`,
 //! `to_out.0.weight`, `to_out.0.bias`, the residual kernels): `Tensor::cat` of the parameters is
@@ -83,6 +85,9 @@ pub struct NystromLayerOp {
     /// Tokens whose outputs are wanted (increasing), or all: the output is `[B, |rows|, dim]`.
     rows: Option<Vec<usize>>,
     core: NystromCore,
+    /// Keep `qkv` for the backward pass (with the attention matrices kept); otherwise the
+    /// backward pass projects it again from `x`.
+    keep_qkv: bool,
     saved: Mutex<Option<Saved>>,
 }
 
@@ -119,13 +124,18 @@ impl NystromLayerOp {
             mask,
             rows,
             core: NystromCore::with_positions(shape.core, positions),
+            keep_qkv: true,
             saved: Mutex::new(None),
         }
     }
 
-    /// The same layer keeping or rebuilding the attention matrices (see [`NystromCore`]).
+    /// The same layer keeping or rebuilding the attention matrices (see [`NystromCore`]). A
+    /// layer that rebuilds them also rebuilds `qkv` (`3 · N' · H·d` floats, the largest thing
+    /// it would keep: 0.9 GB at 150,000 patches) from `x` in the backward pass, one more
+    /// projection for a third less memory held between the passes of a whole-slide step.
     pub fn with_memory(mut self, memory: AttentionMemory) -> Self {
         self.core = self.core.with_memory(memory);
+        self.keep_qkv = memory == AttentionMemory::Keep;
         self
     }
 
@@ -188,7 +198,7 @@ impl NystromLayerOp {
 
     fn forward(&self, x: &[f32], xs: &Shape, packed: &[f32]) -> Result<Vec<f32>> {
         let (b, geo) = self.geometry(xs)?;
-        let (n, np, pad) = (geo.n, geo.padded, geo.pad);
+        let (n, np) = (geo.n, geo.padded);
         let (t, ro, o_off) = self.output_rows(&geo);
         let p = self.params(packed)?;
         let (dim, inner) = (self.shape.dim, self.shape.inner());
@@ -201,18 +211,7 @@ impl NystromLayerOp {
                 );
             }
         }
-        let ln = self.normalise(x, &p);
-        // Padding rows of qkv stay zero: the reference pads before the bias-free projection.
-        let mut qkv = scratch::buffer(b * np * 3 * inner);
-        for bi in 0..b {
-            qkv[bi * np * 3 * inner..(bi * np + pad) * 3 * inner].fill(0.0);
-        }
-        let wqkv = View::dense(p.w_qkv, 3 * inner, dim);
-        for bi in 0..b {
-            let dst = &mut qkv[(bi * np + pad) * 3 * inner..(bi + 1) * np * 3 * inner];
-            let src = View::dense(&ln[bi * n * dim..(bi + 1) * n * dim], n, dim);
-            mm_parallel(dst, src, wqkv.t(), false, 1.0);
-        }
+        let qkv = self.project_qkv(x, &p, b, &geo);
         let dm = self.core_dims(b, np)?;
         let o = self.core.forward_slices(&qkv, p.conv, dm)?;
         let mut out = scratch::buffer(b * t * dim);
@@ -243,9 +242,35 @@ impl NystromLayerOp {
                     }
                 }
             });
-        scratch::recycle(ln);
+        let qkv = match self.keep_qkv {
+            true => qkv,
+            false => {
+                scratch::recycle(qkv);
+                Vec::new()
+            }
+        };
         *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(Saved { qkv, o });
         Ok(out)
+    }
+
+    /// `qkv` of the padded tokens: the LayerNorm of `x` projected, padding rows zero (the
+    /// reference pads before the bias-free projection).
+    fn project_qkv(&self, x: &[f32], p: &Params, b: usize, geo: &Geometry) -> Vec<f32> {
+        let (n, np, pad) = (geo.n, geo.padded, geo.pad);
+        let (dim, inner) = (self.shape.dim, self.shape.inner());
+        let ln = self.normalise(x, p);
+        let mut qkv = scratch::buffer(b * np * 3 * inner);
+        for bi in 0..b {
+            qkv[bi * np * 3 * inner..(bi * np + pad) * 3 * inner].fill(0.0);
+        }
+        let wqkv = View::dense(p.w_qkv, 3 * inner, dim);
+        for bi in 0..b {
+            let dst = &mut qkv[(bi * np + pad) * 3 * inner..(bi + 1) * np * 3 * inner];
+            let src = View::dense(&ln[bi * n * dim..(bi + 1) * n * dim], n, dim);
+            mm_parallel(dst, src, wqkv.t(), false, 1.0);
+        }
+        scratch::recycle(ln);
+        qkv
     }
 
     /// The LayerNorm of every token of `x`.
@@ -313,7 +338,10 @@ impl NystromLayerOp {
         drop(dy);
         scratch::recycle(std::mem::take(&mut saved.o));
         let dm = self.core_dims(b, np)?;
-        let qkv = std::mem::take(&mut saved.qkv);
+        let qkv = match std::mem::take(&mut saved.qkv) {
+            kept if self.keep_qkv => kept,
+            _ => self.project_qkv(x, &p, b, &geo),
+        };
         drop(saved);
         let (dqkv, dconv) = self.core.backward_consuming(qkv, p.conv, &d_o, dm)?;
         scratch::recycle(d_o);
