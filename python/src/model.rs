@@ -6,7 +6,7 @@ use crate::boundary::{detached, Failure};
 use crate::values;
 use candle_core::{Device, Tensor};
 use gimp_models::registry::{self, Loaded};
-use gimp_models::ArchInfo;
+use gimp_models::{ArchInfo, BagInput};
 use gimp_nn::checkpoint::{Checkpoint, Preprocessing};
 use gimp_nn::Mode;
 use gimp_train::evaluate::ModelSource;
@@ -341,7 +341,7 @@ impl Model {
                 .loaded
                 .arch
                 .input
-                .select(bag.as_ref(), expr.as_ref())
+                .select(bag.as_ref().map(BagInput::from), expr.as_ref())
                 .map_err(|missing| {
                     Failure::Argument(format!(
                         "{name} {missing}: give features= and/or expression="
