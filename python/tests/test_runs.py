@@ -99,6 +99,9 @@ def test_an_exception_in_the_progress_callback_stops_training(cohort_toml, tmp_p
 
 
 def test_ctrl_c_interrupts_training_within_a_second_and_it_resumes(cohort_toml, tmp_path):
+    # Python keeps SIGINT ignored when it starts ignored (a job put in the background by a
+    # non-interactive shell): set its handler, or the signal below would never arrive.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
     start = time.monotonic()
     timer.start()
@@ -107,6 +110,7 @@ def test_ctrl_c_interrupts_training_within_a_second_and_it_resumes(cohort_toml, 
             gimp_rs.train(cohort_toml, tmp_path, "abmil", epochs=100_000, patience=0, progress=False)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - start < 2.0
     # The interrupted run left its resumable state, as a killed process would.
     assert (tmp_path / "state.safetensors").is_file()

@@ -27,16 +27,7 @@ impl Bag {
         features: Vec<f32>,
         coords: Option<Vec<[i64; 2]>>,
     ) -> Result<Self> {
-        if n == 0 {
-            return Err(DataError::new(
-                ErrorKind::Empty,
-                path,
-                "the bag has no patches (0 feature rows)",
-            ));
-        }
-        if d == 0 {
-            return Err(DataError::new(ErrorKind::Shape, path, "feature width is 0"));
-        }
+        check_dims(path, n, d)?;
         if features.len() != n * d {
             return Err(DataError::new(
                 ErrorKind::Shape,
@@ -123,6 +114,21 @@ impl BagRows for Bag {
     fn read_all(&self) -> Result<Vec<f32>> {
         Ok(self.features.clone())
     }
+}
+
+/// Rejects a bag with no patches or no values per patch.
+pub fn check_dims(path: &Path, n: usize, d: usize) -> Result<()> {
+    if n == 0 {
+        return Err(DataError::new(
+            ErrorKind::Empty,
+            path,
+            "the bag has no patches (0 feature rows)",
+        ));
+    }
+    if d == 0 {
+        return Err(DataError::new(ErrorKind::Shape, path, "feature width is 0"));
+    }
+    Ok(())
 }
 
 /// Rejects NaN and infinities, naming the first bad row and column.

@@ -165,40 +165,11 @@ fn read_coords(file: &File, path: &Path, expected_rows: Option<u64>) -> Result<V
     Ok(flat.chunks_exact(2).map(|c| [c[0], c[1]]).collect())
 }
 
-/// Reads a CLAM feature file: `features` (f32, or f64/f16-free integer types converted) and, when
-/// present, `coords`.
+/// Reads a CLAM feature file: `features` (f32, or f64 converted) and, when present, `coords`.
 pub fn read_features(path: &Path, max_bytes: u64) -> Result<Bag> {
-    let file = open(path)?;
-    let ds = dataset(&file, path, "features")?;
-    let (n, d) = shape2(&ds, path, "features")?;
-    check_size(path, n, d, 4, max_bytes)?;
-    // f64 files are read as f64 first: twice the bytes of the f32 bag.
-    check_storage(&ds, path, "features", 8, max_bytes.saturating_mul(2))?;
-    let dtype = ds
-        .dtype()
-        .map_err(|e| h5_err(path, "dataset 'features' type", e))?;
-    let features = match dtype {
-        DType::F32 => ds.read_f32(),
-        DType::F64 => ds
-            .read_f64()
-            .map(|v| v.into_iter().map(|x| x as f32).collect()),
-        other => {
-            return Err(DataError::new(
-                ErrorKind::Unsupported,
-                path,
-                format!("features must be float32 or float64, found {other}"),
-            )
-            .at("dataset 'features'"))
-        }
-    }
-    .map_err(|e| h5_err(path, "dataset 'features' could not be read (truncated?)", e))?;
-    let has_coords = file.dataset("coords").is_ok();
-    let coords = if has_coords {
-        Some(read_coords(&file, path, Some(n))?)
-    } else {
-        None
-    };
-    Bag::from_parts(path, n as usize, d as usize, features, coords)
+    let (rows, coords) = open_feature_rows(path, max_bytes)?;
+    let features = rows.window(0, rows.n)?;
+    Bag::from_parts(path, rows.n, rows.d, features, coords)
 }
 
 /// A CLAM feature file's `features`, read a window of rows at a time ([`crate::bag::BagRows`]):
@@ -224,16 +195,7 @@ pub fn open_feature_rows(
     let (n, d) = shape2(&ds, path, "features")?;
     check_size(path, n, d, 4, max_bytes)?;
     check_storage(&ds, path, "features", 8, max_bytes.saturating_mul(2))?;
-    if n == 0 {
-        return Err(DataError::new(
-            ErrorKind::Empty,
-            path,
-            "the bag has no patches (0 feature rows)",
-        ));
-    }
-    if d == 0 {
-        return Err(DataError::new(ErrorKind::Shape, path, "feature width is 0"));
-    }
+    crate::bag::check_dims(path, n as usize, d as usize)?;
     let f64 = match ds
         .dtype()
         .map_err(|e| h5_err(path, "dataset 'features' type", e))?
@@ -277,6 +239,18 @@ impl crate::bag::BagRows for FeatureRows {
                 format!("rows {first}..{} of {} × {}", first + count, self.n, self.d),
             ));
         }
+        out.copy_from_slice(&self.window(first, count)?);
+        Ok(())
+    }
+
+    fn read_all(&self) -> Result<Vec<f32>> {
+        self.window(0, self.n)
+    }
+}
+
+impl FeatureRows {
+    /// Rows `first .. first + count` (within the bag), decoded to f32 and checked finite.
+    fn window(&self, first: usize, count: usize) -> Result<Vec<f32>> {
         let (start, rows) = (first as u64, count as u64);
         let values = match self.f64 {
             false => self.features.read_f32_rows(start, rows),
@@ -292,21 +266,20 @@ impl crate::bag::BagRows for FeatureRows {
                 e,
             )
         })?;
-        if values.len() != out.len() {
+        if values.len() != count * self.d {
             return Err(DataError::malformed(
                 &self.path,
                 format!(
                     "rows {first}..{} gave {} values, expected {}",
                     first + count,
                     values.len(),
-                    out.len()
+                    count * self.d
                 ),
             )
             .at("dataset 'features'"));
         }
         crate::bag::check_finite_from(&self.path, &values, self.d, first)?;
-        out.copy_from_slice(&values);
-        Ok(())
+        Ok(values)
     }
 }
 

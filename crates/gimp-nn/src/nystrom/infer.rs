@@ -138,6 +138,20 @@ pub fn layer_inplace(
         k
     };
 
+    // Head `hd`'s scaled scores of its landmark queries against `cc` keys (`[m, cc]`).
+    let landmark_scores = |hd: usize, k: &[f32], cc: usize| -> Vec<f32> {
+        let qm = View::dense(&q_land[hd * m * d..(hd + 1) * m * d], m, d);
+        let mut s = vec![0f32; m * cc];
+        mm(
+            &mut s,
+            qm,
+            View::rows_of(k, hd * d, cc, d, inner).t(),
+            false,
+            scale,
+        );
+        s
+    };
+
     // Pass 2: A, the global start scale, Z, and U = Z (F3 V) per head, F3's softmax a running
     // one over chunks of keys.
     let a: Vec<Vec<f32>> = (0..h)
@@ -180,15 +194,7 @@ pub fn layer_inplace(
         let cc = chunk.min(np - c0);
         let k = keys(c0, cc);
         running.par_iter_mut().enumerate().for_each(|(hd, r)| {
-            let qm = View::dense(&q_land[hd * m * d..(hd + 1) * m * d], m, d);
-            let mut s = vec![0f32; m * cc];
-            mm(
-                &mut s,
-                qm,
-                View::rows_of(&k, hd * d, cc, d, inner).t(),
-                false,
-                scale,
-            );
+            let mut s = landmark_scores(hd, &k, cc);
             for i in 0..m {
                 let row = &mut s[i * cc..(i + 1) * cc];
                 let cmax = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -247,15 +253,7 @@ pub fn layer_inplace(
                 let cc = chunk.min(pad + n - c0);
                 let k = keys(c0, cc);
                 rows.par_chunks_mut(n).enumerate().for_each(|(hd, row)| {
-                    let qm = View::dense(&q_land[hd * m * d..(hd + 1) * m * d], m, d);
-                    let mut s = vec![0f32; m * cc];
-                    mm(
-                        &mut s,
-                        qm,
-                        View::rows_of(&k, hd * d, cc, d, inner).t(),
-                        false,
-                        scale,
-                    );
+                    let s = landmark_scores(hd, &k, cc);
                     let out = &mut row[c0 - pad..c0 - pad + cc];
                     for (i, srow) in s.chunks_exact(cc).enumerate() {
                         let (gi, mx) = (g[hd][i], running[hd].max[i]);
