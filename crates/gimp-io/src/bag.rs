@@ -89,32 +89,38 @@ impl BagRows for Bag {
     }
 
     fn read_rows(&self, first: usize, out: &mut [f32]) -> Result<()> {
-        let start = first.saturating_mul(self.d);
-        match start
-            .checked_add(out.len())
-            .and_then(|end| self.features.get(start..end))
-        {
-            Some(rows) => {
-                out.copy_from_slice(rows);
-                Ok(())
-            }
-            None => Err(DataError::new(
-                ErrorKind::Shape,
-                Path::new("(bag in memory)"),
-                format!(
-                    "rows {first}.. ({} values) of a bag of {} × {}",
-                    out.len(),
-                    self.n,
-                    self.d
-                ),
-            )),
-        }
+        let count = window_rows(
+            Path::new("(bag in memory)"),
+            first,
+            out.len(),
+            self.n,
+            self.d,
+        )?;
+        out.copy_from_slice(&self.features[first * self.d..(first + count) * self.d]);
+        Ok(())
     }
 
     fn read_all(&self) -> Result<Vec<f32>> {
         Ok(self.features.clone())
     }
 }
+
+/// The number of rows a [`BagRows::read_rows`] call asks for (`len` values from row `first`),
+/// after checking that they are whole rows inside a bag of `n` × `d`; `path` names the bag.
+pub fn window_rows(path: &Path, first: usize, len: usize, n: usize, d: usize) -> Result<usize> {
+    let count = len / d.max(1);
+    match count * d == len && first.checked_add(count).is_some_and(|end| end <= n) {
+        true => Ok(count),
+        false => Err(DataError::new(
+            ErrorKind::Shape,
+            path,
+            format!("{len} values from row {first} are not whole rows of a bag of {n} × {d}"),
+        )),
+    }
+}
+
+/// Level-0 top-left corners of a bag's patches, one `[x, y]` per row.
+pub type Coords = Vec<[i64; 2]>;
 
 /// Rejects a bag with no patches or no values per patch.
 pub fn check_dims(path: &Path, n: usize, d: usize) -> Result<()> {

@@ -59,9 +59,6 @@ pub fn read_bag(path: &Path, max_bytes: u64) -> Result<Bag> {
     }
 }
 
-/// Level-0 top-left corners of a bag's patches, one `[x, y]` per row.
-pub type Coords = Vec<[i64; 2]>;
-
 /// Opens any supported feature file for reading by rows ([`crate::bag::BagRows`]), with its
 /// coordinates where it has them: an h5 file reads a window's chunks as asked
 /// ([`crate::h5::FeatureRows`]); the other formats are read whole first (their readers have no
@@ -69,7 +66,7 @@ pub type Coords = Vec<[i64; 2]>;
 pub fn open_rows(
     path: &Path,
     max_bytes: u64,
-) -> Result<(Box<dyn crate::bag::BagRows>, Option<Coords>)> {
+) -> Result<(Box<dyn crate::bag::BagRows>, Option<crate::bag::Coords>)> {
     match FeatureFormat::from_path(path)? {
         FeatureFormat::H5 => {
             let (rows, coords) = crate::h5::open_feature_rows(path, max_bytes)?;

@@ -189,7 +189,7 @@ pub struct FeatureRows {
 pub fn open_feature_rows(
     path: &Path,
     max_bytes: u64,
-) -> Result<(FeatureRows, Option<Vec<[i64; 2]>>)> {
+) -> Result<(FeatureRows, Option<crate::bag::Coords>)> {
     let file = open(path)?;
     let ds = dataset(&file, path, "features")?;
     let (n, d) = shape2(&ds, path, "features")?;
@@ -231,14 +231,7 @@ impl crate::bag::BagRows for FeatureRows {
     }
 
     fn read_rows(&self, first: usize, out: &mut [f32]) -> Result<()> {
-        let count = out.len() / self.d;
-        if count * self.d != out.len() || first + count > self.n {
-            return Err(DataError::new(
-                ErrorKind::Shape,
-                &self.path,
-                format!("rows {first}..{} of {} × {}", first + count, self.n, self.d),
-            ));
-        }
+        let count = crate::bag::window_rows(&self.path, first, out.len(), self.n, self.d)?;
         out.copy_from_slice(&self.window(first, count)?);
         Ok(())
     }

@@ -519,14 +519,8 @@ impl BagRows for CachedRows {
     }
 
     fn read_rows(&self, first: usize, out: &mut [f32]) -> gimp_io::Result<()> {
-        let count = out.len() / self.d;
-        if count * self.d != out.len() || first + count > self.n {
-            return Err(gimp_io::DataError::new(
-                gimp_io::ErrorKind::Shape,
-                Path::new("(feature cache)"),
-                format!("rows {first}..{} of {} × {}", first + count, self.n, self.d),
-            ));
-        }
+        let cache = Path::new("(feature cache)");
+        let count = gimp_io::bag::window_rows(cache, first, out.len(), self.n, self.d)?;
         // Slide by slide: each slide's overlap with the window is one contiguous copy.
         for (b, &start) in self.bags.iter().zip(&self.starts) {
             let (lo, hi) = (first.max(start), (first + count).min(start + b.n));

@@ -53,25 +53,24 @@ impl SupervisedTask<'_> {
             // The expression-only model answers many patients in one product, as it trains
             // (one patient a call was a sixth of a gene model's inner fits on a 4,000-gene
             // cohort); rows are independent at inference.
+            let mut expressions = Vec::with_capacity(idx.len());
             for &i in idx {
                 if let Some(e) = self.data.expression(i)? {
-                    logits.push(e);
+                    expressions.push(e);
                     patients.push(i);
                 }
             }
-            let mut answered = Vec::with_capacity(logits.len());
-            for rows in logits.chunks(512) {
+            for rows in expressions.chunks(512) {
                 let batch = self
                     .model
                     .expression_batch_logits(&Tensor::stack(rows, 0)?, &mode)?
                     .ok_or_else(|| {
                         TrainError::Msg("the model does not run expression batches".into())
                     })?;
-                answered.extend(batch.chunk(rows.len(), 0)?.iter().map(|t| t.squeeze(0)));
+                for t in batch.chunk(rows.len(), 0)? {
+                    logits.push(t.squeeze(0)?);
+                }
             }
-            let logits = answered
-                .into_iter()
-                .collect::<candle_core::Result<Vec<_>>>()?;
             return self.task.predictions(
                 self.data,
                 patients,

@@ -46,7 +46,7 @@ pub struct Control {
     pub stop_after: Option<usize>,
     /// The run's folder is removed once it has run (model selection's inner fits): no
     /// resumable state is written. Writing it after every epoch (the parameters, the optimiser's
-    /// moments and the best epoch's copy) was a fifth of a small gene model's inner fit.
+    /// moments and the best epoch's copy) was a quarter of a small gene model's inner fit.
     pub ephemeral: bool,
 }
 
