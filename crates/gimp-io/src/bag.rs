@@ -2,6 +2,7 @@
 
 use crate::error::{DataError, ErrorKind, Result};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Largest bag a reader will allocate unless the caller raises it: 16 GiB of f32 is far above any
 /// real slide (150,000 patches × 1024 × 4 B = 0.6 GiB) and far below an OOM kill on a workstation.
@@ -80,6 +81,65 @@ pub trait BagRows {
         let mut all = vec![0f32; n * d];
         self.read_rows(0, &mut all)?;
         Ok(all)
+    }
+
+    /// A handle to the same rows that a training step's graph can keep until its backward
+    /// pass, which reads the bag a second time instead of holding it (`docs/DESIGN.md` §42);
+    /// `None` for a reader that cannot be shared (the bag is then read whole).
+    fn shared(&self) -> Option<SharedRows> {
+        None
+    }
+}
+
+/// A row reader that can be kept past the call that received it ([`BagRows::shared`]).
+pub type SharedRows = Arc<dyn BagRows + Send + Sync>;
+
+/// The rows `rows` (each below the source's patch count) of a shared reader, in that order:
+/// a random subset of a bag (`--max-patches`) read without copying the bag.
+#[derive(Clone)]
+pub struct SelectedRows {
+    source: SharedRows,
+    rows: Arc<[usize]>,
+}
+
+impl SelectedRows {
+    /// Fails when a row is outside the source.
+    pub fn new(source: SharedRows, rows: Vec<usize>) -> Result<Self> {
+        let (n, d) = source.dims();
+        check_dims(Path::new("(selected rows)"), rows.len(), d)?;
+        if let Some(&bad) = rows.iter().find(|&&r| r >= n) {
+            return Err(DataError::new(
+                ErrorKind::Shape,
+                Path::new("(selected rows)"),
+                format!("row {bad} of a bag of {n} patches"),
+            ));
+        }
+        Ok(Self {
+            source,
+            rows: rows.into(),
+        })
+    }
+}
+
+impl BagRows for SelectedRows {
+    fn dims(&self) -> (usize, usize) {
+        (self.rows.len(), self.source.dims().1)
+    }
+
+    fn read_rows(&self, first: usize, out: &mut [f32]) -> Result<()> {
+        let (n, d) = self.dims();
+        let count = window_rows(Path::new("(selected rows)"), first, out.len(), n, d)?;
+        for (dst, &r) in out
+            .chunks_exact_mut(d)
+            .zip(&self.rows[first..first + count])
+        {
+            self.source.read_rows(r, dst)?;
+        }
+        Ok(())
+    }
+
+    fn shared(&self) -> Option<SharedRows> {
+        Some(Arc::new(self.clone()))
     }
 }
 

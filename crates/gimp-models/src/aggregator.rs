@@ -6,6 +6,7 @@
 //!
 //! Memory is linear in the bag: Nyström attention never forms an `N × N` matrix.
 
+use crate::bag_embedding::BagEmbedding;
 use crate::model::BagInput;
 use candle_core::{Result, Tensor};
 use gimp_nn::cpu::lanes::layer_norm_rows;
@@ -112,11 +113,11 @@ impl Ppeg {
         if t != 1 + side * side {
             candle_core::bail!("PPEG: {t} tokens for a {side} × {side} grid and CLS");
         }
-        let cls = tokens.narrow(1, 0, 1)?;
-        let grid = tokens.narrow(1, 1, t - 1)?.reshape((side * side, c))?;
         let (packed, k) = self.combined(c, tokens.device())?;
-        let out = grid.apply_op2(&packed, GridConv { side, k })?;
-        Tensor::cat(&[cls, out.reshape((1, side * side, c))?], 1)
+        // CLS passes through the op: no separate grid and copy with CLS (0.3 GB each on a
+        // 150,000-patch bag) are held until the backward pass.
+        let conv = GridConv { side, k, lead: 1 };
+        tokens.contiguous()?.apply_op2(&packed, conv)
     }
 
     /// [`Self::forward`] at inference on the raw `side × side` grid of patch tokens (`[s², dim]`,
@@ -125,7 +126,7 @@ impl Ppeg {
         let c = grid.len() / (side * side).max(1);
         let (packed, k) = self.combined(c, &candle_core::Device::Cpu)?;
         let packed: Vec<f32> = packed.flatten_all()?.to_vec1()?;
-        GridConv { side, k }.apply_in_place(grid, &packed)
+        GridConv { side, k, lead: 0 }.apply_in_place(grid, &packed)
     }
 }
 
@@ -135,10 +136,12 @@ const ROWS_PER_PARTIAL: usize = 8;
 
 /// A depthwise `k × k` convolution with bias, zero padding `k / 2`, on a channels-last
 /// `side × side` grid `[side², C]`, as PyTorch's `Conv2d(C, C, k, padding=k/2, groups=C)`
-/// computes it (cross-correlation); the kernel and bias come packed `[C, k·k + 1]`.
+/// computes it (cross-correlation); the kernel and bias come packed `[C, k·k + 1]`. As a candle
+/// op its input and output are the grid after `lead` tokens (CLS) that pass through unchanged.
 struct GridConv {
     side: usize,
     k: usize,
+    lead: usize,
 }
 
 impl GridConv {
@@ -160,6 +163,21 @@ impl GridConv {
             bias[ch] = row[kk];
         }
         Ok((taps, bias, c))
+    }
+
+    /// The leading tokens and the grid of an op input (`[…, lead + side², C]`).
+    fn split<'a>(&self, x: &'a [f32], l: &candle_core::Layout) -> Result<(&'a [f32], &'a [f32])> {
+        let c = l.dims().last().copied().unwrap_or(0);
+        if x.len() != (self.lead + self.side * self.side) * c {
+            candle_core::bail!(
+                "PPEG convolution: {:?} for {} leading tokens and a {} × {} grid",
+                l.dims(),
+                self.lead,
+                self.side,
+                self.side
+            );
+        }
+        Ok(x.split_at(self.lead * c))
     }
 
     /// Grid rows `i + di − r` and columns `j + dj − r` that exist, for tap `(di, dj)` at
@@ -255,11 +273,14 @@ impl candle_core::CustomOp2 for GridConv {
         l2: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use rayon::prelude::*;
-        let x = gimp_nn::cpu::slice(s1, l1, "PPEG grid")?;
+        let all = gimp_nn::cpu::slice(s1, l1, "PPEG grid")?;
         let packed = gimp_nn::cpu::slice(s2, l2, "PPEG kernel")?;
+        let (lead, x) = self.split(all, l1)?;
         let (taps, bias, c) = self.taps(x.len(), packed)?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(self.side * c)
+        let mut out = vec![0f32; all.len()];
+        out[..lead.len()].copy_from_slice(lead);
+        out[lead.len()..]
+            .par_chunks_mut(self.side * c)
             .enumerate()
             .for_each(|(i, row)| {
                 for cell in row.chunks_exact_mut(c) {
@@ -279,9 +300,11 @@ impl candle_core::CustomOp2 for GridConv {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         use rayon::prelude::*;
         let (k, side) = (self.k, self.side);
-        let (dx, dpacked) = gimp_nn::cpu::with_data(x, |xs| {
+        let (dx, dpacked) = gimp_nn::cpu::with_data(x, |all| {
             gimp_nn::cpu::with_data(packed, |ps| {
-                gimp_nn::cpu::with_data(grad, |g| {
+                gimp_nn::cpu::with_data(grad, |all_g| {
+                    let (lead_x, xs) = self.split(all, x.layout())?;
+                    let (lead_g, g) = all_g.split_at(lead_x.len());
                     let (taps, _, c) = self.taps(xs.len(), ps)?;
                     // The transposed convolution: the mirrored taps on the gradient.
                     let mut mirrored = vec![0f32; taps.len()];
@@ -289,8 +312,11 @@ impl candle_core::CustomOp2 for GridConv {
                         let m = k * k - 1 - t;
                         mirrored[m * c..(m + 1) * c].copy_from_slice(&taps[t * c..(t + 1) * c]);
                     }
-                    let mut dx = vec![0f32; xs.len()];
-                    dx.par_chunks_mut(side * c)
+                    // The leading tokens pass through: their gradient is the output's.
+                    let mut dx = vec![0f32; all.len()];
+                    dx[..lead_g.len()].copy_from_slice(lead_g);
+                    dx[lead_g.len()..]
+                        .par_chunks_mut(side * c)
                         .enumerate()
                         .for_each(|(i, row)| self.accumulate_row(row, g, 0, &mirrored, c, i));
                     // Kernel and bias gradients: partial sums over fixed blocks of grid rows in
@@ -438,7 +464,15 @@ impl PatchAggregator {
         rows: Option<&[usize]>,
     ) -> Result<Encoded> {
         let (_, n, _) = h.dims3()?;
-        let (side, add) = self.square(n);
+        let x = self.with_cls_and_padding(h)?;
+        self.encode_tokens(x, n, mode, with_attention, rows)
+    }
+
+    /// CLS, the embedded patches `h` `[1, N, dim]` and the square padding's copies of the
+    /// first patches.
+    fn with_cls_and_padding(&self, h: Tensor) -> Result<Tensor> {
+        let (_, n, _) = h.dims3()?;
+        let (_, add) = self.square(n);
         // The embedded tokens are dropped as soon as `x` holds them (a whole bag's worth).
         let padded = if add > 0 {
             let p = Tensor::cat(&[&h, &h.narrow(1, 0, add)?], 1)?;
@@ -447,8 +481,52 @@ impl PatchAggregator {
         } else {
             h
         };
-        let mut x = Tensor::cat(&[&self.cls, &padded], 1)?;
-        drop(padded);
+        Tensor::cat(&[&self.cls, &padded], 1)
+    }
+
+    /// The first layer's tokens of a bag `[N, D_in]` (CLS, the embedded patches, the square
+    /// padding's copies) and `N`. A bag from a reader that can be shared
+    /// ([`gimp_io::bag::BagRows::shared`], the training data's feature cache) is embedded by
+    /// one op that reads it window by window in both passes, so the step never holds it whole
+    /// ([`crate::bag_embedding`]); otherwise the bag goes whole through `fc1`.
+    fn bag_tokens(&self, x: BagInput) -> Result<(Tensor, usize)> {
+        let (n, _) = x.dims()?;
+        let shared = match x {
+            BagInput::Rows(r) => r.shared(),
+            BagInput::Tensor(_) => None,
+        };
+        let w = &self.fc1.weight;
+        let on_cpu = w.device().is_cpu() && w.dtype() == candle_core::DType::F32;
+        let tokens = match (shared, &self.fc1.bias, on_cpu) {
+            (Some(bag), Some(b), true) => {
+                BagEmbedding::new(bag, self.square(n).1).tokens(w, b, &self.cls)?
+            }
+            _ => self.with_cls_and_padding(self.embed(&*x.tensor()?)?)?,
+        };
+        Ok((tokens, n))
+    }
+
+    /// The final tokens at `rows` of a bag given as a tensor or a row reader: what
+    /// [`Self::encode_selected`] gives on its embedding, reading a shareable reader by windows
+    /// ([`Self::bag_tokens`]).
+    pub fn encode_bag_selected(&self, x: BagInput, mode: &Mode, rows: &[usize]) -> Result<Tensor> {
+        let (tokens, n) = self.bag_tokens(x)?;
+        Ok(self
+            .encode_tokens(tokens, n, mode, false, Some(rows))?
+            .tokens)
+    }
+
+    /// The layers (with PPEG) and the final norm on the tokens `x` `[1, 1 + n + add, dim]` of a
+    /// bag of `n` patches.
+    fn encode_tokens(
+        &self,
+        mut x: Tensor,
+        n: usize,
+        mode: &Mode,
+        with_attention: bool,
+        rows: Option<&[usize]>,
+    ) -> Result<Encoded> {
+        let (side, add) = self.square(n);
         let mut attention = None;
         let mut selected = false;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -528,8 +606,7 @@ impl PatchAggregator {
             return Ok(self.encode_in_place(x, false)?.0);
         }
         // Only CLS is read: the last layer computes it alone (`encode_selected`).
-        let tokens = self.encode_selected(self.embed(&*x.tensor()?)?, mode, &[0])?;
-        tokens.get(0)?.get(0)
+        self.encode_bag_selected(x, mode, &[0])?.get(0)?.get(0)
     }
 
     /// The final CLS token `[dim]` of a bag `[N, D_in]` and the last layer's CLS attention over
@@ -799,6 +876,78 @@ mod tests {
                     assert!(e < 1e-4, "limit {limit}: gradient of {name}: {e}");
                 }
             });
+        }
+    }
+
+    /// A training step on a bag from a shareable row reader (the feature cache's kind, which
+    /// the step reads by windows in both passes) gives the encoding and every parameter's
+    /// gradient of the bag as a tensor: square padding with PPEG, none (GiMP's aggregator), a
+    /// bag of two windows, and a random subset of the rows (`--max-patches`).
+    #[test]
+    fn a_bag_read_by_windows_trains_as_the_tensor() {
+        use gimp_io::bag::{SelectedRows, SharedRows};
+        use std::sync::Arc;
+        for (ppeg, n, keep) in [
+            (true, 40, 40),
+            (false, 30, 30),
+            (true, 5000, 5000),
+            (true, 300, 101),
+        ] {
+            let cfg = match ppeg {
+                true => AggregatorConfig::transmil(12),
+                false => AggregatorConfig::gimp(12),
+            };
+            let store = ParamStore::new(9);
+            let agg = PatchAggregator::new(&store.root(), small(cfg)).unwrap();
+            let x = Tensor::randn(0f32, 1f32, (n, 12), &Device::Cpu).unwrap();
+            // Every third row from the first, then the rest in order, up to `keep`.
+            let rows: Vec<usize> = (0..n).step_by(3).chain(1..n).take(keep).collect();
+            let mut sorted = rows.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            let rows = sorted;
+            let bag: SharedRows = Arc::new(gimp_io::Bag {
+                n,
+                d: 12,
+                features: x.flatten_all().unwrap().to_vec1().unwrap(),
+                coords: None,
+            });
+            let reader = SelectedRows::new(bag, rows.clone()).unwrap();
+            let idx = gimp_nn::loss::index_tensor(&rows, &Device::Cpu).unwrap();
+            let subset = x.index_select(&idx, 0).unwrap();
+            let picked = [0usize, 1, rows.len()];
+            let mode = Mode::eval();
+            let by_rows = agg
+                .encode_bag_selected(BagInput::Rows(&reader), &mode, &picked)
+                .unwrap();
+            let whole = agg
+                .encode_selected(agg.embed(&subset).unwrap(), &mode, &picked)
+                .unwrap();
+            assert!(
+                max_diff(&by_rows, &whole) < 1e-5,
+                "{n} patches, {keep} kept"
+            );
+            let w = Tensor::randn(0f32, 1f32, whole.dims(), &Device::Cpu).unwrap();
+            let loss = |t: &Tensor| (t * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let (gr, gt) = (loss(&by_rows), loss(&whole));
+            for (name, p) in store.params() {
+                let (a, b) = (
+                    gr.get(p.var.as_tensor()).unwrap(),
+                    gt.get(p.var.as_tensor()).unwrap(),
+                );
+                let scale = b
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let e = max_diff(a, b) / scale.max(1e-12);
+                assert!(
+                    e < 1e-5,
+                    "{n} patches, {keep} kept: gradient of {name}: {e}"
+                );
+            }
         }
     }
 }

@@ -365,14 +365,14 @@ impl Gimp {
     /// patient has. `train_genes`: the gene encoder is trained too.
     pub fn training_answers(
         &self,
-        bag: Option<&Tensor>,
+        bag: Option<BagInput>,
         expr: Option<&Tensor>,
         subsets: bool,
         train_genes: bool,
         mode: &Mode,
     ) -> Result<Vec<(Answer, Tensor)>> {
         let head = |img: &Tensor, ge: &Tensor| self.head(&Tensor::cat(&[img, ge], 0)?, mode);
-        let img = self.cls_img(bag.map(BagInput::from), mode)?;
+        let img = self.cls_img(bag, mode)?;
         let ge = self.cls_ge(expr, train_genes, mode)?;
         if !(subsets && bag.is_some() && expr.is_some()) {
             return Ok(vec![(Answer::Both, head(&img, &ge)?)]);

@@ -4,6 +4,7 @@
 pub mod abmil;
 pub mod aggregator;
 pub mod arch;
+mod bag_embedding;
 pub mod bilinear_fusion;
 pub mod biovil;
 pub mod clam;

@@ -4,7 +4,7 @@
 
 use crate::aggregator::{AggregatorConfig, PatchAggregator};
 use crate::arch::{config, shape, to_value, ArchInfo, InputKind, Training, TrainingDefaults};
-use crate::model::{bag, bag_source, Input, Model, Output};
+use crate::model::{bag_source, Input, Model, Output};
 use candle_core::Result;
 use gimp_nn::{Linear, Mode, Scope};
 use serde::{Deserialize, Serialize};
@@ -50,8 +50,9 @@ impl Model for Transmil {
         // Training reads CLS alone, so the last layer computes only that row; the heat map's
         // attention is read outside training.
         let (cls, attention) = if mode.train {
-            let h = self.aggregator.embed(&*bag(input)?)?;
-            let tokens = self.aggregator.encode_selected(h, mode, &[0])?;
+            let tokens = self
+                .aggregator
+                .encode_bag_selected(bag_source(input)?, mode, &[0])?;
             (tokens.get(0)?.get(0)?, None)
         } else {
             let (cls, attention) = self

@@ -253,7 +253,7 @@ fn streaming_inference_matches_the_fixtures_and_the_graph_path() {
 
 /// The fused layer op (`nystrom::core_op`) against the same layer built from candle's ordinary ops:
 /// forward and the gradients of the input and every parameter, batch 2, with and without the
-/// residual convolution, both un-padding conventions.
+/// residual convolution, both un-padding conventions, four heads and three.
 #[test]
 fn fused_op_matches_the_graph_formulation() {
     // Both ways of holding the attention matrices (kept, rebuilt in the backward pass).
@@ -266,11 +266,16 @@ fn fused_op_matches_the_graph_formulation() {
 }
 
 fn fused_op_matches_the_graph_formulation_once() {
-    for (residual, legacy, n) in [(true, false, 301), (false, false, 64), (true, true, 77)] {
+    for (residual, legacy, n, heads) in [
+        (true, false, 301, 4),
+        (false, false, 64, 4),
+        (true, true, 77, 4),
+        (true, false, 301, 3),
+    ] {
         let cfg = NystromConfig {
             residual,
             legacy_front_slice: legacy,
-            ..config(32, 4, 8)
+            ..config(32, heads, 8)
         };
         let store = ParamStore::new(5);
         let attn = NystromAttention::new(&store.root(), cfg).unwrap();
@@ -289,7 +294,7 @@ fn fused_op_matches_the_graph_formulation_once() {
         };
         let (of, gf) = run(false);
         let (og, gg) = run(true);
-        let case = format!("residual {residual}, legacy {legacy}, n {n}");
+        let case = format!("residual {residual}, legacy {legacy}, n {n}, {heads} heads");
         assert!(
             rel_err(&of, &og) < 1e-5,
             "{case}: forward {}",
@@ -404,7 +409,8 @@ fn core_backward_matches_finite_differences(memory: gimp_nn::nystrom::AttentionM
 /// The whole pre-norm residual layer as one op (`nystrom::layer_op`) against
 /// `x + attention(LayerNorm(x))` composed from candle's ordinary ops: forward and the gradients
 /// of the input, the LayerNorm and every attention parameter; batch 2, padding, both
-/// un-padding conventions, with and without the residual convolution.
+/// un-padding conventions, with and without the residual convolution; four heads and three
+/// (a whole-slide backward pass takes the heads in groups: the last one may be smaller).
 #[test]
 fn fused_layer_matches_the_composed_layer() {
     // Both ways of holding the attention matrices (kept, rebuilt in the backward pass).
@@ -418,11 +424,16 @@ fn fused_layer_matches_the_composed_layer() {
 
 fn fused_layer_matches_the_composed_layer_once() {
     use gimp_nn::LayerNorm;
-    for (residual, legacy, n) in [(true, false, 301), (false, false, 64), (true, true, 77)] {
+    for (residual, legacy, n, heads) in [
+        (true, false, 301, 4),
+        (false, false, 64, 4),
+        (true, true, 77, 4),
+        (true, false, 301, 3),
+    ] {
         let cfg = NystromConfig {
             residual,
             legacy_front_slice: legacy,
-            ..config(32, 4, 8)
+            ..config(32, heads, 8)
         };
         let store = ParamStore::new(8);
         let root = store.root();
@@ -461,7 +472,7 @@ fn fused_layer_matches_the_composed_layer_once() {
         polluted.sum_all().unwrap().backward().unwrap();
         let (of, gf) = run(true);
         let (og, gg) = run(false);
-        let case = format!("residual {residual}, legacy {legacy}, n {n}");
+        let case = format!("residual {residual}, legacy {legacy}, n {n}, {heads} heads");
         assert!(
             rel_err(&of, &og) < 1e-5,
             "{case}: forward {}",

@@ -7,11 +7,12 @@ use crate::error::{Result, TrainError};
 use candle_core::{Device, Tensor};
 use gimp_cohort::cache::{CachedBag, FeatureCache};
 use gimp_cohort::Cohort;
-use gimp_io::bag::BagRows;
+use gimp_io::bag::{BagRows, SharedRows};
 use gimp_io::expression::ExpressionTransform;
 use gimp_io::splits::Part;
 use gimp_nn::checkpoint::Preprocessing;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct PatientData {
@@ -337,7 +338,12 @@ impl Prepared {
             starts.push(n);
             n += b.n;
         }
-        Ok(Some(CachedRows { bags, starts, n, d }))
+        Ok(Some(CachedRows {
+            bags: bags.into(),
+            starts: starts.into(),
+            n,
+            d,
+        }))
     }
 
     /// Rows `rows` of the patient's bag (indices into its slides concatenated in order), read
@@ -496,10 +502,12 @@ pub fn expression_row(matrix: &Path, sample: &str, p: &Preprocessing) -> Result<
 
 /// A patient's bag in the memory-mapped feature cache, its slides concatenated in order, read
 /// by rows ([`BagRows`]). The cache's values were checked finite when it was built.
+#[derive(Clone)]
 pub struct CachedRows {
-    bags: Vec<CachedBag>,
+    /// Shared, so a training step's graph can keep a handle ([`BagRows::shared`]).
+    bags: Arc<[CachedBag]>,
     /// First row of each slide within the concatenation.
-    starts: Vec<usize>,
+    starts: Arc<[usize]>,
     n: usize,
     d: usize,
 }
@@ -522,7 +530,7 @@ impl BagRows for CachedRows {
         let cache = Path::new("(feature cache)");
         let count = gimp_io::bag::window_rows(cache, first, out.len(), self.n, self.d)?;
         // Slide by slide: each slide's overlap with the window is one contiguous copy.
-        for (b, &start) in self.bags.iter().zip(&self.starts) {
+        for (b, &start) in self.bags.iter().zip(self.starts.iter()) {
             let (lo, hi) = (first.max(start), (first + count).min(start + b.n));
             if lo < hi {
                 let src = &b.features()[(lo - start) * self.d..(hi - start) * self.d];
@@ -530,5 +538,9 @@ impl BagRows for CachedRows {
             }
         }
         Ok(())
+    }
+
+    fn shared(&self) -> Option<SharedRows> {
+        Some(Arc::new(self.clone()))
     }
 }

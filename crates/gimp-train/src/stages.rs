@@ -13,7 +13,8 @@ use crate::task::{scalar, ClassLoss, Figures, StageResult, Task, Validation};
 use crate::trainer::{
     keep, save, shuffled_units, Control, Kept, Loop, OnProgress, Pieces, Rate, Stage, UnitLoss,
 };
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Tensor, Var};
+use gimp_io::bag::{BagRows, SelectedRows, SharedRows};
 use gimp_models::gimp::{ExpressionAlone, GeneEncoder, Gimp};
 use gimp_models::BagInput;
 use gimp_nn::checkpoint::Checkpoint;
@@ -24,6 +25,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Cosine decay from `lr` over `steps_per_epoch × epochs` steps, no warm-up (docs/DESIGN.md §9).
 fn cosine(lr: f64, steps_per_epoch: usize, epochs: usize) -> Rate {
@@ -34,26 +36,26 @@ fn cosine(lr: f64, steps_per_epoch: usize, epochs: usize) -> Rate {
     })
 }
 
-/// A random subset of `cap` rows of a bag, kept in slide order (the optional training cap).
-pub(crate) fn cap_bag(
-    bag: Option<Tensor>,
+/// Patient `i`'s bag as a reader of the memory-mapped feature cache, or a random subset of `cap`
+/// of its rows kept in slide order (the optional training cap): a training step reads the bag
+/// by windows instead of holding a copy (`docs/DESIGN.md` §42).
+pub(crate) fn training_bag(
+    data: &Prepared,
+    i: usize,
     cap: Option<usize>,
     rng: &mut ChaCha8Rng,
-) -> Result<Option<Tensor>> {
-    let (Some(b), Some(cap)) = (&bag, cap) else {
-        return Ok(bag);
+) -> Result<Option<SharedRows>> {
+    let Some(reader) = data.bag_reader(i)? else {
+        return Ok(None);
     };
-    let n = b.dim(0)?;
-    if n <= cap {
-        return Ok(bag);
-    }
+    let n = reader.dims().0;
+    let whole: SharedRows = Arc::new(reader);
+    let Some(cap) = cap.filter(|&c| n > c) else {
+        return Ok(Some(whole));
+    };
     let mut rows = rand::seq::index::sample(rng, n, cap).into_vec();
     rows.sort_unstable();
-    let rows: Vec<u32> = rows.into_iter().map(|r| r as u32).collect();
-    Ok(Some(b.index_select(
-        &Tensor::from_vec(rows, cap, &Device::Cpu)?,
-        0,
-    )?))
+    Ok(Some(Arc::new(SelectedRows::new(whole, rows)?)))
 }
 
 fn with_expression(data: &Prepared, idx: &[usize]) -> Vec<usize> {
@@ -755,14 +757,13 @@ impl FinetuneTask<'_> {
     ) -> Result<Vec<(gimp_models::gimp::Answer, Tensor)>> {
         let fc = &self.cfg.finetune;
         let bag = match fc.modalities.slides() {
-            true => self.data.bag(i)?,
+            true => training_bag(self.data, i, fc.max_patches, rng)?,
             false => None,
         };
         let expr = match fc.modalities.expression() {
             true => self.data.expression(i)?,
             false => None,
         };
-        let bag = cap_bag(bag, fc.max_patches, rng)?;
         // Modality dropout: only patients with both halves lose their expression, so no step
         // sees neither. No draw otherwise (off, the image-only part, or the answers of every
         // subset), so those runs keep the random stream they have without it.
@@ -773,7 +774,7 @@ impl FinetuneTask<'_> {
             && rng.gen::<f64>() < fc.modality_dropout;
         let expr = if hide { None } else { expr };
         Ok(self.model.training_answers(
-            bag.as_ref(),
+            bag.as_deref().map(|b| BagInput::Rows(b)),
             expr.as_ref(),
             fc.modality_subsets,
             fc.train_genes,

@@ -11,7 +11,7 @@ use crate::error::{Result, TrainError};
 use crate::predictions::Predictions;
 use crate::run_record;
 use crate::selection::{self, Curve};
-use crate::stages::cap_bag;
+use crate::stages::training_bag;
 use crate::task::{ClassLoss, StageResult, Task, Validation};
 use crate::trainer::{
     keep, restore, save, shuffled_units, Control, Kept, Loop, OnProgress, Rate, Stage, UnitLoss,
@@ -137,11 +137,11 @@ impl Stage for SupervisedTask<'_> {
         // all of them, the auxiliary losses averaged.
         let (mut kept, mut logits, mut aux) = (Vec::new(), Vec::new(), Vec::new());
         for &i in unit {
-            let bag = cap_bag(self.data.bag(i)?, self.max_patches, rng)?;
+            let bag = training_bag(self.data, i, self.max_patches, rng)?;
             let expr = self.data.expression(i)?;
             let Ok(input) = self
                 .input
-                .select(bag.as_ref().map(BagInput::from), expr.as_ref())
+                .select(bag.as_deref().map(|b| BagInput::Rows(b)), expr.as_ref())
             else {
                 continue;
             };

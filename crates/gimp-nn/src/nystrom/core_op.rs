@@ -34,6 +34,8 @@
 mod backward;
 mod forward;
 
+pub(crate) use backward::HeadGrads;
+
 pub(crate) use forward::landmark_attention;
 
 use super::geometry::segment_len;
@@ -86,7 +88,7 @@ impl Drop for HeadSaved {
     }
 }
 
-struct Saved {
+pub(crate) struct Saved {
     heads: Vec<HeadSaved>,
     /// The pseudo-inverse's start scale, global over batch and heads.
     scale: StartScale,
@@ -95,15 +97,15 @@ struct Saved {
 /// Dimensions of one call.
 #[derive(Clone, Copy)]
 pub(crate) struct Dims {
-    b: usize,
-    n: usize,
+    pub(crate) b: usize,
+    pub(crate) n: usize,
     /// Output rows per batch item: `n`, or the number of selected positions.
-    r: usize,
-    h: usize,
-    d: usize,
-    m: usize,
-    l: usize,
-    scale: f32,
+    pub(crate) r: usize,
+    pub(crate) h: usize,
+    pub(crate) d: usize,
+    pub(crate) m: usize,
+    pub(crate) l: usize,
+    pub(crate) scale: f32,
 }
 
 impl Dims {

@@ -19,11 +19,11 @@
 //! `to_out.0.weight`, `to_out.0.bias`, the residual kernels): `Tensor::cat` of the parameters is
 //! differentiable, so candle hands each parameter its slice of the packed gradient.
 
-use super::core_op::{CoreShape, Dims, NystromCore};
+use super::core_op::{merge_heads, CoreShape, Dims, HeadGrads, NystromCore};
 use super::geometry::Geometry;
 use super::AttentionMemory;
-use crate::cpu::lanes::layer_norm_rows;
-use crate::cpu::matmul::{mm_parallel, View};
+use crate::cpu::lanes::{self, layer_norm_rows};
+use crate::cpu::matmul::{mm, mm_parallel, View};
 use crate::cpu::scratch;
 use crate::cpu::{with_data, CpuForward};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -291,7 +291,7 @@ impl NystromLayerOp {
         g: &[f32],
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let (b, geo) = self.geometry(xs)?;
-        let (n, np, pad) = (geo.n, geo.padded, geo.pad);
+        let (n, np) = (geo.n, geo.padded);
         let (t, ro, o_off) = self.output_rows(&geo);
         let p = self.params(packed)?;
         let (dim, inner) = (self.shape.dim, self.shape.inner());
@@ -338,14 +338,56 @@ impl NystromLayerOp {
         drop(dy);
         scratch::recycle(std::mem::take(&mut saved.o));
         let dm = self.core_dims(b, np)?;
-        let qkv = match std::mem::take(&mut saved.qkv) {
-            kept if self.keep_qkv => kept,
-            _ => self.project_qkv(x, &p, b, &geo),
+        let dln = match self.keep_qkv {
+            true => {
+                let qkv = std::mem::take(&mut saved.qkv);
+                drop(saved);
+                self.qkv_backward(x, &p, &geo, qkv, &d_o, dm, &mut dpacked)?
+            }
+            false => {
+                drop(saved);
+                self.qkv_backward_by_head_groups(x, &p, &geo, &d_o, dm, &mut dpacked)?
+            }
         };
-        drop(saved);
-        let (dqkv, dconv) = self.core.backward_consuming(qkv, p.conv, &d_o, dm)?;
         scratch::recycle(d_o);
-        let ln = self.normalise(x, &p);
+        let mut dx = scratch::buffer(x.len());
+        let (dw, db) =
+            crate::cpu::kernels::layer_norm_backward(&mut dx, x, &dln, p.ln_w, self.shape.eps);
+        // The residual: each output row's gradient goes to its token.
+        for (j, gr) in g.chunks_exact(dim).enumerate() {
+            let (bi, jj) = (j / t, j % t);
+            let at = (bi * n + self.token(jj)) * dim;
+            crate::cpu::lanes::axpy(&mut dx[at..at + dim], 1.0, gr);
+        }
+        dpacked[offsets[0]..offsets[1]].copy_from_slice(&dw);
+        dpacked[offsets[1]..offsets[2]].copy_from_slice(&db);
+        Ok((dx, dpacked))
+    }
+}
+
+/// Tokens whose LayerNorm is formed at a time where the backward pass recomputes it.
+const LN_CHUNK: usize = 4096;
+
+impl NystromLayerOp {
+    /// Below the core's output gradient `d_o`, with every head's `qkv` kept: the core's backward
+    /// pass into `dqkv` (in `qkv`'s buffer), `to_qkv`'s weight gradient and the residual
+    /// kernels' into `dpacked`; returns the gradient of the LayerNorm's output.
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_backward(
+        &self,
+        x: &[f32],
+        p: &Params,
+        geo: &Geometry,
+        qkv: Vec<f32>,
+        d_o: &[f32],
+        dm: Dims,
+        dpacked: &mut [f32],
+    ) -> Result<Vec<f32>> {
+        let (n, np, pad, b) = (geo.n, geo.padded, geo.pad, dm.b);
+        let (dim, inner) = (self.shape.dim, self.shape.inner());
+        let offsets = self.shape.offsets();
+        let (dqkv, dconv) = self.core.backward_consuming(qkv, p.conv, d_o, dm)?;
+        let ln = self.normalise(x, p);
         dpacked[offsets[5]..offsets[6]].copy_from_slice(&dconv[..offsets[6] - offsets[5]]);
         let wqkv = View::dense(p.w_qkv, 3 * inner, dim);
         let dq =
@@ -374,18 +416,168 @@ impl NystromLayerOp {
             );
         }
         scratch::recycle(dqkv);
-        let mut dx = scratch::buffer(x.len());
-        let (dw, db) =
-            crate::cpu::kernels::layer_norm_backward(&mut dx, x, &dln, p.ln_w, self.shape.eps);
-        // The residual: each output row's gradient goes to its token.
-        for (j, gr) in g.chunks_exact(dim).enumerate() {
-            let (bi, jj) = (j / t, j % t);
-            let at = (bi * n + self.token(jj)) * dim;
-            crate::cpu::lanes::axpy(&mut dx[at..at + dim], 1.0, gr);
+        Ok(dln)
+    }
+
+    /// Heads whose `q`, `k`, `v` and gradients [`Self::qkv_backward_by_head_groups`] holds at
+    /// once: as many as there are threads (at least two), so the core's phase A keeps every
+    /// thread busy. The gradient's summation order follows the groups: the same thread count
+    /// gives the same result.
+    fn head_group(&self) -> usize {
+        rayon::current_num_threads()
+            .max(2)
+            .min(self.shape.core.heads)
+    }
+
+    /// [`Self::qkv_backward`] without `qkv` kept, a group of heads at a time: the group's
+    /// `q`, `k`, `v` are projected again from the LayerNorm (recomputed by chunks of tokens),
+    /// the core's phase A runs on them, and their gradients go at once into `to_qkv`'s weight
+    /// gradient and the LayerNorm output's gradient. Neither `qkv` nor `dqkv` (0.9 GB each at
+    /// 150,000 patches) is ever whole. The landmark terms, which need every head's phase A,
+    /// come last: a landmark's gradient reaches each row of its segment in equal parts, so its
+    /// share of the weight gradient is taken against the segment's sum of LayerNorm rows and
+    /// its share of `dln` is one row per segment, added to the segment's rows.
+    fn qkv_backward_by_head_groups(
+        &self,
+        x: &[f32],
+        p: &Params,
+        geo: &Geometry,
+        d_o: &[f32],
+        dm: Dims,
+        dpacked: &mut [f32],
+    ) -> Result<Vec<f32>> {
+        let saved = self.core.take_saved()?;
+        let (n, np, pad, b) = (geo.n, geo.padded, geo.pad, dm.b);
+        let (dim, inner, d, h, m, l) = (self.shape.dim, self.shape.inner(), dm.d, dm.h, dm.m, dm.l);
+        let w_at = self.shape.offsets()[2];
+        let mut dln = scratch::buffer(x.len());
+        dln.fill(0.0);
+        // Per batch item, the sum of the LayerNorm rows of each landmark's segment.
+        let mut segment_sums = vec![0f32; b * m * dim];
+        let mut phase_a = Vec::with_capacity(b * h);
+        let group = self.head_group();
+        for g0 in (0..h).step_by(group) {
+            let gh = group.min(h - g0);
+            let cols = 3 * gh * d;
+            // The group's rows of `to_qkv` (its heads' Q, K, V), packed `[3·gh·d, dim]`.
+            let mut wg = Vec::with_capacity(cols * dim);
+            for which in 0..3 {
+                let first = which * inner + g0 * d;
+                wg.extend_from_slice(&p.w_qkv[first * dim..(first + gh * d) * dim]);
+            }
+            let wgv = View::dense(&wg, cols, dim);
+            let mut dwg = vec![0f32; cols * dim];
+            for bi in 0..b {
+                // The group's `qkv` `[N', 3·gh·d]`, padding rows zero.
+                let mut buf = scratch::buffer(np * cols);
+                buf[..pad * cols].fill(0.0);
+                let sums = &mut segment_sums[bi * m * dim..(bi + 1) * m * dim];
+                self.normalised_chunks(x, p, bi, n, |r0, ln| {
+                    let rows = ln.len() / dim;
+                    let dst = &mut buf[(pad + r0) * cols..(pad + r0 + rows) * cols];
+                    mm_parallel(dst, View::dense(ln, rows, dim), wgv.t(), false, 1.0);
+                    if g0 == 0 {
+                        for (j, row) in ln.chunks_exact(dim).enumerate() {
+                            let seg = (pad + r0 + j) / l;
+                            lanes::axpy(&mut sums[seg * dim..(seg + 1) * dim], 1.0, row);
+                        }
+                    }
+                });
+                let mut grads: Vec<HeadGrads> = (0..gh)
+                    .into_par_iter()
+                    .map(|j| {
+                        let views =
+                            [0, 1, 2].map(|w| View::rows_of(&buf, w * gh * d + j * d, np, d, cols));
+                        self.core
+                            .head_backward_a(&saved, (dm, p.conv), views, bi * h + g0 + j, d_o)
+                    })
+                    .collect();
+                // Their gradients replace `qkv` in its buffer, in the same layout.
+                {
+                    let parts: Vec<[&[f32]; 3]> = grads
+                        .iter()
+                        .map(|g| [g.dq.as_slice(), g.dk.as_slice(), g.dv.as_slice()])
+                        .collect();
+                    merge_heads(&mut buf, &parts, gh, d, np);
+                }
+                grads.iter_mut().for_each(HeadGrads::release_rows);
+                phase_a.push((bi * h + g0, grads));
+                self.normalised_chunks(x, p, bi, n, |r0, ln| {
+                    let rows = ln.len() / dim;
+                    let dq = View::dense(
+                        &buf[(pad + r0) * cols..(pad + r0 + rows) * cols],
+                        rows,
+                        cols,
+                    );
+                    let first = bi > 0 || r0 > 0;
+                    mm_parallel(&mut dwg, dq.t(), View::dense(ln, rows, dim), first, 1.0);
+                    let dst = &mut dln[(bi * n + r0) * dim..(bi * n + r0 + rows) * dim];
+                    mm_parallel(dst, dq, wgv, true, 1.0);
+                });
+                scratch::recycle(buf);
+            }
+            for which in 0..3 {
+                let first = w_at + (which * inner + g0 * d) * dim;
+                dpacked[first..first + gh * d * dim]
+                    .copy_from_slice(&dwg[which * gh * d * dim..(which + 1) * gh * d * dim]);
+            }
         }
-        dpacked[offsets[0]..offsets[1]].copy_from_slice(&dw);
-        dpacked[offsets[1]..offsets[2]].copy_from_slice(&db);
-        Ok((dx, dpacked))
+        phase_a.sort_by_key(|(first, _)| *first);
+        let mut phase_a: Vec<HeadGrads> = phase_a.into_iter().flat_map(|(_, g)| g).collect();
+        self.core.landmark_grads(&saved, dm, &mut phase_a);
+        let inv = 1.0 / l as f32;
+        for bi in 0..b {
+            let sums = View::dense(&segment_sums[bi * m * dim..(bi + 1) * m * dim], m, dim);
+            // The landmarks' share of `dln`, one row per segment.
+            let mut per_segment = vec![0f32; m * dim];
+            for hi in 0..h {
+                let hg = &phase_a[bi * h + hi];
+                for (which, grad) in [(0, &hg.dqm), (1, &hg.dkm)] {
+                    let row = which * inner + hi * d;
+                    let gv = View::dense(grad, m, d);
+                    let dw = &mut dpacked[w_at + row * dim..w_at + (row + d) * dim];
+                    mm(dw, gv.t(), sums, true, inv);
+                    let w = View::dense(&p.w_qkv[row * dim..(row + d) * dim], d, dim);
+                    mm(&mut per_segment, gv, w, true, inv);
+                }
+            }
+            dln[bi * n * dim..(bi + 1) * n * dim]
+                .par_chunks_mut(dim * 64)
+                .enumerate()
+                .for_each(|(c, rows)| {
+                    for (j, row) in rows.chunks_exact_mut(dim).enumerate() {
+                        let seg = (pad + c * 64 + j) / l;
+                        lanes::axpy(row, 1.0, &per_segment[seg * dim..(seg + 1) * dim]);
+                    }
+                });
+        }
+        let dconv = self.core.conv_grads(dm, &phase_a, p.conv.len());
+        let offsets = self.shape.offsets();
+        dpacked[offsets[5]..offsets[6]].copy_from_slice(&dconv[..offsets[6] - offsets[5]]);
+        Ok(dln)
+    }
+
+    /// `each(first token, LayerNorm of the next tokens)` over batch item `bi`'s `n` tokens,
+    /// [`LN_CHUNK`] at a time.
+    fn normalised_chunks(
+        &self,
+        x: &[f32],
+        p: &Params,
+        bi: usize,
+        n: usize,
+        mut each: impl FnMut(usize, &[f32]),
+    ) {
+        let dim = self.shape.dim;
+        let mut buf = vec![0f32; LN_CHUNK.min(n) * dim];
+        for r0 in (0..n).step_by(LN_CHUNK) {
+            let rows = LN_CHUNK.min(n - r0);
+            let src = &x[(bi * n + r0) * dim..(bi * n + r0 + rows) * dim];
+            let dst = &mut buf[..rows * dim];
+            dst.par_chunks_mut(dim * 64)
+                .zip(src.par_chunks(dim * 64))
+                .for_each(|(o, x)| layer_norm_rows(x, o, p.ln_w, p.ln_b, self.shape.eps));
+            each(r0, dst);
+        }
     }
 }
 

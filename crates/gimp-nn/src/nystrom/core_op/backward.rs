@@ -4,7 +4,7 @@
 //! to `dA` through the two maxima; phase B takes `dA` through the landmark softmax to Q and K.
 
 use super::forward::f1_rows;
-use super::{merge_heads, Dims, HeadSaved, Inputs, NystromCore, Saved, BLOCK};
+use super::{merge_heads, Dims, NystromCore, Saved, BLOCK};
 use crate::cpu::lanes::{self, softmax_backward_block, softmax_backward_rows};
 use crate::cpu::matmul::{mm, View};
 use crate::cpu::scratch;
@@ -50,7 +50,7 @@ impl NystromCore {
 
     /// What the forward pass kept, taken, not cloned: it is freed as soon as the backward
     /// pass ends (one backward pass per forward, as in training).
-    fn take_saved(&self) -> Result<Arc<Saved>> {
+    pub(crate) fn take_saved(&self) -> Result<Arc<Saved>> {
         self.saved
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -69,17 +69,26 @@ fn merge_grads(dqkv: &mut [f32], grads: Vec<HeadGrads>, dm: Dims) {
 }
 
 /// Phase A of one head's backward: everything down to `dA`, plus its share of `dL/dc`.
-struct HeadGrads {
+pub(crate) struct HeadGrads {
     /// dL/dQ, dL/dK, dL/dV of this head, `[N', d]`; the landmark terms are added in phase B.
-    dq: Vec<f32>,
-    dk: Vec<f32>,
-    dv: Vec<f32>,
-    /// dL/dQ̃, dL/dK̃ so far, `[m, d]`.
-    dqm: Vec<f32>,
-    dkm: Vec<f32>,
+    pub(crate) dq: Vec<f32>,
+    pub(crate) dk: Vec<f32>,
+    pub(crate) dv: Vec<f32>,
+    /// dL/dQ̃, dL/dK̃ so far (after [`NystromCore::landmark_grads`], whole), `[m, d]`.
+    pub(crate) dqm: Vec<f32>,
+    pub(crate) dkm: Vec<f32>,
     da: Vec<f32>,
     dc: f32,
     dconv: Vec<f32>,
+}
+
+impl HeadGrads {
+    /// Frees the `N' × d` gradients once they have been used, keeping the landmark terms.
+    pub(crate) fn release_rows(&mut self) {
+        for v in [&mut self.dq, &mut self.dk, &mut self.dv] {
+            scratch::recycle(std::mem::take(v));
+        }
+    }
 }
 
 impl Drop for HeadGrads {
@@ -91,19 +100,21 @@ impl Drop for HeadGrads {
 }
 
 impl NystromCore {
-    fn head_backward_a(
+    /// Phase A of task `bh` (batch item × head) from its `Q`, `K`, `V` (`[N', d]` views, where
+    /// the caller holds them) and the output gradient `grad` (`[B, r, H·d]`).
+    pub(crate) fn head_backward_a(
         &self,
-        s: &HeadSaved,
-        inp: Inputs,
+        saved: &Saved,
+        (dm, conv): (Dims, &[f32]),
+        [q, k, v]: [View; 3],
         bh: usize,
         grad: &[f32],
-        c: f32,
     ) -> HeadGrads {
-        let Inputs { dm, qkv, conv } = inp;
+        let s = &saved.heads[bh];
+        let c = saved.scale.c();
         let (m, n, d) = (dm.m, dm.n, dm.d);
         let sc = dm.scale;
         let g = dm.merged(grad, bh);
-        let (q, k, v) = (dm.qkv(qkv, bh, 0), dm.qkv(qkv, bh, 1), dm.qkv(qkv, bh, 2));
         let (qmv, kmv) = (View::dense(&s.qm, m, d), View::dense(&s.km, m, d));
         let uv = View::dense(&s.u, m, d);
         // F1 side, by row blocks: dU = F1ᵀ G, dS1 = softmax'(G Uᵀ), dQ = s·dS1 K̃, dK̃ = s·dS1ᵀ Q.
@@ -220,15 +231,46 @@ impl NystromCore {
         }
     }
 
-    /// Phase B of one head (after the global `dc` reached `dA`): the landmark attention's
-    /// softmax backward, and the landmark gradients spread over their segments' rows.
-    fn head_backward_b(&self, s: &HeadSaved, dm: Dims, hg: &mut HeadGrads) {
-        let (m, n, d, l) = (dm.m, dm.n, dm.d, dm.l);
-        softmax_backward_rows(&s.a, &mut hg.da, m);
-        let ds2 = View::dense(&hg.da, m, m);
-        let (qmv, kmv) = (View::dense(&s.qm, m, d), View::dense(&s.km, m, d));
-        mm(&mut hg.dkm, ds2.t(), qmv, true, dm.scale);
-        mm(&mut hg.dqm, ds2, kmv, true, dm.scale);
+    /// Every head's landmark gradients `dQ̃`, `dK̃` whole, after phase A of every head: the
+    /// global `dL/dc` reaches `dA` through the two maxima, then each head's landmark attention
+    /// takes `dA` through its softmax. What remains is to spread them over their segments'
+    /// rows (each row of a segment of `l` gets `1/l` of its landmark's gradient).
+    pub(crate) fn landmark_grads(&self, saved: &Saved, dm: Dims, phase_a: &mut [HeadGrads]) {
+        {
+            let dc: f32 = phase_a.iter().map(|g| g.dc).sum();
+            let a: Vec<&[f32]> = saved.heads.iter().map(|h| h.a.as_slice()).collect();
+            let mut da: Vec<&mut [f32]> = phase_a.iter_mut().map(|g| g.da.as_mut_slice()).collect();
+            saved.scale.backward(dc, dm.m, &a, &mut da);
+        }
+        phase_a.par_iter_mut().enumerate().for_each(|(bh, hg)| {
+            let (s, m, d) = (&saved.heads[bh], dm.m, dm.d);
+            softmax_backward_rows(&s.a, &mut hg.da, m);
+            let ds2 = View::dense(&hg.da, m, m);
+            let (qmv, kmv) = (View::dense(&s.qm, m, d), View::dense(&s.km, m, d));
+            mm(&mut hg.dkm, ds2.t(), qmv, true, dm.scale);
+            mm(&mut hg.dqm, ds2, kmv, true, dm.scale);
+        });
+    }
+
+    /// The residual convolution's kernel gradients `[H, K]` summed over the batch.
+    pub(crate) fn conv_grads(&self, dm: Dims, phase_a: &[HeadGrads], conv_len: usize) -> Vec<f32> {
+        let kk = self.shape.kernel;
+        let mut dconv = vec![0f32; if kk > 0 { dm.h * kk } else { conv_len }];
+        if kk > 0 {
+            for (bh, hg) in phase_a.iter().enumerate() {
+                let hi = bh % dm.h;
+                dconv[hi * kk..(hi + 1) * kk]
+                    .iter_mut()
+                    .zip(&hg.dconv)
+                    .for_each(|(a, b)| *a += b);
+            }
+        }
+        dconv
+    }
+
+    /// The landmark gradients spread over their segments' rows of `dQ`, `dK`.
+    fn spread_landmarks(dm: Dims, hg: &mut HeadGrads) {
+        let (n, d, l) = (dm.n, dm.d, dm.l);
         let inv = 1.0 / l as f32;
         for r in 0..n {
             let seg = r / l;
@@ -249,34 +291,19 @@ impl NystromCore {
         conv: &[f32],
         grad: &[f32],
     ) -> (Vec<HeadGrads>, Vec<f32>) {
-        let c = saved.scale.c();
         let tasks = dm.b * dm.h;
         let mut phase_a: Vec<HeadGrads> = (0..tasks)
             .into_par_iter()
-            .map(|bh| self.head_backward_a(&saved.heads[bh], Inputs { dm, qkv, conv }, bh, grad, c))
+            .map(|bh| {
+                let views = [0, 1, 2].map(|w| dm.qkv(qkv, bh, w));
+                self.head_backward_a(saved, (dm, conv), views, bh, grad)
+            })
             .collect();
-        // dL/dc reaches A through the two global maxima.
-        {
-            let dc: f32 = phase_a.iter().map(|g| g.dc).sum();
-            let a: Vec<&[f32]> = saved.heads.iter().map(|h| h.a.as_slice()).collect();
-            let mut da: Vec<&mut [f32]> = phase_a.iter_mut().map(|g| g.da.as_mut_slice()).collect();
-            saved.scale.backward(dc, dm.m, &a, &mut da);
-        }
+        self.landmark_grads(saved, dm, &mut phase_a);
         phase_a
             .par_iter_mut()
-            .enumerate()
-            .for_each(|(bh, hg)| self.head_backward_b(&saved.heads[bh], dm, hg));
-        let kk = self.shape.kernel;
-        let mut dconv = vec![0f32; if kk > 0 { dm.h * kk } else { conv.len() }];
-        if kk > 0 {
-            for (bh, hg) in phase_a.iter().enumerate() {
-                let hi = bh % dm.h;
-                dconv[hi * kk..(hi + 1) * kk]
-                    .iter_mut()
-                    .zip(&hg.dconv)
-                    .for_each(|(a, b)| *a += b);
-            }
-        }
+            .for_each(|hg| Self::spread_landmarks(dm, hg));
+        let dconv = self.conv_grads(dm, &phase_a, conv.len());
         (phase_a, dconv)
     }
 }
