@@ -53,12 +53,11 @@ impl AggregatorConfig {
 
 /// [`PatchAggregator::training_step_bytes`]: bytes besides those growing with the bag (the
 /// program, the parameters and their optimiser state, thread stacks).
-const TRAINING_BASE_BYTES: u64 = 650_000_000;
+const TRAINING_BASE_BYTES: u64 = 250_000_000;
 /// `dim`-wide buffers per token alive at a training step's peak.
-const TRAINING_TOKEN_COPIES: f64 = 15.0;
-/// ... and the more with PPEG (its output and the copy with CLS), and PPEG's fixed share.
-const PPEG_TOKEN_COPIES: f64 = 2.0;
-const PPEG_BASE_BYTES: u64 = 400_000_000;
+const TRAINING_TOKEN_COPIES: f64 = 14.0;
+/// ... and the more with PPEG (its output).
+const PPEG_TOKEN_COPIES: f64 = 1.0;
 
 /// `x + DW7(x) + DW5(x) + DW3(x)` on the `s × s` grid of patch tokens (CLS untouched).
 ///
@@ -571,15 +570,19 @@ impl PatchAggregator {
     /// CLS alone), the bag itself included:
     ///
     /// `TRAINING_BASE_BYTES + tokens · 4 · (d_in + TRAINING_TOKEN_COPIES · dim)`, with PPEG
-    /// `PPEG_BASE_BYTES` and `PPEG_TOKEN_COPIES` more,
+    /// `PPEG_TOKEN_COPIES` more,
     ///
-    /// where `tokens` counts CLS and TransMIL's square padding. At the peak (the first backward
-    /// pass, of the last layer) the bag, the embedded tokens and their copy with CLS, the
-    /// first layer's kept `qkv` (3), core output and result, the last layer's `qkv` (3) and its
-    /// per-head gradients (3) are alive, plus what the allocator and the buffer pool hold for
-    /// reuse; PPEG adds its output and the copy with CLS. The constants are fitted to
-    /// `/usr/bin/time -v` of `bench_steps --only finetune_step_N` / `transmil_step_N` at
-    /// 24,000 and 150,000 patches (`docs/PERFORMANCE.md`, "Training on whole slides").
+    /// where `tokens` counts CLS and TransMIL's square padding. A step on a bag held as a
+    /// tensor (the bench step's) holds the bag, `fc1`'s pre-activation and output, the padded
+    /// tokens and their copy with CLS, each layer's kept core output and result, and inside a
+    /// layer's backward pass its output gradient, the LayerNorm output's gradient and one
+    /// group of heads' `q`, `k`, `v` and their gradients, plus what the allocator holds for
+    /// reuse; PPEG adds its output. The constants are fitted to `/usr/bin/time -v` of
+    /// `bench_steps --only finetune_step_N` / `transmil_step_N` at 24,000 and 150,000 patches
+    /// (`docs/PERFORMANCE.md`, "Training on whole slides"). `train` and `finetune` read the
+    /// bag from the memory-mapped feature cache by windows ([`crate::bag_embedding`]) and hold
+    /// neither the bag nor the embedding's copies (`train --arch transmil` peaks at 3.70 GiB on
+    /// a 150,000-patch bag, its step at 4.78): the estimate is above what they use.
     pub fn training_step_bytes(&self, patches: usize) -> u64 {
         let tokens = 1 + match self.cfg.square_pad || self.cfg.ppeg {
             true => {
@@ -595,8 +598,7 @@ impl PatchAggregator {
                 0.0
             };
         let per_token = 4.0 * (self.cfg.d_in as f64 + copies * self.cfg.dim as f64);
-        let base = TRAINING_BASE_BYTES + if self.cfg.ppeg { PPEG_BASE_BYTES } else { 0 };
-        base + (tokens as f64 * per_token) as u64
+        TRAINING_BASE_BYTES + (tokens as f64 * per_token) as u64
     }
 
     /// `CLS_img` `[dim]` of a bag `[N, D_in]`.
