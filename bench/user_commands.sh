@@ -27,8 +27,10 @@ T=()
 [ -n "${THREADS:-}" ] && T=(--threads "$THREADS")
 want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
-if [ ! -x "$BIN" ]; then cargo build --release -q --workspace --bins; fi
-if [ "${STEPS:-1}" != 0 ] && [ ! -x "$STEPS_BIN" ]; then
+# Built every time (a no-op when up to date), so a step row never comes from a stale binary;
+# BIN or STEPS_BIN set by the caller are taken as they are.
+if [ "$BIN" = target/release/gimp-rs ]; then cargo build --release -q -p gimp-cli; fi
+if [ "${STEPS:-1}" != 0 ] && [ "$STEPS_BIN" = target/release/examples/bench_steps ]; then
     cargo build --release -q -p gimp-train --example bench_steps
 fi
 mkdir -p "$DIR"
