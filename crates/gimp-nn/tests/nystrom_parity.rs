@@ -557,3 +557,63 @@ fn fused_layer_on_selected_rows_matches_the_whole_layer_once() {
         }
     }
 }
+
+/// With dropout in training, the fused layer (its mask kept as one bit per value) draws the
+/// same mask as the composed layer's dropout from the same random stream: the same output and
+/// gradients, in both memory modes. (A bag without padding: the composed layer draws its mask
+/// over the padded rows too.)
+#[test]
+fn fused_layer_dropout_matches_the_composed_layer() {
+    use gimp_nn::LayerNorm;
+    use rand::SeedableRng;
+    for limit in [usize::MAX, 0] {
+        gimp_nn::nystrom::with_keep_attention_limit(limit, || {
+            let cfg = NystromConfig {
+                dropout: 0.25,
+                ..config(32, 4, 8)
+            };
+            let store = ParamStore::new(21);
+            let root = store.root();
+            let norm = LayerNorm::new(&root.pp("norm"), 32).unwrap();
+            let attn = NystromAttention::new(&root.pp("attn"), cfg).unwrap();
+            let n = 304;
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, (2, n, 32), &Device::Cpu).unwrap())
+                .unwrap();
+            let w = Tensor::randn(0f32, 1f32, (2, n, 32), &Device::Cpu).unwrap();
+            let run = |fused: bool| {
+                let mode = Mode::train(rand_chacha::ChaCha8Rng::seed_from_u64(7));
+                let o = if fused {
+                    attn.forward_prenorm_residual(&norm, x.as_tensor(), &mode)
+                } else {
+                    let h = gimp_nn::ops::layer_norm_graph(
+                        x.as_tensor(),
+                        &norm.weight,
+                        &norm.bias,
+                        1e-5,
+                    )
+                    .unwrap();
+                    x.as_tensor() + attn.forward_graph(&h, &mode).unwrap()
+                }
+                .unwrap();
+                let grads = input_and_parameter_grads(&o, &w, &x, &store);
+                (o, grads)
+            };
+            let (of, gf) = run(true);
+            let (og, gg) = run(false);
+            // Dropout acted: the output differs from evaluation's.
+            let eval = attn
+                .forward_prenorm_residual(&norm, x.as_tensor(), &Mode::eval())
+                .unwrap();
+            assert!(rel_err(&of, &eval) > 1e-2, "limit {limit}: no dropout");
+            let e = rel_err(&of, &og);
+            assert!(e < 1e-5, "limit {limit}: forward {e}");
+            for ((name, a), (_, b)) in gf.iter().zip(&gg) {
+                let e = rel_err(a, b);
+                assert!(
+                    e < 1e-4,
+                    "limit {limit}: gradient of {name}: relative error {e}"
+                );
+            }
+        });
+    }
+}

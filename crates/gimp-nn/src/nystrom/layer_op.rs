@@ -26,6 +26,7 @@ use crate::cpu::lanes::{self, layer_norm_rows};
 use crate::cpu::matmul::{mm, mm_parallel, View};
 use crate::cpu::scratch;
 use crate::cpu::{with_data, CpuForward};
+use crate::ops::KeepBits;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -79,9 +80,8 @@ impl Drop for Saved {
 
 pub struct NystromLayerOp {
     shape: LayerShape,
-    /// The dropout mask (already scaled by 1/(1−p)) on the projected output, shaped as the
-    /// output.
-    mask: Option<Vec<f32>>,
+    /// The dropout mask on the projected output, shaped as the output.
+    mask: Option<KeepBits>,
     /// Tokens whose outputs are wanted (increasing), or all: the output is `[B, |rows|, dim]`.
     rows: Option<Vec<usize>>,
     core: NystromCore,
@@ -102,7 +102,7 @@ struct Params<'a> {
 }
 
 impl NystromLayerOp {
-    pub fn new(shape: LayerShape, mask: Option<Vec<f32>>) -> Self {
+    pub fn new(shape: LayerShape, mask: Option<KeepBits>) -> Self {
         Self::with_rows(shape, mask, None, 0)
     }
 
@@ -111,7 +111,7 @@ impl NystromLayerOp {
     /// output projection and the residual act row by row, so they run on the selected rows.
     pub fn with_rows(
         shape: LayerShape,
-        mask: Option<Vec<f32>>,
+        mask: Option<KeepBits>,
         rows: Option<Vec<usize>>,
         n: usize,
     ) -> Self {
@@ -226,7 +226,7 @@ impl NystromLayerOp {
                 1.0,
             );
         }
-        let mask = self.mask.as_deref();
+        let mask = self.mask.as_ref();
         out.par_chunks_mut(dim * 64)
             .enumerate()
             .for_each(|(ci, chunk)| {
@@ -237,7 +237,7 @@ impl NystromLayerOp {
                     let src = (bi * n + self.token(jj)) * dim;
                     for (c, v) in row.iter_mut().enumerate() {
                         let y = *v + p.b_out[c];
-                        let y = mask.map_or(y, |m| y * m[at + c]);
+                        let y = mask.map_or(y, |m| y * m.value(at + c));
                         *v = x[src + c] + y;
                     }
                 }
@@ -306,9 +306,12 @@ impl NystromLayerOp {
         let dy: std::borrow::Cow<[f32]> = match &self.mask {
             Some(m) => {
                 let mut d = g.to_vec();
-                d.par_chunks_mut(1 << 14)
-                    .zip(m.par_chunks(1 << 14))
-                    .for_each(|(d, m)| d.iter_mut().zip(m).for_each(|(a, b)| *a *= b));
+                d.par_chunks_mut(1 << 14).enumerate().for_each(|(ci, d)| {
+                    let first = ci << 14;
+                    d.iter_mut()
+                        .enumerate()
+                        .for_each(|(j, a)| *a *= m.value(first + j));
+                });
                 d.into()
             }
             None => g.into(),

@@ -344,7 +344,7 @@ impl NystromAttention {
                 let dim = self.cfg.dim;
                 let out_rows = rows.map_or(n, |r| r.len());
                 let mask = (mode.train && self.cfg.dropout > 0.0)
-                    .then(|| mode.scaled_keep_mask(b * out_rows * dim, self.cfg.dropout));
+                    .then(|| mode.keep_bits(b * out_rows * dim, self.cfg.dropout));
                 let shape = LayerShape {
                     core: self.core_shape(),
                     dim,
