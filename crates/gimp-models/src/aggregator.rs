@@ -581,8 +581,8 @@ impl PatchAggregator {
     /// `bench_steps --only finetune_step_N` / `transmil_step_N` at 24,000 and 150,000 patches
     /// (`docs/PERFORMANCE.md`, "Training on whole slides"). `train` and `finetune` read the
     /// bag from the memory-mapped feature cache by windows ([`crate::bag_embedding`]) and hold
-    /// neither the bag nor the embedding's copies (`train --arch transmil` peaks at 3.70 GiB on
-    /// a 150,000-patch bag, its step at 4.78): the estimate is above what they use.
+    /// neither the bag nor the embedding's copies (`train --arch transmil` peaks at 3.43 GiB on
+    /// a 150,000-patch bag, its step at 4.50): the estimate is above what they use.
     pub fn training_step_bytes(&self, patches: usize) -> u64 {
         let tokens = 1 + match self.cfg.square_pad || self.cfg.ppeg {
             true => {
