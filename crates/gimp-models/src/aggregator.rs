@@ -764,6 +764,31 @@ mod tests {
             .unwrap()
     }
 
+    /// Every parameter's gradient in `a` within `tol` of `b`'s, relative to `b`'s largest.
+    fn assert_same_grads(
+        store: &ParamStore,
+        a: &candle_core::backprop::GradStore,
+        b: &candle_core::backprop::GradStore,
+        tol: f32,
+        case: &str,
+    ) {
+        for (name, p) in store.params() {
+            let (ga, gb) = (
+                a.get(p.var.as_tensor()).unwrap(),
+                b.get(p.var.as_tensor()).unwrap(),
+            );
+            let scale = gb
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let e = max_diff(ga, gb) / scale.max(1e-12);
+            assert!(e < tol, "{case}: gradient of {name}: {e}");
+        }
+    }
+
     /// `cfg` at test size: 32 wide, 4 heads of 8, 8 landmarks, no dropout.
     fn small(mut cfg: AggregatorConfig) -> AggregatorConfig {
         cfg.dim = 32;
@@ -862,21 +887,7 @@ mod tests {
                     .unwrap()
                     .backward()
                     .unwrap();
-                for (name, p) in store.params() {
-                    let (a, b) = (
-                        gs.get(p.var.as_tensor()).unwrap(),
-                        gw.get(p.var.as_tensor()).unwrap(),
-                    );
-                    let scale = b
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
-                    let e = max_diff(a, b) / scale.max(1e-12);
-                    assert!(e < 1e-4, "limit {limit}: gradient of {name}: {e}");
-                }
+                assert_same_grads(&store, &gs, &gw, 1e-4, &format!("limit {limit}"));
             });
         }
     }
@@ -932,24 +943,7 @@ mod tests {
             let w = Tensor::randn(0f32, 1f32, whole.dims(), &Device::Cpu).unwrap();
             let loss = |t: &Tensor| (t * &w).unwrap().sum_all().unwrap().backward().unwrap();
             let (gr, gt) = (loss(&by_rows), loss(&whole));
-            for (name, p) in store.params() {
-                let (a, b) = (
-                    gr.get(p.var.as_tensor()).unwrap(),
-                    gt.get(p.var.as_tensor()).unwrap(),
-                );
-                let scale = b
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let e = max_diff(a, b) / scale.max(1e-12);
-                assert!(
-                    e < 1e-5,
-                    "{n} patches, {keep} kept: gradient of {name}: {e}"
-                );
-            }
+            assert_same_grads(&store, &gr, &gt, 1e-5, &format!("{n} patches, {keep} kept"));
         }
     }
 }
