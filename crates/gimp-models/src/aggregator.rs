@@ -747,6 +747,20 @@ fn fold_patch_attention(a: &[f32], n: usize, add: usize) -> Result<Vec<f32>> {
     Ok(patches)
 }
 
+/// The largest difference of `a` from `b` relative to `b`'s largest magnitude (tests).
+#[cfg(test)]
+fn rel(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+    let s = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    d.to_scalar::<f32>().unwrap() / s.max(1e-12)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -773,18 +787,10 @@ mod tests {
         case: &str,
     ) {
         for (name, p) in store.params() {
-            let (ga, gb) = (
+            let e = rel(
                 a.get(p.var.as_tensor()).unwrap(),
                 b.get(p.var.as_tensor()).unwrap(),
             );
-            let scale = gb
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let e = max_diff(ga, gb) / scale.max(1e-12);
             assert!(e < tol, "{case}: gradient of {name}: {e}");
         }
     }
@@ -991,18 +997,6 @@ mod ppeg_tests {
             out = (out + acc).unwrap();
         }
         Tensor::cat(&[cls, out.reshape((1, side * side, c)).unwrap()], 1).unwrap()
-    }
-
-    fn rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        let s = b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        d.to_scalar::<f32>().unwrap() / s.max(1e-12)
     }
 
     /// PPEG's kernel and bias gradients are the same bits whatever the thread count (and so

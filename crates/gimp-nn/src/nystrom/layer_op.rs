@@ -275,12 +275,17 @@ impl NystromLayerOp {
 
     /// The LayerNorm of every token of `x`.
     fn normalise(&self, x: &[f32], p: &Params) -> Vec<f32> {
-        let dim = self.shape.dim;
         let mut ln = scratch::buffer(x.len());
-        ln.par_chunks_mut(dim * 64)
+        self.normalise_into(x, &mut ln, p);
+        ln
+    }
+
+    /// The LayerNorm of the rows of `x` into `dst` (as long), in parallel.
+    fn normalise_into(&self, x: &[f32], dst: &mut [f32], p: &Params) {
+        let dim = self.shape.dim;
+        dst.par_chunks_mut(dim * 64)
             .zip(x.par_chunks(dim * 64))
             .for_each(|(o, x)| layer_norm_rows(x, o, p.ln_w, p.ln_b, self.shape.eps));
-        ln
     }
 
     fn backward(
@@ -576,9 +581,7 @@ impl NystromLayerOp {
             let rows = LN_CHUNK.min(n - r0);
             let src = &x[(bi * n + r0) * dim..(bi * n + r0 + rows) * dim];
             let dst = &mut buf[..rows * dim];
-            dst.par_chunks_mut(dim * 64)
-                .zip(src.par_chunks(dim * 64))
-                .for_each(|(o, x)| layer_norm_rows(x, o, p.ln_w, p.ln_b, self.shape.eps));
+            self.normalise_into(src, dst, p);
             each(r0, dst);
         }
     }
